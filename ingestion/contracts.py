@@ -1,0 +1,306 @@
+"""Data contracts: one YAML file per partner source, the single source of truth.
+
+A contract (``contracts/<source>.yml``) says how a partner's files are named, read, typed,
+checked and pseudonymised. Ingestion, the Great Expectations suites and the generated
+documentation all read it through this module.
+
+Contract keys
+-------------
+source          raw table name (``raw.<source>``)
+title, description, grain
+partner         landing sub-folder the partner drops files into
+file_pattern    regular expression matched against the whole file name; the named group
+                ``batch`` (a month ``YYYY-MM`` or a study id) identifies the delivery batch
+format          ``csv`` | ``jsonl`` | ``xlsx``
+csv             ``delimiter``, ``decimal`` (``,`` or ``.``), ``encoding``
+                (``utf-8``, ``utf-8-sig`` or ``windows-1252``)
+xlsx            ``sheet``
+date_format     strptime format of dates in text files (ISO dates are accepted too)
+primary_key     contract column names that identify a row
+supersede       ``latest_per_key``: a later delivery's row replaces earlier rows with the
+                same key; ``replace_batch``: a later delivery of the same batch replaces
+                the earlier delivery of that batch as a whole
+columns         list of columns (below)
+rules           list of ``{name, sql, description}``: SQL predicates over the typed row
+                that must be true (``_batch`` is available)
+
+Column keys: ``name``, ``type`` (varchar, integer, decimal, double, date, timestamp,
+boolean), ``source_names`` (header names accepted in files, the first is the one partners
+are asked to use), ``required``, ``pattern`` (regular expression, whole value), ``allowed``
+(code list), ``allowed_from`` (``<seed>.<column>`` of a reference seed in
+``dbt_project/seeds``), ``min``/``max``, ``references`` (``<source>.<column>``: the value
+must exist among the current rows of that source), ``pii`` (cin, name, phone, household)
+with ``pseudonym`` (the BIGINT column that replaces it), ``description``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TYPES = {
+    "varchar": "VARCHAR",
+    "integer": "BIGINT",
+    "decimal": "DECIMAL(18,2)",
+    "double": "DOUBLE",
+    "date": "DATE",
+    "timestamp": "TIMESTAMP",
+    "boolean": "BOOLEAN",
+}
+FORMATS = {"csv", "jsonl", "xlsx"}
+ENCODINGS = {"utf-8", "utf-8-sig", "windows-1252"}
+SUPERSEDE_RULES = {"latest_per_key", "replace_batch"}
+PII_KINDS = {"cin", "name", "phone", "household"}
+
+# Lineage columns carried by every raw table, in this order, after the contract columns.
+LINEAGE_COLUMNS = {
+    "_delivery_id": "VARCHAR",
+    "_batch": "VARCHAR",
+    "_file_name": "VARCHAR",
+    "_content_hash": "VARCHAR",
+    "_source_row": "BIGINT",
+    "_loaded_at": "TIMESTAMP",
+    "_run_id": "VARCHAR",
+    "_is_current": "BOOLEAN",
+}
+
+
+class ContractError(ValueError):
+    """A contract file itself is invalid."""
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+    source_names: tuple[str, ...] = ()
+    required: bool = False
+    pattern: str | None = None
+    allowed: tuple[str, ...] | None = None
+    allowed_from: str | None = None
+    min: Any = None
+    max: Any = None
+    references: str | None = None
+    pii: str | None = None
+    pseudonym: str | None = None
+    description: str = ""
+
+    @property
+    def sql_type(self) -> str:
+        return TYPES[self.type]
+
+    @property
+    def header(self) -> str:
+        """The header name partners are asked to use."""
+        return self.source_names[0] if self.source_names else self.name
+
+    @property
+    def accepted_headers(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((*self.source_names, self.name)))
+
+    @property
+    def raw_name(self) -> str:
+        """Name of the column in the raw layer (the pseudonym for direct identifiers)."""
+        return self.pseudonym or self.name
+
+    @property
+    def raw_type(self) -> str:
+        return "BIGINT" if self.pii else self.sql_type
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    sql: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Contract:
+    source: str
+    title: str
+    partner: str
+    description: str
+    grain: str
+    file_pattern: str
+    format: str
+    primary_key: tuple[str, ...]
+    supersede: str
+    columns: tuple[Column, ...]
+    rules: tuple[Rule, ...] = ()
+    csv: dict = field(default_factory=dict)
+    xlsx: dict = field(default_factory=dict)
+    date_format: str = "%Y-%m-%d"
+    path: Path | None = None
+    version: str = ""
+
+    @cached_property
+    def regex(self) -> re.Pattern:
+        return re.compile(self.file_pattern)
+
+    def matches(self, file_name: str) -> re.Match | None:
+        return self.regex.fullmatch(file_name)
+
+    def column(self, name: str) -> Column:
+        for col in self.columns:
+            if col.name == name:
+                return col
+        raise KeyError(f"{self.source}: no column {name!r}")
+
+    @property
+    def delimiter(self) -> str:
+        return self.csv.get("delimiter", ",")
+
+    @property
+    def decimal(self) -> str:
+        return self.csv.get("decimal", ".")
+
+    @property
+    def encoding(self) -> str:
+        return self.csv.get("encoding", "utf-8")
+
+    @property
+    def pii_columns(self) -> tuple[Column, ...]:
+        return tuple(c for c in self.columns if c.pii)
+
+    @property
+    def raw_columns(self) -> dict[str, str]:
+        """Columns of ``raw.<source>``: contract columns (pseudonymised), then lineage."""
+        cols = {c.raw_name: c.raw_type for c in self.columns}
+        cols.update(LINEAGE_COLUMNS)
+        return cols
+
+    @property
+    def raw_primary_key(self) -> tuple[str, ...]:
+        return tuple(self.column(k).raw_name for k in self.primary_key)
+
+
+def _column(source: str, raw: dict) -> Column:
+    where = f"contract {source}, column {raw.get('name')!r}"
+    unknown = set(raw) - set(Column.__dataclass_fields__)
+    if unknown:
+        raise ContractError(f"{where}: unknown keys {sorted(unknown)}")
+    if raw.get("type") not in TYPES:
+        raise ContractError(f"{where}: type must be one of {sorted(TYPES)}")
+    if raw.get("pii") and raw["pii"] not in PII_KINDS:
+        raise ContractError(f"{where}: pii must be one of {sorted(PII_KINDS)}")
+    if bool(raw.get("pii")) != bool(raw.get("pseudonym")):
+        raise ContractError(f"{where}: pii and pseudonym go together")
+    if raw.get("pattern"):
+        re.compile(raw["pattern"])
+    values = dict(raw)
+    values["source_names"] = tuple(str(s) for s in raw.get("source_names", ()))
+    if raw.get("allowed") is not None:
+        values["allowed"] = tuple(str(v) for v in raw["allowed"])
+    return Column(**values)
+
+
+def parse_contract(data: dict, path: Path | None = None, version: str = "") -> Contract:
+    source = data.get("source")
+    if not source or not re.fullmatch(r"[a-z][a-z0-9_]*", source):
+        raise ContractError(f"{path}: 'source' must be a lower-case identifier")
+    required = ["partner", "file_pattern", "format", "primary_key", "supersede", "columns"]
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise ContractError(f"contract {source}: missing keys {missing}")
+    if data["format"] not in FORMATS:
+        raise ContractError(f"contract {source}: format must be one of {sorted(FORMATS)}")
+    if data["supersede"] not in SUPERSEDE_RULES:
+        raise ContractError(f"contract {source}: supersede must be one of {sorted(SUPERSEDE_RULES)}")
+    if data.get("csv", {}).get("encoding", "utf-8") not in ENCODINGS:
+        raise ContractError(f"contract {source}: encoding must be one of {sorted(ENCODINGS)}")
+    if "batch" not in re.compile(data["file_pattern"]).groupindex:
+        raise ContractError(f"contract {source}: file_pattern needs a named group 'batch'")
+    columns = tuple(_column(source, c) for c in data["columns"])
+    names = [c.name for c in columns]
+    if len(set(names)) != len(names):
+        raise ContractError(f"contract {source}: duplicate column names")
+    for key in data["primary_key"]:
+        if key not in names:
+            raise ContractError(f"contract {source}: primary key column {key!r} is not a column")
+    rules = tuple(Rule(**r) for r in data.get("rules", ()))
+    return Contract(
+        source=source,
+        title=data.get("title", source),
+        partner=data["partner"],
+        description=" ".join(str(data.get("description", "")).split()),
+        grain=data.get("grain", ""),
+        file_pattern=data["file_pattern"],
+        format=data["format"],
+        primary_key=tuple(data["primary_key"]),
+        supersede=data["supersede"],
+        columns=columns,
+        rules=rules,
+        csv=dict(data.get("csv", {})),
+        xlsx=dict(data.get("xlsx", {})),
+        date_format=data.get("date_format", "%Y-%m-%d"),
+        path=path,
+        version=version,
+    )
+
+
+def load_contract(path: Path) -> Contract:
+    text = Path(path).read_bytes()
+    version = hashlib.sha256(text).hexdigest()[:12]
+    return parse_contract(yaml.safe_load(text), path=Path(path), version=version)
+
+
+def load_contracts(directory: Path) -> dict[str, Contract]:
+    """All contracts of a directory, keyed by source, in dependency order.
+
+    A source comes after every source its columns reference, so loading files in this
+    order lets reference rules see the rows they point at.
+    """
+    found = {}
+    for path in sorted(Path(directory).glob("*.yml")):
+        contract = load_contract(path)
+        if contract.source in found:
+            raise ContractError(f"{path}: source {contract.source!r} defined twice")
+        found[contract.source] = contract
+    for contract in found.values():
+        for col in contract.columns:
+            if col.references and col.references.split(".")[0] not in found:
+                raise ContractError(
+                    f"contract {contract.source}: column {col.name} references unknown source {col.references!r}"
+                )
+    ordered: dict[str, Contract] = {}
+
+    def visit(source: str, stack: tuple[str, ...] = ()) -> None:
+        if source in ordered:
+            return
+        if source in stack:
+            raise ContractError(f"reference cycle between contracts: {' -> '.join(stack + (source,))}")
+        for col in found[source].columns:
+            if col.references:
+                target = col.references.split(".")[0]
+                if target != source:
+                    visit(target, stack + (source,))
+        ordered[source] = found[source]
+
+    for source in sorted(found):
+        visit(source)
+    return ordered
+
+
+def contract_for(contracts: dict[str, Contract], partner: str, file_name: str) -> tuple[Contract, str] | None:
+    """The contract a delivered file falls under, and its batch; None when none matches."""
+    for contract in contracts.values():
+        if contract.partner == partner:
+            match = contract.matches(file_name)
+            if match:
+                return contract, match.group("batch")
+    return None
+
+
+def seed_values(seeds_dir: Path, ref: str) -> tuple[str, ...]:
+    """Values of ``<seed>.<column>`` from a reference seed CSV (for ``allowed_from``)."""
+    seed, column = ref.split(".")
+    with open(Path(seeds_dir) / f"{seed}.csv", encoding="utf-8", newline="") as fh:
+        return tuple(row[column] for row in csv.DictReader(fh))
