@@ -1,0 +1,434 @@
+"""Ingestion: landing files -> contract checks -> pseudonymised raw layer.
+
+For each delivered file (in contract dependency order, then batch order):
+
+1. find its contract from the partner folder and file name; compute its content hash
+   (a file already seen with the same content is a no-op);
+2. stage it as text (``ingestion.readers``); a file that cannot be read is moved to
+   ``rejected/<partner>/`` with a report, and the other files still load;
+3. type every column in SQL and evaluate the row rules of the contract; each failing
+   (row, rule) goes to ``quarantine.rows`` with the row's values (direct identifiers
+   pseudonymised) and a message naming file, row and rule;
+4. replace direct identifiers by keyed pseudonyms and append the valid rows to
+   ``raw.<source>`` with lineage columns; apply the contract's supersede rule;
+5. record the delivery in ``meta.deliveries`` where rows delivered = loaded + quarantined.
+
+Each file is one transaction: a crash leaves the store as it was before that file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterable
+
+from ingestion import pseudonymise, store
+from ingestion.contracts import Contract, contract_for, seed_values
+from ingestion.readers import FileRejected, stage_file
+
+# A validator receives (con, contract, typed_table, batch) and returns SQL producing
+# (source_row, rule, column_name, message) for failing rows; extra validators (e.g. the
+# Great Expectations suites) plug in here without ingestion importing them.
+Validator = Callable[..., Iterable[tuple[int, str, str | None, str]]]
+
+
+@dataclass
+class FileResult:
+    source: str | None
+    partner: str
+    file_name: str
+    status: str  # loaded | rejected | duplicate
+    delivery_id: str | None = None
+    batch: str | None = None
+    rows_delivered: int = 0
+    rows_loaded: int = 0
+    rows_quarantined: int = 0
+    reason: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    rules_failed: dict[str, int] = field(default_factory=dict)
+    report_path: str | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class IngestSummary:
+    run_id: str
+    files: list[FileResult]
+
+    def by_source(self) -> dict[str, list[FileResult]]:
+        out: dict[str, list[FileResult]] = {}
+        for f in self.files:
+            out.setdefault(f.source or "(no contract)", []).append(f)
+        return out
+
+    @property
+    def totals(self) -> dict[str, int]:
+        return {
+            "files_loaded": sum(f.status == "loaded" for f in self.files),
+            "files_rejected": sum(f.status == "rejected" for f in self.files),
+            "files_unchanged": sum(f.status == "duplicate" for f in self.files),
+            "rows_delivered": sum(f.rows_delivered for f in self.files),
+            "rows_loaded": sum(f.rows_loaded for f in self.files),
+            "rows_quarantined": sum(f.rows_quarantined for f in self.files),
+        }
+
+
+def file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _lit(value) -> str:
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def _numeric_text(expr: str, decimal: str) -> str:
+    cleaned = f"regexp_replace({expr}, '[\\s\u00a0]', '', 'g')"
+    if decimal == ",":
+        cleaned = f"replace(replace({cleaned}, '.', ''), ',', '.')"
+    return cleaned
+
+
+def typed_expr(contract: Contract, col) -> str:
+    """SQL turning the staged text of a column into its contract type (NULL if unparseable)."""
+    x = col.name
+    if col.type == "varchar":
+        return x
+    if col.type in ("integer", "decimal", "double"):
+        return f"try_cast({_numeric_text(x, contract.decimal)} as {col.sql_type})"
+    if col.type == "date":
+        return f"coalesce(try_strptime({x}, {_lit(contract.date_format)})::date, try_cast({x} as date))"
+    if col.type == "timestamp":
+        return f"timezone('UTC', try_cast({x} as timestamptz))"
+    if col.type == "boolean":
+        return (
+            f"case when lower({x}) in ('1', 'true', 'oui', 'o', 'yes', 'y', 'vrai') then true "
+            f"when lower({x}) in ('0', 'false', 'non', 'n', 'no', 'faux') then false end"
+        )
+    raise ValueError(col.type)
+
+
+def _violations_sql(contract: Contract, typed: str, seeds_dir: Path) -> str:
+    """SQL listing (source_row, rule, column_name, message) for every failing rule."""
+    parts = []
+
+    def add(rule: str, column: str | None, predicate: str, message_sql: str) -> None:
+        parts.append(
+            f"select _source_row, {_lit(rule)} as rule, {_lit(column) if column else 'null'} as column_name, "
+            f"{message_sql} as message from {typed} where {predicate}"
+        )
+
+    for col in contract.columns:
+        n, t = col.name, f"{col.name}__typed"
+        shown = "'(identifier withheld)'" if col.pii else f"'''' || {n} || ''''"
+        if col.required:
+            add(f"required:{n}", n, f"{n} is null", f"'column {n} is required but empty'")
+        if col.type != "varchar":
+            add(f"type:{n}", n, f"{n} is not null and {t} is null",
+                f"'column {n} value ' || {shown} || ' is not a valid {col.type}'")
+        if col.pattern:
+            add(f"pattern:{n}", n, f"{n} is not null and not regexp_full_match({n}, {_lit(col.pattern)})",
+                f"'column {n} value ' || {shown} || ' does not match the pattern {col.pattern.replace(chr(39), chr(39) * 2)}'")
+        allowed = col.allowed or (seed_values(seeds_dir, col.allowed_from) if col.allowed_from else None)
+        if allowed:
+            listed = ", ".join(_lit(v) for v in allowed)
+            label = col.allowed_from or ", ".join(allowed)
+            add(f"allowed:{n}", n, f"{t} is not null and {t}::varchar not in ({listed})",
+                f"'column {n} value ' || {shown} || ' is not one of: {label.replace(chr(39), chr(39) * 2)}'")
+        for bound, op in (("min", "<"), ("max", ">")):
+            value = getattr(col, bound)
+            if value is not None:
+                add(f"{bound}:{n}", n, f"{t} is not null and {t} {op} {_lit(value)}::{col.sql_type}",
+                    f"'column {n} value ' || {t}::varchar || ' is {'below the minimum' if bound == 'min' else 'above the maximum'} {value}'")
+    if contract.primary_key:
+        keys = ", ".join(f"{k}__typed" for k in contract.primary_key)
+        not_null = " and ".join(f"{k}__typed is not null" for k in contract.primary_key)
+        parts.append(
+            f"select _source_row, 'duplicate_key' as rule, {_lit(','.join(contract.primary_key))} as column_name, "
+            f"'key (' || {_lit(', '.join(contract.primary_key))} || ') appears ' || n || ' times in the file' as message "
+            f"from (select _source_row, count(*) over (partition by {keys}) as n from {typed} where {not_null}) where n > 1"
+        )
+    for rule in contract.rules:
+        parts.append(
+            f"select _source_row, {_lit('rule:' + rule.name)} as rule, null as column_name, "
+            f"{_lit('rule ' + rule.name + ' failed: ' + (rule.description or rule.sql))} as message "
+            f"from (select _source_row, _batch, {', '.join(f'{c.name}__typed as {c.name}' for c in contract.columns)} from {typed}) "
+            f"where not coalesce(({rule.sql}), true)"
+        )
+    return " union all ".join(parts)
+
+
+def _reference_sql(contract: Contract, contracts: dict[str, Contract], typed: str) -> str:
+    parts = []
+    for col in contract.columns:
+        if not col.references:
+            continue
+        target_source, target_col = col.references.split(".")
+        target = contracts[target_source].column(target_col)
+        mine = f"{col.name}__key" if col.pii else f"{col.name}__typed"
+        theirs = target.raw_name
+        if col.pii and not target.pii:
+            raise ValueError(f"{contract.source}.{col.name}: a direct identifier can only reference another identifier")
+        parts.append(
+            f"select _source_row, 'references:{col.name}' as rule, {_lit(col.name)} as column_name, "
+            f"'column {col.name} refers to a {target_source}.{target_col} that is not loaded' as message "
+            f"from {typed} t where {mine} is not null and not exists "
+            f"(select 1 from raw.{target_source} r where r._is_current and r.{theirs} = t.{mine})"
+        )
+    return " union all ".join(parts)
+
+
+class Ingestor:
+    """Ingests the files of a landing area into the raw store."""
+
+    def __init__(self, store_path: Path, contracts: dict[str, Contract], key: bytes, *, seeds_dir: Path,
+                 rejected_dir: Path, feedback_dir: Path, run_id: str | None = None, code_version: str = "",
+                 validators: Iterable[Validator] = ()):
+        self.store_path = Path(store_path)
+        self.contracts = contracts
+        self.key = key
+        self.seeds_dir = Path(seeds_dir)
+        self.rejected_dir = Path(rejected_dir)
+        self.feedback_dir = Path(feedback_dir)
+        self.run_id = run_id or uuid.uuid4().hex
+        self.code_version = code_version
+        self.validators = list(validators)
+
+    # -- discovery -----------------------------------------------------------------------
+    def discover(self, landing_dir: Path) -> list[tuple[Path, str, Contract | None, str | None]]:
+        """Files of the landing area as (path, partner, contract, batch), in load order."""
+        order = {source: i for i, source in enumerate(self.contracts)}
+        found = []
+        for path in sorted(Path(landing_dir).glob("*/*")):
+            if not path.is_file() or path.name.startswith("."):
+                continue
+            partner = path.parent.name
+            match = contract_for(self.contracts, partner, path.name)
+            contract, batch = match if match else (None, None)
+            found.append((path, partner, contract, batch))
+        found.sort(key=lambda f: (order.get(f[2].source, -1) if f[2] else -1, f[3] or "", f[0].name))
+        return found
+
+    # -- main entry ----------------------------------------------------------------------
+    def ingest(self, landing_dir: Path, sources: Iterable[str] | None = None) -> IngestSummary:
+        wanted = set(sources) if sources else None
+        con = store.connect(self.store_path)
+        try:
+            store.ensure_schema(con, self.contracts)
+            store.check_key(con, pseudonymise.key_fingerprint(self.key))
+            pseudonymise.install(con, self.key)
+            results = []
+            for path, partner, contract, batch in self.discover(landing_dir):
+                if wanted is not None and (contract is None or contract.source not in wanted):
+                    continue
+                results.append(self.ingest_file(con, path, partner, contract, batch))
+            return IngestSummary(run_id=self.run_id, files=results)
+        finally:
+            con.close()
+
+    def ingest_file(self, con, path: Path, partner: str, contract: Contract | None, batch: str | None) -> FileResult:
+        now = datetime.now(timezone.utc).replace(tzinfo=None)
+        content_hash = file_hash(path)
+        if contract is None:
+            known = ", ".join(sorted(c.file_pattern for c in self.contracts.values() if c.partner == partner))
+            reason = (f"no contract matches file name {path.name!r} in partner folder {partner!r}"
+                      + (f" (expected one of: {known})" if known else " (unknown partner folder)"))
+            return self._reject(con, path, partner, None, None, content_hash, reason, now)
+        previous = con.execute(
+            "select delivery_id, status, contract_version from meta.deliveries where source = ? and content_hash = ? "
+            "order by loaded_at desc limit 1", [contract.source, content_hash]).fetchone()
+        if previous and (previous[1] != "rejected" or previous[2] == contract.version):
+            return FileResult(contract.source, partner, path.name, "duplicate", previous[0], batch,
+                              reason=f"same content as delivery {previous[0]} ({previous[1]}): nothing to do")
+        delivery_id = f"{contract.source}-{batch}-{content_hash[:12]}"
+        con.execute("begin transaction")
+        try:
+            try:
+                staged = stage_file(con, path, contract)
+            except FileRejected as exc:
+                con.execute("rollback")
+                return self._reject(con, path, partner, contract, batch, content_hash, exc.reason, now)
+            result = self._load_staged(con, path, partner, contract, batch, content_hash, delivery_id, staged, now)
+            con.execute("commit")
+        except BaseException:
+            con.execute("rollback")
+            raise
+        finally:
+            for t in ("stg_delivery", "typed_delivery", "violations_delivery"):
+                con.execute(f"drop table if exists {t}")
+        if result.rows_quarantined:
+            result.report_path = str(self._write_feedback(con, result, contract))
+        return result
+
+    # -- the row path --------------------------------------------------------------------
+    def _load_staged(self, con, path, partner, contract, batch, content_hash, delivery_id, staged, now) -> FileResult:
+        typed_cols = [f"{typed_expr(contract, c)} as {c.name}__typed" for c in contract.columns]
+        key_cols = [
+            f"{pseudonymise.pseudonym_sql(c.pii, c.name)} as {c.name}__key" for c in contract.pii_columns
+        ]
+        con.execute(
+            f"create or replace temp table typed_delivery as select s.*, {_lit(batch)} as _batch, "
+            f"{', '.join(typed_cols + key_cols)} from {staged.table} s"
+        )
+        self._check_collisions(con, contract, path)
+        violations = _violations_sql(contract, "typed_delivery", self.seeds_dir)
+        refs = _reference_sql(contract, self.contracts, "typed_delivery")
+        sql = " union all ".join(p for p in (violations, refs) if p)
+        con.execute(f"create or replace temp table violations_delivery as {sql}")
+        for validator in self.validators:
+            for row, rule, column, message in validator(con, contract, "typed_delivery", batch):
+                con.execute("insert into violations_delivery values (?, ?, ?, ?)", [row, rule, column, message])
+
+        values = ", ".join(
+            f"{_lit(c.raw_name)}, {c.name}__key" if c.pii else f"{_lit(c.name)}, {c.name}" for c in contract.columns
+        )
+        con.execute(
+            "insert into quarantine.rows select ?, ?, ?, ?, v._source_row, v.rule, v.column_name, "
+            "? || ', row ' || v._source_row || ': ' || v.message, "
+            f"to_json(json_object({values}))::varchar, ?, ?, null "
+            "from violations_delivery v join typed_delivery t using (_source_row) order by v._source_row, v.rule",
+            [delivery_id, contract.source, path.name, content_hash, path.name, self.run_id, now],
+        )
+        raw_select = ", ".join(
+            f"{c.name}__key as {c.raw_name}" if c.pii else f"{c.name}__typed as {c.name}" for c in contract.columns
+        )
+        con.execute(
+            f"insert into raw.{contract.source} select {raw_select}, ?, _batch, ?, ?, _source_row, ?, ?, true "
+            "from typed_delivery where _source_row not in (select _source_row from violations_delivery) "
+            "order by _source_row",
+            [delivery_id, path.name, content_hash, now, self.run_id],
+        )
+        loaded = con.execute(f"select count(*) from raw.{contract.source} where _delivery_id = ?", [delivery_id]).fetchone()[0]
+        quarantined = con.execute("select count(distinct _source_row) from violations_delivery").fetchone()[0]
+        if loaded + quarantined != staged.rows:
+            raise RuntimeError(
+                f"{path.name}: row accounting failed ({staged.rows} delivered, {loaded} loaded, {quarantined} quarantined)"
+            )
+        rules = dict(con.execute("select rule, count(*) from violations_delivery group by rule order by rule").fetchall())
+        self._supersede(con, contract, batch, delivery_id)
+        con.execute(
+            "insert into meta.deliveries values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'loaded', ?, ?, ?, null, ?, ?, ?, null)",
+            [delivery_id, contract.source, partner, path.name, batch, content_hash, path.stat().st_size,
+             datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).replace(tzinfo=None), now, self.run_id,
+             staged.rows, loaded, quarantined, "\n".join(staged.warnings) or None, contract.version, self.code_version],
+        )
+        return FileResult(contract.source, partner, path.name, "loaded", delivery_id, batch, staged.rows, loaded,
+                          quarantined, warnings=staged.warnings, rules_failed=rules)
+
+    def _check_collisions(self, con, contract: Contract, path: Path) -> None:
+        for col in contract.pii_columns:
+            norm = pseudonymise.NORMALISE_SQL[col.pii].format(x=col.name)
+            clear, keys = con.execute(
+                f"select count(distinct nullif({norm}, '')), count(distinct {col.name}__key) from typed_delivery"
+            ).fetchone()
+            if clear != keys:
+                raise RuntimeError(
+                    f"{path.name}: {clear} distinct {col.name} values gave {keys} distinct pseudonyms: a pseudonym "
+                    "collision. Nothing was loaded from this file; report this to the maintainers."
+                )
+
+    def _supersede(self, con, contract: Contract, batch: str, delivery_id: str) -> None:
+        """Apply the contract's supersede rule after a delivery's rows were appended."""
+        table = f"raw.{contract.source}"
+        older = [r[0] for r in con.execute(
+            "select delivery_id from meta.deliveries where source = ? and batch = ? and status = 'loaded'",
+            [contract.source, batch]).fetchall()]
+        if older:
+            # A new delivery of the same batch replaces the earlier one as a whole.
+            con.execute(
+                "update meta.deliveries set status = 'superseded', superseded_by = ? "
+                f"where delivery_id in ({', '.join('?' * len(older))})", [delivery_id, *older])
+            con.execute(f"update {table} set _is_current = false where _delivery_id in ({', '.join('?' * len(older))})", older)
+            con.execute(
+                "update quarantine.rows set resolved_by_delivery = ? where resolved_by_delivery is null "
+                f"and delivery_id in ({', '.join('?' * len(older))})", [delivery_id, *older])
+        if contract.supersede == "latest_per_key":
+            keys = ", ".join(contract.raw_primary_key)
+            affected = f"({keys}) in (select {keys} from {table} where _delivery_id = ?)"
+            if older:
+                affected = (f"({affected} or ({keys}) in (select {keys} from {table} where _delivery_id in "
+                            f"({', '.join(_lit(o) for o in older)})))")
+            con.execute(
+                f"""update {table} set _is_current = ranked.rn = 1 from (
+                        select rowid as rid, row_number() over (
+                            partition by {keys} order by _batch desc, _loaded_at desc, _source_row desc) as rn
+                        from {table}
+                        where _delivery_id in (select delivery_id from meta.deliveries where status = 'loaded'
+                                               union all select ?)
+                          and {affected}
+                    ) ranked where {table}.rowid = ranked.rid""",
+                [delivery_id, delivery_id],
+            )
+
+    # -- rejection and feedback ----------------------------------------------------------
+    def _reject(self, con, path, partner, contract, batch, content_hash, reason, now) -> FileResult:
+        source = contract.source if contract else None
+        target_dir = self.rejected_dir / partner
+        target_dir.mkdir(parents=True, exist_ok=True)
+        target = target_dir / path.name
+        if target.exists():
+            target = target_dir / f"{path.stem}.{content_hash[:8]}{path.suffix}"
+        shutil.move(str(path), target)
+        report = target.with_name(target.name + ".report.txt")
+        report.write_text(
+            f"Jisr rejected the file {path.name} (partner {partner}) on {now:%Y-%m-%d %H:%M} UTC.\n\n"
+            f"Problem: {reason}\n\n"
+            + (f"Contract: {contract.title} ({contract.source}), expected format {contract.format}"
+               + (f", delimiter {contract.delimiter!r}, decimal {contract.decimal!r}, encoding {contract.encoding}"
+                  if contract.format == "csv" else "") + ".\n" if contract else "")
+            + "No row of this file was loaded. Please correct the file and deliver it again.\n"
+            f"SHA-256 of the file: {content_hash}\n",
+            encoding="utf-8",
+        )
+        delivery_id = f"{source or 'unknown'}-{batch or 'none'}-{content_hash[:12]}"
+        con.execute(
+            "insert or replace into meta.deliveries values (?, ?, ?, ?, ?, ?, ?, null, ?, ?, 'rejected', null, 0, 0, ?, null, ?, ?, null)",
+            [delivery_id, source or "unknown", partner, path.name, batch, content_hash, target.stat().st_size, now,
+             self.run_id, reason, contract.version if contract else None, self.code_version],
+        )
+        feedback = self.feedback_dir / partner
+        feedback.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(report, feedback / report.name)
+        return FileResult(source, partner, path.name, "rejected", delivery_id, batch, reason=reason,
+                          report_path=str(report))
+
+    def _write_feedback(self, con, result: FileResult, contract: Contract) -> Path:
+        """Rejected rows of a delivery, with reasons, for the partner's data steward."""
+        out_dir = self.feedback_dir / result.partner
+        out_dir.mkdir(parents=True, exist_ok=True)
+        csv_path = out_dir / f"{result.file_name}.rejected_rows.csv"
+        con.execute(
+            f"copy (select source_row, rule, column_name, message from quarantine.rows where delivery_id = "
+            f"{_lit(result.delivery_id)} order by source_row, rule) to {_lit(str(csv_path))} (header, delimiter ',')"
+        )
+        lines = [
+            f"Delivery {result.file_name} ({contract.title}), delivery id {result.delivery_id}",
+            f"Rows delivered: {result.rows_delivered}; loaded: {result.rows_loaded}; quarantined: {result.rows_quarantined}.",
+            "",
+            "Rows were set aside for these reasons (rule: rows):",
+            *[f"  {rule}: {n}" for rule, n in result.rules_failed.items()],
+            "",
+            f"The rows, with their row number in the file (header not counted), are listed in {csv_path.name}.",
+            "Correct them and deliver the whole file again under the same name pattern and period: the new",
+            "delivery replaces this one.",
+        ]
+        summary = out_dir / f"{result.file_name}.summary.txt"
+        summary.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return summary
+
+
+def to_json(summary: IngestSummary) -> str:
+    return json.dumps({"run_id": summary.run_id, "totals": summary.totals,
+                       "files": [f.as_dict() for f in summary.files]}, indent=2, default=str)

@@ -1,0 +1,287 @@
+"""Reading delivered files into a DuckDB staging table, with file-level checks.
+
+Each reader stages a file as text columns named after the contract (aliases resolved) plus
+``_source_row`` (1-based data row number; the header is not counted). Typing happens later
+in SQL, so a value that does not parse becomes a quarantined row rather than a lost file.
+A file that cannot be read at all raises :class:`FileRejected` with a readable reason.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import json
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ingestion.contracts import Contract
+
+CHUNK = 1 << 20
+OTHER_DELIMITERS = [";", ",", "\t", "|"]
+
+
+class FileRejected(Exception):
+    """The whole file is unreadable under its contract; ``reason`` says why."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class Staged:
+    table: str
+    rows: int
+    header_map: dict[str, str]  # contract column -> header found in the file
+    warnings: list[str] = field(default_factory=list)
+
+
+def _map_headers(contract: Contract, headers: list[str], what: str) -> tuple[dict[str, str], list[str]]:
+    """Map file headers to contract columns; reject missing required columns."""
+    normalised = {}
+    for h in headers:
+        key = h.strip().lower()
+        if key in normalised:
+            raise FileRejected(f"{what} {h!r} appears twice")
+        normalised[key] = h
+    mapping, missing = {}, []
+    for col in contract.columns:
+        found = next((normalised[a.lower()] for a in col.accepted_headers if a.lower() in normalised), None)
+        if found is not None:
+            mapping[col.name] = found
+        elif col.required:
+            missing.append(f"{col.name} (expected header {col.header!r})")
+    if missing:
+        raise FileRejected(f"missing required column(s): {', '.join(missing)}; found {what}s: {', '.join(repr(h) for h in headers)}")
+    used = {v.strip().lower() for v in mapping.values()}
+    warnings = [f"{what} {h!r} is not in the contract and was ignored" for h in headers if h.strip().lower() not in used]
+    return mapping, warnings
+
+
+def _stage_from(con, contract: Contract, mapping: dict[str, str], source_sql: str, table: str, params=()) -> None:
+    """Materialise the source in file order, then project it onto the contract columns.
+
+    A table keeps insertion order, so numbering rows by ``rowid`` gives the 1-based data row
+    number (temporary tables do not start their rowids at 0, hence the row_number).
+    """
+    con.execute(f"create or replace temp table {table}_src as {source_sql}", list(params))
+    cols = []
+    for col in contract.columns:
+        if col.name in mapping:
+            quoted = '"' + mapping[col.name].replace('"', '""') + '"'
+            cols.append(f"nullif(trim({quoted}::varchar), '') as {col.name}")
+        else:
+            cols.append(f"null::varchar as {col.name}")
+    con.execute(
+        f"create or replace temp table {table} as "
+        f"select (row_number() over (order by rowid))::bigint as _source_row, {', '.join(cols)} "
+        f"from {table}_src order by rowid"
+    )
+    con.execute(f"drop table {table}_src")
+
+
+def _check_utf8(path: Path) -> bool:
+    """True when the file is valid UTF-8 and has non-ASCII bytes."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    non_ascii = False
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError:
+                return False
+            non_ascii = non_ascii or not chunk.isascii()
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False
+    return non_ascii
+
+
+def _transcode_cp1252(path: Path, tmp_dir: Path) -> Path:
+    """Stream a Windows-1252 file into a UTF-8 copy that DuckDB can read."""
+    if _check_utf8(path):
+        raise FileRejected(
+            "wrong encoding: the file is UTF-8 but its contract says windows-1252 "
+            "(re-export it in windows-1252, or ask for the contract to change)"
+        )
+    out = tmp_dir / (path.name + ".utf8")
+    decoder = codecs.getincrementaldecoder("cp1252")()
+    offset = 0
+    with open(path, "rb") as src, open(out, "w", encoding="utf-8", newline="") as dst:
+        while chunk := src.read(CHUNK):
+            try:
+                dst.write(decoder.decode(chunk))
+            except UnicodeDecodeError as exc:
+                line = chunk[: exc.start].count(b"\n") + 1
+                raise FileRejected(
+                    f"wrong encoding: byte 0x{chunk[exc.start]:02x} at offset {offset + exc.start} "
+                    f"is not valid windows-1252 (around line {line} of that block)"
+                ) from None
+            offset += len(chunk)
+    return out
+
+
+def _first_line(path: Path, encoding: str) -> str:
+    with open(path, "rb") as fh:
+        raw = fh.readline(1 << 16)
+    if encoding.startswith("utf-8"):
+        raw = raw.removeprefix(codecs.BOM_UTF8)
+    try:
+        return raw.decode("utf-8" if encoding.startswith("utf-8") else "cp1252").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise FileRejected(f"wrong encoding: the header line is not valid {encoding}") from None
+
+
+def stage_csv(con, path: Path, contract: Contract, table: str, tmp_dir: Path) -> Staged:
+    read_path = path
+    if contract.encoding == "windows-1252":
+        read_path = _transcode_cp1252(path, tmp_dir)
+    header_line = _first_line(read_path, "utf-8" if read_path != path else contract.encoding)
+    if not header_line.strip():
+        raise FileRejected("the first line is empty: no header row")
+    delim = contract.delimiter
+    headers = next(csv.reader(io.StringIO(header_line), delimiter=delim))
+    if len(headers) == 1 and len(contract.columns) > 1:
+        for other in OTHER_DELIMITERS:
+            if other != delim and len(header_line.split(other)) > 1:
+                raise FileRejected(
+                    f"wrong delimiter: the contract says {delim!r}-separated but the header looks "
+                    f"{other!r}-separated: {header_line[:120]!r}"
+                )
+        raise FileRejected(f"the header has a single column {header_line[:120]!r}; expected {delim!r}-separated columns")
+    mapping, warnings = _map_headers(contract, headers, "column")
+    columns = {h: "VARCHAR" for h in headers}
+    source_sql = (
+        "select * from read_csv(?, delim=?, header=true, auto_detect=false, quote='\"', escape='\"', "
+        f"columns={columns!r}, strict_mode=true, null_padding=false, encoding='utf-8')"
+    )
+    try:
+        _stage_from(con, contract, mapping, source_sql, table, [str(read_path), delim])
+    except Exception as exc:  # duckdb.Error subclasses
+        raise FileRejected(_describe_read_error(exc)) from None
+    return _finish(con, table, mapping, warnings)
+
+
+def _describe_read_error(exc: Exception) -> str:
+    text = str(exc)
+    m = re.search(r"CSV Error on Line: (\d+)", text)
+    if m:
+        detail = next((ln.strip() for ln in text.splitlines() if ln.startswith("Expected Number")), "")
+        if "Expected Number of Columns" in text:
+            return f"truncated or malformed at line {m.group(1)}: {detail or 'wrong number of fields'}"
+        first = text.splitlines()[0] if text else ""
+        return f"unreadable at line {m.group(1)}: {first}"
+    if "Invalid unicode" in text or "byte sequence" in text.lower():
+        return f"wrong encoding: not valid UTF-8 ({text.splitlines()[0]})"
+    if "Malformed JSON" in text:
+        return f"not valid JSON lines: {text.splitlines()[0].replace('Invalid Input Error: ', '')}"
+    return f"unreadable: {text.splitlines()[0] if text else type(exc).__name__}"
+
+
+def stage_jsonl(con, path: Path, contract: Contract, table: str) -> Staged:
+    with open(path, "rb") as fh:
+        first = fh.readline(1 << 20).strip()
+    if not first:
+        raise FileRejected("the first line is empty: no JSON record")
+    try:
+        record = json.loads(first)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise FileRejected("not valid JSON lines: line 1 is not a JSON object") from None
+    if not isinstance(record, dict):
+        raise FileRejected("not valid JSON lines: line 1 is not a JSON object")
+    keys = list(record)
+    mapping, warnings = _map_headers(contract, keys, "field")
+    columns = {k: "VARCHAR" for k in keys}
+    source_sql = f"select * from read_json(?, format='newline_delimited', columns={columns!r})"
+    try:
+        _stage_from(con, contract, mapping, source_sql, table, [str(path)])
+    except Exception as exc:
+        raise FileRejected(_describe_read_error(exc)) from None
+    return _finish(con, table, mapping, warnings)
+
+
+def _cell_text(value) -> str | None:
+    import datetime as dt
+
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        return value.isoformat(sep=" ") if (value.hour, value.minute, value.second) != (0, 0, 0) else value.date().isoformat()
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def stage_xlsx(con, path: Path, contract: Contract, table: str, batch_rows: int = 50_000) -> Staged:
+    import pyarrow as pa
+    from openpyxl import load_workbook
+    from openpyxl.utils.exceptions import InvalidFileException
+    from zipfile import BadZipFile
+
+    try:
+        wb = load_workbook(path, read_only=True, data_only=True)
+    except (BadZipFile, InvalidFileException, KeyError, OSError) as exc:
+        raise FileRejected(f"not a valid Excel workbook (.xlsx): {type(exc).__name__}: {exc}") from None
+    try:
+        sheet_name = contract.xlsx.get("sheet")
+        if sheet_name and sheet_name not in wb.sheetnames:
+            raise FileRejected(f"the workbook has no sheet {sheet_name!r} (sheets: {', '.join(wb.sheetnames)})")
+        ws = wb[sheet_name] if sheet_name else wb.worksheets[0]
+        rows = ws.iter_rows(values_only=True)
+        header = next(rows, None)
+        if not header or all(h is None for h in header):
+            raise FileRejected("the sheet has no header row")
+        headers = [str(h).strip() if h is not None else f"column_{i + 1}" for i, h in enumerate(header)]
+        mapping, warnings = _map_headers(contract, headers, "column")
+        schema = pa.schema([(h, pa.string()) for h in headers])
+        con.execute(f"create or replace temp table {table}_xlsx ({', '.join(chr(34) + h.replace(chr(34), chr(34) * 2) + chr(34) + ' varchar' for h in headers)})")
+        buffer: list[list] = [[] for _ in headers]
+
+        def flush():
+            if buffer[0]:
+                batch = pa.table([pa.array(c, pa.string()) for c in buffer], schema=schema)  # noqa: F841
+                con.execute(f"insert into {table}_xlsx select * from batch")
+                for c in buffer:
+                    c.clear()
+
+        for row in rows:
+            if row is None or all(v is None for v in row):
+                continue
+            for i in range(len(headers)):
+                buffer[i].append(_cell_text(row[i]) if i < len(row) else None)
+            if len(buffer[0]) >= batch_rows:
+                flush()
+        flush()
+    finally:
+        wb.close()
+    _stage_from(con, contract, mapping, f"select * from {table}_xlsx", table)
+    con.execute(f"drop table {table}_xlsx")
+    return _finish(con, table, mapping, warnings)
+
+
+def _finish(con, table: str, mapping: dict[str, str], warnings: list[str]) -> Staged:
+    rows = con.execute(f"select count(*) from {table}").fetchone()[0]
+    if rows == 0:
+        raise FileRejected("the file has a header but no data rows")
+    return Staged(table=table, rows=rows, header_map=mapping, warnings=warnings)
+
+
+def stage_file(con, path: Path, contract: Contract, table: str = "stg_delivery") -> Staged:
+    """Stage a delivered file as text columns; raise FileRejected when it cannot be read."""
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise FileRejected("the file is empty (0 bytes)")
+    if contract.format == "csv":
+        with tempfile.TemporaryDirectory(prefix="jisr-") as tmp:
+            return stage_csv(con, path, contract, table, Path(tmp))
+    if contract.format == "jsonl":
+        return stage_jsonl(con, path, contract, table)
+    if contract.format == "xlsx":
+        return stage_xlsx(con, path, contract, table)
+    raise FileRejected(f"unsupported format {contract.format!r}")

@@ -1,0 +1,93 @@
+"""The internal raw store: ``raw``, ``quarantine`` and ``meta`` schemas in one DuckDB file.
+
+Only pseudonymised data is ever written here. The store is internal: it is never
+published; dbt reads it (attached read-only) to build the warehouse.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+
+from ingestion.contracts import Contract
+
+DELIVERIES_DDL = """
+create table if not exists meta.deliveries (
+    delivery_id varchar primary key,
+    source varchar not null,
+    partner varchar not null,
+    file_name varchar not null,
+    batch varchar,
+    content_hash varchar not null,
+    size_bytes bigint,
+    received_at timestamp,
+    loaded_at timestamp not null,
+    run_id varchar,
+    status varchar not null,            -- loaded | rejected | superseded
+    rows_delivered bigint,
+    rows_loaded bigint,
+    rows_quarantined bigint,
+    reason varchar,
+    warnings varchar,
+    contract_version varchar,
+    code_version varchar,
+    superseded_by varchar
+)"""
+
+QUARANTINE_DDL = """
+create table if not exists quarantine.rows (
+    delivery_id varchar not null,
+    source varchar not null,
+    file_name varchar not null,
+    content_hash varchar not null,
+    source_row bigint not null,
+    rule varchar not null,
+    column_name varchar,
+    message varchar not null,
+    values_json varchar,
+    run_id varchar,
+    first_seen_at timestamp not null,
+    resolved_by_delivery varchar
+)"""
+
+SETTINGS_DDL = "create table if not exists meta.settings (name varchar primary key, value varchar)"
+
+
+class KeyMismatchError(RuntimeError):
+    """The store was written with another pseudonymisation key."""
+
+
+def connect(path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    path = Path(path)
+    if not read_only:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(str(path), read_only=read_only)
+    con.execute("set TimeZone = 'UTC'")
+    return con
+
+
+def ensure_schema(con, contracts: dict[str, Contract]) -> None:
+    """Create schemas and every raw table, so downstream models build even before the
+    first delivery of a source."""
+    for schema in ("raw", "quarantine", "meta"):
+        con.execute(f"create schema if not exists {schema}")
+    con.execute(DELIVERIES_DDL)
+    con.execute(QUARANTINE_DDL)
+    con.execute(SETTINGS_DDL)
+    for contract in contracts.values():
+        cols = ", ".join(f"{name} {typ}" for name, typ in contract.raw_columns.items())
+        con.execute(f"create table if not exists raw.{contract.source} ({cols})")
+
+
+def check_key(con, fingerprint: str) -> None:
+    """Record the key fingerprint on first use; refuse a different key afterwards."""
+    row = con.execute("select value from meta.settings where name = 'key_fingerprint'").fetchone()
+    if row is None:
+        con.execute("insert into meta.settings values ('key_fingerprint', ?)", [fingerprint])
+    elif row[0] != fingerprint:
+        raise KeyMismatchError(
+            "the pseudonymisation key differs from the one this raw store was written with "
+            f"(fingerprint {fingerprint} vs {row[0]}): pseudonyms would no longer link people "
+            "across deliveries. Use the original key, or start a new store."
+        )

@@ -1,0 +1,174 @@
+"""The one place that reads the environment.
+
+Every path Jisr uses derives from ``JISR_HOME`` (default: ``var/`` in the project). The same
+variable is read by dbt's ``profiles.yml`` (``env_var('JISR_HOME')``), so Dagster, the CLI
+and dbt always point at the same warehouse.
+
+Environment variables
+---------------------
+JISR_HOME                 root of landing area, stores and warehouses (default ``<project>/var``)
+JISR_PSEUDONYM_KEY_FILE   file holding the secret pseudonymisation key (keep it outside git)
+JISR_PSEUDONYM_KEY        the key itself (for secret managers that inject variables)
+JISR_DEMO                 ``1``: a demo run; a local demo key is created when no key is set
+JISR_CODE_VERSION         code version to record (default: ``git describe`` of the project)
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+class MissingKeyError(RuntimeError):
+    """No pseudonymisation key is configured for a non-demo run."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    demo: bool = False
+    key_file: Path | None = None
+    key_value: str | None = None
+    code_version_override: str | None = None
+
+    # --- layout -------------------------------------------------------------------------
+    @property
+    def project_dir(self) -> Path:
+        return PROJECT_DIR
+
+    @property
+    def contracts_dir(self) -> Path:
+        return PROJECT_DIR / "contracts"
+
+    @property
+    def config_dir(self) -> Path:
+        return PROJECT_DIR / "config"
+
+    @property
+    def dbt_project_dir(self) -> Path:
+        return PROJECT_DIR / "dbt_project"
+
+    @property
+    def seeds_dir(self) -> Path:
+        return self.dbt_project_dir / "seeds"
+
+    @property
+    def landing_dir(self) -> Path:
+        return self.home / "landing"
+
+    @property
+    def rejected_dir(self) -> Path:
+        return self.home / "rejected"
+
+    @property
+    def feedback_dir(self) -> Path:
+        return self.home / "feedback"
+
+    @property
+    def store_path(self) -> Path:
+        """Internal raw store: raw, quarantine and meta schemas (pseudonymised only)."""
+        return self.home / "store" / "ingest.duckdb"
+
+    @property
+    def lake_dir(self) -> Path:
+        """Open raw layer: Parquet files of the raw tables."""
+        return self.home / "lake"
+
+    @property
+    def build_path(self) -> Path:
+        """Internal build warehouse that dbt writes (never read by consumers)."""
+        return self.home / "warehouse" / "build.duckdb"
+
+    @property
+    def serving_path(self) -> Path:
+        """Published, read-only serving warehouse that evaluators and BI tools read."""
+        return self.home / "warehouse" / "jisr.duckdb"
+
+    @property
+    def history_dir(self) -> Path:
+        return self.home / "warehouse" / "history"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.home / "secrets"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.home / "dagster"
+
+    # --- secrets ------------------------------------------------------------------------
+    def pseudonym_key(self) -> bytes:
+        """The secret key for keyed pseudonyms.
+
+        Order: JISR_PSEUDONYM_KEY, then JISR_PSEUDONYM_KEY_FILE, then (demo runs only) a
+        local demo key under ``$JISR_HOME/secrets`` created on first use.
+        """
+        if self.key_value:
+            return self.key_value.strip().encode()
+        if self.key_file:
+            if not self.key_file.is_file():
+                raise MissingKeyError(f"JISR_PSEUDONYM_KEY_FILE points at {self.key_file}, which does not exist")
+            key = self.key_file.read_bytes().strip()
+            if len(key) < 16:
+                raise MissingKeyError(f"the key in {self.key_file} is shorter than 16 bytes")
+            return key
+        if self.demo:
+            demo_key = self.secrets_dir / "demo-pseudonym.key"
+            if not demo_key.exists():
+                demo_key.parent.mkdir(parents=True, exist_ok=True)
+                demo_key.write_text(secrets.token_hex(32) + "\n")
+                demo_key.chmod(0o600)
+            return demo_key.read_bytes().strip()
+        raise MissingKeyError(
+            "No pseudonymisation key is configured, so no personal data can be ingested. "
+            "Set JISR_PSEUDONYM_KEY_FILE to a file holding a secret key of at least 16 bytes "
+            "(kept outside git, e.g. created with `openssl rand -hex 32 > ~/.jisr.key`), or "
+            "JISR_PSEUDONYM_KEY. For a local demonstration, set JISR_DEMO=1 (what `make run` "
+            "does) to create a throw-away demo key."
+        )
+
+    # --- provenance ---------------------------------------------------------------------
+    @cached_property
+    def code_version(self) -> str:
+        if self.code_version_override:
+            return self.code_version_override
+        try:
+            out = subprocess.run(
+                ["git", "describe", "--always", "--dirty", "--abbrev=12"],
+                cwd=PROJECT_DIR, capture_output=True, text=True, timeout=10, check=True,
+            )
+            return out.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            from importlib.metadata import version
+
+            return f"jisr-{version('jisr')}"
+
+    def dbt_env(self) -> dict[str, str]:
+        """Environment for dbt subprocesses: the same JISR_HOME, no telemetry."""
+        env = dict(os.environ)
+        env["JISR_HOME"] = str(self.home)
+        env["DBT_SEND_ANONYMOUS_USAGE_STATS"] = "False"
+        return env
+
+
+def get_settings(env: dict[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+    home = Path(env.get("JISR_HOME") or PROJECT_DIR / "var").resolve()
+    key_file = env.get("JISR_PSEUDONYM_KEY_FILE")
+    return Settings(
+        home=home,
+        demo=env.get("JISR_DEMO", "") in {"1", "true", "yes"},
+        key_file=Path(key_file).expanduser() if key_file else None,
+        key_value=env.get("JISR_PSEUDONYM_KEY") or None,
+        code_version_override=env.get("JISR_CODE_VERSION") or None,
+    )
