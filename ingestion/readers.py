@@ -167,34 +167,43 @@ def stage_csv(con, path: Path, contract: Contract, table: str, tmp_dir: Path) ->
 
 
 def _describe_read_error(exc: Exception) -> str:
+    """A one-line reason from DuckDB's reader error (which also names the line)."""
     text = str(exc)
-    m = re.search(r"CSV Error on Line: (\d+)", text)
-    if m:
-        detail = next((ln.strip() for ln in text.splitlines() if ln.startswith("Expected Number")), "")
-        if "Expected Number of Columns" in text:
-            return f"truncated or malformed at line {m.group(1)}: {detail or 'wrong number of fields'}"
-        first = text.splitlines()[0] if text else ""
-        return f"unreadable at line {m.group(1)}: {first}"
-    if "Invalid unicode" in text or "byte sequence" in text.lower():
-        return f"wrong encoding: not valid UTF-8 ({text.splitlines()[0]})"
+    line = re.search(r"CSV Error on Line: (\d+)", text)
+    where = f" at line {line.group(1)}" if line else ""
+    if "Invalid unicode" in text:
+        return f"wrong encoding{where}: the file is not valid UTF-8 (its contract says UTF-8)"
+    if "Expected Number of Columns" in text:
+        detail = next(ln.strip() for ln in text.splitlines() if ln.startswith("Expected Number"))
+        return f"truncated or malformed{where}: {detail}"
     if "Malformed JSON" in text:
         return f"not valid JSON lines: {text.splitlines()[0].replace('Invalid Input Error: ', '')}"
-    return f"unreadable: {text.splitlines()[0] if text else type(exc).__name__}"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith(("Invalid Input Error", "Original Line"))]
+    return f"unreadable{where}: {lines[0] if lines else type(exc).__name__}"
 
 
-def stage_jsonl(con, path: Path, contract: Contract, table: str) -> Staged:
+def stage_jsonl(con, path: Path, contract: Contract, table: str, sample_lines: int = 1000) -> Staged:
+    """Stage JSON lines. Field names are the union of the keys of the first records
+    (a record may omit an optional field)."""
+    keys: dict[str, None] = {}
     with open(path, "rb") as fh:
-        first = fh.readline(1 << 20).strip()
-    if not first:
-        raise FileRejected("the first line is empty: no JSON record")
-    try:
-        record = json.loads(first)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise FileRejected("not valid JSON lines: line 1 is not a JSON object") from None
-    if not isinstance(record, dict):
-        raise FileRejected("not valid JSON lines: line 1 is not a JSON object")
-    keys = list(record)
-    mapping, warnings = _map_headers(contract, keys, "field")
+        for number, line in enumerate(fh, start=1):
+            if number > sample_lines:
+                break
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                if number == 1:
+                    raise FileRejected("not valid JSON lines: line 1 is not a JSON object") from None
+                break  # DuckDB's reader reports the exact place below
+            if not isinstance(record, dict):
+                raise FileRejected(f"not valid JSON lines: line {number} is not a JSON object")
+            keys.update(dict.fromkeys(record))
+    if not keys:
+        raise FileRejected("the file has no JSON record")
+    mapping, warnings = _map_headers(contract, list(keys), "field")
     columns = {k: "VARCHAR" for k in keys}
     source_sql = f"select * from read_json(?, format='newline_delimited', columns={columns!r})"
     try:

@@ -1,0 +1,47 @@
+# Jisr: two commands do all the set-up.  `make run` then `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+UV_VERSION := 0.13.8
+export UV_PYTHON_DOWNLOADS := never
+export UV_COMPILE_BYTECODE := 1
+export JISR_HOME ?= $(CURDIR)/var
+export DAGSTER_HOME ?= $(JISR_HOME)/dagster
+export DBT_SEND_ANONYMOUS_USAGE_STATS := False
+
+UV := $(shell command -v uv 2>/dev/null || echo $(PYTHON) -m uv)
+VENV := .venv
+SYNCED := $(VENV)/.synced-$(shell cat uv.lock pyproject.toml | cksum | cut -d' ' -f1)
+BENEFICIARIES ?= 5000
+
+.PHONY: setup run test dev docs clean help
+
+help:
+	@echo "make run    set up, generate sample deliveries, run a full refresh through Dagster"
+	@echo "make test   set up and run the test suite"
+	@echo "make dev    open the Dagster UI on this project (http://127.0.0.1:3000)"
+	@echo "make docs   regenerate docs/data-contracts.md and the dbt docs"
+
+$(SYNCED):
+	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet "uv==$(UV_VERSION)"
+	$(UV) sync --frozen
+	@rm -f $(VENV)/.synced-* && touch $@
+
+setup: $(SYNCED)
+
+run: setup
+	@if [ -z "$$(ls -A "$(JISR_HOME)/landing" 2>/dev/null)" ]; then \
+		JISR_DEMO=1 $(VENV)/bin/jisr generate --beneficiaries $(BENEFICIARIES); fi
+	JISR_DEMO=1 $(VENV)/bin/jisr refresh
+
+test: setup
+	$(VENV)/bin/pytest
+
+dev: setup
+	@mkdir -p "$(DAGSTER_HOME)" && [ -f "$(DAGSTER_HOME)/dagster.yaml" ] || cp orchestration/dagster.yaml "$(DAGSTER_HOME)/"
+	JISR_DEMO=1 $(VENV)/bin/dagster dev -w workspace.yaml
+
+docs: setup
+	$(VENV)/bin/jisr contracts docs
+
+clean:
+	rm -rf "$(JISR_HOME)"

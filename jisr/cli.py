@@ -1,0 +1,98 @@
+"""``jisr``: the command line for people who are not in the Dagster UI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from jisr.settings import MissingKeyError, get_settings
+
+
+def _generate(args) -> int:
+    from ingestion.generate import generate
+
+    settings = get_settings()
+    landing = Path(args.out) if args.out else settings.landing_dir
+    truth = Path(args.truth) if args.truth else settings.home / "generated" / "ground_truth.json"
+    summary = generate(landing, beneficiaries=args.beneficiaries, seed=args.seed, months=args.months,
+                       dirty_rate=args.dirty_rate, truth_path=truth, contracts_dir=settings.contracts_dir,
+                       seeds_dir=settings.seeds_dir, progress=not args.quiet)
+    print(f"Generated sample deliveries into {landing} (ground truth: {truth})")
+    print(summary if isinstance(summary, str) else getattr(summary, "describe", lambda: summary)())
+    return 0
+
+
+def _refresh(args) -> int:
+    from jisr.refresh import run_refresh
+
+    settings = get_settings()
+    try:
+        settings.pseudonym_key()
+    except MissingKeyError as exc:
+        print(f"jisr refresh: {exc}", file=sys.stderr)
+        return 2
+    result = run_refresh(settings, full_refresh=args.full_refresh)
+    print(result.report())
+    return 0 if result.success else 1
+
+
+def _status(args) -> int:
+    from jisr.status import status_report
+
+    print(status_report(get_settings()))
+    return 0
+
+
+def _contracts(args) -> int:
+    from ingestion.contract_docs import write
+    from ingestion.contracts import load_contracts
+
+    settings = get_settings()
+    contracts = load_contracts(settings.contracts_dir)
+    if args.action == "docs":
+        path = write(contracts, Path(args.out) if args.out else settings.project_dir / "docs" / "data-contracts.md")
+        print(f"wrote {path}")
+    else:
+        for c in contracts.values():
+            print(f"{c.source:22} {c.partner:15} {c.format:6} {c.file_pattern}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jisr", description="Jisr: social-programme impact warehouse.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="write sample partner deliveries into the landing area")
+    g.add_argument("--beneficiaries", type=int, default=5000, help="registered people (default 5000)")
+    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--months", type=int, default=12, help="monthly deliveries to write (default 12)")
+    g.add_argument("--dirty-rate", type=float, default=0.002, help="share of rows that break a rule")
+    g.add_argument("--out", help="landing directory (default $JISR_HOME/landing)")
+    g.add_argument("--truth", help="where to write the ground-truth JSON")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.set_defaults(func=_generate)
+
+    r = sub.add_parser("refresh", help="run the refresh job (the same Dagster job as the UI)")
+    r.add_argument("--full-refresh", action="store_true", help="rebuild incremental models from scratch")
+    r.set_defaults(func=_refresh)
+
+    s = sub.add_parser("status", help="deliveries, quarantine and the published warehouse")
+    s.set_defaults(func=_status)
+
+    c = sub.add_parser("contracts", help="list the data contracts or generate their documentation")
+    c.add_argument("action", choices=["list", "docs"])
+    c.add_argument("--out")
+    c.set_defaults(func=_contracts)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

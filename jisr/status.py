@@ -1,0 +1,83 @@
+"""Plain-text reports on deliveries, quarantine and the published warehouse."""
+
+from __future__ import annotations
+
+from jisr.settings import Settings
+
+
+def _open_store(settings: Settings):
+    from ingestion import store
+
+    if not settings.store_path.exists():
+        return None
+    return store.connect(settings.store_path, read_only=True)
+
+
+def _table(headers, rows) -> str:
+    rows = [["" if v is None else str(v) for v in r] for r in rows]
+    widths = [max(len(str(h)), *(len(r[i]) for r in rows)) if rows else len(str(h)) for i, h in enumerate(headers)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join([fmt.format(*headers), fmt.format(*("-" * w for w in widths)), *(fmt.format(*r) for r in rows)])
+
+
+def run_report(settings: Settings, run_id: str) -> str:
+    """What one refresh run loaded, quarantined and rejected, and where the warehouse is."""
+    con = _open_store(settings)
+    if con is None:
+        return "Nothing was ingested (no raw store yet)."
+    try:
+        rows = con.execute(
+            """select source, count(*) filter (where status != 'rejected') as files_loaded,
+                      count(*) filter (where status = 'rejected') as files_rejected,
+                      coalesce(sum(rows_delivered), 0), coalesce(sum(rows_loaded), 0), coalesce(sum(rows_quarantined), 0)
+               from meta.deliveries where run_id = ? group by source order by source""", [run_id]).fetchall()
+        rejected = con.execute(
+            "select partner, file_name, reason from meta.deliveries where run_id = ? and status = 'rejected' order by 1, 2",
+            [run_id]).fetchall()
+    finally:
+        con.close()
+    out = []
+    if rows:
+        out.append("Deliveries ingested by this run:")
+        out.append(_table(["source", "files", "rejected", "rows delivered", "loaded", "quarantined"], rows))
+        totals = [sum(r[i] for r in rows) for i in range(1, 6)]
+        out.append(f"Total: {totals[0]} file(s) loaded, {totals[1]} rejected; {totals[2]} rows delivered = "
+                   f"{totals[3]} loaded + {totals[4]} quarantined.")
+    else:
+        out.append("No new delivery in the landing area (files already loaded are not loaded twice).")
+    if rejected:
+        out.append("\nRejected files (moved to " + str(settings.rejected_dir) + "):")
+        out += [f"  {p}/{f}: {r}" for p, f, r in rejected]
+    out.append(f"\nQuarantined rows and partner reports: {settings.feedback_dir}")
+    out.append(_warehouse_line(settings))
+    return "\n".join(out)
+
+
+def _warehouse_line(settings: Settings) -> str:
+    if settings.serving_path.exists():
+        return (f"Serving warehouse (read-only for evaluators and BI): {settings.serving_path}\n"
+                f"  try: jisr sql \"select * from marts.mart_coverage limit 5\"")
+    return f"Raw store (internal): {settings.store_path}; no warehouse has been published yet."
+
+
+def status_report(settings: Settings) -> str:
+    con = _open_store(settings)
+    if con is None:
+        return f"No raw store at {settings.store_path}: run `jisr refresh` (or `make run`) first."
+    try:
+        deliveries = con.execute(
+            """select source, count(*) filter (where status = 'loaded'), count(*) filter (where status = 'superseded'),
+                      count(*) filter (where status = 'rejected'), max(batch) filter (where status = 'loaded'),
+                      strftime(max(loaded_at), '%Y-%m-%d %H:%M')
+               from meta.deliveries group by source order by source""").fetchall()
+        quarantine = con.execute(
+            "select count(*) filter (where resolved_by_delivery is null), count(*) from quarantine.rows").fetchone()
+    except Exception as exc:  # a refresh holds the write lock
+        return f"The raw store is busy ({exc}); try again when the refresh has finished."
+    finally:
+        con.close()
+    out = ["Deliveries by source:",
+           _table(["source", "loaded", "superseded", "rejected", "latest batch", "last load (UTC)"], deliveries),
+           f"\nQuarantine: {quarantine[0]} open rule failure(s), {quarantine[1]} recorded in all.",
+           _warehouse_line(settings)]
+    return "\n".join(out)

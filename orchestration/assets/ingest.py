@@ -1,0 +1,106 @@
+"""Raw-layer assets: one asset per contract source, keyed ``raw/<source>``.
+
+The dbt sources are named ``raw.<source>`` too, so each Python asset and the dbt source
+that reads it are the same node in the asset graph. All raw assets are produced by one
+multi-asset step (one pass over the landing area, in contract dependency order).
+"""
+
+
+import dagster as dg
+
+from ingestion.contracts import load_contracts
+from jisr.settings import get_settings
+from orchestration.metadata import markdown_table
+
+SETTINGS = get_settings()
+CONTRACTS = load_contracts(SETTINGS.contracts_dir)
+RAW_GROUP = "raw"
+
+
+def raw_key(source: str) -> dg.AssetKey:
+    return dg.AssetKey(["raw", source])
+
+
+def _spec(contract) -> dg.AssetSpec:
+    return dg.AssetSpec(
+        key=raw_key(contract.source),
+        group_name=RAW_GROUP,
+        description=f"{contract.title}. {contract.grain} Partner: {contract.partner}. {contract.description}",
+        kinds={"duckdb", "python"},
+        owners=[],
+        tags={"partner": contract.partner},
+        metadata={
+            "contract": dg.MetadataValue.path(str(contract.path.relative_to(SETTINGS.project_dir))),
+            "file_pattern": contract.file_pattern,
+            "format": contract.format,
+            "primary_key": ", ".join(contract.primary_key),
+            "dagster/column_schema": dg.TableSchema(
+                columns=[dg.TableColumn(name, typ) for name, typ in contract.raw_columns.items()]
+            ),
+        },
+    )
+
+
+def run_ingestion(settings, run_id: str, sources=None, validators=()):
+    """Ingest the landing area; returns the ingestion summary."""
+    from ingestion.load import Ingestor
+
+    ingestor = Ingestor(
+        settings.store_path, CONTRACTS, settings.pseudonym_key(), seeds_dir=settings.seeds_dir,
+        rejected_dir=settings.rejected_dir, feedback_dir=settings.feedback_dir, run_id=run_id,
+        code_version=settings.code_version, validators=validators,
+    )
+    return ingestor.ingest(settings.landing_dir, sources=sources)
+
+
+@dg.multi_asset(
+    name="ingest_landing",
+    specs=[_spec(c) for c in CONTRACTS.values()],
+    can_subset=True,
+    description="Reads new partner files from the landing area, checks them against their contracts, "
+                "pseudonymises direct identifiers and appends them to the raw layer.",
+)
+def ingest_landing(context: dg.AssetExecutionContext):
+    selected = {key.path[-1] for key in context.selected_asset_keys}
+    summary = run_ingestion(SETTINGS, context.run_id, sources=selected)
+    by_source = summary.by_source()
+    for source in CONTRACTS:
+        if source not in selected:
+            continue
+        files = by_source.get(source, [])
+        loaded = [f for f in files if f.status == "loaded"]
+        rejected = [f for f in files if f.status == "rejected"]
+        for f in rejected:
+            context.log.warning(f"{f.file_name} rejected: {f.reason}")
+        yield dg.MaterializeResult(
+            asset_key=raw_key(source),
+            metadata={
+                "files_loaded": len(loaded),
+                "files_rejected": len(rejected),
+                "files_unchanged": sum(f.status == "duplicate" for f in files),
+                "rows_delivered": sum(f.rows_delivered for f in loaded),
+                "rows_loaded": sum(f.rows_loaded for f in loaded),
+                "rows_quarantined": sum(f.rows_quarantined for f in loaded),
+                "files": dg.MetadataValue.md(markdown_table(
+                    ["file", "status", "delivered", "loaded", "quarantined", "reason"],
+                    [[f.file_name, f.status, f.rows_delivered, f.rows_loaded, f.rows_quarantined,
+                      f.reason or ", ".join(f"{k}: {v}" for k, v in f.rules_failed.items())] for f in files],
+                )) if files else dg.MetadataValue.md("No new file."),
+                "preview": dg.MetadataValue.md(_preview(source)),
+            },
+        )
+    unmatched = by_source.get("(no contract)", [])
+    for f in unmatched:
+        context.log.warning(f"{f.partner}/{f.file_name} rejected: {f.reason}")
+
+
+def _preview(source: str, limit: int = 5) -> str:
+    from ingestion import store
+
+    con = store.connect(SETTINGS.store_path, read_only=True)
+    try:
+        cur = con.execute(f"select * exclude (_content_hash, _run_id) from raw.{source} where _is_current "
+                          f"order by _loaded_at desc, _source_row limit {limit}")
+        return markdown_table([d[0] for d in cur.description], cur.fetchall())
+    finally:
+        con.close()

@@ -1,0 +1,41 @@
+"""The Dagster code location: assembles assets, checks, jobs, schedules and sensors.
+
+Policy only: the logic lives in ``ingestion/``, ``quality/`` and ``impact/``.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from orchestration.assets.ingest import ingest_landing
+from orchestration.sensors import build_landing_sensor
+
+refresh_job = dg.define_asset_job(
+    name="refresh_job",
+    selection=dg.AssetSelection.all(),
+    description="Full refresh: ingest new deliveries, build the warehouse, check it and publish it.",
+    executor_def=dg.in_process_executor,
+    tags={"jisr/warehouse": "default"},
+)
+
+refresh_schedule = dg.ScheduleDefinition(
+    name="refresh_schedule",
+    job=refresh_job,
+    cron_schedule="0 2 * * *",
+    execution_timezone="Africa/Casablanca",
+    default_status=dg.DefaultScheduleStatus.STOPPED,
+    description="Nightly refresh at 02:00 (Casablanca time).",
+)
+
+defs = dg.Definitions(
+    assets=[ingest_landing],
+    jobs=[refresh_job],
+    schedules=[refresh_schedule],
+    sensors=[build_landing_sensor(refresh_job)],
+)
+
+
+def refresh_run_config(full_refresh: bool = False) -> dict:
+    """Run config of refresh_job (the same switches the UI's launchpad offers)."""
+    config: dict = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+    return config

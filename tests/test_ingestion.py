@@ -1,0 +1,267 @@
+"""Ingestion behaviour: bad files are rejected with a report, bad rows are quarantined,
+every delivered row is accounted for, re-deliveries are idempotent or supersede."""
+
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from ingestion.load import Ingestor
+from ingestion.store import KeyMismatchError
+from tests.conftest import PROGRAMME, TEST_KEY, enrolment, payment, person, write_delivery
+
+
+def make_ingestor(settings, contracts, key=TEST_KEY):
+    return Ingestor(settings.store_path, contracts, key, seeds_dir=settings.seeds_dir,
+                    rejected_dir=settings.rejected_dir, feedback_dir=settings.feedback_dir, code_version="test")
+
+
+def ingest(settings, contracts, **kw):
+    return make_ingestor(settings, contracts, **kw).ingest(settings.landing_dir)
+
+
+def store(settings):
+    return duckdb.connect(str(settings.store_path), read_only=True)
+
+
+def base_delivery(settings, contracts, n=6):
+    write_delivery(settings.landing_dir, contracts["programmes"], "programmes_2025-01.csv", [PROGRAMME])
+    write_delivery(settings.landing_dir, contracts["beneficiaries"], "registre_2025-01.csv", [person(i) for i in range(n)])
+    write_delivery(settings.landing_dir, contracts["enrolments"], "inscriptions_2025-01.csv", [enrolment(i) for i in range(n)])
+
+
+def result_for(summary, file_name):
+    return next(f for f in summary.files if f.file_name == file_name)
+
+
+def test_ingest_loads_valid_delivery_with_lineage(settings, contracts):
+    base_delivery(settings, contracts)
+    summary = ingest(settings, contracts)
+    assert summary.totals["rows_quarantined"] == 0
+    assert summary.totals["rows_loaded"] == 1 + 6 + 6
+    con = store(settings)
+    row = con.execute("select programme_code, budget_mad, eligibility_score_max, start_date, _batch, _source_row, "
+                      "_file_name, length(_content_hash), _is_current from raw.programmes").fetchone()
+    assert row[0] == "DSD-01" and float(row[1]) == 1500000.50 and row[2] == 9.3
+    assert str(row[3]) == "2024-01-01" and row[4] == "2025-01" and row[5] == 1
+    assert row[6] == "programmes_2025-01.csv" and row[7] == 64 and row[8] is True
+    assert con.execute("select count(distinct person_key) from raw.beneficiaries").fetchone()[0] == 6
+    # enrolments link to the registry through the pseudonym
+    assert con.execute("select count(*) from raw.enrolments e join raw.beneficiaries b using (person_key)").fetchone()[0] == 6
+
+
+def test_ingest_never_writes_clear_identifiers(settings, contracts):
+    base_delivery(settings, contracts)
+    write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv",
+                   [payment(0, cin="ZZ12")])  # quarantined row: its values are kept, pseudonymised
+    ingest(settings, contracts)
+    con = store(settings)
+    clear = {f"AB{100000 + i}" for i in range(6)} | {"ZZ12", "Aït Benhaddou"} | {f"06{12000000 + i}" for i in range(6)}
+    tables = con.execute("select table_schema, table_name from information_schema.tables").fetchall()
+    for schema, table in tables:
+        text = con.execute(f"select * from {schema}.{table}").fetchall()
+        flat = " ".join(str(v) for row in text for v in row)
+        assert not any(c in flat for c in clear), f"clear identifier in {schema}.{table}"
+        assert "Hélène" not in flat
+
+
+@pytest.mark.parametrize(
+    "kind, writer, reason",
+    [
+        ("wrong encoding (UTF-8 for windows-1252)",
+         lambda L, c: write_delivery(L, c["beneficiaries"], "registre_2025-01.csv", [person(1)], encoding="utf-8"),
+         "wrong encoding: the file is UTF-8 but its contract says windows-1252"),
+        ("wrong encoding (windows-1252 for UTF-8)",
+         lambda L, c: write_delivery(L, c["establishments"], "etablissements_2025-01.csv",
+                                     [{"establishment_id": "EPS-0001", "establishment_name": "Dar Al Atfal Médina",
+                                       "establishment_type": "children", "region_code": "06", "province_code": "0601",
+                                       "commune_code": "0601001", "capacity": "40"}], encoding="cp1252"),
+         "wrong encoding"),
+        ("wrong delimiter",
+         lambda L, c: write_delivery(L, c["beneficiaries"], "registre_2025-01.csv", [person(1)], delimiter=","),
+         "wrong delimiter: the contract says ';'-separated but the header looks ','-separated"),
+        ("missing required columns",
+         lambda L, c: write_delivery(L, c["enrolments"], "inscriptions_2025-01.csv", [enrolment(1)],
+                                     headers=["id_inscription", "CIN", "programme", "date_entree", "date_sortie", "motif_sortie"]),
+         "missing required column(s): programme_code (expected header 'code_programme')"),
+        ("empty file",
+         lambda L, c: (L / "msisf").mkdir(parents=True, exist_ok=True) or (L / "msisf" / "paiements_2025-01.csv").write_bytes(b""),
+         "the file is empty (0 bytes)"),
+        ("header only",
+         lambda L, c: write_delivery(L, c["payments"], "paiements_2025-01.csv", []),
+         "the file has a header but no data rows"),
+        ("truncated",
+         lambda L, c: (lambda p: p.write_bytes(p.read_bytes()[:-40]))(
+             write_delivery(L, c["payments"], "paiements_2025-01.csv", [payment(i) for i in range(3)])),
+         "truncated or malformed at line 4"),
+        ("not JSON lines",
+         lambda L, c: (L / "cdg_finance").mkdir(parents=True, exist_ok=True) or (L / "cdg_finance" / "loans_2025-01.jsonl").write_text("loan_id;amount\nL1;100\n"),
+         "not valid JSON lines"),
+        ("truncated JSON lines",
+         lambda L, c: (L / "cdg_finance").mkdir(parents=True, exist_ok=True) or (L / "cdg_finance" / "loans_2025-01.jsonl").write_text(
+             '{"loan_id": "L1", "borrower_cin": "AB100001", "programme_code": "DSD-01", "product": "agricultural", '
+             '"principal_mad": 1000, "term_months": 12, "disbursement_date": "2025-01-02", "status": "active"}\n{"loan_id": "L2", "borr'),
+         "not valid JSON lines"),
+        ("not a workbook",
+         lambda L, c: (L / "cdg_incubation").mkdir(parents=True, exist_ok=True) or (L / "cdg_incubation" / "ventures_2025-01.xlsx").write_text("a;b\n1;2\n"),
+         "not a valid Excel workbook"),
+        ("file name matches no contract",
+         lambda L, c: (L / "msisf").mkdir(parents=True, exist_ok=True) or (L / "msisf" / "beneficiaires.csv").write_text("x"),
+         "no contract matches file name 'beneficiaires.csv'"),
+    ],
+)
+def test_ingest_rejects_unreadable_file_with_report_and_loads_the_rest(settings, contracts, kind, writer, reason):
+    write_delivery(settings.landing_dir, contracts["programmes"], "programmes_2025-01.csv", [PROGRAMME])
+    path = writer(settings.landing_dir, contracts)
+    summary = ingest(settings, contracts)
+    rejected = [f for f in summary.files if f.status == "rejected"]
+    assert len(rejected) == 1, kind
+    bad = rejected[0]
+    assert reason in bad.reason, bad.reason
+    report = Path(bad.report_path).read_text()
+    assert bad.file_name in report and reason in report
+    assert (settings.rejected_dir / bad.partner / bad.file_name).exists()
+    assert not (settings.landing_dir / bad.partner / bad.file_name).exists()
+    assert (settings.feedback_dir / bad.partner / Path(bad.report_path).name).exists()
+    # the other file of the delivery still loads
+    assert result_for(summary, "programmes_2025-01.csv").status == "loaded"
+    con = store(settings)
+    assert con.execute("select status, reason from meta.deliveries where file_name = ?", [bad.file_name]).fetchone() == ("rejected", bad.reason)
+    del path
+
+
+@pytest.mark.parametrize(
+    "row, rule, message",
+    [
+        (person(90, birth_date="31/02/1990"), "type:birth_date", "column birth_date value '31/02/1990' is not a valid date"),
+        (person(91, region_code="13", province_code="1301", commune_code="1301001"), "allowed:region_code", "value '13' is not one of"),
+        (person(92, cin="A12"), "pattern:cin", "column cin value (identifier withheld) does not match the pattern"),
+        (person(93, sex=""), "required:sex", "column sex is required but empty"),
+        (person(94, socio_economic_score="-3"), "min:socio_economic_score", "is below the minimum 0"),
+        (person(95, province_code="0701", commune_code="0701001"), "rule:province_in_region", "rule province_in_region failed"),
+    ],
+)
+def test_ingest_quarantines_rows_breaking_a_rule(settings, contracts, row, rule, message):
+    rows = [person(i) for i in range(5)] + [row]
+    write_delivery(settings.landing_dir, contracts["beneficiaries"], "registre_2025-01.csv", rows)
+    summary = ingest(settings, contracts)
+    f = result_for(summary, "registre_2025-01.csv")
+    assert (f.rows_delivered, f.rows_loaded, f.rows_quarantined) == (6, 5, 1)
+    con = store(settings)
+    got = con.execute("select source_row, rule, message from quarantine.rows").fetchall()
+    assert [(r[0], r[1]) for r in got] == [(6, rule)]
+    assert got[0][2].startswith("registre_2025-01.csv, row 6: ") and message in got[0][2]
+    feedback = (settings.feedback_dir / "msisf" / "registre_2025-01.csv.rejected_rows.csv").read_text()
+    assert f"6,{rule}," in feedback
+
+
+def test_ingest_quarantines_negative_amount_duplicates_and_broken_references(settings, contracts):
+    base_delivery(settings, contracts, n=4)
+    rows = [payment(0), payment(1, amount_mad="-50,00"), payment(2), payment(2), payment(3, enrolment_id="E999"),
+            payment(0, payment_id="P-x", payment_month="2025-02")]
+    write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv", rows)
+    summary = ingest(settings, contracts)
+    f = result_for(summary, "paiements_2025-01.csv")
+    assert (f.rows_delivered, f.rows_loaded, f.rows_quarantined) == (6, 1, 5)
+    assert f.rules_failed == {"duplicate_key": 2, "min:amount_mad": 1, "references:enrolment_id": 1,
+                              "rule:month_matches_file": 1}
+    con = store(settings)
+    assert con.execute("select count(*) from raw.payments").fetchone()[0] == 1
+    log = con.execute("select rows_delivered, rows_loaded, rows_quarantined from meta.deliveries "
+                      "where file_name = 'paiements_2025-01.csv'").fetchone()
+    assert log == (6, 1, 5)
+
+
+def test_every_delivered_row_is_loaded_or_quarantined(settings, contracts):
+    base_delivery(settings, contracts, n=8)
+    write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv",
+                   [payment(i) for i in range(8)] + [payment(1, amount_mad="abc"), payment(2, channel="pigeon")])
+    ingest(settings, contracts)
+    con = store(settings)
+    for source, delivered, loaded, quarantined in con.execute(
+            "select source, rows_delivered, rows_loaded, rows_quarantined from meta.deliveries").fetchall():
+        in_raw = con.execute(f"select count(*) from raw.{source}").fetchone()[0]
+        in_quarantine = con.execute("select count(distinct (delivery_id, source_row)) from quarantine.rows "
+                                    "where source = ?", [source]).fetchone()[0]
+        assert delivered == loaded + quarantined == in_raw + in_quarantine, source
+
+
+def test_loading_the_same_delivery_twice_changes_nothing(settings, contracts):
+    base_delivery(settings, contracts)
+    ingest(settings, contracts)
+
+    def counts():
+        con = store(settings)
+        try:
+            return {t: con.execute(f"select count(*) from {t}").fetchone()[0]
+                    for t in ("raw.programmes", "raw.beneficiaries", "raw.enrolments", "meta.deliveries", "quarantine.rows")}
+        finally:
+            con.close()
+
+    before = counts()
+    second = ingest(settings, contracts)
+    assert {f.status for f in second.files} == {"duplicate"}
+    assert counts() == before
+
+
+def test_corrected_redelivery_of_a_month_replaces_it(settings, contracts):
+    base_delivery(settings, contracts, n=4)
+    path = write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv",
+                          [payment(i) for i in range(4)] + [payment(9, amount_mad="-1")])
+    ingest(settings, contracts)
+    path.unlink()
+    write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv",
+                   [payment(i, amount_mad="400,00") for i in range(3)])
+    ingest(settings, contracts)
+    con = store(settings)
+    current = con.execute("select count(*), sum(amount_mad) from raw.payments where _is_current").fetchone()
+    assert current[0] == 3 and float(current[1]) == 1200.0
+    assert con.execute("select count(*) from raw.payments").fetchone()[0] == 7  # history is kept
+    statuses = con.execute("select status, superseded_by is not null from meta.deliveries where source = 'payments' "
+                           "order by loaded_at").fetchall()
+    assert statuses == [("superseded", True), ("loaded", False)]
+    assert con.execute("select count(*) from quarantine.rows where resolved_by_delivery is null").fetchone()[0] == 0
+
+
+def test_later_registry_record_supersedes_earlier_one(settings, contracts):
+    write_delivery(settings.landing_dir, contracts["beneficiaries"], "registre_2025-01.csv", [person(i) for i in range(3)])
+    ingest(settings, contracts)
+    write_delivery(settings.landing_dir, contracts["beneficiaries"], "registre_2025-02.csv",
+                   [person(1, region_code="07", province_code="0701", commune_code="0701001")])
+    ingest(settings, contracts)
+    con = store(settings)
+    rows = con.execute("select _batch, region_code, _is_current from raw.beneficiaries order by _batch, _source_row").fetchall()
+    assert rows == [("2025-01", "06", True), ("2025-01", "06", False), ("2025-01", "06", True), ("2025-02", "07", True)]
+    assert con.execute("select count(*) from raw.beneficiaries where _is_current").fetchone()[0] == 3
+
+
+def test_renamed_columns_are_accepted_through_aliases(settings, contracts):
+    names = [c.name for c in contracts["programmes"].columns]  # contract names instead of partner headers
+    write_delivery(settings.landing_dir, contracts["programmes"], "programmes_2025-01.csv", [PROGRAMME], headers=names)
+    summary = ingest(settings, contracts)
+    assert result_for(summary, "programmes_2025-01.csv").rows_loaded == 1
+
+
+def test_ingest_refuses_a_different_key_for_an_existing_store(settings, contracts):
+    base_delivery(settings, contracts)
+    ingest(settings, contracts)
+    with pytest.raises(KeyMismatchError, match="differs from the one this raw store was written with"):
+        ingest(settings, contracts, key=b"another-key-0123456789")
+
+
+def test_ingest_reads_jsonl_and_xlsx(settings, contracts):
+    base_delivery(settings, contracts, n=2)
+    loan = {"loan_id": "L1", "borrower_cin": "AB100001", "programme_code": "DSD-01", "product": "income_generating",
+            "principal_mad": 15000.5, "term_months": 24, "annual_rate_pct": 7.5, "disbursement_date": "2025-01-10",
+            "status": "active"}
+    write_delivery(settings.landing_dir, contracts["loans"], "loans_2025-01.jsonl", [loan])
+    venture = {"venture_id": "V1", "promoter_cin": "AB100000", "programme_code": "DSD-01", "venture_name": "Coop Argane",
+               "legal_form": "cooperative", "sector": "agriculture", "cohort": "2025-A", "region_code": "09",
+               "incubation_start_date": __import__("datetime").date(2025, 1, 15), "jobs_created": 3, "revenue_mad": 120000.0}
+    write_delivery(settings.landing_dir, contracts["ventures"], "ventures_2025-01.xlsx", [venture])
+    summary = ingest(settings, contracts)
+    assert result_for(summary, "loans_2025-01.jsonl").rows_loaded == 1
+    assert result_for(summary, "ventures_2025-01.xlsx").rows_loaded == 1
+    con = store(settings)
+    assert con.execute("select principal_mad::double, term_months from raw.loans").fetchone() == (15000.5, 24)
+    assert con.execute("select incubation_start_date::varchar, jobs_created from raw.ventures").fetchone() == ("2025-01-15", 3)
