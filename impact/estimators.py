@@ -1,0 +1,621 @@
+"""Impact estimators on a unit-level analysis frame.
+
+Every regression and standard error comes from statsmodels; this module only builds the
+samples and design matrices, checks that an estimate is meaningful before computing it,
+and turns each case into an :class:`Estimate` whose ``status`` says what happened:
+
+``ok``             a finite estimate with its standard error and confidence interval;
+``not_estimable``  the data cannot support the estimate (a group with no units, an outcome
+                   with no variance, a subgroup below the minimum size, too few clusters,
+                   perfect separation in the propensity model, ...): numbers are NULL and
+                   ``reason`` says why;
+``failed``         the computation itself raised or produced non-finite numbers: numbers
+                   are NULL and ``reason`` carries the error.
+
+Inputs
+------
+``units``: one row per unit (index ``unit_id``) with ``treated`` (0/1), ``cluster`` (the
+clustering variable) and one column per baseline covariate.
+``y``: the outcome by round, one row per unit (same index) and one column per
+``round_index`` (0 = baseline, the largest = endline); NaN = not measured.
+
+statsmodels is imported inside the functions that need it, so importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from impact.config import EstimatorSpec, Propensity
+
+STATUS_OK = "ok"
+STATUS_NOT_ESTIMABLE = "not_estimable"
+STATUS_FAILED = "failed"
+
+
+class NotEstimable(Exception):
+    """The data cannot support this estimate; the message is the recorded reason."""
+
+
+@dataclass
+class Estimate:
+    estimator: str
+    status: str = STATUS_OK
+    reason: str | None = None
+    estimate: float | None = None
+    std_error: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    p_value: float | None = None
+    n_treated: int | None = None
+    n_comparison: int | None = None
+    n_clusters: int | None = None
+    baseline_mean_treated: float | None = None
+    baseline_mean_comparison: float | None = None
+    endline_mean_treated: float | None = None
+    endline_mean_comparison: float | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    # event study only: one dict per round, and the joint pre-trend test
+    event_coefficients: list[dict[str, Any]] = field(default_factory=list)
+    pretrend_test: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Inference:
+    """How standard errors are computed and what an estimate needs to exist."""
+
+    cov_type: str = "cluster"  # cluster | hc1 | nonrobust
+    alpha: float = 0.05
+    min_per_group: int = 2  # units per group (treated, comparison) in the estimation sample
+    min_clusters_per_group: int = 2
+
+
+# --------------------------------------------------------------------------------------
+# helpers
+
+
+def _clean(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _group_counts(sample: pd.DataFrame) -> tuple[int, int]:
+    treated = int((sample["treated"] == 1).sum())
+    return treated, int(len(sample) - treated)
+
+
+def _check_sample(sample: pd.DataFrame, what: str, inference: Inference) -> None:
+    """Raise NotEstimable unless both groups have enough units and clusters."""
+    n_t, n_c = _group_counts(sample)
+    if n_t == 0 or n_c == 0:
+        missing = "treated" if n_t == 0 else "comparison"
+        raise NotEstimable(f"no {missing} units with {what} (treated: {n_t}, comparison: {n_c})")
+    if min(n_t, n_c) < inference.min_per_group:
+        raise NotEstimable(
+            f"too few units with {what}: {n_t} treated, {n_c} comparison "
+            f"(minimum {inference.min_per_group} per group)"
+        )
+    if inference.cov_type == "cluster":
+        k_t = sample.loc[sample["treated"] == 1, "cluster"].nunique()
+        k_c = sample.loc[sample["treated"] == 0, "cluster"].nunique()
+        if min(k_t, k_c) < inference.min_clusters_per_group:
+            raise NotEstimable(
+                f"too few clusters for clustered standard errors: {k_t} treated, {k_c} comparison "
+                f"(minimum {inference.min_clusters_per_group} per group)"
+            )
+
+
+def _check_variance(values: pd.Series, label: str) -> None:
+    finite = values.dropna()
+    if finite.nunique() <= 1:
+        level = f" (every value is {finite.iloc[0]:g})" if len(finite) else ""
+        raise NotEstimable(f"{label} has no variance in the estimation sample{level}: no effect can be estimated")
+
+
+def _usable_covariates(sample: pd.DataFrame, covariates: list[str]) -> tuple[list[str], list[str]]:
+    """Covariates with variance in the sample, and the constant ones that were dropped."""
+    keep, dropped = [], []
+    for name in covariates:
+        (keep if sample[name].nunique() > 1 else dropped).append(name)
+    return keep, dropped
+
+
+def _fit(endog, exog: pd.DataFrame, sample: pd.DataFrame, inference: Inference, weights=None):
+    import statsmodels.api as sm
+
+    exog = sm.add_constant(exog.astype(float), has_constant="add")
+    rank = np.linalg.matrix_rank(exog.to_numpy())
+    if rank < exog.shape[1]:
+        raise NotEstimable(
+            f"design matrix is rank-deficient ({rank} of {exog.shape[1]} columns independent): "
+            f"treatment is collinear with {list(exog.columns[1:])}"
+        )
+    model = sm.OLS(endog.astype(float), exog) if weights is None else sm.WLS(endog.astype(float), exog, weights=weights)
+    return _fit_model(model, sample["cluster"], inference)
+
+
+def _fit_model(model, clusters: pd.Series, inference: Inference):
+    if inference.cov_type == "cluster":
+        codes = pd.factorize(clusters)[0]
+        return model.fit(cov_type="cluster", cov_kwds={"groups": codes}, use_t=True)
+    if inference.cov_type == "hc1":
+        return model.fit(cov_type="HC1", use_t=True)
+    return model.fit(use_t=True)
+
+
+def _fill(result: Estimate, fitted, term: str, sample: pd.DataFrame, y: pd.DataFrame, inference: Inference) -> Estimate:
+    estimate = _clean(fitted.params[term])
+    std_error = _clean(fitted.bse[term])
+    if estimate is None or std_error is None or std_error <= 0:
+        raise ArithmeticError(
+            f"non-finite or zero standard error (estimate {fitted.params[term]!r}, SE {fitted.bse[term]!r})"
+        )
+    low, high = fitted.conf_int(alpha=inference.alpha).loc[term]
+    result.estimate = estimate
+    result.std_error = std_error
+    result.ci_low = _clean(low)
+    result.ci_high = _clean(high)
+    result.p_value = _clean(fitted.pvalues[term])
+    _describe_sample(result, sample, y)
+    return result
+
+
+def _describe_sample(result: Estimate, sample: pd.DataFrame, y: pd.DataFrame) -> None:
+    n_t, n_c = _group_counts(sample)
+    result.n_treated, result.n_comparison = n_t, n_c
+    result.n_clusters = int(sample["cluster"].nunique())
+    end = int(max(y.columns))
+    treated = sample["treated"] == 1
+    units = sample.index
+    if 0 in y.columns:
+        base = y.loc[units, 0]
+        result.baseline_mean_treated = _clean(base[treated.to_numpy()].mean())
+        result.baseline_mean_comparison = _clean(base[~treated.to_numpy()].mean())
+    endline = y.loc[units, end]
+    result.endline_mean_treated = _clean(endline[treated.to_numpy()].mean())
+    result.endline_mean_comparison = _clean(endline[~treated.to_numpy()].mean())
+
+
+def _run(spec: EstimatorSpec, inference: Inference, body) -> Estimate:
+    """Run an estimator body, turning every problem into a recorded status."""
+    result = Estimate(estimator=spec.name)
+    result.options = {**spec.options(), "cov_type": inference.cov_type, "ci_level": 1 - inference.alpha}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            body(result)
+    except NotEstimable as exc:
+        _blank(result, STATUS_NOT_ESTIMABLE, str(exc))
+    except Exception as exc:  # noqa: BLE001 - recorded, never raised: one estimate must not stop a refresh
+        _blank(result, STATUS_FAILED, f"{type(exc).__name__}: {exc}")
+    return result
+
+
+def _blank(result: Estimate, status: str, reason: str) -> None:
+    result.status = status
+    result.reason = reason
+    for name in ("estimate", "std_error", "ci_low", "ci_high", "p_value"):
+        setattr(result, name, None)
+
+
+# --------------------------------------------------------------------------------------
+# estimators
+
+
+def endline_round(y: pd.DataFrame) -> int:
+    return int(max(y.columns))
+
+
+def diff_in_means(spec: EstimatorSpec, units: pd.DataFrame, y: pd.DataFrame, covariates: list[str], inference: Inference) -> Estimate:
+    """Endline outcome regressed on treatment (difference in endline means)."""
+
+    def body(result: Estimate) -> None:
+        end = endline_round(y)
+        sample = units.loc[y[end].notna().reindex(units.index, fill_value=False)]
+        _describe_sample(result, sample, y)
+        _check_sample(sample, "an endline value", inference)
+        outcome = y.loc[sample.index, end]
+        _check_variance(outcome, "the endline outcome")
+        fitted = _fit(outcome, sample[["treated"]], sample, inference)
+        _fill(result, fitted, "treated", sample, y, inference)
+
+    return _run(spec, inference, body)
+
+
+def _panel_sample(units: pd.DataFrame, y: pd.DataFrame, covariates: list[str]) -> pd.DataFrame:
+    end = endline_round(y)
+    if 0 not in y.columns:
+        raise NotEstimable("the outcome is not measured at the baseline round (round_index 0)")
+    if end <= 0:
+        raise NotEstimable("the outcome is not measured after the baseline round")
+    observed = y[0].notna() & y[end].notna()
+    sample = units.loc[observed.reindex(units.index, fill_value=False)]
+    if covariates:
+        complete = sample[covariates].notna().all(axis=1)
+        sample = sample.loc[complete]
+    return sample
+
+
+def did(spec: EstimatorSpec, units: pd.DataFrame, y: pd.DataFrame, covariates: list[str], inference: Inference) -> Estimate:
+    """First difference (endline - baseline) on treatment [+ baseline covariates].
+
+    With two periods this is the unit fixed-effects DiD estimate.
+    """
+
+    def body(result: Estimate) -> None:
+        use = covariates if spec.covariates else []
+        sample = _panel_sample(units, y, use)
+        _describe_sample(result, sample, y)
+        _check_sample(sample, "baseline and endline values" + (" and all covariates" if use else ""), inference)
+        end = endline_round(y)
+        change = y.loc[sample.index, end] - y.loc[sample.index, 0]
+        _check_variance(change, "the change in the outcome (endline - baseline)")
+        keep, dropped = _usable_covariates(sample, use)
+        result.options.update({"method": "first_differences", "covariates_used": keep, "covariates_dropped_constant": dropped})
+        fitted = _fit(change, sample[["treated", *keep]], sample, inference)
+        _fill(result, fitted, "treated", sample, y, inference)
+
+    return _run(spec, inference, body)
+
+
+def ancova(spec: EstimatorSpec, units: pd.DataFrame, y: pd.DataFrame, covariates: list[str], inference: Inference) -> Estimate:
+    """Endline outcome on treatment and the baseline outcome [+ baseline covariates]."""
+
+    def body(result: Estimate) -> None:
+        use = covariates if spec.covariates else []
+        sample = _panel_sample(units, y, use)
+        _describe_sample(result, sample, y)
+        _check_sample(sample, "baseline and endline values" + (" and all covariates" if use else ""), inference)
+        end = endline_round(y)
+        outcome = y.loc[sample.index, end]
+        _check_variance(outcome, "the endline outcome")
+        keep, dropped = _usable_covariates(sample, use)
+        exog = sample[["treated", *keep]].copy()
+        baseline = y.loc[sample.index, 0]
+        if baseline.nunique() > 1:
+            exog["baseline_outcome"] = baseline
+        else:
+            dropped = [*dropped, "baseline_outcome"]
+        result.options.update({"covariates_used": keep, "covariates_dropped_constant": dropped})
+        fitted = _fit(outcome, exog, sample, inference)
+        _fill(result, fitted, "treated", sample, y, inference)
+
+    return _run(spec, inference, body)
+
+
+# --------------------------------------------------------------------------------------
+# propensity score
+
+
+@dataclass
+class PropensityFit:
+    score: pd.Series  # propensity score by unit (all units of the sample)
+    keep: pd.Series  # bool by unit: inside the trimming bounds
+    weight: pd.Series  # ATT weight by unit (0 for trimmed units)
+    bounds: tuple[float, float]
+    covariates_used: list[str]
+    covariates_dropped: list[str]
+
+
+def crump_alpha(score: np.ndarray) -> float:
+    """Crump, Hotz, Imbens & Mitnik (2009) optimal trimming threshold.
+
+    With g = 1 / (p (1 - p)): no trimming when max g <= 2 E[g]; otherwise gamma solves
+    gamma = 2 E[g | g <= gamma] and units with p outside [a, 1 - a] are dropped, where
+    a (1 - a) = 1 / gamma.
+    """
+    g = 1.0 / (score * (1.0 - score))
+    if g.max() <= 2.0 * g.mean():
+        return 0.0
+    g_sorted = np.sort(g)
+    cum_mean = np.cumsum(g_sorted) / np.arange(1, len(g_sorted) + 1)
+    ok = g_sorted <= 2.0 * cum_mean
+    k = int(np.argmin(ok)) if not ok.all() else len(ok)  # length of the prefix that satisfies
+    gamma = 2.0 * cum_mean[max(k - 1, 0)]
+    return float(0.5 - math.sqrt(max(0.25 - 1.0 / gamma, 0.0)))
+
+
+def fit_propensity(sample: pd.DataFrame, covariates: list[str], rule: Propensity) -> PropensityFit:
+    """Logit of treatment on baseline covariates, trimming and ATT weights.
+
+    Raises NotEstimable on perfect separation (no overlap: weights are undefined), when no
+    covariate varies, or when trimming leaves a group empty.
+    """
+    import statsmodels.api as sm
+    from statsmodels.tools.sm_exceptions import PerfectSeparationError, PerfectSeparationWarning
+
+    keep_cov, dropped = _usable_covariates(sample, covariates)
+    if not keep_cov:
+        raise NotEstimable(
+            "no baseline covariate with variance for the propensity score"
+            + (f" (constant: {dropped})" if dropped else " (none configured or measured)")
+        )
+    x = sample[keep_cov].astype(float)
+    x = (x - x.mean()) / x.std(ddof=0)
+    exog = sm.add_constant(x, has_constant="add")
+    treated = sample["treated"].astype(float)
+    separated = False
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            fitted = sm.Logit(treated, exog).fit(disp=0, maxiter=200)
+        except PerfectSeparationError:
+            separated = True
+        except np.linalg.LinAlgError as exc:
+            raise NotEstimable(f"propensity model cannot be fitted (singular: collinear covariates {keep_cov}): {exc}") from None
+    separated = separated or any(issubclass(w.category, PerfectSeparationWarning) for w in caught)
+    if not separated:
+        score = pd.Series(np.asarray(fitted.predict(exog)), index=sample.index)
+        t = treated.to_numpy() == 1
+        # complete separation also shows as every treated unit at p ~ 1 and comparison at p ~ 0
+        separated = bool(score[t].min() >= 1 - 1e-6 and score[~t].max() <= 1e-6) or bool(
+            score[t].min() > score[~t].max()
+        )
+    if separated:
+        raise NotEstimable(
+            f"perfect separation in the propensity model: covariates {keep_cov} predict treatment exactly, "
+            "so the groups do not overlap and inverse-probability weights are undefined"
+        )
+    score = score.clip(1e-12, 1 - 1e-12)
+    if rule.trim == "fixed":
+        bounds = (rule.low, rule.high)
+    elif rule.trim == "crump":
+        a = crump_alpha(score.to_numpy())
+        bounds = (a, 1.0 - a)
+    else:
+        bounds = (0.0, 1.0)
+    keep = (score >= bounds[0]) & (score <= bounds[1])
+    n_t = int((keep & (treated == 1)).sum())
+    n_c = int((keep & (treated == 0)).sum())
+    if n_t == 0 or n_c == 0:
+        raise NotEstimable(
+            f"no overlap: after trimming propensity scores to [{bounds[0]:.3f}, {bounds[1]:.3f}] "
+            f"{n_t} treated and {n_c} comparison units remain"
+        )
+    odds = score / (1.0 - score)
+    weight = pd.Series(np.where(treated == 1, 1.0, odds), index=sample.index)
+    weight[~keep] = 0.0
+    comp = (treated == 0) & keep
+    weight[comp] = weight[comp] * (n_t / weight[comp].sum())  # comparison weights sum to n treated
+    return PropensityFit(score, keep, weight, bounds, keep_cov, dropped)
+
+
+def ipw_did(
+    spec: EstimatorSpec,
+    units: pd.DataFrame,
+    y: pd.DataFrame,
+    covariates: list[str],
+    inference: Inference,
+    propensity: Propensity,
+) -> Estimate:
+    """Inverse-probability-weighted DiD (ATT): first difference on treatment by WLS.
+
+    The propensity score is a logit on baseline covariates; comparison units get weight
+    p / (1 - p), treated units 1; units outside the trimming bounds are dropped. The
+    standard error is WLS clustered on ``cluster`` and treats the weights as known.
+    """
+
+    def body(result: Estimate) -> None:
+        result.options.update(
+            {
+                "propensity_model": "logit",
+                "weights": "ATT: treated 1, comparison p/(1-p)",
+                "trimming": propensity.describe(),
+                "include_baseline_outcome": propensity.include_baseline_outcome,
+                "se_note": "propensity score treated as known",
+            }
+        )
+        sample = _panel_sample(units, y, covariates)
+        _describe_sample(result, sample, y)
+        if not covariates:
+            raise NotEstimable("no baseline covariates configured or measured for the propensity score")
+        _check_sample(sample, "baseline and endline values and all covariates", inference)
+        end = endline_round(y)
+        change = y.loc[sample.index, end] - y.loc[sample.index, 0]
+        _check_variance(change, "the change in the outcome (endline - baseline)")
+        ps_sample = sample.copy()
+        ps_covariates = list(covariates)
+        if propensity.include_baseline_outcome:
+            ps_sample["baseline_outcome"] = y.loc[sample.index, 0]
+            ps_covariates.append("baseline_outcome")
+        ps = fit_propensity(ps_sample, ps_covariates, propensity)
+        kept = sample.loc[ps.keep]
+        n_trim_t = int(((~ps.keep) & (sample["treated"] == 1)).sum())
+        n_trim_c = int(((~ps.keep) & (sample["treated"] == 0)).sum())
+        w = ps.weight[ps.keep]
+        comp_w = w[kept["treated"] == 0]
+        result.options.update(
+            {
+                "covariates_used": ps.covariates_used,
+                "covariates_dropped_constant": ps.covariates_dropped,
+                "trim_bounds": [round(ps.bounds[0], 6), round(ps.bounds[1], 6)],
+                "trimmed_treated": n_trim_t,
+                "trimmed_comparison": n_trim_c,
+                "comparison_effective_n": round(float(comp_w.sum() ** 2 / (comp_w**2).sum()), 1),
+            }
+        )
+        _describe_sample(result, kept, y)
+        _check_sample(kept, "baseline and endline values inside the propensity trimming bounds", inference)
+        fitted = _fit(change[ps.keep], kept[["treated"]], kept, inference, weights=w.to_numpy())
+        _fill(result, fitted, "treated", kept, y, inference)
+
+    return _run(spec, inference, body)
+
+
+# --------------------------------------------------------------------------------------
+# event study
+
+
+def event_study(
+    spec: EstimatorSpec,
+    units: pd.DataFrame,
+    y: pd.DataFrame,
+    covariates: list[str],
+    inference: Inference,
+    round_labels: dict[int, str] | None = None,
+) -> Estimate:
+    """Leads and lags relative to the baseline round, with a joint pre-trend Wald test.
+
+    For every unit observed at baseline, the difference of each other round from the
+    baseline is stacked (one row per unit x round) and regressed on round dummies and
+    treatment x round dummies, clustered on ``cluster`` (so a unit's rounds are
+    correlated). For units observed at baseline this is the two-way fixed-effects event
+    study with the baseline as reference period. Its row in impact_estimates is the
+    endline coefficient.
+    """
+    labels = round_labels or {}
+
+    def body(result: Estimate) -> None:
+        import statsmodels.api as sm
+
+        rounds = sorted(int(r) for r in y.columns if y[r].notna().any())
+        result.options.update({"reference_round": 0, "rounds": rounds, "method": "stacked differences from baseline"})
+        if 0 not in rounds:
+            raise NotEstimable("the outcome is not measured at the baseline round (round_index 0)")
+        if len(rounds) <= 2:
+            raise NotEstimable(
+                f"only {len(rounds)} rounds {rounds}: the event study needs more than two (with two it is the DiD)"
+            )
+        base = y[0].reindex(units.index)
+        rows = []
+        for r in rounds:
+            if r == 0:
+                continue
+            diff = y[r].reindex(units.index) - base
+            part = units.loc[diff.notna(), ["treated", "cluster"]].copy()
+            part["round_index"] = r
+            part["change"] = diff[diff.notna()]
+            rows.append(part)
+        stacked = pd.concat(rows) if rows else pd.DataFrame()
+        if stacked.empty:
+            raise NotEstimable("no unit is observed both at baseline and in another round")
+        kept_rounds, skipped = [], []
+        for r in rounds:
+            if r == 0:
+                continue
+            part = stacked[stacked["round_index"] == r]
+            n_t = int((part["treated"] == 1).sum())
+            if n_t == 0 or n_t == len(part):
+                skipped.append(r)
+            else:
+                kept_rounds.append(r)
+        if skipped:
+            result.options["rounds_without_both_groups"] = skipped
+            stacked = stacked[stacked["round_index"].isin(kept_rounds)]
+        end = max(rounds)
+        if end not in kept_rounds:
+            raise NotEstimable("the endline round does not have both treated and comparison units observed at baseline")
+        per_unit = stacked.groupby(level=0).agg(treated=("treated", "first"), cluster=("cluster", "first"))
+        _describe_sample(result, per_unit, y)
+        _check_sample(per_unit, "a baseline value and a value in another round", inference)
+        _check_variance(stacked["change"], "the change in the outcome from baseline")
+        exog = pd.DataFrame(index=stacked.index)
+        for r in kept_rounds:
+            exog[f"round_{r}"] = (stacked["round_index"] == r).astype(float)
+        for r in kept_rounds:
+            exog[f"treated_x_round_{r}"] = exog[f"round_{r}"] * stacked["treated"]
+        exog = exog.reset_index(drop=True)
+        model = sm.OLS(stacked["change"].astype(float).to_numpy(), exog)
+        fitted = _fit_model(model, stacked["cluster"].reset_index(drop=True), inference)
+        conf = fitted.conf_int(alpha=inference.alpha)
+        coefficients = [
+            {"round_index": 0, "round_label": labels.get(0), "is_pre": False, "is_reference": True, "estimate": 0.0,
+             "std_error": None, "ci_low": None, "ci_high": None, "p_value": None}
+        ]
+        for r in kept_rounds:
+            term = f"treated_x_round_{r}"
+            coefficients.append(
+                {
+                    "round_index": r,
+                    "round_label": labels.get(r),
+                    "is_pre": r < 0,
+                    "is_reference": False,
+                    "estimate": _clean(fitted.params[term]),
+                    "std_error": _clean(fitted.bse[term]),
+                    "ci_low": _clean(conf.loc[term, 0]),
+                    "ci_high": _clean(conf.loc[term, 1]),
+                    "p_value": _clean(fitted.pvalues[term]),
+                }
+            )
+        result.event_coefficients = sorted(coefficients, key=lambda c: c["round_index"])
+        leads = [r for r in kept_rounds if r < 0]
+        if leads:
+            names = list(exog.columns)
+            restriction = np.zeros((len(leads), len(names)))
+            for i, r in enumerate(leads):
+                restriction[i, names.index(f"treated_x_round_{r}")] = 1.0
+            test = fitted.wald_test(restriction, scalar=True)
+            stat, p = _clean(test.statistic), _clean(test.pvalue)
+            if stat is None or p is None:
+                result.pretrend_test = {"status": STATUS_FAILED, "reason": "non-finite Wald statistic", "n_leads": len(leads)}
+            else:
+                result.pretrend_test = {
+                    "status": STATUS_OK,
+                    "reason": None,
+                    "test": "Wald F (cluster-robust)" if inference.cov_type == "cluster" else "Wald F",
+                    "statistic": stat,
+                    "df": len(leads),
+                    "p_value": p,
+                    "n_leads": len(leads),
+                }
+        else:
+            result.pretrend_test = {
+                "status": STATUS_NOT_ESTIMABLE,
+                "reason": "no pre-treatment round before the baseline: pre-trends cannot be tested",
+                "n_leads": 0,
+            }
+        _fill(result, fitted, f"treated_x_round_{end}", per_unit, y, inference)
+
+    return _run(spec, inference, body)
+
+
+# --------------------------------------------------------------------------------------
+# dispatch
+
+
+def estimate(
+    spec: EstimatorSpec,
+    units: pd.DataFrame,
+    y: pd.DataFrame,
+    covariates: list[str],
+    inference: Inference,
+    propensity: Propensity,
+    round_labels: dict[int, str] | None = None,
+) -> Estimate:
+    """Run one configured estimator; never raises (problems become a status)."""
+    if spec.type == "diff_in_means":
+        return diff_in_means(spec, units, y, covariates, inference)
+    if spec.type == "did":
+        return did(spec, units, y, covariates, inference)
+    if spec.type == "ancova":
+        return ancova(spec, units, y, covariates, inference)
+    if spec.type == "ipw_did":
+        return ipw_did(spec, units, y, covariates, inference, propensity)
+    if spec.type == "event_study":
+        return event_study(spec, units, y, covariates, inference, round_labels)
+    raise ValueError(f"unknown estimator type {spec.type!r}")
+
+
+# --------------------------------------------------------------------------------------
+# balance
+
+
+def standardized_mean_difference(x_t: pd.Series, x_c: pd.Series, w_c: pd.Series | None = None, sd_pooled: float | None = None) -> float | None:
+    """(mean treated - [weighted] mean comparison) / sqrt((var treated + var comparison) / 2).
+
+    The denominator uses the unweighted variances, so before/after values are comparable.
+    """
+    if sd_pooled is None:
+        sd_pooled = math.sqrt((x_t.var(ddof=1) + x_c.var(ddof=1)) / 2.0)
+    mean_c = float(np.average(x_c, weights=w_c)) if w_c is not None else float(x_c.mean())
+    if not sd_pooled or not math.isfinite(sd_pooled):
+        return 0.0 if math.isclose(float(x_t.mean()), mean_c) else None
+    return (float(x_t.mean()) - mean_c) / sd_pooled
