@@ -1,0 +1,620 @@
+"""The impact stage: panel in, estimates, diagnostics and a report out.
+
+``run_impact`` reads ``marts.mart_evaluation_panel`` (and ``marts.mart_programme_costs``)
+from a DuckDB warehouse, runs the configured estimators for every study x programme x
+outcome x subgroup, and replaces the tables of schema ``impact`` in the same database:
+
+``impact_estimates``           one row per study x programme x outcome x estimator x subgroup
+``impact_pretrends``           event-study coefficients per round and the joint pre-trend test
+``impact_balance``             standardised mean differences of baseline covariates, before
+                               and after propensity weighting
+``impact_attrition``           share of baseline units missing at endline, by group, and a test
+``impact_group_means``         outcome means by group and round (parallel-trends picture)
+``impact_cost_effectiveness``  cost per beneficiary and per unit of impact with its interval
+
+Every row carries ``run_id`` and ``code_version``. Nothing here imports dagster.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from impact.config import EvaluationConfig, Propensity, load_config
+from impact.estimators import (
+    STATUS_NOT_ESTIMABLE,
+    STATUS_OK,
+    Estimate,
+    Inference,
+    NotEstimable,
+    estimate,
+    fit_propensity,
+    standardized_mean_difference,
+)
+from impact.panel import COST_COLUMNS, COSTS_TABLE, PANEL_COLUMNS, PANEL_TABLE, PanelError, StudyData, build_study, check_panel
+
+SCHEMA = "impact"
+
+# Column name -> DuckDB type, in order: the documented shape of every output table.
+TABLES: dict[str, dict[str, str]] = {
+    "impact_estimates": {
+        "study_id": "VARCHAR",
+        "programme_code": "VARCHAR",
+        "outcome": "VARCHAR",
+        "estimator": "VARCHAR",
+        "subgroup": "VARCHAR",
+        "subgroup_dimension": "VARCHAR",
+        "subgroup_value": "VARCHAR",
+        "estimate": "DOUBLE",
+        "std_error": "DOUBLE",
+        "ci_low": "DOUBLE",
+        "ci_high": "DOUBLE",
+        "ci_level": "DOUBLE",
+        "p_value": "DOUBLE",
+        "n_treated": "BIGINT",
+        "n_comparison": "BIGINT",
+        "n_clusters": "BIGINT",
+        "baseline_mean_treated": "DOUBLE",
+        "baseline_mean_comparison": "DOUBLE",
+        "endline_mean_treated": "DOUBLE",
+        "endline_mean_comparison": "DOUBLE",
+        "estimator_options": "VARCHAR",
+        "status": "VARCHAR",
+        "reason": "VARCHAR",
+        "run_id": "VARCHAR",
+        "code_version": "VARCHAR",
+        "estimated_at": "TIMESTAMP",
+    },
+    "impact_pretrends": {
+        "study_id": "VARCHAR",
+        "programme_code": "VARCHAR",
+        "outcome": "VARCHAR",
+        "estimator": "VARCHAR",
+        "subgroup": "VARCHAR",
+        "round_index": "BIGINT",
+        "round_label": "VARCHAR",
+        "is_pre": "BOOLEAN",
+        "is_reference": "BOOLEAN",
+        "estimate": "DOUBLE",
+        "std_error": "DOUBLE",
+        "ci_low": "DOUBLE",
+        "ci_high": "DOUBLE",
+        "p_value": "DOUBLE",
+        "joint_test": "VARCHAR",
+        "joint_statistic": "DOUBLE",
+        "joint_df": "BIGINT",
+        "joint_p_value": "DOUBLE",
+        "joint_status": "VARCHAR",
+        "joint_reason": "VARCHAR",
+        "status": "VARCHAR",
+        "reason": "VARCHAR",
+        "run_id": "VARCHAR",
+        "code_version": "VARCHAR",
+    },
+    "impact_balance": {
+        "study_id": "VARCHAR",
+        "programme_code": "VARCHAR",
+        "covariate": "VARCHAR",
+        "n_treated": "BIGINT",
+        "n_comparison": "BIGINT",
+        "mean_treated": "DOUBLE",
+        "mean_comparison": "DOUBLE",
+        "smd_before": "DOUBLE",
+        "mean_treated_weighted": "DOUBLE",
+        "mean_comparison_weighted": "DOUBLE",
+        "smd_after": "DOUBLE",
+        "n_trimmed": "BIGINT",
+        "weighting": "VARCHAR",
+        "status": "VARCHAR",
+        "reason": "VARCHAR",
+        "run_id": "VARCHAR",
+        "code_version": "VARCHAR",
+    },
+    "impact_attrition": {
+        "study_id": "VARCHAR",
+        "programme_code": "VARCHAR",
+        "outcome": "VARCHAR",
+        "endline_round": "BIGINT",
+        "n_baseline_treated": "BIGINT",
+        "n_missing_treated": "BIGINT",
+        "share_missing_treated": "DOUBLE",
+        "n_baseline_comparison": "BIGINT",
+        "n_missing_comparison": "BIGINT",
+        "share_missing_comparison": "DOUBLE",
+        "difference": "DOUBLE",
+        "std_error": "DOUBLE",
+        "p_value": "DOUBLE",
+        "test": "VARCHAR",
+        "status": "VARCHAR",
+        "reason": "VARCHAR",
+        "run_id": "VARCHAR",
+        "code_version": "VARCHAR",
+    },
+    "impact_group_means": {
+        "study_id": "VARCHAR",
+        "programme_code": "VARCHAR",
+        "outcome": "VARCHAR",
+        "treatment_group": "VARCHAR",
+        "round_index": "BIGINT",
+        "round_label": "VARCHAR",
+        "n_units": "BIGINT",
+        "mean": "DOUBLE",
+        "std_error": "DOUBLE",
+        "run_id": "VARCHAR",
+        "code_version": "VARCHAR",
+    },
+    "impact_cost_effectiveness": {
+        "study_id": "VARCHAR",
+        "programme_code": "VARCHAR",
+        "programme_name": "VARCHAR",
+        "action_line": "VARCHAR",
+        "outcome": "VARCHAR",
+        "outcome_direction": "VARCHAR",
+        "estimator": "VARCHAR",
+        "estimate": "DOUBLE",
+        "ci_low": "DOUBLE",
+        "ci_high": "DOUBLE",
+        "cost_basis": "VARCHAR",
+        "budget_mad": "DOUBLE",
+        "transfers_paid_mad": "DOUBLE",
+        "beneficiaries_reached": "BIGINT",
+        "cost_per_beneficiary_mad": "DOUBLE",
+        "cost_per_unit_impact_mad": "DOUBLE",
+        "cost_per_unit_impact_ci_low": "DOUBLE",
+        "cost_per_unit_impact_ci_high": "DOUBLE",
+        "status": "VARCHAR",
+        "reason": "VARCHAR",
+        "run_id": "VARCHAR",
+        "code_version": "VARCHAR",
+    },
+}
+
+# impact_cost_effectiveness.status values
+CE_OK = "ok"  # effect and its whole CI beneficial: finite interval
+CE_UNBOUNDED = "ci_unbounded"  # beneficial point estimate, CI reaches zero: no finite upper bound
+CE_NO_BENEFIT = "no_beneficial_effect"  # point estimate not beneficial: ratio not defined
+CE_NOT_ESTIMABLE = "not_estimable"  # no usable estimate or no cost data
+
+
+@dataclass
+class ImpactTables:
+    estimates: pd.DataFrame
+    pretrends: pd.DataFrame
+    balance: pd.DataFrame
+    attrition: pd.DataFrame
+    group_means: pd.DataFrame
+    cost_effectiveness: pd.DataFrame
+    notes: list[str]
+
+    def by_table(self) -> dict[str, pd.DataFrame]:
+        return {
+            "impact_estimates": self.estimates,
+            "impact_pretrends": self.pretrends,
+            "impact_balance": self.balance,
+            "impact_attrition": self.attrition,
+            "impact_group_means": self.group_means,
+            "impact_cost_effectiveness": self.cost_effectiveness,
+        }
+
+
+def _frame(table: str, rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Rows as a DataFrame with exactly the table's columns and nullable dtypes."""
+    columns = TABLES[table]
+    frame = pd.DataFrame(rows, columns=list(columns))
+    for name, sql_type in columns.items():
+        if sql_type == "DOUBLE":
+            frame[name] = pd.array([_num(v) for v in frame[name]], dtype="Float64")
+        elif sql_type == "BIGINT":
+            frame[name] = pd.array([None if _num(v) is None else int(v) for v in frame[name]], dtype="Int64")
+        elif sql_type == "BOOLEAN":
+            frame[name] = pd.array([None if v is None or v is pd.NA else bool(v) for v in frame[name]], dtype="boolean")
+        elif sql_type == "VARCHAR":
+            frame[name] = pd.array([None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v) for v in frame[name]], dtype="string")
+    return frame
+
+
+def _num(value: Any) -> float | None:
+    if value is None or value is pd.NA:
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+# --------------------------------------------------------------------------------------
+# evaluation
+
+
+def _subgroups(units: pd.DataFrame, dimensions: tuple[str, ...]) -> list[tuple[str, str | None, str | None, pd.Index]]:
+    out = [("all", None, None, units.index)]
+    for dim in dimensions:
+        values = units[dim].dropna()
+        for level in sorted(values.unique(), key=lambda v: str(v)):
+            label = str(int(level)) if isinstance(level, (float, np.floating)) and float(level).is_integer() else str(level)
+            out.append((f"{dim}={label}", dim, label, values.index[values == level]))
+    return out
+
+
+def _programme_units(study: StudyData, programme: str, comparison: str) -> pd.DataFrame:
+    units = study.units
+    treated = (units["treated"] == 1) & (units["programme_code"] == programme)
+    if comparison == "whole_study":
+        comp = units["treated"] == 0
+    else:
+        comp = (units["treated"] == 0) & (units["programme_code"] == programme)
+    return units.loc[treated | comp]
+
+
+def _balance_rows(study_id: str, programme: str, units: pd.DataFrame, covariates: list[str], propensity: Propensity) -> list[dict]:
+    rows: list[dict] = []
+    base = {"study_id": study_id, "programme_code": programme}
+    if not covariates:
+        return [{**base, "covariate": None, "status": STATUS_NOT_ESTIMABLE, "reason": "no baseline covariates configured or measured"}]
+    sample = units.dropna(subset=covariates)
+    fit, fit_reason = None, None
+    try:
+        if (sample["treated"] == 1).sum() == 0 or (sample["treated"] == 0).sum() == 0:
+            raise NotEstimable("a group has no units with every covariate observed")
+        fit = fit_propensity(sample, covariates, propensity)
+    except NotEstimable as exc:
+        fit_reason = f"after-weighting balance not available: {exc}"
+    except Exception as exc:  # noqa: BLE001 - recorded in the table
+        fit_reason = f"after-weighting balance not available: propensity model failed: {type(exc).__name__}: {exc}"
+    t = sample["treated"] == 1
+    for name in covariates:
+        x_t, x_c = sample.loc[t, name], sample.loc[~t, name]
+        row = {**base, "covariate": name, "n_treated": len(x_t), "n_comparison": len(x_c)}
+        if len(x_t) == 0 or len(x_c) == 0:
+            rows.append({**row, "status": STATUS_NOT_ESTIMABLE, "reason": "a group has no units with every covariate observed"})
+            continue
+        sd = math.sqrt((x_t.var(ddof=1) + x_c.var(ddof=1)) / 2.0) if len(x_t) > 1 and len(x_c) > 1 else float("nan")
+        row.update(
+            {
+                "mean_treated": x_t.mean(),
+                "mean_comparison": x_c.mean(),
+                "smd_before": standardized_mean_difference(x_t, x_c, sd_pooled=sd),
+                "weighting": "ATT inverse-probability weights (" + propensity.describe() + ")",
+                "status": STATUS_OK,
+                "reason": fit_reason,
+            }
+        )
+        if row["smd_before"] is None:
+            row["reason"] = "covariate has no variance in either group: SMD undefined"
+        if fit is not None:
+            kt = fit.keep & t
+            kc = fit.keep & ~t
+            row["mean_treated_weighted"] = sample.loc[kt, name].mean()
+            row["mean_comparison_weighted"] = float(np.average(sample.loc[kc, name], weights=fit.weight[kc]))
+            row["smd_after"] = standardized_mean_difference(sample.loc[kt, name], sample.loc[kc, name], fit.weight[kc], sd_pooled=sd)
+            row["n_trimmed"] = int((~fit.keep).sum())
+        rows.append(row)
+    return rows
+
+
+def _attrition_row(study_id: str, programme: str, outcome: str, units: pd.DataFrame, y: pd.DataFrame, inference: Inference) -> dict:
+    from impact.estimators import _fit  # statsmodels-backed OLS with the configured SEs
+
+    end = int(max(y.columns))
+    row: dict[str, Any] = {"study_id": study_id, "programme_code": programme, "outcome": outcome, "endline_round": end}
+    if 0 not in y.columns or end <= 0:
+        return {**row, "status": STATUS_NOT_ESTIMABLE, "reason": "the outcome is not measured at both baseline and a later round"}
+    at_base = y[0].notna()
+    sample = units.loc[at_base.reindex(units.index, fill_value=False)].copy()
+    sample["missing"] = y.loc[sample.index, end].isna().astype(float)
+    t = sample["treated"] == 1
+    for group, mask in (("treated", t), ("comparison", ~t)):
+        n = int(mask.sum())
+        k = int(sample.loc[mask, "missing"].sum())
+        row[f"n_baseline_{group}"] = n
+        row[f"n_missing_{group}"] = k
+        row[f"share_missing_{group}"] = k / n if n else None
+    if not t.any() or t.all():
+        group = "treated" if not t.any() else "comparison"
+        return {**row, "status": STATUS_NOT_ESTIMABLE, "reason": f"no {group} units measured at baseline"}
+    row["difference"] = row["share_missing_treated"] - row["share_missing_comparison"]
+    row["test"] = f"linear probability model of missing on treatment, {inference.cov_type} SEs"
+    if sample["missing"].nunique() == 1:
+        share = sample["missing"].iloc[0]
+        what = "no baseline unit is missing" if share == 0 else "every baseline unit is missing"
+        return {**row, "status": STATUS_OK, "reason": f"{what} at endline in both groups: nothing to test"}
+    try:
+        fitted = _fit(sample["missing"], sample[["treated"]], sample, Inference(cov_type=inference.cov_type, alpha=inference.alpha))
+        row["std_error"] = fitted.bse["treated"]
+        row["p_value"] = fitted.pvalues["treated"]
+        row["status"] = STATUS_OK
+    except Exception as exc:  # noqa: BLE001 - recorded
+        row.update({"status": "failed", "reason": f"attrition test failed: {type(exc).__name__}: {exc}"})
+    return row
+
+
+def _group_mean_rows(study_id: str, programme: str, outcome: str, units: pd.DataFrame, y: pd.DataFrame, labels: dict[int, str]) -> list[dict]:
+    rows = []
+    for group, flag in (("treated", 1), ("comparison", 0)):
+        ids = units.index[units["treated"] == flag]
+        block = y.loc[ids]
+        for r in y.columns:
+            v = block[r].dropna()
+            rows.append(
+                {
+                    "study_id": study_id,
+                    "programme_code": programme,
+                    "outcome": outcome,
+                    "treatment_group": group,
+                    "round_index": int(r),
+                    "round_label": labels.get(int(r)),
+                    "n_units": len(v),
+                    "mean": v.mean() if len(v) else None,
+                    "std_error": v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else None,
+                }
+            )
+    return rows
+
+
+def _estimate_row(study_id, programme, outcome, subgroup, dim, value, est: Estimate, ci_level: float) -> dict:
+    return {
+        "study_id": study_id,
+        "programme_code": programme,
+        "outcome": outcome,
+        "estimator": est.estimator,
+        "subgroup": subgroup,
+        "subgroup_dimension": dim,
+        "subgroup_value": value,
+        "estimate": est.estimate,
+        "std_error": est.std_error,
+        "ci_low": est.ci_low,
+        "ci_high": est.ci_high,
+        "ci_level": ci_level,
+        "p_value": est.p_value,
+        "n_treated": est.n_treated,
+        "n_comparison": est.n_comparison,
+        "n_clusters": est.n_clusters,
+        "baseline_mean_treated": est.baseline_mean_treated,
+        "baseline_mean_comparison": est.baseline_mean_comparison,
+        "endline_mean_treated": est.endline_mean_treated,
+        "endline_mean_comparison": est.endline_mean_comparison,
+        "estimator_options": json.dumps(est.options, sort_keys=True, default=str),
+        "status": est.status,
+        "reason": est.reason,
+    }
+
+
+def _pretrend_rows(study_id, programme, outcome, subgroup, est: Estimate) -> list[dict]:
+    base = {"study_id": study_id, "programme_code": programme, "outcome": outcome, "estimator": est.estimator, "subgroup": subgroup}
+    test = est.pretrend_test
+    joint = {
+        "joint_test": test.get("test"),
+        "joint_statistic": test.get("statistic"),
+        "joint_df": test.get("df"),
+        "joint_p_value": test.get("p_value"),
+        "joint_status": test.get("status"),
+        "joint_reason": test.get("reason"),
+    }
+    if est.status != STATUS_OK or not est.event_coefficients:
+        return [{**base, **joint, "status": est.status, "reason": est.reason, "joint_status": est.status, "joint_reason": est.reason}]
+    return [{**base, **coef, **joint, "status": STATUS_OK, "reason": None} for coef in est.event_coefficients]
+
+
+def _cost_row(study_id: str, programme: str, outcome: str, direction: str, est: dict | None, costs: pd.DataFrame | None, config: EvaluationConfig) -> dict:
+    row: dict[str, Any] = {
+        "study_id": study_id,
+        "programme_code": programme,
+        "outcome": outcome,
+        "outcome_direction": direction,
+        "estimator": config.cost_estimator,
+        "cost_basis": config.cost_basis,
+    }
+    if costs is None:
+        return {**row, "status": CE_NOT_ESTIMABLE, "reason": f"{COSTS_TABLE} is not in the warehouse"}
+    match = costs[costs["programme_code"] == programme]
+    cost = None
+    if len(match):
+        c = match.iloc[0]
+        row.update({k: (None if pd.isna(c[k]) else c[k]) for k in ("programme_name", "action_line", "budget_mad", "transfers_paid_mad", "beneficiaries_reached")})
+        reached = _num(c["beneficiaries_reached"])
+        if config.cost_basis == "mart":
+            cost = _num(c["cost_per_beneficiary_mad"])
+        else:
+            spend = _num(c["transfers_paid_mad"] if config.cost_basis == "transfers_paid" else c["budget_mad"])
+            cost = spend / reached if spend is not None and reached else None
+        row["cost_per_beneficiary_mad"] = cost
+    if est is None:
+        return {**row, "status": CE_NOT_ESTIMABLE, "reason": f"estimator {config.cost_estimator!r} did not run for this study"}
+    row.update({"estimate": est["estimate"], "ci_low": est["ci_low"], "ci_high": est["ci_high"]})
+    if est["status"] != STATUS_OK:
+        return {**row, "status": CE_NOT_ESTIMABLE, "reason": f"the {config.cost_estimator} estimate is {est['status']}: {est['reason']}"}
+    if not len(match):
+        return {**row, "status": CE_NOT_ESTIMABLE, "reason": f"no cost data for programme {programme} in {COSTS_TABLE}"}
+    if cost is None or cost <= 0:
+        return {**row, "status": CE_NOT_ESTIMABLE, "reason": f"cost per beneficiary ({config.cost_basis}) is missing or not positive"}
+    sign = -1.0 if direction == "lower_is_better" else 1.0
+    gain = sign * est["estimate"]
+    lo, hi = sorted((sign * est["ci_low"], sign * est["ci_high"]))
+    if gain <= 0:
+        return {**row, "status": CE_NO_BENEFIT, "reason": "the point estimate shows no beneficial effect: cost per unit of impact is not defined"}
+    row["cost_per_unit_impact_mad"] = cost / gain
+    row["cost_per_unit_impact_ci_low"] = cost / hi
+    if lo <= 0:
+        row["status"] = CE_UNBOUNDED
+        row["reason"] = (
+            "the effect's confidence interval includes zero: the cost per unit of impact has no finite upper "
+            "bound (ci_high is NULL, read it as +infinity); ci_low = cost / upper effect bound"
+        )
+    else:
+        row["cost_per_unit_impact_ci_high"] = cost / lo
+        row["status"] = CE_OK
+    return row
+
+
+def evaluate(panel: pd.DataFrame, costs: pd.DataFrame | None, config: EvaluationConfig) -> ImpactTables:
+    """Run every configured estimate on a panel DataFrame (the shape of the mart)."""
+    check_panel(panel)
+    notes: list[str] = []
+    est_rows, pre_rows, bal_rows, att_rows, mean_rows, cost_rows = [], [], [], [], [], []
+    available = sorted(panel["study_id"].dropna().unique())
+    studies = available if config.studies is None else list(config.studies)
+    unknown = [s for s in studies if s not in available]
+    if unknown:
+        raise PanelError(f"studies {unknown} in the evaluation config are not in {PANEL_TABLE} (available: {available})")
+    for study_id in studies:
+        settings = config.for_study(study_id)
+        study = build_study(panel, study_id, settings, settings.cluster)
+        notes.extend(study.notes)
+        codes = sorted(study.units["programme_code"].dropna().unique())
+        if settings.comparison == "whole_study":
+            codes = sorted(study.units.loc[study.units["treated"] == 1, "programme_code"].dropna().unique())
+        programmes = codes if config.programmes is None else [p for p in config.programmes if p in codes]
+        if not study.outcomes:
+            notes.append(f"study {study_id}: no outcome measured at its endline (round {study.endline})")
+        for programme in programmes:
+            units = _programme_units(study, programme, settings.comparison)
+            bal_rows.extend(_balance_rows(study_id, programme, units, study.covariates, config.propensity))
+            for outcome in study.outcomes:
+                y = study.outcome_matrix(outcome, units.index)
+                inference_all = Inference(settings.cov_type, config.alpha, 2, config.min_clusters_per_group)
+                att_rows.append(_attrition_row(study_id, programme, outcome, units, y, inference_all))
+                mean_rows.extend(_group_mean_rows(study_id, programme, outcome, units, y, study.round_labels))
+                for subgroup, dim, value, ids in _subgroups(units, config.subgroup_dimensions):
+                    sub_units = units.loc[ids]
+                    min_n = 2 if dim is None else config.subgroup_min_size
+                    for spec in settings.estimators:
+                        if dim is not None and config.subgroup_estimators is not None and spec.name not in config.subgroup_estimators:
+                            continue
+                        inference = Inference(spec.cov_type or settings.cov_type, config.alpha, min_n, config.min_clusters_per_group)
+                        est = estimate(spec, sub_units, y, study.covariates, inference, config.propensity, study.round_labels)
+                        if dim is not None and est.status == STATUS_NOT_ESTIMABLE and est.reason and est.reason.startswith("too few units"):
+                            est.reason = f"subgroup {subgroup} below the minimum size: {est.reason}"
+                        est_rows.append(_estimate_row(study_id, programme, outcome, subgroup, dim, value, est, config.ci_level))
+                        if spec.type == "event_study":
+                            pre_rows.extend(_pretrend_rows(study_id, programme, outcome, subgroup, est))
+                chosen = next(
+                    (r for r in est_rows[::-1] if r["study_id"] == study_id and r["programme_code"] == programme
+                     and r["outcome"] == outcome and r["estimator"] == config.cost_estimator and r["subgroup"] == "all"),
+                    None,
+                )
+                cost_rows.append(_cost_row(study_id, programme, outcome, settings.direction(outcome), chosen, costs, config))
+    return ImpactTables(
+        estimates=_frame("impact_estimates", est_rows),
+        pretrends=_frame("impact_pretrends", pre_rows),
+        balance=_frame("impact_balance", bal_rows),
+        attrition=_frame("impact_attrition", att_rows),
+        group_means=_frame("impact_group_means", mean_rows),
+        cost_effectiveness=_frame("impact_cost_effectiveness", cost_rows),
+        notes=notes,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# warehouse I/O
+
+
+def _table_exists(con, qualified: str) -> bool:
+    schema, name = qualified.split(".")
+    found = con.execute(
+        "select count(*) from information_schema.tables where table_schema = ? and table_name = ?", [schema, name]
+    ).fetchone()[0]
+    return bool(found)
+
+
+def read_panel(con, config: EvaluationConfig | None = None) -> pd.DataFrame:
+    if not _table_exists(con, PANEL_TABLE):
+        raise PanelError(f"{PANEL_TABLE} does not exist in this warehouse: build the evaluation marts first")
+    have = [r[0] for r in con.execute(
+        "select column_name from information_schema.columns where table_schema = 'marts' "
+        "and table_name = 'mart_evaluation_panel'"
+    ).fetchall()]
+    missing = [c for c in PANEL_COLUMNS if c not in have]
+    if missing:
+        raise PanelError(f"{PANEL_TABLE} lacks columns {missing}")
+    sql = f"select {', '.join(PANEL_COLUMNS)} from {PANEL_TABLE}"
+    params: list = []
+    if config is not None and config.studies is not None:
+        sql += f" where study_id in ({', '.join('?' for _ in config.studies)})"
+        params = list(config.studies)
+    return con.execute(sql + " order by study_id, unit_id, round_index, variable", params).df()
+
+
+def read_costs(con) -> pd.DataFrame | None:
+    if not _table_exists(con, COSTS_TABLE):
+        return None
+    return con.execute(f"select {', '.join(COST_COLUMNS)} from {COSTS_TABLE}").df()
+
+
+def write_tables(con, tables: ImpactTables, run_id: str, code_version: str) -> dict[str, int]:
+    """Replace every table of schema ``impact`` in one transaction."""
+    counts = {}
+    stamp = datetime.now(timezone.utc).replace(tzinfo=None)
+    con.execute("begin transaction")
+    try:
+        con.execute(f"create schema if not exists {SCHEMA}")
+        for table, frame in tables.by_table().items():
+            columns = TABLES[table]
+            frame = frame.copy()
+            frame["run_id"] = pd.array([run_id] * len(frame), dtype="string")
+            frame["code_version"] = pd.array([code_version] * len(frame), dtype="string")
+            if "estimated_at" in columns:
+                frame["estimated_at"] = pd.Series([stamp] * len(frame), dtype="datetime64[us]")
+            ddl = ", ".join(f'"{c}" {t}' for c, t in columns.items())
+            con.execute(f"create or replace table {SCHEMA}.{table} ({ddl})")
+            if len(frame):
+                con.register("_impact_frame", frame)
+                select = ", ".join(f'cast("{c}" as {t})' for c, t in columns.items())
+                con.execute(f"insert into {SCHEMA}.{table} select {select} from _impact_frame")
+                con.unregister("_impact_frame")
+            counts[table] = len(frame)
+        con.execute("commit")
+    except Exception:
+        con.execute("rollback")
+        raise
+    return counts
+
+
+def _status_counts(frame: pd.DataFrame) -> dict[str, int]:
+    if frame.empty:
+        return {}
+    return {str(k): int(v) for k, v in frame["status"].value_counts().items()}
+
+
+def run_impact(con_or_db_path, config_path, run_id: str, code_version: str, report_dir) -> dict[str, Any]:
+    """Read the panel, estimate, replace schema ``impact`` and write the report.
+
+    ``con_or_db_path``: an open DuckDB connection (left open) or a database file path.
+    Returns a summary: row counts per table, status counts of the estimates, notes, and
+    the report's paths, markdown tables and image paths (for Dagster metadata).
+    Raises EvaluationConfigError / PanelError for a bad config or a missing panel;
+    problems with individual estimates are recorded in the tables instead.
+    """
+    import duckdb
+
+    from impact.report import write_report
+
+    config = load_config(config_path)
+    own = not hasattr(con_or_db_path, "execute")
+    con = duckdb.connect(str(con_or_db_path)) if own else con_or_db_path
+    try:
+        panel = read_panel(con, config)
+        costs = read_costs(con)
+        tables = evaluate(panel, costs, config)
+        counts = write_tables(con, tables, run_id, code_version)
+    finally:
+        if own:
+            con.close()
+    report = write_report(tables, Path(report_dir), run_id=run_id, code_version=code_version, config=config)
+    return {
+        "run_id": run_id,
+        "code_version": code_version,
+        "config": str(config_path),
+        "tables": {f"{SCHEMA}.{name}": n for name, n in counts.items()},
+        "estimate_status": _status_counts(tables.estimates),
+        "studies": sorted(tables.estimates["study_id"].dropna().unique().tolist()) if len(tables.estimates) else [],
+        "notes": tables.notes,
+        "report": report,
+    }
