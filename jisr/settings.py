@@ -161,6 +161,13 @@ class Settings:
         return env
 
 
+def export_environment(settings: Settings) -> None:
+    """Make child processes (dbt, Dagster) see the same settings as this process."""
+    os.environ["JISR_HOME"] = str(settings.home)
+    os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "False")
+    os.environ.setdefault("DAGSTER_HOME", str(settings.dagster_home))
+
+
 def get_settings(env: dict[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
     home = Path(env.get("JISR_HOME") or PROJECT_DIR / "var").resolve()

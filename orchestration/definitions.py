@@ -8,6 +8,7 @@ from __future__ import annotations
 import dagster as dg
 
 from orchestration.assets.ingest import ingest_landing
+from orchestration.assets.warehouse import WarehouseConfig, dbt_resource, warehouse_dbt
 from orchestration.sensors import build_landing_sensor
 
 refresh_job = dg.define_asset_job(
@@ -28,7 +29,8 @@ refresh_schedule = dg.ScheduleDefinition(
 )
 
 defs = dg.Definitions(
-    assets=[ingest_landing],
+    assets=[ingest_landing, warehouse_dbt],
+    resources={"dbt": dbt_resource()},
     jobs=[refresh_job],
     schedules=[refresh_schedule],
     sensors=[build_landing_sensor(refresh_job)],
@@ -37,5 +39,7 @@ defs = dg.Definitions(
 
 def refresh_run_config(full_refresh: bool = False) -> dict:
     """Run config of refresh_job (the same switches the UI's launchpad offers)."""
-    config: dict = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
-    return config
+    return {
+        "loggers": {"console": {"config": {"log_level": "INFO"}}},
+        "ops": {"warehouse_dbt": {"config": WarehouseConfig(full_refresh=full_refresh).model_dump()}},
+    }

@@ -1,0 +1,57 @@
+"""The dbt warehouse as Dagster assets; dbt tests appear as asset checks.
+
+Asset keys mirror the warehouse path: ``raw/<table>`` for dbt sources (the same nodes as
+the ingestion assets), ``<schema>/<model>`` for models and seeds. Groups follow the dbt
+folders (``meta.dagster.group`` in dbt_project.yml).
+"""
+
+from collections.abc import Mapping
+from typing import Any
+
+import dagster as dg
+from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource, DbtProject, dbt_assets
+
+from jisr.dbt import dbt_executable, ensure_manifest
+from jisr.settings import export_environment, get_settings
+
+SETTINGS = get_settings()
+export_environment(SETTINGS)  # dbt subprocesses see the same JISR_HOME
+
+DBT_PROJECT = DbtProject(project_dir=SETTINGS.dbt_project_dir, profiles_dir=SETTINGS.dbt_project_dir)
+MANIFEST = ensure_manifest(SETTINGS)
+
+
+class JisrDbtTranslator(DagsterDbtTranslator):
+    def get_asset_key(self, dbt_resource_props: Mapping[str, Any]) -> dg.AssetKey:
+        if dbt_resource_props["resource_type"] == "source":
+            return dg.AssetKey([dbt_resource_props["source_name"], dbt_resource_props["name"]])
+        schema = dbt_resource_props.get("config", {}).get("schema") or "main"
+        return dg.AssetKey([schema, dbt_resource_props["name"]])
+
+
+TRANSLATOR = JisrDbtTranslator(settings=DagsterDbtTranslatorSettings(enable_asset_checks=True))
+
+
+class WarehouseConfig(dg.Config):
+    full_refresh: bool = False
+    """Rebuild incremental models from scratch instead of adding the new deliveries."""
+
+
+def dbt_resource() -> DbtCliResource:
+    return DbtCliResource(project_dir=DBT_PROJECT, profiles_dir=str(SETTINGS.dbt_project_dir),
+                          dbt_executable=str(dbt_executable()), global_config_flags=["--no-version-check"])
+
+
+@dbt_assets(manifest=MANIFEST, project=DBT_PROJECT, dagster_dbt_translator=TRANSLATOR, name="warehouse_dbt")
+def warehouse_dbt(context: dg.AssetExecutionContext, dbt: DbtCliResource, config: WarehouseConfig):
+    """One `dbt build` per refresh (models, seeds and tests), then the dbt docs."""
+    args = ["build"] + (["--full-refresh"] if config.full_refresh else [])
+    yield from dbt.cli(args, context=context).stream()
+    docs_dir = SETTINGS.reports_dir / "dbt-docs"
+    docs = dbt.cli(["docs", "generate", "--static", "--target-path", str(docs_dir)], raise_on_error=False,
+                   manifest=MANIFEST, dagster_dbt_translator=TRANSLATOR)
+    docs.wait()
+    if docs.is_successful():
+        context.log.info(f"dbt docs: {docs_dir / 'static_index.html'}")
+    else:
+        context.log.warning("dbt docs generate failed; the warehouse itself was built")
