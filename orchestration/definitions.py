@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from orchestration.assets.impact import impact_stage
 from orchestration.assets.ingest import ingest_landing
 from orchestration.assets.warehouse import WarehouseConfig, dbt_resource, warehouse_dbt
 from orchestration.sensors import build_landing_sensor
@@ -29,7 +30,7 @@ refresh_schedule = dg.ScheduleDefinition(
 )
 
 defs = dg.Definitions(
-    assets=[ingest_landing, warehouse_dbt],
+    assets=[ingest_landing, warehouse_dbt, impact_stage],
     resources={"dbt": dbt_resource()},
     jobs=[refresh_job],
     schedules=[refresh_schedule],

@@ -1,0 +1,104 @@
+"""The Dagster code location: what a data engineer sees in the UI."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from jisr.settings import PROJECT_DIR
+from tests.conftest import PROGRAMME, write_delivery
+
+
+@pytest.fixture(scope="module")
+def defs():
+    from orchestration.definitions import defs
+
+    return defs
+
+
+def test_definitions_assemble_assets_jobs_schedules_and_sensors(defs, contracts):
+    keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert {f"raw/{s}" for s in contracts} <= keys
+    assert {"marts/dim_beneficiaries", "marts/mart_evaluation_panel", "marts/mart_programme_costs"} <= keys
+    assert defs.resolve_job_def("refresh_job") is not None
+    assert defs.resolve_schedule_def("refresh_schedule").cron_schedule == "0 2 * * *"
+    assert defs.resolve_sensor_def("landing_sensor") is not None
+    checks = defs.resolve_asset_graph().asset_check_keys
+    assert any(c.asset_key.path[0] == "marts" for c in checks), "dbt tests should appear as asset checks"
+
+
+def test_dbt_sources_and_raw_assets_are_the_same_nodes(defs):
+    graph = defs.resolve_asset_graph()
+    stg = graph.get(dg.AssetKey(["staging", "stg_msisf__programmes"]))
+    assert dg.AssetKey(["raw", "programmes"]) in stg.parent_keys
+    assert graph.get(dg.AssetKey(["raw", "programmes"])).is_materializable
+
+
+def test_landing_sensor_requests_a_run_for_new_files_only(defs, settings, contracts):
+    sensor = defs.resolve_sensor_def("landing_sensor")
+    with dg.instance_for_test() as instance:
+        ctx = dg.build_sensor_context(instance=instance)
+        assert isinstance(sensor(ctx), dg.SkipReason)
+        write_delivery(settings.landing_dir, contracts["programmes"], "programmes_2025-01.csv", [PROGRAMME])
+        ctx = dg.build_sensor_context(instance=instance)
+        request = sensor(ctx)
+        assert isinstance(request, dg.RunRequest)
+        ctx2 = dg.build_sensor_context(instance=instance, cursor=ctx.cursor)
+        assert isinstance(sensor(ctx2), dg.SkipReason)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _graphql(port: int, query: str) -> dict:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=json.dumps({"query": query}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())["data"]
+
+
+def test_webserver_serves_the_asset_graph_and_the_last_run(tmp_path, contracts):
+    """What `make dev` serves: the assets of the code location and the runs in its history."""
+    env = dict(os.environ, JISR_HOME=str(tmp_path), DAGSTER_HOME=str(tmp_path / "dagster"), JISR_DEMO="1")
+    (tmp_path / "dagster").mkdir()
+    write_delivery(tmp_path / "landing", contracts["programmes"], "programmes_2025-01.csv", [PROGRAMME])
+    # a run of the refresh job's ingestion step, recorded in that instance
+    code = ("from orchestration.definitions import defs; import dagster as dg; "
+            "job = defs.resolve_job_def('refresh_job'); "
+            "r = job.execute_in_process(instance=dg.DagsterInstance.get(), "
+            "asset_selection=[dg.AssetKey(['raw', 'programmes'])]); print(r.run_id)")
+    run_id = subprocess.run([sys.executable, "-c", code], env=env, cwd=PROJECT_DIR, check=True,
+                            capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    port = _free_port()
+    web = subprocess.Popen([str(Path(sys.executable).with_name("dagster-webserver")), "-w", "workspace.yaml",
+                            "-h", "127.0.0.1", "-p", str(port)], env=env, cwd=PROJECT_DIR,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=5)
+                break
+            except OSError:
+                if time.time() > deadline or web.poll() is not None:
+                    pytest.fail("the Dagster webserver did not start")
+                time.sleep(1)
+        nodes = _graphql(port, "{ assetNodes { assetKey { path } } }")["assetNodes"]
+        paths = {"/".join(n["assetKey"]["path"]) for n in nodes}
+        assert "raw/programmes" in paths and "marts/dim_beneficiaries" in paths
+        runs = _graphql(port, '{ runsOrError { ... on Runs { results { runId status jobName } } } }')
+        results = runs["runsOrError"]["results"]
+        assert {"runId": run_id, "status": "SUCCESS", "jobName": "refresh_job"} in results
+    finally:
+        web.terminate()
+        web.wait(timeout=30)
