@@ -13,11 +13,12 @@ VENV := .venv
 SYNCED := $(VENV)/.synced-$(shell cat uv.lock pyproject.toml | cksum | cut -d' ' -f1)
 BENEFICIARIES ?= 5000
 
-.PHONY: setup run test dev docs clean help
+.PHONY: setup run test test-slow dev docs clean help
 
 help:
 	@echo "make run    set up, generate sample deliveries, run a full refresh through Dagster"
 	@echo "make test   set up and run the test suite"
+	@echo "make test-slow  long statistical tests (CI coverage over many seeds)"
 	@echo "make dev    open the Dagster UI on this project (http://127.0.0.1:3000)"
 	@echo "make docs   regenerate docs/data-contracts.md and the dbt docs"
 
@@ -35,6 +36,9 @@ run: setup
 
 test: setup
 	$(VENV)/bin/pytest
+
+test-slow: setup
+	$(VENV)/bin/pytest -m slow
 
 dev: setup
 	@mkdir -p "$(DAGSTER_HOME)" && [ -f "$(DAGSTER_HOME)/dagster.yaml" ] || cp orchestration/dagster.yaml "$(DAGSTER_HOME)/"
