@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import dataclass, field
 
-from jisr.settings import Settings
+from jisr.settings import Settings, export_environment
 
 
 @dataclass
@@ -34,8 +33,7 @@ def prepare_dagster_home(settings: Settings) -> None:
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").exists():
         shutil.copyfile(settings.project_dir / "orchestration" / "dagster.yaml", home / "dagster.yaml")
-    os.environ.setdefault("DAGSTER_HOME", str(home))
-    os.environ.setdefault("JISR_HOME", str(settings.home))
+    export_environment(settings)
 
 
 def run_refresh(settings: Settings, full_refresh: bool = False) -> RefreshResult:

@@ -7,11 +7,11 @@ import dagster as dg
 
 from jisr.settings import get_settings
 
-SETTINGS = get_settings()
+PROJECT = get_settings()  # only project-relative paths are read at import; JISR_HOME is read per run
 IMPACT_TABLES = ("impact_estimates", "impact_pretrends", "impact_balance", "impact_attrition",
                  "impact_group_means", "impact_cost_effectiveness")
 UPSTREAM = [dg.AssetKey(["marts", "mart_evaluation_panel"]), dg.AssetKey(["marts", "mart_programme_costs"])]
-CONFIG_PATH = SETTINGS.config_dir / "evaluation.yml"
+CONFIG_PATH = PROJECT.config_dir / "evaluation.yml"
 
 
 def _image_md(path: str, caption: str) -> str:
@@ -29,9 +29,10 @@ def _image_md(path: str, caption: str) -> str:
 def impact_stage(context: dg.AssetExecutionContext):
     from impact.run import run_impact
 
-    report_dir = SETTINGS.reports_dir / context.run_id / "impact"
-    summary = run_impact(SETTINGS.build_path, CONFIG_PATH, run_id=context.run_id,
-                         code_version=SETTINGS.code_version, report_dir=report_dir)
+    settings = get_settings()
+    report_dir = settings.reports_dir / context.run_id / "impact"
+    summary = run_impact(settings.build_path, CONFIG_PATH, run_id=context.run_id,
+                         code_version=settings.code_version, report_dir=report_dir)
     report = summary["report"]
     for note in summary["notes"]:
         context.log.info(note)

@@ -12,8 +12,8 @@ from ingestion.contracts import load_contracts
 from jisr.settings import get_settings
 from orchestration.metadata import markdown_table
 
-SETTINGS = get_settings()
-CONTRACTS = load_contracts(SETTINGS.contracts_dir)
+PROJECT = get_settings()  # only project-relative paths are read at import; JISR_HOME is read per run
+CONTRACTS = load_contracts(PROJECT.contracts_dir)
 RAW_GROUP = "raw"
 
 
@@ -30,7 +30,7 @@ def _spec(contract) -> dg.AssetSpec:
         owners=[],
         tags={"partner": contract.partner},
         metadata={
-            "contract": dg.MetadataValue.path(str(contract.path.relative_to(SETTINGS.project_dir))),
+            "contract": dg.MetadataValue.path(str(contract.path.relative_to(PROJECT.project_dir))),
             "file_pattern": contract.file_pattern,
             "format": contract.format,
             "primary_key": ", ".join(contract.primary_key),
@@ -61,8 +61,9 @@ def run_ingestion(settings, run_id: str, sources=None, validators=()):
                 "pseudonymises direct identifiers and appends them to the raw layer.",
 )
 def ingest_landing(context: dg.AssetExecutionContext):
+    settings = get_settings()
     selected = {key.path[-1] for key in context.selected_asset_keys}
-    summary = run_ingestion(SETTINGS, context.run_id, sources=selected)
+    summary = run_ingestion(settings, context.run_id, sources=selected)
     by_source = summary.by_source()
     for source in CONTRACTS:
         if source not in selected:
@@ -86,7 +87,7 @@ def ingest_landing(context: dg.AssetExecutionContext):
                     [[f.file_name, f.status, f.rows_delivered, f.rows_loaded, f.rows_quarantined,
                       f.reason or ", ".join(f"{k}: {v}" for k, v in f.rules_failed.items())] for f in files],
                 )) if files else dg.MetadataValue.md("No new file."),
-                "preview": dg.MetadataValue.md(_preview(source)),
+                "preview": dg.MetadataValue.md(_preview(settings, source)),
             },
         )
     unmatched = by_source.get("(no contract)", [])
@@ -94,10 +95,10 @@ def ingest_landing(context: dg.AssetExecutionContext):
         context.log.warning(f"{f.partner}/{f.file_name} rejected: {f.reason}")
 
 
-def _preview(source: str, limit: int = 5) -> str:
+def _preview(settings, source: str, limit: int = 5) -> str:
     from ingestion import store
 
-    con = store.connect(SETTINGS.store_path, read_only=True)
+    con = store.connect(settings.store_path, read_only=True)
     try:
         cur = con.execute(f"select * exclude (_content_hash, _run_id) from raw.{source} where _is_current "
                           f"order by _loaded_at desc, _source_row limit {limit}")

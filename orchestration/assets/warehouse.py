@@ -14,11 +14,9 @@ from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtC
 from jisr.dbt import dbt_executable, ensure_manifest
 from jisr.settings import export_environment, get_settings
 
-SETTINGS = get_settings()
-export_environment(SETTINGS)  # dbt subprocesses see the same JISR_HOME
-
-DBT_PROJECT = DbtProject(project_dir=SETTINGS.dbt_project_dir, profiles_dir=SETTINGS.dbt_project_dir)
-MANIFEST = ensure_manifest(SETTINGS)
+PROJECT = get_settings()  # only project-relative paths are read at import; JISR_HOME is read per run
+DBT_PROJECT = DbtProject(project_dir=PROJECT.dbt_project_dir, profiles_dir=PROJECT.dbt_project_dir)
+MANIFEST = ensure_manifest(PROJECT)
 
 
 class JisrDbtTranslator(DagsterDbtTranslator):
@@ -38,16 +36,18 @@ class WarehouseConfig(dg.Config):
 
 
 def dbt_resource() -> DbtCliResource:
-    return DbtCliResource(project_dir=DBT_PROJECT, profiles_dir=str(SETTINGS.dbt_project_dir),
+    return DbtCliResource(project_dir=DBT_PROJECT, profiles_dir=str(PROJECT.dbt_project_dir),
                           dbt_executable=str(dbt_executable()), global_config_flags=["--no-version-check"])
 
 
 @dbt_assets(manifest=MANIFEST, project=DBT_PROJECT, dagster_dbt_translator=TRANSLATOR, name="warehouse_dbt")
 def warehouse_dbt(context: dg.AssetExecutionContext, dbt: DbtCliResource, config: WarehouseConfig):
     """One `dbt build` per refresh (models, seeds and tests), then the dbt docs."""
+    settings = get_settings()
+    export_environment(settings)  # dbt's profiles.yml reads the same JISR_HOME
     args = ["build"] + (["--full-refresh"] if config.full_refresh else [])
     yield from dbt.cli(args, context=context).stream()
-    docs_dir = SETTINGS.reports_dir / "dbt-docs"
+    docs_dir = settings.reports_dir / "dbt-docs"
     docs = dbt.cli(["docs", "generate", "--static", "--target-path", str(docs_dir)], raise_on_error=False,
                    manifest=MANIFEST, dagster_dbt_translator=TRANSLATOR)
     docs.wait()
