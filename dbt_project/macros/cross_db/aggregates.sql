@@ -1,0 +1,27 @@
+{#- Continuous percentile (linear interpolation, like numpy's default and SQL's
+    percentile_cont) of an expression, as an aggregate. `fraction` is a number in [0, 1]. -#}
+{% macro percentile_cont(expression, fraction) -%}
+    {{ return(adapter.dispatch('percentile_cont', 'jisr')(expression, fraction)) }}
+{%- endmacro %}
+
+{% macro default__percentile_cont(expression, fraction) -%}
+    percentile_cont({{ fraction }}) within group (order by {{ expression }})
+{%- endmacro %}
+
+{% macro duckdb__percentile_cont(expression, fraction) -%}
+    quantile_cont({{ expression }}, {{ fraction }})
+{%- endmacro %}
+
+{% macro spark__percentile_cont(expression, fraction) -%}
+    percentile({{ expression }}, {{ fraction }})
+{%- endmacro %}
+
+{#- Median (50th continuous percentile). -#}
+{% macro median(expression) -%}
+    {{ jisr.percentile_cont(expression, 0.5) }}
+{%- endmacro %}
+
+{#- Count of rows where a condition holds. -#}
+{% macro count_if(condition) -%}
+    sum(case when {{ condition }} then 1 else 0 end)
+{%- endmacro %}

@@ -1,0 +1,10 @@
+{#- A model's custom schema (`+schema` in dbt_project.yml) is used as-is: marts build into
+    `marts`, not `<target schema>_marts`, so consumers and the publish step find them by a
+    fixed name on every target. Models without a custom schema go to the target schema. -#}
+{% macro generate_schema_name(custom_schema_name, node) -%}
+    {%- if custom_schema_name is none -%}
+        {{ target.schema | trim }}
+    {%- else -%}
+        {{ custom_schema_name | trim }}
+    {%- endif -%}
+{%- endmacro %}

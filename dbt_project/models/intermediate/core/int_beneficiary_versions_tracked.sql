@@ -1,0 +1,108 @@
+{#- History of each registered person (slowly changing dimension, type 2), rebuilt from
+    every record the registry delivered, current or superseded:
+    1. within one delivery batch, the latest loaded record of a person wins (a corrected
+       re-delivery of a month replaces the earlier one);
+    2. records are ordered like ingestion's supersede rule (batch, then load time, then
+       row) and consecutive records with identical attributes are merged;
+    3. a version is valid from the first day of the month of the extract that first showed
+       it until the next version starts; the first version of a person is taken to hold
+       since 1900-01-01 so that every event of the person finds a version. -#}
+{%- set tracked = ['household_key', 'sex', 'birth_date', 'region_code', 'province_code', 'commune_code',
+                   'area_type', 'socio_economic_score', 'has_disability', 'registered_date'] %}
+
+with
+
+beneficiary_versions as (
+
+    select * from {{ ref('stg_msisf__beneficiary_versions') }}
+
+),
+
+ranked_in_batch as (
+
+    select
+        *,
+        row_number() over (
+            partition by person_key, _batch
+            order by _loaded_at desc, _source_row desc
+        ) as rank_in_batch
+
+    from beneficiary_versions
+
+),
+
+latest_in_batch as (
+
+    select * from ranked_in_batch
+    where rank_in_batch = 1
+
+),
+
+signed as (
+
+    select
+        *,
+        {{ dbt.concat(sql_signature_parts(tracked)) }} as attribute_signature
+
+    from latest_in_batch
+
+),
+
+compared as (
+
+    select
+        *,
+        lag(attribute_signature) over (
+            partition by person_key
+            order by _batch, _loaded_at, _source_row
+        ) as previous_signature
+
+    from signed
+
+),
+
+changes as (
+
+    select * from compared
+    where previous_signature is null
+       or previous_signature <> attribute_signature
+
+),
+
+numbered as (
+
+    select
+        *,
+        row_number() over (partition by person_key order by _batch, _loaded_at, _source_row) as version_number,
+        lead({{ jisr.month_start_of_text('_batch') }}) over (
+            partition by person_key
+            order by _batch, _loaded_at, _source_row
+        ) as next_version_from
+
+    from changes
+
+),
+
+final as (
+
+    select
+        {{ dbt.concat(['cast(person_key as ' ~ dbt.type_string() ~ ')', "'-'", 'cast(version_number as ' ~ dbt.type_string() ~ ')']) }} as beneficiary_version_id,
+        person_key,
+        version_number,
+        {%- for column in tracked %}
+        {{ column }},
+        {%- endfor %}
+        case
+            when version_number = 1 then cast('1900-01-01' as date)
+            else {{ jisr.month_start_of_text('_batch') }}
+        end as valid_from,
+        next_version_from as valid_to,
+        next_version_from is null as is_current,
+        _batch as first_seen_batch,
+        _delivery_id as first_seen_delivery_id
+
+    from numbered
+
+)
+
+select * from final

@@ -1,0 +1,62 @@
+{#- Occupancy of social protection establishments by month, region, establishment type
+    and phase of modernisation works (before, during, after works, or no works).
+    Occupancy rate = residents at month end / capacity (the establishment's current
+    capacity), over the establishments that reported that month. -#}
+with
+
+occupancy as (
+
+    select * from {{ ref('fct_establishment_occupancy') }}
+
+),
+
+establishments as (
+
+    select * from {{ ref('dim_establishments') }}
+
+),
+
+phased as (
+
+    select
+        occupancy.*,
+        establishments.region_code,
+        establishments.establishment_type,
+        establishments.capacity,
+        {{ works_phase('occupancy.month_start_date', 'establishments.works_start_date', 'establishments.works_end_date') }}
+            as works_phase
+
+    from occupancy
+    inner join establishments
+        on occupancy.establishment_id = establishments.establishment_id
+
+),
+
+final as (
+
+    select
+        report_month,
+        month_start_date,
+        region_code,
+        establishment_type,
+        works_phase,
+        count(*) as establishments_reporting,
+        sum(capacity) as capacity,
+        sum(residents) as residents,
+        sum(admissions) as admissions,
+        sum(departures) as departures,
+        {{ jisr.safe_divide('sum(residents)', 'sum(capacity)') }} as occupancy_rate,
+        {{ jisr.count_if('has_inspection') }} as inspections,
+        avg(inspection_score) as mean_inspection_score
+
+    from phased
+    group by
+        report_month,
+        month_start_date,
+        region_code,
+        establishment_type,
+        works_phase
+
+)
+
+select * from final

@@ -1,0 +1,84 @@
+{#- Loan instalments with their settlement and days past due on the reference date.
+    An instalment is settled when a payment of at least the amount due (principal +
+    interest, to the centime) is recorded; a partial payment leaves it overdue.
+    Incremental by instalment: instalments whose record arrived since the last refresh
+    are replaced (latest_per_key), and so are the instalments still unsettled, whose days
+    past due move with the reference date; settled history is not rebuilt. -#}
+{{
+    config(
+        materialized='incremental',
+        incremental_strategy=jisr.incremental_strategy('upsert_key'),
+        unique_key='instalment_id',
+        on_schema_change='append_new_columns',
+    )
+}}
+
+with
+
+repayments as (
+
+    select * from {{ ref('stg_cdg_finance__repayments') }}
+    {%- if is_incremental() %}
+    where {{ jisr.loaded_since_last_refresh() }}
+       or instalment_id in (select instalment_id from {{ this }} where not is_settled)
+    {%- endif %}
+
+),
+
+loans as (
+
+    select * from {{ ref('stg_cdg_finance__loans') }}
+
+),
+
+settled as (
+
+    select
+        repayments.*,
+        repayments.principal_due_mad + coalesce(repayments.interest_due_mad, 0) as amount_due_mad,
+        repayments.paid_date is not null
+            and coalesce(repayments.amount_paid_mad, 0)
+                >= repayments.principal_due_mad + coalesce(repayments.interest_due_mad, 0) as is_settled
+
+    from repayments
+
+),
+
+final as (
+
+    select
+        settled.instalment_id,
+        settled.loan_id,
+        loans.person_key,
+        loans.programme_code,
+        settled.instalment_number,
+        settled.due_date,
+        {{ jisr.month_text('settled.due_date') }} as due_month,
+        settled.principal_due_mad,
+        settled.interest_due_mad,
+        settled.amount_due_mad,
+        settled.paid_date,
+        settled.amount_paid_mad,
+        settled.is_settled,
+        case when settled.is_settled then settled.paid_date end as settled_date,
+        case
+            when settled.is_settled
+                then greatest({{ jisr.days_between('settled.due_date', 'settled.paid_date') }}, 0)
+        end as days_late_at_settlement,
+        case
+            when settled.due_date >= {{ jisr.reference_date() }} then 0
+            when settled.is_settled and settled.paid_date <= {{ jisr.reference_date() }} then 0
+            else {{ jisr.days_between('settled.due_date', jisr.reference_date()) }}
+        end as days_past_due,
+        settled._delivery_id,
+        settled._batch,
+        settled._loaded_at,
+        {{ jisr.build_lineage_columns() }}
+
+    from settled
+    left join loans
+        on settled.loan_id = loans.loan_id
+
+)
+
+select * from final

@@ -1,0 +1,49 @@
+{#- Benefit payments, incremental by payment month: a new month is appended; a corrected
+    re-delivery of a month (replace_batch) replaces that month as a whole; earlier months
+    are not rebuilt. `dbt build --full-refresh` rebuilds everything. -#}
+{{
+    config(
+        materialized='incremental',
+        incremental_strategy=jisr.incremental_strategy('replace_period'),
+        unique_key='payment_month',
+        partition_by=('payment_month' if target.type == 'spark' else none),
+        on_schema_change='append_new_columns',
+    )
+}}
+
+with
+
+payments as (
+
+    select * from {{ ref('stg_msisf__payments') }}
+    {%- if is_incremental() %}
+    where payment_month in (
+        select payment_month from {{ ref('stg_msisf__payments') }}
+        where {{ jisr.loaded_since_last_refresh() }}
+    )
+    {%- endif %}
+
+),
+
+final as (
+
+    select
+        payment_id,
+        enrolment_id,
+        person_key,
+        programme_code,
+        payment_month,
+        {{ jisr.month_start_of_text('payment_month') }} as payment_month_start_date,
+        paid_date,
+        amount_mad,
+        payment_channel,
+        _delivery_id,
+        _batch,
+        _loaded_at,
+        {{ jisr.build_lineage_columns() }}
+
+    from payments
+
+)
+
+select * from final

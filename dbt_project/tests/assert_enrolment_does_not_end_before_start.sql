@@ -1,0 +1,8 @@
+-- An enrolment cannot end before it starts.
+select
+    enrolment_id,
+    entry_date,
+    exit_date
+
+from {{ ref('fct_enrolments') }}
+where exit_date < entry_date

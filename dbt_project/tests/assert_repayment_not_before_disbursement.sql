@@ -1,0 +1,27 @@
+-- A repayment cannot precede its loan's disbursement, and no instalment falls due before it.
+with
+
+instalments as (
+
+    select * from {{ ref('fct_loan_instalments') }}
+
+),
+
+loans as (
+
+    select * from {{ ref('fct_loans') }}
+
+)
+
+select
+    instalments.instalment_id,
+    instalments.loan_id,
+    loans.disbursement_date,
+    instalments.due_date,
+    instalments.paid_date
+
+from instalments
+inner join loans
+    on instalments.loan_id = loans.loan_id
+where instalments.paid_date < loans.disbursement_date
+   or instalments.due_date < loans.disbursement_date
