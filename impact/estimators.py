@@ -497,6 +497,9 @@ def event_study(
         stacked = pd.concat(rows) if rows else pd.DataFrame()
         if stacked.empty:
             raise NotEstimable("no unit is observed both at baseline and in another round")
+        per_unit = stacked.groupby(level=0).agg(treated=("treated", "first"), cluster=("cluster", "first"))
+        _describe_sample(result, per_unit, y)
+        _check_sample(per_unit, "a baseline value and a value in another round", inference)
         kept_rounds, skipped = [], []
         for r in rounds:
             if r == 0:
@@ -513,9 +516,6 @@ def event_study(
         end = max(rounds)
         if end not in kept_rounds:
             raise NotEstimable("the endline round does not have both treated and comparison units observed at baseline")
-        per_unit = stacked.groupby(level=0).agg(treated=("treated", "first"), cluster=("cluster", "first"))
-        _describe_sample(result, per_unit, y)
-        _check_sample(per_unit, "a baseline value and a value in another round", inference)
         _check_variance(stacked["change"], "the change in the outcome from baseline")
         exog = pd.DataFrame(index=stacked.index)
         for r in kept_rounds:
@@ -524,7 +524,15 @@ def event_study(
             exog[f"treated_x_round_{r}"] = exog[f"round_{r}"] * stacked["treated"]
         exog = exog.reset_index(drop=True)
         model = sm.OLS(stacked["change"].astype(float).to_numpy(), exog)
-        fitted = _fit_model(model, stacked["cluster"].reset_index(drop=True), inference)
+        groups = stacked["cluster"]
+        fit_inference = inference
+        if inference.cov_type != "cluster":
+            # a unit's stacked rounds are correlated: SEs that ignore it would be too small
+            groups = pd.Series(stacked.index.astype(str), index=stacked.index)
+            fit_inference = Inference("cluster", inference.alpha, inference.min_per_group, inference.min_clusters_per_group)
+            result.options["cov_type"] = "cluster"
+            result.options["clustered_on"] = f"unit (stacked rounds of a unit are correlated; {inference.cov_type} not valid here)"
+        fitted = _fit_model(model, groups.reset_index(drop=True), fit_inference)
         conf = fitted.conf_int(alpha=inference.alpha)
         coefficients = [
             {"round_index": 0, "round_label": labels.get(0), "is_pre": False, "is_reference": True, "estimate": 0.0,

@@ -287,8 +287,12 @@ def _balance_rows(study_id: str, programme: str, units: pd.DataFrame, covariates
                 "reason": fit_reason,
             }
         )
-        if row["smd_before"] is None:
-            row["reason"] = "covariate has no variance in either group: SMD undefined"
+        if sd == 0:
+            note = (
+                "covariate is constant in the sample: no imbalance possible" if row["smd_before"] == 0
+                else "covariate is constant within each group but differs between them: SMD infinite"
+            )
+            row["reason"] = f"{note}; {fit_reason}" if fit_reason else note
         if fit is not None:
             kt = fit.keep & t
             kc = fit.keep & ~t

@@ -1,0 +1,482 @@
+"""Impact stage: estimators on simulated panels with planted effects, degenerate inputs,
+settings validation and the tables written to the warehouse."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from impact.config import EvaluationConfigError, load_config, parse_config
+from impact.estimators import crump_alpha
+from impact.panel import PanelError
+from impact.run import TABLES, evaluate, run_impact
+
+PROJECT = Path(__file__).resolve().parent.parent
+EFFECT = 2.0
+
+
+def simulate_panel(
+    seed: int,
+    *,
+    n_clusters: int = 60,
+    units_per_cluster: int = 15,
+    effect: float = EFFECT,
+    selection: float = 0.0,
+    trend_from_x: float = 0.0,
+    rounds: tuple[int, ...] = (-1, 0, 1),
+    attrition: float = 0.0,
+    study_id: str = "sim",
+    programme: str = "PRG-01",
+) -> pd.DataFrame:
+    """A panel in the shape of marts.mart_evaluation_panel with a planted effect.
+
+    Treatment is assigned by cluster with P(treated) = logistic(selection * x), where x is
+    a cluster characteristic measured at baseline (``poverty_index``). The outcome
+    ``income`` has cluster and unit effects, grows by ``trend_from_x * x`` per round (so
+    with selection the groups trend apart without treatment), and rises by ``effect`` for
+    treated units after the baseline. ``attrition``: share of units whose endline value is
+    missing.
+    """
+    rng = np.random.default_rng(seed)
+    n = n_clusters * units_per_cluster
+    cluster = np.repeat(np.arange(n_clusters), units_per_cluster)
+    x_c = rng.normal(size=n_clusters)
+    d_c = rng.random(n_clusters) < 1 / (1 + np.exp(-selection * x_c))
+    a_c = rng.normal(size=n_clusters)
+    x, d, a = x_c[cluster], d_c[cluster].astype(int), a_c[cluster]
+    z = rng.normal(size=n)
+    u = rng.normal(size=n)
+    age = rng.integers(18, 70, size=n)
+    vulnerability = rng.uniform(0, 100, size=n)
+    units = pd.DataFrame(
+        {
+            "study_id": study_id,
+            "programme_code": programme,
+            "unit_id": [f"u{i:05d}" for i in range(n)],
+            "unit_type": "household",
+            "person_key": pd.array([None] * n, dtype="Int64"),
+            "treatment_group": np.where(d == 1, "treated", "comparison"),
+            "is_treated": d == 1,
+            "cluster_id": [f"c{c:03d}" for c in cluster],
+            "sex": np.where(rng.random(n) < 0.5, "F", "M"),
+            "age": age,
+            "age_band": np.select([age < 30, age < 45], ["18-29", "30-44"], "45+"),
+            "region_code": np.array([f"{r:02d}" for r in rng.integers(1, 4, size=n)]),
+            "vulnerability_score": vulnerability,
+            "vulnerability_tercile": pd.qcut(vulnerability, 3, labels=[1, 2, 3]).astype(int),
+        }
+    )
+    end = max(rounds)
+    lost = rng.random(n) < attrition
+    parts = []
+    for t in rounds:
+        y = 10 + a + u + 0.5 * z + x + t * (0.3 + trend_from_x * x) + effect * d * (t > 0) + rng.normal(size=n)
+        if t == end:
+            y = np.where(lost, np.nan, y)
+        label = {0: "baseline", end: "endline"}.get(t, f"round {t}")
+        parts.append(units.assign(round_index=t, round_label=label, variable="income", value=y))
+    for name, values in (("poverty_index", x), ("household_size", z)):
+        parts.append(units.assign(round_index=0, round_label="baseline", variable=name, value=values))
+    return pd.concat(parts, ignore_index=True)
+
+
+def config(**overrides) -> object:
+    settings = {"subgroups": {"dimensions": []}}
+    settings.update(overrides)
+    return parse_config(settings)
+
+
+def whole_sample(tables) -> pd.DataFrame:
+    est = tables.estimates
+    return est[est["subgroup"] == "all"].set_index("estimator")
+
+
+# --------------------------------------------------------------------------------------
+# planted effects
+
+
+def test_estimators_ci_contains_planted_effect(tmp_path):
+    # A 95% CI misses the truth in 1 panel out of 20 by construction, so each estimator is
+    # checked on 5 independent panels and must cover the planted effect in at least 4
+    # (probability 0.977 for a correct 95% interval; the slow test measures the rate).
+    covered: dict[str, int] = {}
+    for seed in range(5):
+        est = whole_sample(evaluate(simulate_panel(100 + seed, attrition=0.05), None, config()))
+        assert set(est.index) == {"diff_in_means", "did", "ancova", "ancova_covariates", "ipw_did", "event_study"}
+        for name, row in est.iterrows():
+            assert row["status"] == "ok", (name, row["reason"])
+            assert row["n_clusters"] == 60 and row["std_error"] > 0
+            covered[name] = covered.get(name, 0) + int(row["ci_low"] < EFFECT < row["ci_high"])
+    assert all(n >= 4 for n in covered.values()), covered
+
+
+def test_estimators_selection_biases_naive_but_not_weighted(tmp_path):
+    panel = simulate_panel(5, n_clusters=100, selection=1.5, trend_from_x=1.0)
+    tables = evaluate(panel, None, config())
+    est = whole_sample(tables)
+    # the naive comparisons are pulled away from the planted effect by the selection
+    for naive in ("diff_in_means", "did"):
+        assert not est.loc[naive, "ci_low"] < EFFECT < est.loc[naive, "ci_high"], naive
+        assert abs(est.loc[naive, "estimate"] - EFFECT) > 0.5
+    # adjusting for the baseline covariate that drives selection and trends recovers it
+    for adjusted in ("ipw_did", "ancova_covariates"):
+        assert est.loc[adjusted, "status"] == "ok"
+        assert est.loc[adjusted, "ci_low"] < EFFECT < est.loc[adjusted, "ci_high"], adjusted
+    # the event study's joint test sees the diverging pre-treatment trend
+    pre = tables.pretrends
+    assert pre["joint_p_value"].dropna().iloc[0] < 0.01
+    # and weighting removes most of the imbalance in the covariate that drove selection
+    bal = tables.balance.set_index("covariate")
+    assert abs(bal.loc["poverty_index", "smd_before"]) > 0.5
+    assert abs(bal.loc["poverty_index", "smd_after"]) < 0.25 * abs(bal.loc["poverty_index", "smd_before"])
+
+
+def test_event_study_coefficients_per_round(tmp_path):
+    panel = simulate_panel(3, rounds=(-2, -1, 0, 1, 2))
+    tables = evaluate(panel, None, config())
+    rows = tables.pretrends[tables.pretrends["subgroup"] == "all"].set_index("round_index")
+    assert list(rows.index) == [-2, -1, 0, 1, 2]
+    assert bool(rows.loc[0, "is_reference"]) and rows.loc[0, "estimate"] == 0
+    for r in (-2, -1):
+        assert bool(rows.loc[r, "is_pre"])
+        assert rows.loc[r, "ci_low"] < 0 < rows.loc[r, "ci_high"]
+    for r in (1, 2):
+        assert rows.loc[r, "ci_low"] < EFFECT < rows.loc[r, "ci_high"]
+    assert rows["joint_df"].dropna().iloc[0] == 2
+    est = whole_sample(tables)
+    assert est.loc["event_study", "estimate"] == pytest.approx(rows.loc[2, "estimate"])
+
+
+def test_event_study_two_rounds_not_estimable(tmp_path):
+    tables = evaluate(simulate_panel(4, rounds=(0, 1)), None, config())
+    est = whole_sample(tables)
+    assert est.loc["event_study", "status"] == "not_estimable"
+    assert "more than two" in est.loc["event_study", "reason"]
+    assert pd.isna(est.loc["event_study", "estimate"])
+    assert est.loc["did", "status"] == "ok"
+
+
+# --------------------------------------------------------------------------------------
+# degenerate inputs
+
+
+def test_degenerate_group_with_no_units(tmp_path):
+    panel = simulate_panel(6)
+    panel = panel[panel["treatment_group"] == "treated"]
+    tables = evaluate(panel, None, config())
+    est = tables.estimates
+    assert len(est) == 6
+    assert (est["status"] == "not_estimable").all()
+    assert est["reason"].str.contains("no comparison units").all()
+    assert est["estimate"].isna().all()
+    assert tables.attrition["status"].iloc[0] == "not_estimable"
+
+
+def test_degenerate_outcome_without_variance(tmp_path):
+    panel = simulate_panel(7)
+    flat = panel[panel["variable"] == "income"].assign(variable="meals_per_day", value=3.0)
+    tables = evaluate(pd.concat([panel, flat]), None, config())
+    est = tables.estimates
+    flat_rows = est[est["outcome"] == "meals_per_day"]
+    assert (flat_rows["status"] == "not_estimable").all()
+    assert flat_rows["reason"].str.contains("no variance").all()
+    assert flat_rows["estimate"].isna().all() and flat_rows["std_error"].isna().all()
+    assert (est.loc[est["outcome"] == "income", "status"] == "ok").all()
+
+
+def test_degenerate_subgroup_below_minimum_size(tmp_path):
+    panel = simulate_panel(8)
+    small = panel["unit_id"].isin(panel["unit_id"].unique()[::40])  # about 22 units
+    panel.loc[small, "region_code"] = "09"
+    tables = evaluate(panel, None, config(subgroups={"dimensions": ["region_code"], "min_size": 30}))
+    est = tables.estimates
+    tiny = est[est["subgroup"] == "region_code=09"]
+    assert len(tiny) == 6
+    assert (tiny["status"] == "not_estimable").all()
+    assert tiny["reason"].str.contains("below the minimum size").all()
+    assert tiny["estimate"].isna().all() and tiny["ci_low"].isna().all()
+    assert (tiny["n_treated"] < 30).all() or (tiny["n_comparison"] < 30).all()
+    big = est[est["subgroup"] == "region_code=01"]
+    assert (big.loc[big["estimator"] != "event_study", "status"] == "ok").all()
+    assert (big["subgroup_dimension"] == "region_code").all() and (big["subgroup_value"] == "01").all()
+
+
+def test_degenerate_perfect_separation_in_propensity(tmp_path):
+    panel = simulate_panel(9)
+    units = panel.drop_duplicates("unit_id")
+    flag = units.assign(variable="eligibility_flag", round_index=0, round_label="baseline", value=units["is_treated"].astype(float))
+    tables = evaluate(pd.concat([panel, flag]), None, config())
+    est = whole_sample(tables)
+    assert est.loc["ipw_did", "status"] == "not_estimable"
+    assert "perfect separation" in est.loc["ipw_did", "reason"]
+    assert pd.isna(est.loc["ipw_did", "estimate"])
+    assert est.loc["did", "status"] == "ok"
+    bal = tables.balance.set_index("covariate")
+    assert bal["smd_after"].isna().all()
+    assert "perfect separation" in bal.loc["eligibility_flag", "reason"]
+
+
+def test_degenerate_units_with_baseline_but_no_endline(tmp_path):
+    panel = simulate_panel(10, attrition=0.2)
+    # some units have no endline row at all (not only a null value)
+    gone = panel["unit_id"].isin(panel["unit_id"].unique()[:30]) & (panel["round_index"] == 1)
+    panel = panel[~gone]
+    tables = evaluate(panel, None, config())
+    att = tables.attrition.iloc[0]
+    units = panel.drop_duplicates("unit_id")
+    assert att["n_baseline_treated"] + att["n_baseline_comparison"] == len(units)
+    endline = panel[(panel["round_index"] == 1) & panel["value"].notna()]
+    assert att["n_missing_treated"] + att["n_missing_comparison"] == len(units) - endline["unit_id"].nunique()
+    assert 0.15 < att["share_missing_treated"] < 0.3 and att["p_value"] is not pd.NA
+    est = whole_sample(tables)
+    assert (est["status"] == "ok").all()
+    assert est.loc["did", "n_treated"] + est.loc["did", "n_comparison"] == endline["unit_id"].nunique()
+    assert est.loc["did", "ci_low"] < EFFECT < est.loc["did", "ci_high"]
+
+
+def test_degenerate_single_cluster_per_group_not_estimable(tmp_path):
+    panel = simulate_panel(12, n_clusters=2, units_per_cluster=40)
+    if panel["treatment_group"].nunique() < 2:  # both clusters drew the same arm
+        panel.loc[panel["cluster_id"] == "c000", "treatment_group"] = "treated"
+        panel.loc[panel["cluster_id"] == "c001", "treatment_group"] = "comparison"
+    tables = evaluate(panel, None, config())
+    est = whole_sample(tables)
+    assert (est["status"] == "not_estimable").all()
+    assert est["reason"].str.contains("too few clusters").all()
+
+
+# --------------------------------------------------------------------------------------
+# cost-effectiveness
+
+
+def costs_frame(cost_per_beneficiary: float) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "programme_code": ["PRG-01"],
+            "programme_name": ["Cash transfer"],
+            "action_line": ["social_programmes"],
+            "budget_mad": [1_000_000.0],
+            "transfers_paid_mad": [800_000.0],
+            "beneficiaries_reached": [1000],
+            "cost_per_beneficiary_mad": [cost_per_beneficiary],
+        }
+    )
+
+
+def test_cost_effectiveness_interval_from_effect_ci(tmp_path):
+    tables = evaluate(simulate_panel(13), costs_frame(800.0), config())
+    ce = tables.cost_effectiveness.iloc[0]
+    did = whole_sample(tables).loc["did"]
+    assert ce["status"] == "ok"
+    assert ce["cost_per_unit_impact_mad"] == pytest.approx(800.0 / did["estimate"])
+    assert ce["cost_per_unit_impact_ci_low"] == pytest.approx(800.0 / did["ci_high"])
+    assert ce["cost_per_unit_impact_ci_high"] == pytest.approx(800.0 / did["ci_low"])
+    budget = evaluate(simulate_panel(13), costs_frame(800.0), config(cost_effectiveness={"cost_basis": "budget"}))
+    assert budget.cost_effectiveness.iloc[0]["cost_per_beneficiary_mad"] == pytest.approx(1000.0)
+
+
+def test_cost_effectiveness_ci_crossing_zero_is_unbounded(tmp_path):
+    panel = simulate_panel(14, effect=0.15, n_clusters=30, units_per_cluster=5)
+    tables = evaluate(panel, costs_frame(800.0), config())
+    did = whole_sample(tables).loc["did"]
+    ce = tables.cost_effectiveness.iloc[0]
+    if did["estimate"] <= 0:
+        assert ce["status"] == "no_beneficial_effect" and pd.isna(ce["cost_per_unit_impact_mad"])
+    else:
+        assert did["ci_low"] < 0 < did["ci_high"]
+        assert ce["status"] == "ci_unbounded"
+        assert ce["cost_per_unit_impact_ci_low"] == pytest.approx(800.0 / did["ci_high"])
+        assert pd.isna(ce["cost_per_unit_impact_ci_high"])
+        assert "no finite upper bound" in ce["reason"]
+
+
+def test_cost_effectiveness_lower_is_better_outcome(tmp_path):
+    panel = simulate_panel(15, effect=-2.0)
+    tables = evaluate(panel, costs_frame(500.0), config(outcome_direction={"income": "lower_is_better"}))
+    ce = tables.cost_effectiveness.iloc[0]
+    assert ce["status"] == "ok" and ce["outcome_direction"] == "lower_is_better"
+    assert ce["cost_per_unit_impact_mad"] == pytest.approx(500.0 / -ce["estimate"])
+    assert 0 < ce["cost_per_unit_impact_ci_low"] < ce["cost_per_unit_impact_mad"] < ce["cost_per_unit_impact_ci_high"]
+
+
+# --------------------------------------------------------------------------------------
+# propensity trimming
+
+
+def test_crump_alpha_trims_only_extreme_scores(tmp_path):
+    assert crump_alpha(np.full(100, 0.5)) == 0.0
+    score = np.concatenate([np.full(95, 0.5), np.full(5, 0.001)])
+    a = crump_alpha(score)
+    assert 0.001 < a < 0.5
+    crump = evaluate(simulate_panel(16, selection=3.0), None, config(propensity={"trim": "crump"}))
+    options = whole_sample(crump).loc["ipw_did", "estimator_options"]
+    assert '"trimming": "Crump' in options
+
+
+# --------------------------------------------------------------------------------------
+# settings
+
+
+def test_config_shipped_file_is_valid(tmp_path):
+    cfg = load_config(PROJECT / "config" / "evaluation.yml")
+    assert cfg.studies is None and cfg.alpha == 0.05
+    assert [s.name for s in cfg.default.estimators] == ["diff_in_means", "did", "ancova", "ancova_covariates", "ipw_did", "event_study"]
+    assert cfg.subgroup_dimensions == ("sex", "age_band", "region_code", "vulnerability_tercile")
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"estimaters": []}, "unknown key"),
+        ({"alpha": 1.5}, "alpha"),
+        ({"propensity": {"trim": "sometimes"}}, "propensity.trim"),
+        ({"propensity": {"low": 0.9, "high": 0.1}}, "low"),
+        ({"estimators": [{"name": "did", "bandwidth": 3}]}, "unknown key"),
+        ({"estimators": [{"name": "magic"}]}, "type"),
+        ({"cost_effectiveness": {"estimator": "matching"}}, "cost_effectiveness.estimator"),
+        ({"subgroups": {"dimensions": ["religion"]}}, "subgroups.dimensions"),
+        ({"subgroups": {"min_size": 1}}, "min_size"),
+        ({"cluster": "household"}, "cluster"),
+        ({"overrides": {"nsw": {"alpha": 0.1}}}, "overrides.nsw"),
+        ({"studies": "some"}, "studies"),
+    ],
+)
+def test_config_invalid_settings_name_the_key(tmp_path, settings, message):
+    path = tmp_path / "evaluation.yml"
+    path.write_text(yaml.safe_dump(settings))
+    with pytest.raises(EvaluationConfigError, match=message.replace(".", r"\.")):
+        load_config(path)
+
+
+def test_config_study_override_applies_to_that_study_only(tmp_path):
+    panel = pd.concat([simulate_panel(17), simulate_panel(18, study_id="other")])
+    cfg = config(overrides={"other": {"cov_type": "nonrobust", "estimators": ["did"]}})
+    est = evaluate(panel, None, cfg).estimates
+    assert set(est.loc[est["study_id"] == "other", "estimator"]) == {"did"}
+    assert '"cov_type": "nonrobust"' in est.loc[est["study_id"] == "other", "estimator_options"].iloc[0]
+    assert len(est[est["study_id"] == "sim"]) == 6
+
+
+# --------------------------------------------------------------------------------------
+# warehouse and report
+
+
+def warehouse(path: Path, panel: pd.DataFrame, costs: pd.DataFrame | None = None) -> None:
+    con = duckdb.connect(str(path))
+    con.execute("create schema marts")
+    con.register("panel_df", panel)
+    con.execute("create table marts.mart_evaluation_panel as select * from panel_df")
+    if costs is not None:
+        con.register("costs_df", costs)
+        con.execute("create table marts.mart_programme_costs as select * from costs_df")
+    con.close()
+
+
+def test_run_impact_writes_documented_tables_and_report(tmp_path):
+    db = tmp_path / "warehouse.duckdb"
+    warehouse(db, simulate_panel(19, attrition=0.1), costs_frame(800.0))
+    cfg = tmp_path / "evaluation.yml"
+    cfg.write_text(yaml.safe_dump({"subgroups": {"dimensions": ["sex", "vulnerability_tercile"]}}))
+    summary = run_impact(db, cfg, "run-a", "v1", tmp_path / "report")
+    con = duckdb.connect(str(db))
+    for table, columns in TABLES.items():
+        described = con.execute(f"describe impact.{table}").fetchall()
+        assert [(r[0], r[1]) for r in described] == list(columns.items()), table
+        assert con.execute(f"select count(*) from impact.{table} where run_id <> 'run-a' or code_version <> 'v1'").fetchone()[0] == 0
+        assert summary["tables"][f"impact.{table}"] == con.execute(f"select count(*) from impact.{table}").fetchone()[0]
+    n_est = con.execute("select count(*) from impact.impact_estimates").fetchone()[0]
+    assert n_est == 6 * (1 + 2 + 3)
+    assert con.execute("select count(*) from impact.impact_estimates where status = 'ok' and (estimate is null or isnan(estimate))").fetchone()[0] == 0
+    con.close()
+
+    # a second run replaces the tables rather than appending
+    summary = run_impact(db, cfg, "run-b", "v2", tmp_path / "report")
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("select count(*), min(run_id), max(run_id) from impact.impact_estimates").fetchone() == (n_est, "run-b", "run-b")
+    con.close()
+
+    report = summary["report"]
+    page = Path(report["html_path"]).read_text(encoding="utf-8")
+    assert set(report["images"]) == {"forest", "trends", "event_study", "balance"}
+    for image in report["images"].values():
+        assert Path(image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert page.count("data:image/png;base64,") == 4
+    assert "sim/PRG-01" in report["summaries"] and "income" in report["summaries"]["sim/PRG-01"]
+    assert report["markdown"]["attrition"].startswith("| study_id")
+
+
+def test_run_impact_accepts_open_connection(tmp_path):
+    db = tmp_path / "warehouse.duckdb"
+    warehouse(db, simulate_panel(20))
+    con = duckdb.connect(str(db))
+    cfg = tmp_path / "evaluation.yml"
+    cfg.write_text(yaml.safe_dump({"subgroups": {"dimensions": []}, "estimators": ["did"]}))
+    summary = run_impact(con, cfg, "run-c", "v1", tmp_path / "report")
+    assert summary["estimate_status"] == {"ok": 1}
+    assert con.execute("select status from impact.impact_cost_effectiveness").fetchone()[0] == "not_estimable"
+    con.close()
+
+
+def test_run_impact_without_panel_is_a_clear_error(tmp_path):
+    db = tmp_path / "empty.duckdb"
+    duckdb.connect(str(db)).close()
+    with pytest.raises(PanelError, match="mart_evaluation_panel does not exist"):
+        run_impact(db, PROJECT / "config" / "evaluation.yml", "r", "v", tmp_path / "report")
+
+
+def test_run_impact_unknown_study_in_config_is_an_error(tmp_path):
+    db = tmp_path / "warehouse.duckdb"
+    warehouse(db, simulate_panel(21))
+    cfg = tmp_path / "evaluation.yml"
+    cfg.write_text(yaml.safe_dump({"studies": ["nowhere"]}))
+    with pytest.raises(PanelError, match="nowhere"):
+        run_impact(db, cfg, "r", "v", tmp_path / "report")
+
+
+def test_import_impact_does_not_load_heavy_libraries(tmp_path):
+    code = (
+        "import sys, impact, impact.run, impact.report, impact.estimators, impact.reference_data; "
+        "heavy = [m for m in ('statsmodels', 'matplotlib', 'dagster') if m in sys.modules]; "
+        "print(','.join(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT, check=True)
+    assert out.stdout.strip() == ""
+
+
+# --------------------------------------------------------------------------------------
+# coverage over many generator seeds
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("scenario", "selection", "trend_from_x", "unbiased"),
+    [
+        ("randomised", 0.0, 0.0, ("diff_in_means", "did", "ancova", "ancova_covariates", "ipw_did", "event_study")),
+        ("selection_on_observables", 1.0, 0.5, ("ancova_covariates", "ipw_did")),
+    ],
+)
+def test_estimators_ci_coverage_close_to_nominal(tmp_path, scenario, selection, trend_from_x, unbiased):
+    seeds = range(200)
+    hits = dict.fromkeys(unbiased, 0)
+    specs = [{"name": n, "type": n.removesuffix("_covariates")} | ({"covariates": True} if n.endswith("_covariates") else {})
+             for n in unbiased]
+    coverage_config = config(estimators=specs, cost_effectiveness={"estimator": unbiased[0]})
+    for seed in seeds:
+        panel = simulate_panel(1000 + seed, n_clusters=40, units_per_cluster=10, selection=selection, trend_from_x=trend_from_x)
+        est = whole_sample(evaluate(panel, None, coverage_config))
+        for name, row in est.iterrows():
+            assert row["status"] == "ok", (seed, name, row["reason"])
+            hits[name] += int(row["ci_low"] < EFFECT < row["ci_high"])
+    coverage = {name: n / len(seeds) for name, n in hits.items()}
+    (tmp_path / "coverage.txt").write_text(f"{scenario}: {coverage}")
+    print(scenario, coverage)
+    # with 200 draws, a true 95% coverage falls inside [0.91, 0.985] with probability > 0.99
+    for name in unbiased:
+        assert 0.91 <= coverage[name] <= 0.985, (name, coverage)
