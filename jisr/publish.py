@@ -1,0 +1,440 @@
+"""Write-audit-publish: the serving warehouse is replaced only by a complete, audited file.
+
+dbt and the impact stage write the internal build warehouse (``build.duckdb``). Publishing:
+
+1. **stage** (:func:`stage_candidate`): copy the published schemas (``marts``, ``impact``;
+   ``publish.schemas`` in ``config/quality.yml``) of the build warehouse into a NEW DuckDB
+   file next to the serving file (tables created as select, no views), then apply
+   disclosure control (``quality.disclosure.protect``) to that copy;
+2. **audit** (:func:`commit`): run every check of ``quality.checks`` on the candidate (raw
+   store attached read-only) and refuse on any blocking failure: the gate holds even when
+   the publish step is run alone;
+3. **publish** (:func:`commit`): append a row to ``meta.publish_log`` (earlier rows are
+   copied from the current serving file), keep the current serving file in ``history_dir``
+   (a hard link, so the serving path never disappears), then ``os.replace`` the candidate
+   onto ``serving_path``.
+
+Readers that hold a read-only connection keep reading the file they opened (its inode lives
+on until they close it); new readers only ever see a complete file. A process killed at any
+point leaves the serving file as it was (a stale candidate is removed by the next publish).
+:func:`rollback` puts the previous published file back (``jisr rollback``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+import duckdb
+
+from jisr.lock import publish_lock
+from quality.checks import (CheckResult, ChecksFailed, attach_store, blocking_failures, disclosure_module,
+                            run_audit, summarise, table_row_counts)
+from quality.config import QualityConfig, config_for
+
+LOG_COLUMNS = """
+    event varchar not null,            -- publish | rollback
+    run_id varchar not null,           -- Dagster run whose warehouse is served after this event
+    code_version varchar,              -- code version that built it
+    published_at timestamp not null,   -- UTC
+    deliveries json,                   -- [{delivery_id, source, batch, file_name, content_hash}]
+    delivery_count integer,
+    check_results json,                -- {"audit": {...}, "dagster": [...]}
+    checks_passed boolean,
+    table_row_counts json,             -- {"marts.fct_payments": 1234, ...}
+    disclosure varchar,                -- how disclosure control was applied
+    note varchar
+"""
+CANDIDATE_PREFIX = ".candidate-"
+
+
+class PublishError(RuntimeError):
+    """Publication is not possible (nothing built, candidate missing, ...)."""
+
+
+@dataclass
+class Candidate:
+    path: Path
+    run_id: str
+    table_row_counts: dict[str, int]
+    disclosure: str
+
+
+@dataclass
+class PublishResult:
+    run_id: str
+    serving_path: Path
+    archived_path: Path | None
+    table_row_counts: dict[str, int]
+    checks: list[CheckResult] = field(default_factory=list)
+    deliveries: int = 0
+    seconds: float = 0.0
+
+    def describe(self) -> str:
+        tables = len(self.table_row_counts)
+        rows = sum(self.table_row_counts.values())
+        warn = [c for c in self.checks if not c.passed]
+        text = (f"Published run {self.run_id}: {tables} tables ({rows} rows) from {self.deliveries} deliveries "
+                f"to {self.serving_path} in {self.seconds:.1f} s")
+        if warn:
+            text += "\nWarnings:\n" + "\n".join(f"  - {c.label}: {c.description}" for c in warn)
+        return text
+
+
+@dataclass
+class RollbackResult:
+    restored_run_id: str | None
+    replaced_run_id: str | None
+    restored_from: Path
+    serving_path: Path
+
+    def describe(self) -> str:
+        return (f"Restored the warehouse of run {self.restored_run_id} (from {self.restored_from.name}) as "
+                f"{self.serving_path}; the warehouse of run {self.replaced_run_id} was kept in "
+                f"{self.restored_from.parent / 'rolled_back'}.")
+
+
+def _fault_point(name: str) -> None:
+    """A named point of the publish sequence; tests replace this to stop a process there."""
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _sql_str(text: str) -> str:
+    return str(text).replace("'", "''")
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def candidate_path(settings, run_id: str) -> Path:
+    return Path(settings.serving_path).with_name(f"{CANDIDATE_PREFIX}{run_id}.duckdb")
+
+
+def _remove_db(path: Path) -> None:
+    for p in (path, Path(str(path) + ".wal")):
+        if p.exists():
+            p.chmod(p.stat().st_mode | stat.S_IWUSR)
+            p.unlink()
+
+
+def _remove_stale_candidates(settings, keep: Path | None = None) -> list[Path]:
+    removed = []
+    for path in Path(settings.serving_path).parent.glob(f"{CANDIDATE_PREFIX}*.duckdb"):
+        if keep is None or path != keep:
+            _remove_db(path)
+            removed.append(path)
+    return removed
+
+
+# --- deliveries --------------------------------------------------------------------------------
+def current_deliveries(settings) -> list[dict]:
+    """Deliveries whose rows make up the current raw layer (from ``meta.deliveries``)."""
+    store = Path(settings.store_path)
+    if not store.exists():
+        return []
+    con = duckdb.connect(str(store), read_only=True)
+    try:
+        cur = con.execute("select delivery_id, source, batch, file_name, content_hash from meta.deliveries "
+                          "where status = 'loaded' order by source, batch, delivery_id")
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row)) for row in cur.fetchall()]
+    finally:
+        con.close()
+
+
+# --- stage ---------------------------------------------------------------------------------------
+def stage_candidate(settings, run_id: str, cfg: QualityConfig | None = None) -> Candidate:
+    """Copy the published schemas of the build warehouse into a new candidate file and apply
+    disclosure control to it. Nothing is published yet."""
+    cfg = cfg or config_for(settings)
+    build = Path(settings.build_path)
+    if not build.exists():
+        raise PublishError(f"no build warehouse at {build}: run the refresh (dbt build) first")
+    path = candidate_path(settings, run_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with publish_lock(settings, run_id=run_id):
+        _remove_stale_candidates(settings)
+        con = duckdb.connect(str(path))
+        try:
+            con.execute("set TimeZone = 'UTC'")
+            con.execute(f"attach '{_sql_str(build)}' as build_warehouse (read_only)")
+            relations = con.execute(
+                "select schema_name, table_name from duckdb_tables() where database_name = 'build_warehouse' "
+                "union select schema_name, view_name from duckdb_views() where database_name = 'build_warehouse' "
+                "and not internal order by 1, 2").fetchall()
+            wanted = set(cfg.publish_schemas)
+            for schema in cfg.publish_schemas:
+                con.execute(f"create schema if not exists {_ident(schema)}")
+            for schema, table in relations:
+                if schema in wanted:
+                    con.execute(f"create table {_ident(schema)}.{_ident(table)} as "
+                                f"select * from build_warehouse.{_ident(schema)}.{_ident(table)}")
+            con.execute("detach build_warehouse")
+            _fault_point("copied")
+            disclosure = _protect(con, settings)
+            counts = table_row_counts(con, cfg.publish_schemas)
+            con.execute("checkpoint")
+        except BaseException:
+            con.close()
+            _remove_db(path)
+            raise
+        con.close()
+    return Candidate(path=path, run_id=run_id, table_row_counts=counts, disclosure=disclosure)
+
+
+def _protect(con, settings) -> str:
+    module = disclosure_module()
+    if module is None or not hasattr(module, "protect"):
+        return "not applied: quality.disclosure is not installed"
+    outcome = module.protect(con, settings)
+    if outcome is None:
+        return "applied"
+    if isinstance(outcome, str):
+        return outcome
+    return json.dumps(outcome, default=str)
+
+
+# --- audit and publish -----------------------------------------------------------------------------
+def _check_results_json(audit: list[CheckResult], given: Any) -> str:
+    def plain(item):
+        if isinstance(item, CheckResult):
+            return item.as_dict()
+        return item
+
+    dagster = [plain(c) for c in given] if isinstance(given, (list, tuple)) else given
+    return json.dumps({"audit": summarise(audit), "dagster": dagster}, default=str)
+
+
+def _write_log(con, settings, row: dict) -> None:
+    con.execute("create schema if not exists meta")
+    con.execute(f"create or replace table meta.publish_log ({LOG_COLUMNS})")
+    serving = Path(settings.serving_path)
+    if serving.exists():
+        con.execute(f"attach '{_sql_str(serving)}' as previous_serving (read_only)")
+        try:
+            has_log = con.execute("select count(*) from duckdb_tables() where database_name = 'previous_serving' "
+                                  "and schema_name = 'meta' and table_name = 'publish_log'").fetchone()[0]
+            if has_log:
+                con.execute("insert into meta.publish_log by name select * from previous_serving.meta.publish_log")
+        finally:
+            con.execute("detach previous_serving")
+    cols = list(row)
+    con.execute(f"insert into meta.publish_log ({', '.join(cols)}) values ({', '.join('?' * len(cols))})",
+                [row[c] for c in cols])
+
+
+def _archive_name(run_id: str | None) -> str:
+    return f"jisr-{_now():%Y%m%dT%H%M%S%f}-{run_id or 'unknown'}.duckdb"
+
+
+def serving_run_id(path: Path) -> str | None:
+    """Run id of the warehouse in a published file (last row of its publish log)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        has_log = con.execute("select count(*) from duckdb_tables() where schema_name = 'meta' "
+                              "and table_name = 'publish_log'").fetchone()[0]
+        if not has_log:
+            return None
+        row = con.execute("select run_id from meta.publish_log order by published_at desc limit 1").fetchone()
+        return row[0] if row else None
+    finally:
+        con.close()
+
+
+def _archive_serving(settings, folder: Path) -> Path | None:
+    """Keep the current serving file in ``folder`` (hard link; the serving path stays)."""
+    serving = Path(settings.serving_path)
+    if not serving.exists():
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / _archive_name(serving_run_id(serving))
+    try:
+        os.link(serving, target)
+    except OSError:
+        shutil.copy2(serving, target)
+    wal = Path(str(serving) + ".wal")
+    if wal.exists():  # only if someone wrote to the serving file: keep it with its database
+        os.replace(wal, Path(str(target) + ".wal"))
+    return target
+
+
+def history_files(settings) -> list[Path]:
+    """Earlier published files kept for rollback, oldest first."""
+    folder = Path(settings.history_dir)
+    return sorted(folder.glob("jisr-*.duckdb")) if folder.exists() else []
+
+
+def _prune(folder: Path, keep: int) -> None:
+    files = sorted(folder.glob("jisr-*.duckdb"))
+    for old in files[:-keep] if keep else files:
+        _remove_db(old)
+
+
+def _swap_in(path: Path, serving: Path) -> None:
+    path.chmod(0o444)  # consumers read the serving file; nobody writes it in place
+    _fsync(path)
+    os.replace(path, serving)
+    _fsync(serving.parent)
+
+
+def commit(settings, candidate: Candidate, code_version: str, deliveries: list[dict] | None = None,
+           check_results: Any = None, *, audit: bool = True, cfg: QualityConfig | None = None) -> PublishResult:
+    """Audit the candidate, write its publish log and make it the serving warehouse.
+
+    Raises :class:`quality.checks.ChecksFailed` (naming each failed check) and leaves the
+    serving file untouched when a blocking check fails.
+    """
+    cfg = cfg or config_for(settings)
+    started = time.monotonic()
+    serving = Path(settings.serving_path)
+    with publish_lock(settings, run_id=candidate.run_id):
+        if not candidate.path.exists():
+            raise PublishError(f"the candidate warehouse {candidate.path} is gone; stage it again")
+        results: list[CheckResult] = []
+        con = duckdb.connect(str(candidate.path))
+        try:
+            con.execute("set TimeZone = 'UTC'")
+            if audit:
+                attach_store(con, settings.store_path)
+                results = run_audit(con, settings, cfg, run_id=candidate.run_id)
+                failures = blocking_failures(results)
+                if failures:
+                    raise ChecksFailed(failures)
+                con.execute("detach database if exists ingest")
+            if deliveries is None:
+                deliveries = current_deliveries(settings)
+            _write_log(con, settings, {
+                "event": "publish",
+                "run_id": candidate.run_id,
+                "code_version": code_version,
+                "published_at": _now(),
+                "deliveries": json.dumps(deliveries, default=str),
+                "delivery_count": len(deliveries),
+                "check_results": _check_results_json(results, check_results),
+                "checks_passed": not blocking_failures(results),
+                "table_row_counts": json.dumps(candidate.table_row_counts),
+                "disclosure": candidate.disclosure,
+                "note": None if audit else "published without the audit (audit=False)",
+            })
+            con.execute("checkpoint")
+        except BaseException:
+            con.close()
+            _remove_db(candidate.path)
+            raise
+        con.close()
+        _fault_point("before_archive")
+        archived = _archive_serving(settings, Path(settings.history_dir))
+        _fault_point("before_replace")
+        _swap_in(candidate.path, serving)
+        _fault_point("replaced")
+        _prune(Path(settings.history_dir), cfg.history_keep)
+    return PublishResult(run_id=candidate.run_id, serving_path=serving, archived_path=archived,
+                         table_row_counts=candidate.table_row_counts, checks=results,
+                         deliveries=len(deliveries), seconds=time.monotonic() - started)
+
+
+def publish(settings, run_id: str, code_version: str, deliveries: list[dict] | None = None,
+            check_results: Any = None, *, audit: bool = True, cfg: QualityConfig | None = None) -> PublishResult:
+    """Stage, audit and publish the build warehouse of ``run_id`` (see the module docstring).
+
+    ``deliveries`` defaults to the deliveries of the current raw layer (``meta.deliveries``
+    with status loaded); ``check_results`` (e.g. the Dagster check results of the run) are
+    stored in the publish log next to the publish step's own audit.
+    """
+    started = time.monotonic()
+    cfg = cfg or config_for(settings)
+    candidate = stage_candidate(settings, run_id, cfg)
+    result = commit(settings, candidate, code_version, deliveries, check_results, audit=audit, cfg=cfg)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+# --- rollback ------------------------------------------------------------------------------------
+def rollback(settings, cfg: QualityConfig | None = None) -> RollbackResult:
+    """Serve the previous published warehouse again.
+
+    The newest file of ``history_dir`` becomes the serving file (its publish log gains a
+    ``rollback`` row); the file it replaces is kept in ``history_dir/rolled_back``. Calling
+    it again goes one publication further back.
+    """
+    cfg = cfg or config_for(settings)
+    serving = Path(settings.serving_path)
+    with publish_lock(settings):
+        history = history_files(settings)
+        if not history:
+            raise PublishError(f"no earlier published warehouse in {settings.history_dir}: nothing to roll back to")
+        source = history[-1]
+        replaced = serving_run_id(serving)
+        restored = serving_run_id(source)
+        work = serving.with_name(f"{CANDIDATE_PREFIX}rollback-{os.getpid()}.duckdb")
+        _remove_db(work)
+        shutil.copyfile(source, work)
+        con = duckdb.connect(str(work))
+        try:
+            con.execute("set TimeZone = 'UTC'")
+            log = {"event": "rollback", "run_id": restored or "unknown", "published_at": _now(),
+                   "note": f"rolled back from run {replaced} to run {restored}"}
+            has_log = con.execute("select count(*) from duckdb_tables() where schema_name = 'meta' "
+                                  "and table_name = 'publish_log'").fetchone()[0]
+            if has_log:
+                row = con.execute("select code_version, deliveries, delivery_count, check_results, checks_passed, "
+                                  "table_row_counts, disclosure from meta.publish_log where event = 'publish' "
+                                  "order by published_at desc limit 1").fetchone()
+                if row:
+                    log.update(dict(zip(["code_version", "deliveries", "delivery_count", "check_results",
+                                         "checks_passed", "table_row_counts", "disclosure"], row)))
+            _write_log(con, settings, log)
+            con.execute("checkpoint")
+        except BaseException:
+            con.close()
+            _remove_db(work)
+            raise
+        con.close()
+        _archive_serving(settings, Path(settings.history_dir) / "rolled_back")
+        _swap_in(work, serving)
+        _remove_db(source)
+        _prune(Path(settings.history_dir) / "rolled_back", cfg.history_keep)
+    return RollbackResult(restored_run_id=restored, replaced_run_id=replaced, restored_from=source,
+                          serving_path=serving)
+
+
+def publish_log(settings) -> list[dict]:
+    """Rows of the serving warehouse's publish log, newest first."""
+    serving = Path(settings.serving_path)
+    if not serving.exists():
+        return []
+    con = duckdb.connect(str(serving), read_only=True)
+    try:
+        cur = con.execute("select * from meta.publish_log order by published_at desc")
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r)) for r in cur.fetchall()]
+    except duckdb.Error:
+        return []
+    finally:
+        con.close()
+
+
+def checks_from(results: Iterable[CheckResult]) -> list[dict]:
+    return [r.as_dict() for r in results]

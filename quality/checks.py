@@ -1,0 +1,471 @@
+"""Audit checks over a warehouse about to be published (plain Python, no Dagster).
+
+Every check takes a DuckDB connection on which the warehouse's schemas (``marts``,
+``impact``) are the default catalog and the raw store is attached read-only as ``ingest``
+(see :func:`connect_for_audit`), and returns :class:`CheckResult` objects. The same
+functions run as Dagster asset checks (``orchestration/checks.py``) and again inside the
+publish step on the candidate file (``jisr/publish.py``), so a gate cannot be skipped by
+materialising the publish step alone.
+
+Severities (block or warn) come from ``config/quality.yml``, where every check is
+documented.
+"""
+
+from __future__ import annotations
+
+import calendar
+import importlib
+import importlib.util
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+import duckdb
+
+from quality.config import (FRESHNESS, NO_IDENTIFIERS, NO_SMALL_CELLS, REFERENCES_RESOLVE, ROW_COUNTS,
+                            SUITE_VALIDATED, TOTALS_RECONCILE, QualityConfig)
+
+MONTH = re.compile(r"^\d{4}-\d{2}$")
+
+
+@dataclass
+class CheckResult:
+    check: str
+    passed: bool
+    severity: str  # block | warn
+    description: str
+    target: str | None = None  # table (schema.table) or source the result is about; None: the warehouse
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def blocks(self) -> bool:
+        """A failure that must stop publication."""
+        return not self.passed and self.severity == "block"
+
+    @property
+    def label(self) -> str:
+        return self.check + (f" [{self.target}]" if self.target else "")
+
+    def as_dict(self) -> dict:
+        return json.loads(json.dumps(asdict(self), default=str))
+
+
+class ChecksFailed(RuntimeError):
+    """Blocking checks failed; the message names each of them."""
+
+    def __init__(self, failures: list[CheckResult], what: str = "publication"):
+        self.failures = failures
+        names = "; ".join(f"{f.label}: {f.description}" for f in failures)
+        super().__init__(f"{len(failures)} blocking check(s) failed, {what} refused: {names}")
+
+
+def blocking_failures(results: Iterable[CheckResult]) -> list[CheckResult]:
+    return [r for r in results if r.blocks]
+
+
+# --- connections ----------------------------------------------------------------------------
+def connect_for_audit(warehouse: Path, store: Path | None, read_only: bool = True) -> duckdb.DuckDBPyConnection:
+    """A connection on a warehouse file with the raw store attached read-only as ``ingest``."""
+    con = duckdb.connect(str(warehouse), read_only=read_only)
+    con.execute("set TimeZone = 'UTC'")
+    attach_store(con, store)
+    return con
+
+
+def attach_store(con, store: Path | None) -> bool:
+    attached = {r[0] for r in con.execute("select database_name from duckdb_databases()").fetchall()}
+    if "ingest" in attached:
+        return True
+    if store is None or not Path(store).exists():
+        return False
+    con.execute(f"attach '{_sql_str(str(store))}' as ingest (read_only)")
+    return True
+
+
+def _sql_str(text: str) -> str:
+    return text.replace("'", "''")
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _has_store(con) -> bool:
+    return bool(con.execute("select count(*) from duckdb_databases() where database_name = 'ingest'").fetchone()[0])
+
+
+def _store_table_exists(con, schema: str, table: str) -> bool:
+    return bool(con.execute(
+        "select count(*) from duckdb_tables() where database_name = 'ingest' and schema_name = ? and table_name = ?",
+        [schema, table]).fetchone()[0])
+
+
+def published_tables(con, schemas: Iterable[str]) -> list[tuple[str, str]]:
+    """(schema, table) of every table and view of the given schemas in the main catalog."""
+    schemas = list(schemas)
+    if not schemas:
+        return []
+    marks = ", ".join("?" * len(schemas))
+    return [tuple(r) for r in con.execute(
+        f"select schema_name, table_name from duckdb_tables() where database_name = current_database() "
+        f"and schema_name in ({marks}) union select schema_name, view_name from duckdb_views() "
+        f"where database_name = current_database() and schema_name in ({marks}) and not internal order by 1, 2",
+        schemas + schemas).fetchall()]
+
+
+def table_row_counts(con, schemas: Iterable[str]) -> dict[str, int]:
+    return {f"{s}.{t}": con.execute(f"select count(*) from {_ident(s)}.{_ident(t)}").fetchone()[0]
+            for s, t in published_tables(con, schemas)}
+
+
+def _columns(con, schema: str, table: str) -> list[tuple[str, str]]:
+    return [tuple(r) for r in con.execute(
+        "select column_name, data_type from duckdb_columns() where database_name = current_database() "
+        "and schema_name = ? and table_name = ? order by column_index", [schema, table]).fetchall()]
+
+
+# --- referential integrity ------------------------------------------------------------------
+def check_references(con, cfg: QualityConfig, schema: str = "marts") -> list[CheckResult]:
+    """Every key of a fact table (``fct_*``) that names a dimension key resolves to that dimension."""
+    params = cfg.params(REFERENCES_RESOLVE)
+    severity = params["severity"]
+    dims: dict[str, list[str]] = params.get("dimensions") or {}
+    ignore = set(params.get("ignore") or ())
+    tables = {t for s, t in published_tables(con, [schema])}
+    keys: dict[str, str] = {}  # column -> dimension holding it as a key
+    for dim, columns in dims.items():
+        if dim in tables:
+            for column in columns:
+                keys.setdefault(column, dim)
+    results = []
+    for table in sorted(t for t in tables if t.startswith("fct_")):
+        checked, orphans = [], {}
+        for column, _ in _columns(con, schema, table):
+            dim = keys.get(column)
+            if dim is None or f"{schema}.{table}.{column}" in ignore:
+                continue
+            count, examples = con.execute(
+                f"select count(*), list(distinct f.{_ident(column)}::varchar)[1:5] from {schema}.{_ident(table)} f "
+                f"where f.{_ident(column)} is not null and not exists (select 1 from {schema}.{_ident(dim)} d "
+                f"where d.{_ident(column)} = f.{_ident(column)})").fetchone()
+            checked.append(f"{column} -> {dim}")
+            if count:
+                orphans[f"{column} -> {dim}.{column}"] = {"rows": count, "examples": examples}
+        if not checked:
+            continue
+        desc = (f"{schema}.{table}: every reference resolves ({', '.join(checked)})" if not orphans else
+                f"{schema}.{table}: " + "; ".join(f"{v['rows']} row(s) with {k} missing from the dimension"
+                                                  for k, v in orphans.items()))
+        results.append(CheckResult(REFERENCES_RESOLVE, not orphans, severity, desc, f"{schema}.{table}",
+                                   {"references": checked, "orphans": orphans}))
+    return results
+
+
+# --- reconciliation -------------------------------------------------------------------------
+def check_reconciliation(con, cfg: QualityConfig) -> list[CheckResult]:
+    """Totals of the raw layer (current rows) equal the totals of the marts."""
+    params = cfg.params(TOTALS_RECONCILE)
+    severity = params["severity"]
+    results = []
+    store = _has_store(con)
+    for rec in params.get("reconciliations") or ():
+        name, table = rec["name"], rec.get("table")
+        target = f"marts.{table}" if table else None
+        if not store:
+            results.append(CheckResult(TOTALS_RECONCILE, False, severity,
+                                       f"{name}: the raw store is not available, nothing to reconcile against",
+                                       target, {"reconciliation": name}))
+            continue
+        try:
+            raw_value = con.execute(rec["raw"]).fetchone()[0]
+            mart_value = con.execute(rec["mart"]).fetchone()[0]
+        except duckdb.Error as exc:
+            results.append(CheckResult(TOTALS_RECONCILE, False, severity,
+                                       f"{name}: could not be computed ({str(exc).splitlines()[0]})", target,
+                                       {"reconciliation": name, "raw_sql": rec["raw"], "mart_sql": rec["mart"]}))
+            continue
+        raw_f = float(raw_value or 0)
+        mart_f = float(mart_value or 0)
+        diff = mart_f - raw_f
+        tolerance = float(rec.get("tolerance", 0))
+        passed = abs(diff) <= tolerance
+        desc = (f"{name}: raw {raw_f:,.2f} = marts {mart_f:,.2f}" if passed else
+                f"{name}: raw {raw_f:,.2f} but marts {mart_f:,.2f} (difference {diff:+,.2f}, tolerance {tolerance})")
+        results.append(CheckResult(TOTALS_RECONCILE, passed, severity, desc, target,
+                                   {"reconciliation": name, "raw": raw_f, "marts": mart_f, "difference": diff,
+                                    "tolerance": tolerance, "about": rec.get("description", "")}))
+    return results
+
+
+# --- row counts vs the last publication -----------------------------------------------------
+def previous_row_counts(serving_path: Path) -> tuple[str | None, dict[str, int] | None]:
+    """(run id, {schema.table: rows}) of the warehouse currently published, or (None, None)."""
+    serving_path = Path(serving_path)
+    if not serving_path.exists():
+        return None, None
+    con = duckdb.connect(str(serving_path), read_only=True)
+    try:
+        has_log = con.execute("select count(*) from duckdb_tables() where schema_name = 'meta' "
+                              "and table_name = 'publish_log'").fetchone()[0]
+        if has_log:
+            row = con.execute("select run_id, table_row_counts from meta.publish_log "
+                              "order by published_at desc limit 1").fetchone()
+            if row and row[1]:
+                return row[0], {k: int(v) for k, v in json.loads(row[1]).items()}
+        schemas = [r[0] for r in con.execute("select distinct schema_name from duckdb_tables() "
+                                             "where schema_name != 'meta'").fetchall()]
+        return None, table_row_counts(con, schemas)
+    finally:
+        con.close()
+
+
+def check_row_counts(current: dict[str, int], previous: dict[str, int] | None, cfg: QualityConfig,
+                     previous_run: str | None = None) -> list[CheckResult]:
+    """No published table lost more than ``max_drop_share`` of its rows since the last publication."""
+    params = cfg.params(ROW_COUNTS)
+    severity = params["severity"]
+    share = float(params.get("max_drop_share", 0.2))
+    min_rows = int(params.get("min_rows", 0))
+    if previous is None:
+        return [CheckResult(ROW_COUNTS, True, severity, "no warehouse was published before: nothing to compare",
+                            None, {"tables": len(current)})]
+    problems, rows = [], []
+    for table, before in sorted(previous.items()):
+        now = current.get(table)
+        if now is None:
+            problems.append(f"{table} disappeared ({before} rows before)")
+            rows.append([table, before, None, None])
+            continue
+        drop = (before - now) / before if before else 0.0
+        rows.append([table, before, now, round(-drop, 4)])
+        if before >= min_rows and drop > share:
+            problems.append(f"{table} dropped from {before} to {now} rows ({drop:.0%} > {share:.0%})")
+    for table in sorted(set(current) - set(previous)):
+        rows.append([table, None, current[table], None])
+    desc = ("row counts within tolerance of the last publication" + (f" (run {previous_run})" if previous_run else "")
+            if not problems else "; ".join(problems))
+    return [CheckResult(ROW_COUNTS, not problems, severity, desc, None,
+                        {"max_drop_share": share, "previous_run": previous_run, "problems": problems,
+                         "tables": rows})]
+
+
+# --- freshness ------------------------------------------------------------------------------
+def _month_end(batch: str) -> date:
+    year, month = int(batch[:4]), int(batch[5:7])
+    return date(year, month, calendar.monthrange(year, month)[1])
+
+
+def check_freshness(con, cfg: QualityConfig, contracts: dict, today: date | None = None) -> list[CheckResult]:
+    """Each source's last delivered month is at most ``max_age_days`` old (one result per source).
+
+    Age is the number of days between the end of the source's last delivered month and the
+    reference: the end of the newest month any source delivered (``latest_batch``) or today
+    (``now``).
+    """
+    params = cfg.params(FRESHNESS)
+    severity = params["severity"]
+    exclude = set(params.get("exclude") or ())
+    default_age = int(params.get("max_age_days", 45))
+    by_partner = params.get("max_age_days_by_partner") or {}
+    if not _has_store(con) or not _store_table_exists(con, "meta", "deliveries"):
+        return [CheckResult(FRESHNESS, False, severity, f"{c.source}: no delivery recorded (no raw store)", c.source,
+                            {"partner": c.partner}) for c in contracts.values() if c.source not in exclude]
+    latest = dict(con.execute(
+        "select source, max(batch) from ingest.meta.deliveries where status in ('loaded', 'superseded') "
+        "and regexp_full_match(batch, '\\d{4}-\\d{2}') group by source").fetchall())
+    if params.get("reference", "latest_batch") == "now":
+        reference, ref_label = today or datetime.now(timezone.utc).date(), "today"
+    else:
+        newest = max(latest.values(), default=None)
+        reference = _month_end(newest) if newest else None
+        ref_label = f"the newest delivered month ({newest})"
+    results = []
+    for contract in contracts.values():
+        if contract.source in exclude:
+            continue
+        max_age = int(by_partner.get(contract.partner, default_age))
+        batch = latest.get(contract.source)
+        meta = {"partner": contract.partner, "last_batch": batch, "max_age_days": max_age, "reference": str(reference)}
+        if batch is None:
+            results.append(CheckResult(FRESHNESS, False, severity,
+                                       f"{contract.source} ({contract.partner}): no monthly delivery yet",
+                                       contract.source, meta))
+            continue
+        age = (reference - _month_end(batch)).days
+        meta["age_days"] = age
+        passed = age <= max_age
+        desc = (f"{contract.source} ({contract.partner}): last month {batch} is {age} day(s) older than {ref_label}"
+                + ("" if passed else f", more than {max_age}"))
+        results.append(CheckResult(FRESHNESS, passed, severity, desc, contract.source, meta))
+    return results
+
+
+# --- direct identifiers ---------------------------------------------------------------------
+def check_identifiers(con, cfg: QualityConfig, schemas: Iterable[str]) -> list[CheckResult]:
+    """No published column is named like a direct identifier and no text value is shaped like one."""
+    params = cfg.params(NO_IDENTIFIERS)
+    severity = params["severity"]
+    name_re = re.compile(params.get("column_name_pattern") or r"$^", re.IGNORECASE)
+    patterns = params.get("value_patterns") or {}
+    allowed = set(params.get("allowed_columns") or ())
+    results = []
+    for schema, table in published_tables(con, schemas):
+        findings = []
+        text_columns = []
+        for column, dtype in _columns(con, schema, table):
+            if f"{schema}.{table}.{column}" in allowed:
+                continue
+            if name_re.search(column) and not column.endswith("_key"):
+                findings.append(f"column {column} is named like a direct identifier")
+            if dtype.upper().startswith("VARCHAR"):
+                text_columns.append(column)
+        if text_columns and patterns:
+            selects = []
+            for column in text_columns:
+                for kind, pattern in patterns.items():
+                    selects.append(f"count(*) filter (where regexp_full_match({_ident(column)}, '{_sql_str(pattern)}'))"
+                                   f" as {_ident(column + '|' + kind)}")
+            cur = con.execute(f"select {', '.join(selects)} from {_ident(schema)}.{_ident(table)}")
+            names = [d[0] for d in cur.description]
+            for name, count in zip(names, cur.fetchone()):
+                if count:
+                    column, kind = name.split("|")
+                    findings.append(f"{count} value(s) of column {column} are shaped like a {kind}")
+        desc = (f"{schema}.{table}: no direct identifier" if not findings else f"{schema}.{table}: " + "; ".join(findings))
+        results.append(CheckResult(NO_IDENTIFIERS, not findings, severity, desc, f"{schema}.{table}",
+                                   {"findings": findings, "text_columns_scanned": len(text_columns)}))
+    return results
+
+
+# --- small cells (disclosure control) -------------------------------------------------------
+def disclosure_module():
+    """``quality.disclosure`` if it is installed, else None."""
+    if importlib.util.find_spec("quality.disclosure") is None:
+        return None
+    return importlib.import_module("quality.disclosure")
+
+
+def _normalise_disclosure(outcome, severity: str) -> list[CheckResult]:
+    """Accept what ``quality.disclosure.check`` returns: CheckResult(s), a bool, a
+    (passed, details) pair, a dict, or an iterable of violations (empty = passed)."""
+    if isinstance(outcome, CheckResult):
+        outcome.check, outcome.severity = NO_SMALL_CELLS, severity
+        return [outcome]
+    if isinstance(outcome, bool):
+        return [CheckResult(NO_SMALL_CELLS, outcome, severity,
+                            "no published cell under the small-cell threshold" if outcome else
+                            "published cells under the small-cell threshold")]
+    if isinstance(outcome, tuple) and len(outcome) == 2 and isinstance(outcome[0], bool):
+        passed, details = outcome
+        return [CheckResult(NO_SMALL_CELLS, passed, severity, str(details) if not isinstance(details, dict)
+                            else details.get("description", "small-cell check"),
+                            None, details if isinstance(details, dict) else {"details": str(details)})]
+    if isinstance(outcome, dict):
+        passed = bool(outcome.get("passed"))
+        return [CheckResult(NO_SMALL_CELLS, passed, severity, str(outcome.get("description") or (
+            "no published cell under the small-cell threshold" if passed else "small cells found")),
+            outcome.get("target"), {k: v for k, v in outcome.items() if k not in ("passed", "description", "target")})]
+    items = list(outcome or ())
+    if items and all(hasattr(i, "passed") for i in items):
+        out = []
+        for i in items:
+            out.append(CheckResult(NO_SMALL_CELLS, bool(i.passed), severity,
+                                   str(getattr(i, "description", "") or getattr(i, "message", "") or "small-cell check"),
+                                   getattr(i, "target", None) or getattr(i, "table", None),
+                                   dict(getattr(i, "metadata", {}) or {})))
+        return out
+    return [CheckResult(NO_SMALL_CELLS, not items, severity,
+                        "no published cell under the small-cell threshold" if not items else
+                        f"{len(items)} published cell(s) under the small-cell threshold",
+                        None, {"violations": [str(i) for i in items[:50]]})]
+
+
+def check_small_cells(con, settings, cfg: QualityConfig) -> list[CheckResult]:
+    severity = cfg.severity(NO_SMALL_CELLS)
+    module = disclosure_module()
+    if module is None or not hasattr(module, "check"):
+        return [CheckResult(NO_SMALL_CELLS, False, severity,
+                            "disclosure control (quality.disclosure) is not installed: small cells cannot be ruled out")]
+    try:
+        return _normalise_disclosure(module.check(con, settings), severity)
+    except Exception as exc:  # an errored check is a failure, never a pass
+        return [CheckResult(NO_SMALL_CELLS, False, severity, f"the small-cell check errored: {exc}")]
+
+
+# --- Great Expectations coverage of the run's deliveries ------------------------------------
+def check_suite_validated(con, cfg: QualityConfig, run_id: str | None) -> list[CheckResult]:
+    """Every delivery loaded by the run was validated by its suite and no expectation errored."""
+    severity = cfg.severity(SUITE_VALIDATED)
+    if run_id is None or not _has_store(con) or not _store_table_exists(con, "meta", "deliveries"):
+        return [CheckResult(SUITE_VALIDATED, True, severity, "no delivery to validate in this run")]
+    loaded = con.execute("select source, batch, file_name from ingest.meta.deliveries where run_id = ? "
+                         "and status != 'rejected' order by 1, 2", [run_id]).fetchall()
+    if not loaded:
+        return [CheckResult(SUITE_VALIDATED, True, severity, "no new delivery in this run")]
+    validated: dict[tuple, tuple] = {}
+    if _store_table_exists(con, "quality", "gx_results"):
+        validated = {(s, b): (n, e, u) for s, b, n, e, u in con.execute(
+            "select source, batch, count(*), count(*) filter (where raised_exception), "
+            "coalesce(sum(unexpected_count), 0) from ingest.quality.gx_results where run_id = ? group by 1, 2",
+            [run_id]).fetchall()}
+    missing = [f for s, b, f in loaded if (s, b) not in validated]
+    errored = [f"{s} {b}" for (s, b), (_, e, _) in validated.items() if e]
+    unexpected = sum(u for _, _, u in validated.values())
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} delivery(ies) not validated by their suite: {', '.join(missing[:10])}")
+    if errored:
+        problems.append(f"expectations errored for {', '.join(errored[:10])} (their rows were quarantined)")
+    desc = "; ".join(problems) or (f"{len(loaded)} delivery(ies) validated; {unexpected} failing (row, expectation) "
+                                   "pair(s) sent to quarantine")
+    return [CheckResult(SUITE_VALIDATED, not problems, severity, desc, None,
+                        {"deliveries": len(loaded), "not_validated": missing, "errored": errored,
+                         "unexpected": unexpected})]
+
+
+# --- everything -----------------------------------------------------------------------------
+def run_audit(con, settings, cfg: QualityConfig, *, run_id: str | None = None, contracts: dict | None = None,
+              previous: tuple[str | None, dict[str, int] | None] | None = None,
+              only: Iterable[str] | None = None, today: date | None = None) -> list[CheckResult]:
+    """All checks (or ``only`` those named) on ``con``; ``previous`` defaults to the row
+    counts of the currently published warehouse."""
+    wanted = set(only) if only is not None else None
+
+    def want(name: str) -> bool:
+        return wanted is None or name in wanted
+
+    results: list[CheckResult] = []
+    schemas = cfg.publish_schemas
+    if want(REFERENCES_RESOLVE):
+        results += check_references(con, cfg)
+    if want(TOTALS_RECONCILE):
+        results += check_reconciliation(con, cfg)
+    if want(ROW_COUNTS):
+        prev_run, prev_counts = previous if previous is not None else previous_row_counts(settings.serving_path)
+        results += check_row_counts(table_row_counts(con, schemas), prev_counts, cfg, prev_run)
+    if want(FRESHNESS):
+        if contracts is None:
+            from ingestion.contracts import load_contracts
+
+            contracts = load_contracts(settings.contracts_dir)
+        results += check_freshness(con, cfg, contracts, today=today)
+    if want(NO_IDENTIFIERS):
+        results += check_identifiers(con, cfg, schemas)
+    if want(NO_SMALL_CELLS):
+        results += check_small_cells(con, settings, cfg)
+    if want(SUITE_VALIDATED):
+        results += check_suite_validated(con, cfg, run_id)
+    return results
+
+
+def summarise(results: Iterable[CheckResult]) -> dict:
+    """JSON-able summary for the publish log."""
+    results = list(results)
+    return {
+        "passed": not blocking_failures(results),
+        "checks": [{"check": r.check, "target": r.target, "passed": r.passed, "severity": r.severity,
+                    "description": r.description} for r in results],
+    }

@@ -1,0 +1,91 @@
+"""Quality configuration (``config/quality.yml``): check severities and their parameters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SEVERITIES = ("block", "warn")
+
+# Check names: constants that state the predicate a passing check guarantees.
+REFERENCES_RESOLVE = "references_resolve_to_dimensions"
+TOTALS_RECONCILE = "totals_reconcile_with_raw"
+ROW_COUNTS = "row_counts_within_tolerance"
+FRESHNESS = "partner_deliveries_are_fresh"
+NO_IDENTIFIERS = "no_direct_identifiers_published"
+NO_SMALL_CELLS = "no_small_cells_published"
+SUITE_VALIDATED = "deliveries_validated_by_suite"
+CHECK_NAMES = (REFERENCES_RESOLVE, TOTALS_RECONCILE, ROW_COUNTS, FRESHNESS, NO_IDENTIFIERS, NO_SMALL_CELLS,
+               SUITE_VALIDATED)
+
+
+class QualityConfigError(ValueError):
+    """config/quality.yml is invalid."""
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    checks: dict[str, dict[str, Any]]
+    chunk_rows: int = 250_000
+    publish_schemas: tuple[str, ...] = ("marts", "impact")
+    history_keep: int = 5
+    lock_timeout_seconds: float = 0.0
+    path: Path | None = None
+    raw: dict = field(default_factory=dict, repr=False)
+
+    def severity(self, check: str) -> str:
+        return self.checks[check]["severity"]
+
+    def blocking(self, check: str) -> bool:
+        return self.severity(check) == "block"
+
+    def params(self, check: str) -> dict[str, Any]:
+        return self.checks[check]
+
+
+def parse_config(data: dict, path: Path | None = None) -> QualityConfig:
+    data = data or {}
+    checks = dict(data.get("checks") or {})
+    unknown = set(checks) - set(CHECK_NAMES)
+    if unknown:
+        raise QualityConfigError(f"{path}: unknown checks {sorted(unknown)}; known: {', '.join(CHECK_NAMES)}")
+    for name in CHECK_NAMES:
+        params = dict(checks.get(name) or {})
+        params.setdefault("severity", "block")
+        if params["severity"] not in SEVERITIES:
+            raise QualityConfigError(f"{path}: check {name}: severity must be one of {SEVERITIES}, "
+                                     f"not {params['severity']!r}")
+        checks[name] = params
+    share = checks[ROW_COUNTS].get("max_drop_share", 0.2)
+    if not 0 <= float(share) <= 1:
+        raise QualityConfigError(f"{path}: {ROW_COUNTS}.max_drop_share must be between 0 and 1")
+    if checks[FRESHNESS].get("reference", "latest_batch") not in ("latest_batch", "now"):
+        raise QualityConfigError(f"{path}: {FRESHNESS}.reference must be latest_batch or now")
+    gx = data.get("great_expectations") or {}
+    publish = data.get("publish") or {}
+    keep = int(publish.get("history_keep", 5))
+    if keep < 1:
+        raise QualityConfigError(f"{path}: publish.history_keep must be at least 1 (rollback needs one file)")
+    return QualityConfig(
+        checks=checks,
+        chunk_rows=int(gx.get("chunk_rows", 250_000)),
+        publish_schemas=tuple(publish.get("schemas", ("marts", "impact"))),
+        history_keep=keep,
+        lock_timeout_seconds=float(publish.get("lock_timeout_seconds", 0)),
+        path=path,
+        raw=data,
+    )
+
+
+def load_config(path: Path) -> QualityConfig:
+    path = Path(path)
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) if path.exists() else {}
+    return parse_config(data, path)
+
+
+def config_for(settings) -> QualityConfig:
+    """The quality configuration of a project (``<config_dir>/quality.yml``)."""
+    return load_config(Path(settings.config_dir) / "quality.yml")
