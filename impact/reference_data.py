@@ -6,10 +6,8 @@ into the two files of the outcome-survey contract (``contracts/survey_units.yml`
 ``<study>_measurements.csv``. Those files go through ingestion like any partner
 delivery, so a reproduction of the published estimates checks the whole path.
 
-``panel_from_survey`` turns the two contract tables (read from the files or from the
-raw layer) into the shape of ``marts.mart_evaluation_panel``. It is a small stand-in
-for the dbt evaluation mart, used by the reference tests; its derived columns
-(``age_band``, ``vulnerability_tercile``) follow the definitions documented below.
+The reference tests deliver these files to the landing area, ingest them, build
+``marts.mart_evaluation_panel`` with dbt and run the impact stage on it.
 
 NSW (LaLonde 1986; Dehejia & Wahba 1999)
 -----------------------------------------
@@ -40,9 +38,6 @@ NSW_STUDY = "nsw_dw"
 NSW_PROGRAMME = "NSW-01"
 NSW_ROUNDS = {"re74": (-1, "1974"), "re75": (0, "1975"), "re78": (1, "1978")}
 NSW_BASELINE = ("educ", "black", "hisp", "marr", "nodegree")
-
-# Derived columns of the panel stand-in.
-AGE_BANDS = ((0, 18, "0-17"), (18, 25, "18-24"), (25, 35, "25-34"), (35, 45, "35-44"), (45, 60, "45-59"), (60, 200, "60+"))
 
 
 def _contract_columns(source: str) -> list[str]:
@@ -127,39 +122,3 @@ def read_survey_files(units_path: Path, measurements_path: Path) -> tuple[pd.Dat
     measurements["round_index"] = pd.to_numeric(measurements["round_index"]).astype(int)
     measurements["value"] = pd.to_numeric(measurements["value"])
     return units, measurements
-
-
-def age_band(age) -> str | None:
-    if age is None or pd.isna(age):
-        return None
-    for low, high, label in AGE_BANDS:
-        if low <= age < high:
-            return label
-    return None
-
-
-def panel_from_survey(units: pd.DataFrame, measurements: pd.DataFrame) -> pd.DataFrame:
-    """The two survey contract tables joined into the evaluation-panel shape.
-
-    ``cluster_id`` falls back to ``unit_id`` (individual assignment); ``age_band`` uses
-    AGE_BANDS; ``vulnerability_tercile`` is the within-study tercile (1 = most vulnerable,
-    lowest score); ``person_key`` is the pseudonym column when present (raw layer), else NULL.
-    """
-    u = units.copy()
-    if "person_key" not in u.columns:
-        u["person_key"] = pd.array([None] * len(u), dtype="Int64")
-    u["is_treated"] = u["treatment_group"] == "treated"
-    u["cluster_id"] = u["cluster_id"].where(u["cluster_id"].notna(), u["unit_id"])
-    u["age_band"] = [age_band(a) for a in u["age"]]
-    score = pd.to_numeric(u["vulnerability_score"], errors="coerce")
-    u["vulnerability_tercile"] = pd.array([None] * len(u), dtype="Int64")
-    for study, idx in u.groupby("study_id").groups.items():
-        s = score.loc[idx]
-        if s.notna().sum() >= 3 and s.nunique() >= 3:
-            u.loc[idx, "vulnerability_tercile"] = pd.qcut(s.rank(method="first"), 3, labels=[1, 2, 3]).astype("Int64")
-    keep = ["study_id", "programme_code", "unit_id", "unit_type", "person_key", "treatment_group", "is_treated",
-            "cluster_id", "sex", "age", "age_band", "region_code", "vulnerability_score", "vulnerability_tercile"]
-    m = measurements[["study_id", "unit_id", "round_index", "round_label", "variable", "value"]]
-    panel = m.merge(u[keep], on=["study_id", "unit_id"], how="inner", validate="many_to_one")
-    columns = [*keep, "round_index", "round_label", "variable", "value"]
-    return panel[columns].sort_values(["study_id", "unit_id", "round_index", "variable"]).reset_index(drop=True)
