@@ -1,6 +1,15 @@
-{#- Loans with their position on the reference date: principal repaid by settled
-    instalments, outstanding principal (0 once written off), the oldest unpaid
-    instalment's days past due and the PAR30 flag. -#}
+{#- Loans with their position on the reference date: principal repaid, outstanding
+    principal (0 once closed or written off), the oldest unsettled instalment's days past
+    due and the PAR30 flag.
+
+    Opening position: a loan disbursed before the lender's first delivery arrives without
+    its earlier instalments. The principal it repaid before its first delivered
+    instalment k is derived from that instalment: interest is charged on the outstanding
+    balance, so the balance before instalment k is its interest due / monthly rate
+    (without a rate: k - 1 instalments of the same principal as instalment k).
+
+    Closing date: the last settlement of a loan the lender reports closed (the end of the
+    month of the closing record when no instalment was delivered). -#}
 with
 
 loans as (
@@ -12,6 +21,38 @@ loans as (
 instalments as (
 
     select * from {{ ref('fct_loan_instalments') }}
+
+),
+
+first_instalments as (
+
+    select
+        loan_id,
+        instalment_number,
+        principal_due_mad,
+        interest_due_mad,
+        row_number() over (partition by loan_id order by instalment_number) as rank_in_loan
+
+    from instalments
+
+),
+
+opening as (
+
+    select
+        loans.loan_id,
+        case
+            when first_instalments.instalment_number is null or first_instalments.instalment_number <= 1 then 0
+            when loans.annual_rate_pct > 0 and first_instalments.interest_due_mad > 0
+                then loans.principal_mad - cast(
+                    first_instalments.interest_due_mad / (loans.annual_rate_pct / 1200.0) as {{ jisr.type_money() }})
+            else first_instalments.principal_due_mad * (first_instalments.instalment_number - 1)
+        end as opening_principal_repaid_mad
+
+    from loans
+    left join first_instalments
+        on loans.loan_id = first_instalments.loan_id
+        and first_instalments.rank_in_loan = 1
 
 ),
 
@@ -33,6 +74,39 @@ repaid as (
 
 ),
 
+positions as (
+
+    select
+        loans.*,
+        case
+            when opening.opening_principal_repaid_mad < 0 then 0
+            when opening.opening_principal_repaid_mad > loans.principal_mad then loans.principal_mad
+            else opening.opening_principal_repaid_mad
+        end as opening_principal_repaid_mad,
+        case
+            when loans.loan_status = 'closed'
+                then coalesce(repaid.last_settled_date, {{ jisr.month_end(jisr.month_start_of_text('loans._batch')) }})
+        end as closed_date
+
+    from loans
+    left join opening
+        on loans.loan_id = opening.loan_id
+    left join repaid
+        on loans.loan_id = repaid.loan_id
+
+),
+
+ended as (
+
+    select
+        *,
+        (written_off_date is not null and written_off_date <= {{ jisr.reference_date() }})
+            or (closed_date is not null and closed_date <= {{ jisr.reference_date() }}) as is_ended
+
+    from positions
+
+),
+
 final as (
 
     select
@@ -48,27 +122,29 @@ final as (
         loans.loan_status,
         loans.written_off_date,
         loans.written_off_mad,
+        loans.closed_date,
         coalesce(repaid.instalments_count, 0) as instalments_count,
         coalesce(repaid.instalments_settled_count, 0) as instalments_settled_count,
-        coalesce(repaid.principal_repaid_mad, 0) as principal_repaid_mad,
+        loans.opening_principal_repaid_mad,
+        loans.opening_principal_repaid_mad + coalesce(repaid.principal_repaid_mad, 0) as principal_repaid_mad,
         coalesce(repaid.amount_paid_mad, 0) as amount_paid_mad,
         case
-            when loans.written_off_date is not null and loans.written_off_date <= {{ jisr.reference_date() }} then 0
-            else greatest(loans.principal_mad - coalesce(repaid.principal_repaid_mad, 0), 0)
+            when loans.is_ended then 0
+            else greatest(loans.principal_mad - loans.opening_principal_repaid_mad - coalesce(repaid.principal_repaid_mad, 0), 0)
         end as outstanding_principal_mad,
         case
-            when loans.written_off_date is not null and loans.written_off_date <= {{ jisr.reference_date() }} then 0
+            when loans.is_ended then 0
             else coalesce(repaid.days_past_due, 0)
         end as days_past_due,
         case
-            when loans.written_off_date is not null and loans.written_off_date <= {{ jisr.reference_date() }} then false
+            when loans.is_ended then false
             else coalesce(repaid.days_past_due, 0) > 30
-                and loans.principal_mad - coalesce(repaid.principal_repaid_mad, 0) > 0
+                and loans.principal_mad - loans.opening_principal_repaid_mad - coalesce(repaid.principal_repaid_mad, 0) > 0
         end as is_par30,
         loans._delivery_id,
         loans._batch
 
-    from loans
+    from ended as loans
     left join repaid
         on loans.loan_id = repaid.loan_id
 

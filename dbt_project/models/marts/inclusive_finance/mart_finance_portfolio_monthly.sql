@@ -1,7 +1,10 @@
 {#- Inclusive-finance portfolio at the end of each month, by programme, loan product and
     the borrower's region (at that month's end), sex, age band and vulnerability tercile.
-    At a month end m, a loan disbursed on or before m and not written off by m:
-    - outstanding principal = principal - principal of the instalments settled by m;
+    Months run from the lender's first repayments delivery to the reference month (before
+    it, instalments are unknown). At a month end m, a loan disbursed on or before m and
+    neither closed nor written off by m:
+    - outstanding principal = principal - principal repaid before its first delivered
+      instalment (fct_loans) - principal of the instalments settled by m;
     - days past due = m - due date of its oldest instalment due before m and not settled
       by m; it is at risk (PAR30) when that exceeds 30 days;
     - repayment rate = amounts paid by m on instalments due by m / amounts due by m.
@@ -32,16 +35,24 @@ beneficiaries as (
 
 ),
 
+first_delivery as (
+
+    select min(_batch) as first_month from instalments
+
+),
+
 months as (
 
     select
-        month,
-        month_start_date,
-        month_end_date
+        dates.month,
+        dates.month_start_date,
+        dates.month_end_date
 
     from dates
-    where is_month_start
-      and is_delivered_period
+    inner join first_delivery
+        on dates.month >= first_delivery.first_month
+    where dates.is_month_start
+      and dates.is_delivered_period
 
 ),
 
@@ -53,9 +64,11 @@ loan_months as (
         loans.programme_code,
         loans.loan_product,
         loans.principal_mad,
+        loans.opening_principal_repaid_mad,
         loans.disbursement_date,
         loans.written_off_date,
         loans.written_off_mad,
+        loans.closed_date,
         months.month,
         months.month_start_date,
         months.month_end_date
@@ -64,6 +77,7 @@ loan_months as (
     inner join months
         on months.month_end_date >= loans.disbursement_date
         and (loans.written_off_date is null or months.month_start_date <= loans.written_off_date)
+        and (loans.closed_date is null or months.month_start_date <= loans.closed_date)
 
 ),
 
@@ -171,13 +185,15 @@ loan_month_states as (
     select
         loan_month_positions.*,
         written_off_date is not null and written_off_date <= month_end_date as is_written_off,
+        closed_date is not null and closed_date <= month_end_date as is_closed,
         disbursement_date >= month_start_date as is_disbursed_in_month,
         written_off_date is not null and written_off_date >= month_start_date and written_off_date <= month_end_date
             as is_written_off_in_month,
         case
             when written_off_date is not null and written_off_date <= month_end_date then 0
-            when principal_mad - principal_repaid_to_date_mad < 0 then 0
-            else principal_mad - principal_repaid_to_date_mad
+            when closed_date is not null and closed_date <= month_end_date then 0
+            when principal_mad - opening_principal_repaid_mad - principal_repaid_to_date_mad < 0 then 0
+            else principal_mad - opening_principal_repaid_mad - principal_repaid_to_date_mad
         end as outstanding_principal_mad
 
     from loan_month_positions
@@ -221,11 +237,11 @@ final as (
         {{ jisr.safe_divide(
             'sum(case when outstanding_principal_mad > 0 and days_past_due > 30 then outstanding_principal_mad else 0 end)',
             'sum(outstanding_principal_mad)') }} as par30_rate,
-        sum(case when not is_written_off then amount_due_to_date_mad else 0 end) as amount_due_to_date_mad,
-        sum(case when not is_written_off then amount_collected_to_date_mad else 0 end) as amount_collected_to_date_mad,
+        sum(case when not is_written_off and not is_closed then amount_due_to_date_mad else 0 end) as amount_due_to_date_mad,
+        sum(case when not is_written_off and not is_closed then amount_collected_to_date_mad else 0 end) as amount_collected_to_date_mad,
         {{ jisr.safe_divide(
-            'sum(case when not is_written_off then amount_collected_to_date_mad else 0 end)',
-            'sum(case when not is_written_off then amount_due_to_date_mad else 0 end)') }} as repayment_rate,
+            'sum(case when not is_written_off and not is_closed then amount_collected_to_date_mad else 0 end)',
+            'sum(case when not is_written_off and not is_closed then amount_due_to_date_mad else 0 end)') }} as repayment_rate,
         {{ jisr.count_if('is_disbursed_in_month') }} as loans_disbursed,
         sum(case when is_disbursed_in_month then principal_mad else 0 end) as disbursed_mad,
         {{ jisr.count_if('is_written_off_in_month') }} as loans_written_off,
