@@ -21,11 +21,11 @@ class Programme:
 
 PROGRAMMES: tuple[Programme, ...] = (
     Programme("ASD-01", "Aide sociale directe – allocations familiales", "الدعم الاجتماعي المباشر – إعانات الحماية من المخاطر المرتبطة بالطفولة",
-              "social_programmes", dt.date(2023, 12, 1), None, 25_000_000_000, 45.0, 200.0),
+              "social_programmes", dt.date(2023, 12, 1), None, 25_000_000_000, 50.0, 200.0),
     Programme("ASD-02", "Aide sociale directe – aide forfaitaire aux ménages", "الدعم الاجتماعي المباشر – الإعانة الجزافية",
-              "social_programmes", dt.date(2023, 12, 1), None, 8_000_000_000, 45.0, 500.0),
+              "social_programmes", dt.date(2023, 12, 1), None, 8_000_000_000, 50.0, 500.0),
     Programme("TAY-01", "Tayssir – transferts conditionnels pour la scolarisation", "تيسير – التحويلات المالية المشروطة للتمدرس",
-              "social_programmes", dt.date(2008, 9, 1), None, 2_500_000_000, 40.0, 70.0),
+              "social_programmes", dt.date(2008, 9, 1), None, 2_500_000_000, 45.0, 70.0),
     Programme("DAM-01", "Appui direct aux femmes veuves en situation de précarité", "الدعم المباشر للنساء الأرامل في وضعية هشة",
               "social_programmes", dt.date(2015, 1, 1), None, 900_000_000, 45.0, 350.0),
     Programme("HAN-01", "Appui aux personnes en situation de handicap (aides techniques)", "دعم الأشخاص في وضعية إعاقة (المساعدات التقنية)",

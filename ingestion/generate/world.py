@@ -131,6 +131,8 @@ class World:
         self.seed = seed
         self.start_month = start_month
         self.m0 = month(start_month, 1)
+        # eligibility thresholds come from the catalogue (eligibility_score_max)
+        self.thresholds = [catalogue.BY_CODE[c].eligibility_score_max for c in catalogue.ENROLMENT_PROGRAMMES]
         self.region_prefixes = [CIN_PREFIXES.get(r, ["Y"]) for r in geo.region_codes]
         self.region_counter = np.zeros(len(geo.region_codes), dtype=np.int64)
         self.hh_counter = 0
@@ -139,6 +141,7 @@ class World:
                       role=np.int8, widow=np.int8)
         self.e = Grow(person=np.int64, prog=np.int8, entry=np.int64, exit=np.int64, reason=np.int8, amount=np.float64)
         self.active = None  # (persons x programmes) enrolment index or -1
+        self._take = None
         self.ever = None
         self.loans = Grow(person=np.int64, product=np.int8, prog=np.int8, principal=np.float64, term=np.int64,
                           rate=np.float64, disb=np.int64, risk=np.int8, kstop=np.int64, created=np.int64)
@@ -190,11 +193,13 @@ class World:
         pos = np.arange(n_people) - start[hh]
         size_of = sizes[hh]
         n = n_people
-        has_spouse = (size_of >= 2) & (hash_u(self.seed, "spouse", hh_ids[hh]) < 0.85)
+        head_male = rng.random(H) < 0.80
+        # most female heads of household live without a spouse (widowed, divorced, separated)
+        spouse_p = np.where(head_male[hh], 0.9, 0.2)
+        has_spouse = (size_of >= 2) & (hash_u(self.seed, "spouse", hh_ids[hh]) < spouse_p)
         role = np.where(pos == 0, 0, np.where((pos == 1) & has_spouse, 1, 2)).astype(np.int8)
         elder = (pos == size_of - 1) & (size_of >= 5) & (rng.random(n) < 0.15)
         role[elder] = 3
-        head_male = rng.random(H) < 0.78
         head_age = np.clip(rng.normal(47, 13, H), 20, 90)
         sex = np.where(rng.random(n) < 0.5, 1, 0).astype(np.int8)
         sex[role == 0] = head_male[hh[role == 0]]
@@ -241,8 +246,9 @@ class World:
         hh_max = int(hh.max()) + 1
         # household-level score updates and moves
         u_hh = rng.random(hh_max)
-        rescore = u_hh < 0.0007
-        move = (u_hh >= 0.0007) & (u_hh < 0.0010)
+        # a household is drawn with these probabilities, so they are also the shares of people
+        rescore = u_hh < 0.0028
+        move = (u_hh >= 0.0028) & (u_hh < 0.0041)
         new_score = np.clip(p.score + rng.normal(0, 9, n_before), 0.5, 99.5).round(2)
         # one new score per household: take it from the first member
         first_member = np.full(hh_max, -1, dtype=np.int64)
@@ -266,7 +272,7 @@ class World:
             p.set("commune", mv, new_c)
         # individual household changes (marriage, split)
         age = (mo.first - p.birth) / 365.25
-        split = np.nonzero((age >= 18) & (p.role != 0) & (rng.random(n_before) < 0.0008))[0]
+        split = np.nonzero((age >= 18) & (p.role != 0) & (rng.random(n_before) < 0.0015))[0]
         if len(split):
             p.set("hh", split, self.hh_counter + np.arange(len(split)))
             p.set("role", split, 0)
@@ -320,18 +326,24 @@ class World:
         hh_children = np.bincount(hh, weights=minor & present, minlength=int(hh.max()) + 1)[hh]
         rural = ~geo.urban[p.commune]
         el = np.zeros((p.n, len(PROG_INDEX)), dtype=bool)
-        el[:, 0] = minor & (score <= 45)
-        el[:, 1] = (p.role == 0) & (hh_children == 0) & (score <= 45) & ~minor
-        el[:, 2] = (age >= 6) & (age < 16) & rural & (score <= 40)
-        el[:, 3] = (p.widow == 1) & (hh_children > 0) & (score <= 45)
-        el[:, 4] = (p.disability == 1) & (score <= 60)
+        thr = self.thresholds
+        el[:, 0] = minor & (score <= thr[0])
+        el[:, 1] = (p.role == 0) & (hh_children == 0) & (score <= thr[1]) & ~minor
+        el[:, 2] = (age >= 6) & (age < 16) & rural & (score <= thr[2])
+        el[:, 3] = (p.widow == 1) & (hh_children > 0) & (score <= thr[3])
+        el[:, 4] = (p.disability == 1) & (score <= thr[4])
         el &= present[:, None]
         return el
 
-    def _takeup(self, persons: np.ndarray) -> np.ndarray:
-        rates = np.array([0.85, 0.80, 0.75, 0.6, 0.5])
-        u = hash_u(self.seed, "takeup", persons[:, None], np.arange(len(rates))[None, :])
-        return u < rates[None, :]
+    def _takeup(self, n: int) -> np.ndarray:
+        """Whether each person would take up each programme when eligible (static, cached)."""
+        have = 0 if self._take is None else len(self._take)
+        if have < n:
+            rates = np.array([0.85, 0.80, 0.75, 0.6, 0.5])
+            persons = np.arange(have, n)
+            new = hash_u(self.seed, "takeup", persons[:, None], np.arange(len(rates))[None, :]) < rates[None, :]
+            self._take = new if self._take is None else np.vstack([self._take, new])
+        return self._take[:n]
 
     def _amount(self, rng, persons: np.ndarray, progs: np.ndarray, at_day: int) -> np.ndarray:
         age = (at_day - self.p.birth[persons]) / 365.25
@@ -353,7 +365,7 @@ class World:
             self.active = np.vstack([self.active, np.full((grow, n_prog), -1, dtype=np.int64)])
             self.ever = np.vstack([self.ever, np.zeros((grow, n_prog), dtype=bool)])
         el = self._eligibility(mo.first)
-        take = self._takeup(np.arange(n))
+        take = self._takeup(n)
         first_idx = e.n
         if mo.index == 1:
             # stock: eligible people who took up before the extract starts
@@ -457,9 +469,9 @@ class World:
                          default=rng.choice([12, 18, 24, 36], n))
         rate = np.round(rng.uniform(13, 24, n), 1)
         score = p.score[person]
-        risk_default = 0.035 + 0.03 * (score < 25)
+        risk_default = 0.06 + 0.04 * (score < 25)
         r = rng.random(n)
-        risk = np.where(r < risk_default, 2, np.where(r < risk_default + 0.10, 1, 0)).astype(np.int8)
+        risk = np.where(r < risk_default, 2, np.where(r < risk_default + 0.14, 1, 0)).astype(np.int8)
         kstop = 2 + (rng.random(n) * np.maximum(term - 1, 1)).astype(np.int64)
         prog = np.where(product <= 1, 7, 8).astype(np.int8)  # index in PROGRAMMES: MCF-01 / MCF-02
         self.loans.append(person=person, product=product, prog=prog, principal=principal, term=term, rate=rate,
@@ -648,7 +660,7 @@ class World:
         rng = rng_for(self.seed, self.N, "requests", mo.index)
         p, geo = self.p, self.geo
         k = mo.index - 1
-        n = int(rng.poisson(0.09 * self.N * (1 + 0.02 * k)))
+        n = int(rng.poisson(0.07 * self.N * (1 + 0.02 * k)))
         stype = rng.choice(len(SERVICE_TYPES), n, p=SERVICE_P)
         counter = max(0.20, 0.55 - 0.02 * k)
         mobile = (1 - counter) * min(0.65, 0.35 + 0.02 * k)

@@ -199,15 +199,15 @@ class FileWriter:
         return cols
 
     def _csv_safe(self, cells: np.ndarray) -> np.ndarray:
-        # Quote the (rare) values holding the delimiter or a quote; ids are never affected.
+        # Quote the (rare) values holding the delimiter or a quote; one C-level join finds
+        # out cheaply whether a column has any.
         d = self.contract.delimiter
-        bad = [i for i, v in enumerate(cells) if (d in v or '"' in v)] if len(cells) < 2000 else None
-        if bad is None:
-            probe = np.char.find(cells.astype(str), d) >= 0
-            probe |= np.char.find(cells.astype(str), '"') >= 0
-            bad = np.nonzero(probe)[0]
-        for i in bad:
-            cells[i] = '"' + cells[i].replace('"', '""') + '"'
+        joined = "\x00".join(cells)
+        if d not in joined and '"' not in joined:
+            return cells
+        for i, v in enumerate(cells):
+            if d in v or '"' in v:
+                cells[i] = '"' + v.replace('"', '""') + '"'
         return cells
 
     def _line(self, cells: tuple) -> str:
@@ -239,7 +239,12 @@ class FileWriter:
         if self.kind == "xlsx":
             rows = [list(self._scalar_cells(chunk, i, {})) for i in range(n)]
         else:
-            rows = [self._line(t) for t in zip(*self._cells(chunk))]
+            cells = self._cells(chunk)
+            if self.kind == "json":
+                template = self._template
+                rows = [template % t for t in zip(*cells)]
+            else:
+                rows = list(map(self.contract.delimiter.join, zip(*cells)))
         if self.dirty is not None:
             rows = self.dirty.plant(self, chunk, rows)
         self.rows += len(rows)
