@@ -38,6 +38,21 @@ class GenerationSummary:
     def total_bytes(self) -> int:
         return sum(self.bytes.values())
 
+    def describe(self) -> str:
+        """A short table of rows and bytes per source file family."""
+        import re
+
+        fam: dict[str, list[int]] = {}
+        for label, rows in self.files.items():
+            key = re.sub(r"_?\d{4}-\d{2}", "_*", label)
+            acc = fam.setdefault(key, [0, 0, 0])
+            acc[0] += 1
+            acc[1] += rows
+            acc[2] += self.bytes.get(label, 0)
+        lines = [f"{'files':40s} {'n':>4s} {'rows':>11s} {'MB':>8s}"]
+        lines += [f"{k:40s} {n:4d} {r:11,d} {b / 1e6:8.1f}" for k, (n, r, b) in sorted(fam.items())]
+        return "\n".join(lines + [str(self)])
+
     def __str__(self) -> str:
         return (f"{len(self.files)} files, {self.total_rows:,} rows ({self.dirty_rows:,} dirty), "
                 f"{self.total_bytes / 1e6:.1f} MB in {self.seconds:.1f} s -> {self.landing_dir}")
@@ -110,6 +125,9 @@ class _Run:
         for chunk in chunks:
             w.write(self.blank_unencodable(source, chunk))
         size = w.close()
+        if w.rows == 0:  # nothing happened this month: a partner sends no file
+            w.path.unlink()
+            return
         self.summary.files[w.label] = w.rows
         self.summary.bytes[w.label] = size
 

@@ -5,8 +5,8 @@ and about 1,500 communes, written as dbt seeds and read back by the generator.
 ``geo_communes.csv``: commune_code (province_code + 3 digits), commune_name_fr, province_code,
 area_type (urban|rural). Province names and chef-lieu communes are real; the number of
 communes per province follows the real order of magnitude; commune names beyond the few
-real ones listed here are plausible generated names (documented in the seed's README row of
-the project docs), since the seeds only need stable codes and readable labels.
+real ones listed here are plausible generated names (prefix + stem, e.g. "Aït Brahim"),
+since the seeds only need stable codes and readable labels.
 
 ``build_geo_seeds(seeds_dir)`` rewrites both seeds deterministically; the generator itself
 only reads them (``load_geo``), so a user may replace them with an official list.
