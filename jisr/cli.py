@@ -61,6 +61,12 @@ def _contracts(args) -> int:
     return 0
 
 
+def _sql(args) -> int:
+    from jisr import sql
+
+    return sql.main(args, get_settings())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jisr", description="Jisr: social-programme impact warehouse.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -86,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("action", choices=["list", "docs"])
     c.add_argument("--out")
     c.set_defaults(func=_contracts)
+
+    q = sub.add_parser("sql", help="read-only SQL on the published warehouse (query, -f FILE, or interactive)")
+    from jisr.sql import add_arguments as _sql_arguments
+
+    _sql_arguments(q)
+    q.set_defaults(func=_sql)
     return parser
 
 
