@@ -1,0 +1,296 @@
+"""Disclosure control: small cells suppressed, with complements so no subtraction reveals them."""
+
+from __future__ import annotations
+
+import duckdb
+import pytest
+import yaml
+
+from quality import disclosure
+from quality.disclosure import DisclosureConfigError, check, load_config, protect
+
+REGIONS = ["01", "02", "03"]
+SEXES = ["F", "M"]
+
+
+def coverage_rows(counts: dict[tuple[str, str], int]) -> list[tuple]:
+    """Cells by region x sex plus the 'all' totals of every row, column and the grand total."""
+    rows = [(r, s, n, n * 350.0) for (r, s), n in counts.items()]
+    for r in REGIONS:
+        n = sum(counts[r, s] for s in SEXES)
+        rows.append((r, "all", n, n * 350.0))
+    for s in SEXES:
+        n = sum(counts[r, s] for r in REGIONS)
+        rows.append(("all", s, n, n * 350.0))
+    n = sum(counts.values())
+    rows.append(("all", "all", n, n * 350.0))
+    return rows
+
+
+COUNTS = {("01", "F"): 3, ("01", "M"): 52, ("02", "F"): 41, ("02", "M"): 47, ("03", "F"): 60, ("03", "M"): 75}
+
+CONFIG = {
+    "k": 10,
+    "tables": [{
+        "table": "marts.mart_coverage",
+        "dimensions": ["region_code", "sex"],
+        "count_columns": ["beneficiaries"],
+        "value_columns": ["transfers_mad"],
+        # the totals are the table's own 'all' rows: nothing assumed from elsewhere
+        "assume_external_totals": False,
+    }],
+}
+
+
+def make_warehouse(path, rows, other_rows=((("01", "F", 2),))):
+    con = duckdb.connect(str(path))
+    con.execute("create schema marts")
+    con.execute("create table marts.mart_coverage (region_code varchar, sex varchar, beneficiaries bigint not null, "
+                "transfers_mad decimal(14, 2))")
+    con.executemany("insert into marts.mart_coverage values (?, ?, ?, ?)", rows)
+    con.execute("create table marts.mart_other (region_code varchar, sex varchar, people bigint)")
+    con.executemany("insert into marts.mart_other values (?, ?, ?)", list(other_rows))
+    return con
+
+
+def published(con, table="marts.mart_coverage") -> dict[tuple[str, str], int | None]:
+    return {(r, s): n for r, s, n in con.execute(f"select region_code, sex, beneficiaries from {table}").fetchall()}
+
+
+def subtraction_attack(cells: dict[tuple[str, str], int | None]) -> dict[tuple[str, str], int]:
+    """What an evaluator recovers from the published table by row and column differences."""
+    known = {key: n for key, n in cells.items() if n is not None}
+    recovered = {}
+    changed = True
+    while changed:
+        changed = False
+        lines = [[(r, s) for s in SEXES + ["all"]] for r in REGIONS + ["all"]]
+        lines += [[(r, s) for r in REGIONS + ["all"]] for s in SEXES + ["all"]]
+        for line in lines:
+            unknown = [key for key in line if key not in known]
+            if len(unknown) == 1:
+                *members, total = line
+                key = unknown[0]
+                if key == total:
+                    value = sum(known[m] for m in members)
+                else:
+                    value = known[total] - sum(known[m] for m in members if m != key)
+                known[key] = recovered[key] = value
+                changed = True
+    return recovered
+
+
+def test_subtraction_attack_recovers_a_cell_hidden_without_complements(tmp_path):
+    """The hand-built table really is vulnerable: hiding only the small cell gives it away."""
+    con = make_warehouse(tmp_path / "serving.duckdb", coverage_rows(COUNTS))
+    cells = published(con)
+    cells["01", "F"] = None  # primary suppression only
+    assert subtraction_attack(cells) == {("01", "F"): 3}
+
+
+def test_protect_suppresses_small_cells_and_complements_against_subtraction(tmp_path):
+    con = make_warehouse(tmp_path / "serving.duckdb", coverage_rows(COUNTS))
+    report = protect(con, config=CONFIG)
+    assert [(r.table, r.primary) for r in report] == [("marts.mart_coverage", 1)]
+    assert report[0].complementary >= 3  # a lone hidden cell needs a rectangle of hidden cells
+    cells = published(con)
+    assert cells["01", "F"] is None
+    assert subtraction_attack(cells) == {}
+    rows = con.execute("select region_code, sex, beneficiaries, transfers_mad, is_suppressed "
+                       "from marts.mart_coverage").fetchall()
+    for region, sex, n, amount, flag in rows:
+        assert flag == (n is None)
+        if flag:
+            assert amount is None  # values are suppressed together with the count
+        else:
+            assert n >= 10 and amount == n * 350
+    assert check(con, config=CONFIG) == []
+
+
+def test_protect_prefers_small_detail_cells_over_totals(tmp_path):
+    con = make_warehouse(tmp_path / "serving.duckdb", coverage_rows(COUNTS))
+    protect(con, config=CONFIG)
+    hidden = {key for key, n in published(con).items() if n is None}
+    # the smallest complement of 01-F in its row is 01-M, in its column 02-F (41 < 60)
+    assert {("01", "F"), ("01", "M"), ("02", "F"), ("02", "M")} <= hidden
+    assert ("all", "all") not in hidden
+
+
+def test_check_finds_a_cell_recoverable_by_subtraction(tmp_path):
+    con = make_warehouse(tmp_path / "serving.duckdb", coverage_rows(COUNTS))
+    con.execute("alter table marts.mart_coverage add column is_suppressed boolean default false")
+    con.execute("alter table marts.mart_coverage alter column beneficiaries drop not null")
+    con.execute("update marts.mart_coverage set beneficiaries = null, transfers_mad = null, is_suppressed = true "
+                "where region_code = '01' and sex = 'F'")
+    violations = check(con, config=CONFIG)
+    assert [v.kind for v in violations] == ["recoverable"]
+    assert "region_code='01', sex='F'" in violations[0].message
+
+
+def test_check_finds_small_published_cells_and_leaked_values(tmp_path):
+    con = make_warehouse(tmp_path / "serving.duckdb", coverage_rows(COUNTS))
+    protect(con, config=CONFIG)
+    assert check(con, config=CONFIG) == []
+    con.execute("update marts.mart_coverage set is_suppressed = false, beneficiaries = 3 "
+                "where region_code = '01' and sex = 'F'")
+    con.execute("update marts.mart_coverage set transfers_mad = 1 where region_code = '02' and sex = 'F'")
+    kinds = {v.kind for v in check(con, config=CONFIG)}
+    assert {"small_cell", "suppressed_value_published"} <= kinds
+
+
+def interlocked_rows() -> tuple[list[tuple], set[tuple[str, str]]]:
+    """A 4 x 4 table where every row and column has 0 or >= 2 hidden cells, yet the cell
+    (r1, c2) is the bridge between two hidden rectangles: rows r0 + r1 minus columns c0 + c1."""
+    rows_, cols = ["r0", "r1", "r2", "r3"], ["c0", "c1", "c2", "c3"]
+    values = {(r, c): 20 + 3 * i + j for i, r in enumerate(rows_) for j, c in enumerate(cols)}
+    hidden = {("r0", "c0"), ("r0", "c1"), ("r1", "c0"), ("r1", "c1"), ("r1", "c2"),
+              ("r2", "c2"), ("r2", "c3"), ("r3", "c2"), ("r3", "c3")}
+    return [(r, c, values[r, c]) for (r, c) in values], hidden
+
+
+def test_check_finds_a_cell_recoverable_through_interlocked_lines(tmp_path):
+    rows, hidden = interlocked_rows()
+    con = duckdb.connect(str(tmp_path / "serving.duckdb"))
+    con.execute("create schema marts")
+    con.execute("create table marts.grid (row_code varchar, col_code varchar, people bigint, is_suppressed boolean)")
+    con.executemany("insert into marts.grid values (?, ?, ?, ?)",
+                    [(r, c, None if (r, c) in hidden else n, (r, c) in hidden) for r, c, n in rows])
+    config = {"tables": [{"table": "marts.grid", "dimensions": ["row_code", "col_code"], "count_column": "people"}]}
+    # the attack: row totals and column totals are known (published elsewhere)
+    truth = {(r, c): n for r, c, n in rows}
+    row_total = {r: sum(n for (rr, _), n in truth.items() if rr == r) for r in ("r0", "r1")}
+    col_total = {c: sum(n for (_, cc), n in truth.items() if cc == c) for c in ("c0", "c1")}
+    published_part = sum(n for (r, c), n in truth.items() if (r, c) not in hidden and r in ("r0", "r1")) \
+        - sum(n for (r, c), n in truth.items() if (r, c) not in hidden and c in ("c0", "c1"))
+    assert sum(row_total.values()) - sum(col_total.values()) - published_part == truth["r1", "c2"]
+    violations = check(con, config=config)
+    assert [v.kind for v in violations] == ["recoverable"]
+    assert "row_code='r1', col_code='c2'" in violations[0].message
+    protect(con, config=config)
+    assert check(con, config=config) == []
+
+
+def test_protect_k_is_configurable(tmp_path):
+    loose = {**CONFIG, "k": 3}
+    con = make_warehouse(tmp_path / "a.duckdb", coverage_rows(COUNTS))
+    assert protect(con, config=loose)[0].primary == 0
+    assert None not in published(con).values()
+    strict = {**CONFIG, "k": 45}
+    con = make_warehouse(tmp_path / "b.duckdb", coverage_rows(COUNTS))
+    assert protect(con, config=strict)[0].primary == 2  # 01-F (3) and 02-F (41)
+    cells = published(con)
+    assert all(n is None or n >= 45 for n in cells.values())
+    assert subtraction_attack(cells) == {}
+    per_table = {"k": 10, "tables": [{**CONFIG["tables"][0], "k": 45}]}
+    con = make_warehouse(tmp_path / "c.duckdb", coverage_rows(COUNTS))
+    assert protect(con, config=per_table)[0].primary == 2
+
+
+def test_protect_leaves_tables_not_in_config_untouched(tmp_path):
+    con = make_warehouse(tmp_path / "serving.duckdb", coverage_rows(COUNTS), other_rows=[("01", "F", 2), ("01", "M", 90)])
+    before = con.execute("select * from marts.mart_other order by all").fetchall()
+    columns = con.execute("select column_name from information_schema.columns where table_name = 'mart_other'").fetchall()
+    protect(con, config=CONFIG)
+    assert con.execute("select * from marts.mart_other order by all").fetchall() == before
+    assert con.execute("select column_name from information_schema.columns where table_name = 'mart_other'").fetchall() == columns
+
+
+def test_protect_is_idempotent(tmp_path):
+    con = make_warehouse(tmp_path / "serving.duckdb", coverage_rows(COUNTS))
+    protect(con, config=CONFIG)
+    first = con.execute("select * from marts.mart_coverage order by all").fetchall()
+    protect(con, config=CONFIG)
+    assert con.execute("select * from marts.mart_coverage order by all").fetchall() == first
+
+
+def test_protect_zero_cells_are_published_unless_configured(tmp_path):
+    counts = {**COUNTS, ("01", "F"): 0}
+    con = make_warehouse(tmp_path / "a.duckdb", coverage_rows(counts))
+    assert protect(con, config=CONFIG)[0].primary == 0
+    config = {**CONFIG, "tables": [{**CONFIG["tables"][0], "suppress_zeros": True}]}
+    con = make_warehouse(tmp_path / "b.duckdb", coverage_rows(counts))
+    assert protect(con, config=config)[0].primary == 1
+    assert published(con)["01", "F"] is None
+
+
+def test_protect_without_total_rows_assumes_totals_are_known_elsewhere(tmp_path):
+    """A table without 'all' rows: its row and column sums may be published by another table."""
+    rows = [(r, s, n, n * 350.0) for (r, s), n in COUNTS.items()]
+    con = make_warehouse(tmp_path / "serving.duckdb", rows)
+    config = {"tables": [{**CONFIG["tables"][0], "assume_external_totals": True}]}
+    protect(con, config=config)
+    hidden = {key for key, n in published(con).items() if n is None}
+    assert ("01", "F") in hidden
+    for region in REGIONS:
+        assert len([s for s in SEXES if (region, s) in hidden]) != 1
+    for sex in SEXES:
+        assert len([r for r in REGIONS if (r, sex) in hidden]) != 1
+    assert check(con, config=config) == []
+
+
+def test_protect_shares_the_pattern_across_linked_strata(tmp_path):
+    """A registry count repeated for every programme: a cell hidden for one programme is hidden
+    for all, or the copy published for another programme would give it away."""
+    con = duckdb.connect(str(tmp_path / "serving.duckdb"))
+    con.execute("create schema marts")
+    con.execute("create table marts.coverage (programme_code varchar, region_code varchar, sex varchar, "
+                "registered bigint, reached bigint)")
+    registered = {("01", "F"): 30, ("01", "M"): 40, ("02", "F"): 50, ("02", "M"): 60}
+    reached = {"A": {("01", "F"): 3, ("01", "M"): 20, ("02", "F"): 25, ("02", "M"): 30},
+               "B": {("01", "F"): 15, ("01", "M"): 20, ("02", "F"): 25, ("02", "M"): 30}}
+    con.executemany("insert into marts.coverage values (?, ?, ?, ?, ?)",
+                    [(p, r, s, registered[r, s], reached[p][r, s]) for p in reached for (r, s) in registered])
+    config = {"tables": [{"table": "marts.coverage", "by": ["programme_code"], "dimensions": ["region_code", "sex"],
+                          "count_columns": ["reached", "registered"], "link_across": ["programme_code"]}]}
+    protect(con, config=config)
+    pattern = con.execute("select programme_code, region_code, sex from marts.coverage where is_suppressed "
+                          "order by 2, 3, 1").fetchall()
+    hidden_a = {(r, s) for p, r, s in pattern if p == "A"}
+    hidden_b = {(r, s) for p, r, s in pattern if p == "B"}
+    assert ("01", "F") in hidden_a and hidden_a == hidden_b
+    assert check(con, config=config) == []
+    con.execute("update marts.coverage set is_suppressed = false, registered = 30, reached = 15 "
+                "where programme_code = 'B' and region_code = '01' and sex = 'F'")
+    assert "linked_pattern" in {v.kind for v in check(con, config=config)}
+
+
+def test_check_reports_missing_tables_columns_and_unclassified_numbers(tmp_path):
+    con = make_warehouse(tmp_path / "serving.duckdb", coverage_rows(COUNTS))
+    config = {"tables": [CONFIG["tables"][0],
+                         {"table": "marts.mart_gone", "dimensions": ["sex"], "count_column": "n"}]}
+    protect(con, config=config)
+    assert [v.kind for v in check(con, config=config)] == ["missing_table"]
+    con.execute("alter table marts.mart_coverage add column mean_age double")
+    assert "unclassified_column" in {v.kind for v in check(con, config=CONFIG)}
+    kept = {"tables": [{**CONFIG["tables"][0], "keep_columns": ["mean_age"]}]}
+    assert check(con, config=kept) == []
+    con2 = make_warehouse(tmp_path / "fresh.duckdb", coverage_rows(COUNTS))
+    assert [v.kind for v in check(con2, config=CONFIG)] == ["not_protected"]
+
+
+def test_load_config_rejects_invalid_entries(tmp_path):
+    with pytest.raises(DisclosureConfigError, match="unknown keys"):
+        load_config({"tables": [{"table": "marts.t", "dimensions": ["sex"], "count_column": "n", "kk": 1}]})
+    with pytest.raises(DisclosureConfigError, match="count_column"):
+        load_config({"tables": [{"table": "marts.t", "dimensions": ["sex"]}]})
+    with pytest.raises(DisclosureConfigError, match="positive integer"):
+        load_config({"k": 0, "tables": []})
+    with pytest.raises(DisclosureConfigError, match="link_across"):
+        load_config({"tables": [{"table": "marts.t", "dimensions": ["sex"], "count_column": "n", "link_across": ["x"]}]})
+    path = tmp_path / "disclosure.yml"
+    path.write_text(yaml.safe_dump({"k": 7, "tables": [{"table": "marts.t", "dimensions": ["sex"], "count_column": "n"}]}))
+    config = load_config(path)
+    assert config.k == 7 and config.rule("marts.t").k == 7
+
+
+def test_project_disclosure_config_is_valid(settings):
+    config = load_config(settings=settings)
+    assert config.k == 10
+    assert all(rule.table.startswith(("marts.", "impact.")) for rule in config.tables)
+    assert not {rule.table for rule in config.tables} & set(config.exempt_tables)
+
+
+def test_unconfigured_tables_lists_breakdowns_nobody_classified(tmp_path):
+    con = make_warehouse(tmp_path / "serving.duckdb", coverage_rows(COUNTS))
+    assert disclosure.unconfigured_tables(con, config=CONFIG) == ["marts.mart_other"]
+    assert disclosure.unconfigured_tables(con, config={**CONFIG, "exempt_tables": ["marts.mart_other"]}) == []
