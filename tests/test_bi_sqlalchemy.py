@@ -1,0 +1,79 @@
+"""The BI recipe of docs/bi-access.md (Superset, pandas, any SQLAlchemy client), as written there."""
+
+from __future__ import annotations
+
+import warnings
+
+import duckdb
+import pytest
+
+sa = pytest.importorskip("sqlalchemy")
+pytest.importorskip("duckdb_engine")
+
+from jisr.settings import PROJECT_DIR  # noqa: E402
+
+
+def make_serving(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(str(path))
+    con.execute("create schema marts; create schema meta")
+    con.execute("create table marts.mart_coverage as select * from (values ('01', 'F', 120), ('02', 'M', 80)) "
+                "t(region_code, sex, beneficiaries)")
+    con.execute("create table meta.publish_log as select 'run-1' as run_id")
+    con.close()
+    return path
+
+
+def recipe_urls(path) -> list[tuple[str, dict]]:
+    """The two spellings documented: URL parameters, or connect_args (Superset's engine parameters)."""
+    return [
+        (f"duckdb:///{path}?access_mode=read_only&enable_external_access=false", {}),
+        (f"duckdb:///{path}", {"read_only": True, "config": {"enable_external_access": False}}),
+    ]
+
+
+@pytest.mark.parametrize("spelling", [0, 1])
+def test_bi_sqlalchemy_reads_marts_and_cannot_write(settings, tmp_path, spelling):
+    path = make_serving(settings.serving_path)
+    url, connect_args = recipe_urls(path)[spelling]
+    engine = sa.create_engine(url, connect_args=connect_args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # duckdb-engine warns about reflection details
+        with engine.connect() as con:
+            rows = con.execute(sa.text("select sex, sum(beneficiaries) from marts.mart_coverage group by sex "
+                                       "order by sex")).fetchall()
+            assert [tuple(r) for r in rows] == [("F", 120), ("M", 80)]
+            assert "mart_coverage" in sa.inspect(con).get_table_names(schema="marts")
+        for statement in ("insert into marts.mart_coverage values ('03', 'F', 1)",
+                          "create table marts.x as select 1",
+                          f"copy marts.mart_coverage to '{tmp_path}/leak.csv'",
+                          f"select * from read_csv('{PROJECT_DIR / 'pyproject.toml'}')"):
+            with engine.connect() as con, pytest.raises(sa.exc.DBAPIError):
+                con.execute(sa.text(statement))
+    engine.dispose()
+    assert not (tmp_path / "leak.csv").exists()
+    check = duckdb.connect(str(path), read_only=True)
+    assert check.execute("select count(*) from marts.mart_coverage").fetchone()[0] == 2
+    check.close()
+
+
+def test_bi_sqlalchemy_reader_coexists_with_jisr_sql(settings):
+    """A BI session holding the serving file open does not lock out `jisr sql` in another process."""
+    import os
+    import subprocess
+    import sys
+
+    path = make_serving(settings.serving_path)
+    url, connect_args = recipe_urls(path)[1]
+    engine = sa.create_engine(url, connect_args=connect_args)
+    env = {**os.environ, "JISR_HOME": str(settings.home), "PYTHONPATH": str(PROJECT_DIR)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with engine.connect() as con:
+            assert con.execute(sa.text("select sum(beneficiaries) from marts.mart_coverage")).scalar() == 200
+            proc = subprocess.run([sys.executable, "-m", "jisr.cli", "sql", "--format", "csv",
+                                   "select sum(beneficiaries) as n from marts.mart_coverage"],
+                                  capture_output=True, text=True, timeout=120, env=env, cwd=PROJECT_DIR)
+            assert proc.returncode == 0, proc.stderr
+            assert proc.stdout.splitlines() == ["n", "200"]
+    engine.dispose()
