@@ -120,11 +120,35 @@ def _check_variance(values: pd.Series, label: str) -> None:
         raise NotEstimable(f"{label} has no variance in the estimation sample{level}: no effect can be estimated")
 
 
-def _usable_covariates(sample: pd.DataFrame, covariates: list[str]) -> tuple[list[str], list[str]]:
-    """Covariates with variance in the sample, and the constant ones that were dropped."""
-    keep, dropped = [], []
+def _usable_covariates(sample: pd.DataFrame, covariates: list[str], fixed: tuple[str, ...] = ()) -> tuple[list[str], list[str]]:
+    """Covariates that add information to a constant and the ``fixed`` columns, in order.
+
+    A covariate that is constant in the sample, or a linear combination of the columns
+    already kept (e.g. the same characteristic delivered twice), is dropped and listed as
+    ``"<name> (constant)"`` or ``"<name> (collinear)"``.
+    """
+    keep: list[str] = []
+    dropped: list[str] = []
+    varying = [c for c in covariates if sample[c].nunique() > 1]
+    current = np.column_stack([np.ones(len(sample))] + [sample[c].to_numpy(dtype=float) for c in fixed])
+    if len(sample) == 0:
+        return varying, [f"{c} (constant)" for c in covariates if c not in varying]
+    full = np.column_stack([current] + [sample[c].to_numpy(dtype=float) for c in varying])
+    if np.linalg.matrix_rank(full) == full.shape[1]:  # the usual case: nothing collinear
+        return varying, [f"{c} (constant)" for c in covariates if c not in varying]
+    rank = np.linalg.matrix_rank(current)
     for name in covariates:
-        (keep if sample[name].nunique() > 1 else dropped).append(name)
+        values = sample[name].to_numpy(dtype=float)
+        if pd.Series(values).nunique() <= 1:
+            dropped.append(f"{name} (constant)")
+            continue
+        trial = np.column_stack([current, values])
+        trial_rank = np.linalg.matrix_rank(trial)
+        if trial_rank > rank:
+            keep.append(name)
+            current, rank = trial, trial_rank
+        else:
+            dropped.append(f"{name} (collinear)")
     return keep, dropped
 
 
@@ -173,15 +197,20 @@ def _describe_sample(result: Estimate, sample: pd.DataFrame, y: pd.DataFrame) ->
     result.n_treated, result.n_comparison = n_t, n_c
     result.n_clusters = int(sample["cluster"].nunique())
     end = int(max(y.columns))
-    treated = sample["treated"] == 1
-    units = sample.index
+    treated = (sample["treated"] == 1).to_numpy()
+    block = y.reindex(sample.index)
+    endline = block[end].to_numpy(dtype=float)
+    result.endline_mean_treated = _mean(endline[treated])
+    result.endline_mean_comparison = _mean(endline[~treated])
     if 0 in y.columns:
-        base = y.loc[units, 0]
-        result.baseline_mean_treated = _clean(base[treated.to_numpy()].mean())
-        result.baseline_mean_comparison = _clean(base[~treated.to_numpy()].mean())
-    endline = y.loc[units, end]
-    result.endline_mean_treated = _clean(endline[treated.to_numpy()].mean())
-    result.endline_mean_comparison = _clean(endline[~treated.to_numpy()].mean())
+        base = block[0].to_numpy(dtype=float)
+        result.baseline_mean_treated = _mean(base[treated])
+        result.baseline_mean_comparison = _mean(base[~treated])
+
+
+def _mean(values: np.ndarray) -> float | None:
+    values = values[~np.isnan(values)]
+    return _clean(values.mean()) if len(values) else None
 
 
 def _run(spec: EstimatorSpec, inference: Inference, body) -> Estimate:
@@ -258,8 +287,8 @@ def did(spec: EstimatorSpec, units: pd.DataFrame, y: pd.DataFrame, covariates: l
         end = endline_round(y)
         change = y.loc[sample.index, end] - y.loc[sample.index, 0]
         _check_variance(change, "the change in the outcome (endline - baseline)")
-        keep, dropped = _usable_covariates(sample, use)
-        result.options.update({"method": "first_differences", "covariates_used": keep, "covariates_dropped_constant": dropped})
+        keep, dropped = _usable_covariates(sample, use, fixed=("treated",))
+        result.options.update({"method": "first_differences", "covariates_used": keep, "covariates_dropped": dropped})
         fitted = _fit(change, sample[["treated", *keep]], sample, inference)
         _fill(result, fitted, "treated", sample, y, inference)
 
@@ -277,14 +306,17 @@ def ancova(spec: EstimatorSpec, units: pd.DataFrame, y: pd.DataFrame, covariates
         end = endline_round(y)
         outcome = y.loc[sample.index, end]
         _check_variance(outcome, "the endline outcome")
-        keep, dropped = _usable_covariates(sample, use)
-        exog = sample[["treated", *keep]].copy()
         baseline = y.loc[sample.index, 0]
+        fixed: tuple[str, ...] = ("treated",)
+        with_baseline = sample.assign(baseline_outcome=baseline)
+        dropped: list[str] = []
         if baseline.nunique() > 1:
-            exog["baseline_outcome"] = baseline
+            fixed = ("treated", "baseline_outcome")
         else:
-            dropped = [*dropped, "baseline_outcome"]
-        result.options.update({"covariates_used": keep, "covariates_dropped_constant": dropped})
+            dropped.append("baseline_outcome (constant)")
+        keep, dropped_cov = _usable_covariates(with_baseline, use, fixed=fixed)
+        exog = with_baseline[[*fixed, *keep]]
+        result.options.update({"covariates_used": keep, "covariates_dropped": dropped + dropped_cov})
         fitted = _fit(outcome, exog, sample, inference)
         _fill(result, fitted, "treated", sample, y, inference)
 
@@ -336,7 +368,7 @@ def fit_propensity(sample: pd.DataFrame, covariates: list[str], rule: Propensity
     if not keep_cov:
         raise NotEstimable(
             "no baseline covariate with variance for the propensity score"
-            + (f" (constant: {dropped})" if dropped else " (none configured or measured)")
+            + (f" (dropped: {dropped})" if dropped else " (none configured or measured)")
         )
     x = sample[keep_cov].astype(float)
     x = (x - x.mean()) / x.std(ddof=0)
@@ -435,7 +467,7 @@ def ipw_did(
         result.options.update(
             {
                 "covariates_used": ps.covariates_used,
-                "covariates_dropped_constant": ps.covariates_dropped,
+                "covariates_dropped": ps.covariates_dropped,
                 "trim_bounds": [round(ps.bounds[0], 6), round(ps.bounds[1], 6)],
                 "trimmed_treated": n_trim_t,
                 "trimmed_comparison": n_trim_c,

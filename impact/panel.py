@@ -99,16 +99,11 @@ class StudyData:
         return matrix.reindex(index).astype(float)
 
 
-def _first(series: pd.Series):
-    s = series.dropna()
-    return s.iloc[0] if len(s) else None
-
-
 def build_study(panel: pd.DataFrame, study_id: str, settings: StudySettings, cluster: str) -> StudyData:
     """Shape one study's panel rows into units, values, outcomes and covariates."""
     rows = panel[panel["study_id"] == study_id]
     notes: list[str] = []
-    units = rows.groupby("unit_id", sort=True)[list(UNIT_LEVEL)].agg(_first)
+    units = rows.groupby("unit_id", sort=True)[list(UNIT_LEVEL)].first()  # first non-null value per column
     units["treated"] = (units["treatment_group"] == "treated").astype(int)
     units["cluster"] = units.index.to_series() if cluster == "unit_id" else units[cluster]
     no_cluster = units["cluster"].isna()
@@ -132,7 +127,7 @@ def build_study(panel: pd.DataFrame, study_id: str, settings: StudySettings, clu
 
     if settings.covariates is None:
         covariates = sorted(at_baseline - at_endline)
-        for name, column in (("age", "age"), ("female", "sex")):
+        for name, column in (("age", "age"), ("female", "sex"), ("vulnerability_score", "vulnerability_score")):
             if units[column].notna().any():
                 covariates.append(name)
     else:

@@ -3,6 +3,7 @@ settings validation and the tables written to the warehouse."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -239,6 +240,18 @@ def test_degenerate_units_with_baseline_but_no_endline(tmp_path):
     assert (est["status"] == "ok").all()
     assert est.loc["did", "n_treated"] + est.loc["did", "n_comparison"] == endline["unit_id"].nunique()
     assert est.loc["did", "ci_low"] < EFFECT < est.loc["did", "ci_high"]
+
+
+def test_degenerate_covariate_delivered_twice_is_dropped_not_fatal(tmp_path):
+    panel = simulate_panel(22)
+    twice = panel[panel["variable"] == "household_size"].assign(variable="household_members")
+    tables = evaluate(pd.concat([panel, twice]), None, config())
+    est = whole_sample(tables)
+    assert (est["status"] == "ok").all(), est["reason"].to_dict()
+    for name in ("ancova_covariates", "ipw_did"):
+        options = json.loads(est.loc[name, "estimator_options"])
+        assert "household_size (collinear)" in options["covariates_dropped"] or "household_members (collinear)" in options["covariates_dropped"]
+        assert "poverty_index" in options["covariates_used"]
 
 
 def test_degenerate_single_cluster_per_group_not_estimable(tmp_path):
