@@ -8,7 +8,6 @@ ones. Each ``*_chunks(m)`` method yields typed chunks (see :mod:`writers`) for o
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass
 
 import numpy as np
@@ -843,7 +842,7 @@ class World:
 
     def venture_step(self, mo: Month) -> None:
         month_of_year = mo.mabs % 12 + 1
-        if mo.index >= 1 and month_of_year in (1, 7) and not (mo.index == 1 and False):
+        if month_of_year in (1, 7):
             rng = rng_for(self.seed, self.N, "ventures", mo.index)
             label = f"{1970 + mo.mabs // 12}-{'A' if month_of_year == 1 else 'B'}"
             self._new_ventures(rng, max(3, round(self.N / 900)), label, mo.mabs, mo.first)
