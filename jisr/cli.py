@@ -67,6 +67,19 @@ def _sql(args) -> int:
     return sql.main(args, get_settings())
 
 
+def _rollback(args) -> int:
+    from jisr.lock import LockBusy
+    from jisr.publish import PublishError, rollback
+
+    try:
+        result = rollback(get_settings())
+    except (PublishError, LockBusy) as exc:
+        print(f"jisr rollback: {exc}", file=sys.stderr)
+        return 1
+    print(result.describe())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jisr", description="Jisr: social-programme impact warehouse.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -98,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     _sql_arguments(q)
     q.set_defaults(func=_sql)
+
+    b = sub.add_parser("rollback", help="serve the previously published warehouse again (undo the last publication)")
+    b.set_defaults(func=_rollback)
     return parser
 
 

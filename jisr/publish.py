@@ -130,7 +130,7 @@ def candidate_path(settings, run_id: str) -> Path:
 
 
 def _remove_db(path: Path) -> None:
-    for p in (path, Path(str(path) + ".wal")):
+    for p in (path, Path(str(path) + ".wal"), Path(str(path) + ".json")):
         if p.exists():
             p.chmod(p.stat().st_mode | stat.S_IWUSR)
             p.unlink()
@@ -198,7 +198,19 @@ def stage_candidate(settings, run_id: str, cfg: QualityConfig | None = None) -> 
             _remove_db(path)
             raise
         con.close()
+        Path(str(path) + ".json").write_text(json.dumps({"run_id": run_id, "table_row_counts": counts,
+                                                         "disclosure": disclosure}), encoding="utf-8")
     return Candidate(path=path, run_id=run_id, table_row_counts=counts, disclosure=disclosure)
+
+
+def load_candidate(settings, run_id: str) -> Candidate | None:
+    """The candidate staged for ``run_id``, if it is complete."""
+    path = candidate_path(settings, run_id)
+    info = Path(str(path) + ".json")
+    if not path.exists() or not info.exists():
+        return None
+    data = json.loads(info.read_text(encoding="utf-8"))
+    return Candidate(path=path, run_id=run_id, table_row_counts=data["table_row_counts"], disclosure=data["disclosure"])
 
 
 def _protect(con, settings) -> str:
@@ -349,6 +361,7 @@ def commit(settings, candidate: Candidate, code_version: str, deliveries: list[d
         _fault_point("before_replace")
         _swap_in(candidate.path, serving)
         _fault_point("replaced")
+        Path(str(candidate.path) + ".json").unlink(missing_ok=True)
         _prune(Path(settings.history_dir), cfg.history_keep)
     return PublishResult(run_id=candidate.run_id, serving_path=serving, archived_path=archived,
                          table_row_counts=candidate.table_row_counts, checks=results,

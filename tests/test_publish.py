@@ -1,0 +1,356 @@
+"""Write-audit-publish: the serving warehouse only ever changes to a complete, audited file;
+readers keep a consistent snapshot; a killed publish changes nothing; rollback; locks."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import duckdb
+import pytest
+
+import jisr.publish as publish_mod
+import quality.checks as checks_mod
+from ingestion.load import Ingestor
+from jisr.lock import LockBusy, refresh_lock
+from jisr.publish import PublishError, publish, publish_log, rollback
+from jisr.settings import PROJECT_DIR
+from quality.checks import ChecksFailed
+from quality.config import config_for, parse_config
+from tests.conftest import PROGRAMME, TEST_KEY, enrolment, payment, person, write_delivery
+
+# --- helpers shared with the other quality tests ---------------------------------------------------
+
+
+def ingest_sample(settings, contracts, n=12, months=("2025-01",), validators=(), run_id="ingest-run"):
+    """A small, valid delivery of the msisf partner, ingested into the raw store."""
+    write_delivery(settings.landing_dir, contracts["programmes"], "programmes_2025-01.csv", [PROGRAMME])
+    write_delivery(settings.landing_dir, contracts["beneficiaries"], "registre_2025-01.csv",
+                   [person(i) for i in range(n)])
+    write_delivery(settings.landing_dir, contracts["enrolments"], "inscriptions_2025-01.csv",
+                   [enrolment(i) for i in range(n)])
+    for month in months:
+        write_delivery(settings.landing_dir, contracts["payments"], f"paiements_{month}.csv",
+                       [payment(i, month) for i in range(n)])
+    return Ingestor(settings.store_path, contracts, TEST_KEY, seeds_dir=settings.seeds_dir,
+                    rejected_dir=settings.rejected_dir, feedback_dir=settings.feedback_dir, run_id=run_id,
+                    code_version="test", validators=validators).ingest(settings.landing_dir)
+
+
+def make_build(settings, *, payments_scale=1.0, estimate=1.5, extra_sql=()):
+    """A hand-made build warehouse over the raw store: dims, a fact, an impact table, a view."""
+    settings.build_path.parent.mkdir(parents=True, exist_ok=True)
+    if settings.build_path.exists():
+        settings.build_path.unlink()
+    con = duckdb.connect(str(settings.build_path))
+    con.execute(f"attach '{settings.store_path}' as ingest (read_only)")
+    con.execute("create schema marts; create schema impact; create schema staging")
+    con.execute("create table marts.dim_programmes as select programme_code, name_fr as programme_name "
+                "from ingest.raw.programmes where _is_current")
+    con.execute("create table marts.dim_beneficiaries as select person_key, household_key, sex, region_code, "
+                "true as is_current from ingest.raw.beneficiaries where _is_current")
+    con.execute(f"create table marts.fct_payments as select payment_id, person_key, programme_code, payment_month, "
+                f"amount_mad * {payments_scale} as amount_mad from ingest.raw.payments where _is_current")
+    con.execute(f"create table impact.impact_estimates as select 'DSD-01' as programme_code, {estimate} as estimate")
+    con.execute("create view staging.stg_anything as select 1 as x")
+    for sql in extra_sql:
+        con.execute(sql)
+    con.close()
+
+
+def stub_disclosure(monkeypatch, violations=()):
+    """Replace quality.disclosure (tested on its own) by a stub: protect does nothing, check
+    returns ``violations``."""
+    calls = []
+    stub = types.SimpleNamespace(protect=lambda con, settings: calls.append("protect") or [],
+                                 check=lambda con, settings: calls.append("check") or list(violations))
+    monkeypatch.setattr(publish_mod, "disclosure_module", lambda: stub)
+    monkeypatch.setattr(checks_mod, "disclosure_module", lambda: stub)
+    return calls
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def serving_value(settings, sql="select estimate from impact.impact_estimates"):
+    con = duckdb.connect(str(settings.serving_path), read_only=True)
+    try:
+        return con.execute(sql).fetchone()[0]
+    finally:
+        con.close()
+
+
+DRIVER_STUB = """
+import sys, time, types
+from pathlib import Path
+import jisr.publish as P, quality.checks as QC
+from jisr.settings import Settings
+stub = types.SimpleNamespace(protect=lambda con, settings: [], check=lambda con, settings: [])
+P.disclosure_module = QC.disclosure_module = lambda: stub
+"""
+
+
+@pytest.fixture
+def published(settings, contracts, monkeypatch):
+    """A store, a build and a first publication (run-1)."""
+    stub_disclosure(monkeypatch)
+    ingest_sample(settings, contracts)
+    make_build(settings)
+    publish(settings, "run-1", "v1")
+    return settings
+
+
+# --- publish -----------------------------------------------------------------------------------------
+
+
+def test_publish_copies_published_schemas_as_tables_with_a_publish_log(settings, contracts, monkeypatch):
+    calls = stub_disclosure(monkeypatch)
+    ingest_sample(settings, contracts)
+    make_build(settings)
+    result = publish(settings, "run-1", "v1")
+    assert result.serving_path == settings.serving_path and result.archived_path is None
+    con = duckdb.connect(str(settings.serving_path), read_only=True)
+    tables = set(con.execute("select schema_name || '.' || table_name from duckdb_tables()").fetchall())
+    assert {(t,) for t in ("marts.dim_programmes", "marts.dim_beneficiaries", "marts.fct_payments",
+                           "impact.impact_estimates", "meta.publish_log")} == tables
+    assert con.execute("select count(*) from duckdb_views() where not internal").fetchone()[0] == 0
+    log = con.execute("select event, run_id, code_version, deliveries, delivery_count, check_results, checks_passed, "
+                      "table_row_counts from meta.publish_log").fetchall()
+    con.close()
+    assert len(log) == 1
+    event, run_id, code_version, deliveries, count, checks, passed, counts = log[0]
+    assert (event, run_id, code_version, passed) == ("publish", "run-1", "v1", True)
+    store = duckdb.connect(str(settings.store_path), read_only=True)
+    expected = store.execute("select delivery_id, content_hash from meta.deliveries where status = 'loaded'").fetchall()
+    store.close()
+    assert count == len(expected) == 4
+    assert {(d["delivery_id"], d["content_hash"]) for d in json.loads(deliveries)} == set(expected)
+    assert json.loads(counts)["marts.fct_payments"] == 12
+    audit = json.loads(checks)["audit"]["checks"]
+    assert {c["check"] for c in audit} >= {"totals_reconcile_with_raw", "references_resolve_to_dimensions",
+                                           "no_direct_identifiers_published", "no_small_cells_published"}
+    assert calls.count("protect") == 1 and calls.count("check") == 1
+    assert not list(settings.serving_path.parent.glob(".candidate-*"))
+
+
+def test_publish_serving_file_is_read_only_for_consumers(published):
+    assert published.serving_path.stat().st_mode & 0o777 == 0o444
+    assert serving_value(published) == 1.5
+
+
+def test_publish_keeps_earlier_log_rows_and_previous_files(published, monkeypatch):
+    make_build(published, estimate=2.5)
+    result = publish(published, "run-2", "v2")
+    assert serving_value(published) == 2.5
+    assert [r["run_id"] for r in publish_log(published)] == ["run-2", "run-1"]
+    assert result.archived_path is not None and result.archived_path.parent == published.history_dir
+    con = duckdb.connect(str(result.archived_path), read_only=True)
+    assert con.execute("select estimate from impact.impact_estimates").fetchone()[0] == 1.5
+    con.close()
+
+
+def test_publish_prunes_history_to_the_configured_number(published):
+    data = config_for(published).raw
+    data["publish"]["history_keep"] = 2
+    cfg = parse_config(data)
+    for i in range(2, 6):
+        make_build(published, estimate=float(i))
+        publish(published, f"run-{i}", "v", cfg=cfg)
+    files = publish_mod.history_files(published)
+    assert [f.name.rsplit("-", 2)[-2:] for f in files] == [["run", "3.duckdb"], ["run", "4.duckdb"]]
+
+
+def test_publish_refuses_on_a_blocking_check_and_leaves_serving_byte_identical(published):
+    before = sha256(published.serving_path)
+    make_build(published, payments_scale=2.0)  # marts no longer reconcile with the raw layer
+    with pytest.raises(ChecksFailed) as info:
+        publish(published, "run-bad", "v2")
+    assert "totals_reconcile_with_raw" in str(info.value) and "payments_total_mad" in str(info.value)
+    assert sha256(published.serving_path) == before
+    assert publish_mod.history_files(published) == []
+    assert not list(published.serving_path.parent.glob(".candidate-*"))
+    assert [r["run_id"] for r in publish_log(published)] == ["run-1"]
+
+
+def test_publish_small_cells_block_publication(published, monkeypatch):
+    stub_disclosure(monkeypatch, violations=["marts.mart_x: cell (region 01, F) counts 3 people < 10"])
+    before = sha256(published.serving_path)
+    make_build(published, estimate=9.0)
+    with pytest.raises(ChecksFailed, match="no_small_cells_published"):
+        publish(published, "run-2", "v2")
+    assert sha256(published.serving_path) == before
+
+
+def test_publish_warn_failures_are_logged_and_do_not_block(published):
+    make_build(published, estimate=3.0)
+    result = publish(published, "run-2", "v2")  # freshness (warn): sources never delivered
+    warnings = [c for c in result.checks if not c.passed]
+    assert warnings and all(c.severity == "warn" for c in warnings)
+    assert serving_value(published) == 3.0
+
+
+def test_publish_without_build_warehouse_fails_clearly(settings, monkeypatch):
+    stub_disclosure(monkeypatch)
+    with pytest.raises(PublishError, match="no build warehouse"):
+        publish(settings, "run-1", "v1")
+    assert not settings.serving_path.exists()
+
+
+# --- rollback ----------------------------------------------------------------------------------------
+
+
+def test_rollback_restores_the_previous_warehouse_and_logs_it(published):
+    make_build(published, estimate=2.5)
+    publish(published, "run-2", "v2")
+    result = rollback(published)
+    assert (result.restored_run_id, result.replaced_run_id) == ("run-1", "run-2")
+    assert serving_value(published) == 1.5
+    log = publish_log(published)
+    assert [(r["event"], r["run_id"]) for r in log] == [("rollback", "run-1"), ("publish", "run-2"), ("publish", "run-1")]
+    assert (published.history_dir / "rolled_back").is_dir()
+    with pytest.raises(PublishError, match="nothing to roll back to"):
+        rollback(published)
+    assert serving_value(published) == 1.5
+
+
+def test_rollback_cli_restores_and_reports(published, capsys):
+    from jisr.cli import main
+
+    make_build(published, estimate=2.5)
+    publish(published, "run-2", "v2")
+    assert main(["rollback"]) == 0
+    assert "run-1" in capsys.readouterr().out
+    assert serving_value(published) == 1.5
+    assert main(["rollback"]) == 1
+    assert "nothing to roll back to" in capsys.readouterr().err
+
+
+# --- readers, crashes, locks ---------------------------------------------------------------------------
+
+READER = """
+import duckdb, json, sys, time
+from pathlib import Path
+path, ready, go = sys.argv[1:4]
+con = duckdb.connect(path, read_only=True)
+q = "select (select estimate::double from impact.impact_estimates), (select count(*) from marts.fct_payments), " \\
+    "(select max(run_id) from meta.publish_log)"
+before = con.execute(q).fetchone()
+Path(ready).write_text("ready")
+while not Path(go).exists():
+    time.sleep(0.05)
+after = con.execute(q).fetchone()
+print(json.dumps({"before": before, "after": after}))
+"""
+
+
+def test_publish_reader_with_open_connection_keeps_a_consistent_snapshot(published, tmp_path):
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(published.serving_path), str(ready), str(go)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=PROJECT_DIR)
+    deadline = time.time() + 60
+    while not ready.exists():
+        assert reader.poll() is None and time.time() < deadline, reader.stderr.read()
+        time.sleep(0.05)
+    make_build(published, estimate=7.0)
+    publish(published, "run-2", "v2")  # while the reader holds its connection
+    go.write_text("go")
+    out, err = reader.communicate(timeout=60)
+    assert reader.returncode == 0, err
+    seen = json.loads(out)
+    assert seen["before"] == seen["after"] == [1.5, 12, "run-1"]
+    assert serving_value(published) == 7.0  # a new reader sees the new warehouse
+
+
+@pytest.mark.parametrize("point", ["copied", "before_archive", "before_replace"])
+def test_publish_killed_mid_way_leaves_serving_intact_and_next_publish_completes(published, tmp_path, point):
+    before = sha256(published.serving_path)
+    make_build(published, estimate=4.0)
+    marker = tmp_path / "at-fault-point"
+    driver = DRIVER_STUB + """
+home, point, marker = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+def fault(name):
+    if name == point:
+        marker.write_text(name)
+        time.sleep(120)
+P._fault_point = fault
+P.publish(Settings(home=home), "killed-run", "v-killed")
+"""
+    proc = subprocess.Popen([sys.executable, "-c", driver, str(published.home), point, str(marker)],
+                            cwd=PROJECT_DIR, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not marker.exists():
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert sha256(published.serving_path) == before
+    assert serving_value(published) == 1.5  # intact and readable
+    assert [r["run_id"] for r in publish_log(published)] == ["run-1"]
+    result = publish(published, "run-2", "v2")  # the next publication completes
+    assert serving_value(published) == 4.0 and result.run_id == "run-2"
+    assert not list(published.serving_path.parent.glob(".candidate-*"))
+
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+from jisr.lock import refresh_lock
+from jisr.settings import Settings
+home, marker, hold = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
+with refresh_lock(Settings(home=home), run_id="first-refresh"):
+    marker.write_text("locked")
+    time.sleep(hold)
+"""
+
+
+def _hold_lock(settings, tmp_path, seconds):
+    marker = tmp_path / "locked"
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(settings.home), str(marker), str(seconds)],
+                            cwd=PROJECT_DIR, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not marker.exists():
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()
+        time.sleep(0.05)
+    return proc
+
+
+def test_refresh_lock_second_refresh_refuses_with_a_clear_message(settings, tmp_path):
+    proc = _hold_lock(settings, tmp_path, 120)
+    try:
+        with pytest.raises(LockBusy) as info:
+            with refresh_lock(settings):
+                pytest.fail("the lock was taken twice")
+        message = str(info.value)
+        assert "another refresh is running" in message and f"pid {proc.pid}" in message
+        assert "first-refresh" in message
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    with refresh_lock(settings):  # a killed holder leaves no stale lock
+        pass
+
+
+def test_refresh_lock_waits_up_to_its_timeout(settings, tmp_path):
+    proc = _hold_lock(settings, tmp_path, 1.0)
+    started = time.monotonic()
+    with refresh_lock(settings, timeout=60):
+        waited = time.monotonic() - started
+    proc.wait(timeout=30)
+    assert 0.2 < waited < 60
+
+
+def test_publish_waits_for_a_rollback_in_progress(published, tmp_path):
+    """Publish and rollback take the publish lock: never two writers of the serving path."""
+    from jisr.lock import publish_lock
+
+    with publish_lock(published):
+        with pytest.raises(LockBusy, match="another publish or rollback is running"):
+            with publish_lock(published, timeout=0):
+                pass
+    assert os.path.exists(published.serving_path)
