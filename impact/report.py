@@ -23,6 +23,8 @@ from typing import Any
 
 import pandas as pd
 
+# estimators that adjust for baseline covariates (used as headline when pre-trends diverge)
+ADJUSTED = ("ipw_did", "ancova_covariates")
 HEADLINE_ORDER = ("ipw_did", "ancova_covariates", "did", "ancova", "diff_in_means", "event_study")
 MAX_PANELS = 24
 
@@ -121,6 +123,9 @@ def forest_plot(estimates: pd.DataFrame, path: Path) -> Path | None:
     heights = [rows[rows["outcome"] == o].shape[0] for o in outcomes]
     fig, axes = plt.subplots(len(outcomes), 1, figsize=(8, 1.0 + 0.32 * sum(heights) + 0.6 * len(outcomes)), squeeze=False,
                              gridspec_kw={"height_ratios": heights})
+    palette = plt.get_cmap("tab10")
+    programmes = list(dict.fromkeys(zip(rows["study_id"], rows["programme_code"])))
+    colour = {key: palette(i % 10) for i, key in enumerate(programmes)}
     for ax, outcome in zip(axes[:, 0], outcomes):
         block = rows[rows["outcome"] == outcome].reset_index(drop=True)
         labels, ys = [], []
@@ -128,8 +133,9 @@ def forest_plot(estimates: pd.DataFrame, path: Path) -> Path | None:
             y = len(block) - 1 - i
             label = f"{r['study_id']} / {r['programme_code']} · {r['estimator']}"
             if r["status"] == "ok":
+                c = colour[(r["study_id"], r["programme_code"])]
                 ax.errorbar(r["estimate"], y, xerr=[[r["estimate"] - r["ci_low"]], [r["ci_high"] - r["estimate"]]],
-                            fmt="o", color="tab:blue", ecolor="tab:blue", capsize=3)
+                            fmt="o", color=c, ecolor=c, capsize=3)
             else:
                 label += f"  [{r['status']}]"
                 ax.plot([], [])
@@ -183,6 +189,7 @@ def event_study_plot(pretrends: pd.DataFrame, path: Path) -> Path | None:
         lo = (b["estimate"] - b["ci_low"]).astype(float).fillna(0).to_numpy()
         hi = (b["ci_high"] - b["estimate"]).astype(float).fillna(0).to_numpy()
         ax.errorbar(x, y, yerr=[lo, hi], fmt="o-", color="tab:purple", capsize=3)
+        ax.set_xticks(x)
         ax.axhline(0, color="grey", lw=0.8, ls="--")
         ax.axvline(0.5, color="black", lw=0.8, ls=":")
         p = b["joint_p_value"].dropna()
@@ -241,7 +248,16 @@ def programme_summary(tables, study: str, programme: str, preferred: str | None,
     for outcome in dict.fromkeys(est["outcome"]):
         block = est[(est["outcome"] == outcome) & (est["subgroup"] == "all")]
         direction = directions.get(outcome, "higher_is_better")
+        pre = tables.pretrends
+        pre = pre[(pre["study_id"] == study) & (pre["programme_code"] == programme) & (pre["outcome"] == outcome) & (pre["subgroup"] == "all")]
+        pre_p = pre["joint_p_value"].dropna()
+        diverging = bool(len(pre_p) and pre_p.iloc[0] < 0.05)
         head = _headline(block, preferred)
+        switched = None
+        if diverging and head is not None and head["estimator"] not in ADJUSTED:
+            adjusted = _headline(block[block["estimator"].isin(ADJUSTED)], None)
+            if adjusted is not None:
+                switched, head = head["estimator"], adjusted
         if head is None:
             reasons = "; ".join(sorted(set(block["reason"].dropna())))[:300]
             lines.append(f"{outcome}: no estimate could be made ({reasons}).")
@@ -260,17 +276,17 @@ def programme_summary(tables, study: str, programme: str, preferred: str | None,
             f"{p_text(head['p_value'])}), {verdict}; {fmt(head['n_treated'], 'int')} treated and "
             f"{fmt(head['n_comparison'], 'int')} comparison units in {fmt(head['n_clusters'], 'int')} clusters."
         )
+        if switched:
+            text += (f" Because pre-treatment trends differ between the groups, this headline uses {head['estimator']} "
+                     f"(adjusted for baseline covariates) rather than {switched}.")
         others = block[(block["status"] == "ok") & (block["estimator"] != head["estimator"])]
         if len(others) > 0:
             text += f" Other estimators give {fmt(others['estimate'].min())} to {fmt(others['estimate'].max())}."
-        pre = tables.pretrends
-        pre = pre[(pre["study_id"] == study) & (pre["programme_code"] == programme) & (pre["outcome"] == outcome) & (pre["subgroup"] == "all")]
-        p = pre["joint_p_value"].dropna()
-        if len(p):
-            if p.iloc[0] < 0.05:
-                text += f" Pre-treatment trends differ between groups (joint test {p_text(p.iloc[0])}): difference-in-differences estimates may be biased."
+        if len(pre_p):
+            if diverging:
+                text += f" Pre-treatment trends differ between groups (joint test {p_text(pre_p.iloc[0])}): unadjusted difference-in-differences estimates may be biased."
             else:
-                text += f" No evidence of diverging pre-treatment trends (joint test {p_text(p.iloc[0])})."
+                text += f" No evidence of diverging pre-treatment trends (joint test {p_text(pre_p.iloc[0])})."
         att = tables.attrition
         att = att[(att["study_id"] == study) & (att["programme_code"] == programme) & (att["outcome"] == outcome)]
         if len(att) and pd.notna(att.iloc[0]["share_missing_treated"]):
@@ -292,12 +308,12 @@ def programme_summary(tables, study: str, programme: str, preferred: str | None,
         if len(ce):
             c = ce.iloc[0]
             if pd.notna(c["cost_per_beneficiary_mad"]):
-                text += f" Cost per beneficiary: {fmt(c['cost_per_beneficiary_mad'])} MAD"
+                text += f" Cost per beneficiary: {fmt(c['cost_per_beneficiary_mad'])} MAD ({c['cost_basis']})"
                 if c["status"] == "ok":
-                    text += (f"; cost per unit of impact {fmt(c['cost_per_unit_impact_mad'])} MAD "
+                    text += (f"; cost per unit of impact ({c['estimator']} estimate) {fmt(c['cost_per_unit_impact_mad'])} MAD "
                              f"(CI {fmt(c['cost_per_unit_impact_ci_low'])} to {fmt(c['cost_per_unit_impact_ci_high'])}).")
                 elif c["status"] == "ci_unbounded":
-                    text += (f"; cost per unit of impact {fmt(c['cost_per_unit_impact_mad'])} MAD, at least "
+                    text += (f"; cost per unit of impact ({c['estimator']} estimate) {fmt(c['cost_per_unit_impact_mad'])} MAD, at least "
                              f"{fmt(c['cost_per_unit_impact_ci_low'])} with no finite upper bound (the effect's CI includes zero).")
                 else:
                     text += f"; cost per unit of impact not defined ({c['reason']})."
