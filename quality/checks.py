@@ -396,34 +396,48 @@ def check_small_cells(con, settings, cfg: QualityConfig) -> list[CheckResult]:
 
 
 # --- Great Expectations coverage of the run's deliveries ------------------------------------
-def check_suite_validated(con, cfg: QualityConfig, run_id: str | None) -> list[CheckResult]:
-    """Every delivery loaded by the run was validated by its suite and no expectation errored."""
+def check_suite_validated(con, cfg: QualityConfig, run_id: str | None,
+                          sources: Iterable[str] | None = None) -> list[CheckResult]:
+    """Every delivery the run loaded was validated by its suite and no expectation errored.
+
+    One result per source (``sources``: also report sources without a delivery in the run)."""
     severity = cfg.severity(SUITE_VALIDATED)
-    if run_id is None or not _has_store(con) or not _store_table_exists(con, "meta", "deliveries"):
-        return [CheckResult(SUITE_VALIDATED, True, severity, "no delivery to validate in this run")]
-    loaded = con.execute("select source, batch, file_name from ingest.meta.deliveries where run_id = ? "
-                         "and status != 'rejected' order by 1, 2", [run_id]).fetchall()
-    if not loaded:
-        return [CheckResult(SUITE_VALIDATED, True, severity, "no new delivery in this run")]
+    loaded: list[tuple] = []
+    if run_id is not None and _has_store(con) and _store_table_exists(con, "meta", "deliveries"):
+        loaded = con.execute("select source, batch, file_name from ingest.meta.deliveries where run_id = ? "
+                             "and status != 'rejected' order by 1, 2", [run_id]).fetchall()
     validated: dict[tuple, tuple] = {}
-    if _store_table_exists(con, "quality", "gx_results"):
+    if loaded and _store_table_exists(con, "quality", "gx_results"):
         validated = {(s, b): (n, e, u) for s, b, n, e, u in con.execute(
             "select source, batch, count(*), count(*) filter (where raised_exception), "
             "coalesce(sum(unexpected_count), 0) from ingest.quality.gx_results where run_id = ? group by 1, 2",
             [run_id]).fetchall()}
-    missing = [f for s, b, f in loaded if (s, b) not in validated]
-    errored = [f"{s} {b}" for (s, b), (_, e, _) in validated.items() if e]
-    unexpected = sum(u for _, _, u in validated.values())
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} delivery(ies) not validated by their suite: {', '.join(missing[:10])}")
-    if errored:
-        problems.append(f"expectations errored for {', '.join(errored[:10])} (their rows were quarantined)")
-    desc = "; ".join(problems) or (f"{len(loaded)} delivery(ies) validated; {unexpected} failing (row, expectation) "
-                                   "pair(s) sent to quarantine")
-    return [CheckResult(SUITE_VALIDATED, not problems, severity, desc, None,
-                        {"deliveries": len(loaded), "not_validated": missing, "errored": errored,
-                         "unexpected": unexpected})]
+    by_source: dict[str, list[tuple]] = {}
+    for source, batch, file_name in loaded:
+        by_source.setdefault(source, []).append((batch, file_name))
+    results = []
+    for source in sorted(set(sources or ()) | set(by_source)):
+        files = by_source.get(source, [])
+        if not files:
+            results.append(CheckResult(SUITE_VALIDATED, True, severity, f"{source}: no new delivery in this run",
+                                       source, {"deliveries": 0}))
+            continue
+        missing = [f for b, f in files if (source, b) not in validated]
+        errored = [f for b, f in files if validated.get((source, b), (0, 0, 0))[1]]
+        unexpected = sum(validated.get((source, b), (0, 0, 0))[2] for b, _ in files)
+        problems = []
+        if missing:
+            problems.append(f"not validated by the suite: {', '.join(missing[:10])}")
+        if errored:
+            problems.append(f"expectations errored on {', '.join(errored[:10])} (their rows were quarantined)")
+        desc = f"{source}: " + ("; ".join(problems) or (f"{len(files)} delivery(ies) validated, {unexpected} "
+                                                       "failing (row, expectation) pair(s) sent to quarantine"))
+        results.append(CheckResult(SUITE_VALIDATED, not problems, severity, desc, source,
+                                   {"deliveries": len(files), "not_validated": missing, "errored": errored,
+                                    "unexpected": unexpected}))
+    if not results:
+        results.append(CheckResult(SUITE_VALIDATED, True, severity, "no new delivery in this run"))
+    return results
 
 
 # --- everything -----------------------------------------------------------------------------

@@ -1,0 +1,491 @@
+"""Great Expectations suites generated from the data contracts, run on every delivery.
+
+One suite per contract source (``jisr.<source>``), generated from ``contracts/<source>.yml``:
+
+==========================  ====================================================================
+contract                    expectation (on the delivered batch, BEFORE pseudonymisation)
+==========================  ====================================================================
+columns                     ``expect_table_columns_to_match_set`` (every contract column staged)
+``required``                ``expect_column_values_to_not_be_null`` on the delivered text
+``type`` (not varchar)      ``expect_column_values_to_not_be_null`` on the typed value, for rows
+                            whose text is not empty (the value parses as its type)
+``pattern``                 ``expect_column_values_to_match_regex`` on the clear text
+``allowed``/``allowed_from`` ``expect_column_values_to_be_in_set``
+``min``/``max``             ``expect_column_values_to_be_between`` on the typed value
+``primary_key``             ``expect_column_values_to_be_unique`` /
+                            ``expect_compound_columns_to_be_unique``
+==========================  ====================================================================
+
+:class:`SuiteValidator` plugs into ingestion's ``validators`` hook: it reads the typed,
+not-yet-pseudonymised batch into pandas (in chunks split by a hash of the primary key, so
+duplicate keys stay in one chunk), validates it with ``result_format="COMPLETE"`` and
+``unexpected_index_column_names=["_source_row"]``, and returns every failing
+(row, ``gx:<expectation>:<column>``) to the quarantine. An expectation that raised (its
+``exception_info``) counts as failed for every row of the batch: an errored check is never a
+pass. Values of direct identifiers never leave the process: messages and reports say
+"(identifier withheld)". A summary of every expectation is recorded in the raw store
+(``quality.gx_results``) and rendered by :func:`quality.report.write_report`.
+
+``great_expectations`` is imported inside functions only: importing it costs seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+from ingestion.contracts import Contract, seed_values
+
+RESULTS_DDL = """
+create table if not exists quality.gx_results (
+    run_id varchar,
+    source varchar not null,
+    batch varchar,
+    suite varchar not null,
+    contract_version varchar,
+    validated_at timestamp not null,
+    rows bigint,
+    chunks integer,
+    expectation varchar not null,
+    column_name varchar,
+    rule varchar not null,
+    success boolean not null,
+    raised_exception boolean not null,
+    exception_message varchar,
+    element_count bigint,
+    unexpected_count bigint,
+    unexpected_examples varchar,
+    seconds double
+)"""
+
+WITHHELD = "(identifier withheld)"
+DEFAULT_CHUNK_ROWS = 250_000
+
+
+@dataclass(frozen=True)
+class ExpectationSpec:
+    """One expectation of a suite, as plain data (no Great Expectations import needed)."""
+
+    type: str  # snake-case expectation type, e.g. expect_column_values_to_not_be_null
+    kwargs: dict[str, Any]
+    column: str  # contract column(s) it is about ("table" for table-level expectations)
+    pii: bool = False
+    describes: str = ""  # what a failure means, for messages
+
+    @property
+    def rule(self) -> str:
+        return f"gx:{self.type}:{self.column}"
+
+    @property
+    def class_name(self) -> str:
+        return "".join(part.capitalize() for part in self.type.split("_"))
+
+
+def _bound(col, value):
+    if value is None:
+        return None
+    if col.type == "date":
+        return datetime.fromisoformat(str(value))
+    if col.type == "timestamp":
+        return datetime.fromisoformat(str(value))
+    if col.type == "integer":
+        return int(value)
+    return float(value)
+
+
+def _key_column(col) -> str:
+    return col.name if col.type == "varchar" else f"{col.name}__typed"
+
+
+def suite_specs(contract: Contract, seeds_dir: Path) -> list[ExpectationSpec]:
+    """The expectations of a contract's suite, in a stable order."""
+    specs = [ExpectationSpec("expect_table_columns_to_match_set",
+                             {"column_set": frame_columns(contract), "exact_match": True}, "table",
+                             describes="the staged delivery does not have the contract's columns")]
+    for col in contract.columns:
+        pii = bool(col.pii)
+        if col.required:
+            specs.append(ExpectationSpec("expect_column_values_to_not_be_null", {"column": col.name}, col.name, pii,
+                                         f"column {col.name} is required but empty"))
+        if col.type != "varchar":
+            specs.append(ExpectationSpec(
+                "expect_column_values_to_not_be_null",
+                {"column": f"{col.name}__typed", "row_condition": f"{col.name}.notnull()", "condition_parser": "pandas"},
+                f"{col.name}__typed", pii, f"column {col.name} is not a valid {col.type}"))
+        if col.pattern:
+            specs.append(ExpectationSpec("expect_column_values_to_match_regex",
+                                         {"column": col.name, "regex": f"^(?:{col.pattern})$"}, col.name, pii,
+                                         f"column {col.name} does not match the pattern {col.pattern}"))
+        allowed = col.allowed or (seed_values(seeds_dir, col.allowed_from) if col.allowed_from else None)
+        if allowed:
+            target = col.name if col.type == "varchar" else f"{col.name}__text"
+            specs.append(ExpectationSpec("expect_column_values_to_be_in_set",
+                                         {"column": target, "value_set": sorted(str(v) for v in allowed)}, col.name,
+                                         pii, f"column {col.name} is not one of: {col.allowed_from or ', '.join(allowed)}"))
+        if col.min is not None or col.max is not None:
+            kwargs = {"column": f"{col.name}__typed"}
+            if col.min is not None:
+                kwargs["min_value"] = _bound(col, col.min)
+            if col.max is not None:
+                kwargs["max_value"] = _bound(col, col.max)
+            specs.append(ExpectationSpec("expect_column_values_to_be_between", kwargs, col.name, pii,
+                                         f"column {col.name} is outside [{col.min if col.min is not None else ''}, "
+                                         f"{col.max if col.max is not None else ''}]"))
+    keys = [contract.column(k) for k in contract.primary_key]
+    if len(keys) == 1:
+        specs.append(ExpectationSpec("expect_column_values_to_be_unique", {"column": _key_column(keys[0])},
+                                     keys[0].name, bool(keys[0].pii),
+                                     f"key {keys[0].name} appears more than once in the delivery"))
+    elif keys:
+        specs.append(ExpectationSpec(
+            "expect_compound_columns_to_be_unique",
+            {"column_list": [_key_column(k) for k in keys], "ignore_row_if": "any_value_is_missing"},
+            ",".join(k.name for k in keys), any(k.pii for k in keys),
+            f"key ({', '.join(k.name for k in keys)}) appears more than once in the delivery"))
+    return specs
+
+
+def frame_columns(contract: Contract) -> list[str]:
+    """Columns of the pandas batch a suite validates."""
+    cols = ["_source_row"]
+    for col in contract.columns:
+        cols.append(col.name)
+        if col.type != "varchar":
+            cols.append(f"{col.name}__typed")
+            if col.allowed or col.allowed_from:
+                cols.append(f"{col.name}__text")
+    return cols
+
+
+def _frame_sql(contract: Contract, table: str, present: set[str]) -> list[str]:
+    out = []
+    for name in frame_columns(contract):
+        if name.endswith("__text"):
+            base = name[: -len("__text")]
+            if f"{base}__typed" in present:
+                out.append(f"{base}__typed::varchar as {name}")
+        elif name in present:
+            out.append(name)
+    return out
+
+
+def suite_name(contract: Contract) -> str:
+    return f"jisr.{contract.source}"
+
+
+# --- Great Expectations objects ---------------------------------------------------------------
+class _GX:
+    """One ephemeral Great Expectations context per process, with a validation definition
+    per contract version (building them costs more than validating a small batch)."""
+
+    def __init__(self):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self._init()
+
+    def _init(self):
+        import great_expectations as gx
+        from great_expectations.data_context.types.base import (DataContextConfig, InMemoryStoreBackendDefaults,
+                                                                 ProgressBarsConfig)
+
+        self.gx = gx
+        self.context = gx.get_context(mode="ephemeral", project_config=DataContextConfig(
+            analytics_enabled=False, progress_bars=ProgressBarsConfig(globally=False),
+            store_backend_defaults=InMemoryStoreBackendDefaults()))
+        self.datasource = self.context.data_sources.add_pandas("jisr_deliveries")
+        self.definitions: dict[tuple, Any] = {}
+
+    def definition(self, contract: Contract, specs: list[ExpectationSpec]):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return self._definition(contract, specs)
+
+    def _definition(self, contract: Contract, specs: list[ExpectationSpec]):
+        import great_expectations.expectations as gxe
+
+        key = (contract.source, contract.version, json.dumps([(s.type, s.kwargs) for s in specs], default=str))
+        if key not in self.definitions:
+            n = len(self.definitions)
+            suite = self.gx.ExpectationSuite(name=f"{suite_name(contract)}.{n}")
+            for spec in specs:
+                suite.add_expectation(getattr(gxe, spec.class_name)(**spec.kwargs, meta={"rule": spec.rule}))
+            suite = self.context.suites.add(suite)
+            asset = self.datasource.add_dataframe_asset(f"{contract.source}.{n}")
+            batch = asset.add_batch_definition_whole_dataframe("delivery")
+            self.definitions[key] = self.context.validation_definitions.add(
+                self.gx.ValidationDefinition(name=f"{suite_name(contract)}.{n}", data=batch, suite=suite))
+        return self.definitions[key]
+
+
+_GX_SINGLETON: _GX | None = None
+
+
+def _gx() -> _GX:
+    global _GX_SINGLETON
+    if _GX_SINGLETON is None:
+        _GX_SINGLETON = _GX()
+    return _GX_SINGLETON
+
+
+def build_suite(contract: Contract, seeds_dir: Path):
+    """The contract's suite as a ``great_expectations.ExpectationSuite`` (for inspection/export)."""
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+
+    _gx()  # GX needs an active context to build suites
+    suite = gx.ExpectationSuite(name=suite_name(contract))
+    for spec in suite_specs(contract, seeds_dir):
+        suite.add_expectation(getattr(gxe, spec.class_name)(**spec.kwargs, meta={"rule": spec.rule}))
+    return suite
+
+
+# --- results -------------------------------------------------------------------------------------
+@dataclass
+class Outcome:
+    """What one expectation found in a batch (summed over its chunks)."""
+
+    spec: ExpectationSpec
+    success: bool = True
+    raised: bool = False
+    exception: str | None = None
+    element_count: int = 0
+    unexpected_count: int = 0
+    rows: dict[int, Any] = field(default_factory=dict)  # source row -> offending value (clear!)
+    examples: list[str] = field(default_factory=list)  # shown in reports (never identifiers)
+
+
+def exception_raised(info) -> tuple[bool, str | None]:
+    """Whether a GX result's ``exception_info`` says the expectation raised (and why).
+
+    GX gives either ``{"raised_exception": ..., "exception_message": ...}`` or a mapping of
+    metric ids to such dicts."""
+    if not info:
+        return False, None
+    if isinstance(info, dict) and "raised_exception" in info:
+        return bool(info.get("raised_exception")), info.get("exception_message")
+    if isinstance(info, dict):
+        for value in info.values():
+            raised, message = exception_raised(value if isinstance(value, dict) else getattr(value, "__dict__", {}))
+            if raised:
+                return True, message
+    return False, None
+
+
+def _first_line(text: str | None) -> str:
+    return (text or "").strip().splitlines()[0][:300] if text and text.strip() else "unknown error"
+
+
+def _plain(value):
+    if value is None:
+        return None
+    if hasattr(value, "to_pydatetime"):  # pandas Timestamp: a date when it has no time
+        value = value.to_pydatetime()
+        return value.date().isoformat() if value == datetime(value.year, value.month, value.day) else value.isoformat()
+    try:
+        if isinstance(value, float) and math.isnan(value):
+            return None
+    except TypeError:
+        pass
+    if hasattr(value, "item"):
+        try:
+            return value.item()
+        except (ValueError, AttributeError):
+            pass
+    return value
+
+
+def validate_frame(contract: Contract, specs: list[ExpectationSpec], frame, outcomes: dict[str, Outcome]) -> None:
+    """Validate one pandas batch; add what each expectation found to ``outcomes``."""
+    definition = _gx().definition(contract, specs)
+    all_rows = [int(r) for r in frame["_source_row"].tolist()] if "_source_row" in frame.columns else []
+    try:
+        with warnings.catch_warnings():  # GX's own deprecation noise (pydantic v1, regex groups)
+            warnings.simplefilter("ignore")
+            result = definition.run(batch_parameters={"dataframe": frame},
+                                    result_format={"result_format": "COMPLETE",
+                                                   "unexpected_index_column_names": ["_source_row"]})
+        by_rule = {}
+        for r in result.results:
+            rule = (r.expectation_config.meta or {}).get("rule")
+            by_rule[rule] = r
+    except Exception as exc:  # the whole validation failed: every expectation errored
+        by_rule = {}
+        failure = f"{type(exc).__name__}: {exc}"
+    else:
+        failure = None
+    for spec in specs:
+        out = outcomes.setdefault(spec.rule, Outcome(spec))
+        r = by_rule.get(spec.rule)
+        if r is None:
+            out.success, out.raised = False, True
+            out.exception = out.exception or _first_line(failure or "no result returned for this expectation")
+            out.rows.update({row: None for row in all_rows})
+            out.element_count += len(all_rows)
+            out.unexpected_count += len(all_rows)
+            continue
+        raised, message = exception_raised(r.exception_info)
+        res = r.result or {}
+        if raised:
+            out.success, out.raised = False, True
+            out.exception = out.exception or _first_line(message)
+            out.rows.update({row: None for row in all_rows})
+            out.element_count += len(all_rows)
+            out.unexpected_count += len(all_rows)
+            continue
+        out.element_count += int(res.get("element_count") or len(all_rows))
+        if r.success:
+            continue
+        out.success = False
+        index_list = res.get("unexpected_index_list")
+        if index_list is None or (not index_list and "unexpected_count" not in res):
+            # a table-level expectation: it is about every row of the batch
+            out.rows.update({row: None for row in all_rows})
+            out.unexpected_count += len(all_rows)
+            observed = res.get("details") or res.get("observed_value")
+            if observed is not None and not spec.pii:
+                out.examples.append(str(observed)[:300])
+            continue
+        value_key = spec.kwargs.get("column")
+        text_of = None
+        if spec.type == "expect_column_values_to_not_be_null" and value_key.endswith("__typed"):
+            base = value_key[: -len("__typed")]  # show what was delivered, not the failed parse
+            failing = frame[frame["_source_row"].isin([int(i["_source_row"]) for i in index_list])]
+            text_of = dict(zip(failing["_source_row"].astype(int), failing[base]))
+        for item in index_list:
+            row = int(item["_source_row"])
+            if text_of is not None:
+                value = _plain(text_of.get(row))
+            elif value_key is not None:
+                value = _plain(item.get(value_key))
+            else:
+                value = {k: _plain(v) for k, v in item.items() if k != "_source_row"}
+            out.rows[row] = value
+        out.unexpected_count += int(res.get("unexpected_count") or len(index_list))
+        if not spec.pii:
+            for value in list(out.rows.values())[:5]:
+                if len(out.examples) < 5:
+                    out.examples.append(str(value))
+
+
+def _value_text(spec: ExpectationSpec, value) -> str:
+    if spec.pii:
+        return WITHHELD
+    if value is None:
+        return "empty"
+    return f"'{value}'"
+
+
+def _message(spec: ExpectationSpec, outcome: Outcome, shown: str) -> str:
+    if outcome.raised:
+        return (f"Great Expectations could not evaluate {spec.type} on {spec.column} "
+                f"({outcome.exception}); the row is held until the check runs")
+    if spec.type == "expect_table_columns_to_match_set":
+        return f"Great Expectations {spec.type}: {spec.describes}"
+    return f"Great Expectations {spec.type}: {spec.describes} (value {shown})"
+
+
+class SuiteValidator:
+    """Ingestion validator: ``validator(con, contract, typed_table, batch)`` -> failing rows.
+
+    Pass an instance in ``Ingestor(..., validators=[SuiteValidator(seeds_dir, run_id)])``.
+    """
+
+    def __init__(self, seeds_dir: Path, run_id: str | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS):
+        self.seeds_dir = Path(seeds_dir)
+        self.run_id = run_id
+        self.chunk_rows = max(int(chunk_rows), 1)
+        self.seconds = 0.0
+        self.batches = 0
+
+    def __call__(self, con, contract: Contract, typed_table: str, batch: str | None):
+        started = time.monotonic()
+        specs = suite_specs(contract, self.seeds_dir)
+        present = {d[0] for d in con.execute(f"select * from {typed_table} limit 0").description}
+        select = ", ".join(_frame_sql(contract, typed_table, present))
+        total = con.execute(f"select count(*) from {typed_table}").fetchone()[0]
+        chunks = max(1, math.ceil(total / self.chunk_rows))
+        keys = [_key_column(contract.column(k)) for k in contract.primary_key]
+        keys = [k for k in keys if k in present] or ["_source_row"]
+        outcomes: dict[str, Outcome] = {}
+        violations = []
+        for i in range(chunks):
+            where = f" where hash({', '.join(keys)}) % {chunks} = {i}" if chunks > 1 else ""
+            frame = con.execute(f"select {select} from {typed_table}{where} order by _source_row").df()
+            if frame.empty and chunks > 1:
+                continue
+            validate_frame(contract, specs, frame, outcomes)
+            for spec in specs:
+                out = outcomes.get(spec.rule)
+                if out is None or not out.rows:
+                    continue
+                column = spec.column.removesuffix("__typed") if spec.column != "table" else None
+                if spec.type == "expect_compound_columns_to_be_unique":
+                    column = spec.column
+                for row, value in out.rows.items():
+                    violations.append((row, spec.rule, column,
+                                       _message(spec, out, _value_text(spec, value))))
+                out.rows = {}  # clear values do not outlive the chunk
+            del frame
+        seconds = time.monotonic() - started
+        self.seconds += seconds
+        self.batches += 1
+        self._record(con, contract, batch, total, chunks, specs, outcomes, seconds)
+        return violations
+
+    def _record(self, con, contract, batch, rows, chunks, specs, outcomes, seconds) -> None:
+        con.execute("create schema if not exists quality")
+        con.execute(RESULTS_DDL)
+        now = datetime.now(timezone.utc).replace(tzinfo=None)
+        for spec in specs:
+            out = outcomes.get(spec.rule) or Outcome(spec)
+            con.execute(
+                "insert into quality.gx_results values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [self.run_id, contract.source, batch, suite_name(contract), contract.version, now, rows, chunks,
+                 spec.type, None if spec.column == "table" else spec.column, spec.rule, out.success, out.raised,
+                 out.exception, out.element_count, out.unexpected_count,
+                 json.dumps(out.examples[:5]) if out.examples and not spec.pii else None, seconds])
+
+
+def suite_validator(settings, run_id: str | None = None, cfg=None) -> SuiteValidator:
+    """The validator configured for a project (chunk size from config/quality.yml)."""
+    if cfg is None:
+        from quality.config import config_for
+
+        cfg = config_for(settings)
+    return SuiteValidator(settings.seeds_dir, run_id=run_id, chunk_rows=cfg.chunk_rows)
+
+
+def export_suites(contracts: dict[str, Contract], seeds_dir: Path, out_dir: Path) -> list[Path]:
+    """Write each generated suite as GX JSON (``<out_dir>/<source>.json``)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for contract in contracts.values():
+        suite = build_suite(contract, seeds_dir)
+        path = out_dir / f"{contract.source}.json"
+        path.write_text(json.dumps(suite.to_json_dict(), indent=2, default=str), encoding="utf-8")
+        paths.append(path)
+    return paths
+
+
+def results_for_run(con, run_id: str, prefix: str = "") -> list[dict]:
+    """Recorded suite results of a run (``prefix``: ``ingest.`` when the store is attached)."""
+    exists = con.execute(
+        "select count(*) from duckdb_tables() where schema_name = 'quality' and table_name = 'gx_results' "
+        + ("and database_name = 'ingest'" if prefix else "and database_name = current_database()")).fetchone()[0]
+    if not exists:
+        return []
+    cur = con.execute(f"select * from {prefix}quality.gx_results where run_id = ? order by source, batch, rule",
+                      [run_id])
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r)) for r in cur.fetchall()]
+
+
+def iter_rules(specs: Iterable[ExpectationSpec]) -> list[str]:
+    return [s.rule for s in specs]

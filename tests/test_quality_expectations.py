@@ -1,0 +1,210 @@
+"""Great Expectations suites from the contracts: what they expect, which rows they send to
+quarantine, errored expectations counting as failures, chunking, and the HTML report."""
+
+import csv
+import json
+from datetime import datetime
+
+import duckdb
+import pytest
+
+import quality.expectations as gxmod
+from ingestion.contracts import seed_values
+from quality.checks import check_suite_validated
+from quality.config import config_for
+from quality.expectations import ExpectationSpec, SuiteValidator, build_suite, export_suites, suite_specs
+from quality.report import write_report
+from tests.conftest import person
+from tests.test_publish import ingest_sample
+
+
+def _by_type(specs):
+    out = {}
+    for s in specs:
+        out.setdefault(s.type, []).append(s)
+    return out
+
+
+def test_suite_specs_follow_the_contract(contracts, settings):
+    ben = contracts["beneficiaries"]
+    specs = suite_specs(ben, settings.seeds_dir)
+    kinds = _by_type(specs)
+    not_null = {s.kwargs["column"] for s in kinds["expect_column_values_to_not_be_null"]}
+    assert {c.name for c in ben.columns if c.required} <= not_null
+    assert {f"{c.name}__typed" for c in ben.columns if c.type != "varchar"} <= not_null
+    typed = next(s for s in kinds["expect_column_values_to_not_be_null"] if s.kwargs["column"] == "birth_date__typed")
+    assert typed.kwargs["row_condition"] == "birth_date.notnull()"
+    regex = {s.kwargs["column"]: s.kwargs["regex"] for s in kinds["expect_column_values_to_match_regex"]}
+    assert regex == {c.name: f"^(?:{c.pattern})$" for c in ben.columns if c.pattern}
+    in_set = {s.kwargs["column"]: set(s.kwargs["value_set"]) for s in kinds["expect_column_values_to_be_in_set"]}
+    assert in_set["sex"] == {"F", "M"}
+    assert in_set["region_code"] == set(seed_values(settings.seeds_dir, "geo_regions.region_code"))
+    between = {s.kwargs["column"]: s.kwargs for s in kinds["expect_column_values_to_be_between"]}
+    assert between["birth_date__typed"]["min_value"] == datetime(1900, 1, 1)
+    assert (between["socio_economic_score__typed"]["min_value"], between["socio_economic_score__typed"]["max_value"]) == (0, 100)
+    assert [s.kwargs["column"] for s in kinds["expect_column_values_to_be_unique"]] == ["cin"]
+    assert {s.column for s in specs if s.pii} >= {"cin", "phone", "household_id"}
+    occupancy = _by_type(suite_specs(contracts["occupancy"], settings.seeds_dir))
+    compound = occupancy["expect_compound_columns_to_be_unique"][0]
+    assert compound.kwargs["column_list"] == ["establishment_id", "month"]
+    assert compound.rule == "gx:expect_compound_columns_to_be_unique:establishment_id,month"
+
+
+def test_suites_build_for_every_contract_and_export_as_json(contracts, settings, tmp_path):
+    for contract in contracts.values():
+        suite = build_suite(contract, settings.seeds_dir)
+        assert len(suite.expectations) == len(suite_specs(contract, settings.seeds_dir)), contract.source
+    paths = export_suites(contracts, settings.seeds_dir, tmp_path / "suites")
+    data = json.loads((tmp_path / "suites" / "payments.json").read_text())
+    assert len(paths) == len(contracts) and data["name"] == "jisr.payments"
+    assert any(e["type"] == "expect_column_values_to_be_unique" for e in data["expectations"])
+
+
+def _quarantine(settings, rule_prefix="gx:"):
+    con = duckdb.connect(str(settings.store_path), read_only=True)
+    try:
+        return con.execute("select file_name, source_row, rule, column_name, message from quarantine.rows "
+                           "where rule like ? order by file_name, source_row, rule", [rule_prefix + "%"]).fetchall()
+    finally:
+        con.close()
+
+
+def _write_people(settings, contracts, rows, name="registre_2025-01.csv"):
+    from tests.conftest import write_delivery
+
+    write_delivery(settings.landing_dir, contracts["beneficiaries"], name, rows)
+
+
+def _ingest(settings, contracts, validator):
+    from ingestion.load import Ingestor
+    from tests.conftest import TEST_KEY
+
+    return Ingestor(settings.store_path, contracts, TEST_KEY, seeds_dir=settings.seeds_dir,
+                    rejected_dir=settings.rejected_dir, feedback_dir=settings.feedback_dir, run_id="run-gx",
+                    code_version="test", validators=[validator]).ingest(settings.landing_dir)
+
+
+def test_suite_validator_sends_each_failing_row_to_quarantine(settings, contracts):
+    rows = [person(i) for i in range(10)]
+    rows[1]["cin"] = "Z9"                          # row 2: pattern
+    rows[2]["sex"] = "X"                           # row 3: code list
+    rows[3]["birth_date"] = "01/01/1850"           # row 4: range
+    rows[4]["socio_economic_score"] = "beaucoup"   # row 5: type
+    rows[5]["commune_code"] = ""                   # row 6: required
+    rows[7]["cin"] = rows[8]["cin"]                # rows 8, 9: duplicate key
+    _write_people(settings, contracts, rows)
+    summary = _ingest(settings, contracts, SuiteValidator(settings.seeds_dir, run_id="run-gx"))
+    result = summary.files[0]
+    assert result.rows_delivered == result.rows_loaded + result.rows_quarantined == 10
+    found = {(row, rule) for _, row, rule, _, _ in _quarantine(settings)}
+    assert found == {
+        (2, "gx:expect_column_values_to_match_regex:cin"),
+        (3, "gx:expect_column_values_to_be_in_set:sex"),
+        (4, "gx:expect_column_values_to_be_between:birth_date"),
+        (5, "gx:expect_column_values_to_not_be_null:socio_economic_score__typed"),
+        (6, "gx:expect_column_values_to_not_be_null:commune_code"),
+        (8, "gx:expect_column_values_to_be_unique:cin"),
+        (9, "gx:expect_column_values_to_be_unique:cin"),
+    }
+    messages = {row: msg for _, row, _, _, msg in _quarantine(settings)}
+    assert "'X'" in messages[3] and "'beaucoup'" in messages[5] and "1850-01-01" in messages[4]
+    assert "(identifier withheld)" in messages[2] and "Z9" not in messages[2]
+    assert "AB100007" not in " ".join(messages.values())
+    con = duckdb.connect(str(settings.store_path), read_only=True)
+    gx = con.execute("select rule, success, raised_exception, element_count, unexpected_count from quality.gx_results "
+                     "where run_id = 'run-gx'").fetchall()
+    con.close()
+    assert len(gx) == len(suite_specs(contracts["beneficiaries"], settings.seeds_dir))
+    failed = {r[0]: r[4] for r in gx if not r[1]}
+    assert failed["gx:expect_column_values_to_be_unique:cin"] == 2 and not any(r[2] for r in gx)
+
+
+def test_suite_validator_failures_reach_partner_feedback(settings, contracts):
+    rows = [person(i) for i in range(4)]
+    rows[0]["sex"] = "?"
+    _write_people(settings, contracts, rows)
+    _ingest(settings, contracts, SuiteValidator(settings.seeds_dir, run_id="run-gx"))
+    feedback = settings.feedback_dir / "msisf" / "registre_2025-01.csv.rejected_rows.csv"
+    with open(feedback, encoding="utf-8") as fh:
+        rules = {(r["source_row"], r["rule"]) for r in csv.DictReader(fh)}
+    assert ("1", "gx:expect_column_values_to_be_in_set:sex") in rules
+    summary = (settings.feedback_dir / "msisf" / "registre_2025-01.csv.summary.txt").read_text()
+    assert "gx:expect_column_values_to_be_in_set:sex: 1" in summary
+
+
+def test_suite_validator_counts_an_errored_expectation_as_a_failure(settings, contracts, monkeypatch):
+    real = gxmod.suite_specs
+
+    def with_broken(contract, seeds_dir):
+        specs = real(contract, seeds_dir)
+        return specs + [ExpectationSpec("expect_column_values_to_not_be_null", {"column": "no_such_column"},
+                                        "no_such_column", describes="broken")]
+
+    monkeypatch.setattr(gxmod, "suite_specs", with_broken)
+    _write_people(settings, contracts, [person(i) for i in range(5)])
+    summary = _ingest(settings, contracts, SuiteValidator(settings.seeds_dir, run_id="run-gx"))
+    assert summary.files[0].rows_loaded == 0 and summary.files[0].rows_quarantined == 5
+    rows = [r for r in _quarantine(settings) if r[2] == "gx:expect_column_values_to_not_be_null:no_such_column"]
+    assert [r[1] for r in rows] == [1, 2, 3, 4, 5]
+    assert "could not evaluate" in rows[0][4]
+    con = duckdb.connect()
+    con.execute(f"attach '{settings.store_path}' as ingest (read_only)")
+    raised = con.execute("select raised_exception from ingest.quality.gx_results where rule like '%no_such_column'").fetchone()
+    result = check_suite_validated(con, config_for(settings), "run-gx", sources=["beneficiaries"])
+    con.close()
+    assert raised == (True,)
+    assert not result[0].passed and "errored" in result[0].description
+
+
+def test_suite_validator_chunks_keep_duplicate_keys_together(settings, contracts):
+    rows = [person(i) for i in range(40)]
+    rows[39]["cin"] = rows[0]["cin"]  # first and last row share a key
+    _write_people(settings, contracts, rows)
+    validator = SuiteValidator(settings.seeds_dir, run_id="run-gx", chunk_rows=7)
+    _ingest(settings, contracts, validator)
+    found = {(row, rule) for _, row, rule, _, _ in _quarantine(settings)}
+    assert found == {(1, "gx:expect_column_values_to_be_unique:cin"), (40, "gx:expect_column_values_to_be_unique:cin")}
+    con = duckdb.connect(str(settings.store_path), read_only=True)
+    chunks, rows_seen = con.execute("select max(chunks), max(element_count) from quality.gx_results "
+                                    "where rule = 'gx:expect_column_values_to_not_be_null:cin'").fetchone()
+    con.close()
+    assert chunks == 6 and rows_seen == 40
+
+
+def test_suite_validator_passes_clean_deliveries_untouched(settings, contracts):
+    summary = ingest_sample(settings, contracts, validators=[SuiteValidator(settings.seeds_dir, run_id="run-gx")],
+                            run_id="run-gx")
+    assert all(f.rows_quarantined == 0 for f in summary.files)
+    con = duckdb.connect()
+    con.execute(f"attach '{settings.store_path}' as ingest (read_only)")
+    results = check_suite_validated(con, config_for(settings), "run-gx", sources=["payments", "loans"])
+    con.close()
+    assert {r.target: r.passed for r in results} == {s: True for s in ("beneficiaries", "enrolments", "loans",
+                                                                        "payments", "programmes")}
+    assert "1 delivery(ies) validated" in next(r for r in results if r.target == "payments").description
+    assert "no new delivery" in next(r for r in results if r.target == "loans").description
+
+
+def test_suite_validated_check_fails_for_a_delivery_the_suite_never_saw(settings, contracts):
+    ingest_sample(settings, contracts, run_id="run-without-gx")
+    con = duckdb.connect()
+    con.execute(f"attach '{settings.store_path}' as ingest (read_only)")
+    results = check_suite_validated(con, config_for(settings), "run-without-gx")
+    con.close()
+    assert results and not any(r.passed for r in results)
+    assert "not validated" in results[0].description
+
+
+def test_quality_report_shows_validation_and_withholds_identifiers(settings, contracts):
+    rows = [person(i) for i in range(6)]
+    rows[2]["cin"] = "QQ1"
+    rows[3]["sex"] = "Z"
+    _write_people(settings, contracts, rows)
+    _ingest(settings, contracts, SuiteValidator(settings.seeds_dir, run_id="run-gx"))
+    path = write_report(settings, "run-gx")
+    assert path == settings.reports_dir / "run-gx" / "quality" / "index.html"
+    page = path.read_text()
+    assert "expect_column_values_to_match_regex" in page and "FAILED" in page
+    assert "beneficiaries 2025-01" in page and "registre_2025-01.csv" in page
+    assert "QQ1" not in page and not any(f"AB{100000 + i}" in page for i in range(6))
+    assert "Hélène" not in page
