@@ -21,6 +21,20 @@ real earnings in 1974, 1975 and 1978. Mapping:
   baseline: last pre-programme year) and 1 (1978, the endline);
 - baseline characteristics at round 0: ``educ`` (years of schooling), ``black``, ``hisp``,
   ``marr`` (married), ``nodegree`` (no high-school degree), 0/1.
+
+Thornton (2008), learning HIV status (Malawi)
+---------------------------------------------
+``causaldata.thornton_hiv``: people tested for HIV in rural Malawi and randomly offered a
+monetary incentive to learn their result at a results centre. Only people with an
+assigned incentive status are kept. Mapping:
+
+- study ``thornton_hiv``, programme ``HIV-01``, individual units; treated = offered any
+  incentive; cluster = village (``villnum``; empty when unknown); age in years;
+- baseline (round 0, testing in 2004): ``hiv_positive`` (test result, 0/1) and
+  ``distance_km`` (randomly assigned distance to the results centre);
+- endline (round 1, results centre visits): ``got_results`` (learned the result, 0/1).
+  There is no baseline measure of the outcome, so only the endline difference in means
+  is estimable.
 """
 
 from __future__ import annotations
@@ -38,6 +52,8 @@ NSW_STUDY = "nsw_dw"
 NSW_PROGRAMME = "NSW-01"
 NSW_ROUNDS = {"re74": (-1, "1974"), "re75": (0, "1975"), "re78": (1, "1978")}
 NSW_BASELINE = ("educ", "black", "hisp", "marr", "nodegree")
+THORNTON_STUDY = "thornton_hiv"
+THORNTON_PROGRAMME = "HIV-01"
 
 
 def _contract_columns(source: str) -> list[str]:
@@ -79,6 +95,50 @@ def nsw_frames() -> tuple[pd.DataFrame, pd.DataFrame]:
     measurements.insert(0, "study_id", NSW_STUDY)
     measurements["measured_date"] = None
     return units, measurements
+
+
+def thornton_frames() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The Thornton (2008) incentive experiment as survey_units and survey_measurements."""
+    from causaldata import thornton_hiv
+
+    data = thornton_hiv.load_pandas().data
+    data = data[data["any"].notna()].reset_index(drop=True)
+    unit_ids = [f"thiv{i + 1:05d}" for i in range(len(data))]
+    village = data["villnum"].map(lambda v: None if pd.isna(v) else f"village{int(v):03d}")
+    units = pd.DataFrame(
+        {
+            "study_id": THORNTON_STUDY,
+            "unit_id": unit_ids,
+            "unit_type": "individual",
+            "cin": None,
+            "programme_code": THORNTON_PROGRAMME,
+            "treatment_group": np.where(data["any"] == 1, "treated", "comparison"),
+            "cluster_id": village,
+            "sex": None,
+            "age": data["age"].round().astype("Int64"),
+            "region_code": None,
+            "vulnerability_score": None,
+        }
+    )
+    parts = [
+        (0, "testing_2004", "hiv_positive", data["hiv2004"]),
+        (0, "testing_2004", "distance_km", data["distvct"]),
+        (1, "results_2004", "got_results", data["got"]),
+    ]
+    measurements = pd.concat(
+        [pd.DataFrame({"unit_id": unit_ids, "round_index": r, "round_label": label, "variable": name,
+                       "value": values.astype(float)}) for r, label, name, values in parts],
+        ignore_index=True,
+    )
+    measurements.insert(0, "study_id", THORNTON_STUDY)
+    measurements["measured_date"] = None
+    return units, measurements
+
+
+def thornton_to_survey_files(out_dir: Path) -> tuple[Path, Path]:
+    """Convert the Thornton (2008) data into the two outcome-survey contract files."""
+    units, measurements = thornton_frames()
+    return write_survey_files(units, measurements, out_dir, THORNTON_STUDY)
 
 
 def _text(value) -> str:
