@@ -1,0 +1,235 @@
+"""Audit checks (quality/checks.py) and their configuration, each on a hand-made warehouse."""
+
+from datetime import date, datetime
+
+import duckdb
+import pytest
+import yaml
+
+import quality.checks as checks_mod
+from ingestion import store
+from quality.checks import (CheckResult, blocking_failures, check_freshness, check_identifiers, check_reconciliation,
+                            check_references, check_row_counts, check_small_cells)
+from quality.config import QualityConfigError, config_for, parse_config
+
+
+@pytest.fixture
+def cfg(settings):
+    return config_for(settings)
+
+
+def with_params(cfg, check, **params):
+    data = yaml.safe_load(yaml.safe_dump(cfg.raw))
+    data["checks"][check].update(params)
+    return parse_config(data)
+
+
+@pytest.fixture
+def con():
+    con = duckdb.connect()
+    con.execute("create schema marts; create schema impact")
+    yield con
+    con.close()
+
+
+def attach_store(con, settings, contracts, deliveries=()):
+    """A raw store with the given meta.deliveries rows (source, partner, batch, status)."""
+    s = store.connect(settings.store_path)
+    store.ensure_schema(s, contracts)
+    for i, (source, partner, batch, status) in enumerate(deliveries):
+        s.execute("insert into meta.deliveries (delivery_id, source, partner, file_name, batch, content_hash, "
+                  "loaded_at, status, run_id) values (?, ?, ?, ?, ?, ?, ?, ?, 'r')",
+                  [f"d{i}", source, partner, f"{source}_{batch}.csv", batch, f"h{i}", datetime(2025, 1, 1), status])
+    s.close()
+    con.execute(f"attach '{settings.store_path}' as ingest (read_only)")
+
+
+# --- referential integrity -------------------------------------------------------------------------
+
+
+def test_references_flag_fact_keys_missing_from_their_dimension(con, cfg):
+    con.execute("create table marts.dim_programmes as select * from (values ('P1'), ('P2')) t(programme_code)")
+    con.execute("create table marts.dim_beneficiaries as select * from (values (1), (2)) t(person_key)")
+    con.execute("create table marts.fct_payments as select * from (values (1, 'P1'), (2, 'P9'), (3, 'P9'), "
+                "(null, 'P2')) t(person_key, programme_code)")
+    con.execute("create table marts.mart_summary as select 'P404' as programme_code")  # not a fact: not checked
+    results = check_references(con, cfg)
+    assert [r.target for r in results] == ["marts.fct_payments"]
+    r = results[0]
+    assert not r.passed and r.severity == "block"
+    assert r.metadata["orphans"]["programme_code -> dim_programmes.programme_code"] == {"rows": 2, "examples": ["P9"]}
+    assert r.metadata["orphans"]["person_key -> dim_beneficiaries.person_key"]["rows"] == 1
+    assert "2 row(s) with programme_code -> dim_programmes.programme_code missing" in r.description
+
+
+def test_references_pass_when_every_key_resolves_and_honour_ignore(con, cfg):
+    con.execute("create table marts.dim_programmes as select 'P1' as programme_code")
+    con.execute("create table marts.fct_enrolments as select 'P1' as programme_code")
+    con.execute("create table marts.fct_legacy as select 'OLD' as programme_code")
+    cfg = with_params(cfg, "references_resolve_to_dimensions", ignore=["marts.fct_legacy.programme_code"])
+    results = check_references(con, cfg)
+    assert [(r.target, r.passed) for r in results] == [("marts.fct_enrolments", True)]
+
+
+# --- reconciliation ------------------------------------------------------------------------------
+
+
+def _store_with_payments(con, settings, contracts, amounts):
+    attach_store(con, settings, contracts)
+    con.execute("detach ingest")
+    s = duckdb.connect(str(settings.store_path))
+    for i, (amount, current) in enumerate(amounts):
+        s.execute("insert into raw.payments (payment_id, amount_mad, _is_current) values (?, ?, ?)",
+                  [f"P{i}", amount, current])
+    s.close()
+    con.execute(f"attach '{settings.store_path}' as ingest (read_only)")
+
+
+def test_reconciliation_compares_raw_and_mart_totals(con, settings, contracts, cfg):
+    _store_with_payments(con, settings, contracts, [(100, True), (250.5, True), (999, False)])
+    cfg = with_params(cfg, "totals_reconcile_with_raw", reconciliations=[
+        {"name": "payments_total_mad", "table": "fct_payments", "tolerance": 0.01,
+         "raw": "select sum(amount_mad) from ingest.raw.payments where _is_current",
+         "mart": "select sum(amount_mad) from marts.fct_payments"}])
+    con.execute("create table marts.fct_payments as select 350.5::decimal(18,2) as amount_mad")
+    ok = check_reconciliation(con, cfg)[0]
+    assert ok.passed and ok.target == "marts.fct_payments" and ok.metadata["raw"] == 350.5
+    con.execute("create or replace table marts.fct_payments as select 100.0::decimal(18,2) as amount_mad")
+    bad = check_reconciliation(con, cfg)[0]
+    assert not bad.passed and bad.metadata["difference"] == pytest.approx(-250.5)
+    assert "raw 350.50 but marts 100.00" in bad.description
+
+
+def test_reconciliation_that_cannot_run_is_a_failure(con, settings, contracts, cfg):
+    cfg = with_params(cfg, "totals_reconcile_with_raw", reconciliations=[
+        {"name": "people", "table": "dim_beneficiaries", "raw": "select count(*) from ingest.raw.beneficiaries",
+         "mart": "select count(*) from marts.dim_beneficiaries"}])
+    no_store = check_reconciliation(con, cfg)[0]
+    assert not no_store.passed and "raw store is not available" in no_store.description
+    attach_store(con, settings, contracts)
+    missing_table = check_reconciliation(con, cfg)[0]  # marts.dim_beneficiaries does not exist
+    assert not missing_table.passed and "could not be computed" in missing_table.description
+
+
+# --- row counts ----------------------------------------------------------------------------------------
+
+
+def test_row_counts_fail_on_a_drop_beyond_the_share_or_a_lost_table(cfg):
+    cfg = with_params(cfg, "row_counts_within_tolerance", max_drop_share=0.2, min_rows=10)
+    previous = {"marts.a": 1000, "marts.b": 1000, "marts.c": 5, "marts.gone": 50}
+    current = {"marts.a": 810, "marts.b": 700, "marts.c": 0, "marts.new": 3}
+    r = check_row_counts(current, previous, cfg, "run-1")[0]
+    assert not r.passed
+    assert r.metadata["problems"] == ["marts.b dropped from 1000 to 700 rows (30% > 20%)",
+                                      "marts.gone disappeared (50 rows before)"]
+
+
+def test_row_counts_pass_on_growth_and_on_the_first_publication(cfg):
+    assert check_row_counts({"marts.a": 5}, None, cfg)[0].passed
+    assert check_row_counts({"marts.a": 2000}, {"marts.a": 1000}, cfg, "run-1")[0].passed
+
+
+# --- freshness -----------------------------------------------------------------------------------------
+
+
+def test_freshness_measures_each_source_against_the_newest_delivered_month(con, settings, contracts, cfg):
+    attach_store(con, settings, contracts, [
+        ("payments", "msisf", "2025-06", "loaded"), ("payments", "msisf", "2025-05", "superseded"),
+        ("beneficiaries", "msisf", "2025-03", "loaded"), ("loans", "cdg_finance", "2025-05", "loaded"),
+        ("loans", "cdg_finance", "2025-07", "rejected"),
+    ])
+    cfg = with_params(cfg, "partner_deliveries_are_fresh", max_age_days=45, exclude=[],
+                      max_age_days_by_partner={"cdg_finance": 10})
+    wanted = {s: contracts[s] for s in ("payments", "beneficiaries", "loans", "ventures")}
+    results = {r.target: r for r in check_freshness(con, cfg, wanted)}
+    assert results["payments"].passed and results["payments"].metadata["age_days"] == 0
+    assert not results["beneficiaries"].passed and results["beneficiaries"].metadata["age_days"] == 91
+    assert not results["loans"].passed and results["loans"].metadata["age_days"] == 30  # 30 > 10 for cdg_finance
+    assert not results["ventures"].passed and "no monthly delivery yet" in results["ventures"].description
+    assert all(r.severity == "warn" for r in results.values())
+
+
+def test_freshness_against_today_and_excluded_sources(con, settings, contracts, cfg):
+    attach_store(con, settings, contracts, [("payments", "msisf", "2025-06", "loaded")])
+    cfg = with_params(cfg, "partner_deliveries_are_fresh", reference="now", exclude=["programmes"])
+    results = check_freshness(con, cfg, {s: contracts[s] for s in ("payments", "programmes")}, today=date(2025, 7, 10))
+    assert [(r.target, r.passed, r.metadata["age_days"]) for r in results] == [("payments", True, 10)]
+
+
+# --- direct identifiers --------------------------------------------------------------------------------
+
+
+def test_identifiers_flag_named_columns_and_identifier_shaped_values(con, cfg):
+    con.execute("create table marts.dim_people as select 1 as person_key, 'Amina' as first_name, "
+                "'x' as telephone, 42 as first_name_fr_key")
+    con.execute("create table marts.fct_events as select 'AB123456' as note, '0612345678' as contact_note, "
+                "'DSD-01' as programme_code, 'Aide sociale' as programme_name")
+    con.execute("create table impact.impact_estimates as select 'E123' as label")
+    results = {r.target: r for r in check_identifiers(con, cfg, ["marts", "impact"])}
+    people = results["marts.dim_people"]
+    assert not people.passed
+    assert people.metadata["findings"] == ["column first_name is named like a direct identifier",
+                                           "column telephone is named like a direct identifier"]
+    events = results["marts.fct_events"]
+    assert events.metadata["findings"] == ["1 value(s) of column note are shaped like a cin",
+                                           "1 value(s) of column contact_note are shaped like a phone"]
+    assert results["impact.impact_estimates"].passed
+
+
+def test_identifiers_allowed_columns_are_exempt(con, cfg):
+    con.execute("create table marts.fct_codes as select 'AB123456' as legacy_code")
+    cfg = with_params(cfg, "no_direct_identifiers_published", allowed_columns=["marts.fct_codes.legacy_code"])
+    assert check_identifiers(con, cfg, ["marts"])[0].passed
+
+
+# --- small cells ---------------------------------------------------------------------------------------
+
+
+def test_small_cells_missing_module_or_error_is_a_failure(con, settings, cfg, monkeypatch):
+    monkeypatch.setattr(checks_mod, "disclosure_module", lambda: None)
+    r = check_small_cells(con, settings, cfg)[0]
+    assert not r.passed and "not installed" in r.description
+
+    class Broken:
+        @staticmethod
+        def check(con, settings):
+            raise RuntimeError("config/disclosure.yml is invalid")
+
+    monkeypatch.setattr(checks_mod, "disclosure_module", lambda: Broken)
+    r = check_small_cells(con, settings, cfg)[0]
+    assert not r.passed and "errored: config/disclosure.yml is invalid" in r.description
+
+
+def test_small_cells_violations_fail_and_none_pass(con, settings, cfg, monkeypatch):
+    class Disclosure:
+        found: list = []
+
+        @classmethod
+        def check(cls, con, settings):
+            return cls.found
+
+    monkeypatch.setattr(checks_mod, "disclosure_module", lambda: Disclosure)
+    assert check_small_cells(con, settings, cfg)[0].passed
+    Disclosure.found = ["marts.mart_coverage: cell (01, F) has 3 people"]
+    r = check_small_cells(con, settings, cfg)[0]
+    assert not r.passed and r.blocks and r.metadata["violations"] == Disclosure.found
+
+
+# --- configuration ---------------------------------------------------------------------------------------
+
+
+def test_config_severities_default_to_block_and_are_validated(cfg):
+    assert cfg.severity("partner_deliveries_are_fresh") == "warn"
+    assert parse_config({}).severity("no_direct_identifiers_published") == "block"
+    with pytest.raises(QualityConfigError, match="severity must be one of"):
+        parse_config({"checks": {"no_small_cells_published": {"severity": "fatal"}}})
+    with pytest.raises(QualityConfigError, match="unknown checks"):
+        parse_config({"checks": {"no_typos": {"severity": "warn"}}})
+    with pytest.raises(QualityConfigError, match="history_keep"):
+        parse_config({"publish": {"history_keep": 0}})
+
+
+def test_blocking_failures_are_failed_block_checks_only():
+    results = [CheckResult("a", False, "block", "x"), CheckResult("b", False, "warn", "y"),
+               CheckResult("c", True, "block", "z")]
+    assert [r.check for r in blocking_failures(results)] == ["a"]
