@@ -4,7 +4,9 @@ Every regression and standard error comes from statsmodels; this module only bui
 samples and design matrices, checks that an estimate is meaningful before computing it,
 and turns each case into an :class:`Estimate` whose ``status`` says what happened:
 
-``ok``             a finite estimate with its standard error and confidence interval;
+``ok``             a finite estimate with its standard error and confidence interval
+                   (``reason`` may carry a warning, e.g. a propensity logit that did not
+                   converge);
 ``not_estimable``  the data cannot support the estimate (a group with no units, an outcome
                    with no variance, a subgroup below the minimum size, too few clusters,
                    perfect separation in the propensity model, ...): numbers are NULL and
@@ -335,6 +337,7 @@ class PropensityFit:
     bounds: tuple[float, float]
     covariates_used: list[str]
     covariates_dropped: list[str]
+    converged: bool = True
 
 
 def crump_alpha(score: np.ndarray) -> float:
@@ -384,6 +387,7 @@ def fit_propensity(sample: pd.DataFrame, covariates: list[str], rule: Propensity
         except np.linalg.LinAlgError as exc:
             raise NotEstimable(f"propensity model cannot be fitted (singular: collinear covariates {keep_cov}): {exc}") from None
     separated = separated or any(issubclass(w.category, PerfectSeparationWarning) for w in caught)
+    converged = bool(not separated and fitted.mle_retvals.get("converged", True))
     if not separated:
         score = pd.Series(np.asarray(fitted.predict(exog)), index=sample.index)
         t = treated.to_numpy() == 1
@@ -417,7 +421,7 @@ def fit_propensity(sample: pd.DataFrame, covariates: list[str], rule: Propensity
     weight[~keep] = 0.0
     comp = (treated == 0) & keep
     weight[comp] = weight[comp] * (n_t / weight[comp].sum())  # comparison weights sum to n treated
-    return PropensityFit(score, keep, weight, bounds, keep_cov, dropped)
+    return PropensityFit(score, keep, weight, bounds, keep_cov, dropped, converged)
 
 
 def ipw_did(
@@ -472,8 +476,11 @@ def ipw_did(
                 "trimmed_treated": n_trim_t,
                 "trimmed_comparison": n_trim_c,
                 "comparison_effective_n": round(float(comp_w.sum() ** 2 / (comp_w**2).sum()), 1),
+                "propensity_converged": ps.converged,
             }
         )
+        if not ps.converged:
+            result.reason = "warning: the propensity logit did not converge (near-separation); check overlap and balance"
         _describe_sample(result, kept, y)
         _check_sample(kept, "baseline and endline values inside the propensity trimming bounds", inference)
         fitted = _fit(change[ps.keep], kept[["treated"]], kept, inference, weights=w.to_numpy())

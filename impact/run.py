@@ -468,6 +468,7 @@ def evaluate(panel: pd.DataFrame, costs: pd.DataFrame | None, config: Evaluation
     unknown = [s for s in studies if s not in available]
     if unknown:
         raise PanelError(f"studies {unknown} in the evaluation config are not in {PANEL_TABLE} (available: {available})")
+    seen_programmes: set[str] = set()
     for study_id in studies:
         settings = config.for_study(study_id)
         study = build_study(panel, study_id, settings, settings.cluster)
@@ -475,6 +476,7 @@ def evaluate(panel: pd.DataFrame, costs: pd.DataFrame | None, config: Evaluation
         codes = sorted(study.units["programme_code"].dropna().unique())
         if settings.comparison == "whole_study":
             codes = sorted(study.units.loc[study.units["treated"] == 1, "programme_code"].dropna().unique())
+        seen_programmes.update(codes)
         programmes = codes if config.programmes is None else [p for p in config.programmes if p in codes]
         if not study.outcomes:
             notes.append(f"study {study_id}: no outcome measured at its endline (round {study.endline})")
@@ -505,6 +507,10 @@ def evaluate(panel: pd.DataFrame, costs: pd.DataFrame | None, config: Evaluation
                     None,
                 )
                 cost_rows.append(_cost_row(study_id, programme, outcome, settings.direction(outcome), chosen, costs, config))
+    missing = sorted(set(config.programmes or ()) - seen_programmes)
+    if missing:
+        raise PanelError(f"programmes {missing} in the evaluation config are in none of the evaluated studies "
+                         f"(found: {sorted(seen_programmes)})")
     return ImpactTables(
         estimates=_frame("impact_estimates", est_rows),
         pretrends=_frame("impact_pretrends", pre_rows),

@@ -453,6 +453,14 @@ def test_run_impact_unknown_study_in_config_is_an_error(tmp_path):
         run_impact(db, cfg, "r", "v", tmp_path / "report")
 
 
+def test_evaluate_unknown_programme_in_config_is_an_error(tmp_path):
+    with pytest.raises(PanelError, match="XYZ-99"):
+        evaluate(simulate_panel(23), None, config(programmes=["PRG-01", "XYZ-99"]))
+    only = evaluate(pd.concat([simulate_panel(23), simulate_panel(24, programme="PRG-02", study_id="other")]), None,
+                    config(programmes=["PRG-02"], comparison="same_programme"))
+    assert set(only.estimates["programme_code"]) == {"PRG-02"}
+
+
 def test_import_impact_does_not_load_heavy_libraries(tmp_path):
     code = (
         "import sys, impact, impact.run, impact.report, impact.estimators, impact.reference_data; "
