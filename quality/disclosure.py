@@ -63,7 +63,7 @@ CONFIG_FILE = "disclosure.yml"
 DEFAULT_K = 10
 DEFAULT_FLAG = "is_suppressed"
 NUMERIC_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
-                 "UBIGINT", "UHUGEINT", "FLOAT", "DOUBLE", "REAL", "DECIMAL")
+                 "UBIGINT", "UHUGEINT", "FLOAT", "DOUBLE", "REAL", "DECIMAL", "NUMERIC")  # DuckDB and PostgreSQL
 
 
 class DisclosureConfigError(ValueError):
@@ -378,6 +378,18 @@ def recoverable(cells: Cells, suppressed: set[int], touching: set[int] | None = 
     return found
 
 
+def determined_by_totals(cells: Cells) -> set[int]:
+    """Cells that the line totals alone determine, even with every cell of the table hidden.
+
+    Sparse tables have them (e.g. two lines that share their only two cells): if those
+    totals are published, no suppression in this table can protect such a cell; the tables
+    publishing the totals have to. They are reported as a warning, not fixed here.
+    """
+    if not any(total is None for _, total in cells.lines):
+        return set()  # total rows of the table are hidden with their cells: no outside knowledge
+    return recoverable(cells, set(range(len(cells))))
+
+
 def _pick(cells: Cells, candidates: Iterable[int], totals: set[int], closes=None) -> int | None:
     """The next cell to hide: a detail cell before a total row; among them one that also
     closes the most other open lines (lines with a lone hidden cell), then the smallest."""
@@ -420,6 +432,7 @@ def suppression_pattern(cells: Cells) -> tuple[set[int], set[int]]:
     def closes(i: int) -> int:
         return sum(1 for n in lines_of.get(i, ()) if hidden_count[n] == 1)
 
+    unfixable = determined_by_totals(cells)
     queue = list(range(len(line_cells)))[::-1]
     for i in sorted(suppressed):  # linked strata share the primary pattern
         for j in links_of.get(i, ()):
@@ -431,7 +444,7 @@ def suppression_pattern(cells: Cells) -> tuple[set[int], set[int]]:
                 pick = _pick(cells, (i for i in line_cells[n] if i not in suppressed), totals, closes)
                 if pick is not None:
                     hide(pick, queue)
-        exposed = recoverable(cells, suppressed, touching=changed_cells)
+        exposed = recoverable(cells, suppressed, touching=changed_cells) - unfixable
         changed_cells = set()
         if not exposed:
             break
@@ -454,10 +467,49 @@ def suppression_pattern(cells: Cells) -> tuple[set[int], set[int]]:
 
 
 # --- reading and writing the warehouse -------------------------------------------------
-def _columns(con, rule: TableRule) -> dict[str, str] | None:
-    rows = con.execute(
+class _Database:
+    """The few statements protect/check need, on DuckDB or on PostgreSQL (psycopg2)."""
+
+    def __init__(self, con):
+        self.con = con
+        self.postgres = type(con).__module__.startswith("psycopg2")
+        self.row_id = "ctid::text" if self.postgres else "rowid"
+
+    def rows(self, sql: str, params=()) -> list[tuple]:
+        if self.postgres:
+            with self.con.cursor() as cursor:
+                cursor.execute(sql.replace("?", "%s"), list(params))
+                return cursor.fetchall() if cursor.description else []
+        return self.con.execute(sql, list(params)).fetchall()
+
+    def run(self, sql: str, params=()) -> None:
+        self.rows(sql, params)
+
+    def begin(self) -> None:
+        if not self.postgres:
+            self.con.execute("begin transaction")
+
+    def commit(self) -> None:
+        self.con.commit() if self.postgres else self.con.execute("commit")
+
+    def rollback(self) -> None:
+        self.con.rollback() if self.postgres else self.con.execute("rollback")
+
+    def update_rows(self, table: str, assignments: str, row_ids: list) -> None:
+        if self.postgres:
+            self.run(f"update {table} set {assignments} where ctid = any(?::tid[])", [row_ids])
+            return
+        self.run("create or replace temp table _jisr_suppressed (rid bigint)")
+        self.con.executemany("insert into _jisr_suppressed values (?)", [[r] for r in row_ids])
+        self.run(f"update {table} set {assignments} where rowid in (select rid from _jisr_suppressed)")
+        self.run("drop table _jisr_suppressed")
+
+
+def _columns(db: _Database, rule: TableRule) -> dict[str, str] | None:
+    rows = db.rows(
         "select column_name, data_type from information_schema.columns "
-        "where table_schema = ? and table_name = ? order by ordinal_position", [rule.schema, rule.name]).fetchall()
+        "where table_catalog = current_database() and table_schema = ? and table_name = ? "
+        "order by ordinal_position", [rule.schema, rule.name])
     return {name: typ for name, typ in rows} or None
 
 
@@ -465,11 +517,11 @@ def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _read_cells(con, rule: TableRule, columns: dict[str, str]) -> Cells:
+def _read_cells(db: _Database, rule: TableRule, columns: dict[str, str]) -> Cells:
     flag = f"coalesce({_q(rule.flag_column)}, false)" if rule.flag_column in columns else "false"
     selected = ", ".join(_q(c) for c in rule.key_columns + rule.count_columns)
-    rows = con.execute(f"select rowid, {flag}, {selected} from {_q(rule.schema)}.{_q(rule.name)} "
-                       f"order by {', '.join(_q(c) for c in rule.key_columns)}").fetchall()
+    rows = db.rows(f"select {db.row_id}, {flag}, {selected} from {_q(rule.schema)}.{_q(rule.name)} "
+                   f"order by {', '.join(_q(c) for c in rule.key_columns)}")
     return build_cells(rule, [r[2:] for r in rows], rowids=[r[0] for r in rows], flagged=[bool(r[1]) for r in rows])
 
 
@@ -489,38 +541,35 @@ def protect(con, settings=None, config: Any = None) -> list[TableProtection]:
     """Suppress small cells (and their complements) in the configured tables of ``con``.
 
     ``con`` is a read-write connection to the NEW serving file, before it is published.
-    Tables that are not configured are not touched; configured tables that are missing are
-    skipped here and reported by ``check``.
+    Tables that are not configured are not touched; configured tables or columns that are
+    missing are skipped here and reported by ``check`` (a blocking failure).
     """
     config = load_config(config, settings)
+    db = _Database(con)
     report = []
     for rule in config.tables:
-        columns = _columns(con, rule)
+        columns = _columns(db, rule)
         if columns is None:
             continue
-        missing = [c for c in rule.key_columns + rule.suppressed_columns if c not in columns]
-        if missing:
-            raise DisclosureConfigError(f"{rule.table}: configured columns {missing} are not in the table")
-        cells = _read_cells(con, rule, columns)
+        if any(c not in columns for c in rule.key_columns + rule.suppressed_columns):
+            continue  # check() reports the missing columns (a blocking failure)
+        cells = _read_cells(db, rule, columns)
         primary, complementary = suppression_pattern(cells)
         table = f"{_q(rule.schema)}.{_q(rule.name)}"
-        con.execute("begin transaction")
+        db.begin()
         try:
             if rule.flag_column not in columns:
-                con.execute(f"alter table {table} add column {_q(rule.flag_column)} boolean default false")
+                db.run(f"alter table {table} add column {_q(rule.flag_column)} boolean default false")
             for column in rule.suppressed_columns:
-                con.execute(f"alter table {table} alter column {_q(column)} drop not null")
-            con.execute(f"update {table} set {_q(rule.flag_column)} = false where {_q(rule.flag_column)} is null")
+                db.run(f"alter table {table} alter column {_q(column)} drop not null")
+            db.run(f"update {table} set {_q(rule.flag_column)} = false where {_q(rule.flag_column)} is null")
             hidden = sorted(cells.rowids[i] for i in primary | complementary)
             if hidden:
-                con.execute("create or replace temp table _jisr_suppressed (rid bigint)")
-                con.executemany("insert into _jisr_suppressed values (?)", [[r] for r in hidden])
                 assignments = ", ".join([f"{_q(rule.flag_column)} = true"] + [f"{_q(c)} = null" for c in rule.suppressed_columns])
-                con.execute(f"update {table} set {assignments} where rowid in (select rid from _jisr_suppressed)")
-                con.execute("drop table _jisr_suppressed")
-            con.execute("commit")
+                db.update_rows(table, assignments, hidden)
+            db.commit()
         except Exception:
-            con.execute("rollback")
+            db.rollback()
             raise
         report.append(TableProtection(rule.table, len(cells), len(primary), len(complementary)))
     return report
@@ -531,6 +580,7 @@ class Violation:
     table: str
     kind: str
     message: str
+    blocking: bool = True
 
     def __str__(self) -> str:
         return f"{self.table}: {self.kind}: {self.message}"
@@ -543,7 +593,8 @@ def _examples(items: list[str], limit: int = 3) -> str:
 
 def check_table(con, rule: TableRule) -> list[Violation]:
     table = rule.table
-    columns = _columns(con, rule)
+    db = con if isinstance(con, _Database) else _Database(con)
+    columns = _columns(db, rule)
     if columns is None:
         return [Violation(table, "missing_table", "configured for disclosure control but not in the warehouse "
                                                   "(renamed? update config/disclosure.yml)")]
@@ -559,7 +610,7 @@ def check_table(con, rule: TableRule) -> list[Violation]:
         out.append(Violation(table, "unclassified_column",
                              f"numeric columns {loose} are neither counts, values nor keep_columns: they could "
                              "carry a suppressed figure (classify them in config/disclosure.yml)"))
-    cells = _read_cells(con, rule, columns)
+    cells = _read_cells(db, rule, columns)
     seen: dict[tuple, int] = {}
     duplicates = []
     for i, key in enumerate(cells.keys):
@@ -577,9 +628,9 @@ def check_table(con, rule: TableRule) -> list[Violation]:
     flagged_rowids = [cells.rowids[i] for i in range(len(cells)) if cells.flagged[i]]
     if flagged_rowids:
         condition = " or ".join(f"{_q(c)} is not null" for c in rule.suppressed_columns)
-        leaked = con.execute(
+        leaked = db.rows(
             f"select count(*) from {_q(rule.schema)}.{_q(rule.name)} where coalesce({_q(rule.flag_column)}, false) "
-            f"and ({condition})").fetchone()[0]
+            f"and ({condition})")[0][0]
         if leaked:
             out.append(Violation(table, "suppressed_value_published",
                                  f"{leaked} suppressed cells still publish a count or value"))
@@ -589,27 +640,49 @@ def check_table(con, rule: TableRule) -> list[Violation]:
     if unlinked:
         out.append(Violation(table, "linked_pattern", f"cells suppressed in some of the strata linked across "
                              f"{list(rule.link_across)} but published in others: " + _examples(unlinked)))
-    exposed = sorted(recoverable(cells, suppressed))
+    unfixable = determined_by_totals(cells)
+    exposed = sorted(recoverable(cells, suppressed) - unfixable)
+    small_unfixable = [i for i in sorted(unfixable) if any(rule.is_small(v) for v in cells.counts[i]) or cells.flagged[i]]
+    if small_unfixable:
+        out.append(Violation(table, "determined_by_totals", f"{len(small_unfixable)} suppressed cells are determined "
+                             "by the line totals alone (sparse table): the tables publishing those totals must "
+                             "protect them: " + _examples([cells.describe(i) for i in small_unfixable]), blocking=False))
     if exposed:
         out.append(Violation(table, "recoverable", f"{len(exposed)} suppressed cells can be recomputed from the "
                              "published cells and totals: " + _examples([cells.describe(i) for i in exposed])))
     return out
 
 
-def check(con, settings=None, config: Any = None) -> list[Violation]:
-    """Violations that must block publishing (empty: every configured table is protected)."""
+def review(con, settings=None, config: Any = None) -> list[Violation]:
+    """Every finding: blocking violations, then warnings (``blocking=False``)."""
     config = load_config(config, settings)
+    db = _Database(con)
     out = []
     for rule in config.tables:
-        out.extend(check_table(con, rule))
-    return out
+        out.extend(check_table(db, rule))
+    out += [Violation(t, "unconfigured_table", "published with breakdown columns but neither configured in "
+                      "config/disclosure.yml nor exempt", blocking=False)
+            for t in unconfigured_tables(con, config=config)]
+    return sorted(out, key=lambda v: not v.blocking)
+
+
+def check(con, settings=None, config: Any = None) -> list[Violation]:
+    """Violations that must block publishing (empty: every configured table is protected).
+
+    Warnings that do not block (see ``review``) are left out.
+    """
+    return [v for v in review(con, settings, config) if v.blocking]
 
 
 def unconfigured_tables(con, settings=None, config: Any = None, schemas: tuple[str, ...] = ("marts", "impact")) -> list[str]:
     """Published tables with breakdown columns that are neither configured nor exempt (a warning)."""
     config = load_config(config, settings)
     listed = {r.table for r in config.tables} | set(config.exempt_tables)
-    rows = con.execute(
-        "select table_schema || '.' || table_name, list(column_name) from information_schema.columns "
-        f"where table_schema in ({', '.join('?' for _ in schemas)}) group by 1 order by 1", list(schemas)).fetchall()
-    return [table for table, cols in rows if table not in listed and set(cols) & set(config.dimension_hints)]
+    rows = _Database(con).rows(
+        "select table_schema || '.' || table_name, column_name from information_schema.columns "
+        f"where table_catalog = current_database() and table_schema in ({', '.join('?' for _ in schemas)})",
+        list(schemas))
+    columns: dict[str, set[str]] = {}
+    for table, column in rows:
+        columns.setdefault(table, set()).add(column)
+    return sorted(t for t, cols in columns.items() if t not in listed and cols & set(config.dimension_hints))

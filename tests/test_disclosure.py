@@ -294,3 +294,22 @@ def test_unconfigured_tables_lists_breakdowns_nobody_classified(tmp_path):
     con = make_warehouse(tmp_path / "serving.duckdb", coverage_rows(COUNTS))
     assert disclosure.unconfigured_tables(con, config=CONFIG) == ["marts.mart_other"]
     assert disclosure.unconfigured_tables(con, config={**CONFIG, "exempt_tables": ["marts.mart_other"]}) == []
+
+
+def test_check_warns_without_blocking_when_only_outside_totals_determine_a_cell(tmp_path):
+    """Region 01 has men only: its cell equals (men) - (region 02) - (region 03) + (women),
+    whatever this table hides. Those totals are protected where they are published; here it
+    is a warning, not a blocking failure that no suppression here could fix."""
+    con = duckdb.connect(str(tmp_path / "serving.duckdb"))
+    con.execute("create schema marts")
+    con.execute("create table marts.sparse (region_code varchar, sex varchar, people bigint)")
+    con.executemany("insert into marts.sparse values (?, ?, ?)",
+                    [("01", "M", 3), ("02", "F", 40), ("02", "M", 50), ("03", "F", 60), ("03", "M", 70)])
+    config = {"tables": [{"table": "marts.sparse", "dimensions": ["region_code", "sex"], "count_column": "people"}]}
+    protect(con, config=config)
+    hidden = {r for (r,) in con.execute("select region_code || sex from marts.sparse where is_suppressed").fetchall()}
+    assert "01M" in hidden
+    assert check(con, config=config) == []
+    warnings = disclosure.review(con, config=config)
+    assert [(v.kind, v.blocking) for v in warnings] == [("determined_by_totals", False)]
+    assert "region_code='01', sex='M'" in warnings[0].message
