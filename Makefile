@@ -49,3 +49,9 @@ docs: setup
 
 clean:
 	rm -rf "$(JISR_HOME)"
+
+# PostgreSQL serving target and the evaluator role, on a throwaway cluster on loopback
+# (installs Debian's postgresql when missing; the cluster is stopped and removed at the end).
+.PHONY: test-postgres
+test-postgres: setup
+	scripts/postgres-ci.sh $(VENV)/bin/pytest -m postgres -p no:cacheprovider

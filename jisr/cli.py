@@ -67,6 +67,12 @@ def _sql(args) -> int:
     return sql.main(args, get_settings())
 
 
+def _publish_postgres(args) -> int:
+    from jisr import postgres
+
+    return postgres.main(args, get_settings())
+
+
 def _rollback(args) -> int:
     from jisr.lock import LockBusy
     from jisr.publish import PublishError, rollback
@@ -111,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     _sql_arguments(q)
     q.set_defaults(func=_sql)
+
+    pg = sub.add_parser("publish-postgres", help="build the warehouse on PostgreSQL for BI tools (evaluator role)")
+    from jisr.postgres import add_arguments as _postgres_arguments
+
+    _postgres_arguments(pg)
+    pg.set_defaults(func=_publish_postgres)
 
     b = sub.add_parser("rollback", help="serve the previously published warehouse again (undo the last publication)")
     b.set_defaults(func=_rollback)

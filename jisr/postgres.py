@@ -1,0 +1,343 @@
+"""PostgreSQL serving target: the same dbt project and published marts on a PostgreSQL server.
+
+Most BI tools speak PostgreSQL natively. ``publish_postgres(settings, dsn)``:
+
+1. closes the published schemas to the ``evaluator`` role while it works (no one reads a
+   half-built or not yet protected mart);
+2. copies the raw layer (the pseudonymised raw store tables, and the quarantine) into the
+   schemas ``raw`` and ``quarantine`` of the database, with psycopg2 ``COPY`` from CSV
+   streams (the DuckDB postgres extension cannot be downloaded here);
+3. runs the same dbt project with ``--target postgres`` (``dbt build``: seeds, models, tests);
+4. copies the impact tables of the published DuckDB warehouse (computed in Python by the
+   impact stage) into schema ``impact``;
+5. applies disclosure control (quality/disclosure.py) to the marts and refuses to open them
+   if its check fails;
+6. records the publication in ``meta.publish_log`` and (re)creates the read-only role
+   ``evaluator``: USAGE and SELECT on ``marts``, ``impact`` and ``meta.publish_log`` only,
+   default privileges so tables dbt creates later are readable too, no USAGE on ``raw``,
+   ``staging``, ``intermediate``, ``quarantine`` or ``seeds``, no CREATE anywhere (no
+   CREATE on the database or any schema, no TEMPORARY), and read-only transactions.
+
+The owner in ``dsn`` owns the database and needs CREATEROLE (or the role exists already).
+``evaluator`` is a group role; give people their own login roles that are members of it
+(``create role alice login password '...' in role evaluator``), or pass
+``evaluator_password`` to let the role log in itself.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from jisr.settings import Settings
+
+EVALUATOR = "evaluator"
+PUBLISHED_SCHEMAS = ("marts", "impact")
+INTERNAL_SCHEMAS = ("raw", "quarantine", "staging", "intermediate", "seeds", "public")
+BATCH_ROWS = 100_000
+
+PUBLISH_LOG_DDL = """
+create table if not exists meta.publish_log (
+    published_at timestamptz not null,
+    target varchar not null,
+    code_version varchar,
+    raw_tables integer,
+    raw_rows bigint,
+    dbt_invocation_id varchar,
+    tables_protected varchar,
+    note varchar
+)"""
+
+
+class PostgresPublishError(RuntimeError):
+    """The PostgreSQL target could not be built or failed its checks."""
+
+
+@dataclass
+class PostgresPublishResult:
+    raw_rows: dict[str, int] = field(default_factory=dict)
+    impact_tables: list[str] = field(default_factory=list)
+    protected: list[str] = field(default_factory=list)
+    dbt_output: str = ""
+
+    def report(self) -> str:
+        lines = [f"Raw layer copied: {len(self.raw_rows)} tables, {sum(self.raw_rows.values())} rows."]
+        if self.impact_tables:
+            lines.append(f"Impact tables copied: {', '.join(self.impact_tables)}.")
+        lines += [f"Disclosure control: {p}" for p in self.protected]
+        lines.append(f"Role {EVALUATOR}: SELECT on {', '.join(PUBLISHED_SCHEMAS)} and meta.publish_log only.")
+        return "\n".join(lines)
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def pg_type(duckdb_type: str) -> str:
+    """The PostgreSQL type of a DuckDB column type (scalar types of the raw layer)."""
+    t = duckdb_type.upper().strip()
+    if t.startswith("DECIMAL") or t.startswith("NUMERIC"):
+        return t.replace("DECIMAL", "numeric")
+    if t.startswith("TIMESTAMP WITH TIME ZONE") or t == "TIMESTAMPTZ":
+        return "timestamptz"
+    if t.startswith("TIMESTAMP"):
+        return "timestamp"
+    return {
+        "BOOLEAN": "boolean", "TINYINT": "smallint", "SMALLINT": "smallint", "INTEGER": "integer",
+        "BIGINT": "bigint", "HUGEINT": "numeric(39, 0)", "UTINYINT": "smallint", "USMALLINT": "integer",
+        "UINTEGER": "bigint", "UBIGINT": "numeric(20, 0)", "UHUGEINT": "numeric(39, 0)", "FLOAT": "real",
+        "DOUBLE": "double precision", "DATE": "date", "TIME": "time", "INTERVAL": "interval", "UUID": "uuid",
+        "VARCHAR": "text", "BLOB": "bytea", "JSON": "jsonb",
+    }.get(t, "text")
+
+
+def connect(dsn: str):
+    import psycopg2
+
+    try:
+        return psycopg2.connect(dsn)
+    except psycopg2.Error as exc:
+        raise PostgresPublishError(f"cannot connect to PostgreSQL: {str(exc).strip()}") from exc
+
+
+def copy_duckdb_table(duck, pg, source: str, target_schema: str, target_table: str) -> int:
+    """Replace ``target_schema.target_table`` in PostgreSQL with the DuckDB table ``source``.
+
+    Streams Arrow record batches written as CSV into ``COPY ... FROM STDIN`` (one
+    transaction: readers see the old table or the new one, never half of it).
+    """
+    import pyarrow.csv as pacsv
+
+    columns = duck.execute(f"describe {source}").fetchall()
+    names = [c[0] for c in columns]
+    ddl = ", ".join(f"{_q(name)} {pg_type(typ)}" for name, typ, *_ in columns)
+    table = f"{_q(target_schema)}.{_q(target_table)}"
+    select = ", ".join(
+        f"cast({_q(name)} as varchar) as {_q(name)}" if pg_type(typ) in ("text", "jsonb", "bytea") and typ.upper() != "VARCHAR"
+        else _q(name) for name, typ, *_ in columns)
+    rows = 0
+    with pg.cursor() as cur:
+        cur.execute(f"create schema if not exists {_q(target_schema)}")
+        cur.execute(f"drop table if exists {table} cascade")
+        cur.execute(f"create table {table} ({ddl})")
+        reader = duck.sql(f"select {select} from {source}").to_arrow_reader(BATCH_ROWS)
+        column_list = ", ".join(_q(n) for n in names)
+        options = pacsv.WriteOptions(include_header=False)
+        for batch in reader:
+            if batch.num_rows == 0:
+                continue
+            buffer = io.BytesIO()
+            pacsv.write_csv(batch, buffer, write_options=options)
+            buffer.seek(0)
+            cur.copy_expert(f"copy {table} ({column_list}) from stdin with (format csv)", buffer)
+            rows += batch.num_rows
+    pg.commit()
+    return rows
+
+
+def copy_raw_layer(settings: Settings, pg) -> dict[str, int]:
+    """Copy every raw store table (and the quarantine) into schemas raw and quarantine."""
+    import duckdb
+
+    if not settings.store_path.exists():
+        raise PostgresPublishError(f"no raw store at {settings.store_path}: run `jisr refresh` first")
+    try:
+        duck = duckdb.connect(str(settings.store_path), read_only=True)
+    except duckdb.Error as exc:
+        raise PostgresPublishError(f"cannot open the raw store (is a refresh running?): {exc}") from exc
+    try:
+        tables = duck.execute(
+            "select schema_name, table_name from duckdb_tables() where schema_name in ('raw', 'quarantine') "
+            "order by 1, 2").fetchall()
+        counts = {}
+        for schema, table in tables:
+            counts[f"{schema}.{table}"] = copy_duckdb_table(duck, pg, f"{_q(schema)}.{_q(table)}", schema, table)
+        return counts
+    finally:
+        duck.close()
+
+
+def copy_impact_tables(settings: Settings, pg) -> list[str]:
+    """Copy schema impact of the published DuckDB warehouse (impact estimates are computed in
+    Python by the impact stage, not by dbt)."""
+    import duckdb
+
+    if not settings.serving_path.exists():
+        return []
+    duck = duckdb.connect(str(settings.serving_path), read_only=True)
+    try:
+        tables = [r[0] for r in duck.execute(
+            "select table_name from duckdb_tables() where schema_name = 'impact' order by 1").fetchall()]
+        for table in tables:
+            copy_duckdb_table(duck, pg, f"impact.{_q(table)}", "impact", table)
+        return tables
+    finally:
+        duck.close()
+
+
+def dbt_environment(settings: Settings, dsn: str) -> dict[str, str]:
+    """Environment for ``dbt --target postgres``: the profile reads JISR_PG_* variables."""
+    from psycopg2.extensions import parse_dsn
+
+    parts = parse_dsn(dsn)
+    env = settings.dbt_env()
+    env["JISR_DBT_TARGET"] = "postgres"
+    for key, var in (("host", "JISR_PG_HOST"), ("port", "JISR_PG_PORT"), ("user", "JISR_PG_USER"),
+                     ("password", "JISR_PG_PASSWORD"), ("dbname", "JISR_PG_DBNAME")):
+        if parts.get(key):
+            env[var] = str(parts[key])
+    return env
+
+
+def run_dbt(settings: Settings, dsn: str, profiles_dir: Path | None = None, args: tuple[str, ...] = ()) -> str:
+    """``dbt build --target postgres`` of the project; returns dbt's output (raises on failure)."""
+    dbt = Path(sys.executable).with_name("dbt")
+    work = _dbt_work_dir(settings)
+    command = [str(dbt) if dbt.exists() else "dbt", "build", "--target", "postgres", "--no-version-check",
+               "--project-dir", str(settings.dbt_project_dir),
+               "--profiles-dir", str(profiles_dir or settings.dbt_project_dir),
+               "--target-path", str(work / "target"), "--log-path", str(work / "logs"), *args]
+    proc = subprocess.run(command, env=dbt_environment(settings, dsn), capture_output=True, text=True,
+                          cwd=settings.dbt_project_dir)
+    output = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        tail = "\n".join(output.strip().splitlines()[-40:])
+        raise PostgresPublishError(f"dbt build --target postgres failed (exit {proc.returncode}):\n{tail}")
+    return output
+
+
+def close_published(pg, evaluator: str = EVALUATOR) -> None:
+    """Take USAGE on the published schemas away from the evaluator role while publishing."""
+    with pg.cursor() as cur:
+        if not _role_exists(cur, evaluator):
+            return
+        for schema in PUBLISHED_SCHEMAS + ("meta",):
+            cur.execute("select 1 from pg_namespace where nspname = %s", [schema])
+            if cur.fetchone():
+                cur.execute(f"revoke usage on schema {_q(schema)} from {_q(evaluator)}")
+    pg.commit()
+
+
+def _role_exists(cur, role: str) -> bool:
+    cur.execute("select 1 from pg_roles where rolname = %s", [role])
+    return cur.fetchone() is not None
+
+
+def apply_grants(pg, evaluator: str = EVALUATOR, evaluator_password: str | None = None) -> None:
+    """Create (or reset) the read-only evaluator role: SELECT on the published schemas only."""
+    with pg.cursor() as cur:
+        cur.execute("select current_database(), current_user")
+        database, owner = cur.fetchone()
+        if not _role_exists(cur, evaluator):
+            cur.execute(f"create role {_q(evaluator)} nologin")
+        if evaluator_password is not None:
+            cur.execute(f"alter role {_q(evaluator)} login password %s", [evaluator_password])
+        cur.execute(f"alter role {_q(evaluator)} set default_transaction_read_only = on")
+        # Nothing by default: no CREATE or TEMPORARY on the database for anyone but the owner.
+        cur.execute(f"revoke create, temporary on database {_q(database)} from public")
+        cur.execute(f"revoke all on database {_q(database)} from {_q(evaluator)}")
+        cur.execute(f"grant connect on database {_q(database)} to {_q(evaluator)}")
+        cur.execute("revoke all on schema public from public")
+        cur.execute(f"revoke all on schema public from {_q(evaluator)}")
+        cur.execute("select nspname from pg_namespace where nspname not like 'pg\\_%' and nspname <> 'information_schema'")
+        for (schema,) in cur.fetchall():
+            if schema in PUBLISHED_SCHEMAS or schema == "meta":
+                continue
+            cur.execute(f"revoke all on schema {_q(schema)} from {_q(evaluator)}")
+            cur.execute(f"revoke all on all tables in schema {_q(schema)} from {_q(evaluator)}")
+            if schema in INTERNAL_SCHEMAS:
+                cur.execute(f"revoke all on schema {_q(schema)} from public")
+        for schema in PUBLISHED_SCHEMAS + ("meta",):
+            cur.execute(f"create schema if not exists {_q(schema)}")
+            cur.execute(f"revoke create on schema {_q(schema)} from public")
+            cur.execute(f"revoke create on schema {_q(schema)} from {_q(evaluator)}")
+            cur.execute(f"grant usage on schema {_q(schema)} to {_q(evaluator)}")
+        for schema in PUBLISHED_SCHEMAS:
+            cur.execute(f"grant select on all tables in schema {_q(schema)} to {_q(evaluator)}")
+            cur.execute(f"alter default privileges for role {_q(owner)} in schema {_q(schema)} "
+                        f"grant select on tables to {_q(evaluator)}")
+        cur.execute(PUBLISH_LOG_DDL)
+        cur.execute(f"revoke all on all tables in schema meta from {_q(evaluator)}")
+        cur.execute(f"grant select on meta.publish_log to {_q(evaluator)}")
+    pg.commit()
+
+
+def protect_marts(settings: Settings, pg, config=None) -> list[str]:
+    """Disclosure control on the PostgreSQL marts; raises if the blocking check fails."""
+    from quality.disclosure import check, protect
+
+    report = protect(pg, settings, config=config)
+    violations = check(pg, settings, config=config)
+    if violations:
+        raise PostgresPublishError("disclosure check failed, the marts stay closed to evaluators:\n"
+                                   + "\n".join(f"  - {v}" for v in violations))
+    return [str(r) for r in report]
+
+
+def _dbt_work_dir(settings: Settings) -> Path:
+    return settings.home / "warehouse" / "postgres"
+
+
+def _dbt_invocation_id(settings: Settings) -> str | None:
+    try:
+        results = json.loads((_dbt_work_dir(settings) / "target" / "run_results.json").read_text(encoding="utf-8"))
+        return results["metadata"]["invocation_id"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def record_publication(settings: Settings, pg, result: PostgresPublishResult) -> None:
+    with pg.cursor() as cur:
+        cur.execute("create schema if not exists meta")
+        cur.execute(PUBLISH_LOG_DDL)
+        cur.execute("insert into meta.publish_log values (%s, 'postgres', %s, %s, %s, %s, %s, %s)",
+                    [datetime.now(timezone.utc), settings.code_version, len(result.raw_rows),
+                     sum(result.raw_rows.values()), _dbt_invocation_id(settings),
+                     "; ".join(result.protected), None])
+    pg.commit()
+
+
+def publish_postgres(settings: Settings, dsn: str, *, profiles_dir: Path | None = None,
+                     evaluator_password: str | None = None, disclosure_config=None,
+                     dbt_args: tuple[str, ...] = ()) -> PostgresPublishResult:
+    """Build and publish the warehouse on PostgreSQL (see the module docstring)."""
+    pg = connect(dsn)
+    result = PostgresPublishResult()
+    try:
+        close_published(pg)
+        result.raw_rows = copy_raw_layer(settings, pg)
+        result.dbt_output = run_dbt(settings, dsn, profiles_dir=profiles_dir, args=dbt_args)
+        result.impact_tables = copy_impact_tables(settings, pg)
+        result.protected = protect_marts(settings, pg, config=disclosure_config)
+        record_publication(settings, pg, result)
+        apply_grants(pg, evaluator_password=evaluator_password)
+    finally:
+        pg.close()
+    return result
+
+
+def main(args, settings: Settings) -> int:
+    """``jisr publish-postgres --dsn ...``."""
+    password = None
+    if args.evaluator_password_file:
+        password = Path(args.evaluator_password_file).read_text(encoding="utf-8").strip()
+    try:
+        result = publish_postgres(settings, args.dsn, evaluator_password=password)
+    except PostgresPublishError as exc:
+        print(f"jisr publish-postgres: {exc}", file=sys.stderr)
+        return 1
+    print(result.report())
+    return 0
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--dsn", required=True,
+                        help="libpq connection string of the database owner, e.g. "
+                             "postgresql://jisr@127.0.0.1:5432/jisr (password from ~/.pgpass or PGPASSWORD)")
+    parser.add_argument("--evaluator-password-file",
+                        help="let the `evaluator` role log in with the password in this file")

@@ -1,0 +1,255 @@
+"""PostgreSQL serving target: raw copy, dbt build on PostgreSQL, the read-only evaluator role.
+
+Run by `make test-postgres` (scripts/postgres-ci.sh starts a throwaway cluster and exports
+JISR_PG_DSN / JISR_PG_ADMIN_DSN). Without a server these tests are skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from datetime import date, datetime
+from decimal import Decimal
+
+import duckdb
+import pytest
+
+from jisr import postgres
+
+pytestmark = pytest.mark.postgres
+
+psycopg2 = pytest.importorskip("psycopg2")
+from psycopg2 import errors  # noqa: E402
+from psycopg2.extensions import make_dsn, parse_dsn  # noqa: E402
+
+
+def _server_dsns() -> tuple[str, str]:
+    owner, admin = os.environ.get("JISR_PG_DSN"), os.environ.get("JISR_PG_ADMIN_DSN")
+    if not owner or not admin:
+        pytest.skip("no PostgreSQL server configured (run `make test-postgres`)")
+    return owner, admin
+
+
+@pytest.fixture
+def database():
+    """A fresh database owned by the pipeline role; dropped afterwards. Yields its owner DSN."""
+    owner, admin = _server_dsns()
+    name = f"jisr_test_{uuid.uuid4().hex[:10]}"
+    owner_user = parse_dsn(owner)["user"]
+    admin_con = psycopg2.connect(admin)
+    admin_con.autocommit = True
+    with admin_con.cursor() as cur:
+        cur.execute(f'create database "{name}" owner "{owner_user}"')
+    try:
+        yield make_dsn(owner, dbname=name)
+    finally:
+        with admin_con.cursor() as cur:
+            cur.execute(f'drop database if exists "{name}" with (force)')
+        admin_con.close()
+
+
+@pytest.fixture
+def evaluator_password():
+    return f"eval-{uuid.uuid4().hex}"
+
+
+def evaluator_connection(dsn: str, password: str):
+    return psycopg2.connect(make_dsn(dsn, user=postgres.EVALUATOR, password=password))
+
+
+def make_schemas(dsn: str) -> None:
+    """Internal and published schemas as the pipeline leaves them."""
+    con = psycopg2.connect(dsn)
+    with con.cursor() as cur:
+        for schema in ("raw", "quarantine", "staging", "intermediate", "seeds", "marts", "impact"):
+            cur.execute(f"create schema {schema}")
+        cur.execute("create table raw.beneficiaries (person_key bigint, sex text)")
+        cur.execute("insert into raw.beneficiaries values (42, 'F')")
+        cur.execute("create table quarantine.rows (source text, values_json text)")
+        cur.execute("insert into quarantine.rows values ('beneficiaries', '{}')")
+        cur.execute("create view staging.stg_beneficiaries as select * from raw.beneficiaries")
+        cur.execute("create table intermediate.int_people as select * from raw.beneficiaries")
+        cur.execute("create table seeds.geo_regions as select '01'::text as region_code")
+        cur.execute("create table marts.mart_coverage as select '01'::text as region_code, 'F'::text as sex, "
+                    "120::bigint as beneficiaries")
+        cur.execute("create table impact.impact_estimates as select 'DSD-01'::text as programme_code, 1.5 as estimate")
+    con.commit()
+    con.close()
+
+
+def expect_denied(con, statement: str, error=errors.InsufficientPrivilege) -> None:
+    with pytest.raises(error):
+        with con.cursor() as cur:
+            cur.execute(statement)
+    con.rollback()
+
+
+def test_postgres_evaluator_reads_published_schemas_only(database, evaluator_password):
+    make_schemas(database)
+    owner = psycopg2.connect(database)
+    postgres.apply_grants(owner, evaluator_password=evaluator_password)
+    owner.close()
+    con = evaluator_connection(database, evaluator_password)
+    with con.cursor() as cur:
+        cur.execute("select sum(beneficiaries) from marts.mart_coverage")
+        assert cur.fetchone()[0] == 120
+        cur.execute("select programme_code from impact.impact_estimates")
+        assert cur.fetchall() == [("DSD-01",)]
+        cur.execute("select count(*) from meta.publish_log")
+        assert cur.fetchone()[0] == 0
+    con.rollback()
+    for statement in ("select * from raw.beneficiaries", "select * from quarantine.rows",
+                      "select * from staging.stg_beneficiaries", "select * from intermediate.int_people",
+                      "select * from seeds.geo_regions"):
+        expect_denied(con, statement)
+    con.close()
+
+
+def test_postgres_evaluator_cannot_write_or_create(database, evaluator_password):
+    make_schemas(database)
+    owner = psycopg2.connect(database)
+    postgres.apply_grants(owner, evaluator_password=evaluator_password)
+    owner.close()
+    con = evaluator_connection(database, evaluator_password)
+    # First guard: the role's sessions are read-only.
+    expect_denied(con, "insert into marts.mart_coverage values ('02', 'M', 1)", errors.ReadOnlySqlTransaction)
+    # Second guard, with read-only switched off by the user: privileges.
+    with con.cursor() as cur:
+        cur.execute("set session characteristics as transaction read write")
+        cur.execute("set default_transaction_read_only = off")
+    con.commit()
+    for statement in ("insert into marts.mart_coverage values ('02', 'M', 1)",
+                      "update marts.mart_coverage set beneficiaries = 0",
+                      "delete from impact.impact_estimates",
+                      "insert into meta.publish_log (published_at, target) values (now(), 'x')",
+                      "drop table marts.mart_coverage",
+                      "create table marts.mine (x int)",
+                      "create table impact.mine (x int)",
+                      "create table public.mine (x int)",
+                      "create schema mine",
+                      "create temporary table mine (x int)",
+                      "insert into raw.beneficiaries values (1, 'M')"):
+        expect_denied(con, statement)
+    con.close()
+    check = psycopg2.connect(database)
+    with check.cursor() as cur:
+        cur.execute("select count(*) from marts.mart_coverage")
+        assert cur.fetchone()[0] == 1
+    check.close()
+
+
+def test_postgres_evaluator_reads_tables_created_after_the_grants(database, evaluator_password):
+    make_schemas(database)
+    owner = psycopg2.connect(database)
+    postgres.apply_grants(owner, evaluator_password=evaluator_password)
+    with owner.cursor() as cur:  # what dbt does on the next build
+        cur.execute("create table marts.mart_new as select 7 as n")
+        cur.execute("create table raw.payments as select 1 as amount")
+    owner.commit()
+    owner.close()
+    con = evaluator_connection(database, evaluator_password)
+    with con.cursor() as cur:
+        cur.execute("select n from marts.mart_new")
+        assert cur.fetchone()[0] == 7
+    con.rollback()
+    expect_denied(con, "select * from raw.payments")
+    con.close()
+
+
+def test_postgres_copy_raw_layer_keeps_values_and_types(database, settings):
+    settings.store_path.parent.mkdir(parents=True)
+    duck = duckdb.connect(str(settings.store_path))
+    duck.execute("create schema raw; create schema quarantine; create schema meta")
+    duck.execute("""create table raw.payments (person_key bigint, payment_id varchar, amount_mad decimal(12, 2),
+        paid_date date, _loaded_at timestamp, _is_current boolean, note varchar)""")
+    rows = [
+        (9_000_000_000_000_000_001, "P1", Decimal("350.00"), date(2025, 1, 5), datetime(2025, 2, 1, 10, 30), True,
+         'Aït "Benhaddou"; line\nbreak'),
+        (-5, "P2", None, None, None, False, ""),
+        (7, "P3", Decimal("0.01"), date(2024, 12, 31), datetime(2025, 1, 1), None, None),
+    ]
+    duck.executemany("insert into raw.payments values (?, ?, ?, ?, ?, ?, ?)", rows)
+    duck.execute("create table quarantine.rows (source varchar, rule varchar)")
+    duck.execute("insert into quarantine.rows values ('payments', 'min:amount_mad')")
+    duck.execute("create table meta.settings (name varchar, value varchar)")
+    duck.execute("insert into meta.settings values ('key_fingerprint', 'secret-ish')")
+    duck.close()
+    pg = psycopg2.connect(database)
+    counts = postgres.copy_raw_layer(settings, pg)
+    assert counts == {"raw.payments": 3, "quarantine.rows": 1}
+    with pg.cursor() as cur:
+        cur.execute("select * from raw.payments order by payment_id")
+        assert [tuple(r) for r in cur.fetchall()] == rows
+        cur.execute("select data_type from information_schema.columns where table_schema = 'raw' "
+                    "and table_name = 'payments' order by ordinal_position")
+        assert [r[0] for r in cur.fetchall()] == ["bigint", "text", "numeric", "date", "timestamp without time zone",
+                                                 "boolean", "text"]
+        cur.execute("select count(*) from pg_namespace where nspname = 'meta'")
+        assert cur.fetchone()[0] == 0  # key fingerprints and other store settings are not copied
+    # a second copy replaces, never appends
+    assert postgres.copy_raw_layer(settings, pg)["raw.payments"] == 3
+    with pg.cursor() as cur:
+        cur.execute("select count(*) from raw.payments")
+        assert cur.fetchone()[0] == 3
+    pg.close()
+
+
+def test_postgres_disclosure_control_applies_to_postgres_marts(database):
+    pg = psycopg2.connect(database)
+    with pg.cursor() as cur:
+        cur.execute("create schema marts")
+        cur.execute("create table marts.mart_coverage (region_code text, sex text, beneficiaries bigint not null, "
+                    "transfers_mad numeric(14, 2))")
+        cells = {("01", "F"): 3, ("01", "M"): 52, ("02", "F"): 41, ("02", "M"): 47, ("03", "F"): 60, ("03", "M"): 75}
+        for (region, sex), n in cells.items():
+            cur.execute("insert into marts.mart_coverage values (%s, %s, %s, %s)", [region, sex, n, n * 350])
+    pg.commit()
+    config = {"tables": [{"table": "marts.mart_coverage", "dimensions": ["region_code", "sex"],
+                          "count_column": "beneficiaries", "value_columns": ["transfers_mad"]}]}
+    from quality.disclosure import check, protect
+
+    assert [v.kind for v in check(pg, config=config)] == ["not_protected"]
+    report = protect(pg, config=config)
+    assert report[0].primary == 1 and report[0].complementary >= 3
+    assert check(pg, config=config) == []
+    with pg.cursor() as cur:
+        cur.execute("select beneficiaries, transfers_mad from marts.mart_coverage where is_suppressed")
+        hidden = cur.fetchall()
+        cur.execute("select min(beneficiaries) from marts.mart_coverage where not is_suppressed")
+        smallest = cur.fetchone()[0]
+    assert len(hidden) == 4 and all(r == (None, None) for r in hidden)
+    assert smallest >= 10
+    pg.close()
+
+
+@pytest.mark.slow
+def test_postgres_publish_builds_the_dbt_project_for_evaluators(database, settings, evaluator_password, tmp_path):
+    """End to end: sample deliveries ingested, the dbt project built on PostgreSQL, marts
+    protected and readable by the evaluator role, the raw layer not."""
+    from ingestion.contracts import load_contracts
+    from ingestion.generate import generate
+    from ingestion.load import Ingestor
+
+    contracts = load_contracts(settings.contracts_dir)
+    generate(settings.landing_dir, beneficiaries=400, seed=7, months=3, truth_path=tmp_path / "truth.json",
+             contracts_dir=settings.contracts_dir, seeds_dir=settings.seeds_dir, progress=False)
+    Ingestor(settings.store_path, contracts, settings.pseudonym_key(), seeds_dir=settings.seeds_dir,
+             rejected_dir=settings.rejected_dir, feedback_dir=settings.feedback_dir).ingest(settings.landing_dir)
+    result = postgres.publish_postgres(settings, database, evaluator_password=evaluator_password)
+    assert result.raw_rows["raw.beneficiaries"] > 0
+    con = evaluator_connection(database, evaluator_password)
+    with con.cursor() as cur:
+        cur.execute("select table_name from information_schema.tables where table_schema = 'marts'")
+        marts = {r[0] for r in cur.fetchall()}
+        assert {"dim_beneficiaries", "mart_coverage_targeting"} <= marts
+        cur.execute("select count(*) from marts.mart_coverage_targeting where is_suppressed")
+        assert cur.fetchone()[0] > 0  # 400 people: many cells under 10
+        cur.execute("select count(*) from marts.mart_coverage_targeting where not is_suppressed "
+                    "and beneficiaries_reached between 1 and 9")
+        assert cur.fetchone()[0] == 0
+        cur.execute("select target from meta.publish_log")
+        assert cur.fetchall() == [("postgres",)]
+    con.rollback()
+    expect_denied(con, "select * from raw.beneficiaries")
+    expect_denied(con, "select * from staging.stg_msisf__beneficiaries")
+    con.close()
