@@ -1,0 +1,220 @@
+"""The quality gates in Dagster: blocking checks stop publication in the run, the publish step
+cannot be run around them, and the serving warehouse only changes when everything passed.
+
+These tests use the real ingestion, check and publish assets around a small stand-in for
+the dbt step (a Python multi-asset writing a hand-made build warehouse, with a blocking
+check standing for a dbt test of severity error), so they stay fast.
+"""
+
+import hashlib
+
+import dagster as dg
+import duckdb
+import pytest
+
+from jisr.publish import publish_log
+from orchestration.assets.ingest import CONTRACTS, ingest_landing
+from orchestration.assets.publish import SERVING_KEY, build_publish_assets
+from orchestration.checks import CANDIDATE_KEY, build_quality_checks
+from tests.conftest import PROGRAMME, enrolment, payment, person, write_delivery
+from tests.test_publish import make_build, stub_disclosure
+
+MARTS = [dg.AssetKey(["marts", t]) for t in ("dim_programmes", "dim_beneficiaries", "fct_payments")]
+IMPACT = dg.AssetKey(["impact", "impact_estimates"])
+DBT_TEST = "not_null_fct_payments_amount_mad"
+
+
+def stand_in_defs(flags: dict) -> dg.Definitions:
+    @dg.multi_asset(specs=[dg.AssetSpec(k, deps=[dg.AssetKey(["raw", s]) for s in ("programmes", "beneficiaries",
+                                                                                    "payments")]) for k in MARTS],
+                    check_specs=[dg.AssetCheckSpec(DBT_TEST, asset=MARTS[2], blocking=True)], name="warehouse_dbt")
+    def warehouse(context):
+        from jisr.settings import get_settings
+
+        make_build(get_settings(), payments_scale=flags.get("payments_scale", 1.0),
+                   estimate=flags.get("estimate", 1.5), extra_sql=flags.get("extra_sql", ()))
+        for key in MARTS:
+            yield dg.MaterializeResult(asset_key=key)
+        yield dg.AssetCheckResult(asset_key=MARTS[2], check_name=DBT_TEST, passed=not flags.get("fail_dbt_test"),
+                                  severity=dg.AssetCheckSeverity.ERROR)
+
+    @dg.asset(key=IMPACT, deps=[MARTS[2]])
+    def impact(context):
+        flags.setdefault("impact_runs", []).append(context.run.run_id)
+
+    return dg.Definitions(
+        assets=[ingest_landing, warehouse, impact, *build_publish_assets([*MARTS, IMPACT])],
+        asset_checks=build_quality_checks(CONTRACTS, MARTS),
+        jobs=[dg.define_asset_job("refresh_job", selection=dg.AssetSelection.all(),
+                                  executor_def=dg.in_process_executor)],
+    )
+
+
+def deliver(settings, contracts, month="2025-01", n=12, bad_sex_row=None):
+    write_delivery(settings.landing_dir, contracts["programmes"], "programmes_2025-01.csv", [PROGRAMME])
+    people = [person(i) for i in range(n)]
+    if bad_sex_row is not None:
+        people[bad_sex_row]["sex"] = "?"
+    write_delivery(settings.landing_dir, contracts["beneficiaries"], f"registre_{month}.csv", people)
+    write_delivery(settings.landing_dir, contracts["enrolments"], f"inscriptions_{month}.csv",
+                   [enrolment(i) for i in range(n)])
+    write_delivery(settings.landing_dir, contracts["payments"], f"paiements_{month}.csv",
+                   [payment(i, month) for i in range(n)])
+
+
+def run(defs, instance, selection=None):
+    job = defs.resolve_job_def("refresh_job")
+    return job.execute_in_process(instance=instance, raise_on_error=False, asset_selection=selection)
+
+
+def failures(result) -> list[str]:
+    """What `jisr refresh` reports: failed steps (with the user's message) and failed blocking checks."""
+    out = []
+    for event in result.all_events:
+        if event.is_step_failure:
+            err = event.step_failure_data.error
+            while err is not None and err.cause is not None:
+                err = err.cause
+            out.append(f"step {event.step_key}: {err.message.strip() if err else 'failed'}")
+        elif event.event_type_value == "ASSET_CHECK_EVALUATION":
+            data = event.event_specific_data
+            if not data.passed and data.severity == dg.AssetCheckSeverity.ERROR:
+                out.append(f"check {data.check_name} on {data.asset_key.to_user_string()} failed: {data.description}")
+    return out
+
+
+def materialized(result) -> set[str]:
+    return {e.asset_key.to_user_string() for e in result.all_events if e.event_type_value == "ASSET_MATERIALIZATION"}
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def gate_env(tmp_path_factory, contracts):
+    """One Dagster instance and JISR_HOME for this module, with a first successful refresh."""
+    from jisr.settings import Settings
+    from tests.conftest import TEST_KEY
+
+    home = tmp_path_factory.mktemp("gates")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JISR_HOME", str(home))
+        mp.setenv("JISR_PSEUDONYM_KEY", TEST_KEY.decode())
+        stub_disclosure(mp)
+        settings = Settings(home=home, key_value=TEST_KEY.decode())
+        flags: dict = {}
+        defs = stand_in_defs(flags)
+        with dg.instance_for_test() as instance:
+            deliver(settings, contracts)
+            first = run(defs, instance)
+            assert first.success, failures(first)
+            yield settings, contracts, defs, instance, flags, first
+
+
+@pytest.fixture
+def gate(gate_env):
+    """The module's environment with the stand-in warehouse back to a clean build."""
+    flags = gate_env[4]
+    runs = flags.get("impact_runs", [])
+    flags.clear()
+    flags["impact_runs"] = runs
+    return gate_env
+
+
+def test_gates_full_run_publishes_with_checks_and_linked_reports(gate):
+    settings, _, defs, instance, _, first = gate
+    assert publish_log(settings)[-1]["run_id"] == first.run_id
+    assert {"serving/candidate", "serving/warehouse"} <= materialized(first)
+    evaluations = [e.event_specific_data for e in first.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+    by_key = {(ev.asset_key.to_user_string(), ev.check_name): ev for ev in evaluations}
+    for key in [("marts/fct_payments", "references_resolve_to_dimensions"),
+                ("marts/fct_payments", "totals_reconcile_with_raw"),
+                ("marts/dim_beneficiaries", "totals_reconcile_with_raw"),
+                ("serving/candidate", "no_direct_identifiers_published"),
+                ("serving/candidate", "no_small_cells_published"),
+                ("serving/candidate", "row_counts_within_tolerance"),
+                ("raw/payments", "partner_deliveries_are_fresh"),
+                ("raw/payments", "deliveries_validated_by_suite")]:
+        assert key in by_key, key
+        report = by_key[key].metadata["report"].value
+        assert report == str(settings.reports_dir / first.run_id / "quality" / "index.html")
+    page = (settings.reports_dir / first.run_id / "quality" / "index.html").read_text()
+    assert "totals_reconcile_with_raw" in page and "no_direct_identifiers_published" in page
+    graph = defs.resolve_asset_graph()
+    assert graph.get_check_spec(dg.AssetCheckKey(CANDIDATE_KEY, "no_small_cells_published")).blocking
+    assert not graph.get_check_spec(dg.AssetCheckKey(dg.AssetKey(["raw", "payments"]),
+                                                     "partner_deliveries_are_fresh")).blocking
+
+
+def test_gates_blocking_check_failure_fails_the_run_and_leaves_serving_unchanged(gate):
+    settings, contracts, defs, instance, flags, _ = gate
+    before = sha256(settings.serving_path)
+    deliver(settings, contracts, month="2025-02", bad_sex_row=3)  # new files, one quarantined row
+    flags["payments_scale"] = 3.0  # marts no longer reconcile with the raw layer
+    result = run(defs, instance)
+    assert not result.success
+    text = "\n".join(failures(result))
+    assert "check totals_reconcile_with_raw on marts/fct_payments failed" in text and "payments_total_mad" in text
+    assert not {"serving/candidate", "serving/warehouse"} & materialized(result)
+    assert sha256(settings.serving_path) == before
+    # what happened is still recorded: quarantine, partner feedback, quality report
+    con = duckdb.connect(str(settings.store_path), read_only=True)
+    quarantined = con.execute("select count(*) from quarantine.rows where run_id = ?", [result.run_id]).fetchone()[0]
+    con.close()
+    assert quarantined >= 1
+    assert (settings.feedback_dir / "msisf" / "registre_2025-02.csv.rejected_rows.csv").exists()
+    page = (settings.reports_dir / result.run_id / "quality" / "index.html").read_text()
+    assert "BLOCKED" in page and "payments_total_mad" in page and "registre_2025-02.csv" in page
+
+
+def test_gates_dbt_test_failure_stops_publication(gate):
+    settings, _, defs, instance, flags, _ = gate
+    before = sha256(settings.serving_path)
+    impact_runs = len(flags["impact_runs"])
+    flags["fail_dbt_test"] = True
+    flags["estimate"] = 9.0
+    result = run(defs, instance)
+    assert not result.success
+    assert f"check {DBT_TEST} on marts/fct_payments failed" in "\n".join(failures(result))
+    assert not {"impact/impact_estimates", "serving/candidate", "serving/warehouse"} & materialized(result)
+    assert len(flags["impact_runs"]) == impact_runs  # the downstream step did not run
+    assert sha256(settings.serving_path) == before
+
+
+def test_gates_python_check_failure_stops_publication(gate):
+    settings, _, defs, instance, flags, _ = gate
+    before = sha256(settings.serving_path)
+    flags["extra_sql"] = ["create table marts.fct_contacts as select 'AB123456' as contact"]
+    log = publish_log(settings)
+    result = run(defs, instance)
+    assert not result.success
+    assert "check no_direct_identifiers_published on serving/candidate failed" in "\n".join(failures(result))
+    assert "serving/warehouse" not in materialized(result)
+    assert sha256(settings.serving_path) == before
+    assert publish_log(settings) == log
+
+
+def test_gates_publishing_alone_after_a_failed_run_is_refused(gate):
+    settings, _, defs, instance, flags, _ = gate
+    before = sha256(settings.serving_path)
+    flags["payments_scale"] = 3.0
+    assert not run(defs, instance).success
+    alone = run(defs, instance, selection=[SERVING_KEY])
+    assert not alone.success
+    text = "\n".join(failures(alone))
+    assert "Publication refused" in text and "totals_reconcile_with_raw on marts/fct_payments failed" in text
+    assert sha256(settings.serving_path) == before
+
+
+def test_gates_publish_step_audits_the_build_it_publishes(gate):
+    """Checks passed in the instance, then the build changed behind Dagster's back: the
+    publish step's own audit still refuses."""
+    settings, _, defs, instance, _, _ = gate
+    assert run(defs, instance).success  # every check passes on the current build...
+    before = sha256(settings.serving_path)
+    make_build(settings, payments_scale=5.0)  # ...then the build is changed outside Dagster
+    alone = run(defs, instance, selection=[SERVING_KEY])
+    assert not alone.success
+    assert "totals_reconcile_with_raw" in "\n".join(failures(alone))
+    assert sha256(settings.serving_path) == before
