@@ -30,8 +30,8 @@ def impact_stage(context: dg.AssetExecutionContext):
     from impact.run import run_impact
 
     settings = get_settings()
-    report_dir = settings.reports_dir / context.run_id / "impact"
-    summary = run_impact(settings.build_path, CONFIG_PATH, run_id=context.run_id,
+    report_dir = settings.reports_dir / context.run.run_id / "impact"
+    summary = run_impact(settings.build_path, CONFIG_PATH, run_id=context.run.run_id,
                          code_version=settings.code_version, report_dir=report_dir)
     report = summary["report"]
     for note in summary["notes"]:

@@ -63,7 +63,7 @@ def run_ingestion(settings, run_id: str, sources=None, validators=()):
 def ingest_landing(context: dg.AssetExecutionContext):
     settings = get_settings()
     selected = {key.path[-1] for key in context.selected_asset_keys}
-    summary = run_ingestion(settings, context.run_id, sources=selected)
+    summary = run_ingestion(settings, context.run.run_id, sources=selected)
     by_source = summary.by_source()
     for source in CONTRACTS:
         if source not in selected:

@@ -45,6 +45,7 @@ def warehouse_dbt(context: dg.AssetExecutionContext, dbt: DbtCliResource, config
     """One `dbt build` per refresh (models, seeds and tests), then the dbt docs."""
     settings = get_settings()
     export_environment(settings)  # dbt's profiles.yml reads the same JISR_HOME
+    settings.build_path.parent.mkdir(parents=True, exist_ok=True)
     args = ["build"] + (["--full-refresh"] if config.full_refresh else [])
     yield from dbt.cli(args, context=context).stream()
     docs_dir = settings.reports_dir / "dbt-docs"
