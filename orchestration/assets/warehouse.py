@@ -11,7 +11,7 @@ from typing import Any
 import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource, DbtProject, dbt_assets
 
-from jisr.dbt import dbt_executable, ensure_manifest
+from jisr.dbt import dbt_executable, ensure_manifest, manifest_is_stale
 from jisr.settings import export_environment, get_settings
 
 PROJECT = get_settings()  # only project-relative paths are read at import; JISR_HOME is read per run
@@ -46,6 +46,12 @@ def warehouse_dbt(context: dg.AssetExecutionContext, dbt: DbtCliResource, config
     settings = get_settings()
     export_environment(settings)  # dbt's profiles.yml reads the same JISR_HOME
     settings.build_path.parent.mkdir(parents=True, exist_ok=True)
+    if manifest_is_stale(settings):
+        raise dg.Failure(
+            "The dbt project changed after this code location was loaded, so Dagster's view of the "
+            "models and tests is out of date. Reload the code location (UI: Deployment > Reload) or "
+            "run the command again; nothing was built."
+        )
     args = ["build"] + (["--full-refresh"] if config.full_refresh else [])
     yield from dbt.cli(args, context=context).stream()
     docs_dir = settings.reports_dir / "dbt-docs"
