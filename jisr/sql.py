@@ -179,6 +179,45 @@ def _message(exc: Exception) -> str:
     return message
 
 
+# --- dbt analyses ----------------------------------------------------------------------
+class _Relation(str):
+    """A published relation name; ``.include(...)`` (dbt's relation API) keeps it as is."""
+
+    def include(self, *args, **kwargs) -> "_Relation":
+        return self
+
+
+def render_analysis(text: str) -> str:
+    """SQL of a dbt analysis (``dbt_project/analyses/*.sql``) for the serving warehouse.
+
+    ``ref('model')`` is the published table ``marts.<model>`` (the serving file holds the
+    marts under that schema), ``source('schema', 'table')`` is ``schema.table`` and
+    ``var('name', default)`` its default. Plain SQL is returned unchanged; any other Jinja
+    fails to render (a sandboxed environment, nothing from the project is executed).
+    """
+    if "{{" not in text and "{%" not in text and "{#" not in text:
+        return text
+    from jinja2 import StrictUndefined
+    from jinja2.exceptions import TemplateError
+    from jinja2.sandbox import SandboxedEnvironment
+
+    def ref(*names, **_):
+        return _Relation(f"marts.{names[-1]}")
+
+    def source(schema, table):
+        return _Relation(f"{schema}.{table}")
+
+    def var(name, default=None):
+        if default is None:
+            raise SqlError(f"the analysis needs the dbt var {name!r}, which has no default")
+        return default
+
+    try:
+        return SandboxedEnvironment(undefined=StrictUndefined).from_string(text).render(ref=ref, source=source, var=var)
+    except TemplateError as exc:
+        raise SqlError(f"cannot render the dbt analysis: {exc}") from exc
+
+
 # --- the connection --------------------------------------------------------------------
 def connect_serving(path: Path) -> duckdb.DuckDBPyConnection:
     """Open the serving warehouse read-only, with file and extension access off and locked."""
@@ -430,7 +469,7 @@ def main(args, settings) -> int:
             raise SqlError("give a query or --file, not both")
         if args.file:
             try:
-                sql = Path(args.file).read_text(encoding="utf-8")
+                sql = render_analysis(Path(args.file).read_text(encoding="utf-8"))
             except OSError as exc:
                 raise SqlError(f"cannot read {args.file}: {exc.strerror}") from exc
         elif args.query is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -231,3 +232,88 @@ def test_sql_interactive_session_runs_statements_and_survives_errors(serving, mo
     assert "refused: DROP" in text
     assert "syntax error" in text
     assert "marts.mart_coverage" in text and "meta.publish_log" in text
+
+
+# --- the example queries of dbt_project/analyses, on a warehouse published by the pipeline ----
+ANALYSES = sorted((PROJECT_DIR / "dbt_project" / "analyses").glob("*.sql"))
+
+
+@pytest.fixture(scope="module")
+def published_home(tmp_path_factory):
+    """Sample deliveries ingested, the dbt project built, impact tables in their documented
+    shape, and the publish step (with disclosure control) writing the serving file."""
+    from ingestion.contracts import load_contracts
+    from ingestion.generate import generate
+    from ingestion.load import Ingestor
+    from impact.run import TABLES
+    from jisr.publish import publish
+    from jisr.settings import Settings
+    from tests.conftest import TEST_KEY
+
+    home = tmp_path_factory.mktemp("published")
+    settings = Settings(home=home, key_value=TEST_KEY.decode())
+    contracts = load_contracts(settings.contracts_dir)
+    generate(settings.landing_dir, beneficiaries=200, seed=11, months=3, truth_path=home / "truth.json",
+             contracts_dir=settings.contracts_dir, seeds_dir=settings.seeds_dir)
+    sources = [s for s in contracts if not s.startswith("survey")]  # surveys are the impact stage's input
+    Ingestor(settings.store_path, contracts, settings.pseudonym_key(), seeds_dir=settings.seeds_dir,
+             rejected_dir=settings.rejected_dir, feedback_dir=settings.feedback_dir).ingest(settings.landing_dir, sources)
+    settings.build_path.parent.mkdir(parents=True, exist_ok=True)
+    work = home / "dbt"
+    proc = subprocess.run([str(Path(sys.executable).with_name("dbt")), "build", "--resource-type", "seed",
+                           "--resource-type", "model", "--no-version-check",
+                           "--project-dir", str(settings.dbt_project_dir), "--profiles-dir", str(settings.dbt_project_dir),
+                           "--target-path", str(work / "target"), "--log-path", str(work / "logs")],
+                          env=settings.dbt_env(), capture_output=True, text=True, cwd=settings.dbt_project_dir, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    con = duckdb.connect(str(settings.build_path))
+    con.execute("create schema if not exists impact")
+    for table, columns in TABLES.items():
+        con.execute(f"create or replace table impact.{table} ({', '.join(f'{c} {t}' for c, t in columns.items())})")
+    con.close()
+    publish(settings, "run-analyses", "test", audit=False)
+    return settings
+
+
+@pytest.mark.parametrize("analysis", ANALYSES, ids=[p.stem for p in ANALYSES])
+def test_sql_example_analyses_run_on_the_published_warehouse(published_home, analysis, monkeypatch, capsys):
+    monkeypatch.setenv("JISR_HOME", str(published_home.home))
+    code, out, err = run_cli(capsys, "-f", str(analysis), "--format", "csv")
+    assert code == 0, err
+    header = next(csv.reader(io.StringIO(out)))
+    assert len(header) >= 3 and "programme_code" in header
+
+
+def test_sql_coverage_analysis_adds_up_the_published_cells(published_home, monkeypatch, capsys):
+    monkeypatch.setenv("JISR_HOME", str(published_home.home))
+    code, out, err = run_cli(capsys, "-f", str(PROJECT_DIR / "dbt_project/analyses/coverage_by_region_and_sex.sql"),
+                             "--format", "csv")
+    assert code == 0, err
+    rows = list(csv.DictReader(io.StringIO(out)))
+    con = duckdb.connect(str(published_home.serving_path), read_only=True)
+    cells, suppressed, reached = con.execute(
+        "select count(*), count(*) filter (where is_suppressed), coalesce(sum(beneficiaries_reached), 0) "
+        "from marts.mart_coverage_targeting").fetchone()
+    con.close()
+    assert rows and sum(int(r["cells"]) for r in rows) == cells
+    assert sum(int(r["suppressed_cells"]) for r in rows) == suppressed
+    assert sum(int(r["beneficiaries_reached"] or 0) for r in rows) == reached
+    assert all(r["region_name_fr"] for r in rows)
+
+
+def test_sql_analyses_render_to_published_schemas_only():
+    """dbt analyses use ref(); `jisr sql -f` renders them to the published tables."""
+    for analysis in ANALYSES:
+        text = sql.render_analysis(analysis.read_text())
+        assert "{{" not in text and "{%" not in text, analysis.name
+        schemas = set(re.findall(r"\b(?:from|join)\s+([a-z_]+)\.", text))
+        assert schemas and schemas <= {"marts", "impact", "meta"}, (analysis.name, schemas)
+
+
+def test_sql_render_analysis_refuses_other_jinja():
+    assert sql.render_analysis("select 1 from {{ ref('dim_dates').include(database=false) }}") == \
+        "select 1 from marts.dim_dates"
+    with pytest.raises(sql.SqlError):
+        sql.render_analysis("select {{ run_query('drop table x') }}")
+    with pytest.raises(sql.SqlError):
+        sql.render_analysis("select {{ ''.__class__.__mro__ }}")
