@@ -777,6 +777,9 @@ def refreshed(built, tmp_path_factory):
     raw.deliver("repayments", "2025-03", data.repayments("2025-03"), t + timedelta(minutes=3))
     raw.deliver("occupancy", "2025-03", data.occupancy("2025-03"), t + timedelta(minutes=4))
     raw.deliver("service_requests", "2025-03", data.requests_file("2025-03"), t + timedelta(minutes=5))
+    # a corrected February requests file that no longer carries R11 (sent in error)
+    raw.deliver("service_requests", "2025-02", [r for r in data.requests_file("2025-02") if r["request_id"] != "R11"],
+                t + timedelta(minutes=6))
     run_dbt(home, "build")  # its reconciliation test checks raw == marts after the refresh too
     after = {fact: records(home, f"select * from marts.{fact}") for fact in INCREMENTAL_FACTS}
     return home, data, before, after
@@ -803,7 +806,7 @@ def test_incremental_refresh_keeps_history_and_adds_the_new_month(refreshed):
     assert pick(after["fct_loan_instalments"], settled) == pick(before["fct_loan_instalments"], settled) != []
     assert pick(after["fct_loan_instalments"], lambda r: r["due_month"] == "2025-03")
     # requests: those without news untouched; R13 (resolved in March) replaced
-    quiet = lambda r: r["request_id"] in {"R01", "R02", "R08", "R11"}  # noqa: E731
+    quiet = lambda r: r["request_id"] in {"R01", "R02", "R03", "R04"}  # noqa: E731
     assert pick(after["fct_service_requests"], quiet) == pick(before["fct_service_requests"], quiet) != []
     (r13,) = pick(after["fct_service_requests"], lambda r: r["request_id"] == "R13")
     assert r13["request_status"] == "resolved" and r13["processing_hours"] == pytest.approx(120.0)
@@ -816,6 +819,15 @@ def test_incremental_refresh_replaces_a_corrected_month_as_a_whole(refreshed):
     assert sorted((r["payment_id"], r["amount_mad"]) for r in feb) == sorted((p["payment_id"], p["amount_mad"]) for p in corrected)
     old_runs = {r["_dbt_invocation_id"] for r in before["fct_payments"]}
     assert {r["_dbt_invocation_id"] for r in feb}.isdisjoint(old_runs)
+
+
+def test_incremental_refresh_follows_corrections_that_drop_records(refreshed):
+    _, _, before, after = refreshed
+    assert "R11" in {r["request_id"] for r in before["fct_service_requests"]}
+    assert "R11" not in {r["request_id"] for r in after["fct_service_requests"]}
+    # R10 and R12 now come from the corrected February file: same content, new delivery
+    again = {r["request_id"]: r for r in after["fct_service_requests"] if r["request_id"] in {"R10", "R12"}}
+    assert {r["_delivery_id"] for r in again.values()} == {"service_requests-2025-02-1"}
 
 
 def test_full_refresh_rebuilds_the_same_facts_as_incremental_refreshes(refreshed):

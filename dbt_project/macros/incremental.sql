@@ -22,7 +22,42 @@
     cast('{{ run_started_at.strftime("%Y-%m-%d %H:%M:%S") }}' as {{ dbt.type_timestamp() }}) as _dbt_refreshed_at
 {%- endmacro %}
 
-{#- Rows of an incremental model's input that arrived after the last refresh. -#}
-{% macro loaded_since_last_refresh(loaded_at_column='_loaded_at') -%}
-    {{ loaded_at_column }} > (select coalesce(max({{ loaded_at_column }}), cast('1900-01-01' as {{ dbt.type_timestamp() }})) from {{ this }})
+{#- Incremental facts follow the current state of the raw layer, not a load-time
+    watermark: a refresh compares which delivery each key (or period) comes from in the
+    current staging rows and in the fact, so it also sees corrections that make an older
+    row current again.
+
+    changed_periods: periods whose current rows come from a delivery the fact does not
+    hold yet (a new month, or a corrected re-delivery of a month). -#}
+{% macro changed_periods(staging_relation, period_column) -%}
+    select distinct current_rows.{{ period_column }}
+    from (
+        select distinct {{ period_column }}, _delivery_id from {{ staging_relation }}
+    ) as current_rows
+    where not exists (
+        select 1
+        from {{ this }} as existing
+        where existing.{{ period_column }} = current_rows.{{ period_column }}
+          and existing._delivery_id = current_rows._delivery_id
+    )
+{%- endmacro %}
+
+{#- changed_keys: keys whose current row comes from a delivery the fact does not hold for
+    that key (new keys, later records, and earlier records made current again). -#}
+{% macro changed_keys(staging_relation, key_column) -%}
+    select current_rows.{{ key_column }}
+    from {{ staging_relation }} as current_rows
+    where not exists (
+        select 1
+        from {{ this }} as existing
+        where existing.{{ key_column }} = current_rows.{{ key_column }}
+          and existing._delivery_id = current_rows._delivery_id
+    )
+{%- endmacro %}
+
+{#- Post-hook of an incremental fact: remove the rows of keys (or periods) that have no
+    current row any more, e.g. a corrected re-delivery that drops them. -#}
+{% macro delete_vanished(staging_relation, key_column) -%}
+    delete from {{ this }}
+    where {{ key_column }} not in (select {{ key_column }} from {{ staging_relation }})
 {%- endmacro %}

@@ -1,12 +1,14 @@
 {#- Service requests in their latest known state, with processing time for closed ones
-    (resolved or rejected). Incremental by request: a request whose record arrived since
-    the last refresh replaces the earlier row (latest_per_key); others are not rebuilt. -#}
+    (resolved or rejected). Incremental by request: a request whose current record is not
+    the one the fact holds is replaced (latest_per_key), a request with no current record
+    any more is removed, others are not rebuilt. -#}
 {{
     config(
         materialized='incremental',
         incremental_strategy=jisr.incremental_strategy('upsert_key'),
         unique_key='request_id',
         on_schema_change='append_new_columns',
+        post_hook=["{{ jisr.delete_vanished(ref('stg_digital__service_requests'), 'request_id') }}"],
     )
 }}
 
@@ -16,7 +18,7 @@ service_requests as (
 
     select * from {{ ref('stg_digital__service_requests') }}
     {%- if is_incremental() %}
-    where {{ jisr.loaded_since_last_refresh() }}
+    where request_id in ({{ jisr.changed_keys(ref('stg_digital__service_requests'), 'request_id') }})
     {%- endif %}
 
 ),

@@ -1,6 +1,7 @@
 {#- Monthly occupancy reports, incremental by month: a new month is appended, a corrected
-    re-delivery of a month replaces it, earlier months are not rebuilt. Capacity and works
-    periods come from dim_establishments when the marts are built. -#}
+    re-delivery of a month replaces it, a month with no current report any more is
+    removed, other months are not rebuilt. Capacity and works periods come from
+    dim_establishments when the marts are built. -#}
 {{
     config(
         materialized='incremental',
@@ -8,6 +9,7 @@
         unique_key='report_month',
         partition_by=('report_month' if target.type == 'spark' else none),
         on_schema_change='append_new_columns',
+        post_hook=["{{ jisr.delete_vanished(ref('stg_eps__occupancy_reports'), 'report_month') }}"],
     )
 }}
 
@@ -17,10 +19,7 @@ occupancy_reports as (
 
     select * from {{ ref('stg_eps__occupancy_reports') }}
     {%- if is_incremental() %}
-    where report_month in (
-        select report_month from {{ ref('stg_eps__occupancy_reports') }}
-        where {{ jisr.loaded_since_last_refresh() }}
-    )
+    where report_month in ({{ jisr.changed_periods(ref('stg_eps__occupancy_reports'), 'report_month') }})
     {%- endif %}
 
 ),

@@ -1,15 +1,17 @@
 {#- Loan instalments with their settlement and days past due on the reference date.
     An instalment is settled when a payment of at least the amount due (principal +
     interest, to the centime) is recorded; a partial payment leaves it overdue.
-    Incremental by instalment: instalments whose record arrived since the last refresh
-    are replaced (latest_per_key), and so are the instalments still unsettled, whose days
-    past due move with the reference date; settled history is not rebuilt. -#}
+    Incremental by instalment: instalments whose current record is not the one the fact
+    holds are replaced (latest_per_key), and so are the instalments still unsettled,
+    whose days past due move with the reference date; instalments with no current
+    record any more are removed; settled history is not rebuilt. -#}
 {{
     config(
         materialized='incremental',
         incremental_strategy=jisr.incremental_strategy('upsert_key'),
         unique_key='instalment_id',
         on_schema_change='append_new_columns',
+        post_hook=["{{ jisr.delete_vanished(ref('stg_cdg_finance__repayments'), 'instalment_id') }}"],
     )
 }}
 
@@ -19,7 +21,7 @@ repayments as (
 
     select * from {{ ref('stg_cdg_finance__repayments') }}
     {%- if is_incremental() %}
-    where {{ jisr.loaded_since_last_refresh() }}
+    where instalment_id in ({{ jisr.changed_keys(ref('stg_cdg_finance__repayments'), 'instalment_id') }})
        or instalment_id in (select instalment_id from {{ this }} where not is_settled)
     {%- endif %}
 

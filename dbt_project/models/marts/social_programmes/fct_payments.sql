@@ -1,6 +1,7 @@
 {#- Benefit payments, incremental by payment month: a new month is appended; a corrected
-    re-delivery of a month (replace_batch) replaces that month as a whole; earlier months
-    are not rebuilt. `dbt build --full-refresh` rebuilds everything. -#}
+    re-delivery of a month (replace_batch) replaces that month as a whole; a month with no
+    current payment any more is removed; other months are not rebuilt.
+    `dbt build --full-refresh` rebuilds everything. -#}
 {{
     config(
         materialized='incremental',
@@ -8,6 +9,7 @@
         unique_key='payment_month',
         partition_by=('payment_month' if target.type == 'spark' else none),
         on_schema_change='append_new_columns',
+        post_hook=["{{ jisr.delete_vanished(ref('stg_msisf__payments'), 'payment_month') }}"],
     )
 }}
 
@@ -17,10 +19,7 @@ payments as (
 
     select * from {{ ref('stg_msisf__payments') }}
     {%- if is_incremental() %}
-    where payment_month in (
-        select payment_month from {{ ref('stg_msisf__payments') }}
-        where {{ jisr.loaded_since_last_refresh() }}
-    )
+    where payment_month in ({{ jisr.changed_periods(ref('stg_msisf__payments'), 'payment_month') }})
     {%- endif %}
 
 ),
