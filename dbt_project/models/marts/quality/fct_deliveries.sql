@@ -5,7 +5,7 @@ with
 
 deliveries as (
 
-    select * from {{ source('meta', 'deliveries') }}
+    select * from {{ ref('stg_ingest__deliveries') }}
 
 ),
 

@@ -7,7 +7,7 @@ with
 
 quarantined as (
 
-    select * from {{ source('quarantine', 'rows') }}
+    select * from {{ ref('stg_ingest__quarantined_rows') }}
 
 ),
 
