@@ -119,9 +119,23 @@ def build_delivery_checks(contracts: dict) -> dg.AssetChecksDefinition:
 
 
 # --- marts -----------------------------------------------------------------------------------
-def build_warehouse_checks(asset_keys: Iterable[dg.AssetKey]) -> dg.AssetChecksDefinition | None:
-    marts = {k.path[-1]: k for k in asset_keys if len(k.path) == 2 and k.path[0] == "marts"}
-    facts = sorted(name for name in marts if name.startswith("fct_"))
+def _columns(assets_defs) -> dict[dg.AssetKey, set[str] | None]:
+    """Asset keys of the given assets, with their documented columns when known."""
+    out = {}
+    for assets_def in assets_defs:
+        for spec in assets_def.specs:
+            schema = (spec.metadata or {}).get("dagster/column_schema")
+            out[spec.key] = {c.name for c in schema.columns} if schema is not None else None
+    return out
+
+
+def build_warehouse_checks(assets_defs) -> dg.AssetChecksDefinition | None:
+    columns = _columns(assets_defs)
+    marts = {k.path[-1]: k for k in columns if len(k.path) == 2 and k.path[0] == "marts"}
+    dim_keys = {c for cols in (CFG.params(REFERENCES_RESOLVE).get("dimensions") or {}).values() for c in cols}
+    # facts holding a column named like a dimension key (all facts when columns are unknown)
+    facts = sorted(name for name in marts if name.startswith("fct_")
+                   and (columns[marts[name]] is None or columns[marts[name]] & dim_keys))
     reconciled = sorted({r["table"] for r in CFG.params(TOTALS_RECONCILE).get("reconciliations") or ()
                          if r.get("table") in marts})
     dims = [marts[d] for d in (CFG.params(REFERENCES_RESOLVE).get("dimensions") or {}) if d in marts]
@@ -200,10 +214,11 @@ def build_candidate_checks() -> dg.AssetChecksDefinition:
     return candidate_checks
 
 
-def build_quality_checks(contracts: dict, asset_keys: Iterable[dg.AssetKey]) -> list[dg.AssetChecksDefinition]:
-    """Every quality check of the code location (for ``orchestration/definitions.py``)."""
+def build_quality_checks(contracts: dict, warehouse_assets: Iterable) -> list[dg.AssetChecksDefinition]:
+    """Every quality check of the code location (for ``orchestration/definitions.py``):
+    ``warehouse_assets`` are the assets definitions holding the marts (the dbt assets)."""
     checks = [build_delivery_checks(contracts), build_candidate_checks()]
-    warehouse = build_warehouse_checks(asset_keys)
+    warehouse = build_warehouse_checks(list(warehouse_assets))
     if warehouse is not None:
         checks.append(warehouse)
     return checks

@@ -8,9 +8,16 @@ from __future__ import annotations
 import dagster as dg
 
 from orchestration.assets.impact import impact_stage
-from orchestration.assets.ingest import ingest_landing
+from orchestration.assets.ingest import CONTRACTS, ingest_landing
+from orchestration.assets.publish import build_publish_assets, published_upstream
 from orchestration.assets.warehouse import WarehouseConfig, dbt_resource, warehouse_dbt
+from orchestration.checks import build_quality_checks
 from orchestration.sensors import build_landing_sensor
+
+# Write-audit-publish: serving/candidate and serving/warehouse downstream of every published
+# mart and impact table; quality checks (blocking per config/quality.yml) on the way.
+publish_assets = build_publish_assets(published_upstream([*warehouse_dbt.keys, *impact_stage.keys]))
+quality_checks = build_quality_checks(CONTRACTS, [warehouse_dbt])
 
 refresh_job = dg.define_asset_job(
     name="refresh_job",
@@ -30,7 +37,8 @@ refresh_schedule = dg.ScheduleDefinition(
 )
 
 defs = dg.Definitions(
-    assets=[ingest_landing, warehouse_dbt, impact_stage],
+    assets=[ingest_landing, warehouse_dbt, impact_stage, *publish_assets],
+    asset_checks=quality_checks,
     resources={"dbt": dbt_resource()},
     jobs=[refresh_job],
     schedules=[refresh_schedule],

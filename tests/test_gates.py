@@ -44,7 +44,7 @@ def stand_in_defs(flags: dict) -> dg.Definitions:
 
     return dg.Definitions(
         assets=[ingest_landing, warehouse, impact, *build_publish_assets([*MARTS, IMPACT])],
-        asset_checks=build_quality_checks(CONTRACTS, MARTS),
+        asset_checks=build_quality_checks(CONTRACTS, [warehouse]),
         jobs=[dg.define_asset_job("refresh_job", selection=dg.AssetSelection.all(),
                                   executor_def=dg.in_process_executor)],
     )

@@ -159,7 +159,10 @@ def build_publish_assets(upstream: Iterable[dg.AssetKey]) -> list[dg.AssetsDefin
     return [serving_candidate, serving_warehouse]
 
 
-def published_upstream(asset_keys: Iterable[dg.AssetKey], schemas: Iterable[str] = ("marts", "impact")) -> list:
-    """The asset keys whose tables are published (first path element = schema)."""
-    wanted = set(schemas)
+def published_upstream(asset_keys: Iterable[dg.AssetKey], schemas: Iterable[str] | None = None) -> list:
+    """The asset keys whose tables are published (first path element = schema; the schemas
+    are ``publish.schemas`` of config/quality.yml)."""
+    from orchestration.checks import CFG
+
+    wanted = set(schemas if schemas is not None else CFG.publish_schemas)
     return [k for k in asset_keys if len(k.path) == 2 and k.path[0] in wanted]
