@@ -6,8 +6,8 @@ refuses at once with a message naming the running one (or waits up to ``timeout`
 file is never replaced by two processes at once. The operating system releases a lock when
 its process ends, even on SIGKILL, so a crashed refresh never leaves a stale lock behind.
 
-Locks are held per open file: a process that holds ``refresh.lock`` can still take
-``publish.lock`` (a different file), but must not take ``refresh.lock`` a second time.
+Locks are re-entrant within a process (taking a held lock again nests), so the CLI and the
+refresh function may both take the refresh lock.
 """
 
 from __future__ import annotations
@@ -47,12 +47,24 @@ def _read_holder(fh) -> dict | None:
         return None
 
 
+_HELD: dict[Path, int] = {}  # locks this process holds, with their nesting depth
+
+
 @contextmanager
 def file_lock(path: Path, what: str, timeout: float = 0.0, run_id: str | None = None,
               poll: float = 0.2) -> Iterator[Path]:
     """Hold an exclusive lock on ``path``; raise :class:`LockBusy` if it is not free within
-    ``timeout`` seconds (0: do not wait)."""
-    path = Path(path)
+    ``timeout`` seconds (0: do not wait). Re-entrant within a process: taking a lock this
+    process already holds (e.g. the CLI and the refresh function both taking the refresh
+    lock) just nests."""
+    path = Path(path).resolve()
+    if _HELD.get(path):
+        _HELD[path] += 1
+        try:
+            yield path
+        finally:
+            _HELD[path] -= 1
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fh = open(path, "a+", encoding="utf-8")
     start = time.monotonic()
@@ -71,9 +83,11 @@ def file_lock(path: Path, what: str, timeout: float = 0.0, run_id: str | None = 
         fh.write(json.dumps({"pid": os.getpid(), "run_id": run_id,
                              "since": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")}))
         fh.flush()
+        _HELD[path] = 1
         try:
             yield path
         finally:
+            _HELD.pop(path, None)
             fh.seek(0)
             fh.truncate()
             fh.flush()

@@ -354,3 +354,16 @@ def test_publish_waits_for_a_rollback_in_progress(published, tmp_path):
             with publish_lock(published, timeout=0):
                 pass
     assert os.path.exists(published.serving_path)
+
+
+def test_refresh_lock_is_reentrant_within_a_process(settings):
+    with refresh_lock(settings):
+        with refresh_lock(settings):  # e.g. the CLI and run_refresh both take it
+            pass
+        code = ("import sys; from pathlib import Path; from jisr.lock import refresh_lock, LockBusy; "
+                "from jisr.settings import Settings\n"
+                "try:\n    refresh_lock(Settings(home=Path(sys.argv[1]))).__enter__()\nexcept LockBusy:\n    sys.exit(3)")
+        still_held = subprocess.run([sys.executable, "-c", code, str(settings.home)], cwd=PROJECT_DIR)
+        assert still_held.returncode == 3  # the inner exit did not release the outer lock
+    with refresh_lock(settings):
+        pass
