@@ -4,9 +4,10 @@ Most BI tools speak PostgreSQL natively. ``publish_postgres(settings, dsn)``:
 
 1. closes the published schemas to the ``evaluator`` role while it works (no one reads a
    half-built or not yet protected mart);
-2. copies the raw layer (the pseudonymised raw store tables, and the quarantine) into the
-   schemas ``raw`` and ``quarantine`` of the database, with psycopg2 ``COPY`` from CSV
-   streams (the DuckDB postgres extension cannot be downloaded here);
+2. copies the raw layer (the pseudonymised raw store tables, the quarantine and the
+   delivery log) into the schemas ``raw``, ``quarantine`` and ``meta`` of the database,
+   with psycopg2 ``COPY`` from CSV streams (the DuckDB postgres extension cannot be
+   downloaded here);
 3. runs the same dbt project with ``--target postgres`` (``dbt build``: seeds, models, tests);
 4. copies the impact tables of the published DuckDB warehouse (computed in Python by the
    impact stage) into schema ``impact``;
@@ -140,8 +141,14 @@ def copy_duckdb_table(duck, pg, source: str, target_schema: str, target_table: s
     return rows
 
 
+# The delivery log is a dbt source too (quality marts); the store's key fingerprint is not copied.
+STORE_META_TABLES = "(('meta', 'deliveries'))"
+
+
 def copy_raw_layer(settings: Settings, pg) -> dict[str, int]:
-    """Copy every raw store table (and the quarantine) into schemas raw and quarantine."""
+    """Copy the raw store into the same schemas of PostgreSQL: every ``raw`` and
+    ``quarantine`` table and the delivery log ``meta.deliveries`` (internal: the evaluator
+    role cannot read them)."""
     import duckdb
 
     if not settings.store_path.exists():
@@ -153,7 +160,7 @@ def copy_raw_layer(settings: Settings, pg) -> dict[str, int]:
     try:
         tables = duck.execute(
             "select schema_name, table_name from duckdb_tables() where schema_name in ('raw', 'quarantine') "
-            "order by 1, 2").fetchall()
+            "or (schema_name, table_name) in " + STORE_META_TABLES + " order by 1, 2").fetchall()
         counts = {}
         for schema, table in tables:
             counts[f"{schema}.{table}"] = copy_duckdb_table(duck, pg, f"{_q(schema)}.{_q(table)}", schema, table)

@@ -65,6 +65,8 @@ def make_schemas(dsn: str) -> None:
             cur.execute(f"create schema {schema}")
         cur.execute("create table raw.beneficiaries (person_key bigint, sex text)")
         cur.execute("insert into raw.beneficiaries values (42, 'F')")
+        cur.execute("create schema meta")
+        cur.execute("create table meta.deliveries (delivery_id text, file_name text)")
         cur.execute("create table quarantine.rows (source text, values_json text)")
         cur.execute("insert into quarantine.rows values ('beneficiaries', '{}')")
         cur.execute("create view staging.stg_beneficiaries as select * from raw.beneficiaries")
@@ -100,7 +102,7 @@ def test_postgres_evaluator_reads_published_schemas_only(database, evaluator_pas
     con.rollback()
     for statement in ("select * from raw.beneficiaries", "select * from quarantine.rows",
                       "select * from staging.stg_beneficiaries", "select * from intermediate.int_people",
-                      "select * from seeds.geo_regions"):
+                      "select * from seeds.geo_regions", "select * from meta.deliveries"):
         expect_denied(con, statement)
     con.close()
 
@@ -173,10 +175,12 @@ def test_postgres_copy_raw_layer_keeps_values_and_types(database, settings):
     duck.execute("insert into quarantine.rows values ('payments', 'min:amount_mad')")
     duck.execute("create table meta.settings (name varchar, value varchar)")
     duck.execute("insert into meta.settings values ('key_fingerprint', 'secret-ish')")
+    duck.execute("create table meta.deliveries (delivery_id varchar, status varchar)")
+    duck.execute("insert into meta.deliveries values ('d1', 'loaded')")
     duck.close()
     pg = psycopg2.connect(database)
     counts = postgres.copy_raw_layer(settings, pg)
-    assert counts == {"raw.payments": 3, "quarantine.rows": 1}
+    assert counts == {"raw.payments": 3, "quarantine.rows": 1, "meta.deliveries": 1}
     with pg.cursor() as cur:
         cur.execute("select * from raw.payments order by payment_id")
         assert [tuple(r) for r in cur.fetchall()] == rows
@@ -184,8 +188,8 @@ def test_postgres_copy_raw_layer_keeps_values_and_types(database, settings):
                     "and table_name = 'payments' order by ordinal_position")
         assert [r[0] for r in cur.fetchall()] == ["bigint", "text", "numeric", "date", "timestamp without time zone",
                                                  "boolean", "text"]
-        cur.execute("select count(*) from pg_namespace where nspname = 'meta'")
-        assert cur.fetchone()[0] == 0  # key fingerprints and other store settings are not copied
+        cur.execute("select table_name from information_schema.tables where table_schema = 'meta'")
+        assert cur.fetchall() == [("deliveries",)]  # the key fingerprint (meta.settings) is not copied
     # a second copy replaces, never appends
     assert postgres.copy_raw_layer(settings, pg)["raw.payments"] == 3
     with pg.cursor() as cur:
