@@ -18,6 +18,43 @@ beneficiary_versions as (
 
 ),
 
+records_per_person as (
+
+    select
+        person_key,
+        count(*) as records_count
+
+    from beneficiary_versions
+    group by person_key
+
+),
+
+{#- Most people have a single record: one version, no window needed. -#}
+single_records as (
+
+    select
+        beneficiary_versions.*,
+        1 as version_number,
+        cast(null as date) as next_version_from
+
+    from beneficiary_versions
+    inner join records_per_person
+        on beneficiary_versions.person_key = records_per_person.person_key
+    where records_per_person.records_count = 1
+
+),
+
+repeated_records as (
+
+    select beneficiary_versions.*
+
+    from beneficiary_versions
+    inner join records_per_person
+        on beneficiary_versions.person_key = records_per_person.person_key
+    where records_per_person.records_count > 1
+
+),
+
 ranked_in_batch as (
 
     select
@@ -27,7 +64,7 @@ ranked_in_batch as (
             order by _loaded_at desc, _source_row desc
         ) as rank_in_batch
 
-    from beneficiary_versions
+    from repeated_records
 
 ),
 
@@ -83,6 +120,15 @@ numbered as (
 
 ),
 
+versions as (
+
+    {%- set columns = ['person_key', 'version_number', 'next_version_from', '_batch', '_delivery_id'] + tracked %}
+    select {{ columns | join(', ') }} from single_records
+    union all
+    select {{ columns | join(', ') }} from numbered
+
+),
+
 final as (
 
     select
@@ -101,7 +147,7 @@ final as (
         _batch as first_seen_batch,
         _delivery_id as first_seen_delivery_id
 
-    from numbered
+    from versions
 
 )
 

@@ -32,7 +32,6 @@ final as (
         person_key,
         programme_code,
         payment_month,
-        {{ jisr.month_start_of_text('payment_month') }} as payment_month_start_date,
         paid_date,
         amount_mad,
         payment_channel,

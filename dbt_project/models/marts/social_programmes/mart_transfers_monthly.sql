@@ -21,7 +21,6 @@ attributed as (
     select
         payments.programme_code,
         payments.payment_month,
-        payments.payment_month_start_date,
         payments.person_key,
         payments.amount_mad,
         coalesce(beneficiaries.region_code, 'unknown') as region_code,
@@ -37,12 +36,11 @@ attributed as (
 
 ),
 
-final as (
+aggregated as (
 
     select
         programme_code,
         payment_month,
-        payment_month_start_date,
         region_code,
         sex,
         age_band,
@@ -56,11 +54,29 @@ final as (
     group by
         programme_code,
         payment_month,
-        payment_month_start_date,
         region_code,
         sex,
         age_band,
         vulnerability_tercile
+
+),
+
+final as (
+
+    select
+        programme_code,
+        payment_month,
+        {{ jisr.month_start_of_text('payment_month') }} as payment_month_start_date,
+        region_code,
+        sex,
+        age_band,
+        vulnerability_tercile,
+        payments_count,
+        beneficiaries_paid,
+        transfers_paid_mad,
+        mean_payment_mad
+
+    from aggregated
 
 )
 
