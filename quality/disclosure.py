@@ -378,16 +378,17 @@ def recoverable(cells: Cells, suppressed: set[int], touching: set[int] | None = 
     return found
 
 
-def determined_by_totals(cells: Cells) -> set[int]:
+def determined_by_totals(cells: Cells, touching: set[int] | None = None) -> set[int]:
     """Cells that the line totals alone determine, even with every cell of the table hidden.
 
     Sparse tables have them (e.g. two lines that share their only two cells): if those
     totals are published, no suppression in this table can protect such a cell; the tables
     publishing the totals have to. They are reported as a warning, not fixed here.
+    ``touching``: only the strata (groups of lines) holding one of these cells.
     """
     if not any(total is None for _, total in cells.lines):
         return set()  # total rows of the table are hidden with their cells: no outside knowledge
-    return recoverable(cells, set(range(len(cells))))
+    return recoverable(cells, set(range(len(cells))), touching=touching)
 
 
 def _pick(cells: Cells, candidates: Iterable[int], totals: set[int], closes=None) -> int | None:
@@ -432,7 +433,10 @@ def suppression_pattern(cells: Cells) -> tuple[set[int], set[int]]:
     def closes(i: int) -> int:
         return sum(1 for n in lines_of.get(i, ()) if hidden_count[n] == 1)
 
-    unfixable = determined_by_totals(cells)
+    unfixable: set[int] = set()
+    strata: list | None = None  # groups of lines with every cell unknown, computed once
+    stratum_of: dict[int, int] = {}
+    solved: set[int] = set()
     queue = list(range(len(line_cells)))[::-1]
     for i in sorted(suppressed):  # linked strata share the primary pattern
         for j in links_of.get(i, ()):
@@ -445,6 +449,15 @@ def suppression_pattern(cells: Cells) -> tuple[set[int], set[int]]:
                 if pick is not None:
                     hide(pick, queue)
         exposed = recoverable(cells, suppressed, touching=changed_cells) - unfixable
+        if exposed and any(total is None for _, total in cells.lines):
+            if strata is None:
+                strata = _components(cells, set(range(len(cells))))
+                stratum_of = {cell: n for n, (members, _) in enumerate(strata) for cell in members}
+            with _single_threaded_blas():
+                for n in {stratum_of[cell] for cell in exposed} - solved:
+                    unfixable |= _determined(*strata[n])
+                    solved.add(n)
+            exposed -= unfixable
         changed_cells = set()
         if not exposed:
             break
@@ -640,8 +653,9 @@ def check_table(con, rule: TableRule) -> list[Violation]:
     if unlinked:
         out.append(Violation(table, "linked_pattern", f"cells suppressed in some of the strata linked across "
                              f"{list(rule.link_across)} but published in others: " + _examples(unlinked)))
-    unfixable = determined_by_totals(cells)
-    exposed = sorted(recoverable(cells, suppressed) - unfixable)
+    exposed = recoverable(cells, suppressed)
+    unfixable = determined_by_totals(cells, touching=exposed) if exposed else set()
+    exposed = sorted(exposed - unfixable)
     small_unfixable = [i for i in sorted(unfixable) if any(rule.is_small(v) for v in cells.counts[i]) or cells.flagged[i]]
     if small_unfixable:
         out.append(Violation(table, "determined_by_totals", f"{len(small_unfixable)} suppressed cells are determined "
