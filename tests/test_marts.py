@@ -777,6 +777,9 @@ def refreshed(built, tmp_path_factory):
     raw.deliver("repayments", "2025-03", data.repayments("2025-03"), t + timedelta(minutes=3))
     raw.deliver("occupancy", "2025-03", data.occupancy("2025-03"), t + timedelta(minutes=4))
     raw.deliver("service_requests", "2025-03", data.requests_file("2025-03"), t + timedelta(minutes=5))
+    # a corrected February registry extract without person 29 (registered in error)
+    raw.deliver("beneficiaries", "2025-02", [p for p in data.registry("2025-02") if p["person_key"] != 1029],
+                t + timedelta(minutes=6))
     # a corrected February requests file that no longer carries R11 (sent in error)
     raw.deliver("service_requests", "2025-02", [r for r in data.requests_file("2025-02") if r["request_id"] != "R11"],
                 t + timedelta(minutes=6))
@@ -828,6 +831,13 @@ def test_incremental_refresh_follows_corrections_that_drop_records(refreshed):
     # R10 and R12 now come from the corrected February file: same content, new delivery
     again = {r["request_id"]: r for r in after["fct_service_requests"] if r["request_id"] in {"R10", "R12"}}
     assert {r["_delivery_id"] for r in again.values()} == {"service_requests-2025-02-1"}
+
+
+def test_beneficiary_history_drops_records_of_a_replaced_delivery(refreshed):
+    home, data, _, _ = refreshed
+    assert query(home, "select count(*) from marts.dim_beneficiaries where person_key = 1029") == [(0,)]
+    assert query(home, "select region_code, is_current from marts.dim_beneficiaries where person_key = ? "
+                       "order by valid_from", [1000 + data.MOVER]) == [("06", False), ("07", True)]
 
 
 def test_full_refresh_rebuilds_the_same_facts_as_incremental_refreshes(refreshed):

@@ -1,7 +1,7 @@
 {#- History of each registered person (slowly changing dimension, type 2), rebuilt from
     every record the registry delivered, current or superseded:
-    1. within one delivery batch, the latest loaded record of a person wins (a corrected
-       re-delivery of a month replaces the earlier one);
+    1. a corrected re-delivery of a month replaces the earlier delivery of that month as
+       a whole (as ingestion does): only the last loaded delivery of each batch counts;
     2. records are ordered like ingestion's supersede rule (batch, then load time, then
        row) and consecutive records with identical attributes are merged;
     3. a version is valid from the first day of the month of the extract that first showed
@@ -18,13 +18,35 @@ beneficiary_versions as (
 
 ),
 
+last_delivery_of_batch as (
+
+    select
+        _batch,
+        max(_loaded_at) as last_loaded_at
+
+    from beneficiary_versions
+    group by _batch
+
+),
+
+live_records as (
+
+    select beneficiary_versions.*
+
+    from beneficiary_versions
+    inner join last_delivery_of_batch
+        on beneficiary_versions._batch = last_delivery_of_batch._batch
+        and beneficiary_versions._loaded_at = last_delivery_of_batch.last_loaded_at
+
+),
+
 records_per_person as (
 
     select
         person_key,
         count(*) as records_count
 
-    from beneficiary_versions
+    from live_records
     group by person_key
 
 ),
@@ -33,24 +55,24 @@ records_per_person as (
 single_records as (
 
     select
-        beneficiary_versions.*,
+        live_records.*,
         1 as version_number,
         cast(null as date) as next_version_from
 
-    from beneficiary_versions
+    from live_records
     inner join records_per_person
-        on beneficiary_versions.person_key = records_per_person.person_key
+        on live_records.person_key = records_per_person.person_key
     where records_per_person.records_count = 1
 
 ),
 
 repeated_records as (
 
-    select beneficiary_versions.*
+    select live_records.*
 
-    from beneficiary_versions
+    from live_records
     inner join records_per_person
-        on beneficiary_versions.person_key = records_per_person.person_key
+        on live_records.person_key = records_per_person.person_key
     where records_per_person.records_count > 1
 
 ),
