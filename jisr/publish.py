@@ -136,11 +136,13 @@ def _remove_db(path: Path) -> None:
             p.unlink()
 
 
-def _remove_stale_candidates(settings, keep: Path | None = None) -> list[Path]:
+def _remove_stale_candidates(settings) -> list[Path]:
+    """Remove what killed publications left next to the serving file (files, WALs, sidecars)."""
     removed = []
-    for path in Path(settings.serving_path).parent.glob(f"{CANDIDATE_PREFIX}*.duckdb"):
-        if keep is None or path != keep:
-            _remove_db(path)
+    for path in Path(settings.serving_path).parent.glob(f"{CANDIDATE_PREFIX}*"):
+        if path.is_file():
+            path.chmod(path.stat().st_mode | stat.S_IWUSR)
+            path.unlink()
             removed.append(path)
     return removed
 
