@@ -4,15 +4,21 @@ Any engine (DuckDB, Spark, Trino, pandas/pyarrow, ...) reads the same pseudonymi
 with their lineage columns, from this layer. It holds nothing that the raw store does not
 hold (no clear identifiers, no quarantined values).
 
-Layout (under ``lake_dir``, by default ``$JISR_HOME/lake``)::
+Layout (under ``lake_dir``, by default ``$JISR_HOME/lake``): one directory per table,
+``<schema>/<table>/``, named like the store's tables, so an engine maps the dbt source
+``<schema>.<table>`` to the directory ``<lake>/<schema>/<table>``::
 
     raw/<source>/_batch=<batch>/<delivery_id>.parquet   one file per loaded delivery
     raw/<source>/_batch=__HIVE_DEFAULT_PARTITION__/empty.parquet
                                                         zero rows, only while a source has
                                                         no delivery (readers need a schema)
-    meta/deliveries.parquet                             the delivery log (``meta.deliveries``)
-    meta/lake_files.parquet                             what was exported, with currency
+    meta/deliveries/deliveries.parquet                  the delivery log (``meta.deliveries``)
+    quarantine/rows/rows.parquet                        the quarantine ledger (``quarantine.rows``:
+                                                        values pseudonymised like the raw rows)
+    meta/lake_files/lake_files.parquet                  what was exported, with currency
                                                         signatures (drives incremental export)
+
+The delivery log and the quarantine ledger are small and rewritten on every export.
 
 Every file has exactly the columns of ``raw.<source>`` in the same order and types
 (``Contract.raw_columns``), *including* ``_batch`` and ``_is_current``. The ``_batch=``
@@ -116,12 +122,28 @@ def delivery_path(lake_dir: Path, source: str, batch: str | None, delivery_id: s
         f"{escape_partition_value(delivery_id)}.parquet")
 
 
+def table_path(lake_dir: Path, schema: str, table: str) -> Path:
+    """The single file of a small, rewritten table (delivery log, quarantine ledger, manifest)."""
+    return Path(lake_dir) / schema / table / f"{table}.parquet"
+
+
 def manifest_path(lake_dir: Path) -> Path:
-    return Path(lake_dir) / "meta" / "lake_files.parquet"
+    return table_path(lake_dir, "meta", "lake_files")
 
 
 def deliveries_path(lake_dir: Path) -> Path:
-    return Path(lake_dir) / "meta" / "deliveries.parquet"
+    return table_path(lake_dir, "meta", "deliveries")
+
+
+def quarantine_path(lake_dir: Path) -> Path:
+    return table_path(lake_dir, "quarantine", "rows")
+
+
+# Store tables exported whole on every run, in a stable order.
+WHOLE_TABLES = {
+    ("meta", "deliveries"): "select * from meta.deliveries order by loaded_at, delivery_id",
+    ("quarantine", "rows"): "select * from quarantine.rows order by first_seen_at, delivery_id, source_row, rule",
+}
 
 
 def _lit(value: str) -> str:
@@ -179,7 +201,7 @@ def export_raw(store_path: Path, lake_dir: Path, contracts: dict[str, Contract],
     Writes the deliveries not exported yet, rewrites the files of deliveries whose
     ``_is_current`` flags changed since their export (or that were reloaded into a rebuilt
     store, or written with other raw columns), removes files of deliveries the store no
-    longer holds, and rewrites ``meta/deliveries.parquet`` and ``meta/lake_files.parquet``.
+    longer holds, and rewrites the delivery log, the quarantine ledger and the manifest.
     Opens the store read-only: call it after ingestion has closed the store.
     ``sources`` limits the export to some sources (default: every contract source).
     """
@@ -200,8 +222,9 @@ def export_raw(store_path: Path, lake_dir: Path, contracts: dict[str, Contract],
             if source not in tables:
                 raise RuntimeError(f"the raw store {store_path} has no table raw.{source}: run ingestion first")
             manifest += _export_source(con, lake_dir, contract, previous, result, now)
+        for (schema, table), query in WHOLE_TABLES.items():
+            _write_atomic(con, query, table_path(lake_dir, schema, table))
         _write_manifest(lake_dir, manifest)
-        _write_atomic(con, "select * from meta.deliveries order by loaded_at, delivery_id", deliveries_path(lake_dir))
     finally:
         con.close()
     return result

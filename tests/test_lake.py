@@ -6,7 +6,7 @@ import duckdb
 import pytest
 
 from ingestion.lake import (NULL_PARTITION, delivery_path, deliveries_path, escape_partition_value, export_raw,
-                            manifest_path, read_raw_sql)
+                            manifest_path, quarantine_path, read_raw_sql)
 from ingestion.load import Ingestor
 from tests.conftest import PROGRAMME, TEST_KEY, enrolment, payment, person, write_delivery
 
@@ -90,9 +90,25 @@ def test_export_raw_partitions_by_source_and_batch_one_file_per_delivery(setting
     files = sorted((settings.lake_dir / "raw").glob("*/_batch=2025-01/*.parquet"))
     assert sorted(files) == sorted(delivery_path(settings.lake_dir, s, b, d) for s, b, d in loaded)
     assert files[0].relative_to(settings.lake_dir).parts[:3] == ("raw", files[0].parts[-3], "_batch=2025-01")
-    lake_log = duckdb.connect().execute(f"select delivery_id, status from '{deliveries_path(settings.lake_dir)}' "
-                                        "order by all").fetchall()
-    assert lake_log == store.execute("select delivery_id, status from meta.deliveries order by all").fetchall()
+
+
+def test_export_raw_writes_the_delivery_log_and_quarantine_ledger_as_in_the_store(settings, contracts):
+    first_month(settings, contracts)
+    write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-02.csv",
+                   [payment(1, month="2025-02"), payment(2, month="2025-02", amount_mad="-5,00")])
+    ingest(settings, contracts)
+    export(settings, contracts)
+    con = duckdb.connect()
+    con.execute(f"attach '{settings.store_path}' as store (read_only)")
+    for table, path in (("meta.deliveries", deliveries_path(settings.lake_dir)),
+                        ("quarantine.rows", quarantine_path(settings.lake_dir))):
+        assert path.relative_to(settings.lake_dir).parts == (*table.split("."), path.name)
+        both = con.execute(f"select (select count(*) from store.{table}), "
+                           f"(select count(*) from (from store.{table} except all from '{path}')), "
+                           f"(select count(*) from (from '{path}' except all from store.{table}))").fetchone()
+        assert both[0] > 0 and both[1:] == (0, 0), table
+    assert con.execute(f"select count(*) from '{quarantine_path(settings.lake_dir)}' "
+                       "where rule = 'min:amount_mad'").fetchone()[0] == 1
 
 
 def test_export_raw_writes_only_deliveries_not_yet_exported(settings, contracts):
