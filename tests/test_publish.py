@@ -345,15 +345,26 @@ def test_refresh_lock_waits_up_to_its_timeout(settings, tmp_path):
     assert 0.2 < waited < 60
 
 
-def test_publish_waits_for_a_rollback_in_progress(published, tmp_path):
+def test_rollback_waits_for_a_publication_in_progress(published, tmp_path):
     """Publish and rollback take the publish lock: never two writers of the serving path."""
-    from jisr.lock import publish_lock
-
-    with publish_lock(published):
-        with pytest.raises(LockBusy, match="another publish or rollback is running"):
-            with publish_lock(published, timeout=0):
-                pass
-    assert os.path.exists(published.serving_path)
+    make_build(published, estimate=2.5)
+    publish(published, "run-2", "v2")
+    marker = tmp_path / "locked"
+    holder = ("import sys, time; from pathlib import Path; from jisr.lock import publish_lock; "
+              "from jisr.settings import Settings\n"
+              "with publish_lock(Settings(home=Path(sys.argv[1]))):\n"
+              "    Path(sys.argv[2]).write_text('x'); time.sleep(2)")
+    proc = subprocess.Popen([sys.executable, "-c", holder, str(published.home), str(marker)], cwd=PROJECT_DIR)
+    deadline = time.time() + 60
+    while not marker.exists():
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    started = time.monotonic()
+    result = rollback(published)  # waits for the other process to release the lock
+    waited = time.monotonic() - started
+    proc.wait(timeout=30)
+    assert waited > 0.5 and result.restored_run_id == "run-1"
+    assert serving_value(published) == 1.5
 
 
 def test_refresh_lock_is_reentrant_within_a_process(settings):
