@@ -55,3 +55,15 @@ clean:
 .PHONY: test-postgres
 test-postgres: setup
 	scripts/postgres-ci.sh $(VENV)/bin/pytest -m postgres -p no:cacheprovider
+
+# The warehouse on Apache Spark (dbt-spark local session, Java 17) built from the Parquet
+# lake, with its dbt tests and the DuckDB/Spark equivalence test (environment .venv-spark).
+.PHONY: test-spark
+test-spark: setup
+	UV="$(UV)" scripts/spark-ci.sh
+
+# Dagster in production shape: deploy/dagster.yaml (PostgreSQL run, event-log and schedule
+# storage, queued runs) on a throwaway PostgreSQL cluster; a small refresh is read back.
+.PHONY: test-dagster-postgres
+test-dagster-postgres: setup
+	scripts/postgres-ci.sh $(VENV)/bin/pytest -m postgres tests/test_dagster_postgres.py -p no:cacheprovider
