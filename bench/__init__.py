@@ -1,0 +1,1 @@
+"""Jisr's performance benchmark (``make bench`` / ``jisr bench``); see ``bench.run``."""
