@@ -32,7 +32,7 @@ from pathlib import Path
 
 from bench import report
 from bench.measure import log_tail, run_measured
-from jisr.settings import PROJECT_DIR
+from jisr.settings import PROJECT_DIR, get_settings
 
 BENCH_KEY = "bench-only-key-synthetic-data-0123456789"
 DEFAULT_SCALES = (100_000, 1_000_000)
@@ -227,7 +227,7 @@ def _commit() -> str:
 
 def run(scales: list[int], months: int = 12, seed: int = 42, workdir: Path | None = None, out: Path | None = None,
         results: Path | None = None, keep: bool = False, command: str = "make bench") -> dict:
-    root = Path(workdir or PROJECT_DIR / "var" / "bench").resolve()
+    root = Path(workdir or get_settings().home / "bench").resolve()
     root.mkdir(parents=True, exist_ok=True)
     out = Path(out or PROJECT_DIR / "BENCHMARKS.md")
     results = Path(results or PROJECT_DIR / "bench" / "results.json")
@@ -254,7 +254,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated numbers of beneficiaries (default 100000,1000000)")
     parser.add_argument("--months", type=int, default=12, help="monthly deliveries of the full refresh (default 12)")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--workdir", help="scratch folder (default var/bench)")
+    parser.add_argument("--workdir", help="scratch folder (default $JISR_HOME/bench)")
     parser.add_argument("--out", help="report to write (default BENCHMARKS.md)")
     parser.add_argument("--results", help="raw figures as JSON (default bench/results.json)")
     parser.add_argument("--keep", action="store_true", help="keep each scale's JISR_HOME for inspection")

@@ -86,6 +86,12 @@ def _rollback(args) -> int:
     return 0
 
 
+def _bench(args) -> int:
+    from bench.run import main as bench_main
+
+    return bench_main(args, command="jisr bench " + " ".join(sys.argv[2:]))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jisr", description="Jisr: social-programme impact warehouse.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -126,6 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("rollback", help="serve the previously published warehouse again (undo the last publication)")
     b.set_defaults(func=_rollback)
+
+    try:  # the benchmark lives in the project checkout (bench/), not in an installed wheel
+        from bench.run import add_arguments as _bench_arguments
+    except ImportError:
+        _bench_arguments = None
+    if _bench_arguments:
+        pb = sub.add_parser("bench", help="performance benchmark at national scale; writes BENCHMARKS.md (make bench)")
+        _bench_arguments(pb)
+        pb.set_defaults(func=_bench)
     return parser
 
 
