@@ -2,6 +2,9 @@
 
 (a) ``load``: every delivered file read once, typed by its contract, into a DuckDB table
     (``create table ... as select * from read_csv/read_json``; openpyxl for workbooks).
+    DuckDB's reader types the columns natively (the contract's types, date format and
+    decimal mark) and skips a row it cannot type (the planted dirty rows): it does no
+    checking, no pseudonymisation and keeps no history.
 (b) ``count``: DuckDB only counting the rows of every file.
 
 Run as ``python -m bench.floor load|count LANDING_DIR OUT_JSON [DB_PATH]`` so that the

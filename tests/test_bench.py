@@ -1,0 +1,200 @@
+"""The performance benchmark (``make bench``): its measurements, ratios, targets and report.
+
+The fast tests check each part on hand-made inputs; ``test_bench_smoke_run_writes_every_row``
+runs the whole benchmark (generator, floors, the real Dagster refresh, bare dbt build,
+incremental refresh) at a tiny scale so the harness cannot rot. It takes several minutes
+(three refreshes through the real dbt project), so it is marked slow (``make test-slow``).
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import floor, report
+from bench.measure import run_measured
+from bench.run import new_files
+from tests.conftest import PROGRAMME, payment, person, write_delivery
+
+
+# -- floors ------------------------------------------------------------------------------
+def test_floor_load_and_count_read_every_row_of_each_format(tmp_path, contracts):
+    landing = tmp_path / "landing"
+    programme = dict(PROGRAMME, budget_mad="1500000,50")  # the floor reads numbers natively (no digit groups)
+    write_delivery(landing, contracts["programmes"], "programmes_2025-01.csv",
+                   [programme, dict(programme, programme_code="DSD-02", name_fr="Aide – forfaitaire")])
+    write_delivery(landing, contracts["beneficiaries"], "registre_2025-01.csv", [person(i) for i in range(7)])
+    write_delivery(landing, contracts["payments"], "paiements_2025-01.csv", [payment(i) for i in range(5)])
+    loans = [{"loan_id": f"L{i}", "borrower_cin": f"AB{100000 + i}", "programme_code": "DSD-01",
+              "product": "solidarity_group", "principal_mad": 1000 + i, "term_months": 12, "annual_rate_pct": 20.5,
+              "disbursement_date": "2024-03-01", "status": "active"} for i in range(4)]
+    write_delivery(landing, contracts["loans"], "loans_2025-01.jsonl", loans)
+    ventures = [{c.name: None for c in contracts["ventures"].columns} for _ in range(3)]
+    for i, v in enumerate(ventures):
+        v.update(venture_id=f"V{i}", promoter_cin=f"AB{100000 + i}", programme_code="DSD-01")
+    write_delivery(landing, contracts["ventures"], "ventures_2025-01.xlsx", ventures)
+    (landing / "msisf" / "notes.txt").write_text("not a delivery")
+
+    loaded = floor.floor_load(landing, tmp_path / "floor.duckdb", contracts)
+    counted = floor.floor_count(landing, contracts, tmp_path)
+
+    assert loaded["files"] == counted["files"] == 5
+    assert loaded["rows"] == counted["rows"] == 2 + 7 + 5 + 4 + 3
+    assert loaded["seconds"] > 0 and counted["seconds"] > 0
+
+
+def test_floor_load_types_columns_by_contract(tmp_path, contracts):
+    import duckdb
+
+    landing = tmp_path / "landing"
+    write_delivery(landing, contracts["payments"], "paiements_2025-01.csv", [payment(i) for i in range(3)])
+    floor.floor_load(landing, tmp_path / "floor.duckdb", contracts)
+    con = duckdb.connect(str(tmp_path / "floor.duckdb"), read_only=True)
+    types = dict((name, typ) for name, typ, *_ in con.execute("describe f0000").fetchall())
+    total = con.execute("select sum(montant_mad) from f0000").fetchone()[0]
+    assert types["montant_mad"] == contracts["payments"].column("amount_mad").sql_type
+    assert types["date_paiement"] == "DATE"
+    assert float(total) == pytest.approx(3 * float(payment(0)["amount_mad"].replace(",", ".")))
+
+
+# -- measurements ------------------------------------------------------------------------
+def test_run_measured_peak_rss_includes_child_processes(tmp_path):
+    size = 150 * 2**20
+    grandchild = f"b = bytearray({size}); b[::4096] = b'x' * len(b[::4096]); import time; time.sleep(1.5)"
+    parent = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {grandchild!r}], check=True)"
+    m = run_measured([sys.executable, "-c", parent], env={}, cwd=tmp_path, log_path=tmp_path / "log.txt")
+    assert m.returncode == 0
+    assert m.peak_rss >= size
+    assert m.wall_seconds >= 1.5
+
+
+def test_new_files_are_the_added_and_changed_ones(tmp_path):
+    landing, later = tmp_path / "landing", tmp_path / "later"
+    for root in (landing, later):
+        (root / "p").mkdir(parents=True)
+        (root / "p" / "same.csv").write_text("a\n1\n")
+    (landing / "p" / "changed.csv").write_text("a\n1\n")
+    (later / "p" / "changed.csv").write_text("a\n2\n")
+    (later / "p" / "added.csv").write_text("a\n3\n")
+    assert [p.name for p in new_files(landing, later)] == ["added.csv", "changed.csv"]
+
+
+# -- figures, ratios and the report ------------------------------------------------------
+def _child(started: float, steps: dict[str, float], dbt_build: float | None = None) -> dict:
+    out, t = {}, started + 3.0
+    for key, seconds in steps.items():
+        out[key] = {"start": t, "end": t + seconds, "status": "success"}
+        t += seconds + 0.5
+    child = {"started_at": started, "run": {"start": started + 2.5, "end": t}, "steps": out, "dbt_commands": []}
+    if dbt_build is not None:
+        start = out["warehouse_dbt"]["start"]
+        child["dbt_commands"] = [{"step": "warehouse_dbt", "command": "build", "finished": start + dbt_build},
+                                 {"step": "warehouse_dbt", "command": "docs generate", "finished": out["warehouse_dbt"]["end"]}]
+    return child
+
+
+def test_breakdown_sums_steps_by_stage_and_keeps_the_rest_as_start_up():
+    steps = {"ingest_landing": 10.0, "delivery_checks": 2.0, "warehouse_dbt": 30.0, "warehouse_checks": 1.0,
+             "impact_stage": 5.0, "serving__candidate": 3.0, "candidate_checks": 1.5, "serving__warehouse": 2.0}
+    child = _child(1000.0, steps, dbt_build=24.0)
+    wall = 70.0
+    stages = report.breakdown(child, wall)
+    assert stages["ingestion"] == pytest.approx(10.0)
+    assert stages["quality"] == pytest.approx(2.0 + 1.0 + 1.5)
+    assert stages["dbt"] == pytest.approx(30.0)
+    assert stages["impact"] == pytest.approx(5.0)
+    assert stages["publish"] == pytest.approx(3.0 + 2.0)
+    assert stages["start-up and bookkeeping"] == pytest.approx(wall - sum(steps.values()))
+    assert stages["dbt build (inside the step)"] == pytest.approx(24.0)
+    assert stages["dbt docs generate (inside the step)"] == pytest.approx(6.0)
+    assert stages["before the run started"] == pytest.approx(2.5)
+
+
+def _scale(n: int, wall: float, rss: int, floor_s: float, incremental: float, data_bytes: int) -> dict:
+    return {"beneficiaries": n, "months": 12,
+            "data": {"files": 100, "rows": n * 8, "bytes": data_bytes, "generate_seconds": 1.0},
+            "floor_count": {"seconds": floor_s / 3}, "floor_load": {"seconds": floor_s},
+            "full": {"wall": wall, "peak_rss": rss, "success": True, "load_average": (1.0, 1.0, 1.0),
+                     "stages": {"dbt": wall / 2}},
+            "bare_dbt": {"wall": wall / 4, "peak_rss": rss // 2, "returncode": 0,
+                         "slowest": [{"unique_id": "model.jisr.fct_payments", "seconds": 2.0}]},
+            "increment": {"files": 5, "rows": n // 2, "bytes": data_bytes // 12},
+            "incremental": {"wall": incremental, "peak_rss": rss, "success": True, "stages": {}}}
+
+
+def _run(scales: list[dict], definitions: float = 2.0) -> dict:
+    defs = {"first": definitions, "runs": [definitions], "median": definitions, "interpreter": 0.02}
+    ratios = report.compute_ratios(scales, defs)
+    return {"command": "make bench", "date": "2025-01-01 00:00 UTC", "commit": "abc", "months": 12,
+            "machine": {"cpu": "test cpu", "cores": 2, "ram_bytes": 8 * 2**30, "load_average": (2.0, 1.5, 1.0),
+                        "python": "3.11", "duckdb": "2", "dagster": "1", "dbt": "1"},
+            "definitions": defs, "scales": scales, "ratios": ratios}
+
+
+def test_targets_are_judged_at_the_largest_scale_from_the_same_run():
+    small = _scale(100_000, wall=60.0, rss=1 * 2**30, floor_s=5.0, incremental=20.0, data_bytes=90_000_000)
+    large = _scale(1_000_000, wall=500.0, rss=int(2.5 * 2**30), floor_s=50.0, incremental=100.0, data_bytes=900_000_000)
+    run = _run([small, large], definitions=6.0)
+    verdicts = {t["key"]: (t["value"], t["passed"]) for t in report.targets(run["ratios"])}
+
+    assert verdicts["full_over_floor"] == (pytest.approx(500.0 / 50.0), False)
+    assert verdicts["incremental_over_full"] == (pytest.approx(100.0 / 500.0), False)
+    assert verdicts["peak_rss"] == (int(2.5 * 2**30), True)
+    assert verdicts["rss_growth"] == (pytest.approx(2.5), True)
+    assert verdicts["wall_growth"] == (pytest.approx(500.0 / 60.0), True)
+    assert verdicts["definitions_load"] == (6.0, False)
+
+
+def test_growth_targets_are_not_judged_with_one_scale():
+    run = _run([_scale(300, wall=60.0, rss=2**29, floor_s=1.0, incremental=5.0, data_bytes=5_000_000)])
+    verdicts = {t["key"]: t["passed"] for t in report.targets(run["ratios"])}
+    assert verdicts["rss_growth"] is None and verdicts["wall_growth"] is None
+    assert verdicts["incremental_over_full"] is True
+
+
+def test_report_has_every_row_and_keeps_text_outside_its_markers(tmp_path):
+    small = _scale(100_000, wall=60.0, rss=2**30, floor_s=5.0, incremental=6.0, data_bytes=90_000_000)
+    large = _scale(1_000_000, wall=400.0, rss=2**31, floor_s=90.0, incremental=30.0, data_bytes=900_000_000)
+    path = tmp_path / "BENCHMARKS.md"
+    report.write_report(path, report.render(_run([small, large])))
+    path.write_text(path.read_text() + "\n## Scale (Spark)\n\nSpark figure: 123 s\n")
+
+    report.write_report(path, report.render(_run([small, _scale(1_000_000, 401.0, 2**31, 90.0, 30.0, 900_000_000)])))
+    text = path.read_text()
+
+    assert text.count(report.BEGIN) == 1 and text.count("# Benchmarks") == 1
+    assert "Spark figure: 123 s" in text and text.index("Spark figure") > text.index(report.END)
+    for label in (*report.RESULT_ROWS, *(t[1] for t in report.TARGETS), "## Scale (DuckDB)"):
+        assert label in text, label
+    assert "401.0" in text and "400.0" not in text.split("## Targets")[1]
+    assert "| 100,000 | 1,000,000 |" in text
+
+
+# -- the whole benchmark at a tiny scale --------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_bench_smoke_run_writes_every_row(tmp_path):
+    out, results = tmp_path / "BENCHMARKS.md", tmp_path / "results.json"
+    done = subprocess.run([sys.executable, "-m", "bench.run", "--scales", "300", "--months", "2",
+                           "--workdir", str(tmp_path / "work"), "--out", str(out), "--results", str(results)],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    figures = json.loads(results.read_text())
+    scale = figures["scales"][0]
+    assert scale["full"]["success"] and scale["incremental"]["success"] and scale["bare_dbt"]["returncode"] == 0
+    assert scale["floor_load"]["rows"] <= scale["floor_count"]["rows"] == scale["data"]["rows"]
+    assert scale["increment"]["files"] > 0
+    assert all(scale["full"]["stages"][s] > 0 for s in report.STAGES)
+    assert scale["full"]["peak_rss"] > scale["floor_load"]["peak_rss"] > 0
+
+    text = out.read_text()
+    table = text.split("## Results")[1].split("\n\n")[1]
+    for label in report.RESULT_ROWS:
+        row = next(line for line in table.splitlines() if line.startswith(f"| {label} |"))
+        assert "n/a" not in row, row
+    for _, label, *_ in report.TARGETS:
+        assert label in text
+    assert not (tmp_path / "work" / "scale-300" / "home").exists()  # scratch data removed
