@@ -67,3 +67,9 @@ test-spark: setup
 .PHONY: test-dagster-postgres
 test-dagster-postgres: setup
 	scripts/postgres-ci.sh $(VENV)/bin/pytest -m postgres tests/test_dagster_postgres.py -p no:cacheprovider
+
+# Quality gates against the real refresh (dbt included): SIGKILL during the dbt build and
+# during publish, a reader holding the serving file through a refresh, two refreshes at once.
+.PHONY: test-gates
+test-gates: setup
+	$(VENV)/bin/pytest -m slow tests/test_gates.py -p no:cacheprovider

@@ -7,12 +7,19 @@ check standing for a dbt test of severity error), so they stay fast.
 """
 
 import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import dagster as dg
 import duckdb
 import pytest
 
 from jisr.publish import publish_log
+from jisr.settings import PROJECT_DIR
 from orchestration.assets.ingest import CONTRACTS, ingest_landing
 from orchestration.assets.publish import SERVING_KEY, build_publish_assets
 from orchestration.checks import CANDIDATE_KEY, build_quality_checks
@@ -218,3 +225,170 @@ def test_gates_publish_step_audits_the_build_it_publishes(gate):
     assert not alone.success
     assert "totals_reconcile_with_raw" in "\n".join(failures(alone))
     assert sha256(settings.serving_path) == before
+
+
+# --- the real refresh, killed and raced (slow: each refresh runs dbt) -------------------------------------
+
+REFRESH = """
+import json, os, sys, time
+from pathlib import Path
+home, mode = sys.argv[1], sys.argv[2]
+os.environ.update(JISR_HOME=home, DAGSTER_HOME=home + "/dagster", JISR_PSEUDONYM_KEY=sys.argv[3])
+os.environ.pop("JISR_DEMO", None)
+from jisr.lock import LockBusy, refresh_lock
+from jisr.settings import get_settings
+import jisr.publish as publish
+if mode == "kill-in-publish":
+    marker = Path(sys.argv[4])
+    def fault(name):
+        if name == "before_replace":
+            marker.write_text(name)
+            time.sleep(600)
+    publish._fault_point = fault
+from jisr.refresh import run_refresh
+settings = get_settings()
+try:
+    with refresh_lock(settings):
+        result = run_refresh(settings)
+except LockBusy as exc:
+    print(f"REFUSED: {exc}")
+    sys.exit(2)
+print("RESULT " + json.dumps({"success": result.success, "run_id": result.run_id, "failures": result.failures}))
+sys.exit(0 if result.success else 1)
+"""
+
+SERVING_READER = """
+import duckdb, json, sys, time
+from pathlib import Path
+path, ready, go = sys.argv[1:4]
+con = duckdb.connect(path, read_only=True)
+q = ("select (select count(*) from marts.fct_payments), (select sum(amount_mad)::double from marts.fct_payments), "
+     "(select max(run_id) from meta.publish_log)")
+before = con.execute(q).fetchone()
+Path(ready).write_text("ready")
+while not Path(go).exists():
+    before_again = con.execute(q).fetchone()  # keep reading during the refresh
+    assert before_again == before, (before, before_again)
+    time.sleep(0.2)
+after = con.execute(q).fetchone()
+print(json.dumps({"before": before, "after": after}))
+"""
+
+
+def start_refresh(home, tmp_path, name, mode="run", *extra):
+    from tests.conftest import TEST_KEY
+
+    log = open(tmp_path / f"{name}.log", "w")
+    proc = subprocess.Popen([sys.executable, "-c", REFRESH, str(home), mode, TEST_KEY.decode(), *map(str, extra)],
+                            cwd=PROJECT_DIR, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc.log_path = tmp_path / f"{name}.log"
+    return proc
+
+
+def finish(proc, timeout=1800) -> str:
+    proc.wait(timeout=timeout)
+    return proc.log_path.read_text()
+
+
+def kill_group(proc) -> None:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+
+
+def serving_state(settings):
+    con = duckdb.connect(str(settings.serving_path), read_only=True)
+    try:
+        return con.execute("select (select count(*) from marts.fct_payments), "
+                           "(select list(run_id order by published_at) from meta.publish_log)").fetchone()
+    finally:
+        con.close()
+
+
+def wait_for(predicate, proc, what, timeout=1200):
+    deadline = time.time() + timeout
+    while not predicate():
+        if proc.poll() is not None:
+            pytest.fail(f"the refresh ended before {what}:\n{proc.log_path.read_text()[-4000:]}")
+        if time.time() > deadline:
+            kill_group(proc)
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def refreshed_home(tmp_path_factory, contracts):
+    """A JISR_HOME with a first real refresh published."""
+    from jisr.settings import Settings
+
+    home = tmp_path_factory.mktemp("refresh")
+    settings = Settings(home=home)
+    deliver(settings, contracts, n=40)
+    proc = start_refresh(home, home, "first")
+    out = finish(proc)
+    assert proc.returncode == 0 and "RESULT" in out, out[-4000:]
+    return settings
+
+
+@pytest.mark.slow
+def test_refresh_killed_during_dbt_build_then_next_refresh_publishes_while_a_reader_reads(refreshed_home, contracts,
+                                                                                           tmp_path):
+    import psutil
+
+    settings = refreshed_home
+    before_sha, before = sha256(settings.serving_path), serving_state(settings)
+    write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-02.csv",
+                   [payment(i, "2025-02") for i in range(40)])
+
+    def dbt_building(proc):
+        try:
+            return any("dbt" in " ".join(c.cmdline()) and "build" in c.cmdline()
+                       for c in psutil.Process(proc.pid).children(recursive=True))
+        except psutil.Error:
+            return False
+
+    killed = start_refresh(settings.home, tmp_path, "killed-in-dbt")
+    wait_for(lambda: dbt_building(killed), killed, "dbt build started")
+    time.sleep(2)  # well inside the build
+    kill_group(killed)
+    assert sha256(settings.serving_path) == before_sha
+    assert serving_state(settings) == before  # intact and readable
+
+    # The next refresh completes while a reader holds the serving file open, and a second
+    # refresh started meanwhile refuses with a clear message.
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    reader = subprocess.Popen([sys.executable, "-c", SERVING_READER, str(settings.serving_path), str(ready), str(go)],
+                              cwd=PROJECT_DIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(ready.exists, reader, "the reader opened the serving file", timeout=120)
+    refresh = start_refresh(settings.home, tmp_path, "next")
+    lock = settings.home / "refresh.lock"
+    wait_for(lambda: lock.exists() and f'"pid": {refresh.pid}' in lock.read_text(), refresh, "the refresh lock")
+    second = start_refresh(settings.home, tmp_path, "second")
+    out2 = finish(second, timeout=600)
+    assert second.returncode == 2 and "another refresh is running" in out2 and f"pid {refresh.pid}" in out2, out2
+    out = finish(refresh)
+    assert refresh.returncode == 0, out[-4000:]
+    go.write_text("go")
+    seen, err = reader.communicate(timeout=120)
+    assert reader.returncode == 0, err
+    seen = json.loads(seen)
+    assert seen["before"] == seen["after"] == [before[0], seen["before"][1], before[1][-1]]
+    count, runs = serving_state(settings)
+    assert count == 80 and runs[:-1] == before[1] and len(runs) == len(before[1]) + 1
+
+
+@pytest.mark.slow
+def test_refresh_killed_during_publish_leaves_serving_intact_and_next_refresh_publishes(refreshed_home, tmp_path):
+    settings = refreshed_home
+    before_sha, before = sha256(settings.serving_path), serving_state(settings)
+    marker = tmp_path / "publishing"
+    killed = start_refresh(settings.home, tmp_path, "killed-in-publish", "kill-in-publish", marker)
+    wait_for(marker.exists, killed, "the publish step")
+    kill_group(killed)
+    assert sha256(settings.serving_path) == before_sha
+    assert serving_state(settings) == before
+    proc = start_refresh(settings.home, tmp_path, "after-kill")
+    out = finish(proc)
+    assert proc.returncode == 0, out[-4000:]
+    count, runs = serving_state(settings)
+    assert runs[:-1] == before[1] and len(runs) == len(before[1]) + 1 and count == before[0]
+    assert not list(settings.serving_path.parent.glob(".candidate-*"))
