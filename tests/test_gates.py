@@ -227,6 +227,24 @@ def test_gates_publish_step_audits_the_build_it_publishes(gate):
     assert sha256(settings.serving_path) == before
 
 
+
+def test_gates_code_location_publishes_after_every_mart_and_blocking_dbt_test():
+    """In the real code location: the candidate depends on every published mart and impact
+    table, and every dbt test of severity error is a blocking check upstream of publishing."""
+    from orchestration.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    published = {k for k in graph.get_all_asset_keys() if k.path[0] in ("marts", "impact")}
+    assert published and graph.get(CANDIDATE_KEY).parent_keys == published
+    assert graph.get(SERVING_KEY).parent_keys == {CANDIDATE_KEY}
+    ancestors = graph.get_ancestor_asset_keys(SERVING_KEY)
+    dbt_checks = [ck for ck in graph.asset_check_keys if ck.asset_key.path[0] in ("marts", "staging", "intermediate")
+                  and graph.get_check_spec(ck).blocking]
+    assert len(dbt_checks) > 50 and all(ck.asset_key in ancestors for ck in dbt_checks)
+    ours = {ck.name for ck in graph.asset_check_keys if graph.get_check_spec(ck).blocking}
+    assert {"references_resolve_to_dimensions", "totals_reconcile_with_raw", "row_counts_within_tolerance",
+            "no_direct_identifiers_published", "no_small_cells_published"} <= ours
+
 # --- the real refresh, killed and raced (slow: each refresh runs dbt) -------------------------------------
 
 REFRESH = """
