@@ -73,3 +73,12 @@ test-dagster-postgres: setup
 .PHONY: test-gates
 test-gates: setup
 	$(VENV)/bin/pytest -m slow tests/test_gates.py -p no:cacheprovider
+
+# Performance at national scale (issue 7): 100,000 and 1,000,000 beneficiaries through the
+# real refresh, floors, incremental refresh, bare dbt build; writes BENCHMARKS.md. About half
+# an hour on 2 cores; BENCH_SCALES=300 BENCH_MONTHS=2 for a quick look.
+BENCH_SCALES ?= 100000,1000000
+BENCH_MONTHS ?= 12
+.PHONY: bench
+bench: setup
+	$(VENV)/bin/jisr bench --scales $(BENCH_SCALES) --months $(BENCH_MONTHS)
