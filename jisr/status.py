@@ -56,7 +56,7 @@ def run_report(settings: Settings, run_id: str) -> str:
 def _warehouse_line(settings: Settings) -> str:
     if settings.serving_path.exists():
         return (f"Serving warehouse (read-only for evaluators and BI): {settings.serving_path}\n"
-                f"  try: jisr sql \"select * from marts.mart_coverage limit 5\"")
+                f"  try: jisr sql \"select * from marts.mart_coverage_targeting limit 5\"")
     return f"Raw store (internal): {settings.store_path}; no warehouse has been published yet."
 
 

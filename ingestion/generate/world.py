@@ -641,7 +641,7 @@ class World:
             paid = (pdays != NULL_INT) & (pdays <= end)
             prin, _, _ = self._schedule(sub, kk)
             outstanding[has] -= np.where(paid, prin, 0.0)
-            at_risk[has] |= (due <= end - 30) & ~paid
+            at_risk[has] |= (due < end - 30) & ~paid  # more than 30 days past due
         written = (self.loan_wo != NULL_INT) & (self.loan_wo <= end)
         _, _, wo_bal = self._schedule(np.arange(L.n), L.kstop)
         total = float(outstanding.sum())

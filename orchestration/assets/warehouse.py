@@ -5,6 +5,7 @@ the ingestion assets), ``<schema>/<model>`` for models and seeds. Groups follow 
 folders (``meta.dagster.group`` in dbt_project.yml).
 """
 
+import shutil
 from collections.abc import Mapping
 from typing import Any
 
@@ -53,12 +54,17 @@ def warehouse_dbt(context: dg.AssetExecutionContext, dbt: DbtCliResource, config
             "run the command again; nothing was built."
         )
     args = ["build"] + (["--full-refresh"] if config.full_refresh else [])
-    yield from dbt.cli(args, context=context).stream()
-    docs_dir = settings.reports_dir / "dbt-docs"
-    docs = dbt.cli(["docs", "generate", "--static", "--target-path", str(docs_dir)], raise_on_error=False,
-                   manifest=MANIFEST, dagster_dbt_translator=TRANSLATOR)
+    build = dbt.cli(args, context=context)
+    yield from build.stream()
+    # Docs from the build's own manifest (--no-compile: nothing is compiled twice).
+    docs = dbt.cli(["docs", "generate", "--static", "--no-compile"], raise_on_error=False, manifest=MANIFEST,
+                   dagster_dbt_translator=TRANSLATOR, target_path=build.target_path)
     docs.wait()
-    if docs.is_successful():
+    page = build.target_path / "static_index.html"
+    if docs.is_successful() and page.exists():
+        docs_dir = settings.reports_dir / "dbt-docs"
+        docs_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(page, docs_dir / "static_index.html")
         context.log.info(f"dbt docs: {docs_dir / 'static_index.html'}")
     else:
         context.log.warning("dbt docs generate failed; the warehouse itself was built")
