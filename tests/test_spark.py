@@ -2,7 +2,10 @@
 
 One small generated delivery is ingested once; DuckDB builds the warehouse from the raw
 store and Spark (dbt-spark, ``method: session``) from the open raw layer exported by
-``ingestion.lake``. Both builds run every dbt test. Then every mart is compared row by row:
+``ingestion.lake``. Both builds run every dbt test. Then corrected re-deliveries of two
+payment months arrive (one month shrinks, one has every row quarantined, so its period
+vanishes) and both engines refresh the payment fact and everything downstream
+incrementally, with their tests. Then every mart is compared row by row:
 same row count, same values in every column (text, integers, dates, booleans and money
 exactly; floating-point figures to a relative 1e-9, percentiles to 1e-6), and the key
 figures the issue names are checked to be non-trivial, so that equality means something.
@@ -55,6 +58,7 @@ KEY_FIGURES = {
     "mart_digital_services_monthly": ["requests_submitted", "median_processing_hours", "p90_processing_hours"],
 }
 
+INCREMENTAL_SELECTION = "fct_payments+"  # the refresh after the corrected payment months
 DBT_PROJECT = PROJECT_DIR / "dbt_project"
 DEPLOY_OUTPUTS = PROJECT_DIR / "deploy" / "dbt" / "spark-outputs.yml"
 
@@ -80,6 +84,7 @@ class Builds:
     spark_warehouse: Path
     timings: dict[str, float] = field(default_factory=dict)
     tests_run: dict[str, int] = field(default_factory=dict)
+    corrected_months: dict[str, str] = field(default_factory=dict)  # month -> "shrunk" | "vanished"
 
 
 def spark_profiles(profiles_dir: Path) -> Path:
@@ -122,6 +127,34 @@ def count_passed_tests(target_path: Path) -> int:
     return len(tests)
 
 
+def correct_payment_months(landing: Path, contract) -> dict[str, str]:
+    """Re-deliver two payment months as a partner's correction: the 2nd month with every
+    amount negative (all rows quarantined: the month has no current payment any more), the
+    3rd without its last 20 payments."""
+    files = sorted((landing / contract.partner).glob("paiements_*.csv"))
+    encoding = {"windows-1252": "cp1252"}.get(contract.encoding, contract.encoding)
+    amount = contract.column("amount_mad").header
+    corrected = {}
+    for path, kind in ((files[1], "vanished"), (files[2], "shrunk")):
+        lines = path.read_bytes().decode(encoding).splitlines()
+        if kind == "vanished":
+            column = lines[0].split(contract.delimiter).index(amount)
+            lines = [lines[0]] + [contract.delimiter.join("-1" if i == column else value for i, value in
+                                                          enumerate(line.split(contract.delimiter)))
+                                  for line in lines[1:]]
+        else:
+            lines = lines[:-20]
+        path.write_bytes(("\n".join(lines) + "\n").encode(encoding))
+        corrected[contract.matches(path.name).group("batch")] = kind
+    return corrected
+
+
+def ingest_and_export(home: Path, contracts) -> None:
+    Ingestor(home / "store" / "ingest.duckdb", contracts, TEST_KEY, seeds_dir=DBT_PROJECT / "seeds",
+             rejected_dir=home / "rejected", feedback_dir=home / "feedback", code_version="test").ingest(home / "landing")
+    export_raw(home / "store" / "ingest.duckdb", home / "lake", contracts)
+
+
 @pytest.fixture(scope="module")
 def builds(tmp_path_factory) -> Builds:
     problem = java_problem()
@@ -134,11 +167,7 @@ def builds(tmp_path_factory) -> Builds:
     start = time.perf_counter()
     generate(home / "landing", beneficiaries=BENEFICIARIES, seed=SEED, months=MONTHS)
     contracts = load_contracts(PROJECT_DIR / "contracts")
-    summary = Ingestor(home / "store" / "ingest.duckdb", contracts, TEST_KEY,
-                       seeds_dir=DBT_PROJECT / "seeds", rejected_dir=home / "rejected",
-                       feedback_dir=home / "feedback", code_version="test").ingest(home / "landing")
-    assert summary.totals["rows_loaded"] > 0
-    export_raw(home / "store" / "ingest.duckdb", home / "lake", contracts)
+    ingest_and_export(home, contracts)
     timings["generate, ingest, export lake"] = time.perf_counter() - start
     (home / "warehouse").mkdir(parents=True, exist_ok=True)
 
@@ -154,6 +183,13 @@ def builds(tmp_path_factory) -> Builds:
             home, profiles_dir, "spark", "run-operation", "register_raw_sources")
     timings["dbt build spark"], spark_target = dbt(home, profiles_dir, "spark", "build")
     result.tests_run["spark"] = count_passed_tests(spark_target)
+
+    result.corrected_months = correct_payment_months(home / "landing", contracts["payments"])
+    ingest_and_export(home, contracts)
+    for target in ("duckdb", "spark"):
+        timings[f"incremental dbt build {target}"], target_path = dbt(
+            home, profiles_dir, target, "build", "--select", INCREMENTAL_SELECTION)
+        count_passed_tests(target_path)
     print("\nSpark equivalence timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
     return result
 
@@ -258,6 +294,22 @@ def test_spark_marts_equal_duckdb_marts_value_by_value(builds, con):
         if len(duck_rows) != len(spark_rows) or diff:
             problems[table] = [f"{len(duck_rows)} vs {len(spark_rows)} rows", *diff[:5]]
     assert problems == {}
+
+
+def test_spark_incremental_refresh_applies_corrected_months_like_duckdb(builds, con):
+    columns = mart_columns(con, "fct_payments")
+    spark = spark_table_sql(builds, "fct_payments", columns)
+    query = "select payment_month, count(*) from {} group by payment_month order by payment_month"
+    duck_months = dict(con.execute(query.format("build.marts.fct_payments")).fetchall())
+    spark_months = dict(con.execute(query.format(f"({spark})")).fetchall())
+    assert spark_months == duck_months
+    vanished = [m for m, kind in builds.corrected_months.items() if kind == "vanished"]
+    shrunk = [m for m, kind in builds.corrected_months.items() if kind == "shrunk"]
+    assert vanished and not set(vanished) & set(duck_months)  # the month's payments are gone on both
+    raw = duckdb.connect(str(builds.home / "store" / "ingest.duckdb"), read_only=True)
+    current = dict(raw.execute("select payment_month, count(*) from raw.payments where _is_current "
+                               "group by payment_month").fetchall())
+    assert all(duck_months[m] == current[m] for m in shrunk)
 
 
 @pytest.mark.parametrize("table", sorted(KEY_FIGURES))
