@@ -60,7 +60,6 @@ KEY_FIGURES = {
 
 INCREMENTAL_SELECTION = "fct_payments+"  # the refresh after the corrected payment months
 DBT_PROJECT = PROJECT_DIR / "dbt_project"
-DEPLOY_OUTPUTS = PROJECT_DIR / "deploy" / "dbt" / "spark-outputs.yml"
 
 
 def java_problem() -> str | None:
@@ -85,23 +84,6 @@ class Builds:
     timings: dict[str, float] = field(default_factory=dict)
     tests_run: dict[str, int] = field(default_factory=dict)
     corrected_months: dict[str, str] = field(default_factory=dict)  # month -> "shrunk" | "vanished"
-
-
-def spark_profiles(profiles_dir: Path) -> Path:
-    """profiles.yml of the project, with a Spark session output that keeps Spark's files in JISR_HOME."""
-    profiles = yaml.safe_load((DBT_PROJECT / "profiles.yml").read_text())
-    outputs = profiles["jisr"]["outputs"]
-    if not (outputs.get("spark") or {}).get("server_side_parameters"):
-        outputs["spark"] = yaml.safe_load(DEPLOY_OUTPUTS.read_text())["spark"]
-    profiles_dir.mkdir(parents=True, exist_ok=True)
-    (profiles_dir / "profiles.yml").write_text(yaml.safe_dump(profiles, sort_keys=False, allow_unicode=True))
-    return profiles_dir
-
-
-def has_raw_sources_hook() -> bool:
-    config = yaml.safe_load((DBT_PROJECT / "dbt_project.yml").read_text())
-    hooks = config.get("on-run-start") or []
-    return any("register_raw_sources" in hook for hook in ([hooks] if isinstance(hooks, str) else hooks))
 
 
 def dbt(home: Path, profiles_dir: Path, target: str, *args: str) -> tuple[float, Path]:
@@ -171,16 +153,11 @@ def builds(tmp_path_factory) -> Builds:
     timings["generate, ingest, export lake"] = time.perf_counter() - start
     (home / "warehouse").mkdir(parents=True, exist_ok=True)
 
-    profiles_dir = spark_profiles(home / "profiles")
+    profiles_dir = DBT_PROJECT  # the project's own profiles.yml: its `spark` output is what this proves
     result = Builds(home=home, duckdb_path=home / "warehouse" / "build.duckdb",
                     spark_warehouse=home / "warehouse" / "spark", timings=timings)
     timings["dbt build duckdb"], duck_target = dbt(home, profiles_dir, "duckdb", "build")
     result.tests_run["duckdb"] = count_passed_tests(duck_target)
-    if not has_raw_sources_hook():
-        # Until dbt_project.yml runs the hook on every target, register the lake views once:
-        # the Spark metastore lives in $JISR_HOME/warehouse/spark, so they persist.
-        timings["dbt run-operation register_raw_sources"], _ = dbt(
-            home, profiles_dir, "spark", "run-operation", "register_raw_sources")
     timings["dbt build spark"], spark_target = dbt(home, profiles_dir, "spark", "build")
     result.tests_run["spark"] = count_passed_tests(spark_target)
 

@@ -58,6 +58,20 @@
 {#- Post-hook of an incremental fact: remove the rows of keys (or periods) that have no
     current row any more, e.g. a corrected re-delivery that drops them. -#}
 {% macro delete_vanished(staging_relation, key_column) -%}
+    {{ return(adapter.dispatch('delete_vanished', 'jisr')(staging_relation, key_column)) }}
+{%- endmacro %}
+
+{% macro default__delete_vanished(staging_relation, key_column) -%}
     delete from {{ this }}
     where {{ key_column }} not in (select {{ key_column }} from {{ staging_relation }})
+{%- endmacro %}
+
+{#- Materialisation of an incremental fact: `incremental` everywhere, except where an
+    engine cannot update in place (see macros/spark/incremental.sql). -#}
+{% macro incremental_materialization(kind) -%}
+    {{ return(adapter.dispatch('incremental_materialization', 'jisr')(kind)) }}
+{%- endmacro %}
+
+{% macro default__incremental_materialization(kind) -%}
+    {{ return('incremental') }}
 {%- endmacro %}

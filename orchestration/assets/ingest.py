@@ -64,6 +64,10 @@ def ingest_landing(context: dg.AssetExecutionContext):
     settings = get_settings()
     selected = {key.path[-1] for key in context.selected_asset_keys}
     summary = run_ingestion(settings, context.run.run_id, sources=selected)
+    from ingestion.lake import export_raw
+
+    lake = export_raw(settings.store_path, settings.lake_dir, CONTRACTS, sources=selected)
+    context.log.info(f"open raw layer (Parquet): {lake.summary()}")
     by_source = summary.by_source()
     for source in CONTRACTS:
         if source not in selected:

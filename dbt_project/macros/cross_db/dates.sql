@@ -65,7 +65,7 @@
 {%- endmacro %}
 
 {% macro spark__hours_between(start_timestamp, end_timestamp) -%}
-    ((unix_timestamp({{ end_timestamp }}) - unix_timestamp({{ start_timestamp }})) / 3600.0)
+    ((unix_micros(cast({{ end_timestamp }} as timestamp)) - unix_micros(cast({{ start_timestamp }} as timestamp))) / 3600000000.0D)
 {%- endmacro %}
 
 {#- Age in completed years on a date (birthday counted on the day itself). -#}

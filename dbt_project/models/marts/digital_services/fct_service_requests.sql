@@ -4,7 +4,7 @@
     any more is removed, others are not rebuilt. -#}
 {{
     config(
-        materialized='incremental',
+        materialized=jisr.incremental_materialization('upsert_key'),
         incremental_strategy=jisr.incremental_strategy('upsert_key'),
         unique_key='request_id',
         on_schema_change='append_new_columns',

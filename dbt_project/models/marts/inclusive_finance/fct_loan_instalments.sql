@@ -7,7 +7,7 @@
     record any more are removed; settled history is not rebuilt. -#}
 {{
     config(
-        materialized='incremental',
+        materialized=jisr.incremental_materialization('upsert_key'),
         incremental_strategy=jisr.incremental_strategy('upsert_key'),
         unique_key='instalment_id',
         on_schema_change='append_new_columns',
