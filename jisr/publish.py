@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import duckdb
 
@@ -449,7 +449,3 @@ def publish_log(settings) -> list[dict]:
         return []
     finally:
         con.close()
-
-
-def checks_from(results: Iterable[CheckResult]) -> list[dict]:
-    return [r.as_dict() for r in results]

@@ -28,7 +28,7 @@ CFG = config_for(PROJECT)
 CANDIDATE_KEY = dg.AssetKey(["serving", "candidate"])
 
 
-def _severity(passed: bool, severity: str) -> dg.AssetCheckSeverity:
+def _severity(severity: str) -> dg.AssetCheckSeverity:
     return dg.AssetCheckSeverity.ERROR if severity == "block" else dg.AssetCheckSeverity.WARN
 
 
@@ -53,7 +53,7 @@ def check_result(asset_key: dg.AssetKey, check: str, results: list, report=None)
     """One Dagster result from one or more ``quality.checks.CheckResult`` of the same check."""
     severity = CFG.severity(check)
     if not results:
-        return dg.AssetCheckResult(asset_key=asset_key, check_name=check, passed=True, severity=_severity(True, severity),
+        return dg.AssetCheckResult(asset_key=asset_key, check_name=check, passed=True, severity=_severity(severity),
                                    description="nothing to check", metadata=_metadata([], report))
     failing = [r for r in results if not r.passed]
     passed = not failing
@@ -61,7 +61,7 @@ def check_result(asset_key: dg.AssetKey, check: str, results: list, report=None)
                    "; ".join(r.description for r in failing) if failing else
                    f"{len(results)} results, all passed")
     return dg.AssetCheckResult(asset_key=asset_key, check_name=check, passed=passed,
-                               severity=_severity(passed, severity), description=description[:2000],
+                               severity=_severity(severity), description=description[:2000],
                                metadata=_metadata(results, report))
 
 

@@ -38,7 +38,7 @@ import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from ingestion.contracts import Contract, seed_values
 
@@ -472,20 +472,3 @@ def export_suites(contracts: dict[str, Contract], seeds_dir: Path, out_dir: Path
         path.write_text(json.dumps(suite.to_json_dict(), indent=2, default=str), encoding="utf-8")
         paths.append(path)
     return paths
-
-
-def results_for_run(con, run_id: str, prefix: str = "") -> list[dict]:
-    """Recorded suite results of a run (``prefix``: ``ingest.`` when the store is attached)."""
-    exists = con.execute(
-        "select count(*) from duckdb_tables() where schema_name = 'quality' and table_name = 'gx_results' "
-        + ("and database_name = 'ingest'" if prefix else "and database_name = current_database()")).fetchone()[0]
-    if not exists:
-        return []
-    cur = con.execute(f"select * from {prefix}quality.gx_results where run_id = ? order by source, batch, rule",
-                      [run_id])
-    names = [d[0] for d in cur.description]
-    return [dict(zip(names, r)) for r in cur.fetchall()]
-
-
-def iter_rules(specs: Iterable[ExpectationSpec]) -> list[str]:
-    return [s.rule for s in specs]

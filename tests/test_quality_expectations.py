@@ -6,7 +6,6 @@ import json
 from datetime import datetime
 
 import duckdb
-import pytest
 
 import quality.expectations as gxmod
 from ingestion.contracts import seed_values
