@@ -96,14 +96,22 @@ def file_lock(path: Path, what: str, timeout: float = 0.0, run_id: str | None = 
         fh.close()
 
 
-def refresh_lock(settings, timeout: float = 0.0, run_id: str | None = None):
+def refresh_lock(settings, timeout: float | None = None, run_id: str | None = None):
     """The lock around a whole refresh (``$JISR_HOME/refresh.lock``).
 
-    Usage::
+    ``timeout`` defaults to ``publish.lock_timeout_seconds`` of config/quality.yml (0: a
+    second refresh refuses at once). Usage::
 
-        with refresh_lock(settings, timeout=cfg.lock_timeout_seconds):
-            run the refresh
+        try:
+            with refresh_lock(settings):
+                ...run the refresh...
+        except LockBusy as exc:
+            print(exc)  # "another refresh is running (pid 123, started ... UTC); wait for it ..."
     """
+    if timeout is None:
+        from quality.config import config_for
+
+        timeout = config_for(settings).lock_timeout_seconds
     return file_lock(Path(settings.home) / "refresh.lock", "refresh", timeout=timeout, run_id=run_id)
 
 
