@@ -26,6 +26,7 @@ def _generate(args) -> int:
 
 
 def _refresh(args) -> int:
+    from jisr.lock import LockBusy, refresh_lock
     from jisr.refresh import run_refresh
 
     settings = get_settings()
@@ -34,7 +35,12 @@ def _refresh(args) -> int:
     except MissingKeyError as exc:
         print(f"jisr refresh: {exc}", file=sys.stderr)
         return 2
-    result = run_refresh(settings, full_refresh=args.full_refresh)
+    try:
+        with refresh_lock(settings):
+            result = run_refresh(settings, full_refresh=args.full_refresh)
+    except LockBusy as exc:
+        print(f"jisr refresh: {exc}", file=sys.stderr)
+        return 2
     print(result.report())
     return 0 if result.success else 1
 

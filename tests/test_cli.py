@@ -1,0 +1,47 @@
+"""The jisr command line, as a person who is not in the Dagster UI uses it."""
+
+import pytest
+
+from jisr.cli import main
+from jisr.lock import refresh_lock
+from jisr.settings import get_settings
+
+
+def test_refresh_without_a_key_refuses_with_a_clear_message(tmp_path, monkeypatch, capsys):
+    for var in ("JISR_PSEUDONYM_KEY", "JISR_PSEUDONYM_KEY_FILE", "JISR_DEMO"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("JISR_HOME", str(tmp_path))
+    assert main(["refresh"]) == 2
+    err = capsys.readouterr().err
+    assert "No pseudonymisation key is configured" in err and "JISR_PSEUDONYM_KEY_FILE" in err
+    assert not (tmp_path / "store").exists()
+
+
+def test_second_refresh_refuses_while_one_is_running(settings, capsys):
+    with refresh_lock(settings, timeout=0):
+        # another process holding the lock is what matters; a child process shows it
+        import subprocess
+        import sys
+
+        code = "import sys; from jisr.cli import main; sys.exit(main(['refresh']))"
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "another refresh is running" in done.stderr
+
+
+def test_contracts_list_names_every_source(capsys, contracts):
+    assert main(["contracts", "list"]) == 0
+    out = capsys.readouterr().out
+    assert all(source in out for source in contracts)
+
+
+def test_status_before_any_refresh_says_what_to_do(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("JISR_HOME", str(tmp_path))
+    assert main(["status"]) == 0
+    assert "run `jisr refresh`" in capsys.readouterr().out
+    assert get_settings().home == tmp_path.resolve()
+
+
+def test_unknown_command_is_an_error():
+    with pytest.raises(SystemExit):
+        main(["frobnicate"])
