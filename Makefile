@@ -20,7 +20,11 @@ help:
 	@echo "make test   set up and run the test suite"
 	@echo "make test-slow  long statistical tests (CI coverage over many seeds)"
 	@echo "make dev    open the Dagster UI on this project (http://127.0.0.1:3000)"
-	@echo "make docs   regenerate docs/data-contracts.md and the dbt docs"
+	@echo "make docs   regenerate docs/data-contracts.md"
+	@echo "make test-postgres  PostgreSQL serving target and Dagster storage (installs a throwaway server)"
+	@echo "make test-spark     the warehouse on Spark, equal to DuckDB (needs Java 17)"
+	@echo "make test-gates     kills during refresh and publish, concurrent readers and refreshes"
+	@echo "make bench  benchmark at 100k and 1M beneficiaries; writes BENCHMARKS.md"
 
 $(SYNCED):
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet "uv==$(UV_VERSION)"
@@ -74,7 +78,7 @@ test-dagster-postgres: setup
 test-gates: setup
 	$(VENV)/bin/pytest -m slow tests/test_gates.py -p no:cacheprovider
 
-# Performance at national scale (issue 7): 100,000 and 1,000,000 beneficiaries through the
+# Performance at national scale: 100,000 and 1,000,000 beneficiaries through the
 # real refresh, floors, incremental refresh, bare dbt build; writes BENCHMARKS.md. About half
 # an hour on 2 cores; BENCH_SCALES=300 BENCH_MONTHS=2 for a quick look.
 BENCH_SCALES ?= 100000,1000000
