@@ -50,6 +50,22 @@ def run_timings(run_id: str) -> dict:
     return {"run": run, "steps": steps, "dbt_commands": dbt_commands}
 
 
+def validation_seconds(store_path, run_id: str) -> float | None:
+    """Seconds the Great Expectations suites took in this run's ingestion (``quality.gx_results``
+    holds each validated batch's time on every expectation row of it)."""
+    import duckdb
+
+    con = duckdb.connect(str(store_path), read_only=True)
+    try:
+        if not con.execute("select count(*) from information_schema.tables where table_schema = 'quality' "
+                           "and table_name = 'gx_results'").fetchone()[0]:
+            return None
+        return con.execute("select coalesce(sum(seconds), 0) from (select distinct source, batch, seconds "
+                           "from quality.gx_results where run_id = ?)", [run_id]).fetchone()[0]
+    finally:
+        con.close()
+
+
 def main(argv: list[str]) -> int:
     out = argv[0]
     full_refresh = "--full-refresh" in argv[1:]
@@ -63,6 +79,7 @@ def main(argv: list[str]) -> int:
                "started_at": STARTED_AT, "imported_at": imported_at, "finished_at": finished_at}
     try:
         payload.update(run_timings(result.run_id))
+        payload["validation_seconds"] = validation_seconds(get_settings().store_path, result.run_id)
     except Exception as exc:  # the timings are a report detail; the refresh itself is done
         payload["timings_error"] = f"{type(exc).__name__}: {exc}"
     with open(out, "w") as fh:

@@ -220,7 +220,9 @@ def _commit() -> str:
     try:
         head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=PROJECT_DIR, capture_output=True,
                               text=True, check=True).stdout.strip()
-        return head
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_DIR,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return head + ("+uncommitted changes" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
@@ -232,6 +234,7 @@ def run(scales: list[int], months: int = 12, seed: int = 42, workdir: Path | Non
     out = Path(out or PROJECT_DIR / "BENCHMARKS.md")
     results = Path(results or PROJECT_DIR / "bench" / "results.json")
     machine = machine_facts()
+    commit = _commit()
     say(f"load average {machine['load_average'][0]:.2f} on {machine['cores']} cores; definitions load")
     env = child_env(root / "definitions-home")
     definitions = definitions_load(env, root / "logs")
@@ -239,7 +242,7 @@ def run(scales: list[int], months: int = 12, seed: int = 42, workdir: Path | Non
     figures = [bench_scale(n, months, seed, root, keep) for n in sorted(scales)]
     ratios = report.compute_ratios(figures, definitions)
     run_figures = {"command": command, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                   "commit": _commit(), "months": months, "seed": seed, "machine": machine,
+                   "commit": commit, "commit_end": _commit(), "months": months, "seed": seed, "machine": machine,
                    "load_average_end": os.getloadavg(), "definitions": definitions, "scales": figures,
                    "ratios": ratios, "targets": report.targets(ratios)}
     results.parent.mkdir(parents=True, exist_ok=True)

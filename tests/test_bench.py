@@ -112,6 +112,15 @@ def test_breakdown_sums_steps_by_stage_and_keeps_the_rest_as_start_up():
     assert stages["before the run started"] == pytest.approx(2.5)
 
 
+def test_breakdown_counts_the_suites_inside_ingestion_as_quality():
+    child = _child(1000.0, {"ingest_landing": 10.0, "delivery_checks": 2.0})
+    child["validation_seconds"] = 4.0
+    stages = report.breakdown(child, 20.0)
+    assert stages["ingestion"] == pytest.approx(6.0)
+    assert stages["quality"] == pytest.approx(6.0)
+    assert stages["start-up and bookkeeping"] == pytest.approx(20.0 - 12.0)
+
+
 def _scale(n: int, wall: float, rss: int, floor_s: float, incremental: float, data_bytes: int) -> dict:
     return {"beneficiaries": n, "months": 12,
             "data": {"files": 100, "rows": n * 8, "bytes": data_bytes, "generate_seconds": 1.0},
