@@ -44,8 +44,15 @@ RESULT_ROWS = (
     "Full refresh / floor (a)",
     "Incremental / full refresh",
     "Load average (1 min) at the start of the full refresh",
+    "Load average (1 min) at the start of the incremental refresh",
 )
 STAGE_ROWS = (*STAGES, "start-up and bookkeeping")
+# Parts of a stage, shown under the stages: what dominates inside them.
+GE_PART = "quality: Great Expectations suites (inside the ingestion step)"
+BUILD_PART = "dbt: `dbt build` (inside the step)"
+DOCS_PART = "dbt: `dbt docs generate` (inside the step)"
+PRE_RUN_PART = "start-up: process start to the run's first event"
+PART_ROWS = (GE_PART, BUILD_PART, DOCS_PART, PRE_RUN_PART)
 
 
 # -- figures ------------------------------------------------------------------------------
@@ -69,28 +76,30 @@ def breakdown(child: dict, wall: float) -> dict:
     """Seconds per stage from the step timings of a refresh; the rest of the wall time is
     start-up (interpreter, imports, definitions) and run bookkeeping."""
     out = {s: 0.0 for s in STAGES}
-    out["other steps"] = 0.0
+    out["other steps"] = 0.0  # a step no stage claims (kept visible if a new step appears)
     steps = child.get("steps", {})
     for key, step in steps.items():
         if "start" in step and "end" in step:
             stage = stage_of(key)
             out[stage if stage in out else "other steps"] += step["end"] - step["start"]
     out["start-up and bookkeeping"] = max(wall - sum(out.values()), 0.0)
+    if not out["other steps"]:
+        del out["other steps"]
     validation = child.get("validation_seconds")
     if validation:  # the Great Expectations suites run inside the ingestion step: count them as quality
         moved = min(validation, out["ingestion"])
         out["ingestion"] -= moved
         out["quality"] += moved
-        out["Great Expectations suites (in the ingestion step)"] = validation
+        out[GE_PART] = validation
     run = child.get("run", {})
     if "start" in run and "started_at" in child:
-        out["before the run started"] = run["start"] - child["started_at"]
+        out[PRE_RUN_PART] = run["start"] - child["started_at"]
     commands = {c["command"]: c["finished"] for c in child.get("dbt_commands", [])}
     dbt_steps = [s for k, s in steps.items() if stage_of(k) == "dbt" and "start" in s]
     if dbt_steps and "build" in commands:
-        out["dbt build (inside the step)"] = commands["build"] - dbt_steps[0]["start"]
+        out[BUILD_PART] = commands["build"] - dbt_steps[0]["start"]
         if "docs generate" in commands:
-            out["dbt docs generate (inside the step)"] = commands["docs generate"] - commands["build"]
+            out[DOCS_PART] = commands["docs generate"] - commands["build"]
     return out
 
 
@@ -192,6 +201,7 @@ def result_cells(s: dict) -> dict[str, str]:
         "Full refresh / floor (a)": _fmt(r.get("full_over_floor"), "x"),
         "Incremental / full refresh": _fmt(r.get("incremental_over_full"), "share"),
         "Load average (1 min) at the start of the full refresh": _s((full.get("load_average") or [None])[0], 2),
+        "Load average (1 min) at the start of the incremental refresh": _s((inc.get("load_average") or [None])[0], 2),
     }
 
 
@@ -240,8 +250,8 @@ def render(run: dict) -> str:
     header = ["stage"] + [f"{n} {kind}" for n in names for kind in ("full", "incremental")]
     stage_rows = []
     extra = sorted({k for s in scales for kind in ("full", "incremental")
-                    for k in s.get(kind, {}).get("stages", {}) if k not in STAGE_ROWS})
-    for stage in (*STAGE_ROWS, *extra):
+                    for k in s.get(kind, {}).get("stages", {}) if k not in STAGE_ROWS + PART_ROWS})
+    for stage in (*STAGE_ROWS, *extra, *PART_ROWS):
         stage_rows.append([stage] + [_s(s.get(kind, {}).get("stages", {}).get(stage))
                                      for s in scales for kind in ("full", "incremental")])
     out += _table(header, stage_rows)

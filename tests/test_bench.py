@@ -107,9 +107,10 @@ def test_breakdown_sums_steps_by_stage_and_keeps_the_rest_as_start_up():
     assert stages["impact"] == pytest.approx(5.0)
     assert stages["publish"] == pytest.approx(3.0 + 2.0)
     assert stages["start-up and bookkeeping"] == pytest.approx(wall - sum(steps.values()))
-    assert stages["dbt build (inside the step)"] == pytest.approx(24.0)
-    assert stages["dbt docs generate (inside the step)"] == pytest.approx(6.0)
-    assert stages["before the run started"] == pytest.approx(2.5)
+    assert stages[report.BUILD_PART] == pytest.approx(24.0)
+    assert stages[report.DOCS_PART] == pytest.approx(6.0)
+    assert stages[report.PRE_RUN_PART] == pytest.approx(2.5)
+    assert "other steps" not in stages
 
 
 def test_breakdown_counts_the_suites_inside_ingestion_as_quality():
@@ -119,6 +120,7 @@ def test_breakdown_counts_the_suites_inside_ingestion_as_quality():
     assert stages["ingestion"] == pytest.approx(6.0)
     assert stages["quality"] == pytest.approx(6.0)
     assert stages["start-up and bookkeeping"] == pytest.approx(20.0 - 12.0)
+    assert stages[report.GE_PART] == pytest.approx(4.0)
 
 
 def _scale(n: int, wall: float, rss: int, floor_s: float, incremental: float, data_bytes: int) -> dict:
