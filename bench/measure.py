@@ -21,6 +21,7 @@ class TreeSampler(threading.Thread):
         self.interval = interval
         self.peak = 0
         self.samples = 0
+        self.timeline: list[tuple[float, int]] = []  # (time.time(), summed RSS)
         self._stop_event = threading.Event()
 
     def sample(self) -> int:
@@ -42,6 +43,7 @@ class TreeSampler(threading.Thread):
             rss = self.sample()
             self.peak = max(self.peak, rss)
             self.samples += 1
+            self.timeline.append((time.time(), rss))
             self._stop_event.wait(self.interval)
 
     def stop(self) -> int:
@@ -60,6 +62,11 @@ class Measured:
     started_at: float  # time.time() just before the process was started
     load_average: tuple[float, float, float]
     log_path: str
+    timeline: list[tuple[float, int]]
+
+    def peak_between(self, start: float, end: float) -> int:
+        """Peak summed RSS sampled between two time.time() moments."""
+        return max((rss for t, rss in self.timeline if start <= t <= end), default=0)
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -80,7 +87,8 @@ def run_measured(command: list[str], *, env: dict[str, str], cwd: Path, log_path
         returncode = proc.wait()
         wall = time.perf_counter() - t0
         peak = sampler.stop()
-    return Measured(command, returncode, wall, peak, sampler.samples, started_at, load, str(log_path))
+    return Measured(command, returncode, wall, peak, sampler.samples, started_at, load, str(log_path),
+                    sampler.timeline)
 
 
 def log_tail(path: str | Path, lines: int = 30) -> str:

@@ -103,6 +103,19 @@ def breakdown(child: dict, wall: float) -> dict:
     return out
 
 
+def peak_by_stage(child: dict, measured) -> dict:
+    """Peak summed RSS of the process tree while each stage's steps ran (dbt's subprocess included)."""
+    out: dict[str, int] = {}
+    for key, step in child.get("steps", {}).items():
+        if "start" in step and "end" in step:
+            stage = stage_of(key)
+            out[stage] = max(out.get(stage, 0), measured.peak_between(step["start"], step["end"]))
+    run = child.get("run", {})
+    if "start" in run:
+        out["start-up and bookkeeping"] = measured.peak_between(measured.started_at, run["start"])
+    return out
+
+
 def compute_ratios(scales: list[dict], definitions: dict) -> dict:
     """The issue's ratios, each from figures of this run (largest and smallest scale)."""
     ok = [s for s in scales if s.get("full", {}).get("success")]
@@ -255,6 +268,10 @@ def render(run: dict) -> str:
         stage_rows.append([stage] + [_s(s.get(kind, {}).get("stages", {}).get(stage))
                                      for s in scales for kind in ("full", "incremental")])
     out += _table(header, stage_rows)
+    out += ["", "Peak RSS of the process tree while each stage ran (MiB; the dbt stage includes dbt's own process):", ""]
+    out += _table(["stage"] + [f"{n} {kind}" for n in names for kind in ("full", "incremental")],
+                  [[stage] + [_mib(s.get(kind, {}).get("peak_rss_by_stage", {}).get(stage))
+                              for s in scales for kind in ("full", "incremental")] for stage in STAGE_ROWS])
     slow = scales[-1].get("bare_dbt", {}).get("slowest") if scales else None
     if slow:
         out += ["", f"Slowest dbt nodes of the bare build at {names[-1]} beneficiaries (dbt's run_results.json):", ""]

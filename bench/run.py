@@ -115,7 +115,7 @@ def refresh(name: str, env: dict, work: Path, logs: Path, full_refresh: bool = F
     result = {"wall": wall, "process_wall": m.wall_seconds, "peak_rss": m.peak_rss, "samples": m.samples,
               "success": child["success"], "failures": child["failures"], "run_id": child["run_id"],
               "load_average": m.load_average, "stages": report.breakdown(child, wall), "log": m.log_path,
-              "steps": child.get("steps", {})}
+              "steps": child.get("steps", {}), "peak_rss_by_stage": report.peak_by_stage(child, m)}
     if not child["success"]:
         say(f"{name} refresh FAILED: {'; '.join(child['failures'])[:500]} (log {m.log_path})")
     return result

@@ -209,3 +209,14 @@ def test_bench_smoke_run_writes_every_row(tmp_path):
     for _, label, *_ in report.TARGETS:
         assert label in text
     assert not (tmp_path / "work" / "scale-300" / "home").exists()  # scratch data removed
+
+
+def test_peak_by_stage_takes_the_samples_inside_each_stage(tmp_path):
+    from bench.measure import Measured
+
+    child = _child(1000.0, {"ingest_landing": 10.0, "warehouse_dbt": 10.0})
+    ingest, dbt = child["steps"]["ingest_landing"], child["steps"]["warehouse_dbt"]
+    timeline = [(1001.0, 100), (ingest["start"] + 1, 500), (ingest["end"] + 0.2, 900), (dbt["start"] + 2, 700)]
+    measured = Measured([], 0, 30.0, 900, len(timeline), 1000.0, (0, 0, 0), "", timeline)
+    peaks = report.peak_by_stage(child, measured)
+    assert peaks == {"ingestion": 500, "dbt": 700, "start-up and bookkeeping": 100}
