@@ -79,8 +79,8 @@ test-gates: setup
 	$(VENV)/bin/pytest -m slow tests/test_gates.py -p no:cacheprovider
 
 # Performance at national scale: 100,000 and 1,000,000 beneficiaries through the
-# real refresh, floors, incremental refresh, bare dbt build; writes BENCHMARKS.md. About half
-# an hour on 2 cores; BENCH_SCALES=300 BENCH_MONTHS=2 for a quick look.
+# real refresh, floors, incremental refresh, bare dbt build; writes BENCHMARKS.md. 10 to 15
+# minutes on 2 cores. The quick smoke run (tiny scale, no file written) is in `make test-slow`.
 BENCH_SCALES ?= 100000,1000000
 BENCH_MONTHS ?= 12
 .PHONY: bench
