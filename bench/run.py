@@ -102,6 +102,14 @@ def fresh_manifest(env: dict, logs: Path) -> None:
     _checked(run_measured(cmd, env=env, cwd=PROJECT_DIR, log_path=logs / "manifest.log"), "dbt parse")
 
 
+def shown_path(path) -> str:
+    """A path as recorded in the results: relative to the project (no machine's paths)."""
+    try:
+        return str(Path(path).resolve().relative_to(PROJECT_DIR))
+    except ValueError:
+        return Path(path).name
+
+
 def refresh(name: str, env: dict, work: Path, logs: Path, full_refresh: bool = False) -> dict:
     fresh_manifest(env, logs)
     out = work / f"{name}.json"
@@ -114,7 +122,7 @@ def refresh(name: str, env: dict, work: Path, logs: Path, full_refresh: bool = F
     wall = child["finished_at"] - m.started_at
     result = {"wall": wall, "process_wall": m.wall_seconds, "peak_rss": m.peak_rss, "samples": m.samples,
               "success": child["success"], "failures": child["failures"], "run_id": child["run_id"],
-              "load_average": m.load_average, "stages": report.breakdown(child, wall), "log": m.log_path,
+              "load_average": m.load_average, "stages": report.breakdown(child, wall), "log": shown_path(m.log_path),
               "steps": child.get("steps", {}), "peak_rss_by_stage": report.peak_by_stage(child, m)}
     if not child["success"]:
         say(f"{name} refresh FAILED: {'; '.join(child['failures'])[:500]} (log {m.log_path})")
@@ -130,7 +138,7 @@ def bare_dbt(home: Path, env: dict, work: Path, logs: Path) -> dict:
            "--target-path", str(target), "--log-path", str(work / "dbt-logs")]
     m = run_measured(cmd, env=env, cwd=PROJECT_DIR, log_path=logs / "bare-dbt.log")
     result = {"wall": m.wall_seconds, "peak_rss": m.peak_rss, "returncode": m.returncode, "load_average": m.load_average,
-              "log": m.log_path}
+              "log": shown_path(m.log_path)}
     results_path = target / "run_results.json"
     if results_path.exists():
         nodes = json.loads(results_path.read_text())["results"]
