@@ -29,7 +29,6 @@ from pathlib import Path
 
 import duckdb
 import pytest
-import yaml
 
 from ingestion.contracts import load_contracts
 from ingestion.lake import export_raw
