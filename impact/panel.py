@@ -1,6 +1,6 @@
 """Reading the evaluation panel and shaping it for the estimators.
 
-The panel (``marts.mart_evaluation_panel``) has one row per study unit x round x variable.
+The panel (``detail.mart_evaluation_panel``, internal: person-level) has one row per study unit x round x variable.
 For one study this module builds:
 
 - ``units``: one row per unit (index ``unit_id``) with ``treated`` (0/1), ``cluster``,
@@ -18,7 +18,7 @@ import pandas as pd
 
 from impact.config import SUBGROUP_DIMENSIONS, UNIT_COVARIATES, StudySettings
 
-PANEL_TABLE = "marts.mart_evaluation_panel"
+PANEL_TABLE = "detail.mart_evaluation_panel"
 COSTS_TABLE = "marts.mart_programme_costs"
 PANEL_COLUMNS = (
     "study_id",

@@ -7,7 +7,7 @@ into the two files of the outcome-survey contract (``contracts/survey_units.yml`
 delivery, so a reproduction of the published estimates checks the whole path.
 
 The reference tests deliver these files to the landing area, ingest them, build
-``marts.mart_evaluation_panel`` with dbt and run the impact stage on it.
+``detail.mart_evaluation_panel`` with dbt and run the impact stage on it.
 
 NSW (LaLonde 1986; Dehejia & Wahba 1999)
 -----------------------------------------

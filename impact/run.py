@@ -1,6 +1,6 @@
 """The impact stage: panel in, estimates, diagnostics and a report out.
 
-``run_impact`` reads ``marts.mart_evaluation_panel`` (and ``marts.mart_programme_costs``)
+``run_impact`` reads ``detail.mart_evaluation_panel`` (and ``marts.mart_programme_costs``)
 from a DuckDB warehouse, runs the configured estimators for every study x programme x
 outcome x subgroup, and replaces the tables of schema ``impact`` in the same database:
 
@@ -537,9 +537,9 @@ def _table_exists(con, qualified: str) -> bool:
 def read_panel(con, config: EvaluationConfig | None = None) -> pd.DataFrame:
     if not _table_exists(con, PANEL_TABLE):
         raise PanelError(f"{PANEL_TABLE} does not exist in this warehouse: build the evaluation marts first")
+    schema, name = PANEL_TABLE.split(".")
     have = [r[0] for r in con.execute(
-        "select column_name from information_schema.columns where table_schema = 'marts' "
-        "and table_name = 'mart_evaluation_panel'"
+        "select column_name from information_schema.columns where table_schema = ? and table_name = ?", [schema, name]
     ).fetchall()]
     missing = [c for c in PANEL_COLUMNS if c not in have]
     if missing:

@@ -16,7 +16,8 @@ Most BI tools speak PostgreSQL natively. ``publish_postgres(settings, dsn)``:
 6. records the publication in ``meta.publish_log`` and (re)creates the read-only role
    ``evaluator``: USAGE and SELECT on ``marts``, ``impact`` and ``meta.publish_log`` only,
    default privileges so tables dbt creates later are readable too, no USAGE on ``raw``,
-   ``staging``, ``intermediate``, ``quarantine`` or ``seeds``, no CREATE anywhere (no
+   ``staging``, ``intermediate``, ``detail`` (person-level tables), ``quarantine`` or
+   ``seeds``, no CREATE anywhere (no
    CREATE on the database or any schema, no TEMPORARY), and read-only transactions.
 
 The owner in ``dsn`` owns the database and needs CREATEROLE (or the role exists already).
@@ -39,7 +40,7 @@ from jisr.settings import Settings
 
 EVALUATOR = "evaluator"
 PUBLISHED_SCHEMAS = ("marts", "impact")
-INTERNAL_SCHEMAS = ("raw", "quarantine", "staging", "intermediate", "seeds", "public")
+INTERNAL_SCHEMAS = ("raw", "quarantine", "staging", "intermediate", "detail", "seeds", "public")
 BATCH_ROWS = 100_000
 
 PUBLISH_LOG_DDL = """

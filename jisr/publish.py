@@ -5,10 +5,13 @@ dbt and the impact stage write the internal build warehouse (``build.duckdb``). 
 1. **stage** (:func:`stage_candidate`): copy the published schemas (``marts``, ``impact``;
    ``publish.schemas`` in ``config/quality.yml``) of the build warehouse into a NEW DuckDB
    file next to the serving file (tables created as select, no views), then apply
-   disclosure control (``quality.disclosure.protect``) to that copy;
-2. **audit** (:func:`commit`): run every check of ``quality.checks`` on the candidate (raw
-   store attached read-only) and refuse on any blocking failure: the gate holds even when
-   the publish step is run alone;
+   disclosure control (``quality.disclosure.protect``) to that copy. The internal schemas
+   (``detail``: person-level tables; staging, intermediate) are never copied;
+2. **audit** (:func:`commit`): run every check of ``quality.checks`` that the run did not
+   already evaluate (``evaluated``: the Dagster asset checks of the same run) on the
+   candidate, and the warehouse-level ones on the build warehouse (raw store attached
+   read-only), and refuse on any blocking failure: the gate holds even when the publish
+   step is run alone;
 3. **publish** (:func:`commit`): append a row to ``meta.publish_log`` (earlier rows are
    copied from the current serving file), keep the current serving file in ``history_dir``
    (a hard link, so the serving path never disappears), then ``os.replace`` the candidate
@@ -35,9 +38,9 @@ from typing import Any
 import duckdb
 
 from jisr.lock import publish_lock
-from quality.checks import (CheckResult, ChecksFailed, attach_store, blocking_failures, disclosure_module,
-                            run_audit, summarise, table_row_counts)
-from quality.config import QualityConfig, config_for
+from quality.checks import (CheckResult, ChecksFailed, attach_store, blocking_failures, connect_for_audit,
+                            disclosure_module, run_audit, summarise, table_row_counts)
+from quality.config import CHECK_NAMES, WAREHOUSE_CHECKS, QualityConfig, config_for
 
 LOG_COLUMNS = """
     event varchar not null,            -- publish | rollback
@@ -313,12 +316,35 @@ def _swap_in(path: Path, serving: Path) -> None:
     _fsync(serving.parent)
 
 
+def _audit(con, settings, cfg: QualityConfig, run_id: str, evaluated: list[CheckResult]) -> list[CheckResult]:
+    """Every check not in ``evaluated``: the file-level ones on the candidate (``con``), the
+    warehouse-level ones (references, reconciliation) on the build warehouse."""
+    done = {r.check for r in evaluated}
+    todo = [name for name in CHECK_NAMES if name not in done]
+    if not todo:
+        return list(evaluated)
+    attach_store(con, settings.store_path)
+    warehouse = None
+    if set(todo) & set(WAREHOUSE_CHECKS) and Path(settings.build_path).exists():
+        warehouse = connect_for_audit(Path(settings.build_path), settings.store_path)
+    try:
+        results = run_audit(con, settings, cfg, run_id=run_id, only=todo, warehouse=warehouse)
+    finally:
+        if warehouse is not None:
+            warehouse.close()
+    con.execute("detach database if exists ingest")
+    return list(evaluated) + results
+
+
 def commit(settings, candidate: Candidate, code_version: str, deliveries: list[dict] | None = None,
-           check_results: Any = None, *, audit: bool = True, cfg: QualityConfig | None = None) -> PublishResult:
+           check_results: Any = None, *, audit: bool = True, cfg: QualityConfig | None = None,
+           evaluated: list[CheckResult] | None = None) -> PublishResult:
     """Audit the candidate, write its publish log and make it the serving warehouse.
 
-    Raises :class:`quality.checks.ChecksFailed` (naming each failed check) and leaves the
-    serving file untouched when a blocking check fails.
+    ``evaluated``: results of checks already run on this very candidate and build warehouse
+    (the Dagster asset checks of the same run); those checks are not run again, every other
+    one is. Raises :class:`quality.checks.ChecksFailed` (naming each failed check) and
+    leaves the serving file untouched when a blocking check fails.
     """
     cfg = cfg or config_for(settings)
     started = time.monotonic()
@@ -331,12 +357,10 @@ def commit(settings, candidate: Candidate, code_version: str, deliveries: list[d
         try:
             con.execute("set TimeZone = 'UTC'")
             if audit:
-                attach_store(con, settings.store_path)
-                results = run_audit(con, settings, cfg, run_id=candidate.run_id)
+                results = _audit(con, settings, cfg, candidate.run_id, list(evaluated or ()))
                 failures = blocking_failures(results)
                 if failures:
                     raise ChecksFailed(failures)
-                con.execute("detach database if exists ingest")
             if deliveries is None:
                 deliveries = current_deliveries(settings)
             _write_log(con, settings, {
@@ -371,7 +395,8 @@ def commit(settings, candidate: Candidate, code_version: str, deliveries: list[d
 
 
 def publish(settings, run_id: str, code_version: str, deliveries: list[dict] | None = None,
-            check_results: Any = None, *, audit: bool = True, cfg: QualityConfig | None = None) -> PublishResult:
+            check_results: Any = None, *, audit: bool = True, cfg: QualityConfig | None = None,
+            evaluated: list[CheckResult] | None = None) -> PublishResult:
     """Stage, audit and publish the build warehouse of ``run_id`` (see the module docstring).
 
     ``deliveries`` defaults to the deliveries of the current raw layer (``meta.deliveries``
@@ -381,7 +406,8 @@ def publish(settings, run_id: str, code_version: str, deliveries: list[dict] | N
     started = time.monotonic()
     cfg = cfg or config_for(settings)
     candidate = stage_candidate(settings, run_id, cfg)
-    result = commit(settings, candidate, code_version, deliveries, check_results, audit=audit, cfg=cfg)
+    result = commit(settings, candidate, code_version, deliveries, check_results, audit=audit, cfg=cfg,
+                    evaluated=evaluated)
     result.seconds = time.monotonic() - started
     return result
 

@@ -48,11 +48,11 @@ FORBIDDEN_FUNCTIONS = frozenset({
 FORBIDDEN_PREFIXES = ("read_", "parquet_", "sqlite_", "postgres_", "mysql_", "iceberg_", "delta_", "json_execute")
 FORBIDDEN_SUFFIXES = ("_scan",)
 
-INTERNAL_SCHEMAS = ("raw", "staging", "intermediate", "quarantine", "seeds", "ingest", "build", "main")
+INTERNAL_SCHEMAS = ("raw", "staging", "intermediate", "detail", "quarantine", "seeds", "ingest", "build", "main")
 PUBLISHED_HINT = (
     "The serving warehouse holds only what is published: schemas `marts` and `impact`, and "
-    "the table `meta.publish_log`. Raw deliveries, staging, quarantine and key material are "
-    "internal and never published. List what exists with: jisr sql \"show all tables\"")
+    "the table `meta.publish_log`. Raw deliveries, staging, person-level tables (schema detail), "
+    "quarantine and key material are internal and never published. List what exists with: jisr sql \"show all tables\"")
 
 FORMATS = ("table", "csv", "markdown", "parquet")
 

@@ -3,11 +3,12 @@
 - ``delivery_checks`` on each ``raw/<source>``: ``partner_deliveries_are_fresh`` and
   ``deliveries_validated_by_suite``; this step also writes the run's quality report (the
   Great Expectations validation of every delivery), so it exists even when a later step fails.
-- ``warehouse_checks`` on the marts (build warehouse): ``references_resolve_to_dimensions``
-  on every ``marts/fct_*`` and ``totals_reconcile_with_raw`` on the reconciled tables.
+- ``warehouse_checks`` on the build warehouse: ``references_resolve_to_dimensions`` on every
+  ``fct_*`` of ``detail`` (internal, person-level) and ``marts``, and
+  ``totals_reconcile_with_raw`` on the reconciled tables.
 - ``candidate_checks`` on ``serving/candidate`` (the file about to be published, after
   disclosure control): ``row_counts_within_tolerance``, ``no_direct_identifiers_published``,
-  ``no_small_cells_published``.
+  ``no_person_level_data_published``, ``no_small_cells_published``.
 
 A check is blocking when its severity in ``config/quality.yml`` is ``block``: a failure
 stops every downstream step, the publish step among them. Each result links the quality
@@ -20,8 +21,8 @@ from collections.abc import Iterable
 import dagster as dg
 
 from jisr.settings import get_settings
-from quality.config import (FRESHNESS, NO_IDENTIFIERS, NO_SMALL_CELLS, REFERENCES_RESOLVE, ROW_COUNTS,
-                            SUITE_VALIDATED, TOTALS_RECONCILE, config_for)
+from quality.config import (FRESHNESS, NO_IDENTIFIERS, NO_PERSON_LEVEL, NO_SMALL_CELLS, REFERENCES_RESOLVE,
+                            ROW_COUNTS, SUITE_VALIDATED, TOTALS_RECONCILE, config_for)
 
 PROJECT = get_settings()  # project-relative paths only (config, contracts); JISR_HOME is read per run
 CFG = config_for(PROJECT)
@@ -119,6 +120,11 @@ def build_delivery_checks(contracts: dict) -> dg.AssetChecksDefinition:
 
 
 # --- marts -----------------------------------------------------------------------------------
+def _name(key: dg.AssetKey) -> str:
+    """``schema.table`` of a warehouse asset key ``<schema>/<table>``."""
+    return ".".join(key.path)
+
+
 def _columns(assets_defs) -> dict[dg.AssetKey, set[str] | None]:
     """Asset keys of the given assets, with their documented columns when known."""
     out = {}
@@ -131,13 +137,18 @@ def _columns(assets_defs) -> dict[dg.AssetKey, set[str] | None]:
 
 def build_warehouse_checks(assets_defs) -> dg.AssetChecksDefinition | None:
     columns = _columns(assets_defs)
-    marts = {k.path[-1]: k for k in columns if len(k.path) == 2 and k.path[0] == "marts"}
+    schemas = CFG.params(REFERENCES_RESOLVE).get("schemas") or ("detail", "marts")
+    marts: dict[str, dg.AssetKey] = {}  # model name -> asset key <schema>/<model>
+    for schema in schemas:
+        for k in columns:
+            if len(k.path) == 2 and k.path[0] == schema:
+                marts.setdefault(k.path[-1], k)
     dim_keys = {c for cols in (CFG.params(REFERENCES_RESOLVE).get("dimensions") or {}).values() for c in cols}
     # facts holding a column named like a dimension key (all facts when columns are unknown)
     facts = sorted(name for name in marts if name.startswith("fct_")
                    and (columns[marts[name]] is None or columns[marts[name]] & dim_keys))
-    reconciled = sorted({r["table"] for r in CFG.params(TOTALS_RECONCILE).get("reconciliations") or ()
-                         if r.get("table") in marts})
+    reconciled = sorted({r["table"].split(".")[-1] for r in CFG.params(TOTALS_RECONCILE).get("reconciliations") or ()
+                         if r.get("table") and r["table"].split(".")[-1] in marts})
     dims = [marts[d] for d in (CFG.params(REFERENCES_RESOLVE).get("dimensions") or {}) if d in marts]
     specs = [dg.AssetCheckSpec(REFERENCES_RESOLVE, asset=marts[t], blocking=CFG.blocking(REFERENCES_RESOLVE),
                                additional_deps=dims,
@@ -167,23 +178,25 @@ def build_warehouse_checks(assets_defs) -> dg.AssetChecksDefinition | None:
         for table in facts:
             key = marts[table]
             if _selected(context, key, REFERENCES_RESOLVE):
-                yield check_result(key, REFERENCES_RESOLVE, [r for r in refs if r.target == f"marts.{table}"], report)
+                yield check_result(key, REFERENCES_RESOLVE, [r for r in refs if r.target == _name(key)], report)
         for table in reconciled:
             key = marts[table]
             if _selected(context, key, TOTALS_RECONCILE):
-                yield check_result(key, TOTALS_RECONCILE, [r for r in recs if r.target == f"marts.{table}"], report)
+                yield check_result(key, TOTALS_RECONCILE, [r for r in recs if r.target == _name(key)], report)
 
     return warehouse_checks
 
 
 # --- the candidate serving file ----------------------------------------------------------------
-CANDIDATE_CHECKS = (ROW_COUNTS, NO_IDENTIFIERS, NO_SMALL_CELLS)
+CANDIDATE_CHECKS = (ROW_COUNTS, NO_IDENTIFIERS, NO_PERSON_LEVEL, NO_SMALL_CELLS)
 
 
 def build_candidate_checks() -> dg.AssetChecksDefinition:
     descriptions = {
         ROW_COUNTS: "No published table lost more than the configured share of its rows since the last publication.",
         NO_IDENTIFIERS: "No column or value of the file to publish is a direct identifier (CIN, phone, names).",
+        NO_PERSON_LEVEL: "No table of the file to publish is person-level (no pseudonymous person, household "
+                         "or study-unit key): person-level tables stay in the internal schema detail.",
         NO_SMALL_CELLS: "No cell of the file to publish counts fewer people than the disclosure threshold.",
     }
     specs = [dg.AssetCheckSpec(name, asset=CANDIDATE_KEY, blocking=CFG.blocking(name), description=descriptions[name])

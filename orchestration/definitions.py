@@ -15,8 +15,10 @@ from orchestration.checks import build_quality_checks
 from orchestration.sensors import build_landing_sensor
 
 # Write-audit-publish: serving/candidate and serving/warehouse downstream of every published
-# mart and impact table; quality checks (blocking per config/quality.yml) on the way.
-publish_assets = build_publish_assets(published_upstream([*warehouse_dbt.keys, *impact_stage.keys]))
+# mart and impact table and of every internal person-level model (detail: its dbt tests gate
+# publication too); quality checks (blocking per config/quality.yml) on the way.
+publish_assets = build_publish_assets(
+    published_upstream([*warehouse_dbt.keys, *impact_stage.keys], internal=True))
 quality_checks = build_quality_checks(CONTRACTS, [warehouse_dbt])
 
 refresh_job = dg.define_asset_job(

@@ -1,10 +1,13 @@
 """Audit checks over a warehouse about to be published (plain Python, no Dagster).
 
-Every check takes a DuckDB connection on which the warehouse's schemas (``marts``,
-``impact``) are the default catalog and the raw store is attached read-only as ``ingest``
-(see :func:`connect_for_audit`), and returns :class:`CheckResult` objects. The same
-functions run as Dagster asset checks (``orchestration/checks.py``) and again inside the
-publish step on the candidate file (``jisr/publish.py``), so a gate cannot be skipped by
+Every check takes a DuckDB connection on which a warehouse's schemas are the default
+catalog and the raw store is attached read-only as ``ingest`` (see
+:func:`connect_for_audit`), and returns :class:`CheckResult` objects. The checks of
+``WAREHOUSE_CHECKS`` (references, reconciliation) read the build warehouse, internal schema
+``detail`` included; the others read the file about to be published (schemas ``marts`` and
+``impact``) or the raw store. The same functions run as Dagster asset checks
+(``orchestration/checks.py``) and inside the publish step (``jisr/publish.py``), which
+re-runs every check the run did not already evaluate, so a gate cannot be skipped by
 materialising the publish step alone.
 
 Severities (block or warn) come from ``config/quality.yml``, where every check is
@@ -25,8 +28,8 @@ from typing import Any, Iterable
 
 import duckdb
 
-from quality.config import (FRESHNESS, NO_IDENTIFIERS, NO_SMALL_CELLS, REFERENCES_RESOLVE, ROW_COUNTS,
-                            SUITE_VALIDATED, TOTALS_RECONCILE, QualityConfig)
+from quality.config import (FRESHNESS, NO_IDENTIFIERS, NO_PERSON_LEVEL, NO_SMALL_CELLS, REFERENCES_RESOLVE,
+                            ROW_COUNTS, SUITE_VALIDATED, TOTALS_RECONCILE, QualityConfig)
 
 MONTH = re.compile(r"^\d{4}-\d{2}$")
 
@@ -128,38 +131,55 @@ def _columns(con, schema: str, table: str) -> list[tuple[str, str]]:
 
 
 # --- referential integrity ------------------------------------------------------------------
-def check_references(con, cfg: QualityConfig, schema: str = "marts") -> list[CheckResult]:
-    """Every key of a fact table (``fct_*``) that names a dimension key resolves to that dimension."""
+DEFAULT_REFERENCE_SCHEMAS = ("detail", "marts")
+
+
+def check_references(con, cfg: QualityConfig, schemas: Iterable[str] | None = None) -> list[CheckResult]:
+    """Every key of a fact table (``fct_*``) that names a dimension key resolves to that dimension.
+
+    Facts and dimensions are looked up in ``schemas`` (default: ``schemas`` of the check in
+    config/quality.yml, else ``detail`` and ``marts``): a published fact may reference an
+    internal dimension and the other way round."""
     params = cfg.params(REFERENCES_RESOLVE)
     severity = params["severity"]
     dims: dict[str, list[str]] = params.get("dimensions") or {}
     ignore = set(params.get("ignore") or ())
-    tables = {t for s, t in published_tables(con, [schema])}
-    keys: dict[str, str] = {}  # column -> dimension holding it as a key
+    schemas = list(schemas if schemas is not None else params.get("schemas") or DEFAULT_REFERENCE_SCHEMAS)
+    tables = published_tables(con, schemas)
+    where: dict[str, str] = {}  # table -> its schema (the first of `schemas` holding it)
+    for schema in schemas:
+        for s, t in tables:
+            if s == schema:
+                where.setdefault(t, s)
+    keys: dict[str, str] = {}  # column -> "schema.dimension" holding it as a key
     for dim, columns in dims.items():
-        if dim in tables:
+        if dim in where:
             for column in columns:
-                keys.setdefault(column, dim)
+                keys.setdefault(column, f"{where[dim]}.{_ident(dim)}")
     results = []
-    for table in sorted(t for t in tables if t.startswith("fct_")):
+    for schema, table in sorted(tables):
+        if not table.startswith("fct_"):
+            continue
+        name = f"{schema}.{table}"
         checked, orphans = [], {}
         for column, _ in _columns(con, schema, table):
             dim = keys.get(column)
-            if dim is None or f"{schema}.{table}.{column}" in ignore:
+            if dim is None or f"{name}.{column}" in ignore:
                 continue
             count, examples = con.execute(
-                f"select count(*), list(distinct f.{_ident(column)}::varchar)[1:5] from {schema}.{_ident(table)} f "
-                f"where f.{_ident(column)} is not null and not exists (select 1 from {schema}.{_ident(dim)} d "
+                f"select count(*), list(distinct f.{_ident(column)}::varchar)[1:5] from {_ident(schema)}.{_ident(table)} f "
+                f"where f.{_ident(column)} is not null and not exists (select 1 from {dim} d "
                 f"where d.{_ident(column)} = f.{_ident(column)})").fetchone()
-            checked.append(f"{column} -> {dim}")
+            dim_name = dim.replace('"', "")
+            checked.append(f"{column} -> {dim_name}")
             if count:
-                orphans[f"{column} -> {dim}.{column}"] = {"rows": count, "examples": examples}
+                orphans[f"{column} -> {dim_name}.{column}"] = {"rows": count, "examples": examples}
         if not checked:
             continue
-        desc = (f"{schema}.{table}: every reference resolves ({', '.join(checked)})" if not orphans else
-                f"{schema}.{table}: " + "; ".join(f"{v['rows']} row(s) with {k} missing from the dimension"
-                                                  for k, v in orphans.items()))
-        results.append(CheckResult(REFERENCES_RESOLVE, not orphans, severity, desc, f"{schema}.{table}",
+        desc = (f"{name}: every reference resolves ({', '.join(checked)})" if not orphans else
+                f"{name}: " + "; ".join(f"{v['rows']} row(s) with {k} missing from the dimension"
+                                        for k, v in orphans.items()))
+        results.append(CheckResult(REFERENCES_RESOLVE, not orphans, severity, desc, name,
                                    {"references": checked, "orphans": orphans}))
     return results
 
@@ -173,7 +193,7 @@ def check_reconciliation(con, cfg: QualityConfig) -> list[CheckResult]:
     store = _has_store(con)
     for rec in params.get("reconciliations") or ():
         name, table = rec["name"], rec.get("table")
-        target = f"marts.{table}" if table else None
+        target = (table if "." in table else f"marts.{table}") if table else None
         if not store:
             results.append(CheckResult(TOTALS_RECONCILE, False, severity,
                                        f"{name}: the raw store is not available, nothing to reconcile against",
@@ -192,8 +212,9 @@ def check_reconciliation(con, cfg: QualityConfig) -> list[CheckResult]:
         diff = mart_f - raw_f
         tolerance = float(rec.get("tolerance", 0))
         passed = abs(diff) <= tolerance
-        desc = (f"{name}: raw {raw_f:,.2f} = marts {mart_f:,.2f}" if passed else
-                f"{name}: raw {raw_f:,.2f} but marts {mart_f:,.2f} (difference {diff:+,.2f}, tolerance {tolerance})")
+        desc = (f"{name}: raw {raw_f:,.2f} = warehouse {mart_f:,.2f}" if passed else
+                f"{name}: raw {raw_f:,.2f} but warehouse {mart_f:,.2f} (difference {diff:+,.2f}, "
+                f"tolerance {tolerance})")
         results.append(CheckResult(TOTALS_RECONCILE, passed, severity, desc, target,
                                    {"reconciliation": name, "raw": raw_f, "marts": mart_f, "difference": diff,
                                     "tolerance": tolerance, "about": rec.get("description", "")}))
@@ -229,12 +250,16 @@ def check_row_counts(current: dict[str, int], previous: dict[str, int] | None, c
     severity = params["severity"]
     share = float(params.get("max_drop_share", 0.2))
     min_rows = int(params.get("min_rows", 0))
+    withdrawn = set(params.get("withdrawn") or ())
     if previous is None:
         return [CheckResult(ROW_COUNTS, True, severity, "no warehouse was published before: nothing to compare",
                             None, {"tables": len(current)})]
     problems, rows = [], []
     for table, before in sorted(previous.items()):
         now = current.get(table)
+        if now is None and table in withdrawn:
+            rows.append([table, before, None, None])  # deliberately no longer published
+            continue
         if now is None:
             problems.append(f"{table} disappeared ({before} rows before)")
             rows.append([table, before, None, None])
@@ -337,6 +362,27 @@ def check_identifiers(con, cfg: QualityConfig, schemas: Iterable[str]) -> list[C
         desc = (f"{schema}.{table}: no direct identifier" if not findings else f"{schema}.{table}: " + "; ".join(findings))
         results.append(CheckResult(NO_IDENTIFIERS, not findings, severity, desc, f"{schema}.{table}",
                                    {"findings": findings, "text_columns_scanned": len(text_columns)}))
+    return results
+
+
+# --- person-level data -----------------------------------------------------------------------
+def check_person_level(con, cfg: QualityConfig, schemas: Iterable[str]) -> list[CheckResult]:
+    """No published table is person-level: none holds a pseudonymous key of a person, a
+    household or a study unit (``key_column_pattern``). Such tables belong in the internal
+    schema ``detail``; published tables aggregate people into cells (disclosure control)."""
+    params = cfg.params(NO_PERSON_LEVEL)
+    severity = params["severity"]
+    key_re = re.compile(params.get("key_column_pattern") or r"$^", re.IGNORECASE)
+    allowed = set(params.get("allowed_columns") or ())
+    results = []
+    for schema, table in published_tables(con, schemas):
+        keys = [c for c, _ in _columns(con, schema, table)
+                if key_re.search(c) and f"{schema}.{table}.{c}" not in allowed]
+        desc = (f"{schema}.{table}: no person-level key" if not keys else
+                f"{schema}.{table}: person-level table (pseudonymous key column(s) {', '.join(keys)}): build it "
+                "into the internal schema detail, publish aggregates of it")
+        results.append(CheckResult(NO_PERSON_LEVEL, not keys, severity, desc, f"{schema}.{table}",
+                                   {"key_columns": keys}))
     return results
 
 
@@ -443,9 +489,14 @@ def check_suite_validated(con, cfg: QualityConfig, run_id: str | None,
 # --- everything -----------------------------------------------------------------------------
 def run_audit(con, settings, cfg: QualityConfig, *, run_id: str | None = None, contracts: dict | None = None,
               previous: tuple[str | None, dict[str, int] | None] | None = None,
-              only: Iterable[str] | None = None, today: date | None = None) -> list[CheckResult]:
-    """All checks (or ``only`` those named) on ``con``; ``previous`` defaults to the row
-    counts of the currently published warehouse."""
+              only: Iterable[str] | None = None, today: date | None = None,
+              warehouse=None) -> list[CheckResult]:
+    """All checks (or ``only`` those named) on ``con``, the warehouse to publish;
+    ``previous`` defaults to the row counts of the currently published warehouse.
+
+    The checks of ``WAREHOUSE_CHECKS`` (references, reconciliation) run on ``warehouse``
+    when given: the build warehouse, whose internal schema ``detail`` holds the person-level
+    tables they need (the file to publish does not)."""
     wanted = set(only) if only is not None else None
 
     def want(name: str) -> bool:
@@ -453,10 +504,11 @@ def run_audit(con, settings, cfg: QualityConfig, *, run_id: str | None = None, c
 
     results: list[CheckResult] = []
     schemas = cfg.publish_schemas
+    built = warehouse if warehouse is not None else con
     if want(REFERENCES_RESOLVE):
-        results += check_references(con, cfg)
+        results += check_references(built, cfg)
     if want(TOTALS_RECONCILE):
-        results += check_reconciliation(con, cfg)
+        results += check_reconciliation(built, cfg)
     if want(ROW_COUNTS):
         prev_run, prev_counts = previous if previous is not None else previous_row_counts(settings.serving_path)
         results += check_row_counts(table_row_counts(con, schemas), prev_counts, cfg, prev_run)
@@ -468,6 +520,8 @@ def run_audit(con, settings, cfg: QualityConfig, *, run_id: str | None = None, c
         results += check_freshness(con, cfg, contracts, today=today)
     if want(NO_IDENTIFIERS):
         results += check_identifiers(con, cfg, schemas)
+    if want(NO_PERSON_LEVEL):
+        results += check_person_level(con, cfg, schemas)
     if want(NO_SMALL_CELLS):
         results += check_small_cells(con, settings, cfg)
     if want(SUITE_VALIDATED):

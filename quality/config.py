@@ -18,8 +18,12 @@ FRESHNESS = "partner_deliveries_are_fresh"
 NO_IDENTIFIERS = "no_direct_identifiers_published"
 NO_SMALL_CELLS = "no_small_cells_published"
 SUITE_VALIDATED = "deliveries_validated_by_suite"
-CHECK_NAMES = (REFERENCES_RESOLVE, TOTALS_RECONCILE, ROW_COUNTS, FRESHNESS, NO_IDENTIFIERS, NO_SMALL_CELLS,
-               SUITE_VALIDATED)
+NO_PERSON_LEVEL = "no_person_level_data_published"
+CHECK_NAMES = (REFERENCES_RESOLVE, TOTALS_RECONCILE, ROW_COUNTS, FRESHNESS, NO_IDENTIFIERS, NO_PERSON_LEVEL,
+               NO_SMALL_CELLS, SUITE_VALIDATED)
+# Checks of the build warehouse (every schema dbt builds, the internal `detail` included);
+# the others check the file about to be published or the raw store.
+WAREHOUSE_CHECKS = (REFERENCES_RESOLVE, TOTALS_RECONCILE)
 
 
 class QualityConfigError(ValueError):

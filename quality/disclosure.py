@@ -44,8 +44,9 @@ protect against linkage with other tables that publish the same counts on differ
 breakdowns (e.g. hierarchical region/province tables, or a table by sex and another by
 sex x age band with another pattern) beyond what ``assume_external_totals`` covers, nor
 group disclosure (every person of a cell sharing an attribute, e.g. 100% reached). Zero
-cells are published by default. Person-level tables (``dim_*``/``fct_*`` with pseudonymous
-keys) are micro-data, outside the scope of cell suppression.
+cells are published by default. Person-level tables (pseudonymous keys) are not published
+at all: they build into the internal schema ``detail`` (the blocking check
+``no_person_level_data_published`` of ``quality/checks.py`` enforces it).
 """
 
 from __future__ import annotations

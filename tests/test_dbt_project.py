@@ -95,11 +95,34 @@ def test_models_are_named_and_materialised_per_layer(manifest):
         elif kind == "marts":
             if not re.match(r"(dim|fct|mart)_", name) or len(path.parts) != 4:
                 problems.append(f"{name}: marts are dim_/fct_/mart_ models in marts/<domain>/")
-            if materialized not in ("table", "incremental") or node["schema"] != "marts":
-                problems.append(f"{name}: marts are tables (or incremental tables) in schema marts, not {materialized}")
+            if materialized not in ("table", "incremental") or node["schema"] not in ("marts", "detail"):
+                problems.append(f"{name}: marts are tables (or incremental tables) in schema marts (published) or "
+                                f"detail (internal), not {materialized} in {node['schema']}")
         else:
             problems.append(f"{name}: model outside staging/intermediate/marts")
     assert not problems, "\n".join(problems)
+
+
+def test_person_level_models_build_into_the_internal_schema(manifest):
+    """A mart keyed by a pseudonym (a person, a household, a study unit) is person-level: it
+    builds into `detail`, never into the published `marts`; `detail` holds only those and the
+    quarantine's row-level detail (one row per quarantined delivered row, no key)."""
+    import yaml
+
+    quality = yaml.safe_load((PROJECT_DIR / "config" / "quality.yml").read_text(encoding="utf-8"))
+    key = re.compile(quality["checks"]["no_person_level_data_published"]["key_column_pattern"])
+    placed = {}
+    for name, node in models(manifest).items():
+        if layer(node) != "marts":
+            continue
+        columns = set(node["columns"])
+        assert columns, f"{name}: document its columns (the person-level rule reads them)"
+        placed[name] = (node["schema"], any(key.search(c) for c in columns))
+    row_level = {"fct_quarantined_rows"}
+    misplaced = {n: s for n, (s, person) in placed.items() if (s == "detail") != (person or n in row_level)}
+    assert misplaced == {}, "person-level marts belong in detail, aggregates in marts"
+    assert {n for n, (s, _) in placed.items() if s == "detail"} >= {"dim_beneficiaries", "fct_payments",
+                                                                     "mart_evaluation_panel"}
 
 
 def test_only_staging_models_read_sources(manifest):
@@ -255,7 +278,8 @@ def test_project_parses_for_the_postgres_target_without_a_server(tmp_path):
     assert set(raw) == set(CONTRACTS)
     assert {(s["database"], s["schema"]) for s in raw.values()} == {("jisr", "raw")}
     schemas = {n["name"]: n["schema"] for n in pg["nodes"].values() if n["resource_type"] == "model"}
-    assert schemas["mart_evaluation_panel"] == "marts" and schemas["stg_msisf__payments"] == "staging"
+    assert schemas["mart_evaluation_panel"] == "detail" and schemas["mart_coverage_targeting"] == "marts"
+    assert schemas["stg_msisf__payments"] == "staging"
     dispatched = [n for n in pg["nodes"].values() if n["resource_type"] == "model"
                   and "macro.jisr.percentile_cont" in n["depends_on"]["macros"]]
     assert dispatched, "percentiles go through the dispatched macro"

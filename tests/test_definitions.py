@@ -26,7 +26,7 @@ def defs():
 def test_definitions_assemble_assets_jobs_schedules_and_sensors(defs, contracts):
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     assert {f"raw/{s}" for s in contracts} <= keys
-    assert {"marts/dim_beneficiaries", "marts/mart_evaluation_panel", "marts/mart_programme_costs"} <= keys
+    assert {"detail/dim_beneficiaries", "detail/mart_evaluation_panel", "marts/mart_programme_costs"} <= keys
     assert defs.resolve_job_def("refresh_job") is not None
     assert defs.resolve_schedule_def("refresh_schedule").cron_schedule == "0 2 * * *"
     assert defs.resolve_sensor_def("landing_sensor") is not None
@@ -95,7 +95,7 @@ def test_webserver_serves_the_asset_graph_and_the_last_run(tmp_path, contracts):
                 time.sleep(1)
         nodes = _graphql(port, "{ assetNodes { assetKey { path } } }")["assetNodes"]
         paths = {"/".join(n["assetKey"]["path"]) for n in nodes}
-        assert "raw/programmes" in paths and "marts/dim_beneficiaries" in paths
+        assert "raw/programmes" in paths and "detail/dim_beneficiaries" in paths
         runs = _graphql(port, '{ runsOrError { ... on Runs { results { runId status jobName } } } }')
         results = runs["runsOrError"]["results"]
         assert {"runId": run_id, "status": "SUCCESS", "jobName": "refresh_job"} in results

@@ -26,7 +26,8 @@ from orchestration.checks import CANDIDATE_KEY, build_quality_checks
 from tests.conftest import PROGRAMME, enrolment, payment, person, write_delivery
 from tests.test_publish import make_build, stub_disclosure
 
-MARTS = [dg.AssetKey(["marts", t]) for t in ("dim_programmes", "dim_beneficiaries", "fct_payments")]
+MARTS = [dg.AssetKey(path) for path in (["marts", "dim_programmes"], ["detail", "dim_beneficiaries"],
+                                        ["detail", "fct_payments"], ["marts", "mart_payments"])]
 IMPACT = dg.AssetKey(["impact", "impact_estimates"])
 DBT_TEST = "not_null_fct_payments_amount_mad"
 
@@ -135,9 +136,9 @@ def test_gates_full_run_publishes_with_checks_and_linked_reports(gate):
     assert {"serving/candidate", "serving/warehouse"} <= materialized(first)
     evaluations = [e.event_specific_data for e in first.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
     by_key = {(ev.asset_key.to_user_string(), ev.check_name): ev for ev in evaluations}
-    for key in [("marts/fct_payments", "references_resolve_to_dimensions"),
-                ("marts/fct_payments", "totals_reconcile_with_raw"),
-                ("marts/dim_beneficiaries", "totals_reconcile_with_raw"),
+    for key in [("detail/fct_payments", "references_resolve_to_dimensions"),
+                ("detail/fct_payments", "totals_reconcile_with_raw"),
+                ("detail/dim_beneficiaries", "totals_reconcile_with_raw"),
                 ("serving/candidate", "no_direct_identifiers_published"),
                 ("serving/candidate", "no_small_cells_published"),
                 ("serving/candidate", "row_counts_within_tolerance"),
@@ -162,7 +163,7 @@ def test_gates_blocking_check_failure_fails_the_run_and_leaves_serving_unchanged
     result = run(defs, instance)
     assert not result.success
     text = "\n".join(failures(result))
-    assert "check totals_reconcile_with_raw on marts/fct_payments failed" in text and "payments_total_mad" in text
+    assert "check totals_reconcile_with_raw on detail/fct_payments failed" in text and "payments_total_mad" in text
     assert not {"serving/candidate", "serving/warehouse"} & materialized(result)
     assert sha256(settings.serving_path) == before
     # what happened is still recorded: quarantine, partner feedback, quality report
@@ -183,7 +184,7 @@ def test_gates_dbt_test_failure_stops_publication(gate):
     flags["estimate"] = 9.0
     result = run(defs, instance)
     assert not result.success
-    assert f"check {DBT_TEST} on marts/fct_payments failed" in "\n".join(failures(result))
+    assert f"check {DBT_TEST} on detail/fct_payments failed" in "\n".join(failures(result))
     assert not {"impact/impact_estimates", "serving/candidate", "serving/warehouse"} & materialized(result)
     assert len(flags["impact_runs"]) == impact_runs  # the downstream step did not run
     assert sha256(settings.serving_path) == before
@@ -210,7 +211,7 @@ def test_gates_publishing_alone_after_a_failed_run_is_refused(gate):
     alone = run(defs, instance, selection=[SERVING_KEY])
     assert not alone.success
     text = "\n".join(failures(alone))
-    assert "Publication refused" in text and "totals_reconcile_with_raw on marts/fct_payments failed" in text
+    assert "Publication refused" in text and "totals_reconcile_with_raw on detail/fct_payments failed" in text
     assert sha256(settings.serving_path) == before
 
 
@@ -235,15 +236,16 @@ def test_gates_code_location_publishes_after_every_mart_and_blocking_dbt_test():
 
     graph = defs.resolve_asset_graph()
     published = {k for k in graph.get_all_asset_keys() if k.path[0] in ("marts", "impact")}
-    assert published and graph.get(CANDIDATE_KEY).parent_keys == published
+    internal = {k for k in graph.get_all_asset_keys() if k.path[0] == "detail"}
+    assert published and internal and graph.get(CANDIDATE_KEY).parent_keys == published | internal
     assert graph.get(SERVING_KEY).parent_keys == {CANDIDATE_KEY}
     ancestors = graph.get_ancestor_asset_keys(SERVING_KEY)
-    dbt_checks = [ck for ck in graph.asset_check_keys if ck.asset_key.path[0] in ("marts", "staging", "intermediate")
+    dbt_checks = [ck for ck in graph.asset_check_keys if ck.asset_key.path[0] in ("marts", "detail", "staging", "intermediate")
                   and graph.get_check_spec(ck).blocking]
     assert len(dbt_checks) > 50 and all(ck.asset_key in ancestors for ck in dbt_checks)
     ours = {ck.name for ck in graph.asset_check_keys if graph.get_check_spec(ck).blocking}
     assert {"references_resolve_to_dimensions", "totals_reconcile_with_raw", "row_counts_within_tolerance",
-            "no_direct_identifiers_published", "no_small_cells_published"} <= ours
+            "no_direct_identifiers_published", "no_person_level_data_published", "no_small_cells_published"} <= ours
 
 # --- the real refresh, killed and raced (slow: each refresh runs dbt) -------------------------------------
 
@@ -280,8 +282,8 @@ import duckdb, json, sys, time
 from pathlib import Path
 path, ready, go = sys.argv[1:4]
 con = duckdb.connect(path, read_only=True)
-q = ("select (select count(*) from marts.fct_payments), (select sum(amount_mad)::double from marts.fct_payments), "
-     "(select max(run_id) from meta.publish_log)")
+q = ("select (select sum(transfers_paid_mad)::double from marts.mart_programme_costs), "
+     "(select count(*) from marts.mart_transfers_monthly), (select max(run_id) from meta.publish_log)")
 before = con.execute(q).fetchone()
 Path(ready).write_text("ready")
 while not Path(go).exists():
@@ -316,7 +318,7 @@ def kill_group(proc) -> None:
 def serving_state(settings):
     con = duckdb.connect(str(settings.serving_path), read_only=True)
     try:
-        return con.execute("select (select count(*) from marts.fct_payments), "
+        return con.execute("select (select sum(transfers_paid_mad)::double from marts.mart_programme_costs), "
                            "(select list(run_id order by published_at) from meta.publish_log)").fetchone()
     finally:
         con.close()
@@ -391,7 +393,7 @@ def test_refresh_killed_during_dbt_build_then_next_refresh_publishes_while_a_rea
     seen = json.loads(seen)
     assert seen["before"] == seen["after"] == [before[0], seen["before"][1], before[1][-1]]
     count, runs = serving_state(settings)
-    assert count == 80 and runs[:-1] == before[1] and len(runs) == len(before[1]) + 1
+    assert count == 80 * 350.0 and runs[:-1] == before[1] and len(runs) == len(before[1]) + 1
 
 
 @pytest.mark.slow

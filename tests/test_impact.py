@@ -36,7 +36,7 @@ def simulate_panel(
     study_id: str = "sim",
     programme: str = "PRG-01",
 ) -> pd.DataFrame:
-    """A panel in the shape of marts.mart_evaluation_panel with a planted effect.
+    """A panel in the shape of detail.mart_evaluation_panel with a planted effect.
 
     Treatment is assigned by cluster with P(treated) = logistic(selection * x), where x is
     a cluster characteristic measured at baseline (``poverty_index``). The outcome
@@ -383,9 +383,9 @@ def test_config_study_override_applies_to_that_study_only(tmp_path):
 
 def warehouse(path: Path, panel: pd.DataFrame, costs: pd.DataFrame | None = None) -> None:
     con = duckdb.connect(str(path))
-    con.execute("create schema marts")
+    con.execute("create schema marts; create schema detail")
     con.register("panel_df", panel)
-    con.execute("create table marts.mart_evaluation_panel as select * from panel_df")
+    con.execute("create table detail.mart_evaluation_panel as select * from panel_df")
     if costs is not None:
         con.register("costs_df", costs)
         con.execute("create table marts.mart_programme_costs as select * from costs_df")

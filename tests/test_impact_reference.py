@@ -4,7 +4,7 @@ Study: the National Supported Work (NSW) demonstration, Dehejia-Wahba subsample
 (185 men randomly assigned to job training, 260 controls), shipped in the ``causaldata``
 package as ``nsw_mixtape``. ``impact.reference_data`` converts it into the two
 outcome-survey contract files; here they are delivered to the landing area, ingested like
-any partner delivery, built into ``marts.mart_evaluation_panel`` by dbt, and run through
+any partner delivery, built into ``detail.mart_evaluation_panel`` by dbt, and run through
 ``run_impact``.
 
 Published figures reproduced

@@ -561,8 +561,10 @@ def portfolio_at(data: HandMade, month_end: date) -> dict[str, tuple[Decimal, in
 
 def test_marts_are_tables_not_views(built):
     home, _, _ = built
-    kinds = dict(query(home, "select table_name, table_type from information_schema.tables where table_schema = 'marts'"))
-    assert {"mart_evaluation_panel", "mart_programme_costs", "dim_beneficiaries", "fct_payments"} <= set(kinds)
+    kinds = dict(query(home, "select table_schema || '.' || table_name, table_type from information_schema.tables "
+                             "where table_schema in ('marts', 'detail')"))
+    assert {"detail.mart_evaluation_panel", "marts.mart_programme_costs", "detail.dim_beneficiaries",
+            "detail.fct_payments"} <= set(kinds)
     assert set(kinds.values()) == {"BASE TABLE"}, {k: v for k, v in kinds.items() if v != "BASE TABLE"}
 
 
@@ -571,7 +573,7 @@ def test_documented_columns_are_the_built_columns(built):
     manifest = json.loads((home / "dbt_target" / "manifest.json").read_text())
     built_columns = defaultdict(list)
     for schema, table, column in query(home, "select table_schema, table_name, column_name from information_schema.columns "
-                                             "where table_schema in ('staging', 'intermediate', 'marts') "
+                                             "where table_schema in ('staging', 'intermediate', 'detail', 'marts') "
                                              "order by table_schema, table_name, ordinal_position"):
         built_columns[table].append(column)
     documented = {n["name"]: list(n["columns"]) for n in manifest["nodes"].values() if n["resource_type"] == "model"}
@@ -636,7 +638,7 @@ def test_transfers_equal_current_payment_deliveries(built):
 def test_transfers_follow_the_region_a_person_lived_in_when_paid(built):
     home, _, data = built
     mover = 1000 + data.MOVER
-    versions = query(home, "select region_code, valid_from, valid_to, is_current from marts.dim_beneficiaries "
+    versions = query(home, "select region_code, valid_from, valid_to, is_current from detail.dim_beneficiaries "
                            "where person_key = ? order by valid_from", [mover])
     assert versions == [("06", date(1900, 1, 1), date(2025, 2, 1), False), ("07", date(2025, 2, 1), None, True)]
     # the mover is the only person paid 450 MAD: find their cell in each month
@@ -679,7 +681,7 @@ def test_portfolio_counts_partial_payments_as_arrears_and_write_offs_in_their_mo
     # L5 paid 200 of its 440 MAD instalment due 1 January: 30 days past due at the end of
     # January (not yet PAR30), 58 days at the end of February (PAR30).
     assert portfolio_at(data, date(2025, 1, 31))["L5"][1] == 30
-    assert query(home, "select days_past_due, is_par30 from marts.fct_loans where loan_id = 'L5'") == [(58, True)]
+    assert query(home, "select days_past_due, is_par30 from detail.fct_loans where loan_id = 'L5'") == [(58, True)]
     rows = query(home, "select month, sum(loans_written_off), sum(written_off_mad) from marts.mart_finance_portfolio_monthly "
                        "group by 1 having sum(loans_written_off) > 0")
     assert rows == [("2025-01", 1, Decimal("4000.00"))]
@@ -689,7 +691,7 @@ def test_loan_opening_position_is_derived_from_its_first_delivered_instalment(bu
     home, _, _ = built
     # L6: instalments 1-3 (1,000 MAD of principal each) predate the first delivery
     assert query(home, "select opening_principal_repaid_mad, outstanding_principal_mad, loan_status, closed_date "
-                       "from marts.fct_loans where loan_id = 'L6'") == [(Decimal("3000.00"), 0, "closed", date(2024, 12, 1))]
+                       "from detail.fct_loans where loan_id = 'L6'") == [(Decimal("3000.00"), 0, "closed", date(2024, 12, 1))]
 
 
 def test_occupancy_rate_and_works_phases(built):
@@ -737,13 +739,13 @@ def test_digital_services_percentiles_shares_and_backlog(built):
 
 def test_evaluation_panel_is_units_by_rounds_by_variables(built):
     home, _, data = built
-    cols = [r[0] for r in query(home, "select column_name from information_schema.columns where table_schema = 'marts' "
+    cols = [r[0] for r in query(home, "select column_name from information_schema.columns where table_schema = 'detail' "
                                       "and table_name = 'mart_evaluation_panel' order by ordinal_position")]
     assert cols == ["study_id", "programme_code", "unit_id", "unit_type", "person_key", "treatment_group", "is_treated",
                     "cluster_id", "sex", "age", "age_band", "region_code", "vulnerability_score",
                     "vulnerability_tercile", "round_index", "round_label", "variable", "value"]
     rows = query(home, "select unit_id, round_index, round_label, variable, value, is_treated, cluster_id, "
-                       "vulnerability_tercile, age_band from marts.mart_evaluation_panel")
+                       "vulnerability_tercile, age_band from detail.mart_evaluation_panel")
     assert len(rows) == len(data.UNITS) * 2 * 2
     measured = {(m["unit_id"], m["round_index"], m["variable"]): m["value"] for m in data.survey_measurements()}
     cuts = terciles([u[5] for u in data.UNITS])
@@ -758,7 +760,8 @@ def test_evaluation_panel_is_units_by_rounds_by_variables(built):
     assert sum(r[4] is None for r in rows if r[0] == "U08") == 2  # attrition: endline rows kept, without values
 
 
-INCREMENTAL_FACTS = ("fct_payments", "fct_establishment_occupancy", "fct_loan_instalments", "fct_service_requests")
+INCREMENTAL_FACTS = {"fct_payments": "detail", "fct_establishment_occupancy": "marts",  # fact -> its schema
+                     "fct_loan_instalments": "detail", "fct_service_requests": "detail"}
 
 
 @pytest.fixture(scope="module")
@@ -769,7 +772,7 @@ def refreshed(built, tmp_path_factory):
     home = tmp_path_factory.mktemp("refreshed") / "home"
     shutil.copytree(source_home, home, ignore=shutil.ignore_patterns("dbt_target", "dbt_logs"))
     raw = RawLayer(home / "store" / "ingest.duckdb", deliveries=list(source_raw.deliveries))
-    before = {fact: records(home, f"select * from marts.{fact}") for fact in INCREMENTAL_FACTS}
+    before = {fact: records(home, f"select * from {INCREMENTAL_FACTS[fact]}.{fact}") for fact in INCREMENTAL_FACTS}
     t = datetime(2025, 4, 1)
     raw.deliver("loans", "2025-03", data.loans("2025-03"), t)
     raw.deliver("payments", "2025-03", data.payments("2025-03"), t + timedelta(minutes=1))
@@ -784,7 +787,7 @@ def refreshed(built, tmp_path_factory):
     raw.deliver("service_requests", "2025-02", [r for r in data.requests_file("2025-02") if r["request_id"] != "R11"],
                 t + timedelta(minutes=6))
     run_dbt(home, "build")  # its reconciliation test checks raw == marts after the refresh too
-    after = {fact: records(home, f"select * from marts.{fact}") for fact in INCREMENTAL_FACTS}
+    after = {fact: records(home, f"select * from {INCREMENTAL_FACTS[fact]}.{fact}") for fact in INCREMENTAL_FACTS}
     return home, data, before, after
 
 
@@ -835,8 +838,8 @@ def test_incremental_refresh_follows_corrections_that_drop_records(refreshed):
 
 def test_beneficiary_history_drops_records_of_a_replaced_delivery(refreshed):
     home, data, _, _ = refreshed
-    assert query(home, "select count(*) from marts.dim_beneficiaries where person_key = 1029") == [(0,)]
-    assert query(home, "select region_code, is_current from marts.dim_beneficiaries where person_key = ? "
+    assert query(home, "select count(*) from detail.dim_beneficiaries where person_key = 1029") == [(0,)]
+    assert query(home, "select region_code, is_current from detail.dim_beneficiaries where person_key = ? "
                        "order by valid_from", [1000 + data.MOVER]) == [("06", False), ("07", True)]
 
 
@@ -849,7 +852,7 @@ def test_full_refresh_rebuilds_the_same_facts_as_incremental_refreshes(refreshed
                       key=lambda r: tuple(map(str, r.values())))
 
     run_dbt(home, "run", "--full-refresh", "--select", *INCREMENTAL_FACTS)
-    rebuilt = {fact: records(home, f"select * from marts.{fact}") for fact in INCREMENTAL_FACTS}
+    rebuilt = {fact: records(home, f"select * from {INCREMENTAL_FACTS[fact]}.{fact}") for fact in INCREMENTAL_FACTS}
     assert {f: content(rows) for f, rows in rebuilt.items()} == {f: content(rows) for f, rows in after.items()}
     assert {r["_dbt_invocation_id"] for r in rebuilt["fct_payments"]}.isdisjoint(
         {r["_dbt_invocation_id"] for r in after["fct_payments"]})
@@ -881,7 +884,7 @@ def test_marts_match_the_generator_ground_truth(generated):
     home, truth = generated
     agg, monthly = truth["aggregates"], truth["monthly"]
     last = truth["parameters"]["last_month"]
-    by_region_sex = query(home, "select region_code, sex, count(*) from marts.dim_beneficiaries where is_current group by all")
+    by_region_sex = query(home, "select region_code, sex, count(*) from detail.dim_beneficiaries where is_current group by all")
     assert {(r, s): n for r, s, n in by_region_sex} == {
         (r, s): n for r, sexes in agg["registered_people_by_region_sex"].items() for s, n in sexes.items()}
     transfers = query(home, "select payment_month, programme_code, sum(transfers_paid_mad), sum(payments_count) "
@@ -898,13 +901,13 @@ def test_marts_match_the_generator_ground_truth(generated):
         (m, c): n for m, v in monthly.items() for c, n in v["service_requests"]["by_channel"].items()}
     assert {m: b for m, c, _, b in digital if c == "all"} == {
         m: v["service_requests"]["open_at_month_end"] for m, v in monthly.items()}
-    active = query(home, "select programme_code, count(*) from marts.fct_enrolments where is_active group by 1")
+    active = query(home, "select programme_code, count(*) from detail.fct_enrolments where is_active group by 1")
     assert dict(active) == agg["active_enrolments_by_programme"]
     assert query(home, "select sum(residents) from marts.fct_establishment_occupancy where report_month = ?",
                  [last]) == [(agg["residents_last_month"],)]
     assert query(home, "select count(*), count(*) filter (where works_status = 'completed') "
                        "from marts.dim_establishments") == [(agg["establishments"], agg["establishments_modernised_by_last_month"])]
-    statuses = query(home, "select status_12m, count(*) from marts.fct_ventures where status_12m is not null group by 1")
+    statuses = query(home, "select status_12m, count(*) from detail.fct_ventures where status_12m is not null group by 1")
     assert dict(statuses) == {k: v for k, v in agg["ventures_status_12m"].items() if v}
     # PAR30 and outstanding principal are checked exactly on the hand-made portfolio: the
     # generator's truth also knows instalments due before the lender's first delivery
@@ -916,13 +919,13 @@ def test_evaluation_panel_matches_the_generated_studies(generated):
     home, truth = generated
     for study, spec in truth["studies"].items():
         units = query(home, "select count(distinct unit_id), count(distinct unit_id) filter (where is_treated), "
-                            "count(distinct cluster_id) from marts.mart_evaluation_panel where study_id = ?", [study])
+                            "count(distinct cluster_id) from detail.mart_evaluation_panel where study_id = ?", [study])
         assert units[0][:2] == (spec["n_units"], spec["n_treated"])
         if spec["n_clusters"]:
             assert units[0][2] == spec["n_clusters"]
         missing = query(home, """
             select treatment_group, count(*) from (
-                select unit_id, treatment_group from marts.mart_evaluation_panel
+                select unit_id, treatment_group from detail.mart_evaluation_panel
                 where study_id = ? and round_index = ? group by all having count(value) = 0
             ) group by 1""", [study, spec["endline_round"]])
         assert dict(missing) == {g: n for g, n in spec["attrition_endline"].items() if n}

@@ -61,7 +61,7 @@ def make_schemas(dsn: str) -> None:
     """Internal and published schemas as the pipeline leaves them."""
     con = psycopg2.connect(dsn)
     with con.cursor() as cur:
-        for schema in ("raw", "quarantine", "staging", "intermediate", "seeds", "marts", "impact"):
+        for schema in ("raw", "quarantine", "staging", "intermediate", "detail", "seeds", "marts", "impact"):
             cur.execute(f"create schema {schema}")
         cur.execute("create table raw.beneficiaries (person_key bigint, sex text)")
         cur.execute("insert into raw.beneficiaries values (42, 'F')")
@@ -72,6 +72,7 @@ def make_schemas(dsn: str) -> None:
         cur.execute("create view staging.stg_beneficiaries as select * from raw.beneficiaries")
         cur.execute("create table intermediate.int_people as select * from raw.beneficiaries")
         cur.execute("create table seeds.geo_regions as select '01'::text as region_code")
+        cur.execute("create table detail.dim_beneficiaries as select * from raw.beneficiaries")
         cur.execute("create table marts.mart_coverage as select '01'::text as region_code, 'F'::text as sex, "
                     "120::bigint as beneficiaries")
         cur.execute("create table impact.impact_estimates as select 'DSD-01'::text as programme_code, 1.5 as estimate")
@@ -102,7 +103,8 @@ def test_postgres_evaluator_reads_published_schemas_only(database, evaluator_pas
     con.rollback()
     for statement in ("select * from raw.beneficiaries", "select * from quarantine.rows",
                       "select * from staging.stg_beneficiaries", "select * from intermediate.int_people",
-                      "select * from seeds.geo_regions", "select * from meta.deliveries"):
+                      "select * from seeds.geo_regions", "select * from meta.deliveries",
+                      "select * from detail.dim_beneficiaries"):
         expect_denied(con, statement)
     con.close()
 
@@ -245,7 +247,7 @@ def test_postgres_publish_builds_the_dbt_project_for_evaluators(database, settin
     with con.cursor() as cur:
         cur.execute("select table_name from information_schema.tables where table_schema = 'marts'")
         marts = {r[0] for r in cur.fetchall()}
-        assert {"dim_beneficiaries", "mart_coverage_targeting"} <= marts
+        assert "mart_coverage_targeting" in marts and "dim_beneficiaries" not in marts
         cur.execute("select count(*) from marts.mart_coverage_targeting where is_suppressed")
         assert cur.fetchone()[0] > 0  # 400 people: many cells under 10
         cur.execute("select count(*) from marts.mart_coverage_targeting where not is_suppressed "
@@ -256,4 +258,5 @@ def test_postgres_publish_builds_the_dbt_project_for_evaluators(database, settin
     con.rollback()
     expect_denied(con, "select * from raw.beneficiaries")
     expect_denied(con, "select * from staging.stg_msisf__beneficiaries")
+    expect_denied(con, "select * from detail.dim_beneficiaries")  # person-level: internal
     con.close()

@@ -43,19 +43,22 @@ def ingest_sample(settings, contracts, n=12, months=("2025-01",), validators=(),
 
 
 def make_build(settings, *, payments_scale=1.0, estimate=1.5, extra_sql=()):
-    """A hand-made build warehouse over the raw store: dims, a fact, an impact table, a view."""
+    """A hand-made build warehouse over the raw store: person-level tables in the internal
+    schema detail, a published dimension and aggregate, an impact table, a view."""
     settings.build_path.parent.mkdir(parents=True, exist_ok=True)
     if settings.build_path.exists():
         settings.build_path.unlink()
     con = duckdb.connect(str(settings.build_path))
     con.execute(f"attach '{settings.store_path}' as ingest (read_only)")
-    con.execute("create schema marts; create schema impact; create schema staging")
+    con.execute("create schema marts; create schema impact; create schema staging; create schema detail")
     con.execute("create table marts.dim_programmes as select programme_code, name_fr as programme_name "
                 "from ingest.raw.programmes where _is_current")
-    con.execute("create table marts.dim_beneficiaries as select person_key, household_key, sex, region_code, "
+    con.execute("create table detail.dim_beneficiaries as select person_key, household_key, sex, region_code, "
                 "true as is_current from ingest.raw.beneficiaries where _is_current")
-    con.execute(f"create table marts.fct_payments as select payment_id, person_key, programme_code, payment_month, "
+    con.execute(f"create table detail.fct_payments as select payment_id, person_key, programme_code, payment_month, "
                 f"amount_mad * {payments_scale} as amount_mad from ingest.raw.payments where _is_current")
+    con.execute("create table marts.mart_payments as select programme_code, payment_month, count(*) as payments, "
+                "sum(amount_mad) as amount_mad from detail.fct_payments group by all")
     con.execute(f"create table impact.impact_estimates as select 'DSD-01' as programme_code, {estimate} as estimate")
     con.execute("create view staging.stg_anything as select 1 as x")
     for sql in extra_sql:
@@ -117,8 +120,8 @@ def test_publish_copies_published_schemas_as_tables_with_a_publish_log(settings,
     assert result.serving_path == settings.serving_path and result.archived_path is None
     con = duckdb.connect(str(settings.serving_path), read_only=True)
     tables = set(con.execute("select schema_name || '.' || table_name from duckdb_tables()").fetchall())
-    assert {(t,) for t in ("marts.dim_programmes", "marts.dim_beneficiaries", "marts.fct_payments",
-                           "impact.impact_estimates", "meta.publish_log")} == tables
+    assert {(t,) for t in ("marts.dim_programmes", "marts.mart_payments",
+                           "impact.impact_estimates", "meta.publish_log")} == tables  # detail stays internal
     assert con.execute("select count(*) from duckdb_views() where not internal").fetchone()[0] == 0
     log = con.execute("select event, run_id, code_version, deliveries, delivery_count, check_results, checks_passed, "
                       "table_row_counts from meta.publish_log").fetchall()
@@ -131,10 +134,15 @@ def test_publish_copies_published_schemas_as_tables_with_a_publish_log(settings,
     store.close()
     assert count == len(expected) == 4
     assert {(d["delivery_id"], d["content_hash"]) for d in json.loads(deliveries)} == set(expected)
-    assert json.loads(counts)["marts.fct_payments"] == 12
+    assert json.loads(counts) == {"marts.dim_programmes": 1, "marts.mart_payments": 1, "impact.impact_estimates": 1}
     audit = json.loads(checks)["audit"]["checks"]
     assert {c["check"] for c in audit} >= {"totals_reconcile_with_raw", "references_resolve_to_dimensions",
-                                           "no_direct_identifiers_published", "no_small_cells_published"}
+                                           "no_direct_identifiers_published", "no_person_level_data_published",
+                                           "no_small_cells_published"}
+    # the warehouse checks read the internal tables of the build warehouse
+    assert {c["target"] for c in audit if c["check"] == "totals_reconcile_with_raw"} == {
+        "detail.fct_payments", "detail.dim_beneficiaries"}
+    assert {c["target"] for c in audit if c["check"] == "references_resolve_to_dimensions"} == {"detail.fct_payments"}
     assert calls.count("protect") == 1 and calls.count("check") == 1
     assert not list(settings.serving_path.parent.glob(".candidate-*"))
 
@@ -176,6 +184,37 @@ def test_publish_refuses_on_a_blocking_check_and_leaves_serving_byte_identical(p
     assert publish_mod.history_files(published) == []
     assert not list(published.serving_path.parent.glob(".candidate-*"))
     assert [r["run_id"] for r in publish_log(published)] == ["run-1"]
+
+
+def test_publish_refuses_a_person_level_table_in_the_published_schema(published):
+    before = sha256(published.serving_path)
+    make_build(published, extra_sql=["create table marts.fct_enrolments as select 1::bigint as person_key, "
+                                     "'DSD-01' as programme_code"])
+    with pytest.raises(ChecksFailed) as info:
+        publish(published, "run-2", "v2")
+    assert "no_person_level_data_published" in str(info.value) and "marts.fct_enrolments" in str(info.value)
+    assert sha256(published.serving_path) == before
+
+
+def test_publish_does_not_run_again_the_checks_the_run_evaluated(published, monkeypatch):
+    from quality.checks import CheckResult
+
+    make_build(published, estimate=4.0)
+    ran = []
+    real = checks_mod.run_audit
+
+    def spy(*args, only=None, **kwargs):
+        ran.extend(only or ())
+        return real(*args, only=only, **kwargs)
+
+    monkeypatch.setattr(publish_mod, "run_audit", spy)
+    evaluated = [CheckResult("totals_reconcile_with_raw", True, "block", "ok", "detail.fct_payments"),
+                 CheckResult("no_small_cells_published", True, "block", "ok", None)]
+    result = publish(published, "run-2", "v2", evaluated=evaluated)
+    assert ran and not {"totals_reconcile_with_raw", "no_small_cells_published"} & set(ran)
+    assert "references_resolve_to_dimensions" in ran and "no_person_level_data_published" in ran
+    assert [c for c in result.checks if c.check == "totals_reconcile_with_raw"] == evaluated[:1]
+    assert serving_value(published) == 4.0
 
 
 def test_publish_small_cells_block_publication(published, monkeypatch):
@@ -238,7 +277,7 @@ import duckdb, json, sys, time
 from pathlib import Path
 path, ready, go = sys.argv[1:4]
 con = duckdb.connect(path, read_only=True)
-q = "select (select estimate::double from impact.impact_estimates), (select count(*) from marts.fct_payments), " \\
+q = "select (select estimate::double from impact.impact_estimates), (select sum(payments) from marts.mart_payments), " \\
     "(select max(run_id) from meta.publish_log)"
 before = con.execute(q).fetchone()
 Path(ready).write_text("ready")

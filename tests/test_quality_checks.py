@@ -8,8 +8,8 @@ import yaml
 
 import quality.checks as checks_mod
 from ingestion import store
-from quality.checks import (CheckResult, blocking_failures, check_freshness, check_identifiers, check_reconciliation,
-                            check_references, check_row_counts, check_small_cells)
+from quality.checks import (CheckResult, blocking_failures, check_freshness, check_identifiers, check_person_level,
+                            check_reconciliation, check_references, check_row_counts, check_small_cells)
 from quality.config import QualityConfigError, config_for, parse_config
 
 
@@ -27,7 +27,7 @@ def with_params(cfg, check, **params):
 @pytest.fixture
 def con():
     con = duckdb.connect()
-    con.execute("create schema marts; create schema impact")
+    con.execute("create schema marts; create schema impact; create schema detail")
     yield con
     con.close()
 
@@ -48,18 +48,23 @@ def attach_store(con, settings, contracts, deliveries=()):
 
 
 def test_references_flag_fact_keys_missing_from_their_dimension(con, cfg):
+    """Facts and dimensions are found in the published and the internal schema alike."""
     con.execute("create table marts.dim_programmes as select * from (values ('P1'), ('P2')) t(programme_code)")
-    con.execute("create table marts.dim_beneficiaries as select * from (values (1), (2)) t(person_key)")
-    con.execute("create table marts.fct_payments as select * from (values (1, 'P1'), (2, 'P9'), (3, 'P9'), "
+    con.execute("create table detail.dim_beneficiaries as select * from (values (1), (2)) t(person_key)")
+    con.execute("create table detail.fct_payments as select * from (values (1, 'P1'), (2, 'P9'), (3, 'P9'), "
                 "(null, 'P2')) t(person_key, programme_code)")
+    con.execute("create table marts.fct_visits as select * from (values ('P1'), ('P3')) t(programme_code)")
     con.execute("create table marts.mart_summary as select 'P404' as programme_code")  # not a fact: not checked
     results = check_references(con, cfg)
-    assert [r.target for r in results] == ["marts.fct_payments"]
+    assert [r.target for r in results] == ["detail.fct_payments", "marts.fct_visits"]
     r = results[0]
     assert not r.passed and r.severity == "block"
-    assert r.metadata["orphans"]["programme_code -> dim_programmes.programme_code"] == {"rows": 2, "examples": ["P9"]}
-    assert r.metadata["orphans"]["person_key -> dim_beneficiaries.person_key"]["rows"] == 1
-    assert "2 row(s) with programme_code -> dim_programmes.programme_code missing" in r.description
+    assert r.metadata["orphans"]["programme_code -> marts.dim_programmes.programme_code"] == {"rows": 2,
+                                                                                          "examples": ["P9"]}
+    assert r.metadata["orphans"]["person_key -> detail.dim_beneficiaries.person_key"]["rows"] == 1
+    assert "2 row(s) with programme_code -> marts.dim_programmes.programme_code missing" in r.description
+    assert results[1].metadata["orphans"] == {"programme_code -> marts.dim_programmes.programme_code":
+                                              {"rows": 1, "examples": ["P3"]}}
 
 
 def test_references_pass_when_every_key_resolves_and_honour_ignore(con, cfg):
@@ -97,7 +102,7 @@ def test_reconciliation_compares_raw_and_mart_totals(con, settings, contracts, c
     con.execute("create or replace table marts.fct_payments as select 100.0::decimal(18,2) as amount_mad")
     bad = check_reconciliation(con, cfg)[0]
     assert not bad.passed and bad.metadata["difference"] == pytest.approx(-250.5)
-    assert "raw 350.50 but marts 100.00" in bad.description
+    assert "raw 350.50 but warehouse 100.00" in bad.description
 
 
 def test_reconciliation_that_cannot_run_is_a_failure(con, settings, contracts, cfg):
@@ -122,6 +127,27 @@ def test_row_counts_fail_on_a_drop_beyond_the_share_or_a_lost_table(cfg):
     assert not r.passed
     assert r.metadata["problems"] == ["marts.b dropped from 1000 to 700 rows (30% > 20%)",
                                       "marts.gone disappeared (50 rows before)"]
+
+
+def test_row_counts_let_a_withdrawn_table_disappear(cfg):
+    cfg = with_params(cfg, "row_counts_within_tolerance", withdrawn=["marts.fct_payments"])
+    previous = {"marts.a": 100, "marts.fct_payments": 5000, "marts.fct_loans": 300}
+    r = check_row_counts({"marts.a": 100}, previous, cfg, "run-1")[0]
+    assert not r.passed and r.metadata["problems"] == ["marts.fct_loans disappeared (300 rows before)"]
+    assert check_row_counts({"marts.a": 100, "marts.fct_loans": 300}, previous, cfg, "run-1")[0].passed
+
+
+def test_person_level_check_flags_tables_keyed_by_a_pseudonym(con, cfg):
+    con.execute("create table marts.mart_cells as select 'R1' as region_code, 12 as people")
+    con.execute("create table marts.fct_payments as select 1::bigint as person_key, 10 as amount")
+    con.execute("create table marts.mart_panel as select 'U1' as unit_id, 2::bigint as household_key")
+    con.execute("create table detail.dim_beneficiaries as select 1::bigint as person_key")  # internal: not checked
+    results = {r.target: r for r in check_person_level(con, cfg, ["marts", "impact"])}
+    assert set(results) == {"marts.mart_cells", "marts.fct_payments", "marts.mart_panel"}
+    assert results["marts.mart_cells"].passed
+    assert not results["marts.fct_payments"].passed and results["marts.fct_payments"].blocks
+    assert results["marts.mart_panel"].metadata["key_columns"] == ["unit_id", "household_key"]
+    assert "internal schema detail" in results["marts.mart_panel"].description
 
 
 def test_row_counts_pass_on_growth_and_on_the_first_publication(cfg):

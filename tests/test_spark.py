@@ -171,17 +171,23 @@ def builds(tmp_path_factory) -> Builds:
 
 
 # ---------------------------------------------------------------- comparison helpers --
+COMPARED_SCHEMAS = ("detail", "marts")  # the published marts and the internal person-level models
+
+
 def mart_columns(con, table: str) -> list[tuple[str, str]]:
+    """Columns of ``table`` (``schema.name``) in the DuckDB build."""
+    schema, name = table.split(".")
     return con.execute(
         "select column_name, data_type from information_schema.columns where table_catalog = 'build' "
-        "and table_schema = 'marts' and table_name = ? order by ordinal_position", [table]).fetchall()
+        "and table_schema = ? and table_name = ? order by ordinal_position", [schema, name]).fetchall()
 
 
 def spark_table_sql(builds: Builds, table: str, columns: list[tuple[str, str]]) -> str:
     """The Spark-built table read from its Parquet files, columns cast to the DuckDB build's types
     (Spark keeps partition columns in directory names, read back as text)."""
-    location = builds.spark_warehouse / "marts.db" / table
-    assert location.is_dir(), f"Spark did not build marts.{table} ({location} missing)"
+    schema, name = table.split(".")
+    location = builds.spark_warehouse / f"{schema}.db" / name
+    assert location.is_dir(), f"Spark did not build {table} ({location} missing)"
     select = ", ".join(f'cast("{name}" as {typ}) as "{name}"' for name, typ in columns)
     return (f"select {select} from read_parquet('{location}/**/*.parquet', hive_partitioning = true, "
             "hive_types_autocast = false, union_by_name = true)")
@@ -234,15 +240,17 @@ def con(builds):
 
 
 def mart_names(con) -> list[str]:
+    """``schema.table`` of every table the DuckDB build made in the compared schemas."""
     return [r[0] for r in con.execute(
-        "select table_name from information_schema.tables where table_catalog = 'build' "
-        "and table_schema = 'marts' order by table_name").fetchall()]
+        "select table_schema || '.' || table_name from information_schema.tables where table_catalog = 'build' "
+        f"and table_schema in {COMPARED_SCHEMAS} order by 1").fetchall()]
 
 
 # ------------------------------------------------------------------------------ tests --
 def test_spark_builds_every_model_and_passes_every_dbt_test(builds, con):
     assert builds.tests_run["spark"] == builds.tests_run["duckdb"]
-    built = sorted(p.name for p in (builds.spark_warehouse / "marts.db").iterdir() if p.is_dir())
+    built = sorted(f"{schema}.{p.name}" for schema in COMPARED_SCHEMAS
+                   for p in (builds.spark_warehouse / f"{schema}.db").iterdir() if p.is_dir())
     assert built == mart_names(con)
     assert builds.timings["dbt build spark"] < 600
 
@@ -251,7 +259,7 @@ def test_spark_marts_have_the_duckdb_row_counts(builds, con):
     counts = {}
     for table in mart_names(con):
         columns = mart_columns(con, table)
-        duck = con.execute(f"select count(*) from build.marts.{table}").fetchone()[0]
+        duck = con.execute(f"select count(*) from build.{table}").fetchone()[0]
         spark = con.execute(f"select count(*) from ({spark_table_sql(builds, table, columns)})").fetchone()[0]
         counts[table] = (duck, spark)
     assert {t: c for t, c in counts.items() if c[0] != c[1]} == {}
@@ -264,7 +272,7 @@ def test_spark_marts_equal_duckdb_marts_value_by_value(builds, con):
         columns = [(n, t) for n, t in mart_columns(con, table) if not n.startswith(EXCLUDED_PREFIX)]
         floats = {n for n, t in columns if t in ("DOUBLE", "FLOAT", "REAL")}
         names = ", ".join(f'"{n}"' for n, _ in columns)
-        duck_rows = con.execute(f"select {names} from build.marts.{table}").fetchall()
+        duck_rows = con.execute(f"select {names} from build.{table}").fetchall()
         spark_rows = con.execute(f"select {names} from ({spark_table_sql(builds, table, columns)})").fetchall()
         diff = differences(duck_rows, spark_rows, columns, floats)
         if len(duck_rows) != len(spark_rows) or diff:
@@ -273,10 +281,10 @@ def test_spark_marts_equal_duckdb_marts_value_by_value(builds, con):
 
 
 def test_spark_incremental_refresh_applies_corrected_months_like_duckdb(builds, con):
-    columns = mart_columns(con, "fct_payments")
-    spark = spark_table_sql(builds, "fct_payments", columns)
+    columns = mart_columns(con, "detail.fct_payments")
+    spark = spark_table_sql(builds, "detail.fct_payments", columns)
     query = "select payment_month, count(*) from {} group by payment_month order by payment_month"
-    duck_months = dict(con.execute(query.format("build.marts.fct_payments")).fetchall())
+    duck_months = dict(con.execute(query.format("build.detail.fct_payments")).fetchall())
     spark_months = dict(con.execute(query.format(f"({spark})")).fetchall())
     assert spark_months == duck_months
     vanished = [m for m, kind in builds.corrected_months.items() if kind == "vanished"]
@@ -290,10 +298,10 @@ def test_spark_incremental_refresh_applies_corrected_months_like_duckdb(builds, 
 
 @pytest.mark.parametrize("table", sorted(KEY_FIGURES))
 def test_spark_key_figures_equal_duckdb_and_are_not_trivial(builds, con, table):
-    columns = dict(mart_columns(con, table))
+    columns = dict(mart_columns(con, f"marts.{table}"))
     figures = KEY_FIGURES[table]
     assert set(figures) <= set(columns), f"{table} lost key figure columns"
-    spark = spark_table_sql(builds, table, list(columns.items()))
+    spark = spark_table_sql(builds, f"marts.{table}", list(columns.items()))
     for figure in figures:
         rel = PERCENTILE_REL_TOL if figure in PERCENTILE_COLUMNS else REL_TOL
         query = f'select count("{figure}"), sum(cast("{figure}" as double)), max(cast("{figure}" as double))'

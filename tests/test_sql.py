@@ -155,6 +155,12 @@ def test_sql_reading_raw_fails_clearly(serving, capsys):
     assert "only what is published" in err
 
 
+def test_sql_person_level_tables_are_not_in_the_serving_warehouse(serving, capsys):
+    code, out, err = run_cli(capsys, "select * from detail.dim_beneficiaries")
+    assert code == 2 and out == ""
+    assert "detail" in err and "only what is published" in err and "person-level" in err
+
+
 def test_sql_bad_sql_gives_duckdb_message_and_exit_2(serving, capsys):
     code, _, err = run_cli(capsys, "selec * from marts.mart_coverage")
     assert code == 2 and 'syntax error at or near "selec"' in err

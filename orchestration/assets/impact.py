@@ -10,7 +10,7 @@ from jisr.settings import get_settings
 PROJECT = get_settings()  # only project-relative paths are read at import; JISR_HOME is read per run
 IMPACT_TABLES = ("impact_estimates", "impact_pretrends", "impact_balance", "impact_attrition",
                  "impact_group_means", "impact_cost_effectiveness")
-UPSTREAM = [dg.AssetKey(["marts", "mart_evaluation_panel"]), dg.AssetKey(["marts", "mart_programme_costs"])]
+UPSTREAM = [dg.AssetKey(["detail", "mart_evaluation_panel"]), dg.AssetKey(["marts", "mart_programme_costs"])]
 CONFIG_PATH = PROJECT.config_dir / "evaluation.yml"
 
 

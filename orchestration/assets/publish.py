@@ -8,7 +8,9 @@ and applies disclosure control (``jisr.publish.stage_candidate``); the candidate
 1. every blocking check upstream of it (dbt tests of severity error included) has a
    passing result on the current data in the Dagster instance (so materialising the
    publish step alone after a failed run does not slip through), and
-2. the publish step's own audit of the candidate passes (plain Python, the same checks).
+2. the publish step's own audit passes: every audit check (``quality.checks``) that this
+   run did not already evaluate runs again, in plain Python, on the candidate and the build
+   warehouse (a normal refresh evaluates them all once, as asset checks).
 
 Otherwise the step fails with a message naming the checks, and the serving file is not touched.
 """
@@ -88,8 +90,20 @@ def run_check_results(context: dg.AssetExecutionContext) -> list[dict]:
     return out
 
 
+def evaluated_audit_checks(check_results: list[dict]):
+    """The run's evaluations of the audit checks (``quality.checks``) as CheckResults: the
+    publish step does not run them again on the same candidate and warehouse."""
+    from quality.checks import CheckResult
+    from quality.config import CHECK_NAMES
+
+    return [CheckResult(r["check"], bool(r["passed"]), "block" if r["severity"] == "ERROR" else "warn",
+                        r.get("description") or "", r["asset"])
+            for r in check_results if r["check"] in CHECK_NAMES]
+
+
 def build_publish_assets(upstream: Iterable[dg.AssetKey]) -> list[dg.AssetsDefinition]:
-    """The candidate and serving assets, downstream of every published mart and impact asset."""
+    """The candidate and serving assets, downstream of ``upstream`` (every published mart and
+    impact asset, and the internal models whose checks gate publication)."""
     upstream = sorted(set(upstream), key=lambda k: k.to_user_string())
 
     @dg.asset(key=CANDIDATE_KEY, deps=upstream, group_name=GROUP, kinds={"duckdb", "python"},
@@ -131,7 +145,9 @@ def build_publish_assets(upstream: Iterable[dg.AssetKey]) -> list[dg.AssetsDefin
             context.log.warning("no candidate staged in this run: staging one now (its checks run inside publish)")
             candidate = stage_candidate(settings, context.run.run_id)
         try:
-            result = commit(settings, candidate, settings.code_version, check_results=run_check_results(context))
+            given = run_check_results(context)
+            result = commit(settings, candidate, settings.code_version, check_results=given,
+                            evaluated=evaluated_audit_checks(given))
         except ChecksFailed as exc:
             report = write_report(settings, context.run.run_id, exc.failures)
             raise dg.Failure(description=f"{exc}; the serving warehouse was not changed",
@@ -159,10 +175,17 @@ def build_publish_assets(upstream: Iterable[dg.AssetKey]) -> list[dg.AssetsDefin
     return [serving_candidate, serving_warehouse]
 
 
-def published_upstream(asset_keys: Iterable[dg.AssetKey], schemas: Iterable[str] | None = None) -> list:
+INTERNAL_GATED_SCHEMAS = ("detail",)  # not published, but their tests and checks gate publication
+
+
+def published_upstream(asset_keys: Iterable[dg.AssetKey], schemas: Iterable[str] | None = None,
+                       internal: bool = False) -> list:
     """The asset keys whose tables are published (first path element = schema; the schemas
-    are ``publish.schemas`` of config/quality.yml)."""
+    are ``publish.schemas`` of config/quality.yml); ``internal``: also the internal
+    person-level models (schema ``detail``), whose checks must pass before publishing."""
     from orchestration.checks import CFG
 
     wanted = set(schemas if schemas is not None else CFG.publish_schemas)
+    if internal:
+        wanted |= set(INTERNAL_GATED_SCHEMAS)
     return [k for k in asset_keys if len(k.path) == 2 and k.path[0] in wanted]
