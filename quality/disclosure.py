@@ -513,10 +513,8 @@ class _Database:
         if self.postgres:
             self.run(f"update {table} set {assignments} where ctid = any(?::tid[])", [row_ids])
             return
-        self.run("create or replace temp table _jisr_suppressed (rid bigint)")
-        self.con.executemany("insert into _jisr_suppressed values (?)", [[r] for r in row_ids])
-        self.run(f"update {table} set {assignments} where rowid in (select rid from _jisr_suppressed)")
-        self.run("drop table _jisr_suppressed")
+        # one statement with the row ids as a list parameter (executemany inserts row by row)
+        self.run(f"update {table} set {assignments} where rowid in (select unnest(?::bigint[]))", [list(row_ids)])
 
 
 def _columns(db: _Database, rule: TableRule) -> dict[str, str] | None:
