@@ -265,3 +265,27 @@ def test_ingest_reads_jsonl_and_xlsx(settings, contracts):
     con = store(settings)
     assert con.execute("select principal_mad::double, term_months from raw.loans").fetchone() == (15000.5, 24)
     assert con.execute("select incubation_start_date::varchar, jobs_created from raw.ventures").fetchone() == ("2025-01-15", 3)
+
+
+def test_ingest_quarantines_every_row_a_validator_returns(settings, contracts):
+    base_delivery(settings, contracts, n=6)
+
+    def validator(con, contract, typed_table, batch):
+        if contract.source != "beneficiaries":
+            return iter(())
+        return ((row, "extra:odd", None if row == 1 else "cin", f"row {row} is odd") for row in (1, 3, 5))
+
+    ingestor = make_ingestor(settings, contracts)
+    ingestor.validators = [validator]
+    summary = ingestor.ingest(settings.landing_dir)
+    ben = result_for(summary, "registre_2025-01.csv")
+    assert (ben.rows_loaded, ben.rows_quarantined, ben.rules_failed) == (3, 3, {"extra:odd": 3})
+    con = store(settings)
+    rows = con.execute("select source_row, rule, column_name, message from quarantine.rows "
+                       "where rule = 'extra:odd' order by source_row").fetchall()
+    loaded = [r[0] for r in con.execute("select _source_row from raw.beneficiaries order by 1").fetchall()]
+    con.close()
+    assert rows == [(1, "extra:odd", None, "registre_2025-01.csv, row 1: row 1 is odd"),
+                    (3, "extra:odd", "cin", "registre_2025-01.csv, row 3: row 3 is odd"),
+                    (5, "extra:odd", "cin", "registre_2025-01.csv, row 5: row 5 is odd")]
+    assert loaded == [2, 4, 6]
