@@ -16,14 +16,23 @@ columns                     ``expect_table_columns_to_match_set`` (every contrac
                             ``expect_compound_columns_to_be_unique``
 ==========================  ====================================================================
 
-:class:`SuiteValidator` plugs into ingestion's ``validators`` hook: it reads the typed,
-not-yet-pseudonymised batch into pandas (in chunks split by a hash of the primary key, so
-duplicate keys stay in one chunk), validates it with ``result_format="COMPLETE"`` and
-``unexpected_index_column_names=["_source_row"]``, and returns every failing
-(row, ``gx:<expectation>:<column>``) to the quarantine. An expectation that raised (its
-``exception_info``) counts as failed for every row of the batch: an errored check is never a
-pass. Values of direct identifiers never leave the process: messages and reports say
-"(identifier withheld)". A summary of every expectation is recorded in the raw store
+:class:`SuiteValidator` plugs into ingestion's ``validators`` hook. It reads the typed,
+not-yet-pseudonymised batch into pandas through Arrow (:func:`fetch_frame`: text as pandas
+strings, dates and timestamps as ``datetime64[ns]`` so GX compares them vectorised), in
+chunks of at most ``chunk_rows`` rows split by a hash of the primary key, so duplicate keys
+stay in one chunk. Each chunk is validated in two passes:
+
+1. every expectation of the suite on every row, with ``result_format="BOOLEAN_ONLY"``
+   (pass or fail, no list of rows: most expectations pass, and listing rows is what costs);
+2. the expectations that failed, again on every row of the chunk (narrowed to the columns
+   they read), with ``result_format="COMPLETE"`` and
+   ``unexpected_index_column_names=["_source_row"]``.
+
+Every failing (row, ``gx:<expectation>:<column>``) goes back to the quarantine. An expectation
+that raised (its ``exception_info``, in either pass) counts as failed for every row of the
+batch: an errored check is never a pass. Values of direct identifiers never leave the
+process: messages and reports say "(identifier withheld)". A summary of every expectation
+(rows evaluated, rows failing, examples) is recorded in the raw store
 (``quality.gx_results``) and rendered by :func:`quality.report.write_report`.
 
 ``great_expectations`` is imported inside functions only: importing it costs seconds.
@@ -33,6 +42,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -175,6 +185,43 @@ def _frame_sql(contract: Contract, table: str, present: set[str]) -> list[str]:
     return out
 
 
+def fetch_frame(con, sql: str):
+    """The rows of ``sql`` as a pandas DataFrame, through Arrow (far cheaper than ``.df()`` for text).
+
+    Types are those of ``.df()``, which the expectations were written against: text as pandas
+    strings, integers and booleans with NULLs as nullable ``Int64``/``boolean``, decimals as
+    floats; dates and timestamps as ``datetime64[ns]`` (GX compares those vectorised, and any
+    other datetime element by element), or ``datetime64[us]`` when a value lies outside the
+    nanosecond range (years 1678-2261)."""
+    import pandas as pd
+    import pyarrow as pa
+
+    rel = con.sql(sql)
+    casts = []
+    for name, dtype in zip(rel.columns, rel.types):
+        kind = str(dtype).upper()
+        quoted = '"' + name.replace('"', '""') + '"'
+        if kind.startswith("DECIMAL"):
+            casts.append(f"{quoted}::double as {quoted}")
+        elif kind == "DATE":
+            casts.append(f"{quoted}::timestamp as {quoted}")
+        else:
+            casts.append(quoted)
+    table = con.sql(f"select {', '.join(casts)} from ({sql})").to_arrow_table()
+    nullable = {pa.bool_(): pd.BooleanDtype(), pa.int8(): pd.Int8Dtype(), pa.int16(): pd.Int16Dtype(),
+                pa.int32(): pd.Int32Dtype(), pa.int64(): pd.Int64Dtype()}
+    frame = table.to_pandas(types_mapper=nullable.get)
+    for name, column in zip(table.column_names, table.columns):
+        if column.type in nullable and column.null_count == 0:
+            frame[name] = frame[name].astype(column.type.to_pandas_dtype())
+        elif pa.types.is_timestamp(column.type) and column.type.tz is None:
+            try:
+                frame[name] = frame[name].astype("datetime64[ns]")
+            except (OverflowError, ValueError, pd.errors.OutOfBoundsDatetime):
+                pass  # outside the nanosecond range: keep microseconds
+    return frame
+
+
 def suite_name(contract: Contract) -> str:
     return f"jisr.{contract.source}"
 
@@ -300,25 +347,75 @@ def _plain(value):
     return value
 
 
-def validate_frame(contract: Contract, specs: list[ExpectationSpec], frame, outcomes: dict[str, Outcome]) -> None:
-    """Validate one pandas batch; add what each expectation found to ``outcomes``."""
+# First pass: is each expectation met? No row lists (and no counts: GX computes them, but
+# BOOLEAN_ONLY does not return them; a passing expectation has no failing row).
+FIRST_PASS = {"result_format": "BOOLEAN_ONLY"}
+# Second pass, for the expectations that failed: every failing row, identified by its source row.
+FAILED_PASS = {"result_format": "COMPLETE", "unexpected_index_column_names": ["_source_row"],
+               "return_unexpected_index_query": False}
+
+
+def _run(contract: Contract, specs: list[ExpectationSpec], frame, result_format: dict) -> tuple[dict, str | None]:
+    """Run the suite of ``specs`` on ``frame``: (results by rule, why the whole run failed)."""
     definition = _gx().definition(contract, specs)
-    all_rows = [int(r) for r in frame["_source_row"].tolist()] if "_source_row" in frame.columns else []
     try:
         with warnings.catch_warnings():  # GX's own deprecation noise (pydantic v1, regex groups)
             warnings.simplefilter("ignore")
-            result = definition.run(batch_parameters={"dataframe": frame},
-                                    result_format={"result_format": "COMPLETE",
-                                                   "unexpected_index_column_names": ["_source_row"]})
-        by_rule = {}
-        for r in result.results:
-            rule = (r.expectation_config.meta or {}).get("rule")
-            by_rule[rule] = r
+            result = definition.run(batch_parameters={"dataframe": frame}, result_format=dict(result_format))
     except Exception as exc:  # the whole validation failed: every expectation errored
-        by_rule = {}
-        failure = f"{type(exc).__name__}: {exc}"
-    else:
-        failure = None
+        return {}, f"{type(exc).__name__}: {exc}"
+    return {(r.expectation_config.meta or {}).get("rule"): r for r in result.results}, None
+
+
+def _condition_column(spec: ExpectationSpec) -> str | None:
+    """The column of a ``<column>.notnull()`` row condition (the only kind the suites use)."""
+    match = re.fullmatch(r"(\w+)\.notnull\(\)", spec.kwargs.get("row_condition") or "")
+    return match.group(1) if match else None
+
+
+def _domain_rows(spec: ExpectationSpec, frame) -> int:
+    """Rows an expectation evaluates (GX's ``element_count``): the batch, or the rows meeting
+    its row condition."""
+    condition = spec.kwargs.get("row_condition")
+    if not condition:
+        return len(frame)
+    column = _condition_column(spec)
+    if column is not None and column in frame.columns:
+        return int(frame[column].notna().sum())
+    return len(frame.query(condition, parser="pandas"))
+
+
+def _columns_for(specs: list[ExpectationSpec], frame):
+    """The batch narrowed to the columns ``specs`` read (all of them for a table-level one)."""
+    if any(s.column == "table" for s in specs):
+        return frame
+    wanted = ["_source_row"]
+    for spec in specs:
+        column = spec.kwargs.get("column")
+        names = [*spec.kwargs.get("column_list", []), column, _condition_column(spec)]
+        if column and column.endswith("__typed"):
+            names.append(column.removesuffix("__typed"))  # the delivered text, for messages
+        wanted += [n for n in names if n]
+    wanted = list(dict.fromkeys(n for n in wanted if n in frame.columns))
+    if len(wanted) == len(frame.columns):
+        return frame
+    return frame[wanted]
+
+
+def validate_frame(contract: Contract, specs: list[ExpectationSpec], frame, outcomes: dict[str, Outcome]) -> None:
+    """Validate one pandas batch; add what each expectation found to ``outcomes``.
+
+    Every expectation runs on the whole batch with a cheap result format first; the ones that
+    failed run again with ``COMPLETE`` results, which list each failing row."""
+    all_rows = [int(r) for r in frame["_source_row"].tolist()] if "_source_row" in frame.columns else []
+    by_rule, failure = _run(contract, specs, frame, FIRST_PASS)
+    failed = [s for s in specs if s.rule in by_rule and not by_rule[s.rule].success
+              and not exception_raised(by_rule[s.rule].exception_info)[0]]
+    if failed:
+        complete, complete_failure = _run(contract, failed, _columns_for(failed, frame), FAILED_PASS)
+        for spec in failed:
+            by_rule[spec.rule] = complete.get(spec.rule)
+        failure = failure or complete_failure
     for spec in specs:
         out = outcomes.setdefault(spec.rule, Outcome(spec))
         r = by_rule.get(spec.rule)
@@ -338,7 +435,7 @@ def validate_frame(contract: Contract, specs: list[ExpectationSpec], frame, outc
             out.element_count += len(all_rows)
             out.unexpected_count += len(all_rows)
             continue
-        out.element_count += int(res.get("element_count") or len(all_rows))
+        out.element_count += int(res["element_count"]) if "element_count" in res else _domain_rows(spec, frame)
         if r.success:
             continue
         out.success = False
@@ -406,9 +503,9 @@ class SuiteValidator:
     def __call__(self, con, contract: Contract, typed_table: str, batch: str | None):
         started = time.monotonic()
         specs = suite_specs(contract, self.seeds_dir)
-        present = {d[0] for d in con.execute(f"select * from {typed_table} limit 0").description}
+        present = set(con.sql(f"select * from {typed_table}").columns)
         select = ", ".join(_frame_sql(contract, typed_table, present))
-        total = con.execute(f"select count(*) from {typed_table}").fetchone()[0]
+        total = con.execute(f"select count(*) from {typed_table}").fetchall()[0][0]
         chunks = max(1, math.ceil(total / self.chunk_rows))
         keys = [_key_column(contract.column(k)) for k in contract.primary_key]
         keys = [k for k in keys if k in present] or ["_source_row"]
@@ -416,7 +513,7 @@ class SuiteValidator:
         violations = []
         for i in range(chunks):
             where = f" where hash({', '.join(keys)}) % {chunks} = {i}" if chunks > 1 else ""
-            frame = con.execute(f"select {select} from {typed_table}{where} order by _source_row").df()
+            frame = fetch_frame(con, f"select {select} from {typed_table}{where} order by _source_row")
             if frame.empty and chunks > 1:
                 continue
             validate_frame(contract, specs, frame, outcomes)

@@ -207,3 +207,43 @@ def test_quality_report_shows_validation_and_withholds_identifiers(settings, con
     assert "beneficiaries 2025-01" in page and "registre_2025-01.csv" in page
     assert "QQ1" not in page and not any(f"AB{100000 + i}" in page for i in range(6))
     assert "Hélène" not in page
+
+
+def test_suite_validator_quarantines_dates_outside_the_nanosecond_range(settings, contracts):
+    rows = [person(i) for i in range(4)]
+    rows[1]["birth_date"] = "01/01/1500"  # before 1678: pandas cannot hold it in nanoseconds
+    _write_people(settings, contracts, rows)
+    summary = _ingest(settings, contracts, SuiteValidator(settings.seeds_dir, run_id="run-gx"))
+    assert summary.files[0].rows_loaded == 3
+    found = {(row, rule) for _, row, rule, _, _ in _quarantine(settings)}
+    assert found == {(2, "gx:expect_column_values_to_be_between:birth_date")}
+    assert "1500-01-01" in _quarantine(settings)[0][4]
+
+
+def test_suite_validator_records_the_rows_a_conditional_expectation_evaluated(settings, contracts):
+    rows = [person(i, has_disability="") for i in range(5)]  # optional column, empty in every row
+    rows[0]["socio_economic_score"] = "n/a"
+    _write_people(settings, contracts, rows)
+    _ingest(settings, contracts, SuiteValidator(settings.seeds_dir, run_id="run-gx"))
+    con = duckdb.connect(str(settings.store_path), read_only=True)
+    counts = dict(con.execute("select column_name, element_count from quality.gx_results "
+                              "where expectation = 'expect_column_values_to_not_be_null'").fetchall())
+    con.close()
+    assert counts["has_disability__typed"] == 0  # no delivered value to parse
+    assert counts["socio_economic_score__typed"] == 5 and counts["cin"] == 5
+
+
+def test_fetch_frame_gives_the_types_the_expectations_expect(tmp_path):
+    con = duckdb.connect(str(tmp_path / "f.duckdb"))
+    con.execute("create table t as select i::bigint as _source_row, case when i > 0 then 'v' || i end as text, "
+                "case when i > 0 then i end::integer as n, i::integer as n_full, case when i > 0 then i % 2 = 0 end as flag, "
+                "(i + 0.25)::decimal(12, 2) as amount, case when i = 1 then date '1500-01-01' else date '2020-01-02' end as old, "
+                "date '2020-01-02' + i::integer as day, timestamp '2025-01-01 10:00:00' as at from range(3) r(i)")
+    frame = gxmod.fetch_frame(con, "select * from t order by _source_row")
+    expected = con.execute("select * from t order by _source_row").df()
+    dates = {"old": "datetime64[us]", "day": "datetime64[ns]", "at": "datetime64[ns]"}
+    assert {c: str(t) for c, t in frame.dtypes.items()} == {c: dates.get(c, str(t)) for c, t in expected.dtypes.items()}
+    assert str(frame.dtypes["n"]) == "Int32" and str(frame.dtypes["flag"]) == "boolean"
+    for column in frame.columns:
+        assert frame[column].tolist() == expected[column].tolist() or column == "text", column
+    assert frame["text"].isna().tolist() == [True, False, False] and frame["text"].tolist()[1:] == ["v1", "v2"]
