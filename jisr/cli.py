@@ -27,7 +27,7 @@ def _generate(args) -> int:
 
 def _refresh(args) -> int:
     from jisr.lock import LockBusy, refresh_lock
-    from jisr.refresh import run_refresh
+    from jisr.refresh import run_refresh, tool_log_path
 
     settings = get_settings()
     try:
@@ -37,7 +37,8 @@ def _refresh(args) -> int:
         return 2
     try:
         with refresh_lock(settings):
-            result = run_refresh(settings, full_refresh=args.full_refresh)
+            result = run_refresh(settings, full_refresh=args.full_refresh,
+                                 tool_log=None if args.verbose else tool_log_path(settings))
     except LockBusy as exc:
         print(f"jisr refresh: {exc}", file=sys.stderr)
         return 2
@@ -114,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("refresh", help="run the refresh job (the same Dagster job as the UI)")
     r.add_argument("--full-refresh", action="store_true", help="rebuild incremental models from scratch")
+    r.add_argument("-v", "--verbose", action="store_true",
+                   help="print dbt's output (a line per model and test) instead of writing it to $JISR_HOME/logs/")
     r.set_defaults(func=_refresh)
 
     s = sub.add_parser("status", help="deliveries, quarantine and the published warehouse")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from jisr.settings import Settings, export_environment
 
@@ -14,6 +16,7 @@ class RefreshResult:
     run_id: str
     settings: Settings
     failures: list[str] = field(default_factory=list)
+    tool_log: Path | None = None  # where dbt's own output went, when not to the terminal
 
     def report(self) -> str:
         from jisr.status import run_report
@@ -23,7 +26,10 @@ class RefreshResult:
             lines.append("\nThe refresh FAILED:")
             lines += [f"  - {f}" for f in self.failures]
             lines.append("The serving warehouse was not changed.")
-        lines.append(f"\nDagster run {self.run_id}: `make dev` opens the UI with this run in its history.")
+        if self.tool_log is not None:
+            lines.append(f"\ndbt's output (every model and test): {self.tool_log}")
+        lines.append(f"{'' if self.tool_log else chr(10)}Dagster run {self.run_id}: `make dev` opens the UI with this "
+                     "run in its history.")
         return "\n".join(lines)
 
 
@@ -36,14 +42,28 @@ def prepare_dagster_home(settings: Settings) -> None:
     export_environment(settings)
 
 
-def run_refresh(settings: Settings, full_refresh: bool = False) -> RefreshResult:
+def tool_log_path(settings: Settings) -> Path:
+    """A new file for the output of the tools a refresh runs (dbt prints every model and test)."""
+    from datetime import datetime, timezone
+
+    folder = settings.home / "logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"refresh-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}.log"
+
+
+def run_refresh(settings: Settings, full_refresh: bool = False, tool_log: Path | None = None) -> RefreshResult:
+    """Run refresh_job in process. ``tool_log``: write what the tools print on standard output
+    (dbt's line per model and test) to that file instead of the terminal; Dagster's own
+    step log (standard error) and the run's events in the instance are unchanged."""
     prepare_dagster_home(settings)
     import dagster as dg
 
     from orchestration.definitions import defs, refresh_run_config
 
     job = defs.resolve_job_def("refresh_job")
-    with dg.DagsterInstance.get() as instance:
+    with dg.DagsterInstance.get() as instance, contextlib.ExitStack() as stack:
+        if tool_log is not None:
+            stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(tool_log, "w", encoding="utf-8"))))
         result = job.execute_in_process(
             instance=instance, run_config=refresh_run_config(full_refresh=full_refresh),
             raise_on_error=False, tags={"jisr/trigger": "cli"},
@@ -60,4 +80,4 @@ def run_refresh(settings: Settings, full_refresh: bool = False) -> RefreshResult
                 if not data.passed and data.severity.value == "ERROR":
                     failures.append(f"check {data.check_name} on {data.asset_key.to_user_string()} failed")
     return RefreshResult(success=result.success and not failures, run_id=result.run_id,
-                         settings=settings, failures=failures)
+                         settings=settings, failures=failures, tool_log=tool_log)

@@ -113,7 +113,11 @@ def test_every_delivered_row_is_loaded_or_quarantined_as_planted(e2e):
     assert quarantined == planted
 
 
-def test_refreshing_again_without_new_files_changes_no_row(e2e):
+def test_refreshing_again_without_new_files_changes_no_row(e2e, capfd):
+    """Through the CLI: nothing new, nothing changes; dbt's line per model and test goes to a
+    log file, the terminal gets the summary."""
+    from jisr.cli import main
+
     def counts():
         con = duckdb.connect(str(e2e.settings.store_path), read_only=True)
         try:
@@ -123,6 +127,10 @@ def test_refreshing_again_without_new_files_changes_no_row(e2e):
             con.close()
 
     before = counts()
-    again = e2e.run_refresh(e2e.settings)
-    assert again.success, again.report()
+    assert main(["refresh"]) == 0
+    out = capfd.readouterr().out
     assert counts() == before
+    logs = sorted((e2e.settings.home / "logs").glob("refresh-*.log"))
+    assert len(logs) == 1 and f"dbt's output (every model and test): {logs[0]}" in out
+    assert "PASS not_null_" not in out and "PASS not_null_" in logs[0].read_text()
+    assert "No new delivery in the landing area" in out
