@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -46,3 +49,104 @@ def ensure_manifest(settings: Settings, force: bool = False) -> Path:
         if done.returncode != 0:
             raise RuntimeError(f"dbt parse failed:\n{done.stdout[-4000:]}\n{done.stderr[-2000:]}")
     return path
+
+
+# --------------------------------------------------------------------------------------
+# State kept between refreshes of one JISR_HOME
+
+PARTIAL_PARSE_FILE = "partial_parse.msgpack"
+DOCS_FINGERPRINT_FILE = "fingerprint.txt"
+
+
+def state_dir(settings: Settings) -> Path:
+    """dbt state of this JISR_HOME kept between refreshes (never published)."""
+    return settings.home / "dbt"
+
+
+def restore_partial_parse(settings: Settings, target_path: Path) -> bool:
+    """Put this home's saved parse state into a new dbt target path.
+
+    dbt re-parses the whole project when the saved state was written for another profile
+    (the warehouse path follows JISR_HOME), so the state shared in the project's
+    ``target/`` is only good for one home; each home keeps its own. Returns whether a
+    saved state was restored.
+    """
+    saved = state_dir(settings) / PARTIAL_PARSE_FILE
+    if not saved.exists():
+        return False
+    target_path.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(saved, target_path / PARTIAL_PARSE_FILE)
+    return True
+
+
+def save_partial_parse(settings: Settings, target_path: Path) -> bool:
+    """Keep the parse state a dbt invocation wrote, for the next refresh of this home."""
+    written = target_path / PARTIAL_PARSE_FILE
+    if not written.exists():
+        return False
+    folder = state_dir(settings)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{PARTIAL_PARSE_FILE}.tmp"
+    shutil.copyfile(written, tmp)
+    os.replace(tmp, folder / PARTIAL_PARSE_FILE)
+    return True
+
+
+def project_fingerprint(settings: Settings) -> str:
+    """Hash of every file dbt reads from the project (and of dbt's version)."""
+    from importlib.metadata import version
+
+    root = settings.dbt_project_dir
+    digest = hashlib.sha256(f"dbt-core {version('dbt-core')} dbt-duckdb {version('dbt-duckdb')}\n".encode())
+    paths = [root / f for f in WATCHED_FILES if (root / f).exists()]
+    for sub in WATCHED:
+        paths += [p for p in (root / sub).rglob("*") if p.is_file()]
+    for path in sorted(paths):
+        digest.update(f"{path.relative_to(root).as_posix()}\n".encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def warehouse_schema_fingerprint(settings: Settings) -> str:
+    """Hash of the relations and columns of the build warehouse and the raw store: what
+    dbt's catalog (the docs' column types and comments) is made of."""
+    import duckdb
+
+    con = duckdb.connect(str(settings.build_path), read_only=True)
+    try:
+        if settings.store_path.exists():
+            con.execute(f"attach '{settings.store_path}' as ingest (read_only)")
+        rows = con.execute(
+            "select database_name, schema_name, table_name, column_index, column_name, data_type, "
+            "coalesce(comment, '') from duckdb_columns() "
+            "where database_name in (current_database(), 'ingest') and not internal "
+            "order by all"
+        ).fetchall()
+        rows += con.execute(
+            "select database_name, schema_name, table_name, 'table', coalesce(comment, '') from duckdb_tables() "
+            "where database_name in (current_database(), 'ingest') and not internal "
+            "union all select database_name, schema_name, view_name, 'view', coalesce(comment, '') from duckdb_views() "
+            "where database_name in (current_database(), 'ingest') and not internal order by all"
+        ).fetchall()
+    finally:
+        con.close()
+    return hashlib.sha256(repr(rows).encode()).hexdigest()
+
+
+def docs_fingerprint(settings: Settings) -> str:
+    """What the dbt docs page depends on: the project's files and the warehouse's schema."""
+    return hashlib.sha256(f"{project_fingerprint(settings)}:{warehouse_schema_fingerprint(settings)}".encode()).hexdigest()
+
+
+def docs_are_current(docs_dir: Path, fingerprint: str) -> bool:
+    stamp = docs_dir / DOCS_FINGERPRINT_FILE
+    return (docs_dir / "static_index.html").exists() and stamp.exists() and stamp.read_text().strip() == fingerprint
+
+
+def keep_docs(page: Path, docs_dir: Path, fingerprint: str) -> Path:
+    """Install a freshly generated docs page with the fingerprint it was made for."""
+    docs_dir.mkdir(parents=True, exist_ok=True)
+    (docs_dir / DOCS_FINGERPRINT_FILE).unlink(missing_ok=True)
+    shutil.copyfile(page, docs_dir / "static_index.html")
+    (docs_dir / DOCS_FINGERPRINT_FILE).write_text(fingerprint + "\n")
+    return docs_dir / "static_index.html"

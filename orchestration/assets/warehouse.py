@@ -5,14 +5,23 @@ the ingestion assets), ``<schema>/<model>`` for models and seeds. Groups follow 
 folders (``meta.dagster.group`` in dbt_project.yml).
 """
 
-import shutil
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
 import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource, DbtProject, dbt_assets
 
-from jisr.dbt import dbt_executable, ensure_manifest, manifest_is_stale
+from jisr.dbt import (
+    dbt_executable,
+    docs_are_current,
+    docs_fingerprint,
+    ensure_manifest,
+    keep_docs,
+    manifest_is_stale,
+    restore_partial_parse,
+    save_partial_parse,
+)
 from jisr.settings import export_environment, get_settings
 
 PROJECT = get_settings()  # only project-relative paths are read at import; JISR_HOME is read per run
@@ -43,7 +52,7 @@ def dbt_resource() -> DbtCliResource:
 
 @dbt_assets(manifest=MANIFEST, project=DBT_PROJECT, dagster_dbt_translator=TRANSLATOR, name="warehouse_dbt")
 def warehouse_dbt(context: dg.AssetExecutionContext, dbt: DbtCliResource, config: WarehouseConfig):
-    """One `dbt build` per refresh (models, seeds and tests), then the dbt docs."""
+    """One `dbt build` per refresh (models, seeds and tests), then the dbt docs when they changed."""
     settings = get_settings()
     export_environment(settings)  # dbt's profiles.yml reads the same JISR_HOME
     settings.build_path.parent.mkdir(parents=True, exist_ok=True)
@@ -54,17 +63,29 @@ def warehouse_dbt(context: dg.AssetExecutionContext, dbt: DbtCliResource, config
             "run the command again; nothing was built."
         )
     args = ["build"] + (["--full-refresh"] if config.full_refresh else [])
-    build = dbt.cli(args, context=context)
+    # This home's parse state: dbt re-parses everything when the state comes from another home.
+    target_path = PROJECT.dbt_project_dir / "target" / f"{context.op_execution_context.op.name}-{context.run.run_id[:7]}-{uuid.uuid4().hex[:7]}"
+    restore_partial_parse(settings, target_path)
+    build = dbt.cli(args, context=context, target_path=target_path)
     yield from build.stream()
+    save_partial_parse(settings, build.target_path)
+    _refresh_docs(context, dbt, settings, build.target_path)
+
+
+def _refresh_docs(context: dg.AssetExecutionContext, dbt: DbtCliResource, settings, target_path) -> None:
+    """The dbt docs page, generated again only when the project or the warehouse's schema
+    (what the page shows: models, tests, descriptions, columns and types) changed."""
+    docs_dir = settings.reports_dir / "dbt-docs"
+    fingerprint = docs_fingerprint(settings)
+    if docs_are_current(docs_dir, fingerprint):
+        context.log.info(f"dbt docs unchanged (same project and warehouse schema): {docs_dir / 'static_index.html'}")
+        return
     # Docs from the build's own manifest (--no-compile: nothing is compiled twice).
     docs = dbt.cli(["docs", "generate", "--static", "--no-compile"], raise_on_error=False, manifest=MANIFEST,
-                   dagster_dbt_translator=TRANSLATOR, target_path=build.target_path)
+                   dagster_dbt_translator=TRANSLATOR, target_path=target_path)
     docs.wait()
-    page = build.target_path / "static_index.html"
+    page = target_path / "static_index.html"
     if docs.is_successful() and page.exists():
-        docs_dir = settings.reports_dir / "dbt-docs"
-        docs_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(page, docs_dir / "static_index.html")
-        context.log.info(f"dbt docs: {docs_dir / 'static_index.html'}")
+        context.log.info(f"dbt docs: {keep_docs(page, docs_dir, fingerprint)}")
     else:
         context.log.warning("dbt docs generate failed; the warehouse itself was built")

@@ -1,0 +1,86 @@
+"""jisr/dbt.py: the dbt state kept per JISR_HOME between refreshes (parse state, docs)."""
+
+import duckdb
+
+from jisr.dbt import (
+    DOCS_FINGERPRINT_FILE,
+    PARTIAL_PARSE_FILE,
+    docs_are_current,
+    docs_fingerprint,
+    keep_docs,
+    restore_partial_parse,
+    save_partial_parse,
+)
+from jisr.settings import Settings
+
+
+def _home(tmp_path, name: str) -> Settings:
+    return Settings(home=tmp_path / name)
+
+
+def _build(settings: Settings, *statements: str) -> None:
+    settings.build_path.parent.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(str(settings.build_path))
+    try:
+        for sql in statements:
+            con.execute(sql)
+    finally:
+        con.close()
+
+
+def test_partial_parse_state_is_restored_for_the_same_home_only(tmp_path):
+    home_a, home_b = _home(tmp_path, "a"), _home(tmp_path, "b")
+    first_run = tmp_path / "target" / "run-1"
+    first_run.mkdir(parents=True)
+    (first_run / PARTIAL_PARSE_FILE).write_bytes(b"state of home a")
+    assert save_partial_parse(home_a, first_run)
+
+    next_run = tmp_path / "target" / "run-2"
+    assert restore_partial_parse(home_a, next_run)
+    assert (next_run / PARTIAL_PARSE_FILE).read_bytes() == b"state of home a"
+    other_home_run = tmp_path / "target" / "run-3"
+    assert not restore_partial_parse(home_b, other_home_run)
+    assert not (other_home_run / PARTIAL_PARSE_FILE).exists()
+
+
+def test_save_partial_parse_keeps_the_earlier_state_when_dbt_wrote_none(tmp_path):
+    home = _home(tmp_path, "a")
+    run = tmp_path / "target" / "run-1"
+    run.mkdir(parents=True)
+    (run / PARTIAL_PARSE_FILE).write_bytes(b"v1")
+    save_partial_parse(home, run)
+    failed_run = tmp_path / "target" / "run-2"
+    failed_run.mkdir()
+    assert not save_partial_parse(home, failed_run)
+    assert restore_partial_parse(home, tmp_path / "target" / "run-3")
+    assert (tmp_path / "target" / "run-3" / PARTIAL_PARSE_FILE).read_bytes() == b"v1"
+
+
+def test_docs_fingerprint_ignores_new_rows_but_follows_schema_changes(tmp_path):
+    home = _home(tmp_path, "a")
+    _build(home, "create schema marts", "create table marts.fct_x (x_id bigint, amount_mad decimal(18, 2))")
+    first = docs_fingerprint(home)
+    _build(home, "insert into marts.fct_x values (1, 2.5), (2, 3.0)")
+    assert docs_fingerprint(home) == first, "new rows do not change what the docs show"
+    _build(home, "alter table marts.fct_x add column is_paid boolean")
+    assert docs_fingerprint(home) != first, "a new column must regenerate the docs"
+    second = docs_fingerprint(home)
+    _build(home, "alter table marts.fct_x alter amount_mad type double")
+    assert docs_fingerprint(home) != second, "a changed type must regenerate the docs"
+    third = docs_fingerprint(home)
+    _build(home, "create view marts.v_x as select x_id from marts.fct_x")
+    assert docs_fingerprint(home) != third, "a new relation must regenerate the docs"
+
+
+def test_docs_are_current_only_for_the_fingerprint_they_were_generated_for(tmp_path):
+    docs_dir = tmp_path / "reports" / "dbt-docs"
+    assert not docs_are_current(docs_dir, "f1")
+    page = tmp_path / "static_index.html"
+    page.write_text("<html>docs</html>")
+    installed = keep_docs(page, docs_dir, "f1")
+    assert installed.read_text() == "<html>docs</html>"
+    assert docs_are_current(docs_dir, "f1")
+    assert not docs_are_current(docs_dir, "f2")
+    (docs_dir / "static_index.html").unlink()
+    assert not docs_are_current(docs_dir, "f1"), "a missing page is generated again"
+    assert (docs_dir / DOCS_FINGERPRINT_FILE).exists()
