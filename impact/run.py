@@ -17,6 +17,7 @@ Every row carries ``run_id`` and ``code_version``. Nothing here imports dagster.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -534,13 +535,18 @@ def _table_exists(con, qualified: str) -> bool:
     return bool(found)
 
 
+def _columns(con, qualified: str) -> list[str]:
+    schema, name = qualified.split(".")
+    return [r[0] for r in con.execute(
+        "select column_name from information_schema.columns where table_schema = ? and table_name = ? "
+        "order by ordinal_position", [schema, name]
+    ).fetchall()]
+
+
 def read_panel(con, config: EvaluationConfig | None = None) -> pd.DataFrame:
     if not _table_exists(con, PANEL_TABLE):
         raise PanelError(f"{PANEL_TABLE} does not exist in this warehouse: build the evaluation marts first")
-    schema, name = PANEL_TABLE.split(".")
-    have = [r[0] for r in con.execute(
-        "select column_name from information_schema.columns where table_schema = ? and table_name = ?", [schema, name]
-    ).fetchall()]
+    have = _columns(con, PANEL_TABLE)
     missing = [c for c in PANEL_COLUMNS if c not in have]
     if missing:
         raise PanelError(f"{PANEL_TABLE} lacks columns {missing}")
@@ -558,14 +564,18 @@ def read_costs(con) -> pd.DataFrame | None:
     return con.execute(f"select {', '.join(COST_COLUMNS)} from {COSTS_TABLE}").df()
 
 
-def write_tables(con, tables: ImpactTables, run_id: str, code_version: str) -> dict[str, int]:
-    """Replace every table of schema ``impact`` in one transaction."""
+def write_tables(con, tables: ImpactTables, run_id: str, code_version: str, inputs: dict | None = None,
+                 only: tuple[str, ...] | None = None) -> dict[str, int]:
+    """Replace the tables of schema ``impact`` (every one, or those in ``only``) in one
+    transaction; ``inputs`` (see :func:`input_fingerprints`) is stored with them."""
     counts = {}
     stamp = datetime.now(timezone.utc).replace(tzinfo=None)
     con.execute("begin transaction")
     try:
         con.execute(f"create schema if not exists {SCHEMA}")
         for table, frame in tables.by_table().items():
+            if only is not None and table not in only:
+                continue
             columns = TABLES[table]
             frame = frame.copy()
             frame["run_id"] = pd.array([run_id] * len(frame), dtype="string")
@@ -580,11 +590,122 @@ def write_tables(con, tables: ImpactTables, run_id: str, code_version: str) -> d
                 con.execute(f"insert into {SCHEMA}.{table} select {select} from _impact_frame")
                 con.unregister("_impact_frame")
             counts[table] = len(frame)
+        if inputs is not None:
+            stored = json.dumps({**inputs, "notes": tables.notes}, sort_keys=True)
+            con.execute(f"comment on table {SCHEMA}.{FINGERPRINT_TABLE} is {_sql_text(stored)}")
         con.execute("commit")
     except Exception:
         con.execute("rollback")
         raise
     return counts
+
+
+# --------------------------------------------------------------------------------------
+# skipping unchanged work
+
+FINGERPRINT_TABLE = "impact_estimates"  # its table comment holds the fingerprints of its inputs
+FINGERPRINT_VERSION = 1  # bump when what the fingerprints cover changes
+
+
+def _sql_text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _table_fingerprint(con, qualified: str, columns: tuple[str, ...]) -> str:
+    """Content hash of a table's columns, independent of row order: row count, sum and xor
+    of DuckDB's 64-bit row hashes (a re-delivery of the same rows hashes the same)."""
+    if not _table_exists(con, qualified):
+        return "absent"
+    have = _columns(con, qualified)
+    present = [c for c in columns if c in have]
+    types = con.execute(
+        "select column_name, data_type from information_schema.columns where table_schema = ? and table_name = ? "
+        "order by column_name", qualified.split(".")).fetchall()
+    row_hash = f"hash({', '.join(present)})"
+    count, total, xor = con.execute(
+        f"select count(*), coalesce(sum({row_hash}::hugeint), 0), coalesce(bit_xor({row_hash}), 0) from {qualified}"
+    ).fetchone()
+    return f"{present}:{types}:{count}:{total}:{xor}"
+
+
+def input_fingerprints(con, config_path, code_version: str) -> dict[str, str]:
+    """What the impact tables are a function of.
+
+    ``estimation``: the evaluation panel's content, ``config/evaluation.yml``, the code
+    version and the engine versions: every table but cost-effectiveness follows from them.
+    ``costs``: the programme costs' content (cost-effectiveness follows from the estimates,
+    the config and the costs).
+    """
+    import duckdb
+
+    config_hash = hashlib.sha256(Path(config_path).read_bytes()).hexdigest()
+    versions = f"duckdb {duckdb.__version__}, pandas {pd.__version__}, numpy {np.__version__}"
+    estimation = json.dumps({
+        "fingerprint_version": FINGERPRINT_VERSION,
+        "panel": _table_fingerprint(con, PANEL_TABLE, PANEL_COLUMNS),
+        "config": config_hash,
+        "code_version": code_version,
+        "engines": versions,
+    }, sort_keys=True)
+    costs = json.dumps({"costs": _table_fingerprint(con, COSTS_TABLE, COST_COLUMNS), "estimation": estimation}, sort_keys=True)
+    return {
+        "estimation": hashlib.sha256(estimation.encode()).hexdigest(),
+        "costs": hashlib.sha256(costs.encode()).hexdigest(),
+    }
+
+
+def stored_fingerprints(con) -> dict[str, Any] | None:
+    """The fingerprints stored with the impact tables, when every table is there."""
+    if not all(_table_exists(con, f"{SCHEMA}.{t}") for t in TABLES):
+        return None
+    found = con.execute(
+        "select comment from duckdb_tables() where database_name = current_database() and schema_name = ? "
+        "and table_name = ?", [SCHEMA, FINGERPRINT_TABLE]).fetchone()
+    if not found or not found[0]:
+        return None
+    try:
+        stored = json.loads(found[0])
+    except ValueError:
+        return None
+    return stored if isinstance(stored, dict) and {"estimation", "costs"} <= set(stored) else None
+
+
+def read_tables(con, notes: list[str]) -> tuple[ImpactTables, dict[str, str]]:
+    """The impact tables as written (row order kept), and the run that wrote each."""
+    frames, runs = {}, {}
+    for table, columns in TABLES.items():
+        own = [c for c in columns if c not in ("run_id", "code_version", "estimated_at")]
+        cur = con.execute(f"select {', '.join(own)} from {SCHEMA}.{table} order by rowid")
+        names = [d[0] for d in cur.description]
+        rows = [dict(zip(names, r)) for r in cur.fetchall()]
+        frames[table] = _frame(table, rows).drop(columns=[c for c in columns if c not in own])
+        found = con.execute(f"select min(run_id) from {SCHEMA}.{table}").fetchone()[0]
+        runs[table] = found
+    tables = ImpactTables(
+        estimates=frames["impact_estimates"], pretrends=frames["impact_pretrends"], balance=frames["impact_balance"],
+        attrition=frames["impact_attrition"], group_means=frames["impact_group_means"],
+        cost_effectiveness=frames["impact_cost_effectiveness"], notes=list(notes),
+    )
+    return tables, runs
+
+
+def _value(v: Any) -> Any:
+    return None if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) else v
+
+
+def cost_effectiveness(tables: ImpactTables, costs: pd.DataFrame | None, config: EvaluationConfig) -> pd.DataFrame:
+    """Cost-effectiveness again from kept estimates and new costs: the same rows, in the same
+    order, as :func:`evaluate` gives for these estimates (the rows of the kept table say
+    which study x programme x outcome they are)."""
+    chosen: dict[tuple, dict] = {}
+    est = tables.estimates
+    for row in est[(est["estimator"] == config.cost_estimator) & (est["subgroup"] == "all")].to_dict("records"):
+        chosen[(row["study_id"], row["programme_code"], row["outcome"])] = {k: _value(v) for k, v in row.items()}
+    rows = []
+    for row in tables.cost_effectiveness.to_dict("records"):
+        key = (row["study_id"], row["programme_code"], row["outcome"])
+        rows.append(_cost_row(*key, row["outcome_direction"], chosen.get(key), costs, config))
+    return _frame("impact_cost_effectiveness", rows)
 
 
 def _status_counts(frame: pd.DataFrame) -> dict[str, int]:
@@ -593,8 +714,15 @@ def _status_counts(frame: pd.DataFrame) -> dict[str, int]:
     return {str(k): int(v) for k, v in frame["status"].value_counts().items()}
 
 
-def run_impact(con_or_db_path, config_path, run_id: str, code_version: str, report_dir) -> dict[str, Any]:
+def run_impact(con_or_db_path, config_path, run_id: str, code_version: str, report_dir, *,
+               force: bool = False) -> dict[str, Any]:
     """Read the panel, estimate, replace schema ``impact`` and write the report.
+
+    Unchanged inputs are not estimated again: when the evaluation panel, the config file
+    and the code version hash as they did for the impact tables in the warehouse (their
+    fingerprints are stored with them), the tables are kept (the same inputs and code give
+    the same figures) and only cost-effectiveness is recomputed if the programme costs
+    changed. ``summary["reused"]`` then says so; ``force`` re-estimates anyway.
 
     ``con_or_db_path``: an open DuckDB connection (left open) or a database file path.
     Returns a summary: row counts per table, status counts of the estimates, notes, and
@@ -610,15 +738,34 @@ def run_impact(con_or_db_path, config_path, run_id: str, code_version: str, repo
     own = not hasattr(con_or_db_path, "execute")
     con = duckdb.connect(str(con_or_db_path)) if own else con_or_db_path
     try:
-        panel = read_panel(con, config)
-        costs = read_costs(con)
-        tables = evaluate(panel, costs, config)
-        counts = write_tables(con, tables, run_id, code_version)
+        inputs = input_fingerprints(con, config_path, code_version)
+        stored = None if force else stored_fingerprints(con)
+        if stored is not None and stored["estimation"] == inputs["estimation"]:
+            tables, runs = read_tables(con, stored.get("notes") or [])
+            if stored["costs"] == inputs["costs"]:
+                counts = {name: len(frame) for name, frame in tables.by_table().items()}
+                reused = (f"impact: inputs unchanged since run {runs['impact_estimates']} (evaluation panel, programme "
+                          f"costs, {Path(config_path).name}, code version {code_version}): tables kept, nothing re-estimated")
+            else:
+                tables.cost_effectiveness = cost_effectiveness(tables, read_costs(con), config)
+                counts = {name: len(frame) for name, frame in tables.by_table().items()}
+                counts.update(write_tables(con, tables, run_id, code_version, inputs, only=("impact_cost_effectiveness",)))
+                reused = (f"impact: evaluation panel, {Path(config_path).name} and code version unchanged since run "
+                          f"{runs['impact_estimates']}: estimates kept; programme costs changed: cost-effectiveness recomputed")
+        else:
+            panel = read_panel(con, config)
+            costs = read_costs(con)
+            tables = evaluate(panel, costs, config)
+            counts = write_tables(con, tables, run_id, code_version, inputs)
+            runs, reused = dict.fromkeys(TABLES, run_id), None
     finally:
         if own:
             con.close()
     report = write_report(tables, Path(report_dir), run_id=run_id, code_version=code_version, config=config)
     return {
+        "reused": reused,
+        "estimated_by_run": runs,
+        "fingerprints": inputs,
         "run_id": run_id,
         "code_version": code_version,
         "config": str(config_path),

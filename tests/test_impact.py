@@ -4,6 +4,7 @@ settings validation and the tables written to the warehouse."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -501,3 +502,99 @@ def test_estimators_ci_coverage_close_to_nominal(tmp_path, scenario, selection, 
     # with 200 draws, a true 95% coverage falls inside [0.91, 0.985] with probability > 0.99
     for name in unbiased:
         assert 0.91 <= coverage[name] <= 0.985, (name, coverage)
+
+
+# --------------------------------------------------------------------------------------
+# skipping re-estimation when the inputs did not change
+
+def impact_content(db: Path) -> dict[str, list[tuple]]:
+    """Every impact table's figures in written order, without the run that wrote them."""
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        out = {}
+        for table, columns in TABLES.items():
+            own = [c for c in columns if c not in ("run_id", "code_version", "estimated_at")]
+            out[table] = con.execute(f"select {', '.join(own)} from impact.{table} order by rowid").fetchall()
+        return out
+    finally:
+        con.close()
+
+
+def impact_runs(db: Path) -> dict[str, set[str]]:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return {t: {r[0] for r in con.execute(f"select distinct run_id from impact.{t}").fetchall()} for t in TABLES}
+    finally:
+        con.close()
+
+
+@pytest.fixture
+def estimated(tmp_path):
+    """A warehouse estimated once (run-a), and a copy of it to estimate from scratch."""
+    db = tmp_path / "warehouse.duckdb"
+    warehouse(db, simulate_panel(21, attrition=0.1), costs_frame(800.0))
+    cfg = tmp_path / "evaluation.yml"
+    cfg.write_text(yaml.safe_dump({"subgroups": {"dimensions": ["sex"]}}))
+    first = run_impact(db, cfg, "run-a", "v1", tmp_path / "report-a")
+    assert first["reused"] is None
+    return db, cfg
+
+
+def fresh(tmp_path: Path, db: Path, cfg: Path, code_version: str = "v1") -> dict[str, list[tuple]]:
+    copy = tmp_path / "fresh.duckdb"
+    shutil.copyfile(db, copy)
+    summary = run_impact(copy, cfg, "run-fresh", code_version, tmp_path / "report-fresh", force=True)
+    assert summary["reused"] is None
+    return impact_content(copy)
+
+
+def test_run_impact_keeps_the_tables_when_panel_costs_config_and_code_are_unchanged(tmp_path, estimated):
+    db, cfg = estimated
+    before = impact_content(db)
+    summary = run_impact(db, cfg, "run-b", "v1", tmp_path / "report-b")
+    assert summary["reused"] and "nothing re-estimated" in summary["reused"] and "run-a" in summary["reused"]
+    assert impact_runs(db) == {t: {"run-a"} for t in TABLES}, "kept tables still name the run that estimated them"
+    assert impact_content(db) == before == fresh(tmp_path, db, cfg)
+    assert summary["tables"] == {f"impact.{t}": len(rows) for t, rows in before.items()}
+    # the run still has its own report, with the same figures
+    page = Path(summary["report"]["html_path"]).read_text(encoding="utf-8")
+    assert "run-b" in page and summary["report"]["summaries"]
+
+
+def test_run_impact_recomputes_only_cost_effectiveness_when_costs_change(tmp_path, estimated):
+    db, cfg = estimated
+    before = impact_content(db)
+    con = duckdb.connect(str(db))
+    con.execute("update marts.mart_programme_costs set cost_per_beneficiary_mad = 1200.0")
+    con.close()
+    summary = run_impact(db, cfg, "run-b", "v1", tmp_path / "report-b")
+    assert summary["reused"] and "cost-effectiveness recomputed" in summary["reused"]
+    runs = impact_runs(db)
+    assert runs.pop("impact_cost_effectiveness") == {"run-b"}
+    assert runs == {t: {"run-a"} for t in TABLES if t != "impact_cost_effectiveness"}
+    after = impact_content(db)
+    assert after["impact_cost_effectiveness"] != before["impact_cost_effectiveness"]
+    assert after == fresh(tmp_path, db, cfg), "the same figures as estimating everything again"
+    # and a third run with the new costs keeps everything
+    assert "nothing re-estimated" in run_impact(db, cfg, "run-c", "v1", tmp_path / "report-c")["reused"]
+
+
+@pytest.mark.parametrize("change", ["panel value", "panel row", "config", "code version"])
+def test_run_impact_estimates_again_when_panel_config_or_code_change(tmp_path, estimated, change):
+    db, cfg = estimated
+    code_version = "v1"
+    con = duckdb.connect(str(db))
+    if change == "panel value":
+        con.execute("update marts.mart_evaluation_panel set value = value + 1 "
+                    "where rowid = (select min(rowid) from marts.mart_evaluation_panel where value is not null)")
+    elif change == "panel row":
+        con.execute("delete from marts.mart_evaluation_panel where rowid = (select max(rowid) from marts.mart_evaluation_panel)")
+    elif change == "config":
+        cfg.write_text(yaml.safe_dump({"subgroups": {"dimensions": ["sex"]}, "alpha": 0.1}))
+    else:
+        code_version = "v2"
+    con.close()
+    summary = run_impact(db, cfg, "run-b", code_version, tmp_path / "report-b")
+    assert summary["reused"] is None
+    assert impact_runs(db) == {t: {"run-b"} for t in TABLES}
+    assert impact_content(db) == fresh(tmp_path, db, cfg, code_version)

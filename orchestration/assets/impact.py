@@ -34,9 +34,14 @@ def impact_stage(context: dg.AssetExecutionContext):
     summary = run_impact(settings.build_path, CONFIG_PATH, run_id=context.run.run_id,
                          code_version=settings.code_version, report_dir=report_dir)
     report = summary["report"]
+    if summary["reused"]:
+        context.log.info(summary["reused"])
     for note in summary["notes"]:
         context.log.info(note)
     shared = {
+        "estimation": summary["reused"] or "estimated in this run (inputs changed or no earlier estimates)",
+        "estimated_by_run": dg.MetadataValue.json(summary["estimated_by_run"]),
+        "inputs_fingerprint": summary["fingerprints"]["costs"],
         "report": dg.MetadataValue.path(report["html_path"]),
         "config": dg.MetadataValue.path(str(CONFIG_PATH)),
         "estimate_status": dg.MetadataValue.json(summary["estimate_status"]),
