@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -381,7 +382,11 @@ img{max-width:100%;border:1px solid #eee}.meta{color:#666;font-size:.85rem}
 """
 
 
-def write_report(tables, report_dir: Path, *, run_id: str, code_version: str, config=None) -> dict[str, Any]:
+def write_report(tables, report_dir: Path, *, run_id: str, code_version: str, config=None,
+                 plots_from: Path | None = None) -> dict[str, Any]:
+    """The HTML report of a run. ``plots_from``: the report of the run that estimated these
+    same tables (kept because their inputs did not change): its plots are copied rather
+    than drawn again (they show only estimates, group means, pre-trends and balance)."""
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     images: dict[str, str] = {}
@@ -391,7 +396,11 @@ def write_report(tables, report_dir: Path, *, run_id: str, code_version: str, co
         ("event_study", event_study_plot, tables.pretrends),
         ("balance", balance_plot, tables.balance),
     ):
-        path = draw(frame, report_dir / f"{name}.png")
+        drawn = Path(plots_from) / f"{name}.png" if plots_from is not None else None
+        if drawn is not None and drawn.exists() and drawn.parent.resolve() != report_dir.resolve():
+            path = Path(shutil.copyfile(drawn, report_dir / f"{name}.png"))
+        else:
+            path = draw(frame, report_dir / f"{name}.png")
         if path is not None:
             images[name] = str(path)
 

@@ -749,19 +749,22 @@ def run_impact(con_or_db_path, config_path, run_id: str, code_version: str, repo
             else:
                 tables.cost_effectiveness = cost_effectiveness(tables, read_costs(con), config)
                 counts = {name: len(frame) for name, frame in tables.by_table().items()}
-                counts.update(write_tables(con, tables, run_id, code_version, inputs, only=("impact_cost_effectiveness",)))
+                keep = {**inputs, "report_dir": stored.get("report_dir")}
+                counts.update(write_tables(con, tables, run_id, code_version, keep, only=("impact_cost_effectiveness",)))
                 reused = (f"impact: evaluation panel, {Path(config_path).name} and code version unchanged since run "
                           f"{runs['impact_estimates']}: estimates kept; programme costs changed: cost-effectiveness recomputed")
         else:
             panel = read_panel(con, config)
             costs = read_costs(con)
             tables = evaluate(panel, costs, config)
-            counts = write_tables(con, tables, run_id, code_version, inputs)
+            counts = write_tables(con, tables, run_id, code_version, {**inputs, "report_dir": str(report_dir)})
             runs, reused = dict.fromkeys(TABLES, run_id), None
     finally:
         if own:
             con.close()
-    report = write_report(tables, Path(report_dir), run_id=run_id, code_version=code_version, config=config)
+    plots_from = Path(stored["report_dir"]) if reused and stored.get("report_dir") else None
+    report = write_report(tables, Path(report_dir), run_id=run_id, code_version=code_version, config=config,
+                         plots_from=plots_from)
     return {
         "reused": reused,
         "estimated_by_run": runs,

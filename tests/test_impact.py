@@ -556,9 +556,12 @@ def test_run_impact_keeps_the_tables_when_panel_costs_config_and_code_are_unchan
     assert impact_runs(db) == {t: {"run-a"} for t in TABLES}, "kept tables still name the run that estimated them"
     assert impact_content(db) == before == fresh(tmp_path, db, cfg)
     assert summary["tables"] == {f"impact.{t}": len(rows) for t, rows in before.items()}
-    # the run still has its own report, with the same figures
+    # the run still has its own report, with the same figures and plots
     page = Path(summary["report"]["html_path"]).read_text(encoding="utf-8")
-    assert "run-b" in page and summary["report"]["summaries"]
+    assert "run-b" in page and summary["report"]["summaries"] and page.count("data:image/png;base64,") == 4
+    for name, image in summary["report"]["images"].items():
+        assert Path(image).parent == tmp_path / "report-b"
+        assert Path(image).read_bytes() == (tmp_path / "report-a" / f"{name}.png").read_bytes()
 
 
 def test_run_impact_recomputes_only_cost_effectiveness_when_costs_change(tmp_path, estimated):
