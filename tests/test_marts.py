@@ -788,7 +788,22 @@ def refreshed(built, tmp_path_factory):
                 t + timedelta(minutes=6))
     run_dbt(home, "build")  # its reconciliation test checks raw == marts after the refresh too
     after = {fact: records(home, f"select * from {INCREMENTAL_FACTS[fact]}.{fact}") for fact in INCREMENTAL_FACTS}
-    return home, data, before, after
+    built_tables = {f"{schema}.{name}": records(home, f"select * from {schema}.{name}")
+                    for schema, name in query(home, BUILT_TABLES)}
+    return home, data, before, after, built_tables
+
+
+# Every table dbt builds (marts and intermediate, whatever the marts' schema), not views.
+BUILT_TABLES = ("select table_schema, table_name from information_schema.tables "
+                "where table_type = 'BASE TABLE' and table_schema not in ('main', 'seeds', 'impact') "
+                "and table_catalog = current_database() order by all")
+LINEAGE = ("_dbt_invocation_id", "_dbt_refreshed_at")
+
+
+def content(rows: list[dict]) -> list[dict]:
+    """Rows without the lineage of the dbt run that wrote them, in a stable order."""
+    return sorted(({k: v for k, v in r.items() if k not in LINEAGE} for r in rows),
+                  key=lambda r: tuple(map(str, r.values())))
 
 
 def pick(rows: list[dict], test) -> list[dict]:
@@ -796,7 +811,7 @@ def pick(rows: list[dict], test) -> list[dict]:
 
 
 def test_incremental_refresh_keeps_history_and_adds_the_new_month(refreshed):
-    _, data, before, after = refreshed
+    _, data, before, after, _ = refreshed
     # payments: January untouched (same rows, written by the same dbt invocation), March added
     jan = lambda r: r["payment_month"] == "2025-01"  # noqa: E731
     assert pick(after["fct_payments"], jan) == pick(before["fct_payments"], jan) != []
@@ -819,7 +834,7 @@ def test_incremental_refresh_keeps_history_and_adds_the_new_month(refreshed):
 
 
 def test_incremental_refresh_replaces_a_corrected_month_as_a_whole(refreshed):
-    _, data, before, after = refreshed
+    _, data, before, after, _ = refreshed
     feb = pick(after["fct_payments"], lambda r: r["payment_month"] == "2025-02")
     corrected = data.payments("2025-02", corrected=True)
     assert sorted((r["payment_id"], r["amount_mad"]) for r in feb) == sorted((p["payment_id"], p["amount_mad"]) for p in corrected)
@@ -828,7 +843,7 @@ def test_incremental_refresh_replaces_a_corrected_month_as_a_whole(refreshed):
 
 
 def test_incremental_refresh_follows_corrections_that_drop_records(refreshed):
-    _, _, before, after = refreshed
+    _, _, before, after, _ = refreshed
     assert "R11" in {r["request_id"] for r in before["fct_service_requests"]}
     assert "R11" not in {r["request_id"] for r in after["fct_service_requests"]}
     # R10 and R12 now come from the corrected February file: same content, new delivery
@@ -837,24 +852,22 @@ def test_incremental_refresh_follows_corrections_that_drop_records(refreshed):
 
 
 def test_beneficiary_history_drops_records_of_a_replaced_delivery(refreshed):
-    home, data, _, _ = refreshed
+    home, data, _, _, _ = refreshed
     assert query(home, "select count(*) from detail.dim_beneficiaries where person_key = 1029") == [(0,)]
     assert query(home, "select region_code, is_current from detail.dim_beneficiaries where person_key = ? "
                        "order by valid_from", [1000 + data.MOVER]) == [("06", False), ("07", True)]
 
 
-def test_full_refresh_rebuilds_the_same_facts_as_incremental_refreshes(refreshed):
-    home, _, _, after = refreshed
-    lineage = ("_dbt_invocation_id", "_dbt_refreshed_at")
-
-    def content(rows):
-        return sorted(({k: v for k, v in r.items() if k not in lineage} for r in rows),
-                      key=lambda r: tuple(map(str, r.values())))
-
-    run_dbt(home, "run", "--full-refresh", "--select", *INCREMENTAL_FACTS)
-    rebuilt = {fact: records(home, f"select * from {INCREMENTAL_FACTS[fact]}.{fact}") for fact in INCREMENTAL_FACTS}
-    assert {f: content(rows) for f, rows in rebuilt.items()} == {f: content(rows) for f, rows in after.items()}
-    assert {r["_dbt_invocation_id"] for r in rebuilt["fct_payments"]}.isdisjoint(
+def test_full_refresh_rebuilds_the_same_tables_as_incremental_refreshes(refreshed):
+    home, _, _, after, built_tables = refreshed
+    names = {table.split(".")[1]: table for table in built_tables}
+    assert set(INCREMENTAL_FACTS) <= set(names) and len(built_tables) > 20
+    run_dbt(home, "run", "--full-refresh")
+    rebuilt = {f"{schema}.{name}": records(home, f"select * from {schema}.{name}") for schema, name in query(home, BUILT_TABLES)}
+    assert set(rebuilt) == set(built_tables)
+    for table, rows in built_tables.items():
+        assert content(rebuilt[table]) == content(rows), f"{table}: the incremental refresh differs from a full rebuild"
+    assert {r["_dbt_invocation_id"] for r in rebuilt[names["fct_payments"]]}.isdisjoint(
         {r["_dbt_invocation_id"] for r in after["fct_payments"]})
 
 
