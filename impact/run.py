@@ -632,19 +632,25 @@ def input_fingerprints(con, config_path, code_version: str) -> dict[str, str]:
     """What the impact tables are a function of.
 
     ``estimation``: the evaluation panel's content, ``config/evaluation.yml``, the code
-    version and the engine versions: every table but cost-effectiveness follows from them.
+    version, the source of this package and the engine versions: every table but cost-effectiveness follows from them.
     ``costs``: the programme costs' content (cost-effectiveness follows from the estimates,
     the config and the costs).
     """
     import duckdb
 
     config_hash = hashlib.sha256(Path(config_path).read_bytes()).hexdigest()
+    # The code of this package too: a working copy with uncommitted changes keeps one
+    # code version ("...-dirty") across edits.
+    source = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.rglob("*.py")):
+        source.update(path.relative_to(Path(__file__).parent).as_posix().encode() + b"\0" + path.read_bytes())
     versions = f"duckdb {duckdb.__version__}, pandas {pd.__version__}, numpy {np.__version__}"
     estimation = json.dumps({
         "fingerprint_version": FINGERPRINT_VERSION,
         "panel": _table_fingerprint(con, PANEL_TABLE, PANEL_COLUMNS),
         "config": config_hash,
         "code_version": code_version,
+        "impact_source": source.hexdigest(),
         "engines": versions,
     }, sort_keys=True)
     costs = json.dumps({"costs": _table_fingerprint(con, COSTS_TABLE, COST_COLUMNS), "estimation": estimation}, sort_keys=True)

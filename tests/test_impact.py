@@ -601,3 +601,17 @@ def test_run_impact_estimates_again_when_panel_config_or_code_change(tmp_path, e
     assert summary["reused"] is None
     assert impact_runs(db) == {t: {"run-b"} for t in TABLES}
     assert impact_content(db) == fresh(tmp_path, db, cfg, code_version)
+
+
+def test_run_impact_estimates_again_when_its_code_changes_under_the_same_code_version(tmp_path, estimated, monkeypatch):
+    """A working copy with uncommitted edits keeps one code version ("...-dirty")."""
+    import impact.run
+
+    db, cfg = estimated
+    edited = tmp_path / "impact"
+    shutil.copytree(Path(impact.run.__file__).parent, edited, ignore=shutil.ignore_patterns("__pycache__"))
+    (edited / "estimators.py").write_text((edited / "estimators.py").read_text() + "\n# an edit\n")
+    monkeypatch.setattr(impact.run, "__file__", str(edited / "run.py"))
+    summary = run_impact(db, cfg, "run-b", "v1", tmp_path / "report-b")
+    assert summary["reused"] is None
+    assert impact_runs(db) == {t: {"run-b"} for t in TABLES}
