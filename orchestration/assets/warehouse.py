@@ -86,8 +86,12 @@ def _refresh_docs(context: dg.AssetExecutionContext, dbt: DbtCliResource, settin
     """The dbt docs page, generated again only when the project or the warehouse's schema
     (what the page shows: models, tests, descriptions, columns and types) changed."""
     docs_dir = settings.reports_dir / "dbt-docs"
-    fingerprint = docs_fingerprint(settings)
-    if docs_are_current(docs_dir, fingerprint):
+    try:
+        fingerprint = docs_fingerprint(settings)
+    except Exception as exc:  # noqa: BLE001 - the docs are secondary: generate them anyway
+        context.log.warning(f"dbt docs: could not read the warehouse schema ({exc}); generating the docs")
+        fingerprint = None
+    if fingerprint is not None and docs_are_current(docs_dir, fingerprint):
         context.log.info(f"dbt docs unchanged (same project and warehouse schema): {docs_dir / 'static_index.html'}")
         return
     # Docs from the build's own manifest (--no-compile: nothing is compiled twice).
@@ -96,6 +100,6 @@ def _refresh_docs(context: dg.AssetExecutionContext, dbt: DbtCliResource, settin
     docs.wait()
     page = target_path / "static_index.html"
     if docs.is_successful() and page.exists():
-        context.log.info(f"dbt docs: {keep_docs(page, docs_dir, fingerprint)}")
+        context.log.info(f"dbt docs: {keep_docs(page, docs_dir, fingerprint or '')}")
     else:
         context.log.warning("dbt docs generate failed; the warehouse itself was built")
