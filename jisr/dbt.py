@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -107,9 +108,18 @@ def project_fingerprint(settings: Settings) -> str:
     return digest.hexdigest()
 
 
-def warehouse_schema_fingerprint(settings: Settings) -> str:
-    """Hash of the relations and columns of the build warehouse and the raw store: what
-    dbt's catalog (the docs' column types and comments) is made of."""
+def dbt_schemas(manifest: Path) -> set[tuple[str, str]]:
+    """(database, schema) of every model, seed, snapshot and source in a dbt manifest."""
+    data = json.loads(Path(manifest).read_text(encoding="utf-8"))
+    nodes = [n for n in data.get("nodes", {}).values() if n.get("resource_type") in ("model", "seed", "snapshot")]
+    nodes += list(data.get("sources", {}).values())
+    return {(str(n.get("database")), str(n.get("schema"))) for n in nodes}
+
+
+def warehouse_schema_fingerprint(settings: Settings, schemas: set[tuple[str, str]] | None = None) -> str:
+    """Hash of the relations and columns of the build warehouse and the raw store (only the
+    ``schemas`` dbt knows, when given): what dbt's catalog (the docs' column types and
+    comments) is made of. Rows do not count: new data does not change it."""
     import duckdb
 
     con = duckdb.connect(str(settings.build_path), read_only=True)
@@ -119,23 +129,24 @@ def warehouse_schema_fingerprint(settings: Settings) -> str:
         rows = con.execute(
             "select database_name, schema_name, table_name, column_index, column_name, data_type, "
             "coalesce(comment, '') from duckdb_columns() "
-            "where database_name in (current_database(), 'ingest') and not internal "
-            "order by all"
+            "where database_name in (current_database(), 'ingest') and not internal"
         ).fetchall()
         rows += con.execute(
-            "select database_name, schema_name, table_name, 'table', coalesce(comment, '') from duckdb_tables() "
+            "select database_name, schema_name, table_name, -1, 'table', '', coalesce(comment, '') from duckdb_tables() "
             "where database_name in (current_database(), 'ingest') and not internal "
-            "union all select database_name, schema_name, view_name, 'view', coalesce(comment, '') from duckdb_views() "
-            "where database_name in (current_database(), 'ingest') and not internal order by all"
+            "union all select database_name, schema_name, view_name, -1, 'view', '', coalesce(comment, '') "
+            "from duckdb_views() where database_name in (current_database(), 'ingest') and not internal"
         ).fetchall()
     finally:
         con.close()
-    return hashlib.sha256(repr(rows).encode()).hexdigest()
+    if schemas is not None:
+        rows = [r for r in rows if (r[0], r[1]) in schemas]
+    return hashlib.sha256(repr(sorted(rows, key=repr)).encode()).hexdigest()
 
 
-def docs_fingerprint(settings: Settings) -> str:
+def docs_fingerprint(settings: Settings, schemas: set[tuple[str, str]] | None = None) -> str:
     """What the dbt docs page depends on: the project's files and the warehouse's schema."""
-    return hashlib.sha256(f"{project_fingerprint(settings)}:{warehouse_schema_fingerprint(settings)}".encode()).hexdigest()
+    return hashlib.sha256(f"{project_fingerprint(settings)}:{warehouse_schema_fingerprint(settings, schemas)}".encode()).hexdigest()
 
 
 def docs_are_current(docs_dir: Path, fingerprint: str) -> bool:

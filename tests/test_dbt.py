@@ -1,10 +1,13 @@
 """jisr/dbt.py: the dbt state kept per JISR_HOME between refreshes (parse state, docs)."""
 
+import json
+
 import duckdb
 
 from jisr.dbt import (
     DOCS_FINGERPRINT_FILE,
     PARTIAL_PARSE_FILE,
+    dbt_schemas,
     docs_are_current,
     docs_fingerprint,
     keep_docs,
@@ -70,6 +73,25 @@ def test_docs_fingerprint_ignores_new_rows_but_follows_schema_changes(tmp_path):
     third = docs_fingerprint(home)
     _build(home, "create view marts.v_x as select x_id from marts.fct_x")
     assert docs_fingerprint(home) != third, "a new relation must regenerate the docs"
+
+
+def test_docs_fingerprint_ignores_schemas_dbt_does_not_build(tmp_path):
+    """The impact stage writes its schema after dbt: that must not regenerate the docs."""
+    home = _home(tmp_path, "a")
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({
+        "nodes": {"model.jisr.fct_x": {"resource_type": "model", "database": "build", "schema": "marts"},
+                  "test.jisr.t": {"resource_type": "test", "database": "build", "schema": "dbt_test__audit"}},
+        "sources": {"source.jisr.raw.x": {"database": "ingest", "schema": "raw"}},
+    }))
+    schemas = dbt_schemas(manifest)
+    assert schemas == {("build", "marts"), ("ingest", "raw")}
+    _build(home, "create schema marts", "create table marts.fct_x (x_id bigint)")
+    first = docs_fingerprint(home, schemas)
+    _build(home, "create schema impact", "create table impact.impact_estimates (estimate double)")
+    assert docs_fingerprint(home, schemas) == first
+    _build(home, "alter table marts.fct_x add column y varchar")
+    assert docs_fingerprint(home, schemas) != first
 
 
 def test_docs_are_current_only_for_the_fingerprint_they_were_generated_for(tmp_path):

@@ -6,14 +6,18 @@ folders (``meta.dagster.group`` in dbt_project.yml).
 """
 
 import uuid
+from functools import cached_property
+from importlib.metadata import version as package_version
 from collections.abc import Mapping
 from typing import Any
 
 import dagster as dg
+from packaging.version import Version
 from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource, DbtProject, dbt_assets
 
 from jisr.dbt import (
     dbt_executable,
+    dbt_schemas,
     docs_are_current,
     docs_fingerprint,
     ensure_manifest,
@@ -46,13 +50,20 @@ class WarehouseConfig(dg.Config):
 
 
 class JisrDbtCliResource(DbtCliResource):
-    """dbt's CLI without the in-process dbt adapter that dagster-dbt 0.29 builds before every
-    invocation (loading the profile, the project and every macro: 0.4-0.9 s each time). It
-    only serves ``fetch_row_counts()`` and ``fetch_column_metadata()``, which this project
-    does not call; dagster-dbt runs without it when it is None."""
+    """dbt's CLI without two costs dagster-dbt 0.29 adds to every run: the in-process dbt
+    adapter it builds before each invocation (loading the profile, the project and every
+    macro: 0.4-0.9 s each time; it only serves ``fetch_row_counts()`` and
+    ``fetch_column_metadata()``, which this project does not call, and dagster-dbt runs
+    without it when it is None), and a ``dbt --version`` subprocess to learn the version."""
 
     def _initialize_dbt_core_adapter(self, args):  # private hook of dagster_dbt.DbtCliResource.cli
         return None
+
+    @cached_property
+    def _cli_version(self) -> Version:
+        """The version of this environment's dbt-core (``dbt_executable()`` is its CLI), read
+        from the installed package instead of running ``dbt --version`` in every run (1-2 s)."""
+        return Version(package_version("dbt-core"))
 
 
 def dbt_resource() -> DbtCliResource:
@@ -87,7 +98,7 @@ def _refresh_docs(context: dg.AssetExecutionContext, dbt: DbtCliResource, settin
     (what the page shows: models, tests, descriptions, columns and types) changed."""
     docs_dir = settings.reports_dir / "dbt-docs"
     try:
-        fingerprint = docs_fingerprint(settings)
+        fingerprint = docs_fingerprint(settings, dbt_schemas(MANIFEST))
     except Exception as exc:  # noqa: BLE001 - the docs are secondary: generate them anyway
         context.log.warning(f"dbt docs: could not read the warehouse schema ({exc}); generating the docs")
         fingerprint = None
