@@ -588,10 +588,10 @@ def test_run_impact_estimates_again_when_panel_config_or_code_change(tmp_path, e
     code_version = "v1"
     con = duckdb.connect(str(db))
     if change == "panel value":
-        con.execute("update marts.mart_evaluation_panel set value = value + 1 "
-                    "where rowid = (select min(rowid) from marts.mart_evaluation_panel where value is not null)")
+        con.execute("update detail.mart_evaluation_panel set value = value + 1 "
+                    "where rowid = (select min(rowid) from detail.mart_evaluation_panel where value is not null)")
     elif change == "panel row":
-        con.execute("delete from marts.mart_evaluation_panel where rowid = (select max(rowid) from marts.mart_evaluation_panel)")
+        con.execute("delete from detail.mart_evaluation_panel where rowid = (select max(rowid) from detail.mart_evaluation_panel)")
     elif change == "config":
         cfg.write_text(yaml.safe_dump({"subgroups": {"dimensions": ["sex"]}, "alpha": 0.1}))
     else:
