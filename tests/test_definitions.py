@@ -34,6 +34,16 @@ def test_definitions_assemble_assets_jobs_schedules_and_sensors(defs, contracts)
     assert any(c.asset_key.path[0] == "marts" for c in checks), "dbt tests should appear as asset checks"
 
 
+def test_every_singular_dbt_test_is_an_asset_check(defs):
+    """A singular test reading several models names the one it checks (meta.dagster.ref):
+    otherwise dagster-dbt logs it as an observation, outside the publish gate."""
+    from jisr.settings import PROJECT_DIR
+
+    singular = {p.stem for p in (PROJECT_DIR / "dbt_project" / "tests").glob("*.sql")}
+    names = {c.name for c in defs.resolve_asset_graph().asset_check_keys}
+    assert singular and singular <= names, sorted(singular - names)
+
+
 def test_dbt_sources_and_raw_assets_are_the_same_nodes(defs):
     graph = defs.resolve_asset_graph()
     stg = graph.get(dg.AssetKey(["staging", "stg_msisf__programmes"]))

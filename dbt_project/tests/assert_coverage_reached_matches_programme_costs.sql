@@ -1,5 +1,7 @@
 -- People reached by a programme are the same in the coverage mart (people of the current
 -- registry) and in the programme costs: nobody takes part without being registered.
+-- Reported in Dagster as a check of mart_coverage_targeting (it reads several models).
+{{ config(meta={'dagster': {'ref': {'name': 'mart_coverage_targeting'}}}) }}
 with
 
 coverage as (

@@ -1,5 +1,7 @@
 -- The current version of every person in the beneficiary history is the current
 -- registry record (same place, household and score), and nobody is missing.
+-- Reported in Dagster as a check of dim_beneficiaries (it reads several models).
+{{ config(meta={'dagster': {'ref': {'name': 'dim_beneficiaries'}}}) }}
 with
 
 registry as (

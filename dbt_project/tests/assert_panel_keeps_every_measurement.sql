@@ -1,5 +1,7 @@
 -- Every delivered measurement of a known study unit is in the evaluation panel with its
 -- value, and the panel has exactly units x rounds x variables rows per study.
+-- Reported in Dagster as a check of mart_evaluation_panel (it reads several models).
+{{ config(meta={'dagster': {'ref': {'name': 'mart_evaluation_panel'}}}) }}
 with
 
 measurements as (

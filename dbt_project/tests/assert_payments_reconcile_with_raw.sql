@@ -1,5 +1,7 @@
 -- Transfers in the marts equal the raw total of the current deliveries, month by month:
 -- in the payment fact (incremental: a wrong merge shows here) and in the monthly mart.
+-- Reported in Dagster as a check of fct_payments (it reads several models).
+{{ config(meta={'dagster': {'ref': {'name': 'fct_payments'}}}) }}
 {%- set tolerance = var('reconciliation_tolerance_mad') %}
 with
 

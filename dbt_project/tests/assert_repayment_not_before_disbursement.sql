@@ -1,4 +1,6 @@
 -- A repayment cannot precede its loan's disbursement, and no instalment falls due before it.
+-- Reported in Dagster as a check of fct_loan_instalments (it reads several models).
+{{ config(meta={'dagster': {'ref': {'name': 'fct_loan_instalments'}}}) }}
 with
 
 instalments as (
