@@ -64,6 +64,28 @@ def state_dir(settings: Settings) -> Path:
     return settings.home / "dbt"
 
 
+RUN_TARGETS_KEPT = 5  # dbt target folders (manifest, run_results, compiled SQL) of the last refreshes
+
+
+def run_target_path(settings: Settings, name: str) -> Path:
+    """A new dbt target folder for one refresh, under this home (``$JISR_HOME/dbt/runs``), not
+    in the project tree: each one holds about 24 MB (manifest, compiled SQL, run results)."""
+    return state_dir(settings) / "runs" / name
+
+
+def prune_run_targets(settings: Settings, keep: int = RUN_TARGETS_KEPT) -> list[Path]:
+    """Remove the target folders of older refreshes, keeping the ``keep`` newest; returns the
+    removed folders. A nightly refresh would otherwise add 24 MB a day."""
+    folder = state_dir(settings) / "runs"
+    if not folder.exists():
+        return []
+    runs = sorted((p for p in folder.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+    removed = runs[:-keep] if keep else runs
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed
+
+
 def restore_partial_parse(settings: Settings, target_path: Path) -> bool:
     """Put this home's saved parse state into a new dbt target path.
 

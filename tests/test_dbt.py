@@ -1,6 +1,7 @@
 """jisr/dbt.py: the dbt state kept per JISR_HOME between refreshes (parse state, docs)."""
 
 import json
+import os
 
 import duckdb
 
@@ -11,7 +12,9 @@ from jisr.dbt import (
     docs_are_current,
     docs_fingerprint,
     keep_docs,
+    prune_run_targets,
     restore_partial_parse,
+    run_target_path,
     save_partial_parse,
 )
 from jisr.settings import Settings
@@ -44,6 +47,22 @@ def test_partial_parse_state_is_restored_for_the_same_home_only(tmp_path):
     other_home_run = tmp_path / "target" / "run-3"
     assert not restore_partial_parse(home_b, other_home_run)
     assert not (other_home_run / PARTIAL_PARSE_FILE).exists()
+
+
+def test_run_targets_live_under_the_home_and_only_the_newest_are_kept(tmp_path):
+    home = _home(tmp_path, "a")
+    made = []
+    for n in range(7):
+        path = run_target_path(home, f"warehouse_dbt-run{n}")
+        (path / "compiled").mkdir(parents=True)
+        (path / "manifest.json").write_text("{}")
+        os.utime(path, (1_000_000 + n, 1_000_000 + n))
+        made.append(path)
+    assert all(p.is_relative_to(home.home) for p in made)
+    removed = prune_run_targets(home, keep=3)
+    assert removed == made[:4]
+    assert sorted(p.name for p in (home.home / "dbt" / "runs").iterdir()) == [p.name for p in made[4:]]
+    assert prune_run_targets(_home(tmp_path, "empty")) == []
 
 
 def test_save_partial_parse_keeps_the_earlier_state_when_dbt_wrote_none(tmp_path):

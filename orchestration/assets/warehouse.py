@@ -23,7 +23,10 @@ from jisr.dbt import (
     ensure_manifest,
     keep_docs,
     manifest_is_stale,
+    prune_run_targets,
     restore_partial_parse,
+    RUN_TARGETS_KEPT,
+    run_target_path,
     save_partial_parse,
 )
 from jisr.settings import export_environment, get_settings
@@ -85,7 +88,9 @@ def warehouse_dbt(context: dg.AssetExecutionContext, dbt: DbtCliResource, config
         )
     args = ["build"] + (["--full-refresh"] if config.full_refresh else [])
     # This home's parse state: dbt re-parses everything when the state comes from another home.
-    target_path = PROJECT.dbt_project_dir / "target" / f"{context.op_execution_context.op.name}-{context.run.run_id[:7]}-{uuid.uuid4().hex[:7]}"
+    target_path = run_target_path(settings, f"{context.op_execution_context.op.name}-{context.run.run_id[:7]}-"
+                                            f"{uuid.uuid4().hex[:7]}")
+    prune_run_targets(settings, keep=RUN_TARGETS_KEPT - 1)  # with this run's: the last RUN_TARGETS_KEPT
     restore_partial_parse(settings, target_path)
     build = dbt.cli(args, context=context, target_path=target_path)
     yield from build.stream()
