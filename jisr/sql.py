@@ -255,15 +255,25 @@ def _text(value) -> str:
 _NUMERIC = re.compile(r"^(TINYINT|SMALLINT|INTEGER|BIGINT|HUGEINT|U\w*INT|FLOAT|DOUBLE|DECIMAL.*|REAL)$")
 
 
-def format_table(result: Result) -> str:
-    cells = [[_text(v) for v in row] for row in result.rows]
-    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(result.columns)]
-    right = [bool(_NUMERIC.match(t)) for t in result.types]
+def text_table(headers, rows, right=None, null: str = "") -> str:
+    """An aligned plain-text table: a header line, a rule, one line per row. ``right``: which
+    columns are right-aligned (default: those whose values are all numbers)."""
+    rows = [list(r) for r in rows]
+    if right is None:
+        right = [bool(rows) and all(isinstance(r[i], (int, float)) or r[i] is None for r in rows)
+                 for i in range(len(headers))]
+    cells = [[null if v is None else str(v) for v in row] for row in rows]
+    widths = [max([len(str(h))] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
 
     def line(values):
         return "  ".join(v.rjust(w) if r else v.ljust(w) for v, w, r in zip(values, widths, right)).rstrip()
 
-    out = [line(result.columns), line(["-" * w for w in widths]), *(line(r) for r in cells)]
+    return "\n".join([line([str(h) for h in headers]), line(["-" * w for w in widths]), *(line(r) for r in cells)])
+
+
+def format_table(result: Result) -> str:
+    out = [text_table(result.columns, result.rows, right=[bool(_NUMERIC.match(t)) for t in result.types],
+                      null=_text(None))]
     count = len(result.rows) + result.truncated
     out.append(f"({count} row{'s' if count != 1 else ''}"
                + (f", first {len(result.rows)} shown; use --format csv for all" if result.truncated else "") + ")")

@@ -14,10 +14,9 @@ def _open_store(settings: Settings):
 
 
 def _table(headers, rows) -> str:
-    rows = [["" if v is None else str(v) for v in r] for r in rows]
-    widths = [max(len(str(h)), *(len(r[i]) for r in rows)) if rows else len(str(h)) for i, h in enumerate(headers)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join([fmt.format(*headers), fmt.format(*("-" * w for w in widths)), *(fmt.format(*r) for r in rows)])
+    from jisr.sql import text_table
+
+    return text_table(headers, rows)
 
 
 def run_report(settings: Settings, run_id: str) -> str:

@@ -323,3 +323,13 @@ def test_sql_render_analysis_refuses_other_jinja():
         sql.render_analysis("select {{ run_query('drop table x') }}")
     with pytest.raises(sql.SqlError):
         sql.render_analysis("select {{ ''.__class__.__mro__ }}")
+
+
+def test_text_table_aligns_numbers_right_and_text_left():
+    out = sql.text_table(["source", "files", "last"], [["payments", 12, None], ["beneficiaries", 3, "2025-12"]])
+    assert out.splitlines() == [
+        "source         files  last",
+        "-------------  -----  -------",
+        "payments          12",
+        "beneficiaries      3  2025-12",
+    ]
