@@ -18,12 +18,13 @@ BENEFICIARIES ?= 5000
 help:
 	@echo "make run    set up, generate sample deliveries, run a full refresh through Dagster"
 	@echo "make test   set up and run the test suite"
-	@echo "make test-slow  long statistical tests (CI coverage over many seeds)"
+	@echo "make test-slow  slow tests: kills during refresh and publish, CI coverage over many seeds, benchmark smoke run"
 	@echo "make dev    open the Dagster UI on this project (http://127.0.0.1:3000)"
 	@echo "make docs   regenerate docs/data-contracts.md"
 	@echo "make test-postgres  PostgreSQL serving target and Dagster storage (installs a throwaway server)"
 	@echo "make test-spark     the warehouse on Spark, equal to DuckDB (needs Java 17)"
 	@echo "make test-gates     kills during refresh and publish, concurrent readers and refreshes"
+	@echo "make test-dagster-postgres  Dagster on PostgreSQL storage (deploy/dagster.yaml), throwaway server"
 	@echo "make bench  benchmark at 100k and 1M beneficiaries; writes BENCHMARKS.md"
 
 $(SYNCED):

@@ -17,7 +17,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from bench.run import child_env, new_files
+from bench.run import child_env, copy_new_files
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,8 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         refresh_child.main([str(work / "full.json")])
         generate(work / "next", beneficiaries=args.beneficiaries, seed=args.seed, months=args.months + 1,
                  truth_path=work / "truth-next.json", progress=False)
-        for path in new_files(home / "landing", work / "next"):
-            shutil.copy2(path, home / "landing" / path.relative_to(work / "next"))
+        copy_new_files(home / "landing", work / "next")
         shutil.rmtree(work / "next")
     kind = "incremental" if args.incremental else "full"
     from pyinstrument import Profiler

@@ -85,6 +85,17 @@ def new_files(landing: Path, next_dir: Path) -> list[Path]:
     return out
 
 
+def copy_new_files(landing: Path, next_dir: Path) -> list[Path]:
+    """Deliver the files of ``next_dir`` that the landing area lacks (or holds another
+    version of): the month an incremental refresh picks up. Returns them (in ``next_dir``)."""
+    added = new_files(landing, next_dir)
+    for path in added:
+        target = landing / path.relative_to(next_dir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+    return added
+
+
 def floor(kind: str, landing: Path, work: Path, env: dict, logs: Path) -> dict:
     out = work / f"floor-{kind}.json"
     cmd = [_python(), "-m", "bench.floor", kind, str(landing), str(out)] + ([str(work / "floor.duckdb")] if kind == "load" else [])
@@ -129,7 +140,7 @@ def refresh(name: str, env: dict, work: Path, logs: Path, full_refresh: bool = F
     return result
 
 
-def bare_dbt(home: Path, env: dict, work: Path, logs: Path) -> dict:
+def bare_dbt(env: dict, work: Path, logs: Path) -> dict:
     fresh_manifest(env, logs)
     dbt_dir = PROJECT_DIR / "dbt_project"
     target = work / "dbt-target"
@@ -184,14 +195,10 @@ def bench_scale(beneficiaries: int, months: int, seed: int, root: Path, keep: bo
         say(f"  floor (a) {figures['floor_load']['seconds']:.1f} s, (b) {figures['floor_count']['seconds']:.1f} s; full refresh")
         figures["full"] = refresh("full", env, work, logs)
         say(f"  full refresh {figures['full']['wall']:.1f} s, peak {figures['full']['peak_rss'] / 2**20:,.0f} MiB; bare dbt build")
-        figures["bare_dbt"] = bare_dbt(home, env, work, logs)
+        figures["bare_dbt"] = bare_dbt(env, work, logs)
         say(f"  bare dbt build {figures['bare_dbt']['wall']:.1f} s; incremental refresh")
-        added = new_files(landing, next_dir)
+        added = copy_new_files(landing, next_dir)
         truth_next = json.loads((work / "truth-next.json").read_text())
-        for path in added:
-            target = landing / path.relative_to(next_dir)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, target)
         names = [str(p.relative_to(next_dir)) for p in added]
         figures["increment"] = {"files": len(added), "names": names,
                                 "rows": sum(truth_next["files"].get(n, 0) for n in names),

@@ -616,11 +616,11 @@ def _table_fingerprint(con, qualified: str, columns: tuple[str, ...]) -> str:
     of DuckDB's 64-bit row hashes (a re-delivery of the same rows hashes the same)."""
     if not _table_exists(con, qualified):
         return "absent"
-    have = _columns(con, qualified)
-    present = [c for c in columns if c in have]
     types = con.execute(
         "select column_name, data_type from information_schema.columns where table_schema = ? and table_name = ? "
         "order by column_name", qualified.split(".")).fetchall()
+    have = {name for name, _ in types}
+    present = [c for c in columns if c in have]
     row_hash = f"hash({', '.join(present)})"
     count, total, xor = con.execute(
         f"select count(*), coalesce(sum({row_hash}::hugeint), 0), coalesce(bit_xor({row_hash}), 0) from {qualified}"
@@ -681,12 +681,12 @@ def read_tables(con, notes: list[str]) -> tuple[ImpactTables, dict[str, str]]:
     frames, runs = {}, {}
     for table, columns in TABLES.items():
         own = [c for c in columns if c not in ("run_id", "code_version", "estimated_at")]
-        cur = con.execute(f"select {', '.join(own)} from {SCHEMA}.{table} order by rowid")
+        cur = con.execute(f"select {', '.join(own)}, run_id from {SCHEMA}.{table} order by rowid")
         names = [d[0] for d in cur.description]
-        rows = [dict(zip(names, r)) for r in cur.fetchall()]
+        fetched = cur.fetchall()
+        rows = [dict(zip(names[:-1], r[:-1])) for r in fetched]
         frames[table] = _frame(table, rows).drop(columns=[c for c in columns if c not in own])
-        found = con.execute(f"select min(run_id) from {SCHEMA}.{table}").fetchone()[0]
-        runs[table] = found
+        runs[table] = min((r[-1] for r in fetched if r[-1] is not None), default=None)
     tables = ImpactTables(
         estimates=frames["impact_estimates"], pretrends=frames["impact_pretrends"], balance=frames["impact_balance"],
         attrition=frames["impact_attrition"], group_means=frames["impact_group_means"],
@@ -724,8 +724,9 @@ def run_impact(con_or_db_path, config_path, run_id: str, code_version: str, repo
                force: bool = False) -> dict[str, Any]:
     """Read the panel, estimate, replace schema ``impact`` and write the report.
 
-    Unchanged inputs are not estimated again: when the evaluation panel, the config file
-    and the code version hash as they did for the impact tables in the warehouse (their
+    Unchanged inputs are not estimated again: when the inputs (see :func:`input_fingerprints`:
+    the evaluation panel, the config file, the code version, the impact package's source and
+    the engines' versions) hash as they did for the impact tables in the warehouse (their
     fingerprints are stored with them), the tables are kept (the same inputs and code give
     the same figures) and only cost-effectiveness is recomputed if the programme costs
     changed. ``summary["reused"]`` then says so; ``force`` re-estimates anyway.
@@ -749,16 +750,16 @@ def run_impact(con_or_db_path, config_path, run_id: str, code_version: str, repo
         if stored is not None and stored["estimation"] == inputs["estimation"]:
             tables, runs = read_tables(con, stored.get("notes") or [])
             if stored["costs"] == inputs["costs"]:
-                counts = {name: len(frame) for name, frame in tables.by_table().items()}
                 reused = (f"impact: inputs unchanged since run {runs['impact_estimates']} (evaluation panel, programme "
                           f"costs, {Path(config_path).name}, code version {code_version}): tables kept, nothing re-estimated")
             else:
                 tables.cost_effectiveness = cost_effectiveness(tables, read_costs(con), config)
-                counts = {name: len(frame) for name, frame in tables.by_table().items()}
                 keep = {**inputs, "report_dir": stored.get("report_dir")}
-                counts.update(write_tables(con, tables, run_id, code_version, keep, only=("impact_cost_effectiveness",)))
+                write_tables(con, tables, run_id, code_version, keep, only=("impact_cost_effectiveness",))
+                runs["impact_cost_effectiveness"] = run_id
                 reused = (f"impact: evaluation panel, {Path(config_path).name} and code version unchanged since run "
                           f"{runs['impact_estimates']}: estimates kept; programme costs changed: cost-effectiveness recomputed")
+            counts = {name: len(frame) for name, frame in tables.by_table().items()}
         else:
             panel = read_panel(con, config)
             costs = read_costs(con)

@@ -1,8 +1,9 @@
-"""The open raw layer: the raw tables of the internal store, written as Parquet files.
+"""The open raw layer: the raw tables of the internal store, with its delivery log and
+quarantine ledger, written as Parquet files.
 
 Any engine (DuckDB, Spark, Trino, pandas/pyarrow, ...) reads the same pseudonymised rows,
 with their lineage columns, from this layer. It holds nothing that the raw store does not
-hold (no clear identifiers, no quarantined values).
+hold (no clear identifiers; quarantined values pseudonymised as in the store).
 
 Layout (under ``lake_dir``, by default ``$JISR_HOME/lake``): one directory per table,
 ``<schema>/<table>/``, named like the store's tables, so an engine maps the dbt source

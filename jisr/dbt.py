@@ -1,4 +1,6 @@
-"""Keeping dbt's manifest in step with the project (what Dagster reads at start-up)."""
+"""dbt state around the project: the manifest Dagster reads at start-up (kept in step with
+the project), and per JISR_HOME (``$JISR_HOME/dbt``) the partial-parse state, the target
+folders of the last refreshes and the fingerprint of the generated docs."""
 
 from __future__ import annotations
 
@@ -25,14 +27,17 @@ def manifest_path(settings: Settings) -> Path:
     return settings.dbt_project_dir / "target" / "manifest.json"
 
 
-def _newest_source(settings: Settings) -> float:
+def _project_files(settings: Settings) -> list[Path]:
+    """Every file of the dbt project that dbt reads (project, profiles, models, macros, ...)."""
     root = settings.dbt_project_dir
-    times = [(root / f).stat().st_mtime for f in WATCHED_FILES if (root / f).exists()]
+    paths = [root / f for f in WATCHED_FILES if (root / f).exists()]
     for sub in WATCHED:
-        for path in (root / sub).rglob("*"):
-            if path.is_file():
-                times.append(path.stat().st_mtime)
-    return max(times, default=0.0)
+        paths += [p for p in (root / sub).rglob("*") if p.is_file()]
+    return paths
+
+
+def _newest_source(settings: Settings) -> float:
+    return max((p.stat().st_mtime for p in _project_files(settings)), default=0.0)
 
 
 def manifest_is_stale(settings: Settings) -> bool:
@@ -121,10 +126,7 @@ def project_fingerprint(settings: Settings) -> str:
 
     root = settings.dbt_project_dir
     digest = hashlib.sha256(f"dbt-core {version('dbt-core')} dbt-duckdb {version('dbt-duckdb')}\n".encode())
-    paths = [root / f for f in WATCHED_FILES if (root / f).exists()]
-    for sub in WATCHED:
-        paths += [p for p in (root / sub).rglob("*") if p.is_file()]
-    for path in sorted(paths):
+    for path in sorted(_project_files(settings)):
         digest.update(f"{path.relative_to(root).as_posix()}\n".encode())
         digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()

@@ -6,8 +6,9 @@ refuses at once with a message naming the running one (or waits up to ``timeout`
 file is never replaced by two processes at once. The operating system releases a lock when
 its process ends, even on SIGKILL, so a crashed refresh never leaves a stale lock behind.
 
-Locks are re-entrant within a process (taking a held lock again nests), so the CLI and the
-refresh function may both take the refresh lock.
+Locks are re-entrant within a process (taking a held lock again nests). ``jisr refresh``
+takes the refresh lock; runs launched from the Dagster UI, schedule or sensor are kept to one
+at a time per warehouse by the run queue instead (``orchestration/dagster.yaml``).
 """
 
 from __future__ import annotations
@@ -55,8 +56,7 @@ def file_lock(path: Path, what: str, timeout: float = 0.0, run_id: str | None = 
               poll: float = 0.2) -> Iterator[Path]:
     """Hold an exclusive lock on ``path``; raise :class:`LockBusy` if it is not free within
     ``timeout`` seconds (0: do not wait). Re-entrant within a process: taking a lock this
-    process already holds (e.g. the CLI and the refresh function both taking the refresh
-    lock) just nests."""
+    process already holds just nests."""
     path = Path(path).resolve()
     if _HELD.get(path):
         _HELD[path] += 1

@@ -204,9 +204,10 @@ def dbt_environment(settings: Settings, dsn: str) -> dict[str, str]:
 
 def run_dbt(settings: Settings, dsn: str, profiles_dir: Path | None = None, args: tuple[str, ...] = ()) -> str:
     """``dbt build --target postgres`` of the project; returns dbt's output (raises on failure)."""
-    dbt = Path(sys.executable).with_name("dbt")
+    from jisr.dbt import dbt_executable
+
     work = _dbt_work_dir(settings)
-    command = [str(dbt) if dbt.exists() else "dbt", "build", "--target", "postgres", "--no-version-check",
+    command = [str(dbt_executable()), "build", "--target", "postgres", "--no-version-check",
                "--project-dir", str(settings.dbt_project_dir),
                "--profiles-dir", str(profiles_dir or settings.dbt_project_dir),
                "--target-path", str(work / "target"), "--log-path", str(work / "logs"), *args]
@@ -288,7 +289,11 @@ def protect_marts(settings: Settings, pg, config=None) -> list[str]:
 
 
 def _dbt_work_dir(settings: Settings) -> Path:
-    return settings.home / "warehouse" / "postgres"
+    """dbt's target and logs for the PostgreSQL build (with the other dbt state of this home,
+    not next to the serving file)."""
+    from jisr.dbt import state_dir
+
+    return state_dir(settings) / "postgres"
 
 
 def _dbt_invocation_id(settings: Settings) -> str | None:

@@ -132,11 +132,16 @@ def candidate_path(settings, run_id: str) -> Path:
     return Path(settings.serving_path).with_name(f"{CANDIDATE_PREFIX}{run_id}.duckdb")
 
 
+def _unlink(path: Path) -> None:
+    """Remove a file even when it was made read-only (published files are)."""
+    path.chmod(path.stat().st_mode | stat.S_IWUSR)
+    path.unlink()
+
+
 def _remove_db(path: Path) -> None:
     for p in (path, Path(str(path) + ".wal"), Path(str(path) + ".json")):
         if p.exists():
-            p.chmod(p.stat().st_mode | stat.S_IWUSR)
-            p.unlink()
+            _unlink(p)
 
 
 def _remove_stale_candidates(settings) -> list[Path]:
@@ -144,8 +149,7 @@ def _remove_stale_candidates(settings) -> list[Path]:
     removed = []
     for path in Path(settings.serving_path).parent.glob(f"{CANDIDATE_PREFIX}*"):
         if path.is_file():
-            path.chmod(path.stat().st_mode | stat.S_IWUSR)
-            path.unlink()
+            _unlink(path)
             removed.append(path)
     return removed
 

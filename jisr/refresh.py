@@ -26,10 +26,10 @@ class RefreshResult:
             lines.append("\nThe refresh FAILED:")
             lines += [f"  - {f}" for f in self.failures]
             lines.append("The serving warehouse was not changed.")
+        lines.append("")
         if self.tool_log is not None:
-            lines.append(f"\ndbt's output (every model and test): {self.tool_log}")
-        lines.append(f"{'' if self.tool_log else chr(10)}Dagster run {self.run_id}: `make dev` opens the UI with this "
-                     "run in its history.")
+            lines.append(f"dbt's output (every model and test): {self.tool_log}")
+        lines.append(f"Dagster run {self.run_id}: `make dev` opens the UI with this run in its history.")
         return "\n".join(lines)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from jisr.settings import Settings
+from jisr.sql import text_table
 
 
 def _open_store(settings: Settings):
@@ -13,10 +14,6 @@ def _open_store(settings: Settings):
     return store.connect(settings.store_path, read_only=True)
 
 
-def _table(headers, rows) -> str:
-    from jisr.sql import text_table
-
-    return text_table(headers, rows)
 
 
 def run_report(settings: Settings, run_id: str) -> str:
@@ -38,7 +35,7 @@ def run_report(settings: Settings, run_id: str) -> str:
     out = []
     if rows:
         out.append("Deliveries ingested by this run:")
-        out.append(_table(["source", "files", "rejected", "rows delivered", "loaded", "quarantined"], rows))
+        out.append(text_table(["source", "files", "rejected", "rows delivered", "loaded", "quarantined"], rows))
         totals = [sum(r[i] for r in rows) for i in range(1, 6)]
         out.append(f"Total: {totals[0]} file(s) loaded, {totals[1]} rejected; {totals[2]} rows delivered = "
                    f"{totals[3]} loaded + {totals[4]} quarantined.")
@@ -76,7 +73,7 @@ def status_report(settings: Settings) -> str:
     finally:
         con.close()
     out = ["Deliveries by source:",
-           _table(["source", "loaded", "superseded", "rejected", "latest batch", "last load (UTC)"], deliveries),
+           text_table(["source", "loaded", "superseded", "rejected", "latest batch", "last load (UTC)"], deliveries),
            f"\nQuarantine: {quarantine[0]} open rule failure(s), {quarantine[1]} recorded in all.",
            _warehouse_line(settings)]
     return "\n".join(out)

@@ -21,6 +21,7 @@ from collections.abc import Iterable
 import dagster as dg
 
 from jisr.settings import get_settings
+from orchestration.metadata import markdown_table
 from quality.config import (FRESHNESS, NO_IDENTIFIERS, NO_PERSON_LEVEL, NO_SMALL_CELLS, REFERENCES_RESOLVE,
                             ROW_COUNTS, SUITE_VALIDATED, TOTALS_RECONCILE, config_for)
 
@@ -34,8 +35,6 @@ def _severity(severity: str) -> dg.AssetCheckSeverity:
 
 
 def _metadata(results, report=None) -> dict:
-    from orchestration.metadata import markdown_table
-
     meta: dict = {}
     if report is not None:
         meta["report"] = dg.MetadataValue.path(str(report))
@@ -70,18 +69,6 @@ def _selected(context, key: dg.AssetKey, check: str) -> bool:
     return dg.AssetCheckKey(key, check) in context.selected_asset_check_keys
 
 
-def _store_connection(settings):
-    """An in-memory connection with the raw store attached read-only as ``ingest``."""
-    import duckdb
-
-    from quality.checks import attach_store
-
-    con = duckdb.connect()
-    con.execute("set TimeZone = 'UTC'")
-    attach_store(con, settings.store_path)
-    return con
-
-
 # --- deliveries ------------------------------------------------------------------------------
 def build_delivery_checks(contracts: dict) -> dg.AssetChecksDefinition:
     fresh_sources = [s for s in contracts if s not in set(CFG.params(FRESHNESS).get("exclude") or ())]
@@ -97,11 +84,11 @@ def build_delivery_checks(contracts: dict) -> dg.AssetChecksDefinition:
                           description="Freshness of partner deliveries and Great Expectations validation; "
                                       "writes the run's quality report.")
     def delivery_checks(context: dg.AssetCheckExecutionContext):
-        from quality.checks import check_freshness, check_suite_validated
+        from quality.checks import check_freshness, check_suite_validated, connect_for_audit
         from quality.report import write_report
 
         settings = get_settings()
-        con = _store_connection(settings)
+        con = connect_for_audit(":memory:", settings.store_path, read_only=False)  # the raw store only
         try:
             fresh = check_freshness(con, CFG, {s: contracts[s] for s in fresh_sources})
             suite = check_suite_validated(con, CFG, context.run.run_id, sources=list(contracts))
@@ -137,19 +124,19 @@ def _columns(assets_defs) -> dict[dg.AssetKey, set[str] | None]:
 
 def build_warehouse_checks(assets_defs) -> dg.AssetChecksDefinition | None:
     columns = _columns(assets_defs)
-    schemas = CFG.params(REFERENCES_RESOLVE).get("schemas") or ("detail", "marts")
+    dimensions = CFG.params(REFERENCES_RESOLVE).get("dimensions") or {}
     marts: dict[str, dg.AssetKey] = {}  # model name -> asset key <schema>/<model>
-    for schema in schemas:
+    for schema in CFG.reference_schemas:
         for k in columns:
             if len(k.path) == 2 and k.path[0] == schema:
                 marts.setdefault(k.path[-1], k)
-    dim_keys = {c for cols in (CFG.params(REFERENCES_RESOLVE).get("dimensions") or {}).values() for c in cols}
+    dim_keys = {c for cols in dimensions.values() for c in cols}
     # facts holding a column named like a dimension key (all facts when columns are unknown)
     facts = sorted(name for name in marts if name.startswith("fct_")
                    and (columns[marts[name]] is None or columns[marts[name]] & dim_keys))
     reconciled = sorted({r["table"].split(".")[-1] for r in CFG.params(TOTALS_RECONCILE).get("reconciliations") or ()
                          if r.get("table") and r["table"].split(".")[-1] in marts})
-    dims = [marts[d] for d in (CFG.params(REFERENCES_RESOLVE).get("dimensions") or {}) if d in marts]
+    dims = [marts[d] for d in dimensions if d in marts]
     specs = [dg.AssetCheckSpec(REFERENCES_RESOLVE, asset=marts[t], blocking=CFG.blocking(REFERENCES_RESOLVE),
                                additional_deps=dims,
                                description="Every key naming a dimension resolves to a row of that dimension.")

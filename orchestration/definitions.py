@@ -18,7 +18,7 @@ from orchestration.sensors import build_landing_sensor
 # mart and impact table and of every internal person-level model (detail: its dbt tests gate
 # publication too); quality checks (blocking per config/quality.yml) on the way.
 publish_assets = build_publish_assets(
-    published_upstream([*warehouse_dbt.keys, *impact_stage.keys], internal=True))
+    published_upstream([*warehouse_dbt.keys, *impact_stage.keys]))
 quality_checks = build_quality_checks(CONTRACTS, [warehouse_dbt])
 
 refresh_job = dg.define_asset_job(

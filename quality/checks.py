@@ -92,6 +92,11 @@ def _sql_str(text: str) -> str:
     return text.replace("'", "''")
 
 
+def _qualified(name: str) -> str:
+    """``schema.table`` quoted part by part."""
+    return ".".join(_ident(part) for part in name.split("."))
+
+
 def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -131,31 +136,26 @@ def _columns(con, schema: str, table: str) -> list[tuple[str, str]]:
 
 
 # --- referential integrity ------------------------------------------------------------------
-DEFAULT_REFERENCE_SCHEMAS = ("detail", "marts")
-
-
-def check_references(con, cfg: QualityConfig, schemas: Iterable[str] | None = None) -> list[CheckResult]:
+def check_references(con, cfg: QualityConfig) -> list[CheckResult]:
     """Every key of a fact table (``fct_*``) that names a dimension key resolves to that dimension.
 
-    Facts and dimensions are looked up in ``schemas`` (default: ``schemas`` of the check in
-    config/quality.yml, else ``detail`` and ``marts``): a published fact may reference an
-    internal dimension and the other way round."""
+    Facts and dimensions are looked up in the schemas of ``cfg.reference_schemas`` (the
+    check's ``schemas`` in config/quality.yml): a published fact may reference an internal
+    dimension and the other way round."""
     params = cfg.params(REFERENCES_RESOLVE)
     severity = params["severity"]
     dims: dict[str, list[str]] = params.get("dimensions") or {}
     ignore = set(params.get("ignore") or ())
-    schemas = list(schemas if schemas is not None else params.get("schemas") or DEFAULT_REFERENCE_SCHEMAS)
+    schemas = list(cfg.reference_schemas)
     tables = published_tables(con, schemas)
     where: dict[str, str] = {}  # table -> its schema (the first of `schemas` holding it)
-    for schema in schemas:
-        for s, t in tables:
-            if s == schema:
-                where.setdefault(t, s)
+    for s, t in sorted(tables, key=lambda st: schemas.index(st[0])):
+        where.setdefault(t, s)
     keys: dict[str, str] = {}  # column -> "schema.dimension" holding it as a key
     for dim, columns in dims.items():
         if dim in where:
             for column in columns:
-                keys.setdefault(column, f"{where[dim]}.{_ident(dim)}")
+                keys.setdefault(column, f"{where[dim]}.{dim}")
     results = []
     for schema, table in sorted(tables):
         if not table.startswith("fct_"):
@@ -168,12 +168,11 @@ def check_references(con, cfg: QualityConfig, schemas: Iterable[str] | None = No
                 continue
             count, examples = con.execute(
                 f"select count(*), list(distinct f.{_ident(column)}::varchar)[1:5] from {_ident(schema)}.{_ident(table)} f "
-                f"where f.{_ident(column)} is not null and not exists (select 1 from {dim} d "
+                f"where f.{_ident(column)} is not null and not exists (select 1 from {_qualified(dim)} d "
                 f"where d.{_ident(column)} = f.{_ident(column)})").fetchone()
-            dim_name = dim.replace('"', "")
-            checked.append(f"{column} -> {dim_name}")
+            checked.append(f"{column} -> {dim}")
             if count:
-                orphans[f"{column} -> {dim_name}.{column}"] = {"rows": count, "examples": examples}
+                orphans[f"{column} -> {dim}.{column}"] = {"rows": count, "examples": examples}
         if not checked:
             continue
         desc = (f"{name}: every reference resolves ({', '.join(checked)})" if not orphans else

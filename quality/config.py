@@ -24,6 +24,7 @@ CHECK_NAMES = (REFERENCES_RESOLVE, TOTALS_RECONCILE, ROW_COUNTS, FRESHNESS, NO_I
 # Checks of the build warehouse (every schema dbt builds, the internal `detail` included);
 # the others check the file about to be published or the raw store.
 WAREHOUSE_CHECKS = (REFERENCES_RESOLVE, TOTALS_RECONCILE)
+DEFAULT_REFERENCE_SCHEMAS = ("detail", "marts")  # where references_resolve_to_dimensions looks
 
 
 class QualityConfigError(ValueError):
@@ -48,6 +49,11 @@ class QualityConfig:
 
     def params(self, check: str) -> dict[str, Any]:
         return self.checks[check]
+
+    @property
+    def reference_schemas(self) -> tuple[str, ...]:
+        """Schemas of the build warehouse whose facts and dimensions the references check reads."""
+        return tuple(self.params(REFERENCES_RESOLVE).get("schemas") or DEFAULT_REFERENCE_SCHEMAS)
 
 
 def parse_config(data: dict, path: Path | None = None) -> QualityConfig:

@@ -21,7 +21,8 @@ from collections.abc import Iterable
 import dagster as dg
 
 from jisr.settings import get_settings
-from orchestration.checks import CANDIDATE_KEY
+from orchestration.checks import CANDIDATE_KEY, CFG
+from orchestration.metadata import markdown_table
 
 SERVING_KEY = dg.AssetKey(["serving", "warehouse"])
 GROUP = "serving"
@@ -111,7 +112,6 @@ def build_publish_assets(upstream: Iterable[dg.AssetKey]) -> list[dg.AssetsDefin
                           "the build warehouse, after disclosure control. Audited by the candidate checks.")
     def serving_candidate(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         from jisr.publish import stage_candidate
-        from orchestration.metadata import markdown_table
 
         candidate = stage_candidate(get_settings(), context.run.run_id)
         return dg.MaterializeResult(metadata={
@@ -129,7 +129,6 @@ def build_publish_assets(upstream: Iterable[dg.AssetKey]) -> list[dg.AssetsDefin
                           "`jisr rollback`.")
     def serving_warehouse(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         from jisr.publish import commit, load_candidate, publish_log, stage_candidate
-        from orchestration.metadata import markdown_table
         from quality.checks import ChecksFailed
         from quality.report import write_report
 
@@ -178,14 +177,9 @@ def build_publish_assets(upstream: Iterable[dg.AssetKey]) -> list[dg.AssetsDefin
 INTERNAL_GATED_SCHEMAS = ("detail",)  # not published, but their tests and checks gate publication
 
 
-def published_upstream(asset_keys: Iterable[dg.AssetKey], schemas: Iterable[str] | None = None,
-                       internal: bool = False) -> list:
-    """The asset keys whose tables are published (first path element = schema; the schemas
-    are ``publish.schemas`` of config/quality.yml); ``internal``: also the internal
+def published_upstream(asset_keys: Iterable[dg.AssetKey]) -> list:
+    """The asset keys the publish step depends on (first path element = schema): the tables
+    of the published schemas (``publish.schemas`` of config/quality.yml) and the internal
     person-level models (schema ``detail``), whose checks must pass before publishing."""
-    from orchestration.checks import CFG
-
-    wanted = set(schemas if schemas is not None else CFG.publish_schemas)
-    if internal:
-        wanted |= set(INTERNAL_GATED_SCHEMAS)
+    wanted = set(CFG.publish_schemas) | set(INTERNAL_GATED_SCHEMAS)
     return [k for k in asset_keys if len(k.path) == 2 and k.path[0] in wanted]

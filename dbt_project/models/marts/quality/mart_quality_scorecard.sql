@@ -108,27 +108,19 @@ trended as (
 
     select
         scored.*,
-        lag(scored.delivery_month) over (
-            partition by scored.partner order by scored.delivery_month
-        ) as previous_delivery_month,
-        scored.share_quarantined - lag(scored.share_quarantined) over (
-            partition by scored.partner order by scored.delivery_month
-        ) as share_quarantined_change,
-        scored.completeness - lag(scored.completeness) over (
-            partition by scored.partner order by scored.delivery_month
-        ) as completeness_change,
-        scored.validity - lag(scored.validity) over (
-            partition by scored.partner order by scored.delivery_month
-        ) as validity_change,
-        scored.mean_delivery_lag_days - lag(scored.mean_delivery_lag_days) over (
-            partition by scored.partner order by scored.delivery_month
-        ) as delivery_lag_change_days,
+        lag(scored.delivery_month) over by_partner as previous_delivery_month,
+        scored.share_quarantined - lag(scored.share_quarantined) over by_partner as share_quarantined_change,
+        scored.completeness - lag(scored.completeness) over by_partner as completeness_change,
+        scored.validity - lag(scored.validity) over by_partner as validity_change,
+        scored.mean_delivery_lag_days - lag(scored.mean_delivery_lag_days) over by_partner
+            as delivery_lag_change_days,
         avg(scored.share_quarantined) over (
             partition by scored.partner order by scored.delivery_month
             rows between 2 preceding and current row
         ) as share_quarantined_3_month_mean
 
     from scored
+    window by_partner as (partition by scored.partner order by scored.delivery_month)
 
 ),
 
