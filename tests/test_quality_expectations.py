@@ -247,3 +247,41 @@ def test_fetch_frame_gives_the_types_the_expectations_expect(tmp_path):
     for column in frame.columns:
         assert frame[column].tolist() == expected[column].tolist() or column == "text", column
     assert frame["text"].isna().tolist() == [True, False, False] and frame["text"].tolist()[1:] == ["v1", "v2"]
+
+
+def _typed_batch(contract, rows):
+    """A typed batch as ingestion builds it (text columns, then ``<column>__typed``)."""
+    from ingestion.load import typed_expr
+
+    con = duckdb.connect()
+    names = [c.name for c in contract.columns]
+    con.execute(f"create table stg (_source_row bigint, {', '.join(n + ' varchar' for n in names)})")
+    con.executemany(f"insert into stg values ({', '.join('?' * (len(names) + 1))})",
+                    [[i + 1, *(row.get(n) for n in names)] for i, row in enumerate(rows)])
+    typed = ", ".join(f"{typed_expr(contract, c)} as {c.name}__typed" for c in contract.columns)
+    con.execute(f"create table typed_delivery as select *, {typed} from stg")
+    return con
+
+
+def test_suite_validator_lists_every_failing_row_of_a_large_batch(contracts, settings):
+    # more failing rows than GX's partial lists (20) hold: every one must reach quarantine
+    contract = contracts["occupancy"]
+    rows = [{"establishment_id": f"EPS-{i:04d}", "month": "2025-01" if i % 3 else "janvier", "residents": "10",
+             "admissions": "1", "departures": "0"} for i in range(300)]
+    con = _typed_batch(contract, rows)
+    found = SuiteValidator(settings.seeds_dir, run_id="run-gx")(con, contract, "typed_delivery", "2025-01")
+    failing = sorted(r for r, rule, _, _ in found if rule == "gx:expect_column_values_to_match_regex:month")
+    assert failing == [i + 1 for i in range(300) if i % 3 == 0] and len(failing) == 100
+
+
+def test_suite_validator_quarantines_both_rows_of_a_duplicate_compound_key(contracts, settings):
+    contract = contracts["occupancy"]
+    rows = [{"establishment_id": f"EPS-{i % 4:04d}", "month": "2025-01", "residents": str(i), "admissions": "1",
+             "departures": "0", "inspection_score": None} for i in range(5)]  # rows 1 and 5 share a key
+    con = _typed_batch(contract, rows)
+    found = SuiteValidator(settings.seeds_dir, run_id="run-gx")(con, contract, "typed_delivery", "2025-01")
+    assert {(r, rule) for r, rule, _, _ in found} == {
+        (1, "gx:expect_compound_columns_to_be_unique:establishment_id,month"),
+        (5, "gx:expect_compound_columns_to_be_unique:establishment_id,month")}
+    message = next(m for r, _, _, m in found if r == 5)
+    assert "EPS-0000" in message and "2025-01" in message
