@@ -431,13 +431,25 @@ def _normalise_disclosure(outcome, severity: str) -> list[CheckResult]:
 def check_small_cells(con, settings, cfg: QualityConfig) -> list[CheckResult]:
     severity = cfg.severity(NO_SMALL_CELLS)
     module = disclosure_module()
-    if module is None or not hasattr(module, "check"):
+    if module is None or not (hasattr(module, "review") or hasattr(module, "check")):
         return [CheckResult(NO_SMALL_CELLS, False, severity,
                             "disclosure control (quality.disclosure) is not installed: small cells cannot be ruled out")]
     try:
-        return _normalise_disclosure(module.check(con, settings), severity)
+        if not hasattr(module, "review"):
+            return _normalise_disclosure(module.check(con, settings), severity)
+        # review() = the blocking violations of check() and the warnings (``blocking=False``):
+        # tables nobody configured, cells only the line totals of other tables determine.
+        found = list(module.review(con, settings))
+        results = _normalise_disclosure([v for v in found if getattr(v, "blocking", True)], severity)
     except Exception as exc:  # an errored check is a failure, never a pass
         return [CheckResult(NO_SMALL_CELLS, False, severity, f"the small-cell check errored: {exc}")]
+    warnings = [str(v) for v in found if not getattr(v, "blocking", True)]
+    if warnings:
+        for r in results:
+            r.description += (f"; {len(warnings)} warning(s), not blocking: " + "; ".join(warnings[:3])
+                              + ("; ..." if len(warnings) > 3 else ""))
+            r.metadata = {**(r.metadata or {}), "warnings": warnings[:50]}
+    return results
 
 
 # --- Great Expectations coverage of the run's deliveries ------------------------------------

@@ -241,6 +241,30 @@ def test_small_cells_violations_fail_and_none_pass(con, settings, cfg, monkeypat
     assert not r.passed and r.blocks and r.metadata["violations"] == Disclosure.found
 
 
+def test_small_cells_warnings_are_reported_without_blocking(con, settings, cfg, monkeypatch):
+    from quality.disclosure import Violation
+
+    class Disclosure:
+        found = [Violation("marts.mart_sparse", "determined_by_totals", "1 suppressed cells are determined by "
+                           "the line totals alone", blocking=False),
+                 Violation("marts.mart_new", "unconfigured_table", "published with breakdown columns but neither "
+                           "configured nor exempt", blocking=False)]
+
+        @classmethod
+        def review(cls, con, settings):
+            return cls.found
+
+    monkeypatch.setattr(checks_mod, "disclosure_module", lambda: Disclosure)
+    r = check_small_cells(con, settings, cfg)[0]
+    assert r.passed and "2 warning(s), not blocking" in r.description
+    assert r.metadata["warnings"] == [str(v) for v in Disclosure.found]
+    Disclosure.found = [Violation("marts.mart_coverage", "small_cell", "1 published cells count fewer than 10 "
+                                  "people"), *Disclosure.found]
+    r = check_small_cells(con, settings, cfg)[0]
+    assert not r.passed and r.blocks and "marts.mart_coverage: small_cell" in r.metadata["violations"][0]
+    assert len(r.metadata["warnings"]) == 2
+
+
 # --- configuration ---------------------------------------------------------------------------------------
 
 
