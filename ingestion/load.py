@@ -29,7 +29,7 @@ from typing import Callable, Iterable
 
 from ingestion import pseudonymise, store
 from ingestion.contracts import Contract, contract_for, seed_values
-from ingestion.readers import FileRejected, stage_file
+from ingestion.readers import FileRejected, drop_staged, stage_file
 
 # A validator receives (con, contract, typed_table, batch) and returns SQL producing
 # (source_row, rule, column_name, message) for failing rows; extra validators (e.g. the
@@ -284,7 +284,8 @@ class Ingestor:
             con.execute("rollback")
             raise
         finally:
-            for t in ("stg_delivery", "typed_delivery", "violations_delivery"):
+            drop_staged(con)
+            for t in ("typed_delivery", "violations_delivery"):
                 con.execute(f"drop table if exists {t}")
         if result.rows_quarantined:
             result.report_path = str(self._write_feedback(con, result, contract))

@@ -1,7 +1,8 @@
 """Reading delivered files into a DuckDB staging table, with file-level checks.
 
-Each reader stages a file as text columns named after the contract (aliases resolved) plus
-``_source_row`` (1-based data row number; the header is not counted). Typing happens later
+Each reader stages a file as a view of text columns named after the contract (aliases
+resolved) plus ``_source_row`` (1-based data row number; the header is not counted), over one
+copy of the file (:func:`drop_staged` removes both). Typing happens later
 in SQL, so a value that does not parse becomes a quarantined row rather than a lost file.
 A file that cannot be read at all raises :class:`FileRejected` with a readable reason.
 """
@@ -62,12 +63,16 @@ def _map_headers(contract: Contract, headers: list[str], what: str) -> tuple[dic
 
 
 def _stage_from(con, contract: Contract, mapping: dict[str, str], source_sql: str, table: str, params=()) -> None:
-    """Materialise the source in file order, then project it onto the contract columns.
+    """Materialise the source in file order once, and stage it as the view ``table``: the
+    contract's columns plus ``_source_row``, the 1-based data row number.
 
-    A table keeps insertion order, so numbering rows by ``rowid`` gives the 1-based data row
-    number (temporary tables do not start their rowids at 0, hence the row_number).
+    A table keeps insertion order and its row ids are positions, so the row number is the
+    row id less the first one (temporary tables inside a transaction do not start at 0).
+    Should the row ids of the copy not be contiguous, rows are numbered in row id order into
+    a second copy instead (slower, same numbers).
     """
-    con.execute(f"create or replace temp table {table}_src as {source_sql}", list(params))
+    source = f"{table}_src"
+    con.execute(f"create or replace temp table {source} as {source_sql}", list(params))
     cols = []
     for col in contract.columns:
         if col.name in mapping:
@@ -75,12 +80,24 @@ def _stage_from(con, contract: Contract, mapping: dict[str, str], source_sql: st
             cols.append(f"nullif(trim({quoted}::varchar), '') as {col.name}")
         else:
             cols.append(f"null::varchar as {col.name}")
+    first, last, rows = con.execute(f"select min(rowid), max(rowid), count(*) from {source}").fetchone()
+    if rows == 0 or last - first + 1 == rows:
+        con.execute(f"create or replace temp view {table} as select (rowid - {first or 0} + 1)::bigint as _source_row, "
+                    f"{', '.join(cols)} from {source}")
+        return
     con.execute(
-        f"create or replace temp table {table} as "
+        f"create or replace temp table {table}_numbered as "
         f"select (row_number() over (order by rowid))::bigint as _source_row, {', '.join(cols)} "
-        f"from {table}_src order by rowid"
+        f"from {source} order by rowid"
     )
-    con.execute(f"drop table {table}_src")
+    con.execute(f"create or replace temp view {table} as select * from {table}_numbered")
+
+
+def drop_staged(con, table: str = "stg_delivery") -> None:
+    """Drop the staging view of a file and the copies behind it."""
+    con.execute(f"drop view if exists {table}")
+    for copy in (f"{table}_numbered", f"{table}_src", f"{table}_xlsx"):
+        con.execute(f"drop table if exists {copy}")
 
 
 def _check_utf8(path: Path) -> bool:
@@ -270,7 +287,6 @@ def stage_xlsx(con, path: Path, contract: Contract, table: str, batch_rows: int 
     finally:
         wb.close()
     _stage_from(con, contract, mapping, f"select * from {table}_xlsx", table)
-    con.execute(f"drop table {table}_xlsx")
     return _finish(con, table, mapping, warnings)
 
 
