@@ -65,7 +65,6 @@ class PostgresPublishResult:
     raw_rows: dict[str, int] = field(default_factory=dict)
     impact_tables: list[str] = field(default_factory=list)
     protected: list[str] = field(default_factory=list)
-    dbt_output: str = ""
 
     def report(self) -> str:
         lines = [f"Raw layer copied: {len(self.raw_rows)} tables, {sum(self.raw_rows.values())} rows."]
@@ -202,22 +201,21 @@ def dbt_environment(settings: Settings, dsn: str) -> dict[str, str]:
     return env
 
 
-def run_dbt(settings: Settings, dsn: str, profiles_dir: Path | None = None, args: tuple[str, ...] = ()) -> str:
-    """``dbt build --target postgres`` of the project; returns dbt's output (raises on failure)."""
+def run_dbt(settings: Settings, dsn: str) -> None:
+    """``dbt build --target postgres`` of the project (raises on failure, with dbt's last lines)."""
     from jisr.dbt import dbt_executable
 
     work = _dbt_work_dir(settings)
     command = [str(dbt_executable()), "build", "--target", "postgres", "--no-version-check",
                "--project-dir", str(settings.dbt_project_dir),
-               "--profiles-dir", str(profiles_dir or settings.dbt_project_dir),
-               "--target-path", str(work / "target"), "--log-path", str(work / "logs"), *args]
+               "--profiles-dir", str(settings.dbt_project_dir),
+               "--target-path", str(work / "target"), "--log-path", str(work / "logs")]
     proc = subprocess.run(command, env=dbt_environment(settings, dsn), capture_output=True, text=True,
                           cwd=settings.dbt_project_dir)
     output = proc.stdout + proc.stderr
     if proc.returncode != 0:
         tail = "\n".join(output.strip().splitlines()[-40:])
         raise PostgresPublishError(f"dbt build --target postgres failed (exit {proc.returncode}):\n{tail}")
-    return output
 
 
 def close_published(pg, evaluator: str = EVALUATOR) -> None:
@@ -276,12 +274,12 @@ def apply_grants(pg, evaluator: str = EVALUATOR, evaluator_password: str | None 
     pg.commit()
 
 
-def protect_marts(settings: Settings, pg, config=None) -> list[str]:
+def protect_marts(settings: Settings, pg) -> list[str]:
     """Disclosure control on the PostgreSQL marts; raises if the blocking check fails."""
     from quality.disclosure import check, protect
 
-    report = protect(pg, settings, config=config)
-    violations = check(pg, settings, config=config)
+    report = protect(pg, settings)
+    violations = check(pg, settings)
     if violations:
         raise PostgresPublishError("disclosure check failed, the marts stay closed to evaluators:\n"
                                    + "\n".join(f"  - {v}" for v in violations))
@@ -315,18 +313,17 @@ def record_publication(settings: Settings, pg, result: PostgresPublishResult) ->
     pg.commit()
 
 
-def publish_postgres(settings: Settings, dsn: str, *, profiles_dir: Path | None = None,
-                     evaluator_password: str | None = None, disclosure_config=None,
-                     dbt_args: tuple[str, ...] = ()) -> PostgresPublishResult:
+def publish_postgres(settings: Settings, dsn: str, *,
+                     evaluator_password: str | None = None) -> PostgresPublishResult:
     """Build and publish the warehouse on PostgreSQL (see the module docstring)."""
     pg = connect(dsn)
     result = PostgresPublishResult()
     try:
         close_published(pg)
         result.raw_rows = copy_raw_layer(settings, pg)
-        result.dbt_output = run_dbt(settings, dsn, profiles_dir=profiles_dir, args=dbt_args)
+        run_dbt(settings, dsn)
         result.impact_tables = copy_impact_tables(settings, pg)
-        result.protected = protect_marts(settings, pg, config=disclosure_config)
+        result.protected = protect_marts(settings, pg)
         record_publication(settings, pg, result)
         apply_grants(pg, evaluator_password=evaluator_password)
     finally:
