@@ -141,15 +141,15 @@ def copy_duckdb_table(duck, pg, source: str, target_schema: str, target_table: s
     return rows
 
 
-# The delivery log is a dbt source too (quality marts); the store's key fingerprint is not copied.
-STORE_META_TABLES = "(('meta', 'deliveries'))"
-
-
 def copy_raw_layer(settings: Settings, pg) -> dict[str, int]:
     """Copy the raw store into the same schemas of PostgreSQL: every ``raw`` and
     ``quarantine`` table and the delivery log ``meta.deliveries`` (internal: the evaluator
-    role cannot read them)."""
+    role cannot read them). Outside ``raw``, the tables are those the open raw layer exports
+    too (``ingestion.lake.WHOLE_TABLES``, dbt sources): the store's key fingerprint
+    (``meta.settings``) is not copied."""
     import duckdb
+
+    from ingestion.lake import WHOLE_TABLES
 
     if not settings.store_path.exists():
         raise PostgresPublishError(f"no raw store at {settings.store_path}: run `jisr refresh` first")
@@ -158,9 +158,9 @@ def copy_raw_layer(settings: Settings, pg) -> dict[str, int]:
     except duckdb.Error as exc:
         raise PostgresPublishError(f"cannot open the raw store (is a refresh running?): {exc}") from exc
     try:
-        tables = duck.execute(
-            "select schema_name, table_name from duckdb_tables() where schema_name in ('raw', 'quarantine') "
-            "or (schema_name, table_name) in " + STORE_META_TABLES + " order by 1, 2").fetchall()
+        tables = [(schema, table) for schema, table in duck.execute(
+            "select schema_name, table_name from duckdb_tables() order by 1, 2").fetchall()
+            if schema in ("raw", "quarantine") or (schema, table) in WHOLE_TABLES]
         counts = {}
         for schema, table in tables:
             counts[f"{schema}.{table}"] = copy_duckdb_table(duck, pg, f"{_q(schema)}.{_q(table)}", schema, table)
