@@ -80,6 +80,21 @@ def make_schemas(dsn: str) -> None:
     con.close()
 
 
+@pytest.fixture
+def evaluator_con(database, evaluator_password):
+    """The pipeline's schemas with the evaluator role's grants applied; yields a connection of
+    that role (closed afterwards)."""
+    make_schemas(database)
+    owner = psycopg2.connect(database)
+    postgres.apply_grants(owner, evaluator_password=evaluator_password)
+    owner.close()
+    con = evaluator_connection(database, evaluator_password)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
 def expect_denied(con, statement: str, error=errors.InsufficientPrivilege) -> None:
     with pytest.raises(error):
         with con.cursor() as cur:
@@ -87,12 +102,8 @@ def expect_denied(con, statement: str, error=errors.InsufficientPrivilege) -> No
     con.rollback()
 
 
-def test_postgres_evaluator_reads_published_schemas_only(database, evaluator_password):
-    make_schemas(database)
-    owner = psycopg2.connect(database)
-    postgres.apply_grants(owner, evaluator_password=evaluator_password)
-    owner.close()
-    con = evaluator_connection(database, evaluator_password)
+def test_postgres_evaluator_reads_published_schemas_only(evaluator_con):
+    con = evaluator_con
     with con.cursor() as cur:
         cur.execute("select sum(beneficiaries) from marts.mart_coverage")
         assert cur.fetchone()[0] == 120
@@ -106,15 +117,10 @@ def test_postgres_evaluator_reads_published_schemas_only(database, evaluator_pas
                       "select * from seeds.geo_regions", "select * from meta.deliveries",
                       "select * from detail.dim_beneficiaries"):
         expect_denied(con, statement)
-    con.close()
 
 
-def test_postgres_evaluator_cannot_write_or_create(database, evaluator_password):
-    make_schemas(database)
-    owner = psycopg2.connect(database)
-    postgres.apply_grants(owner, evaluator_password=evaluator_password)
-    owner.close()
-    con = evaluator_connection(database, evaluator_password)
+def test_postgres_evaluator_cannot_write_or_create(database, evaluator_con):
+    con = evaluator_con
     # First guard: the role's sessions are read-only.
     expect_denied(con, "insert into marts.mart_coverage values ('02', 'M', 1)", errors.ReadOnlySqlTransaction)
     # Second guard, with read-only switched off by the user: privileges.
@@ -142,22 +148,19 @@ def test_postgres_evaluator_cannot_write_or_create(database, evaluator_password)
     check.close()
 
 
-def test_postgres_evaluator_reads_tables_created_after_the_grants(database, evaluator_password):
-    make_schemas(database)
+def test_postgres_evaluator_reads_tables_created_after_the_grants(database, evaluator_con):
     owner = psycopg2.connect(database)
-    postgres.apply_grants(owner, evaluator_password=evaluator_password)
     with owner.cursor() as cur:  # what dbt does on the next build
         cur.execute("create table marts.mart_new as select 7 as n")
         cur.execute("create table raw.payments as select 1 as amount")
     owner.commit()
     owner.close()
-    con = evaluator_connection(database, evaluator_password)
+    con = evaluator_con
     with con.cursor() as cur:
         cur.execute("select n from marts.mart_new")
         assert cur.fetchone()[0] == 7
     con.rollback()
     expect_denied(con, "select * from raw.payments")
-    con.close()
 
 
 def test_postgres_copy_raw_layer_keeps_values_and_types(database, settings):
