@@ -70,8 +70,6 @@ export JISR_PG_DSN="postgresql://jisr:$OWNER_PASSWORD@127.0.0.1:$PORT/jisr"
 export JISR_PG_ADMIN_DSN="postgresql://postgres:$ADMIN_PASSWORD@127.0.0.1:$PORT/postgres"
 echo "postgres-ci: PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$PORT" >&2
 
-set +e
+# Not exec: the shell must outlive the command for the EXIT trap to stop and remove the
+# cluster. Under set -e a failure exits with the command's status, and the trap runs then too.
 "$@"
-status=$?
-set -e
-exit "$status"
