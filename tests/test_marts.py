@@ -1,7 +1,8 @@
 """The dbt warehouse built end to end on a small hand-made raw layer.
 
 The raw layer is written directly (``raw.<source>`` tables with the contract's raw columns
-and lineage, ``_is_current`` set by the contracts' supersede rules), so every figure the
+and lineage, ``_is_current`` set by the contracts' supersede rules, and the delivery log
+``meta.deliveries`` with each delivery loaded or superseded), so every figure the
 marts publish can be recomputed here in plain Python from the same hand-made rows:
 coverage counts, transfers paid, PAR30 of a small loan portfolio, occupancy rates,
 processing-time percentiles, the evaluation panel, and what an incremental refresh keeps.
@@ -70,7 +71,8 @@ def _geo() -> dict[str, dict[str, tuple[str, str]]]:
 
 @dataclass
 class RawLayer:
-    """Deliveries appended to ``raw.<source>`` the way ingestion appends them."""
+    """Deliveries appended to ``raw.<source>`` and logged in ``meta.deliveries`` the way
+    ingestion appends and logs them."""
 
     path: Path
     deliveries: list[tuple[str, str, str, datetime]] = field(default_factory=list)
@@ -99,9 +101,22 @@ class RawLayer:
                 con.executemany(
                     f"insert into raw.{source} ({', '.join(columns)}) values ({', '.join('?' * len(columns))})", values)
             self._supersede(con, source)
+            self._log(con, contract, batch, delivery_id, len(values), loaded_at)
         finally:
             con.close()
         return delivery_id
+
+    @staticmethod
+    def _log(con, contract, batch: str, delivery_id: str, rows: int, loaded_at: datetime) -> None:
+        """Log the delivery as loaded; the earlier loaded delivery of its batch is superseded."""
+        con.execute("update meta.deliveries set status = 'superseded', superseded_by = ? "
+                    "where source = ? and batch = ? and status = 'loaded'", [delivery_id, contract.source, batch])
+        con.execute(
+            "insert into meta.deliveries (delivery_id, source, partner, file_name, batch, content_hash, received_at, "
+            "loaded_at, run_id, status, rows_delivered, rows_loaded, rows_quarantined, contract_version) "
+            "values (?, ?, ?, ?, ?, ?, ?, ?, 'handmade', 'loaded', ?, ?, 0, ?)",
+            [delivery_id, contract.source, contract.partner, f"{contract.source}_{batch}", batch, delivery_id,
+             loaded_at, loaded_at, rows, rows, contract.version])
 
     def _supersede(self, con, source: str) -> None:
         """Recompute ``_is_current``: a later delivery of a batch replaces the earlier one;

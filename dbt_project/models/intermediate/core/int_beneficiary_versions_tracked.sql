@@ -1,7 +1,9 @@
 {#- History of each registered person (slowly changing dimension, type 2), rebuilt from
     every record the registry delivered, current or superseded:
     1. a corrected re-delivery of a month replaces the earlier delivery of that month as
-       a whole (as ingestion does): only the last loaded delivery of each batch counts;
+       a whole: ingestion marks the earlier delivery `superseded` in its delivery log, so
+       only the records of deliveries the log (stg_ingest__deliveries) shows as `loaded`
+       count;
     2. records are ordered like ingestion's supersede rule (batch, then load time, then
        row) and consecutive records with identical attributes are merged;
     3. a version is valid from the first day of the month of the extract that first showed
@@ -18,14 +20,12 @@ beneficiary_versions as (
 
 ),
 
-last_delivery_of_batch as (
+loaded_deliveries as (
 
-    select
-        _batch,
-        max(_loaded_at) as last_loaded_at
+    select delivery_id
 
-    from beneficiary_versions
-    group by _batch
+    from {{ ref('stg_ingest__deliveries') }}
+    where status = 'loaded'
 
 ),
 
@@ -34,9 +34,8 @@ live_records as (
     select beneficiary_versions.*
 
     from beneficiary_versions
-    inner join last_delivery_of_batch
-        on beneficiary_versions._batch = last_delivery_of_batch._batch
-        and beneficiary_versions._loaded_at = last_delivery_of_batch.last_loaded_at
+    inner join loaded_deliveries
+        on beneficiary_versions._delivery_id = loaded_deliveries.delivery_id
 
 ),
 

@@ -1,4 +1,5 @@
-{#- The raw store's delivery log (internal), passed through for the quality marts. -#}
+{#- The raw store's delivery log (internal), passed through for the quality marts and for
+    the beneficiary history (which deliveries are still loaded). -#}
 with
 
 source as (
