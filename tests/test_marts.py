@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -877,7 +878,15 @@ def test_full_refresh_rebuilds_the_same_tables_as_incremental_refreshes(refreshe
     home, _, _, after, built_tables = refreshed
     assert {f"{schema}.{fact}" for fact, schema in INCREMENTAL_FACTS.items()} <= set(built_tables)
     assert len(built_tables) > 20
+    log = home / "dbt_logs" / "dbt.log"
+    start = log.stat().st_size if log.exists() else 0
     run_dbt(home, "run", "--full-refresh")
+    with open(log, "rb") as fh:
+        fh.seek(start)
+        full_refresh_log = fh.read().decode("utf-8", errors="replace")
+    # the statements are logged; the vanished-rows post-hook has nothing to do after a full refresh
+    assert re.search(r'create\s+table\s+"build"\."detail"\."fct_payments', full_refresh_log)
+    assert " not in (select " not in full_refresh_log, "delete_vanished ran after a full refresh"
     rebuilt = {f"{schema}.{name}": records(home, f"select * from {schema}.{name}") for schema, name in query(home, BUILT_TABLES)}
     assert set(rebuilt) == set(built_tables)
     for table, rows in built_tables.items():

@@ -56,14 +56,18 @@
 {%- endmacro %}
 
 {#- Post-hook of an incremental fact: remove the rows of keys (or periods) that have no
-    current row any more, e.g. a corrected re-delivery that drops them. -#}
+    current row any more, e.g. a corrected re-delivery that drops them. A full refresh
+    (`dbt build --full-refresh`) has just rebuilt the fact from the current rows: nothing
+    can have vanished, and the hook is empty. -#}
 {% macro delete_vanished(staging_relation, key_column) -%}
     {{ return(adapter.dispatch('delete_vanished', 'jisr')(staging_relation, key_column)) }}
 {%- endmacro %}
 
 {% macro default__delete_vanished(staging_relation, key_column) -%}
+    {%- if not should_full_refresh() -%}
     delete from {{ this }}
     where {{ key_column }} not in (select {{ key_column }} from {{ staging_relation }})
+    {%- endif -%}
 {%- endmacro %}
 
 {#- Materialisation of an incremental fact: `incremental` everywhere, except where an

@@ -21,15 +21,15 @@
 {%- endmacro %}
 
 {#- Post-hook removing the rows of keys or periods that have no current row any more.
-    With MERGE-capable formats: the portable DELETE. On Parquet: a model rebuilt in full
-    has nothing to remove; a model partitioned by the period drops the vanished periods'
-    partitions. -#}
+    With MERGE-capable formats: the portable DELETE (empty on a full refresh). On Parquet:
+    a model rebuilt in full, on every run or by a full refresh, has nothing to remove; a
+    model partitioned by the period drops the vanished periods' partitions. -#}
 {% macro spark__delete_vanished(staging_relation, key_column) -%}
     {%- set partition_by = model.config.get('partition_by') -%}
     {%- set partitions = [partition_by] if partition_by is string else (partition_by or []) -%}
     {%- if jisr.spark_can_merge() -%}
         {{ jisr.default__delete_vanished(staging_relation, key_column) }}
-    {%- elif model.config.get('materialized') != 'incremental' -%}
+    {%- elif model.config.get('materialized') != 'incremental' or should_full_refresh() -%}
         {#- rebuilt from the current rows: nothing can have vanished -#}
     {%- elif partitions == [key_column] -%}
         {%- if execute -%}
