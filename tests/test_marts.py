@@ -874,6 +874,27 @@ def test_beneficiary_history_drops_records_of_a_replaced_delivery(refreshed):
                        "order by valid_from", [1000 + data.MOVER]) == [("06", False), ("07", True)]
 
 
+def test_a_relation_no_model_defines_any_more_is_dropped(tmp_path):
+    """A model removed from the project (or moved to another schema) leaves no table behind
+    for the publish step to copy; what the impact stage writes is not dbt's to drop."""
+    home = tmp_path / "home"
+    make_home(home, ["2025-01"])
+    run_dbt(home, "build", "--select", "+dim_programmes", "--exclude-resource-type", "test")
+    con = duckdb.connect(str(home / "warehouse" / "build.duckdb"))
+    con.execute("create table marts.fct_withdrawn as select 1 as n")
+    con.execute("create view staging.stg_renamed as select 1 as n")
+    con.execute("create schema if not exists impact")
+    con.execute("create table impact.impact_estimates as select 1 as n")
+    con.close()
+    done = run_dbt(home, "run", "--select", "dim_programmes")
+    assert "Dropping" in done.stdout and "fct_withdrawn" in done.stdout
+    left = {f"{s}.{t}" for s, t in query(home, "select schema_name, table_name from duckdb_tables() "
+                                               "union all select schema_name, view_name from duckdb_views() "
+                                               "where not internal")}
+    assert not {"marts.fct_withdrawn", "staging.stg_renamed"} & left
+    assert {"marts.dim_programmes", "staging.stg_msisf__programmes", "impact.impact_estimates"} <= left
+
+
 def test_full_refresh_rebuilds_the_same_tables_as_incremental_refreshes(refreshed):
     home, _, _, after, built_tables = refreshed
     assert {f"{schema}.{fact}" for fact, schema in INCREMENTAL_FACTS.items()} <= set(built_tables)
