@@ -255,6 +255,9 @@ class Ingestor:
             return IngestSummary(run_id=self.run_id, files=results)
         finally:
             con.close()
+            for validator in self.validators:
+                if hasattr(validator, "close"):  # e.g. worker processes of the suites
+                    validator.close()
 
     def ingest_file(self, con, path: Path, partner: str, contract: Contract | None, batch: str | None) -> FileResult:
         now = datetime.now(timezone.utc).replace(tzinfo=None)

@@ -35,6 +35,7 @@ class QualityConfigError(ValueError):
 class QualityConfig:
     checks: dict[str, dict[str, Any]]
     chunk_rows: int = 250_000
+    gx_workers: int = 1
     publish_schemas: tuple[str, ...] = ("marts", "impact")
     history_keep: int = 5
     lock_timeout_seconds: float = 0.0
@@ -82,12 +83,20 @@ def parse_config(data: dict, path: Path | None = None) -> QualityConfig:
     return QualityConfig(
         checks=checks,
         chunk_rows=int(gx.get("chunk_rows", 250_000)),
+        gx_workers=_workers(gx.get("workers", 1), path),
         publish_schemas=tuple(publish.get("schemas", ("marts", "impact"))),
         history_keep=keep,
         lock_timeout_seconds=float(publish.get("lock_timeout_seconds", 0)),
         path=path,
         raw=data,
     )
+
+
+def _workers(value, path) -> int:
+    workers = int(value)
+    if workers < 0:
+        raise QualityConfigError(f"{path}: great_expectations.workers must be 0 or more")
+    return workers
 
 
 def load_config(path: Path) -> QualityConfig:

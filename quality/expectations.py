@@ -20,7 +20,8 @@ columns                     ``expect_table_columns_to_match_set`` (every contrac
 not-yet-pseudonymised batch into pandas through Arrow (:func:`fetch_frame`: text as pandas
 strings, dates and timestamps as ``datetime64[ns]`` so GX compares them vectorised), in
 chunks of at most ``chunk_rows`` rows split by a hash of the primary key, so duplicate keys
-stay in one chunk. Each chunk is validated in two passes:
+stay in one chunk; the chunks of a large delivery are validated by the ingestion process and
+``great_expectations.workers`` worker processes at once. Each chunk is validated in two passes:
 
 1. every expectation of the suite on every row, with ``result_format="BOOLEAN_ONLY"``
    (pass or fail, no list of rows: most expectations pass, and listing rows is what costs);
@@ -487,18 +488,72 @@ def _message(spec: ExpectationSpec, outcome: Outcome, shown: str) -> str:
     return f"Great Expectations {spec.type}: {spec.describes} (value {shown})"
 
 
+def validate_chunk(contract: Contract, specs: list[ExpectationSpec], frame) -> tuple[dict[str, Outcome], list[tuple]]:
+    """Validate one chunk of a delivery: what each expectation found in it (failing values
+    cleared) and its failing ``(source_row, rule, column_name, message)``. Runs in the
+    ingestion process or in a worker process (:class:`SuiteValidator`)."""
+    outcomes: dict[str, Outcome] = {}
+    validate_frame(contract, specs, frame, outcomes)
+    violations = []
+    for spec in specs:
+        out = outcomes.get(spec.rule)
+        if out is None or not out.rows:
+            continue
+        column = spec.column.removesuffix("__typed") if spec.column != "table" else None
+        if spec.type == "expect_compound_columns_to_be_unique":
+            column = spec.column
+        for row, value in out.rows.items():
+            violations.append((row, spec.rule, column, _message(spec, out, _value_text(spec, value))))
+        out.rows = {}  # clear values do not outlive the chunk
+    return outcomes, violations
+
+
+def _merge(outcomes: dict[str, Outcome], found: dict[str, Outcome]) -> None:
+    """Add what the expectations found in one chunk to the delivery's outcomes."""
+    for rule, part in found.items():
+        out = outcomes.setdefault(rule, Outcome(part.spec))
+        out.success = out.success and part.success
+        out.raised = out.raised or part.raised
+        out.exception = out.exception or part.exception
+        out.element_count += part.element_count
+        out.unexpected_count += part.unexpected_count
+        out.examples.extend(part.examples[: max(0, 5 - len(out.examples))])
+
+
 class SuiteValidator:
     """Ingestion validator: ``validator(con, contract, typed_table, batch)`` -> failing rows.
 
     Pass an instance in ``Ingestor(..., validators=[SuiteValidator(seeds_dir, run_id)])``.
+    A delivery of several chunks is validated by this process and ``workers`` worker
+    processes at once (GX's pandas engine uses one core); the workers start at the first
+    such delivery and stop at :meth:`close`. Results are merged in chunk order, so they do
+    not depend on which process finished first.
     """
 
-    def __init__(self, seeds_dir: Path, run_id: str | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS):
+    def __init__(self, seeds_dir: Path, run_id: str | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS,
+                 workers: int = 0):
         self.seeds_dir = Path(seeds_dir)
         self.run_id = run_id
         self.chunk_rows = max(int(chunk_rows), 1)
+        self.workers = max(int(workers), 0)
         self.seconds = 0.0
         self.batches = 0
+        self._pool = None
+
+    def _executor(self):
+        if self._pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # spawn: a fork would copy DuckDB's threads and locks mid-transaction
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the worker processes (the ingestion calls it when its pass ends)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     def __call__(self, con, contract: Contract, typed_table: str, batch: str | None):
         started = time.monotonic()
@@ -509,31 +564,50 @@ class SuiteValidator:
         chunks = max(1, math.ceil(total / self.chunk_rows))
         keys = [_key_column(contract.column(k)) for k in contract.primary_key]
         keys = [k for k in keys if k in present] or ["_source_row"]
-        outcomes: dict[str, Outcome] = {}
-        violations = []
-        for i in range(chunks):
+
+        def chunk_sql(i: int) -> str:
             where = f" where hash({', '.join(keys)}) % {chunks} = {i}" if chunks > 1 else ""
-            frame = fetch_frame(con, f"select {select} from {typed_table}{where} order by _source_row")
+            return f"select {select} from {typed_table}{where} order by _source_row"
+
+        results: dict[int, tuple] = {}
+        pending: dict[int, Any] = {}
+        for i in range(chunks):
+            frame = fetch_frame(con, chunk_sql(i))
             if frame.empty and chunks > 1:
                 continue
-            validate_frame(contract, specs, frame, outcomes)
-            for spec in specs:
-                out = outcomes.get(spec.rule)
-                if out is None or not out.rows:
-                    continue
-                column = spec.column.removesuffix("__typed") if spec.column != "table" else None
-                if spec.type == "expect_compound_columns_to_be_unique":
-                    column = spec.column
-                for row, value in out.rows.items():
-                    violations.append((row, spec.rule, column,
-                                       _message(spec, out, _value_text(spec, value))))
-                out.rows = {}  # clear values do not outlive the chunk
+            if chunks > 1 and self.workers and len(pending) < self.workers:
+                pending[i] = self._executor().submit(validate_chunk, contract, specs, frame)
+            else:
+                results[i] = validate_chunk(contract, specs, frame)
             del frame
+            for j in [j for j, future in pending.items() if future.done()]:
+                results[j] = self._collect(pending.pop(j), contract, specs, con, chunk_sql(j))
+        for j, future in pending.items():
+            results[j] = self._collect(future, contract, specs, con, chunk_sql(j))
+        outcomes: dict[str, Outcome] = {}
+        violations = []
+        for i in sorted(results):
+            found, rows = results[i]
+            _merge(outcomes, found)
+            violations += rows
         seconds = time.monotonic() - started
         self.seconds += seconds
         self.batches += 1
         self._record(con, contract, batch, total, chunks, specs, outcomes, seconds)
         return violations
+
+    def _collect(self, future, contract, specs, con, sql) -> tuple:
+        """A worker's result; should the worker have died, the chunk is validated here."""
+        try:
+            return future.result()
+        except Exception:
+            from concurrent.futures.process import BrokenProcessPool
+
+            if not isinstance(future.exception(), BrokenProcessPool):
+                raise
+            self.close()
+            self.workers = 0
+            return validate_chunk(contract, specs, fetch_frame(con, sql))
 
     def _record(self, con, contract, batch, rows, chunks, specs, outcomes, seconds) -> None:
         con.execute("create schema if not exists quality")
@@ -555,7 +629,7 @@ def suite_validator(settings, run_id: str | None = None, cfg=None) -> SuiteValid
         from quality.config import config_for
 
         cfg = config_for(settings)
-    return SuiteValidator(settings.seeds_dir, run_id=run_id, chunk_rows=cfg.chunk_rows)
+    return SuiteValidator(settings.seeds_dir, run_id=run_id, chunk_rows=cfg.chunk_rows, workers=cfg.gx_workers)
 
 
 def export_suites(contracts: dict[str, Contract], seeds_dir: Path, out_dir: Path) -> list[Path]:

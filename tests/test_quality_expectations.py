@@ -170,6 +170,28 @@ def test_suite_validator_chunks_keep_duplicate_keys_together(settings, contracts
     assert chunks == 6 and rows_seen == 40
 
 
+def test_suite_validator_workers_find_what_one_process_finds(settings, contracts):
+    rows = [person(i) for i in range(40)]
+    rows[39]["cin"] = rows[0]["cin"]   # duplicate key across the file
+    rows[5]["sex"] = "X"
+    rows[17]["birth_date"] = "01/01/1850"
+    _write_people(settings, contracts, rows)
+    validator = SuiteValidator(settings.seeds_dir, run_id="run-gx", chunk_rows=7, workers=1)
+    summary = _ingest(settings, contracts, validator)
+    assert validator._pool is None  # the ingestion stopped the worker at the end of its pass
+    assert summary.files[0].rows_quarantined == 4
+    found = {(row, rule) for _, row, rule, _, _ in _quarantine(settings)}
+    assert found == {(1, "gx:expect_column_values_to_be_unique:cin"), (40, "gx:expect_column_values_to_be_unique:cin"),
+                     (6, "gx:expect_column_values_to_be_in_set:sex"),
+                     (18, "gx:expect_column_values_to_be_between:birth_date")}
+    con = duckdb.connect(str(settings.store_path), read_only=True)
+    recorded = con.execute("select rule, success, element_count, unexpected_count, unexpected_examples "
+                           "from quality.gx_results order by rule").fetchall()
+    con.close()
+    assert ("gx:expect_column_values_to_be_in_set:sex", False, 40, 1, '["X"]') in recorded
+    assert all(r[2] == 40 for r in recorded if r[0].endswith(":cin") and "unique" not in r[0])
+
+
 def test_suite_validator_passes_clean_deliveries_untouched(settings, contracts):
     summary = ingest_sample(settings, contracts, validators=[SuiteValidator(settings.seeds_dir, run_id="run-gx")],
                             run_id="run-gx")
