@@ -21,6 +21,7 @@ from pathlib import Path
 from ingestion.contracts import Contract
 
 CHUNK = 1 << 20
+STAGED = "stg_delivery"  # the staging view of the file being ingested
 OTHER_DELIMITERS = [";", ",", "\t", "|"]
 
 
@@ -93,7 +94,7 @@ def _stage_from(con, contract: Contract, mapping: dict[str, str], source_sql: st
     con.execute(f"create or replace temp view {table} as select * from {table}_numbered")
 
 
-def drop_staged(con, table: str = "stg_delivery") -> None:
+def drop_staged(con, table: str = STAGED) -> None:
     """Drop the staging view of a file and the copies behind it."""
     con.execute(f"drop view if exists {table}")
     for copy in (f"{table}_numbered", f"{table}_src", f"{table}_xlsx"):
@@ -297,7 +298,7 @@ def _finish(con, table: str, mapping: dict[str, str], warnings: list[str]) -> St
     return Staged(table=table, rows=rows, header_map=mapping, warnings=warnings)
 
 
-def stage_file(con, path: Path, contract: Contract, table: str = "stg_delivery") -> Staged:
+def stage_file(con, path: Path, contract: Contract, table: str = STAGED) -> Staged:
     """Stage a delivered file as text columns; raise FileRejected when it cannot be read."""
     path = Path(path)
     if path.stat().st_size == 0:

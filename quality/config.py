@@ -78,25 +78,21 @@ def parse_config(data: dict, path: Path | None = None) -> QualityConfig:
     gx = data.get("great_expectations") or {}
     publish = data.get("publish") or {}
     keep = int(publish.get("history_keep", 5))
+    workers = int(gx.get("workers", 1))
+    if workers < 0:
+        raise QualityConfigError(f"{path}: great_expectations.workers must be 0 or more")
     if keep < 1:
         raise QualityConfigError(f"{path}: publish.history_keep must be at least 1 (rollback needs one file)")
     return QualityConfig(
         checks=checks,
         chunk_rows=int(gx.get("chunk_rows", 250_000)),
-        gx_workers=_workers(gx.get("workers", 1), path),
+        gx_workers=workers,
         publish_schemas=tuple(publish.get("schemas", ("marts", "impact"))),
         history_keep=keep,
         lock_timeout_seconds=float(publish.get("lock_timeout_seconds", 0)),
         path=path,
         raw=data,
     )
-
-
-def _workers(value, path) -> int:
-    workers = int(value)
-    if workers < 0:
-        raise QualityConfigError(f"{path}: great_expectations.workers must be 0 or more")
-    return workers
 
 
 def load_config(path: Path) -> QualityConfig:
