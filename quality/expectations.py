@@ -508,6 +508,11 @@ def validate_chunk(contract: Contract, specs: list[ExpectationSpec], frame) -> t
     return outcomes, violations
 
 
+def _warm_up() -> None:
+    """Run in a new worker: import what validating a chunk needs."""
+    _gx()
+
+
 def _merge(outcomes: dict[str, Outcome], found: dict[str, Outcome]) -> None:
     """Add what the expectations found in one chunk to the delivery's outcomes."""
     for rule, part in found.items():
@@ -526,8 +531,9 @@ class SuiteValidator:
     Pass an instance in ``Ingestor(..., validators=[SuiteValidator(seeds_dir, run_id)])``.
     A delivery of several chunks is validated by this process and ``workers`` worker
     processes at once (GX's pandas engine uses one core); the workers start at the first
-    such delivery and stop at :meth:`close`. Results are merged in chunk order, so they do
-    not depend on which process finished first.
+    such delivery (or :meth:`start`), take chunks once they have imported GX, and stop at
+    :meth:`close`. Results are merged in chunk order, so they do not depend on which
+    process validated which chunk.
     """
 
     def __init__(self, seeds_dir: Path, run_id: str | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS,
@@ -538,22 +544,42 @@ class SuiteValidator:
         self.workers = max(int(workers), 0)
         self.seconds = 0.0
         self.batches = 0
+        self.worker_chunks = 0  # chunks a worker process validated
         self._pool = None
+        self._warm: list = []
 
-    def _executor(self):
-        if self._pool is None:
+    def start(self, wait: bool = False) -> None:
+        """Start the worker processes (if ``workers``) and their import of GX, in the background.
+
+        A chunk goes to a worker only once that import is done: until then this process
+        validates the chunks itself rather than wait (importing GX takes seconds). ``wait``
+        blocks until the workers are ready.
+        """
+        if self.workers and self._pool is None:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
 
             # spawn: a fork would copy DuckDB's threads and locks mid-transaction
             self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
-        return self._pool
+            self._warm = [self._pool.submit(_warm_up) for _ in range(self.workers)]
+        if wait and self._pool is not None:
+            for future in self._warm:
+                self._collect(future, None)
+
+    def _ready(self) -> bool:
+        """Whether the workers finished importing GX (a worker that died stops the workers)."""
+        if self._pool is None or not all(f.done() for f in self._warm):
+            return False
+        for future in self._warm:
+            self._collect(future, None)
+        return self._pool is not None
 
     def close(self) -> None:
         """Stop the worker processes (the ingestion calls it when its pass ends)."""
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+            self._warm = []
 
     def __call__(self, con, contract: Contract, typed_table: str, batch: str | None):
         started = time.monotonic()
@@ -575,15 +601,18 @@ class SuiteValidator:
             frame = fetch_frame(con, chunk_sql(i))
             if frame.empty and chunks > 1:
                 continue
-            if chunks > 1 and self.workers and len(pending) < self.workers:
-                pending[i] = self._executor().submit(validate_chunk, contract, specs, frame)
+            if chunks > 1:
+                self.start()
+            if chunks > 1 and len(pending) < self.workers and self._ready():
+                pending[i] = self._pool.submit(validate_chunk, contract, specs, frame)
+                self.worker_chunks += 1
             else:
                 results[i] = validate_chunk(contract, specs, frame)
             del frame
             for j in [j for j, future in pending.items() if future.done()]:
-                results[j] = self._collect(pending.pop(j), contract, specs, con, chunk_sql(j))
+                results[j] = self._collect(pending.pop(j), lambda j=j: (contract, specs, con, chunk_sql(j)))
         for j, future in pending.items():
-            results[j] = self._collect(future, contract, specs, con, chunk_sql(j))
+            results[j] = self._collect(future, lambda j=j: (contract, specs, con, chunk_sql(j)))
         outcomes: dict[str, Outcome] = {}
         violations = []
         for i in sorted(results):
@@ -596,8 +625,9 @@ class SuiteValidator:
         self._record(con, contract, batch, total, chunks, specs, outcomes, seconds)
         return violations
 
-    def _collect(self, future, contract, specs, con, sql) -> tuple:
-        """A worker's result; should the worker have died, the chunk is validated here."""
+    def _collect(self, future, chunk) -> tuple | None:
+        """A worker's result; should the worker have died, the workers stop and ``chunk()``
+        (contract, specs, connection, query) is validated here."""
         try:
             return future.result()
         except Exception:
@@ -607,6 +637,9 @@ class SuiteValidator:
                 raise
             self.close()
             self.workers = 0
+            if chunk is None:
+                return None
+            contract, specs, con, sql = chunk()
             return validate_chunk(contract, specs, fetch_frame(con, sql))
 
     def _record(self, con, contract, batch, rows, chunks, specs, outcomes, seconds) -> None:
