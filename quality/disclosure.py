@@ -52,6 +52,7 @@ at all: they build into the internal schema ``detail`` (the blocking check
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -342,6 +343,14 @@ def _single_threaded_blas():
             set_(threads)
 
 
+# Systems already solved in this process, by a digest of their coefficients: the check of a
+# candidate (``check_table``) examines the very systems ``protect`` solved moments before in
+# the same run, and the factorisations are most of the cost of both (seconds at national
+# scale). A pure function of the coefficients, so a hit returns what solving would.
+_SOLVED: dict[bytes, frozenset[int]] = {}
+_SOLVED_MAX = 20_000
+
+
 def _determined(members: list[int], equations: list[dict[int, float]]) -> set[int]:
     """Unknowns fixed by the equations: e_j lies in the row space of the system.
 
@@ -349,20 +358,40 @@ def _determined(members: list[int], equations: list[dict[int, float]]) -> set[in
     system), e_j lies in it exactly when the j-th row of Q1 has norm 1.
     """
     import numpy as np
-    from scipy.linalg import qr
 
     if not equations:
         return set()
     index = {cell: n for n, cell in enumerate(members)}
-    matrix = np.zeros((len(index), len(equations)))  # transposed: unknowns x equations
+    rows, columns, values = [], [], []
     for e, equation in enumerate(equations):
         for cell, coefficient in equation.items():
-            matrix[index[cell], e] = coefficient
+            rows.append(index[cell])
+            columns.append(e)
+            values.append(coefficient)
+    shape = np.array([len(index), len(equations)], dtype=np.int64)
+    triplets = [np.array(rows, dtype=np.int64), np.array(columns, dtype=np.int64), np.array(values)]
+    digest = hashlib.sha256(b"".join(a.tobytes() for a in [shape, *triplets])).digest()
+    positions = _SOLVED.get(digest)
+    if positions is None:
+        positions = _solve(len(index), len(equations), *triplets)
+        if len(_SOLVED) >= _SOLVED_MAX:
+            _SOLVED.clear()
+        _SOLVED[digest] = positions
+    return {members[n] for n in positions}
+
+
+def _solve(unknowns: int, count: int, rows, columns, values) -> frozenset[int]:
+    """Positions of the determined unknowns of a system given by its coefficient triplets."""
+    import numpy as np
+    from scipy.linalg import qr
+
+    matrix = np.zeros((unknowns, count))  # transposed: unknowns x equations
+    matrix[rows, columns] = values
     q, r, _ = qr(matrix, mode="economic", pivoting=True)
     diagonal = np.abs(np.diag(r))
     rank = int((diagonal > 1e-9 * max(1.0, diagonal.max(initial=0.0))).sum())
     norms = (q[:, :rank] ** 2).sum(axis=1)
-    return {cell for cell, n in index.items() if norms[n] > 1 - 1e-7}
+    return frozenset(int(n) for n in np.flatnonzero(norms > 1 - 1e-7))
 
 
 def recoverable(cells: Cells, suppressed: set[int], touching: set[int] | None = None) -> set[int]:

@@ -127,6 +127,32 @@ def test_check_finds_a_cell_recoverable_by_subtraction(tmp_path):
     assert "region_code='01', sex='F'" in violations[0].message
 
 
+def test_check_after_protect_in_the_same_process_still_sees_a_changed_pattern(tmp_path):
+    """The check reuses the systems protect solved in this process, never a stale verdict."""
+    con = make_warehouse(tmp_path / "serving.duckdb", coverage_rows(COUNTS))
+    protect(con, config=CONFIG)
+    assert check(con, config=CONFIG) == []
+    # publish one complement again: the small cell 01-F is recoverable from its row
+    con.execute("update marts.mart_coverage set beneficiaries = 52, transfers_mad = 52 * 350.0, "
+                "is_suppressed = false where region_code = '01' and sex = 'M'")
+    violations = check(con, config=CONFIG)
+    assert [v.kind for v in violations] == ["recoverable"]
+    assert "region_code='01', sex='F'" in violations[0].message
+
+
+def test_solved_systems_are_reused_whatever_the_cell_numbers(monkeypatch):
+    solved = []
+    solve = disclosure._solve
+    monkeypatch.setattr(disclosure, "_solve", lambda *a: solved.append(a) or solve(*a))
+    monkeypatch.setattr(disclosure, "_SOLVED", {})
+    # a alone in a line (determined), b + c in another (neither is)
+    assert disclosure._determined([10, 11, 12], [{10: 1.0}, {11: 1.0, 12: 1.0}]) == {10}
+    assert disclosure._determined([20, 21, 22], [{20: 1.0}, {21: 1.0, 22: 1.0}]) == {20}
+    assert len(solved) == 1  # the same system under other cell numbers
+    assert disclosure._determined([10, 11, 12], [{11: 1.0}, {10: 1.0, 12: 1.0}]) == {11}
+    assert len(solved) == 2
+
+
 def test_check_finds_small_published_cells_and_leaked_values(tmp_path):
     con = make_warehouse(tmp_path / "serving.duckdb", coverage_rows(COUNTS))
     protect(con, config=CONFIG)
