@@ -4,8 +4,9 @@
 
 generates the deliveries into a fresh JISR_HOME (``DIR/home``), runs the full refresh under
 pyinstrument (``--incremental``: then adds one month and profiles the incremental refresh
-instead) and writes ``DIR/<kind>.html``, ``DIR/<kind>.txt`` (pyinstrument's views) and
-``DIR/<kind>.json`` (step timings, as in the benchmark). dbt runs in its own process: its
+instead) and writes ``DIR/<kind>.html``, ``DIR/<kind>.txt`` (pyinstrument's views),
+``DIR/<kind>.pyisession`` (the samples: ``pyinstrument --load FILE --show-all`` shows the frames
+the views hide) and ``DIR/<kind>.json`` (step timings, as in the benchmark). dbt runs in its own process: its
 time shows as waiting on dbt here; see its ``run_results.json`` for the models and tests.
 """
 
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     profiler.stop()
     (work / f"{kind}.html").write_text(profiler.output_html())
     (work / f"{kind}.txt").write_text(profiler.output_text(unicode=False, color=False, show_all=False))
+    profiler.last_session.save(str(work / f"{kind}.pyisession"))  # pyinstrument --load FILE [-r html|text --show-all]
     print(f"profile: {work / f'{kind}.html'} and {work / f'{kind}.txt'}; step timings {work / f'{kind}.json'}")
     return code
 
