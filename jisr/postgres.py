@@ -65,12 +65,14 @@ class PostgresPublishResult:
     raw_rows: dict[str, int] = field(default_factory=dict)
     impact_tables: list[str] = field(default_factory=list)
     protected: list[str] = field(default_factory=list)
+    disclosure_warnings: list[str] = field(default_factory=list)
 
     def report(self) -> str:
         lines = [f"Raw layer copied: {len(self.raw_rows)} tables, {sum(self.raw_rows.values())} rows."]
         if self.impact_tables:
             lines.append(f"Impact tables copied: {', '.join(self.impact_tables)}.")
         lines += [f"Disclosure control: {p}" for p in self.protected]
+        lines += [f"Disclosure warning (not blocking): {w}" for w in self.disclosure_warnings]
         lines.append(f"Role {EVALUATOR}: SELECT on {', '.join(PUBLISHED_SCHEMAS)} and meta.publish_log only.")
         return "\n".join(lines)
 
@@ -274,16 +276,18 @@ def apply_grants(pg, evaluator: str = EVALUATOR, evaluator_password: str | None 
     pg.commit()
 
 
-def protect_marts(settings: Settings, pg) -> list[str]:
-    """Disclosure control on the PostgreSQL marts; raises if the blocking check fails."""
-    from quality.disclosure import check, protect
+def protect_marts(settings: Settings, pg) -> tuple[list[str], list[str]]:
+    """Disclosure control on the PostgreSQL marts: (tables protected, warnings that do not
+    block); raises if a blocking finding remains, as the publication of the serving file does."""
+    from quality.disclosure import protect, review
 
     report = protect(pg, settings)
-    violations = check(pg, settings)
-    if violations:
+    findings = review(pg, settings)
+    blocking = [v for v in findings if v.blocking]
+    if blocking:
         raise PostgresPublishError("disclosure check failed, the marts stay closed to evaluators:\n"
-                                   + "\n".join(f"  - {v}" for v in violations))
-    return [str(r) for r in report]
+                                   + "\n".join(f"  - {v}" for v in blocking))
+    return [str(r) for r in report], [str(v) for v in findings if not v.blocking]
 
 
 def _dbt_work_dir(settings: Settings) -> Path:
@@ -309,7 +313,7 @@ def record_publication(settings: Settings, pg, result: PostgresPublishResult) ->
         cur.execute("insert into meta.publish_log values (%s, 'postgres', %s, %s, %s, %s, %s, %s)",
                     [datetime.now(timezone.utc), settings.code_version, len(result.raw_rows),
                      sum(result.raw_rows.values()), _dbt_invocation_id(settings),
-                     "; ".join(result.protected), None])
+                     "; ".join(result.protected), "; ".join(result.disclosure_warnings) or None])
     pg.commit()
 
 
@@ -323,7 +327,7 @@ def publish_postgres(settings: Settings, dsn: str, *,
         result.raw_rows = copy_raw_layer(settings, pg)
         run_dbt(settings, dsn)
         result.impact_tables = copy_impact_tables(settings, pg)
-        result.protected = protect_marts(settings, pg)
+        result.protected, result.disclosure_warnings = protect_marts(settings, pg)
         record_publication(settings, pg, result)
         apply_grants(pg, evaluator_password=evaluator_password)
     finally:

@@ -228,6 +228,14 @@ def test_postgres_disclosure_control_applies_to_postgres_marts(database):
         smallest = cur.fetchone()[0]
     assert len(hidden) == 4 and all(r == (None, None) for r in hidden)
     assert smallest >= 10
+    # the warnings the publication reports without blocking, found on PostgreSQL too
+    with pg.cursor() as cur:
+        cur.execute("create table marts.mart_other (sex text, people bigint)")
+    pg.commit()
+    from quality.disclosure import review
+
+    assert [(v.table, v.kind, v.blocking) for v in review(pg, config=config)] == [
+        ("marts.mart_other", "unconfigured_table", False)]
     pg.close()
 
 
@@ -256,8 +264,8 @@ def test_postgres_publish_builds_the_dbt_project_for_evaluators(database, settin
         cur.execute("select count(*) from marts.mart_coverage_targeting where not is_suppressed "
                     "and beneficiaries_reached between 1 and 9")
         assert cur.fetchone()[0] == 0
-        cur.execute("select target from meta.publish_log")
-        assert cur.fetchall() == [("postgres",)]
+        cur.execute("select target, note from meta.publish_log")
+        assert cur.fetchall() == [("postgres", "; ".join(result.disclosure_warnings) or None)]
     con.rollback()
     expect_denied(con, "select * from raw.beneficiaries")
     expect_denied(con, "select * from staging.stg_msisf__beneficiaries")
