@@ -194,6 +194,21 @@ def test_suite_validator_workers_find_what_one_process_finds(settings, contracts
     assert all(r[2] == 40 for r in recorded if r[0].endswith(":cin") and "unique" not in r[0])
 
 
+def test_suites_do_not_fingerprint_each_batch(settings, contracts, monkeypatch):
+    """GX hashes every value of a pandas batch to label it (most of the time of a large
+    delivery); the suites turn that off, and still find the failing rows."""
+    from great_expectations.execution_engine import pandas_execution_engine
+
+    hashed = []
+    monkeypatch.setattr(pandas_execution_engine, "hash_pandas_dataframe", lambda df: hashed.append(len(df)) or "x")
+    rows = [person(i) for i in range(12)]
+    rows[3]["sex"] = "X"
+    _write_people(settings, contracts, rows)
+    summary = _ingest(settings, contracts, SuiteValidator(settings.seeds_dir, run_id="run-gx"))
+    assert summary.files[0].rows_quarantined == 1
+    assert hashed == []
+
+
 def test_suite_validator_passes_clean_deliveries_untouched(settings, contracts):
     summary = ingest_sample(settings, contracts, validators=[SuiteValidator(settings.seeds_dir, run_id="run-gx")],
                             run_id="run-gx")
