@@ -412,22 +412,36 @@ def validate_frame(contract: Contract, specs: list[ExpectationSpec], frame, outc
     """Validate one pandas batch; add what each expectation found to ``outcomes``.
 
     Every expectation runs on the whole batch with a cheap result format first; the ones that
-    failed run again with ``COMPLETE`` results, which list each failing row."""
+    failed run again with ``COMPLETE`` results, which list each failing row. Expectations
+    with a row condition run apart, on the columns they read: GX filters the batch it is
+    given by each condition, copying every column of it."""
     all_rows = [int(r) for r in frame["_source_row"].tolist()] if "_source_row" in frame.columns else []
-    by_rule, failure = _run(contract, specs, frame, FIRST_PASS)
-    failed = [s for s in specs if s.rule in by_rule and not by_rule[s.rule].success
+    by_rule: dict = {}
+    failures: dict[str, str] = {}  # rule -> why its whole run failed
+
+    def run(group: list[ExpectationSpec], batch, result_format: dict) -> None:
+        found, failure = _run(contract, group, batch, result_format)
+        for spec in group:
+            by_rule[spec.rule] = found.get(spec.rule)
+            if failure:
+                failures[spec.rule] = failure
+
+    conditional = [s for s in specs if s.kwargs.get("row_condition")]
+    plain = [s for s in specs if not s.kwargs.get("row_condition")]
+    for group, batch in ((plain, frame), (conditional, _columns_for(conditional, frame))):
+        if group:
+            run(group, batch, FIRST_PASS)
+    failed = [s for s in specs if by_rule.get(s.rule) is not None and not by_rule[s.rule].success
               and not exception_raised(by_rule[s.rule].exception_info)[0]]
     if failed:
-        complete, complete_failure = _run(contract, failed, _columns_for(failed, frame), FAILED_PASS)
-        for spec in failed:
-            by_rule[spec.rule] = complete.get(spec.rule)
-        failure = failure or complete_failure
+        run(failed, _columns_for(failed, frame), FAILED_PASS)
     for spec in specs:
         out = outcomes.setdefault(spec.rule, Outcome(spec))
         r = by_rule.get(spec.rule)
         if r is None:
             out.success, out.raised = False, True
-            out.exception = out.exception or _first_line(failure or "no result returned for this expectation")
+            out.exception = out.exception or _first_line(failures.get(spec.rule)
+                                                         or "no result returned for this expectation")
             out.rows.update({row: None for row in all_rows})
             out.element_count += len(all_rows)
             out.unexpected_count += len(all_rows)
