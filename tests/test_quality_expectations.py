@@ -194,9 +194,10 @@ def test_suite_validator_workers_find_what_one_process_finds(settings, contracts
     assert all(r[2] == 40 for r in recorded if r[0].endswith(":cin") and "unique" not in r[0])
 
 
-def test_suites_do_not_fingerprint_each_batch(settings, contracts, monkeypatch):
+def test_suites_do_not_fingerprint_or_keep_each_batch(settings, contracts, monkeypatch):
     """GX hashes every value of a pandas batch to label it (most of the time of a large
-    delivery); the suites turn that off, and still find the failing rows."""
+    delivery) and keeps every result in its context's store; the suites turn both off, and
+    still find the failing rows."""
     from great_expectations.execution_engine import pandas_execution_engine
 
     hashed = []
@@ -207,6 +208,7 @@ def test_suites_do_not_fingerprint_each_batch(settings, contracts, monkeypatch):
     summary = _ingest(settings, contracts, SuiteValidator(settings.seeds_dir, run_id="run-gx"))
     assert summary.files[0].rows_quarantined == 1
     assert hashed == []
+    assert gxmod._gx().context.validation_results_store.list_keys() == []
 
 
 def test_suite_validator_passes_clean_deliveries_untouched(settings, contracts):
