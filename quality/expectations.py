@@ -656,13 +656,14 @@ class SuiteValidator:
 
     def _collect(self, future, chunk) -> tuple | None:
         """A worker's result; should the worker have died, the workers stop and ``chunk()``
-        (contract, specs, connection, query) is validated here."""
+        (contract, specs, connection, query) is validated here. ``chunk`` None: a worker's
+        warm-up, whose failure (of any kind) only stops the workers."""
         try:
             return future.result()
         except Exception:
             from concurrent.futures.process import BrokenProcessPool
 
-            if not isinstance(future.exception(), BrokenProcessPool):
+            if chunk is not None and not isinstance(future.exception(), BrokenProcessPool):
                 raise
             self.close()
             self.workers = 0

@@ -194,6 +194,25 @@ def test_suite_validator_workers_find_what_one_process_finds(settings, contracts
     assert all(r[2] == 40 for r in recorded if r[0].endswith(":cin") and "unique" not in r[0])
 
 
+def _failing_warm_up():
+    raise RuntimeError("this worker cannot import GX")
+
+
+def test_suite_validator_validates_alone_when_its_worker_cannot_start(settings, contracts, monkeypatch):
+    monkeypatch.setattr(gxmod, "_warm_up", _failing_warm_up)  # what the spawned worker runs
+    rows = [person(i) for i in range(20)]
+    rows[5]["sex"] = "X"
+    _write_people(settings, contracts, rows)
+    validator = SuiteValidator(settings.seeds_dir, run_id="run-gx", chunk_rows=7, workers=1)
+    validator.start(wait=True)
+    assert validator.workers == 0 and validator._pool is None
+    summary = _ingest(settings, contracts, validator)
+    assert validator.worker_chunks == 0
+    assert summary.files[0].rows_quarantined == 1
+    assert {(row, rule) for _, row, rule, _, _ in _quarantine(settings)} == {
+        (6, "gx:expect_column_values_to_be_in_set:sex")}
+
+
 def test_suites_do_not_fingerprint_or_keep_each_batch(settings, contracts, monkeypatch):
     """GX hashes every value of a pandas batch to label it (most of the time of a large
     delivery) and keeps every result in its context's store; the suites turn both off, and
