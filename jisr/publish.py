@@ -39,7 +39,7 @@ import duckdb
 
 from jisr.lock import publish_lock
 from quality.checks import (CheckResult, ChecksFailed, attach_store, blocking_failures, connect_for_audit,
-                            disclosure_module, run_audit, summarise, table_row_counts)
+                            run_audit, summarise, table_row_counts)
 from quality.config import CHECK_NAMES, WAREHOUSE_CHECKS, QualityConfig, config_for
 
 LOG_COLUMNS = """
@@ -223,15 +223,10 @@ def load_candidate(settings, run_id: str) -> Candidate | None:
 
 
 def _protect(con, settings) -> str:
-    module = disclosure_module()
-    if module is None or not hasattr(module, "protect"):
-        return "not applied: quality.disclosure is not installed"
-    outcome = module.protect(con, settings)
-    if outcome is None:
-        return "applied"
-    if isinstance(outcome, str):
-        return outcome
-    return json.dumps(outcome, default=str)
+    """Disclosure control on the candidate; what it did, per table, for the publish log."""
+    from quality import disclosure
+
+    return json.dumps([str(t) for t in disclosure.protect(con, settings)])
 
 
 # --- audit and publish -----------------------------------------------------------------------------

@@ -17,8 +17,6 @@ documented.
 from __future__ import annotations
 
 import calendar
-import importlib
-import importlib.util
 import json
 import re
 from dataclasses import asdict, dataclass, field
@@ -386,70 +384,28 @@ def check_person_level(con, cfg: QualityConfig, schemas: Iterable[str]) -> list[
 
 
 # --- small cells (disclosure control) -------------------------------------------------------
-def disclosure_module():
-    """``quality.disclosure`` if it is installed, else None."""
-    if importlib.util.find_spec("quality.disclosure") is None:
-        return None
-    return importlib.import_module("quality.disclosure")
-
-
-def _normalise_disclosure(outcome, severity: str) -> list[CheckResult]:
-    """Accept what ``quality.disclosure.check`` returns: CheckResult(s), a bool, a
-    (passed, details) pair, a dict, or an iterable of violations (empty = passed)."""
-    if isinstance(outcome, CheckResult):
-        outcome.check, outcome.severity = NO_SMALL_CELLS, severity
-        return [outcome]
-    if isinstance(outcome, bool):
-        return [CheckResult(NO_SMALL_CELLS, outcome, severity,
-                            "no published cell under the small-cell threshold" if outcome else
-                            "published cells under the small-cell threshold")]
-    if isinstance(outcome, tuple) and len(outcome) == 2 and isinstance(outcome[0], bool):
-        passed, details = outcome
-        return [CheckResult(NO_SMALL_CELLS, passed, severity, str(details) if not isinstance(details, dict)
-                            else details.get("description", "small-cell check"),
-                            None, details if isinstance(details, dict) else {"details": str(details)})]
-    if isinstance(outcome, dict):
-        passed = bool(outcome.get("passed"))
-        return [CheckResult(NO_SMALL_CELLS, passed, severity, str(outcome.get("description") or (
-            "no published cell under the small-cell threshold" if passed else "small cells found")),
-            outcome.get("target"), {k: v for k, v in outcome.items() if k not in ("passed", "description", "target")})]
-    items = list(outcome or ())
-    if items and all(hasattr(i, "passed") for i in items):
-        out = []
-        for i in items:
-            out.append(CheckResult(NO_SMALL_CELLS, bool(i.passed), severity,
-                                   str(getattr(i, "description", "") or getattr(i, "message", "") or "small-cell check"),
-                                   getattr(i, "target", None) or getattr(i, "table", None),
-                                   dict(getattr(i, "metadata", {}) or {})))
-        return out
-    return [CheckResult(NO_SMALL_CELLS, not items, severity,
-                        "no published cell under the small-cell threshold" if not items else
-                        f"{len(items)} published cell(s) under the small-cell threshold",
-                        None, {"violations": [str(i) for i in items[:50]]})]
-
-
 def check_small_cells(con, settings, cfg: QualityConfig) -> list[CheckResult]:
+    """What disclosure control (``quality.disclosure.review``) finds in the published tables:
+    a blocking finding fails the check; warnings (tables nobody configured, cells only the
+    line totals of other tables determine) are reported in it without failing it."""
+    from quality import disclosure
+
     severity = cfg.severity(NO_SMALL_CELLS)
-    module = disclosure_module()
-    if module is None or not (hasattr(module, "review") or hasattr(module, "check")):
-        return [CheckResult(NO_SMALL_CELLS, False, severity,
-                            "disclosure control (quality.disclosure) is not installed: small cells cannot be ruled out")]
     try:
-        if not hasattr(module, "review"):
-            return _normalise_disclosure(module.check(con, settings), severity)
-        # review() = the blocking violations of check() and the warnings (``blocking=False``):
-        # tables nobody configured, cells only the line totals of other tables determine.
-        found = list(module.review(con, settings))
-        results = _normalise_disclosure([v for v in found if getattr(v, "blocking", True)], severity)
+        found = list(disclosure.review(con, settings))
     except Exception as exc:  # an errored check is a failure, never a pass
         return [CheckResult(NO_SMALL_CELLS, False, severity, f"the small-cell check errored: {exc}")]
-    warnings = [str(v) for v in found if not getattr(v, "blocking", True)]
+    violations = [str(v) for v in found if v.blocking]
+    warnings = [str(v) for v in found if not v.blocking]
+    description = ("no published cell under the small-cell threshold, none recoverable" if not violations else
+                   f"{len(violations)} disclosure violation(s): " + "; ".join(violations[:3])
+                   + ("; ..." if len(violations) > 3 else ""))
+    metadata: dict[str, Any] = {"violations": violations[:50]}
     if warnings:
-        for r in results:
-            r.description += (f"; {len(warnings)} warning(s), not blocking: " + "; ".join(warnings[:3])
-                              + ("; ..." if len(warnings) > 3 else ""))
-            r.metadata = {**(r.metadata or {}), "warnings": warnings[:50]}
-    return results
+        description += (f"; {len(warnings)} warning(s), not blocking: " + "; ".join(warnings[:3])
+                        + ("; ..." if len(warnings) > 3 else ""))
+        metadata["warnings"] = warnings[:50]
+    return [CheckResult(NO_SMALL_CELLS, not violations, severity, description, None, metadata)]
 
 
 # --- Great Expectations coverage of the run's deliveries ------------------------------------

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-import types
 from pathlib import Path
 
 import duckdb
@@ -20,6 +19,7 @@ from ingestion.load import Ingestor
 from jisr.lock import LockBusy, refresh_lock
 from jisr.publish import PublishError, publish, publish_log, rollback
 from jisr.settings import PROJECT_DIR
+from quality import disclosure
 from quality.checks import ChecksFailed
 from quality.config import config_for, parse_config
 from tests.conftest import PROGRAMME, TEST_KEY, enrolment, payment, person, write_delivery
@@ -67,13 +67,20 @@ def make_build(settings, *, payments_scale=1.0, estimate=1.5, extra_sql=()):
 
 
 def stub_disclosure(monkeypatch, violations=()):
-    """Replace quality.disclosure (tested on its own) by a stub: protect does nothing, check
-    returns ``violations``."""
+    """Replace disclosure control (tested on its own, tests/test_disclosure.py) by a stub:
+    protect does nothing, review finds ``violations`` (blocking, one per text)."""
     calls = []
-    stub = types.SimpleNamespace(protect=lambda con, settings: calls.append("protect") or [],
-                                 check=lambda con, settings: calls.append("check") or list(violations))
-    monkeypatch.setattr(publish_mod, "disclosure_module", lambda: stub)
-    monkeypatch.setattr(checks_mod, "disclosure_module", lambda: stub)
+
+    def protect(con, settings):
+        calls.append("protect")
+        return []
+
+    def review(con, settings):
+        calls.append("check")
+        return [disclosure.Violation("marts", "small_cell", v) for v in violations]
+
+    monkeypatch.setattr(disclosure, "protect", protect)
+    monkeypatch.setattr(disclosure, "review", review)
     return calls
 
 
@@ -92,10 +99,9 @@ def serving_value(settings, sql="select estimate from impact.impact_estimates"):
 DRIVER_STUB = """
 import sys, time, types
 from pathlib import Path
-import jisr.publish as P, quality.checks as QC
+import jisr.publish as P, quality.disclosure as D
 from jisr.settings import Settings
-stub = types.SimpleNamespace(protect=lambda con, settings: [], check=lambda con, settings: [])
-P.disclosure_module = QC.disclosure_module = lambda: stub
+D.protect = D.review = lambda con, settings: []
 """
 
 

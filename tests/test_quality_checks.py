@@ -1,13 +1,15 @@
 """Audit checks (quality/checks.py) and their configuration, each on a hand-made warehouse."""
 
+import types
 from datetime import date, datetime
 
 import duckdb
 import pytest
 import yaml
 
-import quality.checks as checks_mod
 from ingestion import store
+from quality import disclosure
+from quality.disclosure import Violation
 from quality.checks import (CheckResult, blocking_failures, check_freshness, check_identifiers, check_person_level,
                             check_reconciliation, check_references, check_row_counts, check_small_cells)
 from quality.config import QualityConfigError, config_for, parse_config
@@ -211,58 +213,55 @@ def test_identifiers_allowed_columns_are_exempt(con, cfg):
 # --- small cells ---------------------------------------------------------------------------------------
 
 
-def test_small_cells_missing_module_or_error_is_a_failure(con, settings, cfg, monkeypatch):
-    monkeypatch.setattr(checks_mod, "disclosure_module", lambda: None)
-    r = check_small_cells(con, settings, cfg)[0]
-    assert not r.passed and "not installed" in r.description
+def test_small_cells_error_is_a_failure(con, settings, cfg, monkeypatch):
+    def broken(con, settings):
+        raise RuntimeError("config/disclosure.yml is invalid")
 
-    class Broken:
-        @staticmethod
-        def check(con, settings):
-            raise RuntimeError("config/disclosure.yml is invalid")
-
-    monkeypatch.setattr(checks_mod, "disclosure_module", lambda: Broken)
+    monkeypatch.setattr(disclosure, "review", broken)
     r = check_small_cells(con, settings, cfg)[0]
     assert not r.passed and "errored: config/disclosure.yml is invalid" in r.description
 
 
 def test_small_cells_violations_fail_and_none_pass(con, settings, cfg, monkeypatch):
-    class Disclosure:
-        found: list = []
-
-        @classmethod
-        def check(cls, con, settings):
-            return cls.found
-
-    monkeypatch.setattr(checks_mod, "disclosure_module", lambda: Disclosure)
+    found: list = []
+    monkeypatch.setattr(disclosure, "review", lambda con, settings: found)
     assert check_small_cells(con, settings, cfg)[0].passed
-    Disclosure.found = ["marts.mart_coverage: cell (01, F) has 3 people"]
+    found.append(Violation("marts.mart_coverage", "small_cell", "1 published cells count fewer than 10 people"))
     r = check_small_cells(con, settings, cfg)[0]
-    assert not r.passed and r.blocks and r.metadata["violations"] == Disclosure.found
+    assert not r.passed and r.blocks
+    assert r.metadata["violations"] == ["marts.mart_coverage: small_cell: 1 published cells count fewer than 10 people"]
+    assert "1 disclosure violation(s): marts.mart_coverage: small_cell" in r.description
 
 
 def test_small_cells_warnings_are_reported_without_blocking(con, settings, cfg, monkeypatch):
-    from quality.disclosure import Violation
-
-    class Disclosure:
-        found = [Violation("marts.mart_sparse", "determined_by_totals", "1 suppressed cells are determined by "
-                           "the line totals alone", blocking=False),
-                 Violation("marts.mart_new", "unconfigured_table", "published with breakdown columns but neither "
-                           "configured nor exempt", blocking=False)]
-
-        @classmethod
-        def review(cls, con, settings):
-            return cls.found
-
-    monkeypatch.setattr(checks_mod, "disclosure_module", lambda: Disclosure)
+    found = [Violation("marts.mart_sparse", "determined_by_totals", "1 suppressed cells are determined by "
+                       "the line totals alone", blocking=False),
+             Violation("marts.mart_new", "unconfigured_table", "published with breakdown columns but neither "
+                       "configured nor exempt", blocking=False)]
+    monkeypatch.setattr(disclosure, "review", lambda con, settings: found)
     r = check_small_cells(con, settings, cfg)[0]
     assert r.passed and "2 warning(s), not blocking" in r.description
-    assert r.metadata["warnings"] == [str(v) for v in Disclosure.found]
-    Disclosure.found = [Violation("marts.mart_coverage", "small_cell", "1 published cells count fewer than 10 "
-                                  "people"), *Disclosure.found]
+    assert r.metadata["warnings"] == [str(v) for v in found]
+    found.insert(0, Violation("marts.mart_coverage", "small_cell", "1 published cells count fewer than 10 people"))
     r = check_small_cells(con, settings, cfg)[0]
     assert not r.passed and r.blocks and "marts.mart_coverage: small_cell" in r.metadata["violations"][0]
     assert len(r.metadata["warnings"]) == 2
+
+
+def test_small_cells_checks_a_real_serving_file(tmp_path, cfg):
+    """The check on a protected table and on the same table with a small cell published again."""
+    from tests.test_disclosure import CONFIG, COUNTS, coverage_rows, make_warehouse
+
+    serving = make_warehouse(tmp_path / "serving.duckdb", coverage_rows(COUNTS))
+    disclosure.protect(serving, config=CONFIG)
+    (tmp_path / disclosure.CONFIG_FILE).write_text(yaml.safe_dump({**CONFIG, "exempt_tables": ["marts.mart_other"]}))
+    settings = types.SimpleNamespace(config_dir=tmp_path)  # what review() reads of the settings
+    r = check_small_cells(serving, settings, cfg)[0]
+    assert r.passed and r.metadata == {"violations": []}
+    serving.execute("update marts.mart_coverage set beneficiaries = 3, is_suppressed = false "
+                    "where region_code = '01' and sex = 'F'")
+    r = check_small_cells(serving, settings, cfg)[0]
+    assert not r.passed and "small_cell" in r.description
 
 
 # --- configuration ---------------------------------------------------------------------------------------
