@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -88,6 +87,7 @@ class ExpectationSpec:
     column: str  # contract column(s) it is about ("table" for table-level expectations)
     pii: bool = False
     describes: str = ""  # what a failure means, for messages
+    when_present: str | None = None  # only the rows where this column is not null (GX row condition)
 
     @property
     def rule(self) -> str:
@@ -125,10 +125,9 @@ def suite_specs(contract: Contract, seeds_dir: Path) -> list[ExpectationSpec]:
             specs.append(ExpectationSpec("expect_column_values_to_not_be_null", {"column": col.name}, col.name, pii,
                                          f"column {col.name} is required but empty"))
         if col.type != "varchar":
-            specs.append(ExpectationSpec(
-                "expect_column_values_to_not_be_null",
-                {"column": f"{col.name}__typed", "row_condition": f"{col.name}.notnull()", "condition_parser": "pandas"},
-                f"{col.name}__typed", pii, f"column {col.name} is not a valid {col.type}"))
+            specs.append(ExpectationSpec("expect_column_values_to_not_be_null", {"column": f"{col.name}__typed"},
+                                         f"{col.name}__typed", pii, f"column {col.name} is not a valid {col.type}",
+                                         when_present=col.name))
         if col.pattern:
             specs.append(ExpectationSpec("expect_column_values_to_match_regex",
                                          {"column": col.name, "regex": f"^(?:{col.pattern})$"}, col.name, pii,
@@ -267,12 +266,13 @@ class _GX:
     def _definition(self, contract: Contract, specs: list[ExpectationSpec]):
         import great_expectations.expectations as gxe
 
-        key = (contract.source, contract.version, json.dumps([(s.type, s.kwargs) for s in specs], default=str))
+        key = (contract.source, contract.version,
+               json.dumps([(s.type, s.kwargs, s.when_present) for s in specs], default=str))
         if key not in self.definitions:
             n = len(self.definitions)
             suite = self.gx.ExpectationSuite(name=f"{suite_name(contract)}.{n}")
             for spec in specs:
-                suite.add_expectation(getattr(gxe, spec.class_name)(**spec.kwargs, meta={"rule": spec.rule}))
+                suite.add_expectation(_expectation(gxe, spec))
             suite = self.context.suites.add(suite)
             asset = self.datasource.add_dataframe_asset(f"{contract.source}.{n}")
             batch = asset.add_batch_definition_whole_dataframe("delivery")
@@ -303,8 +303,18 @@ def build_suite(contract: Contract, seeds_dir: Path):
     _gx()  # GX needs an active context to build suites
     suite = gx.ExpectationSuite(name=suite_name(contract))
     for spec in suite_specs(contract, seeds_dir):
-        suite.add_expectation(getattr(gxe, spec.class_name)(**spec.kwargs, meta={"rule": spec.rule}))
+        suite.add_expectation(_expectation(gxe, spec))
     return suite
+
+
+def _expectation(gxe, spec: ExpectationSpec):
+    """The GX expectation of a spec (``gxe``: ``great_expectations.expectations``)."""
+    kwargs = dict(spec.kwargs)
+    if spec.when_present:
+        from great_expectations.expectations.row_conditions import Column
+
+        kwargs["row_condition"] = Column(spec.when_present).is_not_null()
+    return getattr(gxe, spec.class_name)(**kwargs, meta={"rule": spec.rule})
 
 
 # --- results -------------------------------------------------------------------------------------
@@ -383,21 +393,16 @@ def _run(contract: Contract, specs: list[ExpectationSpec], frame, result_format:
 
 
 def _condition_column(spec: ExpectationSpec) -> str | None:
-    """The column of a ``<column>.notnull()`` row condition (the only kind the suites use)."""
-    match = re.fullmatch(r"(\w+)\.notnull\(\)", spec.kwargs.get("row_condition") or "")
-    return match.group(1) if match else None
+    """The column of the expectation's row condition (``<column>`` is not null), if any."""
+    return spec.when_present
 
 
 def _domain_rows(spec: ExpectationSpec, frame) -> int:
     """Rows an expectation evaluates (GX's ``element_count``): the batch, or the rows meeting
     its row condition."""
-    condition = spec.kwargs.get("row_condition")
-    if not condition:
+    if not spec.when_present:
         return len(frame)
-    column = _condition_column(spec)
-    if column is not None and column in frame.columns:
-        return int(frame[column].notna().sum())
-    return len(frame.query(condition, parser="pandas"))
+    return int(frame[spec.when_present].notna().sum()) if spec.when_present in frame.columns else 0
 
 
 def _columns_for(specs: list[ExpectationSpec], frame):
@@ -435,8 +440,8 @@ def validate_frame(contract: Contract, specs: list[ExpectationSpec], frame, outc
             if failure:
                 failures[spec.rule] = failure
 
-    conditional = [s for s in specs if s.kwargs.get("row_condition")]
-    plain = [s for s in specs if not s.kwargs.get("row_condition")]
+    conditional = [s for s in specs if s.when_present]
+    plain = [s for s in specs if not s.when_present]
     for group, batch in ((plain, frame), (conditional, _columns_for(conditional, frame))):
         if group:
             run(group, batch, FIRST_PASS)

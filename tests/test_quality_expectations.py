@@ -32,7 +32,7 @@ def test_suite_specs_follow_the_contract(contracts, settings):
     assert {c.name for c in ben.columns if c.required} <= not_null
     assert {f"{c.name}__typed" for c in ben.columns if c.type != "varchar"} <= not_null
     typed = next(s for s in kinds["expect_column_values_to_not_be_null"] if s.kwargs["column"] == "birth_date__typed")
-    assert typed.kwargs["row_condition"] == "birth_date.notnull()"
+    assert typed.when_present == "birth_date"  # a value that does not parse; an empty one is not_null's
     regex = {s.kwargs["column"]: s.kwargs["regex"] for s in kinds["expect_column_values_to_match_regex"]}
     assert regex == {c.name: f"^(?:{c.pattern})$" for c in ben.columns if c.pattern}
     in_set = {s.kwargs["column"]: set(s.kwargs["value_set"]) for s in kinds["expect_column_values_to_be_in_set"]}
@@ -47,6 +47,18 @@ def test_suite_specs_follow_the_contract(contracts, settings):
     compound = occupancy["expect_compound_columns_to_be_unique"][0]
     assert compound.kwargs["column_list"] == ["establishment_id", "month"]
     assert compound.rule == "gx:expect_compound_columns_to_be_unique:establishment_id,month"
+
+
+def test_suites_use_no_deprecated_row_conditions(contracts, settings):
+    """GX 1.9 deprecated string row conditions (removed in 2.0): the suites use Condition objects."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        suite = build_suite(contracts["beneficiaries"], settings.seeds_dir)
+    assert not [w for w in caught if "row_condition" in str(w.message) or "condition_parser" in str(w.message)]
+    conditions = [e.row_condition for e in suite.expectations if getattr(e, "row_condition", None) is not None]
+    assert conditions and all(type(c).__name__ == "NullityCondition" for c in conditions)
 
 
 def test_suites_build_for_every_contract_and_export_as_json(contracts, settings, tmp_path):
