@@ -93,6 +93,28 @@ def _rollback(args) -> int:
     return 0
 
 
+def _disclosure(args) -> int:
+    import duckdb
+
+    from quality.disclosure import review
+
+    settings = get_settings()
+    path = Path(args.warehouse) if args.warehouse else settings.serving_path
+    if not path.exists():
+        print(f"jisr disclosure: no warehouse at {path} (publish one with `jisr refresh`)", file=sys.stderr)
+        return 2
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        found = review(con, settings)
+    finally:
+        con.close()
+    for v in found:
+        print(("BLOCKING  " if v.blocking else "warning   ") + str(v))
+    if not found:
+        print(f"{path}: no finding (every configured table protected, every breakdown configured)")
+    return 1 if any(v.blocking for v in found) else 0
+
+
 def _bench(args) -> int:
     from bench.run import main as bench_main
 
@@ -138,6 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     _postgres_arguments(pg)
     pg.set_defaults(func=_publish_postgres)
+
+    d = sub.add_parser("disclosure", help="disclosure control's findings on the published warehouse, with the cells "
+                                          "concerned (internal: the publish log keeps them without the cells)")
+    d.add_argument("--warehouse", help="a DuckDB warehouse file (default: the published one)")
+    d.set_defaults(func=_disclosure)
 
     b = sub.add_parser("rollback", help="serve the previously published warehouse again (undo the last publication)")
     b.set_defaults(func=_rollback)

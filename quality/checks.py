@@ -395,8 +395,10 @@ def check_small_cells(con, settings, cfg: QualityConfig) -> list[CheckResult]:
         found = list(disclosure.review(con, settings))
     except Exception as exc:  # an errored check is a failure, never a pass
         return [CheckResult(NO_SMALL_CELLS, False, severity, f"the small-cell check errored: {exc}")]
-    violations = [str(v) for v in found if v.blocking]
-    warnings = [str(v) for v in found if not v.blocking]
+    violations = [str(v) for v in found if v.blocking]  # they block: never in a publication's log
+    # Warnings travel with a publication (its log is published): without the cells they are
+    # about (`jisr disclosure` lists those).
+    warnings = [v.brief for v in found if not v.blocking]
     description = ("no published cell under the small-cell threshold, none recoverable" if not violations else
                    f"{len(violations)} disclosure violation(s): " + "; ".join(violations[:3])
                    + ("; ..." if len(violations) > 3 else ""))

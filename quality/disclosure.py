@@ -622,8 +622,15 @@ class Violation:
     kind: str
     message: str
     blocking: bool = True
+    examples: str = ""  # the cells concerned (their key values): for the people who fix them
 
     def __str__(self) -> str:
+        return self.brief + (f": {self.examples}" if self.examples else "")
+
+    @property
+    def brief(self) -> str:
+        """The finding without the cells it is about: what may be written where evaluators
+        read (a warning's cells point at what the published totals determine)."""
         return f"{self.table}: {self.kind}: {self.message}"
 
 
@@ -659,13 +666,13 @@ def check_table(con, rule: TableRule) -> list[Violation]:
             duplicates.append(cells.describe(i))
         seen[key] = i
     if duplicates:
-        out.append(Violation(table, "duplicate_cell", "several rows share the key columns "
-                                                       f"{list(rule.key_columns)}: " + _examples(duplicates)))
+        out.append(Violation(table, "duplicate_cell", f"several rows share the key columns {list(rule.key_columns)}",
+                             examples=_examples(duplicates)))
     small = [cells.describe(i) + f" ({', '.join(f'{c}={v}' for c, v in zip(rule.count_columns, cells.counts[i]) if rule.is_small(v))})"
              for i in range(len(cells)) if not cells.flagged[i] and any(rule.is_small(v) for v in cells.counts[i])]
     if small:
-        out.append(Violation(table, "small_cell", f"{len(small)} published cells count fewer than {rule.k} people: "
-                             + _examples(small)))
+        out.append(Violation(table, "small_cell", f"{len(small)} published cells count fewer than {rule.k} people",
+                             examples=_examples(small)))
     flagged_rowids = [cells.rowids[i] for i in range(len(cells)) if cells.flagged[i]]
     if flagged_rowids:
         condition = " or ".join(f"{_q(c)} is not null" for c in rule.suppressed_columns)
@@ -680,7 +687,7 @@ def check_table(con, rule: TableRule) -> list[Violation]:
                 if any(i in suppressed for i in g) and not all(i in suppressed for i in g)]
     if unlinked:
         out.append(Violation(table, "linked_pattern", f"cells suppressed in some of the strata linked across "
-                             f"{list(rule.link_across)} but published in others: " + _examples(unlinked)))
+                             f"{list(rule.link_across)} but published in others", examples=_examples(unlinked)))
     exposed = recoverable(cells, suppressed)
     unfixable = determined_by_totals(cells, touching=exposed) if exposed else set()
     exposed = sorted(exposed - unfixable)
@@ -688,10 +695,11 @@ def check_table(con, rule: TableRule) -> list[Violation]:
     if small_unfixable:
         out.append(Violation(table, "determined_by_totals", f"{len(small_unfixable)} suppressed cells are determined "
                              "by the line totals alone (sparse table): the tables publishing those totals must "
-                             "protect them: " + _examples([cells.describe(i) for i in small_unfixable]), blocking=False))
+                             "protect them", blocking=False,
+                             examples=_examples([cells.describe(i) for i in small_unfixable])))
     if exposed:
         out.append(Violation(table, "recoverable", f"{len(exposed)} suppressed cells can be recomputed from the "
-                             "published cells and totals: " + _examples([cells.describe(i) for i in exposed])))
+                             "published cells and totals", examples=_examples([cells.describe(i) for i in exposed])))
     return out
 
 

@@ -45,3 +45,19 @@ def test_status_before_any_refresh_says_what_to_do(tmp_path, monkeypatch, capsys
 def test_unknown_command_is_an_error():
     with pytest.raises(SystemExit):
         main(["frobnicate"])
+
+
+def test_disclosure_lists_findings_of_a_warehouse_file(settings, tmp_path, capsys):
+    assert main(["disclosure"]) == 2  # nothing published yet
+    assert "no warehouse at" in capsys.readouterr().err
+    import duckdb
+
+    path = tmp_path / "other.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("create schema marts")
+    con.execute("create table marts.mart_new (region_code varchar, sex varchar, people bigint)")
+    con.close()
+    assert main(["disclosure", "--warehouse", str(path)]) == 1  # the configured marts are missing: blocking
+    out = capsys.readouterr().out
+    assert "BLOCKING  marts.mart_coverage_targeting: missing_table" in out
+    assert "warning   marts.mart_new: unconfigured_table" in out
