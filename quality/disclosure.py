@@ -23,7 +23,8 @@ step renames it onto ``jisr.duckdb`` (never in the build warehouse):
    combination of lines even when no single line has one unknown). The suppressed cells of
    each connected group of lines are the unknowns of a linear system whose equations are
    the lines; a cell is recoverable exactly when its unit vector lies in the row space of
-   that system (its component is zero in every null-space vector, computed by SVD). For such
+   that system (the matching row of an orthonormal basis of the row space, from a pivoted QR
+   factorisation, has norm 1). For such
    a cell one more complementary cell is suppressed (the smallest in a line through it) and
    steps 2-3 repeat.
 4. ``link_across``: when a count is repeated across strata (e.g. the registered population
@@ -31,11 +32,15 @@ step renames it onto ``jisr.duckdb`` (never in the build warehouse):
    stratum is suppressed in every linked stratum, so the published copy in another stratum
    cannot give the suppressed one away.
 
-``check(con, settings)`` returns the violations that must block publishing: a configured
+``review(con, settings)`` returns every finding (the publication gate and ``jisr disclosure``
+call it); ``check(con, settings)`` only the violations that must block publishing: a configured
 table or column missing, a table not protected (no flag column), duplicate cells, an
 unsuppressed cell under ``k``, a suppressed cell whose counts or values are still
 published, linked strata with different patterns, a numeric column nobody classified, and
-any suppressed cell recoverable exactly from the lines (step 3).
+any suppressed cell recoverable exactly from the lines (step 3). The warnings of ``review``
+(a breakdown table nobody configured; suppressed cells that line totals alone determine)
+do not block. A finding's ``brief`` leaves out the cells it is about (``examples``): that
+form is what goes where evaluators read (publication logs).
 
 Limits (documented in docs/bi-access.md): protection is against exact recovery through the
 lines of one table. It does not bound how narrow the interval of a suppressed value can be

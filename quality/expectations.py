@@ -29,6 +29,9 @@ stay in one chunk; the chunks of a large delivery are validated by the ingestion
    they read), with ``result_format="COMPLETE"`` and
    ``unexpected_index_column_names=["_source_row"]``.
 
+In the first pass the expectations with a row condition run apart, on the columns they read
+(GX copies the whole batch it is given for each condition).
+
 Every failing (row, ``gx:<expectation>:<column>``) goes back to the quarantine. An expectation
 that raised (its ``exception_info``, in either pass) counts as failed for every row of the
 batch: an errored check is never a pass. Values of direct identifiers never leave the
@@ -244,7 +247,8 @@ class _GX:
 
         # GX fingerprints every pandas batch under HASH_THRESHOLD bytes (an MD5 of a hash of
         # every value) only to label the batch in the result's metadata, which nothing here
-        # reads: 60% of the time of validating a 378,000-row delivery. 0: no fingerprint.
+        # reads: 61% of the time of validating a 378,000-row delivery. 0: no fingerprint (for the
+        # whole process: a setting of GX's pandas engine).
         pandas_execution_engine.HASH_THRESHOLD = 0
         self.gx = gx
         self.context = gx.get_context(mode="ephemeral", project_config=DataContextConfig(
@@ -281,7 +285,7 @@ class _GX:
         return self.definitions[key]
 
 
-def _discard_result(**_) -> None:
+def _discard_result(*_, **__) -> None:
     return None
 
 
@@ -392,11 +396,6 @@ def _run(contract: Contract, specs: list[ExpectationSpec], frame, result_format:
     return {(r.expectation_config.meta or {}).get("rule"): r for r in result.results}, None
 
 
-def _condition_column(spec: ExpectationSpec) -> str | None:
-    """The column of the expectation's row condition (``<column>`` is not null), if any."""
-    return spec.when_present
-
-
 def _domain_rows(spec: ExpectationSpec, frame) -> int:
     """Rows an expectation evaluates (GX's ``element_count``): the batch, or the rows meeting
     its row condition."""
@@ -412,7 +411,7 @@ def _columns_for(specs: list[ExpectationSpec], frame):
     wanted = ["_source_row"]
     for spec in specs:
         column = spec.kwargs.get("column")
-        names = [*spec.kwargs.get("column_list", []), column, _condition_column(spec)]
+        names = [*spec.kwargs.get("column_list", []), column, spec.when_present]
         if column and column.endswith("__typed"):
             names.append(column.removesuffix("__typed"))  # the delivered text, for messages
         wanted += [n for n in names if n]
@@ -442,9 +441,10 @@ def validate_frame(contract: Contract, specs: list[ExpectationSpec], frame, outc
 
     conditional = [s for s in specs if s.when_present]
     plain = [s for s in specs if not s.when_present]
-    for group, batch in ((plain, frame), (conditional, _columns_for(conditional, frame))):
-        if group:
-            run(group, batch, FIRST_PASS)
+    if plain:
+        run(plain, frame, FIRST_PASS)
+    if conditional:
+        run(conditional, _columns_for(conditional, frame), FIRST_PASS)
     failed = [s for s in specs if by_rule.get(s.rule) is not None and not by_rule[s.rule].success
               and not exception_raised(by_rule[s.rule].exception_info)[0]]
     if failed:
@@ -577,16 +577,17 @@ class SuiteValidator:
         self.workers = max(int(workers), 0)
         self.seconds = 0.0
         self.batches = 0
-        self.worker_chunks = 0  # chunks a worker process validated
+        self.worker_chunks = 0  # chunks a worker process validated (and returned)
         self._pool = None
         self._warm: list = []
 
     def start(self, wait: bool = False) -> None:
         """Start the worker processes (if ``workers``) and their import of GX, in the background.
 
-        A chunk goes to a worker only once that import is done: until then this process
-        validates the chunks itself rather than wait (importing GX takes seconds). ``wait``
-        blocks until the workers are ready.
+        Chunks go to the workers only once as many warm-ups as workers have run (with one
+        worker: once it has imported GX); until then this process validates the chunks
+        itself rather than wait (importing GX takes seconds). ``wait`` blocks until then.
+        A warm-up still running when the pass ends finishes in the background.
         """
         if self.workers and self._pool is None:
             import multiprocessing
@@ -597,14 +598,14 @@ class SuiteValidator:
             self._warm = [self._pool.submit(_warm_up) for _ in range(self.workers)]
         if wait and self._pool is not None:
             for future in self._warm:
-                self._collect(future, None)
+                self._collect(future)
 
     def _ready(self) -> bool:
         """Whether the workers finished importing GX (a worker that died stops the workers)."""
         if self._pool is None or not all(f.done() for f in self._warm):
             return False
         for future in self._warm:
-            self._collect(future, None)
+            self._collect(future)
         return self._pool is not None
 
     def close(self) -> None:
@@ -629,6 +630,9 @@ class SuiteValidator:
             where = f" where hash({', '.join(keys)}) % {chunks} = {i}" if chunks > 1 else ""
             return f"select {select} from {typed_table}{where} order by _source_row"
 
+        def here(j: int):
+            return lambda: validate_chunk(contract, specs, fetch_frame(con, chunk_sql(j)))
+
         results: dict[int, tuple] = {}
         pending: dict[int, Any] = {}
         for i in range(chunks):
@@ -637,16 +641,18 @@ class SuiteValidator:
                 continue
             if chunks > 1:
                 self.start()
+            submitted = None
             if chunks > 1 and len(pending) < self.workers and self._ready():
-                pending[i] = self._pool.submit(validate_chunk, contract, specs, frame)
-                self.worker_chunks += 1
+                submitted = self._submit(validate_chunk, contract, specs, frame)
+            if submitted is not None:
+                pending[i] = submitted
             else:
                 results[i] = validate_chunk(contract, specs, frame)
             del frame
             for j in [j for j, future in pending.items() if future.done()]:
-                results[j] = self._collect(pending.pop(j), lambda j=j: (contract, specs, con, chunk_sql(j)))
+                results[j] = self._collect(pending.pop(j), here(j))
         for j, future in pending.items():
-            results[j] = self._collect(future, lambda j=j: (contract, specs, con, chunk_sql(j)))
+            results[j] = self._collect(future, here(j))
         outcomes: dict[str, Outcome] = {}
         violations = []
         for i in sorted(results):
@@ -659,23 +665,36 @@ class SuiteValidator:
         self._record(con, contract, batch, total, chunks, specs, outcomes, seconds)
         return violations
 
-    def _collect(self, future, chunk) -> tuple | None:
-        """A worker's result; should the worker have died, the workers stop and ``chunk()``
-        (contract, specs, connection, query) is validated here. ``chunk`` None: a worker's
-        warm-up, whose failure (of any kind) only stops the workers."""
-        try:
-            return future.result()
-        except Exception:
-            from concurrent.futures.process import BrokenProcessPool
+    def _submit(self, fn, *args):
+        """``fn(*args)`` in a worker; None if the workers are gone (they are stopped then)."""
+        from concurrent.futures.process import BrokenProcessPool
 
-            if chunk is not None and not isinstance(future.exception(), BrokenProcessPool):
+        try:
+            return self._pool.submit(fn, *args)
+        except BrokenProcessPool:  # a worker died while idle
+            self._stop_workers()
+            return None
+
+    def _collect(self, future, here=None):
+        """A worker's result. Should the worker have died, the workers stop and ``here()``
+        gives the result instead (the chunk validated in this process). Without ``here`` (a
+        worker's warm-up), any failure only stops the workers."""
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            result = future.result()
+        except Exception:
+            if here is not None and not isinstance(future.exception(), BrokenProcessPool):
                 raise
-            self.close()
-            self.workers = 0
-            if chunk is None:
-                return None
-            contract, specs, con, sql = chunk()
-            return validate_chunk(contract, specs, fetch_frame(con, sql))
+            self._stop_workers()
+            return here() if here is not None else None
+        if here is not None:
+            self.worker_chunks += 1
+        return result
+
+    def _stop_workers(self) -> None:
+        self.close()
+        self.workers = 0
 
     def _record(self, con, contract, batch, rows, chunks, specs, outcomes, seconds) -> None:
         con.execute("create schema if not exists quality")

@@ -3,7 +3,6 @@ readers keep a consistent snapshot; a killed publish changes nothing; rollback; 
 
 import hashlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -97,7 +96,7 @@ def serving_value(settings, sql="select estimate from impact.impact_estimates"):
 
 
 DRIVER_STUB = """
-import sys, time, types
+import sys, time
 from pathlib import Path
 import jisr.publish as P, quality.disclosure as D
 from jisr.settings import Settings

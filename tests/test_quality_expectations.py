@@ -3,6 +3,7 @@ quarantine, errored expectations counting as failures, chunking, and the HTML re
 
 import csv
 import json
+import time
 from datetime import datetime
 
 import duckdb
@@ -223,6 +224,27 @@ def test_suite_validator_validates_alone_when_its_worker_cannot_start(settings, 
     assert summary.files[0].rows_quarantined == 1
     assert {(row, rule) for _, row, rule, _, _ in _quarantine(settings)} == {
         (6, "gx:expect_column_values_to_be_in_set:sex")}
+
+
+def test_suite_validator_validates_alone_when_its_worker_dies_idle(settings, contracts):
+    import os
+    import signal
+
+    rows = [person(i) for i in range(20)]
+    rows[5]["sex"] = "X"
+    _write_people(settings, contracts, rows)
+    validator = SuiteValidator(settings.seeds_dir, run_id="run-gx", chunk_rows=7, workers=1)
+    validator.start(wait=True)
+    for process in list(validator._pool._processes.values()):  # the worker is killed while it waits
+        os.kill(process.pid, signal.SIGKILL)
+    deadline = time.time() + 30
+    while not validator._pool._broken and time.time() < deadline:
+        time.sleep(0.05)
+    summary = _ingest(settings, contracts, validator)
+    assert validator.workers == 0 and validator.worker_chunks == 0
+    assert {(row, rule) for _, row, rule, _, _ in _quarantine(settings)} == {
+        (6, "gx:expect_column_values_to_be_in_set:sex")}
+    assert summary.files[0].rows_quarantined == 1
 
 
 def test_suites_do_not_fingerprint_or_keep_each_batch(settings, contracts, monkeypatch):
