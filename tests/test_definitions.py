@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -81,6 +82,7 @@ def test_webserver_serves_the_asset_graph_and_the_last_run(tmp_path, contracts):
     """What `make dev` serves: the assets of the code location and the runs in its history."""
     env = dict(os.environ, JISR_HOME=str(tmp_path), DAGSTER_HOME=str(tmp_path / "dagster"), JISR_DEMO="1")
     (tmp_path / "dagster").mkdir()
+    shutil.copyfile(PROJECT_DIR / "orchestration" / "dagster.yaml", tmp_path / "dagster" / "dagster.yaml")
     write_delivery(tmp_path / "landing", contracts["programmes"], "programmes_2025-01.csv", [PROGRAMME])
     # a run of the refresh job's ingestion step, recorded in that instance
     code = ("from orchestration.definitions import defs; import dagster as dg; "
@@ -109,6 +111,10 @@ def test_webserver_serves_the_asset_graph_and_the_last_run(tmp_path, contracts):
         runs = _graphql(port, '{ runsOrError { ... on Runs { results { runId status jobName } } } }')
         results = runs["runsOrError"]["results"]
         assert {"runId": run_id, "status": "SUCCESS", "jobName": "refresh_job"} in results
+        # the run's events, read through the instance's event log storage (orchestration/event_log.py)
+        asset = _graphql(port, '{ assetOrError(assetKey: {path: ["raw", "programmes"]}) '
+                               '{ ... on Asset { assetMaterializations(limit: 1) { runId } } } }')
+        assert asset["assetOrError"]["assetMaterializations"] == [{"runId": run_id}]
     finally:
         web.terminate()
         web.wait(timeout=30)
