@@ -175,13 +175,17 @@ def test_every_model_states_its_grain_and_documents_its_columns(manifest):
 
 def test_every_primary_key_is_tested_unique_and_not_null(manifest):
     problems = []
+    per_column = sorted(n["name"] for n in manifest["nodes"].values()
+                        if n["resource_type"] == "test" and (n.get("test_metadata") or {}).get("name") == "not_null")
+    assert not per_column, f"declare not-null columns in the model's not_null_columns test: {per_column}"
     for name, node in models(manifest).items():
         key = primary_key(node)
         if not key:
             problems.append(f"{name}: no meta.primary_key")
             continue
         tests = generic_tests_on(manifest, name)
-        not_null = {t["column"] for t in tests if t["name"] == "not_null"}
+        # the columns a model promises are never null: one not_null_columns test per model
+        not_null = {c for t in tests if t["name"] == "not_null_columns" for c in t["kwargs"]["column_names"]}
         if len(key) == 1:
             unique = {t["column"] for t in tests if t["name"] == "unique" and not t["kwargs"].get("config", {}).get("where")}
             if key[0] not in unique or key[0] not in not_null:

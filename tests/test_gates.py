@@ -29,7 +29,7 @@ from tests.test_publish import make_build, stub_disclosure
 MARTS = [dg.AssetKey(path) for path in (["marts", "dim_programmes"], ["detail", "dim_beneficiaries"],
                                         ["detail", "fct_payments"], ["marts", "mart_payments"])]
 IMPACT = dg.AssetKey(["impact", "impact_estimates"])
-DBT_TEST = "not_null_fct_payments_amount_mad"
+DBT_TEST = "not_null_fct_payments"
 
 
 def stand_in_defs(flags: dict) -> dg.Definitions:

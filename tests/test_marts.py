@@ -895,6 +895,25 @@ def test_a_relation_no_model_defines_any_more_is_dropped(tmp_path):
     assert {"marts.dim_programmes", "staging.stg_msisf__programmes", "impact.impact_estimates"} <= left
 
 
+def test_not_null_columns_counts_the_null_cells_of_every_column_that_has_some(tmp_path):
+    """One test per model checks every column the model promises is never null; a failure
+    says which columns, and how many cells."""
+    home = tmp_path / "home"
+    make_home(home, ["2025-01"])
+    run_dbt(home, "build", "--select", "+dim_programmes", "--exclude-resource-type", "test")
+    assert "PASS not_null_dim_programmes" in run_dbt(home, "test", "--select", "not_null_dim_programmes").stdout
+    con = duckdb.connect(str(home / "warehouse" / "build.duckdb"))
+    n = con.execute("select count(*) from marts.dim_programmes").fetchone()[0]
+    con.execute("update marts.dim_programmes set programme_name = null")
+    con.execute("update marts.dim_programmes set action_line = null "
+                "where programme_code = (select min(programme_code) from marts.dim_programmes)")
+    con.close()
+    with pytest.raises(AssertionError, match=f"FAIL {n + 1} not_null_dim_programmes"):
+        run_dbt(home, "test", "--select", "not_null_dim_programmes")
+    compiled = next((home / "dbt_target" / "compiled").rglob("not_null_dim_programmes.sql")).read_text()
+    assert sorted(query(home, compiled)) == [("action_line", 1), ("programme_name", n)]
+
+
 def test_full_refresh_rebuilds_the_same_tables_as_incremental_refreshes(refreshed):
     home, _, _, after, built_tables = refreshed
     assert {f"{schema}.{fact}" for fact, schema in INCREMENTAL_FACTS.items()} <= set(built_tables)
