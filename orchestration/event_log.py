@@ -5,8 +5,9 @@ asset materializations, asset check evaluations: about 1,400 for a refresh) in S
 under ``$DAGSTER_HOME/history/runs``: one file per run, and an index file that mirrors the
 asset and check events. Dagster's ``SqliteEventLogStorage`` creates a new SQLAlchemy engine and
 opens a new connection for every write, asks the index file whether a table exists for every
-asset check event, and syncs every commit to disk: together about a third of a refresh that
-finds no new delivery (BENCHMARKS.md).
+asset check event, and syncs every commit to disk. In a profile of a refresh of one new month
+at 1,000,000 beneficiaries, storing events took 15 s of 42 s; this storage saves about 4 s
+of a 29 s refresh that finds no new delivery (BENCHMARKS.md).
 
 This storage writes the same files, with the same schema, through the same code, except that:
 
