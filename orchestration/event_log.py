@@ -18,7 +18,10 @@ This storage writes the same files, with the same schema, through the same code,
 - commits are not synced to disk one by one: ``PRAGMA synchronous=NORMAL`` in the WAL mode
   Dagster already sets on these files (SQLite's recommended setting for WAL: the database
   cannot be corrupted; a power cut can lose the last events written, never a crash of the
-  process).
+  process);
+- after each event, a passive checkpoint copies the run file's write-ahead log into the
+  file, as closing the last connection did: the Dagster UI follows a running run by
+  watching that file.
 
 Files written by this storage are plain Dagster event logs: removing it from dagster.yaml
 loses nothing. Production instances keep their events in PostgreSQL (deploy/dagster.yaml)
@@ -95,6 +98,22 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
                 self._initialized_dbs.add(shard)
             with engine.connect() as conn, conn.begin():
                 yield conn
+
+    def store_event(self, event) -> None:
+        super().store_event(event)
+        self._checkpoint(event.run_id)
+
+    def _checkpoint(self, shard: str) -> None:
+        """Copy the run file's write-ahead log into the file itself.
+
+        The Dagster UI follows a running run by watching its ``<run_id>.db`` for changes
+        (``SqliteEventLogStorageWatchdog``); in WAL mode an insert only touches the ``-wal``
+        file, and Dagster's storage relied on the checkpoint SQLite runs when the last
+        connection closes, which a kept connection never does. A passive checkpoint after
+        each event does the same for the run's file (never waits on readers).
+        """
+        with self._db_lock, self._engine(shard).connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
     def has_table(self, table_name: str) -> bool:
         if table_name in self._known_tables:

@@ -100,3 +100,33 @@ def test_wipe_closes_the_files_before_deleting_them(instance):
     assert [e for e in instance.all_logs(run_id) if e.dagster_event_type == dg.DagsterEventType.ASSET_MATERIALIZATION]
     with sqlite3.connect(f"{storage._base_dir}/{run_id}.db") as conn:
         assert conn.execute("select count(*) from event_logs").fetchone()[0] > 0
+
+
+def test_the_ui_follows_a_running_run_event_by_event(tmp_path):
+    """The webserver follows a run by watching the run's file (Dagster's watchdog): each
+    event must reach it while the run goes on, not when the writing process exits."""
+    import time
+
+    from dagster._core.events.log import EventLogEntry
+
+    writer = PooledSqliteEventLogStorage(str(tmp_path))
+    webserver = SqliteEventLogStorage(str(tmp_path))
+    seen: list[str] = []
+
+    def event(message):
+        return EventLogEntry(error_info=None, level="INFO", user_message=message, run_id="run", timestamp=time.time())
+
+    try:
+        writer.store_event(event("first"))
+        webserver.watch("run", None, lambda entry, _cursor: seen.append(entry.user_message))
+        for message in ("second", "third"):
+            time.sleep(0.3)  # the watcher is a file-system observer thread
+            writer.store_event(event(message))
+            deadline = time.time() + 10
+            while message not in seen and time.time() < deadline:
+                time.sleep(0.05)
+            assert message in seen, f"the watcher saw {seen} while the writer keeps its connection"
+        assert writer._engines  # and the writer did keep it
+    finally:
+        webserver.dispose()
+        writer.dispose()
