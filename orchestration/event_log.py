@@ -19,9 +19,9 @@ This storage writes the same files, with the same schema, through the same code,
   Dagster already sets on these files (SQLite's recommended setting for WAL: the database
   cannot be corrupted; a power cut can lose the last events written, never a crash of the
   process);
-- after each event, a passive checkpoint copies the run file's write-ahead log into the
-  file, as closing the last connection did: the Dagster UI follows a running run by
-  watching that file.
+- after each event, the run file's modification time is set: the Dagster UI follows a
+  running run by watching that file, which closing the last connection used to change
+  (SQLite checkpoints the write-ahead log then).
 
 Files written by this storage are plain Dagster event logs: removing it from dagster.yaml
 loses nothing. Production instances keep their events in PostgreSQL (deploy/dagster.yaml)
@@ -101,19 +101,23 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
 
     def store_event(self, event) -> None:
         super().store_event(event)
-        self._checkpoint(event.run_id)
+        self._touch(event.run_id)
 
-    def _checkpoint(self, shard: str) -> None:
-        """Copy the run file's write-ahead log into the file itself.
+    def _touch(self, shard: str) -> None:
+        """Tell the watchers of a run that it has a new event.
 
         The Dagster UI follows a running run by watching its ``<run_id>.db`` for changes
-        (``SqliteEventLogStorageWatchdog``); in WAL mode an insert only touches the ``-wal``
-        file, and Dagster's storage relied on the checkpoint SQLite runs when the last
-        connection closes, which a kept connection never does. A passive checkpoint after
-        each event does the same for the run's file (never waits on readers).
+        (``SqliteEventLogStorageWatchdog``). In WAL mode an insert only writes the ``-wal``
+        file; Dagster's storage got the main file changed by the checkpoint SQLite runs
+        when the last connection closes, which a kept connection never does (and a
+        checkpoint copies nothing while a reader holds an older snapshot). Setting the
+        file's modification time after the commit notifies the watchers every time; they
+        then read the new event from the log like any reader.
         """
-        with self._db_lock, self._engine(shard).connect() as conn:
-            conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+        try:
+            os.utime(self.path_for_shard(shard))
+        except FileNotFoundError:  # wiped meanwhile
+            pass
 
     def has_table(self, table_name: str) -> bool:
         if table_name in self._known_tables:
@@ -124,10 +128,10 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         return found
 
     def _close_engines(self) -> None:
-        with self._engines_lock:
+        with self._db_lock, self._engines_lock:  # not while another thread uses a connection
             engines, self._engines = list(self._engines.values()), OrderedDict()
-        for engine in engines:
-            engine.dispose()
+            for engine in engines:
+                engine.dispose()
 
     def wipe(self) -> None:
         self._close_engines()  # before the files are deleted
@@ -135,8 +139,8 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         super().wipe()
 
     def dispose(self) -> None:
+        super().dispose()  # stops the watchers first: a late callback would open an engine again
         self._close_engines()
-        super().dispose()
 
 
 def _no_sync_per_commit(dbapi_connection, _record) -> None:

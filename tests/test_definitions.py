@@ -112,6 +112,7 @@ def test_webserver_serves_the_asset_graph_and_the_last_run(tmp_path, contracts):
         results = runs["runsOrError"]["results"]
         assert {"runId": run_id, "status": "SUCCESS", "jobName": "refresh_job"} in results
         # the run's events, read through the instance's event log storage (orchestration/event_log.py)
+        assert "PooledSqliteEventLogStorage" in _graphql(port, "{ instance { info } }")["instance"]["info"]
         asset = _graphql(port, '{ assetOrError(assetKey: {path: ["raw", "programmes"]}) '
                                '{ ... on Asset { assetMaterializations(limit: 1) { runId } } } }')
         assert asset["assetOrError"]["assetMaterializations"] == [{"runId": run_id}]

@@ -103,30 +103,41 @@ def test_wipe_closes_the_files_before_deleting_them(instance):
 
 
 def test_the_ui_follows_a_running_run_event_by_event(tmp_path):
-    """The webserver follows a run by watching the run's file (Dagster's watchdog): each
-    event must reach it while the run goes on, not when the writing process exits."""
+    """The webserver (same storage class under `make dev`) follows a run by watching the
+    run's file: each event must reach it while the run goes on, also when a reader holds a
+    snapshot of the log at the moment the event is written, not when the writer exits."""
     import time
 
     from dagster._core.events.log import EventLogEntry
 
     writer = PooledSqliteEventLogStorage(str(tmp_path))
-    webserver = SqliteEventLogStorage(str(tmp_path))
+    webserver = PooledSqliteEventLogStorage(str(tmp_path))
     seen: list[str] = []
 
     def event(message):
         return EventLogEntry(error_info=None, level="INFO", user_message=message, run_id="run", timestamp=time.time())
 
+    def wait_for(message):
+        deadline = time.time() + 10
+        while message not in seen and time.time() < deadline:
+            time.sleep(0.05)
+        assert message in seen, f"the watcher saw {seen}, not {message!r}"
+
     try:
         writer.store_event(event("first"))
         webserver.watch("run", None, lambda entry, _cursor: seen.append(entry.user_message))
-        for message in ("second", "third"):
-            time.sleep(0.3)  # the watcher is a file-system observer thread
-            writer.store_event(event(message))
-            deadline = time.time() + 10
-            while message not in seen and time.time() < deadline:
-                time.sleep(0.05)
-            assert message in seen, f"the watcher saw {seen} while the writer keeps its connection"
-        assert writer._engines  # and the writer did keep it
+        time.sleep(0.3)  # the watcher is a file-system observer thread
+        writer.store_event(event("second"))
+        wait_for("second")
+        reader = sqlite3.connect(tmp_path / "run.db")
+        try:
+            reader.execute("begin")
+            reader.execute("select count(*) from event_logs").fetchone()  # a snapshot held open
+            writer.store_event(event("last"))
+            wait_for("last")
+        finally:
+            reader.close()
+        assert writer._engines and webserver._engines  # both kept their connections
     finally:
         webserver.dispose()
         writer.dispose()
