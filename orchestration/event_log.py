@@ -7,7 +7,7 @@ asset and check events. Dagster's ``SqliteEventLogStorage`` creates a new SQLAlc
 opens a new connection for every write, asks the index file whether a table exists for every
 asset check event, and syncs every commit to disk. In a profile of a refresh of one new month
 at 1,000,000 beneficiaries, storing events took 15 s of 42 s; with this storage, a refresh
-that finds no new delivery takes 22.9 / 23.4 s instead of 25.1 / 25.7 s (BENCHMARKS.md).
+that finds no new delivery takes 22.6 / 22.4 s instead of 25.8 / 24.7 s (BENCHMARKS.md).
 
 This storage writes the same files, with the same schema, through the same code, except that:
 
