@@ -259,7 +259,9 @@ def render(run: dict) -> str:
             "\"start-up and bookkeeping\" is the rest of the wall time (interpreter, imports, loading "
             "the definitions, creating the run, event writes between steps). Quality is the asset-check "
             "steps plus the Great Expectations suites, which run inside the ingestion step (their time "
-            "is read from `quality.gx_results` and moved from ingestion to quality).", ""]
+            "is read from `quality.gx_results` and moved from ingestion to quality: the time the ingestion "
+            "process spent on them, validating or waiting for the worker; a delivery the worker validated "
+            "while the ingestion typed the next one counts only the wait).", ""]
     header = ["stage"] + [f"{n} {kind}" for n in names for kind in ("full", "incremental")]
     stage_rows = []
     extra = sorted({k for s in scales for kind in ("full", "incremental")

@@ -14,6 +14,11 @@ For each delivered file (in contract dependency order, then batch order):
 5. record the delivery in ``meta.deliveries`` where rows delivered = loaded + quarantined.
 
 Each file is one transaction: a crash leaves the store as it was before that file.
+Steps 2 and 3's typing run before the transaction, in temporary tables, and so do the
+validators that only read the typed file (the Great Expectations suites start then, in
+their worker process): the next file is staged and typed while the suites check the one
+before, whose transaction (checks against the raw store, quarantine, raw rows, supersede,
+delivery log) follows. Files are committed in load order, each after every earlier one.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from typing import Callable, Iterable
 
 from ingestion import pseudonymise, store
 from ingestion.contracts import Contract, contract_for, seed_values
-from ingestion.readers import FileRejected, drop_staged, stage_file
+from ingestion.readers import FileRejected, Staged, drop_staged, stage_file
 
 # A validator receives (con, contract, typed_table, batch) and returns SQL producing
 # (source_row, rule, column_name, message) for failing rows; extra validators (e.g. the
@@ -190,9 +195,10 @@ def _reference_sql(contract: Contract, contracts: dict[str, Contract], typed: st
     return " union all ".join(parts)
 
 
-def _insert_violations(con, found: Iterable[tuple[int, str, str | None, str]]) -> None:
+def _insert_violations(con, found: Iterable[tuple[int, str, str | None, str]],
+                       table: str = "violations_delivery") -> None:
     """Add a validator's failing (source_row, rule, column_name, message) rows to
-    ``violations_delivery`` in one insert (row by row costs seconds at national scale)."""
+    the delivery's violations table in one insert (row by row costs seconds at national scale)."""
     import pyarrow as pa
 
     found = list(found)
@@ -205,7 +211,47 @@ def _insert_violations(con, found: Iterable[tuple[int, str, str | None, str]]) -
         "column_name": pa.array(columns, pa.string()),
         "message": pa.array(messages, pa.string()),
     })
-    con.execute("insert into violations_delivery select _source_row, rule, column_name, message from validator_rows")
+    con.execute(f"insert into {table} select _source_row, rule, column_name, message from validator_rows")
+
+
+@dataclass
+class _Prepared:
+    """A file read and typed into temporary tables, waiting to be committed."""
+
+    path: Path
+    partner: str
+    contract: Contract | None
+    batch: str | None
+    content_hash: str
+    now: datetime
+    slot: int = 0
+    reject: str | None = None  # why the file is rejected (decided at commit, in order)
+    staged: Staged | None = None
+    validations: list = field(default_factory=list)  # one callable per validator -> failing rows
+
+    @property
+    def staged_name(self) -> str:
+        return f"stg_delivery_{self.slot}"
+
+    @property
+    def typed(self) -> str:
+        return f"typed_delivery_{self.slot}"
+
+    @property
+    def violations(self) -> str:
+        return f"violations_delivery_{self.slot}"
+
+
+def _start(validator, con, contract: Contract, typed: str, batch: str | None) -> Callable[[], Iterable]:
+    """Start a validator on a typed delivery; the callable returned gives its failing rows.
+
+    A validator with a ``submit`` method may work elsewhere meanwhile (the suites' worker
+    process); any other runs when its rows are asked for, at commit.
+    """
+    submit = getattr(validator, "submit", None)
+    if submit is not None:
+        return submit(con, contract, typed, batch)
+    return lambda: validator(con, contract, typed, batch)
 
 
 class Ingestor:
@@ -241,76 +287,142 @@ class Ingestor:
 
     # -- main entry ----------------------------------------------------------------------
     def ingest(self, landing_dir: Path, sources: Iterable[str] | None = None) -> IngestSummary:
+        """Ingest the files of the landing area, one transaction per file, in load order.
+
+        Each file is first prepared (staged and typed in temporary tables, its validators
+        started: nothing written to the store), then committed (the checks that read the
+        raw store, the validators' results, quarantine, raw rows, supersede, delivery log).
+        The next file is prepared before the previous one is committed, so a validator
+        working in another process (the suites' worker) checks file N while this process
+        stages and types file N+1. Commits stay in load order and each sees every earlier
+        commit.
+        """
         wanted = set(sources) if sources else None
         con = store.connect(self.store_path)
+        pending: _Prepared | None = None
         try:
             store.ensure_schema(con, self.contracts)
             store.check_key(con, pseudonymise.key_fingerprint(self.key))
             pseudonymise.install(con, self.key)
             results = []
+            slot = 0  # the prepared file and the one before it use two sets of temporary tables
             for path, partner, contract, batch in self.discover(landing_dir):
                 if wanted is not None and (contract is None or contract.source not in wanted):
                     continue
-                results.append(self.ingest_file(con, path, partner, contract, batch))
+                try:
+                    prepared = self._prepare(con, path, partner, contract, batch, slot=slot)
+                except BaseException:
+                    if pending is not None:  # the file before is committed, as if prepared alone
+                        done, pending = pending, None
+                        results.append(self._commit(con, done))
+                    raise
+                slot = 1 - slot
+                done, pending = pending, prepared
+                if done is not None:
+                    results.append(self._commit(con, done))
+            if pending is not None:
+                done, pending = pending, None
+                results.append(self._commit(con, done))
             return IngestSummary(run_id=self.run_id, files=results)
         finally:
+            if pending is not None:
+                self._discard(con, pending)
             con.close()
             for validator in self.validators:
                 if hasattr(validator, "close"):  # e.g. worker processes of the suites
                     validator.close()
 
     def ingest_file(self, con, path: Path, partner: str, contract: Contract | None, batch: str | None) -> FileResult:
-        now = datetime.now(timezone.utc).replace(tzinfo=None)
-        content_hash = file_hash(path)
-        if contract is None:
-            known = ", ".join(sorted(c.file_pattern for c in self.contracts.values() if c.partner == partner))
-            reason = (f"no contract matches file name {path.name!r} in partner folder {partner!r}"
-                      + (f" (expected one of: {known})" if known else " (unknown partner folder)"))
-            return self._reject(con, path, partner, None, None, content_hash, reason, now)
+        """Ingest one file (prepare, then commit)."""
+        return self._commit(con, self._prepare(con, path, partner, contract, batch))
+
+    def _duplicate_of(self, con, contract: Contract, content_hash: str) -> tuple | None:
         previous = con.execute(
             "select delivery_id, status, contract_version from meta.deliveries where source = ? and content_hash = ? "
             "order by loaded_at desc limit 1", [contract.source, content_hash]).fetchone()
         if previous and (previous[1] != "rejected" or previous[2] == contract.version):
-            return FileResult(contract.source, partner, path.name, "duplicate", previous[0], batch,
-                              reason=f"same content as delivery {previous[0]} ({previous[1]}): nothing to do")
-        delivery_id = f"{contract.source}-{batch}-{content_hash[:12]}"
-        con.execute("begin transaction")
+            return previous
+        return None
+
+    def _prepare(self, con, path: Path, partner: str, contract: Contract | None, batch: str | None,
+                 slot: int = 0) -> _Prepared:
+        """Read and type a file into temporary tables and start its validators; nothing is
+        written to the store. What can already be decided (no contract, same content as a
+        delivery already loaded, an unreadable file) is decided at commit, in load order."""
+        now = datetime.now(timezone.utc).replace(tzinfo=None)
+        content_hash = file_hash(path)
+        prepared = _Prepared(path, partner, contract, batch, content_hash, now, slot)
+        if contract is None:
+            known = ", ".join(sorted(c.file_pattern for c in self.contracts.values() if c.partner == partner))
+            prepared.reject = (f"no contract matches file name {path.name!r} in partner folder {partner!r}"
+                               + (f" (expected one of: {known})" if known else " (unknown partner folder)"))
+            return prepared
+        if self._duplicate_of(con, contract, content_hash):
+            return prepared  # the commit reports it
         try:
-            try:
-                staged = stage_file(con, path, contract)
-            except FileRejected as exc:
-                con.execute("rollback")
-                return self._reject(con, path, partner, contract, batch, content_hash, exc.reason, now)
-            result = self._load_staged(con, path, partner, contract, batch, content_hash, delivery_id, staged, now)
-            con.execute("commit")
+            prepared.staged = stage_file(con, path, contract, table=prepared.staged_name)
+            self._type(con, prepared)
+            self._check_collisions(con, contract, path, prepared.typed)
+            prepared.validations = [_start(v, con, contract, prepared.typed, batch) for v in self.validators]
+        except FileRejected as exc:
+            self._discard(con, prepared)
+            prepared.reject = exc.reason
         except BaseException:
-            con.execute("rollback")
+            self._discard(con, prepared)
             raise
+        return prepared
+
+    def _commit(self, con, prepared: _Prepared) -> FileResult:
+        p = prepared
+        try:
+            if p.reject is not None:
+                return self._reject(con, p.path, p.partner, p.contract, p.batch, p.content_hash, p.reject, p.now)
+            previous = self._duplicate_of(con, p.contract, p.content_hash)  # also a file of this pass
+            if previous:
+                return FileResult(p.contract.source, p.partner, p.path.name, "duplicate", previous[0], p.batch,
+                                  reason=f"same content as delivery {previous[0]} ({previous[1]}): nothing to do")
+            con.execute("begin transaction")
+            try:
+                result = self._load_staged(con, p)
+                con.execute("commit")
+            except BaseException:
+                con.execute("rollback")
+                raise
         finally:
-            drop_staged(con)
-            for t in ("typed_delivery", "violations_delivery"):
-                con.execute(f"drop table if exists {t}")
+            self._discard(con, p)
         if result.rows_quarantined:
-            result.report_path = str(self._write_feedback(con, result, contract))
+            result.report_path = str(self._write_feedback(con, result, p.contract))
         return result
 
+    def _discard(self, con, prepared: _Prepared) -> None:
+        """Drop a prepared file's temporary tables (its validators' results are dropped with it)."""
+        prepared.validations = []
+        drop_staged(con, prepared.staged_name)
+        for t in (prepared.typed, prepared.violations):
+            con.execute(f"drop table if exists {t}")
+
     # -- the row path --------------------------------------------------------------------
-    def _load_staged(self, con, path, partner, contract, batch, content_hash, delivery_id, staged, now) -> FileResult:
+    def _type(self, con, p: _Prepared) -> None:
+        contract = p.contract
         typed_cols = [f"{typed_expr(contract, c)} as {c.name}__typed" for c in contract.columns]
         key_cols = [
             f"{pseudonymise.pseudonym_sql(c.pii, c.name)} as {c.name}__key" for c in contract.pii_columns
         ]
         con.execute(
-            f"create or replace temp table typed_delivery as select s.*, {_lit(batch)} as _batch, "
-            f"{', '.join(typed_cols + key_cols)} from {staged.table} s"
+            f"create or replace temp table {p.typed} as select s.*, {_lit(p.batch)} as _batch, "
+            f"{', '.join(typed_cols + key_cols)} from {p.staged.table} s"
         )
-        self._check_collisions(con, contract, path)
-        violations = _violations_sql(contract, "typed_delivery", self.seeds_dir)
-        refs = _reference_sql(contract, self.contracts, "typed_delivery")
-        sql = " union all ".join(p for p in (violations, refs) if p)
-        con.execute(f"create or replace temp table violations_delivery as {sql}")
-        for validator in self.validators:
-            _insert_violations(con, validator(con, contract, "typed_delivery", batch))
+
+    def _load_staged(self, con, p: _Prepared) -> FileResult:
+        path, partner, contract, batch, content_hash, now = p.path, p.partner, p.contract, p.batch, p.content_hash, p.now
+        delivery_id = f"{contract.source}-{batch}-{content_hash[:12]}"
+        typed, violations_table, staged = p.typed, p.violations, p.staged
+        violations = _violations_sql(contract, typed, self.seeds_dir)
+        refs = _reference_sql(contract, self.contracts, typed)
+        sql = " union all ".join(x for x in (violations, refs) if x)
+        con.execute(f"create or replace temp table {violations_table} as {sql}")
+        for finish in p.validations:
+            _insert_violations(con, finish(), violations_table)
 
         values = ", ".join(
             f"{_lit(c.raw_name)}, {c.name}__key" if c.pii else f"{_lit(c.name)}, {c.name}" for c in contract.columns
@@ -319,7 +431,7 @@ class Ingestor:
             "insert into quarantine.rows select ?, ?, ?, ?, v._source_row, v.rule, v.column_name, "
             "? || ', row ' || v._source_row || ': ' || v.message, "
             f"to_json(json_object({values}))::varchar, ?, ?, null "
-            "from violations_delivery v join typed_delivery t using (_source_row) order by v._source_row, v.rule",
+            f"from {violations_table} v join {typed} t using (_source_row) order by v._source_row, v.rule",
             [delivery_id, contract.source, path.name, content_hash, path.name, self.run_id, now],
         )
         raw_select = ", ".join(
@@ -327,17 +439,17 @@ class Ingestor:
         )
         con.execute(
             f"insert into raw.{contract.source} select {raw_select}, ?, _batch, ?, ?, _source_row, ?, ?, true "
-            "from typed_delivery where _source_row not in (select _source_row from violations_delivery) "
+            f"from {typed} where _source_row not in (select _source_row from {violations_table}) "
             "order by _source_row",
             [delivery_id, path.name, content_hash, now, self.run_id],
         )
         loaded = con.execute(f"select count(*) from raw.{contract.source} where _delivery_id = ?", [delivery_id]).fetchone()[0]
-        quarantined = con.execute("select count(distinct _source_row) from violations_delivery").fetchone()[0]
+        quarantined = con.execute(f"select count(distinct _source_row) from {violations_table}").fetchone()[0]
         if loaded + quarantined != staged.rows:
             raise RuntimeError(
                 f"{path.name}: row accounting failed ({staged.rows} delivered, {loaded} loaded, {quarantined} quarantined)"
             )
-        rules = dict(con.execute("select rule, count(*) from violations_delivery group by rule order by rule").fetchall())
+        rules = dict(con.execute(f"select rule, count(*) from {violations_table} group by rule order by rule").fetchall())
         self._supersede(con, contract, batch, delivery_id)
         con.execute(
             "insert into meta.deliveries values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'loaded', ?, ?, ?, null, ?, ?, ?, null)",
@@ -348,11 +460,11 @@ class Ingestor:
         return FileResult(contract.source, partner, path.name, "loaded", delivery_id, batch, staged.rows, loaded,
                           quarantined, warnings=staged.warnings, rules_failed=rules)
 
-    def _check_collisions(self, con, contract: Contract, path: Path) -> None:
+    def _check_collisions(self, con, contract: Contract, path: Path, typed: str) -> None:
         for col in contract.pii_columns:
             norm = pseudonymise.NORMALISE_SQL[col.pii].format(x=col.name)
             clear, keys = con.execute(
-                f"select count(distinct nullif({norm}, '')), count(distinct {col.name}__key) from typed_delivery"
+                f"select count(distinct nullif({norm}, '')), count(distinct {col.name}__key) from {typed}"
             ).fetchone()
             if clear != keys:
                 raise RuntimeError(

@@ -74,7 +74,7 @@ create table if not exists quality.gx_results (
     element_count bigint,
     unexpected_count bigint,
     unexpected_examples varchar,
-    seconds double
+    seconds double  -- time the ingestion process spent on the delivery (validating, or waiting for the worker)
 )"""
 
 WITHHELD = "(identifier withheld)"
@@ -562,11 +562,12 @@ class SuiteValidator:
     """Ingestion validator: ``validator(con, contract, typed_table, batch)`` -> failing rows.
 
     Pass an instance in ``Ingestor(..., validators=[SuiteValidator(seeds_dir, run_id)])``.
-    A delivery of several chunks is validated by this process and ``workers`` worker
-    processes at once (GX's pandas engine uses one core); the workers start at the first
-    such delivery (or :meth:`start`), take chunks once they have imported GX, and stop at
-    :meth:`close`. Results are merged in chunk order, so they do not depend on which
-    process validated which chunk.
+    With ``workers``, ingestion starts each delivery with :meth:`submit`: a delivery of one
+    chunk goes to a worker process while the ingestion types the next delivery; a delivery
+    of several chunks is validated by this process and the workers at once (GX's pandas
+    engine uses one core). The workers start at the first delivery (or :meth:`start`), take
+    work once they have imported GX, and stop at :meth:`close`. Results are merged in chunk
+    order, so they do not depend on which process validated which chunk.
     """
 
     def __init__(self, seeds_dir: Path, run_id: str | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS,
@@ -664,6 +665,49 @@ class SuiteValidator:
         self.batches += 1
         self._record(con, contract, batch, total, chunks, specs, outcomes, seconds)
         return violations
+
+    def submit(self, con, contract: Contract, typed_table: str, batch: str | None):
+        """Start validating a delivery; the callable returned gives its failing rows.
+
+        Ingestion calls it when a delivery is typed, and the callable when it commits the
+        delivery, after typing the next one. A delivery of one chunk goes to the worker
+        (once it has imported GX), which validates it while this process types the next
+        delivery; anything else is validated when the rows are asked for, as ``__call__``.
+        """
+        if not self.workers:
+            return lambda: self(con, contract, typed_table, batch)
+        self.start()
+        total = con.execute(f"select count(*) from {typed_table}").fetchall()[0][0]
+        if total > self.chunk_rows or not self._ready():
+            return lambda: self(con, contract, typed_table, batch)
+        started = time.monotonic()
+        specs = suite_specs(contract, self.seeds_dir)
+        present = set(con.sql(f"select * from {typed_table}").columns)
+        frame = fetch_frame(con, f"select {', '.join(_frame_sql(contract, typed_table, present))} "
+                                 f"from {typed_table} order by _source_row")
+        future = self._submit(validate_chunk, contract, specs, frame)
+        fetched = time.monotonic() - started
+        if future is None:  # the worker is gone: validate here, now
+            result = validate_chunk(contract, specs, frame)
+            return lambda: self._finish(con, contract, batch, total, specs, result, time.monotonic() - started)
+
+        def finish():
+            waited = time.monotonic()
+            result = self._collect(future, lambda: validate_chunk(contract, specs, frame))
+            return self._finish(con, contract, batch, total, specs, result, fetched + time.monotonic() - waited)
+
+        return finish
+
+    def _finish(self, con, contract, batch, total, specs, result, seconds):
+        """Record one delivery validated as a single chunk; its failing rows. ``seconds``: the
+        time this process spent on it (fetching the batch, then waiting for the worker)."""
+        found, rows = result
+        outcomes: dict[str, Outcome] = {}
+        _merge(outcomes, found)
+        self.seconds += seconds
+        self.batches += 1
+        self._record(con, contract, batch, total, 1, specs, outcomes, seconds)
+        return rows
 
     def _submit(self, fn, *args):
         """``fn(*args)`` in a worker; None if the workers are gone (they are stopped then)."""

@@ -289,3 +289,50 @@ def test_ingest_quarantines_every_row_a_validator_returns(settings, contracts):
                     (3, "extra:odd", "cin", "registre_2025-01.csv, row 3: row 3 is odd"),
                     (5, "extra:odd", "cin", "registre_2025-01.csv, row 5: row 5 is odd")]
     assert loaded == [2, 4, 6]
+
+
+def test_a_file_repeating_the_content_of_the_file_before_in_the_same_pass_is_a_duplicate(settings, contracts):
+    """Ingestion types a file before committing the one before it: the second of two files
+    with the same content is still found to repeat the first, committed just before."""
+    rows = [person(i) for i in range(5)]
+    first = write_delivery(settings.landing_dir, contracts["beneficiaries"], "registre_2025-01.csv", rows)
+    (first.parent / "registre_2025-02.csv").write_bytes(first.read_bytes())
+    summary = ingest(settings, contracts)
+    assert [(f.file_name, f.status) for f in summary.files] == [("registre_2025-01.csv", "loaded"),
+                                                               ("registre_2025-02.csv", "duplicate")]
+    assert summary.files[1].delivery_id == summary.files[0].delivery_id
+    with store(settings) as con:
+        assert con.execute("select count(*) from raw.beneficiaries").fetchone()[0] == 5
+
+
+def test_a_failure_preparing_a_file_leaves_the_file_before_committed(settings, contracts, monkeypatch):
+    import ingestion.load as load
+
+    base_delivery(settings, contracts)
+    write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv", [payment(0)])
+    real = load.stage_file
+
+    def failing(con, path, contract, **kw):
+        if path.name.startswith("paiements"):
+            raise OSError("disk read error")
+        return real(con, path, contract, **kw)
+
+    monkeypatch.setattr(load, "stage_file", failing)
+    with pytest.raises(OSError, match="disk read error"):
+        ingest(settings, contracts)
+    with store(settings) as con:
+        loaded = {r[0] for r in con.execute("select source from meta.deliveries where status = 'loaded'").fetchall()}
+        assert {"programmes", "beneficiaries", "enrolments"} <= loaded and "payments" not in loaded
+        assert not con.execute("select count(*) from raw.payments").fetchone()[0]
+
+
+def test_a_selection_of_sources_loads_each_selected_file_from_its_own_rows(settings, contracts):
+    """A file left out by the selection sits between two selected ones in load order."""
+    base_delivery(settings, contracts, n=3)
+    summary = make_ingestor(settings, contracts).ingest(settings.landing_dir, sources=["beneficiaries", "enrolments"])
+    assert [(f.source, f.status, f.rows_delivered) for f in summary.files] == [
+        ("beneficiaries", "loaded", 3), ("enrolments", "loaded", 3)]
+    assert summary.files[0].rows_loaded == 3
+    with store(settings) as con:
+        assert con.execute("select count(*) from raw.beneficiaries").fetchone()[0] == 3
+        assert con.execute("select count(*) from raw.programmes").fetchone()[0] == 0

@@ -10,6 +10,7 @@ import duckdb
 
 import quality.expectations as gxmod
 from ingestion.contracts import seed_values
+from jisr.settings import Settings
 from quality.checks import check_suite_validated
 from quality.config import config_for
 from quality.expectations import ExpectationSpec, SuiteValidator, build_suite, export_suites, suite_specs
@@ -205,6 +206,44 @@ def test_suite_validator_workers_find_what_one_process_finds(settings, contracts
     con.close()
     assert ("gx:expect_column_values_to_be_in_set:sex", False, 40, 1, '["X"]') in recorded
     assert all(r[2] == 40 for r in recorded if r[0].endswith(":cin") and "unique" not in r[0])
+
+
+def test_worker_validates_deliveries_of_one_chunk_while_the_next_is_typed(settings, contracts, tmp_path):
+    """Three monthly registry files of one chunk each: the worker validates them (the
+    ingestion types the next file meanwhile), and finds what one process finds."""
+    months = ["2025-01", "2025-02", "2025-03"]
+    for n, month in enumerate(months):
+        rows = [person(i) for i in range(12)]
+        rows[n + 2]["sex"] = "X"
+        rows[11]["birth_date"] = "01/01/1850" if month == "2025-02" else rows[11]["birth_date"]
+        _write_people(settings, contracts, rows, name=f"registre_{month}.csv")
+    validator = SuiteValidator(settings.seeds_dir, run_id="run-gx", chunk_rows=100, workers=1)
+    validator.start(wait=True)
+    summary = _ingest(settings, contracts, validator)
+    assert validator.worker_chunks == 3 and validator.batches == 3
+    by_worker = _quarantine(settings)
+    assert [f.rows_quarantined for f in summary.files] == [1, 2, 1]
+    assert {(name, row, rule) for name, row, rule, _, _ in by_worker} == {
+        ("registre_2025-01.csv", 3, "gx:expect_column_values_to_be_in_set:sex"),
+        ("registre_2025-02.csv", 4, "gx:expect_column_values_to_be_in_set:sex"),
+        ("registre_2025-02.csv", 12, "gx:expect_column_values_to_be_between:birth_date"),
+        ("registre_2025-03.csv", 5, "gx:expect_column_values_to_be_in_set:sex")}
+    con = duckdb.connect(str(settings.store_path), read_only=True)
+    recorded = con.execute("select batch, count(*), sum(unexpected_count), max(chunks) from quality.gx_results "
+                           "group by batch order by batch").fetchall()
+    con.close()
+    assert [(b, n > 0, bad, chunks) for b, n, bad, chunks in recorded] == [
+        ("2025-01", True, 1, 1), ("2025-02", True, 2, 1), ("2025-03", True, 1, 1)]
+
+    # the same deliveries in one process (no worker): the same quarantined rows and messages
+    alone = Settings(home=tmp_path / "alone", key_value=settings.key_value)
+    partner = contracts["beneficiaries"].partner
+    for month in months:
+        target = alone.landing_dir / partner / f"registre_{month}.csv"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes((settings.landing_dir / partner / f"registre_{month}.csv").read_bytes())
+    _ingest(alone, contracts, SuiteValidator(alone.seeds_dir, run_id="run-gx", workers=0))
+    assert _quarantine(alone) == by_worker
 
 
 def _failing_warm_up():
