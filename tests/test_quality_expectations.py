@@ -246,6 +246,21 @@ def test_worker_validates_deliveries_of_one_chunk_while_the_next_is_typed(settin
     assert _quarantine(alone) == by_worker
 
 
+def test_small_deliveries_do_not_start_the_worker(settings, contracts, monkeypatch):
+    """Importing GX in a worker costs more than validating a few small deliveries here."""
+    started = []
+    monkeypatch.setattr(SuiteValidator, "start", lambda self, wait=False: started.append(self))
+    for n, month in enumerate(("2025-01", "2025-02")):
+        _write_people(settings, contracts, [person(i) for i in range(n, 12 + n)], name=f"registre_{month}.csv")
+    validator = SuiteValidator(settings.seeds_dir, run_id="run-gx", chunk_rows=100, workers=1)
+    _ingest(settings, contracts, validator)
+    assert not started and validator.batches == 2
+    monkeypatch.setattr(gxmod, "WORKER_START_ROWS", 10)
+    _write_people(settings, contracts, [person(i) for i in range(2, 14)], name="registre_2025-03.csv")
+    _ingest(settings, contracts, validator)
+    assert started
+
+
 def _failing_warm_up():
     raise RuntimeError("this worker cannot import GX")
 
