@@ -325,12 +325,14 @@ class Ingestor:
                 results.append(self._commit(con, done))
             return IngestSummary(run_id=self.run_id, files=results)
         finally:
-            if pending is not None:
-                self._discard(con, pending)
-            con.close()
-            for validator in self.validators:
-                if hasattr(validator, "close"):  # e.g. worker processes of the suites
-                    validator.close()
+            try:
+                if pending is not None:
+                    self._discard(con, pending)
+            finally:
+                con.close()
+                for validator in self.validators:
+                    if hasattr(validator, "close"):  # e.g. worker processes of the suites
+                        validator.close()
 
     def ingest_file(self, con, path: Path, partner: str, contract: Contract | None, batch: str | None) -> FileResult:
         """Ingest one file (prepare, then commit)."""
@@ -375,12 +377,14 @@ class Ingestor:
     def _commit(self, con, prepared: _Prepared) -> FileResult:
         p = prepared
         try:
-            if p.reject is not None:
-                return self._reject(con, p.path, p.partner, p.contract, p.batch, p.content_hash, p.reject, p.now)
-            previous = self._duplicate_of(con, p.contract, p.content_hash)  # also a file of this pass
+            # checked again: the file before, committed since this one was prepared, may have
+            # had the same content (loaded, or rejected under the same contract version)
+            previous = self._duplicate_of(con, p.contract, p.content_hash) if p.contract is not None else None
             if previous:
                 return FileResult(p.contract.source, p.partner, p.path.name, "duplicate", previous[0], p.batch,
                                   reason=f"same content as delivery {previous[0]} ({previous[1]}): nothing to do")
+            if p.reject is not None:
+                return self._reject(con, p.path, p.partner, p.contract, p.batch, p.content_hash, p.reject, p.now)
             con.execute("begin transaction")
             try:
                 result = self._load_staged(con, p)

@@ -734,6 +734,9 @@ class SuiteValidator:
         worker's warm-up), any failure only stops the workers."""
         from concurrent.futures.process import BrokenProcessPool
 
+        if future.cancelled():  # the workers were stopped (one died) before it ran
+            self._stop_workers()
+            return here() if here is not None else None
         try:
             result = future.result()
         except Exception:

@@ -336,3 +336,15 @@ def test_a_selection_of_sources_loads_each_selected_file_from_its_own_rows(setti
     with store(settings) as con:
         assert con.execute("select count(*) from raw.beneficiaries").fetchone()[0] == 3
         assert con.execute("select count(*) from raw.programmes").fetchone()[0] == 0
+
+
+def test_the_second_of_two_identical_unreadable_files_is_a_duplicate_of_the_first(settings, contracts):
+    """The second file is read before the first is rejected; it is still found to repeat it."""
+    folder = settings.landing_dir / contracts["beneficiaries"].partner
+    folder.mkdir(parents=True, exist_ok=True)
+    for month in ("2025-01", "2025-02"):
+        (folder / f"registre_{month}.csv").write_bytes(b"")
+    summary = ingest(settings, contracts)
+    assert [(f.file_name, f.status) for f in summary.files] == [("registre_2025-01.csv", "rejected"),
+                                                               ("registre_2025-02.csv", "duplicate")]
+    assert (folder / "registre_2025-02.csv").exists()  # left in place, as any duplicate
