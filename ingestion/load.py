@@ -334,10 +334,6 @@ class Ingestor:
                     if hasattr(validator, "close"):  # e.g. worker processes of the suites
                         validator.close()
 
-    def ingest_file(self, con, path: Path, partner: str, contract: Contract | None, batch: str | None) -> FileResult:
-        """Ingest one file (prepare, then commit)."""
-        return self._commit(con, self._prepare(con, path, partner, contract, batch))
-
     def _duplicate_of(self, con, contract: Contract, content_hash: str) -> tuple | None:
         previous = con.execute(
             "select delivery_id, status, contract_version from meta.deliveries where source = ? and content_hash = ? "

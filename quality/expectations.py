@@ -51,7 +51,7 @@ import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ingestion.contracts import Contract, seed_values
 
@@ -558,6 +558,17 @@ def _merge(outcomes: dict[str, Outcome], found: dict[str, Outcome]) -> None:
         out.examples.extend(part.examples[: max(0, 5 - len(out.examples))])
 
 
+@dataclass
+class _Plan:
+    """How a delivery is validated: its expectations, rows, chunks and the query of each chunk."""
+
+    specs: list[ExpectationSpec]
+    total: int
+    chunks: int
+    chunk_sql: Callable[[int], str]
+    seconds: float  # this process's time on it so far (planning)
+
+
 # A delivery this large starts the workers (importing GX in a worker costs about 3 s of CPU;
 # validating 10,000 rows about 0.2 s): small runs stay in one process.
 WORKER_START_ROWS = 10_000
@@ -624,6 +635,9 @@ class SuiteValidator:
             self._warm = []
 
     def __call__(self, con, contract: Contract, typed_table: str, batch: str | None):
+        return self._validate(con, contract, batch, self._plan(con, contract, typed_table))
+
+    def _plan(self, con, contract: Contract, typed_table: str) -> _Plan:
         started = time.monotonic()
         specs = suite_specs(contract, self.seeds_dir)
         present = set(con.sql(f"select * from {typed_table}").columns)
@@ -636,6 +650,13 @@ class SuiteValidator:
         def chunk_sql(i: int) -> str:
             where = f" where hash({', '.join(keys)}) % {chunks} = {i}" if chunks > 1 else ""
             return f"select {select} from {typed_table}{where} order by _source_row"
+
+        return _Plan(specs, total, chunks, chunk_sql, time.monotonic() - started)
+
+    def _validate(self, con, contract: Contract, batch: str | None, plan: _Plan):
+        """Validate the chunks of a delivery here and in the workers; its failing rows."""
+        started = time.monotonic()
+        specs, chunks, chunk_sql = plan.specs, plan.chunks, plan.chunk_sql
 
         def here(j: int):
             return lambda: validate_chunk(contract, specs, fetch_frame(con, chunk_sql(j)))
@@ -660,17 +681,8 @@ class SuiteValidator:
                 results[j] = self._collect(pending.pop(j), here(j))
         for j, future in pending.items():
             results[j] = self._collect(future, here(j))
-        outcomes: dict[str, Outcome] = {}
-        violations = []
-        for i in sorted(results):
-            found, rows = results[i]
-            _merge(outcomes, found)
-            violations += rows
-        seconds = time.monotonic() - started
-        self.seconds += seconds
-        self.batches += 1
-        self._record(con, contract, batch, total, chunks, specs, outcomes, seconds)
-        return violations
+        return self._finish(con, contract, batch, plan, [results[i] for i in sorted(results)],
+                            plan.seconds + time.monotonic() - started)
 
     def submit(self, con, contract: Contract, typed_table: str, batch: str | None):
         """Start validating a delivery; the callable returned gives its failing rows.
@@ -682,41 +694,39 @@ class SuiteValidator:
         The workers start at the first delivery of ``WORKER_START_ROWS`` rows or more: a run
         of small deliveries only would spend more importing GX in a worker than it saves.
         """
-        if not self.workers:
-            return lambda: self(con, contract, typed_table, batch)
-        total = con.execute(f"select count(*) from {typed_table}").fetchall()[0][0]
-        if total >= WORKER_START_ROWS:
+        plan = self._plan(con, contract, typed_table)
+        if plan.total >= WORKER_START_ROWS:
             self.start()
-        if total > self.chunk_rows or not self._ready():
-            return lambda: self(con, contract, typed_table, batch)
+        if not self.workers or plan.chunks > 1 or not self._ready():
+            return lambda: self._validate(con, contract, batch, plan)
         started = time.monotonic()
-        specs = suite_specs(contract, self.seeds_dir)
-        present = set(con.sql(f"select * from {typed_table}").columns)
-        frame = fetch_frame(con, f"select {', '.join(_frame_sql(contract, typed_table, present))} "
-                                 f"from {typed_table} order by _source_row")
-        future = self._submit(validate_chunk, contract, specs, frame)
-        fetched = time.monotonic() - started
+        frame = fetch_frame(con, plan.chunk_sql(0))
+        future = self._submit(validate_chunk, contract, plan.specs, frame)
         if future is None:  # the worker is gone: validate here, now
-            result = validate_chunk(contract, specs, frame)
-            return lambda: self._finish(con, contract, batch, total, specs, result, time.monotonic() - started)
+            result = validate_chunk(contract, plan.specs, frame)
+            seconds = plan.seconds + time.monotonic() - started
+            return lambda: self._finish(con, contract, batch, plan, [result], seconds)
+        fetched = plan.seconds + time.monotonic() - started
 
         def finish():
             waited = time.monotonic()
-            result = self._collect(future, lambda: validate_chunk(contract, specs, frame))
-            return self._finish(con, contract, batch, total, specs, result, fetched + time.monotonic() - waited)
+            result = self._collect(future, lambda: validate_chunk(contract, plan.specs, frame))
+            return self._finish(con, contract, batch, plan, [result], fetched + time.monotonic() - waited)
 
         return finish
 
-    def _finish(self, con, contract, batch, total, specs, result, seconds):
-        """Record one delivery validated as a single chunk; its failing rows. ``seconds``: the
-        time this process spent on it (fetching the batch, then waiting for the worker)."""
-        found, rows = result
+    def _finish(self, con, contract, batch, plan: _Plan, results: list[tuple], seconds: float):
+        """Merge a delivery's chunk results (in chunk order) and record them; its failing rows.
+        ``seconds``: the time this process spent on it (validating, fetching, waiting)."""
         outcomes: dict[str, Outcome] = {}
-        _merge(outcomes, found)
+        violations = []
+        for found, rows in results:
+            _merge(outcomes, found)
+            violations += rows
         self.seconds += seconds
         self.batches += 1
-        self._record(con, contract, batch, total, 1, specs, outcomes, seconds)
-        return rows
+        self._record(con, contract, batch, plan.total, plan.chunks, plan.specs, outcomes, seconds)
+        return violations
 
     def _submit(self, fn, *args):
         """``fn(*args)`` in a worker; None if the workers are gone (they are stopped then)."""
