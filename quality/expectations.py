@@ -39,13 +39,16 @@ process: messages and reports say "(identifier withheld)". A summary of every ex
 (rows evaluated, rows failing, examples) is recorded in the raw store
 (``quality.gx_results``) and rendered by :func:`quality.report.write_report`.
 
-``great_expectations`` is imported inside functions only: importing it costs seconds.
+``great_expectations`` is imported inside functions only: importing it costs seconds. The
+first delivery validated in the ingestion process starts that import in a thread
+(:func:`import_gx_in_background`), where it overlaps the typing of the next file.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -290,13 +293,43 @@ def _discard_result(*_, **__) -> None:
 
 
 _GX_SINGLETON: _GX | None = None
+_GX_LOCK = threading.Lock()
+_GX_IMPORT: threading.Thread | None = None
 
 
 def _gx() -> _GX:
+    """This process's GX context (the first call imports GX: about 2 s; a call while
+    :func:`import_gx_in_background` runs waits for it)."""
     global _GX_SINGLETON
     if _GX_SINGLETON is None:
-        _GX_SINGLETON = _GX()
+        with _GX_LOCK:
+            if _GX_SINGLETON is None:
+                _GX_SINGLETON = _GX()
     return _GX_SINGLETON
+
+
+def import_gx_in_background() -> None:
+    """Start importing GX in this process, in a thread, unless it is done or under way.
+
+    Ingestion calls it when a delivery will be validated in this process, at commit, after
+    the next file is read and typed: DuckDB does that work without holding Python's GIL,
+    so the import overlaps it instead of delaying the commit. pandas is imported first, here,
+    so the two threads never import the same package at once. A failing import is left to
+    the validation, which imports again and raises.
+    """
+    global _GX_IMPORT
+    if _GX_SINGLETON is not None or _GX_IMPORT is not None:
+        return
+    import pandas  # noqa: F401 - see the docstring
+
+    def run() -> None:
+        try:
+            _gx()
+        except Exception:  # noqa: BLE001 - raised again where GX is needed
+            pass
+
+    _GX_IMPORT = threading.Thread(target=run, name="jisr-gx-import", daemon=True)
+    _GX_IMPORT.start()
 
 
 def build_suite(contract: Contract, seeds_dir: Path):
@@ -698,6 +731,7 @@ class SuiteValidator:
         if plan.total >= WORKER_START_ROWS:
             self.start()
         if not self.workers or plan.chunks > 1 or not self._ready():
+            import_gx_in_background()  # validated here, at commit
             return lambda: self._validate(con, contract, batch, plan)
         started = time.monotonic()
         frame = fetch_frame(con, plan.chunk_sql(0))

@@ -3,6 +3,7 @@ quarantine, errored expectations counting as failures, chunking, and the HTML re
 
 import csv
 import json
+import threading
 import time
 from datetime import datetime
 
@@ -259,6 +260,51 @@ def test_small_deliveries_do_not_start_the_worker(settings, contracts, monkeypat
     _write_people(settings, contracts, [person(i) for i in range(2, 14)], name="registre_2025-03.csv")
     _ingest(settings, contracts, validator)
     assert started
+
+
+def test_gx_is_imported_in_a_thread_while_the_next_file_is_typed(settings, contracts, monkeypatch):
+    """A delivery validated in this process (at commit, after the next file is read and
+    typed) starts this process's GX import when it is typed, in a background thread."""
+    built_on = []
+
+    class Recording(gxmod._GX):
+        def __init__(self):
+            built_on.append(threading.current_thread().name)
+            super().__init__()
+
+    monkeypatch.setattr(gxmod, "_GX", Recording)
+    monkeypatch.setattr(gxmod, "_GX_SINGLETON", None)  # as in a process that has not imported GX
+    monkeypatch.setattr(gxmod, "_GX_IMPORT", None)
+    for n, month in enumerate(("2025-01", "2025-02")):
+        rows = [person(i) for i in range(12)]
+        rows[n + 2]["sex"] = "X"
+        _write_people(settings, contracts, rows, name=f"registre_{month}.csv")
+    summary = _ingest(settings, contracts, SuiteValidator(settings.seeds_dir, run_id="run-gx", workers=0))
+    assert built_on == ["jisr-gx-import"]
+    assert [f.rows_quarantined for f in summary.files] == [1, 1]
+    assert {(name, row, rule) for name, row, rule, _, _ in _quarantine(settings)} == {
+        ("registre_2025-01.csv", 3, "gx:expect_column_values_to_be_in_set:sex"),
+        ("registre_2025-02.csv", 4, "gx:expect_column_values_to_be_in_set:sex")}
+
+
+def test_a_failing_background_import_of_gx_fails_the_validation(settings, contracts, monkeypatch):
+    """The thread importing GX keeps its error to itself; validating imports again and raises
+    it, so no delivery is loaded unvalidated."""
+    import pytest
+
+    class Broken:
+        def __init__(self):
+            raise ImportError("great_expectations is broken here")
+
+    monkeypatch.setattr(gxmod, "_GX", Broken)
+    monkeypatch.setattr(gxmod, "_GX_SINGLETON", None)
+    monkeypatch.setattr(gxmod, "_GX_IMPORT", None)
+    _write_people(settings, contracts, [person(i) for i in range(12)])
+    with pytest.raises(ImportError, match="great_expectations is broken here"):
+        _ingest(settings, contracts, SuiteValidator(settings.seeds_dir, run_id="run-gx", workers=0))
+    con = duckdb.connect(str(settings.store_path), read_only=True)
+    assert con.execute("select count(*) from raw.beneficiaries").fetchone()[0] == 0
+    con.close()
 
 
 def _failing_warm_up():
