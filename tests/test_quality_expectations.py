@@ -347,6 +347,53 @@ def test_suite_validator_validates_alone_when_its_worker_dies_idle(settings, con
     assert summary.files[0].rows_quarantined == 1
 
 
+_VALIDATE_CHUNK = gxmod.validate_chunk
+
+
+def _validate_chunk_slowly_in_a_worker(*args):
+    """``validate_chunk``, but a worker process takes long enough to be killed mid-chunk."""
+    import multiprocessing
+
+    if multiprocessing.parent_process() is not None:
+        time.sleep(60)
+    return _VALIDATE_CHUNK(*args)
+
+
+def test_suite_validator_validates_here_when_its_worker_dies_holding_a_delivery(settings, contracts, monkeypatch):
+    """A one-chunk delivery handed to the worker when it was typed, and the worker killed
+    before the ingestion commits it: the ingestion validates it itself, nothing is lost."""
+    import os
+    import signal
+
+    for n, month in enumerate(("2025-01", "2025-02")):
+        rows = [person(i) for i in range(12)]
+        rows[n + 2]["sex"] = "X"
+        _write_people(settings, contracts, rows, name=f"registre_{month}.csv")
+    validator = SuiteValidator(settings.seeds_dir, run_id="run-gx", chunk_rows=100, workers=1)
+    validator.start(wait=True)
+    monkeypatch.setattr(gxmod, "validate_chunk", _validate_chunk_slowly_in_a_worker)
+    handed, submit_to_worker = [], SuiteValidator._submit
+
+    def submit_then_kill_the_worker(self, fn, contract, *args):
+        future = submit_to_worker(self, fn, contract, *args)
+        if future is not None:
+            handed.append(contract.source)
+            for process in list(self._pool._processes.values()):
+                os.kill(process.pid, signal.SIGKILL)
+        return future
+
+    monkeypatch.setattr(SuiteValidator, "_submit", submit_then_kill_the_worker)
+    started = time.monotonic()
+    summary = _ingest(settings, contracts, validator)
+    assert handed == ["beneficiaries"]  # the first delivery went to the worker; then none was left
+    assert time.monotonic() - started < 30  # nobody waited for the killed worker's chunk
+    assert validator.workers == 0 and validator.worker_chunks == 0 and validator.batches == 2
+    assert [f.rows_quarantined for f in summary.files] == [1, 1]
+    assert {(name, row, rule) for name, row, rule, _, _ in _quarantine(settings)} == {
+        ("registre_2025-01.csv", 3, "gx:expect_column_values_to_be_in_set:sex"),
+        ("registre_2025-02.csv", 4, "gx:expect_column_values_to_be_in_set:sex")}
+
+
 def test_suites_do_not_fingerprint_or_keep_each_batch(settings, contracts, monkeypatch):
     """GX hashes every value of a pandas batch to label it (most of the time of a large
     delivery) and keeps every result in its context's store; the suites turn both off, and
