@@ -37,9 +37,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from jisr.settings import Settings
+from quality.config import DEFAULT_PUBLISH_SCHEMAS, config_for
 
 EVALUATOR = "evaluator"
-PUBLISHED_SCHEMAS = ("marts", "impact")
 INTERNAL_SCHEMAS = ("raw", "quarantine", "staging", "intermediate", "detail", "seeds", "public")
 BATCH_ROWS = 100_000
 
@@ -66,6 +66,7 @@ class PostgresPublishResult:
     impact_tables: list[str] = field(default_factory=list)
     protected: list[str] = field(default_factory=list)
     disclosure_warnings: list[str] = field(default_factory=list)
+    published_schemas: tuple[str, ...] = DEFAULT_PUBLISH_SCHEMAS
 
     def report(self) -> str:
         lines = [f"Raw layer copied: {len(self.raw_rows)} tables, {sum(self.raw_rows.values())} rows."]
@@ -73,7 +74,7 @@ class PostgresPublishResult:
             lines.append(f"Impact tables copied: {', '.join(self.impact_tables)}.")
         lines += [f"Disclosure control: {p}" for p in self.protected]
         lines += [f"Disclosure warning (not blocking): {w}" for w in self.disclosure_warnings]
-        lines.append(f"Role {EVALUATOR}: SELECT on {', '.join(PUBLISHED_SCHEMAS)} and meta.publish_log only.")
+        lines.append(f"Role {EVALUATOR}: SELECT on {', '.join(self.published_schemas)} and meta.publish_log only.")
         return "\n".join(lines)
 
 
@@ -220,12 +221,12 @@ def run_dbt(settings: Settings, dsn: str) -> None:
         raise PostgresPublishError(f"dbt build --target postgres failed (exit {proc.returncode}):\n{tail}")
 
 
-def close_published(pg, evaluator: str = EVALUATOR) -> None:
+def close_published(pg, evaluator: str = EVALUATOR, schemas: tuple[str, ...] = DEFAULT_PUBLISH_SCHEMAS) -> None:
     """Take USAGE on the published schemas away from the evaluator role while publishing."""
     with pg.cursor() as cur:
         if not _role_exists(cur, evaluator):
             return
-        for schema in PUBLISHED_SCHEMAS + ("meta",):
+        for schema in tuple(schemas) + ("meta",):
             cur.execute("select 1 from pg_namespace where nspname = %s", [schema])
             if cur.fetchone():
                 cur.execute(f"revoke usage on schema {_q(schema)} from {_q(evaluator)}")
@@ -237,8 +238,11 @@ def _role_exists(cur, role: str) -> bool:
     return cur.fetchone() is not None
 
 
-def apply_grants(pg, evaluator: str = EVALUATOR, evaluator_password: str | None = None) -> None:
-    """Create (or reset) the read-only evaluator role: SELECT on the published schemas only."""
+def apply_grants(pg, evaluator: str = EVALUATOR, evaluator_password: str | None = None,
+                 schemas: tuple[str, ...] = DEFAULT_PUBLISH_SCHEMAS) -> None:
+    """Create (or reset) the read-only evaluator role: SELECT on the published schemas
+    (``publish.schemas`` of config/quality.yml) and ``meta.publish_log`` only."""
+    schemas = tuple(schemas)
     with pg.cursor() as cur:
         cur.execute("select current_database(), current_user")
         database, owner = cur.fetchone()
@@ -255,18 +259,18 @@ def apply_grants(pg, evaluator: str = EVALUATOR, evaluator_password: str | None 
         cur.execute(f"revoke all on schema public from {_q(evaluator)}")
         cur.execute("select nspname from pg_namespace where nspname not like 'pg\\_%' and nspname <> 'information_schema'")
         for (schema,) in cur.fetchall():
-            if schema in PUBLISHED_SCHEMAS or schema == "meta":
+            if schema in schemas or schema == "meta":
                 continue
             cur.execute(f"revoke all on schema {_q(schema)} from {_q(evaluator)}")
             cur.execute(f"revoke all on all tables in schema {_q(schema)} from {_q(evaluator)}")
             if schema in INTERNAL_SCHEMAS:
                 cur.execute(f"revoke all on schema {_q(schema)} from public")
-        for schema in PUBLISHED_SCHEMAS + ("meta",):
+        for schema in schemas + ("meta",):
             cur.execute(f"create schema if not exists {_q(schema)}")
             cur.execute(f"revoke create on schema {_q(schema)} from public")
             cur.execute(f"revoke create on schema {_q(schema)} from {_q(evaluator)}")
             cur.execute(f"grant usage on schema {_q(schema)} to {_q(evaluator)}")
-        for schema in PUBLISHED_SCHEMAS:
+        for schema in schemas:
             cur.execute(f"grant select on all tables in schema {_q(schema)} to {_q(evaluator)}")
             cur.execute(f"alter default privileges for role {_q(owner)} in schema {_q(schema)} "
                         f"grant select on tables to {_q(evaluator)}")
@@ -321,16 +325,17 @@ def record_publication(settings: Settings, pg, result: PostgresPublishResult) ->
 def publish_postgres(settings: Settings, dsn: str, *,
                      evaluator_password: str | None = None) -> PostgresPublishResult:
     """Build and publish the warehouse on PostgreSQL (see the module docstring)."""
+    schemas = config_for(settings).publish_schemas
     pg = connect(dsn)
-    result = PostgresPublishResult()
+    result = PostgresPublishResult(published_schemas=schemas)
     try:
-        close_published(pg)
+        close_published(pg, schemas=schemas)
         result.raw_rows = copy_raw_layer(settings, pg)
         run_dbt(settings, dsn)
         result.impact_tables = copy_impact_tables(settings, pg)
         result.protected, result.disclosure_warnings = protect_marts(settings, pg)
         record_publication(settings, pg, result)
-        apply_grants(pg, evaluator_password=evaluator_password)
+        apply_grants(pg, evaluator_password=evaluator_password, schemas=schemas)
     finally:
         pg.close()
     return result

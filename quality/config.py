@@ -27,6 +27,11 @@ WAREHOUSE_CHECKS = (REFERENCES_RESOLVE, TOTALS_RECONCILE)
 DEFAULT_REFERENCE_SCHEMAS = ("detail", "marts")  # where references_resolve_to_dimensions looks
 
 
+# Schemas of the build warehouse that are published (``publish.schemas``): copied into the
+# serving file, and the only ones the evaluator role reads on PostgreSQL.
+DEFAULT_PUBLISH_SCHEMAS = ("marts", "impact")
+
+
 class QualityConfigError(ValueError):
     """config/quality.yml is invalid."""
 
@@ -36,7 +41,7 @@ class QualityConfig:
     checks: dict[str, dict[str, Any]]
     chunk_rows: int = 250_000
     gx_workers: int = 1
-    publish_schemas: tuple[str, ...] = ("marts", "impact")
+    publish_schemas: tuple[str, ...] = DEFAULT_PUBLISH_SCHEMAS
     history_keep: int = 5
     lock_timeout_seconds: float = 0.0
     path: Path | None = None
@@ -87,7 +92,7 @@ def parse_config(data: dict, path: Path | None = None) -> QualityConfig:
         checks=checks,
         chunk_rows=int(gx.get("chunk_rows", 250_000)),
         gx_workers=workers,
-        publish_schemas=tuple(publish.get("schemas", ("marts", "impact"))),
+        publish_schemas=tuple(publish.get("schemas", DEFAULT_PUBLISH_SCHEMAS)),
         history_keep=keep,
         lock_timeout_seconds=float(publish.get("lock_timeout_seconds", 0)),
         path=path,

@@ -119,6 +119,25 @@ def test_postgres_evaluator_reads_published_schemas_only(evaluator_con):
         expect_denied(con, statement)
 
 
+def test_postgres_evaluator_reads_the_configured_published_schemas(database, evaluator_password):
+    """The grants follow ``publish.schemas`` of config/quality.yml: a schema left out of it is
+    closed to the evaluator role, even one published by default."""
+    make_schemas(database)
+    owner = psycopg2.connect(database)
+    postgres.apply_grants(owner, evaluator_password=evaluator_password)  # the defaults: marts, impact
+    postgres.apply_grants(owner, evaluator_password=evaluator_password, schemas=("marts",))
+    owner.close()
+    con = evaluator_connection(database, evaluator_password)
+    try:
+        with con.cursor() as cur:
+            cur.execute("select sum(beneficiaries) from marts.mart_coverage")
+            assert cur.fetchone()[0] == 120
+        con.rollback()
+        expect_denied(con, "select programme_code from impact.impact_estimates")
+    finally:
+        con.close()
+
+
 def test_postgres_evaluator_cannot_write_or_create(database, evaluator_con):
     con = evaluator_con
     # First guard: the role's sessions are read-only.
