@@ -119,3 +119,82 @@ def test_webserver_serves_the_asset_graph_and_the_last_run(tmp_path, contracts):
     finally:
         web.terminate()
         web.wait(timeout=30)
+
+
+class _Log:
+    def __init__(self):
+        self.lines = []
+
+    def info(self, message):
+        self.lines.append(("info", message))
+
+    def error(self, message):
+        self.lines.append(("error", message))
+
+
+def _ingested(settings, contracts):
+    from tests.test_lake import first_month, ingest
+
+    first_month(settings, contracts)
+    ingest(settings, contracts)
+
+
+def test_the_lake_is_exported_beside_dbt_on_duckdb(settings, contracts, monkeypatch):
+    """On DuckDB (dbt reads the raw store) the lake export runs in a thread while the build
+    runs; the step ends with the lake equal to the store."""
+    import threading
+    from types import SimpleNamespace
+
+    from orchestration.assets import warehouse
+    from tests.test_lake import assert_lake_matches_store
+
+    monkeypatch.delenv("JISR_DBT_TARGET", raising=False)
+    _ingested(settings, contracts)
+    import ingestion.lake as lake
+
+    export_threads, original = [], lake.export_raw
+
+    def recording(*args, **kwargs):
+        export_threads.append(threading.current_thread().name)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(lake, "export_raw", recording)
+    context = SimpleNamespace(log=_Log())
+    with warehouse._raw_lake_export(context, settings):
+        pass  # the build
+    assert len(export_threads) == 1 and export_threads[0].startswith("jisr-lake")
+    assert_lake_matches_store(settings, contracts)
+    assert context.log.lines[-1][0] == "info" and "open raw layer (Parquet)" in context.log.lines[-1][1]
+
+
+def test_the_lake_is_exported_before_dbt_on_targets_that_read_it(settings, contracts, monkeypatch):
+    from types import SimpleNamespace
+
+    from orchestration.assets import warehouse
+    from tests.test_lake import assert_lake_matches_store
+
+    monkeypatch.setenv("JISR_DBT_TARGET", "spark")
+    _ingested(settings, contracts)
+    context = SimpleNamespace(log=_Log())
+    with warehouse._raw_lake_export(context, settings):
+        assert_lake_matches_store(settings, contracts)  # what dbt on Spark reads: complete
+
+
+def test_a_failed_lake_export_fails_the_warehouse_step_after_the_build(settings, contracts, monkeypatch):
+    from types import SimpleNamespace
+
+    import ingestion.lake as lake
+    from orchestration.assets import warehouse
+
+    monkeypatch.delenv("JISR_DBT_TARGET", raising=False)
+    _ingested(settings, contracts)
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(lake, "export_raw", broken)
+    built = []
+    with pytest.raises(dg.Failure, match="open raw layer.*disk full"):
+        with warehouse._raw_lake_export(SimpleNamespace(log=_Log()), settings):
+            built.append(True)
+    assert built == [True]

@@ -113,6 +113,15 @@ def test_every_delivered_row_is_loaded_or_quarantined_as_planted(e2e):
     assert quarantined == planted
 
 
+def test_refresh_leaves_the_open_raw_layer_equal_to_the_raw_store(e2e):
+    """The warehouse step exports the Parquet lake beside dbt: once the run is over, the lake
+    holds exactly the raw store's rows."""
+    from ingestion.contracts import load_contracts
+    from tests.test_lake import assert_lake_matches_store
+
+    assert_lake_matches_store(e2e.settings, load_contracts(e2e.settings.contracts_dir))
+
+
 def test_refreshing_again_without_new_files_changes_no_row(e2e, capfd):
     """Through the CLI: nothing new, nothing changes; dbt's line per model and test goes to a
     log file, the terminal gets the summary."""

@@ -63,15 +63,12 @@ def run_ingestion(settings, run_id: str, sources=None, validators=()):
 def ingest_landing(context: dg.AssetExecutionContext):
     settings = get_settings()
     selected = {key.path[-1] for key in context.selected_asset_keys}
-    from ingestion.lake import export_raw
     from quality.expectations import suite_validator
 
     # Contract rules in SQL and the Great Expectations suites both route failing rows to quarantine.
+    # The Parquet lake is exported by the warehouse step, beside dbt (orchestration/assets/warehouse.py).
     summary = run_ingestion(settings, context.run.run_id, sources=selected,
                             validators=[suite_validator(settings, context.run.run_id)])
-
-    lake = export_raw(settings.store_path, settings.lake_dir, CONTRACTS, sources=selected)
-    context.log.info(f"open raw layer (Parquet): {lake.summary()}")
     by_source = summary.by_source()
     for source in CONTRACTS:
         if source not in selected:

@@ -5,7 +5,10 @@ the ingestion assets), ``<schema>/<model>`` for models and seeds. Groups follow 
 folders (``meta.dagster.group`` in dbt_project.yml).
 """
 
+import contextlib
+import os
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from importlib.metadata import version as package_version
 from collections.abc import Mapping
@@ -76,7 +79,8 @@ def dbt_resource() -> DbtCliResource:
 
 @dbt_assets(manifest=MANIFEST, project=DBT_PROJECT, dagster_dbt_translator=TRANSLATOR, name="warehouse_dbt")
 def warehouse_dbt(context: dg.AssetExecutionContext, dbt: DbtCliResource, config: WarehouseConfig):
-    """One `dbt build` per refresh (models, seeds and tests), then the dbt docs when they changed."""
+    """One `dbt build` per refresh (models, seeds and tests), the open raw layer (the Parquet
+    lake) brought up to date beside it, then the dbt docs when they changed."""
     settings = get_settings()
     export_environment(settings)  # dbt's profiles.yml reads the same JISR_HOME
     settings.build_path.parent.mkdir(parents=True, exist_ok=True)
@@ -92,10 +96,53 @@ def warehouse_dbt(context: dg.AssetExecutionContext, dbt: DbtCliResource, config
                                             f"{uuid.uuid4().hex[:7]}")
     prune_run_targets(settings, keep=RUN_TARGETS_KEPT - 1)  # with this run's: the last RUN_TARGETS_KEPT
     restore_partial_parse(settings, target_path)
-    build = dbt.cli(args, context=context, target_path=target_path)
-    yield from build.stream()
+    with _raw_lake_export(context, settings):
+        build = dbt.cli(args, context=context, target_path=target_path)
+        yield from build.stream()
     save_partial_parse(settings, build.target_path)
     _refresh_docs(context, dbt, settings, build.target_path)
+
+
+def dbt_target() -> str:
+    """The dbt target a build uses (``JISR_DBT_TARGET``, as dbt_project/profiles.yml reads it)."""
+    return os.environ.get("JISR_DBT_TARGET") or "duckdb"
+
+
+@contextlib.contextmanager
+def _raw_lake_export(context: dg.AssetExecutionContext, settings):
+    """Bring the open raw layer (``ingestion/lake.py``) up to date with the raw store while
+    dbt builds: so the lake holds the raw rows this build read.
+
+    dbt on DuckDB reads the raw store itself (attached read-only), so the export runs beside
+    the build, in a thread: a build is mostly dbt's own Python and short queries, and the
+    export's Parquet writing uses the idle core (at 1,000,000 beneficiaries a full export
+    took 5 s alone and about 1 s more beside a build). Other targets (Spark) read the lake: it
+    is exported before the build. A failed export fails the step once dbt has finished.
+    """
+    from ingestion.lake import export_raw
+    from orchestration.assets.ingest import CONTRACTS
+
+    def export():
+        return export_raw(settings.store_path, settings.lake_dir, CONTRACTS)
+
+    if dbt_target() != "duckdb":
+        context.log.info(f"open raw layer (Parquet), before dbt reads it: {export().summary()}")
+        yield
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="jisr-lake") as pool:
+        future = pool.submit(export)
+        try:
+            yield
+        except BaseException:
+            if future.exception() is not None:  # waits for the export; the build's error wins
+                context.log.error(f"open raw layer (Parquet) export failed too: {future.exception()}")
+            raise
+    try:
+        lake = future.result()
+    except Exception as exc:
+        raise dg.Failure(f"the warehouse was built, but the open raw layer (Parquet lake under "
+                         f"{settings.lake_dir}) could not be exported: {exc}") from exc
+    context.log.info(f"open raw layer (Parquet): {lake.summary()}")
 
 
 def _refresh_docs(context: dg.AssetExecutionContext, dbt: DbtCliResource, settings, target_path) -> None:
