@@ -348,3 +348,46 @@ def test_the_second_of_two_identical_unreadable_files_is_a_duplicate_of_the_firs
     assert [(f.file_name, f.status) for f in summary.files] == [("registre_2025-01.csv", "rejected"),
                                                                ("registre_2025-02.csv", "duplicate")]
     assert (folder / "registre_2025-02.csv").exists()  # left in place, as any duplicate
+
+
+class _GappedRowIds:
+    """A connection whose staged copies seem to have a gap in their row ids."""
+
+    class _Row:
+        def __init__(self, row):
+            self.row = row
+
+        def fetchone(self):
+            return self.row
+
+    def __init__(self, con):
+        self.con = con
+
+    def execute(self, sql, *args):
+        result = self.con.execute(sql, *args)
+        if sql.startswith("select min(rowid), max(rowid), count(*)"):
+            first, last, rows = result.fetchone()
+            return self._Row((first, last + 1, rows))
+        return result
+
+    def __getattr__(self, name):
+        return getattr(self.con, name)
+
+
+def test_staging_numbers_rows_in_file_order_when_row_ids_have_gaps(contracts, tmp_path):
+    """Rows are numbered by their position in the staged copy; should its row ids not be
+    contiguous, they are numbered in row id order in a second copy: the same numbers."""
+    from ingestion.readers import stage_file
+
+    rows = [person(i) for i in range(25)]
+    rows[7]["sex"] = ""
+    path = write_delivery(tmp_path, contracts["beneficiaries"], "registre_2025-01.csv", rows)
+    plain, gapped = duckdb.connect(), duckdb.connect()
+    stage_file(plain, path, contracts["beneficiaries"], table="staged")
+    stage_file(_GappedRowIds(gapped), path, contracts["beneficiaries"], table="staged")
+    assert gapped.execute("select count(*) from staged_numbered").fetchone()[0] == 25  # the second copy
+    query = "select * from staged order by _source_row"
+    assert gapped.execute(query).fetchall() == plain.execute(query).fetchall()
+    assert [r[0] for r in gapped.execute(query).fetchall()] == list(range(1, 26))
+    cin = [c.name for c in contracts["beneficiaries"].columns].index("cin") + 1
+    assert [r[cin] for r in gapped.execute(query).fetchall()] == [r["cin"] for r in rows]
