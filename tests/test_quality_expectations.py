@@ -394,6 +394,47 @@ def test_suite_validator_validates_here_when_its_worker_dies_holding_a_delivery(
         ("registre_2025-02.csv", 4, "gx:expect_column_values_to_be_in_set:sex")}
 
 
+def test_a_failed_commit_does_not_wait_for_the_worker_holding_its_delivery(settings, contracts, monkeypatch):
+    """The commit of a delivery fails while the worker still validates it: the error reaches
+    the caller at once, the worker is stopped without waiting for its chunk, nothing of the
+    delivery is written."""
+    import os
+    import signal
+
+    import pytest
+
+    import ingestion.load as load
+
+    _write_people(settings, contracts, [person(i) for i in range(12)])
+    validator = SuiteValidator(settings.seeds_dir, run_id="run-gx", chunk_rows=100, workers=1)
+    validator.start(wait=True)
+    workers = [p.pid for p in validator._pool._processes.values()]
+    monkeypatch.setattr(gxmod, "validate_chunk", _validate_chunk_slowly_in_a_worker)
+
+    def failing(*args):
+        raise RuntimeError("the store's disk is full")
+
+    monkeypatch.setattr(load, "_violations_sql", failing)
+    started = time.monotonic()
+    try:
+        with pytest.raises(RuntimeError, match="disk is full"):
+            _ingest(settings, contracts, validator)
+        assert time.monotonic() - started < 30  # the worker's chunk (60 s) was not waited for
+        assert validator._pool is None
+    finally:
+        for pid in workers:  # the worker would finish its chunk, then exit
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    con = duckdb.connect(str(settings.store_path), read_only=True)
+    try:
+        assert con.execute("select count(*) from raw.beneficiaries").fetchone()[0] == 0
+        assert con.execute("select count(*) from meta.deliveries").fetchone()[0] == 0
+    finally:
+        con.close()
+
+
 def test_suites_do_not_fingerprint_or_keep_each_batch(settings, contracts, monkeypatch):
     """GX hashes every value of a pandas batch to label it (most of the time of a large
     delivery) and keeps every result in its context's store; the suites turn both off, and
