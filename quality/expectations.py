@@ -238,9 +238,10 @@ class _GX:
     per contract version (building them costs more than validating a small batch)."""
 
     def __init__(self):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self._init()
+        # No warnings.catch_warnings() here: its filters are the whole process's, and this
+        # may run in a thread beside the ingestion (import_gx_in_background). Importing GX
+        # and creating the context warn of nothing (checked with every warning shown).
+        self._init()
 
     def _init(self):
         import great_expectations as gx

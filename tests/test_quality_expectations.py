@@ -292,8 +292,11 @@ def test_a_failing_background_import_of_gx_fails_the_validation(settings, contra
     it, so no delivery is loaded unvalidated."""
     import pytest
 
+    tried_on = []
+
     class Broken:
         def __init__(self):
+            tried_on.append(threading.current_thread().name)
             raise ImportError("great_expectations is broken here")
 
     monkeypatch.setattr(gxmod, "_GX", Broken)
@@ -302,6 +305,7 @@ def test_a_failing_background_import_of_gx_fails_the_validation(settings, contra
     _write_people(settings, contracts, [person(i) for i in range(12)])
     with pytest.raises(ImportError, match="great_expectations is broken here"):
         _ingest(settings, contracts, SuiteValidator(settings.seeds_dir, run_id="run-gx", workers=0))
+    assert tried_on == ["jisr-gx-import", "MainThread"]  # failed in the thread, then raised here
     con = duckdb.connect(str(settings.store_path), read_only=True)
     assert con.execute("select count(*) from raw.beneficiaries").fetchone()[0] == 0
     con.close()
@@ -380,6 +384,9 @@ def test_suite_validator_validates_here_when_its_worker_dies_holding_a_delivery(
             handed.append(contract.source)
             for process in list(self._pool._processes.values()):
                 os.kill(process.pid, signal.SIGKILL)
+            deadline = time.monotonic() + 30  # until the pool knows: no later delivery is handed over
+            while not self._pool._broken and time.monotonic() < deadline:
+                time.sleep(0.01)
         return future
 
     monkeypatch.setattr(SuiteValidator, "_submit", submit_then_kill_the_worker)
