@@ -160,8 +160,9 @@ def test_the_lake_is_exported_beside_dbt_on_duckdb(settings, contracts, monkeypa
 
     monkeypatch.setattr(lake, "export_raw", recording)
     context = SimpleNamespace(log=_Log())
-    with warehouse._raw_lake_export(context, settings):
+    with warehouse._raw_lake_export(context, settings) as lake:
         pass  # the build
+    lake.check()
     assert len(export_threads) == 1 and export_threads[0].startswith("jisr-lake")
     assert_lake_matches_store(settings, contracts)
     assert context.log.lines[-1][0] == "info" and "open raw layer (Parquet)" in context.log.lines[-1][1]
@@ -194,7 +195,8 @@ def test_a_failed_lake_export_fails_the_warehouse_step_after_the_build(settings,
 
     monkeypatch.setattr(lake, "export_raw", broken)
     built = []
+    with warehouse._raw_lake_export(SimpleNamespace(log=_Log()), settings) as lake:
+        built.append(True)
+    assert built == [True]  # the build ran to its end
     with pytest.raises(dg.Failure, match="open raw layer.*disk full"):
-        with warehouse._raw_lake_export(SimpleNamespace(log=_Log()), settings):
-            built.append(True)
-    assert built == [True]
+        lake.check()  # raised by the step after it kept the build's parse state and docs

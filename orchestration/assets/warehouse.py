@@ -96,16 +96,30 @@ def warehouse_dbt(context: dg.AssetExecutionContext, dbt: DbtCliResource, config
                                             f"{uuid.uuid4().hex[:7]}")
     prune_run_targets(settings, keep=RUN_TARGETS_KEPT - 1)  # with this run's: the last RUN_TARGETS_KEPT
     restore_partial_parse(settings, target_path)
-    with _raw_lake_export(context, settings):
+    with _raw_lake_export(context, settings) as lake:
         build = dbt.cli(args, context=context, target_path=target_path)
         yield from build.stream()
     save_partial_parse(settings, build.target_path)
     _refresh_docs(context, dbt, settings, build.target_path)
+    lake.check()  # a failed export fails the step, once the build's state and docs are kept
 
 
 def dbt_target() -> str:
     """The dbt target a build uses (``JISR_DBT_TARGET``, as dbt_project/profiles.yml reads it)."""
     return os.environ.get("JISR_DBT_TARGET") or "duckdb"
+
+
+class _LakeExport:
+    """The outcome of a lake export run beside the build (see :func:`_raw_lake_export`)."""
+
+    def __init__(self, lake_dir):
+        self.lake_dir = lake_dir
+        self.error: BaseException | None = None
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise dg.Failure(f"the warehouse was built, but the open raw layer (Parquet lake under "
+                             f"{self.lake_dir}) could not be exported: {self.error}") from self.error
 
 
 @contextlib.contextmanager
@@ -115,34 +129,36 @@ def _raw_lake_export(context: dg.AssetExecutionContext, settings):
 
     dbt on DuckDB reads the raw store itself (attached read-only), so the export runs beside
     the build, in a thread, where its Parquet writing takes what the build leaves of the
-    cores (in refreshes at 1,000,000 beneficiaries, the ingestion and dbt steps together took
-    2-3 s less than with the export inside ingestion). Other targets (Spark) read the lake:
-    it is exported before the build. A failed export fails the step once dbt has finished.
+    cores (four refreshes at 1,000,000 beneficiaries: the ingestion and dbt steps together
+    took 0-6 s less than with the export inside ingestion). On any other target (Spark reads
+    the lake) it runs before the build, and its failure stops the step there. Beside the
+    build, a failure is kept in the object this yields (``check()`` raises it), so the step
+    keeps the build's parse state and docs before it fails; the build's own error, if any,
+    comes first. Leaving the block waits for the export (a DuckDB COPY cannot be stopped).
     """
     from ingestion.lake import export_raw
     from orchestration.assets.ingest import CONTRACTS
+
+    outcome = _LakeExport(settings.lake_dir)
 
     def export():
         return export_raw(settings.store_path, settings.lake_dir, CONTRACTS)
 
     if dbt_target() != "duckdb":
         context.log.info(f"open raw layer (Parquet), before dbt reads it: {export().summary()}")
-        yield
+        yield outcome
         return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="jisr-lake") as pool:
         future = pool.submit(export)
         try:
-            yield
+            yield outcome
         except BaseException:
             if future.exception() is not None:  # waits for the export; the build's error wins
                 context.log.error(f"open raw layer (Parquet) export failed too: {future.exception()}")
             raise
-    try:
-        lake = future.result()
-    except Exception as exc:
-        raise dg.Failure(f"the warehouse was built, but the open raw layer (Parquet lake under "
-                         f"{settings.lake_dir}) could not be exported: {exc}") from exc
-    context.log.info(f"open raw layer (Parquet): {lake.summary()}")
+    outcome.error = future.exception()
+    if outcome.error is None:  # logged here: Dagster's log is written from the step's thread
+        context.log.info(f"open raw layer (Parquet): {future.result().summary()}")
 
 
 def _refresh_docs(context: dg.AssetExecutionContext, dbt: DbtCliResource, settings, target_path) -> None:

@@ -5,7 +5,7 @@
     DuckDB reads the raw store itself (attached read-only as `ingest`) and PostgreSQL
     holds a copy in its own schemas: nothing to do. On Spark every source `<schema>.<table>`
     (`raw.<source>`, `meta.deliveries`, `quarantine.rows`) becomes a view over the open raw
-    layer that ingestion exports (ingestion/lake.py): the Parquet directory
+    layer (ingestion/lake.py; a refresh exports it before building on Spark): the Parquet directory
     `<lake>/<schema>/<table>`, Hive-partitioned by `_batch` for the raw tables. Views list
     the files when queried, so a new delivery needs no metastore repair, and every row
     keeps its lineage columns and `_is_current` flag.
