@@ -2,7 +2,7 @@
 
 Most BI tools speak PostgreSQL natively. ``publish_postgres(settings, dsn)``:
 
-1. closes the published schemas to the ``evaluator`` role while it works (no one reads a
+1. closes every schema to the ``evaluator`` role while it works (no one reads a
    half-built or not yet protected mart);
 2. copies the raw layer (the pseudonymised raw store tables, the quarantine and the
    delivery log) into the schemas ``raw``, ``quarantine`` and ``meta`` of the database,
@@ -14,7 +14,8 @@ Most BI tools speak PostgreSQL natively. ``publish_postgres(settings, dsn)``:
 5. applies disclosure control (quality/disclosure.py) to the marts and refuses to open them
    if its check fails;
 6. records the publication in ``meta.publish_log`` and (re)creates the read-only role
-   ``evaluator``: USAGE and SELECT on ``marts``, ``impact`` and ``meta.publish_log`` only,
+   ``evaluator``: USAGE and SELECT on the published schemas (``publish.schemas`` of
+   config/quality.yml: ``marts`` and ``impact``) and ``meta.publish_log`` only,
    default privileges so tables dbt creates later are readable too, no USAGE on ``raw``,
    ``staging``, ``intermediate``, ``detail`` (person-level tables), ``quarantine`` or
    ``seeds``, no CREATE anywhere (no
@@ -221,16 +222,21 @@ def run_dbt(settings: Settings, dsn: str) -> None:
         raise PostgresPublishError(f"dbt build --target postgres failed (exit {proc.returncode}):\n{tail}")
 
 
-def close_published(pg, evaluator: str = EVALUATOR, schemas: tuple[str, ...] = DEFAULT_PUBLISH_SCHEMAS) -> None:
-    """Take USAGE on the published schemas away from the evaluator role while publishing."""
+def close_published(pg, evaluator: str = EVALUATOR) -> None:
+    """Take USAGE on every schema away from the evaluator role while publishing (also a
+    schema published before and no longer in ``publish.schemas``: it gets new tables too)."""
     with pg.cursor() as cur:
         if not _role_exists(cur, evaluator):
             return
-        for schema in tuple(schemas) + ("meta",):
-            cur.execute("select 1 from pg_namespace where nspname = %s", [schema])
-            if cur.fetchone():
-                cur.execute(f"revoke usage on schema {_q(schema)} from {_q(evaluator)}")
+        for schema in _schemas(cur):
+            cur.execute(f"revoke usage on schema {_q(schema)} from {_q(evaluator)}")
     pg.commit()
+
+
+def _schemas(cur) -> list[str]:
+    """The database's own schemas (not PostgreSQL's catalogs)."""
+    cur.execute("select nspname from pg_namespace where nspname not like 'pg\\_%' and nspname <> 'information_schema'")
+    return [schema for (schema,) in cur.fetchall()]
 
 
 def _role_exists(cur, role: str) -> bool:
@@ -257,12 +263,14 @@ def apply_grants(pg, evaluator: str = EVALUATOR, evaluator_password: str | None 
         cur.execute(f"grant connect on database {_q(database)} to {_q(evaluator)}")
         cur.execute("revoke all on schema public from public")
         cur.execute(f"revoke all on schema public from {_q(evaluator)}")
-        cur.execute("select nspname from pg_namespace where nspname not like 'pg\\_%' and nspname <> 'information_schema'")
-        for (schema,) in cur.fetchall():
+        for schema in _schemas(cur):
             if schema in schemas or schema == "meta":
                 continue
             cur.execute(f"revoke all on schema {_q(schema)} from {_q(evaluator)}")
             cur.execute(f"revoke all on all tables in schema {_q(schema)} from {_q(evaluator)}")
+            # a schema published before: its later tables are not the evaluator's either
+            cur.execute(f"alter default privileges for role {_q(owner)} in schema {_q(schema)} "
+                        f"revoke select on tables from {_q(evaluator)}")
             if schema in INTERNAL_SCHEMAS:
                 cur.execute(f"revoke all on schema {_q(schema)} from public")
         for schema in schemas + ("meta",):
@@ -329,7 +337,7 @@ def publish_postgres(settings: Settings, dsn: str, *,
     pg = connect(dsn)
     result = PostgresPublishResult(published_schemas=schemas)
     try:
-        close_published(pg, schemas=schemas)
+        close_published(pg)
         result.raw_rows = copy_raw_layer(settings, pg)
         run_dbt(settings, dsn)
         result.impact_tables = copy_impact_tables(settings, pg)

@@ -66,6 +66,8 @@ from typing import Any, Iterable
 
 import yaml
 
+from quality.config import DEFAULT_PUBLISH_SCHEMAS, config_for
+
 CONFIG_FILE = "disclosure.yml"
 DEFAULT_K = 10
 DEFAULT_FLAG = "is_suppressed"
@@ -715,9 +717,10 @@ def review(con, settings=None, config: Any = None) -> list[Violation]:
     out = []
     for rule in config.tables:
         out.extend(check_table(db, rule))
+    schemas = config_for(settings).publish_schemas if settings is not None else DEFAULT_PUBLISH_SCHEMAS
     out += [Violation(t, "unconfigured_table", "published with breakdown columns but neither configured in "
                       "config/disclosure.yml nor exempt", blocking=False)
-            for t in unconfigured_tables(con, config=config)]
+            for t in unconfigured_tables(con, config=config, schemas=schemas)]
     return sorted(out, key=lambda v: not v.blocking)
 
 
@@ -732,7 +735,8 @@ def check(con, settings=None, config: Any = None) -> list[Violation]:
     return [v for rule in config.tables for v in check_table(db, rule) if v.blocking]
 
 
-def unconfigured_tables(con, settings=None, config: Any = None, schemas: tuple[str, ...] = ("marts", "impact")) -> list[str]:
+def unconfigured_tables(con, settings=None, config: Any = None,
+                        schemas: tuple[str, ...] = DEFAULT_PUBLISH_SCHEMAS) -> list[str]:
     """Published tables with breakdown columns that are neither configured nor exempt (a warning)."""
     config = load_config(config, settings)
     listed = {r.table for r in config.tables} | set(config.exempt_tables)

@@ -322,6 +322,23 @@ def test_unconfigured_tables_lists_breakdowns_nobody_classified(tmp_path):
     assert disclosure.unconfigured_tables(con, config={**CONFIG, "exempt_tables": ["marts.mart_other"]}) == []
 
 
+def test_review_looks_for_unconfigured_tables_in_the_configured_published_schemas(tmp_path):
+    """A schema added to ``publish.schemas`` (config/quality.yml) is reviewed like marts."""
+    from types import SimpleNamespace
+
+    con = make_warehouse(tmp_path / "serving.duckdb", coverage_rows(COUNTS))
+    con.execute("create schema extra")
+    con.execute("create table extra.mart_more (region_code varchar, sex varchar, people bigint)")
+    config_dir = tmp_path / "config"
+    config_dir.mkdir()
+    (config_dir / "quality.yml").write_text(yaml.safe_dump({"publish": {"schemas": ["marts", "extra"]}}))
+    found = {v.table for v in disclosure.review(con, SimpleNamespace(config_dir=config_dir), config=CONFIG)
+             if v.kind == "unconfigured_table"}
+    assert found == {"marts.mart_other", "extra.mart_more"}
+    assert {v.table for v in disclosure.review(con, config=CONFIG) if v.kind == "unconfigured_table"} == {
+        "marts.mart_other"}
+
+
 def test_check_warns_without_blocking_when_only_outside_totals_determine_a_cell(tmp_path):
     """Region 01 has men only: its cell equals (men) - (region 02) - (region 03) + (women),
     whatever this table hides. Those totals are protected where they are published; here it

@@ -125,17 +125,25 @@ def test_postgres_evaluator_reads_the_configured_published_schemas(database, eva
     make_schemas(database)
     owner = psycopg2.connect(database)
     postgres.apply_grants(owner, evaluator_password=evaluator_password)  # the defaults: marts, impact
-    postgres.apply_grants(owner, evaluator_password=evaluator_password, schemas=("marts",))
-    owner.close()
     con = evaluator_connection(database, evaluator_password)
     try:
+        postgres.close_published(owner)  # publishing again: nothing readable meanwhile
+        expect_denied(con, "select sum(beneficiaries) from marts.mart_coverage")
+        expect_denied(con, "select programme_code from impact.impact_estimates")
+        postgres.apply_grants(owner, evaluator_password=evaluator_password, schemas=("marts",))
         with con.cursor() as cur:
             cur.execute("select sum(beneficiaries) from marts.mart_coverage")
             assert cur.fetchone()[0] == 120
         con.rollback()
         expect_denied(con, "select programme_code from impact.impact_estimates")
+        with owner.cursor() as cur:  # a table created later, and USAGE granted back by hand
+            cur.execute("create table impact.fresh as select 1 as n")
+            cur.execute(f"grant usage on schema impact to {postgres.EVALUATOR}")
+        owner.commit()
+        expect_denied(con, "select n from impact.fresh")  # no default privilege left there
     finally:
         con.close()
+        owner.close()
 
 
 def test_postgres_evaluator_cannot_write_or_create(database, evaluator_con):
