@@ -58,7 +58,8 @@ def run_ingestion(settings, run_id: str, sources=None, validators=()):
     specs=[_spec(c) for c in CONTRACTS.values()],
     can_subset=True,
     description="Reads new partner files from the landing area, checks them against their contracts, "
-                "pseudonymises direct identifiers and appends them to the raw layer.",
+                "pseudonymises direct identifiers and appends them to the raw layer. (The Parquet copy of "
+                "the raw layer, the lake, is brought up to date by the warehouse step, with the dbt build.)",
 )
 def ingest_landing(context: dg.AssetExecutionContext):
     settings = get_settings()
