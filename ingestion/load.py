@@ -195,8 +195,7 @@ def _reference_sql(contract: Contract, contracts: dict[str, Contract], typed: st
     return " union all ".join(parts)
 
 
-def _insert_violations(con, found: Iterable[tuple[int, str, str | None, str]],
-                       table: str = "violations_delivery") -> None:
+def _insert_violations(con, found: Iterable[tuple[int, str, str | None, str]], table: str) -> None:
     """Add a validator's failing (source_row, rule, column_name, message) rows to
     the delivery's violations table in one insert (row by row costs seconds at national scale)."""
     import pyarrow as pa

@@ -314,9 +314,9 @@ def import_gx_in_background() -> None:
 
     Ingestion calls it when a delivery will be validated in this process, at commit, after
     the next file is read and typed: DuckDB does that work without holding Python's GIL,
-    so the import overlaps it instead of delaying the commit. pandas is imported first, here,
-    so the two threads never import the same package at once. A failing import is left to
-    the validation, which imports again and raises.
+    so the import overlaps it instead of delaying the commit. pandas, which both threads
+    need, is imported first, here, so they do not import it at once. A failing import is
+    left to the validation, which imports again and raises.
     """
     global _GX_IMPORT
     if _GX_SINGLETON is not None or _GX_IMPORT is not None:
@@ -617,8 +617,8 @@ class SuiteValidator:
     of several chunks is validated by this process and the workers at once (GX's pandas
     engine uses one core). The workers start at the first delivery of ``WORKER_START_ROWS``
     rows or more (or :meth:`start`), take work once they have imported GX, and stop at
-    :meth:`close`. Results are merged in chunk
-    order, so they do not depend on which process validated which chunk.
+    :meth:`close`. Results are merged in chunk order, so they do not depend on which
+    process validated which chunk.
     """
 
     def __init__(self, seeds_dir: Path, run_id: str | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS,
