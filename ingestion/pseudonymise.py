@@ -12,9 +12,20 @@ against it byte for byte.
 The pseudonym kept in the warehouse is the first 63 bits of the HMAC as a signed BIGINT:
 an integer joins faster than a 64-character hex string and is portable to PostgreSQL,
 Spark and Parquet (a 128-bit integer is not). With 63 bits, the chance that any two of
-40 million people share a pseudonym is about 1e-4; ingestion checks every batch for such a
-collision and stops if one occurs. Each identifier kind is hashed in its own domain
-(``cin:``, ``phone:`` ...), so equal strings of different kinds get unrelated pseudonyms.
+40 million people share a pseudonym is about 1e-4; ingestion checks for such a collision
+and stops the file where one occurs (below). Each identifier kind is hashed in its own
+domain (``cin:``, ``phone:`` ...), so equal strings of different kinds get unrelated
+pseudonyms.
+
+Ingestion computes each value's pseudonym once per run (:func:`pseudonym_map`): its
+connection keeps, for each kind, the pseudonyms of the values seen so far in a temporary
+table (the memo), and a file's rows take theirs by a join on the file's distinct values. A
+monthly payments file repeats the identity numbers of the months before, and a registry's
+first names repeat a million times: for a 352,599-row payments file, hashing every row
+takes 0.24 s, the memo 0.10 s. The memo holds clear values as the staged files do, in the
+connection's temporary storage only, never in the store. It is also where collisions are
+caught: a new value whose pseudonym is that of a different normalised value, in the same
+file or in any file of the run before it.
 """
 
 from __future__ import annotations
@@ -74,12 +85,69 @@ def install(con, key: bytes) -> None:
         "create or replace temp macro jisr_pseudonym_of(h) as "
         "((('0x' || substr(h, 1, 16))::ubigint) >> 1)::bigint"
     )
+    for kind in NORMALISE_SQL:  # a new key starts with empty memos
+        con.execute(f"create or replace temp table {memo_table(kind)} (clear varchar, key bigint)")
 
 
 def pseudonym_sql(kind: str, expr: str) -> str:
     """SQL computing the BIGINT pseudonym of a clear-text expression (NULL stays NULL)."""
-    norm = NORMALISE_SQL[kind].format(x=expr)
+    return _pseudonym_of_normalised(kind, NORMALISE_SQL[kind].format(x=expr))
+
+
+def _pseudonym_of_normalised(kind: str, norm: str) -> str:
     return f"case when nullif({norm}, '') is null then null else jisr_pseudonym_of(jisr_hmac_hex('{kind}:' || {norm})) end"
+
+
+class PseudonymCollision(RuntimeError):
+    """Two different normalised values of one kind have the same pseudonym."""
+
+
+def memo_table(kind: str) -> str:
+    """The temporary table of a connection holding the pseudonyms of the ``kind`` values seen."""
+    return f"jisr_pseudonyms_{kind}"
+
+
+def pseudonym_map(con, kind: str, table: str, column: str, into: str) -> int:
+    """Create the temporary table ``into`` (clear varchar, key bigint): the pseudonym of each
+    distinct value of ``table.column`` (NULL for an empty one), taken from the run's memo
+    of ``kind`` values (:func:`memo_table`) or computed and added to it. Return how many
+    values were new to the memo (the HMACs computed).
+
+    Raises :class:`PseudonymCollision`, the memo left as it was, when a new value's
+    pseudonym is that of a different normalised value, new or already in the memo.
+    """
+    memo, seen, new = memo_table(kind), f"jisr_seen_{kind}", f"jisr_new_{kind}"
+    norm = NORMALISE_SQL[kind]
+    try:
+        # The file's distinct values first: the memo (the run's values so far) is only
+        # scanned, the hash tables are of the file's size.
+        con.execute(f"create or replace temp table {seen} as select distinct {column}::varchar as clear "
+                    f"from {table} where {column} is not null")
+        con.execute(f"create or replace temp table {into} as select clear, key from {memo} "
+                    f"where clear in (select clear from {seen})")
+        con.execute(
+            f"create or replace temp table {new} as select clear, norm, {_pseudonym_of_normalised(kind, 'norm')} "
+            f"as key from (select clear, {norm.format(x='clear')} as norm from {seen} s "
+            f"where not exists (select 1 from {into} k where k.clear = s.clear))"
+        )
+        added, norms, keys, clashes = con.execute(
+            f"select (select count(*) from {new}), (select count(distinct norm) from {new} where key is not null), "
+            f"(select count(distinct key) from {new}), "
+            f"(select count(*) from (select distinct norm, key from {new} where key is not null) n "
+            f"join {memo} m on m.key = n.key where n.norm <> {norm.format(x='m.clear')})"
+        ).fetchone()
+        if norms != keys or clashes:
+            con.execute(f"drop table {into}")
+            raise PseudonymCollision(
+                f"{kind} values: {'two new values' if norms != keys else 'a new value and one seen before in this run'} "
+                "have the same pseudonym")
+        if added:
+            con.execute(f"insert into {memo} select clear, key from {new}")
+            con.execute(f"insert into {into} select clear, key from {new}")
+        return added
+    finally:
+        con.execute(f"drop table if exists {seen}")
+        con.execute(f"drop table if exists {new}")
 
 
 def pseudonymise_value(key: bytes, kind: str, value: str | None, con=None) -> int | None:

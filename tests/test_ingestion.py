@@ -391,3 +391,27 @@ def test_staging_numbers_rows_in_file_order_when_row_ids_have_gaps(contracts, tm
     assert [r[0] for r in gapped.execute(query).fetchall()] == list(range(1, 26))
     cin = [c.name for c in contracts["beneficiaries"].columns].index("cin") + 1
     assert [r[cin] for r in gapped.execute(query).fetchall()] == [r["cin"] for r in rows]
+
+
+def test_a_pseudonym_collision_with_an_earlier_file_stops_the_file(settings, contracts, monkeypatch):
+    """Every value of a run is checked against the values before it, not only its own file's."""
+    import ingestion.load as load
+
+    real = load.pseudonymise.install
+
+    def narrowed(con, key):  # a pseudonym of one value only: any two identifiers collide
+        real(con, key)
+        con.execute("create or replace temp macro jisr_pseudonym_of(h) as 7::bigint")
+
+    monkeypatch.setattr(load.pseudonymise, "install", narrowed)
+    # enrolments have one direct identifier (cin): one value per file, so no file collides alone
+    write_delivery(settings.landing_dir, contracts["enrolments"], "inscriptions_2025-01.csv", [enrolment(0)])
+    write_delivery(settings.landing_dir, contracts["enrolments"], "inscriptions_2025-02.csv", [enrolment(1)])
+    with pytest.raises(RuntimeError, match=r"inscriptions_2025-02\.csv: column cin: cin values: a new value and one "
+                                           r"seen before in this run have the same pseudonym, a pseudonym collision"):
+        ingest(settings, contracts)
+    with store(settings) as con:
+        assert con.execute("select file_name, status from meta.deliveries").fetchall() == [
+            ("inscriptions_2025-01.csv", "loaded")]
+        assert con.execute("select count(*) from raw.enrolments").fetchone()[0] + con.execute(
+            "select count(distinct source_row) from quarantine.rows").fetchone()[0] == 1

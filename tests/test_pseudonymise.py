@@ -61,3 +61,51 @@ def test_key_file_is_read_and_checked(tmp_path):
         Settings(home=tmp_path, key_file=f).pseudonym_key()
     f.write_text("0123456789abcdef0123\n")
     assert Settings(home=tmp_path, key_file=f).pseudonym_key() == b"0123456789abcdef0123"
+
+
+def _values_table(con, name, values):
+    con.execute(f"create or replace temp table {name} (v varchar)")
+    con.executemany(f"insert into {name} values (?)", [[v] for v in values])
+
+
+def test_pseudonym_map_gives_the_sql_pseudonyms_and_hashes_each_value_once_per_run():
+    key = b"k" * 32
+    con = duckdb.connect()
+    pseudonymise.install(con, key)
+    _values_table(con, "f1", ["AB123456", "ab 123456", None, "  ", "AB123456", "C12345"])
+    assert pseudonymise.pseudonym_map(con, "cin", "f1", "v", "m1") == 4  # distinct, not NULL
+    got = dict(con.execute("select clear, key from m1").fetchall())
+    assert got == {v: pseudonymise.pseudonymise_value(key, "cin", v) for v in ["AB123456", "ab 123456", "  ", "C12345"]}
+    assert got["  "] is None and got["AB123456"] == got["ab 123456"]
+
+    _values_table(con, "f2", ["C12345", "ZZ99999", "AB123456"])
+    assert pseudonymise.pseudonym_map(con, "cin", "f2", "v", "m2") == 1  # only ZZ99999 is new to the run
+    assert dict(con.execute("select clear, key from m2").fetchall()) == {
+        v: pseudonymise.pseudonymise_value(key, "cin", v) for v in ["C12345", "ZZ99999", "AB123456"]}
+    assert pseudonymise.pseudonym_map(con, "phone", "f2", "v", "m3") == 3  # kinds have their own memo
+
+    pseudonymise.install(con, b"other key" * 4)  # a new key starts from an empty memo
+    assert pseudonymise.pseudonym_map(con, "cin", "f2", "v", "m4") == 3
+    assert dict(con.execute("select clear, key from m4").fetchall())["ZZ99999"] == pseudonymise.pseudonymise_value(
+        b"other key" * 4, "cin", "ZZ99999")
+
+
+def test_pseudonym_map_stops_on_a_collision_in_a_file_or_with_a_value_seen_before():
+    con = duckdb.connect()
+    pseudonymise.install(con, b"k" * 32)
+    con.execute("create or replace temp macro jisr_pseudonym_of(h) as 7::bigint")  # every value collides
+    _values_table(con, "two", ["A12345", "B12345"])
+    with pytest.raises(pseudonymise.PseudonymCollision, match="two new values"):
+        pseudonymise.pseudonym_map(con, "cin", "two", "v", "m")
+    memo = pseudonymise.memo_table("cin")
+    assert con.execute(f"select count(*) from {memo}").fetchone()[0] == 0  # nothing remembered
+    assert not con.execute("select count(*) from duckdb_tables() where table_name = 'm'").fetchone()[0]
+
+    _values_table(con, "first", ["A12345"])
+    assert pseudonymise.pseudonym_map(con, "cin", "first", "v", "m") == 1
+    _values_table(con, "same", ["a 12345"])  # another spelling of the same number: not a collision
+    assert pseudonymise.pseudonym_map(con, "cin", "same", "v", "m") == 1
+    _values_table(con, "later", ["B12345"])
+    with pytest.raises(pseudonymise.PseudonymCollision, match="one seen before in this run"):
+        pseudonymise.pseudonym_map(con, "cin", "later", "v", "m")
+    assert con.execute(f"select count(*) from {memo}").fetchone()[0] == 2
