@@ -359,11 +359,8 @@ _SOLVED_MAX = 20_000
 
 
 def _determined(members: list[int], equations: list[dict[int, float]]) -> set[int]:
-    """Unknowns fixed by the equations: e_j lies in the row space of the system.
-
-    With Q1 an orthonormal basis of the row space (rank-revealing QR of the transposed
-    system), e_j lies in it exactly when the j-th row of Q1 has norm 1.
-    """
+    """Unknowns fixed by the equations: e_j lies in the row space of the system, that is
+    every solution of the homogeneous system has a zero j-th component (:func:`_solve`)."""
     import numpy as np
 
     if not equations:
@@ -388,27 +385,42 @@ def _determined(members: list[int], equations: list[dict[int, float]]) -> set[in
 
 
 def _solve(unknowns: int, count: int, rows, columns, values) -> frozenset[int]:
-    """Positions of the determined unknowns of a system given by its coefficient triplets."""
-    import numpy as np
-    from scipy.linalg import qr
+    """Positions of the determined unknowns of a system given by its coefficient triplets.
 
-    matrix = np.zeros((unknowns, count))  # transposed: unknowns x equations
-    matrix[rows, columns] = values
-    q, r, _ = qr(matrix, mode="economic", pivoting=True)
+    A rank-revealing QR of the system A (equations x unknowns), A P = Q [R11 R12; 0 0],
+    without forming Q: the null space of A is spanned by the columns of P [-R11^-1 R12; I].
+    An unknown is determined exactly when its row of that basis is zero: never one of the
+    free unknowns (the identity rows), a pivot unknown when its row of R11^-1 R12 is.
+    (Measured at 1,000,000 beneficiaries: 1.6 s for the 469 systems of a refresh against
+    2.2 s for the orthonormal basis of the row space, the same unknowns in every system.)
+    """
+    import numpy as np
+    from scipy.linalg import qr, solve_triangular
+
+    matrix = np.zeros((count, unknowns))  # equations x unknowns
+    matrix[columns, rows] = values
+    r, pivots = qr(matrix, mode="r", pivoting=True, overwrite_a=True)
+    r = r[:min(count, unknowns)]
     diagonal = np.abs(np.diag(r))
     rank = int((diagonal > 1e-9 * max(1.0, diagonal.max(initial=0.0))).sum())
-    norms = (q[:, :rank] ** 2).sum(axis=1)
-    return frozenset(int(n) for n in np.flatnonzero(norms > 1 - 1e-7))
+    if rank == unknowns:
+        return frozenset(range(unknowns))
+    if rank == 0:
+        return frozenset()
+    basis = solve_triangular(r[:rank, :rank], r[:rank, rank:])  # R11^-1 R12: rank x free unknowns
+    return frozenset(int(pivots[n]) for n in np.flatnonzero(np.abs(basis).max(axis=1, initial=0.0) <= 1e-7))
 
 
-def recoverable(cells: Cells, suppressed: set[int], touching: set[int] | None = None) -> set[int]:
+def recoverable(cells: Cells, suppressed: set[int], touching: set[int] | None = None,
+                components: list | None = None) -> set[int]:
     """Suppressed cells whose value follows exactly from the lines and the published cells.
 
     ``touching``: only examine the groups of lines that contain one of these cells.
+    ``components``: ``_components(cells, suppressed)`` when the caller has it already.
     """
     found = set()
     with _single_threaded_blas():
-        for members, equations in _components(cells, suppressed):
+        for members, equations in components if components is not None else _components(cells, suppressed):
             if touching is not None and touching.isdisjoint(members):
                 continue
             found |= _determined(members, equations)
@@ -485,7 +497,8 @@ def suppression_pattern(cells: Cells) -> tuple[set[int], set[int]]:
                 pick = _pick(cells, (i for i in line_cells[n] if i not in suppressed), totals, closes)
                 if pick is not None:
                     hide(pick, queue)
-        exposed = recoverable(cells, suppressed, touching=changed_cells) - unfixable
+        components = _components(cells, suppressed)  # for the check and the picks below
+        exposed = recoverable(cells, suppressed, touching=changed_cells, components=components) - unfixable
         if exposed and any(total is None for _, total in cells.lines):
             if strata is None:
                 strata = _components(cells, set(range(len(cells))))
@@ -499,7 +512,7 @@ def suppression_pattern(cells: Cells) -> tuple[set[int], set[int]]:
         if not exposed:
             break
         progress = False
-        for members, _ in _components(cells, suppressed):
+        for members, _ in components:  # as they were before this round hides anything
             group_exposed = sorted(exposed.intersection(members))
             if not group_exposed:
                 continue

@@ -153,6 +153,51 @@ def test_solved_systems_are_reused_whatever_the_cell_numbers(monkeypatch):
     assert len(solved) == 2
 
 
+def _exact_rank(rows: list[list[int]]) -> int:
+    """Rank over the rationals, by exact elimination."""
+    from fractions import Fraction
+
+    m = [[Fraction(v) for v in row] for row in rows]
+    rank = 0
+    for col in range(len(m[0]) if m else 0):
+        pivot = next((i for i in range(rank, len(m)) if m[i][col] != 0), None)
+        if pivot is None:
+            continue
+        m[rank], m[pivot] = m[pivot], m[rank]
+        for i in range(len(m)):
+            if i != rank and m[i][col] != 0:
+                f = m[i][col] / m[rank][col]
+                m[i] = [a - f * b for a, b in zip(m[i], m[rank])]
+        rank += 1
+    return rank
+
+
+def test_determined_unknowns_are_those_exact_elimination_finds():
+    """An unknown is determined when adding e_j to the equations does not raise their rank:
+    the factorisation agrees with exact rational arithmetic on systems of every shape."""
+    import random
+
+    import numpy as np
+
+    rng = random.Random(7)
+    for trial in range(300):
+        unknowns, count = rng.randint(1, 12), rng.randint(1, 14)
+        density = rng.choice([0.15, 0.3, 0.6])
+        system = [[rng.choice([1, -1]) if rng.random() < density else 0 for _ in range(unknowns)]
+                  for _ in range(count)]
+        if trial % 3 == 0 and count > 1:  # rank-deficient: a row repeats a combination of others
+            system[-1] = [a - b for a, b in zip(system[0], system[1 % count])]
+        cells = [(j, e, v) for e, row in enumerate(system) for j, v in enumerate(row) if v]
+        if not cells:
+            continue
+        rows, columns, values = (np.array(x) for x in zip(*cells))
+        rank = _exact_rank(system)
+        expected = {j for j in range(unknowns)
+                    if _exact_rank(system + [[int(k == j) for k in range(unknowns)]]) == rank}
+        assert disclosure._solve(unknowns, count, rows.astype(np.int64), columns.astype(np.int64),
+                                 values.astype(float)) == expected, system
+
+
 def test_check_finds_small_published_cells_and_leaked_values(tmp_path):
     con = make_warehouse(tmp_path / "serving.duckdb", coverage_rows(COUNTS))
     protect(con, config=CONFIG)
