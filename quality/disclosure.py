@@ -56,16 +56,15 @@ at all: they build into the internal schema ``detail`` (the blocking check
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
 
+from jisr.blas import single_threaded_blas
 from quality.config import DEFAULT_PUBLISH_SCHEMAS, config_for
 
 CONFIG_FILE = "disclosure.yml"
@@ -315,41 +314,6 @@ def _components(cells: Cells, suppressed: set[int]) -> list[tuple[list[int], lis
     return list(groups.values())
 
 
-@contextmanager
-def _single_threaded_blas():
-    """Run small LAPACK factorisations on one thread.
-
-    The components are a few hundred unknowns at most; OpenBLAS's threads cost more than
-    they save at that size, and far more on a busy machine (measured: 0.11 s vs 0.018 s per
-    factorisation). Best effort: the bundled OpenBLAS libraries of numpy and scipy expose a
-    setter; anything else runs unchanged.
-    """
-    setters = []
-    try:
-        with open("/proc/self/maps", encoding="utf-8") as maps:
-            libraries = sorted({line.split()[-1] for line in maps if "openblas" in line.lower() and "/" in line})
-        for library in libraries:
-            handle = ctypes.CDLL(library)
-            for prefix in ("scipy_openblas", "openblas"):
-                for suffix in ("64_", ""):
-                    get = getattr(handle, f"{prefix}_get_num_threads{suffix}", None)
-                    set_ = getattr(handle, f"{prefix}_set_num_threads{suffix}", None)
-                    if get is not None and set_ is not None:
-                        setters.append((set_, get()))
-                        set_(1)
-                        break
-                else:
-                    continue
-                break
-    except OSError:
-        pass
-    try:
-        yield
-    finally:
-        for set_, threads in setters:
-            set_(threads)
-
-
 # Systems already solved in this process, by a digest of their coefficients: the check of a
 # candidate (``check_table``) examines the very systems ``protect`` solved moments before in
 # the same run, and the factorisations are most of the cost of both (seconds at national
@@ -419,7 +383,7 @@ def recoverable(cells: Cells, suppressed: set[int], touching: set[int] | None = 
     ``components``: ``_components(cells, suppressed)`` when the caller has it already.
     """
     found = set()
-    with _single_threaded_blas():
+    with single_threaded_blas():
         for members, equations in components if components is not None else _components(cells, suppressed):
             if touching is not None and touching.isdisjoint(members):
                 continue
@@ -503,7 +467,7 @@ def suppression_pattern(cells: Cells) -> tuple[set[int], set[int]]:
             if strata is None:
                 strata = _components(cells, set(range(len(cells))))
                 stratum_of = {cell: n for n, (members, _) in enumerate(strata) for cell in members}
-            with _single_threaded_blas():
+            with single_threaded_blas():
                 for n in {stratum_of[cell] for cell in exposed} - solved:
                     unfixable |= _determined(*strata[n])
                     solved.add(n)

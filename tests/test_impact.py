@@ -615,3 +615,41 @@ def test_run_impact_estimates_again_when_its_code_changes_under_the_same_code_ve
     summary = run_impact(db, cfg, "run-b", "v1", tmp_path / "report-b")
     assert summary["reused"] is None
     assert impact_runs(db) == {t: {"run-b"} for t in TABLES}
+
+
+# --------------------------------------------------------------------------------------
+# estimating in worker processes
+
+
+def test_worker_processes_compute_items_in_order_and_the_same_values():
+    from impact.run import _map_in_processes, _Workers
+
+    items = [-3, 4, -5, 6, -7]
+    with _Workers(1, wait=True) as workers:  # ready before the first item: the last goes to it
+        assert _map_in_processes(abs, items, workers) == [3, 4, 5, 6, 7]
+        assert workers.items_done >= 1
+    assert _map_in_processes(abs, items, _Workers(0)) == [3, 4, 5, 6, 7]
+
+
+def test_estimates_from_worker_processes_equal_those_from_one_process(monkeypatch):
+    import impact.run as run
+
+    panel = pd.concat([simulate_panel(21, study_id="s1"), simulate_panel(22, study_id="s2", programme="PRG-02")])
+    cfg = config(subgroups={"dimensions": ["sex"], "min_size": 30})
+    alone = evaluate(panel, costs_frame(800.0), cfg)
+    monkeypatch.setattr(run, "WORKER_PANEL_ROWS", 0)  # this small panel gets a worker too
+    shared = evaluate(panel, costs_frame(800.0), cfg, workers=1)
+    for name, frame in alone.by_table().items():
+        pd.testing.assert_frame_equal(shared.by_table()[name], frame, check_exact=True, obj=name)
+
+
+def test_blas_runs_on_one_thread_inside_the_block_and_as_before_after_it():
+    import numpy  # noqa: F401 - loads numpy's OpenBLAS
+
+    from jisr.blas import _openblas_threads, single_threaded_blas
+
+    before = [threads for _, threads in _openblas_threads()]
+    assert before, "numpy's OpenBLAS was not found: the thread setting would silently do nothing"
+    with single_threaded_blas():
+        assert [threads for _, threads in _openblas_threads()] == [1] * len(before)
+    assert [threads for _, threads in _openblas_threads()] == before

@@ -36,6 +36,8 @@ def impact_stage(context: dg.AssetExecutionContext):
     report = summary["report"]
     if summary["reused"]:
         context.log.info(summary["reused"])
+    if summary["estimation_processes"]:
+        context.log.info(f"impact: {summary['estimation_processes']}")
     for note in summary["notes"]:
         context.log.info(note)
     shared = {
