@@ -520,16 +520,19 @@ def _warm_up() -> None:
     """Run in a new worker: import what estimating needs; one BLAS thread (the worker and
     this process share the cores: with OpenBLAS's threads as well, the estimates of a
     116,000-row panel took longer on two processes than on one)."""
-    import statsmodels.api  # noqa: F401
-
     from jisr.blas import use_one_blas_thread
 
+    _warm_up_imports()
     use_one_blas_thread()
 
 
+def _warm_up_imports() -> None:
+    import statsmodels.api  # noqa: F401 - with scipy and its BLAS
+
+
 class _Workers:
-    """Worker processes for :func:`_map_in_processes`, started at once (they import what
-    estimating needs while this process reads and shapes the panel)."""
+    """Worker processes for :func:`_map_in_processes`, started at once: they import what
+    estimating needs while this process shapes the studies and computes their balance."""
 
     def __init__(self, count: int, wait: bool = False):
         self.count = max(int(count), 0)
@@ -567,7 +570,8 @@ def _map_in_processes(fn, items: list, workers: _Workers) -> list:
     this process takes items from the front, the workers (once they have imported what
     ``fn`` needs) from the back. Results keep the order of ``items`` and do not depend on
     where an item was computed. An item whose worker died is computed here; an error raised
-    by ``fn`` is raised here, as it would be without workers."""
+    by ``fn`` in either process is raised here (with several, not necessarily the first in
+    ``items`` order)."""
     from concurrent.futures.process import BrokenProcessPool
 
     results: list = [None] * len(items)
@@ -583,8 +587,10 @@ def _map_in_processes(fn, items: list, workers: _Workers) -> list:
 
     from jisr.blas import single_threaded_blas
 
-    # one BLAS thread here as in the workers (_warm_up), with or without them: the figures
-    # do not depend on where an item was computed
+    # One BLAS thread here as in the workers (_warm_up), with or without them: the figures
+    # do not depend on where an item was computed. The setting reaches the BLAS libraries
+    # loaded when it is made: statsmodels (scipy's) first, as in _warm_up.
+    _warm_up_imports()
     with single_threaded_blas():
         while front <= back:
             for i in [i for i, f in pending.items() if f.done()]:
@@ -772,7 +778,8 @@ def input_fingerprints(con, config_path, code_version: str) -> dict[str, str]:
     """What the impact tables are a function of.
 
     ``estimation``: the evaluation panel's content, ``config/evaluation.yml``, the code
-    version, the source of this package and the engine versions: every table but cost-effectiveness follows from them.
+    version, the source of this package (and of ``jisr/blas.py``) and the engine versions: every table but
+    cost-effectiveness follows from them.
     ``costs``: the programme costs' content (cost-effectiveness follows from the estimates,
     the config and the costs).
     """
@@ -781,9 +788,12 @@ def input_fingerprints(con, config_path, code_version: str) -> dict[str, str]:
     config_hash = hashlib.sha256(Path(config_path).read_bytes()).hexdigest()
     # The code of this package too: a working copy with uncommitted changes keeps one
     # code version ("...-dirty") across edits.
+    import jisr.blas  # how many BLAS threads the estimates run on
+
     source = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.rglob("*.py")):
-        source.update(path.relative_to(Path(__file__).parent).as_posix().encode() + b"\0" + path.read_bytes())
+    files = [(path.relative_to(Path(__file__).parent).as_posix(), path) for path in sorted(Path(__file__).parent.rglob("*.py"))]
+    for name, path in files + [("jisr/blas.py", Path(jisr.blas.__file__))]:
+        source.update(name.encode() + b"\0" + path.read_bytes())
     versions = f"duckdb {duckdb.__version__}, pandas {pd.__version__}, numpy {np.__version__}"
     estimation = json.dumps({
         "fingerprint_version": FINGERPRINT_VERSION,

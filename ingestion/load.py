@@ -327,6 +327,7 @@ class Ingestor:
             try:
                 if pending is not None:
                     self._discard(con, pending)
+                pseudonymise.forget(con)
             finally:
                 con.close()
                 for validator in self.validators:
@@ -403,7 +404,8 @@ class Ingestor:
     def _type(self, con, p: _Prepared) -> None:
         """The typed table: the staged text, each column typed, and the pseudonyms of the
         direct identifiers, taken from the run's memo of pseudonyms (each value hashed once
-        per run; a collision stops the file here, before anything is written)."""
+        per run). A collision raises here: nothing of this file is written, the files
+        before it are committed, the pass stops."""
         contract = p.contract
         maps = [f"{p.typed}_pseudonyms_{i}" for i in range(len(contract.pii_columns))]
         try:

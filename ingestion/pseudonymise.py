@@ -13,7 +13,7 @@ The pseudonym kept in the warehouse is the first 63 bits of the HMAC as a signed
 an integer joins faster than a 64-character hex string and is portable to PostgreSQL,
 Spark and Parquet (a 128-bit integer is not). With 63 bits, the chance that any two of
 40 million people share a pseudonym is about 1e-4; ingestion checks for such a collision
-and stops the file where one occurs (below). Each identifier kind is hashed in its own
+and stops where one occurs, before anything of that file is written (below). Each identifier kind is hashed in its own
 domain (``cin:``, ``phone:`` ...), so equal strings of different kinds get unrelated
 pseudonyms.
 
@@ -118,6 +118,7 @@ def pseudonym_map(con, kind: str, table: str, column: str, into: str) -> int:
     """
     memo, seen, new = memo_table(kind), f"jisr_seen_{kind}", f"jisr_new_{kind}"
     norm = NORMALISE_SQL[kind]
+    failed = True
     try:
         # The file's distinct values first: the memo (the run's values so far) is only
         # scanned, the hash tables are of the file's size.
@@ -137,17 +138,27 @@ def pseudonym_map(con, kind: str, table: str, column: str, into: str) -> int:
             f"join {memo} m on m.key = n.key where n.norm <> {norm.format(x='m.clear')})"
         ).fetchone()
         if norms != keys or clashes:
-            con.execute(f"drop table {into}")
             raise PseudonymCollision(
                 f"{kind} values: {'two new values' if norms != keys else 'a new value and one seen before in this run'} "
                 "have the same pseudonym")
         if added:
             con.execute(f"insert into {memo} select clear, key from {new}")
             con.execute(f"insert into {into} select clear, key from {new}")
+        failed = False
         return added
     finally:
-        con.execute(f"drop table if exists {seen}")
-        con.execute(f"drop table if exists {new}")
+        for table in (seen, new) + ((into,) if failed else ()):
+            try:
+                con.execute(f"drop table if exists {table}")
+            except Exception:
+                if not failed:
+                    raise  # otherwise the error that is leaving matters more
+
+
+def forget(con) -> None:
+    """Drop the memos of ``con`` (the clear values it has seen) before the connection ends."""
+    for kind in NORMALISE_SQL:
+        con.execute(f"drop table if exists {memo_table(kind)}")
 
 
 def pseudonymise_value(key: bytes, kind: str, value: str | None, con=None) -> int | None:
@@ -157,7 +168,7 @@ def pseudonymise_value(key: bytes, kind: str, value: str | None, con=None) -> in
     own = con is None
     con = con or duckdb.connect()
     try:
-        install(con, key)
+        install(con, key)  # on a connection passed in, its memos start empty again
         row = con.execute(f"select {pseudonym_sql(kind, '$v')}", {"v": value}).fetchone()
         return row[0]
     finally:

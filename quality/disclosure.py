@@ -371,8 +371,11 @@ def _solve(unknowns: int, count: int, rows, columns, values) -> frozenset[int]:
         return frozenset(range(unknowns))
     if rank == 0:
         return frozenset()
-    basis = solve_triangular(r[:rank, :rank], r[:rank, rank:])  # R11^-1 R12: rank x free unknowns
-    return frozenset(int(pivots[n]) for n in np.flatnonzero(np.abs(basis).max(axis=1, initial=0.0) <= 1e-7))
+    basis = np.abs(solve_triangular(r[:rank, :rank], r[:rank, rank:]))  # |R11^-1 R12|: rank x free unknowns
+    # zero up to rounding, relative to the basis's scale: rounding read as a value would hide
+    # a determined cell, so the tolerance grows with the values rather than stay fixed
+    tolerance = 1e-7 * max(1.0, float(basis.max(initial=0.0)))
+    return frozenset(int(pivots[n]) for n in np.flatnonzero(basis.max(axis=1, initial=0.0) <= tolerance))
 
 
 def recoverable(cells: Cells, suppressed: set[int], touching: set[int] | None = None,

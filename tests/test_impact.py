@@ -631,16 +631,32 @@ def test_worker_processes_compute_items_in_order_and_the_same_values():
     assert _map_in_processes(abs, items, _Workers(0)) == [3, 4, 5, 6, 7]
 
 
-def test_estimates_from_worker_processes_equal_those_from_one_process(monkeypatch):
+def test_estimates_from_worker_processes_equal_those_from_one_process():
     import impact.run as run
 
     panel = pd.concat([simulate_panel(21, study_id="s1"), simulate_panel(22, study_id="s2", programme="PRG-02")])
     cfg = config(subgroups={"dimensions": ["sex"], "min_size": 30})
     alone = evaluate(panel, costs_frame(800.0), cfg)
-    monkeypatch.setattr(run, "WORKER_PANEL_ROWS", 0)  # this small panel gets a worker too
-    shared = evaluate(panel, costs_frame(800.0), cfg, workers=1)
+    with run._Workers(1, wait=True) as workers:  # ready before the first group: the last goes to it
+        shared = run._evaluate(panel, costs_frame(800.0), cfg, workers)
+    assert alone.groups_in_workers == 0 and shared.groups_in_workers >= 1
     for name, frame in alone.by_table().items():
         pd.testing.assert_frame_equal(shared.by_table()[name], frame, check_exact=True, obj=name)
+
+
+def test_a_small_panel_is_estimated_without_a_worker(monkeypatch):
+    import impact.run as run
+
+    started = []
+
+    class Recorded(run._Workers):
+        def __init__(self, count, wait=False):
+            started.append(count)
+            super().__init__(0)
+
+    monkeypatch.setattr(run, "_Workers", Recorded)
+    evaluate(simulate_panel(23), None, config(), workers=1)
+    assert started == [0]  # under WORKER_PANEL_ROWS rows: no worker asked for
 
 
 def test_blas_runs_on_one_thread_inside_the_block_and_as_before_after_it():
@@ -648,8 +664,14 @@ def test_blas_runs_on_one_thread_inside_the_block_and_as_before_after_it():
 
     from jisr.blas import _openblas_threads, single_threaded_blas
 
-    before = [threads for _, threads in _openblas_threads()]
-    assert before, "numpy's OpenBLAS was not found: the thread setting would silently do nothing"
-    with single_threaded_blas():
-        assert [threads for _, threads in _openblas_threads()] == [1] * len(before)
-    assert [threads for _, threads in _openblas_threads()] == before
+    found = _openblas_threads()
+    assert found, "numpy's OpenBLAS was not found: the thread setting would silently do nothing"
+    for set_, _ in found:
+        set_(2)  # so that restoring is seen on a one-core machine too
+    try:
+        with single_threaded_blas():
+            assert [threads for _, threads in _openblas_threads()] == [1] * len(found)
+        assert [threads for _, threads in _openblas_threads()] == [2] * len(found)
+    finally:
+        for set_, threads in found:
+            set_(threads)
