@@ -585,27 +585,20 @@ def _map_in_processes(fn, items: list, workers: _Workers) -> list:
         except BrokenProcessPool:
             results[i] = fn(items[i])
 
-    from jisr.blas import single_threaded_blas
-
-    # One BLAS thread here as in the workers (_warm_up), with or without them: the figures
-    # do not depend on where an item was computed. The setting reaches the BLAS libraries
-    # loaded when it is made: statsmodels (scipy's) first, as in _warm_up.
-    _warm_up_imports()
-    with single_threaded_blas():
-        while front <= back:
-            for i in [i for i, f in pending.items() if f.done()]:
-                collect(i, pending.pop(i))
-            while workers.ready() and len(pending) < workers.count and front < back:
-                try:
-                    pending[back] = workers.pool.submit(fn, items[back])
-                except BrokenProcessPool:  # a worker died while idle: no more workers
-                    workers.close()
-                    break
-                back -= 1
-            results[front] = fn(items[front])
-            front += 1
-        for i, future in pending.items():
-            collect(i, future)
+    while front <= back:
+        for i in [i for i, f in pending.items() if f.done()]:
+            collect(i, pending.pop(i))
+        while workers.ready() and len(pending) < workers.count and front < back:
+            try:
+                pending[back] = workers.pool.submit(fn, items[back])
+            except BrokenProcessPool:  # a worker died while idle: no more workers
+                workers.close()
+                break
+            back -= 1
+        results[front] = fn(items[front])
+        front += 1
+    for i, future in pending.items():
+        collect(i, future)
     return results
 
 
@@ -653,7 +646,14 @@ def _evaluate(panel: pd.DataFrame, costs: pd.DataFrame | None, config: Evaluatio
     if missing:
         raise PanelError(f"programmes {missing} in the evaluation config are in none of the evaluated studies "
                          f"(found: {sorted(seen_programmes)})")
-    parts = _map_in_processes(_outcome_rows, tasks, workers)
+    from jisr.blas import single_threaded_blas
+
+    # One BLAS thread here as in the workers (_warm_up), with or without them: the figures
+    # do not depend on where a group was estimated. The setting reaches the BLAS libraries
+    # loaded when it is made: statsmodels (scipy's) first, as in _warm_up.
+    _warm_up_imports()
+    with single_threaded_blas():
+        parts = _map_in_processes(_outcome_rows, tasks, workers)
     rows = {name: [row for part in parts for row in part[name]] for name in
             ("estimates", "pretrends", "attrition", "group_means", "cost_effectiveness")}
     return ImpactTables(

@@ -13,9 +13,9 @@ The pseudonym kept in the warehouse is the first 63 bits of the HMAC as a signed
 an integer joins faster than a 64-character hex string and is portable to PostgreSQL,
 Spark and Parquet (a 128-bit integer is not). With 63 bits, the chance that any two of
 40 million people share a pseudonym is about 1e-4; ingestion checks for such a collision
-and stops where one occurs, before anything of that file is written (below). Each identifier kind is hashed in its own
-domain (``cin:``, ``phone:`` ...), so equal strings of different kinds get unrelated
-pseudonyms.
+and stops where one occurs, before anything of that file is written (below). Each
+identifier kind is hashed in its own domain (``cin:``, ``phone:`` ...), so equal strings
+of different kinds get unrelated pseudonyms.
 
 Ingestion computes each value's pseudonym once per run (:func:`pseudonym_map`): its
 connection keeps, for each kind, the pseudonyms of the values seen so far in a temporary
