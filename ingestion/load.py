@@ -498,15 +498,17 @@ class Ingestor:
             if older:
                 affected = (f"({affected} or ({keys}) in (select {keys} from {table} where _delivery_id in "
                             f"({', '.join(_lit(o) for o in older)})))")
+            # Only the rows whose flag changes are written: a new row that is the latest of its
+            # key is already current, and most rows of a monthly snapshot are.
             con.execute(
                 f"""update {table} set _is_current = ranked.rn = 1 from (
-                        select rowid as rid, row_number() over (
+                        select rowid as rid, _is_current as was_current, row_number() over (
                             partition by {keys} order by _batch desc, _loaded_at desc, _source_row desc) as rn
                         from {table}
                         where _delivery_id in (select delivery_id from meta.deliveries where status = 'loaded'
                                                union all select ?)
                           and {affected}
-                    ) ranked where {table}.rowid = ranked.rid""",
+                    ) ranked where {table}.rowid = ranked.rid and ranked.was_current is distinct from (ranked.rn = 1)""",
                 [delivery_id, delivery_id],
             )
 
