@@ -1006,3 +1006,34 @@ def test_evaluation_panel_matches_the_generated_studies(generated):
                 where study_id = ? and round_index = ? group by all having count(value) = 0
             ) group by 1""", [study, spec["endline_round"]])
         assert dict(missing) == {g: n for g, n in spec["attrition_endline"].items() if n}
+
+
+def test_household_scores_and_terciles_do_not_depend_on_the_order_rows_arrive_in(tmp_path):
+    """A household's score is the mean of its members' scores. Doubles added in the order
+    the rows arrive give sums whose last bits change from one build of the same delivery to
+    the next (DuckDB adds partial sums in any order), and a household on a tercile cut point
+    could then change tercile: the same members in any order give the same score and tercile."""
+    home = tmp_path / "home"
+    make_home(home, ["2025-01"])
+    run_dbt(home, "compile", "--select", "dim_households")
+    model = next((home / "dbt_target" / "compiled").rglob("dim_households.sql")).read_text()
+    rng = np.random.default_rng(7)
+    scores = [float(s) for s in rng.uniform(0, 100, 6)]
+    households = [("h-many", s) for s in scores] + [("h-low", scores[1]), ("h-high", scores[4])]
+    seen = set()
+    for order in range(30):
+        rows = [households[i] for i in rng.permutation(len(households))]
+        con = duckdb.connect()
+        con.execute("set threads = 1")  # arrival order = insertion order
+        con.execute("attach ':memory:' as build")
+        con.execute("create schema build.detail")
+        con.execute("create table build.detail.dim_beneficiaries (is_current boolean, household_key varchar, "
+                    "sex varchar, age_years integer, has_disability boolean, region_code varchar, "
+                    "province_code varchar, commune_code varchar, area_type varchar, "
+                    "socio_economic_score double, registered_date date)")
+        con.executemany("insert into build.detail.dim_beneficiaries values "
+                        "(true, ?, 'F', 30, false, '01', '011', '01101', 'urban', ?, date '2025-01-01')", rows)
+        seen.add(tuple(con.execute(f"select household_key, socio_economic_score, vulnerability_tercile "
+                                   f"from ({model}) order by household_key").fetchall()))
+        con.close()
+    assert len(seen) == 1, f"{len(seen)} different results for the same households in 30 orders"

@@ -25,3 +25,13 @@
 {% macro count_if(condition) -%}
     sum(case when {{ condition }} then 1 else 0 end)
 {%- endmacro %}
+
+{#- Mean of a floating-point expression that does not depend on the order the rows arrive
+    in. Doubles added in arrival order give a sum whose last bits change from one build to
+    the next (a parallel engine adds partial sums in any order), and a household whose mean
+    score sits on a tercile cut point could change tercile between two builds of the same
+    delivery. The values are added as decimals with 10 places (exact on every engine), so
+    the mean is the same on every build. -#}
+{% macro exact_avg(expression) -%}
+    cast(avg(cast({{ expression }} as decimal(38, 10))) as {{ jisr.type_double() }})
+{%- endmacro %}

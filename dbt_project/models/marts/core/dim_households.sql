@@ -24,7 +24,7 @@ aggregated as (
         max(province_code) as province_code,
         max(commune_code) as commune_code,
         max(area_type) as area_type,
-        avg(socio_economic_score) as socio_economic_score,
+        {{ jisr.exact_avg('socio_economic_score') }} as socio_economic_score,
         min(registered_date) as first_registered_date
 
     from beneficiaries

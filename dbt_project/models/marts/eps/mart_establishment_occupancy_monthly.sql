@@ -47,7 +47,7 @@ final as (
         sum(departures) as departures,
         {{ jisr.safe_divide('sum(residents)', 'sum(capacity)') }} as occupancy_rate,
         {{ jisr.count_if('has_inspection') }} as inspections,
-        avg(inspection_score) as mean_inspection_score
+        {{ jisr.exact_avg('inspection_score') }} as mean_inspection_score
 
     from phased
     group by

@@ -38,12 +38,12 @@ compared as (
         establishment_id,
         {{ jisr.count_if("works_phase = 'before_works'") }} as months_before,
         {{ jisr.count_if("works_phase = 'after_works'") }} as months_after,
-        avg(case when works_phase = 'before_works' then {{ jisr.to_double('residents') }} / capacity end)
+        {{ jisr.exact_avg("case when works_phase = 'before_works' then " ~ jisr.to_double('residents') ~ " / capacity end") }}
             as occupancy_rate_before,
-        avg(case when works_phase = 'after_works' then {{ jisr.to_double('residents') }} / capacity end)
+        {{ jisr.exact_avg("case when works_phase = 'after_works' then " ~ jisr.to_double('residents') ~ " / capacity end") }}
             as occupancy_rate_after,
-        avg(case when works_phase = 'before_works' then inspection_score end) as mean_inspection_score_before,
-        avg(case when works_phase = 'after_works' then inspection_score end) as mean_inspection_score_after
+        {{ jisr.exact_avg("case when works_phase = 'before_works' then inspection_score end") }} as mean_inspection_score_before,
+        {{ jisr.exact_avg("case when works_phase = 'after_works' then inspection_score end") }} as mean_inspection_score_after
 
     from phased
     group by establishment_id
