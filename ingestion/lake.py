@@ -35,9 +35,12 @@ supersedes them (``replace_batch``: the whole earlier delivery; ``latest_per_key
 rows whose keys come again, and rows can even become current again when a corrected
 re-delivery drops a key). So each export compares, per delivery, a signature of its
 current rows (count and an order-free hash of their ``_source_row``) with the one recorded
-at the last export, and rewrites exactly the files whose currency changed. In a monthly
-rhythm that is the previous month's file of each ``latest_per_key`` source: cheap compared
-with a full export, and readers never have to know the supersede rules.
+at the last export, and rewrites exactly the files whose currency changed, so that readers
+never have to know the supersede rules. In a monthly rhythm that is most earlier files of
+each ``latest_per_key`` source (a person's, loan's or request's latest record can be in any
+earlier month): at 1,000,000 beneficiaries a new month rewrote 66 of 124 files (3.6 million
+rows) in about 2.5 s beside the dbt build: up to the whole of those sources each
+month, against the whole lake for a full export.
 
 Each file is written to a hidden temporary name and moved into place with ``os.replace``:
 a reader sees either the previous or the new version of a file, never a partial one (there
