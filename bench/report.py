@@ -260,8 +260,9 @@ def render(run: dict) -> str:
             "the definitions, creating the run, event writes between steps). Quality is the asset-check "
             "steps plus the Great Expectations suites, which run inside the ingestion step (their time "
             "is read from `quality.gx_results` and moved from ingestion to quality: the time the ingestion "
-            "process spent on them, validating or waiting for the worker; a delivery the worker validated "
-            "while the ingestion typed the next one counts only the wait).", ""]
+            "process's main thread spent on them, validating or waiting for the worker; a delivery the worker "
+            "validated while the ingestion typed the next one counts only the wait; the ingestion's second "
+            "thread prepares the next file meanwhile, and that overlapped time counts as quality).", ""]
     header = ["stage"] + [f"{n} {kind}" for n in names for kind in ("full", "incremental")]
     stage_rows = []
     extra = sorted({k for s in scales for kind in ("full", "incremental")

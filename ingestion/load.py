@@ -291,45 +291,59 @@ class Ingestor:
         Each file is first prepared (staged and typed in temporary tables, its validators
         started: nothing written to the store), then committed (the checks that read the
         raw store, the validators' results, quarantine, raw rows, supersede, delivery log).
-        The next file is prepared before the previous one is committed, so a validator
-        working in another process (the suites' worker) checks file N while this process
-        stages and types file N+1. Commits stay in load order and each sees every earlier
-        commit.
+        The next file is prepared while the previous one is committed: on a second
+        connection to the store, in a thread (DuckDB works outside Python's lock), so the
+        two overlap on the cores, and a validator working in another process (the suites'
+        worker) checks file N meanwhile. Files alternate between the two connections, each
+        keeping its files' temporary tables; the memos of pseudonyms are shared. Commits
+        stay in load order and each sees every earlier commit.
         """
+        from concurrent.futures import ThreadPoolExecutor
+
         wanted = set(sources) if sources else None
         con = store.connect(self.store_path)
+        cons = [con]
         pending: _Prepared | None = None
+        preparer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jisr-prepare")
         try:
             store.ensure_schema(con, self.contracts)
             store.check_key(con, pseudonymise.key_fingerprint(self.key))
             pseudonymise.install(con, self.key)
+            other = con.cursor()  # a second connection to the same database
+            cons.append(other)
+            other.execute("set TimeZone = 'UTC'")
+            pseudonymise.install(other, self.key, memos=False)
             results = []
-            slot = 0  # the prepared file and the one before it use two sets of temporary tables
+            slot = 0  # the prepared file and the one before it use the two connections in turn
             for path, partner, contract, batch in self.discover(landing_dir):
                 if wanted is not None and (contract is None or contract.source not in wanted):
                     continue
-                try:
-                    prepared = self._prepare(con, path, partner, contract, batch, slot=slot)
-                except BaseException:
-                    if pending is not None:  # the file before is committed, as if prepared alone
-                        done, pending = pending, None
-                        results.append(self._commit(con, done))
-                    raise
+                preparing = preparer.submit(self._prepare, cons[slot], path, partner, contract, batch, slot=slot)
                 slot = 1 - slot
-                done, pending = pending, prepared
-                if done is not None:
-                    results.append(self._commit(con, done))
+                done, pending = pending, None
+                try:
+                    if done is not None:
+                        results.append(self._commit(cons[done.slot], done))
+                except BaseException:
+                    try:
+                        pending = preparing.result()  # discarded below
+                    except BaseException:
+                        pass  # the earlier file's error is the one to report
+                    raise
+                pending = preparing.result()  # its error, if any, after the file before is committed
             if pending is not None:
                 done, pending = pending, None
-                results.append(self._commit(con, done))
+                results.append(self._commit(cons[done.slot], done))
             return IngestSummary(run_id=self.run_id, files=results)
         finally:
+            preparer.shutdown(wait=True)
             try:
                 if pending is not None:
-                    self._discard(con, pending)
+                    self._discard(cons[pending.slot], pending)
                 pseudonymise.forget(con)
             finally:
-                con.close()
+                for c in reversed(cons):
+                    c.close()
                 for validator in self.validators:
                     if hasattr(validator, "close"):  # e.g. worker processes of the suites
                         validator.close()

@@ -42,6 +42,11 @@ process: messages and reports say "(identifier withheld)". A summary of every ex
 ``great_expectations`` is imported inside functions only: importing it costs seconds. The
 first delivery validated in the ingestion process starts that import in a thread
 (:func:`import_gx_in_background`), where it overlaps the typing of the next file.
+
+The ingestion prepares (reads, types and submits) each delivery in a thread of its own
+while its main thread collects the delivery before: :meth:`SuiteValidator.submit` runs in
+the first, the callables it returns in the second; the worker processes are started, used
+and stopped under a lock, and only the main thread runs GX in the ingestion process.
 """
 
 from __future__ import annotations
@@ -312,7 +317,7 @@ def _gx() -> _GX:
 def import_gx_in_background() -> None:
     """Start importing GX in this process, in a thread, unless it is done or under way.
 
-    Ingestion calls it when a delivery will be validated in this process, at commit, after
+    Ingestion calls it when a delivery will be validated in this process, at commit, while
     the next file is read and typed: DuckDB does that work without holding Python's GIL,
     so the import overlaps it instead of delaying the commit. pandas, which both threads
     need, is imported first, here, so they do not import it at once. A failing import is
@@ -632,6 +637,9 @@ class SuiteValidator:
         self.worker_chunks = 0  # chunks a worker process validated (and returned)
         self._pool = None
         self._warm: list = []
+        # The ingestion submits a delivery from its preparing thread while it collects the
+        # one before in its main thread: the workers are started, used and stopped under it.
+        self._lock = threading.RLock()
 
     def start(self, wait: bool = False) -> None:
         """Start the worker processes (if ``workers``) and their import of GX, in the background.
@@ -641,32 +649,36 @@ class SuiteValidator:
         itself rather than wait (importing GX takes seconds). ``wait`` blocks until then.
         A warm-up still running when the pass ends finishes in the background.
         """
-        if self.workers and self._pool is None:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
+        with self._lock:
+            if self.workers and self._pool is None:
+                import multiprocessing
+                from concurrent.futures import ProcessPoolExecutor
 
-            # spawn: a fork would copy DuckDB's threads and locks mid-transaction
-            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
-            self._warm = [self._pool.submit(_warm_up) for _ in range(self.workers)]
-        if wait and self._pool is not None:
-            for future in self._warm:
-                self._collect(future)
+                # spawn: a fork would copy DuckDB's threads and locks mid-transaction
+                self._pool = ProcessPoolExecutor(max_workers=self.workers,
+                                                 mp_context=multiprocessing.get_context("spawn"))
+                self._warm = [self._pool.submit(_warm_up) for _ in range(self.workers)]
+            warm = list(self._warm) if wait and self._pool is not None else []
+        for future in warm:
+            self._collect(future)
 
     def _ready(self) -> bool:
         """Whether the workers finished importing GX (a worker that died stops the workers)."""
-        if self._pool is None or not all(f.done() for f in self._warm):
-            return False
-        for future in self._warm:
-            self._collect(future)
-        return self._pool is not None
+        with self._lock:
+            if self._pool is None or not all(f.done() for f in self._warm):
+                return False
+            for future in self._warm:
+                self._collect(future)
+            return self._pool is not None
 
     def close(self) -> None:
         """Stop the worker processes (the ingestion calls it when its pass ends)."""
-        if self._pool is not None:
-            # no wait: an idle worker's exit (unloading GX: ~0.8 s) overlaps what the run does next
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
-            self._warm = []
+        with self._lock:
+            if self._pool is not None:
+                # no wait: an idle worker's exit (unloading GX: ~0.8 s) overlaps what the run does next
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = None
+                self._warm = []
 
     def __call__(self, con, contract: Contract, typed_table: str, batch: str | None):
         return self._validate(con, contract, batch, self._plan(con, contract, typed_table))
@@ -737,10 +749,8 @@ class SuiteValidator:
         started = time.monotonic()
         frame = fetch_frame(con, plan.chunk_sql(0))
         future = self._submit(validate_chunk, contract, plan.specs, frame)
-        if future is None:  # the worker is gone: validate here, now
-            result = validate_chunk(contract, plan.specs, frame)
-            seconds = plan.seconds + time.monotonic() - started
-            return lambda: self._finish(con, contract, batch, plan, [result], seconds)
+        if future is None:  # the worker is gone: validated at commit, as ``__call__``
+            return lambda: self._validate(con, contract, batch, plan)
         fetched = plan.seconds + time.monotonic() - started
 
         def finish():
@@ -767,11 +777,14 @@ class SuiteValidator:
         """``fn(*args)`` in a worker; None if the workers are gone (they are stopped then)."""
         from concurrent.futures.process import BrokenProcessPool
 
-        try:
-            return self._pool.submit(fn, *args)
-        except BrokenProcessPool:  # a worker died while idle
-            self._stop_workers()
-            return None
+        with self._lock:
+            if self._pool is None:  # stopped meanwhile (a worker died)
+                return None
+            try:
+                return self._pool.submit(fn, *args)
+            except BrokenProcessPool:  # a worker died while idle
+                self._stop_workers()
+                return None
 
     def _collect(self, future, here=None):
         """A worker's result. Should the worker have died, the workers stop and ``here()``
@@ -794,8 +807,9 @@ class SuiteValidator:
         return result
 
     def _stop_workers(self) -> None:
-        self.close()
-        self.workers = 0
+        with self._lock:
+            self.close()
+            self.workers = 0
 
     def _record(self, con, contract, batch, rows, chunks, specs, outcomes, seconds) -> None:
         con.execute("create schema if not exists quality")

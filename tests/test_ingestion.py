@@ -394,13 +394,14 @@ def test_staging_numbers_rows_in_file_order_when_row_ids_have_gaps(contracts, tm
 
 
 def test_a_pseudonym_collision_with_an_earlier_file_stops_the_file(settings, contracts, monkeypatch):
-    """Every value of a run is checked against the values before it, not only its own file's."""
+    """Every value of a run is checked against the values before it, not only its own file's
+    (also across the ingestion's two connections: consecutive files are prepared on each)."""
     import ingestion.load as load
 
     real = load.pseudonymise.install
 
-    def narrowed(con, key):  # a pseudonym of one value only: any two identifiers collide
-        real(con, key)
+    def narrowed(con, key, **kwargs):  # a pseudonym of one value only: any two identifiers collide
+        real(con, key, **kwargs)
         con.execute("create or replace temp macro jisr_pseudonym_of(h) as 7::bigint")
 
     monkeypatch.setattr(load.pseudonymise, "install", narrowed)
@@ -415,3 +416,38 @@ def test_a_pseudonym_collision_with_an_earlier_file_stops_the_file(settings, con
             ("inscriptions_2025-01.csv", "loaded")]
         assert con.execute("select count(*) from raw.enrolments").fetchone()[0] + con.execute(
             "select count(distinct source_row) from quarantine.rows").fetchone()[0] == 1
+
+
+def test_the_next_file_is_prepared_while_the_one_before_commits(settings, contracts, monkeypatch):
+    """Reading and typing file N+1 overlaps the commit of file N (two connections, a
+    thread), and the run's outcome is that of files taken one after the other."""
+    import threading
+
+    import ingestion.load as load
+
+    base_delivery(settings, contracts, n=3)  # programmes, registry, then enrolments of January
+    write_delivery(settings.landing_dir, contracts["enrolments"], "inscriptions_2025-02.csv", [enrolment(2)])
+    first_commit_started = threading.Event()
+    overlapped = []
+    real_prepare, real_commit = load.Ingestor._prepare, load.Ingestor._commit
+
+    def prepare(self, con, path, *args, **kwargs):
+        if path.name == "inscriptions_2025-02.csv":  # waits for the first file's commit to start
+            overlapped.append(first_commit_started.wait(timeout=20))
+        return real_prepare(self, con, path, *args, **kwargs)
+
+    def commit(self, con, prepared):
+        if prepared.path.name == "inscriptions_2025-01.csv":
+            first_commit_started.set()
+        return real_commit(self, con, prepared)
+
+    monkeypatch.setattr(load.Ingestor, "_prepare", prepare)
+    monkeypatch.setattr(load.Ingestor, "_commit", commit)
+    summary = ingest(settings, contracts)
+    assert overlapped == [True]
+    assert sorted((f.file_name, f.status, f.rows_loaded, f.rows_quarantined) for f in summary.files) == [
+        ("inscriptions_2025-01.csv", "loaded", 3, 0), ("inscriptions_2025-02.csv", "loaded", 1, 0),
+        ("programmes_2025-01.csv", "loaded", 1, 0), ("registre_2025-01.csv", "loaded", 3, 0)]
+    with store(settings) as con:
+        assert con.execute("select count(*) from raw.enrolments").fetchone()[0] == 4
+        assert not con.execute("select * from duckdb_tables() where temporary or database_name = 'jisr_memo'").fetchall()
