@@ -180,7 +180,7 @@ def pseudonymise_value(key: bytes, kind: str, value: str | None, con=None) -> in
     own = con is None
     con = con or duckdb.connect()
     try:
-        install(con, key)  # on a connection passed in, its memos start empty again
+        install(con, key, memos=False)  # the macros only: a look-up needs no memo
         row = con.execute(f"select {pseudonym_sql(kind, '$v')}", {"v": value}).fetchone()
         return row[0]
     finally:
