@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import threading
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -301,6 +302,7 @@ class Ingestor:
         from concurrent.futures import ThreadPoolExecutor
 
         wanted = set(sources) if sources else None
+        self._stopping = threading.Event()
         con = store.connect(self.store_path)
         cons = [con]
         pending: _Prepared | None = None
@@ -318,35 +320,41 @@ class Ingestor:
             for path, partner, contract, batch in self.discover(landing_dir):
                 if wanted is not None and (contract is None or contract.source not in wanted):
                     continue
-                preparing = preparer.submit(self._prepare, cons[slot], path, partner, contract, batch, slot=slot)
+                preparing_on = cons[slot]
+                preparing = preparer.submit(self._prepare, preparing_on, path, partner, contract, batch, slot=slot)
                 slot = 1 - slot
                 done, pending = pending, None
                 try:
                     if done is not None:
                         results.append(self._commit(cons[done.slot], done))
+                    pending = preparing.result()  # its error, if any, after the file before is committed
                 except BaseException:
+                    if not preparing.done():  # the commit failed or the run is interrupted: stop it
+                        self._stopping.set()
+                        preparing_on.interrupt()
                     try:
                         pending = preparing.result()  # discarded below
                     except BaseException:
-                        pass  # the earlier file's error is the one to report
+                        pass  # the first error is the one to report
                     raise
-                pending = preparing.result()  # its error, if any, after the file before is committed
             if pending is not None:
                 done, pending = pending, None
                 results.append(self._commit(cons[done.slot], done))
             return IngestSummary(run_id=self.run_id, files=results)
         finally:
-            preparer.shutdown(wait=True)
             try:
+                preparer.shutdown(wait=True)
                 if pending is not None:
                     self._discard(cons[pending.slot], pending)
                 pseudonymise.forget(con)
             finally:
-                for c in reversed(cons):
-                    c.close()
-                for validator in self.validators:
-                    if hasattr(validator, "close"):  # e.g. worker processes of the suites
-                        validator.close()
+                try:
+                    for c in reversed(cons):
+                        c.close()
+                finally:
+                    for validator in self.validators:
+                        if hasattr(validator, "close"):  # e.g. worker processes of the suites
+                            validator.close()
 
     def _duplicate_of(self, con, contract: Contract, content_hash: str) -> tuple | None:
         previous = con.execute(
@@ -373,7 +381,9 @@ class Ingestor:
             return prepared  # the commit reports it
         try:
             prepared.staged = stage_file(con, path, contract, table=prepared.staged_name)
+            self._stop_if_asked()
             self._type(con, prepared)
+            self._stop_if_asked()
             prepared.validations = [_start(v, con, contract, prepared.typed, batch) for v in self.validators]
         except FileRejected as exc:
             self._discard(con, prepared)
@@ -382,6 +392,13 @@ class Ingestor:
             self._discard(con, prepared)
             raise
         return prepared
+
+    def _stop_if_asked(self) -> None:
+        """Between the statements of a prepare: the pass is failing or interrupted (an
+        interrupt of the connection only stops the statement running)."""
+        stopping = getattr(self, "_stopping", None)
+        if stopping is not None and stopping.is_set():
+            raise RuntimeError("ingestion stopped: this file's preparation is abandoned")
 
     def _commit(self, con, prepared: _Prepared) -> FileResult:
         p = prepared

@@ -109,6 +109,9 @@ class PseudonymCollision(RuntimeError):
 # The memos live in an in-memory database attached to the DuckDB instance (never in the
 # store): unlike temporary tables, every connection of the instance sees them, and the
 # ingestion prepares a file on one connection while it commits the one before on another.
+# So does any other connection to the same store file in this process while the ingestion
+# runs (DuckDB shares one instance per file): nothing else connects to the store during
+# the ingestion step, and the memos are dropped and detached when the pass ends.
 MEMO_DATABASE = "jisr_memo"
 
 

@@ -428,8 +428,8 @@ def test_the_next_file_is_prepared_while_the_one_before_commits(settings, contra
     base_delivery(settings, contracts, n=3)  # programmes, registry, then enrolments of January
     write_delivery(settings.landing_dir, contracts["enrolments"], "inscriptions_2025-02.csv", [enrolment(2)])
     first_commit_started = threading.Event()
-    overlapped = []
-    real_prepare, real_commit = load.Ingestor._prepare, load.Ingestor._commit
+    overlapped, connections, left_behind = [], [], []
+    real_prepare, real_commit, real_forget = load.Ingestor._prepare, load.Ingestor._commit, load.pseudonymise.forget
 
     def prepare(self, con, path, *args, **kwargs):
         if path.name == "inscriptions_2025-02.csv":  # waits for the first file's commit to start
@@ -437,17 +437,66 @@ def test_the_next_file_is_prepared_while_the_one_before_commits(settings, contra
         return real_prepare(self, con, path, *args, **kwargs)
 
     def commit(self, con, prepared):
+        connections.append(con)
         if prepared.path.name == "inscriptions_2025-01.csv":
             first_commit_started.set()
         return real_commit(self, con, prepared)
 
+    def forget(con):  # the end of the pass, both connections still open
+        real_forget(con)
+        overlapped.append("forgotten")
+        for c in {id(c): c for c in connections}.values():
+            left_behind.extend(c.execute("select database_name, table_name from duckdb_tables() "
+                                         "where temporary and table_name <> 'jisr_hmac_key' "
+                                         "or database_name = 'jisr_memo'").fetchall())
+
     monkeypatch.setattr(load.Ingestor, "_prepare", prepare)
     monkeypatch.setattr(load.Ingestor, "_commit", commit)
+    monkeypatch.setattr(load.pseudonymise, "forget", forget)
     summary = ingest(settings, contracts)
-    assert overlapped == [True]
+    assert overlapped == [True, "forgotten"]
     assert sorted((f.file_name, f.status, f.rows_loaded, f.rows_quarantined) for f in summary.files) == [
         ("inscriptions_2025-01.csv", "loaded", 3, 0), ("inscriptions_2025-02.csv", "loaded", 1, 0),
         ("programmes_2025-01.csv", "loaded", 1, 0), ("registre_2025-01.csv", "loaded", 3, 0)]
+    assert len({id(c) for c in connections}) == 2  # files alternate between two connections
+    assert left_behind == []  # no staged, typed or memo table of the run is left
     with store(settings) as con:
         assert con.execute("select count(*) from raw.enrolments").fetchone()[0] == 4
-        assert not con.execute("select * from duckdb_tables() where temporary or database_name = 'jisr_memo'").fetchall()
+
+
+def test_a_failing_commit_interrupts_the_preparation_of_the_next_file(settings, contracts, monkeypatch):
+    """When a file's commit fails (or the run is interrupted), the next file's preparation,
+    running in its thread, is interrupted rather than waited for, and the commit's error
+    is the one reported."""
+    import threading
+    import time
+
+    import ingestion.load as load
+
+    base_delivery(settings, contracts, n=1)
+    files = [p.name for p, *_ in make_ingestor(settings, contracts).discover(settings.landing_dir)]
+    preparing_long, seen = threading.Event(), []
+    real_prepare = load.Ingestor._prepare
+
+    def prepare(self, con, path, *args, **kwargs):
+        if path.name == files[1]:
+            preparing_long.set()
+            try:  # a statement of about a minute, unless interrupted
+                con.execute("select sum(a.range * b.range) from range(150000) a, range(150000) b").fetchall()
+            except Exception as exc:  # noqa: BLE001 - recorded, then raised as a prepare would
+                seen.append(type(exc).__name__)
+                raise
+        return real_prepare(self, con, path, *args, **kwargs)
+
+    def commit(self, con, prepared):
+        assert preparing_long.wait(timeout=20)
+        time.sleep(0.5)  # the long statement has started
+        raise RuntimeError("the disk is full")
+
+    monkeypatch.setattr(load.Ingestor, "_prepare", prepare)
+    monkeypatch.setattr(load.Ingestor, "_commit", commit)
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="the disk is full"):
+        ingest(settings, contracts)
+    assert seen == ["InterruptException"]
+    assert time.monotonic() - started < 20

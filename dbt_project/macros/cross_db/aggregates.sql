@@ -31,7 +31,10 @@
     the next (a parallel engine adds partial sums in any order), and a household whose mean
     score sits on a tercile cut point could change tercile between two builds of the same
     delivery. The values are added as decimals with 10 places (exact on every engine), so
-    the mean is the same on every build. -#}
+    the mean is the same on every build. For finite values whose sum stays below 1e27, where
+    digits beyond the 10th decimal place do not matter (scores, rates): an infinity or NaN
+    fails the cast (the contracts quarantine them; bounded columns such as the 0-100
+    scores never hold one). -#}
 {% macro exact_avg(expression) -%}
     cast(avg(cast({{ expression }} as decimal(38, 10))) as {{ jisr.type_double() }})
 {%- endmacro %}
