@@ -28,6 +28,7 @@ import json
 import shutil
 import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -299,8 +300,6 @@ class Ingestor:
         keeping its files' temporary tables; the memos of pseudonyms are shared. Commits
         stay in load order and each sees every earlier commit.
         """
-        from concurrent.futures import ThreadPoolExecutor
-
         wanted = set(sources) if sources else None
         self._stopping = threading.Event()
         con = store.connect(self.store_path)
