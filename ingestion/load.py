@@ -270,6 +270,7 @@ class Ingestor:
         self.run_id = run_id or uuid.uuid4().hex
         self.code_version = code_version
         self.validators = list(validators)
+        self._stopping = threading.Event()  # set when a pass fails or is interrupted (see ingest)
 
     # -- discovery -----------------------------------------------------------------------
     def discover(self, landing_dir: Path) -> list[tuple[Path, str, Contract | None, str | None]]:
@@ -301,7 +302,7 @@ class Ingestor:
         stay in load order and each sees every earlier commit.
         """
         wanted = set(sources) if sources else None
-        self._stopping = threading.Event()
+        self._stopping.clear()
         con = store.connect(self.store_path)
         cons = [con]
         pending: _Prepared | None = None
@@ -395,8 +396,7 @@ class Ingestor:
     def _stop_if_asked(self) -> None:
         """Between the statements of a prepare: the pass is failing or interrupted (an
         interrupt of the connection only stops the statement running)."""
-        stopping = getattr(self, "_stopping", None)
-        if stopping is not None and stopping.is_set():
+        if self._stopping.is_set():
             raise RuntimeError("ingestion stopped: this file's preparation is abandoned")
 
     def _commit(self, con, prepared: _Prepared) -> FileResult:

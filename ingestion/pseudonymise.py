@@ -169,11 +169,9 @@ def pseudonym_map(con, kind: str, table: str, column: str, into: str) -> int:
 
 
 def forget(con) -> None:
-    """Drop the memos (the clear values seen) and their database, before the connection ends."""
-    if con.execute("select count(*) from duckdb_databases() where database_name = ?", [MEMO_DATABASE]).fetchone()[0]:
-        for kind in NORMALISE_SQL:
-            con.execute(f"drop table if exists {memo_table(kind)}")
-        con.execute(f"detach database if exists {MEMO_DATABASE}")
+    """Drop the memos (the clear values seen), before the connection ends: detaching their
+    in-memory database discards it."""
+    con.execute(f"detach database if exists {MEMO_DATABASE}")
 
 
 def pseudonymise_value(key: bytes, kind: str, value: str | None, con=None) -> int | None:
