@@ -32,16 +32,22 @@ RESULT_ROWS = (
     "Generation (s)",
     "Floor (a): typed load of every file into DuckDB (s)",
     "Floor (b): DuckDB counting the rows of every file (s)",
+    "Floor (a): CPU time, all cores (s)",
     "Full refresh: wall (s)",
     "Full refresh: peak RSS of the process tree (MiB)",
+    "Full refresh: CPU time of the process tree, all cores (s)",
+    "Full refresh: cores busy on average (CPU time / wall)",
     "Full refresh: delivered rows per second",
     "Incremental: new files / rows",
     "Incremental refresh: wall (s)",
     "Incremental refresh: peak RSS (MiB)",
+    "Incremental refresh: CPU time, all cores (s)",
     "Bare `dbt build` on the same raw layer: wall (s)",
     "Bare `dbt build`: peak RSS (MiB)",
+    "Bare `dbt build`: CPU time, all cores (s)",
     "dbt step in the job / bare `dbt build`",
     "Full refresh / floor (a)",
+    "Full refresh CPU time / floor (a) CPU time",
     "Incremental / full refresh",
     "Load average (1 min) at the start of the full refresh",
     "Load average (1 min) at the start of the incremental refresh",
@@ -116,6 +122,24 @@ def peak_by_stage(child: dict, measured) -> dict:
     return out
 
 
+def cpu_by_stage(child: dict, measured) -> dict:
+    """CPU seconds (all cores) the process tree used while each stage's steps ran, from the
+    sampled CPU timeline, with the wall seconds of those steps: ``{stage: {"cpu", "wall"}}``.
+    The rest, up to the end of the refresh, is start-up and bookkeeping."""
+    out: dict[str, dict[str, float]] = {}
+    for key, step in child.get("steps", {}).items():
+        if "start" in step and "end" in step:
+            part = out.setdefault(stage_of(key), {"cpu": 0.0, "wall": 0.0})
+            part["cpu"] += measured.cpu_between(step["start"], step["end"])
+            part["wall"] += step["end"] - step["start"]
+    end = child.get("finished_at")
+    if end is not None:
+        out["start-up and bookkeeping"] = {
+            "cpu": max(measured.cpu_at(end) - sum(p["cpu"] for p in out.values()), 0.0),
+            "wall": max(end - measured.started_at - sum(p["wall"] for p in out.values()), 0.0)}
+    return out
+
+
 def compute_ratios(scales: list[dict], definitions: dict) -> dict:
     """The issue's ratios, each from figures of this run (largest and smallest scale)."""
     ok = [s for s in scales if s.get("full", {}).get("success")]
@@ -126,6 +150,8 @@ def compute_ratios(scales: list[dict], definitions: dict) -> dict:
             "full_over_floor": _div(full.get("wall"), floor.get("seconds")),
             "incremental_over_full": _div(inc.get("wall"), full.get("wall")),
             "dbt_step_over_bare": _div(full.get("stages", {}).get("dbt"), s.get("bare_dbt", {}).get("wall")),
+            "full_cpu_over_floor_cpu": _div(full.get("cpu_seconds"), floor.get("cpu_seconds")),
+            "full_cores_busy": _div(full.get("cpu_seconds"), full.get("wall")),
         }
     if not ok:
         return ratios
@@ -202,16 +228,22 @@ def result_cells(s: dict) -> dict[str, str]:
         "Generation (s)": _s(data.get("generate_seconds")),
         "Floor (a): typed load of every file into DuckDB (s)": _s(s.get("floor_load", {}).get("seconds"), 2),
         "Floor (b): DuckDB counting the rows of every file (s)": _s(s.get("floor_count", {}).get("seconds"), 2),
+        "Floor (a): CPU time, all cores (s)": _s(s.get("floor_load", {}).get("cpu_seconds"), 2),
         "Full refresh: wall (s)": _s(full.get("wall")) + ("" if full.get("success", True) else " (FAILED)"),
         "Full refresh: peak RSS of the process tree (MiB)": _mib(full.get("peak_rss")),
+        "Full refresh: CPU time of the process tree, all cores (s)": _s(full.get("cpu_seconds")),
+        "Full refresh: cores busy on average (CPU time / wall)": _s(r.get("full_cores_busy"), 2),
         "Full refresh: delivered rows per second": _s(rows_per_s, 0),
         "Incremental: new files / rows": f"{_s(increment.get('files'), 0)} / {_s(increment.get('rows'), 0)}",
         "Incremental refresh: wall (s)": _s(inc.get("wall")) + ("" if inc.get("success", True) else " (FAILED)"),
         "Incremental refresh: peak RSS (MiB)": _mib(inc.get("peak_rss")),
+        "Incremental refresh: CPU time, all cores (s)": _s(inc.get("cpu_seconds")),
         "Bare `dbt build` on the same raw layer: wall (s)": _s(bare.get("wall")) + ("" if bare.get("returncode", 0) == 0 else " (FAILED)"),
         "Bare `dbt build`: peak RSS (MiB)": _mib(bare.get("peak_rss")),
+        "Bare `dbt build`: CPU time, all cores (s)": _s(bare.get("cpu_seconds")),
         "dbt step in the job / bare `dbt build`": _fmt(r.get("dbt_step_over_bare"), "x"),
         "Full refresh / floor (a)": _fmt(r.get("full_over_floor"), "x"),
+        "Full refresh CPU time / floor (a) CPU time": _fmt(r.get("full_cpu_over_floor_cpu"), "x"),
         "Incremental / full refresh": _fmt(r.get("incremental_over_full"), "share"),
         "Load average (1 min) at the start of the full refresh": _s((full.get("load_average") or [None])[0], 2),
         "Load average (1 min) at the start of the incremental refresh": _s((inc.get("load_average") or [None])[0], 2),
@@ -275,6 +307,21 @@ def render(run: dict) -> str:
     out += _table(["stage"] + [f"{n} {kind}" for n in names for kind in ("full", "incremental")],
                   [[stage] + [_mib(s.get(kind, {}).get("peak_rss_by_stage", {}).get(stage))
                               for s in scales for kind in ("full", "incremental")] for stage in STAGE_ROWS])
+    out += ["", "CPU time per stage (seconds, all cores, from the process tree sampled every 0.1 s; "
+                "a process's last tenth of a second before it exits is not seen) and cores busy on average "
+                "(CPU time / wall seconds of the stage's steps; the machine has "
+                f"{machine['cores']} logical cores). Quality here is the asset-check steps only: the "
+                "suites run inside the ingestion step, on its threads and worker processes.", ""]
+    cpu_rows = []
+    for stage in STAGE_ROWS:
+        row = [stage]
+        for s in scales:
+            for kind in ("full", "incremental"):
+                part = s.get(kind, {}).get("cpu_by_stage", {}).get(stage)
+                row.append("n/a" if part is None else f"{part['cpu']:,.1f} ({_s(_div(part['cpu'], part['wall']), 2)})")
+        cpu_rows.append(row)
+    out += _table(["stage: CPU s (cores busy)"] + [f"{n} {kind}" for n in names for kind in ("full", "incremental")],
+                  cpu_rows)
     slow = scales[-1].get("bare_dbt", {}).get("slowest") if scales else None
     if slow:
         out += ["", f"Slowest dbt nodes of the bare build at {names[-1]} beneficiaries (dbt's run_results.json):", ""]

@@ -8,7 +8,8 @@ For each scale (default 100,000 and 1,000,000 beneficiaries), in one run:
 2. the floors: (a) DuckDB loading every delivered file once, typed, into a table;
    (b) DuckDB only counting the rows of every file (``bench.floor``);
 3. a full refresh through the real Dagster job (``jisr.refresh.run_refresh`` in its own
-   process): wall time, peak RSS of the whole process tree, seconds per stage;
+   process): wall time, peak RSS and CPU time of the whole process tree, seconds and CPU
+   seconds per stage;
 4. a bare ``dbt build --full-refresh`` on the same raw layer (same JISR_HOME);
 5. the new month's files copied into the landing area, then an incremental refresh;
 
@@ -134,7 +135,8 @@ def refresh(name: str, env: dict, work: Path, logs: Path, full_refresh: bool = F
     result = {"wall": wall, "process_wall": m.wall_seconds, "peak_rss": m.peak_rss, "samples": m.samples,
               "success": child["success"], "failures": child["failures"], "run_id": child["run_id"],
               "load_average": m.load_average, "stages": report.breakdown(child, wall), "log": shown_path(m.log_path),
-              "steps": child.get("steps", {}), "peak_rss_by_stage": report.peak_by_stage(child, m)}
+              "steps": child.get("steps", {}), "peak_rss_by_stage": report.peak_by_stage(child, m),
+              "cpu_seconds": m.cpu_seconds, "cpu_by_stage": report.cpu_by_stage(child, m)}
     if not child["success"]:
         say(f"{name} refresh FAILED: {'; '.join(child['failures'])[:500]} (log {m.log_path})")
     return result
@@ -148,8 +150,8 @@ def bare_dbt(env: dict, work: Path, logs: Path) -> dict:
            "--project-dir", str(dbt_dir), "--profiles-dir", str(dbt_dir),
            "--target-path", str(target), "--log-path", str(work / "dbt-logs")]
     m = run_measured(cmd, env=env, cwd=PROJECT_DIR, log_path=logs / "bare-dbt.log")
-    result = {"wall": m.wall_seconds, "peak_rss": m.peak_rss, "returncode": m.returncode, "load_average": m.load_average,
-              "log": shown_path(m.log_path)}
+    result = {"wall": m.wall_seconds, "peak_rss": m.peak_rss, "cpu_seconds": m.cpu_seconds, "returncode": m.returncode,
+              "load_average": m.load_average, "log": shown_path(m.log_path)}
     results_path = target / "run_results.json"
     if results_path.exists():
         nodes = json.loads(results_path.read_text())["results"]

@@ -70,6 +70,36 @@ def test_run_measured_peak_rss_includes_child_processes(tmp_path):
     assert m.wall_seconds >= 1.5
 
 
+def test_run_measured_counts_the_cpu_time_of_the_whole_tree(tmp_path):
+    burn = "import time; t = time.process_time()\nwhile time.process_time() - t < 0.6: pass\ntime.sleep(0.3)"
+    parent = f"import subprocess, sys, time; time.sleep(0.3); subprocess.run([sys.executable, '-c', {burn!r}], check=True)"
+    m = run_measured([sys.executable, "-c", parent], env={}, cwd=tmp_path, log_path=tmp_path / "log.txt")
+    assert m.returncode == 0
+    assert m.cpu_seconds >= 0.6  # the grandchild's loop, as the operating system counts it
+    assert m.cpu_seconds < m.wall_seconds  # two sleeps of 0.3 s use no CPU
+    sampled = m.cpu_timeline[-1][1]
+    assert 0.4 <= sampled <= m.cpu_seconds + 0.05  # seen by the sampler, at most what the OS counted
+    assert m.cpu_between(m.started_at, m.started_at + 0.2) < 0.3  # the parent's sleep, before the loop
+
+
+def test_cpu_by_stage_takes_the_cpu_used_inside_each_stage():
+    from bench.measure import Measured
+
+    child = _child(1000.0, {"ingest_landing": 10.0, "warehouse_dbt": 10.0})
+    ingest, dbt = child["steps"]["ingest_landing"], child["steps"]["warehouse_dbt"]
+    child["finished_at"] = dbt["end"] + 1.0
+    cpu = [(1000.5, 0.5), (ingest["start"], 1.0), (ingest["end"], 19.0), (dbt["start"], 19.5), (dbt["end"], 31.5),
+           (dbt["end"] + 0.9, 32.0)]
+    measured = Measured([], 0, 30.0, 900, len(cpu), 1000.0, (0, 0, 0), "", [], 33.0, cpu)
+    stages = report.cpu_by_stage(child, measured)
+    assert stages["ingestion"] == {"cpu": pytest.approx(18.0), "wall": pytest.approx(10.0)}
+    assert stages["dbt"] == {"cpu": pytest.approx(12.0), "wall": pytest.approx(10.0)}
+    # the rest up to the end of the refresh: 32 s sampled by then, 30 of them in the stages
+    assert stages["start-up and bookkeeping"]["cpu"] == pytest.approx(2.0)
+    assert stages["start-up and bookkeeping"]["wall"] == pytest.approx(child["finished_at"] - 1000.0 - 20.0)
+    assert measured.cpu_between(ingest["start"] + 1, ingest["end"] - 1) == 0.0  # no sample in between: nothing seen
+
+
 def test_new_files_are_the_added_and_changed_ones(tmp_path):
     landing, later = tmp_path / "landing", tmp_path / "later"
     for root in (landing, later):
@@ -126,10 +156,11 @@ def test_breakdown_counts_the_suites_inside_ingestion_as_quality():
 def _scale(n: int, wall: float, rss: int, floor_s: float, incremental: float, data_bytes: int) -> dict:
     return {"beneficiaries": n, "months": 12,
             "data": {"files": 100, "rows": n * 8, "bytes": data_bytes, "generate_seconds": 1.0},
-            "floor_count": {"seconds": floor_s / 3}, "floor_load": {"seconds": floor_s},
+            "floor_count": {"seconds": floor_s / 3}, "floor_load": {"seconds": floor_s, "cpu_seconds": floor_s * 1.5},
             "full": {"wall": wall, "peak_rss": rss, "success": True, "load_average": (1.0, 1.0, 1.0),
-                     "stages": {"dbt": wall / 2}},
-            "bare_dbt": {"wall": wall / 4, "peak_rss": rss // 2, "returncode": 0,
+                     "stages": {"dbt": wall / 2}, "cpu_seconds": wall * 1.6,
+                     "cpu_by_stage": {"dbt": {"cpu": wall * 0.7, "wall": wall / 2}}},
+            "bare_dbt": {"wall": wall / 4, "peak_rss": rss // 2, "returncode": 0, "cpu_seconds": wall / 3,
                          "slowest": [{"unique_id": "model.jisr.fct_payments", "seconds": 2.0}]},
             "increment": {"files": 5, "rows": n // 2, "bytes": data_bytes // 12},
             "incremental": {"wall": incremental, "peak_rss": rss, "success": True, "stages": {}}}
@@ -181,6 +212,8 @@ def test_report_has_every_row_and_keeps_text_outside_its_markers(tmp_path):
         assert label in text, label
     assert "401.0" in text and "400.0" not in text.split("## Targets")[1]
     assert "| 100,000 | 1,000,000 |" in text
+    assert "| Full refresh CPU time / floor (a) CPU time | 12.80x | 4.75x |" in text  # 60*1.6 / (5*1.5); 401*1.6 / 135
+    assert "| dbt | 42.0 (1.40) | n/a | 280.7 (1.40) | n/a |" in text  # CPU s (cores busy)
 
 
 # -- the whole benchmark at a tiny scale --------------------------------------------------
@@ -200,6 +233,8 @@ def test_bench_smoke_run_writes_every_row(tmp_path):
     assert scale["increment"]["files"] > 0
     assert all(scale["full"]["stages"][s] > 0 for s in report.STAGES)
     assert scale["full"]["peak_rss"] > scale["floor_load"]["peak_rss"] > 0
+    assert scale["full"]["cpu_seconds"] > scale["floor_load"]["cpu_seconds"] > 0
+    assert all(scale["full"]["cpu_by_stage"][s]["cpu"] > 0 for s in ("ingestion", "dbt", "impact", "publish"))
 
     text = out.read_text()
     table = text.split("## Results")[1].split("\n\n")[1]
