@@ -153,6 +153,34 @@ def test_solved_systems_are_reused_whatever_the_cell_numbers(monkeypatch):
     assert len(solved) == 2
 
 
+def test_large_systems_solved_on_threads_give_what_solving_them_one_by_one_gives(monkeypatch):
+    import random
+    import threading
+
+    rng = random.Random(11)
+    systems, first = [], 0
+    for _ in range(12):  # strata of interlocked lines, cells numbered as in a table
+        unknowns, count = rng.randint(4, 30), rng.randint(3, 40)
+        members = list(range(first, first + unknowns))
+        first += unknowns
+        equations = [{cell: rng.choice([1.0, -1.0]) for cell in rng.sample(members, rng.randint(1, min(4, unknowns)))}
+                     for _ in range(count)]
+        systems.append((members, equations))
+    monkeypatch.setattr(disclosure, "_SOLVED", {})
+    one_by_one = set().union(*(disclosure._determined(m, e) for m, e in systems))
+    assert one_by_one and one_by_one != {c for m, _ in systems for c in m}  # some fixed, some not
+
+    threads = set()
+    solve = disclosure._solve
+    monkeypatch.setattr(disclosure, "_solve", lambda *a: threads.add(threading.current_thread().name) or solve(*a))
+    monkeypatch.setattr(disclosure, "_SOLVED", {})
+    monkeypatch.setattr(disclosure, "THREADED_UNKNOWNS", 10)
+    monkeypatch.setattr(disclosure.os, "cpu_count", lambda: 2)
+    assert disclosure._determined_in(systems) == one_by_one
+    assert any(name.startswith("jisr-disclosure") for name in threads)  # the large ones went to threads
+    assert threading.current_thread().name in threads  # the small ones stayed here
+
+
 def _exact_rank(rows: list[list[int]]) -> int:
     """Rank over the rationals, by exact elimination."""
     from fractions import Fraction
