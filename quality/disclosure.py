@@ -390,7 +390,7 @@ THREADED_UNKNOWNS = 200
 def _determined_in(systems: list[tuple[list[int], list[dict[int, float]]]]) -> set[int]:
     """The unknowns that the equations of each system fix (:func:`_determined`), together.
 
-    Called with one BLAS thread (``single_threaded_blas``): the large systems are solved on
+    Called with one BLAS thread (``_one_blas_thread``): the large systems are solved on
     threads, the small ones here (their Python costs more than their factorisation). The
     result is a union, the same whichever thread solved which system."""
     found: set[int] = set()
@@ -409,6 +409,16 @@ def _determined_in(systems: list[tuple[list[int], list[dict[int, float]]]]) -> s
     return found
 
 
+def _one_blas_thread():
+    """``single_threaded_blas()`` once numpy's and scipy's BLAS libraries are loaded: it sets
+    the libraries loaded when it is entered, and scipy's would otherwise load inside it (the
+    first solve of a process), keeping its default threads."""
+    import numpy  # noqa: F401
+    import scipy.linalg  # noqa: F401
+
+    return single_threaded_blas()
+
+
 def recoverable(cells: Cells, suppressed: set[int], touching: set[int] | None = None,
                 components: list | None = None) -> set[int]:
     """Suppressed cells whose value follows exactly from the lines and the published cells.
@@ -418,7 +428,7 @@ def recoverable(cells: Cells, suppressed: set[int], touching: set[int] | None = 
     """
     if components is None:
         components = _components(cells, suppressed)
-    with single_threaded_blas():
+    with _one_blas_thread():
         return _determined_in([(members, equations) for members, equations in components
                                if touching is None or not touching.isdisjoint(members)])
 
@@ -500,7 +510,7 @@ def suppression_pattern(cells: Cells) -> tuple[set[int], set[int]]:
                 strata = _components(cells, set(range(len(cells))))
                 stratum_of = {cell: n for n, (members, _) in enumerate(strata) for cell in members}
             new_strata = sorted({stratum_of[cell] for cell in exposed} - solved)
-            with single_threaded_blas():
+            with _one_blas_thread():
                 unfixable |= _determined_in([strata[n] for n in new_strata])
             solved.update(new_strata)
             exposed -= unfixable

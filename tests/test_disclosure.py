@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import duckdb
 import pytest
 import yaml
@@ -179,6 +181,36 @@ def test_large_systems_solved_on_threads_give_what_solving_them_one_by_one_gives
     assert disclosure._determined_in(systems) == one_by_one
     assert any(name.startswith("jisr-disclosure") for name in threads)  # the large ones went to threads
     assert threading.current_thread().name in threads  # the small ones stayed here
+
+
+def test_the_first_solve_of_a_process_runs_on_one_blas_thread(tmp_path):
+    """scipy (and its BLAS) loads at the first solve: the BLAS threads must be set after that,
+    or the first refresh's systems run on BLAS's default threads, on each solving thread."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = """
+import json, sys
+from quality import disclosure
+from jisr.blas import _openblas_threads
+seen = []
+solve = disclosure._solve
+def recording(*a):
+    seen.append(sorted({get_count for _, get_count in _openblas_threads()}))
+    return solve(*a)
+disclosure._solve = recording
+assert "scipy.linalg" not in sys.modules
+cells = list(range(4))
+disclosure.recoverable(None, set(cells), components=[(cells, [{0: 1.0, 1: 1.0}, {2: 1.0, 3: 1.0}, {0: 1.0}])])
+print(json.dumps(seen))
+"""
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "2"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.splitlines()[-1]) == [[1]]
 
 
 def _exact_rank(rows: list[list[int]]) -> int:
