@@ -33,7 +33,7 @@ class TreeSampler(threading.Thread):
         self.samples = 0
         self.timeline: list[tuple[float, int]] = []  # (time.time(), summed RSS)
         self.cpu_timeline: list[tuple[float, float]] = []  # (time.time(), CPU seconds used so far)
-        self._cpu_seen: dict[tuple[int, float], float] = {}  # (pid, create time) -> CPU seconds when last seen
+        self._cpu_seen: dict[int, float] = {}  # pid -> its CPU seconds when last seen
         self._cpu_total = 0.0
         self._stop_event = threading.Event()
 
@@ -49,13 +49,15 @@ class TreeSampler(threading.Thread):
                 with proc.oneshot():
                     rss = proc.memory_info().rss
                     times = proc.cpu_times()
-                    key = (proc.pid, proc.create_time())
             except psutil.Error:  # exited between listing and reading
                 continue
             total += rss
             cpu = times.user + times.system  # the process's own threads, not its waited children
-            self._cpu_total += max(cpu - self._cpu_seen.get(key, 0.0), 0.0)
-            self._cpu_seen[key] = cpu
+            last = self._cpu_seen.get(proc.pid)
+            # less than when last seen: another process under a reused pid (no clock-based
+            # start time here: psutil's moves when the wall clock is stepped)
+            self._cpu_total += cpu - last if last is not None and cpu >= last else cpu
+            self._cpu_seen[proc.pid] = cpu
         return total
 
     def run(self) -> None:

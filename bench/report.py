@@ -125,7 +125,9 @@ def peak_by_stage(child: dict, measured) -> dict:
 def cpu_by_stage(child: dict, measured) -> dict:
     """CPU seconds (all cores) the process tree used while each stage's steps ran, from the
     sampled CPU timeline, with the wall seconds of those steps: ``{stage: {"cpu", "wall"}}``.
-    The rest, up to the end of the refresh, is start-up and bookkeeping."""
+    The rest, up to the end of the refresh, is start-up and bookkeeping. The job's steps run
+    one after the other (in-process executor); overlapping steps would each count the CPU
+    the tree used while both ran."""
     out: dict[str, dict[str, float]] = {}
     for key, step in child.get("steps", {}).items():
         if "start" in step and "end" in step:
@@ -313,7 +315,9 @@ def render(run: dict) -> str:
                 f"{machine['cores']} logical cores). Quality here is the asset-check steps only: the "
                 "suites run inside the ingestion step, on its threads and worker processes.", ""]
     cpu_rows = []
-    for stage in STAGE_ROWS:
+    cpu_extra = sorted({k for s in scales for kind in ("full", "incremental")
+                        for k in s.get(kind, {}).get("cpu_by_stage", {}) if k not in STAGE_ROWS})
+    for stage in (*STAGE_ROWS, *cpu_extra):
         row = [stage]
         for s in scales:
             for kind in ("full", "incremental"):

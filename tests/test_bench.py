@@ -72,7 +72,10 @@ def test_run_measured_peak_rss_includes_child_processes(tmp_path):
 
 def test_run_measured_counts_the_cpu_time_of_the_whole_tree(tmp_path):
     burn = "import time; t = time.process_time()\nwhile time.process_time() - t < 0.6: pass\ntime.sleep(0.3)"
-    parent = f"import subprocess, sys, time; time.sleep(0.3); subprocess.run([sys.executable, '-c', {burn!r}], check=True)"
+    # the parent lives on after reaping the grandchild: a sampler also counting a process's
+    # waited children (psutil's children_user) would count the loop twice
+    parent = (f"import subprocess, sys, time; time.sleep(0.3); subprocess.run([sys.executable, '-c', {burn!r}], "
+              "check=True); time.sleep(0.3)")
     m = run_measured([sys.executable, "-c", parent], env={}, cwd=tmp_path, log_path=tmp_path / "log.txt")
     assert m.returncode == 0
     assert m.cpu_seconds >= 0.6  # the grandchild's loop, as the operating system counts it
