@@ -80,7 +80,7 @@ test-gates: setup
 	$(VENV)/bin/pytest -m slow tests/test_gates.py -p no:cacheprovider
 
 # Performance at national scale: 100,000 and 1,000,000 beneficiaries through the
-# real refresh, floors, incremental refresh, bare dbt build; writes BENCHMARKS.md. 10 to 15
+# real refresh, floors, incremental refresh, bare dbt build; writes BENCHMARKS.md. About 5
 # minutes on 2 cores. The quick smoke run (tiny scale, no file written) is in `make test-slow`.
 BENCH_SCALES ?= 100000,1000000
 BENCH_MONTHS ?= 12

@@ -342,7 +342,7 @@ def render(run: dict) -> str:
                     f"for {ratios['data_growth']:.0f}x the beneficiaries."]
     out += ["", "## How to run", "",
             "`make bench` (or `jisr bench`; `--scales 100000,1000000` by default, `--months 12`, "
-            "`--workdir`, `--keep`). Raw figures of the run: `bench/results.json`. It takes 10 to 15 "
+            "`--workdir`, `--keep`). Raw figures of the run: `bench/results.json`. It takes about 5 "
             "minutes on 2 cores and about 6 GB of free disk at 1,000,000 beneficiaries. "
             "`python -m bench.profile [--incremental]` profiles one refresh with pyinstrument.", "", END]
     return "\n".join(out) + "\n"
