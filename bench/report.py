@@ -297,7 +297,8 @@ def render(run: dict) -> str:
             "process's main thread spent on them, validating or waiting for the worker; a delivery the worker "
             "validated while the ingestion typed the next one counts only the wait; the ingestion's second "
             "thread prepares the next file meanwhile, and that overlapped time counts as quality).", ""]
-    header = ["stage"] + [f"{n} {kind}" for n in names for kind in ("full", "incremental")]
+    run_columns = [f"{n} {kind}" for n in names for kind in ("full", "incremental")]
+    header = ["stage"] + run_columns
     stage_rows = []
     extra = sorted({k for s in scales for kind in ("full", "incremental")
                     for k in s.get(kind, {}).get("stages", {}) if k not in STAGE_ROWS + PART_ROWS})
@@ -306,7 +307,7 @@ def render(run: dict) -> str:
                                      for s in scales for kind in ("full", "incremental")])
     out += _table(header, stage_rows)
     out += ["", "Peak RSS of the process tree while each stage ran (MiB; the dbt stage includes dbt's own process):", ""]
-    out += _table(["stage"] + [f"{n} {kind}" for n in names for kind in ("full", "incremental")],
+    out += _table(header,
                   [[stage] + [_mib(s.get(kind, {}).get("peak_rss_by_stage", {}).get(stage))
                               for s in scales for kind in ("full", "incremental")] for stage in STAGE_ROWS])
     out += ["", "CPU time per stage (seconds, all cores, from the process tree sampled every 0.1 s; "
@@ -324,8 +325,7 @@ def render(run: dict) -> str:
                 part = s.get(kind, {}).get("cpu_by_stage", {}).get(stage)
                 row.append("n/a" if part is None else f"{part['cpu']:,.1f} ({_s(_div(part['cpu'], part['wall']), 2)})")
         cpu_rows.append(row)
-    out += _table(["stage: CPU s (cores busy)"] + [f"{n} {kind}" for n in names for kind in ("full", "incremental")],
-                  cpu_rows)
+    out += _table(["stage: CPU s (cores busy)"] + run_columns, cpu_rows)
     slow = scales[-1].get("bare_dbt", {}).get("slowest") if scales else None
     if slow:
         out += ["", f"Slowest dbt nodes of the bare build at {names[-1]} beneficiaries (dbt's run_results.json):", ""]

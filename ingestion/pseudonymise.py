@@ -111,7 +111,7 @@ class PseudonymCollision(RuntimeError):
 # ingestion prepares a file on one connection while it commits the one before on another.
 # So does any other connection to the same store file in this process while the ingestion
 # runs (DuckDB shares one instance per file): nothing else connects to the store during
-# the ingestion step, and the memos are dropped and detached when the pass ends.
+# the ingestion step, and the memos are discarded (detached) when the pass ends.
 MEMO_DATABASE = "jisr_memo"
 
 

@@ -394,19 +394,19 @@ def _determined_in(systems: list[tuple[list[int], list[dict[int, float]]]]) -> s
     threads, the small ones here (their Python costs more than their factorisation). The
     result is a union, the same whichever thread solved which system."""
     found: set[int] = set()
-    large = [system for system in systems if len(system[0]) >= THREADED_UNKNOWNS]
+    large = []
     for members, equations in systems:
-        if len(members) < THREADED_UNKNOWNS:
+        if len(members) >= THREADED_UNKNOWNS:
+            large.append((members, equations))
+        else:
             found |= _determined(members, equations)
     workers = min(len(large), os.cpu_count() or 1)
     if workers > 1:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="jisr-disclosure") as pool:
-            for part in pool.map(lambda system: _determined(*system), large):
-                found |= part
+            parts = list(pool.map(lambda system: _determined(*system), large))
     else:
-        for members, equations in large:
-            found |= _determined(members, equations)
-    return found
+        parts = [_determined(members, equations) for members, equations in large]
+    return found.union(*parts)
 
 
 def _one_blas_thread():

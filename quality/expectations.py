@@ -815,16 +815,17 @@ class SuiteValidator:
         con.execute("create schema if not exists quality")
         con.execute(RESULTS_DDL)
         now = datetime.now(timezone.utc).replace(tzinfo=None)
-        values = []
+        records = []
         for spec in specs:
             out = outcomes.get(spec.rule) or Outcome(spec)
-            values += [self.run_id, contract.source, batch, suite_name(contract), contract.version, now, rows, chunks,
-                       spec.type, None if spec.column == "table" else spec.column, spec.rule, out.success, out.raised,
-                       out.exception, out.element_count, out.unexpected_count,
-                       json.dumps(out.examples[:5]) if out.examples and not spec.pii else None, seconds]
-        if specs:  # one statement for the suite (an insert per expectation costs ~0.7 ms each, in the commit path)
-            row = "(" + ", ".join("?" * (len(values) // len(specs))) + ")"
-            con.execute(f"insert into quality.gx_results values {', '.join([row] * len(specs))}", values)
+            records.append([self.run_id, contract.source, batch, suite_name(contract), contract.version, now, rows,
+                            chunks, spec.type, None if spec.column == "table" else spec.column, spec.rule, out.success,
+                            out.raised, out.exception, out.element_count, out.unexpected_count,
+                            json.dumps(out.examples[:5]) if out.examples and not spec.pii else None, seconds])
+        if records:  # one statement for the suite (an insert per expectation costs ~0.7 ms each, in the commit path)
+            row = "(" + ", ".join("?" * len(records[0])) + ")"
+            con.execute(f"insert into quality.gx_results values {', '.join([row] * len(records))}",
+                        [value for record in records for value in record])
 
 
 def suite_validator(settings, run_id: str | None = None, cfg=None) -> SuiteValidator:
