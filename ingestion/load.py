@@ -3,7 +3,8 @@
 For each delivered file (in contract dependency order, then batch order):
 
 1. find its contract from the partner folder and file name; compute its content hash
-   (a file already seen with the same content is a no-op);
+   (a file already seen with the same content is a no-op; a file whose size, times and
+   inode did not change since an earlier pass hashed it keeps that hash, unread);
 2. stage it as text (``ingestion.readers``); a file that cannot be read is moved to
    ``rejected/<partner>/`` with a report, and the other files still load;
 3. type every column in SQL and evaluate the row rules of the contract; each failing
@@ -27,6 +28,7 @@ import hashlib
 import json
 import shutil
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -68,6 +70,8 @@ class FileResult:
 class IngestSummary:
     run_id: str
     files: list[FileResult]
+    files_hashed: int = 0  # files read to compute their content hash
+    hashes_reused: int = 0  # files whose recorded hash was reused (attributes unchanged)
 
     def by_source(self) -> dict[str, list[FileResult]]:
         out: dict[str, list[FileResult]] = {}
@@ -93,6 +97,21 @@ def file_hash(path: Path) -> str:
         while chunk := fh.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
+
+
+# A landing file keeps the content hash recorded for it (``meta.file_hashes``) while its
+# size, modification and change times, inode and device are those it had when it was
+# hashed: the rule make, rsync and git's index rely on. Any write to a file moves its change
+# time, which no user can set back. A record is trusted only if the file had not changed
+# for RACY_NS before its hashing started (git's "racily clean" rule: a write in the same
+# clock tick as the hashing could leave the times as they were). Without it, every pass
+# would read every file ever delivered again to learn that it is not new.
+RACY_NS = 2_000_000_000
+
+
+def file_signature(st) -> tuple[int, int, int, int, int]:
+    """The attributes of a file (``os.stat_result``) that any change of its content moves."""
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
 
 
 def _lit(value) -> str:
@@ -271,6 +290,9 @@ class Ingestor:
         self.code_version = code_version
         self.validators = list(validators)
         self._stopping = threading.Event()  # set when a pass fails or is interrupted (see ingest)
+        self._known_hashes: dict[str, tuple] = {}  # path -> (signature, content hash, hashed_at_ns)
+        self._new_hashes: list[tuple] = []  # rows for meta.file_hashes, written at the end of a pass
+        self._hashes_reused = 0
 
     # -- discovery -----------------------------------------------------------------------
     def discover(self, landing_dir: Path) -> list[tuple[Path, str, Contract | None, str | None]]:
@@ -310,6 +332,10 @@ class Ingestor:
         try:
             store.ensure_schema(con, self.contracts)
             store.check_key(con, pseudonymise.key_fingerprint(self.key))
+            self._known_hashes = {r[0]: (tuple(r[1:6]), r[6], r[7]) for r in con.execute(
+                "select path, size_bytes, mtime_ns, ctime_ns, inode, device, content_hash, hashed_at_ns "
+                "from meta.file_hashes").fetchall()}
+            self._new_hashes, self._hashes_reused = [], 0
             pseudonymise.install(con, self.key)
             other = con.cursor()  # a second connection to the same database
             cons.append(other)
@@ -340,7 +366,9 @@ class Ingestor:
             if pending is not None:
                 done, pending = pending, None
                 results.append(self._commit(cons[done.slot], done))
-            return IngestSummary(run_id=self.run_id, files=results)
+            self._remember_hashes(con, Path(landing_dir))
+            return IngestSummary(run_id=self.run_id, files=results, files_hashed=len(self._new_hashes),
+                                 hashes_reused=self._hashes_reused)
         finally:
             try:
                 preparer.shutdown(wait=True)
@@ -356,6 +384,31 @@ class Ingestor:
                         if hasattr(validator, "close"):  # e.g. worker processes of the suites
                             validator.close()
 
+    def _content_hash(self, path: Path) -> str:
+        """The SHA-256 of a landing file: the one recorded for it if its attributes did not
+        change since (see RACY_NS), else read from the file and kept for the next pass."""
+        name = f"{path.parent.name}/{path.name}"
+        signature = file_signature(path.stat())
+        known = self._known_hashes.get(name)
+        if known is not None and known[0] == signature and signature[2] < known[2] - RACY_NS:
+            self._hashes_reused += 1
+            return known[1]
+        started = time.time_ns()
+        content_hash = file_hash(path)
+        self._new_hashes.append((name, *signature, content_hash, started))
+        return content_hash
+
+    def _remember_hashes(self, con, landing_dir: Path) -> None:
+        """Record the hashes this pass computed, and forget the files no longer in the
+        landing area (rejected files are moved out of it)."""
+        if self._new_hashes:
+            con.executemany("insert or replace into meta.file_hashes values (?, ?, ?, ?, ?, ?, ?, ?)",
+                            [list(row) for row in self._new_hashes])
+        gone = [name for name in self._known_hashes.keys() | {row[0] for row in self._new_hashes}
+                if not (landing_dir / name).is_file()]
+        if gone:
+            con.execute(f"delete from meta.file_hashes where path in ({', '.join('?' * len(gone))})", gone)
+
     def _duplicate_of(self, con, contract: Contract, content_hash: str) -> tuple | None:
         previous = con.execute(
             "select delivery_id, status, contract_version from meta.deliveries where source = ? and content_hash = ? "
@@ -370,7 +423,7 @@ class Ingestor:
         written to the store. What can already be decided (no contract, same content as a
         delivery already loaded, an unreadable file) is decided at commit, in load order."""
         now = datetime.now(timezone.utc).replace(tzinfo=None)
-        content_hash = file_hash(path)
+        content_hash = self._content_hash(path)
         prepared = _Prepared(path, partner, contract, batch, content_hash, now, slot)
         if contract is None:
             known = ", ".join(sorted(c.file_pattern for c in self.contracts.values() if c.partner == partner))

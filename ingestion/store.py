@@ -53,6 +53,21 @@ create table if not exists quarantine.rows (
 
 SETTINGS_DDL = "create table if not exists meta.settings (name varchar primary key, value varchar)"
 
+# The content hash of each landing file, with the file's attributes when it was hashed:
+# a later pass that finds the same attributes takes the hash from here instead of reading
+# the file again (see ingestion.load.Ingestor._content_hash).
+FILE_HASHES_DDL = """
+create table if not exists meta.file_hashes (
+    path varchar primary key,           -- <partner>/<file name> in the landing area
+    size_bytes ubigint not null,
+    mtime_ns bigint not null,
+    ctime_ns bigint not null,
+    inode ubigint not null,
+    device ubigint not null,
+    content_hash varchar not null,
+    hashed_at_ns bigint not null        -- wall clock when the hashing started
+)"""
+
 
 class KeyMismatchError(RuntimeError):
     """The store was written with another pseudonymisation key."""
@@ -75,6 +90,7 @@ def ensure_schema(con, contracts: dict[str, Contract]) -> None:
     con.execute(DELIVERIES_DDL)
     con.execute(QUARANTINE_DDL)
     con.execute(SETTINGS_DDL)
+    con.execute(FILE_HASHES_DDL)
     for contract in contracts.values():
         cols = ", ".join(f"{name} {typ}" for name, typ in contract.raw_columns.items())
         con.execute(f"create table if not exists raw.{contract.source} ({cols})")

@@ -500,3 +500,66 @@ def test_a_failing_commit_interrupts_the_preparation_of_the_next_file(settings, 
         ingest(settings, contracts)
     assert seen == ["InterruptException"]
     assert time.monotonic() - started < 20
+
+
+def test_a_pass_reuses_the_hash_of_files_whose_attributes_did_not_change(settings, contracts, monkeypatch):
+    """A refresh does not read again every file ever delivered to learn that it is not new."""
+    import ingestion.load
+
+    base_delivery(settings, contracts)
+    first = ingest(settings, contracts)
+    assert (first.files_hashed, first.hashes_reused) == (3, 0)
+    # just written: a change in the same clock tick as the hashing would not move the times,
+    # so a record younger than the margin is not trusted ("racily clean", as in git)
+    again = ingest(settings, contracts)
+    assert (again.files_hashed, again.hashes_reused) == (3, 0)
+    monkeypatch.setattr(ingestion.load, "RACY_NS", 0)
+    read = []
+    monkeypatch.setattr(ingestion.load, "file_hash", lambda path: read.append(path.name) or _sha256(path))
+    later = ingest(settings, contracts)
+    assert (later.files_hashed, later.hashes_reused, read) == (0, 3, [])
+    assert {f.status for f in later.files} == {"duplicate"}
+
+
+def test_a_file_rewritten_in_place_with_its_size_and_times_kept_is_read_again(settings, contracts, monkeypatch):
+    """Same name, same size, modification time set back: the change time still moves, so the
+    new content is hashed and loaded as the corrected delivery it is."""
+    import os
+    import time
+
+    import ingestion.load
+
+    monkeypatch.setattr(ingestion.load, "RACY_NS", 0)
+    base_delivery(settings, contracts, n=3)
+    path = write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv",
+                          [payment(i, amount_mad="400,00") for i in range(3)])
+    ingest(settings, contracts)
+    before = path.stat()
+    time.sleep(0.05)  # a later clock tick than the first write
+    write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv",
+                   [payment(i, amount_mad="500,00") for i in range(3)])
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    second = ingest(settings, contracts)
+    assert result_for(second, "paiements_2025-01.csv").status == "loaded"
+    assert (second.files_hashed, second.hashes_reused) == (1, 3)
+    con = store(settings)
+    assert float(con.execute("select sum(amount_mad) from raw.payments where _is_current").fetchone()[0]) == 1500.0
+    assert con.execute("select content_hash from meta.file_hashes where path = 'msisf/paiements_2025-01.csv'"
+                       ).fetchone()[0] == _sha256(path)
+
+
+def test_the_hash_of_a_file_that_left_the_landing_area_is_forgotten(settings, contracts):
+    base_delivery(settings, contracts)
+    (settings.landing_dir / "msisf" / "notes.txt").write_text("no contract for this\n")
+    summary = ingest(settings, contracts)
+    assert result_for(summary, "notes.txt").status == "rejected"  # moved to the rejected area
+    con = store(settings)
+    assert sorted(r[0] for r in con.execute("select path from meta.file_hashes").fetchall()) == [
+        "msisf/inscriptions_2025-01.csv", "msisf/programmes_2025-01.csv", "msisf/registre_2025-01.csv"]
+
+
+def _sha256(path):
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -70,6 +70,8 @@ def ingest_landing(context: dg.AssetExecutionContext):
     # The Parquet lake is exported by the warehouse step, beside dbt (orchestration/assets/warehouse.py).
     summary = run_ingestion(settings, context.run.run_id, sources=selected,
                             validators=[suite_validator(settings, context.run.run_id)])
+    context.log.info(f"{summary.files_hashed} landing file(s) read to compute their content hash; "
+                     f"{summary.hashes_reused} with size, times and inode unchanged kept their recorded hash")
     by_source = summary.by_source()
     for source in CONTRACTS:
         if source not in selected:
