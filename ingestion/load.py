@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import threading
-import time
 import uuid
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -91,27 +92,51 @@ class IngestSummary:
         }
 
 
-def file_hash(path: Path) -> str:
+def hash_file(path: Path) -> tuple[str, tuple | None]:
+    """(SHA-256 of the file, its signature (:func:`file_signature`) if it did not change
+    while it was read, else None). Both from one open handle: the attributes are those of
+    the bytes hashed, even if the path is a link retargeted meanwhile."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
+        before = file_signature(os.fstat(fh.fileno()))
         while chunk := fh.read(1 << 20):
             h.update(chunk)
-    return h.hexdigest()
+        after = file_signature(os.fstat(fh.fileno()))
+    return h.hexdigest(), before if before == after else None
 
 
 # A landing file keeps the content hash recorded for it (``meta.file_hashes``) while its
 # size, modification and change times, inode and device are those it had when it was
-# hashed: the rule make, rsync and git's index rely on. Any write to a file moves its change
-# time, which no user can set back. A record is trusted only if the file had not changed
-# for RACY_NS before its hashing started (git's "racily clean" rule: a write in the same
-# clock tick as the hashing could leave the times as they were). Without it, every pass
-# would read every file ever delivered again to learn that it is not new.
+# hashed, as git's index does. Writing to a file moves its change time, which no program
+# can set (only a change of the system clock can move it back). A record is trusted only
+# if the file had not changed for RACY_NS before the pass that hashed it started, by the
+# clock of the landing area's file system (a file touched there when the pass starts;
+# git's "racily clean" rule, with the index file's time as its clock): a write in the
+# same tick as the recorded one would leave the times as they were, and a network file
+# system's clock may differ from this machine's. Where that file cannot be written, or
+# on Windows (whose ``st_ctime`` is the creation time), every file is hashed every pass.
+# Without the record, every pass would read every file ever delivered again to learn that
+# it is not new.
 RACY_NS = 2_000_000_000
+CLOCK_FILE = ".jisr-clock"  # in the landing directory; discovery and the sensor read <partner>/<file> only
 
 
 def file_signature(st) -> tuple[int, int, int, int, int]:
-    """The attributes of a file (``os.stat_result``) that any change of its content moves."""
+    """The attributes of a file (``os.stat_result``) that a change of its content moves."""
     return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+
+
+def landing_clock(landing_dir: Path) -> int | None:
+    """The landing file system's time now (ns): the change time of a file touched there;
+    None where it cannot be written (or on Windows)."""
+    if os.name == "nt":
+        return None
+    mark = Path(landing_dir) / CLOCK_FILE
+    try:
+        mark.touch()  # sets its times to now, or creates it
+        return mark.stat().st_ctime_ns
+    except OSError:
+        return None
 
 
 def _lit(value) -> str:
@@ -290,9 +315,11 @@ class Ingestor:
         self.code_version = code_version
         self.validators = list(validators)
         self._stopping = threading.Event()  # set when a pass fails or is interrupted (see ingest)
+        # Content hashes (see RACY_NS), written by the one preparing thread, read after it is done.
         self._known_hashes: dict[str, tuple] = {}  # path -> (signature, content hash, hashed_at_ns)
         self._new_hashes: list[tuple] = []  # rows for meta.file_hashes, written at the end of a pass
-        self._hashes_reused = 0
+        self._hashes_reused = self._files_hashed = 0
+        self._clock: int | None = None  # the landing file system's time when the pass started
 
     # -- discovery -----------------------------------------------------------------------
     def discover(self, landing_dir: Path) -> list[tuple[Path, str, Contract | None, str | None]]:
@@ -328,6 +355,7 @@ class Ingestor:
         con = store.connect(self.store_path)
         cons = [con]
         pending: _Prepared | None = None
+        # one preparing thread: files are prepared in load order, and it alone counts the hashes
         preparer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jisr-prepare")
         try:
             store.ensure_schema(con, self.contracts)
@@ -335,7 +363,8 @@ class Ingestor:
             self._known_hashes = {r[0]: (tuple(r[1:6]), r[6], r[7]) for r in con.execute(
                 "select path, size_bytes, mtime_ns, ctime_ns, inode, device, content_hash, hashed_at_ns "
                 "from meta.file_hashes").fetchall()}
-            self._new_hashes, self._hashes_reused = [], 0
+            self._new_hashes, self._hashes_reused, self._files_hashed = [], 0, 0
+            self._clock = landing_clock(Path(landing_dir))
             pseudonymise.install(con, self.key)
             other = con.cursor()  # a second connection to the same database
             cons.append(other)
@@ -367,7 +396,7 @@ class Ingestor:
                 done, pending = pending, None
                 results.append(self._commit(cons[done.slot], done))
             self._remember_hashes(con, Path(landing_dir))
-            return IngestSummary(run_id=self.run_id, files=results, files_hashed=len(self._new_hashes),
+            return IngestSummary(run_id=self.run_id, files=results, files_hashed=self._files_hashed,
                                  hashes_reused=self._hashes_reused)
         finally:
             try:
@@ -384,30 +413,38 @@ class Ingestor:
                         if hasattr(validator, "close"):  # e.g. worker processes of the suites
                             validator.close()
 
-    def _content_hash(self, path: Path) -> str:
-        """The SHA-256 of a landing file: the one recorded for it if its attributes did not
-        change since (see RACY_NS), else read from the file and kept for the next pass."""
+    def _content_hash(self, path: Path) -> tuple[str, tuple | None]:
+        """(SHA-256 of a landing file, its signature): the hash recorded for it if its
+        attributes did not change since (see RACY_NS), else read from the file and kept for
+        the next pass. The signature is None if the file changed while it was read."""
         name = f"{path.parent.name}/{path.name}"
-        signature = file_signature(path.stat())
         known = self._known_hashes.get(name)
-        if known is not None and known[0] == signature and signature[2] < known[2] - RACY_NS:
-            self._hashes_reused += 1
-            return known[1]
-        started = time.time_ns()
-        content_hash = file_hash(path)
-        self._new_hashes.append((name, *signature, content_hash, started))
-        return content_hash
+        if known is not None and self._clock is not None:
+            signature = file_signature(path.stat())
+            if known[0] == signature and signature[2] < known[2] - RACY_NS:
+                self._hashes_reused += 1
+                return known[1], signature
+        content_hash, signature = hash_file(path)
+        self._files_hashed += 1
+        if signature is not None and self._clock is not None:
+            self._new_hashes.append((name, *signature, content_hash, self._clock))
+        return content_hash, signature
 
     def _remember_hashes(self, con, landing_dir: Path) -> None:
         """Record the hashes this pass computed, and forget the files no longer in the
-        landing area (rejected files are moved out of it)."""
-        if self._new_hashes:
-            con.executemany("insert or replace into meta.file_hashes values (?, ?, ?, ?, ?, ?, ?, ?)",
-                            [list(row) for row in self._new_hashes])
-        gone = [name for name in self._known_hashes.keys() | {row[0] for row in self._new_hashes}
-                if not (landing_dir / name).is_file()]
-        if gone:
-            con.execute(f"delete from meta.file_hashes where path in ({', '.join('?' * len(gone))})", gone)
+        landing area (rejected files are moved out of it). Only a cache: if it cannot be
+        written, the next pass reads the files again."""
+        try:
+            if self._new_hashes:
+                con.executemany("insert or replace into meta.file_hashes values (?, ?, ?, ?, ?, ?, ?, ?)",
+                                [list(row) for row in self._new_hashes])
+            gone = [name for name in self._known_hashes.keys() | {row[0] for row in self._new_hashes}
+                    if not (landing_dir / name).is_file()]
+            if gone:
+                con.execute(f"delete from meta.file_hashes where path in ({', '.join('?' * len(gone))})", gone)
+        except Exception as exc:  # noqa: BLE001 - the pass itself succeeded
+            warnings.warn(f"the content hashes of this pass were not recorded ({exc}): the next pass reads "
+                          "the landing files again", RuntimeWarning, stacklevel=2)
 
     def _duplicate_of(self, con, contract: Contract, content_hash: str) -> tuple | None:
         previous = con.execute(
@@ -423,7 +460,7 @@ class Ingestor:
         written to the store. What can already be decided (no contract, same content as a
         delivery already loaded, an unreadable file) is decided at commit, in load order."""
         now = datetime.now(timezone.utc).replace(tzinfo=None)
-        content_hash = self._content_hash(path)
+        content_hash, signature = self._content_hash(path)
         prepared = _Prepared(path, partner, contract, batch, content_hash, now, slot)
         if contract is None:
             known = ", ".join(sorted(c.file_pattern for c in self.contracts.values() if c.partner == partner))
@@ -434,6 +471,11 @@ class Ingestor:
             return prepared  # the commit reports it
         try:
             prepared.staged = stage_file(con, path, contract, table=prepared.staged_name)
+            if signature is None or file_signature(path.stat()) != signature:
+                raise RuntimeError(
+                    f"{path.parent.name}/{path.name} changed while it was being read (is the partner still "
+                    "writing it? write a hidden name first, .name.csv, then rename it): nothing of this file "
+                    "was loaded, the files before it are; the next refresh reads it again")
             self._stop_if_asked()
             self._type(con, prepared)
             self._stop_if_asked()

@@ -515,7 +515,8 @@ def test_a_pass_reuses_the_hash_of_files_whose_attributes_did_not_change(setting
     assert (again.files_hashed, again.hashes_reused) == (3, 0)
     monkeypatch.setattr(ingestion.load, "RACY_NS", 0)
     read = []
-    monkeypatch.setattr(ingestion.load, "file_hash", lambda path: read.append(path.name) or _sha256(path))
+    real = ingestion.load.hash_file
+    monkeypatch.setattr(ingestion.load, "hash_file", lambda path: read.append(path.name) or real(path))
     later = ingest(settings, contracts)
     assert (later.files_hashed, later.hashes_reused, read) == (0, 3, [])
     assert {f.status for f in later.files} == {"duplicate"}
@@ -563,3 +564,84 @@ def _sha256(path):
     import hashlib
 
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_file_that_changes_while_it_is_hashed_stops_the_pass_and_loads_whole_next_time(settings, contracts, monkeypatch):
+    """A partner still writing a file: nothing of it is loaded with a hash of other bytes."""
+    import hashlib
+    import types
+
+    import ingestion.load
+
+    monkeypatch.setattr(ingestion.load, "RACY_NS", 0)
+    base_delivery(settings, contracts, n=3)
+    path = write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv",
+                          [payment(i) for i in range(3)])
+    full = path.read_bytes()
+    first = write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv",
+                           [payment(i, amount_mad="1,00") for i in range(2)]).read_bytes()
+
+    class Writing:  # the partner's write lands while the file is being hashed
+        def __init__(self):
+            self.inner = hashlib.sha256()
+
+        def update(self, data):
+            self.inner.update(data)
+            if data == first:  # the partner rewrites the file while it is being read
+                path.write_bytes(full)
+
+        def hexdigest(self):
+            return self.inner.hexdigest()
+
+    monkeypatch.setattr(ingestion.load, "hashlib", types.SimpleNamespace(sha256=lambda: Writing()))
+    with pytest.raises(RuntimeError, match="msisf/paiements_2025-01.csv changed while it was being read"):
+        ingest(settings, contracts)
+    con = store(settings)
+    assert con.execute("select count(*) from raw.payments").fetchone()[0] == 0
+    assert con.execute("select count(*) from raw.enrolments").fetchone()[0] == 3  # the files before it
+    con.close()
+    monkeypatch.setattr(ingestion.load, "hashlib", hashlib)
+    second = ingest(settings, contracts)
+    assert result_for(second, "paiements_2025-01.csv").status == "loaded"
+    assert store(settings).execute("select distinct _content_hash from raw.payments").fetchall() == [(_sha256(path),)]
+
+
+def test_a_file_that_changes_between_its_hash_and_its_reading_is_not_loaded(settings, contracts, monkeypatch):
+    import ingestion.load
+
+    base_delivery(settings, contracts, n=3)
+    path = write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv",
+                          [payment(i) for i in range(2)])
+    hashed = _sha256(path)
+    real = ingestion.load.stage_file
+
+    def stage_after_a_write(con, staged_path, *args, **kwargs):
+        if staged_path == path:
+            write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv",
+                           [payment(i) for i in range(3)])
+        return real(con, staged_path, *args, **kwargs)
+
+    monkeypatch.setattr(ingestion.load, "stage_file", stage_after_a_write)
+    with pytest.raises(RuntimeError, match="changed while it was being read"):
+        ingest(settings, contracts)
+    con = store(settings)
+    assert con.execute("select count(*) from raw.payments").fetchone()[0] == 0
+    assert con.execute("select count(*) from meta.deliveries where content_hash = ?", [hashed]).fetchone()[0] == 0
+
+
+def test_hashes_are_dated_by_the_landing_file_systems_clock(settings, contracts, monkeypatch):
+    """The record's time comes from a file touched in the landing area when the pass starts (a
+    network file system's clock may differ from this machine's); without it, no reuse."""
+    import ingestion.load
+
+    base_delivery(settings, contracts)
+    ingest(settings, contracts)
+    clock = (settings.landing_dir / ingestion.load.CLOCK_FILE).stat().st_ctime_ns
+    con = store(settings)
+    assert {r[0] for r in con.execute("select hashed_at_ns from meta.file_hashes").fetchall()} == {clock}
+    con.close()
+    monkeypatch.setattr(ingestion.load, "RACY_NS", 0)
+    monkeypatch.setattr(ingestion.load, "landing_clock", lambda landing_dir: None)  # e.g. a read-only landing area
+    summary = ingest(settings, contracts)
+    assert (summary.files_hashed, summary.hashes_reused) == (3, 0)
+    assert {f.status for f in summary.files} == {"duplicate"}
