@@ -49,6 +49,8 @@ RESULT_ROWS = (
     "Full refresh / floor (a)",
     "Full refresh CPU time / floor (a) CPU time",
     "Incremental / full refresh",
+    "Incremental refresh's dbt step alone / full refresh",
+    "Full refresh CPU time / the most the 5x target allows (5 x floor (a) wall x cores)",
     "Load average (1 min) at the start of the full refresh",
     "Load average (1 min) at the start of the incremental refresh",
 )
@@ -142,15 +144,23 @@ def cpu_by_stage(child: dict, measured) -> dict:
     return out
 
 
-def compute_ratios(scales: list[dict], definitions: dict) -> dict:
-    """The issue's ratios, each from figures of this run (largest and smallest scale)."""
+def compute_ratios(scales: list[dict], definitions: dict, cores: int | None = None) -> dict:
+    """The issue's ratios, each from figures of this run (largest and smallest scale), and
+    two bounds beside them: the incremental refresh's dbt step alone as a share of the full
+    refresh (the incremental ratio cannot go below it while the build does not shrink), and
+    the full refresh's CPU time over the most the 5x target leaves on ``cores`` cores (above
+    1, no scheduling meets the target: the work has to shrink)."""
     ok = [s for s in scales if s.get("full", {}).get("success")]
     ratios: dict = {"definitions_load": definitions.get("median")}
     for s in scales:
         full, inc, floor = s.get("full", {}), s.get("incremental", {}), s.get("floor_load", {})
+        target_wall = 5.0 * floor["seconds"] if floor.get("seconds") is not None else None
         s["ratios"] = {
             "full_over_floor": _div(full.get("wall"), floor.get("seconds")),
             "incremental_over_full": _div(inc.get("wall"), full.get("wall")),
+            "incremental_dbt_over_full": _div(inc.get("stages", {}).get("dbt"), full.get("wall")),
+            "full_cpu_over_target_cpu": (_div(full.get("cpu_seconds"), target_wall * cores)
+                                         if target_wall is not None and cores else None),
             "dbt_step_over_bare": _div(full.get("stages", {}).get("dbt"), s.get("bare_dbt", {}).get("wall")),
             "full_cpu_over_floor_cpu": _div(full.get("cpu_seconds"), floor.get("cpu_seconds")),
             "full_cores_busy": _div(full.get("cpu_seconds"), full.get("wall")),
@@ -247,6 +257,9 @@ def result_cells(s: dict) -> dict[str, str]:
         "Full refresh / floor (a)": _fmt(r.get("full_over_floor"), "x"),
         "Full refresh CPU time / floor (a) CPU time": _fmt(r.get("full_cpu_over_floor_cpu"), "x"),
         "Incremental / full refresh": _fmt(r.get("incremental_over_full"), "share"),
+        "Incremental refresh's dbt step alone / full refresh": _fmt(r.get("incremental_dbt_over_full"), "share"),
+        "Full refresh CPU time / the most the 5x target allows (5 x floor (a) wall x cores)":
+            _fmt(r.get("full_cpu_over_target_cpu"), "x"),
         "Load average (1 min) at the start of the full refresh": _s((full.get("load_average") or [None])[0], 2),
         "Load average (1 min) at the start of the incremental refresh": _s((inc.get("load_average") or [None])[0], 2),
     }

@@ -257,7 +257,7 @@ def run(scales: list[int], months: int = 12, seed: int = 42, workdir: Path | Non
     definitions = definitions_load(env, root / "logs")
     say(f"  definitions load {definitions['median']:.2f} s (median)")
     figures = [bench_scale(n, months, seed, root, keep) for n in sorted(scales)]
-    ratios = report.compute_ratios(figures, definitions)
+    ratios = report.compute_ratios(figures, definitions, cores=machine["cores"])
     run_figures = {"command": command, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                    "commit": commit, "commit_end": _commit(), "months": months, "seed": seed, "machine": machine,
                    "load_average_end": os.getloadavg(), "definitions": definitions, "scales": figures,

@@ -258,3 +258,20 @@ def test_peak_by_stage_takes_the_samples_inside_each_stage(tmp_path):
     measured = Measured([], 0, 30.0, 900, len(timeline), 1000.0, (0, 0, 0), "", timeline)
     peaks = report.peak_by_stage(child, measured)
     assert peaks == {"ingestion": 500, "dbt": 700, "start-up and bookkeeping": 100}
+
+
+def test_the_report_shows_how_far_each_ratio_target_is_from_what_the_work_allows():
+    """Two bounds beside the targets: the incremental refresh's dbt step alone, and the full
+    refresh's CPU time against the most 5x the floor leaves on every core."""
+    scale = _scale(1_000_000, wall=80.0, rss=2**31, floor_s=10.0, incremental=30.0, data_bytes=900_000_000)
+    scale["full"]["cpu_seconds"] = 132.0
+    scale["incremental"]["stages"] = {"dbt": 16.0}
+    defs = {"first": 2.0, "runs": [2.0], "median": 2.0, "interpreter": 0.02}
+    report.compute_ratios([scale], defs, cores=2)
+    assert scale["ratios"]["incremental_dbt_over_full"] == pytest.approx(16.0 / 80.0)
+    assert scale["ratios"]["full_cpu_over_target_cpu"] == pytest.approx(132.0 / (5 * 10.0 * 2))
+    cells = report.result_cells(scale)
+    assert cells["Incremental refresh's dbt step alone / full refresh"] == "20.0%"
+    assert cells["Full refresh CPU time / the most the 5x target allows (5 x floor (a) wall x cores)"] == "1.32x"
+    report.compute_ratios([scale], defs)  # cores unknown: not guessed
+    assert scale["ratios"]["full_cpu_over_target_cpu"] is None
