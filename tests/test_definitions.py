@@ -35,6 +35,16 @@ def test_definitions_assemble_assets_jobs_schedules_and_sensors(defs, contracts)
     assert any(c.asset_key.path[0] == "marts" for c in checks), "dbt tests should appear as asset checks"
 
 
+def test_loading_the_definitions_does_not_import_dbt():
+    """dbt runs as its CLI; importing dbt-core's modules would cost every run, the UI's code
+    server and every `jisr` command about a second (see orchestration/__init__.py)."""
+    code = ("import sys; from orchestration.definitions import defs; defs.resolve_asset_graph(); "
+            "print(sorted(m for m, module in sys.modules.items() "
+            "if module is not None and (m == 'dbt' or m.startswith(('dbt.', 'dbt_common')))))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_DIR, capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_every_singular_dbt_test_is_an_asset_check(defs):
     """A singular test reading several models names the one it checks (meta.dagster.ref):
     otherwise dagster-dbt logs it as an observation, outside the publish gate."""
