@@ -45,6 +45,56 @@ def test_loading_the_definitions_does_not_import_dbt():
     assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
+DBT_RESULTS_SNIPPET = """
+import json, sys
+if sys.argv[1] == "with-dbt-core":
+    import dagster_dbt  # imported before orchestration: dbt-core's modules are loaded as usual
+from orchestration.assets.warehouse import MANIFEST, TRANSLATOR
+from dagster_dbt.compat import DBT_PYTHON_VERSION
+from dagster_dbt.core.dbt_cli_event import DbtCoreCliEventMessage
+
+manifest = json.loads(open(MANIFEST).read())
+nodes = manifest["nodes"]
+def first(kind, **config):
+    return next(u for u, n in sorted(nodes.items()) if n["resource_type"] == kind and n.get("attached_node", True)
+                and all(str(n["config"].get(k)).upper() == v for k, v in config.items()))
+cases = [("LogModelResult", first("model", materialized="TABLE"), "success"),
+         ("LogModelResult", first("model", materialized="INCREMENTAL"), "error"),
+         ("LogSeedResult", first("seed"), "success"),
+         *[("LogTestResult", first("test", severity=severity), status)
+           for severity in ("ERROR", "WARN") for status in ("pass", "fail", "warn", "error", "skipped")]]
+out = []
+for name, uid, status in cases:
+    data = {"node_info": {"unique_id": uid, "node_status": status, "node_started_at": "2026-01-01T00:00:00",
+                          "node_finished_at": "2026-01-01T00:00:01"}, "status": status,
+            "num_failures": 0 if status == "pass" else 3}
+    event = DbtCoreCliEventMessage(raw_event={"info": {"name": name, "msg": "", "invocation_id": "i"}, "data": data},
+                                   event_history_metadata={})
+    for r in event.to_default_asset_events(manifest=manifest, dagster_dbt_translator=TRANSLATOR):
+        out.append([uid, status, type(r).__name__, str(getattr(r, "asset_key", "")), getattr(r, "check_name", None),
+                    getattr(r, "passed", None), str(getattr(r, "severity", "")),
+                    sorted((k, str(getattr(v, "value", v))) for k, v in r.metadata.items())])
+print(json.dumps({"dbt_core_imported": DBT_PYTHON_VERSION is not None, "events": out}))
+"""
+
+
+def test_dbt_results_become_the_same_dagster_events_without_dbt_core_imported():
+    """dagster-dbt's path without dbt-core (orchestration/__init__.py) turns dbt's results
+    into the very events its usual path gives: materialisations, and check results that
+    fail, with their severity, whenever a test did not pass."""
+    def events(mode):
+        done = subprocess.run([sys.executable, "-c", DBT_RESULTS_SNIPPET, mode], cwd=PROJECT_DIR,
+                              capture_output=True, text=True, check=True)
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    usual, ours = events("with-dbt-core"), events("as-the-refresh-loads-it")
+    assert usual["dbt_core_imported"] and not ours["dbt_core_imported"]
+    assert ours["events"] == usual["events"]
+    checks = [(e[1], e[5]) for e in ours["events"] if e[2] == "AssetCheckEvaluation"]
+    assert len(checks) == 8 and all(passed == (status == "pass") for status, passed in checks)
+    assert any(e[2] == "AssetMaterialization" for e in ours["events"])
+
+
 def test_every_singular_dbt_test_is_an_asset_check(defs):
     """A singular test reading several models names the one it checks (meta.dagster.ref):
     otherwise dagster-dbt logs it as an observation, outside the publish gate."""
