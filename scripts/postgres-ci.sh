@@ -70,6 +70,7 @@ unset PGPASSWORD
 export JISR_PG_HOST=127.0.0.1 JISR_PG_PORT="$PORT" JISR_PG_USER=jisr JISR_PG_PASSWORD="$OWNER_PASSWORD" JISR_PG_DBNAME=jisr
 export JISR_PG_DSN="postgresql://jisr:$OWNER_PASSWORD@127.0.0.1:$PORT/jisr"
 export JISR_PG_ADMIN_DSN="postgresql://postgres:$ADMIN_PASSWORD@127.0.0.1:$PORT/postgres"
+export JISR_REQUIRE_SERVICES=1  # the server runs: a test skipped for want of it fails (tests/require_services.py)
 echo "postgres-ci: PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$PORT" >&2
 
 # Not exec: the shell must outlive the command for the EXIT trap to stop and remove the

@@ -37,6 +37,7 @@ echo "test-spark: environment $SPARK_VENV ready in $((SECONDS - start)) s"
 basetemp="$(mktemp -d "${TMPDIR:-/tmp}/jisr-spark.XXXXXX")"
 trap 'rm -rf "$basetemp"' EXIT
 export DBT_SEND_ANONYMOUS_USAGE_STATS=False
+export JISR_REQUIRE_SERVICES=1  # Java and the extra are installed above: a skipped test fails
 start=$SECONDS
 "$SPARK_VENV/bin/python" -m pytest -m spark tests/test_spark.py -p no:cacheprovider \
     --basetemp "$basetemp" -s -q "$@"

@@ -9,6 +9,7 @@ import pytest
 
 from ingestion.contracts import load_contracts
 from jisr.settings import PROJECT_DIR, Settings
+from tests.require_services import pytest_runtest_makereport  # noqa: F401 (a hook: skips fail in service suites)
 
 TEST_KEY = b"test-key-0123456789abcdef-not-secret"
 
