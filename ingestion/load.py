@@ -3,8 +3,8 @@
 For each delivered file (in contract dependency order, then batch order):
 
 1. find its contract from the partner folder and file name; compute its content hash
-   (a file already seen with the same content is a no-op; a file whose size, times and
-   inode did not change since an earlier pass hashed it keeps that hash, unread);
+   (a file already seen with the same content is a no-op; a file whose size, times, inode
+   and device did not change since an earlier pass hashed it keeps that hash, unread);
 2. stage it as text (``ingestion.readers``); a file that cannot be read is moved to
    ``rejected/<partner>/`` with a report, and the other files still load;
 3. type every column in SQL and evaluate the row rules of the contract; each failing

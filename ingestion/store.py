@@ -65,7 +65,7 @@ create table if not exists meta.file_hashes (
     inode ubigint not null,
     device ubigint not null,
     content_hash varchar not null,
-    hashed_at_ns bigint not null        -- wall clock when the hashing started
+    hashed_at_ns bigint not null        -- the landing file system's time when that pass began (.jisr-clock)
 )"""
 
 

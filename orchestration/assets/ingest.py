@@ -71,7 +71,7 @@ def ingest_landing(context: dg.AssetExecutionContext):
     summary = run_ingestion(settings, context.run.run_id, sources=selected,
                             validators=[suite_validator(settings, context.run.run_id)])
     context.log.info(f"{summary.files_hashed} landing file(s) read to compute their content hash; "
-                     f"{summary.hashes_reused} with size, times and inode unchanged kept their recorded hash")
+                     f"{summary.hashes_reused} with size, times, inode and device unchanged kept their recorded hash")
     by_source = summary.by_source()
     for source in CONTRACTS:
         if source not in selected:
