@@ -90,8 +90,29 @@ def _clean(value: Any) -> float | None:
 
 
 def _group_counts(sample: pd.DataFrame) -> tuple[int, int]:
-    treated = int((sample["treated"] == 1).sum())
+    treated = int(np.count_nonzero(sample["treated"].to_numpy() == 1))
     return treated, int(len(sample) - treated)
+
+
+def _nunique(values: np.ndarray) -> int:
+    """Distinct values, missing ones not counted (``Series.nunique``, on an array)."""
+    distinct = pd.unique(values)
+    return int(len(distinct) - np.count_nonzero(pd.isna(distinct)))
+
+
+def _columns_at(frame: pd.DataFrame, columns: tuple, index: pd.Index) -> list[np.ndarray]:
+    """``frame[column].reindex(index)`` for each column, as floats (NaN where ``index`` has no
+    row): looked up once, then taken by position."""
+    if index.equals(frame.index):
+        return [frame[column].to_numpy(dtype=float) for column in columns]
+    rows = frame.index.get_indexer(index)
+    missing = rows < 0
+    out = []
+    for column in columns:
+        values = frame[column].to_numpy(dtype=float)[rows]
+        values[missing] = np.nan
+        out.append(values)
+    return out
 
 
 def _check_sample(sample: pd.DataFrame, what: str, inference: Inference) -> None:
@@ -106,8 +127,10 @@ def _check_sample(sample: pd.DataFrame, what: str, inference: Inference) -> None
             f"(minimum {inference.min_per_group} per group)"
         )
     if inference.cov_type == "cluster":
-        k_t = sample.loc[sample["treated"] == 1, "cluster"].nunique()
-        k_c = sample.loc[sample["treated"] == 0, "cluster"].nunique()
+        treated = sample["treated"].to_numpy()
+        clusters = sample["cluster"].to_numpy()
+        k_t = _nunique(clusters[treated == 1])
+        k_c = _nunique(clusters[treated == 0])
         if min(k_t, k_c) < inference.min_clusters_per_group:
             raise NotEstimable(
                 f"too few clusters for clustered standard errors: {k_t} treated, {k_c} comparison "
@@ -116,9 +139,10 @@ def _check_sample(sample: pd.DataFrame, what: str, inference: Inference) -> None
 
 
 def _check_variance(values: pd.Series, label: str) -> None:
-    finite = values.dropna()
-    if finite.nunique() <= 1:
-        level = f" (every value is {finite.iloc[0]:g})" if len(finite) else ""
+    finite = np.asarray(values, dtype=float)
+    finite = finite[~np.isnan(finite)]
+    if len(np.unique(finite)) <= 1:
+        level = f" (every value is {finite[0]:g})" if len(finite) else ""
         raise NotEstimable(f"{label} has no variance in the estimation sample{level}: no effect can be estimated")
 
 
@@ -154,18 +178,39 @@ def _usable_covariates(sample: pd.DataFrame, covariates: list[str], fixed: tuple
     return keep, dropped
 
 
-def _fit(endog, exog: pd.DataFrame, sample: pd.DataFrame, inference: Inference, weights=None):
+class _Fitted:
+    """A statsmodels fit on plain arrays, its figures looked up by design column name.
+
+    statsmodels wraps every result of a fit on pandas objects back into pandas objects
+    (most of the cost of an estimate on a few thousand units); the arrays it computes are
+    the same either way.
+    """
+
+    def __init__(self, result, names: list[str]):
+        self.result = result
+        self.names = list(names)
+        self.params = dict(zip(self.names, result.params))
+        self.bse = dict(zip(self.names, result.bse))
+        self.pvalues = dict(zip(self.names, result.pvalues))
+
+    def conf_int(self, alpha: float) -> dict[str, tuple[float, float]]:
+        return {name: (low, high) for name, (low, high) in zip(self.names, self.result.conf_int(alpha=alpha))}
+
+
+def _fit(endog, exog: pd.DataFrame, sample: pd.DataFrame, inference: Inference, weights=None) -> _Fitted:
     import statsmodels.api as sm
 
-    exog = sm.add_constant(exog.astype(float), has_constant="add")
-    rank = np.linalg.matrix_rank(exog.to_numpy())
-    if rank < exog.shape[1]:
+    names = ["const", *exog.columns]
+    x = np.column_stack([np.ones(len(exog)), exog.to_numpy(dtype=float)])
+    rank = np.linalg.matrix_rank(x)
+    if rank < x.shape[1]:
         raise NotEstimable(
-            f"design matrix is rank-deficient ({rank} of {exog.shape[1]} columns independent): "
-            f"treatment is collinear with {list(exog.columns[1:])}"
+            f"design matrix is rank-deficient ({rank} of {x.shape[1]} columns independent): "
+            f"treatment is collinear with {names[1:]}"
         )
-    model = sm.OLS(endog.astype(float), exog) if weights is None else sm.WLS(endog.astype(float), exog, weights=weights)
-    return _fit_model(model, sample["cluster"], inference)
+    endog = np.asarray(endog, dtype=float)
+    model = sm.OLS(endog, x) if weights is None else sm.WLS(endog, x, weights=weights)
+    return _Fitted(_fit_model(model, sample["cluster"], inference), names)
 
 
 def _fit_model(model, clusters: pd.Series, inference: Inference):
@@ -177,35 +222,35 @@ def _fit_model(model, clusters: pd.Series, inference: Inference):
     return model.fit(use_t=True)
 
 
-def _fill(result: Estimate, fitted, term: str, sample: pd.DataFrame, y: pd.DataFrame, inference: Inference) -> Estimate:
+def _fill(result: Estimate, fitted: _Fitted, term: str, inference: Inference) -> Estimate:
+    """The estimate of ``term``; the caller has described the sample (:func:`_describe_sample`)."""
     estimate = _clean(fitted.params[term])
     std_error = _clean(fitted.bse[term])
     if estimate is None or std_error is None or std_error <= 0:
         raise ArithmeticError(
             f"non-finite or zero standard error (estimate {fitted.params[term]!r}, SE {fitted.bse[term]!r})"
         )
-    low, high = fitted.conf_int(alpha=inference.alpha).loc[term]
+    low, high = fitted.conf_int(alpha=inference.alpha)[term]
     result.estimate = estimate
     result.std_error = std_error
     result.ci_low = _clean(low)
     result.ci_high = _clean(high)
     result.p_value = _clean(fitted.pvalues[term])
-    _describe_sample(result, sample, y)
     return result
 
 
 def _describe_sample(result: Estimate, sample: pd.DataFrame, y: pd.DataFrame) -> None:
     n_t, n_c = _group_counts(sample)
     result.n_treated, result.n_comparison = n_t, n_c
-    result.n_clusters = int(sample["cluster"].nunique())
+    result.n_clusters = _nunique(sample["cluster"].to_numpy())
     end = int(max(y.columns))
-    treated = (sample["treated"] == 1).to_numpy()
-    block = y.reindex(sample.index)
-    endline = block[end].to_numpy(dtype=float)
+    treated = sample["treated"].to_numpy() == 1
+    has_base = 0 in y.columns
+    endline, *base = _columns_at(y, (end, 0) if has_base else (end,), sample.index)
     result.endline_mean_treated = _mean(endline[treated])
     result.endline_mean_comparison = _mean(endline[~treated])
-    if 0 in y.columns:
-        base = block[0].to_numpy(dtype=float)
+    if has_base:
+        base = base[0]
         result.baseline_mean_treated = _mean(base[treated])
         result.baseline_mean_comparison = _mean(base[~treated])
 
@@ -250,13 +295,15 @@ def diff_in_means(spec: EstimatorSpec, units: pd.DataFrame, y: pd.DataFrame, cov
 
     def body(result: Estimate) -> None:
         end = endline_round(y)
-        sample = units.loc[y[end].notna().reindex(units.index, fill_value=False)]
+        (endline,) = _columns_at(y, (end,), units.index)
+        observed = ~np.isnan(endline)
+        sample = units.iloc[np.flatnonzero(observed)]
         _describe_sample(result, sample, y)
         _check_sample(sample, "an endline value", inference)
-        outcome = y.loc[sample.index, end]
+        outcome = endline[observed]
         _check_variance(outcome, "the endline outcome")
         fitted = _fit(outcome, sample[["treated"]], sample, inference)
-        _fill(result, fitted, "treated", sample, y, inference)
+        _fill(result, fitted, "treated", inference)
 
     return _run(spec, inference, body)
 
@@ -267,12 +314,11 @@ def _panel_sample(units: pd.DataFrame, y: pd.DataFrame, covariates: list[str]) -
         raise NotEstimable("the outcome is not measured at the baseline round (round_index 0)")
     if end <= 0:
         raise NotEstimable("the outcome is not measured after the baseline round")
-    observed = y[0].notna() & y[end].notna()
-    sample = units.loc[observed.reindex(units.index, fill_value=False)]
-    if covariates:
-        complete = sample[covariates].notna().all(axis=1)
-        sample = sample.loc[complete]
-    return sample
+    base, endline = _columns_at(y, (0, end), units.index)
+    observed = ~np.isnan(base) & ~np.isnan(endline)
+    for name in covariates:
+        observed &= units[name].notna().to_numpy()
+    return units.iloc[np.flatnonzero(observed)]
 
 
 def did(spec: EstimatorSpec, units: pd.DataFrame, y: pd.DataFrame, covariates: list[str], inference: Inference) -> Estimate:
@@ -287,12 +333,13 @@ def did(spec: EstimatorSpec, units: pd.DataFrame, y: pd.DataFrame, covariates: l
         _describe_sample(result, sample, y)
         _check_sample(sample, "baseline and endline values" + (" and all covariates" if use else ""), inference)
         end = endline_round(y)
-        change = y.loc[sample.index, end] - y.loc[sample.index, 0]
+        baseline, endline = _columns_at(y, (0, end), sample.index)
+        change = endline - baseline
         _check_variance(change, "the change in the outcome (endline - baseline)")
         keep, dropped = _usable_covariates(sample, use, fixed=("treated",))
         result.options.update({"method": "first_differences", "covariates_used": keep, "covariates_dropped": dropped})
         fitted = _fit(change, sample[["treated", *keep]], sample, inference)
-        _fill(result, fitted, "treated", sample, y, inference)
+        _fill(result, fitted, "treated", inference)
 
     return _run(spec, inference, body)
 
@@ -306,13 +353,12 @@ def ancova(spec: EstimatorSpec, units: pd.DataFrame, y: pd.DataFrame, covariates
         _describe_sample(result, sample, y)
         _check_sample(sample, "baseline and endline values" + (" and all covariates" if use else ""), inference)
         end = endline_round(y)
-        outcome = y.loc[sample.index, end]
+        baseline, outcome = _columns_at(y, (0, end), sample.index)
         _check_variance(outcome, "the endline outcome")
-        baseline = y.loc[sample.index, 0]
         fixed: tuple[str, ...] = ("treated",)
         with_baseline = sample.assign(baseline_outcome=baseline)
         dropped: list[str] = []
-        if baseline.nunique() > 1:
+        if _nunique(baseline) > 1:
             fixed = ("treated", "baseline_outcome")
         else:
             dropped.append("baseline_outcome (constant)")
@@ -320,7 +366,7 @@ def ancova(spec: EstimatorSpec, units: pd.DataFrame, y: pd.DataFrame, covariates
         exog = with_baseline[[*fixed, *keep]]
         result.options.update({"covariates_used": keep, "covariates_dropped": dropped + dropped_cov})
         fitted = _fit(outcome, exog, sample, inference)
-        _fill(result, fitted, "treated", sample, y, inference)
+        _fill(result, fitted, "treated", inference)
 
     return _run(spec, inference, body)
 
@@ -375,8 +421,8 @@ def fit_propensity(sample: pd.DataFrame, covariates: list[str], rule: Propensity
         )
     x = sample[keep_cov].astype(float)
     x = (x - x.mean()) / x.std(ddof=0)
-    exog = sm.add_constant(x, has_constant="add")
-    treated = sample["treated"].astype(float)
+    exog = np.column_stack([np.ones(len(x)), x.to_numpy()])  # a constant, then the standardised covariates
+    treated = sample["treated"].to_numpy(dtype=float)
     separated = False
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -389,39 +435,41 @@ def fit_propensity(sample: pd.DataFrame, covariates: list[str], rule: Propensity
     separated = separated or any(issubclass(w.category, PerfectSeparationWarning) for w in caught)
     converged = bool(not separated and fitted.mle_retvals.get("converged", True))
     if not separated:
-        score = pd.Series(np.asarray(fitted.predict(exog)), index=sample.index)
-        t = treated.to_numpy() == 1
+        score = np.asarray(fitted.predict(exog), dtype=float)
+        t = treated == 1
+        low_t = score[t].min() if t.any() else np.nan
+        high_c = score[~t].max() if not t.all() else np.nan
         # complete separation also shows as every treated unit at p ~ 1 and comparison at p ~ 0
-        separated = bool(score[t].min() >= 1 - 1e-6 and score[~t].max() <= 1e-6) or bool(
-            score[t].min() > score[~t].max()
-        )
+        separated = bool(low_t >= 1 - 1e-6 and high_c <= 1e-6) or bool(low_t > high_c)
     if separated:
         raise NotEstimable(
             f"perfect separation in the propensity model: covariates {keep_cov} predict treatment exactly, "
             "so the groups do not overlap and inverse-probability weights are undefined"
         )
-    score = score.clip(1e-12, 1 - 1e-12)
+    score = np.clip(score, 1e-12, 1 - 1e-12)
     if rule.trim == "fixed":
         bounds = (rule.low, rule.high)
     elif rule.trim == "crump":
-        a = crump_alpha(score.to_numpy())
+        a = crump_alpha(score)
         bounds = (a, 1.0 - a)
     else:
         bounds = (0.0, 1.0)
     keep = (score >= bounds[0]) & (score <= bounds[1])
-    n_t = int((keep & (treated == 1)).sum())
-    n_c = int((keep & (treated == 0)).sum())
+    n_t = int(np.count_nonzero(keep & (treated == 1)))
+    n_c = int(np.count_nonzero(keep & (treated == 0)))
     if n_t == 0 or n_c == 0:
         raise NotEstimable(
             f"no overlap: after trimming propensity scores to [{bounds[0]:.3f}, {bounds[1]:.3f}] "
             f"{n_t} treated and {n_c} comparison units remain"
         )
     odds = score / (1.0 - score)
-    weight = pd.Series(np.where(treated == 1, 1.0, odds), index=sample.index)
+    weight = np.where(treated == 1, 1.0, odds)
     weight[~keep] = 0.0
     comp = (treated == 0) & keep
     weight[comp] = weight[comp] * (n_t / weight[comp].sum())  # comparison weights sum to n treated
-    return PropensityFit(score, keep, weight, bounds, keep_cov, dropped, converged)
+    index = sample.index
+    return PropensityFit(pd.Series(score, index=index), pd.Series(keep, index=index), pd.Series(weight, index=index),
+                         bounds, keep_cov, dropped, converged)
 
 
 def ipw_did(
@@ -455,12 +503,13 @@ def ipw_did(
             raise NotEstimable("no baseline covariates configured or measured for the propensity score")
         _check_sample(sample, "baseline and endline values and all covariates", inference)
         end = endline_round(y)
-        change = y.loc[sample.index, end] - y.loc[sample.index, 0]
+        baseline, endline = _columns_at(y, (0, end), sample.index)
+        change = endline - baseline
         _check_variance(change, "the change in the outcome (endline - baseline)")
         ps_sample = sample.copy()
         ps_covariates = list(covariates)
         if propensity.include_baseline_outcome:
-            ps_sample["baseline_outcome"] = y.loc[sample.index, 0]
+            ps_sample["baseline_outcome"] = baseline
             ps_covariates.append("baseline_outcome")
         ps = fit_propensity(ps_sample, ps_covariates, propensity)
         kept = sample.loc[ps.keep]
@@ -483,8 +532,8 @@ def ipw_did(
             result.reason = "warning: the propensity logit did not converge (near-separation); check overlap and balance"
         _describe_sample(result, kept, y)
         _check_sample(kept, "baseline and endline values inside the propensity trimming bounds", inference)
-        fitted = _fit(change[ps.keep], kept[["treated"]], kept, inference, weights=w.to_numpy())
-        _fill(result, fitted, "treated", kept, y, inference)
+        fitted = _fit(change[ps.keep.to_numpy()], kept[["treated"]], kept, inference, weights=w.to_numpy())
+        _fill(result, fitted, "treated", inference)
 
     return _run(spec, inference, body)
 
@@ -561,8 +610,8 @@ def event_study(
             exog[f"round_{r}"] = (stacked["round_index"] == r).astype(float)
         for r in kept_rounds:
             exog[f"treated_x_round_{r}"] = exog[f"round_{r}"] * stacked["treated"]
-        exog = exog.reset_index(drop=True)
-        model = sm.OLS(stacked["change"].astype(float).to_numpy(), exog)
+        names = list(exog.columns)
+        model = sm.OLS(stacked["change"].astype(float).to_numpy(), exog.to_numpy(dtype=float))
         groups = stacked["cluster"]
         fit_inference = inference
         if inference.cov_type != "cluster":
@@ -571,7 +620,7 @@ def event_study(
             fit_inference = Inference("cluster", inference.alpha, inference.min_per_group, inference.min_clusters_per_group)
             result.options["cov_type"] = "cluster"
             result.options["clustered_on"] = f"unit (stacked rounds of a unit are correlated; {inference.cov_type} not valid here)"
-        fitted = _fit_model(model, groups.reset_index(drop=True), fit_inference)
+        fitted = _Fitted(_fit_model(model, groups.reset_index(drop=True), fit_inference), names)
         conf = fitted.conf_int(alpha=inference.alpha)
         coefficients = [
             {"round_index": 0, "round_label": labels.get(0), "is_pre": False, "is_reference": True, "estimate": 0.0,
@@ -587,19 +636,18 @@ def event_study(
                     "is_reference": False,
                     "estimate": _clean(fitted.params[term]),
                     "std_error": _clean(fitted.bse[term]),
-                    "ci_low": _clean(conf.loc[term, 0]),
-                    "ci_high": _clean(conf.loc[term, 1]),
+                    "ci_low": _clean(conf[term][0]),
+                    "ci_high": _clean(conf[term][1]),
                     "p_value": _clean(fitted.pvalues[term]),
                 }
             )
         result.event_coefficients = sorted(coefficients, key=lambda c: c["round_index"])
         leads = [r for r in kept_rounds if r < 0]
         if leads:
-            names = list(exog.columns)
             restriction = np.zeros((len(leads), len(names)))
             for i, r in enumerate(leads):
                 restriction[i, names.index(f"treated_x_round_{r}")] = 1.0
-            test = fitted.wald_test(restriction, scalar=True)
+            test = fitted.result.wald_test(restriction, scalar=True)
             stat, p = _clean(test.statistic), _clean(test.pvalue)
             if stat is None or p is None:
                 result.pretrend_test = {"status": STATUS_FAILED, "reason": "non-finite Wald statistic", "n_leads": len(leads)}
@@ -619,7 +667,7 @@ def event_study(
                 "reason": "no pre-treatment round before the baseline: pre-trends cannot be tested",
                 "n_leads": 0,
             }
-        _fill(result, fitted, f"treated_x_round_{end}", per_unit, y, inference)
+        _fill(result, fitted, f"treated_x_round_{end}", inference)
 
     return _run(spec, inference, body)
 

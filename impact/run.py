@@ -465,7 +465,8 @@ def _cost_row(study_id: str, programme: str, outcome: str, direction: str, est: 
 
 # Panels of at least this many rows are estimated by this process and ``workers`` worker
 # processes at once (a worker costs about 1.5 s to start and import statsmodels; the
-# estimates of a 116,000-row panel about 6 s on one core): small panels stay in one process.
+# estimates of a 116,000-row panel 5-7 s on one core, that import included): small panels
+# stay in one process.
 WORKER_PANEL_ROWS = 50_000
 
 

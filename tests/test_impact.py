@@ -675,3 +675,39 @@ def test_blas_runs_on_one_thread_inside_the_block_and_as_before_after_it():
     finally:
         for set_, threads in found:
             set_(threads)
+
+
+def test_estimators_read_the_outcome_by_unit_not_by_row_position():
+    """An outcome matrix in another row order, with a unit the analysis frame does not hold
+    and without a unit it does hold, gives every estimator the figures of the aligned matrix
+    (the estimators take outcomes by position once they have looked the units up)."""
+    from dataclasses import asdict
+
+    from impact.config import EstimatorSpec, Propensity
+    from impact.estimators import Inference, estimate
+
+    rng = np.random.default_rng(7)
+    n = 240
+    index = pd.Index([f"u{i:04d}" for i in range(n)], name="unit_id")
+    cluster = np.repeat(np.arange(24), 10)
+    treated = (cluster % 2).astype(int)
+    x = rng.normal(size=n)
+    units = pd.DataFrame({"treated": treated, "cluster": [f"c{c:02d}" for c in cluster], "x": x}, index=index)
+    y = pd.DataFrame({r: 5 + x + 0.4 * r + 1.5 * treated * (r > 0) + rng.normal(size=n) for r in (-1, 0, 1, 2)},
+                     index=index)
+    y.loc["u0003", 2] = np.nan
+    absent = "u0010"
+    aligned = y.copy()
+    aligned.loc[absent] = np.nan  # a unit with no outcome row reads as not measured
+    delivered = pd.concat([y.drop(index=absent), pd.DataFrame({r: [99.0] for r in y.columns}, index=["stranger"])])
+    delivered = delivered.sample(frac=1.0, random_state=3)
+    subgroup = units.iloc[::2]  # a subgroup: its index is not the matrix's
+    specs = [EstimatorSpec("dim", "diff_in_means"), EstimatorSpec("did", "did", covariates=True),
+             EstimatorSpec("ancova", "ancova", covariates=True), EstimatorSpec("ipw", "ipw_did"),
+             EstimatorSpec("es", "event_study")]
+    for frame in (units, subgroup):
+        for spec in specs:
+            expected = asdict(estimate(spec, frame, aligned, ["x"], Inference(), Propensity(), None))
+            got = asdict(estimate(spec, frame, delivered, ["x"], Inference(), Propensity(), None))
+            assert expected["status"] == "ok", (spec.name, expected["reason"])
+            assert got == expected, spec.name
