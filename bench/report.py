@@ -274,7 +274,8 @@ def render(run: dict) -> str:
            + (f" The code changed during the run (commit `{run['commit_end']}` at the end)."
               if run.get("commit_end", run["commit"]) != run["commit"] else ""), ""]
     out += ["## Machine", "",
-            f"- CPU: {machine['cpu']} ({machine['cores']} logical cores)",
+            f"- CPU: {machine['cpu']} ({machine.get('logical_cores', machine['cores'])} logical cores, "
+            f"{machine['cores']} usable by the run: its CPU affinity and cgroup quota)",
             f"- Memory: {machine['ram_bytes'] / GIB:.1f} GiB; Python {machine['python']}, DuckDB {machine['duckdb']}, "
             f"Dagster {machine['dagster']}, dbt-core {machine['dbt']}",
             f"- Load average at the start of the run: {' / '.join(f'{x:.2f}' for x in machine['load_average'])} (1 / 5 / 15 min); "
@@ -325,8 +326,8 @@ def render(run: dict) -> str:
                               for s in scales for kind in ("full", "incremental")] for stage in STAGE_ROWS])
     out += ["", "CPU time per stage (seconds, all cores, from the process tree sampled every 0.1 s; "
                 "a process's last tenth of a second before it exits is not seen) and cores busy on average "
-                "(CPU time / wall seconds of the stage's steps; the machine has "
-                f"{machine['cores']} logical cores). Quality here is the asset-check steps only: the "
+                "(CPU time / wall seconds of the stage's steps; the run has "
+                f"{machine['cores']} usable cores). Quality here is the asset-check steps only: the "
                 "suites run inside the ingestion step, on its threads and worker processes.", ""]
     cpu_rows = []
     cpu_extra = sorted({k for s in scales for kind in ("full", "incremental")

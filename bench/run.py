@@ -214,6 +214,20 @@ def bench_scale(beneficiaries: int, months: int, seed: int, root: Path, keep: bo
     return figures
 
 
+def usable_cores(cgroup_cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> float:
+    """Cores this process may use: those of its CPU affinity, at most its cgroup's CPU quota
+    (``cpu.max``: "<quota> <period>" or "max <period>"), which a container's limit sets.
+    The machine's logical cores (``os.cpu_count()``) overstate them under either limit."""
+    cores = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    try:
+        quota, period = cgroup_cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, int(quota) / int(period))
+    except (OSError, ValueError):
+        pass
+    return int(cores) if cores.is_integer() else round(cores, 2)
+
+
 def machine_facts() -> dict:
     import dagster
     import duckdb
@@ -228,7 +242,7 @@ def machine_facts() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "ram_bytes": psutil.virtual_memory().total,
+    return {"cpu": cpu, "cores": usable_cores(), "logical_cores": os.cpu_count(), "ram_bytes": psutil.virtual_memory().total,
             "load_average": os.getloadavg(), "python": platform.python_version(), "duckdb": duckdb.__version__,
             "dagster": dagster.__version__, "dbt": version("dbt-core")}
 

@@ -7,6 +7,7 @@ incremental refresh) at a tiny scale so the harness cannot rot. It takes several
 """
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -275,3 +276,19 @@ def test_the_report_shows_how_far_each_ratio_target_is_from_what_the_work_allows
     assert cells["Full refresh CPU time / the most the 5x target allows (5 x floor (a) wall x cores)"] == "1.32x"
     report.compute_ratios([scale], defs)  # cores unknown: not guessed
     assert scale["ratios"]["full_cpu_over_target_cpu"] is None
+
+
+def test_usable_cores_follow_the_cgroup_quota(tmp_path):
+    """The 'cores' of the CPU bound are those the run may use: a container's CPU quota
+    (cgroup cpu.max) caps the machine's cores, and no quota leaves the affinity's."""
+    from bench.run import usable_cores
+
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("max 100000\n")
+    assert usable_cores(cpu_max) == affinity
+    cpu_max.write_text("50000 100000\n")
+    assert usable_cores(cpu_max) == 0.5
+    cpu_max.write_text(f"{100000 * (affinity + 4)} 100000\n")  # a quota above the affinity does not add cores
+    assert usable_cores(cpu_max) == affinity
+    assert usable_cores(tmp_path / "absent") == affinity
