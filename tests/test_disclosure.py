@@ -232,6 +232,33 @@ def _exact_rank(rows: list[list[int]]) -> int:
     return rank
 
 
+def test_the_groups_of_the_cells_hidden_in_a_round_are_those_of_the_whole_table():
+    """A round of the suppression examines only the groups of linked suppressed cells that
+    hold a cell it just hid: the same groups, with the same equations and in the same order,
+    as the groups of the whole table that hold one of those cells."""
+    import itertools
+    import random
+
+    from quality.disclosure import TableRule, _components, _components_touching, build_cells
+
+    rng = random.Random(11)
+    for trial in range(60):
+        rule = TableRule("marts.t", dimensions=("a", "b", "c"), count_columns=("n",), by=("p",),
+                         assume_external_totals=trial % 2 == 0)
+        levels = [["all"] + [f"{d}{i}" for i in range(rng.randint(1, 4))] for d in "abc"]
+        rows = [(p, *key, rng.randint(0, 40)) for p in ("x", "y") for key in itertools.product(*levels)
+                if rng.random() < 0.85]
+        cells = build_cells(rule, rows)
+        lines_of: dict[int, list[int]] = {}
+        for n, (members, total) in enumerate(cells.lines):
+            for i in members + ([total] if total is not None else []):
+                lines_of.setdefault(i, []).append(n)
+        suppressed = {i for i in range(len(cells)) if rng.random() < rng.choice([0.1, 0.4, 0.8])}
+        touching = {i for i in range(len(cells)) if rng.random() < rng.choice([0.02, 0.1, 0.5])} | {0}
+        expected = [group for group in _components(cells, suppressed) if not touching.isdisjoint(group[0])]
+        assert _components_touching(cells, suppressed, touching, lines_of) == expected, trial
+
+
 def test_determined_unknowns_are_those_exact_elimination_finds():
     """An unknown is determined when adding e_j to the equations does not raise their rank:
     the factorisation agrees with exact rational arithmetic on systems of every shape."""
