@@ -421,7 +421,9 @@ def fit_propensity(sample: pd.DataFrame, covariates: list[str], rule: Propensity
         )
     x = sample[keep_cov].astype(float)
     x = (x - x.mean()) / x.std(ddof=0)
-    exog = np.column_stack([np.ones(len(x)), x.to_numpy()])  # a constant, then the standardised covariates
+    # a constant, then the standardised covariates; column by column in memory, as statsmodels
+    # lays out a DataFrame's (the logit's products round alike: the same scores to the last digit)
+    exog = np.asfortranarray(np.column_stack([np.ones(len(x)), x.to_numpy()]))
     treated = sample["treated"].to_numpy(dtype=float)
     separated = False
     with warnings.catch_warnings(record=True) as caught:
