@@ -287,15 +287,18 @@ def primary_suppressions(cells: Cells) -> set[int]:
     return {i for i in range(len(cells)) if cells.flagged[i] or any(rule.is_small(v) for v in cells.counts[i])}
 
 
+def _equation(line: tuple[list[int], int | None], suppressed: set[int]) -> dict[int, float]:
+    """A line's equation in its suppressed cells: the members' sum minus the total is known."""
+    members, total = line
+    row = {i: 1.0 for i in members if i in suppressed}
+    if total is not None and total in suppressed:
+        row[total] = -1.0
+    return row
+
+
 def _components(cells: Cells, suppressed: set[int]) -> list[tuple[list[int], list[dict[int, float]]]]:
     """Connected groups of suppressed cells (cells sharing a line) with their equations."""
-    equations = []
-    for members, total in cells.lines:
-        row = {i: 1.0 for i in members if i in suppressed}
-        if total is not None and total in suppressed:
-            row[total] = -1.0
-        if row:
-            equations.append(row)
+    equations = [row for row in (_equation(line, suppressed) for line in cells.lines) if row]
     parent: dict[int, int] = {i: i for i in suppressed}
 
     def find(i: int) -> int:
@@ -347,14 +350,7 @@ def _components_touching(cells: Cells, suppressed: set[int], touching: set[int],
                 if total is not None and total in suppressed and total not in members:
                     pending.append(total)
         seen |= members
-        equations = []
-        for n in sorted(lines):
-            line_members, total = cells.lines[n]
-            row = {i: 1.0 for i in line_members if i in suppressed}
-            if total is not None and total in suppressed:
-                row[total] = -1.0
-            equations.append(row)
-        groups.append((sorted(members), equations))
+        groups.append((sorted(members), [_equation(cells.lines[n], suppressed) for n in sorted(lines)]))
     return sorted(groups, key=lambda group: group[0][0])
 
 
