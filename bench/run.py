@@ -214,17 +214,33 @@ def bench_scale(beneficiaries: int, months: int, seed: int, root: Path, keep: bo
     return figures
 
 
-def usable_cores(cgroup_cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> float:
-    """Cores this process may use: those of its CPU affinity, at most its cgroup's CPU quota
-    (``cpu.max``: "<quota> <period>" or "max <period>"), which a container's limit sets.
-    The machine's logical cores (``os.cpu_count()``) overstate them under either limit."""
-    cores = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+def _cgroup_cpu_quota(root: Path) -> float | None:
+    """The CPU quota of this process's cgroup in cores, if one is set: cgroup v2's
+    ``cpu.max`` ("<quota> <period>" or "max <period>"), else v1's ``cpu.cfs_quota_us`` over
+    ``cpu.cfs_period_us`` (-1: none). Read at the cgroup root, which a container sees as its own."""
     try:
-        quota, period = cgroup_cpu_max.read_text().split()[:2]
-        if quota != "max":
-            cores = min(cores, int(quota) / int(period))
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
     except (OSError, ValueError):
         pass
+    for folder in (root / "cpu", root / "cpu,cpuacct"):
+        try:
+            quota = int((folder / "cpu.cfs_quota_us").read_text())
+            period = int((folder / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
+        return None if quota <= 0 or period <= 0 else quota / period
+    return None
+
+
+def usable_cores(cgroup_root: Path = Path("/sys/fs/cgroup")) -> float:
+    """Cores this process may use: those of its CPU affinity, at most its cgroup's CPU quota
+    (a container's limit). The machine's logical cores (``os.cpu_count()``) overstate them
+    under either limit."""
+    cores = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    quota = _cgroup_cpu_quota(cgroup_root)
+    if quota is not None:
+        cores = min(cores, quota)
     return int(cores) if cores.is_integer() else round(cores, 2)
 
 

@@ -280,15 +280,24 @@ def test_the_report_shows_how_far_each_ratio_target_is_from_what_the_work_allows
 
 def test_usable_cores_follow_the_cgroup_quota(tmp_path):
     """The 'cores' of the CPU bound are those the run may use: a container's CPU quota
-    (cgroup cpu.max) caps the machine's cores, and no quota leaves the affinity's."""
+    (cgroup v2 cpu.max, or v1 cpu.cfs_quota_us) caps the machine's cores, and no quota
+    leaves the affinity's."""
     from bench.run import usable_cores
 
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    cpu_max = tmp_path / "cpu.max"
-    cpu_max.write_text("max 100000\n")
-    assert usable_cores(cpu_max) == affinity
-    cpu_max.write_text("50000 100000\n")
-    assert usable_cores(cpu_max) == 0.5
-    cpu_max.write_text(f"{100000 * (affinity + 4)} 100000\n")  # a quota above the affinity does not add cores
-    assert usable_cores(cpu_max) == affinity
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cpu.max").write_text("max 100000\n")
+    assert usable_cores(v2) == affinity
+    (v2 / "cpu.max").write_text("50000 100000\n")
+    assert usable_cores(v2) == 0.5
+    (v2 / "cpu.max").write_text(f"{100000 * (affinity + 4)} 100000\n")  # a quota above the affinity adds no core
+    assert usable_cores(v2) == affinity
+    v1 = tmp_path / "v1" / "cpu"
+    v1.mkdir(parents=True)
+    (v1 / "cpu.cfs_period_us").write_text("100000\n")
+    (v1 / "cpu.cfs_quota_us").write_text("-1\n")
+    assert usable_cores(v1.parent) == affinity
+    (v1 / "cpu.cfs_quota_us").write_text("150000\n")
+    assert usable_cores(v1.parent) == min(affinity, 1.5)
     assert usable_cores(tmp_path / "absent") == affinity
