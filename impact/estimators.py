@@ -138,7 +138,7 @@ def _check_sample(sample: pd.DataFrame, what: str, inference: Inference) -> None
             )
 
 
-def _check_variance(values: pd.Series, label: str) -> None:
+def _check_variance(values: pd.Series | np.ndarray, label: str) -> None:
     finite = np.asarray(values, dtype=float)
     finite = finite[~np.isnan(finite)]
     if len(np.unique(finite)) <= 1:
