@@ -144,7 +144,7 @@ def cpu_by_stage(child: dict, measured) -> dict:
     return out
 
 
-def compute_ratios(scales: list[dict], definitions: dict, cores: int | None = None) -> dict:
+def compute_ratios(scales: list[dict], definitions: dict, cores: float | None = None) -> dict:
     """The issue's ratios, each from figures of this run (largest and smallest scale), and
     two bounds beside them: the incremental refresh's dbt step alone as a share of the full
     refresh (the incremental ratio cannot go below it while the build does not shrink), and
