@@ -21,7 +21,8 @@ not-yet-pseudonymised batch into pandas through Arrow (:func:`fetch_frame`: text
 strings, dates and timestamps as ``datetime64[ns]`` so GX compares them vectorised), in
 chunks of at most ``chunk_rows`` rows split by a hash of the primary key, so duplicate keys
 stay in one chunk; the chunks of a large delivery are validated by the ingestion process and
-``great_expectations.workers`` worker processes at once. Each chunk is validated in two passes:
+``great_expectations.workers`` worker processes at once, smaller deliveries by the workers
+alone (:meth:`SuiteValidator._to_workers`). Each chunk is validated in two passes:
 
 1. every expectation of the suite on every row, with ``result_format="BOOLEAN_ONLY"``
    (pass or fail, no list of rows: most expectations pass, and listing rows is what costs);
@@ -41,7 +42,8 @@ process: messages and reports say "(identifier withheld)". A summary of every ex
 
 ``great_expectations`` is imported inside functions only: importing it costs seconds. The
 first delivery validated in the ingestion process starts that import in a thread
-(:func:`import_gx_in_background`), where it overlaps the typing of the next file.
+(:func:`import_gx_in_background`), where it overlaps the typing of the next file; a pass whose
+deliveries all go to the workers (a monthly refresh) never imports it there.
 
 The ingestion prepares (reads, types and submits) each delivery in a thread of its own
 while its main thread collects the delivery before: :meth:`SuiteValidator.submit` runs in
@@ -611,6 +613,10 @@ class _Plan:
 # A delivery this large starts the workers (importing GX in a worker costs about 3 s of CPU;
 # validating 10,000 rows about 0.2 s): small runs stay in one process.
 WORKER_START_ROWS = 10_000
+# Until this process imports GX, a delivery of up to this many chunks per worker goes whole
+# to the workers (:meth:`SuiteValidator._to_workers`): a worker validating two chunks one
+# after the other costs less than importing GX here too.
+WORKER_ONLY_CHUNKS = 2
 
 
 class SuiteValidator:
@@ -620,8 +626,9 @@ class SuiteValidator:
     With ``workers``, ingestion starts each delivery with :meth:`submit`: a delivery of one
     chunk goes to a worker process while the ingestion types the next delivery; a delivery
     of several chunks is validated by this process and the workers at once (GX's pandas
-    engine uses one core). The workers start at the first delivery of ``WORKER_START_ROWS``
-    rows or more (or :meth:`start`), take work once they have imported GX, and stop at
+    engine uses one core), unless this process has not imported GX and the delivery has at
+    most ``WORKER_ONLY_CHUNKS`` chunks per worker (:meth:`_to_workers`). The workers start at
+    the first delivery of ``WORKER_START_ROWS`` rows or more (or :meth:`start`) and stop at
     :meth:`close`. Results are merged in chunk order, so they do not depend on which
     process validated which chunk.
     """
@@ -644,10 +651,12 @@ class SuiteValidator:
     def start(self, wait: bool = False) -> None:
         """Start the worker processes (if ``workers``) and their import of GX, in the background.
 
-        Chunks go to the workers only once as many warm-ups as workers have run (with one
-        worker: once it has imported GX); until then this process validates the chunks
-        itself rather than wait (importing GX takes seconds). ``wait`` blocks until then.
-        A warm-up still running when the pass ends finishes in the background.
+        Once this process has GX, chunks go to the workers only once as many warm-ups as
+        workers have run (with one worker: once it has imported GX); until then this process
+        validates the chunks itself rather than wait (importing GX takes seconds). Before
+        that, :meth:`_to_workers` may queue a delivery behind the warm-ups. ``wait`` blocks
+        until the warm-ups have run. A warm-up still running when the pass ends finishes in
+        the background.
         """
         with self._lock:
             if self.workers and self._pool is None:
@@ -658,9 +667,18 @@ class SuiteValidator:
                 self._pool = ProcessPoolExecutor(max_workers=self.workers,
                                                  mp_context=multiprocessing.get_context("spawn"))
                 self._warm = [self._pool.submit(_warm_up) for _ in range(self.workers)]
-            warm = list(self._warm) if wait and self._pool is not None else []
+        if wait:
+            self._warmed()
+
+    def _warmed(self) -> bool:
+        """Wait for the workers' import of GX: whether they have it (if one failed, or a
+        worker died, the workers are stopped and this process validates alone)."""
+        with self._lock:
+            warm = list(self._warm)
         for future in warm:
             self._collect(future)
+        with self._lock:
+            return self._pool is not None
 
     def _ready(self) -> bool:
         """Whether the workers finished importing GX (a worker that died stops the workers)."""
@@ -734,31 +752,61 @@ class SuiteValidator:
         """Start validating a delivery; the callable returned gives its failing rows.
 
         Ingestion calls it when a delivery is typed, and the callable when it commits the
-        delivery, after typing the next one. A delivery of one chunk goes to the worker
-        (once it has imported GX), which validates it while this process types the next
-        delivery; anything else is validated when the rows are asked for, as ``__call__``.
-        The workers start at the first delivery of ``WORKER_START_ROWS`` rows or more: a run
-        of small deliveries only would spend more importing GX in a worker than it saves.
+        delivery, after typing the next one. A delivery that goes to the workers
+        (:meth:`_to_workers`) is handed over now, chunk by chunk, and validated while this
+        process types the next delivery; anything else is validated when the rows are asked
+        for, as ``__call__``. The workers start at the first delivery of
+        ``WORKER_START_ROWS`` rows or more: a run of small deliveries only would spend more
+        importing GX in a worker than it saves.
         """
         plan = self._plan(con, contract, typed_table)
         if plan.total >= WORKER_START_ROWS:
             self.start()
-        if not self.workers or plan.chunks > 1 or not self._ready():
+        if not self._to_workers(plan):
             import_gx_in_background()  # validated here, at commit
             return lambda: self._validate(con, contract, batch, plan)
         started = time.monotonic()
-        frame = fetch_frame(con, plan.chunk_sql(0))
-        future = self._submit(validate_chunk, contract, plan.specs, frame)
-        if future is None:  # the worker is gone: validated at commit, as ``__call__``
-            return lambda: self._validate(con, contract, batch, plan)
+        parts = []
+        for i in range(plan.chunks):
+            frame = fetch_frame(con, plan.chunk_sql(i))
+            if frame.empty and plan.chunks > 1:
+                continue
+            future = self._submit(validate_chunk, contract, plan.specs, frame)
+            if future is None:  # the workers are gone: validated at commit, as ``__call__``
+                return lambda: self._validate(con, contract, batch, plan)
+            parts.append((future, frame))
         fetched = plan.seconds + time.monotonic() - started
 
         def finish():
             waited = time.monotonic()
-            result = self._collect(future, lambda: validate_chunk(contract, plan.specs, frame))
-            return self._finish(con, contract, batch, plan, [result], fetched + time.monotonic() - waited)
+            if self._warmed():
+                results = [self._collect(future, lambda frame=frame: validate_chunk(contract, plan.specs, frame))
+                           for future, frame in parts]
+            else:  # handed over while the workers imported GX, which failed: validated here
+                results = [validate_chunk(contract, plan.specs, frame) for _, frame in parts]
+            return self._finish(con, contract, batch, plan, results, fetched + time.monotonic() - waited)
 
         return finish
+
+    def _to_workers(self, plan: _Plan) -> bool:
+        """Whether a delivery goes whole to the workers when it is typed.
+
+        Once this process has GX (imported, or being imported), it validates too: a
+        delivery of one chunk goes to a worker that has imported GX, any other is validated
+        at commit by this process and the ready workers together. Before that, a delivery of
+        up to ``WORKER_ONLY_CHUNKS`` chunks per worker goes to the workers even while they
+        import GX (queued behind the import): a monthly refresh then imports GX once, in the
+        worker, instead of in both processes (about 2.7 s of CPU each, this process's import
+        competing with the ingestion's threads for Python's lock). A larger delivery makes
+        this process import GX and share the chunks, as the first registry of a full refresh
+        does.
+        """
+        with self._lock:
+            if self._pool is None:
+                return False
+        if _GX_SINGLETON is not None or _GX_IMPORT is not None:
+            return plan.chunks == 1 and self._ready()
+        return plan.chunks <= WORKER_ONLY_CHUNKS * self.workers
 
     def _finish(self, con, contract, batch, plan: _Plan, results: list[tuple], seconds: float):
         """Merge a delivery's chunk results (in chunk order) and record them; its failing rows.

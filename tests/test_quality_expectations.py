@@ -287,6 +287,71 @@ def test_gx_is_imported_in_a_thread_while_the_next_file_is_typed(settings, contr
         ("registre_2025-02.csv", 4, "gx:expect_column_values_to_be_in_set:sex")}
 
 
+def test_a_process_without_gx_hands_deliveries_of_few_chunks_whole_to_the_worker(settings, contracts, monkeypatch):
+    """A monthly refresh: deliveries of up to two chunks per worker go to the worker even
+    while it imports GX, and the ingestion process never imports GX; a larger delivery is
+    shared, and makes this process import GX."""
+    built_here = []
+
+    class Recording(gxmod._GX):
+        def __init__(self):
+            built_here.append(threading.current_thread().name)
+            super().__init__()
+
+    monkeypatch.setattr(gxmod, "_GX", Recording)
+    monkeypatch.setattr(gxmod, "_GX_SINGLETON", None)  # as in a process that has not imported GX
+    monkeypatch.setattr(gxmod, "_GX_IMPORT", None)
+    monkeypatch.setattr(gxmod, "WORKER_START_ROWS", 10)
+    for n, month in enumerate(("2025-01", "2025-02")):
+        rows = [person(i) for i in range(12)]  # two chunks of at most 7 rows
+        rows[n + 2]["sex"] = "X"
+        _write_people(settings, contracts, rows, name=f"registre_{month}.csv")
+    validator = SuiteValidator(settings.seeds_dir, run_id="run-gx", chunk_rows=7, workers=1)
+    summary = _ingest(settings, contracts, validator)  # the worker starts at the first delivery, not warmed up
+    assert built_here == []
+    assert validator.worker_chunks == 4 and validator.batches == 2
+    assert [f.rows_quarantined for f in summary.files] == [1, 1]
+    assert {(name, row, rule) for name, row, rule, _, _ in _quarantine(settings)} == {
+        ("registre_2025-01.csv", 3, "gx:expect_column_values_to_be_in_set:sex"),
+        ("registre_2025-02.csv", 4, "gx:expect_column_values_to_be_in_set:sex")}
+
+    rows = [person(i) for i in range(20)]  # three chunks: shared with this process
+    rows[7]["sex"] = "X"
+    _write_people(settings, contracts, rows, name="registre_2025-03.csv")
+    summary = _ingest(settings, contracts, validator)
+    assert built_here == ["jisr-gx-import"]
+    assert [f.rows_quarantined for f in summary.files if f.status == "loaded"] == [1]
+    assert ("registre_2025-03.csv", 8, "gx:expect_column_values_to_be_in_set:sex") in {
+        (name, row, rule) for name, row, rule, _, _ in _quarantine(settings)}
+
+
+def test_a_delivery_queued_behind_a_failing_warm_up_is_validated_here(settings, contracts, monkeypatch):
+    """Handed to the worker while it imports GX, and that import fails: the ingestion
+    stops the worker and validates the delivery itself."""
+    monkeypatch.setattr(gxmod, "_warm_up", _failing_warm_up)  # what the spawned worker runs
+    monkeypatch.setattr(gxmod, "_GX_SINGLETON", None)
+    monkeypatch.setattr(gxmod, "_GX_IMPORT", None)
+    monkeypatch.setattr(gxmod, "WORKER_START_ROWS", 10)
+    handed, submit_to_worker = [], SuiteValidator._submit
+
+    def submit(self, fn, contract, *args):
+        future = submit_to_worker(self, fn, contract, *args)
+        handed.append(future is not None)
+        return future
+
+    monkeypatch.setattr(SuiteValidator, "_submit", submit)
+    rows = [person(i) for i in range(12)]
+    rows[5]["sex"] = "X"
+    _write_people(settings, contracts, rows)
+    validator = SuiteValidator(settings.seeds_dir, run_id="run-gx", chunk_rows=100, workers=1)
+    summary = _ingest(settings, contracts, validator)
+    assert handed == [True]
+    assert validator.workers == 0 and validator.worker_chunks == 0 and validator.batches == 1
+    assert summary.files[0].rows_quarantined == 1
+    assert {(row, rule) for _, row, rule, _, _ in _quarantine(settings)} == {
+        (6, "gx:expect_column_values_to_be_in_set:sex")}
+
+
 def test_a_failing_background_import_of_gx_fails_the_validation(settings, contracts, monkeypatch):
     """The thread importing GX keeps its error to itself; validating imports again and raises
     it, so no delivery is loaded unvalidated."""
