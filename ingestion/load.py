@@ -145,10 +145,22 @@ def _lit(value) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
+# With a decimal comma, a dot may only separate thousands, in groups of three digits
+# (1.234.567,89); any other dot (200.00, 12.5) makes the value fail typing: read as a
+# thousands separator it would load 100 times the amount the partner meant.
+_GROUPED_BY_DOTS = r"[+-]?\d{1,3}(\.\d{3})+(,\d*)?"
+
+
 def _numeric_text(expr: str, decimal: str) -> str:
+    """SQL giving the numeric text of a column in the form DuckDB casts (blanks removed,
+    decimal comma as a dot); NULL, so the row fails typing, when it breaks the contract's
+    decimal convention."""
     cleaned = f"regexp_replace({expr}, '[\\s\u00a0]', '', 'g')"
     if decimal == ",":
-        cleaned = f"replace(replace({cleaned}, '.', ''), ',', '.')"
+        cleaned = (f"case when regexp_full_match({cleaned}, {_lit(_GROUPED_BY_DOTS)}) "
+                   f"then replace(replace({cleaned}, '.', ''), ',', '.') "
+                   f"when contains({cleaned}, '.') then null "
+                   f"else replace({cleaned}, ',', '.') end")
     return cleaned
 
 
@@ -187,8 +199,10 @@ def _violations_sql(contract: Contract, typed: str, seeds_dir: Path) -> str:
         if col.required:
             add(f"required:{n}", n, f"{n} is null", f"'column {n} is required but empty'")
         if col.type != "varchar":
+            convention = (" (decimal comma, dots only between thousands: 1.234,50)"
+                          if contract.decimal == "," and col.type in ("integer", "decimal", "double") else "")
             add(f"type:{n}", n, f"{n} is not null and {t} is null",
-                f"'column {n} value ' || {shown} || ' is not a valid {col.type}'")
+                f"'column {n} value ' || {shown} || ' is not a valid {col.type}{convention}'")
         if col.pattern:
             add(f"pattern:{n}", n, f"{n} is not null and not regexp_full_match({n}, {_lit(col.pattern)})",
                 f"'column {n} value ' || {shown} || ' does not match the pattern {col.pattern.replace(chr(39), chr(39) * 2)}'")

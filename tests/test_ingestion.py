@@ -172,6 +172,29 @@ def test_ingest_quarantines_negative_amount_duplicates_and_broken_references(set
     assert log == (6, 1, 5)
 
 
+def test_a_decimal_comma_contract_reads_dots_only_as_thousands_separators(settings, contracts):
+    """payments.yml says decimal ','. A dot that does not group thousands by three (200.00,
+    12.5) is a broken convention: the row is quarantined, never loaded as 20000 or 125."""
+    base_delivery(settings, contracts, n=8)
+    amounts = ["1.234,50", "1.234", "12,5", "+0,75", "1 234,5", "200.00", "12.5", "1.23.456", "1.2345,6"]
+    write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv",
+                   [payment(i, payment_id=f"P-{i}", enrolment_id=f"E{i % 8}", cin=f"AB{100000 + i % 8}", amount_mad=a)
+                    for i, a in enumerate(amounts)])
+    summary = ingest(settings, contracts)
+    f = result_for(summary, "paiements_2025-01.csv")
+    assert (f.rows_delivered, f.rows_loaded, f.rows_quarantined) == (9, 5, 4)
+    con = store(settings)
+    loaded = con.execute("select payment_id, amount_mad::varchar from raw.payments order by _source_row").fetchall()
+    assert loaded == [("P-0", "1234.50"), ("P-1", "1234.00"), ("P-2", "12.50"), ("P-3", "0.75"), ("P-4", "1234.50")]
+    rows = con.execute("select source_row, rule from quarantine.rows where rule like 'type:%' "
+                       "order by source_row").fetchall()
+    assert rows == [(6, "type:amount_mad"), (7, "type:amount_mad"), (8, "type:amount_mad"),
+                    (9, "type:amount_mad")]
+    message = con.execute("select message from quarantine.rows where source_row = 6").fetchone()[0]
+    assert message == ("paiements_2025-01.csv, row 6: column amount_mad value '200.00' is not a valid decimal "
+                       "(decimal comma, dots only between thousands: 1.234,50)")
+
+
 def test_every_delivered_row_is_loaded_or_quarantined(settings, contracts):
     base_delivery(settings, contracts, n=8)
     write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv",
