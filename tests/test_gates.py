@@ -412,3 +412,28 @@ def test_refresh_killed_during_publish_leaves_serving_intact_and_next_refresh_pu
     count, runs = serving_state(settings)
     assert runs[:-1] == before[1] and len(runs) == len(before[1]) + 1 and count == before[0]
     assert not list(settings.serving_path.parent.glob(".candidate-*"))
+
+
+def test_a_refresh_rejects_a_file_no_contract_matches(tmp_path, contracts, monkeypatch):
+    """A partner's file whose name matches no contract is moved to rejected/ with a report
+    and logged as rejected, by a run of every source; a run of some sources leaves it."""
+    from jisr.settings import Settings
+    from tests.conftest import TEST_KEY
+
+    monkeypatch.setenv("JISR_HOME", str(tmp_path))
+    monkeypatch.setenv("JISR_PSEUDONYM_KEY", TEST_KEY.decode())
+    settings = Settings(home=tmp_path, key_value=TEST_KEY.decode())
+    write_delivery(settings.landing_dir, contracts["programmes"], "programmes_2025-01.csv", [PROGRAMME])
+    stray = settings.landing_dir / "msisf" / "Registre_2026-06.csv"
+    stray.write_text("x")
+    with dg.instance_for_test() as instance:
+        some = dg.materialize([ingest_landing], instance=instance, selection=[dg.AssetKey(["raw", "programmes"])])
+        assert some.success and stray.exists()
+        every = dg.materialize([ingest_landing], instance=instance)
+    assert every.success
+    assert not stray.exists() and (settings.rejected_dir / "msisf" / stray.name).exists()
+    assert (settings.feedback_dir / "msisf" / f"{stray.name}.report.txt").exists()
+    con = duckdb.connect(str(settings.store_path), read_only=True)
+    status, reason = con.execute("select status, reason from meta.deliveries where file_name = ?", [stray.name]).fetchone()
+    con.close()
+    assert status == "rejected" and "no contract matches file name 'Registre_2026-06.csv'" in reason

@@ -68,7 +68,10 @@ def ingest_landing(context: dg.AssetExecutionContext):
 
     # Contract rules in SQL and the Great Expectations suites both route failing rows to quarantine.
     # The Parquet lake is exported by the warehouse step, beside dbt (orchestration/assets/warehouse.py).
-    summary = run_ingestion(settings, context.run.run_id, sources=selected,
+    # A whole refresh also rejects the files no contract matches (moved to rejected/ with a
+    # report); a run of some sources only leaves them for a run that selects every source.
+    sources = None if selected >= set(CONTRACTS) else selected
+    summary = run_ingestion(settings, context.run.run_id, sources=sources,
                             validators=[suite_validator(settings, context.run.run_id)])
     context.log.info(f"{summary.files_hashed} landing file(s) read to compute their content hash; "
                      f"{summary.hashes_reused} with size, times, inode and device unchanged kept their recorded hash")
