@@ -299,6 +299,16 @@ def contract_for(contracts: dict[str, Contract], partner: str, file_name: str) -
     return None
 
 
+def batch_problem(batch: str | None) -> str | None:
+    """Why a file name's batch cannot be loaded, or None. A batch shaped as a month
+    (``YYYY-MM``) must be a calendar month: 2026-13 would load, then stop every later build
+    at its first date computed from the month."""
+    match = re.fullmatch(r"(\d{4})-(\d{2})", batch or "")
+    if match and not (1 <= int(match.group(2)) <= 12 and int(match.group(1)) >= 1):
+        return f"the month {batch} in the file name is not a calendar month (YYYY-MM, month 01 to 12)"
+    return None
+
+
 def seed_values(seeds_dir: Path, ref: str) -> tuple[str, ...]:
     """Values of ``<seed>.<column>`` from a reference seed CSV (for ``allowed_from``)."""
     seed, column = ref.split(".")

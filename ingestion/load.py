@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ingestion import pseudonymise, store
-from ingestion.contracts import Contract, contract_for, seed_values
+from ingestion.contracts import Contract, batch_problem, contract_for, seed_values
 from ingestion.readers import FileRejected, Staged, drop_staged, stage_file
 
 # A validator receives (con, contract, typed_table, batch) and returns SQL producing
@@ -480,6 +480,10 @@ class Ingestor:
             known = ", ".join(sorted(c.file_pattern for c in self.contracts.values() if c.partner == partner))
             prepared.reject = (f"no contract matches file name {path.name!r} in partner folder {partner!r}"
                                + (f" (expected one of: {known})" if known else " (unknown partner folder)"))
+            return prepared
+        problem = batch_problem(batch)
+        if problem is not None:
+            prepared.reject = problem
             return prepared
         if self._duplicate_of(con, contract, content_hash):
             return prepared  # the commit reports it
