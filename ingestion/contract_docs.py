@@ -14,7 +14,8 @@ Every partner file is checked against the contract of its source. A file that ca
 read under its contract is moved to `rejected/<partner>/` with a report; a row that breaks a
 rule goes to the quarantine with the rule's name (`required:<column>`, `type:<column>`,
 `pattern:<column>`, `allowed:<column>`, `min:<column>`, `max:<column>`,
-`references:<column>`, `duplicate_key`, `rule:<name>`). Direct identifiers (marked
+`references:<column>`, `duplicate_key`, `key_in_other_batch` (the key is already loaded from
+another batch of a `replace_batch` source), `rule:<name>`). Direct identifiers (marked
 **pseudonymised**) never reach the raw layer: they are replaced by a keyed HMAC-SHA256
 pseudonym (a BIGINT column named in the table).
 

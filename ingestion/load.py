@@ -255,6 +255,27 @@ def _reference_sql(contract: Contract, contracts: dict[str, Contract], typed: st
     return " union all ".join(parts)
 
 
+def _key_in_other_batch_sql(contract: Contract, typed: str) -> str:
+    """``replace_batch`` sources: rows whose key is already current in another batch.
+
+    A delivery of a batch replaces only the rows of its own batch, so such a key would be
+    current twice (a payment id in two months' files): the warehouse's uniqueness tests
+    would then stop every build until the partner corrects one of the files. The later row
+    is quarantined instead, naming the batch that holds the key."""
+    if contract.supersede != "replace_batch" or not contract.primary_key:
+        return ""
+    columns = [contract.column(k) for k in contract.primary_key]
+    mine = [f"t.{c.name}__key" if c.pii else f"t.{c.name}__typed" for c in columns]
+    match = " and ".join(f"r.{c.raw_name} = {m}" for c, m in zip(columns, mine))
+    return (
+        f"select t._source_row, 'key_in_other_batch' as rule, {_lit(','.join(contract.primary_key))} as column_name, "
+        f"'key (' || {_lit(', '.join(contract.primary_key))} || ') is already loaded from batch ' || min(r._batch) "
+        f"|| ' (a key belongs to one batch; correct the file of the batch it does not belong to)' as message "
+        f"from {typed} t join raw.{contract.source} r on r._is_current and r._batch <> t._batch and {match} "
+        f"group by t._source_row"
+    )
+
+
 def _insert_violations(con, found: Iterable[tuple[int, str, str | None, str]], table: str) -> None:
     """Add a validator's failing (source_row, rule, column_name, message) rows to
     the delivery's violations table in one insert (row by row costs seconds at national scale)."""
@@ -579,7 +600,8 @@ class Ingestor:
         typed, violations_table, staged = p.typed, p.violations, p.staged
         violations = _violations_sql(contract, typed, self.seeds_dir)
         refs = _reference_sql(contract, self.contracts, typed)
-        sql = " union all ".join(x for x in (violations, refs) if x)
+        taken = _key_in_other_batch_sql(contract, typed)
+        sql = " union all ".join(x for x in (violations, refs, taken) if x)
         con.execute(f"create or replace temp table {violations_table} as {sql}")
         for finish in p.validations:
             _insert_violations(con, finish(), violations_table)

@@ -198,6 +198,30 @@ def test_a_decimal_comma_contract_reads_dots_only_as_thousands_separators(settin
                        "(decimal comma, dots only between thousands: 1.234,50)")
 
 
+def test_a_payment_id_already_loaded_from_another_month_is_quarantined(settings, contracts):
+    """payments replace a month as a whole: a payment id that February's file repeats from
+    January would be current twice (and stop the warehouse's uniqueness test); the later row
+    is quarantined naming January. A corrected January file may repeat its own ids."""
+    base_delivery(settings, contracts, n=4)
+    write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv", [payment(i) for i in range(4)])
+    ingest(settings, contracts)
+    february = [payment(i, "2025-02") for i in range(4)]
+    february[2]["payment_id"] = "P2025-01-2"
+    write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-02.csv", february)
+    corrected = [payment(i, amount_mad="360,00") for i in range(4)]
+    write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv", corrected)
+    summary = ingest(settings, contracts)
+    assert result_for(summary, "paiements_2025-01.csv").rows_quarantined == 0
+    f = result_for(summary, "paiements_2025-02.csv")
+    assert (f.rows_delivered, f.rows_loaded, f.rows_quarantined) == (4, 3, 1)
+    assert f.rules_failed == {"key_in_other_batch": 1}
+    con = store(settings)
+    assert con.execute("select source_row, message from quarantine.rows where rule = 'key_in_other_batch'").fetchall() == [
+        (3, "paiements_2025-02.csv, row 3: key (payment_id) is already loaded from batch 2025-01 (a key belongs to "
+            "one batch; correct the file of the batch it does not belong to)")]
+    assert con.execute("select count(*), count(distinct payment_id) from raw.payments where _is_current").fetchone() == (7, 7)
+
+
 def test_every_delivered_row_is_loaded_or_quarantined(settings, contracts):
     base_delivery(settings, contracts, n=8)
     write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv",

@@ -1,6 +1,7 @@
 {#- The quarantine ledger: every delivered row set aside, once per rule it broke, across all
     runs. The rule kind groups rules for the scorecard: completeness (a required value is
-    missing), uniqueness (a key appears twice in a delivery) and validity (everything else:
+    missing), uniqueness (a key appears twice in a delivery, or is already loaded from
+    another batch) and validity (everything else:
     type, pattern, code list, range, reference, contract rule, Great Expectations). The
     row's values and the message stay in the raw store (and the partner's feedback file). -#}
 with
@@ -24,7 +25,7 @@ classified as (
             when rule like 'required:%' then 'completeness'
             when rule like 'gx:expect_column_values_to_not_be_null:%'
                 and {{ dbt.right('rule', 7) }} != '__typed' then 'completeness'
-            when rule = 'duplicate_key' or rule like 'gx:expect_%_to_be_unique:%' then 'uniqueness'
+            when rule in ('duplicate_key', 'key_in_other_batch') or rule like 'gx:expect_%_to_be_unique:%' then 'uniqueness'
             else 'validity'
         end as quality_dimension
 
