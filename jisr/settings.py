@@ -129,12 +129,14 @@ class Settings:
                 demo_key.write_text(secrets.token_hex(32) + "\n")
                 demo_key.chmod(0o600)
             return demo_key.read_bytes().strip()
+        demo_key = self.secrets_dir / "demo-pseudonym.key"
         raise MissingKeyError(
             "No pseudonymisation key is configured, so no personal data can be ingested. "
             "Set JISR_PSEUDONYM_KEY_FILE to a file holding a secret key of at least 16 bytes "
             "(kept outside git, e.g. created with `openssl rand -hex 32 > ~/.jisr.key`), or "
             "JISR_PSEUDONYM_KEY. For a local demonstration, set JISR_DEMO=1 (what `make run` "
-            "does) to create a throw-away demo key."
+            "does) to create a throw-away demo key"
+            + (f" or, as here, keep using the one `make run` created ({demo_key})." if demo_key.exists() else ".")
         )
 
     # --- provenance ---------------------------------------------------------------------

@@ -52,6 +52,9 @@ def test_demo_run_creates_a_local_key_once(tmp_path):
     key = s.pseudonym_key()
     assert len(key) >= 32 and s.pseudonym_key() == key
     assert (tmp_path / "secrets" / "demo-pseudonym.key").stat().st_mode & 0o077 == 0
+    # a later run without JISR_DEMO refuses, and says how to keep using that demo key
+    with pytest.raises(MissingKeyError, match="keep using the one `make run` created"):
+        Settings(home=tmp_path).pseudonym_key()
 
 
 def test_key_file_is_read_and_checked(tmp_path):
