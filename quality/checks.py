@@ -498,6 +498,34 @@ def run_audit(con, settings, cfg: QualityConfig, *, run_id: str | None = None, c
     return results
 
 
+def dbt_build_results(run_results: Path) -> list[CheckResult]:
+    """What a dbt build's ``run_results.json`` says about the gates, for the quality report:
+    every test that did not pass and every node that errored (a failing test of severity
+    error, or an erroring node, blocks; a warning warns), the tests a failure skipped, or one
+    passing result when every test passed. Empty when dbt wrote no results."""
+    if not run_results.is_file():
+        return []
+    results = json.loads(run_results.read_text(encoding="utf-8")).get("results", [])
+    out, tests, skipped = [], 0, 0
+    for r in results:
+        kind, name = r["unique_id"].split(".")[0], r["unique_id"].split(".")[2]
+        status, message = r.get("status"), (r.get("message") or "").strip()
+        tests += kind == "test"
+        if status == "skipped":
+            skipped += 1
+        elif kind == "test" and status in ("fail", "error", "warn"):
+            out.append(CheckResult(f"dbt test {name}", False, "warn" if status == "warn" else "block",
+                                   f"dbt test {status}: {message}" if message else f"dbt test {status}"))
+        elif status == "error":
+            out.append(CheckResult(f"dbt {kind} {name}", False, "block", f"dbt {kind} failed: {message}"))
+    if skipped:
+        out.append(CheckResult("dbt build skipped nodes", False, "warn",
+                               f"{skipped} dbt nodes did not run: a model or test they depend on failed"))
+    if not out and tests:
+        out.append(CheckResult("dbt tests", True, "block", f"all {tests} dbt tests of the build passed"))
+    return out
+
+
 def summarise(results: Iterable[CheckResult]) -> dict:
     """JSON-able summary for the publish log."""
     results = list(results)

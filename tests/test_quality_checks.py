@@ -284,3 +284,40 @@ def test_blocking_failures_are_failed_block_checks_only():
     results = [CheckResult("a", False, "block", "x"), CheckResult("b", False, "warn", "y"),
                CheckResult("c", True, "block", "z")]
     assert [r.check for r in blocking_failures(results)] == ["a"]
+
+
+def test_the_quality_report_records_what_stopped_a_dbt_build(settings, tmp_path):
+    """A run stopped by a dbt test says so in its quality report (written before the build by
+    the delivery checks): the failing test blocks, a warning warns, skipped nodes are counted."""
+    import json
+
+    from quality.checks import dbt_build_results
+    from quality.report import write_report
+
+    def result(uid, status, message=None):
+        return {"unique_id": uid, "status": status, "message": message, "failures": 1 if status == "fail" else 0}
+
+    path = tmp_path / "run_results.json"
+    path.write_text(json.dumps({"results": [
+        result("model.jisr.fct_payments", "success", "OK"),
+        result("test.jisr.unique_stg_msisf__payments_payment_id.f8f949e537", "fail",
+               "Got 1892 results, configured to fail if != 0"),
+        result("test.jisr.accepted_values_fct_payments_channel.1", "warn", "Got 3 results, configured to warn if != 0"),
+        result("test.jisr.not_null_fct_payments.2", "pass"),
+        result("model.jisr.mart_transfers_monthly", "skipped"),
+        result("model.jisr.dim_dates", "error", "Conversion Error: date field value out of range"),
+    ]}))
+    found = {(r.check, r.passed, r.severity) for r in dbt_build_results(path)}
+    assert found == {("dbt test unique_stg_msisf__payments_payment_id", False, "block"),
+                     ("dbt test accepted_values_fct_payments_channel", False, "warn"),
+                     ("dbt model dim_dates", False, "block"),
+                     ("dbt build skipped nodes", False, "warn")}
+    write_report(settings, "run-1", [CheckResult("freshness", True, "warn", "fresh")])  # the delivery checks
+    page = write_report(settings, "run-1", dbt_build_results(path)).read_text()
+    assert "Audit: BLOCKED: publication refused (5 results, 4 failing, 2 blocking)" in page
+    assert "Got 1892 results, configured to fail if != 0" in page
+
+    path.write_text(json.dumps({"results": [result("test.jisr.not_null_fct_payments.2", "pass"),
+                                            result("model.jisr.fct_payments", "success")]}))
+    assert [(r.check, r.passed) for r in dbt_build_results(path)] == [("dbt tests", True)]
+    assert dbt_build_results(tmp_path / "missing.json") == []

@@ -11,6 +11,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from importlib.metadata import version as package_version
+from pathlib import Path
 from collections.abc import Mapping
 from typing import Any
 
@@ -98,10 +99,25 @@ def warehouse_dbt(context: dg.AssetExecutionContext, dbt: DbtCliResource, config
     restore_partial_parse(settings, target_path)
     with _raw_lake_export(context, settings) as lake:
         build = dbt.cli(args, context=context, target_path=target_path)
-        yield from build.stream()
+        try:
+            yield from build.stream()
+        finally:  # failed or not, the run's quality report says what the build's gates found
+            _report_build(context, settings, build.target_path)
     save_partial_parse(settings, build.target_path)
     _refresh_docs(context, dbt, settings, build.target_path)
     lake.check()  # a failed export fails the step, once the build's state and docs are kept
+
+
+def _report_build(context: dg.AssetExecutionContext, settings, target_path) -> None:
+    """Add the dbt build's failing tests and nodes to the run's quality report (written by
+    the delivery checks before the build, and by the publish step after it)."""
+    from quality.checks import dbt_build_results
+    from quality.report import write_report
+
+    try:
+        write_report(settings, context.run.run_id, dbt_build_results(Path(target_path) / "run_results.json"))
+    except Exception as exc:  # noqa: BLE001 - the report must not hide the build's own outcome
+        context.log.warning(f"the quality report could not record the dbt build's results: {exc}")
 
 
 def dbt_target() -> str:
