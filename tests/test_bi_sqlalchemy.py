@@ -19,6 +19,11 @@ def make_serving(path):
     con.execute("create schema marts; create schema meta")
     con.execute("create table marts.mart_coverage as select * from (values ('01', 'F', 120), ('02', 'M', 80)) "
                 "t(region_code, sex, beneficiaries)")
+    con.execute("create table marts.mart_transfers_monthly (payment_month_start_date date, region_code varchar, "
+                "vulnerability_tercile integer, payments_count bigint, transfers_paid_mad decimal(38, 2), "
+                "is_suppressed boolean default false)")
+    con.execute("insert into marts.mart_transfers_monthly values ('2026-01-01', '01', 1, 40, 12000.50, false), "
+                "('2026-01-01', '02', 2, null, null, true)")
     con.execute("create table meta.publish_log as select 'run-1' as run_id")
     con.close()
     return path
@@ -54,6 +59,43 @@ def test_bi_sqlalchemy_reads_marts_and_cannot_write(settings, tmp_path, spelling
     assert not (tmp_path / "leak.csv").exists()
     check = duckdb.connect(str(path), read_only=True)
     assert check.execute("select count(*) from marts.mart_coverage").fetchone()[0] == 2
+    check.close()
+
+
+@pytest.mark.parametrize("spelling", [0, 1])
+def test_bi_sqlalchemy_reflects_mart_columns(settings, spelling):
+    """What BI tools do before they query: list a mart's columns and types, load a table by name."""
+    pd = pytest.importorskip("pandas")
+    path = make_serving(settings.serving_path)
+    url, connect_args = recipe_urls(path)[spelling]
+    engine = sa.create_engine(url, connect_args=connect_args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # duckdb-engine warns that it does not reflect indexes
+        inspector = sa.inspect(engine)
+        assert {"mart_coverage", "mart_transfers_monthly"} <= set(inspector.get_table_names(schema="marts"))
+        columns = {c["name"]: c for c in inspector.get_columns("mart_transfers_monthly", schema="marts")}
+        assert list(columns) == ["payment_month_start_date", "region_code", "vulnerability_tercile",
+                                 "payments_count", "transfers_paid_mad", "is_suppressed"]
+        expected = {"payment_month_start_date": sa.Date, "region_code": sa.String,
+                    "vulnerability_tercile": sa.Integer, "payments_count": sa.BigInteger,
+                    "transfers_paid_mad": sa.Numeric, "is_suppressed": sa.Boolean}
+        for name, type_ in expected.items():
+            assert isinstance(columns[name]["type"], type_), (name, columns[name]["type"])
+        assert (columns["transfers_paid_mad"]["type"].precision, columns["transfers_paid_mad"]["type"].scale) == (38, 2)
+        assert all(c["nullable"] for c in columns.values())
+        assert inspector.get_pk_constraint("mart_transfers_monthly", schema="marts")["constrained_columns"] == []
+
+        table = sa.Table("mart_transfers_monthly", sa.MetaData(), schema="marts", autoload_with=engine)
+        assert [c.name for c in table.columns] == list(columns)
+        df = pd.read_sql_table("mart_transfers_monthly", engine, schema="marts")
+        assert list(df.columns) == list(columns)
+        assert len(df) == 2
+        assert df["payments_count"].iloc[0] == 40 and df["is_suppressed"].tolist() == [False, True]
+        coverage = pd.read_sql_table("mart_coverage", engine, schema="marts", columns=["sex", "beneficiaries"])
+        assert coverage.sort_values("sex")["beneficiaries"].tolist() == [120, 80]
+    engine.dispose()
+    check = duckdb.connect(str(path), read_only=True)
+    assert check.execute("select count(*) from marts.mart_transfers_monthly").fetchone()[0] == 2
     check.close()
 
 
