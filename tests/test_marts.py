@@ -584,6 +584,15 @@ def test_marts_are_tables_not_views(built):
     assert set(kinds.values()) == {"BASE TABLE"}, {k: v for k, v in kinds.items() if v != "BASE TABLE"}
 
 
+def test_published_counts_are_bigint_not_hugeint(built):
+    """DuckDB adds integers up as HUGEINT (128 bits), which BI tools and pandas read as
+    floats or 38-digit decimals: every count a mart publishes is a BIGINT."""
+    home, _, _ = built
+    huge = query(home, "select table_schema || '.' || table_name || '.' || column_name from information_schema.columns "
+                       "where table_schema in ('marts', 'detail', 'intermediate') and data_type = 'HUGEINT' order by 1")
+    assert huge == [], " ".join(h[0] for h in huge)
+
+
 def test_documented_columns_are_the_built_columns(built):
     home, _, _ = built
     manifest = json.loads((home / "dbt_target" / "manifest.json").read_text())

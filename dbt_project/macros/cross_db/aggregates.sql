@@ -21,9 +21,16 @@
     {{ jisr.percentile_cont(expression, 0.5) }}
 {%- endmacro %}
 
-{#- Count of rows where a condition holds. -#}
+{#- Count of rows where a condition holds, as a BIGINT. -#}
 {% macro count_if(condition) -%}
-    sum(case when {{ condition }} then 1 else 0 end)
+    {{ jisr.sum_counts('case when ' ~ condition ~ ' then 1 else 0 end') }}
+{%- endmacro %}
+
+{#- Sum of counts, as a BIGINT: DuckDB adds integers up as HUGEINT (128 bits), which BI
+    tools and pandas read as floats or 38-digit decimals (and PostgreSQL adds bigints up as
+    numeric). A published count is a BIGINT on every engine. -#}
+{% macro sum_counts(expression) -%}
+    cast(sum({{ expression }}) as {{ dbt.type_bigint() }})
 {%- endmacro %}
 
 {#- Mean of a floating-point expression that does not depend on the order the rows arrive

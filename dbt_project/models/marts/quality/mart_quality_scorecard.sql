@@ -30,9 +30,9 @@ delivered as (
         count(*) as files_count,
         {{ jisr.count_if('is_rejected') }} as rejected_files_count,
         {{ jisr.count_if('is_superseded') }} as superseded_files_count,
-        sum(delivered_rows_count) as delivered_rows_count,
-        sum(loaded_rows_count) as loaded_rows_count,
-        sum(quarantined_rows_count) as quarantined_rows_count,
+        {{ jisr.sum_counts('delivered_rows_count') }} as delivered_rows_count,
+        {{ jisr.sum_counts('loaded_rows_count') }} as loaded_rows_count,
+        {{ jisr.sum_counts('quarantined_rows_count') }} as quarantined_rows_count,
         avg({{ jisr.to_double('delivery_lag_days') }}) as mean_delivery_lag_days,
         max(delivery_lag_days) as max_delivery_lag_days
 

@@ -50,7 +50,7 @@ final as (
         {{ jisr.count_if('survived_24m') }} as ventures_active_24m,
         {{ jisr.safe_divide(jisr.count_if('survived_24m'), jisr.count_if('survived_24m is not null')) }}
             as survival_rate_24m,
-        coalesce(sum(jobs_created), 0) as jobs_created,
+        coalesce({{ jisr.sum_counts('jobs_created') }}, 0) as jobs_created,
         {{ jisr.safe_divide('coalesce(sum(jobs_created), 0)', 'count(*)') }} as jobs_per_venture,
         sum(revenue_mad) as revenue_mad
 
