@@ -180,13 +180,22 @@ def stage_csv(con, path: Path, contract: Contract, table: str, tmp_dir: Path) ->
     try:
         _stage_from(con, contract, mapping, source_sql, table, [str(read_path), delim])
     except Exception as exc:  # duckdb.Error subclasses
-        raise FileRejected(_describe_read_error(exc)) from None
+        raise FileRejected(_describe_read_error(exc, shown_name(path), read_path, path)) from None
     return _finish(con, table, mapping, warnings)
 
 
-def _describe_read_error(exc: Exception) -> str:
-    """A one-line reason from DuckDB's reader error (which also names the line)."""
+def shown_name(path: Path) -> str:
+    """A delivered file as its partner knows it: ``<partner folder>/<file name>``. Messages
+    name files so, never by a path of the machine that read them."""
+    return f"{path.parent.name}/{path.name}"
+
+
+def _describe_read_error(exc: Exception, shown: str, *paths: Path) -> str:
+    """A one-line reason from DuckDB's reader error (which also names the line), with the
+    paths it read (``paths``) replaced by the file's name in its partner folder."""
     text = str(exc)
+    for read in paths:
+        text = text.replace(str(read), shown)
     line = re.search(r"CSV Error on Line: (\d+)", text)
     where = f" at line {line.group(1)}" if line else ""
     if "Invalid unicode" in text:
@@ -194,10 +203,113 @@ def _describe_read_error(exc: Exception) -> str:
     if "Expected Number of Columns" in text:
         detail = next(ln.strip() for ln in text.splitlines() if ln.startswith("Expected Number"))
         return f"truncated or malformed{where}: {detail}"
-    if "Malformed JSON" in text:
-        return f"not valid JSON lines: {text.splitlines()[0].replace('Invalid Input Error: ', '')}"
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith(("Invalid Input Error", "Original Line"))]
     return f"unreadable{where}: {lines[0] if lines else type(exc).__name__}"
+
+
+JSON_BLANK = b" \t\r\n\x0b\x0c"  # a line of only these holds no record (DuckDB's reader skips it too)
+MAX_JSON_LINE = 16 * 1024 * 1024  # DuckDB's default maximum_object_size
+
+
+class _Pairs(list):
+    """A JSON object as its (key, value) pairs, in order, duplicates kept."""
+
+
+_JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "true or false",
+               type(None): "null"}
+
+
+def _jsonl_line(raw: bytes, first: bool = False) -> tuple[dict | None, str | None, bool]:
+    """Read one line of a JSON-lines file: (record, problem, definite).
+
+    A line holding one JSON object gives its record (its keys, at least); a blank line gives
+    neither record nor problem; any other line gives a problem, naming the column (1-based,
+    in characters) where it can. ``definite``: DuckDB's reader refuses the line too (not
+    UTF-8; valid JSON but not a record: not an object, a key twice, half a surrogate pair);
+    a line that Python's parser cannot read may be one DuckDB's reads (a trailing comma,
+    deep nesting).
+    """
+    line = raw.rstrip(b"\r\n")
+    if first:
+        line = line.removeprefix(codecs.BOM_UTF8)
+    if len(raw) > MAX_JSON_LINE:
+        return None, f"the line is longer than {MAX_JSON_LINE} bytes", False
+    if not line.strip(JSON_BLANK):
+        return None, None, False
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        column = len(line[: exc.start].decode("utf-8", "replace")) + 1
+        return None, f"byte 0x{line[exc.start]:02x} at column {column} is not valid UTF-8", True
+    try:
+        pairs = json.loads(text, object_pairs_hook=_Pairs)
+    except json.JSONDecodeError as exc:
+        return None, f"{exc.msg}{'' if exc.msg.endswith(' at') else ' at'} column {exc.colno}", False
+    except RecursionError:
+        return None, "the record is nested too deeply", False
+    if not isinstance(pairs, _Pairs):
+        return None, f"{_JSON_KINDS.get(type(pairs), 'a value')} where a JSON object is expected", True
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) < len(keys):
+        twice = next(key for i, key in enumerate(keys) if key in keys[:i])
+        return None, f"the field {twice!r} appears twice", True
+    if "\\u" in text:
+        try:
+            json.dumps(pairs, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            return None, "a \\u escape is half of a surrogate pair, without the other half", True
+    return dict(pairs), None, False
+
+
+def _jsonl_rejection(path: Path, number: int, problem: str) -> FileRejected:
+    return FileRejected(f"not valid JSON lines: {shown_name(path)}, line {number}: {problem}")
+
+
+def _first_bad_jsonl_line(path: Path) -> FileRejected | None:
+    """The rejection naming the first line of a JSON-lines file that is not one JSON object
+    (its number as an editor counts lines), or None if every line is one.
+
+    Only read once DuckDB's reader has failed on the file: DuckDB numbers records, not lines
+    (blank lines are not counted), and its malformed-JSON errors name the record after the
+    failing one, so its number cannot be given to the partner as it is. A line that Python's
+    parser cannot read but DuckDB's JSON parser can is not the one DuckDB's reader failed on.
+    """
+    import duckdb
+
+    lenient = None  # DuckDB's JSON parser, asked only about the lines Python's refuses
+    try:
+        with open(path, "rb") as fh:
+            for number, raw in enumerate(iter(lambda: fh.readline(MAX_JSON_LINE + 1), b""), start=1):
+                _, problem, definite = _jsonl_line(raw, first=number == 1)
+                if not problem:
+                    continue
+                if not definite and len(raw) <= MAX_JSON_LINE:  # longer: readline stopped in the line
+                    lenient = lenient or duckdb.connect()
+                    text = raw.rstrip(b"\r\n").removeprefix(codecs.BOM_UTF8 if number == 1 else b"").decode("utf-8")
+                    if lenient.execute("select json_valid(?) and json_type(?) = 'OBJECT'", [text, text]).fetchone()[0]:
+                        continue
+                return _jsonl_rejection(path, number, problem)
+    finally:
+        if lenient is not None:
+            lenient.close()
+    return None
+
+
+def _describe_jsonl_error(exc: Exception, path: Path) -> str:
+    """The reason a JSON-lines file could not be read: its first bad line, found by reading
+    the file again; else DuckDB's own reason, without its line number, the path it read, or
+    values of the record."""
+    found = _first_bad_jsonl_line(path)
+    if found is not None:
+        return found.reason
+    text = str(exc).splitlines()[0].replace("Invalid Input Error: ", "")
+    if not text.startswith(("Malformed JSON", "JSON transform error")):
+        return _describe_read_error(exc, shown_name(path), path)
+    text = re.sub(r'in file "[^"]*",? ?', "", text.replace(str(path), shown_name(path)))
+    text = re.sub(r" ?(at byte \d+ )?in (line|record) \d+:? ?", ": ", text)
+    text = re.sub(r"(but got \w+):.*", r"\1", text)
+    text = re.sub(r"Object \{.*\} has", "an object has", text)
+    return f"not valid JSON lines: {shown_name(path)}: {text.strip()} (DuckDB's reader; the line was not located)"
 
 
 def stage_jsonl(con, path: Path, contract: Contract, table: str, sample_lines: int = 1000) -> Staged:
@@ -208,17 +320,13 @@ def stage_jsonl(con, path: Path, contract: Contract, table: str, sample_lines: i
         for number, line in enumerate(fh, start=1):
             if number > sample_lines:
                 break
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                if number == 1:
-                    raise FileRejected("not valid JSON lines: line 1 is not a JSON object") from None
-                break  # DuckDB's reader reports the exact place below
-            if not isinstance(record, dict):
-                raise FileRejected(f"not valid JSON lines: line {number} is not a JSON object")
-            keys.update(dict.fromkeys(record))
+            record, problem, definite = _jsonl_line(line, first=number == 1)
+            if problem:
+                if number == 1 or definite:
+                    raise _jsonl_rejection(path, number, problem)
+                break  # DuckDB's reader decides, and the line is located if it refuses the file
+            if record is not None:
+                keys.update(dict.fromkeys(record))
     if not keys:
         raise FileRejected("the file has no JSON record")
     mapping, warnings = _map_headers(contract, list(keys), "field")
@@ -227,7 +335,7 @@ def stage_jsonl(con, path: Path, contract: Contract, table: str, sample_lines: i
     try:
         _stage_from(con, contract, mapping, source_sql, table, [str(path)])
     except Exception as exc:
-        raise FileRejected(_describe_read_error(exc)) from None
+        raise FileRejected(_describe_jsonl_error(exc, path)) from None
     return _finish(con, table, mapping, warnings)
 
 

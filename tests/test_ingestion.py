@@ -133,6 +133,81 @@ def test_ingest_rejects_unreadable_file_with_report_and_loads_the_rest(settings,
     del path
 
 
+def service_request(i: int) -> dict:
+    return {"request_id": f"REQ-2026-{i:05d}", "applicant_cin": f"AB{100000 + i}", "service_type": "complaint",
+            "channel": "web", "region_code": "06", "submitted_at": "2026-03-02T08:00:00Z", "resolved_at": None,
+            "status": "submitted"}
+
+
+LINE_ENDINGS = {"LF": (b"\n", True), "CRLF": (b"\r\n", True), "LF, none after the last line": (b"\n", False)}
+
+
+def jsonl_delivery(landing, contracts, edit, n=10, endings="LF", name="requests_2026-03.jsonl"):
+    """A JSON-lines delivery of n records whose lines ``edit`` changes (a list of bytes)."""
+    path = write_delivery(landing, contracts["service_requests"], name, [service_request(i) for i in range(n)])
+    newline, last = LINE_ENDINGS[endings]
+    path.write_bytes(newline.join(edit(path.read_bytes().split(b"\n")[:-1])) + (newline if last else b""))
+    return path
+
+
+def _set(lines, number, text):
+    lines[number - 1] = text
+    return lines
+
+
+@pytest.mark.parametrize(
+    "edit, endings, line, problem",
+    [
+        (lambda ls: _set(ls, 1, b"not json"), "LF", 1, "Expecting value at column 1"),
+        (lambda ls: _set(ls, 3, b"not json"), "LF", 3, "Expecting value at column 1"),
+        (lambda ls: _set(ls, 6, ls[5][:40]), "LF", 6, "Unterminated string"),
+        (lambda ls: _set(ls, 6, ls[5][:40]), "CRLF", 6, "Unterminated string"),
+        (lambda ls: _set(ls, 3, b"not json"), "CRLF", 3, "Expecting value at column 1"),
+        (lambda ls: _set(ls, 10, b"not json"), "LF", 10, "Expecting value at column 1"),
+        (lambda ls: _set(ls, 10, ls[9][:40]), "LF, none after the last line", 10, "Unterminated string"),
+        (lambda ls: _set(ls, 10, b"not json"), "LF, none after the last line", 10, "Expecting value at column 1"),
+        (lambda ls: ls[:2] + [b"", b"  "] + [b"not json"] + ls[5:], "LF", 5, "Expecting value at column 1"),
+        (lambda ls: _set(ls, 2, b"[1, 2]"), "LF", 2, "an array where a JSON object is expected"),
+        (lambda ls: _set(ls, 4, ls[3][:-1] + b', "channel": "web"}'), "LF", 4, "the field 'channel' appears twice"),
+        # DuckDB's reader accepts a trailing comma (line 2): it fails on line 6
+        (lambda ls: _set(_set(ls, 2, ls[1][:-1] + b",}"), 6, ls[5][:40]), "LF", 6, "Unterminated string"),
+    ],
+    ids=["first line", "middle line", "truncated line", "truncated line, CRLF", "middle line, CRLF", "last line",
+         "last line truncated, no final newline", "last line, no final newline", "after blank lines",
+         "not an object", "a key twice", "after a line only DuckDB reads"],
+)
+def test_a_bad_json_line_is_named_by_its_line_number_and_the_file_by_its_partner_folder(
+        contracts, tmp_path, edit, endings, line, problem):
+    """DuckDB's reader counts records (not blank lines) and names the record after a malformed one."""
+    from ingestion.readers import FileRejected, stage_file
+
+    path = jsonl_delivery(tmp_path / "landing", contracts, edit, endings=endings)
+    with pytest.raises(FileRejected) as rejected:
+        stage_file(duckdb.connect(), path, contracts["service_requests"])
+    assert rejected.value.reason.startswith(f"not valid JSON lines: digital/requests_2026-03.jsonl, line {line}: ")
+    assert problem in rejected.value.reason
+    assert str(tmp_path) not in rejected.value.reason
+
+
+def test_a_bad_json_line_after_the_sampled_lines_is_named_by_its_line_number(contracts, tmp_path):
+    from ingestion.readers import FileRejected, stage_jsonl
+
+    path = jsonl_delivery(tmp_path / "landing", contracts, lambda ls: _set(ls, 30, ls[29][:40]), n=40)
+    with pytest.raises(FileRejected, match=r"digital/requests_2026-03\.jsonl, line 30: Unterminated string"):
+        stage_jsonl(duckdb.connect(), path, contracts["service_requests"], "staged", sample_lines=5)
+
+
+def test_the_rejection_report_of_a_json_lines_file_names_the_line_and_no_machine_path(settings, contracts):
+    jsonl_delivery(settings.landing_dir, contracts, lambda ls: _set(ls, 6, ls[5][:40]))
+    summary = ingest(settings, contracts)
+    bad = result_for(summary, "requests_2026-03.jsonl")
+    assert bad.status == "rejected"
+    for report in (Path(bad.report_path), settings.feedback_dir / "digital" / "requests_2026-03.jsonl.report.txt"):
+        text = report.read_text()
+        assert "digital/requests_2026-03.jsonl, line 6: Unterminated string starting at column" in text
+        assert str(settings.home) not in text and "line 7" not in text
+
+
 @pytest.mark.parametrize(
     "row, rule, message",
     [
