@@ -12,7 +12,8 @@ For each delivered file (in contract dependency order, then batch order):
    pseudonymised) and a message naming file, row and rule;
 4. replace direct identifiers by keyed pseudonyms and append the valid rows to
    ``raw.<source>`` with lineage columns; apply the contract's supersede rule;
-5. record the delivery in ``meta.deliveries`` where rows delivered = loaded + quarantined.
+5. record the delivery in ``meta.deliveries`` where rows delivered = loaded + quarantined,
+   and write the partner's feedback on the file name (``feedback/<partner>/``).
 
 Each file is one transaction: a crash leaves the store as it was before that file.
 Steps 2 and 3's typing run before the transaction, in temporary tables, and so do the
@@ -34,6 +35,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -61,7 +63,7 @@ class FileResult:
     reason: str | None = None
     warnings: list[str] = field(default_factory=list)
     rules_failed: dict[str, int] = field(default_factory=dict)
-    report_path: str | None = None
+    report_path: str | None = None  # the partner's feedback on the file (its rejection report for a rejected one)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -553,8 +555,7 @@ class Ingestor:
                 raise
         finally:
             self._discard(con, p)
-        if result.rows_quarantined:
-            result.report_path = str(self._write_feedback(con, result, p.contract))
+        result.report_path = str(self._write_feedback(con, result, p.contract))
         return result
 
     def _discard(self, con, prepared: _Prepared) -> None:
@@ -710,25 +711,37 @@ class Ingestor:
                           report_path=str(report))
 
     def _write_feedback(self, con, result: FileResult, contract: Contract) -> Path:
-        """Rejected rows of a delivery, with reasons, for the partner's data steward."""
+        """The partner's feedback on a loaded delivery, for its data steward: a summary, and
+        the rejected rows with reasons if any row was set aside. It replaces whatever feedback
+        the file name had (an earlier delivery's rows, a rejection report)."""
         out_dir = self.feedback_dir / result.partner
         out_dir.mkdir(parents=True, exist_ok=True)
         csv_path = out_dir / f"{result.file_name}.rejected_rows.csv"
-        con.execute(
-            f"copy (select source_row, rule, column_name, message from quarantine.rows where delivery_id = "
-            f"{_lit(result.delivery_id)} order by source_row, rule) to {_lit(str(csv_path))} (header, delimiter ',')"
-        )
+        name = Path(result.file_name)
+        rejected = f"{glob_escape(name.stem)}.{'[0-9a-f]' * 8}{glob_escape(name.suffix)}.report.txt"
+        for stale in [out_dir / f"{name}.report.txt", *out_dir.glob(rejected)]:
+            stale.unlink(missing_ok=True)  # reports on rejected deliveries of this name (see _reject)
         lines = [
             f"Delivery {result.file_name} ({contract.title}), delivery id {result.delivery_id}",
             f"Rows delivered: {result.rows_delivered}; loaded: {result.rows_loaded}; quarantined: {result.rows_quarantined}.",
             "",
-            "Rows were set aside for these reasons (rule: rows):",
-            *[f"  {rule}: {n}" for rule, n in result.rules_failed.items()],
-            "",
-            f"The rows, with their row number in the file (header not counted), are listed in {csv_path.name}.",
-            "Correct them and deliver the whole file again under the same name pattern and period: the new",
-            "delivery replaces this one.",
         ]
+        if not result.rows_quarantined:
+            csv_path.unlink(missing_ok=True)  # an earlier delivery's
+            lines.append("All rows were loaded: no row was set aside.")
+        else:
+            con.execute(
+                f"copy (select source_row, rule, column_name, message from quarantine.rows where delivery_id = "
+                f"{_lit(result.delivery_id)} order by source_row, rule) to {_lit(str(csv_path))} (header, delimiter ',')"
+            )
+            lines += [
+                "Rows were set aside for these reasons (rule: rows):",
+                *[f"  {rule}: {n}" for rule, n in result.rules_failed.items()],
+                "",
+                f"The rows, with their row number in the file (header not counted), are listed in {csv_path.name}.",
+                "Correct them and deliver the whole file again under the same name pattern and period: the new",
+                "delivery replaces this one.",
+            ]
         summary = out_dir / f"{result.file_name}.summary.txt"
         summary.write_text("\n".join(lines) + "\n", encoding="utf-8")
         return summary

@@ -348,6 +348,38 @@ def test_corrected_redelivery_of_a_month_replaces_it(settings, contracts):
     assert con.execute("select count(*) from quarantine.rows where resolved_by_delivery is null").fetchone()[0] == 0
 
 
+def test_a_clean_redelivery_replaces_the_partners_feedback_on_the_file(settings, contracts):
+    base_delivery(settings, contracts, n=4)
+    path = write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv",
+                          [payment(i) for i in range(4)] + [payment(9, amount_mad="-1")])
+    ingest(settings, contracts)
+    feedback = settings.feedback_dir / "msisf"
+    assert "quarantined: 1." in (feedback / "paiements_2025-01.csv.summary.txt").read_text()
+    assert (feedback / "paiements_2025-01.csv.rejected_rows.csv").exists()
+    path.unlink()
+    write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv", [payment(i) for i in range(4)])
+    corrected = result_for(ingest(settings, contracts), "paiements_2025-01.csv")
+    summary = (feedback / "paiements_2025-01.csv.summary.txt").read_text()
+    assert corrected.delivery_id in summary and "Rows delivered: 4; loaded: 4; quarantined: 0." in summary
+    assert "All rows were loaded" in summary
+    assert not (feedback / "paiements_2025-01.csv.rejected_rows.csv").exists()
+    assert corrected.report_path == str(feedback / "paiements_2025-01.csv.summary.txt")
+
+
+def test_a_corrected_file_for_a_month_rejected_earlier_leaves_no_rejection_report(settings, contracts):
+    base_delivery(settings, contracts, n=4)
+    folder = settings.landing_dir / "msisf"
+    feedback = settings.feedback_dir / "msisf"
+    for broken in (b"", b"x"):  # rejected twice: the second report's name carries its hash
+        (folder / "paiements_2025-01.csv").write_bytes(broken)
+        assert result_for(ingest(settings, contracts), "paiements_2025-01.csv").status == "rejected"
+    assert len(list(feedback.glob("paiements_2025-01*.report.txt"))) == 2
+    write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv", [payment(i) for i in range(4)])
+    assert result_for(ingest(settings, contracts), "paiements_2025-01.csv").status == "loaded"
+    assert sorted(p.name for p in feedback.glob("paiements_2025-01*")) == ["paiements_2025-01.csv.summary.txt"]
+    assert "All rows were loaded" in (feedback / "paiements_2025-01.csv.summary.txt").read_text()
+
+
 def test_later_registry_record_supersedes_earlier_one(settings, contracts):
     write_delivery(settings.landing_dir, contracts["beneficiaries"], "registre_2025-01.csv", [person(i) for i in range(3)])
     ingest(settings, contracts)
