@@ -3,8 +3,9 @@
 For each delivered file (in contract dependency order, then batch order):
 
 1. find its contract from the partner folder and file name; compute its content hash
-   (a file already seen with the same content is a no-op; a file whose size, times, inode
-   and device did not change since an earlier pass hashed it keeps that hash, unread);
+   (a file already seen with the same content is a no-op, reported as not loaded if that
+   content was rejected; a file whose size, times, inode and device did not change since
+   an earlier pass hashed it keeps that hash, unread);
 2. stage it as text (``ingestion.readers``); a file that cannot be read is moved to
    ``rejected/<partner>/`` with a report, and the other files still load;
 3. type every column in SQL and evaluate the row rules of the contract; each failing
@@ -64,6 +65,7 @@ class FileResult:
     warnings: list[str] = field(default_factory=list)
     rules_failed: dict[str, int] = field(default_factory=dict)
     report_path: str | None = None  # the partner's feedback on the file (its rejection report for a rejected one)
+    repeats_rejected: bool = False  # a duplicate of a rejected delivery: not loaded (the refresh's report lists it)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -484,9 +486,13 @@ class Ingestor:
                           "the landing files again", RuntimeWarning, stacklevel=2)
 
     def _duplicate_of(self, con, contract: Contract, content_hash: str) -> tuple | None:
+        """The latest delivery of the source with this content, (delivery id, status, contract
+        version, file name, loaded at, reason), unless it was rejected under another version
+        of the contract (the file is read again under this one)."""
         previous = con.execute(
-            "select delivery_id, status, contract_version from meta.deliveries where source = ? and content_hash = ? "
-            "order by loaded_at desc limit 1", [contract.source, content_hash]).fetchone()
+            "select delivery_id, status, contract_version, file_name, loaded_at, reason from meta.deliveries "
+            "where source = ? and content_hash = ? order by loaded_at desc limit 1",
+            [contract.source, content_hash]).fetchone()
         if previous and (previous[1] != "rejected" or previous[2] == contract.version):
             return previous
         return None
@@ -541,6 +547,8 @@ class Ingestor:
             # checked again: the file before, committed since this one was prepared, may have
             # had the same content (loaded, or rejected under the same contract version)
             previous = self._duplicate_of(con, p.contract, p.content_hash) if p.contract is not None else None
+            if previous and previous[1] == "rejected":
+                return self._repeat_rejected(p, previous)
             if previous:
                 return FileResult(p.contract.source, p.partner, p.path.name, "duplicate", previous[0], p.batch,
                                   reason=f"same content as delivery {previous[0]} ({previous[1]}): nothing to do")
@@ -709,6 +717,33 @@ class Ingestor:
         shutil.copyfile(report, feedback / report.name)
         return FileResult(source, partner, path.name, "rejected", delivery_id, batch, reason=reason,
                           report_path=str(report))
+
+    def _repeat_rejected(self, p: _Prepared, previous: tuple) -> FileResult:
+        """A file with the content of a delivery rejected under this version of the contract:
+        not read again, left in the landing area; its outcome is reported (the refresh's
+        report and the partner's feedback on the file name), as it is on every pass that
+        finds it there."""
+        delivery_id, _, _, file_name, rejected_at, reason = previous
+        result = FileResult(p.contract.source, p.partner, p.path.name, "duplicate", delivery_id, p.batch,
+                            reason=f"same content as rejected delivery {delivery_id} ({file_name}, rejected on "
+                                   f"{rejected_at:%Y-%m-%d %H:%M} UTC), not loaded; the problem: {reason}",
+                            repeats_rejected=True)
+        out_dir = self.feedback_dir / p.partner
+        out_dir.mkdir(parents=True, exist_ok=True)
+        report = out_dir / f"{p.path.name}.report.txt"
+        earlier = (f"it is the file Jisr rejected on {rejected_at:%Y-%m-%d %H:%M} UTC, unchanged"
+                   if file_name == p.path.name else
+                   f"it has the same content as the file {file_name}, which Jisr rejected on "
+                   f"{rejected_at:%Y-%m-%d %H:%M} UTC")
+        report.write_text(
+            f"Jisr did not load the file {p.path.name} (partner {p.partner}): {earlier} (delivery {delivery_id}).\n\n"
+            f"Problem: {reason}\n\n"
+            "No row of this file was loaded. Please correct the file and deliver it again.\n"
+            f"SHA-256 of the file: {p.content_hash}\n",
+            encoding="utf-8",
+        )
+        result.report_path = str(report)
+        return result
 
     def _write_feedback(self, con, result: FileResult, contract: Contract) -> Path:
         """The partner's feedback on a loaded delivery, for its data steward: a summary, and

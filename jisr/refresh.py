@@ -17,11 +17,13 @@ class RefreshResult:
     settings: Settings
     failures: list[str] = field(default_factory=list)
     tool_log: Path | None = None  # where dbt's own output went, when not to the terminal
+    # (partner/file, reason) of the landing files not loaded, as they repeat a rejected delivery
+    not_loaded: list[tuple[str, str]] = field(default_factory=list)
 
     def report(self) -> str:
         from jisr.status import run_report
 
-        lines = [run_report(self.settings, self.run_id)]
+        lines = [run_report(self.settings, self.run_id, not_loaded=self.not_loaded)]
         if self.failures:
             lines.append("\nThe refresh FAILED:")
             lines += [f"  - {f}" for f in self.failures]
@@ -51,6 +53,28 @@ def tool_log_path(settings: Settings) -> Path:
     return folder / f"refresh-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}.log"
 
 
+def run_outcome(events) -> tuple[list[str], list[tuple[str, str]]]:
+    """What the report of a refresh tells from the run's events: (failures, not loaded).
+    Failures: the failed steps (with the user's message, not Dagster's wrapper) and blocking
+    checks; not loaded: (partner/file, reason) of the landing files the ingestion did not
+    load as they repeat a rejected delivery."""
+    failures, not_loaded = [], []
+    for event in events:
+        if event.is_step_failure:
+            err = event.step_failure_data.error
+            while err is not None and err.cause is not None:
+                err = err.cause  # the user's exception, not Dagster's wrapper
+            failures.append(f"step {event.step_key}: {err.message.strip() if err else 'failed'}")
+        elif event.event_type_value == "ASSET_MATERIALIZATION":
+            files = event.event_specific_data.materialization.metadata.get("files_not_loaded")
+            not_loaded += [(f["file"], f["reason"]) for f in (files.data if files is not None else [])]
+        elif event.event_type_value == "ASSET_CHECK_EVALUATION":
+            data = event.event_specific_data
+            if not data.passed and data.severity.value == "ERROR":
+                failures.append(f"check {data.check_name} on {data.asset_key.to_user_string()} failed")
+    return failures, sorted(not_loaded)
+
+
 def run_refresh(settings: Settings, full_refresh: bool = False, tool_log: Path | None = None) -> RefreshResult:
     """Run refresh_job in process. ``tool_log``: write what the tools print on standard output
     (dbt's line per model and test) to that file instead of the terminal; Dagster's own
@@ -68,16 +92,6 @@ def run_refresh(settings: Settings, full_refresh: bool = False, tool_log: Path |
             instance=instance, run_config=refresh_run_config(full_refresh=full_refresh),
             raise_on_error=False, tags={"jisr/trigger": "cli"},
         )
-        failures = []
-        for event in result.all_events:
-            if event.is_step_failure:
-                err = event.step_failure_data.error
-                while err is not None and err.cause is not None:
-                    err = err.cause  # the user's exception, not Dagster's wrapper
-                failures.append(f"step {event.step_key}: {err.message.strip() if err else 'failed'}")
-            elif event.event_type_value == "ASSET_CHECK_EVALUATION":
-                data = event.event_specific_data
-                if not data.passed and data.severity.value == "ERROR":
-                    failures.append(f"check {data.check_name} on {data.asset_key.to_user_string()} failed")
+        failures, not_loaded = run_outcome(result.all_events)
     return RefreshResult(success=result.success and not failures, run_id=result.run_id,
-                         settings=settings, failures=failures, tool_log=tool_log)
+                         settings=settings, failures=failures, tool_log=tool_log, not_loaded=not_loaded)

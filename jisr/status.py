@@ -16,8 +16,10 @@ def _open_store(settings: Settings):
 
 
 
-def run_report(settings: Settings, run_id: str) -> str:
-    """What one refresh run loaded, quarantined and rejected, and where the warehouse is."""
+def run_report(settings: Settings, run_id: str, not_loaded: list[tuple[str, str]] = ()) -> str:
+    """What one refresh run loaded, quarantined and rejected, and where the warehouse is;
+    ``not_loaded``: (partner/file, reason) of the landing files the run did not load as
+    they repeat a rejected delivery."""
     con = _open_store(settings)
     if con is None:
         return "Nothing was ingested (no raw store yet)."
@@ -44,6 +46,9 @@ def run_report(settings: Settings, run_id: str) -> str:
     if rejected:
         out.append("\nRejected files (moved to " + str(settings.rejected_dir) + "):")
         out += [f"  {p}/{f}: {r}" for p, f, r in rejected]
+    if not_loaded:
+        out.append(f"\nFiles not loaded, as they repeat a rejected delivery (left in {settings.landing_dir}):")
+        out += [f"  {f}: {r}" for f, r in not_loaded]
     out.append(f"\nQuarantined rows and partner reports: {settings.feedback_dir}")
     out.append(_warehouse_line(settings))
     return "\n".join(out)

@@ -61,3 +61,28 @@ def test_disclosure_lists_findings_of_a_warehouse_file(settings, tmp_path, capsy
     out = capsys.readouterr().out
     assert "BLOCKING  marts.mart_coverage_targeting: missing_table" in out
     assert "warning   marts.mart_new: unconfigured_table" in out
+
+
+def test_the_refresh_report_lists_a_landing_file_that_repeats_a_rejected_delivery(settings, contracts):
+    """The ingestion step tells the refresh's report, through its materialization, which files
+    it left in the landing area as they repeat a rejected delivery."""
+    import dagster as dg
+
+    from jisr.refresh import RefreshResult, run_outcome
+    from orchestration.assets.ingest import ingest_landing, raw_key
+    from tests.test_ingestion import _set, jsonl_delivery
+
+    job = dg.Definitions(assets=[ingest_landing], jobs=[dg.define_asset_job(
+        "ingest", selection=[raw_key("service_requests")], executor_def=dg.in_process_executor)]).resolve_job_def("ingest")
+    jsonl_delivery(settings.landing_dir, contracts, lambda ls: _set(ls, 6, ls[5][:40]))
+    with dg.DagsterInstance.ephemeral() as instance:
+        assert job.execute_in_process(instance=instance).success  # the file is rejected
+        rejected = settings.rejected_dir / "digital" / "requests_2026-03.jsonl"
+        (settings.landing_dir / "digital" / "requests_2026-03.jsonl").write_bytes(rejected.read_bytes())
+        again = job.execute_in_process(instance=instance)
+    failures, not_loaded = run_outcome(again.all_events)
+    assert failures == [] and [f for f, _ in not_loaded] == ["digital/requests_2026-03.jsonl"]
+    report = RefreshResult(True, again.run_id, settings, not_loaded=not_loaded).report()
+    assert "Files not loaded, as they repeat a rejected delivery" in report
+    assert "  digital/requests_2026-03.jsonl: same content as rejected delivery service_requests-2026-03-" in report
+    assert "line 6: Unterminated string" in report

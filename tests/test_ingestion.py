@@ -380,6 +380,25 @@ def test_a_corrected_file_for_a_month_rejected_earlier_leaves_no_rejection_repor
     assert "All rows were loaded" in (feedback / "paiements_2025-01.csv.summary.txt").read_text()
 
 
+def test_an_unchanged_redrop_of_a_rejected_file_is_reported_as_not_loaded(settings, contracts):
+    jsonl_delivery(settings.landing_dir, contracts, lambda ls: _set(ls, 6, ls[5][:40]))
+    rejected = result_for(ingest(settings, contracts), "requests_2026-03.jsonl")
+    assert rejected.status == "rejected"
+    kept = settings.rejected_dir / "digital" / "requests_2026-03.jsonl"
+    for name in ("requests_2026-03.jsonl", "requests_2026-04.jsonl"):  # the same file, and under another name
+        (settings.landing_dir / "digital" / name).write_bytes(kept.read_bytes())
+    summary = ingest(settings, contracts)
+    for f in summary.files:
+        assert (f.status, f.repeats_rejected, f.delivery_id) == ("duplicate", True, rejected.delivery_id)
+        assert f.reason.startswith(f"same content as rejected delivery {rejected.delivery_id} "
+                                   "(requests_2026-03.jsonl, rejected on ")
+        assert f.reason.endswith(f"not loaded; the problem: {rejected.reason}")
+        assert (settings.landing_dir / "digital" / f.file_name).exists()  # left in place, as any duplicate
+    report = (settings.feedback_dir / "digital" / "requests_2026-04.jsonl.report.txt").read_text()
+    assert "did not load the file requests_2026-04.jsonl" in report
+    assert "same content as the file requests_2026-03.jsonl" in report and rejected.reason in report
+
+
 def test_later_registry_record_supersedes_earlier_one(settings, contracts):
     write_delivery(settings.landing_dir, contracts["beneficiaries"], "registre_2025-01.csv", [person(i) for i in range(3)])
     ingest(settings, contracts)

@@ -84,12 +84,18 @@ def ingest_landing(context: dg.AssetExecutionContext):
         rejected = [f for f in files if f.status == "rejected"]
         for f in rejected:
             context.log.warning(f"{f.file_name} rejected: {f.reason}")
+        repeated = [f for f in files if f.repeats_rejected]  # left in the landing area, not loaded
+        for f in repeated:
+            context.log.warning(f"{f.partner}/{f.file_name} not loaded: {f.reason}")
         yield dg.MaterializeResult(
             asset_key=raw_key(source),
             metadata={
                 "files_loaded": len(loaded),
                 "files_rejected": len(rejected),
                 "files_unchanged": sum(f.status == "duplicate" for f in files),
+                # read by `jisr refresh` for its report (jisr.refresh.run_refresh)
+                "files_not_loaded": dg.MetadataValue.json(
+                    [{"file": f"{f.partner}/{f.file_name}", "reason": f.reason} for f in repeated]),
                 "rows_delivered": sum(f.rows_delivered for f in loaded),
                 "rows_loaded": sum(f.rows_loaded for f in loaded),
                 "rows_quarantined": sum(f.rows_quarantined for f in loaded),
