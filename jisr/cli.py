@@ -109,7 +109,13 @@ def _disclosure(args) -> int:
     finally:
         con.close()
     for v in found:
-        print(("BLOCKING  " if v.blocking else "warning   ") + str(v))
+        label = "BLOCKING  " if v.blocking else "warning   "
+        if args.all and v.cells:
+            print(f"{label}{v.brief}: {len(v.cells)} cell(s):")
+            for cell in v.cells:
+                print(f"          {cell}")
+        else:
+            print(label + str(v))
     if not found:
         print(f"{path}: no finding (every configured table protected, every breakdown configured)")
     return 1 if any(v.blocking for v in found) else 0
@@ -121,14 +127,27 @@ def _bench(args) -> int:
     return bench_main(args, command="jisr bench " + " ".join(sys.argv[2:]))
 
 
+def _at_least(minimum: int):
+    """An argparse type: an integer of at least ``minimum`` (a usage error otherwise)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below the minimum {minimum}")
+        return value
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jisr", description="Jisr: social-programme impact warehouse.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="write sample partner deliveries into the landing area")
-    g.add_argument("--beneficiaries", type=int, default=5000, help="registered people (default 5000)")
+    g.add_argument("--beneficiaries", type=_at_least(100), default=5000, help="registered people (default 5000, at least 100)")
     g.add_argument("--seed", type=int, default=42)
-    g.add_argument("--months", type=int, default=12, help="monthly deliveries to write (default 12)")
+    g.add_argument("--months", type=_at_least(1), default=12, help="monthly deliveries to write (default 12)")
     g.add_argument("--dirty-rate", type=float, default=0.002, help="share of rows that break a rule")
     g.add_argument("--out", help="landing directory (default $JISR_HOME/landing)")
     g.add_argument("--truth", help="where to write the ground-truth JSON")
@@ -164,9 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("disclosure", help="disclosure control's findings on the published warehouse, with the cells "
                                           "concerned (internal: the publish log keeps them without the cells)")
     d.add_argument("--warehouse", help="a DuckDB warehouse file (default: the published one)")
+    d.add_argument("--all", action="store_true", help="list every cell of each finding, one per line (default: the first 3)")
     d.set_defaults(func=_disclosure)
 
-    b = sub.add_parser("rollback", help="serve the previously published warehouse again (undo the last publication)")
+    b = sub.add_parser("rollback", help="serve the previously published warehouse again (undo the last publication; "
+                                        "the next refresh publishes the deliveries of the landing area again)")
     b.set_defaults(func=_rollback)
 
     try:  # the benchmark lives in the project checkout (bench/), not in an installed wheel
@@ -182,7 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except BrokenPipeError:  # the reader went away (`jisr disclosure --all | head`): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python flushes stdout at exit
+        return 141
 
 
 if __name__ == "__main__":

@@ -61,6 +61,7 @@ import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -243,7 +244,9 @@ class Cells:
         return math.inf if value is None else value
 
     def describe(self, i: int) -> str:
-        return ", ".join(f"{c}={v!r}" for c, v in zip(self.rule.key_columns, self.keys[i]))
+        """The cell's key, as ``region_code='06', month=2025-01-01`` (dates as ISO dates)."""
+        return ", ".join(f"{c}={v.isoformat() if isinstance(v, (date, datetime)) else repr(v)}"
+                         for c, v in zip(self.rule.key_columns, self.keys[i]))
 
 
 def _is_total(rule: TableRule, value) -> bool:
@@ -688,6 +691,7 @@ class Violation:
     message: str
     blocking: bool = True
     examples: str = ""  # the cells concerned (their key values): for the people who fix them
+    cells: tuple[str, ...] = field(default=(), compare=False, repr=False)  # all of them (examples: the first few)
 
     def __str__(self) -> str:
         return self.brief + (f": {self.examples}" if self.examples else "")
@@ -702,6 +706,11 @@ class Violation:
 def _examples(items: list[str], limit: int = 3) -> str:
     shown = "; ".join(items[:limit])
     return shown + (f"; ... ({len(items)} in all)" if len(items) > limit else "")
+
+
+def _cells(items: list[str]) -> dict:
+    """A finding's cells: the first few in ``examples``, every one in ``cells``."""
+    return {"examples": _examples(items), "cells": tuple(items)}
 
 
 def check_table(con, rule: TableRule) -> list[Violation]:
@@ -732,12 +741,12 @@ def check_table(con, rule: TableRule) -> list[Violation]:
         seen[key] = i
     if duplicates:
         out.append(Violation(table, "duplicate_cell", f"several rows share the key columns {list(rule.key_columns)}",
-                             examples=_examples(duplicates)))
+                             **_cells(duplicates)))
     small = [cells.describe(i) + f" ({', '.join(f'{c}={v}' for c, v in zip(rule.count_columns, cells.counts[i]) if rule.is_small(v))})"
              for i in range(len(cells)) if not cells.flagged[i] and any(rule.is_small(v) for v in cells.counts[i])]
     if small:
         out.append(Violation(table, "small_cell", f"{len(small)} published cells count fewer than {rule.k} people",
-                             examples=_examples(small)))
+                             **_cells(small)))
     flagged_rowids = [cells.rowids[i] for i in range(len(cells)) if cells.flagged[i]]
     if flagged_rowids:
         condition = " or ".join(f"{_q(c)} is not null" for c in rule.suppressed_columns)
@@ -752,7 +761,7 @@ def check_table(con, rule: TableRule) -> list[Violation]:
                 if any(i in suppressed for i in g) and not all(i in suppressed for i in g)]
     if unlinked:
         out.append(Violation(table, "linked_pattern", f"cells suppressed in some of the strata linked across "
-                             f"{list(rule.link_across)} but published in others", examples=_examples(unlinked)))
+                             f"{list(rule.link_across)} but published in others", **_cells(unlinked)))
     exposed = recoverable(cells, suppressed)
     unfixable = determined_by_totals(cells, touching=exposed) if exposed else set()
     exposed = sorted(exposed - unfixable)
@@ -761,10 +770,10 @@ def check_table(con, rule: TableRule) -> list[Violation]:
         out.append(Violation(table, "determined_by_totals", f"{len(small_unfixable)} suppressed cells are determined "
                              "by the line totals alone (sparse table): the tables publishing those totals must "
                              "protect them", blocking=False,
-                             examples=_examples([cells.describe(i) for i in small_unfixable])))
+                             **_cells([cells.describe(i) for i in small_unfixable])))
     if exposed:
         out.append(Violation(table, "recoverable", f"{len(exposed)} suppressed cells can be recomputed from the "
-                             "published cells and totals", examples=_examples([cells.describe(i) for i in exposed])))
+                             "published cells and totals", **_cells([cells.describe(i) for i in exposed])))
     return out
 
 

@@ -86,3 +86,28 @@ def test_the_refresh_report_lists_a_landing_file_that_repeats_a_rejected_deliver
     assert "Files not loaded, as they repeat a rejected delivery" in report
     assert "  digital/requests_2026-03.jsonl: same content as rejected delivery service_requests-2026-03-" in report
     assert "line 6: Unterminated string" in report
+
+
+def test_generate_refuses_too_few_beneficiaries_with_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["generate", "--beneficiaries", "5"])
+    assert exit_.value.code == 2 and "--beneficiaries: 5 is below the minimum 100" in capsys.readouterr().err
+
+
+def test_disclosure_all_lists_every_cell_of_a_finding_one_per_line(settings, tmp_path, capsys, monkeypatch):
+    import duckdb
+
+    import quality.disclosure as disclosure
+
+    cells = tuple(f"region_code='0{i}', sex='F' (beneficiaries=2)" for i in range(1, 6))
+    found = [disclosure.Violation("marts.mart_coverage", "small_cell", "5 published cells count fewer than 10 people",
+                                  examples=disclosure._examples(list(cells)), cells=cells)]
+    monkeypatch.setattr(disclosure, "review", lambda con, settings: found)
+    path = tmp_path / "w.duckdb"
+    duckdb.connect(str(path)).close()
+    assert main(["disclosure", "--warehouse", str(path)]) == 1
+    assert capsys.readouterr().out.strip().endswith("; ... (5 in all)")
+    assert main(["disclosure", "--warehouse", str(path), "--all"]) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        "BLOCKING  marts.mart_coverage: small_cell: 5 published cells count fewer than 10 people: 5 cell(s):",
+        *[f"          {cell}" for cell in cells]]

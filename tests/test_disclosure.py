@@ -129,6 +129,21 @@ def test_check_finds_a_cell_recoverable_by_subtraction(tmp_path):
     assert "region_code='01', sex='F'" in violations[0].examples
 
 
+def test_a_finding_lists_its_first_cells_and_keeps_every_one(tmp_path):
+    """Small cells published as they are: the finding's text shows three, counts the rest,
+    and keeps every cell (what `jisr disclosure --all` lists, one per line)."""
+    counts = {key: (2 if key[1] == "F" else 50) for key in COUNTS}
+    con = make_warehouse(tmp_path / "serving.duckdb", coverage_rows(counts))
+    con.execute("alter table marts.mart_coverage add column is_suppressed boolean default false")
+    small = next(v for v in check(con, config=CONFIG) if v.kind == "small_cell")
+    assert small.message == "4 published cells count fewer than 10 people"
+    assert small.examples.endswith("; ... (4 in all)") and small.examples.count("region_code=") == 3
+    assert sorted(small.cells) == ["region_code='01', sex='F' (beneficiaries=2)",
+                                   "region_code='02', sex='F' (beneficiaries=2)",
+                                   "region_code='03', sex='F' (beneficiaries=2)",
+                                   "region_code='all', sex='F' (beneficiaries=6)"]
+
+
 def test_check_after_protect_in_the_same_process_still_sees_a_changed_pattern(tmp_path):
     """The check reuses the systems protect solved in this process, never a stale verdict."""
     con = make_warehouse(tmp_path / "serving.duckdb", coverage_rows(COUNTS))
