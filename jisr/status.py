@@ -54,10 +54,10 @@ def run_report(settings: Settings, run_id: str, not_loaded: list[tuple[str, str]
     return "\n".join(out)
 
 
-def _warehouse_line(settings: Settings) -> str:
+def _warehouse_line(settings: Settings, details: list[str] = ()) -> str:
     if settings.serving_path.exists():
-        return (f"Serving warehouse (read-only for evaluators and BI): {settings.serving_path}\n"
-                f"  try: jisr sql \"select * from marts.mart_coverage_targeting limit 5\"")
+        return "\n".join([f"Serving warehouse (read-only for evaluators and BI): {settings.serving_path}", *details,
+                          "  try: jisr sql \"select * from marts.mart_coverage_targeting limit 5\""])
     return f"Raw store (internal): {settings.store_path}; no warehouse has been published yet."
 
 
@@ -72,13 +72,39 @@ def status_report(settings: Settings) -> str:
                       strftime(max(loaded_at), '%Y-%m-%d %H:%M')
                from meta.deliveries group by source order by source""").fetchall()
         quarantine = con.execute(
-            "select count(*) filter (where resolved_by_delivery is null), count(*) from quarantine.rows").fetchone()
+            """select count(distinct (delivery_id, source_row)) filter (where resolved_by_delivery is null),
+                      count(*) filter (where resolved_by_delivery is null),
+                      count(distinct (delivery_id, source_row)), count(*)
+               from quarantine.rows""").fetchone()
+        published = _publication(settings)
+        unpublished = con.execute(
+            "select count(*), arg_max(run_id, loaded_at) from meta.deliveries where status != 'rejected' "
+            "and loaded_at > ?", [published["published_at"]]).fetchone() if published else None
     except Exception as exc:  # a refresh holds the write lock
         return f"The raw store is busy ({exc}); try again when the refresh has finished."
     finally:
         con.close()
     out = ["Deliveries by source:",
            text_table(["source", "loaded", "superseded", "rejected", "latest batch", "last load (UTC)"], deliveries),
-           f"\nQuarantine: {quarantine[0]} open rule failure(s), {quarantine[1]} recorded in all.",
-           _warehouse_line(settings)]
+           f"\nQuarantine: {quarantine[0]} delivered row(s) set aside, not yet resolved by a re-delivery "
+           f"({quarantine[1]} rule failure(s):\n  a row can break several rules, and the contract's rules and the "
+           f"Great Expectations suites both check most); {quarantine[2]} row(s) recorded in all."]
+    served = []
+    if published:
+        what = "published by" if published["event"] == "publish" else "rolled back to the warehouse of"
+        served.append(f"  served: {what} run {published['run_id']} at {published['published_at']:%Y-%m-%d %H:%M} "
+                      f"UTC (code {published['code_version']})")
+    if unpublished and unpublished[0]:
+        served.append(f"  NOT PUBLISHED: {unpublished[0]} delivery(ies) loaded since; the last refresh that loaded "
+                      f"some (run {unpublished[1]}) did not publish,\n  see its quality report: "
+                      f"{settings.reports_dir / str(unpublished[1]) / 'quality' / 'index.html'}")
+    out.append(_warehouse_line(settings, served))
     return "\n".join(out)
+
+
+def _publication(settings: Settings) -> dict | None:
+    """The serving warehouse's last publish-log event (publish or rollback), or None."""
+    from jisr.publish import publish_log
+
+    log = publish_log(settings)
+    return log[0] if log else None

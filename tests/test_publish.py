@@ -275,6 +275,18 @@ def test_rollback_cli_restores_and_reports(published, capsys):
     assert "nothing to roll back to" in capsys.readouterr().err
 
 
+def test_status_says_what_is_served_and_what_a_failed_refresh_left_unpublished(published, contracts):
+    from jisr.status import status_report
+
+    report = status_report(published)
+    assert "served: published by run run-1 at " in report and "NOT PUBLISHED" not in report
+    ingest_sample(published, contracts, months=("2025-01", "2025-02"), run_id="run-2")  # then run-2 stops
+    report = status_report(published)
+    assert "served: published by run run-1 at " in report
+    assert "NOT PUBLISHED: 1 delivery(ies) loaded since; the last refresh that loaded some (run run-2)" in report
+    assert str(published.reports_dir / "run-2" / "quality" / "index.html") in report
+
+
 # --- readers, crashes, locks ---------------------------------------------------------------------------
 
 READER = """
