@@ -776,7 +776,11 @@ class Ingestor:
                 f"The rows, with their row number in the file (header not counted), are listed in {csv_path.name}.",
                 "Correct them and deliver the whole file again under the same name pattern and period: the new",
                 "delivery replaces this one.",
+                "(A row can break several rules, and the contract's rules and its Great Expectations suite",
+                "check most of them both: the reasons can add up to more than the rows set aside.)",
             ]
+        if result.warnings:
+            lines += ["", "Warnings (the file was loaded; please check):", *[f"  {w}" for w in result.warnings]]
         summary = out_dir / f"{result.file_name}.summary.txt"
         summary.write_text("\n".join(lines) + "\n", encoding="utf-8")
         return summary

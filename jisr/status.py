@@ -32,6 +32,9 @@ def run_report(settings: Settings, run_id: str, not_loaded: list[tuple[str, str]
         rejected = con.execute(
             "select partner, file_name, reason from meta.deliveries where run_id = ? and status = 'rejected' order by 1, 2",
             [run_id]).fetchall()
+        warned = con.execute(
+            "select partner, file_name, warnings from meta.deliveries where run_id = ? and status != 'rejected' "
+            "and warnings is not null order by 1, 2", [run_id]).fetchall()
     finally:
         con.close()
     out = []
@@ -46,6 +49,9 @@ def run_report(settings: Settings, run_id: str, not_loaded: list[tuple[str, str]
     if rejected:
         out.append("\nRejected files (moved to " + str(settings.rejected_dir) + "):")
         out += [f"  {p}/{f}: {r}" for p, f, r in rejected]
+    if warned:
+        out.append("\nLoaded with warnings (also in the partner's summary):")
+        out += [f"  {p}/{f}: {w}" for p, f, text in warned for w in text.splitlines()]
     if not_loaded:
         out.append(f"\nFiles not loaded, as they repeat a rejected delivery (left in {settings.landing_dir}):")
         out += [f"  {f}: {r}" for f, r in not_loaded]

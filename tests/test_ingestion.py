@@ -297,6 +297,29 @@ def test_a_payment_id_already_loaded_from_another_month_is_quarantined(settings,
     assert con.execute("select count(*), count(distinct payment_id) from raw.payments where _is_current").fetchone() == (7, 7)
 
 
+def test_a_column_the_contract_does_not_know_is_dropped_and_reported(settings, contracts):
+    """A partner adds an email column: it is not loaded (it is not in the contract), and the
+    partner's summary and the refresh's report say so."""
+    from jisr.status import run_report
+
+    write_delivery(settings.landing_dir, contracts["programmes"], "programmes_2025-01.csv", [PROGRAMME])
+    path = write_delivery(settings.landing_dir, contracts["beneficiaries"], "registre_2025-01.csv",
+                          [person(i) for i in range(3)])
+    lines = path.read_bytes().decode("cp1252").splitlines()
+    path.write_bytes(("\n".join([lines[0] + ";email"] + [line + f";p{i}@example.ma" for i, line in enumerate(lines[1:])])
+                      + "\n").encode("cp1252"))
+    summary = ingest(settings, contracts)
+    f = result_for(summary, "registre_2025-01.csv")
+    assert (f.status, f.rows_loaded) == ("loaded", 3)
+    assert f.warnings == ["column 'email' is not in the contract and was ignored"]
+    feedback = (settings.feedback_dir / "msisf" / "registre_2025-01.csv.summary.txt").read_text()
+    assert "Warnings (the file was loaded; please check):\n  column 'email' is not in the contract and was ignored" in feedback
+    assert "msisf/registre_2025-01.csv: column 'email' is not in the contract and was ignored" in run_report(
+        settings, summary.run_id)
+    con = store(settings)
+    assert "email" not in [c[0] for c in con.execute("describe raw.beneficiaries").fetchall()]
+
+
 def test_every_delivered_row_is_loaded_or_quarantined(settings, contracts):
     base_delivery(settings, contracts, n=8)
     write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv",
