@@ -262,9 +262,9 @@ def test_small_deliveries_do_not_start_the_worker(settings, contracts, monkeypat
     assert started
 
 
-def test_gx_is_imported_in_a_thread_while_the_next_file_is_typed(settings, contracts, monkeypatch):
-    """A delivery validated in this process (at commit, after the next file is read and
-    typed) starts this process's GX import when it is typed, in a background thread."""
+def _gx_built_here(monkeypatch) -> list[str]:
+    """As in a process that has not imported GX: the names of the threads that build this
+    process's GX context, in order."""
     built_on = []
 
     class Recording(gxmod._GX):
@@ -273,8 +273,15 @@ def test_gx_is_imported_in_a_thread_while_the_next_file_is_typed(settings, contr
             super().__init__()
 
     monkeypatch.setattr(gxmod, "_GX", Recording)
-    monkeypatch.setattr(gxmod, "_GX_SINGLETON", None)  # as in a process that has not imported GX
+    monkeypatch.setattr(gxmod, "_GX_SINGLETON", None)
     monkeypatch.setattr(gxmod, "_GX_IMPORT", None)
+    return built_on
+
+
+def test_gx_is_imported_in_a_thread_while_the_next_file_is_typed(settings, contracts, monkeypatch):
+    """A delivery validated in this process (at commit, after the next file is read and
+    typed) starts this process's GX import when it is typed, in a background thread."""
+    built_on = _gx_built_here(monkeypatch)
     for n, month in enumerate(("2025-01", "2025-02")):
         rows = [person(i) for i in range(12)]
         rows[n + 2]["sex"] = "X"
@@ -291,16 +298,7 @@ def test_a_process_without_gx_hands_deliveries_of_few_chunks_whole_to_the_worker
     """A monthly refresh: deliveries of up to two chunks per worker go to the worker even
     while it imports GX, and the ingestion process never imports GX; a larger delivery is
     shared, and makes this process import GX."""
-    built_here = []
-
-    class Recording(gxmod._GX):
-        def __init__(self):
-            built_here.append(threading.current_thread().name)
-            super().__init__()
-
-    monkeypatch.setattr(gxmod, "_GX", Recording)
-    monkeypatch.setattr(gxmod, "_GX_SINGLETON", None)  # as in a process that has not imported GX
-    monkeypatch.setattr(gxmod, "_GX_IMPORT", None)
+    built_here = _gx_built_here(monkeypatch)
     monkeypatch.setattr(gxmod, "WORKER_START_ROWS", 10)
     for n, month in enumerate(("2025-01", "2025-02")):
         rows = [person(i) for i in range(12)]  # two chunks of at most 7 rows
