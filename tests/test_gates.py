@@ -437,3 +437,29 @@ def test_a_refresh_rejects_a_file_no_contract_matches(tmp_path, contracts, monke
     status, reason = con.execute("select status, reason from meta.deliveries where file_name = ?", [stray.name]).fetchone()
     con.close()
     assert status == "rejected" and "no contract matches file name 'Registre_2026-06.csv'" in reason
+
+
+def test_a_configuration_error_stops_the_refresh_before_anything_is_ingested(tmp_path, contracts, monkeypatch):
+    """A typo in config/evaluation.yml (read by the impact stage, late in a refresh) fails the
+    first step with the file named; nothing is ingested."""
+    import shutil
+
+    from jisr.settings import PROJECT_DIR, Settings
+    from tests.conftest import TEST_KEY
+
+    config = tmp_path / "config"
+    shutil.copytree(PROJECT_DIR / "config", config)
+    text = (config / "evaluation.yml").read_text()
+    assert "\ncluster: cluster_id\n" in text
+    (config / "evaluation.yml").write_text(text.replace("\ncluster: cluster_id\n", "\nclustr: cluster_id\n"))
+    monkeypatch.setattr(Settings, "config_dir", property(lambda self: config))
+    monkeypatch.setenv("JISR_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("JISR_PSEUDONYM_KEY", TEST_KEY.decode())
+    settings = Settings(home=tmp_path / "home", key_value=TEST_KEY.decode())
+    write_delivery(settings.landing_dir, contracts["programmes"], "programmes_2025-01.csv", [PROGRAMME])
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([ingest_landing], instance=instance, raise_on_error=False)
+    assert not result.success
+    message = next(e.step_failure_data.error.message for e in result.all_events if e.is_step_failure)
+    assert "nothing was ingested" in message and "config/evaluation.yml" in message and "clustr" in message
+    assert not settings.store_path.exists()

@@ -41,6 +41,27 @@ def _spec(contract) -> dg.AssetSpec:
     )
 
 
+def check_configuration(settings) -> None:
+    """Read the files users tune (``config/``) before anything is ingested: an error in one of
+    them would otherwise stop the run only at the stage that reads it, after the ingestion
+    and the build (``evaluation.yml``: the impact stage, well into a refresh)."""
+    from impact.config import load_config as evaluation_config
+    from quality.config import config_for
+    from quality.disclosure import load_config as disclosure_config
+
+    problems = []
+    for name, read in (("quality.yml", lambda: config_for(settings)),
+                       ("disclosure.yml", lambda: disclosure_config(None, settings)),
+                       ("evaluation.yml", lambda: evaluation_config(settings.config_dir / "evaluation.yml"))):
+        try:
+            read()
+        except Exception as exc:  # noqa: BLE001 - each file's own error, reported together
+            problems.append(f"config/{name}: {exc}")
+    if problems:
+        raise dg.Failure("The configuration has errors, so nothing was ingested and nothing will be published:\n"
+                         + "\n".join(problems))
+
+
 def run_ingestion(settings, run_id: str, sources=None, validators=()):
     """Ingest the landing area; returns the ingestion summary."""
     from ingestion.load import Ingestor
@@ -63,6 +84,7 @@ def run_ingestion(settings, run_id: str, sources=None, validators=()):
 )
 def ingest_landing(context: dg.AssetExecutionContext):
     settings = get_settings()
+    check_configuration(settings)
     selected = {key.path[-1] for key in context.selected_asset_keys}
     from quality.expectations import suite_validator
 
