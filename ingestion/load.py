@@ -485,17 +485,20 @@ class Ingestor:
             warnings.warn(f"the content hashes of this pass were not recorded ({exc}): the next pass reads "
                           "the landing files again", RuntimeWarning, stacklevel=2)
 
-    def _duplicate_of(self, con, contract: Contract, content_hash: str) -> tuple | None:
+    def _duplicate_of(self, con, contract: Contract, content_hash: str, file_name: str | None = None) -> tuple | None:
         """The latest delivery of the source with this content, (delivery id, status, contract
         version, file name, loaded at, reason), unless it was rejected under another version
-        of the contract (the file is read again under this one)."""
+        of the contract (the file is read again under this one), or rejected for its name
+        (a month that is not a calendar month) and this file has another name."""
         previous = con.execute(
-            "select delivery_id, status, contract_version, file_name, loaded_at, reason from meta.deliveries "
+            "select delivery_id, status, contract_version, file_name, loaded_at, reason, batch from meta.deliveries "
             "where source = ? and content_hash = ? order by loaded_at desc limit 1",
             [contract.source, content_hash]).fetchone()
-        if previous and (previous[1] != "rejected" or previous[2] == contract.version):
-            return previous
-        return None
+        if previous is None or (previous[1] == "rejected" and previous[2] != contract.version):
+            return None
+        if previous[1] == "rejected" and batch_problem(previous[6]) and previous[3] != file_name:
+            return None
+        return previous[:6]
 
     def _prepare(self, con, path: Path, partner: str, contract: Contract | None, batch: str | None,
                  slot: int = 0) -> _Prepared:
@@ -514,7 +517,7 @@ class Ingestor:
         if problem is not None:
             prepared.reject = problem
             return prepared
-        if self._duplicate_of(con, contract, content_hash):
+        if self._duplicate_of(con, contract, content_hash, path.name):
             return prepared  # the commit reports it
         try:
             prepared.staged = stage_file(con, path, contract, table=prepared.staged_name)
@@ -546,7 +549,7 @@ class Ingestor:
         try:
             # checked again: the file before, committed since this one was prepared, may have
             # had the same content (loaded, or rejected under the same contract version)
-            previous = self._duplicate_of(con, p.contract, p.content_hash) if p.contract is not None else None
+            previous = self._duplicate_of(con, p.contract, p.content_hash, p.path.name) if p.contract is not None else None
             if previous and previous[1] == "rejected":
                 return self._repeat_rejected(p, previous)
             if previous:

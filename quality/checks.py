@@ -297,7 +297,7 @@ def check_freshness(con, cfg: QualityConfig, contracts: dict, today: date | None
                             {"partner": c.partner}) for c in contracts.values() if c.source not in exclude]
     latest = dict(con.execute(
         "select source, max(batch) from ingest.meta.deliveries where status in ('loaded', 'superseded') "
-        "and regexp_full_match(batch, '\\d{4}-\\d{2}') group by source").fetchall())
+        "and regexp_full_match(batch, '\\d{4}-(0[1-9]|1[0-2])') group by source").fetchall())
     if params.get("reference", "latest_batch") == "now":
         reference, ref_label = today or datetime.now(timezone.utc).date(), "today"
     else:

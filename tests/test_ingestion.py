@@ -273,6 +273,22 @@ def test_a_decimal_comma_contract_reads_dots_only_as_thousands_separators(settin
                        "(decimal comma, dots only between thousands: 1.234,50)")
 
 
+def test_a_file_rejected_for_its_month_loads_once_renamed(settings, contracts):
+    """The rejection was about the name: the same content under a right name is loaded, not
+    taken for a repeat of the rejected delivery."""
+    write_delivery(settings.landing_dir, contracts["programmes"], "programmes_2025-01.csv", [PROGRAMME])
+    bad = write_delivery(settings.landing_dir, contracts["beneficiaries"], "registre_2025-13.csv",
+                         [person(i) for i in range(3)])
+    content = bad.read_bytes()
+    assert result_for(ingest(settings, contracts), "registre_2025-13.csv").status == "rejected"
+    bad.write_bytes(content)  # dropped again as it was: a repeat of the rejected delivery
+    again = result_for(ingest(settings, contracts), "registre_2025-13.csv")
+    assert again.status == "duplicate" and "calendar month" in again.reason
+    bad.rename(bad.with_name("registre_2025-12.csv"))
+    renamed = result_for(ingest(settings, contracts), "registre_2025-12.csv")
+    assert (renamed.status, renamed.rows_loaded) == ("loaded", 3)
+
+
 def test_a_payment_id_already_loaded_from_another_month_is_quarantined(settings, contracts):
     """payments replace a month as a whole: a payment id that February's file repeats from
     January would be current twice (and stop the warehouse's uniqueness test); the later row

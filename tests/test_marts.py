@@ -1046,3 +1046,19 @@ def test_household_scores_and_terciles_do_not_depend_on_the_order_rows_arrive_in
                                    f"from ({model}) order by household_key").fetchall()))
         con.close()
     assert len(seen) == 1, f"{len(seen)} different results for the same households in 30 orders"
+
+
+def test_a_delivery_rejected_for_an_impossible_month_does_not_stop_the_build(tmp_path):
+    """A file named for month 13 is rejected and logged with the batch it carried: the
+    delivery log's mart reads that batch as no month instead of failing the build."""
+    home = tmp_path / "home"
+    raw, _ = make_home(home, ["2025-01"])
+    con = duckdb.connect(str(raw.path))
+    con.execute("insert into meta.deliveries select * replace ('payments-2025-13-0123456789ab' as delivery_id, "
+                "'rejected' as status, '2025-13' as batch, 'paiements_2025-13.csv' as file_name, 0 as rows_loaded, "
+                "0 as rows_quarantined, 'the month 2025-13 in the file name is not a calendar month' as reason) "
+                "from meta.deliveries where source = 'payments' limit 1")
+    con.close()
+    run_dbt(home, "run", "--select", "+fct_deliveries")
+    assert query(home, "select batch_month, delivery_status from marts.fct_deliveries "
+                       "where delivery_id = 'payments-2025-13-0123456789ab'") == [(None, "rejected")]

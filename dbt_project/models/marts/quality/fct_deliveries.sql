@@ -13,7 +13,8 @@ months as (
 
     select
         deliveries.*,
-        case when batch like '____-__' then batch end as batch_month,
+        -- a calendar month only: a file named for month 13 is rejected, and its batch kept as delivered
+        case when batch like '____-__' and substr(batch, 6, 2) between '01' and '12' then batch end as batch_month,
         coalesce(received_at, loaded_at) as arrived_at
 
     from deliveries
