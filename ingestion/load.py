@@ -152,14 +152,19 @@ def _lit(value) -> str:
 # With a decimal comma, a dot may only separate thousands, in groups of three digits
 # (1.234.567,89); any other dot (200.00, 12.5) makes the value fail typing: read as a
 # thousands separator it would load 100 times the amount the partner meant.
-_GROUPED_BY_DOTS = r"[+-]?\d{1,3}(\.\d{3})+(,\d*)?"
+_GROUPED_BY_DOTS = r"[+-]?[1-9]\d{0,2}(\.\d{3})+(,\d*)?"
+# What a numeric column's text may be once blanks are removed and a decimal comma read as a
+# dot; anything else (0x10, inf, nan, 12.5 in a whole-number column, which a cast would round
+# to 13) fails typing. A whole number may carry zero decimals (12.0: JSON numbers, workbooks).
+_WHOLE_NUMBER = r"[+-]?\d+(\.0*)?"
+_NUMBER = r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?"
 
 
 def _numeric_text(expr: str, decimal: str) -> str:
     """SQL giving the numeric text of a column in the form DuckDB casts (blanks removed,
     decimal comma as a dot); NULL, so the row fails typing, when it breaks the contract's
     decimal convention."""
-    cleaned = f"regexp_replace({expr}, '[\\s\u00a0]', '', 'g')"
+    cleaned = f"regexp_replace({expr}, '[\\s\u00a0\u202f]', '', 'g')"
     if decimal == ",":
         cleaned = (f"case when regexp_full_match({cleaned}, {_lit(_GROUPED_BY_DOTS)}) "
                    f"then replace(replace({cleaned}, '.', ''), ',', '.') "
@@ -174,7 +179,9 @@ def typed_expr(contract: Contract, col) -> str:
     if col.type == "varchar":
         return x
     if col.type in ("integer", "decimal", "double"):
-        return f"try_cast({_numeric_text(x, contract.decimal)} as {col.sql_type})"
+        text = _numeric_text(x, contract.decimal)
+        shape = _WHOLE_NUMBER if col.type == "integer" else _NUMBER
+        return f"try_cast(case when regexp_full_match({text}, {_lit(shape)}) then {text} end as {col.sql_type})"
     if col.type == "date":
         return f"coalesce(try_strptime({x}, {_lit(contract.date_format)})::date, try_cast({x} as date))"
     if col.type == "timestamp":
@@ -203,8 +210,12 @@ def _violations_sql(contract: Contract, typed: str, seeds_dir: Path) -> str:
         if col.required:
             add(f"required:{n}", n, f"{n} is null", f"'column {n} is required but empty'")
         if col.type != "varchar":
-            convention = (" (decimal comma, dots only between thousands: 1.234,50)"
-                          if contract.decimal == "," and col.type in ("integer", "decimal", "double") else "")
+            convention = {"integer": " (a whole number" + (", dots only between thousands: 1.234)"
+                                                           if contract.decimal == "," else ")"),
+                          "decimal": " (decimal comma, dots only between thousands: 1.234,50)",
+                          "double": " (decimal comma, dots only between thousands: 1.234,50)"}.get(col.type, "")
+            if contract.decimal != "," and col.type != "integer":
+                convention = ""
             add(f"type:{n}", n, f"{n} is not null and {t} is null",
                 f"'column {n} value ' || {shown} || ' is not a valid {col.type}{convention}'")
         if col.pattern:

@@ -254,20 +254,20 @@ def test_a_decimal_comma_contract_reads_dots_only_as_thousands_separators(settin
     """payments.yml says decimal ','. A dot that does not group thousands by three (200.00,
     12.5) is a broken convention: the row is quarantined, never loaded as 20000 or 125."""
     base_delivery(settings, contracts, n=8)
-    amounts = ["1.234,50", "1.234", "12,5", "+0,75", "1 234,5", "200.00", "12.5", "1.23.456", "1.2345,6"]
+    amounts = ["1.234,50", "1.234", "12,5", "+0,75", "1 234,5", "200.00", "12.5", "1.23.456", "1.2345,6", "0.500",
+               "inf", "0x10"]
     write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv",
                    [payment(i, payment_id=f"P-{i}", enrolment_id=f"E{i % 8}", cin=f"AB{100000 + i % 8}", amount_mad=a)
                     for i, a in enumerate(amounts)])
     summary = ingest(settings, contracts)
     f = result_for(summary, "paiements_2025-01.csv")
-    assert (f.rows_delivered, f.rows_loaded, f.rows_quarantined) == (9, 5, 4)
+    assert (f.rows_delivered, f.rows_loaded, f.rows_quarantined) == (12, 5, 7)
     con = store(settings)
     loaded = con.execute("select payment_id, amount_mad::varchar from raw.payments order by _source_row").fetchall()
     assert loaded == [("P-0", "1234.50"), ("P-1", "1234.00"), ("P-2", "12.50"), ("P-3", "0.75"), ("P-4", "1234.50")]
     rows = con.execute("select source_row, rule from quarantine.rows where rule like 'type:%' "
                        "order by source_row").fetchall()
-    assert rows == [(6, "type:amount_mad"), (7, "type:amount_mad"), (8, "type:amount_mad"),
-                    (9, "type:amount_mad")]
+    assert rows == [(n, "type:amount_mad") for n in range(6, 13)]
     message = con.execute("select message from quarantine.rows where source_row = 6").fetchone()[0]
     assert message == ("paiements_2025-01.csv, row 6: column amount_mad value '200.00' is not a valid decimal "
                        "(decimal comma, dots only between thousands: 1.234,50)")
@@ -287,6 +287,25 @@ def test_a_file_rejected_for_its_month_loads_once_renamed(settings, contracts):
     bad.rename(bad.with_name("registre_2025-12.csv"))
     renamed = result_for(ingest(settings, contracts), "registre_2025-12.csv")
     assert (renamed.status, renamed.rows_loaded) == ("loaded", 3)
+
+
+def test_numeric_columns_refuse_what_a_cast_would_round_or_misread(contracts):
+    """A whole-number column refuses 12,5 (a cast would round it to 13), and no numeric
+    column takes hexadecimal, inf or nan; blanks, no-break spaces and zero decimals are fine."""
+    from ingestion.load import typed_expr
+
+    con = duckdb.connect()
+
+    def typed(contract, column, value):
+        expr = typed_expr(contract, contract.column(column)).replace(column, "v")
+        return con.execute(f"select {expr} from (select ?::varchar as v)", [value]).fetchone()[0]
+
+    occupancy, loans = contracts["occupancy"], contracts["loans"]  # decimal comma; JSON lines, decimal dot
+    assert [typed(occupancy, "residents", v) for v in ("12", "12,0", "1.234", "1\u202f234", "12,5", "0x10", "0.500")] == [
+        12, 12, 1234, 1234, None, None, None]
+    assert [typed(loans, "term_months", v) for v in ("12", "12.0", "12.5", "1e1")] == [12, 12, None, None]
+    assert [str(typed(loans, "principal_mad", v)) for v in ("1000", "1000.5", "1e3", "inf", "nan", "0x10")] == [
+        "1000.00", "1000.50", "1000.00", "None", "None", "None"]
 
 
 def test_a_payment_id_already_loaded_from_another_month_is_quarantined(settings, contracts):
