@@ -299,6 +299,19 @@ def contract_for(contracts: dict[str, Contract], partner: str, file_name: str) -
     return None
 
 
+# Names a landing area holds while a file is written or opened, never deliveries: hidden files
+# (a partner writes .name.csv, then renames it), the parts upload and download tools write
+# before renaming (.part, .filepart, .partial, .crdownload, .tmp), office lock files (~$name)
+# and desktop metadata (Thumbs.db, desktop.ini). Ingestion and the landing sensor skip them.
+_NOT_A_DELIVERY = re.compile(r"\..*|~\$.*|.*\.(part|filepart|partial|crdownload|tmp|temp)|thumbs\.db|desktop\.ini",
+                             re.IGNORECASE)
+
+
+def not_a_delivery(file_name: str) -> bool:
+    """A landing file that is not (yet) a delivery: see ``_NOT_A_DELIVERY``."""
+    return _NOT_A_DELIVERY.fullmatch(file_name) is not None
+
+
 def batch_problem(batch: str | None) -> str | None:
     """Why a file name's batch cannot be loaded, or None. A batch shaped as a month
     (``YYYY-MM``) must be a calendar month: 2026-13 would load, then stop every later build

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ingestion import pseudonymise, store
-from ingestion.contracts import Contract, batch_problem, contract_for, seed_values
+from ingestion.contracts import Contract, batch_problem, contract_for, not_a_delivery, seed_values
 from ingestion.readers import FileRejected, Staged, drop_staged, stage_file
 
 # A validator receives (con, contract, typed_table, batch) and returns SQL producing
@@ -377,7 +377,7 @@ class Ingestor:
         order = {source: i for i, source in enumerate(self.contracts)}
         found = []
         for path in sorted(Path(landing_dir).glob("*/*")):
-            if not path.is_file() or path.name.startswith("."):
+            if not path.is_file() or not_a_delivery(path.name):
                 continue
             partner = path.parent.name
             match = contract_for(self.contracts, partner, path.name)

@@ -6,6 +6,7 @@ import json
 
 import dagster as dg
 
+from ingestion.contracts import not_a_delivery
 from jisr.settings import get_settings
 
 
@@ -14,7 +15,7 @@ def landing_state(landing_dir) -> dict[str, list[int]]:
     state = {}
     if landing_dir.exists():
         for path in sorted(landing_dir.glob("*/*")):
-            if path.is_file() and not path.name.startswith("."):
+            if path.is_file() and not not_a_delivery(path.name):
                 st = path.stat()
                 state[str(path.relative_to(landing_dir))] = [st.st_size, st.st_mtime_ns]
     return state

@@ -426,12 +426,17 @@ def test_a_refresh_rejects_a_file_no_contract_matches(tmp_path, contracts, monke
     write_delivery(settings.landing_dir, contracts["programmes"], "programmes_2025-01.csv", [PROGRAMME])
     stray = settings.landing_dir / "msisf" / "Registre_2026-06.csv"
     stray.write_text("x")
+    uploading = [settings.landing_dir / "msisf" / name for name in
+                 ("paiements_2025-02.csv.filepart", "~$ventures_2025-01.xlsx", "Thumbs.db", ".paiements_2025-03.csv")]
+    for path in uploading:
+        path.write_text("x")
     with dg.instance_for_test() as instance:
         some = dg.materialize([ingest_landing], instance=instance, selection=[dg.AssetKey(["raw", "programmes"])])
         assert some.success and stray.exists()
         every = dg.materialize([ingest_landing], instance=instance)
     assert every.success
     assert not stray.exists() and (settings.rejected_dir / "msisf" / stray.name).exists()
+    assert all(path.exists() for path in uploading)  # files being written or opened are not deliveries
     assert (settings.feedback_dir / "msisf" / f"{stray.name}.report.txt").exists()
     con = duckdb.connect(str(settings.store_path), read_only=True)
     status, reason = con.execute("select status, reason from meta.deliveries where file_name = ?", [stray.name]).fetchone()
