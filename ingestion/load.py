@@ -276,7 +276,9 @@ def _key_in_other_batch_sql(contract: Contract, typed: str) -> str:
     A delivery of a batch replaces only the rows of its own batch, so such a key would be
     current twice (a payment id in two months' files): the warehouse's uniqueness tests
     would then stop every build until the partner corrects one of the files. The later row
-    is quarantined instead, naming the batch that holds the key."""
+    is quarantined instead, naming the batch that holds the key. Like a broken reference, the
+    row stays quarantined until a new delivery of its own batch (correcting the other batch
+    does not bring it back; an identical file is not read again): the message says so."""
     if contract.supersede != "replace_batch" or not contract.primary_key:
         return ""
     columns = [contract.column(k) for k in contract.primary_key]
@@ -285,7 +287,8 @@ def _key_in_other_batch_sql(contract: Contract, typed: str) -> str:
     return (
         f"select t._source_row, 'key_in_other_batch' as rule, {_lit(','.join(contract.primary_key))} as column_name, "
         f"'key (' || {_lit(', '.join(contract.primary_key))} || ') is already loaded from batch ' || min(r._batch) "
-        f"|| ' (a key belongs to one batch; correct the file of the batch it does not belong to)' as message "
+        f"|| ': a key belongs to one batch; the row stays set aside until a new delivery of this batch, once '"
+        f"|| 'the key is gone from batch ' || min(r._batch) as message "
         f"from {typed} t join raw.{contract.source} r on r._is_current and r._batch <> t._batch and {match} "
         f"group by t._source_row"
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from jisr.settings import Settings
 from jisr.sql import text_table
 
@@ -83,9 +85,12 @@ def status_report(settings: Settings) -> str:
                       count(distinct (delivery_id, source_row)), count(*)
                from quarantine.rows""").fetchone()
         published = _publication(settings)
-        unpublished = con.execute(
-            "select count(*), arg_max(run_id, loaded_at) from meta.deliveries where status != 'rejected' "
-            "and loaded_at > ?", [published["published_at"]]).fetchone() if published else None
+        unpublished = None
+        if published:  # current deliveries the served warehouse was not built from
+            served = [d["delivery_id"] for d in json.loads(published.get("deliveries") or "[]")]
+            unpublished = con.execute(
+                "select count(*), arg_max(run_id, loaded_at) from meta.deliveries where status = 'loaded' "
+                "and delivery_id not in (select unnest(?::varchar[]))", [served]).fetchone()
     except Exception as exc:  # a refresh holds the write lock
         return f"The raw store is busy ({exc}); try again when the refresh has finished."
     finally:
@@ -101,8 +106,9 @@ def status_report(settings: Settings) -> str:
         served.append(f"  served: {what} run {published['run_id']} at {published['published_at']:%Y-%m-%d %H:%M} "
                       f"UTC (code {published['code_version']})")
     if unpublished and unpublished[0]:
-        served.append(f"  NOT PUBLISHED: {unpublished[0]} delivery(ies) loaded since; the last refresh that loaded "
-                      f"some (run {unpublished[1]}) did not publish,\n  see its quality report: "
+        served.append(f"  NOT PUBLISHED: {unpublished[0]} current delivery(ies) the served warehouse was not built "
+                      f"from; the last refresh that loaded some (run {unpublished[1]}) did not publish, or was rolled "
+                      f"back,\n  see its quality report: "
                       f"{settings.reports_dir / str(unpublished[1]) / 'quality' / 'index.html'}")
     out.append(_warehouse_line(settings, served))
     return "\n".join(out)

@@ -510,10 +510,11 @@ def dbt_build_results(run_results: Path) -> list[CheckResult]:
     for r in results:
         kind, name = r["unique_id"].split(".")[0], r["unique_id"].split(".")[2]
         status, message = r.get("status"), (r.get("message") or "").strip()
-        tests += kind == "test"
+        is_test = kind in ("test", "unit_test")
+        tests += is_test
         if status == "skipped":
             skipped += 1
-        elif kind == "test" and status in ("fail", "error", "warn"):
+        elif is_test and status in ("fail", "error", "warn"):
             out.append(CheckResult(f"dbt test {name}", False, "warn" if status == "warn" else "block",
                                    f"dbt test {status}: {message}" if message else f"dbt test {status}"))
         elif status == "error":

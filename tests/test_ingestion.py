@@ -327,8 +327,22 @@ def test_a_payment_id_already_loaded_from_another_month_is_quarantined(settings,
     assert f.rules_failed == {"key_in_other_batch": 1}
     con = store(settings)
     assert con.execute("select source_row, message from quarantine.rows where rule = 'key_in_other_batch'").fetchall() == [
-        (3, "paiements_2025-02.csv, row 3: key (payment_id) is already loaded from batch 2025-01 (a key belongs to "
-            "one batch; correct the file of the batch it does not belong to)")]
+        (3, "paiements_2025-02.csv, row 3: key (payment_id) is already loaded from batch 2025-01: a key belongs to "
+            "one batch; the row stays set aside until a new delivery of this batch, once the key is gone from batch "
+            "2025-01")]
+    con.close()
+    # following the message: January without the key, then February delivered again (corrected)
+    write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv",
+                   [c for c in corrected if c["payment_id"] != "P2025-01-2"])
+    ingest(settings, contracts)
+    february[0]["amount_mad"] = "351,00"
+    write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-02.csv", february)
+    ingest(settings, contracts)
+    con = store(settings)
+    assert con.execute("select _batch from raw.payments where _is_current and payment_id = 'P2025-01-2'").fetchall() == [
+        ("2025-02",)]
+    assert con.execute("select count(*) from quarantine.rows where rule = 'key_in_other_batch' "
+                       "and resolved_by_delivery is null").fetchone()[0] == 0
     assert con.execute("select count(*), count(distinct payment_id) from raw.payments where _is_current").fetchone() == (7, 7)
 
 

@@ -283,8 +283,15 @@ def test_status_says_what_is_served_and_what_a_failed_refresh_left_unpublished(p
     ingest_sample(published, contracts, months=("2025-01", "2025-02"), run_id="run-2")  # then run-2 stops
     report = status_report(published)
     assert "served: published by run run-1 at " in report
-    assert "NOT PUBLISHED: 1 delivery(ies) loaded since; the last refresh that loaded some (run run-2)" in report
+    assert "NOT PUBLISHED: 1 current delivery(ies) the served warehouse was not built from; the last refresh " \
+           "that loaded some (run run-2)" in report
     assert str(published.reports_dir / "run-2" / "quality" / "index.html") in report
+    make_build(published)
+    publish(published, "run-2", "v2")  # run-2 publishes after all: nothing left over
+    assert "NOT PUBLISHED" not in status_report(published)
+    rollback(published)  # back to run-1's warehouse, without run-2's delivery
+    report = status_report(published)
+    assert "served: rolled back to the warehouse of run run-1" in report and "NOT PUBLISHED: 1 current" in report
 
 
 # --- readers, crashes, locks ---------------------------------------------------------------------------
