@@ -210,12 +210,11 @@ def _violations_sql(contract: Contract, typed: str, seeds_dir: Path) -> str:
         if col.required:
             add(f"required:{n}", n, f"{n} is null", f"'column {n} is required but empty'")
         if col.type != "varchar":
-            convention = {"integer": " (a whole number" + (", dots only between thousands: 1.234)"
-                                                           if contract.decimal == "," else ")"),
-                          "decimal": " (decimal comma, dots only between thousands: 1.234,50)",
-                          "double": " (decimal comma, dots only between thousands: 1.234,50)"}.get(col.type, "")
-            if contract.decimal != "," and col.type != "integer":
-                convention = ""
+            convention = ""  # the form the column takes, for the partner
+            if col.type == "integer":
+                convention = " (a whole number" + (", dots only between thousands: 1.234" if contract.decimal == "," else "") + ")"
+            elif col.type in ("decimal", "double") and contract.decimal == ",":
+                convention = " (decimal comma, dots only between thousands: 1.234,50)"
             add(f"type:{n}", n, f"{n} is not null and {t} is null",
                 f"'column {n} value ' || {shown} || ' is not a valid {col.type}{convention}'")
         if col.pattern:
