@@ -293,6 +293,19 @@ def _key_in_other_batch_sql(contract: Contract, typed: str) -> str:
     )
 
 
+def _rejection_report(headline: str, reason: str, content_hash: str, contract: Contract | None = None) -> str:
+    """The partner's report on a file not loaded as a whole: what happened, the problem, the
+    contract's format (when known), what to do."""
+    expected = ""
+    if contract is not None:
+        expected = (f"Contract: {contract.title} ({contract.source}), expected format {contract.format}"
+                    + (f", delimiter {contract.delimiter!r}, decimal {contract.decimal!r}, encoding {contract.encoding}"
+                       if contract.format == "csv" else "") + ".\n")
+    return (f"{headline}\n\nProblem: {reason}\n\n{expected}"
+            "No row of this file was loaded. Please correct the file and deliver it again.\n"
+            f"SHA-256 of the file: {content_hash}\n")
+
+
 def _insert_violations(con, found: Iterable[tuple[int, str, str | None, str]], table: str) -> None:
     """Add a validator's failing (source_row, rule, column_name, message) rows to
     the delivery's violations table in one insert (row by row costs seconds at national scale)."""
@@ -712,16 +725,9 @@ class Ingestor:
             target = target_dir / f"{path.stem}.{content_hash[:8]}{path.suffix}"
         shutil.move(str(path), target)
         report = target.with_name(target.name + ".report.txt")
-        report.write_text(
-            f"Jisr rejected the file {path.name} (partner {partner}) on {now:%Y-%m-%d %H:%M} UTC.\n\n"
-            f"Problem: {reason}\n\n"
-            + (f"Contract: {contract.title} ({contract.source}), expected format {contract.format}"
-               + (f", delimiter {contract.delimiter!r}, decimal {contract.decimal!r}, encoding {contract.encoding}"
-                  if contract.format == "csv" else "") + ".\n" if contract else "")
-            + "No row of this file was loaded. Please correct the file and deliver it again.\n"
-            f"SHA-256 of the file: {content_hash}\n",
-            encoding="utf-8",
-        )
+        report.write_text(_rejection_report(
+            f"Jisr rejected the file {path.name} (partner {partner}) on {now:%Y-%m-%d %H:%M} UTC.", reason,
+            content_hash, contract), encoding="utf-8")
         delivery_id = f"{source or 'unknown'}-{batch or 'none'}-{content_hash[:12]}"
         con.execute(
             "insert or replace into meta.deliveries values (?, ?, ?, ?, ?, ?, ?, null, ?, ?, 'rejected', null, 0, 0, ?, null, ?, ?, null)",
@@ -751,13 +757,9 @@ class Ingestor:
                    if file_name == p.path.name else
                    f"it has the same content as the file {file_name}, which Jisr rejected on "
                    f"{rejected_at:%Y-%m-%d %H:%M} UTC")
-        report.write_text(
-            f"Jisr did not load the file {p.path.name} (partner {p.partner}): {earlier} (delivery {delivery_id}).\n\n"
-            f"Problem: {reason}\n\n"
-            "No row of this file was loaded. Please correct the file and deliver it again.\n"
-            f"SHA-256 of the file: {p.content_hash}\n",
-            encoding="utf-8",
-        )
+        report.write_text(_rejection_report(
+            f"Jisr did not load the file {p.path.name} (partner {p.partner}): {earlier} (delivery {delivery_id}).",
+            reason, p.content_hash), encoding="utf-8")
         result.report_path = str(report)
         return result
 
