@@ -10,7 +10,8 @@ For each delivered file (in contract dependency order, then batch order):
    ``rejected/<partner>/`` with a report, and the other files still load;
 3. type every column in SQL and evaluate the row rules of the contract; each failing
    (row, rule) goes to ``quarantine.rows`` with the row's values (direct identifiers
-   pseudonymised) and a message naming file, row and rule;
+   pseudonymised) and a message naming file, row and rule; so does a CSV row without the
+   header's number of fields (``malformed_row``, no values: its fields cannot be told apart);
 4. replace direct identifiers by keyed pseudonyms and append the valid rows to
    ``raw.<source>`` with lineage columns; apply the contract's supersede rule;
 5. record the delivery in ``meta.deliveries`` where rows delivered = loaded + quarantined,
@@ -643,15 +644,19 @@ class Ingestor:
         con.execute(f"create or replace temp table {violations_table} as {sql}")
         for finish in p.validations:
             _insert_violations(con, finish(), violations_table)
+        if staged.malformed:  # rows the reader could not split into the header's fields: no values
+            con.execute(f"insert into {violations_table} select _source_row, 'malformed_row', null, message "
+                        f"from {staged.malformed}")
 
         values = ", ".join(
-            f"{_lit(c.raw_name)}, {c.name}__key" if c.pii else f"{_lit(c.name)}, {c.name}" for c in contract.columns
+            f"{_lit(c.raw_name)}, t.{c.name}__key" if c.pii else f"{_lit(c.name)}, t.{c.name}" for c in contract.columns
         )
         con.execute(
             "insert into quarantine.rows select ?, ?, ?, ?, v._source_row, v.rule, v.column_name, "
             "? || ', row ' || v._source_row || ': ' || v.message, "
-            f"to_json(json_object({values}))::varchar, ?, ?, null "
-            f"from {violations_table} v join {typed} t using (_source_row) order by v._source_row, v.rule",
+            f"case when t._source_row is not null then to_json(json_object({values}))::varchar end, ?, ?, null "
+            f"from {violations_table} v left join {typed} t on t._source_row = v._source_row "
+            "order by v._source_row, v.rule",
             [delivery_id, contract.source, path.name, content_hash, path.name, self.run_id, now],
         )
         raw_select = ", ".join(

@@ -4,6 +4,8 @@ Each reader stages a file as a view of text columns named after the contract (al
 resolved) plus ``_source_row`` (1-based data row number; the header is not counted), over one
 copy of the file (:func:`drop_staged` removes both). Typing happens later
 in SQL, so a value that does not parse becomes a quarantined row rather than a lost file.
+A CSV row without the header's number of fields is not staged: it is listed in the table
+``Staged.malformed`` names, to be quarantined with its row and line numbers.
 A file that cannot be read at all raises :class:`FileRejected` with a readable reason.
 """
 
@@ -17,6 +19,7 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from ingestion.contracts import Contract
 
@@ -39,6 +42,8 @@ class Staged:
     rows: int
     header_map: dict[str, str]  # contract column -> header found in the file
     warnings: list[str] = field(default_factory=list)
+    # a table of the rows delivered but not staged (_source_row, message), counted in rows
+    malformed: str | None = None
 
 
 def _map_headers(contract: Contract, headers: list[str], what: str) -> tuple[dict[str, str], list[str]]:
@@ -63,17 +68,21 @@ def _map_headers(contract: Contract, headers: list[str], what: str) -> tuple[dic
     return mapping, warnings
 
 
-def _stage_from(con, contract: Contract, mapping: dict[str, str], source_sql: str, table: str, params=()) -> None:
+def _stage_from(con, contract: Contract, mapping: dict[str, str], source_sql: str, table: str, params=(),
+                set_aside: Callable[[str], str | None] | None = None) -> None:
     """Materialise the source in file order once, and stage it as the view ``table``: the
     contract's columns plus ``_source_row``, the 1-based data row number.
 
     A table keeps insertion order and its row ids are positions, so the row number is the
     row id less the first one (temporary tables inside a transaction do not start at 0).
     Should the row ids of the copy not be contiguous, rows are numbered in row id order into
-    a second copy instead (slower, same numbers).
+    a second copy instead (slower, same numbers). ``set_aside``, given the copy, names a
+    table of the file's rows the reader left out of it (``_source_row``), if any: the rows
+    of the copy are then numbered around them, as they are in the file.
     """
     source = f"{table}_src"
     con.execute(f"create or replace temp table {source} as {source_sql}", list(params))
+    skipped = set_aside(source) if set_aside is not None else None
     cols = []
     for col in contract.columns:
         if col.name in mapping:
@@ -82,22 +91,31 @@ def _stage_from(con, contract: Contract, mapping: dict[str, str], source_sql: st
         else:
             cols.append(f"null::varchar as {col.name}")
     first, last, rows = con.execute(f"select min(rowid), max(rowid), count(*) from {source}").fetchone()
-    if rows == 0 or last - first + 1 == rows:
+    if skipped is None and (rows == 0 or last - first + 1 == rows):
         con.execute(f"create or replace temp view {table} as select (rowid - {first or 0} + 1)::bigint as _source_row, "
                     f"{', '.join(cols)} from {source}")
         return
-    con.execute(
-        f"create or replace temp table {table}_numbered as "
-        f"select (row_number() over (order by rowid))::bigint as _source_row, {', '.join(cols)} "
-        f"from {source} order by rowid"
-    )
+    if skipped is None:
+        numbered = f"select (row_number() over (order by rowid))::bigint as _source_row, {', '.join(cols)} from {source}"
+    else:
+        # the k-th row left out (in file order) follows s_k = its row number - k rows of the
+        # copy; the row at position p of the copy is row p + (the largest k with s_k < p)
+        numbered = (
+            f"with copied as (select row_number() over (order by rowid) as _position, * from {source}), "
+            "left_out as (select _source_row - row_number() over (order by _source_row) as _before, "
+            f"row_number() over (order by _source_row) as _count from {skipped}), "
+            "shifts as (select _before, max(_count) as _shift from left_out group by _before) "
+            f"select (c._position + coalesce(s._shift, 0))::bigint as _source_row, {', '.join(cols)} "
+            "from copied c asof left join shifts s on c._position > s._before"
+        )
+    con.execute(f"create or replace temp table {table}_numbered as {numbered} order by _source_row")
     con.execute(f"create or replace temp view {table} as select * from {table}_numbered")
 
 
 def drop_staged(con, table: str = STAGED) -> None:
     """Drop the staging view of a file and the copies behind it."""
     con.execute(f"drop view if exists {table}")
-    for copy in (f"{table}_numbered", f"{table}_src", f"{table}_xlsx"):
+    for copy in (f"{table}_numbered", f"{table}_src", f"{table}_xlsx", f"{table}_malformed", *_csv_rejects(table)):
         con.execute(f"drop table if exists {copy}")
 
 
@@ -173,15 +191,104 @@ def stage_csv(con, path: Path, contract: Contract, table: str, tmp_dir: Path) ->
         raise FileRejected(f"the header has a single column {header_line[:120]!r}; expected {delim!r}-separated columns")
     mapping, warnings = _map_headers(contract, headers, "column")
     columns = {h: "VARCHAR" for h in headers}
+    errors, scans = _csv_rejects(table)
+    for t in (errors, scans):
+        con.execute(f"drop table if exists {t}")  # DuckDB appends to a rejects table
     source_sql = (
         "select * from read_csv(?, delim=?, header=true, auto_detect=false, quote='\"', escape='\"', "
-        f"columns={columns!r}, strict_mode=true, null_padding=false, encoding='utf-8')"
+        f"columns={columns!r}, strict_mode=true, null_padding=false, encoding='utf-8', "
+        f"store_rejects=true, rejects_table='{errors}', rejects_scan='{scans}')"
     )
+    malformed: list[int] = []
+
+    def set_aside(source: str) -> str | None:
+        found = _malformed_rows(con, table, source, read_path, len(headers))
+        malformed.append(found)
+        return f"{table}_malformed" if found else None
+
     try:
-        _stage_from(con, contract, mapping, source_sql, table, [str(read_path), delim])
+        _stage_from(con, contract, mapping, source_sql, table, [str(read_path), delim], set_aside)
+    except FileRejected:
+        raise
     except Exception as exc:  # duckdb.Error subclasses
         raise FileRejected(_describe_read_error(exc, shown_name(path), read_path, path)) from None
-    return _finish(con, table, mapping, warnings)
+    return _finish(con, table, mapping, warnings, malformed=f"{table}_malformed" if malformed and malformed[0] else None)
+
+
+ROW_SHAPE_ERRORS = ("MISSING COLUMNS", "TOO MANY COLUMNS")  # a row's problem; any other, the file's
+
+
+def _csv_rejects(table: str) -> tuple[str, str]:
+    """The tables where DuckDB's CSV reader records the lines it could not read for ``table``."""
+    return f"{table}_rejects", f"{table}_rejects_scan"
+
+
+def _file_lines(path: Path, offsets: list[int]) -> list[int]:
+    """The 1-based line of the file at each byte offset (ascending), as an editor numbers
+    lines: DuckDB numbers records, which a quoted line break makes differ from lines."""
+    lines, line, done = [], 1, 0
+    with open(path, "rb") as fh:
+        for offset in offsets:
+            while done < offset:
+                chunk = fh.read(min(CHUNK, offset - done))
+                if not chunk:
+                    break
+                line += chunk.count(b"\n")
+                done += len(chunk)
+            lines.append(line)
+    return lines
+
+
+def _ends_a_line(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        fh.seek(-1, 2)
+        return fh.read(1) == b"\n"
+
+
+def _malformed_rows(con, table: str, source: str, read_path: Path, fields: int) -> int:
+    """The rows DuckDB's reader left out of ``source`` because they do not have the header's
+    ``fields`` fields, listed in ``<table>_malformed`` (``_source_row``, message); their count.
+
+    The file is rejected instead when the reader met anything else (an invalid byte, a quote
+    never closed: where the next row starts is then unknown), when the last row is short and
+    no line break ends the file (a file cut off), or when such rows outnumber the others."""
+    import pyarrow as pa
+
+    errors, _ = _csv_rejects(table)
+    shapes = ", ".join(f"'{e}'" for e in ROW_SHAPE_ERRORS)
+    fatal = con.execute(
+        f"select line_byte_position, error_type::varchar, error_message from {errors} "
+        f"where error_type::varchar not in ({shapes}) order by line limit 1").fetchone()
+    if fatal is not None:
+        where = f" at line {_file_lines(read_path, [fatal[0]])[0]}"
+        if fatal[1] == "INVALID ENCODING":
+            raise FileRejected(f"wrong encoding{where}: the file is not valid UTF-8 (its contract says UTF-8)")
+        raise FileRejected(f"unreadable{where}: {fatal[2]}")
+    # one row can be reported several times (once per count of fields the reader tried)
+    rows = con.execute(
+        "select line - 1, min(line_byte_position), bool_or(error_type::varchar = 'TOO MANY COLUMNS'), "
+        "min(regexp_extract(error_message, 'Found: (\\d+)', 1)::int), "
+        "max(regexp_extract(error_message, 'Found: (\\d+)', 1)::int) "
+        f"from {errors} group by line order by line").fetchall()
+    if not rows:
+        return 0
+    kept = con.execute(f"select count(*) from {source}").fetchone()[0]
+    lines = _file_lines(read_path, [r[1] for r in rows])
+    found = [most if too_many else least for _, _, too_many, least, most in rows]
+    first = f"line {lines[0]} has {found[0]} fields"
+    if rows[-1][0] == kept + len(rows) and not _ends_a_line(read_path) and not rows[-1][2]:
+        raise FileRejected(f"truncated or malformed at line {lines[-1]}: Expected Number of Columns: {fields} "
+                           f"Found: {found[-1]} (the last line is incomplete: was the file cut off?)")
+    if len(rows) > kept:
+        raise FileRejected(f"malformed: {len(rows)} of the file's {kept + len(rows)} rows do not have the header's "
+                           f"{fields} fields ({first})")
+    listed = pa.table({  # noqa: F841 (read by the SQL below)
+        "_source_row": pa.array([r[0] for r in rows], pa.int64()),
+        "message": pa.array([f"line {line} has {n} fields where the header has {fields}: the row could not be read"
+                             for line, n in zip(lines, found)], pa.string()),
+    })
+    con.execute(f"create or replace temp table {table}_malformed as select * from listed")
+    return len(rows)
 
 
 def shown_name(path: Path) -> str:
@@ -399,11 +506,13 @@ def stage_xlsx(con, path: Path, contract: Contract, table: str, batch_rows: int 
     return _finish(con, table, mapping, warnings)
 
 
-def _finish(con, table: str, mapping: dict[str, str], warnings: list[str]) -> Staged:
+def _finish(con, table: str, mapping: dict[str, str], warnings: list[str], malformed: str | None = None) -> Staged:
     rows = con.execute(f"select count(*) from {table}").fetchone()[0]
+    if malformed is not None:
+        rows += con.execute(f"select count(*) from {malformed}").fetchone()[0]
     if rows == 0:
         raise FileRejected("the file has a header but no data rows")
-    return Staged(table=table, rows=rows, header_map=mapping, warnings=warnings)
+    return Staged(table=table, rows=rows, header_map=mapping, warnings=warnings, malformed=malformed)
 
 
 def stage_file(con, path: Path, contract: Contract, table: str = STAGED) -> Staged:

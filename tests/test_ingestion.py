@@ -383,6 +383,77 @@ def test_every_delivered_row_is_loaded_or_quarantined(settings, contracts):
         assert delivered == loaded + quarantined == in_raw + in_quarantine, source
 
 
+def _payments_with_lines(landing, contracts, edit, n=8):
+    """A payments delivery of n rows whose lines (header first) ``edit`` changes."""
+    path = write_delivery(landing, contracts["payments"], "paiements_2025-01.csv", [payment(i) for i in range(n)])
+    lines = path.read_bytes().split(b"\n")[:-1]
+    path.write_bytes(b"\n".join(edit(lines)) + b"\n")
+    return path
+
+
+def _quoted_line_break(line: bytes) -> bytes:
+    """The row with its last field (the channel) quoted over two lines: one row, two lines."""
+    head, _, last = line.rpartition(b";")
+    return head + b';"' + last[:2] + b"\n" + last[2:] + b'"'
+
+
+def test_a_csv_row_without_the_header_fields_is_staged_apart_with_its_row_and_line(contracts, tmp_path):
+    from ingestion.readers import stage_file
+
+    def edit(lines):
+        lines[2] = _quoted_line_break(lines[2])  # row 2 spans lines 3-4
+        lines[3] += b";extra"                     # row 3, line 5: one field too many
+        lines[5] = lines[5].rsplit(b";", 2)[0]    # row 5, line 7: two fields short
+        return lines
+
+    con = duckdb.connect()
+    staged = stage_file(con, _payments_with_lines(tmp_path / "landing", contracts, edit), contracts["payments"])
+    assert staged.rows == 8
+    assert [r[0] for r in con.execute(f"select _source_row from {staged.table} order by _source_row").fetchall()] == [
+        1, 2, 4, 6, 7, 8]
+    # the rows keep their own values: row 4 is payment 3
+    assert con.execute(f"select payment_id from {staged.table} where _source_row = 4").fetchone()[0] == "P2025-01-3"
+    assert con.execute(f"select * from {staged.malformed} order by _source_row").fetchall() == [
+        (3, "line 5 has 9 fields where the header has 8: the row could not be read"),
+        (5, "line 7 has 6 fields where the header has 8: the row could not be read"),
+    ]
+
+
+def test_a_csv_row_without_the_header_fields_is_quarantined_and_the_others_load(settings, contracts):
+    base_delivery(settings, contracts, n=8)
+
+    def edit(lines):
+        lines[3] += b";extra"  # row 3
+        return lines
+
+    _payments_with_lines(settings.landing_dir, contracts, edit)
+    summary = ingest(settings, contracts)
+    result = result_for(summary, "paiements_2025-01.csv")
+    assert (result.status, result.rows_delivered, result.rows_loaded, result.rows_quarantined) == ("loaded", 8, 7, 1)
+    assert result.rules_failed == {"malformed_row": 1}
+    con = store(settings)
+    assert con.execute("select source_row, rule, message, values_json from quarantine.rows").fetchall() == [
+        (3, "malformed_row", "paiements_2025-01.csv, row 3: line 4 has 9 fields where the header has 8: "
+         "the row could not be read", None)]
+    assert [r[0] for r in con.execute("select _source_row from raw.payments order by 1").fetchall()] == [
+        1, 2, 4, 5, 6, 7, 8]
+    feedback = (settings.feedback_dir / "msisf" / "paiements_2025-01.csv.rejected_rows.csv").read_text()
+    assert '3,malformed_row,,"paiements_2025-01.csv, row 3: line 4 has 9 fields' in feedback
+
+
+@pytest.mark.parametrize("edit, reason", [
+    (lambda ls: ls[:2] + [ln + b";x" for ln in ls[2:]], "malformed: 7 of the file's 8 rows do not have the header's 8 "
+                                                        "fields (line 3 has 9 fields)"),
+    (lambda ls: ls[:4] + [ls[4].replace(b"P2025", b'"P2025', 1)] + ls[5:], "unreadable at line 5: Value with "
+                                                                           "unterminated quote found."),
+], ids=["most rows malformed", "a quote never closed"])
+def test_a_csv_file_whose_rows_cannot_be_told_apart_is_rejected(settings, contracts, edit, reason):
+    base_delivery(settings, contracts, n=8)
+    _payments_with_lines(settings.landing_dir, contracts, edit)
+    result = result_for(ingest(settings, contracts), "paiements_2025-01.csv")
+    assert result.status == "rejected" and result.reason == reason, result.reason
+
+
 def test_loading_the_same_delivery_twice_changes_nothing(settings, contracts):
     base_delivery(settings, contracts)
     ingest(settings, contracts)
