@@ -15,8 +15,9 @@ read under its contract is moved to `rejected/<partner>/` with a report; a row t
 rule goes to the quarantine with the rule's name (`required:<column>`, `type:<column>`,
 `pattern:<column>`, `allowed:<column>`, `min:<column>`, `max:<column>`,
 `references:<column>`, `duplicate_key`, `key_in_other_batch` (the key is already loaded from
-another batch of a `replace_batch` source), `rule:<name>`, and for CSV files `malformed_row` (a
-row without the header's number of fields: quarantined without values, its line named)). Direct identifiers (marked
+another batch of a `replace_batch` source), `rule:<name>`, and `malformed_row` (a CSV row without
+the header's number of fields, a JSON line that is not one object: quarantined without
+values, its line named)). Direct identifiers (marked
 **pseudonymised**) never reach the raw layer: they are replaced by a keyed HMAC-SHA256
 pseudonym (a BIGINT column named in the table).
 

@@ -10,8 +10,9 @@ For each delivered file (in contract dependency order, then batch order):
    ``rejected/<partner>/`` with a report, and the other files still load;
 3. type every column in SQL and evaluate the row rules of the contract; each failing
    (row, rule) goes to ``quarantine.rows`` with the row's values (direct identifiers
-   pseudonymised) and a message naming file, row and rule; so does a CSV row without the
-   header's number of fields (``malformed_row``, no values: its fields cannot be told apart);
+   pseudonymised) and a message naming file, row and rule; so does a row the reader could
+   not read (``malformed_row``, no values: a CSV row without the header's number of fields,
+   a JSON line that is not one object);
 4. replace direct identifiers by keyed pseudonyms and append the valid rows to
    ``raw.<source>`` with lineage columns; apply the contract's supersede rule;
 5. record the delivery in ``meta.deliveries`` where rows delivered = loaded + quarantined,
@@ -644,7 +645,7 @@ class Ingestor:
         con.execute(f"create or replace temp table {violations_table} as {sql}")
         for finish in p.validations:
             _insert_violations(con, finish(), violations_table)
-        if staged.malformed:  # rows the reader could not split into the header's fields: no values
+        if staged.malformed:  # rows the reader could not read (no values: their fields are unknown)
             con.execute(f"insert into {violations_table} select _source_row, 'malformed_row', null, message "
                         f"from {staged.malformed}")
 

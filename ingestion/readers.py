@@ -4,8 +4,9 @@ Each reader stages a file as a view of text columns named after the contract (al
 resolved) plus ``_source_row`` (1-based data row number; the header is not counted), over one
 copy of the file (:func:`drop_staged` removes both). Typing happens later
 in SQL, so a value that does not parse becomes a quarantined row rather than a lost file.
-A CSV row without the header's number of fields is not staged: it is listed in the table
-``Staged.malformed`` names, to be quarantined with its row and line numbers.
+A row that cannot be read (a CSV row without the header's number of fields, a JSON line that
+is not one object) is not staged: it is listed in the table ``Staged.malformed`` names, to be
+quarantined with its row and line numbers.
 A file that cannot be read at all raises :class:`FileRejected` with a readable reason.
 """
 
@@ -372,14 +373,12 @@ def _jsonl_rejection(path: Path, number: int, problem: str) -> FileRejected:
     return FileRejected(f"not valid JSON lines: {shown_name(path)}, line {number}: {problem}")
 
 
-def _first_bad_jsonl_line(path: Path) -> FileRejected | None:
-    """The rejection naming the first line of a JSON-lines file that is not one JSON object
-    (its number as an editor counts lines), or None if every line is one.
+def _jsonl_lines(path: Path):
+    """Each line of a JSON-lines file as (line number, bytes, problem): the problem is None
+    for a line holding one JSON object as DuckDB's reader reads it, and for a blank line.
 
-    Only read once DuckDB's reader has failed on the file: DuckDB numbers records, not lines
-    (blank lines are not counted), and its malformed-JSON errors name the record after the
-    failing one, so its number cannot be given to the partner as it is. A line that Python's
-    parser cannot read but DuckDB's JSON parser can is not the one DuckDB's reader failed on.
+    A line that Python's parser cannot read but DuckDB's JSON parser can is not a problem.
+    A line longer than DuckDB's limit is given in pieces (its first one with the problem).
     """
     import duckdb
 
@@ -388,18 +387,57 @@ def _first_bad_jsonl_line(path: Path) -> FileRejected | None:
         with open(path, "rb") as fh:
             for number, raw in enumerate(iter(lambda: fh.readline(MAX_JSON_LINE + 1), b""), start=1):
                 _, problem, definite = _jsonl_line(raw, first=number == 1)
-                if not problem:
-                    continue
-                if not definite and len(raw) <= MAX_JSON_LINE:  # longer: readline stopped in the line
+                if problem and not definite and len(raw) <= MAX_JSON_LINE:  # longer: readline stopped in the line
                     lenient = lenient or duckdb.connect()
                     text = raw.rstrip(b"\r\n").removeprefix(codecs.BOM_UTF8 if number == 1 else b"").decode("utf-8")
                     if lenient.execute("select json_valid(?) and json_type(?) = 'OBJECT'", [text, text]).fetchone()[0]:
-                        continue
-                return _jsonl_rejection(path, number, problem)
+                        problem = None
+                yield number, raw, problem
     finally:
         if lenient is not None:
             lenient.close()
-    return None
+
+
+def _first_bad_jsonl_line(path: Path) -> FileRejected | None:
+    """The rejection naming the first line of a JSON-lines file that is not one JSON object
+    (its number as an editor counts lines), or None if every line is one.
+
+    Only read once DuckDB's reader has failed on the file: DuckDB numbers records, not lines
+    (blank lines are not counted), and its malformed-JSON errors name the record after the
+    failing one, so its number cannot be given to the partner as it is.
+    """
+    return next((_jsonl_rejection(path, number, problem) for number, _, problem in _jsonl_lines(path) if problem), None)
+
+
+def _without_bad_jsonl_lines(path: Path, copy: Path) -> list[tuple[int, str]]:
+    """Copy the records of a JSON-lines file that DuckDB's reader refused to ``copy``, without
+    its lines that are not one JSON object; those lines as (record number, message).
+
+    The file is rejected instead when it cannot be split into records (a line longer than
+    DuckDB's limit), when its last line is bad and no line break ends the file (a file cut
+    off), or when bad lines outnumber the others."""
+    bad, good, record, first, last = [], 0, 0, None, None
+    with open(copy, "wb") as out:
+        for number, raw, problem in _jsonl_lines(path):
+            if not raw.strip(JSON_BLANK) and problem is None:
+                continue  # no record (DuckDB's reader skips the line too)
+            record += 1
+            last = (number, raw, problem)
+            if problem is None:
+                good += 1
+                out.write(raw.removeprefix(codecs.BOM_UTF8 if number == 1 else b"").rstrip(b"\r\n") + b"\n")
+                continue
+            first = first or (number, problem)
+            if len(raw) > MAX_JSON_LINE:
+                raise _jsonl_rejection(path, number, problem)
+            bad.append((record, f"line {number}: {problem}: the row could not be read"))
+    if last is not None and last[2] and not last[1].endswith(b"\n"):
+        raise FileRejected(_jsonl_rejection(path, last[0], last[2]).reason + " (the last line is incomplete: "
+                           "was the file cut off?)")
+    if first is not None and len(bad) > good:
+        raise FileRejected(_jsonl_rejection(path, *first).reason + f" ({len(bad)} of the file's {record} lines "
+                           "are not one JSON object)")
+    return bad
 
 
 def _describe_jsonl_error(exc: Exception, path: Path) -> str:
@@ -421,29 +459,51 @@ def _describe_jsonl_error(exc: Exception, path: Path) -> str:
 
 def stage_jsonl(con, path: Path, contract: Contract, table: str, sample_lines: int = 1000) -> Staged:
     """Stage JSON lines. Field names are the union of the keys of the first records
-    (a record may omit an optional field)."""
+    (a record may omit an optional field). A line that is not one JSON object is staged
+    apart (``Staged.malformed``), unless the file cannot be read as records at all."""
+    import pyarrow as pa
+
     keys: dict[str, None] = {}
+    first_problem = None
     with open(path, "rb") as fh:
         for number, line in enumerate(fh, start=1):
             if number > sample_lines:
                 break
-            record, problem, definite = _jsonl_line(line, first=number == 1)
-            if problem:
-                if number == 1 or definite:
-                    raise _jsonl_rejection(path, number, problem)
-                break  # DuckDB's reader decides, and the line is located if it refuses the file
+            record, problem, _ = _jsonl_line(line, first=number == 1)
+            first_problem = first_problem or (problem and (number, problem))
             if record is not None:
                 keys.update(dict.fromkeys(record))
     if not keys:
+        if first_problem:
+            raise _jsonl_rejection(path, *first_problem)
         raise FileRejected("the file has no JSON record")
     mapping, warnings = _map_headers(contract, list(keys), "field")
     columns = {k: "VARCHAR" for k in keys}
     source_sql = f"select * from read_json(?, format='newline_delimited', columns={columns!r})"
     try:
         _stage_from(con, contract, mapping, source_sql, table, [str(path)])
+        refused = None
     except Exception as exc:
-        raise FileRejected(_describe_jsonl_error(exc, path)) from None
-    return _finish(con, table, mapping, warnings)
+        refused = exc
+    if refused is None:
+        return _finish(con, table, mapping, warnings)
+    # DuckDB's reader refused the file: read it again without its lines that are not records
+    with tempfile.TemporaryDirectory(prefix="jisr-") as tmp:
+        copy = Path(tmp) / path.name
+        bad = _without_bad_jsonl_lines(path, copy)
+        if not bad:
+            raise FileRejected(_describe_jsonl_error(refused, path)) from None
+        listed = pa.table({  # noqa: F841 (read by the SQL below)
+            "_source_row": pa.array([r for r, _ in bad], pa.int64()),
+            "message": pa.array([m for _, m in bad], pa.string()),
+        })
+        con.execute(f"create or replace temp table {table}_malformed as select * from listed")
+        try:
+            _stage_from(con, contract, mapping, source_sql, table, [str(copy)], lambda _: f"{table}_malformed")
+        except Exception as exc:
+            text = str(exc).replace(str(copy), shown_name(path)).splitlines()[0]
+            raise FileRejected(f"not valid JSON lines: {shown_name(path)}: {text}") from None
+    return _finish(con, table, mapping, warnings, malformed=f"{table}_malformed")
 
 
 def _cell_text(value) -> str | None:

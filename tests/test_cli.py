@@ -70,11 +70,11 @@ def test_the_refresh_report_lists_a_landing_file_that_repeats_a_rejected_deliver
 
     from jisr.refresh import RefreshResult, run_outcome
     from orchestration.assets.ingest import ingest_landing, raw_key
-    from tests.test_ingestion import _set, jsonl_delivery
+    from tests.test_ingestion import cut_off_jsonl_delivery
 
     job = dg.Definitions(assets=[ingest_landing], jobs=[dg.define_asset_job(
         "ingest", selection=[raw_key("service_requests")], executor_def=dg.in_process_executor)]).resolve_job_def("ingest")
-    jsonl_delivery(settings.landing_dir, contracts, lambda ls: _set(ls, 6, ls[5][:40]))
+    cut_off_jsonl_delivery(settings.landing_dir, contracts)
     with dg.DagsterInstance.ephemeral() as instance:
         assert job.execute_in_process(instance=instance).success  # the file is rejected
         rejected = settings.rejected_dir / "digital" / "requests_2026-03.jsonl"
@@ -85,7 +85,7 @@ def test_the_refresh_report_lists_a_landing_file_that_repeats_a_rejected_deliver
     report = RefreshResult(True, again.run_id, settings, not_loaded=not_loaded).report()
     assert "Files not loaded, as they repeat a rejected delivery" in report
     assert "  digital/requests_2026-03.jsonl: same content as rejected delivery service_requests-2026-03-" in report
-    assert "line 6: Unterminated string" in report
+    assert "line 10: Unterminated string" in report
 
 
 def test_generate_refuses_too_few_beneficiaries_with_a_usage_error(capsys):

@@ -156,29 +156,51 @@ def _set(lines, number, text):
 
 
 @pytest.mark.parametrize(
-    "edit, endings, line, problem",
+    "edit, endings, line, record, problem",
     [
-        (lambda ls: _set(ls, 1, b"not json"), "LF", 1, "Expecting value at column 1"),
-        (lambda ls: _set(ls, 3, b"not json"), "LF", 3, "Expecting value at column 1"),
-        (lambda ls: _set(ls, 6, ls[5][:40]), "LF", 6, "Unterminated string"),
-        (lambda ls: _set(ls, 6, ls[5][:40]), "CRLF", 6, "Unterminated string"),
-        (lambda ls: _set(ls, 3, b"not json"), "CRLF", 3, "Expecting value at column 1"),
-        (lambda ls: _set(ls, 10, b"not json"), "LF", 10, "Expecting value at column 1"),
-        (lambda ls: _set(ls, 10, ls[9][:40]), "LF, none after the last line", 10, "Unterminated string"),
-        (lambda ls: _set(ls, 10, b"not json"), "LF, none after the last line", 10, "Expecting value at column 1"),
-        (lambda ls: ls[:2] + [b"", b"  "] + [b"not json"] + ls[5:], "LF", 5, "Expecting value at column 1"),
-        (lambda ls: _set(ls, 2, b"[1, 2]"), "LF", 2, "an array where a JSON object is expected"),
-        (lambda ls: _set(ls, 4, ls[3][:-1] + b', "channel": "web"}'), "LF", 4, "the field 'channel' appears twice"),
+        (lambda ls: _set(ls, 1, b"not json"), "LF", 1, 1, "Expecting value at column 1"),
+        (lambda ls: _set(ls, 3, b"not json"), "LF", 3, 3, "Expecting value at column 1"),
+        (lambda ls: _set(ls, 6, ls[5][:40]), "LF", 6, 6, "Unterminated string"),
+        (lambda ls: _set(ls, 6, ls[5][:40]), "CRLF", 6, 6, "Unterminated string"),
+        (lambda ls: _set(ls, 3, b"not json"), "CRLF", 3, 3, "Expecting value at column 1"),
+        (lambda ls: _set(ls, 10, b"not json"), "LF", 10, 10, "Expecting value at column 1"),
+        (lambda ls: ls[:2] + [b"", b"  "] + [b"not json"] + ls[5:], "LF", 5, 3, "Expecting value at column 1"),
+        (lambda ls: _set(ls, 2, b"[1, 2]"), "LF", 2, 2, "an array where a JSON object is expected"),
+        (lambda ls: _set(ls, 4, ls[3][:-1] + b', "channel": "web"}'), "LF", 4, 4, "the field 'channel' appears twice"),
         # DuckDB's reader accepts a trailing comma (line 2): it fails on line 6
-        (lambda ls: _set(_set(ls, 2, ls[1][:-1] + b",}"), 6, ls[5][:40]), "LF", 6, "Unterminated string"),
+        (lambda ls: _set(_set(ls, 2, ls[1][:-1] + b",}"), 6, ls[5][:40]), "LF", 6, 6, "Unterminated string"),
     ],
     ids=["first line", "middle line", "truncated line", "truncated line, CRLF", "middle line, CRLF", "last line",
-         "last line truncated, no final newline", "last line, no final newline", "after blank lines",
-         "not an object", "a key twice", "after a line only DuckDB reads"],
+         "after blank lines", "not an object", "a key twice", "after a line only DuckDB reads"],
 )
-def test_a_bad_json_line_is_named_by_its_line_number_and_the_file_by_its_partner_folder(
-        contracts, tmp_path, edit, endings, line, problem):
-    """DuckDB's reader counts records (not blank lines) and names the record after a malformed one."""
+def test_a_bad_json_line_is_staged_apart_named_by_its_line_number(contracts, tmp_path, edit, endings, line, record,
+                                                                     problem):
+    """DuckDB's reader counts records (not blank lines) and names the record after a malformed one:
+    the line is found by reading the file, the other records are read without it, numbered as
+    records of the file."""
+    from ingestion.readers import stage_file
+
+    path = jsonl_delivery(tmp_path / "landing", contracts, edit, endings=endings)
+    con = duckdb.connect()
+    staged = stage_file(con, path, contracts["service_requests"])
+    [(row, message)] = con.execute(f"select * from {staged.malformed}").fetchall()
+    assert row == record and message.startswith(f"line {line}: ") and problem in message, message
+    numbers = [r[0] for r in con.execute(f"select _source_row from {staged.table} order by 1").fetchall()]
+    assert sorted(numbers + [record]) == list(range(1, staged.rows + 1))
+    assert str(tmp_path) not in message
+
+
+@pytest.mark.parametrize(
+    "edit, endings, line, problem",
+    [
+        (lambda ls: _set(ls, 10, ls[9][:40]), "LF, none after the last line", 10, "Unterminated string"),
+        (lambda ls: _set(ls, 10, b"not json"), "LF, none after the last line", 10, "Expecting value at column 1"),
+        (lambda ls: [b"not json"] * 6 + ls[6:], "LF", 1, "Expecting value at column 1"),
+    ],
+    ids=["last line truncated, no final newline", "last line, no final newline", "most lines"],
+)
+def test_a_json_lines_file_cut_off_or_mostly_bad_is_rejected_naming_the_line(contracts, tmp_path, edit, endings, line,
+                                                                              problem):
     from ingestion.readers import FileRejected, stage_file
 
     path = jsonl_delivery(tmp_path / "landing", contracts, edit, endings=endings)
@@ -190,22 +212,39 @@ def test_a_bad_json_line_is_named_by_its_line_number_and_the_file_by_its_partner
 
 
 def test_a_bad_json_line_after_the_sampled_lines_is_named_by_its_line_number(contracts, tmp_path):
-    from ingestion.readers import FileRejected, stage_jsonl
+    from ingestion.readers import stage_jsonl
 
     path = jsonl_delivery(tmp_path / "landing", contracts, lambda ls: _set(ls, 30, ls[29][:40]), n=40)
-    with pytest.raises(FileRejected, match=r"digital/requests_2026-03\.jsonl, line 30: Unterminated string"):
-        stage_jsonl(duckdb.connect(), path, contracts["service_requests"], "staged", sample_lines=5)
+    con = duckdb.connect()
+    staged = stage_jsonl(con, path, contracts["service_requests"], "staged", sample_lines=5)
+    [(row, message)] = con.execute(f"select * from {staged.malformed}").fetchall()
+    assert row == 30 and message.startswith("line 30: Unterminated string")
+
+
+def test_a_bad_json_line_is_quarantined_and_reported_without_a_machine_path(settings, contracts):
+    jsonl_delivery(settings.landing_dir, contracts, lambda ls: _set(ls, 6, ls[5][:40]))
+    summary = ingest(settings, contracts)
+    result = result_for(summary, "requests_2026-03.jsonl")
+    assert (result.status, result.rows_delivered, result.rows_loaded, result.rows_quarantined) == ("loaded", 10, 9, 1)
+    con = store(settings)
+    [(row, rule, message, values)] = con.execute("select source_row, rule, message, values_json from quarantine.rows").fetchall()
+    assert (row, rule, values) == (6, "malformed_row", None)
+    assert message.startswith("requests_2026-03.jsonl, row 6: line 6: Unterminated string starting at column")
+    assert [r[0] for r in con.execute("select _source_row from raw.service_requests order by 1").fetchall()] == [
+        1, 2, 3, 4, 5, 7, 8, 9, 10]
+    text = (settings.feedback_dir / "digital" / "requests_2026-03.jsonl.rejected_rows.csv").read_text()
+    assert "line 6: Unterminated string" in text and str(settings.home) not in text
 
 
 def test_the_rejection_report_of_a_json_lines_file_names_the_line_and_no_machine_path(settings, contracts):
-    jsonl_delivery(settings.landing_dir, contracts, lambda ls: _set(ls, 6, ls[5][:40]))
+    cut_off_jsonl_delivery(settings.landing_dir, contracts)
     summary = ingest(settings, contracts)
     bad = result_for(summary, "requests_2026-03.jsonl")
     assert bad.status == "rejected"
     for report in (Path(bad.report_path), settings.feedback_dir / "digital" / "requests_2026-03.jsonl.report.txt"):
         text = report.read_text()
-        assert "digital/requests_2026-03.jsonl, line 6: Unterminated string starting at column" in text
-        assert str(settings.home) not in text and "line 7" not in text
+        assert "digital/requests_2026-03.jsonl, line 10: Unterminated string starting at column" in text
+        assert str(settings.home) not in text
 
 
 @pytest.mark.parametrize(
@@ -523,8 +562,13 @@ def test_a_corrected_file_for_a_month_rejected_earlier_leaves_no_rejection_repor
     assert "All rows were loaded" in (feedback / "paiements_2025-01.csv.summary.txt").read_text()
 
 
+def cut_off_jsonl_delivery(landing, contracts):
+    """A JSON-lines delivery cut off in its last line (line 10): rejected."""
+    return jsonl_delivery(landing, contracts, lambda ls: _set(ls, 10, ls[9][:40]), endings="LF, none after the last line")
+
+
 def test_an_unchanged_redrop_of_a_rejected_file_is_reported_as_not_loaded(settings, contracts):
-    jsonl_delivery(settings.landing_dir, contracts, lambda ls: _set(ls, 6, ls[5][:40]))
+    cut_off_jsonl_delivery(settings.landing_dir, contracts)
     rejected = result_for(ingest(settings, contracts), "requests_2026-03.jsonl")
     assert rejected.status == "rejected"
     kept = settings.rejected_dir / "digital" / "requests_2026-03.jsonl"
