@@ -17,7 +17,9 @@ rule goes to the quarantine with the rule's name (`required:<column>`, `type:<co
 `references:<column>`, `duplicate_key`, `key_in_other_batch` (the key is already loaded from
 another batch of a `replace_batch` source), `rule:<name>`, and `malformed_row` (a CSV row without
 the header's number of fields, a JSON line that is not one object: quarantined without
-values, its line named)). Direct identifiers (marked
+values, its line named)). A row quarantined only for `references:<column>` or
+`key_in_other_batch` is loaded by a later refresh once the row it refers to is loaded or the
+key has left the other batch. Direct identifiers (marked
 **pseudonymised**) never reach the raw layer: they are replaced by a keyed HMAC-SHA256
 pseudonym (a BIGINT column named in the table).
 

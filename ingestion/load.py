@@ -68,6 +68,7 @@ class FileResult:
     rules_failed: dict[str, int] = field(default_factory=dict)
     report_path: str | None = None  # the partner's feedback on the file (its rejection report for a rejected one)
     repeats_rejected: bool = False  # a duplicate of a rejected delivery: not loaded (the refresh's report lists it)
+    rows_released: int = 0  # rows of an earlier delivery loaded by this pass (see Ingestor._release)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -79,6 +80,7 @@ class IngestSummary:
     files: list[FileResult]
     files_hashed: int = 0  # files read to compute their content hash
     hashes_reused: int = 0  # files whose recorded hash was reused (attributes unchanged)
+    released: list[FileResult] = field(default_factory=list)  # earlier deliveries whose held rows this pass loaded
 
     def by_source(self) -> dict[str, list[FileResult]]:
         out: dict[str, list[FileResult]] = {}
@@ -95,6 +97,7 @@ class IngestSummary:
             "rows_delivered": sum(f.rows_delivered for f in self.files),
             "rows_loaded": sum(f.rows_loaded for f in self.files),
             "rows_quarantined": sum(f.rows_quarantined for f in self.files),
+            "rows_released": sum(f.rows_released for f in self.released),
         }
 
 
@@ -264,7 +267,8 @@ def _reference_sql(contract: Contract, contracts: dict[str, Contract], typed: st
             raise ValueError(f"{contract.source}.{col.name}: a direct identifier can only reference another identifier")
         parts.append(
             f"select _source_row, 'references:{col.name}' as rule, {_lit(col.name)} as column_name, "
-            f"'column {col.name} refers to a {target_source}.{target_col} that is not loaded' as message "
+            f"'column {col.name} refers to a {target_source}.{target_col} that is not loaded: the row is loaded "
+            f"once it is' as message "
             f"from {typed} t where {mine} is not null and not exists "
             f"(select 1 from raw.{target_source} r where r._is_current and r.{theirs} = t.{mine})"
         )
@@ -277,9 +281,9 @@ def _key_in_other_batch_sql(contract: Contract, typed: str) -> str:
     A delivery of a batch replaces only the rows of its own batch, so such a key would be
     current twice (a payment id in two months' files): the warehouse's uniqueness tests
     would then stop every build until the partner corrects one of the files. The later row
-    is quarantined instead, naming the batch that holds the key. Like a broken reference, the
-    row stays quarantined until a new delivery of its own batch (correcting the other batch
-    does not bring it back; an identical file is not read again): the message says so."""
+    is quarantined instead, naming the batch that holds the key. Like a row with a broken
+    reference, it is loaded by a later pass once its cause is gone (here, a delivery of the
+    other batch without the key: see ``Ingestor._release``)."""
     if contract.supersede != "replace_batch" or not contract.primary_key:
         return ""
     columns = [contract.column(k) for k in contract.primary_key]
@@ -288,8 +292,8 @@ def _key_in_other_batch_sql(contract: Contract, typed: str) -> str:
     return (
         f"select t._source_row, 'key_in_other_batch' as rule, {_lit(','.join(contract.primary_key))} as column_name, "
         f"'key (' || {_lit(', '.join(contract.primary_key))} || ') is already loaded from batch ' || min(r._batch) "
-        f"|| ': a key belongs to one batch; the row stays set aside until a new delivery of this batch, once '"
-        f"|| 'the key is gone from batch ' || min(r._batch) as message "
+        f"|| ': a key belongs to one batch; the row is loaded once a delivery of batch ' || min(r._batch) "
+        f"|| ' no longer holds the key' as message "
         f"from {typed} t join raw.{contract.source} r on r._is_current and r._batch <> t._batch and {match} "
         f"group by t._source_row"
     )
@@ -324,6 +328,26 @@ def _insert_violations(con, found: Iterable[tuple[int, str, str | None, str]], t
         "message": pa.array(messages, pa.string()),
     })
     con.execute(f"insert into {table} select _source_row, rule, column_name, message from validator_rows")
+
+
+def _rank_latest(con, contract: Contract, affected: str, new_delivery: str | None = None) -> None:
+    """``latest_per_key``: make current the latest row of each key that ``affected`` (SQL on
+    the raw table) selects, among the deliveries in effect and ``new_delivery`` (one not yet
+    in the delivery log); only the rows whose flag changes are written (a new row that is
+    the latest of its key is already current, and most rows of a monthly snapshot are)."""
+    table = f"raw.{contract.source}"
+    keys = ", ".join(contract.raw_primary_key)
+    con.execute(
+        f"""update {table} set _is_current = ranked.rn = 1 from (
+                select rowid as rid, _is_current as was_current, row_number() over (
+                    partition by {keys} order by _batch desc, _loaded_at desc, _source_row desc) as rn
+                from {table}
+                where _delivery_id in (select delivery_id from meta.deliveries where status = 'loaded'
+                                       union all select ?)
+                  and {affected}
+            ) ranked where {table}.rowid = ranked.rid and ranked.was_current is distinct from (ranked.rn = 1)""",
+        [new_delivery],
+    )
 
 
 @dataclass
@@ -462,9 +486,10 @@ class Ingestor:
             if pending is not None:
                 done, pending = pending, None
                 results.append(self._commit(cons[done.slot], done))
+            released = self._release(con, wanted) if any(r.status == "loaded" for r in results) else []
             self._remember_hashes(con, Path(landing_dir))
             return IngestSummary(run_id=self.run_id, files=results, files_hashed=self._files_hashed,
-                                 hashes_reused=self._hashes_reused)
+                                 hashes_reused=self._hashes_reused, released=released)
         finally:
             try:
                 preparer.shutdown(wait=True)
@@ -585,13 +610,8 @@ class Ingestor:
                                   reason=f"same content as delivery {previous[0]} ({previous[1]}): nothing to do")
             if p.reject is not None:
                 return self._reject(con, p.path, p.partner, p.contract, p.batch, p.content_hash, p.reject, p.now)
-            con.execute("begin transaction")
-            try:
+            with store.transaction(con):
                 result = self._load_staged(con, p)
-                con.execute("commit")
-            except BaseException:
-                con.execute("rollback")
-                raise
         finally:
             self._discard(con, p)
         result.report_path = str(self._write_feedback(con, result, p.contract))
@@ -703,23 +723,107 @@ class Ingestor:
                 f"and delivery_id in ({', '.join('?' * len(older))})", [delivery_id, *older])
         if contract.supersede == "latest_per_key":
             keys = ", ".join(contract.raw_primary_key)
-            affected = f"({keys}) in (select {keys} from {table} where _delivery_id = ?)"
+            affected = f"({keys}) in (select {keys} from {table} where _delivery_id = {_lit(delivery_id)})"
             if older:
                 affected = (f"({affected} or ({keys}) in (select {keys} from {table} where _delivery_id in "
                             f"({', '.join(_lit(o) for o in older)})))")
-            # Only the rows whose flag changes are written: a new row that is the latest of its
-            # key is already current, and most rows of a monthly snapshot are.
+            _rank_latest(con, contract, affected, delivery_id)
+
+    # -- rows held back by other rows ----------------------------------------------------
+    def _release(self, con, wanted: set[str] | None) -> list[FileResult]:
+        """Load the quarantined rows whose only problems were other rows, once they are gone: a
+        reference not loaded yet (``references:<column>``; partners deliver on their own
+        rhythms, and a loan may arrive before its borrower's registry record) or a key current
+        in another batch (``key_in_other_batch``). Run after a pass loaded files, source by
+        source in dependency order, one transaction each. The rows are checked again as their
+        delivery's were, from the values the quarantine kept; a row released joins its
+        delivery (still in effect), with this pass's ``_loaded_at`` and ``_run_id``, its
+        quarantine rows resolved by that delivery; the delivery's counts and its partner's
+        feedback follow."""
+        results = []
+        for contract in self.contracts.values():
+            if wanted is not None and contract.source not in wanted:
+                continue
+            if contract.supersede != "replace_batch" and not any(c.references for c in contract.columns):
+                continue
+            try:
+                with store.transaction(con):
+                    released = self._release_source(con, contract)
+            finally:
+                for t in ("release_held", "release_text", "release_typed", "release_kept"):
+                    con.execute(f"drop table if exists {t}")
+            results += [self._rewrite_feedback(con, contract, delivery_id, n) for delivery_id, n in released]
+        return results
+
+    def _release_source(self, con, contract: Contract) -> list[tuple[str, int]]:
+        """Release the held rows of one source (see _release): [(delivery id, rows released)]."""
+        con.execute(
+            "create or replace temp table release_held as "
+            "select q.delivery_id, q.source_row, any_value(q.values_json) as values_json, any_value(d.batch) as batch "
+            "from quarantine.rows q join meta.deliveries d on d.delivery_id = q.delivery_id and d.status = 'loaded' "
+            "where q.source = ? and q.resolved_by_delivery is null group by q.delivery_id, q.source_row "
+            "having bool_and(q.rule like 'references:%' or q.rule = 'key_in_other_batch')", [contract.source])
+        if not con.execute("select count(*) from release_held").fetchone()[0]:
+            return []
+        # the typed table as _type builds it, from the kept values (identifiers as their pseudonyms)
+        text = [f"json_extract(values_json, {_lit('$.' + c.raw_name)})::bigint as {c.name}__key" if c.pii
+                else f"json_extract_string(values_json, {_lit('$.' + c.name)}) as {c.name}" for c in contract.columns]
+        con.execute(
+            "create temp table release_text as select row_number() over (order by delivery_id, source_row) "
+            f"as _source_row, delivery_id as _held_delivery, source_row as _held_row, batch as _batch, {', '.join(text)} "
+            "from release_held")
+        typed = [f"{typed_expr(contract, c)} as {c.name}__typed" for c in contract.columns if not c.pii]
+        con.execute(f"create temp table release_typed as select *, {', '.join(typed)} from release_text")
+        still = " union all ".join(x for x in (_reference_sql(contract, self.contracts, "release_typed"),
+                                               _key_in_other_batch_sql(contract, "release_typed")) if x)
+        con.execute(f"create temp table release_kept as select distinct _source_row from ({still})")
+        key = [f"{c.name}__key" if c.pii else f"{c.name}__typed" for c in map(contract.column, contract.primary_key)]
+        if contract.supersede == "replace_batch" and key:
+            # two held rows of one key from two batches: the first batch's only, as at loading
             con.execute(
-                f"""update {table} set _is_current = ranked.rn = 1 from (
-                        select rowid as rid, _is_current as was_current, row_number() over (
-                            partition by {keys} order by _batch desc, _loaded_at desc, _source_row desc) as rn
-                        from {table}
-                        where _delivery_id in (select delivery_id from meta.deliveries where status = 'loaded'
-                                               union all select ?)
-                          and {affected}
-                    ) ranked where {table}.rowid = ranked.rid and ranked.was_current is distinct from (ranked.rn = 1)""",
-                [delivery_id, delivery_id],
-            )
+                "insert into release_kept select _source_row from (select _source_row, row_number() over ("
+                f"partition by {', '.join(key)} order by _batch, _held_delivery, _held_row) as n from release_typed "
+                "where _source_row not in (select _source_row from release_kept)) where n > 1")
+        released = con.execute(
+            "select _held_delivery, count(*) from release_typed where _source_row not in "
+            "(select _source_row from release_kept) group by 1 order by 1").fetchall()
+        if not released:
+            return []
+        raw_select = ", ".join(
+            f"t.{c.name}__key as {c.raw_name}" if c.pii else f"t.{c.name}__typed as {c.name}" for c in contract.columns)
+        now = datetime.now(timezone.utc).replace(tzinfo=None)
+        con.execute(
+            f"insert into raw.{contract.source} select {raw_select}, t._held_delivery, t._batch, d.file_name, "
+            "d.content_hash, t._held_row, ?, ?, true from release_typed t "
+            "join meta.deliveries d on d.delivery_id = t._held_delivery "
+            "where t._source_row not in (select _source_row from release_kept) order by t._held_delivery, t._held_row",
+            [now, self.run_id])
+        con.execute(
+            "update quarantine.rows q set resolved_by_delivery = q.delivery_id where q.resolved_by_delivery is null "
+            "and exists (select 1 from release_typed t where t._held_delivery = q.delivery_id "
+            "and t._held_row = q.source_row and t._source_row not in (select _source_row from release_kept))")
+        for delivery_id, n in released:
+            con.execute("update meta.deliveries set rows_loaded = rows_loaded + ?, rows_quarantined = rows_quarantined - ? "
+                        "where delivery_id = ?", [n, n, delivery_id])
+        if contract.supersede == "latest_per_key":
+            raw_key = ", ".join(contract.raw_primary_key)
+            _rank_latest(con, contract, f"({raw_key}) in (select {raw_key} from raw.{contract.source} "
+                                        f"where _run_id = {_lit(self.run_id)} and _loaded_at = {_lit(str(now))})")
+        return released
+
+    def _rewrite_feedback(self, con, contract: Contract, delivery_id: str, released: int) -> FileResult:
+        """A delivery some of whose held rows were released: its result now, its feedback rewritten."""
+        partner, file_name, batch, delivered, loaded, quarantined, warnings = con.execute(
+            "select partner, file_name, batch, rows_delivered, rows_loaded, rows_quarantined, warnings "
+            "from meta.deliveries where delivery_id = ?", [delivery_id]).fetchone()
+        rules = dict(con.execute(
+            "select rule, count(*) from quarantine.rows where delivery_id = ? and resolved_by_delivery is null "
+            "group by rule order by rule", [delivery_id]).fetchall())
+        result = FileResult(contract.source, partner, file_name, "loaded", delivery_id, batch, delivered, loaded,
+                            quarantined, warnings=warnings.split("\n") if warnings else [], rules_failed=rules,
+                            rows_released=released)
+        result.report_path = str(self._write_feedback(con, result, contract, replace_reports=False))
+        return result
 
     # -- rejection and feedback ----------------------------------------------------------
     def _reject(self, con, path, partner, contract, batch, content_hash, reason, now) -> FileResult:
@@ -769,29 +873,37 @@ class Ingestor:
         result.report_path = str(report)
         return result
 
-    def _write_feedback(self, con, result: FileResult, contract: Contract) -> Path:
+    def _write_feedback(self, con, result: FileResult, contract: Contract, replace_reports: bool = True) -> Path:
         """The partner's feedback on a loaded delivery, for its data steward: a summary, and
-        the rejected rows with reasons if any row was set aside. It replaces whatever feedback
-        the file name had (an earlier delivery's rows, a rejection report)."""
+        the rejected rows with reasons if any row is still set aside. A new delivery's
+        replaces whatever feedback the file name had (an earlier delivery's rows, a rejection
+        report); a rewrite after rows were released (``replace_reports`` false) keeps the
+        reports on later deliveries of the name that were rejected."""
         out_dir = self.feedback_dir / result.partner
         out_dir.mkdir(parents=True, exist_ok=True)
         csv_path = out_dir / f"{result.file_name}.rejected_rows.csv"
         name = Path(result.file_name)
         rejected = f"{glob_escape(name.stem)}.{'[0-9a-f]' * 8}{glob_escape(name.suffix)}.report.txt"
-        for stale in [out_dir / f"{name}.report.txt", *out_dir.glob(rejected)]:
+        for stale in [out_dir / f"{name}.report.txt", *out_dir.glob(rejected)] if replace_reports else []:
             stale.unlink(missing_ok=True)  # reports on rejected deliveries of this name (see _reject)
         lines = [
             f"Delivery {result.file_name} ({contract.title}), delivery id {result.delivery_id}",
             f"Rows delivered: {result.rows_delivered}; loaded: {result.rows_loaded}; quarantined: {result.rows_quarantined}.",
             "",
         ]
+        released = con.execute("select count(distinct source_row) from quarantine.rows where delivery_id = ? "
+                               "and resolved_by_delivery = delivery_id", [result.delivery_id]).fetchone()[0]
+        if released:
+            lines += [f"Of the rows set aside at first, {released} were loaded later, once the rows they depend on "
+                      "(a reference, a key in another batch) were loaded; they are counted as loaded.", ""]
         if not result.rows_quarantined:
             csv_path.unlink(missing_ok=True)  # an earlier delivery's
-            lines.append("All rows were loaded: no row was set aside.")
+            lines.append("No row is set aside any more." if released else "All rows were loaded: no row was set aside.")
         else:
             con.execute(
                 f"copy (select source_row, rule, column_name, message from quarantine.rows where delivery_id = "
-                f"{_lit(result.delivery_id)} order by source_row, rule) to {_lit(str(csv_path))} (header, delimiter ',')"
+                f"{_lit(result.delivery_id)} and resolved_by_delivery is null order by source_row, rule) "
+                f"to {_lit(str(csv_path))} (header, delimiter ',')"
             )
             lines += [
                 "Rows were set aside for these reasons (rule: rows):",
@@ -812,4 +924,5 @@ class Ingestor:
 
 def to_json(summary: IngestSummary) -> str:
     return json.dumps({"run_id": summary.run_id, "totals": summary.totals,
-                       "files": [f.as_dict() for f in summary.files]}, indent=2, default=str)
+                       "files": [f.as_dict() for f in summary.files],
+                       "released": [f.as_dict() for f in summary.released]}, indent=2, default=str)

@@ -6,6 +6,7 @@ published; dbt reads it (attached read-only) to build the warehouse.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -107,3 +108,15 @@ def check_key(con, fingerprint: str) -> None:
             f"(fingerprint {fingerprint} vs {row[0]}): pseudonyms would no longer link people "
             "across deliveries. Use the original key, or start a new store."
         )
+
+
+@contextmanager
+def transaction(con):
+    """One transaction on ``con``: committed when the block ends, rolled back if it raises."""
+    con.execute("begin transaction")
+    try:
+        yield
+        con.execute("commit")
+    except BaseException:
+        con.execute("rollback")
+        raise

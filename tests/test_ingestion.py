@@ -367,22 +367,86 @@ def test_a_payment_id_already_loaded_from_another_month_is_quarantined(settings,
     con = store(settings)
     assert con.execute("select source_row, message from quarantine.rows where rule = 'key_in_other_batch'").fetchall() == [
         (3, "paiements_2025-02.csv, row 3: key (payment_id) is already loaded from batch 2025-01: a key belongs to "
-            "one batch; the row stays set aside until a new delivery of this batch, once the key is gone from batch "
-            "2025-01")]
+            "one batch; the row is loaded once a delivery of batch 2025-01 no longer holds the key")]
     con.close()
-    # following the message: January without the key, then February delivered again (corrected)
+    # following the message: January delivered again without the key; February's row is loaded
+    # then, in February's delivery, with no new February file
     write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv",
                    [c for c in corrected if c["payment_id"] != "P2025-01-2"])
-    ingest(settings, contracts)
-    february[0]["amount_mad"] = "351,00"
-    write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-02.csv", february)
-    ingest(settings, contracts)
+    again = ingest(settings, contracts)
+    [released] = again.released
+    assert (released.file_name, released.delivery_id, released.rows_released, released.rows_loaded,
+            released.rows_quarantined) == ("paiements_2025-02.csv", f.delivery_id, 1, 4, 0)
     con = store(settings)
-    assert con.execute("select _batch from raw.payments where _is_current and payment_id = 'P2025-01-2'").fetchall() == [
-        ("2025-02",)]
-    assert con.execute("select count(*) from quarantine.rows where rule = 'key_in_other_batch' "
-                       "and resolved_by_delivery is null").fetchone()[0] == 0
+    assert con.execute("select _batch, _delivery_id, _source_row, _run_id from raw.payments "
+                       "where _is_current and payment_id = 'P2025-01-2'").fetchall() == [
+        ("2025-02", f.delivery_id, 3, again.run_id)]
+    assert con.execute("select resolved_by_delivery from quarantine.rows where rule = 'key_in_other_batch'").fetchall() == [
+        (f.delivery_id,)]
+    assert con.execute("select rows_delivered, rows_loaded, rows_quarantined from meta.deliveries "
+                       "where delivery_id = ?", [f.delivery_id]).fetchone() == (4, 4, 0)
     assert con.execute("select count(*), count(distinct payment_id) from raw.payments where _is_current").fetchone() == (7, 7)
+    feedback = settings.feedback_dir / "msisf"
+    assert "1 were loaded later" in (feedback / "paiements_2025-02.csv.summary.txt").read_text()
+    assert not (feedback / "paiements_2025-02.csv.rejected_rows.csv").exists()
+
+
+def test_a_row_held_for_a_reference_not_loaded_yet_is_loaded_once_it_is(settings, contracts):
+    """Partners deliver on their own rhythms: payments may come before the enrolments they
+    refer to. The payments are quarantined (references:enrolment_id), then loaded, in their
+    own delivery, by the pass that loads the enrolments; a row with another problem stays."""
+    write_delivery(settings.landing_dir, contracts["programmes"], "programmes_2025-01.csv", [PROGRAMME])
+    write_delivery(settings.landing_dir, contracts["beneficiaries"], "registre_2025-01.csv", [person(i) for i in range(5)])
+    write_delivery(settings.landing_dir, contracts["enrolments"], "inscriptions_2025-01.csv", [enrolment(i) for i in range(2)])
+    write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv",
+                   [payment(i) for i in range(4)] + [payment(4, amount_mad="abc")])
+    first = result_for(ingest(settings, contracts), "paiements_2025-01.csv")
+    assert (first.rows_loaded, first.rows_quarantined) == (2, 3)
+    assert first.rules_failed == {"references:enrolment_id": 3, "type:amount_mad": 1}
+    write_delivery(settings.landing_dir, contracts["enrolments"], "inscriptions_2025-02.csv",
+                   [enrolment(i) for i in range(2, 5)])
+    second = ingest(settings, contracts)
+    assert [(r.file_name, r.rows_released, r.rows_loaded, r.rows_quarantined, r.rules_failed) for r in second.released] == [
+        ("paiements_2025-01.csv", 2, 4, 1, {"references:enrolment_id": 1, "type:amount_mad": 1})]
+    assert second.totals["rows_released"] == 2
+    con = store(settings)
+    assert con.execute("select payment_id, _source_row, _is_current, _delivery_id = ? from raw.payments "
+                       "order by _source_row", [first.delivery_id]).fetchall() == [
+        (f"P2025-01-{i}", i + 1, True, True) for i in range(4)]
+    assert con.execute("select source_row, rule, resolved_by_delivery is not null from quarantine.rows "
+                       "order by source_row, rule").fetchall() == [
+        (3, "references:enrolment_id", True), (4, "references:enrolment_id", True),
+        (5, "references:enrolment_id", False), (5, "type:amount_mad", False)]
+    rows = (settings.feedback_dir / "msisf" / "paiements_2025-01.csv.rejected_rows.csv").read_text().splitlines()
+    assert [r.split(",")[:2] for r in rows[1:]] == [["5", "references:enrolment_id"], ["5", "type:amount_mad"]]
+    # delivered = loaded + still quarantined, for every delivery
+    for delivered, loaded, quarantined, in_raw, held in con.execute(
+            "select rows_delivered, rows_loaded, rows_quarantined, (select count(*) from raw.payments), "
+            "(select count(distinct source_row) from quarantine.rows where resolved_by_delivery is null) "
+            "from meta.deliveries where source = 'payments'").fetchall():
+        assert delivered == loaded + quarantined == in_raw + held == 5
+
+
+def test_a_record_released_late_is_current_only_if_it_is_the_latest_of_its_key(settings, contracts):
+    """A loan quarantined for a borrower not registered yet, then delivered again a month later:
+    once the borrower is registered, both rows load and the later one is the current one."""
+    def loan(i: int, cin: str, status: str = "active") -> dict:
+        return {"loan_id": f"L{i}", "borrower_cin": cin, "programme_code": "DSD-01", "product": "agricultural",
+                "principal_mad": 1000, "term_months": 12, "disbursement_date": "2025-01-02", "status": status}
+
+    write_delivery(settings.landing_dir, contracts["programmes"], "programmes_2025-01.csv", [PROGRAMME])
+    write_delivery(settings.landing_dir, contracts["beneficiaries"], "registre_2025-01.csv", [person(0)])
+    write_delivery(settings.landing_dir, contracts["loans"], "loans_2025-01.jsonl",
+                   [loan(1, cin="AB100001"), loan(2, cin="AB100002", status="active")])
+    assert result_for(ingest(settings, contracts), "loans_2025-01.jsonl").rules_failed == {"references:borrower_cin": 2}
+    write_delivery(settings.landing_dir, contracts["beneficiaries"], "registre_2025-02.csv", [person(1), person(2)])
+    write_delivery(settings.landing_dir, contracts["loans"], "loans_2025-02.jsonl",
+                   [loan(2, cin="AB100002", status="closed")])
+    summary = ingest(settings, contracts)
+    assert [(r.file_name, r.rows_released) for r in summary.released] == [("loans_2025-01.jsonl", 2)]
+    con = store(settings)
+    assert con.execute("select loan_id, _batch, status, _is_current from raw.loans order by loan_id, _batch").fetchall() == [
+        ("L1", "2025-01", "active", True), ("L2", "2025-01", "active", False), ("L2", "2025-02", "closed", True)]
 
 
 def test_a_column_the_contract_does_not_know_is_dropped_and_reported(settings, contracts):

@@ -876,6 +876,28 @@ def test_incremental_refresh_follows_corrections_that_drop_records(refreshed):
     assert {r["_delivery_id"] for r in again.values()} == {"service_requests-2025-02-1"}
 
 
+def test_a_row_released_into_a_built_delivery_reaches_its_incremental_fact(refreshed, tmp_path):
+    """Ingestion loads a row held for a reference into its delivery once the reference
+    arrives (ingestion.load.Ingestor._release), with the release's ``_loaded_at``: the next
+    incremental build rebuilds that row's month, as a full rebuild would have it."""
+    source_home, _, _, after, _ = refreshed
+    home = tmp_path / "home"
+    shutil.copytree(source_home, home, ignore=shutil.ignore_patterns("dbt_target", "dbt_logs"))
+    con = store.connect(home / "store" / "ingest.duckdb")
+    con.execute("insert into raw.payments select * replace ('P-RELEASED' as payment_id, "
+                "(select max(_source_row) + 1 from raw.payments where payment_month = '2025-01' and _is_current) "
+                "as _source_row, timestamp '2025-04-02 08:00:00' as _loaded_at, 'released' as _run_id) "
+                "from raw.payments where payment_month = '2025-01' and _is_current order by _source_row limit 1")
+    con.execute("update meta.deliveries set rows_delivered = rows_delivered + 1, rows_loaded = rows_loaded + 1 "
+                "where delivery_id = (select any_value(_delivery_id) from raw.payments where payment_id = 'P-RELEASED')")
+    con.close()
+    run_dbt(home, "build")
+    january = lambda r: r["payment_month"] == "2025-01"  # noqa: E731
+    rebuilt = pick(records(home, "select * from detail.fct_payments"), january)
+    assert sorted(r["payment_id"] for r in rebuilt) == sorted(
+        [r["payment_id"] for r in pick(after["fct_payments"], january)] + ["P-RELEASED"])
+
+
 def test_beneficiary_history_drops_records_of_a_replaced_delivery(refreshed):
     home, data, _, _, _ = refreshed
     assert query(home, "select count(*) from detail.dim_beneficiaries where person_key = 1029") == [(0,)]

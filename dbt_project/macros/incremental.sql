@@ -28,17 +28,20 @@
     row current again.
 
     changed_periods: periods whose current rows come from a delivery the fact does not
-    hold yet (a new month, or a corrected re-delivery of a month). -#}
+    hold yet (a new month, or a corrected re-delivery of a month), or from a load the
+    fact does not hold yet (rows ingestion released into a delivery already built, once
+    the row they refer to arrived: their `_loaded_at` is the release's). -#}
 {% macro changed_periods(staging_relation, period_column) -%}
     select distinct current_rows.{{ period_column }}
     from (
-        select distinct {{ period_column }}, _delivery_id from {{ staging_relation }}
+        select distinct {{ period_column }}, _delivery_id, _loaded_at from {{ staging_relation }}
     ) as current_rows
     where not exists (
         select 1
         from {{ this }} as existing
         where existing.{{ period_column }} = current_rows.{{ period_column }}
           and existing._delivery_id = current_rows._delivery_id
+          and existing._loaded_at = current_rows._loaded_at
     )
 {%- endmacro %}
 

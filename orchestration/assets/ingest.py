@@ -98,6 +98,11 @@ def ingest_landing(context: dg.AssetExecutionContext):
     context.log.info(f"{summary.files_hashed} landing file(s) read to compute their content hash; "
                      f"{summary.hashes_reused} with size, times, inode and device unchanged kept their recorded hash")
     by_source = summary.by_source()
+    released: dict[str, list] = {}
+    for f in summary.released:
+        released.setdefault(f.source, []).append(f)
+        context.log.info(f"{f.partner}/{f.file_name}: {f.rows_released} row(s) held for a row not loaded then "
+                         "(a reference, a key in another batch) are now loaded")
     for source in CONTRACTS:
         if source not in selected:
             continue
@@ -121,6 +126,8 @@ def ingest_landing(context: dg.AssetExecutionContext):
                 "rows_delivered": sum(f.rows_delivered for f in loaded),
                 "rows_loaded": sum(f.rows_loaded for f in loaded),
                 "rows_quarantined": sum(f.rows_quarantined for f in loaded),
+                # rows of earlier deliveries loaded once the rows they depend on were
+                "rows_released": sum(f.rows_released for f in released.get(source, [])),
                 "files": dg.MetadataValue.md(markdown_table(
                     ["file", "status", "delivered", "loaded", "quarantined", "reason"],
                     [[f.file_name, f.status, f.rows_delivered, f.rows_loaded, f.rows_quarantined,

@@ -49,7 +49,9 @@ final as (
         run_id,
         first_seen_at,
         resolved_by_delivery as resolved_by_delivery_id,
-        resolved_by_delivery is not null as is_resolved
+        resolved_by_delivery is not null as is_resolved,
+        -- loaded later into its own delivery, once the row it depended on was loaded
+        coalesce(resolved_by_delivery = delivery_id, false) as is_released
 
     from classified
 
