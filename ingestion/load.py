@@ -267,8 +267,8 @@ def _reference_sql(contract: Contract, contracts: dict[str, Contract], typed: st
             raise ValueError(f"{contract.source}.{col.name}: a direct identifier can only reference another identifier")
         parts.append(
             f"select _source_row, 'references:{col.name}' as rule, {_lit(col.name)} as column_name, "
-            f"'column {col.name} refers to a {target_source}.{target_col} that is not loaded: the row is loaded "
-            f"once it is' as message "
+            f"'column {col.name}: no {target_source} row loaded has this {target_col}; the row is loaded once "
+            f"one is' as message "
             f"from {typed} t where {mine} is not null and not exists "
             f"(select 1 from raw.{target_source} r where r._is_current and r.{theirs} = t.{mine})"
         )

@@ -417,6 +417,9 @@ def test_a_row_held_for_a_reference_not_loaded_yet_is_loaded_once_it_is(settings
                        "order by source_row, rule").fetchall() == [
         (3, "references:enrolment_id", True), (4, "references:enrolment_id", True),
         (5, "references:enrolment_id", False), (5, "type:amount_mad", False)]
+    assert con.execute("select message from quarantine.rows where source_row = 5 and rule like 'ref%'").fetchone() == (
+        "paiements_2025-01.csv, row 5: column enrolment_id: no enrolments row loaded has this enrolment_id; the row "
+        "is loaded once one is",)
     rows = (settings.feedback_dir / "msisf" / "paiements_2025-01.csv.rejected_rows.csv").read_text().splitlines()
     assert [r.split(",")[:2] for r in rows[1:]] == [["5", "references:enrolment_id"], ["5", "type:amount_mad"]]
     # delivered = loaded + still quarantined, for every delivery
