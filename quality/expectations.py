@@ -157,9 +157,12 @@ def suite_specs(contract: Contract, seeds_dir: Path) -> list[ExpectationSpec]:
                 kwargs["min_value"] = _bound(col, col.min)
             if col.max is not None:
                 kwargs["max_value"] = _bound(col, col.max)
+            if col.min is not None and col.max is not None:
+                outside = f"is outside [{col.min}, {col.max}]"
+            else:
+                outside = f"is below the minimum {col.min}" if col.min is not None else f"is above the maximum {col.max}"
             specs.append(ExpectationSpec("expect_column_values_to_be_between", kwargs, col.name, pii,
-                                         f"column {col.name} is outside [{col.min if col.min is not None else ''}, "
-                                         f"{col.max if col.max is not None else ''}]"))
+                                         f"column {col.name} {outside}"))
     keys = [contract.column(k) for k in contract.primary_key]
     if len(keys) == 1:
         specs.append(ExpectationSpec("expect_column_values_to_be_unique", {"column": _key_column(keys[0])},
