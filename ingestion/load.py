@@ -486,7 +486,7 @@ class Ingestor:
             if pending is not None:
                 done, pending = pending, None
                 results.append(self._commit(cons[done.slot], done))
-            released = self._release(con, wanted) if any(r.status == "loaded" for r in results) else []
+            released = [r for r in self._release(con, wanted) if r.rows_released]
             self._remember_hashes(con, Path(landing_dir))
             return IngestSummary(run_id=self.run_id, files=results, files_hashed=self._files_hashed,
                                  hashes_reused=self._hashes_reused, released=released)
@@ -734,12 +734,13 @@ class Ingestor:
         """Load the quarantined rows whose only problems were other rows, once they are gone: a
         reference not loaded yet (``references:<column>``; partners deliver on their own
         rhythms, and a loan may arrive before its borrower's registry record) or a key current
-        in another batch (``key_in_other_batch``). Run after a pass loaded files, source by
-        source in dependency order, one transaction each. The rows are checked again as their
-        delivery's were, from the values the quarantine kept; a row released joins its
-        delivery (still in effect), with this pass's ``_loaded_at`` and ``_run_id``, its
-        quarantine rows resolved by that delivery; the delivery's counts and its partner's
-        feedback follow."""
+        in another batch (``key_in_other_batch``). Run at the end of every pass, for the sources
+        it selects, in dependency order, one transaction each. These two checks are made again
+        from the values the quarantine kept (the row passed the others when its delivery was
+        loaded); a row released joins its delivery (still in effect), with this pass's
+        ``_loaded_at`` and ``_run_id``. A reason that no longer holds is resolved by the row's own
+        delivery (cleared); a reason that now holds is added (a key another held row, released
+        now, took); the delivery's counts and its partner's feedback follow."""
         results = []
         for contract in self.contracts.values():
             if wanted is not None and contract.source not in wanted:
@@ -750,13 +751,14 @@ class Ingestor:
                 with store.transaction(con):
                     released = self._release_source(con, contract)
             finally:
-                for t in ("release_held", "release_text", "release_typed", "release_kept"):
+                for t in ("release_held", "release_text", "release_typed", "release_reasons", "release_free"):
                     con.execute(f"drop table if exists {t}")
             results += [self._rewrite_feedback(con, contract, delivery_id, n) for delivery_id, n in released]
         return results
 
     def _release_source(self, con, contract: Contract) -> list[tuple[str, int]]:
-        """Release the held rows of one source (see _release): [(delivery id, rows released)]."""
+        """Check the held rows of one source again (see _release): [(delivery id, rows
+        released)] for each delivery whose held rows were released or now have other reasons."""
         con.execute(
             "create or replace temp table release_held as "
             "select q.delivery_id, q.source_row, any_value(q.values_json) as values_json, any_value(d.batch) as batch "
@@ -774,42 +776,63 @@ class Ingestor:
             "from release_held")
         typed = [f"{typed_expr(contract, c)} as {c.name}__typed" for c in contract.columns if not c.pii]
         con.execute(f"create temp table release_typed as select *, {', '.join(typed)} from release_text")
+        # the reasons that hold now, (row, rule, column, message) as at loading
         still = " union all ".join(x for x in (_reference_sql(contract, self.contracts, "release_typed"),
                                                _key_in_other_batch_sql(contract, "release_typed")) if x)
-        con.execute(f"create temp table release_kept as select distinct _source_row from ({still})")
+        con.execute(f"create temp table release_reasons as {still}")
+        con.execute("create temp table release_free as select _source_row from release_typed "
+                    "where _source_row not in (select _source_row from release_reasons)")
         key = [f"{c.name}__key" if c.pii else f"{c.name}__typed" for c in map(contract.column, contract.primary_key)]
         if contract.supersede == "replace_batch" and key:
-            # two held rows of one key from two batches: the first batch's only, as at loading
+            # two free rows of one key from two batches: the first batch's goes, as at loading; the
+            # others get key_in_other_batch below, once it is loaded
             con.execute(
-                "insert into release_kept select _source_row from (select _source_row, row_number() over ("
-                f"partition by {', '.join(key)} order by _batch, _held_delivery, _held_row) as n from release_typed "
-                "where _source_row not in (select _source_row from release_kept)) where n > 1")
+                "delete from release_free where _source_row in (select _source_row from (select _source_row, "
+                f"row_number() over (partition by {', '.join(key)} order by _batch, _held_delivery, _held_row) as n "
+                "from release_typed where _source_row in (select _source_row from release_free)) where n > 1)")
         released = con.execute(
-            "select _held_delivery, count(*) from release_typed where _source_row not in "
-            "(select _source_row from release_kept) group by 1 order by 1").fetchall()
-        if not released:
-            return []
-        raw_select = ", ".join(
-            f"t.{c.name}__key as {c.raw_name}" if c.pii else f"t.{c.name}__typed as {c.name}" for c in contract.columns)
+            "select _held_delivery, count(*) from release_typed where _source_row in (select _source_row from "
+            "release_free) group by 1 order by 1").fetchall()
         now = datetime.now(timezone.utc).replace(tzinfo=None)
-        con.execute(
-            f"insert into raw.{contract.source} select {raw_select}, t._held_delivery, t._batch, d.file_name, "
-            "d.content_hash, t._held_row, ?, ?, true from release_typed t "
-            "join meta.deliveries d on d.delivery_id = t._held_delivery "
-            "where t._source_row not in (select _source_row from release_kept) order by t._held_delivery, t._held_row",
-            [now, self.run_id])
-        con.execute(
+        if released:
+            raw_select = ", ".join(f"t.{c.name}__key as {c.raw_name}" if c.pii else f"t.{c.name}__typed as {c.name}"
+                                   for c in contract.columns)
+            con.execute(
+                f"insert into raw.{contract.source} select {raw_select}, t._held_delivery, t._batch, d.file_name, "
+                "d.content_hash, t._held_row, ?, ?, true from release_typed t "
+                "join meta.deliveries d on d.delivery_id = t._held_delivery "
+                "where t._source_row in (select _source_row from release_free) order by t._held_delivery, t._held_row",
+                [now, self.run_id])
+            for delivery_id, n in released:
+                con.execute("update meta.deliveries set rows_loaded = rows_loaded + ?, "
+                            "rows_quarantined = rows_quarantined - ? where delivery_id = ?", [n, n, delivery_id])
+            if contract.supersede == "latest_per_key":
+                raw_key = ", ".join(contract.raw_primary_key)
+                _rank_latest(con, contract, f"({raw_key}) in (select {raw_key} from raw.{contract.source} "
+                                            f"where _run_id = {_lit(self.run_id)} and _loaded_at = {_lit(str(now))})")
+            # the rows left behind by one released now: their key is now in another batch
+            waiting = _key_in_other_batch_sql(contract, "release_typed")
+            if waiting:
+                con.execute(f"insert into release_reasons select * from ({waiting}) where _source_row not in "
+                            "(select _source_row from release_reasons union all select _source_row from release_free)")
+        # A reason that no longer holds is cleared (resolved by the row's own delivery): all of a
+        # released row's; a reason that now holds and was not recorded is added.
+        pair = "t._held_delivery = q.delivery_id and t._held_row = q.source_row"
+        cleared = con.execute(
             "update quarantine.rows q set resolved_by_delivery = q.delivery_id where q.resolved_by_delivery is null "
-            "and exists (select 1 from release_typed t where t._held_delivery = q.delivery_id "
-            "and t._held_row = q.source_row and t._source_row not in (select _source_row from release_kept))")
-        for delivery_id, n in released:
-            con.execute("update meta.deliveries set rows_loaded = rows_loaded + ?, rows_quarantined = rows_quarantined - ? "
-                        "where delivery_id = ?", [n, n, delivery_id])
-        if contract.supersede == "latest_per_key":
-            raw_key = ", ".join(contract.raw_primary_key)
-            _rank_latest(con, contract, f"({raw_key}) in (select {raw_key} from raw.{contract.source} "
-                                        f"where _run_id = {_lit(self.run_id)} and _loaded_at = {_lit(str(now))})")
-        return released
+            f"and exists (select 1 from release_typed t where {pair} and not exists (select 1 from release_reasons r "
+            "where r._source_row = t._source_row and r.rule = q.rule)) returning q.delivery_id").fetchall()
+        added = con.execute(
+            "insert into quarantine.rows select t._held_delivery, ?, d.file_name, d.content_hash, t._held_row, r.rule, "
+            "r.column_name, d.file_name || ', row ' || t._held_row || ': ' || r.message, h.values_json, ?, ?, null "
+            "from release_reasons r join release_typed t using (_source_row) "
+            "join release_held h on h.delivery_id = t._held_delivery and h.source_row = t._held_row "
+            "join meta.deliveries d on d.delivery_id = t._held_delivery "
+            "where not exists (select 1 from quarantine.rows q where q.resolved_by_delivery is null "
+            f"and {pair} and q.rule = r.rule) returning delivery_id",
+            [contract.source, self.run_id, now]).fetchall()
+        counts = dict(released)
+        return [(d, counts.get(d, 0)) for d in sorted({d for d, in cleared + added} | set(counts))]
 
     def _rewrite_feedback(self, con, contract: Contract, delivery_id: str, released: int) -> FileResult:
         """A delivery some of whose held rows were released: its result now, its feedback rewritten."""
@@ -891,8 +914,10 @@ class Ingestor:
             f"Rows delivered: {result.rows_delivered}; loaded: {result.rows_loaded}; quarantined: {result.rows_quarantined}.",
             "",
         ]
-        released = con.execute("select count(distinct source_row) from quarantine.rows where delivery_id = ? "
-                               "and resolved_by_delivery = delivery_id", [result.delivery_id]).fetchone()[0]
+        released = con.execute(
+            "select count(distinct source_row) from quarantine.rows where delivery_id = ? and resolved_by_delivery = "
+            "delivery_id and source_row not in (select source_row from quarantine.rows where delivery_id = ? and "
+            "resolved_by_delivery is null)", [result.delivery_id, result.delivery_id]).fetchone()[0]
         if released:
             lines += [f"Of the rows set aside at first, {released} were loaded later, once the rows they depend on "
                       "(a reference, a key in another batch) were loaded; they are counted as loaded.", ""]

@@ -224,10 +224,15 @@ def _csv_rejects(table: str) -> tuple[str, str]:
     return f"{table}_rejects", f"{table}_rejects_scan"
 
 
-def _file_lines(path: Path, offsets: list[int]) -> list[int]:
-    """The 1-based line of the file at each byte offset (ascending), as an editor numbers
-    lines: DuckDB numbers records, which a quoted line break makes differ from lines."""
-    lines, line, done = [], 1, 0
+_BLANK_LINE = re.compile(rb"\n(?=\r?\n)")  # the end of a line followed by an empty line
+
+
+def _file_lines(path: Path, offsets: list[int]) -> list[tuple[int, int]]:
+    """At each byte offset (ascending) of the file: (its 1-based line, as an editor numbers
+    lines; the empty lines before it). DuckDB's reader numbers records (a quoted line break
+    does not count) and counts empty lines among them, but does not read an empty line as a
+    row; an empty line inside a quoted value counts here as an empty line."""
+    found, line, blank, done, carry = [], 1, 0, 0, b""
     with open(path, "rb") as fh:
         for offset in offsets:
             while done < offset:
@@ -235,9 +240,12 @@ def _file_lines(path: Path, offsets: list[int]) -> list[int]:
                 if not chunk:
                     break
                 line += chunk.count(b"\n")
+                # an empty line may start in the bytes kept from the chunk before
+                blank += len(_BLANK_LINE.findall(carry + chunk)) - len(_BLANK_LINE.findall(carry))
+                carry = (carry + chunk)[-2:]
                 done += len(chunk)
-            lines.append(line)
-    return lines
+            found.append((line, blank))
+    return found
 
 
 def _ends_a_line(path: Path) -> bool:
@@ -261,30 +269,33 @@ def _malformed_rows(con, table: str, source: str, read_path: Path, fields: int) 
         f"select line_byte_position, error_type::varchar, error_message from {errors} "
         f"where error_type::varchar not in ({shapes}) order by line limit 1").fetchone()
     if fatal is not None:
-        where = f" at line {_file_lines(read_path, [fatal[0]])[0]}"
+        where = f" at line {_file_lines(read_path, [fatal[0]])[0][0]}"
         if fatal[1] == "INVALID ENCODING":
             raise FileRejected(f"wrong encoding{where}: the file is not valid UTF-8 (its contract says UTF-8)")
         raise FileRejected(f"unreadable{where}: {fatal[2]}")
     # one row can be reported several times (once per count of fields the reader tried)
     rows = con.execute(
-        "select line - 1, min(line_byte_position), bool_or(error_type::varchar = 'TOO MANY COLUMNS'), "
+        "select line, min(line_byte_position), bool_or(error_type::varchar = 'TOO MANY COLUMNS'), "
         "min(regexp_extract(error_message, 'Found: (\\d+)', 1)::int), "
         "max(regexp_extract(error_message, 'Found: (\\d+)', 1)::int) "
         f"from {errors} group by line order by line").fetchall()
     if not rows:
         return 0
     kept = con.execute(f"select count(*) from {source}").fetchone()[0]
-    lines = _file_lines(read_path, [r[1] for r in rows])
+    where = _file_lines(read_path, [r[1] for r in rows])
+    lines = [line for line, _ in where]
+    # the data row: DuckDB's record number, less the header and the empty lines before it
+    numbers = [record - 1 - blank for (record, *_), (_, blank) in zip(rows, where)]
     found = [most if too_many else least for _, _, too_many, least, most in rows]
     first = f"line {lines[0]} has {found[0]} fields"
-    if rows[-1][0] == kept + len(rows) and not _ends_a_line(read_path) and not rows[-1][2]:
+    if numbers[-1] == kept + len(rows) and not _ends_a_line(read_path) and not rows[-1][2]:
         raise FileRejected(f"truncated or malformed at line {lines[-1]}: Expected Number of Columns: {fields} "
                            f"Found: {found[-1]} (the last line is incomplete: was the file cut off?)")
     if len(rows) > kept:
         raise FileRejected(f"malformed: {len(rows)} of the file's {kept + len(rows)} rows do not have the header's "
                            f"{fields} fields ({first})")
     listed = pa.table({  # noqa: F841 (read by the SQL below)
-        "_source_row": pa.array([r[0] for r in rows], pa.int64()),
+        "_source_row": pa.array(numbers, pa.int64()),
         "message": pa.array([f"line {line} has {n} fields where the header has {fields}: the row could not be read"
                              for line, n in zip(lines, found)], pa.string()),
     })

@@ -47,7 +47,7 @@ LOG_COLUMNS = """
     run_id varchar not null,           -- Dagster run whose warehouse is served after this event
     code_version varchar,              -- code version that built it
     published_at timestamp not null,   -- UTC
-    deliveries json,                   -- [{delivery_id, source, batch, file_name, content_hash}]
+    deliveries json,                   -- [{delivery_id, source, batch, file_name, content_hash, rows_loaded}]
     delivery_count integer,
     check_results json,                -- {"audit": {...}, "dagster": [...]}
     checks_passed boolean,
@@ -156,14 +156,15 @@ def _remove_stale_candidates(settings) -> list[Path]:
 
 # --- deliveries --------------------------------------------------------------------------------
 def current_deliveries(settings) -> list[dict]:
-    """Deliveries whose rows make up the current raw layer (from ``meta.deliveries``)."""
+    """Deliveries whose rows make up the current raw layer (from ``meta.deliveries``), with
+    the rows loaded from each (it grows when ingestion releases held rows into it)."""
     store = Path(settings.store_path)
     if not store.exists():
         return []
     con = duckdb.connect(str(store), read_only=True)
     try:
-        cur = con.execute("select delivery_id, source, batch, file_name, content_hash from meta.deliveries "
-                          "where status = 'loaded' order by source, batch, delivery_id")
+        cur = con.execute("select delivery_id, source, batch, file_name, content_hash, rows_loaded "
+                          "from meta.deliveries where status = 'loaded' order by source, batch, delivery_id")
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row)) for row in cur.fetchall()]
     finally:

@@ -85,12 +85,15 @@ def status_report(settings: Settings) -> str:
                       count(distinct (delivery_id, source_row)), count(*)
                from quarantine.rows""").fetchone()
         published = _publication(settings)
-        unpublished = None
+        unpublished, grown = None, 0
         if published:  # current deliveries the served warehouse was not built from
-            served = [d["delivery_id"] for d in json.loads(published.get("deliveries") or "[]")]
+            served = {d["delivery_id"]: d.get("rows_loaded") for d in json.loads(published.get("deliveries") or "[]")}
             unpublished = con.execute(
                 "select count(*), arg_max(run_id, loaded_at) from meta.deliveries where status = 'loaded' "
-                "and delivery_id not in (select unnest(?::varchar[]))", [served]).fetchone()
+                "and delivery_id not in (select unnest(?::varchar[]))", [list(served)]).fetchone()
+            # and those with rows loaded since (held rows released; not recorded by older publications)
+            grown = sum(served.get(d) not in (None, n) for d, n in con.execute(
+                "select delivery_id, rows_loaded from meta.deliveries where status = 'loaded'").fetchall())
     except Exception as exc:  # a refresh holds the write lock
         return f"The raw store is busy ({exc}); try again when the refresh has finished."
     finally:
@@ -110,6 +113,10 @@ def status_report(settings: Settings) -> str:
                       f"from; the last refresh that loaded some (run {unpublished[1]}) did not publish, or was rolled "
                       f"back,\n  see its quality report: "
                       f"{settings.reports_dir / str(unpublished[1]) / 'quality' / 'index.html'}")
+    if grown:
+        served.append(f"  NOT PUBLISHED: rows held for a reference or a key were loaded since into {grown} "
+                      "delivery(ies) the served warehouse was built from; the next refresh that passes its "
+                      "checks publishes them")
     out.append(_warehouse_line(settings, served))
     return "\n".join(out)
 

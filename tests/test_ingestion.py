@@ -430,6 +430,46 @@ def test_a_row_held_for_a_reference_not_loaded_yet_is_loaded_once_it_is(settings
         assert delivered == loaded + quarantined == in_raw + held == 5
 
 
+def _payments_waiting_for_enrolments(settings, contracts, payments):
+    write_delivery(settings.landing_dir, contracts["programmes"], "programmes_2025-01.csv", [PROGRAMME])
+    write_delivery(settings.landing_dir, contracts["beneficiaries"], "registre_2025-01.csv", [person(i) for i in range(5)])
+    write_delivery(settings.landing_dir, contracts["enrolments"], "inscriptions_2025-01.csv", [enrolment(0)])
+    write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv", payments)
+    return result_for(ingest(settings, contracts), "paiements_2025-01.csv")
+
+
+def test_held_rows_are_released_by_a_refresh_of_their_source_with_no_new_file(settings, contracts):
+    """The enrolments arrive in a run of the enrolments alone: the next run of the payments,
+    with no new file, loads the payments that waited for them."""
+    first = _payments_waiting_for_enrolments(settings, contracts, [payment(i) for i in range(3)])
+    assert first.rules_failed == {"references:enrolment_id": 2}
+    write_delivery(settings.landing_dir, contracts["enrolments"], "inscriptions_2025-02.csv", [enrolment(1), enrolment(2)])
+    partial = make_ingestor(settings, contracts).ingest(settings.landing_dir, sources=["enrolments"])
+    assert result_for(partial, "inscriptions_2025-02.csv").status == "loaded" and partial.released == []
+    whole = ingest(settings, contracts)
+    assert {f.status for f in whole.files} == {"duplicate"}
+    assert [(r.file_name, r.rows_released) for r in whole.released] == [("paiements_2025-01.csv", 2)]
+    assert store(settings).execute("select count(*) from raw.payments").fetchone() == (3,)
+
+
+def test_a_held_row_whose_reason_changed_says_the_new_one(settings, contracts):
+    """January's payment K waits for its enrolment; March's file loads K meanwhile. Once the
+    enrolment arrives, January's K stays set aside, now because K is in March."""
+    _payments_waiting_for_enrolments(settings, contracts, [payment(0), payment(1, payment_id="K")])
+    write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-03.csv",
+                   [payment(0, month="2025-03", payment_id="K")])
+    write_delivery(settings.landing_dir, contracts["enrolments"], "inscriptions_2025-02.csv", [enrolment(1)])
+    summary = ingest(settings, contracts)
+    assert summary.released == []
+    con = store(settings)
+    assert con.execute("select rule, resolved_by_delivery = delivery_id from quarantine.rows "
+                       "where file_name = 'paiements_2025-01.csv' order by first_seen_at").fetchall() == [
+        ("references:enrolment_id", True), ("key_in_other_batch", None)]
+    rows = (settings.feedback_dir / "msisf" / "paiements_2025-01.csv.rejected_rows.csv").read_text().splitlines()
+    assert [r.split(",")[:2] for r in rows[1:]] == [["2", "key_in_other_batch"]]
+    assert "key (payment_id) is already loaded from batch 2025-03" in rows[1]
+
+
 def test_a_record_released_late_is_current_only_if_it_is_the_latest_of_its_key(settings, contracts):
     """A loan quarantined for a borrower not registered yet, then delivered again a month later:
     once the borrower is registered, both rows load and the later one is the current one."""
@@ -545,6 +585,45 @@ def test_a_csv_row_without_the_header_fields_is_quarantined_and_the_others_load(
         1, 2, 4, 5, 6, 7, 8]
     feedback = (settings.feedback_dir / "msisf" / "paiements_2025-01.csv.rejected_rows.csv").read_text()
     assert '3,malformed_row,,"paiements_2025-01.csv, row 3: line 4 has 9 fields' in feedback
+
+
+def test_empty_lines_are_not_rows_before_a_row_without_the_header_fields(settings, contracts):
+    """DuckDB's reader counts empty lines in its record numbers but reads no row from them:
+    a row after one keeps its data row number, and so does a cut-off last line (rejected)."""
+    base_delivery(settings, contracts, n=8)
+
+    def edit(lines):
+        lines = lines[:2] + [b"", b""] + lines[2:]  # two empty lines after row 1
+        lines[6] += b";extra"  # data row 4 (payment 3), line 7
+        return lines
+
+    _payments_with_lines(settings.landing_dir, contracts, edit)
+    ingest(settings, contracts)
+    con = store(settings)
+    assert con.execute("select source_row, message from quarantine.rows").fetchall() == [
+        (4, "paiements_2025-01.csv, row 4: line 7 has 9 fields where the header has 8: the row could not be read")]
+    assert con.execute("select _source_row from raw.payments where payment_id = 'P2025-01-4'").fetchone() == (5,)
+
+
+def test_a_cut_off_last_line_after_an_empty_line_rejects_the_file(settings, contracts):
+    base_delivery(settings, contracts, n=8)
+    path = _payments_with_lines(settings.landing_dir, contracts, lambda ls: ls[:2] + [b""] + ls[2:-1] + [ls[-1][:25]])
+    path.write_bytes(path.read_bytes().rstrip(b"\n"))
+    result = result_for(ingest(settings, contracts), "paiements_2025-01.csv")
+    assert result.status == "rejected" and result.reason.startswith("truncated or malformed at line 10"), result.reason
+
+
+def test_lines_and_empty_lines_are_counted_across_the_blocks_a_file_is_read_in(tmp_path, monkeypatch):
+    from ingestion import readers
+
+    text = b"h\n\n\r\na\n\n\nb\r\n\r\nc\n"
+    path = tmp_path / "f.csv"
+    path.write_bytes(text)
+    offsets = [i for i in range(len(text) + 1) if i == 0 or text[i - 1:i] == b"\n"]
+    expected = [(text[:o].count(b"\n") + 1, len(readers._BLANK_LINE.findall(text[:o]))) for o in offsets]
+    for block in (1, 2, 3, 1 << 20):
+        monkeypatch.setattr(readers, "CHUNK", block)
+        assert readers._file_lines(path, offsets) == expected, block
 
 
 @pytest.mark.parametrize("edit, reason", [

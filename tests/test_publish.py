@@ -294,6 +294,20 @@ def test_status_says_what_is_served_and_what_a_failed_refresh_left_unpublished(p
     assert "served: rolled back to the warehouse of run run-1" in report and "NOT PUBLISHED: 1 current" in report
 
 
+def test_status_says_when_rows_were_released_into_served_deliveries_since(published):
+    """Ingestion loads held rows into their delivery once their reference arrives: the
+    delivery is the same, its rows are not all in the served warehouse."""
+    from jisr.status import status_report
+
+    assert "NOT PUBLISHED" not in status_report(published)
+    con = duckdb.connect(str(published.store_path))
+    con.execute("update meta.deliveries set rows_loaded = rows_loaded + 1, rows_quarantined = rows_quarantined - 1 "
+                "where delivery_id = (select min(delivery_id) from meta.deliveries where source = 'payments')")
+    con.close()
+    assert ("NOT PUBLISHED: rows held for a reference or a key were loaded since into 1 delivery(ies) the served "
+            "warehouse was built from") in status_report(published)
+
+
 # --- readers, crashes, locks ---------------------------------------------------------------------------
 
 READER = """

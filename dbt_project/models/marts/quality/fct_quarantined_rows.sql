@@ -50,8 +50,9 @@ final as (
         first_seen_at,
         resolved_by_delivery as resolved_by_delivery_id,
         resolved_by_delivery is not null as is_resolved,
-        -- loaded later into its own delivery, once the row it depended on was loaded
-        coalesce(resolved_by_delivery = delivery_id, false) as is_released
+        -- the reason stopped holding at a later pass (the row it depended on was loaded); the
+        -- row was loaded into its own delivery once it had no reason left
+        coalesce(resolved_by_delivery = delivery_id, false) as is_cleared
 
     from classified
 

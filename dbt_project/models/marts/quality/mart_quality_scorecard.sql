@@ -53,7 +53,7 @@ failing_rows as (
     from quarantined_rows
     inner join deliveries
         on quarantined_rows.delivery_id = deliveries.delivery_id
-    where not quarantined_rows.is_released
+    where not quarantined_rows.is_cleared
 
 ),
 
