@@ -735,12 +735,15 @@ class Ingestor:
         reference not loaded yet (``references:<column>``; partners deliver on their own
         rhythms, and a loan may arrive before its borrower's registry record) or a key current
         in another batch (``key_in_other_batch``). Run at the end of every pass, for the sources
-        it selects, in dependency order, one transaction each. These two checks are made again
-        from the values the quarantine kept (the row passed the others when its delivery was
-        loaded); a row released joins its delivery (still in effect), with this pass's
-        ``_loaded_at`` and ``_run_id``. A reason that no longer holds is resolved by the row's own
-        delivery (cleared); a reason that now holds is added (a key another held row, released
-        now, took); the delivery's counts and its partner's feedback follow."""
+        it selects, in dependency order, one transaction each. The rows are checked again from
+        the values the quarantine kept: those two checks, and the contract's row rules as they
+        are today if the delivery was loaded under another contract or code version (not the
+        rules on a direct identifier, whose clear value is not kept, nor the Great Expectations
+        suites); a row released joins its delivery (still in effect), with
+        this pass's ``_loaded_at`` and ``_run_id``. A reason that no longer holds is resolved by
+        the row's own delivery (cleared); one that holds is opened again, updated or added (a
+        key another held row, released now, took); the delivery's counts and its partner's
+        feedback follow."""
         results = []
         for contract in self.contracts.values():
             if wanted is not None and contract.source not in wanted:
@@ -751,7 +754,9 @@ class Ingestor:
                 with store.transaction(con):
                     released = self._release_source(con, contract)
             finally:
-                for t in ("release_held", "release_text", "release_typed", "release_reasons", "release_free"):
+                con.execute("drop view if exists release_recheck")
+                for t in ("release_held", "release_text", "release_typed", "release_reasons", "release_free",
+                          "release_now"):
                     con.execute(f"drop table if exists {t}")
             results += [self._rewrite_feedback(con, contract, delivery_id, n) for delivery_id, n in released]
         return results
@@ -761,23 +766,37 @@ class Ingestor:
         released)] for each delivery whose held rows were released or now have other reasons."""
         con.execute(
             "create or replace temp table release_held as "
-            "select q.delivery_id, q.source_row, any_value(q.values_json) as values_json, any_value(d.batch) as batch "
+            "select q.delivery_id, q.source_row, any_value(q.values_json) as values_json, any_value(d.batch) as batch, "
+            "any_value(d.contract_version is distinct from ? or d.code_version is distinct from ?) as recheck "
             "from quarantine.rows q join meta.deliveries d on d.delivery_id = q.delivery_id and d.status = 'loaded' "
             "where q.source = ? and q.resolved_by_delivery is null group by q.delivery_id, q.source_row "
-            "having bool_and(q.rule like 'references:%' or q.rule = 'key_in_other_batch')", [contract.source])
+            "having bool_and(q.rule like 'references:%' or q.rule = 'key_in_other_batch')",
+            [contract.version, self.code_version, contract.source])
         if not con.execute("select count(*) from release_held").fetchone()[0]:
             return []
-        # the typed table as _type builds it, from the kept values (identifiers as their pseudonyms)
-        text = [f"json_extract(values_json, {_lit('$.' + c.raw_name)})::bigint as {c.name}__key" if c.pii
+        # the typed table as _type builds it, from the kept values: a direct identifier only as
+        # its pseudonym (its clear value, never kept, is null here)
+        text = [f"json_extract(values_json, {_lit('$.' + c.raw_name)})::bigint as {c.name}__key, "
+                f"null::varchar as {c.name}" if c.pii
                 else f"json_extract_string(values_json, {_lit('$.' + c.name)}) as {c.name}" for c in contract.columns]
         con.execute(
             "create temp table release_text as select row_number() over (order by delivery_id, source_row) "
-            f"as _source_row, delivery_id as _held_delivery, source_row as _held_row, batch as _batch, {', '.join(text)} "
-            "from release_held")
-        typed = [f"{typed_expr(contract, c)} as {c.name}__typed" for c in contract.columns if not c.pii]
+            f"as _source_row, delivery_id as _held_delivery, source_row as _held_row, batch as _batch, recheck, "
+            f"{', '.join(text)} from release_held")
+        typed = [f"{'null::' + c.sql_type if c.pii else typed_expr(contract, c)} as {c.name}__typed"
+                 for c in contract.columns]
         con.execute(f"create temp table release_typed as select *, {', '.join(typed)} from release_text")
-        # the reasons that hold now, (row, rule, column, message) as at loading
-        still = " union all ".join(x for x in (_reference_sql(contract, self.contracts, "release_typed"),
+        # The reasons that hold now, (row, rule, column, message) as at loading: the references
+        # and keys, and, for a delivery loaded under another contract or code version (its
+        # rules, its seeds), the contract's row rules as they are today; not the rules on a
+        # direct identifier (its clear value is not kept) nor duplicate_key (rows of several
+        # deliveries are checked together here).
+        con.execute("create temp view release_recheck as select * from release_typed where recheck")
+        identifiers = ", ".join(_lit(c.name) for c in contract.pii_columns) or "null"
+        rules = (f"select * from ({_violations_sql(contract, 'release_recheck', self.seeds_dir)}) "
+                 f"where rule <> 'duplicate_key' and coalesce(column_name, '') not in ({identifiers})"
+                 if con.execute("select count(*) from release_recheck").fetchone()[0] else "")
+        still = " union all ".join(x for x in (rules, _reference_sql(contract, self.contracts, "release_typed"),
                                                _key_in_other_batch_sql(contract, "release_typed")) if x)
         con.execute(f"create temp table release_reasons as {still}")
         con.execute("create temp table release_free as select _source_row from release_typed "
@@ -815,24 +834,32 @@ class Ingestor:
             if waiting:
                 con.execute(f"insert into release_reasons select * from ({waiting}) where _source_row not in "
                             "(select _source_row from release_reasons union all select _source_row from release_free)")
-        # A reason that no longer holds is cleared (resolved by the row's own delivery): all of a
-        # released row's; a reason that now holds and was not recorded is added.
-        pair = "t._held_delivery = q.delivery_id and t._held_row = q.source_row"
+        # The ledger follows (one row per delivery, row and rule): a reason that no longer holds
+        # is cleared (resolved by the row's own delivery), all of a released row's; one that
+        # holds is opened again if it was cleared, its message updated if it changed (a key now
+        # in another batch), added if it is new.
+        con.execute(
+            "create temp table release_now as select t._held_delivery as delivery_id, t._held_row as source_row, "
+            "r.rule, r.column_name, d.file_name || ', row ' || t._held_row || ': ' || r.message as message "
+            "from release_reasons r join release_typed t using (_source_row) "
+            "join meta.deliveries d on d.delivery_id = t._held_delivery")
+        held = "(q.delivery_id, q.source_row) in (select delivery_id, source_row from release_held)"
+        same = "n.delivery_id = q.delivery_id and n.source_row = q.source_row and n.rule = q.rule"
         cleared = con.execute(
             "update quarantine.rows q set resolved_by_delivery = q.delivery_id where q.resolved_by_delivery is null "
-            f"and exists (select 1 from release_typed t where {pair} and not exists (select 1 from release_reasons r "
-            "where r._source_row = t._source_row and r.rule = q.rule)) returning q.delivery_id").fetchall()
+            f"and {held} and not exists (select 1 from release_now n where {same}) returning q.delivery_id").fetchall()
+        changed = con.execute(
+            "update quarantine.rows q set resolved_by_delivery = null, message = n.message from release_now n "
+            f"where {same} and (q.resolved_by_delivery = q.delivery_id or q.message <> n.message) "
+            "returning q.delivery_id").fetchall()
         added = con.execute(
-            "insert into quarantine.rows select t._held_delivery, ?, d.file_name, d.content_hash, t._held_row, r.rule, "
-            "r.column_name, d.file_name || ', row ' || t._held_row || ': ' || r.message, h.values_json, ?, ?, null "
-            "from release_reasons r join release_typed t using (_source_row) "
-            "join release_held h on h.delivery_id = t._held_delivery and h.source_row = t._held_row "
-            "join meta.deliveries d on d.delivery_id = t._held_delivery "
-            "where not exists (select 1 from quarantine.rows q where q.resolved_by_delivery is null "
-            f"and {pair} and q.rule = r.rule) returning delivery_id",
-            [contract.source, self.run_id, now]).fetchall()
+            "insert into quarantine.rows select n.delivery_id, ?, d.file_name, d.content_hash, n.source_row, n.rule, "
+            "n.column_name, n.message, h.values_json, ?, ?, null from release_now n "
+            "join release_held h using (delivery_id, source_row) join meta.deliveries d using (delivery_id) "
+            "where not exists (select 1 from quarantine.rows q where "
+            f"{same}) returning delivery_id", [contract.source, self.run_id, now]).fetchall()
         counts = dict(released)
-        return [(d, counts.get(d, 0)) for d in sorted({d for d, in cleared + added} | set(counts))]
+        return [(d, counts.get(d, 0)) for d in sorted({d for d, in cleared + changed + added} | set(counts))]
 
     def _rewrite_feedback(self, con, contract: Contract, delivery_id: str, released: int) -> FileResult:
         """A delivery some of whose held rows were released: its result now, its feedback rewritten."""

@@ -203,7 +203,7 @@ def stage_csv(con, path: Path, contract: Contract, table: str, tmp_dir: Path) ->
     malformed: list[int] = []
 
     def set_aside(source: str) -> str | None:
-        found = _malformed_rows(con, table, source, read_path, len(headers))
+        found = _malformed_rows(con, table, source, read_path, delim, len(headers))
         malformed.append(found)
         return f"{table}_malformed" if found else None
 
@@ -224,27 +224,37 @@ def _csv_rejects(table: str) -> tuple[str, str]:
     return f"{table}_rejects", f"{table}_rejects_scan"
 
 
-_BLANK_LINE = re.compile(rb"\n(?=\r?\n)")  # the end of a line followed by an empty line
-
-
-def _file_lines(path: Path, offsets: list[int]) -> list[tuple[int, int]]:
-    """At each byte offset (ascending) of the file: (its 1-based line, as an editor numbers
-    lines; the empty lines before it). DuckDB's reader numbers records (a quoted line break
-    does not count) and counts empty lines among them, but does not read an empty line as a
-    row; an empty line inside a quoted value counts here as an empty line."""
-    found, line, blank, done, carry = [], 1, 0, 0, b""
+def _file_line(path: Path, offset: int) -> int:
+    """The 1-based line, as an editor numbers lines, at a byte offset of the file."""
+    line, done = 1, 0
     with open(path, "rb") as fh:
-        for offset in offsets:
-            while done < offset:
-                chunk = fh.read(min(CHUNK, offset - done))
-                if not chunk:
-                    break
-                line += chunk.count(b"\n")
-                # an empty line may start in the bytes kept from the chunk before
-                blank += len(_BLANK_LINE.findall(carry + chunk)) - len(_BLANK_LINE.findall(carry))
-                carry = (carry + chunk)[-2:]
-                done += len(chunk)
-            found.append((line, blank))
+        while done < offset and (chunk := fh.read(min(CHUNK, offset - done))):
+            line += chunk.count(b"\n")
+            done += len(chunk)
+    return line
+
+
+def _csv_records(path: Path, delimiter: str, records: list[int]) -> list[tuple[int, int]]:
+    """For each of DuckDB's record numbers (ascending; the header is record 1): (the data row
+    number, the line the record starts on, as an editor numbers lines).
+
+    DuckDB's reader numbers records (a quoted line break does not count) and counts empty
+    lines among them, but reads no row from an empty line: the file is read again with
+    Python's CSV reader, which splits records as DuckDB's does (quoted line breaks, doubled
+    quotes, a quote inside an unquoted value) and gives an empty line as an empty record."""
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_JSON_LINE))
+    found, wanted, empty, starts = [], iter(records), 0, 1
+    want = next(wanted, None)
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as fh:
+        reader = csv.reader(fh, delimiter=delimiter, quotechar='"', doublequote=True, strict=False)
+        for number, row in enumerate(reader, start=1):
+            if want is None:
+                break
+            if number == want:
+                found.append((number - 1 - empty, starts))
+                want = next(wanted, None)
+            empty += not row
+            starts = reader.line_num + 1
     return found
 
 
@@ -254,9 +264,10 @@ def _ends_a_line(path: Path) -> bool:
         return fh.read(1) == b"\n"
 
 
-def _malformed_rows(con, table: str, source: str, read_path: Path, fields: int) -> int:
+def _malformed_rows(con, table: str, source: str, read_path: Path, delimiter: str, fields: int) -> int:
     """The rows DuckDB's reader left out of ``source`` because they do not have the header's
     ``fields`` fields, listed in ``<table>_malformed`` (``_source_row``, message); their count.
+    ``read_path`` is the file DuckDB read (UTF-8), ``delimiter`` its delimiter.
 
     The file is rejected instead when the reader met anything else (an invalid byte, a quote
     never closed: where the next row starts is then unknown), when the last row is short and
@@ -269,7 +280,7 @@ def _malformed_rows(con, table: str, source: str, read_path: Path, fields: int) 
         f"select line_byte_position, error_type::varchar, error_message from {errors} "
         f"where error_type::varchar not in ({shapes}) order by line limit 1").fetchone()
     if fatal is not None:
-        where = f" at line {_file_lines(read_path, [fatal[0]])[0][0]}"
+        where = f" at line {_file_line(read_path, fatal[0])}"
         if fatal[1] == "INVALID ENCODING":
             raise FileRejected(f"wrong encoding{where}: the file is not valid UTF-8 (its contract says UTF-8)")
         raise FileRejected(f"unreadable{where}: {fatal[2]}")
@@ -282,10 +293,7 @@ def _malformed_rows(con, table: str, source: str, read_path: Path, fields: int) 
     if not rows:
         return 0
     kept = con.execute(f"select count(*) from {source}").fetchone()[0]
-    where = _file_lines(read_path, [r[1] for r in rows])
-    lines = [line for line, _ in where]
-    # the data row: DuckDB's record number, less the header and the empty lines before it
-    numbers = [record - 1 - blank for (record, *_), (_, blank) in zip(rows, where)]
+    numbers, lines = zip(*_csv_records(read_path, delimiter, [r[0] for r in rows]))
     found = [most if too_many else least for _, _, too_many, least, most in rows]
     first = f"line {lines[0]} has {found[0]} fields"
     if numbers[-1] == kept + len(rows) and not _ends_a_line(read_path) and not rows[-1][2]:
@@ -295,7 +303,7 @@ def _malformed_rows(con, table: str, source: str, read_path: Path, fields: int) 
         raise FileRejected(f"malformed: {len(rows)} of the file's {kept + len(rows)} rows do not have the header's "
                            f"{fields} fields ({first})")
     listed = pa.table({  # noqa: F841 (read by the SQL below)
-        "_source_row": pa.array(numbers, pa.int64()),
+        "_source_row": pa.array(list(numbers), pa.int64()),
         "message": pa.array([f"line {line} has {n} fields where the header has {fields}: the row could not be read"
                              for line, n in zip(lines, found)], pa.string()),
     })

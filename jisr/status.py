@@ -100,7 +100,8 @@ def status_report(settings: Settings) -> str:
         con.close()
     out = ["Deliveries by source:",
            text_table(["source", "loaded", "superseded", "rejected", "latest batch", "last load (UTC)"], deliveries),
-           f"\nQuarantine: {quarantine[0]} delivered row(s) set aside, not yet resolved by a re-delivery "
+           f"\nQuarantine: {quarantine[0]} delivered row(s) set aside, not yet resolved (by a re-delivery, or "
+           "loaded once the row they wait for arrived) "
            f"({quarantine[1]} rule failure(s):\n  a row can break several rules, and the contract's rules and the "
            f"Great Expectations suites both check most); {quarantine[2]} row(s) recorded in all."]
     served = []

@@ -1,6 +1,7 @@
 """Ingestion behaviour: bad files are rejected with a report, bad rows are quarantined,
 every delivered row is accounted for, re-deliveries are idempotent or supersede."""
 
+import dataclasses
 from pathlib import Path
 
 import duckdb
@@ -470,6 +471,105 @@ def test_a_held_row_whose_reason_changed_says_the_new_one(settings, contracts):
     assert "key (payment_id) is already loaded from batch 2025-03" in rows[1]
 
 
+UNIQUE_LEDGER = ("select delivery_id, source_row, rule, count(*) from quarantine.rows "
+                 "group by all having count(*) > 1")  # dbt tests the ledger's (delivery, row, rule) unique
+
+
+def _month_of_payments(settings, contracts, month, rows):
+    write_delivery(settings.landing_dir, contracts["payments"], f"paiements_{month}.csv", rows)
+
+
+def _registry_and_enrolments(settings, contracts, enrolments=(0,)):
+    write_delivery(settings.landing_dir, contracts["programmes"], "programmes_2025-01.csv", [PROGRAMME])
+    write_delivery(settings.landing_dir, contracts["beneficiaries"], "registre_2025-01.csv", [person(i) for i in range(5)])
+    write_delivery(settings.landing_dir, contracts["enrolments"], "inscriptions_2025-01.csv",
+                   [enrolment(i) for i in enrolments])
+
+
+def test_a_cleared_reason_that_holds_again_is_opened_again_not_recorded_twice(settings, contracts):
+    """January's K waits for its enrolment and for March (which holds K). March is corrected
+    without K (that reason is cleared), then again with K (it holds again): the ledger keeps
+    one row per (delivery, row, rule), open again."""
+    _registry_and_enrolments(settings, contracts, enrolments=(0, 2))
+    _month_of_payments(settings, contracts, "2025-03", [payment(0, "2025-03", payment_id="K")])
+    ingest(settings, contracts)
+    _month_of_payments(settings, contracts, "2025-01", [payment(0), payment(1, payment_id="K")])
+    jan = result_for(ingest(settings, contracts), "paiements_2025-01.csv")
+    assert jan.rules_failed == {"key_in_other_batch": 1, "references:enrolment_id": 1}
+    _month_of_payments(settings, contracts, "2025-03", [payment(0, "2025-03")])
+    ingest(settings, contracts)
+    _month_of_payments(settings, contracts, "2025-03", [payment(0, "2025-03"), payment(2, "2025-03", payment_id="K")])
+    ingest(settings, contracts)
+    con = store(settings)
+    assert con.execute(UNIQUE_LEDGER).fetchall() == []
+    assert con.execute("select rule, resolved_by_delivery from quarantine.rows where delivery_id = ? order by rule",
+                       [jan.delivery_id]).fetchall() == [("key_in_other_batch", None), ("references:enrolment_id", None)]
+
+
+def test_a_row_left_behind_by_a_released_row_of_its_key_names_the_batch_now_holding_it(settings, contracts):
+    """K is in March; January's and February's K wait for it. March is corrected without K:
+    January's K is loaded, February's stays, and now names January."""
+    _registry_and_enrolments(settings, contracts, enrolments=(0, 1, 2))
+    _month_of_payments(settings, contracts, "2025-03", [payment(0, "2025-03", payment_id="K")])
+    ingest(settings, contracts)
+    _month_of_payments(settings, contracts, "2025-01", [payment(1, payment_id="K")])
+    _month_of_payments(settings, contracts, "2025-02", [payment(2, "2025-02", payment_id="K")])
+    ingest(settings, contracts)
+    _month_of_payments(settings, contracts, "2025-03", [payment(0, "2025-03")])
+    summary = ingest(settings, contracts)
+    assert [(r.file_name, r.rows_released) for r in summary.released] == [("paiements_2025-01.csv", 1)]
+    rows = (settings.feedback_dir / "msisf" / "paiements_2025-02.csv.rejected_rows.csv").read_text()
+    assert "already loaded from batch 2025-01" in rows and "2025-03" not in rows, rows
+
+
+def test_a_held_row_is_checked_again_under_the_contract_of_today(settings, contracts):
+    """A payment held for its enrolment; the contract's date format changes before the
+    enrolment arrives: the row is not loaded with an empty paid date, it stays set aside
+    with the type rule as its reason."""
+    _registry_and_enrolments(settings, contracts)
+    _month_of_payments(settings, contracts, "2025-01", [payment(0), payment(1)])
+    ingest(settings, contracts)
+    changed = dict(contracts)
+    changed["payments"] = dataclasses.replace(contracts["payments"], date_format="%Y-%m-%d", version="2")
+    write_delivery(settings.landing_dir, contracts["enrolments"], "inscriptions_2025-02.csv", [enrolment(1)])
+    assert ingest(settings, changed).released == []
+    con = store(settings)
+    assert con.execute("select count(*) from raw.payments where paid_date is null").fetchone() == (0,)
+    assert con.execute("select rule, resolved_by_delivery = delivery_id from quarantine.rows order by rule").fetchall() == [
+        ("references:enrolment_id", True), ("type:paid_date", None)]
+
+
+def test_counts_and_ledger_agree_after_a_release_an_idle_pass_and_a_supersede(settings, contracts):
+    _registry_and_enrolments(settings, contracts)
+    _month_of_payments(settings, contracts, "2025-03", [payment(0, "2025-03", payment_id="K")])
+    ingest(settings, contracts)
+    _month_of_payments(settings, contracts, "2025-01", [payment(0), payment(1, payment_id="K"), payment(2)])
+    jan = result_for(ingest(settings, contracts), "paiements_2025-01.csv")
+    write_delivery(settings.landing_dir, contracts["enrolments"], "inscriptions_2025-02.csv", [enrolment(1), enrolment(2)])
+    first = ingest(settings, contracts)
+    assert [(r.file_name, r.rows_released) for r in first.released] == [("paiements_2025-01.csv", 1)]
+    con = store(settings)
+    for d, delivered, loaded, quarantined, in_raw, held in con.execute(
+            "select d.delivery_id, d.rows_delivered, d.rows_loaded, d.rows_quarantined, "
+            "(select count(*) from raw.payments r where r._delivery_id = d.delivery_id), "
+            "(select count(distinct source_row) from quarantine.rows q where q.delivery_id = d.delivery_id "
+            " and q.resolved_by_delivery is null) from meta.deliveries d "
+            "where d.source = 'payments' and d.status = 'loaded'").fetchall():
+        assert delivered == loaded + quarantined and loaded == in_raw and quarantined == held, d
+    con.close()
+    summary = settings.feedback_dir / "msisf" / "paiements_2025-01.csv.summary.txt"
+    assert "1 were loaded later" in summary.read_text()
+    written = summary.stat().st_mtime_ns
+    assert ingest(settings, contracts).released == [] and summary.stat().st_mtime_ns == written  # an idle pass
+    _month_of_payments(settings, contracts, "2025-01", [payment(0), payment(2)])  # January corrected
+    ingest(settings, contracts)
+    con = store(settings)
+    assert con.execute("select rule, resolved_by_delivery = delivery_id from quarantine.rows where delivery_id = ? "
+                       "and source_row = 2 order by rule", [jan.delivery_id]).fetchall() == [
+        ("key_in_other_batch", False), ("references:enrolment_id", True)]
+    assert con.execute(UNIQUE_LEDGER).fetchall() == []
+
+
 def test_a_record_released_late_is_current_only_if_it_is_the_latest_of_its_key(settings, contracts):
     """A loan quarantined for a borrower not registered yet, then delivered again a month later:
     once the borrower is registered, both rows load and the later one is the current one."""
@@ -613,17 +713,51 @@ def test_a_cut_off_last_line_after_an_empty_line_rejects_the_file(settings, cont
     assert result.status == "rejected" and result.reason.startswith("truncated or malformed at line 10"), result.reason
 
 
-def test_lines_and_empty_lines_are_counted_across_the_blocks_a_file_is_read_in(tmp_path, monkeypatch):
+def _quoted_empty_line(line: bytes) -> bytes:
+    """The row with its last field (the channel) quoted over three lines, the middle one empty."""
+    head, _, last = line.rpartition(b";")
+    return head + b';"' + last[:2] + b"\n\n" + last[2:] + b'"'
+
+
+@pytest.mark.parametrize("edit, row, line", [
+    (lambda ls: ls[:2] + [_quoted_empty_line(ls[2])] + ls[3:4] + [ls[4] + b";x"] + ls[5:], 4, 7),
+    (lambda ls: ls[:2] + [b"", _quoted_empty_line(ls[2]), b""] + ls[3:4] + [ls[4] + b";x"] + ls[5:], 4, 9),
+    (lambda ls: [ls[0], ls[1] + b";x"] + ls[2:], 1, 2),
+], ids=["an empty line inside a quoted value", "and empty lines around it", "the first row"])
+def test_an_unreadable_csv_row_is_numbered_as_a_row_of_the_file(contracts, tmp_path, edit, row, line):
+    """Rows are counted as DuckDB reads them: a quoted value over several lines is one row, even
+    with an empty line inside; an empty line outside quotes is no row."""
+    from ingestion.readers import stage_file
+
+    con = duckdb.connect()
+    staged = stage_file(con, _payments_with_lines(tmp_path / "landing", contracts, edit), contracts["payments"])
+    assert con.execute(f"select _source_row, split_part(message, ' has', 1) from {staged.malformed}").fetchall() == [
+        (row, f"line {line}")]
+    numbers = [r[0] for r in con.execute(f"select _source_row from {staged.table} order by 1").fetchall()]
+    assert sorted(numbers + [row]) == list(range(1, 9)) == list(range(1, staged.rows + 1))
+    assert con.execute(f"select payment_id from {staged.table} where _source_row = {row + 1}").fetchone() == (
+        f"P2025-01-{row}",)
+
+
+def test_a_cut_off_last_line_after_an_empty_line_inside_quotes_rejects_the_file(settings, contracts):
+    base_delivery(settings, contracts, n=8)
+    path = _payments_with_lines(settings.landing_dir, contracts,
+                                lambda ls: ls[:2] + [_quoted_empty_line(ls[2])] + ls[3:-1] + [ls[-1][:25]])
+    path.write_bytes(path.read_bytes().rstrip(b"\n"))
+    result = result_for(ingest(settings, contracts), "paiements_2025-01.csv")
+    assert result.status == "rejected" and result.reason.startswith("truncated or malformed at line 11"), result.reason
+
+
+def test_the_line_of_a_byte_offset_is_counted_across_the_blocks_a_file_is_read_in(tmp_path, monkeypatch):
     from ingestion import readers
 
     text = b"h\n\n\r\na\n\n\nb\r\n\r\nc\n"
     path = tmp_path / "f.csv"
     path.write_bytes(text)
-    offsets = [i for i in range(len(text) + 1) if i == 0 or text[i - 1:i] == b"\n"]
-    expected = [(text[:o].count(b"\n") + 1, len(readers._BLANK_LINE.findall(text[:o]))) for o in offsets]
     for block in (1, 2, 3, 1 << 20):
         monkeypatch.setattr(readers, "CHUNK", block)
-        assert readers._file_lines(path, offsets) == expected, block
+        assert [readers._file_line(path, o) for o in range(len(text) + 1)] == [
+            text[:o].count(b"\n") + 1 for o in range(len(text) + 1)], block
 
 
 @pytest.mark.parametrize("edit, reason", [
