@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import threading
 import uuid
@@ -788,13 +789,16 @@ class Ingestor:
         con.execute(f"create temp table release_typed as select *, {', '.join(typed)} from release_text")
         # The reasons that hold now, (row, rule, column, message) as at loading: the references
         # and keys, and, for a delivery loaded under another contract or code version (its
-        # rules, its seeds), the contract's row rules as they are today; not the rules on a
-        # direct identifier (its clear value is not kept) nor duplicate_key (rows of several
+        # rules, its seeds), the contract's row rules as they are today; not the rules that read
+        # a direct identifier (its clear value is not kept) nor duplicate_key (rows of several
         # deliveries are checked together here).
         con.execute("create temp view release_recheck as select * from release_typed where recheck")
-        identifiers = ", ".join(_lit(c.name) for c in contract.pii_columns) or "null"
+        skipped = ["duplicate_key", *(f"rule:{r.name}" for r in contract.rules if any(
+            re.search(rf"\b{c.name}\b", r.sql) for c in contract.pii_columns))]
+        identifiers = [c.name for c in contract.pii_columns]
         rules = (f"select * from ({_violations_sql(contract, 'release_recheck', self.seeds_dir)}) "
-                 f"where rule <> 'duplicate_key' and coalesce(column_name, '') not in ({identifiers})"
+                 f"where rule not in ({', '.join(map(_lit, skipped))}) and (column_name is null "
+                 f"or column_name not in ({', '.join(map(_lit, identifiers or ['']))}))"
                  if con.execute("select count(*) from release_recheck").fetchone()[0] else "")
         still = " union all ".join(x for x in (rules, _reference_sql(contract, self.contracts, "release_typed"),
                                                _key_in_other_batch_sql(contract, "release_typed")) if x)

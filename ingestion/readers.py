@@ -224,44 +224,49 @@ def _csv_rejects(table: str) -> tuple[str, str]:
     return f"{table}_rejects", f"{table}_rejects_scan"
 
 
-def _file_line(path: Path, offset: int) -> int:
-    """The 1-based line, as an editor numbers lines, at a byte offset of the file."""
-    line, done = 1, 0
+def _file_lines(path: Path, offsets: list[int]) -> list[int]:
+    """The 1-based line, as an editor numbers lines, at each byte offset (ascending) of the file."""
+    lines, line, done = [], 1, 0
     with open(path, "rb") as fh:
-        while done < offset and (chunk := fh.read(min(CHUNK, offset - done))):
-            line += chunk.count(b"\n")
-            done += len(chunk)
-    return line
+        for offset in offsets:
+            while done < offset and (chunk := fh.read(min(CHUNK, offset - done))):
+                line += chunk.count(b"\n")
+                done += len(chunk)
+            lines.append(line)
+    return lines
 
 
-def _csv_records(path: Path, delimiter: str, records: list[int]) -> list[tuple[int, int]]:
-    """For each of DuckDB's record numbers (ascending; the header is record 1): (the data row
-    number, the line the record starts on, as an editor numbers lines).
-
-    DuckDB's reader numbers records (a quoted line break does not count) and counts empty
-    lines among them, but reads no row from an empty line: the file is read again with
+def _csv_rows(path: Path, delimiter: str, records: list[int]) -> list[int]:
+    """The data row number of each of DuckDB's record numbers (ascending; the header is
+    record 1). DuckDB's reader numbers records (a quoted line break does not count) and counts
+    empty lines among them, but reads no row from an empty line: the file is read again with
     Python's CSV reader, which splits records as DuckDB's does (quoted line breaks, doubled
-    quotes, a quote inside an unquoted value) and gives an empty line as an empty record."""
+    quotes, a quote inside an unquoted value, a space before an opening quote) and gives an
+    empty line as an empty record."""
     csv.field_size_limit(max(csv.field_size_limit(), MAX_JSON_LINE))
-    found, wanted, empty, starts = [], iter(records), 0, 1
+    found, wanted, empty = [], iter(records), 0
     want = next(wanted, None)
     with open(path, encoding="utf-8-sig", errors="replace", newline="") as fh:
-        reader = csv.reader(fh, delimiter=delimiter, quotechar='"', doublequote=True, strict=False)
+        reader = csv.reader(fh, delimiter=delimiter, quotechar='"', doublequote=True, skipinitialspace=True)
         for number, row in enumerate(reader, start=1):
             if want is None:
                 break
             if number == want:
-                found.append((number - 1 - empty, starts))
+                found.append(number - 1 - empty)
                 want = next(wanted, None)
             empty += not row
-            starts = reader.line_num + 1
     return found
 
 
-def _ends_a_line(path: Path) -> bool:
+def _is_cut_off(path: Path, offset: int) -> bool:
+    """No line break ends the file after the line that starts at this byte offset: the
+    file's last line, incomplete (the file was cut off while it was written or sent)."""
     with open(path, "rb") as fh:
-        fh.seek(-1, 2)
-        return fh.read(1) == b"\n"
+        fh.seek(offset)
+        while chunk := fh.read(CHUNK):
+            if b"\n" in chunk:
+                return False
+    return True
 
 
 def _malformed_rows(con, table: str, source: str, read_path: Path, delimiter: str, fields: int) -> int:
@@ -280,7 +285,7 @@ def _malformed_rows(con, table: str, source: str, read_path: Path, delimiter: st
         f"select line_byte_position, error_type::varchar, error_message from {errors} "
         f"where error_type::varchar not in ({shapes}) order by line limit 1").fetchone()
     if fatal is not None:
-        where = f" at line {_file_line(read_path, fatal[0])}"
+        where = f" at line {_file_lines(read_path, [fatal[0]])[0]}"
         if fatal[1] == "INVALID ENCODING":
             raise FileRejected(f"wrong encoding{where}: the file is not valid UTF-8 (its contract says UTF-8)")
         raise FileRejected(f"unreadable{where}: {fatal[2]}")
@@ -293,17 +298,18 @@ def _malformed_rows(con, table: str, source: str, read_path: Path, delimiter: st
     if not rows:
         return 0
     kept = con.execute(f"select count(*) from {source}").fetchone()[0]
-    numbers, lines = zip(*_csv_records(read_path, delimiter, [r[0] for r in rows]))
+    numbers = _csv_rows(read_path, delimiter, [r[0] for r in rows])
+    lines = _file_lines(read_path, [r[1] for r in rows])
     found = [most if too_many else least for _, _, too_many, least, most in rows]
     first = f"line {lines[0]} has {found[0]} fields"
-    if numbers[-1] == kept + len(rows) and not _ends_a_line(read_path) and not rows[-1][2]:
+    if not rows[-1][2] and _is_cut_off(read_path, rows[-1][1]):
         raise FileRejected(f"truncated or malformed at line {lines[-1]}: Expected Number of Columns: {fields} "
                            f"Found: {found[-1]} (the last line is incomplete: was the file cut off?)")
     if len(rows) > kept:
         raise FileRejected(f"malformed: {len(rows)} of the file's {kept + len(rows)} rows do not have the header's "
                            f"{fields} fields ({first})")
     listed = pa.table({  # noqa: F841 (read by the SQL below)
-        "_source_row": pa.array(list(numbers), pa.int64()),
+        "_source_row": pa.array(numbers, pa.int64()),
         "message": pa.array([f"line {line} has {n} fields where the header has {fields}: the row could not be read"
                              for line, n in zip(lines, found)], pa.string()),
     })

@@ -539,6 +539,47 @@ def test_a_held_row_is_checked_again_under_the_contract_of_today(settings, contr
         ("references:enrolment_id", True), ("type:paid_date", None)]
 
 
+def test_a_contract_rule_reading_a_direct_identifier_is_not_checked_again_on_a_held_row(settings, contracts):
+    """The clear value of a direct identifier is not kept: a contract rule that reads one saw
+    it at loading and is not checked again (here after a deploy, a new code version)."""
+    from ingestion.contracts import Rule
+
+    changed = dict(contracts)
+    changed["payments"] = dataclasses.replace(contracts["payments"], rules=contracts["payments"].rules + (
+        Rule("enrolled_payment_names_person", "(cin is null) = (enrolment_id is null)"),))
+
+    def run(code_version):
+        return Ingestor(settings.store_path, changed, TEST_KEY, seeds_dir=settings.seeds_dir,
+                        rejected_dir=settings.rejected_dir, feedback_dir=settings.feedback_dir,
+                        code_version=code_version).ingest(settings.landing_dir)
+
+    _registry_and_enrolments(settings, contracts)
+    _month_of_payments(settings, contracts, "2025-01", [payment(0), payment(1)])
+    assert result_for(run("v1"), "paiements_2025-01.csv").rules_failed == {"references:enrolment_id": 1}
+    write_delivery(settings.landing_dir, contracts["enrolments"], "inscriptions_2025-02.csv", [enrolment(1)])
+    assert [(r.file_name, r.rows_released) for r in run("v2").released] == [("paiements_2025-01.csv", 1)]
+
+
+def test_a_held_row_of_a_source_without_identifiers_is_checked_against_the_rules_of_today(settings, contracts):
+    """An occupancy report held for an establishment not delivered yet; the contract's minimum
+    for residents rises before the establishment arrives: the report stays set aside."""
+    establishment = {"establishment_id": "EPS-0001", "establishment_name": "Dar Al Atfal", "establishment_type": "children",
+                     "region_code": "06", "province_code": "0601", "commune_code": "0601001", "capacity": "40"}
+    write_delivery(settings.landing_dir, contracts["occupancy"], "occupation_2025-01.csv",
+                   [{"establishment_id": "EPS-0001", "month": "2025-01", "residents": "5", "admissions": "1",
+                     "departures": "0"}])
+    assert result_for(ingest(settings, contracts), "occupation_2025-01.csv").rules_failed == {
+        "references:establishment_id": 1}
+    occupancy = contracts["occupancy"]
+    changed = dict(contracts)
+    changed["occupancy"] = dataclasses.replace(occupancy, version="2", columns=tuple(
+        dataclasses.replace(c, min=10) if c.name == "residents" else c for c in occupancy.columns))
+    write_delivery(settings.landing_dir, contracts["establishments"], "etablissements_2025-01.csv", [establishment])
+    assert ingest(settings, changed).released == []
+    assert store(settings).execute("select rule from quarantine.rows where resolved_by_delivery is null").fetchall() == [
+        ("min:residents",)]
+
+
 def test_counts_and_ledger_agree_after_a_release_an_idle_pass_and_a_supersede(settings, contracts):
     _registry_and_enrolments(settings, contracts)
     _month_of_payments(settings, contracts, "2025-03", [payment(0, "2025-03", payment_id="K")])
@@ -754,10 +795,41 @@ def test_the_line_of_a_byte_offset_is_counted_across_the_blocks_a_file_is_read_i
     text = b"h\n\n\r\na\n\n\nb\r\n\r\nc\n"
     path = tmp_path / "f.csv"
     path.write_bytes(text)
+    offsets = list(range(len(text) + 1))
     for block in (1, 2, 3, 1 << 20):
         monkeypatch.setattr(readers, "CHUNK", block)
-        assert [readers._file_line(path, o) for o in range(len(text) + 1)] == [
-            text[:o].count(b"\n") + 1 for o in range(len(text) + 1)], block
+        assert readers._file_lines(path, offsets) == [text[:o].count(b"\n") + 1 for o in offsets], block
+
+
+def _space_quoted_empty_line(line: bytes) -> bytes:
+    """The last field (the channel) as ` "ba<LF><LF>nk"`: DuckDB's reader skips the space before
+    the quote and reads one row over three lines."""
+    head, _, last = line.rpartition(b";")
+    return head + b'; "' + last[:2] + b"\n\n" + last[2:] + b'"'
+
+
+def test_a_space_before_a_quoted_value_over_lines_keeps_the_row_numbers(contracts, tmp_path):
+    from ingestion.readers import stage_file
+
+    # line 1 header; row 1 line 2; row 2 lines 3-5; row 3 line 6; row 4 (one field too many) line 7
+    edit = lambda ls: ls[:2] + [_space_quoted_empty_line(ls[2])] + ls[3:4] + [ls[4] + b";x"] + ls[5:]  # noqa: E731
+    con = duckdb.connect()
+    staged = stage_file(con, _payments_with_lines(tmp_path / "landing", contracts, edit), contracts["payments"])
+    assert con.execute(f"select channel from {staged.table} where payment_id = 'P2025-01-1'").fetchone() == ("ba\n\nnk",)
+    assert con.execute(f"select _source_row, split_part(message, ' has', 1) from {staged.malformed}").fetchall() == [
+        (4, "line 7")]
+    assert con.execute(f"select _source_row from {staged.table} where payment_id = 'P2025-01-2'").fetchone() == (3,)
+
+
+def test_a_cut_off_last_line_is_rejected_whatever_comes_before(settings, contracts):
+    """The file stops in its last row, with no line break after it: rejected, however the rows
+    before it are numbered (the check reads the bytes after the row)."""
+    base_delivery(settings, contracts, n=8)
+    path = _payments_with_lines(settings.landing_dir, contracts,
+                                lambda ls: ls[:2] + [_space_quoted_empty_line(ls[2])] + ls[3:-1] + [ls[-1][:25]])
+    path.write_bytes(path.read_bytes().rstrip(b"\n"))
+    result = result_for(ingest(settings, contracts), "paiements_2025-01.csv")
+    assert result.status == "rejected" and result.reason.startswith("truncated or malformed at line 11"), result.reason
 
 
 @pytest.mark.parametrize("edit, reason", [
