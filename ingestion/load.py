@@ -794,7 +794,7 @@ class Ingestor:
         # deliveries are checked together here).
         con.execute("create temp view release_recheck as select * from release_typed where recheck")
         skipped = ["duplicate_key", *(f"rule:{r.name}" for r in contract.rules if any(
-            re.search(rf"\b{c.name}\b", r.sql) for c in contract.pii_columns))]
+            re.search(rf"\b{re.escape(c.name)}\b", r.sql, re.IGNORECASE) for c in contract.pii_columns))]
         identifiers = [c.name for c in contract.pii_columns]
         rules = (f"select * from ({_violations_sql(contract, 'release_recheck', self.seeds_dir)}) "
                  f"where rule not in ({', '.join(map(_lit, skipped))}) and (column_name is null "

@@ -203,7 +203,7 @@ def stage_csv(con, path: Path, contract: Contract, table: str, tmp_dir: Path) ->
     malformed: list[int] = []
 
     def set_aside(source: str) -> str | None:
-        found = _malformed_rows(con, table, source, read_path, delim, len(headers))
+        found = _malformed_rows(con, table, read_path, delim, len(headers))
         malformed.append(found)
         return f"{table}_malformed" if found else None
 
@@ -236,41 +236,32 @@ def _file_lines(path: Path, offsets: list[int]) -> list[int]:
     return lines
 
 
-def _csv_rows(path: Path, delimiter: str, records: list[int]) -> list[int]:
-    """The data row number of each of DuckDB's record numbers (ascending; the header is
-    record 1). DuckDB's reader numbers records (a quoted line break does not count) and counts
-    empty lines among them, but reads no row from an empty line: the file is read again with
-    Python's CSV reader, which splits records as DuckDB's does (quoted line breaks, doubled
-    quotes, a quote inside an unquoted value, a space before an opening quote) and gives an
-    empty line as an empty record."""
-    csv.field_size_limit(max(csv.field_size_limit(), MAX_JSON_LINE))
-    found, wanted, empty = [], iter(records), 0
-    want = next(wanted, None)
-    with open(path, encoding="utf-8-sig", errors="replace", newline="") as fh:
-        reader = csv.reader(fh, delimiter=delimiter, quotechar='"', doublequote=True, skipinitialspace=True)
-        for number, row in enumerate(reader, start=1):
-            if want is None:
-                break
-            if number == want:
-                found.append(number - 1 - empty)
-                want = next(wanted, None)
-            empty += not row
-    return found
-
-
-def _is_cut_off(path: Path, offset: int) -> bool:
-    """No line break ends the file after the line that starts at this byte offset: the
-    file's last line, incomplete (the file was cut off while it was written or sent)."""
+def _ends_a_line(path: Path) -> bool:
     with open(path, "rb") as fh:
-        fh.seek(offset)
-        while chunk := fh.read(CHUNK):
-            if b"\n" in chunk:
-                return False
-    return True
+        fh.seek(-1, 2)
+        return fh.read(1) == b"\n"
 
 
-def _malformed_rows(con, table: str, source: str, read_path: Path, delimiter: str, fields: int) -> int:
-    """The rows DuckDB's reader left out of ``source`` because they do not have the header's
+NO_NULL = "\x01jisr: no field is null\x01"  # a nullstr no field holds: an empty field stays ''
+
+
+def _field_counts(con, read_path: Path, delimiter: str, width: int) -> list[int]:
+    """The number of fields of every row of the file, in file order, as DuckDB's reader
+    splits it: read once more into ``width`` columns (at least the longest row's), short rows
+    padded with nulls and empty fields kept empty, so a row's fields are its non-null columns.
+    Empty lines give no row, so a row's position is its data row number (DuckDB's record
+    numbers, in its rejects table, count empty lines). One thread: DuckDB pads rows only so
+    when a quoted value may hold a line break."""
+    columns = {f"c{i}": "VARCHAR" for i in range(width)}
+    counted = " + ".join(f"(c{i} is not null)::int" for i in range(width))
+    return [n for n, in con.execute(
+        f"select {counted} from read_csv(?, delim=?, header=true, auto_detect=false, quote='\"', escape='\"', "
+        f"columns={columns!r}, strict_mode=true, null_padding=true, parallel=false, nullstr=?, encoding='utf-8')",
+        [str(read_path), delimiter, NO_NULL]).fetchall()]
+
+
+def _malformed_rows(con, table: str, read_path: Path, delimiter: str, fields: int) -> int:
+    """The rows DuckDB's reader left out of its copy of the file because they do not have the header's
     ``fields`` fields, listed in ``<table>_malformed`` (``_source_row``, message); their count.
     ``read_path`` is the file DuckDB read (UTF-8), ``delimiter`` its delimiter.
 
@@ -291,30 +282,30 @@ def _malformed_rows(con, table: str, source: str, read_path: Path, delimiter: st
         raise FileRejected(f"unreadable{where}: {fatal[2]}")
     # one row can be reported several times (once per count of fields the reader tried)
     rows = con.execute(
-        "select line, min(line_byte_position), bool_or(error_type::varchar = 'TOO MANY COLUMNS'), "
-        "min(regexp_extract(error_message, 'Found: (\\d+)', 1)::int), "
-        "max(regexp_extract(error_message, 'Found: (\\d+)', 1)::int) "
+        "select min(line_byte_position), max(regexp_extract(error_message, 'Found: (\\d+)', 1)::int) "
         f"from {errors} group by line order by line").fetchall()
     if not rows:
         return 0
-    kept = con.execute(f"select count(*) from {source}").fetchone()[0]
-    numbers = _csv_rows(read_path, delimiter, [r[0] for r in rows])
-    lines = _file_lines(read_path, [r[1] for r in rows])
-    found = [most if too_many else least for _, _, too_many, least, most in rows]
-    first = f"line {lines[0]} has {found[0]} fields"
-    if not rows[-1][2] and _is_cut_off(read_path, rows[-1][1]):
+    counts = _field_counts(con, read_path, delimiter, max(fields, *(most for _, most in rows)))
+    odd = [(number, n) for number, n in enumerate(counts, start=1) if n != fields]
+    lines = _file_lines(read_path, [offset for offset, _ in rows])
+    if len(odd) != len(rows):  # the two readings did not split the file alike
+        raise FileRejected(f"malformed at line {lines[0]}: a row without the header's {fields} fields, "
+                           "in a file whose rows could not be told apart")
+    first = f"line {lines[0]} has {odd[0][1]} fields"
+    if odd[-1][0] == len(counts) and odd[-1][1] < fields and not _ends_a_line(read_path):
         raise FileRejected(f"truncated or malformed at line {lines[-1]}: Expected Number of Columns: {fields} "
-                           f"Found: {found[-1]} (the last line is incomplete: was the file cut off?)")
-    if len(rows) > kept:
-        raise FileRejected(f"malformed: {len(rows)} of the file's {kept + len(rows)} rows do not have the header's "
+                           f"Found: {odd[-1][1]} (the last line is incomplete: was the file cut off?)")
+    if 2 * len(odd) > len(counts):
+        raise FileRejected(f"malformed: {len(odd)} of the file's {len(counts)} rows do not have the header's "
                            f"{fields} fields ({first})")
     listed = pa.table({  # noqa: F841 (read by the SQL below)
-        "_source_row": pa.array(numbers, pa.int64()),
+        "_source_row": pa.array([number for number, _ in odd], pa.int64()),
         "message": pa.array([f"line {line} has {n} fields where the header has {fields}: the row could not be read"
-                             for line, n in zip(lines, found)], pa.string()),
+                             for line, (_, n) in zip(lines, odd)], pa.string()),
     })
     con.execute(f"create or replace temp table {table}_malformed as select * from listed")
-    return len(rows)
+    return len(odd)
 
 
 def shown_name(path: Path) -> str:

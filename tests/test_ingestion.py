@@ -539,14 +539,15 @@ def test_a_held_row_is_checked_again_under_the_contract_of_today(settings, contr
         ("references:enrolment_id", True), ("type:paid_date", None)]
 
 
-def test_a_contract_rule_reading_a_direct_identifier_is_not_checked_again_on_a_held_row(settings, contracts):
+@pytest.mark.parametrize("sql", ["(cin is null) = (enrolment_id is null)", '("CIN" is null) = (enrolment_id is null)'])
+def test_a_contract_rule_reading_a_direct_identifier_is_not_checked_again_on_a_held_row(settings, contracts, sql):
     """The clear value of a direct identifier is not kept: a contract rule that reads one saw
     it at loading and is not checked again (here after a deploy, a new code version)."""
     from ingestion.contracts import Rule
 
     changed = dict(contracts)
     changed["payments"] = dataclasses.replace(contracts["payments"], rules=contracts["payments"].rules + (
-        Rule("enrolled_payment_names_person", "(cin is null) = (enrolment_id is null)"),))
+        Rule("enrolled_payment_names_person", sql),))
 
     def run(code_version):
         return Ingestor(settings.store_path, changed, TEST_KEY, seeds_dir=settings.seeds_dir,
@@ -804,11 +805,36 @@ def test_a_space_before_a_quoted_value_over_lines_keeps_the_row_numbers(contract
     assert con.execute(f"select _source_row from {staged.table} where payment_id = 'P2025-01-2'").fetchone() == (3,)
 
 
+def _last_field(line: bytes, new: bytes) -> bytes:
+    return line.rsplit(b";", 1)[0] + b";" + new
+
+
+@pytest.mark.parametrize("edit, malformed", [
+    # DuckDB skips one space before an opening quote, not two: `  "ba` is an unquoted value, and
+    # the quote after `nk` too; line 4 is empty, line 5 a row of one field
+    (lambda ls: ls[:2] + [_last_field(ls[2], b'  "ba\n\nnk"')] + ls[3:5] + [ls[5] + b";x"] + ls[6:],
+     [(3, "line 5"), (6, "line 8")]),
+    # `  "P2025...` is an unquoted value for DuckDB: no quote is opened
+    (lambda ls: ls[:2] + [b'  "' + ls[2]] + ls[3:5] + [ls[5] + b";x"] + ls[6:], [(5, "line 6")]),
+], ids=["two spaces before a quoted value over lines", "two spaces before a quote never closed"])
+def test_rows_are_numbered_as_duckdb_splits_them(contracts, tmp_path, edit, malformed):
+    from ingestion.readers import stage_file
+
+    con = duckdb.connect()
+    staged = stage_file(con, _payments_with_lines(tmp_path / "landing", contracts, edit), contracts["payments"])
+    assert con.execute(f"select _source_row, split_part(message, ' has', 1) from {staged.malformed} order by 1"
+                       ).fetchall() == malformed
+    numbers = [r[0] for r in con.execute(f"select _source_row from {staged.table} order by 1").fetchall()]
+    assert sorted(numbers + [row for row, _ in malformed]) == list(range(1, staged.rows + 1))
+
+
 @pytest.mark.parametrize("before, line", [
     (lambda ls: ls[:2] + [b""] + ls[2:], 10),
     (lambda ls: ls[:2] + [_quoted_empty_line(ls[2])] + ls[3:], 11),
     (lambda ls: ls[:2] + [_space_quoted_empty_line(ls[2])] + ls[3:], 11),
-], ids=["an empty line", "an empty line inside quotes", "a space before a quoted value over lines"])
+    (lambda ls: ls[:-1] + [b'P2025-01-7;E7;AB100007;"DSD\n-01"'], 9),
+], ids=["an empty line", "an empty line inside quotes", "a space before a quoted value over lines",
+        "a line break inside a quoted value of the last row"])
 def test_a_cut_off_last_line_is_rejected_whatever_comes_before(settings, contracts, before, line):
     """The file stops in its last row, with no line break after it: rejected, however the rows
     before it are numbered (the check reads the bytes after the row)."""
