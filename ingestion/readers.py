@@ -243,21 +243,40 @@ def _ends_a_line(path: Path) -> bool:
 
 
 NO_NULL = "\x01jisr: no field is null\x01"  # a nullstr no field holds: an empty field stays ''
+MAX_FIELDS = 1 << 14  # a row with more fields than this makes the file unreadable
 
 
-def _field_counts(con, read_path: Path, delimiter: str, width: int) -> list[int]:
-    """The number of fields of every row of the file, in file order, as DuckDB's reader
-    splits it: read once more into ``width`` columns (at least the longest row's), short rows
-    padded with nulls and empty fields kept empty, so a row's fields are its non-null columns.
-    Empty lines give no row, so a row's position is its data row number (DuckDB's record
-    numbers, in its rejects table, count empty lines). One thread: DuckDB pads rows only so
-    when a quoted value may hold a line break."""
-    columns = {f"c{i}": "VARCHAR" for i in range(width)}
-    counted = " + ".join(f"(c{i} is not null)::int" for i in range(width))
-    return [n for n, in con.execute(
-        f"select {counted} from read_csv(?, delim=?, header=true, auto_detect=false, quote='\"', escape='\"', "
-        f"columns={columns!r}, strict_mode=true, null_padding=true, parallel=false, nullstr=?, encoding='utf-8')",
-        [str(read_path), delimiter, NO_NULL]).fetchall()]
+def _odd_rows(con, read_path: Path, delimiter: str, fields: int, width: int) -> tuple[int, list[tuple[int, int]]]:
+    """(rows of the file, [(data row number, fields) of each row DuckDB's strict reader sets
+    aside]), as DuckDB's reader splits the file: read once more into ``width`` columns (more
+    as needed), short rows padded with nulls and empty fields kept empty, so a row's fields
+    are its non-null columns. Empty lines give no row, so a row's position is its data row
+    number (DuckDB's record numbers, in its rejects table, count empty lines). A row is set
+    aside when it has fewer fields than the header, or more that are not all empty (the
+    strict reader drops empty fields at the end of a row). One thread: DuckDB pads rows so
+    only when a quoted value may hold a line break."""
+    while True:
+        columns = {f"c{i}": "VARCHAR" for i in range(width)}
+        values = f"[{', '.join(f'c{i}' for i in range(width))}]"
+        try:
+            counted = con.execute(
+                f"select len(list_filter(v, lambda x: x is not null)) as n, "
+                f"len(list_filter(v[{fields + 1}:], lambda x: x is not null and x <> '')) = 0 as extra_empty "
+                f"from (select {values} as v from read_csv(?, delim=?, header=true, auto_detect=false, "
+                f"quote='\"', escape='\"', columns={columns!r}, strict_mode=true, null_padding=true, "
+                "parallel=false, nullstr=?, encoding='utf-8'))",
+                [str(read_path), delimiter, NO_NULL]).fetchall()
+            break
+        except Exception as exc:  # duckdb.Error
+            longer = re.search(r"Expected Number of Columns: \d+ Found: (\d+)", str(exc))
+            if longer is None:
+                raise
+            if width >= MAX_FIELDS:
+                raise FileRejected(f"unreadable: a row has more than {MAX_FIELDS} fields") from None
+            width = min(MAX_FIELDS, max(2 * width, int(longer.group(1)) + 1))  # a row wider than width
+    odd = [(number, n) for number, (n, extra_empty) in enumerate(counted, start=1)
+           if n < fields or (n > fields and not extra_empty)]
+    return len(counted), odd
 
 
 def _malformed_rows(con, table: str, read_path: Path, delimiter: str, fields: int) -> int:
@@ -286,18 +305,17 @@ def _malformed_rows(con, table: str, read_path: Path, delimiter: str, fields: in
         f"from {errors} group by line order by line").fetchall()
     if not rows:
         return 0
-    counts = _field_counts(con, read_path, delimiter, max(fields, *(most for _, most in rows)))
-    odd = [(number, n) for number, n in enumerate(counts, start=1) if n != fields]
+    total, odd = _odd_rows(con, read_path, delimiter, fields, max(fields, *(most for _, most in rows)) + 1)
     lines = _file_lines(read_path, [offset for offset, _ in rows])
     if len(odd) != len(rows):  # the two readings did not split the file alike
         raise FileRejected(f"malformed at line {lines[0]}: a row without the header's {fields} fields, "
                            "in a file whose rows could not be told apart")
     first = f"line {lines[0]} has {odd[0][1]} fields"
-    if odd[-1][0] == len(counts) and odd[-1][1] < fields and not _ends_a_line(read_path):
+    if odd[-1][0] == total and odd[-1][1] < fields and not _ends_a_line(read_path):
         raise FileRejected(f"truncated or malformed at line {lines[-1]}: Expected Number of Columns: {fields} "
                            f"Found: {odd[-1][1]} (the last line is incomplete: was the file cut off?)")
-    if 2 * len(odd) > len(counts):
-        raise FileRejected(f"malformed: {len(odd)} of the file's {len(counts)} rows do not have the header's "
+    if 2 * len(odd) > total:
+        raise FileRejected(f"malformed: {len(odd)} of the file's {total} rows do not have the header's "
                            f"{fields} fields ({first})")
     listed = pa.table({  # noqa: F841 (read by the SQL below)
         "_source_row": pa.array([number for number, _ in odd], pa.int64()),

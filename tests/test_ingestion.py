@@ -816,7 +816,18 @@ def _last_field(line: bytes, new: bytes) -> bytes:
      [(3, "line 5"), (6, "line 8")]),
     # `  "P2025...` is an unquoted value for DuckDB: no quote is opened
     (lambda ls: ls[:2] + [b'  "' + ls[2]] + ls[3:5] + [ls[5] + b";x"] + ls[6:], [(5, "line 6")]),
-], ids=["two spaces before a quoted value over lines", "two spaces before a quote never closed"])
+    # DuckDB's strict reader drops empty fields at the end of a row: `...;bank;` has 8 fields
+    (lambda ls: ls[:2] + [ls[2] + b";", ls[3].rsplit(b";", 1)[0]] + ls[4:], [(3, "line 4")]),
+    (lambda ls: ls[:2] + [ls[2] + b';""', ls[3] + b";x"] + ls[4:], [(3, "line 4")]),
+    (lambda ls: [ls[0]] + [ln + b";;" for ln in ls[1:3]] + [ls[3] + b";;x"] + [ln + b";" for ln in ls[4:]],
+     [(3, "line 4")]),
+    # a row wider than the rejects say (they count up to its first non-empty extra field), or
+    # than a thousand fields
+    (lambda ls: ls[:3] + [ls[3] + b";;;;;;;;;;;x"] + ls[4:], [(3, "line 4")]),
+    (lambda ls: ls[:3] + [ls[3] + b";x" * 1500] + ls[4:], [(3, "line 4")]),
+], ids=["two spaces before a quoted value over lines", "two spaces before a quote never closed",
+        "an empty field at the end of a row", "a quoted empty field at the end of a row",
+        "rows ending with empty fields", "a row wider than the rejects say", "a row of 1508 fields"])
 def test_rows_are_numbered_as_duckdb_splits_them(contracts, tmp_path, edit, malformed):
     from ingestion.readers import stage_file
 
