@@ -190,14 +190,17 @@ def stage_csv(con, path: Path, contract: Contract, table: str, tmp_dir: Path) ->
                     f"{other!r}-separated: {header_line[:120]!r}"
                 )
         raise FileRejected(f"the header has a single column {header_line[:120]!r}; expected {delim!r}-separated columns")
+    # a header cell left empty (a delimiter at the end of the line, as spreadsheets export) is
+    # named by its position, as in a workbook
+    headers = [h if h.strip() else f"column_{i + 1}" for i, h in enumerate(headers)]
     mapping, warnings = _map_headers(contract, headers, "column")
-    columns = {h: "VARCHAR" for h in headers}
+    columns = _varchar_columns(headers)
     errors, scans = _csv_rejects(table)
     for t in (errors, scans):
         con.execute(f"drop table if exists {t}")  # DuckDB appends to a rejects table
     source_sql = (
         "select * from read_csv(?, delim=?, header=true, auto_detect=false, quote='\"', escape='\"', "
-        f"columns={columns!r}, strict_mode=true, null_padding=false, encoding='utf-8', "
+        f"columns={columns}, strict_mode=true, null_padding=false, encoding='utf-8', "
         f"store_rejects=true, rejects_table='{errors}', rejects_scan='{scans}')"
     )
     malformed: list[int] = []
@@ -217,6 +220,11 @@ def stage_csv(con, path: Path, contract: Contract, table: str, tmp_dir: Path) ->
 
 
 ROW_SHAPE_ERRORS = ("MISSING COLUMNS", "TOO MANY COLUMNS")  # a row's problem; any other, the file's
+
+
+def _varchar_columns(names) -> str:
+    """The ``columns`` argument of DuckDB's readers: every name (any text) a VARCHAR column."""
+    return "{" + ", ".join("'" + n.replace("'", "''") + "': 'VARCHAR'" for n in names) + "}"
 
 
 def _csv_rejects(table: str) -> tuple[str, str]:
@@ -256,14 +264,14 @@ def _odd_rows(con, read_path: Path, delimiter: str, fields: int, width: int) -> 
     strict reader drops empty fields at the end of a row). One thread: DuckDB pads rows so
     only when a quoted value may hold a line break."""
     while True:
-        columns = {f"c{i}": "VARCHAR" for i in range(width)}
+        columns = _varchar_columns(f"c{i}" for i in range(width))
         values = f"[{', '.join(f'c{i}' for i in range(width))}]"
         try:
             counted = con.execute(
                 f"select len(list_filter(v, lambda x: x is not null)) as n, "
                 f"len(list_filter(v[{fields + 1}:], lambda x: x is not null and x <> '')) = 0 as extra_empty "
                 f"from (select {values} as v from read_csv(?, delim=?, header=true, auto_detect=false, "
-                f"quote='\"', escape='\"', columns={columns!r}, strict_mode=true, null_padding=true, "
+                f"quote='\"', escape='\"', columns={columns}, strict_mode=true, null_padding=true, "
                 "parallel=false, nullstr=?, encoding='utf-8'))",
                 [str(read_path), delimiter, NO_NULL]).fetchall()
             break
@@ -345,7 +353,9 @@ def _describe_read_error(exc: Exception, shown: str, *paths: Path) -> str:
     if "Expected Number of Columns" in text:
         detail = next(ln.strip() for ln in text.splitlines() if ln.startswith("Expected Number"))
         return f"truncated or malformed{where}: {detail}"
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith(("Invalid Input Error", "Original Line"))]
+    lines = [ln.strip().removeprefix("Invalid Input Error:").strip() for ln in text.splitlines()
+             if not ln.startswith("Original Line")]
+    lines = [ln for ln in lines if ln and not ln.startswith("CSV Error on Line")]
     return f"unreadable{where}: {lines[0] if lines else type(exc).__name__}"
 
 
@@ -512,8 +522,7 @@ def stage_jsonl(con, path: Path, contract: Contract, table: str, sample_lines: i
             raise _jsonl_rejection(path, *first_problem)
         raise FileRejected("the file has no JSON record")
     mapping, warnings = _map_headers(contract, list(keys), "field")
-    columns = {k: "VARCHAR" for k in keys}
-    source_sql = f"select * from read_json(?, format='newline_delimited', columns={columns!r})"
+    source_sql = f"select * from read_json(?, format='newline_delimited', columns={_varchar_columns(keys)})"
     try:
         _stage_from(con, contract, mapping, source_sql, table, [str(path)])
         refused = None

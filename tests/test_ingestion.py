@@ -805,6 +805,31 @@ def test_a_space_before_a_quoted_value_over_lines_keeps_the_row_numbers(contract
     assert con.execute(f"select _source_row from {staged.table} where payment_id = 'P2025-01-2'").fetchone() == (3,)
 
 
+@pytest.mark.parametrize("edit, rows, malformed", [
+    (lambda ls: [ln + b";" for ln in ls], 8, []),  # a spreadsheet's export: an empty last column
+    (lambda ls: [ls[0] + b";"] + [ln + b";" for ln in ls[1:3]] + [ls[3] + b";x;y"] + [ln + b";" for ln in ls[4:]], 8,
+     [3]),
+    (lambda ls: [ls[0] + b';"it\'s ""x"""'] + [ln + b";" for ln in ls[1:]], 8, []),  # both quote characters
+], ids=["an empty last column", "and an unreadable row", "a header cell with both quote characters"])
+def test_a_header_cell_is_any_text_or_none(contracts, tmp_path, edit, rows, malformed):
+    from ingestion.readers import stage_file
+
+    con = duckdb.connect()
+    staged = stage_file(con, _payments_with_lines(tmp_path / "landing", contracts, edit), contracts["payments"])
+    assert staged.rows == rows and len(staged.warnings) == 1, staged.warnings
+    found = con.execute(f"select _source_row from {staged.malformed}").fetchall() if staged.malformed else []
+    assert [r[0] for r in found] == malformed
+
+
+def test_mixed_line_endings_give_a_reason_a_partner_can_read(contracts, tmp_path):
+    from ingestion.readers import FileRejected, stage_file
+
+    path = _payments_with_lines(tmp_path / "landing", contracts, lambda ls: ls[:2] + [ls[2] + b"\r"] + ls[3:])
+    with pytest.raises(FileRejected) as rejected:
+        stage_file(duckdb.connect(), path, contracts["payments"])
+    assert rejected.value.reason.startswith("unreadable: The CSV Parser state machine reached an invalid state")
+
+
 def _last_field(line: bytes, new: bytes) -> bytes:
     return line.rsplit(b";", 1)[0] + b";" + new
 
