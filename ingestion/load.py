@@ -200,6 +200,17 @@ def typed_expr(contract: Contract, col) -> str:
     raise ValueError(col.type)
 
 
+def _stored(col, alias: str = "") -> str:
+    """The typed table's column a raw column is loaded from, and references and keys compare:
+    a direct identifier's pseudonym, any other column's typed value."""
+    return f"{alias}{col.name}__key" if col.pii else f"{alias}{col.name}__typed"
+
+
+def _raw_select(contract: Contract, alias: str = "") -> str:
+    """The select list of a raw table's contract columns from a typed table."""
+    return ", ".join(f"{_stored(c, alias)} as {c.raw_name}" for c in contract.columns)
+
+
 def _violations_sql(contract: Contract, typed: str, seeds_dir: Path) -> str:
     """SQL listing (source_row, rule, column_name, message) for every failing rule."""
     parts = []
@@ -262,7 +273,7 @@ def _reference_sql(contract: Contract, contracts: dict[str, Contract], typed: st
             continue
         target_source, target_col = col.references.split(".")
         target = contracts[target_source].column(target_col)
-        mine = f"{col.name}__key" if col.pii else f"{col.name}__typed"
+        mine = _stored(col)
         theirs = target.raw_name
         if col.pii and not target.pii:
             raise ValueError(f"{contract.source}.{col.name}: a direct identifier can only reference another identifier")
@@ -288,7 +299,7 @@ def _key_in_other_batch_sql(contract: Contract, typed: str) -> str:
     if contract.supersede != "replace_batch" or not contract.primary_key:
         return ""
     columns = [contract.column(k) for k in contract.primary_key]
-    mine = [f"t.{c.name}__key" if c.pii else f"t.{c.name}__typed" for c in columns]
+    mine = [_stored(c, "t.") for c in columns]
     match = " and ".join(f"r.{c.raw_name} = {m}" for c, m in zip(columns, mine))
     return (
         f"select t._source_row, 'key_in_other_batch' as rule, {_lit(','.join(contract.primary_key))} as column_name, "
@@ -681,11 +692,8 @@ class Ingestor:
             "order by v._source_row, v.rule",
             [delivery_id, contract.source, path.name, content_hash, path.name, self.run_id, now],
         )
-        raw_select = ", ".join(
-            f"{c.name}__key as {c.raw_name}" if c.pii else f"{c.name}__typed as {c.name}" for c in contract.columns
-        )
         con.execute(
-            f"insert into raw.{contract.source} select {raw_select}, ?, _batch, ?, ?, _source_row, ?, ?, true "
+            f"insert into raw.{contract.source} select {_raw_select(contract)}, ?, _batch, ?, ?, _source_row, ?, ?, true "
             f"from {typed} where _source_row not in (select _source_row from {violations_table}) "
             "order by _source_row",
             [delivery_id, path.name, content_hash, now, self.run_id],
@@ -805,7 +813,7 @@ class Ingestor:
         con.execute(f"create temp table release_reasons as {still}")
         con.execute("create temp table release_free as select _source_row from release_typed "
                     "where _source_row not in (select _source_row from release_reasons)")
-        key = [f"{c.name}__key" if c.pii else f"{c.name}__typed" for c in map(contract.column, contract.primary_key)]
+        key = [_stored(c) for c in map(contract.column, contract.primary_key)]
         if contract.supersede == "replace_batch" and key:
             # two free rows of one key from two batches: the first batch's goes, as at loading; the
             # others get key_in_other_batch below, once it is loaded
@@ -818,10 +826,8 @@ class Ingestor:
             "release_free) group by 1 order by 1").fetchall()
         now = datetime.now(timezone.utc).replace(tzinfo=None)
         if released:
-            raw_select = ", ".join(f"t.{c.name}__key as {c.raw_name}" if c.pii else f"t.{c.name}__typed as {c.name}"
-                                   for c in contract.columns)
             con.execute(
-                f"insert into raw.{contract.source} select {raw_select}, t._held_delivery, t._batch, d.file_name, "
+                f"insert into raw.{contract.source} select {_raw_select(contract, 't.')}, t._held_delivery, t._batch, d.file_name, "
                 "d.content_hash, t._held_row, ?, ?, true from release_typed t "
                 "join meta.deliveries d on d.delivery_id = t._held_delivery "
                 "where t._source_row in (select _source_row from release_free) order by t._held_delivery, t._held_row",

@@ -70,20 +70,20 @@ def _map_headers(contract: Contract, headers: list[str], what: str) -> tuple[dic
 
 
 def _stage_from(con, contract: Contract, mapping: dict[str, str], source_sql: str, table: str, params=(),
-                set_aside: Callable[[str], str | None] | None = None) -> None:
+                set_aside: Callable[[], str | None] | None = None) -> None:
     """Materialise the source in file order once, and stage it as the view ``table``: the
     contract's columns plus ``_source_row``, the 1-based data row number.
 
     A table keeps insertion order and its row ids are positions, so the row number is the
     row id less the first one (temporary tables inside a transaction do not start at 0).
     Should the row ids of the copy not be contiguous, rows are numbered in row id order into
-    a second copy instead (slower, same numbers). ``set_aside``, given the copy, names a
-    table of the file's rows the reader left out of it (``_source_row``), if any: the rows
-    of the copy are then numbered around them, as they are in the file.
+    a second copy instead (slower, same numbers). ``set_aside``, called once the copy is
+    made, names a table of the file's rows the reader left out of it (``_source_row``), if
+    any: the rows of the copy are then numbered around them, as they are in the file.
     """
     source = f"{table}_src"
     con.execute(f"create or replace temp table {source} as {source_sql}", list(params))
-    skipped = set_aside(source) if set_aside is not None else None
+    skipped = set_aside() if set_aside is not None else None
     cols = []
     for col in contract.columns:
         if col.name in mapping:
@@ -203,12 +203,12 @@ def stage_csv(con, path: Path, contract: Contract, table: str, tmp_dir: Path) ->
         f"columns={columns}, strict_mode=true, null_padding=false, encoding='utf-8', "
         f"store_rejects=true, rejects_table='{errors}', rejects_scan='{scans}')"
     )
-    malformed: list[int] = []
+    malformed = None
 
-    def set_aside(source: str) -> str | None:
-        found = _malformed_rows(con, table, read_path, delim, len(headers))
-        malformed.append(found)
-        return f"{table}_malformed" if found else None
+    def set_aside() -> str | None:
+        nonlocal malformed
+        malformed = _malformed_rows(con, table, read_path, delim, len(headers))
+        return malformed
 
     try:
         _stage_from(con, contract, mapping, source_sql, table, [str(read_path), delim], set_aside)
@@ -216,7 +216,7 @@ def stage_csv(con, path: Path, contract: Contract, table: str, tmp_dir: Path) ->
         raise
     except Exception as exc:  # duckdb.Error subclasses
         raise FileRejected(_describe_read_error(exc, shown_name(path), read_path, path)) from None
-    return _finish(con, table, mapping, warnings, malformed=f"{table}_malformed" if malformed and malformed[0] else None)
+    return _finish(con, table, mapping, warnings, malformed=malformed)
 
 
 ROW_SHAPE_ERRORS = ("MISSING COLUMNS", "TOO MANY COLUMNS")  # a row's problem; any other, the file's
@@ -287,16 +287,27 @@ def _odd_rows(con, read_path: Path, delimiter: str, fields: int, width: int) -> 
     return len(counted), odd
 
 
-def _malformed_rows(con, table: str, read_path: Path, delimiter: str, fields: int) -> int:
-    """The rows DuckDB's reader left out of its copy of the file because they do not have the header's
-    ``fields`` fields, listed in ``<table>_malformed`` (``_source_row``, message); their count.
-    ``read_path`` is the file DuckDB read (UTF-8), ``delimiter`` its delimiter.
+def _list_malformed(con, table: str, rows: list[tuple[int, str]]) -> str:
+    """The table ``<table>_malformed`` of the rows a reader could not read: (``_source_row``,
+    message) for each; its name."""
+    import pyarrow as pa
+
+    listed = pa.table({  # noqa: F841 (read by the SQL below)
+        "_source_row": pa.array([number for number, _ in rows], pa.int64()),
+        "message": pa.array([message for _, message in rows], pa.string()),
+    })
+    con.execute(f"create or replace temp table {table}_malformed as select * from listed")
+    return f"{table}_malformed"
+
+
+def _malformed_rows(con, table: str, read_path: Path, delimiter: str, fields: int) -> str | None:
+    """The rows DuckDB's reader left out of its copy of the file because they do not have the
+    header's ``fields`` fields, listed by :func:`_list_malformed`: the table's name, or None if
+    there are none. ``read_path`` is the file DuckDB read (UTF-8), ``delimiter`` its delimiter.
 
     The file is rejected instead when the reader met anything else (an invalid byte, a quote
     never closed: where the next row starts is then unknown), when the last row is short and
     no line break ends the file (a file cut off), or when such rows outnumber the others."""
-    import pyarrow as pa
-
     errors, _ = _csv_rejects(table)
     shapes = ", ".join(f"'{e}'" for e in ROW_SHAPE_ERRORS)
     fatal = con.execute(
@@ -312,7 +323,7 @@ def _malformed_rows(con, table: str, read_path: Path, delimiter: str, fields: in
         "select min(line_byte_position), max(regexp_extract(error_message, 'Found: (\\d+)', 1)::int) "
         f"from {errors} group by line order by line").fetchall()
     if not rows:
-        return 0
+        return None
     total, odd = _odd_rows(con, read_path, delimiter, fields, max(fields, *(most for _, most in rows)) + 1)
     lines = _file_lines(read_path, [offset for offset, _ in rows])
     if len(odd) != len(rows):  # the two readings did not split the file alike
@@ -325,13 +336,9 @@ def _malformed_rows(con, table: str, read_path: Path, delimiter: str, fields: in
     if 2 * len(odd) > total:
         raise FileRejected(f"malformed: {len(odd)} of the file's {total} rows do not have the header's "
                            f"{fields} fields ({first})")
-    listed = pa.table({  # noqa: F841 (read by the SQL below)
-        "_source_row": pa.array([number for number, _ in odd], pa.int64()),
-        "message": pa.array([f"line {line} has {n} fields where the header has {fields}: the row could not be read"
-                             for line, (_, n) in zip(lines, odd)], pa.string()),
-    })
-    con.execute(f"create or replace temp table {table}_malformed as select * from listed")
-    return len(odd)
+    return _list_malformed(con, table, [
+        (number, f"line {line} has {n} fields where the header has {fields}: the row could not be read")
+        for line, (number, n) in zip(lines, odd)])
 
 
 def shown_name(path: Path) -> str:
@@ -505,8 +512,6 @@ def stage_jsonl(con, path: Path, contract: Contract, table: str, sample_lines: i
     """Stage JSON lines. Field names are the union of the keys of the first records
     (a record may omit an optional field). A line that is not one JSON object is staged
     apart (``Staged.malformed``), unless the file cannot be read as records at all."""
-    import pyarrow as pa
-
     keys: dict[str, None] = {}
     first_problem = None
     with open(path, "rb") as fh:
@@ -536,17 +541,13 @@ def stage_jsonl(con, path: Path, contract: Contract, table: str, sample_lines: i
         bad = _without_bad_jsonl_lines(path, copy)
         if not bad:
             raise FileRejected(_describe_jsonl_error(refused, path)) from None
-        listed = pa.table({  # noqa: F841 (read by the SQL below)
-            "_source_row": pa.array([r for r, _ in bad], pa.int64()),
-            "message": pa.array([m for _, m in bad], pa.string()),
-        })
-        con.execute(f"create or replace temp table {table}_malformed as select * from listed")
+        malformed = _list_malformed(con, table, bad)
         try:
-            _stage_from(con, contract, mapping, source_sql, table, [str(copy)], lambda _: f"{table}_malformed")
+            _stage_from(con, contract, mapping, source_sql, table, [str(copy)], lambda: malformed)
         except Exception as exc:
             text = str(exc).replace(str(copy), shown_name(path)).splitlines()[0]
             raise FileRejected(f"not valid JSON lines: {shown_name(path)}: {text}") from None
-    return _finish(con, table, mapping, warnings, malformed=f"{table}_malformed")
+    return _finish(con, table, mapping, warnings, malformed=malformed)
 
 
 def _cell_text(value) -> str | None:

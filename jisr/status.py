@@ -85,19 +85,18 @@ def status_report(settings: Settings) -> str:
                       count(distinct (delivery_id, source_row)), count(*)
                from quarantine.rows""").fetchone()
         published = _publication(settings)
-        unpublished, grown = None, 0
-        if published:  # current deliveries the served warehouse was not built from
-            served = {d["delivery_id"]: d.get("rows_loaded") for d in json.loads(published.get("deliveries") or "[]")}
-            unpublished = con.execute(
-                "select count(*), arg_max(run_id, loaded_at) from meta.deliveries where status = 'loaded' "
-                "and delivery_id not in (select unnest(?::varchar[]))", [list(served)]).fetchone()
-            # and those with rows loaded since (held rows released; not recorded by older publications)
-            grown = sum(served.get(d) not in (None, n) for d, n in con.execute(
-                "select delivery_id, rows_loaded from meta.deliveries where status = 'loaded'").fetchall())
+        current = con.execute("select delivery_id, rows_loaded, loaded_at, run_id from meta.deliveries "
+                              "where status = 'loaded'").fetchall() if published else []
     except Exception as exc:  # a refresh holds the write lock
         return f"The raw store is busy ({exc}); try again when the refresh has finished."
     finally:
         con.close()
+    unpublished, grown = [], 0
+    if published:  # current deliveries the served warehouse was not built from, or not in full
+        built_from = {d["delivery_id"]: d.get("rows_loaded") for d in json.loads(published.get("deliveries") or "[]")}
+        unpublished = sorted((loaded_at, run_id) for d, _, loaded_at, run_id in current if d not in built_from)
+        # rows loaded since into served deliveries (held rows released; older publications do not say)
+        grown = sum(d in built_from and built_from[d] not in (None, n) for d, n, _, _ in current)
     out = ["Deliveries by source:",
            text_table(["source", "loaded", "superseded", "rejected", "latest batch", "last load (UTC)"], deliveries),
            f"\nQuarantine: {quarantine[0]} delivered row(s) set aside, not yet resolved (by a re-delivery, or "
@@ -109,11 +108,12 @@ def status_report(settings: Settings) -> str:
         what = "published by" if published["event"] == "publish" else "rolled back to the warehouse of"
         served.append(f"  served: {what} run {published['run_id']} at {published['published_at']:%Y-%m-%d %H:%M} "
                       f"UTC (code {published['code_version']})")
-    if unpublished and unpublished[0]:
-        served.append(f"  NOT PUBLISHED: {unpublished[0]} current delivery(ies) the served warehouse was not built "
-                      f"from; the last refresh that loaded some (run {unpublished[1]}) did not publish, or was rolled "
+    if unpublished:
+        last_run = unpublished[-1][1]
+        served.append(f"  NOT PUBLISHED: {len(unpublished)} current delivery(ies) the served warehouse was not built "
+                      f"from; the last refresh that loaded some (run {last_run}) did not publish, or was rolled "
                       f"back,\n  see its quality report: "
-                      f"{settings.reports_dir / str(unpublished[1]) / 'quality' / 'index.html'}")
+                      f"{settings.reports_dir / str(last_run) / 'quality' / 'index.html'}")
     if grown:
         served.append(f"  NOT PUBLISHED: rows held for a reference or a key were loaded since into {grown} "
                       "delivery(ies) the served warehouse was built from; the next refresh that passes its "

@@ -5,6 +5,7 @@ that reads it are the same node in the asset graph. All raw assets are produced 
 multi-asset step (one pass over the landing area, in contract dependency order).
 """
 
+from collections import Counter
 
 import dagster as dg
 
@@ -98,9 +99,9 @@ def ingest_landing(context: dg.AssetExecutionContext):
     context.log.info(f"{summary.files_hashed} landing file(s) read to compute their content hash; "
                      f"{summary.hashes_reused} with size, times, inode and device unchanged kept their recorded hash")
     by_source = summary.by_source()
-    released: dict[str, list] = {}
+    released = Counter()  # rows of earlier deliveries loaded once the rows they depend on were
     for f in summary.released:
-        released.setdefault(f.source, []).append(f)
+        released[f.source] += f.rows_released
         context.log.info(f"{f.partner}/{f.file_name}: {f.rows_released} row(s) held for a row not loaded then "
                          "(a reference, a key in another batch) are now loaded")
     for source in CONTRACTS:
@@ -120,14 +121,13 @@ def ingest_landing(context: dg.AssetExecutionContext):
                 "files_loaded": len(loaded),
                 "files_rejected": len(rejected),
                 "files_unchanged": sum(f.status == "duplicate" for f in files),
-                # read by `jisr refresh` for its report (jisr.refresh.run_refresh)
+                # read by `jisr refresh` for its report (jisr.refresh.run_outcome)
                 "files_not_loaded": dg.MetadataValue.json(
                     [{"file": f"{f.partner}/{f.file_name}", "reason": f.reason} for f in repeated]),
                 "rows_delivered": sum(f.rows_delivered for f in loaded),
                 "rows_loaded": sum(f.rows_loaded for f in loaded),
                 "rows_quarantined": sum(f.rows_quarantined for f in loaded),
-                # rows of earlier deliveries loaded once the rows they depend on were
-                "rows_released": sum(f.rows_released for f in released.get(source, [])),
+                "rows_released": released[source],
                 "files": dg.MetadataValue.md(markdown_table(
                     ["file", "status", "delivered", "loaded", "quarantined", "reason"],
                     [[f.file_name, f.status, f.rows_delivered, f.rows_loaded, f.rows_quarantined,
