@@ -21,9 +21,10 @@ For each delivered file (in contract dependency order, then batch order):
 Each file is one transaction: a crash leaves the store as it was before that file.
 Steps 2 and 3's typing run before the transaction, in temporary tables, and so do the
 validators that only read the typed file (the Great Expectations suites start then, in
-their worker process): the next file is staged and typed while the suites check the one
-before, whose transaction (checks against the raw store, quarantine, raw rows, supersede,
-delivery log) follows. Files are committed in load order, each after every earlier one.
+their worker process): the next files are staged and typed while the suites check the ones
+before, whose transactions (checks against the raw store, quarantine, raw rows, supersede,
+delivery log) follow, within a bound on the bytes staged ahead (``PREPARE_AHEAD_BYTES``).
+Files are committed in load order, each after every earlier one.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import shutil
 import threading
 import uuid
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from glob import escape as glob_escape
@@ -51,6 +52,15 @@ from ingestion.readers import FileRejected, Staged, drop_staged, stage_file
 # (source_row, rule, column_name, message) for failing rows; extra validators (e.g. the
 # Great Expectations suites) plug in here without ingestion importing them.
 Validator = Callable[..., Iterable[tuple[int, str, str | None, str]]]
+
+# How far the preparation of files runs ahead of their commits (Ingestor.ingest): each file
+# staged holds its typed rows in memory until its commit, and so do the suites' worker
+# processes for the files handed to them. Beyond the file being committed, the files staged
+# hold at most this many delivered bytes (the next file is always prepared, whatever its size),
+# on at most PREPARE_CONNECTIONS connections. A monthly delivery is mostly small files: its
+# large ones are prepared while the first ones wait for the suites.
+PREPARE_AHEAD_BYTES = 48 * 2**20
+PREPARE_CONNECTIONS = 8
 
 
 @dataclass
@@ -372,7 +382,7 @@ class _Prepared:
     batch: str | None
     content_hash: str
     now: datetime
-    slot: int = 0
+    slot: int | None = None  # the connection its temporary tables are on, while it has some
     reject: str | None = None  # why the file is rejected (decided at commit, in order)
     staged: Staged | None = None
     validations: list = field(default_factory=list)  # one callable per validator -> failing rows
@@ -418,6 +428,12 @@ class Ingestor:
         self.code_version = code_version
         self.validators = list(validators)
         self._stopping = threading.Event()  # set when a pass fails or is interrupted (see ingest)
+        # The connections of a pass (see ingest): the main one, the preparing thread's, then one
+        # per file staged and not committed yet; which are free, and the bytes each holds.
+        self._slots = threading.Condition()
+        self._connections: list = []
+        self._free: list[int] = []
+        self._held: dict[int, int] = {}
         # Content hashes (see RACY_NS), written by the one preparing thread, read after it is done.
         self._known_hashes: dict[str, tuple] = {}  # path -> (signature, content hash, hashed_at_ns)
         self._new_hashes: list[tuple] = []  # rows for meta.file_hashes, written at the end of a pass
@@ -446,18 +462,21 @@ class Ingestor:
         Each file is first prepared (staged and typed in temporary tables, its validators
         started: nothing written to the store), then committed (the checks that read the
         raw store, the validators' results, quarantine, raw rows, supersede, delivery log).
-        The next file is prepared while the previous one is committed: on a second
-        connection to the store, in a thread (DuckDB works outside Python's lock), so the
-        two overlap on the cores, and a validator working in another process (the suites'
-        worker) checks file N meanwhile. Files alternate between the two connections, each
-        keeping its files' temporary tables; the memos of pseudonyms are shared. Commits
-        stay in load order and each sees every earlier commit.
+        One thread prepares the files in load order, ahead of the commits, while the main
+        thread commits them (DuckDB works outside Python's lock, so the two overlap on the
+        cores, and a validator working in another process, the suites' worker, checks the
+        files prepared meanwhile). A file staged waits for its commit on a connection of its
+        own to the store, which keeps its temporary tables; the memos of pseudonyms are
+        shared. The preparation stays at most ``PREPARE_AHEAD_BYTES`` delivered bytes (and
+        ``PREPARE_CONNECTIONS`` - 1 files) ahead of the file being committed, and always
+        prepares the next one. Commits stay in load order and each sees every earlier commit.
         """
         wanted = set(sources) if sources else None
         self._stopping.clear()
         con = store.connect(self.store_path)
         cons = [con]
-        pending: _Prepared | None = None
+        prepared_files: list[Future] = []  # in load order
+        committed = 0
         # one preparing thread: files are prepared in load order, and it alone counts the hashes
         preparer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jisr-prepare")
         try:
@@ -469,35 +488,33 @@ class Ingestor:
             self._new_hashes, self._hashes_reused, self._files_hashed = [], 0, 0
             self._clock = landing_clock(Path(landing_dir))
             pseudonymise.install(con, self.key)
-            other = con.cursor()  # a second connection to the same database
-            cons.append(other)
-            other.execute("set TimeZone = 'UTC'")
-            pseudonymise.install(other, self.key, memos=False)
+            for _ in range(PREPARE_CONNECTIONS + 1):  # the preparing thread's look-ups, then one per staged file
+                other = con.cursor()  # another connection to the same database
+                other.execute("set TimeZone = 'UTC'")
+                pseudonymise.install(other, self.key, memos=False)
+                cons.append(other)
+            self._connections, self._held, self._free = cons, {}, list(range(len(cons) - 1, 1, -1))
             results = []
-            slot = 0  # the prepared file and the one before it use the two connections in turn
-            for path, partner, contract, batch in self.discover(landing_dir):
-                if wanted is not None and (contract is None or contract.source not in wanted):
-                    continue
-                preparing_on = cons[slot]
-                preparing = preparer.submit(self._prepare, preparing_on, path, partner, contract, batch, slot=slot)
-                slot = 1 - slot
-                done, pending = pending, None
-                try:
-                    if done is not None:
-                        results.append(self._commit(cons[done.slot], done))
-                    pending = preparing.result()  # its error, if any, after the file before is committed
-                except BaseException:
-                    if not preparing.done():  # the commit failed or the run is interrupted: stop it
-                        self._stopping.set()
-                        preparing_on.interrupt()
-                    try:
-                        pending = preparing.result()  # discarded below
-                    except BaseException:
-                        pass  # the first error is the one to report
-                    raise
-            if pending is not None:
-                done, pending = pending, None
-                results.append(self._commit(cons[done.slot], done))
+            try:
+                for path, partner, contract, batch in self.discover(landing_dir):
+                    if wanted is not None and (contract is None or contract.source not in wanted):
+                        continue
+                    prepared_files.append(preparer.submit(self._prepare, cons[1], path, partner, contract, batch))
+                for future in prepared_files:
+                    prepared = future.result()  # its error, if any, once every file before it is committed
+                    committed += 1
+                    results.append(self._commit(con, prepared))
+            except BaseException:
+                self._stopping.set()  # the commit failed or the run is interrupted: stop the preparation
+                with self._slots:
+                    self._slots.notify_all()
+                for future in prepared_files[committed:]:
+                    future.cancel()
+                with self._slots:
+                    busy = [1, *self._held]  # the preparing thread's look-ups and the files staged
+                for i in busy:
+                    cons[i].interrupt()
+                raise
             released = [r for r in self._release(con, wanted) if r.rows_released]
             self._remember_hashes(con, Path(landing_dir))
             return IngestSummary(run_id=self.run_id, files=results, files_hashed=self._files_hashed,
@@ -505,8 +522,14 @@ class Ingestor:
         finally:
             try:
                 preparer.shutdown(wait=True)
-                if pending is not None:
-                    self._discard(cons[pending.slot], pending)
+                for future in prepared_files[committed:]:  # prepared and never committed: discarded
+                    if future.cancelled():
+                        continue
+                    try:
+                        prepared = future.result()
+                    except BaseException:
+                        continue  # the first error is the one to report; it discarded its tables
+                    self._free_slot(prepared)
                 pseudonymise.forget(con)
             finally:
                 try:
@@ -516,6 +539,32 @@ class Ingestor:
                     for validator in self.validators:
                         if hasattr(validator, "close"):  # e.g. worker processes of the suites
                             validator.close()
+
+    def _take_slot(self, size: int) -> int:
+        """(Preparing thread) A connection to stage a file of ``size`` bytes on, once the
+        files staged and not committed beyond the oldest leave room for it."""
+        with self._slots:
+            while True:
+                self._stop_if_asked()
+                ahead = sum(list(self._held.values())[1:])
+                if self._free and (len(self._held) <= 1 or ahead + size <= PREPARE_AHEAD_BYTES):
+                    slot = self._free.pop()
+                    self._held[slot] = size
+                    return slot
+                self._slots.wait(0.5)
+
+    def _free_slot(self, prepared: _Prepared) -> None:
+        """Drop a prepared file's temporary tables and give its connection back."""
+        if prepared.slot is None:
+            return
+        try:
+            self._discard(self._connections[prepared.slot], prepared)
+        finally:
+            with self._slots:
+                self._held.pop(prepared.slot, None)
+                self._free.append(prepared.slot)
+                prepared.slot = None
+                self._slots.notify_all()
 
     def _content_hash(self, path: Path) -> tuple[str, tuple | None]:
         """(SHA-256 of a landing file, its signature): the hash recorded for it if its
@@ -565,14 +614,15 @@ class Ingestor:
             return None
         return previous[:6]
 
-    def _prepare(self, con, path: Path, partner: str, contract: Contract | None, batch: str | None,
-                 slot: int = 0) -> _Prepared:
-        """Read and type a file into temporary tables and start its validators; nothing is
-        written to the store. What can already be decided (no contract, same content as a
-        delivery already loaded, an unreadable file) is decided at commit, in load order."""
+    def _prepare(self, con, path: Path, partner: str, contract: Contract | None, batch: str | None) -> _Prepared:
+        """(Preparing thread) Read and type a file into temporary tables, on a connection of
+        its own (:meth:`_take_slot`), and start its validators; nothing is written to the
+        store. ``con`` is the thread's connection for look-ups. What can already be decided
+        (no contract, same content as a delivery already loaded, an unreadable file) is
+        decided at commit, in load order."""
         now = datetime.now(timezone.utc).replace(tzinfo=None)
         content_hash, signature = self._content_hash(path)
-        prepared = _Prepared(path, partner, contract, batch, content_hash, now, slot)
+        prepared = _Prepared(path, partner, contract, batch, content_hash, now)
         if contract is None:
             known = ", ".join(sorted(c.file_pattern for c in self.contracts.values() if c.partner == partner))
             prepared.reject = (f"no contract matches file name {path.name!r} in partner folder {partner!r}"
@@ -584,6 +634,8 @@ class Ingestor:
             return prepared
         if self._duplicate_of(con, contract, content_hash, path.name):
             return prepared  # the commit reports it
+        prepared.slot = self._take_slot(signature[0] if signature else 0)
+        con = self._connections[prepared.slot]
         try:
             prepared.staged = stage_file(con, path, contract, table=prepared.staged_name)
             if signature is None or file_signature(path.stat()) != signature:
@@ -596,10 +648,10 @@ class Ingestor:
             self._stop_if_asked()
             prepared.validations = [_start(v, con, contract, prepared.typed, batch) for v in self.validators]
         except FileRejected as exc:
-            self._discard(con, prepared)
+            self._free_slot(prepared)
             prepared.reject = exc.reason
         except BaseException:
-            self._discard(con, prepared)
+            self._free_slot(prepared)
             raise
         return prepared
 
@@ -610,7 +662,10 @@ class Ingestor:
             raise RuntimeError("ingestion stopped: this file's preparation is abandoned")
 
     def _commit(self, con, prepared: _Prepared) -> FileResult:
+        """(Main thread) Write a prepared file to the store, on the connection that holds its
+        temporary tables if it has some, then its partner's feedback."""
         p = prepared
+        main, con = con, self._connections[p.slot] if p.slot is not None else con
         try:
             # checked again: the file before, committed since this one was prepared, may have
             # had the same content (loaded, or rejected under the same contract version)
@@ -625,8 +680,8 @@ class Ingestor:
             with store.transaction(con):
                 result = self._load_staged(con, p)
         finally:
-            self._discard(con, p)
-        result.report_path = str(self._write_feedback(con, result, p.contract))
+            self._free_slot(p)
+        result.report_path = str(self._write_feedback(main, result, p.contract))
         return result
 
     def _discard(self, con, prepared: _Prepared) -> None:

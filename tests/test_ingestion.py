@@ -1183,8 +1183,8 @@ def test_a_pseudonym_collision_with_an_earlier_file_stops_the_file(settings, con
 
 
 def test_the_next_file_is_prepared_while_the_one_before_commits(settings, contracts, monkeypatch):
-    """Reading and typing file N+1 overlaps the commit of file N (two connections, a
-    thread), and the run's outcome is that of files taken one after the other."""
+    """Reading and typing file N+1 overlaps the commit of file N (a connection per staged
+    file, a thread), and the run's outcome is that of files taken one after the other."""
     import threading
 
     import ingestion.load as load
@@ -1192,7 +1192,7 @@ def test_the_next_file_is_prepared_while_the_one_before_commits(settings, contra
     base_delivery(settings, contracts, n=3)  # programmes, registry, then enrolments of January
     write_delivery(settings.landing_dir, contracts["enrolments"], "inscriptions_2025-02.csv", [enrolment(2)])
     first_commit_started = threading.Event()
-    overlapped, connections, left_behind = [], [], []
+    overlapped, staged_on, passes, left_behind = [], {}, [], []
     real_prepare, real_commit, real_forget = load.Ingestor._prepare, load.Ingestor._commit, load.pseudonymise.forget
 
     def prepare(self, con, path, *args, **kwargs):
@@ -1201,15 +1201,16 @@ def test_the_next_file_is_prepared_while_the_one_before_commits(settings, contra
         return real_prepare(self, con, path, *args, **kwargs)
 
     def commit(self, con, prepared):
-        connections.append(con)
+        passes.append(self)
+        staged_on[prepared.path.name] = prepared.slot
         if prepared.path.name == "inscriptions_2025-01.csv":
             first_commit_started.set()
         return real_commit(self, con, prepared)
 
-    def forget(con):  # the end of the pass, both connections still open
+    def forget(con):  # the end of the pass, every connection still open
         real_forget(con)
         overlapped.append("forgotten")
-        for c in {id(c): c for c in connections}.values():
+        for c in passes[0]._connections:
             left_behind.extend(c.execute("select database_name, table_name from duckdb_tables() "
                                          "where temporary and table_name <> 'jisr_hmac_key' "
                                          "or database_name = 'jisr_memo'").fetchall())
@@ -1222,10 +1223,60 @@ def test_the_next_file_is_prepared_while_the_one_before_commits(settings, contra
     assert sorted((f.file_name, f.status, f.rows_loaded, f.rows_quarantined) for f in summary.files) == [
         ("inscriptions_2025-01.csv", "loaded", 3, 0), ("inscriptions_2025-02.csv", "loaded", 1, 0),
         ("programmes_2025-01.csv", "loaded", 1, 0), ("registre_2025-01.csv", "loaded", 3, 0)]
-    assert len({id(c) for c in connections}) == 2  # files alternate between two connections
+    # each staged file waits for its commit on a connection of its own (not the committing one)
+    assert None not in staged_on.values() and 0 not in staged_on.values()
+    assert staged_on["inscriptions_2025-01.csv"] != staged_on["inscriptions_2025-02.csv"]
     assert left_behind == []  # no staged, typed or memo table of the run is left
     with store(settings) as con:
         assert con.execute("select count(*) from raw.enrolments").fetchone()[0] == 4
+
+
+@pytest.mark.parametrize("ahead_bytes", [48 * 2**20, 0])
+def test_files_are_prepared_ahead_of_a_slow_commit_within_the_memory_bound(settings, contracts, monkeypatch,
+                                                                          ahead_bytes):
+    """While the first file's commit waits (for the suites' worker, say), the files after it
+    are staged and typed, as many as ``PREPARE_AHEAD_BYTES`` allows beyond the next one; the
+    outcome is that of files taken one after the other."""
+    import threading
+    import time
+
+    import ingestion.load as load
+
+    base_delivery(settings, contracts, n=5)
+    for month in (2, 3, 4):
+        write_delivery(settings.landing_dir, contracts["enrolments"], f"inscriptions_2025-0{month}.csv",
+                       [enrolment(month)])
+    monkeypatch.setattr(load, "PREPARE_AHEAD_BYTES", ahead_bytes)
+    release_first = threading.Event()
+    staged_during_first_commit = []
+    real_type, real_commit = load.Ingestor._type, load.Ingestor._commit
+
+    def type_(self, con, prepared):
+        if not release_first.is_set():
+            staged_during_first_commit.append(prepared.path.name)
+        return real_type(self, con, prepared)
+
+    def commit(self, con, prepared):
+        if prepared.path.name == "registre_2025-01.csv":  # the first file: held until the rest is staged, or 3 s
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline and len(staged_during_first_commit) < 6:
+                time.sleep(0.05)
+            release_first.set()
+        return real_commit(self, con, prepared)
+
+    monkeypatch.setattr(load.Ingestor, "_type", type_)
+    monkeypatch.setattr(load.Ingestor, "_commit", commit)
+    summary = ingest(settings, contracts)
+    expected = ["registre_2025-01.csv", "programmes_2025-01.csv", "inscriptions_2025-01.csv",
+                "inscriptions_2025-02.csv", "inscriptions_2025-03.csv", "inscriptions_2025-04.csv"]
+    assert [f.file_name for f in summary.files] == expected
+    assert {f.status for f in summary.files} == {"loaded"}
+    if ahead_bytes:  # every file staged while the first one waited
+        assert staged_during_first_commit == expected
+    else:  # no room beyond the next file
+        assert staged_during_first_commit == expected[:2]
+    with store(settings) as con:
+        assert con.execute("select count(*) from raw.enrolments").fetchone()[0] == 5 + 3
 
 
 def test_a_failing_commit_interrupts_the_preparation_of_the_next_file(settings, contracts, monkeypatch):
