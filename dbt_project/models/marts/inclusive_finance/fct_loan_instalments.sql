@@ -2,9 +2,11 @@
     An instalment is settled when a payment of at least the amount due (principal +
     interest, to the centime) is recorded; a partial payment leaves it overdue.
     Incremental by instalment: instalments whose current record is not the one the fact
-    holds are replaced (latest_per_key), and so are the instalments still unsettled,
-    whose days past due move with the reference date; instalments with no current
-    record any more are removed; settled history is not rebuilt. -#}
+    holds are replaced (latest_per_key), and so are those whose days past due can move
+    with the reference date (still unsettled, or settled after it: a reference date
+    pinned earlier, --vars '{reference_date: ...}') and those of a loan whose borrower or
+    programme changed; instalments with no current record any more are removed; other
+    settled history is not rebuilt. -#}
 {{
     config(
         materialized=jisr.incremental_materialization('upsert_key'),
@@ -22,7 +24,18 @@ repayments as (
     select * from {{ ref('stg_cdg_finance__repayments') }}
     {%- if is_incremental() %}
     where instalment_id in ({{ jisr.changed_keys(ref('stg_cdg_finance__repayments'), 'instalment_id') }})
-       or instalment_id in (select instalment_id from {{ this }} where not is_settled)
+       or instalment_id in (
+           select instalment_id from {{ this }}
+           where not is_settled or paid_date > {{ jisr.reference_date() }}
+       )
+       or loan_id in (
+           select changed.loan_id
+           from {{ ref('stg_cdg_finance__loans') }} as changed
+           inner join {{ this }} as existing
+               on existing.loan_id = changed.loan_id
+           where existing.person_key <> changed.person_key  -- both required by the loans contract
+              or existing.programme_code <> changed.programme_code
+       )
     {%- endif %}
 
 ),

@@ -3,10 +3,14 @@
     due and the PAR30 flag.
 
     Opening position: a loan disbursed before the lender's first delivery arrives without
-    its earlier instalments. The principal it repaid before its first delivered
-    instalment k is derived from that instalment: interest is charged on the outstanding
-    balance, so the balance before instalment k is its interest due / monthly rate
-    (without a rate: k - 1 instalments of the same principal as instalment k).
+    its earlier instalments. The principal it repaid before the first delivered month is
+    derived from its first instalment k due in or after that month: interest is charged on
+    the outstanding balance, so the balance before instalment k is its interest due /
+    monthly rate (without a rate: k - 1 instalments of the same principal as instalment k;
+    with no instalment due from that month on, the whole principal is scheduled before it).
+    An instalment due before that month that is delivered all the same (paid late, it
+    arrives in the file of the month it is paid) was not repaid at the opening: its
+    principal is arrears inside the opening balance, and counts as repaid once settled.
 
     Closing date: the last settlement of a loan the lender reports closed (the end of the
     month of the closing record when no instalment was delivered). -#}
@@ -24,16 +28,38 @@ instalments as (
 
 ),
 
+first_delivered_month as (
+
+    select {{ jisr.month_start_of_text('min(_batch)') }} as month_start_date from instalments
+
+),
+
 first_instalments as (
 
     select
-        loan_id,
-        instalment_number,
-        principal_due_mad,
-        interest_due_mad,
-        row_number() over (partition by loan_id order by instalment_number) as rank_in_loan
+        instalments.loan_id,
+        instalments.instalment_number,
+        instalments.principal_due_mad,
+        instalments.interest_due_mad,
+        row_number() over (partition by instalments.loan_id order by instalments.instalment_number) as rank_in_loan
 
     from instalments
+    inner join first_delivered_month
+        on instalments.due_date >= first_delivered_month.month_start_date
+
+),
+
+{#- Instalments due before the first delivered month, delivered because they were paid late. -#}
+arrears_at_opening as (
+
+    select
+        instalments.loan_id,
+        sum(instalments.principal_due_mad) as principal_due_mad
+
+    from instalments
+    inner join first_delivered_month
+        on instalments.due_date < first_delivered_month.month_start_date
+    group by instalments.loan_id
 
 ),
 
@@ -42,17 +68,20 @@ opening as (
     select
         loans.loan_id,
         case
+            when arrears_at_opening.loan_id is not null and first_instalments.loan_id is null then loans.principal_mad
             when first_instalments.instalment_number is null or first_instalments.instalment_number <= 1 then 0
             when loans.annual_rate_pct > 0 and first_instalments.interest_due_mad > 0
                 then loans.principal_mad - cast(
                     first_instalments.interest_due_mad / (loans.annual_rate_pct / 1200.0) as {{ jisr.type_money() }})
             else first_instalments.principal_due_mad * (first_instalments.instalment_number - 1)
-        end as opening_principal_repaid_mad
+        end - coalesce(arrears_at_opening.principal_due_mad, 0) as opening_principal_repaid_mad
 
     from loans
     left join first_instalments
         on loans.loan_id = first_instalments.loan_id
         and first_instalments.rank_in_loan = 1
+    left join arrears_at_opening
+        on loans.loan_id = arrears_at_opening.loan_id
 
 ),
 

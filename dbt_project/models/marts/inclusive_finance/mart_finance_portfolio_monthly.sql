@@ -7,7 +7,10 @@
       instalment (fct_loans) - principal of the instalments settled by m;
     - days past due = m - due date of its oldest instalment due before m and not settled
       by m; it is at risk (PAR30) when that exceeds 30 days;
-    - repayment rate = amounts paid by m on instalments due by m / amounts due by m.
+    - repayment rate = amounts paid by m on instalments due by m / amounts due by m, both
+      counting the instalments due from the first delivered month on (an instalment due
+      before it is arrears in the opening balance: its payment is no collection on an
+      amount due in the window).
     Write-offs and disbursements are counted in the month they happen. -#}
 with
 
@@ -117,6 +120,7 @@ collected_by_month as (
 
     from instalments
     where paid_date is not null
+      and due_date >= (select min(month_start_date) from months)
     group by loan_id, {{ jisr.month_start('case when paid_date > due_date then paid_date else due_date end') }}
 
 ),
