@@ -35,6 +35,7 @@ from impact.estimators import (
     Estimate,
     Inference,
     NotEstimable,
+    _check_sample,
     estimate,
     fit_propensity,
     standardized_mean_difference,
@@ -336,9 +337,21 @@ def _attrition_row(study_id: str, programme: str, outcome: str, units: pd.DataFr
         what = "no baseline unit is missing" if share == 0 else "every baseline unit is missing"
         return {**row, "status": STATUS_OK, "reason": f"{what} at endline in both groups: nothing to test"}
     try:
+        # the estimators' rule: at least min_per_group units and (clustered SEs)
+        # min_clusters_per_group clusters in each group, else no test
+        _check_sample(sample, "a baseline value", inference)
+    except NotEstimable as exc:
+        return {**row, "status": STATUS_NOT_ESTIMABLE, "reason": str(exc)}
+    if sample.groupby("treated")["missing"].nunique().max() == 1:
+        return {**row, "status": STATUS_NOT_ESTIMABLE,
+                "reason": "missing at endline is the same for every unit of each group: the test has no standard error"}
+    try:
         fitted = _fit(sample["missing"], sample[["treated"]], sample, Inference(cov_type=inference.cov_type, alpha=inference.alpha))
-        row["std_error"] = fitted.bse["treated"]
-        row["p_value"] = fitted.pvalues["treated"]
+        std_error, p_value = _num(fitted.bse["treated"]), _num(fitted.pvalues["treated"])
+        if std_error is None or std_error <= 0 or p_value is None:
+            raise ArithmeticError(f"non-finite or zero standard error (SE {fitted.bse['treated']!r})")
+        row["std_error"] = std_error
+        row["p_value"] = p_value
         row["status"] = STATUS_OK
     except Exception as exc:  # noqa: BLE001 - recorded
         row.update({"status": "failed", "reason": f"attrition test failed: {type(exc).__name__}: {exc}"})

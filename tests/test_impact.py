@@ -266,6 +266,32 @@ def test_degenerate_single_cluster_per_group_not_estimable(tmp_path):
     assert est["reason"].str.contains("too few clusters").all()
 
 
+def test_attrition_test_with_one_cluster_per_group_not_estimable(tmp_path):
+    panel = simulate_panel(12, n_clusters=2, units_per_cluster=40, rounds=(0, 1))
+    panel.loc[panel["cluster_id"] == "c000", "treatment_group"] = "treated"
+    panel.loc[panel["cluster_id"] == "c001", "treatment_group"] = "comparison"
+    units = panel["unit_id"].unique()
+    lost = list(units[:10]) + list(units[40:42])  # 10 treated and 2 comparison units lost at endline
+    panel.loc[panel["unit_id"].isin(lost) & (panel["round_index"] == 1), "value"] = np.nan
+    att = evaluate(panel, None, config()).attrition.iloc[0]
+    assert att["status"] == "not_estimable"
+    assert att["reason"].startswith("too few clusters for clustered standard errors: 1 treated, 1 comparison")
+    assert pd.isna(att["std_error"]) and pd.isna(att["p_value"])
+    assert att["share_missing_treated"] == pytest.approx(0.25) and att["share_missing_comparison"] == pytest.approx(0.05)
+    # with one cluster per group but heteroskedasticity-robust SEs the test runs
+    att = evaluate(panel, None, config(cov_type="hc1")).attrition.iloc[0]
+    assert att["status"] == "ok" and att["std_error"] > 0 and 0 <= att["p_value"] < 0.05
+
+
+def test_attrition_test_with_missingness_constant_within_groups_reports_no_standard_error(tmp_path):
+    panel = simulate_panel(13, rounds=(0, 1))
+    treated = panel.loc[panel["treatment_group"] == "treated", "unit_id"].unique()
+    panel.loc[panel["unit_id"].isin(treated) & (panel["round_index"] == 1), "value"] = np.nan
+    att = evaluate(panel, None, config()).attrition.iloc[0]
+    assert att["share_missing_treated"] == 1 and att["share_missing_comparison"] == 0
+    assert att["status"] != "ok" and pd.isna(att["std_error"]) and pd.isna(att["p_value"])
+
+
 # --------------------------------------------------------------------------------------
 # cost-effectiveness
 
