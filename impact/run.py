@@ -764,7 +764,7 @@ def write_tables(con, tables: ImpactTables, run_id: str, code_version: str, inpu
 # skipping unchanged work
 
 FINGERPRINT_TABLE = "impact_estimates"  # its table comment holds the fingerprints of its inputs
-FINGERPRINT_VERSION = 1  # bump when what the fingerprints cover changes
+FINGERPRINT_VERSION = 2  # bump when what the fingerprints cover changes
 
 
 def _sql_text(value: str) -> str:
@@ -792,7 +792,8 @@ def input_fingerprints(con, config_path, code_version: str) -> dict[str, str]:
     """What the impact tables are a function of.
 
     ``estimation``: the evaluation panel's content, ``config/evaluation.yml``, the code
-    version, the source of this package (and of ``jisr/blas.py``) and the engine versions: every table but
+    version, the source of this package (and of ``jisr/blas.py``) and the versions of the engines
+    (DuckDB, pandas, NumPy, statsmodels, SciPy): every table but
     cost-effectiveness follows from them.
     ``costs``: the programme costs' content (cost-effectiveness follows from the estimates,
     the config and the costs).
@@ -808,7 +809,13 @@ def input_fingerprints(con, config_path, code_version: str) -> dict[str, str]:
     files = [(path.relative_to(Path(__file__).parent).as_posix(), path) for path in sorted(Path(__file__).parent.rglob("*.py"))]
     for name, path in files + [("jisr/blas.py", Path(jisr.blas.__file__))]:
         source.update(name.encode() + b"\0" + path.read_bytes())
-    versions = f"duckdb {duckdb.__version__}, pandas {pd.__version__}, numpy {np.__version__}"
+    # statsmodels (and scipy under it) computes every estimate, standard error and p-value
+    # (importing the top-level packages is cheap: their submodules load when used)
+    import scipy
+    import statsmodels
+
+    versions = (f"duckdb {duckdb.__version__}, pandas {pd.__version__}, numpy {np.__version__}, "
+                f"statsmodels {statsmodels.__version__}, scipy {scipy.__version__}")
     estimation = json.dumps({
         "fingerprint_version": FINGERPRINT_VERSION,
         "panel": _table_fingerprint(con, PANEL_TABLE, PANEL_COLUMNS),

@@ -629,6 +629,21 @@ def test_run_impact_estimates_again_when_panel_config_or_code_change(tmp_path, e
     assert impact_content(db) == fresh(tmp_path, db, cfg, code_version)
 
 
+@pytest.mark.parametrize("engine", ["statsmodels", "scipy", "numpy", "pandas", "duckdb"])
+def test_estimation_fingerprint_changes_with_the_engines_that_compute_the_estimates(tmp_path, monkeypatch, engine):
+    import importlib
+
+    from impact.run import input_fingerprints
+
+    con = duckdb.connect()
+    cfg = PROJECT / "config" / "evaluation.yml"
+    before = input_fingerprints(con, cfg, "v1")
+    monkeypatch.setattr(importlib.import_module(engine), "__version__", "99.0")
+    after = input_fingerprints(con, cfg, "v1")
+    assert after["estimation"] != before["estimation"] and after["costs"] != before["costs"]
+    con.close()
+
+
 def test_run_impact_estimates_again_when_its_code_changes_under_the_same_code_version(tmp_path, estimated, monkeypatch):
     """A working copy with uncommitted edits keeps one code version ("...-dirty")."""
     import impact.run
