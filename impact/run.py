@@ -643,8 +643,14 @@ def _evaluate(panel: pd.DataFrame, costs: pd.DataFrame | None, config: Evaluatio
         study = build_study(panel, study_id, settings, settings.cluster)
         notes.extend(study.notes)
         codes = sorted(study.units["programme_code"].dropna().unique())
-        if settings.comparison == "whole_study":
-            codes = sorted(study.units.loc[study.units["treated"] == 1, "programme_code"].dropna().unique())
+        treated = study.units["treated"] == 1
+        if settings.comparison == "whole_study" and treated.any():
+            # the programmes with treated units; with none at all, every programme of the
+            # study is listed (and not estimable), as with same_programme
+            codes = sorted(study.units.loc[treated, "programme_code"].dropna().unique())
+        for group, present in (("treated", treated.any()), ("comparison", (~treated).any())):
+            if len(study.units) and not present:
+                notes.append(f"study {study_id}: no {group} units: no effect can be estimated")
         seen_programmes.update(codes)
         programmes = codes if config.programmes is None else [p for p in config.programmes if p in codes]
         if not study.outcomes:

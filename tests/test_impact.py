@@ -181,6 +181,19 @@ def test_degenerate_group_with_no_units(tmp_path):
     assert tables.attrition["status"].iloc[0] == "not_estimable"
 
 
+@pytest.mark.parametrize("comparison", ["same_programme", "whole_study"])
+def test_degenerate_study_without_treated_units(tmp_path, comparison):
+    panel = simulate_panel(6, rounds=(0, 1))
+    panel = panel[panel["treatment_group"] == "comparison"]
+    tables = evaluate(panel, None, config(comparison=comparison))
+    est = tables.estimates
+    assert len(est) == 6 and set(est["programme_code"]) == {"PRG-01"}
+    assert (est["status"] == "not_estimable").all()
+    assert est.loc[est["estimator"] != "event_study", "reason"].str.contains("no treated units").all()
+    assert tables.attrition["status"].tolist() == ["not_estimable"]
+    assert any("sim" in note and "no treated units" in note for note in tables.notes), tables.notes
+
+
 def test_degenerate_outcome_without_variance(tmp_path):
     panel = simulate_panel(7)
     flat = panel[panel["variable"] == "income"].assign(variable="meals_per_day", value=3.0)
