@@ -61,6 +61,11 @@ def p_text(p: Any) -> str:
     return f"p {shown[0]} {shown[1:]}" if shown.startswith("<") else f"p = {shown}"
 
 
+def fmt_level(alpha: float) -> str:
+    """A significance level as a percentage: 0.05 -> "5%", 0.1 -> "10%", 0.025 -> "2.5%"."""
+    return f"{100 * float(alpha):g}%"
+
+
 def markdown_table(frame: pd.DataFrame, formats: dict[str, str] | None = None) -> str:
     formats = formats or {}
     if frame.empty:
@@ -242,9 +247,16 @@ def _headline(block: pd.DataFrame, preferred: str | None) -> pd.Series | None:
     return ok.iloc[0] if len(ok) else None
 
 
-def programme_summary(tables, study: str, programme: str, preferred: str | None, directions: dict[str, str]) -> str:
+def programme_summary(tables, study: str, programme: str, preferred: str | None, directions: dict[str, str],
+                      alpha: float | None = None) -> str:
+    """The plain-language summary of one programme. ``alpha``: the significance level of the
+    pre-trend and attrition tests (the configured ``alpha``); by default 1 - the estimates'
+    ``ci_level`` (which the configured ``alpha`` sets), else 0.05."""
     est = tables.estimates
     est = est[(est["study_id"] == study) & (est["programme_code"] == programme)]
+    if alpha is None:
+        levels = est["ci_level"].dropna()
+        alpha = 1 - float(levels.iloc[0]) if len(levels) else 0.05
     lines = [f"Programme {programme} (study {study})."]
     for outcome in dict.fromkeys(est["outcome"]):
         block = est[(est["outcome"] == outcome) & (est["subgroup"] == "all")]
@@ -252,7 +264,7 @@ def programme_summary(tables, study: str, programme: str, preferred: str | None,
         pre = tables.pretrends
         pre = pre[(pre["study_id"] == study) & (pre["programme_code"] == programme) & (pre["outcome"] == outcome) & (pre["subgroup"] == "all")]
         pre_p = pre["joint_p_value"].dropna()
-        diverging = bool(len(pre_p) and pre_p.iloc[0] < 0.05)
+        diverging = bool(len(pre_p) and pre_p.iloc[0] < alpha)
         head = _headline(block, preferred)
         switched = None
         if diverging and head is not None and head["estimator"] not in ADJUSTED:
@@ -285,7 +297,8 @@ def programme_summary(tables, study: str, programme: str, preferred: str | None,
             text += f" Other estimators give {fmt(others['estimate'].min())} to {fmt(others['estimate'].max())}."
         if len(pre_p):
             if diverging:
-                text += f" Pre-treatment trends differ between groups (joint test {p_text(pre_p.iloc[0])}): unadjusted difference-in-differences estimates may be biased."
+                text += (f" Pre-treatment trends differ between groups (joint test {p_text(pre_p.iloc[0])}, significant at the "
+                         f"{fmt_level(alpha)} level): unadjusted difference-in-differences estimates may be biased.")
             else:
                 text += f" No evidence of diverging pre-treatment trends (joint test {p_text(pre_p.iloc[0])})."
         att = tables.attrition
@@ -297,7 +310,8 @@ def programme_summary(tables, study: str, programme: str, preferred: str | None,
                 f"{fmt(a['share_missing_comparison'], 'pct')} of comparison units"
             )
             text += (
-                f" (difference significant, {p_text(a['p_value'])})." if pd.notna(a["p_value"]) and a["p_value"] < 0.05
+                f" (difference significant at the {fmt_level(alpha)} level, {p_text(a['p_value'])})."
+                if pd.notna(a["p_value"]) and a["p_value"] < alpha
                 else "."
             )
         subs = est[(est["outcome"] == outcome) & (est["subgroup"] != "all")]
@@ -408,7 +422,8 @@ def write_report(tables, report_dir: Path, *, run_id: str, code_version: str, co
     summaries: dict[str, str] = {}
     for study, programme in dict.fromkeys(zip(tables.estimates["study_id"], tables.estimates["programme_code"])):
         directions = config.for_study(study).outcome_direction if config is not None else {}
-        summaries[f"{study}/{programme}"] = programme_summary(tables, study, programme, preferred, directions)
+        summaries[f"{study}/{programme}"] = programme_summary(tables, study, programme, preferred, directions,
+                                                              alpha=config.alpha if config is not None else None)
 
     sections = _tables(tables)
     markdown = {name: markdown_table(frame, formats) for name, (frame, formats) in sections.items()}

@@ -465,6 +465,20 @@ def test_run_impact_writes_documented_tables_and_report(tmp_path):
     assert report["markdown"]["attrition"].startswith("| study_id")
 
 
+@pytest.mark.parametrize("alpha, p_value, flagged", [(0.1, 0.07, True), (0.01, 0.03, False), (0.05, 0.03, True)])
+def test_report_summary_reads_pretrends_and_attrition_at_the_configured_alpha(tmp_path, alpha, p_value, flagged):
+    from impact.report import write_report
+
+    cfg = config(alpha=alpha)
+    tables = evaluate(simulate_panel(25, attrition=0.1), None, cfg)
+    tables.pretrends["joint_p_value"] = pd.array([p_value] * len(tables.pretrends), dtype="Float64")
+    tables.attrition["p_value"] = pd.array([p_value] * len(tables.attrition), dtype="Float64")
+    text = write_report(tables, tmp_path / "report", run_id="r", code_version="v", config=cfg)["summaries"]["sim/PRG-01"]
+    assert ("Pre-treatment trends differ between groups" in text) is flagged, text
+    assert ("No evidence of diverging pre-treatment trends" in text) is not flagged, text
+    assert ("difference significant" in text) is flagged, text
+
+
 def test_run_impact_accepts_open_connection(tmp_path):
     db = tmp_path / "warehouse.duckdb"
     warehouse(db, simulate_panel(20))
