@@ -12,6 +12,10 @@ outcome x subgroup, and replaces the tables of schema ``impact`` in the same dat
 ``impact_group_means``         outcome means by group and round (parallel-trends picture)
 ``impact_cost_effectiveness``  cost per beneficiary and per unit of impact with its interval
 
+A treated or comparison group of fewer than k units (k of ``config/disclosure.yml``) has
+its size and means withheld in every table, and its row ``not_estimable`` with the reason
+(:mod:`impact.disclosure`).
+
 Every row carries ``run_id`` and ``code_version``. Nothing here imports dagster.
 """
 
@@ -28,6 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from impact import disclosure
 from impact.config import EvaluationConfig, Propensity, load_config
 from impact.estimators import (
     STATUS_NOT_ESTIMABLE,
@@ -149,6 +154,7 @@ TABLES: dict[str, dict[str, str]] = {
         "n_units": "BIGINT",
         "mean": "DOUBLE",
         "std_error": "DOUBLE",
+        "reason": "VARCHAR",
         "run_id": "VARCHAR",
         "code_version": "VARCHAR",
     },
@@ -498,6 +504,7 @@ class _OutcomeTask:
     direction: str
     costs: pd.DataFrame | None
     config: EvaluationConfig
+    min_cell: int = disclosure.DEFAULT_K  # groups of fewer units are not published (impact.disclosure)
 
 
 def _outcome_rows(task: _OutcomeTask) -> dict[str, Any]:
@@ -520,10 +527,13 @@ def _outcome_rows(task: _OutcomeTask) -> dict[str, Any]:
             est_rows.append(_estimate_row(study_id, programme, outcome, subgroup, dim, value, est, config.ci_level))
             if spec.type == "event_study":
                 pre_rows.extend(_pretrend_rows(study_id, programme, outcome, subgroup, est))
+    disclosure.protect_estimates(est_rows, pre_rows, task.min_cell)
     chosen = next((r for r in est_rows[::-1] if r["estimator"] == config.cost_estimator and r["subgroup"] == "all"), None)
     return {
-        "attrition": [_attrition_row(study_id, programme, outcome, units, y, inference_all)],
-        "group_means": _group_mean_rows(study_id, programme, outcome, units, y, task.round_labels),
+        "attrition": disclosure.protect_attrition([_attrition_row(study_id, programme, outcome, units, y, inference_all)],
+                                                  task.min_cell),
+        "group_means": disclosure.protect_group_means(
+            _group_mean_rows(study_id, programme, outcome, units, y, task.round_labels), task.min_cell),
         "estimates": est_rows,
         "pretrends": pre_rows,
         "cost_effectiveness": [_cost_row(study_id, programme, outcome, task.direction, chosen, task.costs, config)],
@@ -617,18 +627,21 @@ def _map_in_processes(fn, items: list, workers: _Workers) -> list:
 
 
 def evaluate(panel: pd.DataFrame, costs: pd.DataFrame | None, config: EvaluationConfig,
-             workers: int = 0) -> ImpactTables:
+             workers: int = 0, min_cell: int = disclosure.DEFAULT_K) -> ImpactTables:
     """Run every configured estimate on a panel DataFrame (the shape of the mart).
 
     ``workers``: processes estimating beside this one (:func:`_map_in_processes`), for a
     panel of at least ``WORKER_PANEL_ROWS`` rows; the tables are the same either way.
+    ``min_cell``: the small-cell threshold k; the figures of a group of fewer units are
+    not published (:mod:`impact.disclosure`).
     """
     check_panel(panel)
     with _Workers(workers if len(panel) >= WORKER_PANEL_ROWS else 0) as pool:
-        return _evaluate(panel, costs, config, pool)
+        return _evaluate(panel, costs, config, pool, min_cell)
 
 
-def _evaluate(panel: pd.DataFrame, costs: pd.DataFrame | None, config: EvaluationConfig, workers: _Workers) -> ImpactTables:
+def _evaluate(panel: pd.DataFrame, costs: pd.DataFrame | None, config: EvaluationConfig, workers: _Workers,
+              min_cell: int = disclosure.DEFAULT_K) -> ImpactTables:
     notes: list[str] = []
     bal_rows: list[dict] = []
     tasks: list[_OutcomeTask] = []
@@ -657,11 +670,12 @@ def _evaluate(panel: pd.DataFrame, costs: pd.DataFrame | None, config: Evaluatio
             notes.append(f"study {study_id}: no outcome measured at its endline (round {study.endline})")
         for programme in programmes:
             units = _programme_units(study, programme, settings.comparison)
-            bal_rows.extend(_balance_rows(study_id, programme, units, study.covariates, config.propensity))
+            bal_rows.extend(disclosure.protect_balance(
+                _balance_rows(study_id, programme, units, study.covariates, config.propensity), min_cell))
             for outcome in study.outcomes:
                 tasks.append(_OutcomeTask(study_id, programme, outcome, units, study.outcome_matrix(outcome, units.index),
                                           study.covariates, study.round_labels, settings, settings.direction(outcome),
-                                          costs, config))
+                                          costs, config, min_cell))
     missing = sorted(set(config.programmes or ()) - seen_programmes)
     if missing:
         raise PanelError(f"programmes {missing} in the evaluation config are in none of the evaluated studies "
@@ -770,7 +784,7 @@ def write_tables(con, tables: ImpactTables, run_id: str, code_version: str, inpu
 # skipping unchanged work
 
 FINGERPRINT_TABLE = "impact_estimates"  # its table comment holds the fingerprints of its inputs
-FINGERPRINT_VERSION = 2  # bump when what the fingerprints cover changes
+FINGERPRINT_VERSION = 3  # bump when what the fingerprints cover changes
 
 
 def _sql_text(value: str) -> str:
@@ -794,12 +808,13 @@ def _table_fingerprint(con, qualified: str, columns: tuple[str, ...]) -> str:
     return f"{present}:{types}:{count}:{total}:{xor}"
 
 
-def input_fingerprints(con, config_path, code_version: str) -> dict[str, str]:
+def input_fingerprints(con, config_path, code_version: str, min_cell: int | None = None) -> dict[str, str]:
     """What the impact tables are a function of.
 
     ``estimation``: the evaluation panel's content, ``config/evaluation.yml``, the code
     version, the source of this package (and of ``jisr/blas.py``) and the versions of the engines
-    (DuckDB, pandas, NumPy, statsmodels, SciPy): every table but
+    (DuckDB, pandas, NumPy, statsmodels, SciPy) and the small-cell threshold ``min_cell`` (by
+    default ``k`` of the ``disclosure.yml`` beside the config): every table but
     cost-effectiveness follows from them.
     ``costs``: the programme costs' content (cost-effectiveness follows from the estimates,
     the config and the costs).
@@ -829,6 +844,7 @@ def input_fingerprints(con, config_path, code_version: str) -> dict[str, str]:
         "code_version": code_version,
         "impact_source": source.hexdigest(),
         "engines": versions,
+        "min_cell": disclosure.threshold(Path(config_path).parent) if min_cell is None else int(min_cell),
     }, sort_keys=True)
     costs = json.dumps({"costs": _table_fingerprint(con, COSTS_TABLE, COST_COLUMNS), "estimation": estimation}, sort_keys=True)
     return {
@@ -898,7 +914,7 @@ def _status_counts(frame: pd.DataFrame) -> dict[str, int]:
 
 
 def run_impact(con_or_db_path, config_path, run_id: str, code_version: str, report_dir, *,
-               force: bool = False, workers: int = 1) -> dict[str, Any]:
+               force: bool = False, workers: int = 1, min_cell: int | None = None) -> dict[str, Any]:
     """Read the panel, estimate, replace schema ``impact`` and write the report.
 
     Unchanged inputs are not estimated again: when the inputs (see :func:`input_fingerprints`:
@@ -910,6 +926,8 @@ def run_impact(con_or_db_path, config_path, run_id: str, code_version: str, repo
 
     ``con_or_db_path``: an open DuckDB connection (left open) or a database file path.
     ``workers``: worker processes estimating beside this one on a large panel (:func:`evaluate`).
+    ``min_cell``: the small-cell threshold k (:mod:`impact.disclosure`); by default ``k`` of
+    the ``disclosure.yml`` in the config's directory (``config/disclosure.yml``), else 10.
     Returns a summary: row counts per table, status counts of the estimates, notes, and
     the report's paths, markdown tables and image paths (for Dagster metadata).
     Raises EvaluationConfigError / PanelError for a bad config or a missing panel;
@@ -920,10 +938,12 @@ def run_impact(con_or_db_path, config_path, run_id: str, code_version: str, repo
     from impact.report import write_report
 
     config = load_config(config_path)
+    if min_cell is None:
+        min_cell = disclosure.threshold(Path(config_path).parent)
     own = not hasattr(con_or_db_path, "execute")
     con = duckdb.connect(str(con_or_db_path)) if own else con_or_db_path
     try:
-        inputs = input_fingerprints(con, config_path, code_version)
+        inputs = input_fingerprints(con, config_path, code_version, min_cell)
         stored = None if force else stored_fingerprints(con)
         if stored is not None and stored["estimation"] == inputs["estimation"]:
             tables, runs = read_tables(con, stored.get("notes") or [])
@@ -941,7 +961,7 @@ def run_impact(con_or_db_path, config_path, run_id: str, code_version: str, repo
         else:
             panel = read_panel(con, config)
             costs = read_costs(con)
-            tables = evaluate(panel, costs, config, workers=workers)
+            tables = evaluate(panel, costs, config, workers=workers, min_cell=min_cell)
             counts = write_tables(con, tables, run_id, code_version, {**inputs, "report_dir": str(report_dir)})
             runs, reused = dict.fromkeys(TABLES, run_id), None
     finally:

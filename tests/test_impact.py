@@ -306,6 +306,90 @@ def test_attrition_test_with_missingness_constant_within_groups_reports_no_stand
 
 
 # --------------------------------------------------------------------------------------
+# small groups (disclosure control, k = 10 by default)
+
+
+def panel_with_small_region(seed: int = 8, comparison_units: int = 5) -> pd.DataFrame:
+    """A panel whose region 09 has 40 treated units and ``comparison_units`` comparison units."""
+    panel = simulate_panel(seed)
+    units = panel.drop_duplicates("unit_id")
+    chosen = (list(units.loc[units["treatment_group"] == "comparison", "unit_id"][:comparison_units])
+              + list(units.loc[units["treatment_group"] == "treated", "unit_id"][:40]))
+    panel.loc[panel["unit_id"].isin(chosen), "region_code"] = "09"
+    return panel
+
+
+def published_small_groups(tables, k: int = 10) -> list:
+    """Published sizes of 1 to k - 1 units in any impact table."""
+    found = []
+    for name, frame in tables.by_table().items():
+        for column in [c for c in frame.columns if c.startswith("n_") and c not in ("n_clusters", "n_trimmed")
+                       and not c.startswith("n_missing")]:
+            small = frame[(frame[column] >= 1) & (frame[column] < k)]
+            found += [(name, column, int(v)) for v in small[column]]
+    return found
+
+
+def test_small_subgroup_groups_are_not_published(tmp_path):
+    cfg = config(cov_type="hc1", subgroups={"dimensions": ["region_code"], "min_size": 2})
+    tables = evaluate(panel_with_small_region(), None, cfg)
+    est = tables.estimates
+    assert published_small_groups(tables) == []
+    small = est[est["subgroup"] == "region_code=09"]
+    assert len(small) == 6 and (small["status"] == "not_estimable").all()
+    assert small["reason"].str.contains("fewer than 10 units in the comparison group").all()
+    for column in ("n_comparison", "baseline_mean_comparison", "endline_mean_comparison", "estimate", "std_error",
+                   "ci_low", "ci_high", "p_value"):
+        assert small[column].isna().all(), column
+    assert (small["n_treated"] >= 10).all() and small["endline_mean_treated"].notna().all()
+    assert not small["estimator_options"].str.contains("trimmed_comparison").any()
+    # one other region is withheld with it (else: the whole-sample row minus the published regions)
+    other = est[(est["subgroup_dimension"] == "region_code") & (est["subgroup"] != "region_code=09")
+                & est["n_comparison"].isna()]
+    assert other["subgroup"].nunique() == 1 and len(other) == 6
+    assert other["reason"].str.contains("withheld with subgroup region_code=09").all()
+    assert other["estimate"].isna().all() and other["endline_mean_comparison"].isna().all()
+    rest = est[(est["subgroup_dimension"] == "region_code") & ~est["subgroup"].isin(["region_code=09", *other["subgroup"]])]
+    assert (rest.loc[rest["estimator"] != "event_study", "status"] == "ok").all() and rest["n_comparison"].notna().all()
+    assert (whole_sample(tables)["status"] == "ok").all()
+    # the event study's coefficients of a withheld subgroup are withheld too
+    pre = tables.pretrends[tables.pretrends["subgroup"].isin(["region_code=09", *other["subgroup"]])]
+    assert len(pre) == 2 and pre["estimate"].isna().all() and pre["joint_p_value"].isna().all()
+    assert (pre["status"] == "not_estimable").all()
+    # with a smaller threshold, the same subgroup is published
+    published = evaluate(panel_with_small_region(), None, cfg, min_cell=5).estimates
+    small = published[published["subgroup"] == "region_code=09"]
+    assert (small["n_comparison"] == 5).all() and small.set_index("estimator").loc["did", "status"] == "ok"
+
+
+def test_small_whole_programme_group_is_not_published_in_any_table(tmp_path):
+    panel = simulate_panel(14, attrition=0.2)
+    treated = panel.loc[panel["treatment_group"] == "treated", "unit_id"].unique()
+    panel.loc[panel["unit_id"].isin(treated[6:]), "treatment_group"] = "comparison"  # 6 treated units
+    tables = evaluate(panel, costs_frame(800.0), config(cov_type="hc1"))
+    assert published_small_groups(tables) == []
+    est = tables.estimates
+    assert (est["status"] == "not_estimable").all() and est["reason"].str.contains("fewer than 10 units in the treated group").all()
+    assert est[["n_treated", "baseline_mean_treated", "endline_mean_treated", "estimate"]].isna().all().all()
+    assert (est["n_comparison"] > 10).all() and est["endline_mean_comparison"].notna().all()
+    bal = tables.balance
+    assert (bal["status"] == "not_estimable").all() and bal["reason"].str.contains("fewer than 10 units in the treated group").all()
+    assert bal[["n_treated", "mean_treated", "mean_treated_weighted", "smd_before", "smd_after"]].isna().all().all()
+    assert bal["mean_comparison"].notna().all()
+    att = tables.attrition.iloc[0]
+    assert att["status"] == "not_estimable" and "fewer than 10 units in the treated group" in att["reason"]
+    for column in ("n_baseline_treated", "n_missing_treated", "share_missing_treated", "difference", "p_value"):
+        assert pd.isna(att[column]), column
+    assert att["n_baseline_comparison"] > 10 and pd.notna(att["share_missing_comparison"])
+    means = tables.group_means
+    t = means[means["treatment_group"] == "treated"]
+    assert t[["n_units", "mean", "std_error"]].isna().all().all() and t["reason"].str.contains("fewer than 10 units").all()
+    c = means[means["treatment_group"] == "comparison"]
+    assert c["mean"].notna().all() and c["reason"].isna().all()
+    assert (tables.cost_effectiveness["status"] == "not_estimable").all()
+
+
+# --------------------------------------------------------------------------------------
 # cost-effectiveness
 
 
@@ -477,6 +561,33 @@ def test_report_summary_reads_pretrends_and_attrition_at_the_configured_alpha(tm
     assert ("Pre-treatment trends differ between groups" in text) is flagged, text
     assert ("No evidence of diverging pre-treatment trends" in text) is not flagged, text
     assert ("difference significant" in text) is flagged, text
+
+
+def test_run_impact_reads_the_small_cell_threshold_beside_its_config(tmp_path):
+    db = tmp_path / "warehouse.duckdb"
+    warehouse(db, panel_with_small_region())
+    cfg = tmp_path / "evaluation.yml"
+    cfg.write_text(yaml.safe_dump({"cov_type": "hc1", "estimators": ["did"],
+                                   "subgroups": {"dimensions": ["region_code"], "min_size": 2}}))
+    query = "select n_comparison, status from impact.impact_estimates where subgroup = 'region_code=09'"
+
+    def small_region() -> tuple:
+        con = duckdb.connect(str(db), read_only=True)
+        try:
+            return con.execute(query).fetchone()
+        finally:
+            con.close()
+
+    run_impact(db, cfg, "run-a", "v1", tmp_path / "report")  # no disclosure.yml: k = 10
+    assert small_region() == (None, "not_estimable")
+    (tmp_path / "disclosure.yml").write_text(yaml.safe_dump({"k": 5}))
+    summary = run_impact(db, cfg, "run-b", "v1", tmp_path / "report")
+    assert summary["reused"] is None, "a new threshold re-estimates"
+    assert small_region() == (5, "ok")
+    shipped = yaml.safe_load((PROJECT / "config" / "disclosure.yml").read_text())["k"]
+    from impact.disclosure import threshold
+
+    assert threshold(PROJECT / "config") == shipped
 
 
 def test_run_impact_accepts_open_connection(tmp_path):

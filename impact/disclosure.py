@@ -1,0 +1,190 @@
+"""Small groups in the impact tables: what is not published, and why.
+
+The impact tables are published (schema ``impact`` of the serving warehouse) with the
+marts, under the rule the README states for every disaggregated table: no figure about
+fewer than ``k`` people (``k`` of ``config/disclosure.yml``, read by :func:`threshold`).
+A *group* here is the treated or the comparison units of a row (of a subgroup, or of the
+whole programme). When a group has from 1 to ``k - 1`` units, its size and every figure
+computed from its people (means, shares, standardised differences) are NULL, and so is
+the row's estimate with its standard error, interval and p-value (an effect is a
+difference of the group means: with the other group's mean it would give this one back).
+The row's ``status`` is then ``not_estimable`` and ``reason`` says why (it replaces any
+other reason, which could quote the group's size). An empty group (0 units) singles out
+nobody: its size is published, as in the marts.
+
+Subgroup rows add up: the levels of one dimension (region_code, sex, ...) partition the
+units of the whole-programme row (``subgroup = 'all'``), so a lone withheld level would be
+the whole-programme figure minus the other levels. As in ``quality/disclosure.py``, the
+smallest other level of that dimension is then withheld too (*complementary*), for the
+same group; a level withheld in one estimator's row is withheld in every estimator's row
+of the same study x programme x outcome (their samples overlap). Each dimension's levels
+form one line with the whole-programme total, so no lone withheld level per line means no
+withheld size can be recomputed from the published ones.
+
+Nothing here imports more than pandas.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+DEFAULT_K = 10  # as quality.disclosure.DEFAULT_K
+DISCLOSURE_FILE = "disclosure.yml"
+
+# per group: its size, then the figures computed from its people
+ESTIMATE_GROUPS = {
+    "treated": ("n_treated", "baseline_mean_treated", "endline_mean_treated"),
+    "comparison": ("n_comparison", "baseline_mean_comparison", "endline_mean_comparison"),
+}
+BALANCE_GROUPS = {
+    "treated": ("n_treated", "mean_treated", "mean_treated_weighted"),
+    "comparison": ("n_comparison", "mean_comparison", "mean_comparison_weighted"),
+}
+ATTRITION_GROUPS = {
+    "treated": ("n_baseline_treated", "n_missing_treated", "share_missing_treated"),
+    "comparison": ("n_baseline_comparison", "n_missing_comparison", "share_missing_comparison"),
+}
+# figures of a row computed from both groups
+ESTIMATE_RESULTS = ("estimate", "std_error", "ci_low", "ci_high", "p_value")
+BALANCE_RESULTS = ("smd_before", "smd_after", "n_trimmed")
+ATTRITION_RESULTS = ("difference", "std_error", "p_value")
+# estimator options that count units of a group
+SAMPLE_OPTIONS = ("trimmed_treated", "trimmed_comparison", "comparison_effective_n")
+
+
+def threshold(config_dir: str | Path | None) -> int:
+    """``k`` of ``<config_dir>/disclosure.yml`` (the project's small-cell threshold), or
+    the default when there is no such file."""
+    path = Path(config_dir) / DISCLOSURE_FILE if config_dir is not None else None
+    if path is None or not path.exists():
+        return DEFAULT_K
+    from quality.disclosure import load_config
+
+    return load_config(path).k
+
+
+def is_small(n: Any, k: int) -> bool:
+    """A group of 1 to k - 1 units (0 singles out nobody; None is not published anyway)."""
+    if n is None or n is pd.NA:
+        return False
+    try:
+        n = float(n)
+    except (TypeError, ValueError):
+        return False
+    return math.isfinite(n) and 1 <= n < k
+
+
+def small_reason(group: str, k: int) -> str:
+    return (f"fewer than {k} units in the {group} group: its size, means and the estimate are not published "
+            "(disclosure control)")
+
+
+def _complement_reason(group: str, level: str, k: int) -> str:
+    return (f"not published (disclosure control): withheld with subgroup {level}, whose {group} group has fewer "
+            f"than {k} units, so that its figures cannot be recomputed from the whole-sample row")
+
+
+def protect_estimates(est_rows: list[dict], pre_rows: list[dict], k: int) -> None:
+    """Withhold small groups in the estimate rows of one study x programme x outcome (and
+    the pre-trend rows of the withheld event-study estimates), in place."""
+    withheld: dict[tuple[str, str], str] = {}  # (subgroup, group) -> reason
+    for row in est_rows:
+        for group, (size, *_) in ESTIMATE_GROUPS.items():
+            if is_small(row.get(size), k):
+                withheld[(row["subgroup"], group)] = small_reason(group, k)
+    # complementary: a dimension x group with exactly one level withheld
+    sizes: dict[tuple[str, str], dict[str, float]] = {}
+    for row in est_rows:
+        if row.get("subgroup_dimension") is None:
+            continue
+        for group, (size, *_) in ESTIMATE_GROUPS.items():
+            n = row.get(size)
+            if n is None or n is pd.NA:
+                continue
+            levels = sizes.setdefault((row["subgroup_dimension"], group), {})
+            levels[row["subgroup"]] = min(levels.get(row["subgroup"], math.inf), float(n))
+    for (dim, group), levels in sizes.items():
+        alone = [level for level in levels if (level, group) in withheld]
+        others = [level for level in levels if (level, group) not in withheld]
+        if len(alone) == 1 and others:
+            pick = min(others, key=lambda level: levels[level])  # ties: the first level
+            withheld[(pick, group)] = _complement_reason(group, alone[0], k)
+    if not withheld:
+        return
+    hidden_estimates: dict[tuple[str, str], str] = {}  # (subgroup, estimator) -> reason
+    for row in est_rows:
+        reasons = [withheld[(row["subgroup"], g)] for g in ESTIMATE_GROUPS if (row["subgroup"], g) in withheld]
+        if not reasons:
+            continue
+        for group in ESTIMATE_GROUPS:
+            if (row["subgroup"], group) in withheld:
+                for column in ESTIMATE_GROUPS[group]:
+                    row[column] = None
+        for column in ESTIMATE_RESULTS:
+            row[column] = None
+        row["status"] = "not_estimable"
+        row["reason"] = "; ".join(reasons)
+        row["estimator_options"] = _without_sample_options(row.get("estimator_options"))
+        hidden_estimates[(row["subgroup"], row["estimator"])] = row["reason"]
+    kept, collapsed = [], set()
+    for row in pre_rows:
+        key = (row["subgroup"], row["estimator"])
+        if key not in hidden_estimates:
+            kept.append(row)
+        elif key not in collapsed:
+            collapsed.add(key)
+            base = {c: row[c] for c in ("study_id", "programme_code", "outcome", "estimator", "subgroup")}
+            reason = hidden_estimates[key]
+            kept.append({**base, "status": "not_estimable", "reason": reason,
+                         "joint_status": "not_estimable", "joint_reason": reason})
+    pre_rows[:] = kept
+
+
+def _without_sample_options(options: str | None) -> str | None:
+    if not options:
+        return options
+    parsed = json.loads(options)
+    return json.dumps({k: v for k, v in parsed.items() if k not in SAMPLE_OPTIONS}, sort_keys=True, default=str)
+
+
+def _protect_row(row: dict, groups: dict[str, tuple[str, ...]], results: tuple[str, ...], k: int) -> dict:
+    small = [g for g, (size, *_) in groups.items() if is_small(row.get(size), k)]
+    if not small:
+        return row
+    row = dict(row)
+    for group in small:
+        for column in groups[group]:
+            row[column] = None
+    for column in results:
+        row[column] = None
+    row["status"] = "not_estimable"
+    row["reason"] = "; ".join(
+        f"fewer than {k} units in the {group} group: its size and figures are not published (disclosure control)"
+        for group in small)
+    return row
+
+
+def protect_balance(rows: list[dict], k: int) -> list[dict]:
+    """Balance rows with the figures of a group of fewer than ``k`` units withheld."""
+    return [_protect_row(row, BALANCE_GROUPS, BALANCE_RESULTS, k) for row in rows]
+
+
+def protect_attrition(rows: list[dict], k: int) -> list[dict]:
+    """Attrition rows with the figures of a group of fewer than ``k`` baseline units withheld."""
+    return [_protect_row(row, ATTRITION_GROUPS, ATTRITION_RESULTS, k) for row in rows]
+
+
+def protect_group_means(rows: list[dict], k: int) -> list[dict]:
+    """Group-mean rows of fewer than ``k`` units: size, mean and standard error withheld."""
+    out = []
+    for row in rows:
+        if is_small(row.get("n_units"), k):
+            row = {**row, "n_units": None, "mean": None, "std_error": None,
+                   "reason": f"fewer than {k} units: size and mean not published (disclosure control)"}
+        out.append(row)
+    return out
