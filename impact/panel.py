@@ -47,6 +47,7 @@ COST_COLUMNS = (
     "budget_mad",
     "transfers_paid_mad",
     "beneficiaries_reached",
+    "cost_basis",
     "cost_per_beneficiary_mad",
 )
 UNIT_LEVEL = (

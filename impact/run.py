@@ -450,6 +450,8 @@ def _cost_row(study_id: str, programme: str, outcome: str, direction: str, est: 
         reached = _num(c["beneficiaries_reached"])
         if config.cost_basis == "mart":
             cost = _num(c["cost_per_beneficiary_mad"])
+            if c.get("cost_basis") is not None and not pd.isna(c["cost_basis"]):
+                row["cost_basis"] = f"mart: {c['cost_basis']}"  # what the mart's figure is
         else:
             spend = _num(c["transfers_paid_mad"] if config.cost_basis == "transfers_paid" else c["budget_mad"])
             cost = spend / reached if spend is not None and reached else None

@@ -402,6 +402,7 @@ def costs_frame(cost_per_beneficiary: float) -> pd.DataFrame:
             "budget_mad": [1_000_000.0],
             "transfers_paid_mad": [800_000.0],
             "beneficiaries_reached": [1000],
+            "cost_basis": ["transfers_paid_per_person_paid"],
             "cost_per_beneficiary_mad": [cost_per_beneficiary],
         }
     )
@@ -415,8 +416,12 @@ def test_cost_effectiveness_interval_from_effect_ci(tmp_path):
     assert ce["cost_per_unit_impact_mad"] == pytest.approx(800.0 / did["estimate"])
     assert ce["cost_per_unit_impact_ci_low"] == pytest.approx(800.0 / did["ci_high"])
     assert ce["cost_per_unit_impact_ci_high"] == pytest.approx(800.0 / did["ci_low"])
+    assert ce["cost_basis"] == "mart: transfers_paid_per_person_paid"
     budget = evaluate(simulate_panel(13), costs_frame(800.0), config(cost_effectiveness={"cost_basis": "budget"}))
     assert budget.cost_effectiveness.iloc[0]["cost_per_beneficiary_mad"] == pytest.approx(1000.0)
+    # the cost mart says how its figure is computed: the table says it too
+    unit = evaluate(simulate_panel(13), costs_frame(800.0).assign(cost_basis="unit_cost"), config())
+    assert unit.cost_effectiveness.iloc[0]["cost_basis"] == "mart: unit_cost"
 
 
 def test_cost_effectiveness_ci_crossing_zero_is_unbounded(tmp_path):

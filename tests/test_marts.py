@@ -672,17 +672,30 @@ def test_transfers_follow_the_region_a_person_lived_in_when_paid(built):
     assert rows == [("2025-01", "06"), ("2025-02", "07")]
 
 
-def test_programme_costs_use_transfers_when_paid_else_budget(built):
+def test_programme_costs_per_person_paid_else_unit_cost_never_budget_over_people_seen(built):
     home, _, data = built
     rows = {r[0]: r[1:] for r in query(home, "select programme_code, transfers_paid_mad, beneficiaries_reached, "
-                                             "cost_per_beneficiary_mad from marts.mart_programme_costs")}
-    paid = sum(p["amount_mad"] for m in ("2025-01", "2025-02")
-               for p in data.payments(m, corrected=(m == "2025-01")))
-    assert rows["SP-01"] == (paid, len(data.SP01), (paid / len(data.SP01)).quantize(Decimal("0.01")))
-    assert rows["SP-02"] == (0, 2, Decimal("25000.00"))  # no payments: budget 50,000 / 2 people
-    assert rows["IF-01"][1:] == (len(data.LOANS), (Decimal("2000000") / len(data.LOANS)).quantize(Decimal("0.01")))
+                                             "people_paid, cost_basis, cost_per_beneficiary_mad "
+                                             "from marts.mart_programme_costs")}
+    payments = [p for m in ("2025-01", "2025-02") for p in data.payments(m, corrected=(m == "2025-01"))]
+    paid, people = sum(p["amount_mad"] for p in payments), len({p["person_key"] for p in payments})
+    assert rows["SP-01"] == (paid, len(data.SP01), people, "transfers_paid_per_person_paid",
+                             (paid / people).quantize(Decimal("0.01")))
+    # no payments and no unit cost: a budget of the programme's life over 2 people seen is no cost per person
+    assert rows["SP-02"] == (0, 2, 0, None, None)
+    assert rows["IF-01"][1:] == (len(data.LOANS), 0, None, None)
     assert rows["INC-01"][1] == len(data.VENTURES)
-    assert rows["EPS-01"] == (0, 0, None)
+    assert rows["EPS-01"] == (0, 0, 0, None, None)
+
+
+def test_programme_cost_without_payments_is_its_unit_cost(tmp_path):
+    home = tmp_path / "home"
+    raw, data = make_home(home, ["2025-01"])
+    with duckdb.connect(str(home / "store" / "ingest.duckdb")) as con:
+        con.execute("update raw.programmes set unit_cost_mad = 1200 where programme_code = 'SP-02'")
+    run_dbt(home, "build")
+    assert query(home, "select cost_basis, cost_per_beneficiary_mad from marts.mart_programme_costs "
+                       "where programme_code = 'SP-02'") == [("unit_cost", Decimal("1200.00"))]
 
 
 @pytest.mark.parametrize("month", ["2024-10", "2024-11", "2024-12", "2025-01", "2025-02"])
