@@ -417,7 +417,9 @@ def rollback(settings, cfg: QualityConfig | None = None) -> RollbackResult:
     """Serve the previous published warehouse again.
 
     The newest file of ``history_dir`` becomes the serving file (its publish log gains a
-    ``rollback`` row); the file it replaces is kept in ``history_dir/rolled_back``. Calling
+    ``rollback`` row with the details of that file's own newest row: its run, code version,
+    deliveries, checks and row counts, also when it was itself restored by a rollback); the
+    file it replaces is kept in ``history_dir/rolled_back``. Calling
     it again goes one publication further back.
     """
     cfg = cfg or config_for(settings)
@@ -439,9 +441,9 @@ def rollback(settings, cfg: QualityConfig | None = None) -> RollbackResult:
                    "note": f"rolled back from run {replaced} to run {restored}"}
             has_log = con.execute("select count(*) from duckdb_tables() where schema_name = 'meta' "
                                   "and table_name = 'publish_log'").fetchone()[0]
-            if has_log:
+            if has_log:  # the restored file's own newest row describes it (a publish, or a rollback to it)
                 row = con.execute("select code_version, deliveries, delivery_count, check_results, checks_passed, "
-                                  "table_row_counts, disclosure from meta.publish_log where event = 'publish' "
+                                  "table_row_counts, disclosure from meta.publish_log "
                                   "order by published_at desc limit 1").fetchone()
                 if row:
                     log.update(dict(zip(["code_version", "deliveries", "delivery_count", "check_results",

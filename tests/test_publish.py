@@ -263,6 +263,32 @@ def test_rollback_restores_the_previous_warehouse_and_logs_it(published):
     assert serving_value(published) == 1.5
 
 
+def test_rollback_after_publish_rollback_publish_logs_the_warehouse_it_restores(published, contracts):
+    """run-1, run-2, rollback, run-3, rollback: the file restored the second time is run-1's,
+    whose newest log row is the first rollback; the new row describes run-1, not run-2."""
+    from jisr.status import status_report
+
+    ingest_sample(published, contracts, months=("2025-01", "2025-02"), run_id="run-2")
+    extra = ["create table marts.extra_v2 as select range as x from range(100)"]
+    make_build(published, estimate=2.5, extra_sql=extra)
+    publish(published, "run-2", "v2")
+    rollback(published)
+    make_build(published, estimate=3.5, extra_sql=extra)
+    publish(published, "run-3", "v3")
+    rollback(published)
+    assert serving_value(published) == 1.5
+    log = publish_log(published)
+    first = [r for r in log if (r["event"], r["run_id"]) == ("publish", "run-1")][0]
+    top = log[0]
+    assert (top["event"], top["run_id"], top["code_version"]) == ("rollback", "run-1", "v1")
+    for column in ("deliveries", "delivery_count", "check_results", "table_row_counts", "disclosure"):
+        assert top[column] == first[column], column
+    assert "marts.extra_v2" not in json.loads(top["table_row_counts"])
+    report = status_report(published)
+    assert "rolled back to the warehouse of run run-1" in report and "(code v1)" in report
+    assert "NOT PUBLISHED: 1 current" in report  # run-2's second month of payments is not served
+
+
 def test_rollback_cli_restores_and_reports(published, capsys):
     from jisr.cli import main
 
