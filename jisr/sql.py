@@ -367,17 +367,16 @@ def run_script(session: Session, sql: str, fmt: str = "table", output: Path | No
     statements = check_sql(sql)
     if not statements:
         raise SqlError("no SQL statement given")
+    if output is not None and len(statements) != 1:  # in every format: one file, one result
+        raise SqlError(f"--output writes the result of exactly one query, and the script has {len(statements)}: "
+                       "run one query at a time, or leave out --output to print every result")
     if fmt == "parquet":
         if output is None:
             raise SqlError("--format parquet needs --output FILE")
-        if len(statements) != 1:
-            raise SqlError("--format parquet writes the result of exactly one query")
         count = session.write_parquet(statements[0], output)
         print(f"wrote {count} rows to {output}", file=sys.stderr)
         return
     if fmt == "csv":
-        if output is not None and len(statements) != 1:
-            raise SqlError("--output writes the result of exactly one query")
         if output is not None:
             with open(output, "w", encoding="utf-8", newline="") as fh:
                 count = session.write_csv(statements[0], fh)
@@ -465,7 +464,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("query", nargs="?", help="SQL to run (omit for an interactive session, or pipe a script on stdin)")
     parser.add_argument("-f", "--file", help="run the SQL script in FILE")
     parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
-    parser.add_argument("-o", "--output", help="write the result to FILE (needed for parquet)")
+    parser.add_argument("-o", "--output", help="write the result of one query to FILE (needed for parquet); "
+                                                 "refused for a script of several queries, in every format")
     parser.add_argument("--max-rows", type=int, default=1000,
                         help="rows shown in table/markdown output (default 1000; 0 for all)")
 

@@ -93,6 +93,16 @@ def test_sql_parquet_output_needs_a_file_and_writes_it(serving, capsys, tmp_path
     assert table.num_rows == 3 and table.column_names == ["region_code", "sex", "beneficiaries", "rate"]
 
 
+@pytest.mark.parametrize("fmt", ["table", "markdown", "csv", "parquet"])
+def test_sql_output_file_of_several_statements_is_refused_in_every_format(serving, capsys, tmp_path, fmt):
+    script = tmp_path / "two.sql"
+    script.write_text("select 1 as first_result;\nselect 2 as second_result;\n")
+    target = tmp_path / f"out.{fmt}"
+    code, out, err = run_cli(capsys, "-f", str(script), "--format", fmt, "-o", str(target))
+    assert code == 2 and "--output writes the result of exactly one query, and the script has 2" in err
+    assert not target.exists() and out == ""
+
+
 def test_sql_file_runs_every_statement(serving, capsys, tmp_path):
     script = tmp_path / "q.sql"
     script.write_text("-- two queries\nselect count(*) as n from marts.mart_coverage;\nselect run_id from meta.publish_log;\n")
