@@ -7,9 +7,9 @@ dbt and the impact stage write the internal build warehouse (``build.duckdb``). 
    file next to the serving file (tables created as select, no views), then apply
    disclosure control (``quality.disclosure.protect``) to that copy. The internal schemas
    (``detail``: person-level tables; staging, intermediate) are never copied;
-2. **audit** (:func:`commit`): run every check of ``quality.checks`` that the run did not
-   already evaluate (``evaluated``: the Dagster asset checks of the same run) on the
-   candidate, and the warehouse-level ones on the build warehouse (raw store attached
+2. **audit** (:func:`commit`): run every check of ``quality.checks`` on every table or
+   source the run did not already evaluate it on (``evaluated``: the Dagster asset checks
+   of the same run, e.g. the references check of each fact that has one) on the candidate, and the warehouse-level ones on the build warehouse (raw store attached
    read-only), and refuse on any blocking failure: the gate holds even when the publish
    step is run alone;
 3. **publish** (:func:`commit`): append a row to ``meta.publish_log`` (earlier rows are
@@ -317,10 +317,14 @@ def _swap_in(path: Path, serving: Path) -> None:
 
 
 def _audit(con, settings, cfg: QualityConfig, run_id: str, evaluated: list[CheckResult]) -> list[CheckResult]:
-    """Every check not in ``evaluated``: the file-level ones on the candidate (``con``), the
-    warehouse-level ones (references, reconciliation) on the build warehouse."""
-    done = {r.check for r in evaluated}
-    todo = [name for name in CHECK_NAMES if name not in done]
+    """Every check on every target (table, source) ``evaluated`` has no result for: the
+    file-level ones on the candidate (``con``), the warehouse-level ones (references,
+    reconciliation) on the build warehouse. A result without a target (e.g. a check of the
+    whole candidate) covers the check on every target."""
+    done: dict[str, set[str | None]] = {}
+    for r in evaluated:
+        done.setdefault(r.check, set()).add(r.target)
+    todo = [name for name in CHECK_NAMES if None not in done.get(name, ())]
     if not todo:
         return list(evaluated)
     attach_store(con, settings.store_path)
@@ -328,7 +332,7 @@ def _audit(con, settings, cfg: QualityConfig, run_id: str, evaluated: list[Check
     if set(todo) & set(WAREHOUSE_CHECKS) and Path(settings.build_path).exists():
         warehouse = connect_for_audit(Path(settings.build_path), settings.store_path)
     try:
-        results = run_audit(con, settings, cfg, run_id=run_id, only=todo, warehouse=warehouse)
+        results = run_audit(con, settings, cfg, run_id=run_id, only=todo, warehouse=warehouse, skip=done)
     finally:
         if warehouse is not None:
             warehouse.close()
@@ -342,8 +346,9 @@ def commit(settings, candidate: Candidate, code_version: str, deliveries: list[d
     """Audit the candidate, write its publish log and make it the serving warehouse.
 
     ``evaluated``: results of checks already run on this very candidate and build warehouse
-    (the Dagster asset checks of the same run); those checks are not run again, every other
-    one is. Raises :class:`quality.checks.ChecksFailed` (naming each failed check) and
+    (the Dagster asset checks of the same run); those checks are not run again on the
+    targets they cover (a table, a source; every target when the result names none), every
+    other check and target is. Raises :class:`quality.checks.ChecksFailed` (naming each failed check) and
     leaves the serving file untouched when a blocking check fails.
     """
     cfg = cfg or config_for(settings)

@@ -134,12 +134,13 @@ def _columns(con, schema: str, table: str) -> list[tuple[str, str]]:
 
 
 # --- referential integrity ------------------------------------------------------------------
-def check_references(con, cfg: QualityConfig) -> list[CheckResult]:
+def check_references(con, cfg: QualityConfig, skip: Iterable[str] = ()) -> list[CheckResult]:
     """Every key of a fact table (``fct_*``) that names a dimension key resolves to that dimension.
 
     Facts and dimensions are looked up in the schemas of ``cfg.reference_schemas`` (the
     check's ``schemas`` in config/quality.yml): a published fact may reference an internal
-    dimension and the other way round."""
+    dimension and the other way round. Facts named in ``skip`` (``schema.table``) are not
+    checked (they were already)."""
     params = cfg.params(REFERENCES_RESOLVE)
     severity = params["severity"]
     dims: dict[str, list[str]] = params.get("dimensions") or {}
@@ -155,10 +156,11 @@ def check_references(con, cfg: QualityConfig) -> list[CheckResult]:
             for column in columns:
                 keys.setdefault(column, f"{where[dim]}.{dim}")
     results = []
+    skip = set(skip)
     for schema, table in sorted(tables):
-        if not table.startswith("fct_"):
-            continue
         name = f"{schema}.{table}"
+        if not table.startswith("fct_") or name in skip:
+            continue
         checked, orphans = [], {}
         for column, _ in _columns(con, schema, table):
             dim = keys.get(column)
@@ -182,15 +184,19 @@ def check_references(con, cfg: QualityConfig) -> list[CheckResult]:
 
 
 # --- reconciliation -------------------------------------------------------------------------
-def check_reconciliation(con, cfg: QualityConfig) -> list[CheckResult]:
-    """Totals of the raw layer (current rows) equal the totals of the marts."""
+def check_reconciliation(con, cfg: QualityConfig, skip: Iterable[str] = ()) -> list[CheckResult]:
+    """Totals of the raw layer (current rows) equal the totals of the marts (except the
+    reconciliations of the tables named in ``skip``, ``schema.table``: already checked)."""
     params = cfg.params(TOTALS_RECONCILE)
     severity = params["severity"]
     results = []
     store = _has_store(con)
+    skip = set(skip)
     for rec in params.get("reconciliations") or ():
         name, table = rec["name"], rec.get("table")
         target = (table if "." in table else f"marts.{table}") if table else None
+        if target is not None and target in skip:
+            continue
         if not store:
             results.append(CheckResult(TOTALS_RECONCILE, False, severity,
                                        f"{name}: the raw store is not available, nothing to reconcile against",
@@ -459,9 +465,11 @@ def check_suite_validated(con, cfg: QualityConfig, run_id: str | None,
 def run_audit(con, settings, cfg: QualityConfig, *, run_id: str | None = None, contracts: dict | None = None,
               previous: tuple[str | None, dict[str, int] | None] | None = None,
               only: Iterable[str] | None = None, today: date | None = None,
-              warehouse=None) -> list[CheckResult]:
+              warehouse=None, skip: dict[str, Iterable[str | None]] | None = None) -> list[CheckResult]:
     """All checks (or ``only`` those named) on ``con``, the warehouse to publish;
     ``previous`` defaults to the row counts of the currently published warehouse.
+    ``skip``: per check, the targets (tables, sources) it was already evaluated on, which
+    get no result here; the check runs on every other target.
 
     The checks of ``WAREHOUSE_CHECKS`` (references, reconciliation) run on ``warehouse``
     when given: the build warehouse, whose internal schema ``detail`` holds the person-level
@@ -474,10 +482,11 @@ def run_audit(con, settings, cfg: QualityConfig, *, run_id: str | None = None, c
     results: list[CheckResult] = []
     schemas = cfg.publish_schemas
     built = warehouse if warehouse is not None else con
+    skip = {name: set(targets) for name, targets in (skip or {}).items()}
     if want(REFERENCES_RESOLVE):
-        results += check_references(built, cfg)
+        results += check_references(built, cfg, skip=skip.get(REFERENCES_RESOLVE, set()) - {None})
     if want(TOTALS_RECONCILE):
-        results += check_reconciliation(built, cfg)
+        results += check_reconciliation(built, cfg, skip=skip.get(TOTALS_RECONCILE, set()) - {None})
     if want(ROW_COUNTS):
         prev_run, prev_counts = previous if previous is not None else previous_row_counts(settings.serving_path)
         results += check_row_counts(table_row_counts(con, schemas), prev_counts, cfg, prev_run)
@@ -495,7 +504,7 @@ def run_audit(con, settings, cfg: QualityConfig, *, run_id: str | None = None, c
         results += check_small_cells(con, settings, cfg)
     if want(SUITE_VALIDATED):
         results += check_suite_validated(con, cfg, run_id)
-    return results
+    return [r for r in results if r.target not in skip.get(r.check, ())]
 
 
 def dbt_build_results(run_results: Path) -> list[CheckResult]:

@@ -229,6 +229,19 @@ def test_gates_publish_step_audits_the_build_it_publishes(gate):
 
 
 
+def test_gates_publish_step_checks_references_of_a_fact_without_its_own_check(gate):
+    """A fact the warehouse checks do not cover (no asset check of its own): the run's
+    references results on the other facts do not stand for it, the publish step checks it."""
+    settings, _, defs, instance, flags, _ = gate
+    before = sha256(settings.serving_path)
+    flags["extra_sql"] = ["create table detail.fct_extra as select -1::bigint as person_key, 1 as n"]
+    result = run(defs, instance)
+    assert not result.success
+    text = "\n".join(failures(result))
+    assert "step serving__warehouse" in text and "references_resolve_to_dimensions [detail.fct_extra]" in text
+    assert sha256(settings.serving_path) == before
+
+
 def test_gates_code_location_publishes_after_every_mart_and_blocking_dbt_test():
     """In the real code location: the candidate depends on every published mart and impact
     table, and every dbt test of severity error is a blocking check upstream of publishing."""

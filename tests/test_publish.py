@@ -216,10 +216,25 @@ def test_publish_does_not_run_again_the_checks_the_run_evaluated(published, monk
     evaluated = [CheckResult("totals_reconcile_with_raw", True, "block", "ok", "detail.fct_payments"),
                  CheckResult("no_small_cells_published", True, "block", "ok", None)]
     result = publish(published, "run-2", "v2", evaluated=evaluated)
-    assert ran and not {"totals_reconcile_with_raw", "no_small_cells_published"} & set(ran)
+    assert ran and "no_small_cells_published" not in ran  # no target: evaluated on the whole file
     assert "references_resolve_to_dimensions" in ran and "no_person_level_data_published" in ran
-    assert [c for c in result.checks if c.check == "totals_reconcile_with_raw"] == evaluated[:1]
+    # evaluated on one table: run on the other reconciled table only (config/quality.yml)
+    totals = [c for c in result.checks if c.check == "totals_reconcile_with_raw"]
+    assert totals[0] == evaluated[0] and [c.target for c in totals[1:]] == ["detail.dim_beneficiaries"]
     assert serving_value(published) == 4.0
+
+
+def test_publish_checks_a_fact_the_run_did_not_evaluate_references_on(published):
+    """A fact with no references check of its own in the run (the run evaluated the check on
+    another fact): the publish step checks it, and refuses an unresolved key."""
+    from quality.checks import CheckResult
+
+    before = sha256(published.serving_path)
+    make_build(published, extra_sql=["create table detail.fct_extra as select -1::bigint as person_key, 1 as n"])
+    evaluated = [CheckResult("references_resolve_to_dimensions", True, "block", "ok", "detail.fct_payments")]
+    with pytest.raises(ChecksFailed, match=r"references_resolve_to_dimensions \[detail.fct_extra\]"):
+        publish(published, "run-2", "v2", evaluated=evaluated)
+    assert sha256(published.serving_path) == before
 
 
 def test_publish_small_cells_block_publication(published, monkeypatch):

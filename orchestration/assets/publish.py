@@ -8,9 +8,10 @@ and applies disclosure control (``jisr.publish.stage_candidate``); the candidate
 1. every blocking check upstream of it (dbt tests of severity error included) has a
    passing result on the current data in the Dagster instance (so materialising the
    publish step alone after a failed run does not slip through), and
-2. the publish step's own audit passes: every audit check (``quality.checks``) that this
-   run did not already evaluate runs again, in plain Python, on the candidate and the build
-   warehouse (a normal refresh evaluates them all once, as asset checks).
+2. the publish step's own audit passes: every audit check (``quality.checks``) runs
+   again, in plain Python, on the candidate and the build warehouse, on every table or
+   source this run did not already evaluate it on (a normal refresh evaluates them all
+   once, as asset checks; a fact without an asset check of its own is checked here).
 
 Otherwise the step fails with a message naming the checks, and the serving file is not touched.
 """
@@ -91,14 +92,26 @@ def run_check_results(context: dg.AssetExecutionContext) -> list[dict]:
     return out
 
 
+def _check_target(asset: str) -> str | None:
+    """What a check on ``asset`` covers, as ``quality.checks`` names it: a table
+    (``schema.table``), a source (``raw/<source>``: the source), or the whole candidate file
+    (None: its checks read every published table)."""
+    path = asset.split("/")
+    if dg.AssetKey(path) == CANDIDATE_KEY:
+        return None
+    return path[-1] if path[0] == "raw" else ".".join(path)
+
+
 def evaluated_audit_checks(check_results: list[dict]):
     """The run's evaluations of the audit checks (``quality.checks``) as CheckResults: the
-    publish step does not run them again on the same candidate and warehouse."""
+    publish step does not run them again on the same candidate and warehouse, for the
+    tables and sources they covered (a fact without a references check of its own is
+    checked by the publish step)."""
     from quality.checks import CheckResult
     from quality.config import CHECK_NAMES
 
     return [CheckResult(r["check"], bool(r["passed"]), "block" if r["severity"] == "ERROR" else "warn",
-                        r.get("description") or "", r["asset"])
+                        r.get("description") or "", _check_target(r["asset"]))
             for r in check_results if r["check"] in CHECK_NAMES]
 
 
