@@ -13,7 +13,8 @@ dbt and the impact stage write the internal build warehouse (``build.duckdb``). 
    read-only), and refuse on any blocking failure: the gate holds even when the publish
    step is run alone;
 3. **publish** (:func:`commit`): append a row to ``meta.publish_log`` (earlier rows are
-   copied from the current serving file), keep the current serving file in ``history_dir``
+   copied from the current serving file; its deliveries are those the build was made from,
+   recorded in the build warehouse by the dbt step, not those of the raw store now), keep the current serving file in ``history_dir``
    (a hard link, so the serving path never disappears), then ``os.replace`` the candidate
    onto ``serving_path``.
 
@@ -68,6 +69,7 @@ class Candidate:
     run_id: str
     table_row_counts: dict[str, int]
     disclosure: str
+    deliveries: list[dict] | None = None  # those the build was made from (None: the build did not record them)
 
 
 @dataclass
@@ -171,6 +173,39 @@ def current_deliveries(settings) -> list[dict]:
         con.close()
 
 
+BUILD_DELIVERIES = ("meta", "build_deliveries")  # in the build warehouse: the deliveries it was built from
+
+
+def record_build_deliveries(settings, deliveries: list[dict]) -> None:
+    """Record in the build warehouse the deliveries it was built from (the dbt step calls
+    this once its build succeeded, with :func:`current_deliveries` as dbt read them): the
+    publish log lists those, not the raw store's at publication, so a build published later
+    (the publish step run alone after an ingestion) is not logged with deliveries it lacks."""
+    schema, table = BUILD_DELIVERIES
+    con = duckdb.connect(str(settings.build_path))
+    try:
+        con.execute(f"create schema if not exists {_ident(schema)}")
+        con.execute(f"create or replace table {_ident(schema)}.{_ident(table)} (delivery json)")
+        if deliveries:
+            con.executemany(f"insert into {_ident(schema)}.{_ident(table)} values (?)",
+                            [[json.dumps(d, default=str)] for d in deliveries])
+        con.execute("checkpoint")
+    finally:
+        con.close()
+
+
+def _built_from(con, database: str) -> list[dict] | None:
+    """The deliveries recorded in the build warehouse attached as ``database``, or None."""
+    schema, table = BUILD_DELIVERIES
+    recorded = con.execute("select count(*) from duckdb_tables() where database_name = ? and schema_name = ? "
+                           "and table_name = ?", [database, schema, table]).fetchone()[0]
+    if not recorded:
+        return None
+    rows = con.execute(f"select delivery from {_ident(database)}.{_ident(schema)}.{_ident(table)} "
+                       "order by rowid").fetchall()
+    return [json.loads(r[0]) for r in rows]
+
+
 # --- stage ---------------------------------------------------------------------------------------
 def stage_candidate(settings, run_id: str, cfg: QualityConfig | None = None) -> Candidate:
     """Copy the published schemas of the build warehouse into a new candidate file and apply
@@ -198,6 +233,7 @@ def stage_candidate(settings, run_id: str, cfg: QualityConfig | None = None) -> 
                 if schema in wanted:
                     con.execute(f"create table {_ident(schema)}.{_ident(table)} as "
                                 f"select * from build_warehouse.{_ident(schema)}.{_ident(table)}")
+            deliveries = _built_from(con, "build_warehouse")
             con.execute("detach build_warehouse")
             _fault_point("copied")
             disclosure = _protect(con, settings)
@@ -209,8 +245,9 @@ def stage_candidate(settings, run_id: str, cfg: QualityConfig | None = None) -> 
             raise
         con.close()
         Path(str(path) + ".json").write_text(json.dumps({"run_id": run_id, "table_row_counts": counts,
-                                                         "disclosure": disclosure}), encoding="utf-8")
-    return Candidate(path=path, run_id=run_id, table_row_counts=counts, disclosure=disclosure)
+                                                         "disclosure": disclosure, "deliveries": deliveries},
+                                                        default=str), encoding="utf-8")
+    return Candidate(path=path, run_id=run_id, table_row_counts=counts, disclosure=disclosure, deliveries=deliveries)
 
 
 def load_candidate(settings, run_id: str) -> Candidate | None:
@@ -220,7 +257,8 @@ def load_candidate(settings, run_id: str) -> Candidate | None:
     if not path.exists() or not info.exists():
         return None
     data = json.loads(info.read_text(encoding="utf-8"))
-    return Candidate(path=path, run_id=run_id, table_row_counts=data["table_row_counts"], disclosure=data["disclosure"])
+    return Candidate(path=path, run_id=run_id, table_row_counts=data["table_row_counts"], disclosure=data["disclosure"],
+                     deliveries=data.get("deliveries"))
 
 
 def _protect(con, settings) -> str:
@@ -366,8 +404,12 @@ def commit(settings, candidate: Candidate, code_version: str, deliveries: list[d
                 failures = blocking_failures(results)
                 if failures:
                     raise ChecksFailed(failures)
-            if deliveries is None:
+            notes = [] if audit else ["published without the audit (audit=False)"]
+            if deliveries is None and candidate.deliveries is not None:
+                deliveries = candidate.deliveries
+            elif deliveries is None:  # a build made before builds recorded their deliveries
                 deliveries = current_deliveries(settings)
+                notes.append("deliveries: those of the raw store at publication (the build did not record its own)")
             _write_log(con, settings, {
                 "event": "publish",
                 "run_id": candidate.run_id,
@@ -379,7 +421,7 @@ def commit(settings, candidate: Candidate, code_version: str, deliveries: list[d
                 "checks_passed": not blocking_failures(results),
                 "table_row_counts": json.dumps(candidate.table_row_counts),
                 "disclosure": candidate.disclosure,
-                "note": None if audit else "published without the audit (audit=False)",
+                "note": "; ".join(notes) or None,
             })
             con.execute("checkpoint")
         except BaseException:
@@ -404,8 +446,9 @@ def publish(settings, run_id: str, code_version: str, deliveries: list[dict] | N
             evaluated: list[CheckResult] | None = None) -> PublishResult:
     """Stage, audit and publish the build warehouse of ``run_id`` (see the module docstring).
 
-    ``deliveries`` defaults to the deliveries of the current raw layer (``meta.deliveries``
-    with status loaded); ``check_results`` (e.g. the Dagster check results of the run) are
+    ``deliveries`` defaults to the deliveries the build warehouse was built from
+    (:func:`record_build_deliveries`; a build that did not record them: those of the current
+    raw layer, ``meta.deliveries`` with status loaded); ``check_results`` (e.g. the Dagster check results of the run) are
     stored in the publish log next to the publish step's own audit.
     """
     started = time.monotonic()

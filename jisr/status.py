@@ -111,8 +111,8 @@ def status_report(settings: Settings) -> str:
     if unpublished:
         last_run = unpublished[-1][1]
         served.append(f"  NOT PUBLISHED: {len(unpublished)} current delivery(ies) the served warehouse was not built "
-                      f"from; the last refresh that loaded some (run {last_run}) did not publish, or was rolled "
-                      f"back,\n  see its quality report: "
+                      f"from; the last refresh that loaded some (run {last_run}) did not build or did not publish "
+                      f"them, or was rolled back,\n  see its quality report: "
                       f"{settings.reports_dir / str(last_run) / 'quality' / 'index.html'}")
     if grown:
         served.append(f"  NOT PUBLISHED: rows held for a reference or a key were loaded since into {grown} "

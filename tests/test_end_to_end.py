@@ -71,6 +71,18 @@ def test_refresh_succeeds(e2e):
     assert e2e.result.success, e2e.result.report()
 
 
+def test_the_publish_log_lists_the_deliveries_the_build_recorded(e2e):
+    from jisr.publish import current_deliveries, publish_log
+
+    settings = e2e.settings
+    con = duckdb.connect(str(settings.build_path), read_only=True)
+    recorded = [json.loads(r[0]) for r in con.execute("select delivery from meta.build_deliveries").fetchall()]
+    con.close()
+    logged = json.loads(publish_log(settings)[0]["deliveries"])
+    assert recorded and logged == recorded
+    assert {d["delivery_id"] for d in logged} == {d["delivery_id"] for d in current_deliveries(settings)}
+
+
 def test_no_clear_identifier_in_any_table_written(e2e):
     files = _warehouse_files(e2e.settings)
     assert {p.name for p in files} >= {"ingest.duckdb", "build.duckdb"}

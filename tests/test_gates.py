@@ -242,6 +242,37 @@ def test_gates_publish_step_checks_references_of_a_fact_without_its_own_check(ga
     assert sha256(settings.serving_path) == before
 
 
+def test_gates_publish_step_alone_after_an_ingestion_logs_the_deliveries_of_the_build(tmp_path, contracts,
+                                                                                       monkeypatch):
+    """A delivery ingested without a build, then serving/warehouse materialised alone: it
+    publishes the last build, and its log lists the deliveries that build was made from."""
+    from jisr.settings import Settings
+    from jisr.status import status_report
+    from tests.conftest import TEST_KEY
+
+    monkeypatch.setenv("JISR_HOME", str(tmp_path))
+    monkeypatch.setenv("JISR_PSEUDONYM_KEY", TEST_KEY.decode())
+    stub_disclosure(monkeypatch)
+    settings = Settings(home=tmp_path, key_value=TEST_KEY.decode())
+    defs = stand_in_defs({})
+    with dg.instance_for_test() as instance:
+        deliver(settings, contracts)
+        assert run(defs, instance).success
+        write_delivery(settings.landing_dir, contracts["programmes"], "programmes_2025-02.csv",
+                       [dict(PROGRAMME, name_fr="Nouveau nom")])
+        raw = [k for k in defs.resolve_asset_graph().get_all_asset_keys() if k.path[0] == "raw"]
+        assert run(defs, instance, selection=raw).success  # ingestion only
+        alone = run(defs, instance, selection=[SERVING_KEY])
+        assert alone.success, failures(alone)
+    con = duckdb.connect(str(settings.serving_path), read_only=True)
+    name = con.execute("select programme_name from marts.dim_programmes").fetchone()[0]
+    con.close()
+    logged = {d["file_name"] for d in json.loads(publish_log(settings)[0]["deliveries"])}
+    assert name == "Aide sociale directe" and "programmes_2025-02.csv" not in logged
+    assert "programmes_2025-01.csv" in logged
+    assert "NOT PUBLISHED: 1 current delivery(ies)" in status_report(settings)
+
+
 def test_gates_code_location_publishes_after_every_mart_and_blocking_dbt_test():
     """In the real code location: the candidate depends on every published mart and impact
     table, and every dbt test of severity error is a blocking check upstream of publishing."""

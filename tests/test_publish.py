@@ -63,6 +63,7 @@ def make_build(settings, *, payments_scale=1.0, estimate=1.5, extra_sql=()):
     for sql in extra_sql:
         con.execute(sql)
     con.close()
+    publish_mod.record_build_deliveries(settings, publish_mod.current_deliveries(settings))  # as the dbt step does
 
 
 def stub_disclosure(monkeypatch, violations=()):
@@ -252,6 +253,37 @@ def test_publish_warn_failures_are_logged_and_do_not_block(published):
     warnings = [c for c in result.checks if not c.passed]
     assert warnings and all(c.severity == "warn" for c in warnings)
     assert serving_value(published) == 3.0
+
+
+def test_publish_logs_the_deliveries_the_build_was_made_from(published, contracts):
+    """A delivery ingested after the build, then the build published (the publish step run
+    alone): the log lists the deliveries of the build, status reports the new one unpublished."""
+    from jisr.status import status_report
+
+    built_from = json.loads(publish_log(published)[0]["deliveries"])
+    write_delivery(published.landing_dir, contracts["programmes"], "programmes_2025-02.csv",
+                   [dict(PROGRAMME, name_fr="Aide sociale directe (nouveau nom)")])
+    Ingestor(published.store_path, contracts, TEST_KEY, seeds_dir=published.seeds_dir,
+             rejected_dir=published.rejected_dir, feedback_dir=published.feedback_dir, run_id="ingest-2",
+             code_version="test").ingest(published.landing_dir)
+    publish(published, "run-2", "v1")  # the build of run-1 again: nothing was rebuilt
+    logged = json.loads(publish_log(published)[0]["deliveries"])
+    assert logged == built_from and "programmes_2025-02.csv" not in {d["file_name"] for d in logged}
+    assert serving_value(published, "select programme_name from marts.dim_programmes") == "Aide sociale directe"
+    assert "NOT PUBLISHED: 1 current delivery(ies)" in status_report(published)
+    make_build(published)  # built again: the new delivery is in it, and in the log
+    publish(published, "run-3", "v1")
+    assert "programmes_2025-02.csv" in {d["file_name"] for d in json.loads(publish_log(published)[0]["deliveries"])}
+    assert "NOT PUBLISHED" not in status_report(published)
+
+
+def test_publish_of_a_build_that_recorded_no_deliveries_says_so(published):
+    con = duckdb.connect(str(published.build_path))
+    con.execute("drop table meta.build_deliveries")
+    con.close()
+    publish(published, "run-2", "v1")
+    row = publish_log(published)[0]
+    assert row["delivery_count"] == 4 and "the build did not record its own" in row["note"]
 
 
 def test_publish_without_build_warehouse_fails_clearly(settings, monkeypatch):

@@ -33,6 +33,7 @@ from jisr.dbt import (
     run_target_path,
     save_partial_parse,
 )
+from jisr.publish import current_deliveries, record_build_deliveries
 from jisr.settings import export_environment, get_settings
 
 PROJECT = get_settings()  # only project-relative paths are read at import; JISR_HOME is read per run
@@ -81,7 +82,9 @@ def dbt_resource() -> DbtCliResource:
 @dbt_assets(manifest=MANIFEST, project=DBT_PROJECT, dagster_dbt_translator=TRANSLATOR, name="warehouse_dbt")
 def warehouse_dbt(context: dg.AssetExecutionContext, dbt: DbtCliResource, config: WarehouseConfig):
     """One `dbt build` per refresh (models, seeds and tests), the open raw layer (the Parquet
-    lake) brought up to date beside it, then the dbt docs when they changed."""
+    lake) brought up to date beside it, then the dbt docs when they changed. A successful
+    build records the deliveries it was built from in the build warehouse
+    (``meta.build_deliveries``), which the publish log lists."""
     settings = get_settings()
     export_environment(settings)  # dbt's profiles.yml reads the same JISR_HOME
     settings.build_path.parent.mkdir(parents=True, exist_ok=True)
@@ -97,12 +100,14 @@ def warehouse_dbt(context: dg.AssetExecutionContext, dbt: DbtCliResource, config
                                             f"{uuid.uuid4().hex[:7]}")
     prune_run_targets(settings, keep=RUN_TARGETS_KEPT - 1)  # with this run's: the last RUN_TARGETS_KEPT
     restore_partial_parse(settings, target_path)
+    built_from = current_deliveries(settings)  # what dbt reads (one refresh at a time: nothing is ingested meanwhile)
     with _raw_lake_export(context, settings) as lake:
         build = dbt.cli(args, context=context, target_path=target_path)
         try:
             yield from build.stream()
         finally:  # failed or not, the run's quality report says what the build's gates found
             _report_build(context, settings, build.target_path)
+    record_build_deliveries(settings, built_from)  # the build succeeded: its publish log lists these
     save_partial_parse(settings, build.target_path)
     _refresh_docs(context, dbt, settings, build.target_path)
     lake.check()  # a failed export fails the step, once the build's state and docs are kept
