@@ -174,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     _sql_arguments(q)
     q.set_defaults(func=_sql)
 
-    pg = sub.add_parser("publish-postgres", help="build the warehouse on PostgreSQL for BI tools (evaluator role)")
+    pg = sub.add_parser("publish-postgres", help="build the warehouse on PostgreSQL for BI tools (evaluator role), from the "
+                                                   "deliveries the serving DuckDB file serves")
     from jisr.postgres import add_arguments as _postgres_arguments
 
     _postgres_arguments(pg)

@@ -2,6 +2,10 @@
 
 Most BI tools speak PostgreSQL natively. ``publish_postgres(settings, dsn)``:
 
+0. refuses, before changing anything, unless the raw store holds exactly the deliveries
+   the served DuckDB warehouse was built from (its ``meta.publish_log``): after a rollback,
+   a refused publication or an ingestion without a build, the raw store holds deliveries
+   the serving file does not serve, and the marts built from it would differ;
 1. closes every schema to the ``evaluator`` role while it works (no one reads a
    half-built or not yet protected mart);
 2. copies the raw layer (the pseudonymised raw store tables, the quarantine and the
@@ -13,7 +17,8 @@ Most BI tools speak PostgreSQL natively. ``publish_postgres(settings, dsn)``:
    impact stage) into schema ``impact``;
 5. applies disclosure control (quality/disclosure.py) to the marts and refuses to open them
    if its check fails;
-6. records the publication in ``meta.publish_log`` and (re)creates the read-only role
+6. records the publication in ``meta.publish_log`` (with the run id and the deliveries of
+   the served DuckDB warehouse) and (re)creates the read-only role
    ``evaluator``: USAGE and SELECT on the published schemas (``publish.schemas`` of
    config/quality.yml: ``marts`` and ``impact``) and ``meta.publish_log`` only,
    default privileges so tables dbt creates later are readable too, no USAGE on ``raw``,
@@ -53,8 +58,13 @@ create table if not exists meta.publish_log (
     raw_rows bigint,
     dbt_invocation_id varchar,
     tables_protected varchar,
-    note varchar
+    note varchar,
+    run_id varchar,
+    deliveries jsonb,
+    delivery_count integer
 )"""
+# columns added since the first version of the table (a database published to before gets them)
+PUBLISH_LOG_ADDED = (("run_id", "varchar"), ("deliveries", "jsonb"), ("delivery_count", "integer"))
 
 
 class PostgresPublishError(RuntimeError):
@@ -63,6 +73,8 @@ class PostgresPublishError(RuntimeError):
 
 @dataclass
 class PostgresPublishResult:
+    run_id: str | None = None  # run of the served DuckDB warehouse, whose deliveries this publishes
+    deliveries: list[dict] = field(default_factory=list)
     raw_rows: dict[str, int] = field(default_factory=dict)
     impact_tables: list[str] = field(default_factory=list)
     protected: list[str] = field(default_factory=list)
@@ -70,7 +82,8 @@ class PostgresPublishResult:
     published_schemas: tuple[str, ...] = DEFAULT_PUBLISH_SCHEMAS
 
     def report(self) -> str:
-        lines = [f"Raw layer copied: {len(self.raw_rows)} tables, {sum(self.raw_rows.values())} rows."]
+        lines = [f"The deliveries of the served DuckDB warehouse (run {self.run_id}): {len(self.deliveries)}.",
+                 f"Raw layer copied: {len(self.raw_rows)} tables, {sum(self.raw_rows.values())} rows."]
         if self.impact_tables:
             lines.append(f"Impact tables copied: {', '.join(self.impact_tables)}.")
         lines += [f"Disclosure control: {p}" for p in self.protected]
@@ -319,14 +332,45 @@ def _dbt_invocation_id(settings: Settings) -> str | None:
         return None
 
 
+def served_publication(settings: Settings) -> dict:
+    """The publish-log row of the served DuckDB warehouse, when the raw store holds exactly
+    the deliveries it was built from (rows included); raises otherwise. The PostgreSQL target
+    builds its marts from the raw store: after a rollback, a refused publication or an
+    ingestion without a build, it would publish figures the serving file does not."""
+    from jisr.publish import served_differences
+
+    served, differences = served_differences(settings)
+    if served is None:
+        raise PostgresPublishError(f"no warehouse is published at {settings.serving_path}: run `jisr refresh` "
+                                   "first (PostgreSQL publishes the deliveries the serving DuckDB file serves)")
+    what = {"missing": "current delivery(ies) it was not built from",
+            "grown": "delivery(ies) with rows loaded since it was built",
+            "gone": "delivery(ies) it was built from that are no longer current"}
+    problems = [f"{len(differences[k])} {what[k]} ({', '.join(d['file_name'] for d in differences[k][:5])}"
+                + (", ..." if len(differences[k]) > 5 else "") + ")" for k in what if differences.get(k)]
+    if problems:
+        event = "published by" if served["event"] == "publish" else "rolled back to the warehouse of"
+        raise PostgresPublishError(
+            f"the raw store does not hold what the served DuckDB warehouse was built from ({event} run "
+            f"{served['run_id']}): " + "; ".join(problems) + ". PostgreSQL builds its marts from the raw "
+            "store, so it would publish figures the serving file does not; nothing was changed. Publish them "
+            "to DuckDB first (`jisr refresh`; `jisr status` says what is not published), then run this again.")
+    return served
+
+
 def record_publication(settings: Settings, pg, result: PostgresPublishResult) -> None:
     with pg.cursor() as cur:
         cur.execute("create schema if not exists meta")
         cur.execute(PUBLISH_LOG_DDL)
-        cur.execute("insert into meta.publish_log values (%s, 'postgres', %s, %s, %s, %s, %s, %s)",
+        for column, kind in PUBLISH_LOG_ADDED:
+            cur.execute(f"alter table meta.publish_log add column if not exists {_q(column)} {kind}")
+        cur.execute("insert into meta.publish_log (published_at, target, code_version, raw_tables, raw_rows, "
+                    "dbt_invocation_id, tables_protected, note, run_id, deliveries, delivery_count) "
+                    "values (%s, 'postgres', %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                     [datetime.now(timezone.utc), settings.code_version, len(result.raw_rows),
                      sum(result.raw_rows.values()), _dbt_invocation_id(settings),
-                     "; ".join(result.protected), "; ".join(result.disclosure_warnings) or None])
+                     "; ".join(result.protected), "; ".join(result.disclosure_warnings) or None,
+                     result.run_id, json.dumps(result.deliveries, default=str), len(result.deliveries)])
     pg.commit()
 
 
@@ -334,8 +378,10 @@ def publish_postgres(settings: Settings, dsn: str, *,
                      evaluator_password: str | None = None) -> PostgresPublishResult:
     """Build and publish the warehouse on PostgreSQL (see the module docstring)."""
     schemas = config_for(settings).publish_schemas
+    served = served_publication(settings)  # before anything is changed
     pg = connect(dsn)
-    result = PostgresPublishResult(published_schemas=schemas)
+    result = PostgresPublishResult(published_schemas=schemas, run_id=served["run_id"],
+                                   deliveries=json.loads(served.get("deliveries") or "[]"))
     try:
         close_published(pg)
         result.raw_rows = copy_raw_layer(settings, pg)

@@ -511,6 +511,24 @@ def rollback(settings, cfg: QualityConfig | None = None) -> RollbackResult:
                           serving_path=serving)
 
 
+def served_differences(settings) -> tuple[dict | None, dict[str, list[dict]]]:
+    """The serving warehouse's newest publish-log row (None: nothing published) and how the
+    raw store's current deliveries differ from those it was built from: ``missing`` (current,
+    not built from), ``grown`` (built from, with rows loaded into them since) and ``gone``
+    (built from, no longer current)."""
+    log = publish_log(settings)
+    if not log:
+        return None, {}
+    built_from = {d["delivery_id"]: d for d in json.loads(log[0].get("deliveries") or "[]")}
+    current = {d["delivery_id"]: d for d in current_deliveries(settings)}
+    return log[0], {
+        "missing": [d for k, d in current.items() if k not in built_from],
+        "grown": [d for k, d in current.items() if k in built_from
+                  and built_from[k].get("rows_loaded") not in (None, d["rows_loaded"])],
+        "gone": [d for k, d in built_from.items() if k not in current],
+    }
+
+
 def publish_log(settings) -> list[dict]:
     """Rows of the serving warehouse's publish log, newest first."""
     serving = Path(settings.serving_path)

@@ -6,6 +6,7 @@ JISR_PG_DSN / JISR_PG_ADMIN_DSN). Without a server these tests are skipped.
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from datetime import date, datetime
@@ -266,6 +267,38 @@ def test_postgres_disclosure_control_applies_to_postgres_marts(database):
     pg.close()
 
 
+def serve_the_raw_store(settings) -> list[dict]:
+    """A served DuckDB file whose publish log says it was built from the raw store's current
+    deliveries (the publication PostgreSQL follows); returns those deliveries."""
+    from jisr.publish import LOG_COLUMNS, current_deliveries
+
+    deliveries = current_deliveries(settings)
+    settings.serving_path.parent.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(str(settings.serving_path))
+    con.execute(f"create schema meta; create table meta.publish_log ({LOG_COLUMNS})")
+    con.execute("insert into meta.publish_log (event, run_id, code_version, published_at, deliveries, delivery_count) "
+                "values ('publish', 'run-1', 'v1', ?, ?, ?)",
+                [datetime(2025, 1, 1), json.dumps(deliveries, default=str), len(deliveries)])
+    con.close()
+    return deliveries
+
+
+def test_postgres_publish_log_of_an_earlier_version_gains_run_id_and_deliveries(database, settings):
+    pg = psycopg2.connect(database)
+    with pg.cursor() as cur:
+        cur.execute("create schema meta")
+        cur.execute("create table meta.publish_log (published_at timestamptz not null, target varchar not null, "
+                    "code_version varchar, raw_tables integer, raw_rows bigint, dbt_invocation_id varchar, "
+                    "tables_protected varchar, note varchar)")
+    pg.commit()
+    result = postgres.PostgresPublishResult(run_id="run-7", deliveries=[{"delivery_id": "d1", "file_name": "f.csv"}])
+    postgres.record_publication(settings, pg, result)
+    with pg.cursor() as cur:
+        cur.execute("select run_id, delivery_count, deliveries from meta.publish_log")
+        assert cur.fetchall() == [("run-7", 1, [{"delivery_id": "d1", "file_name": "f.csv"}])]
+    pg.close()
+
+
 @pytest.mark.slow
 def test_postgres_publish_builds_the_dbt_project_for_evaluators(database, settings, evaluator_password, tmp_path):
     """End to end: sample deliveries ingested, the dbt project built on PostgreSQL, marts
@@ -279,8 +312,12 @@ def test_postgres_publish_builds_the_dbt_project_for_evaluators(database, settin
              contracts_dir=settings.contracts_dir, seeds_dir=settings.seeds_dir, progress=False)
     Ingestor(settings.store_path, contracts, settings.pseudonym_key(), seeds_dir=settings.seeds_dir,
              rejected_dir=settings.rejected_dir, feedback_dir=settings.feedback_dir).ingest(settings.landing_dir)
+    with pytest.raises(postgres.PostgresPublishError, match="no warehouse is published"):
+        postgres.publish_postgres(settings, database, evaluator_password=evaluator_password)
+    deliveries = serve_the_raw_store(settings)
     result = postgres.publish_postgres(settings, database, evaluator_password=evaluator_password)
     assert result.raw_rows["raw.beneficiaries"] > 0
+    assert result.run_id == "run-1" and len(result.deliveries) == len(deliveries) > 0
     con = evaluator_connection(database, evaluator_password)
     with con.cursor() as cur:
         cur.execute("select table_name from information_schema.tables where table_schema = 'marts'")
@@ -291,8 +328,9 @@ def test_postgres_publish_builds_the_dbt_project_for_evaluators(database, settin
         cur.execute("select count(*) from marts.mart_coverage_targeting where not is_suppressed "
                     "and beneficiaries_reached between 1 and 9")
         assert cur.fetchone()[0] == 0
-        cur.execute("select target, note from meta.publish_log")
-        assert cur.fetchall() == [("postgres", "; ".join(result.disclosure_warnings) or None)]
+        cur.execute("select target, note, run_id, delivery_count, jsonb_array_length(deliveries) from meta.publish_log")
+        assert cur.fetchall() == [("postgres", "; ".join(result.disclosure_warnings) or None, "run-1",
+                                   len(deliveries), len(deliveries))]
     con.rollback()
     expect_denied(con, "select * from raw.beneficiaries")
     expect_denied(con, "select * from staging.stg_msisf__beneficiaries")

@@ -336,6 +336,33 @@ def test_rollback_after_publish_rollback_publish_logs_the_warehouse_it_restores(
     assert "NOT PUBLISHED: 1 current" in report  # run-2's second month of payments is not served
 
 
+def test_publish_postgres_refuses_unless_the_raw_store_holds_what_is_served(published, contracts):
+    """PostgreSQL builds its marts from the raw store: after a rollback it would serve the
+    rolled-back deliveries. Refused before connecting; with the store as served, it goes on."""
+    from jisr.postgres import PostgresPublishError, publish_postgres
+
+    nowhere = "postgresql://nobody@127.0.0.1:1/nowhere?connect_timeout=2"
+    with pytest.raises(PostgresPublishError, match="cannot connect to PostgreSQL"):
+        publish_postgres(published, nowhere)  # the raw store holds what is served: on to the server
+    ingest_sample(published, contracts, months=("2025-01", "2025-02"), run_id="run-2")
+    make_build(published, estimate=2.5)
+    publish(published, "run-2", "v2")
+    rollback(published)
+    with pytest.raises(PostgresPublishError) as info:
+        publish_postgres(published, nowhere)
+    message = str(info.value)
+    assert "rolled back to the warehouse of run run-1" in message and "nothing was changed" in message
+    assert "1 current delivery(ies) it was not built from (paiements_2025-02.csv)" in message
+
+
+def test_publish_postgres_refuses_without_a_published_warehouse(settings, contracts):
+    from jisr.postgres import PostgresPublishError, publish_postgres
+
+    ingest_sample(settings, contracts)
+    with pytest.raises(PostgresPublishError, match="no warehouse is published"):
+        publish_postgres(settings, "postgresql://nobody@127.0.0.1:1/nowhere")
+
+
 def test_rollback_cli_restores_and_reports(published, capsys):
     from jisr.cli import main
 
