@@ -784,6 +784,7 @@ def review(con, settings=None, config: Any = None) -> list[Violation]:
     out = []
     for rule in config.tables:
         out.extend(check_table(db, rule))
+    out += exempt_with_counts(db, config)
     schemas = config_for(settings).publish_schemas if settings is not None else DEFAULT_PUBLISH_SCHEMAS
     out += [Violation(t, "unconfigured_table", "published with breakdown columns but neither configured in "
                       "config/disclosure.yml nor exempt", blocking=False)
@@ -799,7 +800,32 @@ def check(con, settings=None, config: Any = None) -> list[Violation]:
     """
     config = load_config(config, settings)
     db = _Database(con)
-    return [v for rule in config.tables for v in check_table(db, rule) if v.blocking]
+    return [v for rule in config.tables for v in check_table(db, rule) if v.blocking] + exempt_with_counts(db, config)
+
+
+def exempt_with_counts(con, config: Any) -> list[Violation]:
+    """Exempt tables that publish a column a configured table counts people in (blocking):
+    an exemption says a table holds no counts of people, and its rows, unsuppressed, could
+    give back the cells the configured table hides (the monthly residents of each
+    establishment add up to the occupancy mart's cells)."""
+    counted: dict[str, list[str]] = {}
+    for rule in config.tables:
+        for column in rule.count_columns:
+            counted.setdefault(column, []).append(rule.table)
+    if not config.exempt_tables or not counted:
+        return []
+    db = con if isinstance(con, _Database) else _Database(con)
+    rows = db.rows("select table_schema || '.' || table_name, column_name from information_schema.columns "
+                   "where table_catalog = current_database()")
+    found: dict[str, list[str]] = {}
+    for table, column in rows:
+        if table in config.exempt_tables and column in counted:
+            found.setdefault(table, []).append(column)
+    return [Violation(table, "exempt_with_counts",
+                      f"exempt from disclosure control but publishes {sorted(columns)}, counted as people in "
+                      f"{sorted({t for c in columns for t in counted[c]})}: its rows could give back the cells "
+                      "suppressed there (build it into an internal schema, or configure it)")
+            for table, columns in sorted(found.items())]
 
 
 def unconfigured_tables(con, settings=None, config: Any = None,

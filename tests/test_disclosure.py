@@ -469,6 +469,22 @@ def test_unconfigured_tables_lists_breakdowns_nobody_classified(tmp_path):
     assert disclosure.unconfigured_tables(con, config={**CONFIG, "exempt_tables": ["marts.mart_other"]}) == []
 
 
+def test_an_exempt_table_publishing_counts_of_people_blocks(tmp_path):
+    """An exemption says a table counts no people: one that publishes a column a configured
+    table counts people in (per-establishment residents beside the occupancy mart) could
+    give its suppressed cells back, and blocks publishing."""
+    con = make_warehouse(tmp_path / "serving.duckdb", coverage_rows(COUNTS))
+    protect(con, config=CONFIG)
+    assert disclosure.check(con, config=CONFIG) == []
+    con.execute("create table marts.fct_detail (region_code varchar, sex varchar, beneficiaries bigint)")
+    exempt = {**CONFIG, "exempt_tables": ["marts.fct_detail", "marts.mart_other"]}
+    found = disclosure.check(con, config=exempt)
+    assert [(v.table, v.kind, v.blocking) for v in found] == [("marts.fct_detail", "exempt_with_counts", True)]
+    assert "['beneficiaries']" in found[0].message and "marts.mart_coverage" in found[0].message
+    assert [v.kind for v in disclosure.review(con, config=exempt) if v.table == "marts.fct_detail"] == [
+        "exempt_with_counts"]
+
+
 def test_review_looks_for_unconfigured_tables_in_the_configured_published_schemas(tmp_path):
     """A schema added to ``publish.schemas`` (config/quality.yml) is reviewed like marts."""
     from types import SimpleNamespace

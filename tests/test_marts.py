@@ -798,7 +798,7 @@ def test_evaluation_panel_is_units_by_rounds_by_variables(built):
     assert sum(r[4] is None for r in rows if r[0] == "U08") == 2  # attrition: endline rows kept, without values
 
 
-INCREMENTAL_FACTS = {"fct_payments": "detail", "fct_establishment_occupancy": "marts",  # fact -> its schema
+INCREMENTAL_FACTS = {"fct_payments": "detail", "fct_establishment_occupancy": "detail",  # fact -> its schema
                      "fct_loan_instalments": "detail", "fct_service_requests": "detail"}
 
 
@@ -1058,7 +1058,7 @@ def test_marts_match_the_generator_ground_truth(generated):
         m: v["service_requests"]["open_at_month_end"] for m, v in monthly.items()}
     active = query(home, "select programme_code, count(*) from detail.fct_enrolments where is_active group by 1")
     assert dict(active) == agg["active_enrolments_by_programme"]
-    assert query(home, "select sum(residents) from marts.fct_establishment_occupancy where report_month = ?",
+    assert query(home, "select sum(residents) from detail.fct_establishment_occupancy where report_month = ?",
                  [last]) == [(agg["residents_last_month"],)]
     assert query(home, "select count(*), count(*) filter (where works_status = 'completed') "
                        "from marts.dim_establishments") == [(agg["establishments"], agg["establishments_modernised_by_last_month"])]
