@@ -20,7 +20,7 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 from ingestion.contracts import Contract
 
@@ -47,12 +47,28 @@ class Staged:
     malformed: str | None = None
 
 
+def _is_header_line(contract: Contract, cells: Iterable[str]) -> bool:
+    """Whether a file's first line names at least one column of its contract. Only then is
+    it quoted in a rejection: a file delivered without its header line has a record there,
+    whose values (identity numbers, names) must not reach the ledger, the warehouse or the
+    partner's report."""
+    known = {a.strip().lower() for col in contract.columns for a in col.accepted_headers}
+    return any(c.strip().strip('"').strip().lower() in known for c in cells)
+
+
+def _unnamed_line(count: int, what: str) -> str:
+    return (f"the first line has {count} {what}(s), none of them a {what} name of the contract (is the header "
+            "line missing? its values are not shown: they may be personal data)")
+
+
 def _map_headers(contract: Contract, headers: list[str], what: str) -> tuple[dict[str, str], list[str]]:
     """Map file headers to contract columns; reject missing required columns."""
     normalised = {}
     for h in headers:
         key = h.strip().lower()
         if key in normalised:
+            if not _is_header_line(contract, headers):
+                raise FileRejected(_unnamed_line(len(headers), what))
             raise FileRejected(f"{what} {h!r} appears twice")
         normalised[key] = h
     mapping, missing = {}, []
@@ -63,7 +79,9 @@ def _map_headers(contract: Contract, headers: list[str], what: str) -> tuple[dic
         elif col.required:
             missing.append(f"{col.name} (expected header {col.header!r})")
     if missing:
-        raise FileRejected(f"missing required column(s): {', '.join(missing)}; found {what}s: {', '.join(repr(h) for h in headers)}")
+        found = (f"found {what}s: {', '.join(repr(h) for h in headers)}" if _is_header_line(contract, headers)
+                 else _unnamed_line(len(headers), what))
+        raise FileRejected(f"missing required column(s): {', '.join(missing)}; {found}")
     used = {v.strip().lower() for v in mapping.values()}
     warnings = [f"{what} {h!r} is not in the contract and was ignored" for h in headers if h.strip().lower() not in used]
     return mapping, warnings
@@ -185,11 +203,16 @@ def stage_csv(con, path: Path, contract: Contract, table: str, tmp_dir: Path) ->
     if len(headers) == 1 and len(contract.columns) > 1:
         for other in OTHER_DELIMITERS:
             if other != delim and len(header_line.split(other)) > 1:
+                cells = header_line.split(other)
+                shown = (f"{header_line[:120]!r}" if _is_header_line(contract, cells)
+                         else f"{len(cells)} fields, none of them a column name of the contract (values not shown)")
                 raise FileRejected(
                     f"wrong delimiter: the contract says {delim!r}-separated but the header looks "
-                    f"{other!r}-separated: {header_line[:120]!r}"
+                    f"{other!r}-separated: {shown}"
                 )
-        raise FileRejected(f"the header has a single column {header_line[:120]!r}; expected {delim!r}-separated columns")
+        shown = (f" {header_line[:120]!r}" if _is_header_line(contract, headers)
+                 else " (not a column name of the contract; not shown: it may be personal data)")
+        raise FileRejected(f"the header has a single column{shown}; expected {delim!r}-separated columns")
     # a header cell left empty (a delimiter at the end of the line, as spreadsheets export) is
     # named by its position, as in a workbook
     headers = [h if h.strip() else f"column_{i + 1}" for i, h in enumerate(headers)]

@@ -332,6 +332,14 @@ def check_freshness(con, cfg: QualityConfig, contracts: dict, today: date | None
 
 
 # --- direct identifiers ---------------------------------------------------------------------
+def _within_text(pattern: str) -> str:
+    """A value pattern (anchored to the whole value, as configured) as a pattern found inside
+    a longer text too, between characters that are not letters or digits: a free-text
+    column (a rejection reason, a note) can quote an identifier."""
+    inner = pattern.removeprefix("^").removesuffix("$")
+    return f"(^|[^A-Za-z0-9])(?:{inner})($|[^A-Za-z0-9])"
+
+
 def check_identifiers(con, cfg: QualityConfig, schemas: Iterable[str]) -> list[CheckResult]:
     """No published column is named like a direct identifier and no text value is shaped like one."""
     params = cfg.params(NO_IDENTIFIERS)
@@ -354,14 +362,14 @@ def check_identifiers(con, cfg: QualityConfig, schemas: Iterable[str]) -> list[C
             selects = []
             for column in text_columns:
                 for kind, pattern in patterns.items():
-                    selects.append(f"count(*) filter (where regexp_full_match({_ident(column)}, '{_sql_str(pattern)}'))"
+                    selects.append(f"count(*) filter (where regexp_matches({_ident(column)}, '{_sql_str(_within_text(pattern))}'))"
                                    f" as {_ident(column + '|' + kind)}")
             cur = con.execute(f"select {', '.join(selects)} from {_ident(schema)}.{_ident(table)}")
             names = [d[0] for d in cur.description]
             for name, count in zip(names, cur.fetchone()):
                 if count:
                     column, kind = name.split("|")
-                    findings.append(f"{count} value(s) of column {column} are shaped like a {kind}")
+                    findings.append(f"{count} value(s) of column {column} are or contain text shaped like a {kind}")
         desc = (f"{schema}.{table}: no direct identifier" if not findings else f"{schema}.{table}: " + "; ".join(findings))
         results.append(CheckResult(NO_IDENTIFIERS, not findings, severity, desc, f"{schema}.{table}",
                                    {"findings": findings, "text_columns_scanned": len(text_columns)}))

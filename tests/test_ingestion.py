@@ -134,6 +134,42 @@ def test_ingest_rejects_unreadable_file_with_report_and_loads_the_rest(settings,
     del path
 
 
+def _without_header_line(path: Path) -> Path:
+    path.write_bytes(path.read_bytes().split(b"\n", 1)[1])
+    return path
+
+
+@pytest.mark.parametrize("delimiter, expected", [
+    (None, "none of them a column name of the contract (is the header line missing?"),
+    (",", "none of them a column name of the contract (values not shown)"),
+])
+def test_a_file_without_its_header_line_is_rejected_without_quoting_its_first_record(settings, contracts, delimiter,
+                                                                                    expected):
+    """The first line of a file delivered without its header line is a record: its identity
+    number, names and phone number stay out of the ledger, the partner's report and the
+    warehouse (the rejection names the problem, not the values)."""
+    write_delivery(settings.landing_dir, contracts["programmes"], "programmes_2025-01.csv", [PROGRAMME])
+    _without_header_line(write_delivery(settings.landing_dir, contracts["beneficiaries"], "registre_2025-01.csv",
+                                        [person(1), person(2)], delimiter=delimiter))
+    summary = ingest(settings, contracts)
+    bad = result_for(summary, "registre_2025-01.csv")
+    assert bad.status == "rejected" and expected in bad.reason, bad.reason
+    report = Path(bad.report_path).read_text()
+    with store(settings) as con:
+        logged = con.execute("select reason from meta.deliveries where file_name = 'registre_2025-01.csv'").fetchone()[0]
+    for text in (bad.reason, report, logged):
+        for clear in ("AB100001", "Hélène1", "Aït Benhaddou", "0612000001"):
+            assert clear not in text, text
+
+
+def test_a_file_with_a_header_line_is_rejected_naming_its_headers(settings, contracts):
+    """A header line names columns: a missing one is reported with the headers found."""
+    write_delivery(settings.landing_dir, contracts["enrolments"], "inscriptions_2025-01.csv", [enrolment(1)],
+                   headers=["id_inscription", "CIN", "programme", "date_entree", "date_sortie", "motif_sortie"])
+    bad = result_for(ingest(settings, contracts), "inscriptions_2025-01.csv")
+    assert "found columns: 'id_inscription', 'CIN', 'programme'" in bad.reason
+
+
 def service_request(i: int) -> dict:
     return {"request_id": f"REQ-2026-{i:05d}", "applicant_cin": f"AB{100000 + i}", "service_type": "complaint",
             "channel": "web", "region_code": "06", "submitted_at": "2026-03-02T08:00:00Z", "resolved_at": None,

@@ -191,7 +191,9 @@ def test_identifiers_flag_named_columns_and_identifier_shaped_values(con, cfg):
     con.execute("create table marts.dim_people as select 1 as person_key, 'Amina' as first_name, "
                 "'x' as telephone, 42 as first_name_fr_key")
     con.execute("create table marts.fct_events as select 'AB123456' as note, '0612345678' as contact_note, "
-                "'DSD-01' as programme_code, 'Aide sociale' as programme_name")
+                "'DSD-01' as programme_code, 'Aide sociale' as programme_name, "
+                "'missing column(s); found columns: ''AB123456'', ''Amina''' as reason, "
+                "'registre_2025-01.csv: 0612345678 rows' as other_note, 'REF-AB123456X' as code_in_code")
     con.execute("create table impact.impact_estimates as select 'E123' as label")
     results = {r.target: r for r in check_identifiers(con, cfg, ["marts", "impact"])}
     people = results["marts.dim_people"]
@@ -199,8 +201,11 @@ def test_identifiers_flag_named_columns_and_identifier_shaped_values(con, cfg):
     assert people.metadata["findings"] == ["column first_name is named like a direct identifier",
                                            "column telephone is named like a direct identifier"]
     events = results["marts.fct_events"]
-    assert events.metadata["findings"] == ["1 value(s) of column note are shaped like a cin",
-                                           "1 value(s) of column contact_note are shaped like a phone"]
+    # whole values, and identifiers inside a longer text (a rejection reason quoting a record)
+    assert events.metadata["findings"] == ["1 value(s) of column note are or contain text shaped like a cin",
+                                           "1 value(s) of column contact_note are or contain text shaped like a phone",
+                                           "1 value(s) of column reason are or contain text shaped like a cin",
+                                           "1 value(s) of column other_note are or contain text shaped like a phone"]
     assert results["impact.impact_estimates"].passed
 
 
