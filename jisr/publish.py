@@ -176,14 +176,20 @@ def current_deliveries(settings) -> list[dict]:
 BUILD_DELIVERIES = ("meta", "build_deliveries")  # in the build warehouse: the deliveries it was built from
 
 
-def record_build_deliveries(settings, deliveries: list[dict]) -> None:
+def record_build_deliveries(settings, deliveries: list[dict] | None) -> None:
     """Record in the build warehouse the deliveries it was built from (the dbt step calls
     this once its build succeeded, with :func:`current_deliveries` as dbt read them): the
     publish log lists those, not the raw store's at publication, so a build published later
-    (the publish step run alone after an ingestion) is not logged with deliveries it lacks."""
+    (the publish step run alone after an ingestion) is not logged with deliveries it lacks.
+    ``None`` forgets the record (the dbt step, before it builds: a build that fails half-way
+    is not described by the deliveries of the one before)."""
     schema, table = BUILD_DELIVERIES
     con = duckdb.connect(str(settings.build_path))
     try:
+        if deliveries is None:
+            con.execute(f"drop table if exists {_ident(schema)}.{_ident(table)}")
+            con.execute("checkpoint")
+            return
         con.execute(f"create schema if not exists {_ident(schema)}")
         con.execute(f"create or replace table {_ident(schema)}.{_ident(table)} (delivery json)")
         if deliveries:

@@ -286,6 +286,18 @@ def test_publish_of_a_build_that_recorded_no_deliveries_says_so(published):
     assert row["delivery_count"] == 4 and "the build did not record its own" in row["note"]
 
 
+def test_a_build_started_forgets_the_deliveries_of_the_build_before(published):
+    """The dbt step forgets the record when it starts and writes it when its build
+    succeeded: a build that failed half-way, published alone, is not logged with the
+    deliveries of the build before it."""
+    from jisr.publish import record_build_deliveries
+
+    record_build_deliveries(published, None)
+    publish(published, "run-2", "v1")
+    row = publish_log(published)[0]
+    assert "the build did not record its own" in row["note"]
+
+
 def test_publish_without_build_warehouse_fails_clearly(settings, monkeypatch):
     stub_disclosure(monkeypatch)
     with pytest.raises(PublishError, match="no build warehouse"):

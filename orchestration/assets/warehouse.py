@@ -101,6 +101,7 @@ def warehouse_dbt(context: dg.AssetExecutionContext, dbt: DbtCliResource, config
     prune_run_targets(settings, keep=RUN_TARGETS_KEPT - 1)  # with this run's: the last RUN_TARGETS_KEPT
     restore_partial_parse(settings, target_path)
     built_from = current_deliveries(settings)  # what dbt reads (one refresh at a time: nothing is ingested meanwhile)
+    record_build_deliveries(settings, None)  # until this build succeeds, the build warehouse is no earlier build
     with _raw_lake_export(context, settings) as lake:
         build = dbt.cli(args, context=context, target_path=target_path)
         try:
