@@ -1142,3 +1142,23 @@ def test_a_delivery_rejected_for_an_impossible_month_does_not_stop_the_build(tmp
     run_dbt(home, "run", "--select", "+fct_deliveries")
     assert query(home, "select batch_month, delivery_status from marts.fct_deliveries "
                        "where delivery_id = 'payments-2025-13-0123456789ab'") == [(None, "rejected")]
+
+
+def test_the_scorecard_three_month_mean_spans_calendar_months(tmp_path):
+    """A partner's share quarantined over this month and the two before: months, not the
+    previous rows of the scorecard (a month after a gap is not averaged with older ones)."""
+    home = tmp_path / "home"
+    raw, _ = make_home(home, ["2025-01"])
+    con = duckdb.connect(str(raw.path))
+    for month, delivered, quarantined in (("2025-02", 100, 50), ("2025-03", 100, 10), ("2025-07", 100, 0)):
+        con.execute("insert into meta.deliveries select * replace (? as delivery_id, ? as batch, "
+                    "'etablissements_' || ? || '.csv' as file_name, ? as rows_delivered, ? as rows_loaded, "
+                    "? as rows_quarantined) from meta.deliveries where source = 'establishments' limit 1",
+                    [f"establishments-{month}-0", month, month, delivered, delivered - quarantined, quarantined])
+    con.close()
+    run_dbt(home, "run", "--select", "+mart_quality_scorecard")
+    means = dict(query(home, "select delivery_month, share_quarantined_3_month_mean from marts.mart_quality_scorecard "
+                             "where partner = 'eps' and delivery_month >= '2025-02'"))
+    assert means["2025-03"] == pytest.approx((0.0 + 0.5 + 0.1) / 3)  # January (make_home), February, March
+    assert means["2025-07"] == pytest.approx(0.0)  # May and June had no delivery: not March's shares
+

@@ -4,7 +4,8 @@
       completeness = share of delivered rows with every required value,
       validity     = share of delivered rows breaking no type, format, code-list, range,
                      reference or contract rule,
-      uniqueness   = share of delivered rows whose key is not repeated in its delivery,
+      uniqueness   = share of delivered rows whose key is neither repeated in its delivery
+                     nor current in another batch (key_in_other_batch),
       share_quarantined = rows set aside / rows delivered (a row can fail several dimensions),
       timeliness   = delivery lag in days after the end of the batch month.
     Trends compare each month with the partner's previous delivered month. -#}
@@ -105,6 +106,25 @@ scored as (
 
 ),
 
+{#- Over the calendar months: this month and the two before it (a month without delivered
+    rows adds nothing; with none in the three months, null). -#}
+three_months as (
+
+    select
+        scored.partner,
+        scored.delivery_month,
+        avg(earlier.share_quarantined) as share_quarantined_3_month_mean
+
+    from scored
+    inner join scored as earlier
+        on earlier.partner = scored.partner
+        and earlier.delivery_month_start_date <= scored.delivery_month_start_date
+        and earlier.delivery_month_start_date
+            >= {{ jisr.add_months('scored.delivery_month_start_date', -2) }}
+    group by scored.partner, scored.delivery_month
+
+),
+
 trended as (
 
     select
@@ -115,12 +135,12 @@ trended as (
         scored.validity - lag(scored.validity) over by_partner as validity_change,
         scored.mean_delivery_lag_days - lag(scored.mean_delivery_lag_days) over by_partner
             as delivery_lag_change_days,
-        avg(scored.share_quarantined) over (
-            partition by scored.partner order by scored.delivery_month
-            rows between 2 preceding and current row
-        ) as share_quarantined_3_month_mean
+        three_months.share_quarantined_3_month_mean
 
     from scored
+    left join three_months
+        on scored.partner = three_months.partner
+        and scored.delivery_month = three_months.delivery_month
     window by_partner as (partition by scored.partner order by scored.delivery_month)
 
 ),
