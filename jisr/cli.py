@@ -188,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_disclosure)
 
     b = sub.add_parser("rollback", help="serve the previously published warehouse again (undo the last publication; "
-                                        "the next refresh publishes the deliveries of the landing area again)")
+                                        "the next refresh publishes the raw store's current deliveries again: have "
+                                        "the batch that caused it re-delivered, corrected, first)")
     b.set_defaults(func=_rollback)
 
     try:  # the benchmark lives in the project checkout (bench/), not in an installed wheel
