@@ -289,3 +289,22 @@ def test_project_parses_for_the_postgres_target_without_a_server(tmp_path):
     dispatched = [n for n in pg["nodes"].values() if n["resource_type"] == "model"
                   and "macro.jisr.percentile_cont" in n["depends_on"]["macros"]]
     assert dispatched, "percentiles go through the dispatched macro"
+
+
+def test_age_is_computed_by_one_rule_on_every_engine():
+    """Completed years, the birthday counted on the day itself: born 29 February, a person is
+    24 on 28 February 2025 (not yet 25) on DuckDB, PostgreSQL and Spark alike. Spark's
+    months_between counts two month ends as whole months (300 from 2000-02-29 to
+    2025-02-28), so Spark uses the default rule, which DuckDB runs here."""
+    import duckdb
+
+    macros = (DBT_PROJECT / "macros" / "cross_db" / "dates.sql").read_text(encoding="utf-8")
+    engines = set(re.findall(r"macro (\w+)__age_in_years\(", macros))
+    assert engines == {"default", "postgres"}  # postgres: age(), the same rule
+    body = re.search(r"macro default__age_in_years\(birth_date, as_of_date\) -%\}(.*?)\{%- endmacro", macros, re.S)[1]
+    sql = body.replace("{{ birth_date }}", "b").replace("{{ as_of_date }}", "d")
+    con = duckdb.connect()
+    ages = con.execute(f"select b, d, {sql} from (values (date '2000-02-29', date '2025-02-28'), "
+                       "(date '2000-02-29', date '2025-03-01'), (date '1990-06-15', date '2025-06-14'), "
+                       "(date '1990-06-15', date '2025-06-15')) t(b, d)").fetchall()
+    assert [a for *_, a in ages] == [24, 25, 34, 35]

@@ -88,10 +88,6 @@
     cast(extract(year from age({{ as_of_date }}, {{ birth_date }})) as integer)
 {%- endmacro %}
 
-{% macro spark__age_in_years(birth_date, as_of_date) -%}
-    cast(floor(months_between({{ as_of_date }}, {{ birth_date }}) / 12) as int)
-{%- endmacro %}
-
 {#- Age band of an age in years; the bands of every disaggregated mart. -#}
 {% macro age_band(age_expression) -%}
     case
