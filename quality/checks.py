@@ -409,9 +409,11 @@ def check_small_cells(con, settings, cfg: QualityConfig) -> list[CheckResult]:
         found = list(disclosure.review(con, settings))
     except Exception as exc:  # an errored check is a failure, never a pass
         return [CheckResult(NO_SMALL_CELLS, False, severity, f"the small-cell check errored: {exc}")]
-    violations = [str(v) for v in found if v.blocking]  # they block: never in a publication's log
-    # Warnings travel with a publication (its log is published): without the cells they are
-    # about (`jisr disclosure` lists those).
+    # A result travels with a publication (its log is published) when it does not block:
+    # then without the cells it is about (`jisr disclosure` lists those). Blocking
+    # violations name their cells, unless the check is configured not to block.
+    blocks = cfg.blocking(NO_SMALL_CELLS)
+    violations = [str(v) if blocks else v.brief for v in found if v.blocking]
     warnings = [v.brief for v in found if not v.blocking]
     description = ("no published cell under the small-cell threshold, none recoverable" if not violations else
                    f"{len(violations)} disclosure violation(s): " + "; ".join(violations[:3])

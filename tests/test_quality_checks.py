@@ -255,6 +255,20 @@ def test_small_cells_warnings_are_reported_without_blocking(con, settings, cfg, 
     assert len(r.metadata["warnings"]) == 2
 
 
+def test_small_cells_set_to_warn_publish_no_cell_in_the_log(con, settings, cfg, monkeypatch):
+    """With the check set to warn, a violation does not stop the publication and its result
+    goes into the published log: the cells (and their small counts) stay out of it."""
+    found = [Violation("marts.mart_coverage", "small_cell", "1 published cells count fewer than 10 people",
+                       examples="region_code='01', sex='F' (beneficiaries=3)")]
+    monkeypatch.setattr(disclosure, "review", lambda con, settings: found)
+    r = check_small_cells(con, settings, with_params(cfg, "no_small_cells_published", severity="warn"))[0]
+    assert not r.passed and not r.blocks
+    assert "beneficiaries=3" not in r.description + str(r.metadata)
+    assert r.metadata["violations"] == ["marts.mart_coverage: small_cell: 1 published cells count fewer than 10 people"]
+    r = check_small_cells(con, settings, cfg)[0]  # blocking: never published, the cells help who fixes it
+    assert r.blocks and "beneficiaries=3" in r.metadata["violations"][0]
+
+
 def test_small_cells_checks_a_real_serving_file(tmp_path, cfg):
     """The check on a protected table and on the same table with a small cell published again."""
     from tests.test_disclosure import CONFIG, COUNTS, coverage_rows, make_warehouse
