@@ -134,6 +134,22 @@ def test_ingest_rejects_unreadable_file_with_report_and_loads_the_rest(settings,
     del path
 
 
+def test_a_date_after_the_month_its_file_describes_is_quarantined(settings, contracts):
+    """A registry extract of January cannot register someone in March (a typing error in
+    the year or month): the row is set aside with the rule, the others load."""
+    write_delivery(settings.landing_dir, contracts["programmes"], "programmes_2025-01.csv", [PROGRAMME])
+    write_delivery(settings.landing_dir, contracts["beneficiaries"], "registre_2025-01.csv",
+                   [person(1), person(2, registered_date="31/01/2025"), person(3, registered_date="02/03/2025")])
+    summary = ingest(settings, contracts)
+    registry = result_for(summary, "registre_2025-01.csv")
+    assert (registry.rows_loaded, registry.rows_quarantined) == (2, 1)
+    assert registry.rules_failed == {"rule:registered_by_file_month": 1}
+    with store(settings) as con:
+        assert con.execute("select source_row, message from quarantine.rows").fetchall() == [
+            (3, "registre_2025-01.csv, row 3: rule registered_by_file_month failed: A person is registered by the end "
+                "of the month the file describes (a later date is a typing error).")]
+
+
 def _without_header_line(path: Path) -> Path:
     path.write_bytes(path.read_bytes().split(b"\n", 1)[1])
     return path
