@@ -352,6 +352,24 @@ def _insert_violations(con, found: Iterable[tuple[int, str, str | None, str]], t
     con.execute(f"insert into {table} select _source_row, rule, column_name, message from validator_rows")
 
 
+def _new_delivery_id(con, source: str, batch: str | None, content_hash: str) -> str:
+    """The id of a new row of the delivery log: ``<source>-<batch>-<first 12 hex digits of the
+    content hash>``, followed by ``-2``, ``-3``... when an earlier delivery holds it. The log
+    keeps one row per file delivered, and several may share a content and a batch: rejected
+    files alike (empty files under names no contract matches, the same file rejected again
+    under a new version of its contract), a file rejected and then loaded under a corrected
+    contract, a month that goes back to an earlier file (see ``Ingestor._duplicate_of``)."""
+    base = f"{source}-{batch or 'none'}-{content_hash[:12]}"
+    taken = {r[0] for r in con.execute(
+        "select delivery_id from meta.deliveries where delivery_id = ? or starts_with(delivery_id, ?)",
+        [base, base + "-"]).fetchall()}
+    n, delivery_id = 1, base
+    while delivery_id in taken:
+        n += 1
+        delivery_id = f"{base}-{n}"
+    return delivery_id
+
+
 def _rank_latest(con, contract: Contract, affected: str, new_delivery: str | None = None) -> None:
     """``latest_per_key``: make current the latest row of each key that ``affected`` (SQL on
     the raw table) selects, among the deliveries in effect and ``new_delivery`` (one not yet
@@ -723,7 +741,7 @@ class Ingestor:
 
     def _load_staged(self, con, p: _Prepared) -> FileResult:
         path, partner, contract, batch, content_hash, now = p.path, p.partner, p.contract, p.batch, p.content_hash, p.now
-        delivery_id = f"{contract.source}-{batch}-{content_hash[:12]}"
+        delivery_id = _new_delivery_id(con, contract.source, batch, content_hash)
         typed, violations_table, staged = p.typed, p.violations, p.staged
         violations = _violations_sql(contract, typed, self.seeds_dir)
         refs = _reference_sql(contract, self.contracts, typed)
@@ -948,14 +966,18 @@ class Ingestor:
         target = target_dir / path.name
         if target.exists():
             target = target_dir / f"{path.stem}.{content_hash[:8]}{path.suffix}"
+        n = 1
+        while target.exists():  # the same name and content rejected again: every file is kept
+            n += 1
+            target = target_dir / f"{path.stem}.{content_hash[:8]}-{n}{path.suffix}"
         shutil.move(str(path), target)
         report = target.with_name(target.name + ".report.txt")
         report.write_text(_rejection_report(
             f"Jisr rejected the file {path.name} (partner {partner}) on {now:%Y-%m-%d %H:%M} UTC.", reason,
             content_hash, contract), encoding="utf-8")
-        delivery_id = f"{source or 'unknown'}-{batch or 'none'}-{content_hash[:12]}"
+        delivery_id = _new_delivery_id(con, source or "unknown", batch, content_hash)
         con.execute(
-            "insert or replace into meta.deliveries values (?, ?, ?, ?, ?, ?, ?, null, ?, ?, 'rejected', null, 0, 0, ?, null, ?, ?, null)",
+            "insert into meta.deliveries values (?, ?, ?, ?, ?, ?, ?, null, ?, ?, 'rejected', null, 0, 0, ?, null, ?, ?, null)",
             [delivery_id, source or "unknown", partner, path.name, batch, content_hash, target.stat().st_size, now,
              self.run_id, reason, contract.version if contract else None, self.code_version],
         )
@@ -998,8 +1020,10 @@ class Ingestor:
         out_dir.mkdir(parents=True, exist_ok=True)
         csv_path = out_dir / f"{result.file_name}.rejected_rows.csv"
         name = Path(result.file_name)
-        rejected = f"{glob_escape(name.stem)}.{'[0-9a-f]' * 8}{glob_escape(name.suffix)}.report.txt"
-        for stale in [out_dir / f"{name}.report.txt", *out_dir.glob(rejected)] if replace_reports else []:
+        rejected = [f"{glob_escape(name.stem)}.{'[0-9a-f]' * 8}{again}{glob_escape(name.suffix)}.report.txt"
+                    for again in ("", "-*")]
+        for stale in [out_dir / f"{name}.report.txt", *out_dir.glob(rejected[0]), *out_dir.glob(rejected[1])] \
+                if replace_reports else []:
             stale.unlink(missing_ok=True)  # reports on rejected deliveries of this name (see _reject)
         lines = [
             f"Delivery {result.file_name} ({contract.title}), delivery id {result.delivery_id}",

@@ -1039,6 +1039,63 @@ def test_an_unchanged_redrop_of_a_rejected_file_is_reported_as_not_loaded(settin
     assert "same content as the file requests_2026-03.jsonl" in report and rejected.reason in report
 
 
+def _programmes_with_header(contracts, first_header):
+    """The programmes contract's headers, the first one renamed."""
+    headers = [c.header for c in contracts["programmes"].columns]
+    headers[0] = first_header
+    return headers
+
+
+def test_a_file_rejected_under_a_contract_loads_once_the_contract_accepts_it(settings, contracts):
+    """A file rejected for a header the contract did not know, delivered again unchanged once
+    the contract accepts that header (a new contract version), is read again and loaded: a
+    delivery of its own beside the rejected one, and the passes after it still run."""
+    path = write_delivery(settings.landing_dir, contracts["programmes"], "programmes_2025-01.csv", [PROGRAMME],
+                          headers=_programmes_with_header(contracts, "code_prog"))
+    content = path.read_bytes()
+    rejected = result_for(ingest(settings, contracts), "programmes_2025-01.csv")
+    assert rejected.status == "rejected"
+    fixed = dict(contracts)
+    programmes = contracts["programmes"]
+    code = programmes.columns[0]
+    fixed["programmes"] = dataclasses.replace(programmes, version="2", columns=(
+        dataclasses.replace(code, source_names=(*code.source_names, "code_prog")), *programmes.columns[1:]))
+    path.write_bytes(content)  # the partner drops the same file again
+    loaded = result_for(ingest(settings, fixed), "programmes_2025-01.csv")
+    assert (loaded.status, loaded.rows_loaded) == ("loaded", 1)
+    assert loaded.delivery_id != rejected.delivery_id
+    assert result_for(ingest(settings, fixed), "programmes_2025-01.csv").status == "duplicate"  # and the next pass runs
+    con = store(settings)
+    assert con.execute("select delivery_id, status from meta.deliveries order by loaded_at").fetchall() == [
+        (rejected.delivery_id, "rejected"), (loaded.delivery_id, "loaded")]
+    assert con.execute("select distinct _delivery_id from raw.programmes").fetchall() == [(loaded.delivery_id,)]
+
+
+def test_every_rejected_file_keeps_its_row_in_the_delivery_log(settings, contracts):
+    """Rejected files with the same content (empty files under names no contract matches, in
+    two partner folders; the same name again at the next pass; a month's file rejected again
+    under a new contract version) each keep a row of the delivery log, as each keeps its file
+    in the rejected area and its report."""
+    for partner, name in (("msisf", "beneficiaires.csv"), ("cdg_finance", "prets.csv")):
+        (settings.landing_dir / partner).mkdir(parents=True, exist_ok=True)
+        (settings.landing_dir / partner / name).write_bytes(b"")
+    (settings.landing_dir / "msisf" / "paiements_2025-01.csv").write_bytes(b"")
+    first = ingest(settings, contracts)
+    (settings.landing_dir / "msisf" / "beneficiaires.csv").write_bytes(b"")
+    (settings.landing_dir / "msisf" / "paiements_2025-01.csv").write_bytes(b"")
+    changed = dict(contracts)
+    changed["payments"] = dataclasses.replace(contracts["payments"], version="2")
+    second = ingest(settings, changed)
+    results = first.files + second.files
+    assert [f.status for f in results] == ["rejected"] * 5
+    assert len({f.delivery_id for f in results}) == 5
+    con = store(settings)
+    assert sorted(con.execute("select delivery_id, file_name, status from meta.deliveries").fetchall()) == sorted(
+        (f.delivery_id, f.file_name, "rejected") for f in results)
+    assert len([p for p in settings.rejected_dir.glob("*/*") if not p.name.endswith(".report.txt")]) == 5
+    assert len(list(settings.feedback_dir.glob("*/*.report.txt"))) == 5
+
+
 def test_later_registry_record_supersedes_earlier_one(settings, contracts):
     write_delivery(settings.landing_dir, contracts["beneficiaries"], "registre_2025-01.csv", [person(i) for i in range(3)])
     ingest(settings, contracts)
