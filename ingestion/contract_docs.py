@@ -26,8 +26,14 @@ pseudonym (a BIGINT column named in the table).
 Supersede rules: `latest_per_key` means a later delivery's row replaces the earlier row with
 the same key; `replace_batch` means a later delivery of the same batch (month or study)
 replaces the earlier delivery of that batch as a whole. With either rule, a new file for a
-batch already delivered (a corrected re-delivery) replaces the earlier file of that batch.
-Delivering the same content again changes nothing.
+batch already delivered (a corrected re-delivery) replaces the earlier file of that batch,
+and so does an earlier file of the batch delivered again (the partner goes back to it).
+Delivering the file in effect for a batch again changes nothing. A file with the content of
+another batch's file, under its own batch's name (a catalogue unchanged since last month),
+is a delivery of its own batch, loaded as any file of that batch (under `latest_per_key`,
+the same keys again, now from the new batch; under `replace_batch`, keys the other batch
+already holds are quarantined as `key_in_other_batch`), with a warning naming the delivery
+it repeats.
 
 | source | partner | file name | format | grain |
 |---|---|---|---|---|

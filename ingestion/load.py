@@ -3,8 +3,8 @@
 For each delivered file (in contract dependency order, then batch order):
 
 1. find its contract from the partner folder and file name; compute its content hash
-   (a file already seen with the same content is a no-op, reported as not loaded if that
-   content was rejected; a file whose size, times, inode and device did not change since
+   (a file with the content of the delivery in effect for its batch is a no-op, and so is
+   a content rejected under this contract version, reported as not loaded; a file whose size, times, inode and device did not change since
    an earlier pass hashed it keeps that hash, unread);
 2. stage it as text (``ingestion.readers``); a file that cannot be read is moved to
    ``rejected/<partner>/`` with a report, and the other files still load;
@@ -617,20 +617,31 @@ class Ingestor:
             warnings.warn(f"the content hashes of this pass were not recorded ({exc}): the next pass reads "
                           "the landing files again", RuntimeWarning, stacklevel=2)
 
-    def _duplicate_of(self, con, contract: Contract, content_hash: str, file_name: str | None = None) -> tuple | None:
-        """The latest delivery of the source with this content, (delivery id, status, contract
-        version, file name, loaded at, reason), unless it was rejected under another version
-        of the contract (the file is read again under this one), or rejected for its name
-        (a month that is not a calendar month) and this file has another name."""
-        previous = con.execute(
+    def _duplicate_of(self, con, contract: Contract, content_hash: str, batch: str | None,
+                      file_name: str | None = None) -> tuple | None:
+        """What makes a file with this content a no-op, as (delivery id, status, contract
+        version, file name, loaded at, reason): the delivery in effect for its batch (same
+        source and batch) if it has this content; else the latest delivery of the source with
+        this content rejected under this version of the contract (whatever its batch: the
+        content is not read again), unless it was rejected for its name (a month that is not
+        a calendar month) and this file has another name. A content rejected under another
+        version of the contract is read again under this one. A content delivered for another
+        batch, or superseded since in this one (the partner goes back to an earlier file of the
+        month), is a delivery of its own, as any new file of its batch is."""
+        current = con.execute(
+            "select delivery_id, status, contract_version, file_name, loaded_at, reason from meta.deliveries "
+            "where source = ? and batch = ? and status = 'loaded' and content_hash = ?",
+            [contract.source, batch, content_hash]).fetchone()
+        if current is not None:
+            return current
+        rejected = con.execute(
             "select delivery_id, status, contract_version, file_name, loaded_at, reason, batch from meta.deliveries "
-            "where source = ? and content_hash = ? order by loaded_at desc limit 1",
-            [contract.source, content_hash]).fetchone()
-        if previous is None or (previous[1] == "rejected" and previous[2] != contract.version):
+            "where source = ? and content_hash = ? and status = 'rejected' and contract_version = ? "
+            "order by loaded_at desc limit 1",
+            [contract.source, content_hash, contract.version]).fetchone()
+        if rejected is None or (batch_problem(rejected[6]) and rejected[3] != file_name):
             return None
-        if previous[1] == "rejected" and batch_problem(previous[6]) and previous[3] != file_name:
-            return None
-        return previous[:6]
+        return rejected[:6]
 
     def _prepare(self, con, path: Path, partner: str, contract: Contract | None, batch: str | None) -> _Prepared:
         """(Preparing thread) Read and type a file into temporary tables, on a connection of
@@ -650,7 +661,7 @@ class Ingestor:
         if problem is not None:
             prepared.reject = problem
             return prepared
-        if self._duplicate_of(con, contract, content_hash, path.name):
+        if self._duplicate_of(con, contract, content_hash, batch, path.name):
             return prepared  # the commit reports it
         prepared.slot = self._take_slot(signature[0] if signature else 0)
         con = self._connections[prepared.slot]
@@ -687,12 +698,14 @@ class Ingestor:
         try:
             # checked again: the file before, committed since this one was prepared, may have
             # had the same content (loaded, or rejected under the same contract version)
-            previous = self._duplicate_of(con, p.contract, p.content_hash, p.path.name) if p.contract is not None else None
+            previous = (self._duplicate_of(con, p.contract, p.content_hash, p.batch, p.path.name)
+                        if p.contract is not None else None)
             if previous and previous[1] == "rejected":
                 return self._repeat_rejected(p, previous)
             if previous:
                 return FileResult(p.contract.source, p.partner, p.path.name, "duplicate", previous[0], p.batch,
-                                  reason=f"same content as delivery {previous[0]} ({previous[1]}): nothing to do")
+                                  reason=f"same content as delivery {previous[0]}, in effect for batch {p.batch}: "
+                                         "nothing to do")
             if p.reject is not None:
                 return self._reject(con, p.path, p.partner, p.contract, p.batch, p.content_hash, p.reject, p.now)
             with store.transaction(con):
@@ -778,15 +791,24 @@ class Ingestor:
                 f"{path.name}: row accounting failed ({staged.rows} delivered, {loaded} loaded, {quarantined} quarantined)"
             )
         rules = dict(con.execute(f"select rule, count(*) from {violations_table} group by rule order by rule").fetchall())
+        warnings = list(staged.warnings)
+        same = con.execute(  # a file delivered again under another batch's name, unchanged: say so
+            "select delivery_id, file_name, batch from meta.deliveries where source = ? and content_hash = ? "
+            "and batch is distinct from ? and status <> 'rejected' order by status = 'loaded' desc, loaded_at desc "
+            "limit 1", [contract.source, content_hash, batch]).fetchone()
+        if same is not None:
+            warnings.append(f"the file has the same content as {same[1]}, delivered for batch {same[2]} (delivery "
+                            f"{same[0]}); it is loaded as the delivery of batch {batch}: if it was not meant for "
+                            f"{batch}, deliver the right file under the same name")
         self._supersede(con, contract, batch, delivery_id)
         con.execute(
             "insert into meta.deliveries values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'loaded', ?, ?, ?, null, ?, ?, ?, null)",
             [delivery_id, contract.source, partner, path.name, batch, content_hash, path.stat().st_size,
              datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).replace(tzinfo=None), now, self.run_id,
-             staged.rows, loaded, quarantined, "\n".join(staged.warnings) or None, contract.version, self.code_version],
+             staged.rows, loaded, quarantined, "\n".join(warnings) or None, contract.version, self.code_version],
         )
         return FileResult(contract.source, partner, path.name, "loaded", delivery_id, batch, staged.rows, loaded,
-                          quarantined, warnings=staged.warnings, rules_failed=rules)
+                          quarantined, warnings=warnings, rules_failed=rules)
 
     def _supersede(self, con, contract: Contract, batch: str, delivery_id: str) -> None:
         """Apply the contract's supersede rule after a delivery's rows were appended."""

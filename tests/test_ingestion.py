@@ -1096,6 +1096,75 @@ def test_every_rejected_file_keeps_its_row_in_the_delivery_log(settings, contrac
     assert len(list(settings.feedback_dir.glob("*/*.report.txt"))) == 5
 
 
+def test_a_month_delivered_again_as_an_earlier_file_goes_back_to_it(settings, contracts):
+    """A month delivered as A, replaced by B, then A again (the partner withdraws B): A is a
+    new delivery of the month and supersedes B, as any new file of the month does; only the
+    content of the delivery in effect for the month is a no-op."""
+    base_delivery(settings, contracts, n=4)
+    month_a = [payment(i) for i in range(4)]
+    path = write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv", month_a)
+    first = result_for(ingest(settings, contracts), "paiements_2025-01.csv")
+    write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv", month_a[:3])
+    second = result_for(ingest(settings, contracts), "paiements_2025-01.csv")
+    write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv", month_a)
+    third = result_for(ingest(settings, contracts), "paiements_2025-01.csv")
+    assert [f.status for f in (first, second, third)] == ["loaded", "loaded", "loaded"]
+    assert third.delivery_id not in (first.delivery_id, second.delivery_id) and third.rows_loaded == 4
+    con = store(settings)
+    assert con.execute("select delivery_id, status, superseded_by from meta.deliveries where source = 'payments' "
+                       "order by loaded_at").fetchall() == [
+        (first.delivery_id, "superseded", second.delivery_id), (second.delivery_id, "superseded", third.delivery_id),
+        (third.delivery_id, "loaded", None)]
+    assert con.execute("select count(*), min(_delivery_id) from raw.payments where _is_current").fetchone() == (
+        4, third.delivery_id)
+    con.close()
+    summary = (settings.feedback_dir / "msisf" / "paiements_2025-01.csv.summary.txt").read_text()
+    assert third.delivery_id in summary and "Rows delivered: 4" in summary
+    assert result_for(ingest(settings, contracts), "paiements_2025-01.csv").status == "duplicate"
+    assert path.exists()
+
+
+def test_an_unchanged_file_under_another_months_name_is_a_delivery_of_that_month(settings, contracts):
+    """A monthly catalogue unchanged since the month before, delivered under the new month's
+    name (here in the same pass, prepared before the first file commits): a delivery of its
+    month, recorded with its feedback, its rows loaded under its month (the same keys again,
+    now current) and a warning naming the delivery it repeats. The same name again is a no-op."""
+    first = write_delivery(settings.landing_dir, contracts["programmes"], "programmes_2025-01.csv", [PROGRAMME])
+    (first.parent / "programmes_2025-02.csv").write_bytes(first.read_bytes())
+    summary = ingest(settings, contracts)
+    january, february = summary.files
+    assert [(f.file_name, f.status, f.batch, f.rows_loaded) for f in summary.files] == [
+        ("programmes_2025-01.csv", "loaded", "2025-01", 1), ("programmes_2025-02.csv", "loaded", "2025-02", 1)]
+    assert february.delivery_id != january.delivery_id
+    assert any(january.delivery_id in w and "programmes_2025-01.csv" in w for w in february.warnings)
+    con = store(settings)
+    assert con.execute("select batch, status from meta.deliveries order by batch").fetchall() == [
+        ("2025-01", "loaded"), ("2025-02", "loaded")]
+    assert con.execute("select _batch from raw.programmes where _is_current").fetchall() == [("2025-02",)]
+    con.close()
+    feedback = (settings.feedback_dir / "msisf" / "programmes_2025-02.csv.summary.txt").read_text()
+    assert february.delivery_id in feedback and january.delivery_id in feedback
+    assert {f.status for f in ingest(settings, contracts).files} == {"duplicate"}
+
+
+def test_a_payments_file_repeated_under_the_next_month_sets_its_rows_aside(settings, contracts):
+    """A source replacing whole months: January's payments delivered again under February's
+    name are a February delivery whose payment ids January already holds; its rows are set
+    aside (key_in_other_batch), which the partner's feedback says, and January stays as it was."""
+    base_delivery(settings, contracts, n=4)
+    january = write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv",
+                             [payment(i) for i in range(4)])
+    (january.parent / "paiements_2025-02.csv").write_bytes(january.read_bytes())
+    february = result_for(ingest(settings, contracts), "paiements_2025-02.csv")
+    assert (february.status, february.rows_delivered, february.rows_loaded, february.rows_quarantined) == (
+        "loaded", 4, 0, 4)
+    assert february.rules_failed.get("key_in_other_batch") == 4
+    con = store(settings)
+    assert con.execute("select _batch, count(*) from raw.payments where _is_current group by 1").fetchall() == [
+        ("2025-01", 4)]
+    assert (settings.feedback_dir / "msisf" / "paiements_2025-02.csv.rejected_rows.csv").exists()
+
+
 def test_later_registry_record_supersedes_earlier_one(settings, contracts):
     write_delivery(settings.landing_dir, contracts["beneficiaries"], "registre_2025-01.csv", [person(i) for i in range(3)])
     ingest(settings, contracts)
@@ -1162,20 +1231,6 @@ def test_ingest_quarantines_every_row_a_validator_returns(settings, contracts):
                     (3, "extra:odd", "cin", "registre_2025-01.csv, row 3: row 3 is odd"),
                     (5, "extra:odd", "cin", "registre_2025-01.csv, row 5: row 5 is odd")]
     assert loaded == [2, 4, 6]
-
-
-def test_a_file_repeating_the_content_of_the_file_before_in_the_same_pass_is_a_duplicate(settings, contracts):
-    """Ingestion types a file before committing the one before it: the second of two files
-    with the same content is still found to repeat the first, committed just before."""
-    rows = [person(i) for i in range(5)]
-    first = write_delivery(settings.landing_dir, contracts["beneficiaries"], "registre_2025-01.csv", rows)
-    (first.parent / "registre_2025-02.csv").write_bytes(first.read_bytes())
-    summary = ingest(settings, contracts)
-    assert [(f.file_name, f.status) for f in summary.files] == [("registre_2025-01.csv", "loaded"),
-                                                               ("registre_2025-02.csv", "duplicate")]
-    assert summary.files[1].delivery_id == summary.files[0].delivery_id
-    with store(settings) as con:
-        assert con.execute("select count(*) from raw.beneficiaries").fetchone()[0] == 5
 
 
 def test_a_failure_preparing_a_file_leaves_the_file_before_committed(settings, contracts, monkeypatch):
