@@ -39,7 +39,7 @@ import uuid
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from glob import escape as glob_escape
 from pathlib import Path
 from typing import Callable, Iterable
@@ -157,6 +157,11 @@ def landing_clock(landing_dir: Path) -> int | None:
         return mark.stat().st_ctime_ns
     except OSError:
         return None
+
+
+def _utc(ns: int) -> datetime:
+    """A time in ns since the epoch as a naive UTC datetime (the store's timestamps)."""
+    return datetime(1970, 1, 1) + timedelta(microseconds=ns // 1000)
 
 
 def _lit(value) -> str:
@@ -400,6 +405,8 @@ class _Prepared:
     batch: str | None
     content_hash: str
     now: datetime
+    received_at: datetime | None = None  # when ingestion first saw the file (see Ingestor._content_hash)
+    modified_at: datetime | None = None  # the file's modification time, as delivered
     slot: int | None = None  # the connection its temporary tables are on, while it has some
     reject: str | None = None  # why the file is rejected (decided at commit, in order)
     staged: Staged | None = None
@@ -453,7 +460,7 @@ class Ingestor:
         self._free: list[int] = []
         self._held: dict[int, int] = {}
         # Content hashes (see RACY_NS), written by the one preparing thread, read after it is done.
-        self._known_hashes: dict[str, tuple] = {}  # path -> (signature, content hash, hashed_at_ns)
+        self._known_hashes: dict[str, tuple] = {}  # path -> (signature, content hash, hashed_at_ns, first_seen_ns)
         self._new_hashes: list[tuple] = []  # rows for meta.file_hashes, written at the end of a pass
         self._hashes_reused = self._files_hashed = 0
         self._clock: int | None = None  # the landing file system's time when the pass started
@@ -500,9 +507,9 @@ class Ingestor:
         try:
             store.ensure_schema(con, self.contracts)
             store.check_key(con, pseudonymise.key_fingerprint(self.key))
-            self._known_hashes = {r[0]: (tuple(r[1:6]), r[6], r[7]) for r in con.execute(
-                "select path, size_bytes, mtime_ns, ctime_ns, inode, device, content_hash, hashed_at_ns "
-                "from meta.file_hashes").fetchall()}
+            self._known_hashes = {r[0]: (tuple(r[1:6]), r[6], r[7], r[8]) for r in con.execute(
+                "select path, size_bytes, mtime_ns, ctime_ns, inode, device, content_hash, hashed_at_ns, "
+                "coalesce(first_seen_ns, hashed_at_ns) from meta.file_hashes").fetchall()}
             self._new_hashes, self._hashes_reused, self._files_hashed = [], 0, 0
             self._clock = landing_clock(Path(landing_dir))
             pseudonymise.install(con, self.key)
@@ -584,22 +591,26 @@ class Ingestor:
                 prepared.slot = None
                 self._slots.notify_all()
 
-    def _content_hash(self, path: Path) -> tuple[str, tuple | None]:
-        """(SHA-256 of a landing file, its signature): the hash recorded for it if its
-        attributes did not change since (see RACY_NS), else read from the file and kept for
-        the next pass. The signature is None if the file changed while it was read."""
+    def _content_hash(self, path: Path) -> tuple[str, tuple | None, int | None]:
+        """(SHA-256 of a landing file, its signature, when ingestion first saw it): the hash
+        recorded for it if its attributes did not change since (see RACY_NS), else read from
+        the file and kept for the next pass. The signature is None if the file changed while
+        it was read. The file was first seen (ns, the landing file system's clock) when a pass
+        first hashed this content at this path, or when this pass began; None without that
+        clock (the pass then dates it by this machine's)."""
         name = f"{path.parent.name}/{path.name}"
         known = self._known_hashes.get(name)
         if known is not None and self._clock is not None:
             signature = file_signature(path.stat())
             if known[0] == signature and signature[2] < known[2] - RACY_NS:
                 self._hashes_reused += 1
-                return known[1], signature
+                return known[1], signature, known[3]
         content_hash, signature = hash_file(path)
         self._files_hashed += 1
+        first_seen = known[3] if known is not None and known[1] == content_hash else self._clock
         if signature is not None and self._clock is not None:
-            self._new_hashes.append((name, *signature, content_hash, self._clock))
-        return content_hash, signature
+            self._new_hashes.append((name, *signature, content_hash, self._clock, first_seen))
+        return content_hash, signature, first_seen
 
     def _remember_hashes(self, con, landing_dir: Path) -> None:
         """Record the hashes this pass computed, and forget the files no longer in the
@@ -607,7 +618,7 @@ class Ingestor:
         written, the next pass reads the files again."""
         try:
             if self._new_hashes:
-                con.executemany("insert or replace into meta.file_hashes values (?, ?, ?, ?, ?, ?, ?, ?)",
+                con.executemany("insert or replace into meta.file_hashes values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                                 [list(row) for row in self._new_hashes])
             gone = [name for name in self._known_hashes.keys() | {row[0] for row in self._new_hashes}
                     if not (landing_dir / name).is_file()]
@@ -650,8 +661,10 @@ class Ingestor:
         (no contract, same content as a delivery already loaded, an unreadable file) is
         decided at commit, in load order."""
         now = datetime.now(timezone.utc).replace(tzinfo=None)
-        content_hash, signature = self._content_hash(path)
-        prepared = _Prepared(path, partner, contract, batch, content_hash, now)
+        content_hash, signature, first_seen = self._content_hash(path)
+        prepared = _Prepared(path, partner, contract, batch, content_hash, now,
+                             received_at=_utc(first_seen) if first_seen is not None else now,
+                             modified_at=_utc(signature[1] if signature else path.stat().st_mtime_ns))
         if contract is None:
             known = ", ".join(sorted(c.file_pattern for c in self.contracts.values() if c.partner == partner))
             prepared.reject = (f"no contract matches file name {path.name!r} in partner folder {partner!r}"
@@ -707,7 +720,7 @@ class Ingestor:
                                   reason=f"same content as delivery {previous[0]}, in effect for batch {p.batch}: "
                                          "nothing to do")
             if p.reject is not None:
-                return self._reject(con, p.path, p.partner, p.contract, p.batch, p.content_hash, p.reject, p.now)
+                return self._reject(con, p)
             with store.transaction(con):
                 result = self._load_staged(con, p)
         finally:
@@ -802,10 +815,10 @@ class Ingestor:
                             f"{batch}, deliver the right file under the same name")
         self._supersede(con, contract, batch, delivery_id)
         con.execute(
-            "insert into meta.deliveries values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'loaded', ?, ?, ?, null, ?, ?, ?, null)",
+            "insert into meta.deliveries values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'loaded', ?, ?, ?, null, ?, ?, ?, null, ?)",
             [delivery_id, contract.source, partner, path.name, batch, content_hash, path.stat().st_size,
-             datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).replace(tzinfo=None), now, self.run_id,
-             staged.rows, loaded, quarantined, "\n".join(warnings) or None, contract.version, self.code_version],
+             p.received_at, now, self.run_id, staged.rows, loaded, quarantined, "\n".join(warnings) or None,
+             contract.version, self.code_version, p.modified_at],
         )
         return FileResult(contract.source, partner, path.name, "loaded", delivery_id, batch, staged.rows, loaded,
                           quarantined, warnings=warnings, rules_failed=rules)
@@ -981,7 +994,9 @@ class Ingestor:
         return result
 
     # -- rejection and feedback ----------------------------------------------------------
-    def _reject(self, con, path, partner, contract, batch, content_hash, reason, now) -> FileResult:
+    def _reject(self, con, p: _Prepared) -> FileResult:
+        path, partner, contract, batch, content_hash, reason, now = (
+            p.path, p.partner, p.contract, p.batch, p.content_hash, p.reject, p.now)
         source = contract.source if contract else None
         target_dir = self.rejected_dir / partner
         target_dir.mkdir(parents=True, exist_ok=True)
@@ -999,9 +1014,10 @@ class Ingestor:
             content_hash, contract), encoding="utf-8")
         delivery_id = _new_delivery_id(con, source or "unknown", batch, content_hash)
         con.execute(
-            "insert into meta.deliveries values (?, ?, ?, ?, ?, ?, ?, null, ?, ?, 'rejected', null, 0, 0, ?, null, ?, ?, null)",
-            [delivery_id, source or "unknown", partner, path.name, batch, content_hash, target.stat().st_size, now,
-             self.run_id, reason, contract.version if contract else None, self.code_version],
+            "insert into meta.deliveries values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'rejected', null, 0, 0, ?, null, ?, ?, null, ?)",
+            [delivery_id, source or "unknown", partner, path.name, batch, content_hash, target.stat().st_size,
+             p.received_at, now, self.run_id, reason, contract.version if contract else None, self.code_version,
+             p.modified_at],
         )
         feedback = self.feedback_dir / partner
         feedback.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ create table if not exists meta.deliveries (
     batch varchar,
     content_hash varchar not null,
     size_bytes bigint,
-    received_at timestamp,
+    received_at timestamp,              -- when ingestion first saw the file in the landing area (see DELIVERIES_ADDED)
     loaded_at timestamp not null,
     run_id varchar,
     status varchar not null,            -- loaded | rejected | superseded
@@ -33,8 +33,18 @@ create table if not exists meta.deliveries (
     warnings varchar,
     contract_version varchar,
     code_version varchar,
-    superseded_by varchar
+    superseded_by varchar,
+    modified_at timestamp
 )"""
+
+# Columns added since the first stores were written: ``ensure_schema`` adds them to an
+# existing store (at the end, where the DDL above has them), whose older rows keep null.
+# ``modified_at``: the file's modification time as delivered (the partner's clock, which
+# copies that keep times carry: sftp -p, rsync -a, unzip). ``received_at`` is not that
+# time: it is when ingestion first saw the file (the landing file system's clock when the
+# pass that first hashed it began; rows written before ``modified_at`` existed hold the
+# modification time there).
+DELIVERIES_ADDED = (("modified_at", "timestamp"),)
 
 QUARANTINE_DDL = """
 create table if not exists quarantine.rows (
@@ -66,8 +76,10 @@ create table if not exists meta.file_hashes (
     inode ubigint not null,
     device ubigint not null,
     content_hash varchar not null,
-    hashed_at_ns bigint not null        -- the landing file system's time when that pass began (.jisr-clock)
+    hashed_at_ns bigint not null,       -- the landing file system's time when that pass began (.jisr-clock)
+    first_seen_ns bigint                -- the same clock when a pass first hashed this content at this path
 )"""
+FILE_HASHES_ADDED = (("first_seen_ns", "bigint"),)  # null in older stores: hashed_at_ns stands for it
 
 
 class KeyMismatchError(RuntimeError):
@@ -92,6 +104,9 @@ def ensure_schema(con, contracts: dict[str, Contract]) -> None:
     con.execute(QUARANTINE_DDL)
     con.execute(SETTINGS_DDL)
     con.execute(FILE_HASHES_DDL)
+    for table, added in (("meta.deliveries", DELIVERIES_ADDED), ("meta.file_hashes", FILE_HASHES_ADDED)):
+        for column, kind in added:
+            con.execute(f"alter table {table} add column if not exists {column} {kind}")
     for contract in contracts.values():
         cols = ", ".join(f"{name} {typ}" for name, typ in contract.raw_columns.items())
         con.execute(f"create table if not exists raw.{contract.source} ({cols})")

@@ -1165,6 +1165,85 @@ def test_a_payments_file_repeated_under_the_next_month_sets_its_rows_aside(setti
     assert (settings.feedback_dir / "msisf" / "paiements_2025-02.csv.rejected_rows.csv").exists()
 
 
+def test_received_at_is_when_ingestion_first_saw_the_file_not_its_modification_time(settings, contracts):
+    """Files copied with their times kept (sftp -p, rsync -a, unzip) carry the partner's
+    modification time: a delivery's arrival (received_at, the delivery lag) is when ingestion
+    first saw the file, for a loaded and a rejected file alike; the modification time is
+    kept beside it (modified_at)."""
+    import os
+    from datetime import datetime, timedelta
+
+    old = datetime(2024, 6, 1, 12, 0, 0)
+    epoch = (old - datetime(1970, 1, 1)).total_seconds()
+    loaded = write_delivery(settings.landing_dir, contracts["programmes"], "programmes_2025-01.csv", [PROGRAMME])
+    rejected = settings.landing_dir / "msisf" / "paiements_2025-01.csv"
+    rejected.write_bytes(b"")
+    for path in (loaded, rejected):
+        os.utime(path, (epoch, epoch))
+    before = datetime.utcnow() - timedelta(seconds=5)
+    ingest(settings, contracts)
+    con = store(settings)
+    rows = con.execute("select status, received_at, modified_at from meta.deliveries order by status").fetchall()
+    assert [r[0] for r in rows] == ["loaded", "rejected"]
+    for status, received_at, modified_at in rows:
+        assert received_at >= before, status
+        assert modified_at == old, status
+
+
+def test_a_file_left_in_the_landing_area_was_received_when_first_seen(settings, contracts, monkeypatch):
+    """A file that repeats a rejected content stays in the landing area; loaded by a later
+    pass (the contract now accepts it), it was received when the first pass saw it."""
+    import ingestion.load
+
+    monkeypatch.setattr(ingestion.load, "RACY_NS", 0)
+    folder = settings.landing_dir / "msisf"
+    path = write_delivery(settings.landing_dir, contracts["programmes"], "programmes_2025-01.csv", [PROGRAMME],
+                          headers=_programmes_with_header(contracts, "code_prog"))
+    content = path.read_bytes()
+    ingest(settings, contracts)  # rejected, moved out of the landing area
+    (folder / "programmes_2025-01.csv").write_bytes(content)
+    seen = ingest(settings, contracts)  # the same content again: left in place, not loaded
+    assert result_for(seen, "programmes_2025-01.csv").repeats_rejected
+    con = store(settings)
+    [(first_seen,)] = con.execute("select hashed_at_ns from meta.file_hashes").fetchall()
+    con.close()
+    ingest(settings, contracts)  # still the same: its record is kept
+    fixed = dict(contracts)
+    programmes = contracts["programmes"]
+    code = programmes.columns[0]
+    fixed["programmes"] = dataclasses.replace(programmes, version="2", columns=(
+        dataclasses.replace(code, source_names=(*code.source_names, "code_prog")), *programmes.columns[1:]))
+    assert result_for(ingest(settings, fixed), "programmes_2025-01.csv").status == "loaded"
+    con = store(settings)
+    received = con.execute("select received_at from meta.deliveries where status = 'loaded'").fetchone()[0]
+    from datetime import datetime, timedelta
+    assert received == datetime(1970, 1, 1) + timedelta(microseconds=first_seen // 1000)
+
+
+def test_a_store_written_before_modified_at_gets_the_new_columns(settings, contracts, monkeypatch):
+    """A store from before ``modified_at`` (and the first-seen time of file hashes) keeps
+    working: the columns are added, its older rows keep null there."""
+    import ingestion.load
+
+    monkeypatch.setattr(ingestion.load, "RACY_NS", 0)
+    write_delivery(settings.landing_dir, contracts["programmes"], "programmes_2025-01.csv", [PROGRAMME])
+    ingest(settings, contracts)
+    con = duckdb.connect(str(settings.store_path))
+    con.execute("alter table meta.deliveries drop column modified_at")
+    con.execute("alter table meta.file_hashes drop column first_seen_ns")
+    con.close()
+    write_delivery(settings.landing_dir, contracts["beneficiaries"], "registre_2025-01.csv", [person(1)])
+    summary = ingest(settings, contracts)
+    assert {(f.file_name, f.status) for f in summary.files} == {("programmes_2025-01.csv", "duplicate"),
+                                                              ("registre_2025-01.csv", "loaded")}
+    con = store(settings)
+    assert con.execute("select file_name, modified_at is not null from meta.deliveries order by file_name").fetchall() == [
+        ("programmes_2025-01.csv", False), ("registre_2025-01.csv", True)]
+    # the older record, reused, keeps null (its hashed_at_ns stands for it); the new file's has its time
+    assert con.execute("select path, first_seen_ns = hashed_at_ns from meta.file_hashes order by path").fetchall() == [
+        ("msisf/programmes_2025-01.csv", None), ("msisf/registre_2025-01.csv", True)]
+
+
 def test_later_registry_record_supersedes_earlier_one(settings, contracts):
     write_delivery(settings.landing_dir, contracts["beneficiaries"], "registre_2025-01.csv", [person(i) for i in range(3)])
     ingest(settings, contracts)

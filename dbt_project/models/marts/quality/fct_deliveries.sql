@@ -1,6 +1,9 @@
 {#- Every delivered file with what became of it. The delivery month is the batch when the
     batch is a month (YYYY-MM), else the month the file was received. The delivery lag is
-    the number of days between the end of the batch month and the file's arrival. -#}
+    the number of days between the end of the batch month and the file's arrival: when
+    ingestion first saw it in the landing area (received_at, the same clock for loaded and
+    rejected files), not its modification time (modified_at), which copies that keep times
+    carry from the partner's machine. -#}
 with
 
 deliveries as (
@@ -34,6 +37,7 @@ final as (
         content_hash,
         size_bytes,
         received_at,
+        modified_at,
         loaded_at,
         run_id,
         status as delivery_status,

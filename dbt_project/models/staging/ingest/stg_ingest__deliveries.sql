@@ -29,7 +29,8 @@ renamed as (
         warnings,
         contract_version,
         code_version,
-        superseded_by
+        superseded_by,
+        modified_at
 
     from source
 
