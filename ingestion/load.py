@@ -326,6 +326,71 @@ def _key_in_other_batch_sql(contract: Contract, typed: str) -> str:
     )
 
 
+# What each kind of rule means, for a partner's data steward (the summary of a delivery names
+# the rule id, a key of the quarantine ledger, then this); {col} names the column (with the
+# header the file used), {type} its type.
+_RULE_TEXT = {
+    "required": "a value of {col} is required but empty",
+    "type": "a value of {col} is not a valid {type}",
+    "pattern": "a value of {col} does not have the expected form",
+    "allowed": "a value of {col} is not one of the allowed values",
+    "min": "a value of {col} is below the minimum",
+    "max": "a value of {col} is above the maximum",
+    "references": "{col} refers to a row not loaded yet; the row loads on its own once that one is",
+    "duplicate_key": "the key ({col}) appears more than once in the file",
+    "key_in_other_batch": "the key ({col}) is already loaded from another month; the row loads on its own "
+                          "once a delivery of that month no longer holds it",
+    "malformed_row": "the row could not be read (not the header's number of fields, or not one JSON object)",
+}
+# The Great Expectations suites' rules (gx:<expectation>:<column>); a typed column is empty
+# both when the value is missing and when it is not of the column's type.
+_GX_TEXT = {
+    "expect_column_values_to_not_be_null": "a value of {col} is missing or not a valid {type}",
+    "expect_column_values_to_be_between": "a value of {col} is outside the allowed range",
+    "expect_column_values_to_be_in_set": "a value of {col} is not one of the allowed values",
+    "expect_column_values_to_match_regex": "a value of {col} does not have the expected form",
+    "expect_column_values_to_be_unique": "a value of {col} appears more than once",
+}
+HELD_RULES = ("references:", "key_in_other_batch")  # rules that hold a row only until another row arrives
+
+
+def _rule_text(rule: str, contract: Contract, headers: dict[str, str] | None = None) -> str:
+    """A plain description of a rule id of the quarantine ledger, naming the column with the
+    header the file used (``headers``: contract column -> delivered header) or, without it,
+    the header the contract asks for."""
+    kind, _, rest = rule.partition(":")
+    if kind == "gx":
+        expectation, _, column = rest.partition(":")
+        template = _GX_TEXT.get(expectation, f"a value of {{col}} fails the check {expectation}")
+    elif kind == "rule":
+        found = [r for r in contract.rules if r.name == rest]
+        return f"the rule {rest}: {found[0].description or found[0].sql}" if found else f"the rule {rest}"
+    else:
+        template, column = _RULE_TEXT.get(kind, rule), rest
+    names = [n.removesuffix("__typed").removesuffix("__key") for n in column.split(",") if n]
+    shown, types = [], []
+    for name in names:
+        try:
+            col = contract.column(name)
+        except KeyError:
+            shown.append(name)
+            continue
+        types.append(col.type)
+        delivered = (headers or {}).get(name) or col.header
+        shown.append(name if delivered == name else f"{name} (header {delivered!r} in the file)")
+    keyed = kind in ("duplicate_key", "key_in_other_batch")
+    text = template.replace("{col}", ("" if keyed else "column ") + ", ".join(shown))
+    return text.replace("{type}", types[0] if types else "value")
+
+
+def _example_name(file_pattern: str) -> str:
+    """A file name a contract's pattern matches, for a partner: the month as YYYY-MM, another
+    batch as <batch> (``registre_YYYY-MM.csv``, ``<batch>_units.csv``)."""
+    text = file_pattern.replace(r"(?P<batch>\d{4}-\d{2})", "YYYY-MM")
+    text = re.sub(r"\(\?P<(\w+)>[^)]*\)", r"<\1>", text)
+    return text.replace("\\", "")
+
+
 def _rejection_report(headline: str, reason: str, content_hash: str, contract: Contract | None = None) -> str:
     """The partner's report on a file not loaded as a whole: what happened, the problem, the
     contract's format (when known), what to do."""
@@ -666,7 +731,8 @@ class Ingestor:
                              received_at=_utc(first_seen) if first_seen is not None else now,
                              modified_at=_utc(signature[1] if signature else path.stat().st_mtime_ns))
         if contract is None:
-            known = ", ".join(sorted(c.file_pattern for c in self.contracts.values() if c.partner == partner))
+            known = ", ".join(sorted(_example_name(c.file_pattern) for c in self.contracts.values()
+                                     if c.partner == partner))
             prepared.reject = (f"no contract matches file name {path.name!r} in partner folder {partner!r}"
                                + (f" (expected one of: {known})" if known else " (unknown partner folder)"))
             return prepared
@@ -725,7 +791,7 @@ class Ingestor:
                 result = self._load_staged(con, p)
         finally:
             self._free_slot(p)
-        result.report_path = str(self._write_feedback(main, result, p.contract))
+        result.report_path = str(self._write_feedback(main, result, p.contract, headers=p.staged.header_map))
         return result
 
     def _discard(self, con, prepared: _Prepared) -> None:
@@ -1048,7 +1114,8 @@ class Ingestor:
         result.report_path = str(report)
         return result
 
-    def _write_feedback(self, con, result: FileResult, contract: Contract, replace_reports: bool = True) -> Path:
+    def _write_feedback(self, con, result: FileResult, contract: Contract, replace_reports: bool = True,
+                        headers: dict[str, str] | None = None) -> Path:
         """The partner's feedback on a loaded delivery, for its data steward: a summary, and
         the rejected rows with reasons if any row is still set aside. A new delivery's
         replaces whatever feedback the file name had (an earlier delivery's rows, a rejection
@@ -1084,13 +1151,23 @@ class Ingestor:
                 f"{_lit(result.delivery_id)} and resolved_by_delivery is null order by source_row, rule) "
                 f"to {_lit(str(csv_path))} (header, delimiter ',')"
             )
+            held = con.execute(  # rows held only until another row arrives: they load on their own
+                "select count(*) from (select source_row from quarantine.rows where delivery_id = ? and "
+                "resolved_by_delivery is null group by source_row having bool_and(" + " or ".join(
+                    f"starts_with(rule, {_lit(r)})" for r in HELD_RULES) + "))", [result.delivery_id]).fetchone()[0]
             lines += [
-                "Rows were set aside for these reasons (rule: rows):",
-                *[f"  {rule}: {n}" for rule, n in result.rules_failed.items()],
+                "Rows were set aside for these reasons (rule: rows, then what it means):",
+                *[f"  {rule}: {n} ({_rule_text(rule, contract, headers)})" for rule, n in result.rules_failed.items()],
                 "",
                 f"The rows, with their row number in the file (header not counted), are listed in {csv_path.name}.",
-                "Correct them and deliver the whole file again under the same name pattern and period: the new",
-                "delivery replaces this one.",
+            ]
+            if held:
+                lines += [f"Of these rows, {held} only wait for other rows (a reference not loaded yet, a key another "
+                          "month holds): they load on their own once those rows are loaded, with no new file."]
+            if held < result.rows_quarantined:
+                lines += ["Correct them and deliver the whole file again under the same name pattern and period: the new",
+                          "delivery replaces this one."]
+            lines += [
                 "(A row can break several rules, and the contract's rules and its Great Expectations suite",
                 "check most of them both: the reasons can add up to more than the rows set aside.)",
             ]

@@ -1244,6 +1244,37 @@ def test_a_store_written_before_modified_at_gets_the_new_columns(settings, contr
         ("msisf/programmes_2025-01.csv", None), ("msisf/registre_2025-01.csv", True)]
 
 
+def test_the_partners_summary_explains_each_reason_in_plain_words(settings, contracts):
+    """The summary names each rule id (a key of the ledger) with a plain description and the
+    header the partner delivered; rows held only for another row are said to load on their
+    own; a file no contract matches gets example names, not patterns."""
+    base_delivery(settings, contracts, n=4)
+    rows = [person(i) for i in range(4)] + [person(90, birth_date="31/02/1990")]
+
+    def validator(con, contract, typed_table, batch):
+        if contract.source != "beneficiaries":
+            return iter(())
+        return iter([(5, "gx:expect_column_values_to_not_be_null:birth_date__typed", "birth_date", "missing")])
+
+    write_delivery(settings.landing_dir, contracts["beneficiaries"], "registre_2025-01.csv", rows)
+    write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv",
+                   [payment(0), payment(7)])  # enrolment E7 is not delivered yet: held
+    (settings.landing_dir / "msisf" / "beneficiaires.csv").write_text("x")
+    ingestor = make_ingestor(settings, contracts)
+    ingestor.validators = [validator]
+    summary = ingestor.ingest(settings.landing_dir)
+    feedback = settings.feedback_dir / "msisf"
+    text = (feedback / "registre_2025-01.csv.summary.txt").read_text()
+    assert "type:birth_date: 1 (a value of column birth_date (header 'date_naissance' in the file) is not a valid date" in text
+    assert ("gx:expect_column_values_to_not_be_null:birth_date__typed: 1 (a value of column birth_date (header "
+            "'date_naissance' in the file) is missing or not a valid date)") in text
+    held = (feedback / "paiements_2025-01.csv.summary.txt").read_text()
+    assert "references:enrolment_id: 1 (" in held
+    assert "load on their own" in held and "Correct them and deliver the whole file again" not in held
+    report = Path(result_for(summary, "beneficiaires.csv").report_path).read_text()
+    assert "registre_YYYY-MM.csv" in report and "(?P<batch>" not in report
+
+
 def test_later_registry_record_supersedes_earlier_one(settings, contracts):
     write_delivery(settings.landing_dir, contracts["beneficiaries"], "registre_2025-01.csv", [person(i) for i in range(3)])
     ingest(settings, contracts)
