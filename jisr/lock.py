@@ -7,8 +7,9 @@ file is never replaced by two processes at once. The operating system releases a
 its process ends, even on SIGKILL, so a crashed refresh never leaves a stale lock behind.
 
 Locks are re-entrant within a process (taking a held lock again nests). ``jisr refresh``
-takes the refresh lock; runs launched from the Dagster UI, schedule or sensor are kept to one
-at a time per warehouse by the run queue instead (``orchestration/dagster.yaml``).
+takes the refresh lock, and so does every Dagster run that writes, for as long as it runs
+(``orchestration/runlock.py``): the refresh that ``jisr refresh`` runs in its own process
+nests in it, any other refresh refuses.
 """
 
 from __future__ import annotations

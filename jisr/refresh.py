@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,11 @@ def run_outcome(events) -> tuple[list[str], list[tuple[str, str]]]:
             while err is not None and err.cause is not None:
                 err = err.cause  # the user's exception, not Dagster's wrapper
             failures.append(f"step {event.step_key}: {err.message.strip() if err else 'failed'}")
+        elif event.event_type_value == "RESOURCE_INIT_FAILURE":  # e.g. another refresh holds the lock
+            err = getattr(event.event_specific_data, "error", None)
+            while err is not None and err.cause is not None:
+                err = err.cause
+            failures.append(f"run not started: {err.message.strip() if err else event.message}")
         elif event.event_type_value == "ASSET_MATERIALIZATION":
             files = event.event_specific_data.materialization.metadata.get("files_not_loaded")
             not_loaded += [(f["file"], f["reason"]) for f in (files.data if files is not None else [])]
@@ -83,6 +89,7 @@ def run_refresh(settings: Settings, full_refresh: bool = False, tool_log: Path |
     import dagster as dg
 
     from orchestration.definitions import defs, refresh_run_config
+    from orchestration.runlock import HOST_TAG, PID_TAG
 
     job = defs.resolve_job_def("refresh_job")
     with dg.DagsterInstance.get() as instance, contextlib.ExitStack() as stack:
@@ -90,7 +97,7 @@ def run_refresh(settings: Settings, full_refresh: bool = False, tool_log: Path |
             stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(tool_log, "w", encoding="utf-8"))))
         result = job.execute_in_process(
             instance=instance, run_config=refresh_run_config(full_refresh=full_refresh),
-            raise_on_error=False, tags={"jisr/trigger": "cli"},
+            raise_on_error=False, tags={"jisr/trigger": "cli", PID_TAG: str(os.getpid()), HOST_TAG: os.uname().nodename},
         )
         failures, not_loaded = run_outcome(result.all_events)
     return RefreshResult(success=result.success and not failures, run_id=result.run_id,

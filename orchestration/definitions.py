@@ -12,6 +12,7 @@ from orchestration.assets.ingest import CONTRACTS, ingest_landing
 from orchestration.assets.publish import build_publish_assets, published_upstream
 from orchestration.assets.warehouse import WarehouseConfig, dbt_resource, warehouse_dbt
 from orchestration.checks import build_quality_checks
+from orchestration.runlock import RefreshLock
 from orchestration.sensors import build_landing_sensor
 
 # Write-audit-publish: serving/candidate and serving/warehouse downstream of every published
@@ -41,7 +42,10 @@ refresh_schedule = dg.ScheduleDefinition(
 defs = dg.Definitions(
     assets=[ingest_landing, warehouse_dbt, impact_stage, *publish_assets],
     asset_checks=quality_checks,
-    resources={"dbt": dbt_resource()},
+    resources={"dbt": dbt_resource(), "refresh_lock": RefreshLock()},
+    # Every job runs in one process: the refresh lock (orchestration/runlock.py) is then held
+    # for the whole run, also by the runs of a selection materialised from the UI.
+    executor=dg.in_process_executor,
     jobs=[refresh_job],
     schedules=[refresh_schedule],
     sensors=[build_landing_sensor(refresh_job)],

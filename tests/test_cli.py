@@ -72,7 +72,9 @@ def test_the_refresh_report_lists_a_landing_file_that_repeats_a_rejected_deliver
     from orchestration.assets.ingest import ingest_landing, raw_key
     from tests.test_ingestion import cut_off_jsonl_delivery
 
-    job = dg.Definitions(assets=[ingest_landing], jobs=[dg.define_asset_job(
+    from orchestration.runlock import RefreshLock
+
+    job = dg.Definitions(assets=[ingest_landing], resources={"refresh_lock": RefreshLock()}, jobs=[dg.define_asset_job(
         "ingest", selection=[raw_key("service_requests")], executor_def=dg.in_process_executor)]).resolve_job_def("ingest")
     cut_off_jsonl_delivery(settings.landing_dir, contracts)
     with dg.DagsterInstance.ephemeral() as instance:

@@ -23,8 +23,11 @@ from jisr.settings import PROJECT_DIR
 from orchestration.assets.ingest import CONTRACTS, ingest_landing
 from orchestration.assets.publish import SERVING_KEY, build_publish_assets
 from orchestration.checks import CANDIDATE_KEY, build_quality_checks
+from orchestration.runlock import RefreshLock
 from tests.conftest import PROGRAMME, enrolment, payment, person, write_delivery
 from tests.test_publish import make_build, stub_disclosure
+
+LOCK = {"refresh_lock": RefreshLock()}
 
 MARTS = [dg.AssetKey(path) for path in (["marts", "dim_programmes"], ["detail", "dim_beneficiaries"],
                                         ["detail", "fct_payments"], ["marts", "mart_payments"])]
@@ -53,6 +56,7 @@ def stand_in_defs(flags: dict) -> dg.Definitions:
     return dg.Definitions(
         assets=[ingest_landing, warehouse, impact, *build_publish_assets([*MARTS, IMPACT])],
         asset_checks=build_quality_checks(CONTRACTS, [warehouse]),
+        resources={"refresh_lock": RefreshLock()},
         jobs=[dg.define_asset_job("refresh_job", selection=dg.AssetSelection.all(),
                                   executor_def=dg.in_process_executor)],
     )
@@ -76,11 +80,12 @@ def run(defs, instance, selection=None):
 
 
 def failures(result) -> list[str]:
-    """What `jisr refresh` reports: failed steps (with the user's message) and failed blocking checks."""
+    """What `jisr refresh` reports: failed steps (with the user's message), a run that could not
+    start, and failed blocking checks (with their description)."""
     out = []
     for event in result.all_events:
-        if event.is_step_failure:
-            err = event.step_failure_data.error
+        if event.is_step_failure or event.event_type_value == "RESOURCE_INIT_FAILURE":
+            err = event.step_failure_data.error if event.is_step_failure else event.event_specific_data.error
             while err is not None and err.cause is not None:
                 err = err.cause
             out.append(f"step {event.step_key}: {err.message.strip() if err else 'failed'}")
@@ -213,6 +218,77 @@ def test_gates_publishing_alone_after_a_failed_run_is_refused(gate):
     text = "\n".join(failures(alone))
     assert "Publication refused" in text and "totals_reconcile_with_raw on detail/fct_payments failed" in text
     assert sha256(settings.serving_path) == before
+
+
+def test_gates_a_run_refuses_while_another_process_holds_the_refresh_lock(gate):
+    """A run launched from the UI, the schedule or the sensor while `jisr refresh` (another
+    process) refreshes the same warehouse refuses at once, naming it, instead of racing it
+    for the store and the candidate; the refresh holding the lock runs its own job."""
+    import subprocess
+    import sys
+
+    from jisr.lock import refresh_lock
+
+    settings, _, defs, instance, _, _ = gate
+    before = sha256(settings.serving_path)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from jisr.lock import refresh_lock; from jisr.settings import "
+         "get_settings\nwith refresh_lock(get_settings(), run_id='cli-run'):\n    print('held', flush=True); "
+         "time.sleep(60)"], stdout=subprocess.PIPE, text=True, env=dict(os.environ, JISR_HOME=str(settings.home)))
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        refused = run(defs, instance)
+        assert not refused.success
+        text = "\n".join(failures(refused))
+        assert f"another refresh is running (pid {holder.pid}, run cli-run" in text, text
+        assert sha256(settings.serving_path) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    with refresh_lock(settings):  # what `jisr refresh` does: the lock, then the job in the same process
+        assert run(defs, instance).success
+
+
+def test_gates_publishing_alone_after_a_run_refused_before_its_checks(gate):
+    """A run that failed before it built anything leaves checks planned, never evaluated:
+    publishing the last build alone looks at the evaluations before them."""
+    import subprocess
+    import sys
+
+    settings, _, defs, instance, _, _ = gate
+    assert run(defs, instance).success
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time; from jisr.lock import refresh_lock; from jisr.settings import "
+         "get_settings\nwith refresh_lock(get_settings()):\n    print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True, env=dict(os.environ, JISR_HOME=str(settings.home)))
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert not run(defs, instance).success
+    finally:
+        holder.kill()
+        holder.wait()
+    alone = run(defs, instance, selection=[SERVING_KEY])
+    assert alone.success, failures(alone)
+
+
+def test_a_refresh_whose_process_was_killed_is_marked_failed_by_the_next(gate):
+    """A refresh killed outright stays "started" in the instance and would hold the run
+    queue's slot for ever: the next run that takes the refresh lock marks it failed."""
+    import subprocess
+    import sys
+
+    from orchestration.runlock import PID_TAG
+
+    settings, _, defs, instance, _, _ = gate
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead = instance.create_run_for_job(defs.resolve_job_def("refresh_job"), tags={PID_TAG: str(gone.pid)})
+    instance.report_run_failed  # noqa: B018 - the API the cleanup uses
+    instance.handle_run_event(dead.run_id, dg.DagsterEvent(
+        event_type_value=dg.DagsterEventType.RUN_START.value, job_name=dead.job_name))
+    assert instance.get_run_by_id(dead.run_id).status == dg.DagsterRunStatus.STARTED
+    assert run(defs, instance).success
+    assert instance.get_run_by_id(dead.run_id).status == dg.DagsterRunStatus.FAILURE
 
 
 def test_gates_publish_step_audits_the_build_it_publishes(gate):
@@ -475,9 +551,10 @@ def test_a_refresh_rejects_a_file_no_contract_matches(tmp_path, contracts, monke
     for path in uploading:
         path.write_text("x")
     with dg.instance_for_test() as instance:
-        some = dg.materialize([ingest_landing], instance=instance, selection=[dg.AssetKey(["raw", "programmes"])])
+        some = dg.materialize([ingest_landing], instance=instance, selection=[dg.AssetKey(["raw", "programmes"])],
+                              resources=LOCK)
         assert some.success and stray.exists()
-        every = dg.materialize([ingest_landing], instance=instance)
+        every = dg.materialize([ingest_landing], instance=instance, resources=LOCK)
     assert every.success
     assert not stray.exists() and (settings.rejected_dir / "msisf" / stray.name).exists()
     assert all(path.exists() for path in uploading)  # files being written or opened are not deliveries
@@ -507,7 +584,7 @@ def test_a_configuration_error_stops_the_refresh_before_anything_is_ingested(tmp
     settings = Settings(home=tmp_path / "home", key_value=TEST_KEY.decode())
     write_delivery(settings.landing_dir, contracts["programmes"], "programmes_2025-01.csv", [PROGRAMME])
     with dg.instance_for_test() as instance:
-        result = dg.materialize([ingest_landing], instance=instance, raise_on_error=False)
+        result = dg.materialize([ingest_landing], instance=instance, raise_on_error=False, resources=LOCK)
     assert not result.success
     message = next(e.step_failure_data.error.message for e in result.all_events if e.is_step_failure)
     assert "nothing was ingested" in message and "config/evaluation.yml" in message and "clustr" in message

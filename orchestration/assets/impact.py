@@ -6,6 +6,7 @@ from pathlib import Path
 import dagster as dg
 
 from jisr.settings import get_settings
+from orchestration.runlock import RefreshLock
 
 PROJECT = get_settings()  # only project-relative paths are read at import; JISR_HOME is read per run
 IMPACT_TABLES = ("impact_estimates", "impact_pretrends", "impact_balance", "impact_attrition",
@@ -26,7 +27,7 @@ def _image_md(path: str, caption: str) -> str:
     description="Impact estimates, balance, attrition, pre-trends and cost-effectiveness from the evaluation "
                 "panel, configured by config/evaluation.yml; writes an HTML evaluation report.",
 )
-def impact_stage(context: dg.AssetExecutionContext):
+def impact_stage(context: dg.AssetExecutionContext, refresh_lock: RefreshLock):
     from impact.run import run_impact
 
     settings = get_settings()

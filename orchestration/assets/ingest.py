@@ -12,6 +12,7 @@ import dagster as dg
 from ingestion.contracts import load_contracts
 from jisr.settings import get_settings
 from orchestration.metadata import markdown_table
+from orchestration.runlock import RefreshLock
 
 PROJECT = get_settings()  # only project-relative paths are read at import; JISR_HOME is read per run
 CONTRACTS = load_contracts(PROJECT.contracts_dir)
@@ -83,7 +84,7 @@ def run_ingestion(settings, run_id: str, sources=None, validators=()):
                 "pseudonymises direct identifiers and appends them to the raw layer. (The Parquet copy of "
                 "the raw layer, the lake, is brought up to date by the warehouse step, with the dbt build.)",
 )
-def ingest_landing(context: dg.AssetExecutionContext):
+def ingest_landing(context: dg.AssetExecutionContext, refresh_lock: RefreshLock):
     settings = get_settings()
     check_configuration(settings)
     selected = {key.path[-1] for key in context.selected_asset_keys}

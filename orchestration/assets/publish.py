@@ -24,6 +24,7 @@ import dagster as dg
 from jisr.settings import get_settings
 from orchestration.checks import CANDIDATE_KEY, CFG
 from orchestration.metadata import markdown_table
+from orchestration.runlock import RefreshLock
 
 SERVING_KEY = dg.AssetKey(["serving", "warehouse"])
 GROUP = "serving"
@@ -36,6 +37,15 @@ def _completed_evaluation(record):
     if record is None or record.status == AssetCheckExecutionRecordStatus.PLANNED or record.event is None:
         return None
     return record.event.dagster_event.event_specific_data
+
+
+def _latest_completed(instance, check_key):
+    """The latest execution record of a check that has its evaluation (passed or failed), or None."""
+    from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+
+    done = {AssetCheckExecutionRecordStatus.SUCCEEDED, AssetCheckExecutionRecordStatus.FAILED}
+    history = instance.event_log_storage.get_asset_check_execution_history(check_key, limit=1, status=done)
+    return history[0] if history else None
 
 
 def _full_asset_graph(context: dg.AssetExecutionContext):
@@ -58,7 +68,10 @@ def gate_problems(context: dg.AssetExecutionContext) -> list[str]:
     if not check_keys:
         return []
     instance = context.instance
-    records = instance.event_log_storage.get_latest_asset_check_execution_by_key(check_keys)
+    records = dict(instance.event_log_storage.get_latest_asset_check_execution_by_key(check_keys))
+    for ck, record in list(records.items()):
+        if _completed_evaluation(record) is None:  # planned by a run that failed or stopped first: the one before
+            records[ck] = _latest_completed(instance, ck)
     materialized = instance.get_latest_materialization_events(list({ck.asset_key for ck in check_keys}))
     problems = []
     for ck in sorted(check_keys, key=lambda k: (k.asset_key.to_user_string(), k.name)):
@@ -123,7 +136,7 @@ def build_publish_assets(upstream: Iterable[dg.AssetKey]) -> list[dg.AssetsDefin
     @dg.asset(key=CANDIDATE_KEY, deps=upstream, group_name=GROUP, kinds={"duckdb", "python"},
               description="The warehouse about to be published: a new file with the schemas marts and impact of "
                           "the build warehouse, after disclosure control. Audited by the candidate checks.")
-    def serving_candidate(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    def serving_candidate(context: dg.AssetExecutionContext, refresh_lock: RefreshLock) -> dg.MaterializeResult:
         from jisr.publish import stage_candidate
 
         candidate = stage_candidate(get_settings(), context.run.run_id)
@@ -140,7 +153,7 @@ def build_publish_assets(upstream: Iterable[dg.AssetKey]) -> list[dg.AssetsDefin
               description="The serving warehouse (read-only for evaluators and BI): replaced atomically by the "
                           "audited candidate when every blocking check passed; the previous one is kept for "
                           "`jisr rollback`.")
-    def serving_warehouse(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    def serving_warehouse(context: dg.AssetExecutionContext, refresh_lock: RefreshLock) -> dg.MaterializeResult:
         from jisr.publish import commit, load_candidate, publish_log, stage_candidate
         from quality.checks import ChecksFailed
         from quality.report import write_report

@@ -35,6 +35,7 @@ from jisr.dbt import (
 )
 from jisr.publish import current_deliveries, record_build_deliveries
 from jisr.settings import export_environment, get_settings
+from orchestration.runlock import RefreshLock
 
 PROJECT = get_settings()  # only project-relative paths are read at import; JISR_HOME is read per run
 DBT_PROJECT = DbtProject(project_dir=PROJECT.dbt_project_dir, profiles_dir=PROJECT.dbt_project_dir)
@@ -80,7 +81,8 @@ def dbt_resource() -> DbtCliResource:
 
 
 @dbt_assets(manifest=MANIFEST, project=DBT_PROJECT, dagster_dbt_translator=TRANSLATOR, name="warehouse_dbt")
-def warehouse_dbt(context: dg.AssetExecutionContext, dbt: DbtCliResource, config: WarehouseConfig):
+def warehouse_dbt(context: dg.AssetExecutionContext, dbt: DbtCliResource, config: WarehouseConfig,
+                  refresh_lock: RefreshLock):
     """One `dbt build` per refresh (models, seeds and tests), the open raw layer (the Parquet
     lake) brought up to date beside it, then the dbt docs when they changed. A successful
     build records the deliveries it was built from in the build warehouse
