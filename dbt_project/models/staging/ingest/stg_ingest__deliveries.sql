@@ -19,6 +19,7 @@ renamed as (
         content_hash,
         size_bytes,
         received_at,
+        modified_at,
         loaded_at,
         run_id,
         status,
@@ -29,8 +30,7 @@ renamed as (
         warnings,
         contract_version,
         code_version,
-        superseded_by,
-        modified_at
+        superseded_by
 
     from source
 
