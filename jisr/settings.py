@@ -8,7 +8,7 @@ Environment variables
 ---------------------
 JISR_HOME                 root of landing area, stores and warehouses (default ``<project>/var``)
 JISR_PSEUDONYM_KEY_FILE   file holding the secret pseudonymisation key (keep it outside git)
-JISR_PSEUDONYM_KEY        the key itself (for secret managers that inject variables)
+JISR_PSEUDONYM_KEY        the key itself (for secret managers that inject variables); blank: no key
 JISR_DEMO                 ``1``: a demo run; a local demo key is created when no key is set
 JISR_CODE_VERSION         code version to record (default: ``git describe`` of the project)
 """
@@ -23,6 +23,7 @@ from functools import cached_property
 from pathlib import Path
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
+MIN_KEY_BYTES = 16  # shortest pseudonymisation key accepted, from the variable or the file
 
 
 class MissingKeyError(RuntimeError):
@@ -111,16 +112,23 @@ class Settings:
         """The secret key for keyed pseudonyms.
 
         Order: JISR_PSEUDONYM_KEY, then JISR_PSEUDONYM_KEY_FILE, then (demo runs only) a
-        local demo key under ``$JISR_HOME/secrets`` created on first use.
+        local demo key under ``$JISR_HOME/secrets`` created on first use. A blank
+        JISR_PSEUDONYM_KEY (a secret manager that injected an empty value) counts as no key;
+        either key must hold at least ``MIN_KEY_BYTES`` bytes.
         """
-        if self.key_value:
-            return self.key_value.strip().encode()
+        key = (self.key_value or "").strip().encode()
+        blank_value = self.key_value is not None and not key
+        if key:
+            if len(key) < MIN_KEY_BYTES:
+                raise MissingKeyError(f"JISR_PSEUDONYM_KEY is shorter than {MIN_KEY_BYTES} bytes ({len(key)}); "
+                                      "use a long random secret, e.g. made with `openssl rand -hex 32`")
+            return key
         if self.key_file:
             if not self.key_file.is_file():
                 raise MissingKeyError(f"JISR_PSEUDONYM_KEY_FILE points at {self.key_file}, which does not exist")
             key = self.key_file.read_bytes().strip()
-            if len(key) < 16:
-                raise MissingKeyError(f"the key in {self.key_file} is shorter than 16 bytes")
+            if len(key) < MIN_KEY_BYTES:
+                raise MissingKeyError(f"the key in {self.key_file} is shorter than {MIN_KEY_BYTES} bytes")
             return key
         if self.demo:
             demo_key = self.secrets_dir / "demo-pseudonym.key"
@@ -131,8 +139,10 @@ class Settings:
             return demo_key.read_bytes().strip()
         demo_key = self.secrets_dir / "demo-pseudonym.key"
         raise MissingKeyError(
-            "No pseudonymisation key is configured, so no personal data can be ingested. "
-            "Set JISR_PSEUDONYM_KEY_FILE to a file holding a secret key of at least 16 bytes "
+            "No pseudonymisation key is configured"
+            + (" (JISR_PSEUDONYM_KEY is set but blank)" if blank_value else "")
+            + ", so no personal data can be ingested. "
+            f"Set JISR_PSEUDONYM_KEY_FILE to a file holding a secret key of at least {MIN_KEY_BYTES} bytes "
             "(kept outside git, e.g. created with `openssl rand -hex 32 > ~/.jisr.key`), or "
             "JISR_PSEUDONYM_KEY. For a local demonstration, set JISR_DEMO=1 (what `make run` "
             "does) to create a throw-away demo key"

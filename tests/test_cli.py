@@ -17,6 +17,19 @@ def test_refresh_without_a_key_refuses_with_a_clear_message(tmp_path, monkeypatc
     assert not (tmp_path / "store").exists()
 
 
+@pytest.mark.parametrize("value", ["\n", "abc"])
+def test_refresh_with_a_blank_or_short_key_variable_refuses(tmp_path, monkeypatch, capsys, value):
+    """A blank or short JISR_PSEUDONYM_KEY must not pseudonymise with a weak (or empty) HMAC key."""
+    monkeypatch.delenv("JISR_PSEUDONYM_KEY_FILE", raising=False)
+    monkeypatch.delenv("JISR_DEMO", raising=False)
+    monkeypatch.setenv("JISR_HOME", str(tmp_path))
+    monkeypatch.setenv("JISR_PSEUDONYM_KEY", value)
+    assert main(["refresh"]) == 2
+    err = capsys.readouterr().err
+    assert ("is set but blank" if value.isspace() else "shorter than 16 bytes") in err
+    assert not (tmp_path / "store").exists()
+
+
 def test_second_refresh_refuses_while_one_is_running(settings, capsys):
     with refresh_lock(settings, timeout=0):
         # another process holding the lock is what matters; a child process shows it

@@ -6,7 +6,7 @@ import duckdb
 import pytest
 
 from ingestion import pseudonymise
-from jisr.settings import MissingKeyError, Settings
+from jisr.settings import MissingKeyError, Settings, get_settings
 
 
 @pytest.mark.parametrize("key_len", [1, 16, 63, 64, 65, 200])
@@ -64,6 +64,26 @@ def test_key_file_is_read_and_checked(tmp_path):
         Settings(home=tmp_path, key_file=f).pseudonym_key()
     f.write_text("0123456789abcdef0123\n")
     assert Settings(home=tmp_path, key_file=f).pseudonym_key() == b"0123456789abcdef0123"
+
+
+@pytest.mark.parametrize("value", ["", "\n", "  \t "])
+def test_a_blank_key_variable_is_no_key(tmp_path, value):
+    """A secret manager that injects an empty value must not pseudonymise with an empty HMAC key."""
+    with pytest.raises(MissingKeyError, match=r"No pseudonymisation key is configured"):
+        get_settings({"JISR_HOME": str(tmp_path), "JISR_PSEUDONYM_KEY": value}).pseudonym_key()
+    with pytest.raises(MissingKeyError, match=r"JISR_PSEUDONYM_KEY is set but blank"):
+        Settings(home=tmp_path, key_value=value).pseudonym_key()
+    # a blank variable does not hide a key file
+    f = tmp_path / "k"
+    f.write_text("0123456789abcdef0123\n")
+    assert Settings(home=tmp_path, key_value=value, key_file=f).pseudonym_key() == b"0123456789abcdef0123"
+
+
+def test_a_short_key_variable_is_refused_as_a_short_key_file_is(tmp_path):
+    for value in ("abc", " 0123456789abcde \n"):  # 3 bytes; 15 bytes once stripped
+        with pytest.raises(MissingKeyError, match="JISR_PSEUDONYM_KEY is shorter than 16 bytes"):
+            Settings(home=tmp_path, key_value=value).pseudonym_key()
+    assert Settings(home=tmp_path, key_value=" 0123456789abcdef\n").pseudonym_key() == b"0123456789abcdef"
 
 
 def _values_table(con, name, values):
