@@ -69,11 +69,24 @@ def _warehouse_line(settings: Settings, details: list[str] = ()) -> str:
     return f"Raw store (internal): {settings.store_path}; no warehouse has been published yet."
 
 
+def _busy(settings: Settings, exc: Exception) -> str:
+    import duckdb
+
+    if isinstance(exc, duckdb.IOException) and "lock" in str(exc).lower():
+        # DuckDB names the process that holds the lock ("... is held in <program> (PID n)")
+        holder = str(exc).split("held in ", 1)[1].split(". ", 1)[0] if "held in " in str(exc) else "unknown"
+        return (f"The raw store is busy: another process holds its write lock ({holder}), most likely a refresh "
+                f"loading deliveries;\n  try `jisr status` again when the refresh has finished "
+                f"({settings.store_path}).")
+    return f"The raw store is busy ({exc}); try again when the refresh has finished."
+
+
 def status_report(settings: Settings) -> str:
-    con = _open_store(settings)
-    if con is None:
-        return f"No raw store at {settings.store_path}: run `jisr refresh` (or `make run`) first."
+    con = None
     try:
+        con = _open_store(settings)  # fails while another process writes the store
+        if con is None:
+            return f"No raw store at {settings.store_path}: run `jisr refresh` (or `make run`) first."
         deliveries = con.execute(
             """select source, count(*) filter (where status = 'loaded'), count(*) filter (where status = 'superseded'),
                       count(*) filter (where status = 'rejected'), max(batch) filter (where status = 'loaded'),
@@ -88,9 +101,10 @@ def status_report(settings: Settings) -> str:
         current = con.execute("select delivery_id, rows_loaded, loaded_at, run_id from meta.deliveries "
                               "where status = 'loaded'").fetchall() if published else []
     except Exception as exc:  # a refresh holds the write lock
-        return f"The raw store is busy ({exc}); try again when the refresh has finished."
+        return _busy(settings, exc)
     finally:
-        con.close()
+        if con is not None:
+            con.close()
     unpublished, grown = [], 0
     if published:  # current deliveries the served warehouse was not built from, or not in full
         built_from = {d["delivery_id"]: d.get("rows_loaded") for d in json.loads(published.get("deliveries") or "[]")}

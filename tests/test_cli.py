@@ -55,6 +55,25 @@ def test_status_before_any_refresh_says_what_to_do(tmp_path, monkeypatch, capsys
     assert get_settings().home == tmp_path.resolve()
 
 
+def test_status_while_another_process_writes_the_raw_store_says_it_is_busy(settings, capsys):
+    import subprocess
+    import sys
+
+    settings.store_path.parent.mkdir(parents=True)
+    code = ("import duckdb, sys, time; con = duckdb.connect(sys.argv[1]); print('open', flush=True); "
+            "sys.stdin.read()")
+    writer = subprocess.Popen([sys.executable, "-c", code, str(settings.store_path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "open"
+        assert main(["status"]) == 0
+    finally:
+        writer.communicate("", timeout=60)
+    out = capsys.readouterr().out
+    assert out.startswith("The raw store is busy: another process holds its write lock") and f"(PID {writer.pid})" in out
+    assert "try `jisr status` again when the refresh has finished" in out
+
+
 def test_unknown_command_is_an_error():
     with pytest.raises(SystemExit):
         main(["frobnicate"])
