@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 import dagster as dg
@@ -123,6 +124,78 @@ def test_landing_sensor_requests_a_run_for_new_files_only(defs, settings, contra
         assert isinstance(request, dg.RunRequest)
         ctx2 = dg.build_sensor_context(instance=instance, cursor=ctx.cursor)
         assert isinstance(sensor(ctx2), dg.SkipReason)
+
+
+def test_landing_sensor_sees_a_file_moved_back_into_the_landing_area(defs, settings, contracts):
+    """A rejected file moved back (``mv`` keeps its size and modification time) after its
+    contract was fixed starts a run of its own; hidden and partial files start none."""
+    sensor = defs.resolve_sensor_def("landing_sensor")
+    landing = settings.landing_dir / "msisf"
+    with dg.instance_for_test() as instance:
+        def tick(cursor):
+            ctx = dg.build_sensor_context(instance=instance, cursor=cursor)
+            return sensor(ctx), ctx.cursor
+
+        landing.mkdir(parents=True)
+        for name in (".programmes_2025-01.csv", "programmes_2025-02.csv.part", "~$programmes.xlsx"):
+            (landing / name).write_text("x")
+        result, cursor = tick(None)
+        assert isinstance(result, dg.SkipReason)
+        path = write_delivery(settings.landing_dir, contracts["programmes"], "programmes_2025-01.csv", [PROGRAMME])
+        first, cursor = tick(cursor)
+        assert isinstance(first, dg.RunRequest)
+        away = settings.rejected_dir / "msisf" / path.name
+        away.parent.mkdir(parents=True)
+        path.rename(away)  # what ingestion does with a file it rejects
+        result, cursor = tick(cursor)
+        assert isinstance(result, dg.SkipReason)
+        away.rename(path)  # moved back, same size and modification time
+        again, cursor = tick(cursor)
+        assert isinstance(again, dg.RunRequest) and again.run_key != first.run_key
+        assert isinstance(tick(cursor)[0], dg.SkipReason)
+
+
+def test_landing_sensor_starts_a_failed_run_again_with_a_growing_delay(defs, settings, contracts, monkeypatch):
+    """A run the sensor started that failed (say, no key in the daemon's environment) is
+    started again while its files are in the landing area as they were, a bounded number of
+    times, each after a delay; a change in the landing area starts a new run."""
+    import orchestration.sensors as sensors
+
+    sensor = defs.resolve_sensor_def("landing_sensor")
+    with dg.instance_for_test() as instance:
+        def tick(cursor):
+            ctx = dg.build_sensor_context(instance=instance, cursor=cursor)
+            return sensor(ctx), ctx.cursor
+
+        def launched(request, status):
+            instance.add_run(dg.DagsterRun(job_name="refresh_job", run_id=str(uuid.uuid4()), status=status,
+                                           tags={**request.tags, "dagster/sensor_name": "landing_sensor",
+                                                 "dagster/run_key": request.run_key}))
+
+        write_delivery(settings.landing_dir, contracts["programmes"], "programmes_2025-01.csv", [PROGRAMME])
+        first, cursor = tick(None)
+        launched(first, dg.DagsterRunStatus.STARTED)
+        assert isinstance(tick(cursor)[0], dg.SkipReason)  # running: nothing to do
+        launched(first, dg.DagsterRunStatus.FAILURE)
+        monkeypatch.setattr(sensors, "RETRY_DELAYS_SECONDS", (3600, 3600))
+        wait, cursor = tick(cursor)
+        assert isinstance(wait, dg.SkipReason) and "failed: it starts it again at" in wait.skip_message
+        monkeypatch.setattr(sensors, "RETRY_DELAYS_SECONDS", (0, 0))
+        retry, cursor = tick(cursor)
+        assert isinstance(retry, dg.RunRequest) and retry.run_key == f"{first.run_key}-retry1"
+        assert retry.tags["jisr/retry"] == "1"
+        assert isinstance(tick(cursor)[0], dg.SkipReason)  # not launched (yet): no second request
+        launched(retry, dg.DagsterRunStatus.FAILURE)
+        retry2, cursor = tick(cursor)
+        assert retry2.run_key == f"{first.run_key}-retry2"
+        launched(retry2, dg.DagsterRunStatus.FAILURE)
+        result, cursor = tick(cursor)  # the retries are used up: it waits for a change
+        assert isinstance(result, dg.SkipReason) and result.skip_message == "no new file in the landing area"
+        write_delivery(settings.landing_dir, contracts["programmes"], "programmes_2025-02.csv", [PROGRAMME])
+        new, cursor = tick(cursor)
+        assert isinstance(new, dg.RunRequest) and new.tags["jisr/files"] == "1" and "jisr/retry" not in new.tags
+        launched(new, dg.DagsterRunStatus.SUCCESS)
+        assert isinstance(tick(cursor)[0], dg.SkipReason)  # a run that succeeded is not started again
 
 
 def _free_port() -> int:
