@@ -17,6 +17,7 @@ class RefreshResult:
     run_id: str
     settings: Settings
     failures: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # failed checks of severity warn: reported, not blocking
     tool_log: Path | None = None  # where dbt's own output went, when not to the terminal
     # (partner/file, reason) of the landing files not loaded, as they repeat a rejected delivery
     not_loaded: list[tuple[str, str]] = field(default_factory=list)
@@ -25,6 +26,10 @@ class RefreshResult:
         from jisr.status import run_report
 
         lines = [run_report(self.settings, self.run_id, not_loaded=self.not_loaded)]
+        if self.warnings:
+            lines.append("\nWarnings (failed checks of severity warn, config/quality.yml; they do not stop "
+                         "publication):")
+            lines += [f"  - {w}" for w in self.warnings]
         if self.failures:
             lines.append("\nThe refresh FAILED:")
             lines += [f"  - {f}" for f in self.failures]
@@ -54,12 +59,13 @@ def tool_log_path(settings: Settings) -> Path:
     return folder / f"refresh-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}.log"
 
 
-def run_outcome(events) -> tuple[list[str], list[tuple[str, str]]]:
-    """What the report of a refresh tells from the run's events: (failures, not loaded).
-    Failures: the failed steps (with the user's message, not Dagster's wrapper) and blocking
-    checks; not loaded: (partner/file, reason) of the landing files the ingestion did not
-    load as they repeat a rejected delivery."""
-    failures, not_loaded = [], []
+def run_outcome(events) -> tuple[list[str], list[tuple[str, str]], list[str]]:
+    """What the report of a refresh tells from the run's events: (failures, not loaded,
+    warnings). Failures: the failed steps (with the user's message, not Dagster's wrapper)
+    and blocking checks; not loaded: (partner/file, reason) of the landing files the
+    ingestion did not load as they repeat a rejected delivery; warnings: the failed checks
+    of severity warn, with what they found."""
+    failures, not_loaded, warnings = [], [], []
     for event in events:
         if event.is_step_failure:
             err = event.step_failure_data.error
@@ -76,9 +82,15 @@ def run_outcome(events) -> tuple[list[str], list[tuple[str, str]]]:
             not_loaded += [(f["file"], f["reason"]) for f in (files.data if files is not None else [])]
         elif event.event_type_value == "ASSET_CHECK_EVALUATION":
             data = event.event_specific_data
-            if not data.passed and data.severity.value == "ERROR":
+            if data.passed:
+                continue
+            if data.severity.value == "ERROR":
                 failures.append(f"check {data.check_name} on {data.asset_key.to_user_string()} failed")
-    return failures, sorted(not_loaded)
+            else:
+                found = " ".join((data.description or "failed").split())
+                warnings.append(f"check {data.check_name} on {data.asset_key.to_user_string()}: "
+                                f"{found if len(found) <= 300 else found[:297] + '...'}")
+    return failures, sorted(not_loaded), warnings
 
 
 def run_refresh(settings: Settings, full_refresh: bool = False, tool_log: Path | None = None) -> RefreshResult:
@@ -99,6 +111,6 @@ def run_refresh(settings: Settings, full_refresh: bool = False, tool_log: Path |
             instance=instance, run_config=refresh_run_config(full_refresh=full_refresh),
             raise_on_error=False, tags={"jisr/trigger": "cli", PID_TAG: str(os.getpid()), HOST_TAG: os.uname().nodename},
         )
-        failures, not_loaded = run_outcome(result.all_events)
-    return RefreshResult(success=result.success and not failures, run_id=result.run_id,
-                         settings=settings, failures=failures, tool_log=tool_log, not_loaded=not_loaded)
+        failures, not_loaded, warnings = run_outcome(result.all_events)
+    return RefreshResult(success=result.success and not failures, run_id=result.run_id, settings=settings,
+                         failures=failures, warnings=warnings, tool_log=tool_log, not_loaded=not_loaded)

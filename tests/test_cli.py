@@ -114,12 +114,46 @@ def test_the_refresh_report_lists_a_landing_file_that_repeats_a_rejected_deliver
         rejected = settings.rejected_dir / "digital" / "requests_2026-03.jsonl"
         (settings.landing_dir / "digital" / "requests_2026-03.jsonl").write_bytes(rejected.read_bytes())
         again = job.execute_in_process(instance=instance)
-    failures, not_loaded = run_outcome(again.all_events)
+    failures, not_loaded, _ = run_outcome(again.all_events)
     assert failures == [] and [f for f, _ in not_loaded] == ["digital/requests_2026-03.jsonl"]
     report = RefreshResult(True, again.run_id, settings, not_loaded=not_loaded).report()
     assert "Files not loaded, as they repeat a rejected delivery" in report
     assert "  digital/requests_2026-03.jsonl: same content as rejected delivery service_requests-2026-03-" in report
     assert "line 10: Unterminated string" in report
+
+
+def test_the_refresh_report_lists_failed_warn_checks_apart_from_failures(settings):
+    """config/quality.yml: a failed warn check is reported in the `jisr refresh` output, and
+    does not fail the refresh; a failed blocking check does."""
+    import dagster as dg
+
+    from jisr.refresh import RefreshResult, run_outcome
+
+    @dg.asset(key=["raw", "service_requests"])
+    def service_requests():
+        return 1
+
+    def check(name, passed, severity, description):
+        @dg.asset_check(asset=service_requests, name=name)
+        def _check():
+            return dg.AssetCheckResult(passed=passed, severity=severity, description=description)
+        return _check
+
+    stale = "no delivery for\n2025-02, 2025-03"
+    checks = [check("freshness", False, dg.AssetCheckSeverity.WARN, stale),
+              check("volume", True, dg.AssetCheckSeverity.WARN, "as expected"),
+              check("keys", False, dg.AssetCheckSeverity.ERROR, "3 duplicate keys")]
+    job = dg.Definitions(assets=[service_requests], asset_checks=checks, jobs=[dg.define_asset_job(
+        "j", executor_def=dg.in_process_executor)]).resolve_job_def("j")
+    with dg.DagsterInstance.ephemeral() as instance:
+        run = job.execute_in_process(instance=instance, raise_on_error=False)
+    failures, _, warnings = run_outcome(run.all_events)
+    assert failures == ["check keys on raw/service_requests failed"]
+    assert warnings == ["check freshness on raw/service_requests: no delivery for 2025-02, 2025-03"]
+    report = RefreshResult(True, run.run_id, settings, warnings=warnings).report()
+    assert "\nWarnings (failed checks of severity warn" in report
+    assert "  - check freshness on raw/service_requests: no delivery for 2025-02, 2025-03" in report
+    assert "FAILED" not in report
 
 
 def test_generate_refuses_too_few_beneficiaries_with_a_usage_error(capsys):
