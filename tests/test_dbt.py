@@ -2,8 +2,12 @@
 
 import json
 import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
 
 import duckdb
+import pytest
 
 from jisr.dbt import (
     DOCS_FINGERPRINT_FILE,
@@ -11,7 +15,9 @@ from jisr.dbt import (
     dbt_schemas,
     docs_are_current,
     docs_fingerprint,
+    ensure_manifest,
     keep_docs,
+    manifest_is_stale,
     prune_run_targets,
     restore_partial_parse,
     run_target_path,
@@ -125,3 +131,74 @@ def test_docs_are_current_only_for_the_fingerprint_they_were_generated_for(tmp_p
     (docs_dir / "static_index.html").unlink()
     assert not docs_are_current(docs_dir, "f1"), "a missing page is generated again"
     assert (docs_dir / DOCS_FINGERPRINT_FILE).exists()
+
+
+@dataclass(frozen=True)
+class _OwnProject(Settings):
+    """Settings whose dbt project is a folder of the test's."""
+    project: Path | None = None
+
+    @property
+    def dbt_project_dir(self) -> Path:
+        return self.project
+
+
+@pytest.fixture
+def small_project(tmp_path, monkeypatch):
+    """A dbt project of two models, and ``dbt parse`` replaced by a manifest of its models."""
+    import jisr.dbt
+
+    root = tmp_path / "dbt_project"
+    (root / "models" / "staging").mkdir(parents=True)
+    (root / "dbt_project.yml").write_text("name: jisr\n")
+    for name in ("stg_a", "stg_b"):
+        (root / "models" / "staging" / f"{name}.sql").write_text("select 1 as x\n")
+    parses = []
+
+    def parse(cmd, **kwargs):
+        models = sorted(p.stem for p in (root / "models").rglob("*.sql"))
+        (root / "target").mkdir(exist_ok=True)
+        (root / "target" / "manifest.json").write_text(json.dumps({"nodes": {f"model.jisr.{m}": {} for m in models}}))
+        parses.append(models)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(jisr.dbt.subprocess, "run", parse)
+    monkeypatch.setattr(jisr.dbt, "_ENSURED", {}, raising=False)
+    return _OwnProject(home=tmp_path / "home", project=root), parses
+
+
+def test_a_model_renamed_or_deleted_keeping_file_times_makes_the_manifest_stale(small_project):
+    """``mv``/``git mv`` keep a file's modification time and a deletion leaves no newer file:
+    the manifest is compared with the project's files, not with their times."""
+    settings, parses = small_project
+    models = settings.dbt_project_dir / "models" / "staging"
+    ensure_manifest(settings)
+    assert parses == [["stg_a", "stg_b"]] and not manifest_is_stale(settings)
+    (models / "stg_b.sql").rename(models / "stg_c.sql")  # same time, same content
+    assert manifest_is_stale(settings)
+    ensure_manifest(settings)
+    assert parses[-1] == ["stg_a", "stg_c"] and not manifest_is_stale(settings)
+    (models / "stg_c.sql").unlink()
+    assert manifest_is_stale(settings)
+    ensure_manifest(settings)
+    assert parses[-1] == ["stg_a"]
+    (models / "stg_a.sql").write_text("select 2 as x\n")
+    os.utime(models / "stg_a.sql", ns=(1, 1))  # an edit whose file is older than the manifest
+    assert manifest_is_stale(settings)
+    ensure_manifest(settings)
+    os.utime(models / "stg_a.sql")  # a newer time alone is no change: no new parse
+    ensure_manifest(settings)
+    assert len(parses) == 4 and not manifest_is_stale(settings)
+
+
+def test_the_manifest_a_process_loaded_is_stale_once_another_process_parsed_a_changed_project(small_project):
+    settings, parses = small_project
+    models = settings.dbt_project_dir / "models" / "staging"
+    ensure_manifest(settings)  # what this process's Dagster definitions are made from
+    (models / "stg_b.sql").rename(models / "stg_c.sql")
+    import jisr.dbt
+
+    loaded = dict(jisr.dbt._ENSURED)
+    ensure_manifest(settings)  # another process (e.g. `jisr refresh`) parses the changed project
+    jisr.dbt._ENSURED.update(loaded)
+    assert manifest_is_stale(settings)
