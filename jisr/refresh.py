@@ -59,6 +59,22 @@ def tool_log_path(settings: Settings) -> Path:
     return folder / f"refresh-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}.log"
 
 
+DBT_NODE_KINDS = ("model.", "seed.", "snapshot.", "test.", "source.")
+
+
+def _failure_message(err) -> str:
+    """A failed step's message; dagster-dbt's KeyError on a dbt node its manifest lacks (the
+    dbt project changed after the definitions were loaded) in words that say what to do."""
+    if err is None:
+        return "failed"
+    message = err.message.strip()
+    node = message.partition(": ")[2].strip("'\"")
+    if err.cls_name == "KeyError" and node.startswith(DBT_NODE_KINDS):
+        return (f"the dbt project changed after the Dagster definitions were loaded ({node} is not in their "
+                "dbt manifest): reload the code location (UI: Deployment > Reload) or run the command again")
+    return message
+
+
 def run_outcome(events) -> tuple[list[str], list[tuple[str, str]], list[str]]:
     """What the report of a refresh tells from the run's events: (failures, not loaded,
     warnings). Failures: the failed steps (with the user's message, not Dagster's wrapper)
@@ -71,7 +87,7 @@ def run_outcome(events) -> tuple[list[str], list[tuple[str, str]], list[str]]:
             err = event.step_failure_data.error
             while err is not None and err.cause is not None:
                 err = err.cause  # the user's exception, not Dagster's wrapper
-            failures.append(f"step {event.step_key}: {err.message.strip() if err else 'failed'}")
+            failures.append(f"step {event.step_key}: {_failure_message(err)}")
         elif event.event_type_value == "RESOURCE_INIT_FAILURE":  # e.g. another refresh holds the lock
             err = getattr(event.event_specific_data, "error", None)
             while err is not None and err.cause is not None:

@@ -156,6 +156,33 @@ def test_the_refresh_report_lists_failed_warn_checks_apart_from_failures(setting
     assert "FAILED" not in report
 
 
+def test_a_dbt_node_missing_from_the_manifest_fails_with_a_reload_message():
+    """dagster-dbt raises KeyError('model.jisr.<name>') for a node its manifest lacks: the
+    dbt project changed after the definitions were loaded."""
+    import dagster as dg
+
+    from jisr.refresh import run_outcome
+
+    @dg.asset
+    def warehouse_dbt():
+        raise KeyError("model.jisr.stg_renamed")
+
+    @dg.asset
+    def other():
+        raise KeyError("region")
+
+    job = dg.Definitions(assets=[warehouse_dbt, other], jobs=[dg.define_asset_job(
+        "j", executor_def=dg.in_process_executor)]).resolve_job_def("j")
+    with dg.DagsterInstance.ephemeral() as instance:
+        run = job.execute_in_process(instance=instance, raise_on_error=False)
+    failures, _, _ = run_outcome(run.all_events)
+    assert sorted(failures) == [
+        "step other: KeyError: 'region'",
+        "step warehouse_dbt: the dbt project changed after the Dagster definitions were loaded "
+        "(model.jisr.stg_renamed is not in their dbt manifest): reload the code location (UI: Deployment > "
+        "Reload) or run the command again"]
+
+
 def test_generate_refuses_too_few_beneficiaries_with_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["generate", "--beneficiaries", "5"])
