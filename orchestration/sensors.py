@@ -20,6 +20,7 @@ import dagster as dg
 
 from ingestion.contracts import not_a_delivery
 from jisr.settings import get_settings
+from orchestration.runlock import fail_dead_refreshes
 
 RETRY_DELAYS_SECONDS = (900, 1800, 3600, 7200, 14400)  # after a failed run: then wait for a change
 
@@ -90,6 +91,9 @@ def build_landing_sensor(job) -> dg.SensorDefinition:
                            "and again (with a growing delay) after a run it started failed.")
     def landing_sensor(context: dg.SensorEvaluationContext):
         settings = get_settings()
+        # a refresh killed outright stays "started" and holds the run queue: marked failed here
+        for run_id in fail_dead_refreshes(context.instance):
+            context.log.warning(f"run {run_id}: its process is gone; marked failed")
         state = landing_state(settings.landing_dir)
         saved = _read_cursor(context.cursor)
         new = sorted(p for p, v in state.items() if not _unchanged(saved["files"].get(p), v))

@@ -126,6 +126,28 @@ def test_landing_sensor_requests_a_run_for_new_files_only(defs, settings, contra
         assert isinstance(sensor(ctx2), dg.SkipReason)
 
 
+def test_landing_sensor_marks_failed_a_refresh_whose_process_is_gone(defs, settings):
+    """A refresh killed outright (its process gone) stays "started" and would hold the run
+    queue's slot for good: the sensor's next tick marks it failed."""
+    import subprocess
+    import sys
+
+    from orchestration.runlock import PID_TAG
+
+    sensor = defs.resolve_sensor_def("landing_sensor")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    with dg.instance_for_test() as instance:
+        dead = instance.create_run_for_job(defs.resolve_job_def("refresh_job"), tags={PID_TAG: str(gone.pid)})
+        alive = instance.create_run_for_job(defs.resolve_job_def("refresh_job"), tags={PID_TAG: str(os.getpid())})
+        for run in (dead, alive):
+            instance.handle_run_event(run.run_id, dg.DagsterEvent(
+                event_type_value=dg.DagsterEventType.RUN_START.value, job_name=run.job_name))
+        sensor(dg.build_sensor_context(instance=instance))
+        assert instance.get_run_by_id(dead.run_id).status == dg.DagsterRunStatus.FAILURE
+        assert instance.get_run_by_id(alive.run_id).status == dg.DagsterRunStatus.STARTED
+
+
 def test_landing_sensor_sees_a_file_moved_back_into_the_landing_area(defs, settings, contracts):
     """A rejected file moved back (``mv`` keeps its size and modification time) after its
     contract was fixed starts a run of its own; hidden and partial files start none."""

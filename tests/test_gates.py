@@ -283,7 +283,6 @@ def test_a_refresh_whose_process_was_killed_is_marked_failed_by_the_next(gate):
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     dead = instance.create_run_for_job(defs.resolve_job_def("refresh_job"), tags={PID_TAG: str(gone.pid)})
-    instance.report_run_failed  # noqa: B018 - the API the cleanup uses
     instance.handle_run_event(dead.run_id, dg.DagsterEvent(
         event_type_value=dg.DagsterEventType.RUN_START.value, job_name=dead.job_name))
     assert instance.get_run_by_id(dead.run_id).status == dg.DagsterRunStatus.STARTED
