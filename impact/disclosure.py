@@ -49,8 +49,9 @@ ATTRITION_GROUPS = {
     "treated": ("n_baseline_treated", "n_missing_treated", "share_missing_treated"),
     "comparison": ("n_baseline_comparison", "n_missing_comparison", "share_missing_comparison"),
 }
-# figures of a row computed from both groups
-ESTIMATE_RESULTS = ("estimate", "std_error", "ci_low", "ci_high", "p_value")
+# figures of a row computed from both groups (the clusters of both groups: with one group's
+# size published, a cluster count of one unit per cluster would give the other's back)
+ESTIMATE_RESULTS = ("estimate", "std_error", "ci_low", "ci_high", "p_value", "n_clusters")
 BALANCE_RESULTS = ("smd_before", "smd_after", "n_trimmed")
 ATTRITION_RESULTS = ("difference", "std_error", "p_value")
 # estimator options that count units of a group
@@ -93,10 +94,13 @@ def protect_estimates(est_rows: list[dict], pre_rows: list[dict], k: int) -> Non
     """Withhold small groups in the estimate rows of one study x programme x outcome (and
     the pre-trend rows of the withheld event-study estimates), in place."""
     withheld: dict[tuple[str, str], str] = {}  # (subgroup, group) -> reason
+    own: set[tuple[str, str, str]] = set()  # (subgroup, estimator, group): small in that row itself
     for row in est_rows:
         for group, (size, *_) in ESTIMATE_GROUPS.items():
             if is_small(row.get(size), k):
-                withheld[(row["subgroup"], group)] = small_reason(group, k)
+                own.add((row["subgroup"], row["estimator"], group))
+                if row.get("subgroup_dimension") is not None:  # a level: withheld in every estimator's row
+                    withheld[(row["subgroup"], group)] = small_reason(group, k)
     # complementary: a dimension x group with exactly one level withheld
     sizes: dict[tuple[str, str], dict[str, float]] = {}
     for row in est_rows:
@@ -108,23 +112,50 @@ def protect_estimates(est_rows: list[dict], pre_rows: list[dict], k: int) -> Non
                 continue
             levels = sizes.setdefault((row["subgroup_dimension"], group), {})
             levels[row["subgroup"]] = min(levels.get(row["subgroup"], math.inf), float(n))
+    # units without a value of the dimension are in the whole-sample row and in no level: an
+    # unpublished level of their own, small when 1 to k - 1 of them
+    unvalued: dict[tuple[str, str], bool] = {}
+    wholes = {(row["estimator"], g): row.get(size) for row in est_rows if row.get("subgroup_dimension") is None
+              for g, (size, *_) in ESTIMATE_GROUPS.items()}
+    level_sums: dict[tuple[str, str, str], float] = {}
+    for row in est_rows:
+        dim = row.get("subgroup_dimension")
+        if dim is None:
+            continue
+        for group, (size, *_) in ESTIMATE_GROUPS.items():
+            if _number(row.get(size)):
+                key = (dim, group, row["estimator"])
+                level_sums[key] = level_sums.get(key, 0.0) + float(row[size])
+    for (dim, group, estimator), total in level_sums.items():
+        whole = wholes.get((estimator, group))
+        if _number(whole):
+            unvalued[(dim, group)] = unvalued.get((dim, group), False) or is_small(float(whole) - total, k)
     for (dim, group), levels in sizes.items():
         alone = [level for level in levels if (level, group) in withheld]
         others = [level for level in levels if (level, group) not in withheld]
-        if len(alone) == 1 and others:
+        if len(alone) == 1 and others and not unvalued.get((dim, group)):
             pick = min(others, key=lambda level: levels[level])  # ties: the first level
             withheld[(pick, group)] = _complement_reason(group, alone[0], k)
-    if not withheld:
+        elif not alone and others and unvalued.get((dim, group)):
+            pick = min(others, key=lambda level: levels[level])
+            withheld[(pick, group)] = (f"not published (disclosure control): withheld so that the {group} units "
+                                       f"without a {dim} value, fewer than {k}, cannot be recomputed from the "
+                                       "whole-sample row")
+    if not withheld and not own:
         return
     hidden_estimates: dict[tuple[str, str], str] = {}  # (subgroup, estimator) -> reason
     for row in est_rows:
-        reasons = [withheld[(row["subgroup"], g)] for g in ESTIMATE_GROUPS if (row["subgroup"], g) in withheld]
-        if not reasons:
+        # a level is withheld in every estimator's row (their samples overlap); the whole
+        # sample only in the rows whose own group is small (an estimator that drops units
+        # with missing covariates can be small where the others are not)
+        groups = [g for g in ESTIMATE_GROUPS
+                  if (row["subgroup"], g) in withheld or (row["subgroup"], row["estimator"], g) in own]
+        if not groups:
             continue
-        for group in ESTIMATE_GROUPS:
-            if (row["subgroup"], group) in withheld:
-                for column in ESTIMATE_GROUPS[group]:
-                    row[column] = None
+        reasons = list(dict.fromkeys(withheld.get((row["subgroup"], g)) or small_reason(g, k) for g in groups))
+        for group in groups:
+            for column in ESTIMATE_GROUPS[group]:
+                row[column] = None
         for column in ESTIMATE_RESULTS:
             row[column] = None
         row["status"] = "not_estimable"
@@ -175,8 +206,36 @@ def protect_balance(rows: list[dict], k: int) -> list[dict]:
 
 
 def protect_attrition(rows: list[dict], k: int) -> list[dict]:
-    """Attrition rows with the figures of a group of fewer than ``k`` baseline units withheld."""
-    return [_protect_row(row, ATTRITION_GROUPS, ATTRITION_RESULTS, k) for row in rows]
+    """Attrition rows with the figures of a group withheld when its baseline units, the units
+    of it missing at endline or those still observed number from 1 to ``k - 1`` (three
+    missing units out of 465 are three people)."""
+    out = []
+    for row in rows:
+        small = []
+        for group, (baseline, missing, _share) in ATTRITION_GROUPS.items():
+            n, m = row.get(baseline), row.get(missing)
+            observed = (float(n) - float(m)) if _number(n) and _number(m) else None
+            if is_small(n, k) or is_small(m, k) or is_small(observed, k):
+                small.append(group)
+        if not small:
+            out.append(row)
+            continue
+        row = dict(row)
+        for group in small:
+            for column in ATTRITION_GROUPS[group]:
+                row[column] = None
+        for column in ATTRITION_RESULTS:
+            row[column] = None
+        row["status"] = "not_estimable"
+        row["reason"] = "; ".join(
+            f"fewer than {k} units in the {group} group, or among its units missing or observed at endline: "
+            "its counts and shares are not published (disclosure control)" for group in small)
+        out.append(row)
+    return out
+
+
+def _number(value: Any) -> bool:
+    return value is not None and value is not pd.NA and not (isinstance(value, float) and math.isnan(value))
 
 
 def protect_group_means(rows: list[dict], k: int) -> list[dict]:

@@ -284,16 +284,33 @@ def test_attrition_test_with_one_cluster_per_group_not_estimable(tmp_path):
     panel.loc[panel["cluster_id"] == "c000", "treatment_group"] = "treated"
     panel.loc[panel["cluster_id"] == "c001", "treatment_group"] = "comparison"
     units = panel["unit_id"].unique()
-    lost = list(units[:10]) + list(units[40:42])  # 10 treated and 2 comparison units lost at endline
+    lost = list(units[:30]) + list(units[40:50])  # 30 treated and 10 comparison units lost at endline
     panel.loc[panel["unit_id"].isin(lost) & (panel["round_index"] == 1), "value"] = np.nan
     att = evaluate(panel, None, config()).attrition.iloc[0]
     assert att["status"] == "not_estimable"
     assert att["reason"].startswith("too few clusters for clustered standard errors: 1 treated, 1 comparison")
     assert pd.isna(att["std_error"]) and pd.isna(att["p_value"])
-    assert att["share_missing_treated"] == pytest.approx(0.25) and att["share_missing_comparison"] == pytest.approx(0.05)
+    assert att["share_missing_treated"] == pytest.approx(0.75) and att["share_missing_comparison"] == pytest.approx(0.25)
     # with one cluster per group but heteroskedasticity-robust SEs the test runs
     att = evaluate(panel, None, config(cov_type="hc1")).attrition.iloc[0]
     assert att["status"] == "ok" and att["std_error"] > 0 and 0 <= att["p_value"] < 0.05
+
+
+def test_attrition_counts_of_fewer_than_k_units_are_not_published(tmp_path):
+    """Three treated units lost at endline are three people: their count, share and the
+    test are withheld; the comparison group's, larger, are published."""
+    panel = simulate_panel(12, rounds=(0, 1))
+    units = panel.drop_duplicates("unit_id")
+    treated = units.loc[units["treatment_group"] == "treated", "unit_id"].tolist()
+    comparison = units.loc[units["treatment_group"] == "comparison", "unit_id"].tolist()
+    lost = treated[:3] + comparison[:40]
+    panel.loc[panel["unit_id"].isin(lost) & (panel["round_index"] == 1), "value"] = np.nan
+    att = evaluate(panel, None, config(cov_type="hc1")).attrition.iloc[0]
+    assert att["status"] == "not_estimable" and "fewer than 10 units in the treated group" in att["reason"]
+    for column in ("n_baseline_treated", "n_missing_treated", "share_missing_treated", "difference", "std_error",
+                   "p_value"):
+        assert pd.isna(att[column]), column
+    assert att["n_missing_comparison"] == 40
 
 
 def test_attrition_test_with_missingness_constant_within_groups_reports_no_standard_error(tmp_path):
@@ -339,7 +356,7 @@ def test_small_subgroup_groups_are_not_published(tmp_path):
     assert len(small) == 6 and (small["status"] == "not_estimable").all()
     assert small["reason"].str.contains("fewer than 10 units in the comparison group").all()
     for column in ("n_comparison", "baseline_mean_comparison", "endline_mean_comparison", "estimate", "std_error",
-                   "ci_low", "ci_high", "p_value"):
+                   "ci_low", "ci_high", "p_value", "n_clusters"):  # clusters of both groups: n_treated + n_comparison
         assert small[column].isna().all(), column
     assert (small["n_treated"] >= 10).all() and small["endline_mean_treated"].notna().all()
     assert not small["estimator_options"].str.contains("trimmed_comparison").any()
@@ -360,6 +377,36 @@ def test_small_subgroup_groups_are_not_published(tmp_path):
     published = evaluate(panel_with_small_region(), None, cfg, min_cell=5).estimates
     small = published[published["subgroup"] == "region_code=09"]
     assert (small["n_comparison"] == 5).all() and small.set_index("estimator").loc["did", "status"] == "ok"
+
+
+def test_a_whole_programme_estimate_is_withheld_only_where_its_own_group_is_small(tmp_path):
+    """A covariate missing for all but 8 treated units makes the estimators that need it
+    small; the difference-in-differences on every unit is not, and is published."""
+    panel = simulate_panel(21)
+    units = panel.drop_duplicates("unit_id")
+    dropped = units.loc[units["treatment_group"] == "treated", "unit_id"].tolist()[8:]
+    panel = panel[~(panel["unit_id"].isin(dropped) & (panel["variable"] == "household_size"))]
+    est = whole_sample(evaluate(panel, None, config(cov_type="hc1")))
+    assert est.loc["did", "status"] == "ok" and est.loc["did", "n_treated"] > 100
+    small = est[est["reason"].fillna("").str.contains("fewer than 10 units in the treated group")]
+    assert set(small.index) == {"ancova_covariates", "ipw_did"}
+    assert small["estimate"].isna().all() and small["n_treated"].isna().all()
+
+
+def test_units_without_a_subgroup_value_are_not_given_back_by_the_whole_sample_row(tmp_path):
+    """Four treated units with no sex are in the whole-sample row and in no level: the whole
+    sample minus the published levels would give their count and mean back, so one level is
+    withheld with them."""
+    panel = simulate_panel(21)
+    units = panel.drop_duplicates("unit_id")
+    treated = units.loc[units["treatment_group"] == "treated", "unit_id"].tolist()
+    panel.loc[panel["unit_id"].isin(treated[:4]), "sex"] = None
+    est = evaluate(panel, None, config(cov_type="hc1", subgroups={"dimensions": ["sex"], "min_size": 2})).estimates
+    did = est[est["estimator"] == "did"].set_index("subgroup")
+    levels = did[did["subgroup_dimension"] == "sex"]
+    assert levels["n_treated"].isna().sum() == 1  # one level withheld: two unknowns in the line
+    assert levels["reason"].dropna().str.contains("without a sex value").all()
+    assert did.loc["all", "status"] == "ok"
 
 
 def test_small_whole_programme_group_is_not_published_in_any_table(tmp_path):
