@@ -238,6 +238,25 @@ def _number(value: Any) -> bool:
     return value is not None and value is not pd.NA and not (isinstance(value, float) and math.isnan(value))
 
 
+# cost-effectiveness: the programme's people reached, and what is computed from them
+COST_FIGURES = ("beneficiaries_reached", "transfers_paid_mad", "cost_per_beneficiary_mad", "cost_per_unit_impact_mad",
+                "cost_per_unit_impact_ci_low", "cost_per_unit_impact_ci_high")
+
+
+def protect_costs(rows: list[dict], k: int) -> list[dict]:
+    """Cost-effectiveness rows of a programme that reached 1 to k - 1 people: its count and
+    the costs computed from them withheld (the cost mart is protected the same way when
+    published)."""
+    out = []
+    for row in rows:
+        if is_small(row.get("beneficiaries_reached"), k):
+            row = {**row, **{c: None for c in COST_FIGURES}, "status": "not_estimable",
+                   "reason": f"the programme reached fewer than {k} people: its cost figures are not published "
+                             "(disclosure control)"}
+        out.append(row)
+    return out
+
+
 def protect_group_means(rows: list[dict], k: int) -> list[dict]:
     """Group-mean rows of fewer than ``k`` units: size, mean and standard error withheld."""
     out = []

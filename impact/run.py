@@ -538,7 +538,8 @@ def _outcome_rows(task: _OutcomeTask) -> dict[str, Any]:
             _group_mean_rows(study_id, programme, outcome, units, y, task.round_labels), task.min_cell),
         "estimates": est_rows,
         "pretrends": pre_rows,
-        "cost_effectiveness": [_cost_row(study_id, programme, outcome, task.direction, chosen, task.costs, config)],
+        "cost_effectiveness": disclosure.protect_costs(
+            [_cost_row(study_id, programme, outcome, task.direction, chosen, task.costs, config)], task.min_cell),
     }
 
 
@@ -894,7 +895,8 @@ def _value(v: Any) -> Any:
     return None if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) else v
 
 
-def cost_effectiveness(tables: ImpactTables, costs: pd.DataFrame | None, config: EvaluationConfig) -> pd.DataFrame:
+def cost_effectiveness(tables: ImpactTables, costs: pd.DataFrame | None, config: EvaluationConfig,
+                       min_cell: int = disclosure.DEFAULT_K) -> pd.DataFrame:
     """Cost-effectiveness again from kept estimates and new costs: the same rows, in the same
     order, as :func:`evaluate` gives for these estimates (the rows of the kept table say
     which study x programme x outcome they are)."""
@@ -906,7 +908,7 @@ def cost_effectiveness(tables: ImpactTables, costs: pd.DataFrame | None, config:
     for row in tables.cost_effectiveness.to_dict("records"):
         key = (row["study_id"], row["programme_code"], row["outcome"])
         rows.append(_cost_row(*key, row["outcome_direction"], chosen.get(key), costs, config))
-    return _frame("impact_cost_effectiveness", rows)
+    return _frame("impact_cost_effectiveness", disclosure.protect_costs(rows, min_cell))
 
 
 def _status_counts(frame: pd.DataFrame) -> dict[str, int]:
@@ -953,7 +955,7 @@ def run_impact(con_or_db_path, config_path, run_id: str, code_version: str, repo
                 reused = (f"impact: inputs unchanged since run {runs['impact_estimates']} (evaluation panel, programme "
                           f"costs, {Path(config_path).name}, code version {code_version}): tables kept, nothing re-estimated")
             else:
-                tables.cost_effectiveness = cost_effectiveness(tables, read_costs(con), config)
+                tables.cost_effectiveness = cost_effectiveness(tables, read_costs(con), config, min_cell)
                 keep = {**inputs, "report_dir": stored.get("report_dir")}
                 write_tables(con, tables, run_id, code_version, keep, only=("impact_cost_effectiveness",))
                 runs["impact_cost_effectiveness"] = run_id

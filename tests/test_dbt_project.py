@@ -107,8 +107,8 @@ def test_person_level_models_build_into_the_internal_schema(manifest):
     """A mart keyed by a pseudonym (a person, a household, a study unit) is person-level: it
     builds into `detail`, never into the published `marts`; `detail` holds only those, the
     quarantine's row-level detail (one row per quarantined delivered row, no key) and the
-    monthly occupancy report of each establishment (counts of people per establishment,
-    which the occupancy mart publishes cell-suppressed)."""
+    occupancy of each establishment, monthly and before and after its works (counts of
+    people per establishment, which the occupancy mart publishes cell-suppressed)."""
     import yaml
 
     quality = yaml.safe_load((PROJECT_DIR / "config" / "quality.yml").read_text(encoding="utf-8"))
@@ -120,7 +120,7 @@ def test_person_level_models_build_into_the_internal_schema(manifest):
         columns = set(node["columns"])
         assert columns, f"{name}: document its columns (the person-level rule reads them)"
         placed[name] = (node["schema"], any(key.search(c) for c in columns))
-    row_level = {"fct_quarantined_rows", "fct_establishment_occupancy"}
+    row_level = {"fct_quarantined_rows", "fct_establishment_occupancy", "mart_establishment_works"}
     misplaced = {n: s for n, (s, person) in placed.items() if (s == "detail") != (person or n in row_level)}
     assert misplaced == {}, "person-level marts belong in detail, aggregates in marts"
     assert {n for n, (s, _) in placed.items() if s == "detail"} >= {"dim_beneficiaries", "fct_payments",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import duckdb
 import pytest
@@ -520,3 +521,27 @@ def test_check_warns_without_blocking_when_only_outside_totals_determine_a_cell(
     assert [(v.kind, v.blocking) for v in warnings] == [("determined_by_totals", False)]
     assert "region_code='01', sex='M'" in warnings[0].examples and "region_code" in str(warnings[0])
     assert "region_code" not in warnings[0].brief  # what may be written where evaluators read
+
+
+def test_programme_costs_of_a_programme_reaching_fewer_than_k_people_are_suppressed(tmp_path):
+    """A programme total is a count of people too: one that reached 8 has its counts and
+    costs suppressed in the published cost mart (the project's own configuration)."""
+    project = yaml.safe_load((Path(__file__).parents[1] / "config" / "disclosure.yml").read_text(encoding="utf-8"))
+    table = next(t for t in project["tables"] if t["table"] == "marts.mart_programme_costs")
+    con = duckdb.connect(str(tmp_path / "serving.duckdb"))
+    con.execute("create schema marts")
+    con.execute("create table marts.mart_programme_costs (programme_code varchar, programme_name varchar, "
+                "action_line varchar, budget_mad decimal(18, 2), transfers_paid_mad decimal(18, 2), "
+                "beneficiaries_reached bigint, people_paid bigint, cost_basis varchar, "
+                "cost_per_beneficiary_mad decimal(18, 2))")
+    con.execute("insert into marts.mart_programme_costs values "
+                "('A', 'a', 'x', 1000, 50000, 100, 100, 'transfers_paid_per_person_paid', 500), "
+                "('B', 'b', 'x', 1000, 0, 8, 0, 'unit_cost', 30000), "
+                "('C', 'c', 'x', 1000, 0, 0, 0, null, null)")
+    config = {"k": project["k"], "tables": [table]}
+    protect(con, config=config)
+    rows = {r[0]: r[1:] for r in con.execute("select programme_code, beneficiaries_reached, cost_per_beneficiary_mad, "
+                                             "budget_mad, is_suppressed from marts.mart_programme_costs").fetchall()}
+    assert rows["B"][0] is None and rows["B"][1] is None and rows["B"][3] is True
+    assert rows["A"][0] == 100 and rows["A"][3] is False and rows["B"][2] == 1000  # budgets are kept
+    assert check(con, config=config) == []

@@ -469,6 +469,11 @@ def test_cost_effectiveness_interval_from_effect_ci(tmp_path):
     # the cost mart says how its figure is computed: the table says it too
     unit = evaluate(simulate_panel(13), costs_frame(800.0).assign(cost_basis="unit_cost"), config())
     assert unit.cost_effectiveness.iloc[0]["cost_basis"] == "mart: unit_cost"
+    # a programme that reached fewer than k people: its count and costs are not published
+    few = evaluate(simulate_panel(13), costs_frame(800.0).assign(beneficiaries_reached=8), config())
+    row = few.cost_effectiveness.iloc[0]
+    assert row["status"] == "not_estimable" and "reached fewer than 10 people" in row["reason"]
+    assert all(pd.isna(row[c]) for c in ("beneficiaries_reached", "cost_per_beneficiary_mad", "cost_per_unit_impact_mad"))
 
 
 def test_cost_effectiveness_ci_crossing_zero_is_unbounded(tmp_path):

@@ -746,7 +746,7 @@ def test_occupancy_rate_and_works_phases(built):
     assert [(m, p) for m, p, _ in phases] == [("2024-11", "before_works"), ("2024-12", "during_works"),
                                               ("2025-01", "during_works"), ("2025-02", "after_works")]
     works = {r[0]: r[1:] for r in query(home, "select establishment_id, occupancy_rate_before, occupancy_rate_after, "
-                                              "months_before, months_after from marts.mart_establishment_works")}
+                                              "months_before, months_after from detail.mart_establishment_works")}
     assert set(works) == {"EPS-0001", "EPS-0003"}
     assert works["EPS-0001"] == (pytest.approx(30 / 50), pytest.approx(45 / 50), 1, 1)
     before = [data.residents(m, "EPS-0003") / 20 for m in ("2024-11", "2024-12", "2025-01")]
