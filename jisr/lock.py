@@ -35,7 +35,7 @@ class LockBusy(RuntimeError):
             who = (f" (pid {self.holder.get('pid', '?')}"
                    + (f", run {self.holder['run_id']}" if self.holder.get("run_id") else "")
                    + (f", started {self.holder['since']} UTC" if self.holder.get("since") else "") + ")")
-        wait = f" after waiting {waited:.0f} s" if waited else ""
+        wait = f" after waiting {waited:.0f} s" if waited >= 1 else ""
         super().__init__(f"another {what} is running{who}{wait}; wait for it to finish and try again "
                          f"(lock file {path})")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,7 +116,6 @@ def run_refresh(settings: Settings, full_refresh: bool = False, tool_log: Path |
     import dagster as dg
 
     from orchestration.definitions import defs, refresh_run_config
-    from orchestration.runlock import HOST_TAG, PID_TAG
 
     job = defs.resolve_job_def("refresh_job")
     with dg.DagsterInstance.get() as instance, contextlib.ExitStack() as stack:
@@ -125,7 +123,7 @@ def run_refresh(settings: Settings, full_refresh: bool = False, tool_log: Path |
             stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(tool_log, "w", encoding="utf-8"))))
         result = job.execute_in_process(
             instance=instance, run_config=refresh_run_config(full_refresh=full_refresh),
-            raise_on_error=False, tags={"jisr/trigger": "cli", PID_TAG: str(os.getpid()), HOST_TAG: os.uname().nodename},
+            raise_on_error=False, tags={"jisr/trigger": "cli"},
         )
         failures, not_loaded, warnings = run_outcome(result.all_events)
     return RefreshResult(success=result.success and not failures, run_id=result.run_id, settings=settings,

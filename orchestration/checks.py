@@ -22,6 +22,7 @@ import dagster as dg
 
 from jisr.settings import get_settings
 from orchestration.metadata import markdown_table
+from orchestration.runlock import RefreshLock
 from quality.config import (FRESHNESS, NO_IDENTIFIERS, NO_PERSON_LEVEL, NO_SMALL_CELLS, REFERENCES_RESOLVE,
                             ROW_COUNTS, SUITE_VALIDATED, TOTALS_RECONCILE, config_for)
 
@@ -83,7 +84,7 @@ def build_delivery_checks(contracts: dict) -> dg.AssetChecksDefinition:
     @dg.multi_asset_check(specs=specs, can_subset=True, name="delivery_checks",
                           description="Freshness of partner deliveries and Great Expectations validation; "
                                       "writes the run's quality report.")
-    def delivery_checks(context: dg.AssetCheckExecutionContext):
+    def delivery_checks(context: dg.AssetCheckExecutionContext, refresh_lock: RefreshLock):
         from quality.checks import check_freshness, check_suite_validated, connect_for_audit
         from quality.report import write_report
 
@@ -150,7 +151,7 @@ def build_warehouse_checks(assets_defs) -> dg.AssetChecksDefinition | None:
     @dg.multi_asset_check(specs=specs, can_subset=True, name="warehouse_checks",
                           description="Referential integrity and reconciliation with the raw layer, on the build "
                                       "warehouse before anything is published.")
-    def warehouse_checks(context: dg.AssetCheckExecutionContext):
+    def warehouse_checks(context: dg.AssetCheckExecutionContext, refresh_lock: RefreshLock):
         from quality.checks import check_reconciliation, check_references, connect_for_audit
         from quality.report import write_report
 
@@ -191,7 +192,7 @@ def build_candidate_checks() -> dg.AssetChecksDefinition:
 
     @dg.multi_asset_check(specs=specs, can_subset=True, name="candidate_checks",
                           description="Checks of the exact file about to be published (after disclosure control).")
-    def candidate_checks(context: dg.AssetCheckExecutionContext):
+    def candidate_checks(context: dg.AssetCheckExecutionContext, refresh_lock: RefreshLock):
         from jisr.publish import candidate_path
         from quality.checks import connect_for_audit, run_audit
         from quality.report import write_report

@@ -92,7 +92,7 @@ def build_landing_sensor(job) -> dg.SensorDefinition:
     def landing_sensor(context: dg.SensorEvaluationContext):
         settings = get_settings()
         # a refresh killed outright stays "started" and holds the run queue: marked failed here
-        for run_id in fail_dead_refreshes(context.instance):
+        for run_id in fail_dead_refreshes(context.instance, by="the landing sensor"):
             context.log.warning(f"run {run_id}: its process is gone; marked failed")
         state = landing_state(settings.landing_dir)
         saved = _read_cursor(context.cursor)

@@ -128,24 +128,39 @@ def test_landing_sensor_requests_a_run_for_new_files_only(defs, settings, contra
 
 def test_landing_sensor_marks_failed_a_refresh_whose_process_is_gone(defs, settings):
     """A refresh killed outright (its process gone) stays "started" and would hold the run
-    queue's slot for good: the sensor's next tick marks it failed."""
+    queue's slot for good: the sensor's next tick marks it failed. Not a live run, nor one
+    re-executed with its parent's tags, nor a run whose pid another process now has."""
     import subprocess
     import sys
 
-    from orchestration.runlock import PID_TAG
+    from orchestration.runlock import HOST_TAG, PID_TAG, process_tag
 
     sensor = defs.resolve_sensor_def("landing_sensor")
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    with dg.instance_for_test() as instance:
-        dead = instance.create_run_for_job(defs.resolve_job_def("refresh_job"), tags={PID_TAG: str(gone.pid)})
-        alive = instance.create_run_for_job(defs.resolve_job_def("refresh_job"), tags={PID_TAG: str(os.getpid())})
-        for run in (dead, alive):
-            instance.handle_run_event(run.run_id, dg.DagsterEvent(
-                event_type_value=dg.DagsterEventType.RUN_START.value, job_name=run.job_name))
-        sensor(dg.build_sensor_context(instance=instance))
-        assert instance.get_run_by_id(dead.run_id).status == dg.DagsterRunStatus.FAILURE
-        assert instance.get_run_by_id(alive.run_id).status == dg.DagsterRunStatus.STARTED
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    host = os.uname().nodename
+    try:
+        with dg.instance_for_test() as instance:
+            job = defs.resolve_job_def("refresh_job")
+            runs = {name: instance.create_run_for_job(job) for name in ("dead", "alive", "reexecuted", "reused")}
+            tags = {"dead": process_tag(runs["dead"].run_id, gone.pid),
+                    "alive": process_tag(runs["alive"].run_id, other.pid),
+                    "reexecuted": process_tag(runs["dead"].run_id, gone.pid),  # its parent's tag
+                    "reused": f"{runs['reused'].run_id} {other.pid} 1"}  # started at another time than `other`
+            for name, run in runs.items():
+                instance.add_run_tags(run.run_id, {PID_TAG: tags[name], HOST_TAG: host})
+                instance.handle_run_event(run.run_id, dg.DagsterEvent(
+                    event_type_value=dg.DagsterEventType.RUN_START.value, job_name=run.job_name))
+            sensor(dg.build_sensor_context(instance=instance))
+            status = {name: instance.get_run_by_id(run.run_id).status for name, run in runs.items()}
+            assert status == {"dead": dg.DagsterRunStatus.FAILURE, "alive": dg.DagsterRunStatus.STARTED,
+                              "reexecuted": dg.DagsterRunStatus.STARTED, "reused": dg.DagsterRunStatus.FAILURE}
+            failure = instance.get_records_for_run(runs["dead"].run_id, of_type=dg.DagsterEventType.RUN_FAILURE).records
+            assert "marked failed by the landing sensor" in failure[0].event_log_entry.dagster_event.message
+    finally:
+        other.kill()
+        other.wait()
 
 
 def test_landing_sensor_sees_a_file_moved_back_into_the_landing_area(defs, settings, contracts):
@@ -355,3 +370,14 @@ def test_a_failed_lake_export_fails_the_warehouse_step_after_the_build(settings,
     assert built == [True]  # the build ran to its end
     with pytest.raises(dg.Failure, match="open raw layer.*disk full"):
         lake.check()  # raised by the step after it kept the build's parse state and docs
+
+
+def test_every_step_of_the_code_location_holds_the_refresh_lock(defs):
+    """Assets and checks alike (a check-only run from the UI reads the warehouse a refresh
+    writes): every step requires the refresh_lock resource, and every job runs in one
+    process, so the lock is held for the run."""
+    nodes = [*defs.assets, *defs.asset_checks]
+    assert len(defs.asset_checks) == 3
+    missing = sorted(n.node_def.name for n in nodes if "refresh_lock" not in n.required_resource_keys)
+    assert missing == []
+    assert defs.resolve_job_def("__ASSET_JOB").executor_def.name == "in_process"

@@ -277,12 +277,13 @@ def test_a_refresh_whose_process_was_killed_is_marked_failed_by_the_next(gate):
     import subprocess
     import sys
 
-    from orchestration.runlock import PID_TAG
+    from orchestration.runlock import HOST_TAG, PID_TAG, process_tag
 
     settings, _, defs, instance, _, _ = gate
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    dead = instance.create_run_for_job(defs.resolve_job_def("refresh_job"), tags={PID_TAG: str(gone.pid)})
+    dead = instance.create_run_for_job(defs.resolve_job_def("refresh_job"))
+    instance.add_run_tags(dead.run_id, {PID_TAG: process_tag(dead.run_id, gone.pid), HOST_TAG: os.uname().nodename})
     instance.handle_run_event(dead.run_id, dg.DagsterEvent(
         event_type_value=dg.DagsterEventType.RUN_START.value, job_name=dead.job_name))
     assert instance.get_run_by_id(dead.run_id).status == dg.DagsterRunStatus.STARTED
