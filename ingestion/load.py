@@ -367,6 +367,8 @@ def _rule_text(rule: str, contract: Contract, headers: dict[str, str] | None = N
         return f"the rule {rest}: {found[0].description or found[0].sql}" if found else f"the rule {rest}"
     else:
         template, column = _RULE_TEXT.get(kind, rule), rest
+    if kind in ("duplicate_key", "key_in_other_batch") and not column:
+        column = ",".join(contract.primary_key)  # the rule id names no column: the key's
     names = [n.removesuffix("__typed").removesuffix("__key") for n in column.split(",") if n]
     shown, types = [], []
     for name in names:

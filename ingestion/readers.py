@@ -67,7 +67,7 @@ def _map_headers(contract: Contract, headers: list[str], what: str) -> tuple[dic
     for h in headers:
         key = h.strip().lower()
         if key in normalised:
-            if not _is_header_line(contract, headers):
+            if what == "column" and not _is_header_line(contract, headers):
                 raise FileRejected(_unnamed_line(len(headers), what))
             raise FileRejected(f"{what} {h!r} appears twice")
         normalised[key] = h
@@ -79,8 +79,10 @@ def _map_headers(contract: Contract, headers: list[str], what: str) -> tuple[dic
         elif col.required:
             missing.append(f"{col.name} (expected header {col.header!r})")
     if missing:
-        found = (f"found {what}s: {', '.join(repr(h) for h in headers)}" if _is_header_line(contract, headers)
-                 else _unnamed_line(len(headers), what))
+        # a header line that names no column may be a record (a file without its header line);
+        # JSON field names are names, never values
+        found = (f"found {what}s: {', '.join(repr(h) for h in headers)}"
+                 if what == "field" or _is_header_line(contract, headers) else _unnamed_line(len(headers), what))
         raise FileRejected(f"missing required column(s): {', '.join(missing)}; {found}")
     used = {v.strip().lower() for v in mapping.values()}
     warnings = [f"{what} {h!r} is not in the contract and was ignored" for h in headers if h.strip().lower() not in used]

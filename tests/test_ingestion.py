@@ -178,6 +178,24 @@ def test_a_file_without_its_header_line_is_rejected_without_quoting_its_first_re
             assert clear not in text, text
 
 
+def test_the_partners_summary_names_the_key_a_duplicate_repeats(settings, contracts):
+    base_delivery(settings, contracts, n=3)
+    write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv",
+                   [payment(0), payment(1), payment(1)])
+    ingest(settings, contracts)
+    text = (settings.feedback_dir / "msisf" / "paiements_2025-01.csv.summary.txt").read_text()
+    assert "duplicate_key: 2 (the key (payment_id (header 'id_paiement' in the file)) appears" in text, text
+
+
+def test_a_json_lines_file_with_other_field_names_is_rejected_naming_them(settings, contracts):
+    """JSON field names are names, never a record's values: they are listed."""
+    path = settings.landing_dir / "cdg_finance" / "loans_2025-01.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_text('{"id_pret": "L1", "cin_emprunteur": "AB100001", "montant": 1000}\n')
+    bad = result_for(ingest(settings, contracts), "loans_2025-01.jsonl")
+    assert bad.status == "rejected" and "found fields: 'id_pret', 'cin_emprunteur', 'montant'" in bad.reason, bad.reason
+
+
 def test_a_file_with_a_header_line_is_rejected_naming_its_headers(settings, contracts):
     """A header line names columns: a missing one is reported with the headers found."""
     write_delivery(settings.landing_dir, contracts["enrolments"], "inscriptions_2025-01.csv", [enrolment(1)],
