@@ -1162,3 +1162,17 @@ def test_the_scorecard_three_month_mean_spans_calendar_months(tmp_path):
     assert means["2025-03"] == pytest.approx((0.0 + 0.5 + 0.1) / 3)  # January (make_home), February, March
     assert means["2025-07"] == pytest.approx(0.0)  # May and June had no delivery: not March's shares
 
+
+
+def test_a_loan_never_repays_more_principal_than_it_lent(tmp_path):
+    """Without interest delivered, the opening balance is k - 1 instalments of the first
+    delivered one's principal, too much for a schedule whose principal grows: what is
+    repaid stops at the principal (a dbt test on every build checks it)."""
+    home = tmp_path / "home"
+    raw, _ = make_home(home, ["2025-01"])
+    with duckdb.connect(str(raw.path)) as con:
+        con.execute("update raw.repayments set interest_due_mad = null, principal_due_mad = 2500 "
+                    "where instalment_id = 'L6-04'")
+    run_dbt(home, "build")  # assert_loan_principal_repaid_within_principal passes
+    assert query(home, "select principal_mad, principal_repaid_mad, outstanding_principal_mad from detail.fct_loans "
+                       "where loan_id = 'L6'") == [(Decimal("6000.00"), Decimal("6000.00"), 0)]

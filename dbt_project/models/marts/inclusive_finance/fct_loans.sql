@@ -6,11 +6,14 @@
     its earlier instalments. The principal it repaid before the first delivered month is
     derived from its first instalment k due in or after that month: interest is charged on
     the outstanding balance, so the balance before instalment k is its interest due /
-    monthly rate (without a rate: k - 1 instalments of the same principal as instalment k;
-    with no instalment due from that month on, the whole principal is scheduled before it).
-    An instalment due before that month that is delivered all the same (paid late, it
+    monthly rate (without the interest or the rate: k - 1 instalments of the same principal
+    as instalment k, exact for equal principal, an upper bound for equal instalments; a
+    loan whose only delivered instalments are due before that month: its whole principal
+    scheduled before it; a loan with no instalment delivered: nothing repaid). An
+    instalment due before that month that is delivered all the same (paid late, it
     arrives in the file of the month it is paid) was not repaid at the opening: its
     principal is arrears inside the opening balance, and counts as repaid once settled.
+    Principal repaid never exceeds the principal.
 
     Closing date: the last settlement of a loan the lender reports closed (the end of the
     month of the closing record when no instalment was delivered). -#}
@@ -155,7 +158,8 @@ final as (
         coalesce(repaid.instalments_count, 0) as instalments_count,
         coalesce(repaid.instalments_settled_count, 0) as instalments_settled_count,
         loans.opening_principal_repaid_mad,
-        loans.opening_principal_repaid_mad + coalesce(repaid.principal_repaid_mad, 0) as principal_repaid_mad,
+        least(loans.opening_principal_repaid_mad + coalesce(repaid.principal_repaid_mad, 0), loans.principal_mad)
+            as principal_repaid_mad,
         coalesce(repaid.amount_paid_mad, 0) as amount_paid_mad,
         case
             when loans.is_ended then 0
