@@ -565,6 +565,7 @@ class Ingestor:
         """
         wanted = set(sources) if sources else None
         self._stopping.clear()
+        self._new_hashes, remembered = [], False
         con = store.connect(self.store_path)
         cons = [con]
         prepared_files: list[Future] = []  # in load order
@@ -609,6 +610,7 @@ class Ingestor:
                 raise
             released = [r for r in self._release(con, wanted) if r.rows_released]
             self._remember_hashes(con, Path(landing_dir))
+            remembered = True
             return IngestSummary(run_id=self.run_id, files=results, files_hashed=self._files_hashed,
                                  hashes_reused=self._hashes_reused, released=released)
         finally:
@@ -622,6 +624,10 @@ class Ingestor:
                     except BaseException:
                         continue  # the first error is the one to report; it discarded its tables
                     self._free_slot(prepared)
+                if not remembered and self._new_hashes:
+                    # a failed pass: the files it saw first were received then, whether or not
+                    # it committed them (their delivery lag counts from that time)
+                    self._remember_hashes(con, Path(landing_dir), quiet=True)
                 pseudonymise.forget(con)
             finally:
                 try:
@@ -679,10 +685,11 @@ class Ingestor:
             self._new_hashes.append((name, *signature, content_hash, self._clock, first_seen))
         return content_hash, signature, first_seen
 
-    def _remember_hashes(self, con, landing_dir: Path) -> None:
-        """Record the hashes this pass computed, and forget the files no longer in the
-        landing area (rejected files are moved out of it). Only a cache: if it cannot be
-        written, the next pass reads the files again."""
+    def _remember_hashes(self, con, landing_dir: Path, quiet: bool = False) -> None:
+        """Record the hashes this pass computed (with when each file was first seen), and
+        forget the files no longer in the landing area (rejected files are moved out of it).
+        Only a cache: if it cannot be written, the next pass reads the files again (``quiet``:
+        a failed pass, whose own error is the one to report)."""
         try:
             if self._new_hashes:
                 con.executemany("insert or replace into meta.file_hashes values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -692,6 +699,8 @@ class Ingestor:
             if gone:
                 con.execute(f"delete from meta.file_hashes where path in ({', '.join('?' * len(gone))})", gone)
         except Exception as exc:  # noqa: BLE001 - the pass itself succeeded
+            if quiet:
+                return
             warnings.warn(f"the content hashes of this pass were not recorded ({exc}): the next pass reads "
                           "the landing files again", RuntimeWarning, stacklevel=2)
 

@@ -1610,6 +1610,35 @@ def test_a_failing_commit_interrupts_the_preparation_of_the_next_file(settings, 
     assert time.monotonic() - started < 20
 
 
+def test_a_file_was_received_when_a_failed_pass_first_saw_it(settings, contracts, monkeypatch):
+    """A pass that fails before committing a file still saw it: the next pass, which loads
+    it, records it as received when the first one saw it (a failed refresh, and the
+    sensor's retries, do not add their delay to the partner's delivery lag)."""
+    import time
+
+    import ingestion.load as load
+
+    base_delivery(settings, contracts, n=3)
+    real = load.Ingestor._load_staged
+
+    def failing(self, con, p):
+        if p.path.name == "inscriptions_2025-01.csv":
+            raise RuntimeError("transient failure")
+        return real(self, con, p)
+
+    monkeypatch.setattr(load.Ingestor, "_load_staged", failing)
+    with pytest.raises(RuntimeError, match="transient failure"):
+        ingest(settings, contracts)
+    monkeypatch.setattr(load.Ingestor, "_load_staged", real)
+    time.sleep(2.1)
+    ingest(settings, contracts)
+    with store(settings) as con:
+        registry, enrolments = (con.execute("select received_at from meta.deliveries where file_name = ?",
+                                            [name]).fetchone()[0]
+                                for name in ("registre_2025-01.csv", "inscriptions_2025-01.csv"))
+    assert abs((enrolments - registry).total_seconds()) < 1, (registry, enrolments)
+
+
 def test_a_pass_reuses_the_hash_of_files_whose_attributes_did_not_change(settings, contracts, monkeypatch):
     """A refresh does not read again every file ever delivered to learn that it is not new."""
     import ingestion.load
