@@ -69,15 +69,21 @@ def threshold(config_dir: str | Path | None) -> int:
     return load_config(path).k
 
 
+def finite(value: Any) -> float | None:
+    """A value as a finite float, or None (missing, not a number, infinite)."""
+    if value is None or value is pd.NA:
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
 def is_small(n: Any, k: int) -> bool:
     """A group of 1 to k - 1 units (0 singles out nobody; None is not published anyway)."""
-    if n is None or n is pd.NA:
-        return False
-    try:
-        n = float(n)
-    except (TypeError, ValueError):
-        return False
-    return math.isfinite(n) and 1 <= n < k
+    n = finite(n)
+    return n is not None and 1 <= n < k
 
 
 def small_reason(group: str, k: int) -> str:
@@ -123,12 +129,12 @@ def protect_estimates(est_rows: list[dict], pre_rows: list[dict], k: int) -> Non
         if dim is None:
             continue
         for group, (size, *_) in ESTIMATE_GROUPS.items():
-            if _number(row.get(size)):
+            if finite(row.get(size)) is not None:
                 key = (dim, group, row["estimator"])
                 level_sums[key] = level_sums.get(key, 0.0) + float(row[size])
     for (dim, group, estimator), total in level_sums.items():
         whole = wholes.get((estimator, group))
-        if _number(whole):
+        if finite(whole) is not None:
             unvalued[(dim, group)] = unvalued.get((dim, group), False) or is_small(float(whole) - total, k)
     for (dim, group), levels in sizes.items():
         alone = [level for level in levels if (level, group) in withheld]
@@ -214,7 +220,7 @@ def protect_attrition(rows: list[dict], k: int) -> list[dict]:
         small = []
         for group, (baseline, missing, _share) in ATTRITION_GROUPS.items():
             n, m = row.get(baseline), row.get(missing)
-            observed = (float(n) - float(m)) if _number(n) and _number(m) else None
+            observed = finite(n) - finite(m) if finite(n) is not None and finite(m) is not None else None
             if is_small(n, k) or is_small(m, k) or is_small(observed, k):
                 small.append(group)
         if not small:
@@ -233,9 +239,6 @@ def protect_attrition(rows: list[dict], k: int) -> list[dict]:
         out.append(row)
     return out
 
-
-def _number(value: Any) -> bool:
-    return value is not None and value is not pd.NA and not (isinstance(value, float) and math.isnan(value))
 
 
 # cost-effectiveness: the programme's people reached, and what is computed from them

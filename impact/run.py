@@ -232,14 +232,7 @@ def _frame(table: str, rows: list[dict[str, Any]]) -> pd.DataFrame:
     return frame
 
 
-def _num(value: Any) -> float | None:
-    if value is None or value is pd.NA:
-        return None
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
+_num = disclosure.finite
 
 
 # --------------------------------------------------------------------------------------

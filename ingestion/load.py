@@ -578,7 +578,7 @@ class Ingestor:
             self._known_hashes = {r[0]: (tuple(r[1:6]), r[6], r[7], r[8]) for r in con.execute(
                 "select path, size_bytes, mtime_ns, ctime_ns, inode, device, content_hash, hashed_at_ns, "
                 "coalesce(first_seen_ns, hashed_at_ns) from meta.file_hashes").fetchall()}
-            self._new_hashes, self._hashes_reused, self._files_hashed = [], 0, 0
+            self._hashes_reused, self._files_hashed = 0, 0
             self._clock = landing_clock(Path(landing_dir))
             pseudonymise.install(con, self.key)
             for _ in range(PREPARE_CONNECTIONS + 1):  # the preparing thread's look-ups, then one per staged file
