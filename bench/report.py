@@ -265,6 +265,20 @@ def result_cells(s: dict) -> dict[str, str]:
     }
 
 
+def published_table(scales: list[dict]) -> list[list[str]]:
+    """Rows of the published-cells table: one per table (and measure group), one column per scale."""
+    tables = list(dict.fromkeys(t["table"] for s in scales for t in s.get("published_cells", [])))
+    rows = []
+    for table in tables:
+        row = [table]
+        for s in scales:
+            found = next((t for t in s.get("published_cells", []) if t["table"] == table), None)
+            row.append("n/a" if found is None else
+                       f"{found['published'] / found['cells']:.0%} of {found['cells']:,}" if found["cells"] else "no cells")
+        rows.append(row)
+    return rows
+
+
 def render(run: dict) -> str:
     scales, ratios, definitions, machine = run["scales"], run["ratios"], run["definitions"], run["machine"]
     names = [f"{s['beneficiaries']:,}" for s in scales]
@@ -351,6 +365,14 @@ def render(run: dict) -> str:
                   [[n, c["Delivered rows"], c["Delivered data (MB)"], c["Full refresh: wall (s)"],
                     c["Full refresh: peak RSS of the process tree (MiB)"], c["Incremental refresh: wall (s)"],
                     c["Full refresh: delivered rows per second"]] for n, c in zip(names, cells)])
+    shares = published_table(scales)
+    if shares:
+        out += ["", "## Published cells (disclosure control)", "",
+                "Share of each disclosure-controlled table's cells whose figures the serving warehouse "
+                "publishes after the incremental refresh (the rest are suppressed: fewer than k people, "
+                "or hidden so that those cannot be recomputed; a table with measure groups has a row per "
+                "group, named by its flag column):", ""]
+        out += _table(["table", *names], shares)
     if ratios.get("wall_growth"):
         out += ["", f"Wall time grows {ratios['wall_growth']:.2f}x and peak memory {ratios['rss_growth']:.2f}x "
                     f"for {ratios['data_growth']:.0f}x the beneficiaries."]

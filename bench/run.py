@@ -12,6 +12,8 @@ For each scale (default 100,000 and 1,000,000 beneficiaries), in one run:
    seconds per stage;
 4. a bare ``dbt build --full-refresh`` on the same raw layer (same JISR_HOME);
 5. the new month's files copied into the landing area, then an incremental refresh;
+6. the share of each disclosure-controlled table's cells that the serving warehouse
+   publishes after it (``quality.disclosure.published_cells``): what evaluators can read;
 
 and once per run the time to load the Dagster definitions in a fresh interpreter. The
 ratios and targets go to ``BENCHMARKS.md`` and the raw figures to ``bench/results.json``.
@@ -179,6 +181,22 @@ def definitions_load(env: dict, logs: Path, repeats: int = 3) -> dict:
     return {"first": times[0], "runs": times[1:], "median": report.median(times[1:]), "interpreter": interpreter}
 
 
+def published_cells(serving: Path) -> list[dict]:
+    """Cells and published cells of every disclosure-controlled table of the serving file."""
+    import duckdb
+
+    from quality.disclosure import published_cells as shares
+
+    if not serving.exists():
+        return []
+    con = duckdb.connect(str(serving), read_only=True)
+    try:
+        return [{"table": table, "cells": cells, "published": shown}
+                for table, cells, shown in shares(con, config=PROJECT_DIR / "config" / "disclosure.yml")]
+    finally:
+        con.close()
+
+
 def bench_scale(beneficiaries: int, months: int, seed: int, root: Path, keep: bool) -> dict:
     work = root / f"scale-{beneficiaries}"
     if work.exists():
@@ -207,6 +225,7 @@ def bench_scale(beneficiaries: int, months: int, seed: int, root: Path, keep: bo
                                 "bytes": sum(p.stat().st_size for p in added)}
         figures["incremental"] = refresh("incremental", env, work, logs)
         say(f"  incremental refresh {figures['incremental']['wall']:.1f} s")
+        figures["published_cells"] = published_cells(home / "warehouse" / "jisr.duckdb")
     finally:
         if not keep:
             for path in (home, next_dir, work / "dbt-target"):

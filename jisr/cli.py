@@ -96,7 +96,7 @@ def _rollback(args) -> int:
 def _disclosure(args) -> int:
     import duckdb
 
-    from quality.disclosure import review
+    from quality.disclosure import published_cells, review
 
     settings = get_settings()
     path = Path(args.warehouse) if args.warehouse else settings.serving_path
@@ -106,8 +106,14 @@ def _disclosure(args) -> int:
     con = duckdb.connect(str(path), read_only=True)
     try:
         found = review(con, settings)
+        shares = published_cells(con, settings)
     finally:
         con.close()
+    if shares:
+        print("published cells (the rest suppressed):")
+        width = max(len(label) for label, _, _ in shares)
+        for label, cells, shown in shares:
+            print(f"  {label:<{width}}  {shown:>9,} of {cells:>9,}  {shown / cells if cells else 1:>4.0%}")
     for v in found:
         label = "BLOCKING  " if v.blocking else "warning   "
         if args.all and v.cells:

@@ -873,6 +873,22 @@ def check(con, settings=None, config: Any = None) -> list[Violation]:
             for v in check_table(db, rule, classified, first) if v.blocking] + exempt_with_counts(db, config)
 
 
+def published_cells(con, settings=None, config: Any = None) -> list[tuple[str, int, int]]:
+    """(table and measure group, cells, cells whose figures are published) of every
+    configured table of ``con`` that is protected: how much of each table evaluators read."""
+    config = load_config(config, settings)
+    db = _Database(con)
+    out = []
+    for rule in config.tables:
+        columns = _columns(db, rule)
+        if columns is None or rule.flag_column not in columns:
+            continue
+        cells, hidden = db.rows(f"select count(*), count(*) filter (where coalesce({_q(rule.flag_column)}, false)) "
+                                f"from {_q(rule.schema)}.{_q(rule.name)}")[0]
+        out.append((rule.label, int(cells), int(cells) - int(hidden)))
+    return out
+
+
 def exempt_with_counts(con, config: Any) -> list[Violation]:
     """Exempt tables that publish a column a configured table counts people in (blocking):
     an exemption says a table holds no counts of people, and its rows, unsuppressed, could

@@ -220,6 +220,17 @@ def test_report_has_every_row_and_keeps_text_outside_its_markers(tmp_path):
     assert "| dbt | 42.0 (1.40) | n/a | 280.7 (1.40) | n/a |" in text  # CPU s (cores busy)
 
 
+def test_report_shows_the_share_of_published_cells_per_table_and_scale():
+    small = _scale(100_000, wall=60.0, rss=2**30, floor_s=5.0, incremental=6.0, data_bytes=90_000_000)
+    large = _scale(1_000_000, wall=400.0, rss=2**31, floor_s=90.0, incremental=30.0, data_bytes=900_000_000)
+    small["published_cells"] = [{"table": "marts.a", "cells": 200, "published": 50}]
+    large["published_cells"] = [{"table": "marts.a", "cells": 2000, "published": 1480},
+                                {"table": "marts.b (f)", "cells": 0, "published": 0}]
+    text = report.render(_run([small, large]))
+    assert "| marts.a | 25% of 200 | 74% of 2,000 |" in text
+    assert "| marts.b (f) | n/a | no cells |" in text
+
+
 # -- the whole benchmark at a tiny scale --------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
@@ -248,6 +259,10 @@ def test_bench_smoke_run_writes_every_row(tmp_path):
     for _, label, *_ in report.TARGETS:
         assert label in text
     assert not (tmp_path / "work" / "scale-300" / "home").exists()  # scratch data removed
+    shares = {t["table"]: t for t in scale["published_cells"]}
+    assert "marts.mart_coverage_targeting (population_suppressed)" in shares
+    assert all(0 <= t["published"] <= t["cells"] for t in shares.values())
+    assert "## Published cells (disclosure control)" in text
 
 
 def test_peak_by_stage_takes_the_samples_inside_each_stage(tmp_path):

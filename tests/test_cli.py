@@ -1,5 +1,7 @@
 """The jisr command line, as a person who is not in the Dagster UI uses it."""
 
+import re
+
 import pytest
 
 from jisr.cli import main
@@ -93,6 +95,17 @@ def test_disclosure_lists_findings_of_a_warehouse_file(settings, tmp_path, capsy
     out = capsys.readouterr().out
     assert "BLOCKING  marts.mart_coverage_targeting: missing_table" in out
     assert "warning   marts.mart_new: unconfigured_table" in out
+    assert "published cells" not in out  # no protected table
+
+    con = duckdb.connect(str(path))
+    con.execute("create table marts.mart_programme_costs (programme_code varchar, beneficiaries_reached bigint, "
+                "people_paid bigint, transfers_paid_mad double, cost_per_beneficiary_mad double, budget_mad double, "
+                "is_suppressed boolean)")
+    con.execute("insert into marts.mart_programme_costs values ('A', 40, 40, 4.0, 0.1, 9.0, false), "
+                "('B', null, null, null, null, 9.0, true)")
+    con.close()
+    main(["disclosure", "--warehouse", str(path)])
+    assert re.search(r"published cells .*\n(.*\n)*  marts\.mart_programme_costs +1 of +2 +50%", capsys.readouterr().out)
 
 
 def test_the_refresh_report_lists_a_landing_file_that_repeats_a_rejected_delivery(settings, contracts):

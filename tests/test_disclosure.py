@@ -470,6 +470,8 @@ def test_measure_groups_hide_a_small_count_without_hiding_the_other_groups_count
     assert hidden_a == {("01", "F"), ("01", "M"), ("02", "F"), ("02", "M")}  # a 2x2 table: all four
     assert not any(row[3] for (p, *_), row in rows.items() if p == "B")  # B's reach published
     assert check(con, config=GROUPED) == []
+    assert disclosure.published_cells(con, config=GROUPED) == [
+        ("marts.coverage (is_suppressed)", 8, 4), ("marts.coverage (population_suppressed)", 8, 8)]
     # each group's figures are checked against its own flag; a rate over both groups' counts
     # is hidden by either
     con.execute("update marts.coverage set population_suppressed = true, registered = null "
