@@ -21,6 +21,15 @@ of the same study x programme x outcome (their samples overlap). Each dimension'
 form one line with the whole-programme total, so no lone withheld level per line means no
 withheld size can be recomputed from the published ones.
 
+The propensity-weighted estimator and the balance table count the units trimmed outside
+the propensity bounds (``trimmed_treated`` / ``trimmed_comparison`` in the estimator
+options, ``n_trimmed``): a count of 1 to ``k - 1`` is NULL and the reason says so (0
+stays). So are the figures that give it back by difference: the group's size, means and
+the cluster count of the weighted row (its size before trimming is the covariate-adjusted
+estimators'), and the balance table's treated mean after weighting (an unweighted mean of
+the treated units kept). The weighted estimate stays (its comparison half is weighted by
+unpublished propensity scores).
+
 Nothing here imports more than pandas.
 """
 
@@ -56,6 +65,9 @@ BALANCE_RESULTS = ("smd_before", "smd_after", "n_trimmed")
 ATTRITION_RESULTS = ("difference", "std_error", "p_value")
 # estimator options that count units of a group
 SAMPLE_OPTIONS = ("trimmed_treated", "trimmed_comparison", "comparison_effective_n")
+# per group: the option (ipw_did) and the balance key counting its units outside the
+# propensity trimming bounds
+TRIMMED = {"treated": "trimmed_treated", "comparison": "trimmed_comparison"}
 
 
 def threshold(config_dir: str | Path | None) -> int:
@@ -189,6 +201,59 @@ def _without_sample_options(options: str | None) -> str | None:
     return json.dumps({k: v for k, v in parsed.items() if k not in SAMPLE_OPTIONS}, sort_keys=True, default=str)
 
 
+def _trimmed_reason(group: str, k: int, what: str) -> str:
+    return f"fewer than {k} {group} units outside the propensity trimming bounds: {what} not published (disclosure control)"
+
+
+def _add_reason(row: dict, reason: str) -> None:
+    row["reason"] = f"{row['reason']}; {reason}" if row.get("reason") else reason
+
+
+def protect_trimmed(est_rows: list[dict], k: int) -> None:
+    """Withhold the counts of 1 to k - 1 units a propensity-weighted row trimmed, in place.
+
+    A trimmed count is a count of people (0 singles out nobody and stays). The row's size
+    of that group is its size before trimming minus the trimmed units, and its size before
+    trimming is published by the covariate-adjusted estimators (the same units): so the
+    group's size, means and the row's cluster count are withheld with the count. The
+    estimate stays: its comparison half is weighted by propensity scores that are not
+    published, so it does not give a group mean back."""
+    for row in est_rows:
+        options = row.get("estimator_options")
+        if not options:
+            continue
+        parsed = json.loads(options)
+        small = [g for g, option in TRIMMED.items() if is_small(parsed.get(option), k)]
+        if not small:
+            continue
+        for group in small:
+            parsed[TRIMMED[group]] = None
+            for column in ESTIMATE_GROUPS[group]:
+                row[column] = None
+            _add_reason(row, _trimmed_reason(group, k, f"their count, and the {group} group's size, means and the "
+                                                       "cluster count of this row, are"))
+        row["n_clusters"] = None
+        row["estimator_options"] = json.dumps(parsed, sort_keys=True, default=str)
+
+
+def _protect_trimmed_balance(row: dict, k: int) -> dict:
+    """A balance row without the trimmed count when 1 to k - 1 units were trimmed, and
+    without the treated mean after weighting (an unweighted mean of the treated units kept:
+    against the mean before, it gives the trimmed ones' back) when 1 to k - 1 treated
+    units were trimmed. The comparison mean after weighting is weighted by unpublished
+    propensity scores and stays."""
+    row = {**row}
+    if is_small(row.get("n_trimmed"), k):
+        row["n_trimmed"] = None
+        _add_reason(row, f"fewer than {k} units outside the propensity trimming bounds: their count is not "
+                         "published (disclosure control)")
+    if is_small(row.get(TRIMMED["treated"]), k) and finite(row.get("mean_treated_weighted")) is not None:
+        row["mean_treated_weighted"] = row["smd_after"] = None
+        _add_reason(row, _trimmed_reason("treated", k, "the treated mean and the standardised difference after "
+                                                        "weighting are"))
+    return row
+
+
 def _protect_row(row: dict, groups: dict[str, tuple[str, ...]], results: tuple[str, ...], k: int) -> dict:
     small = [g for g, (size, *_) in groups.items() if is_small(row.get(size), k)]
     if not small:
@@ -208,7 +273,7 @@ def _protect_row(row: dict, groups: dict[str, tuple[str, ...]], results: tuple[s
 
 def protect_balance(rows: list[dict], k: int) -> list[dict]:
     """Balance rows with the figures of a group of fewer than ``k`` units withheld."""
-    return [_protect_row(row, BALANCE_GROUPS, BALANCE_RESULTS, k) for row in rows]
+    return [_protect_trimmed_balance(_protect_row(row, BALANCE_GROUPS, BALANCE_RESULTS, k), k) for row in rows]
 
 
 def protect_attrition(rows: list[dict], k: int) -> list[dict]:

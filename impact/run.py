@@ -305,6 +305,9 @@ def _balance_rows(study_id: str, programme: str, units: pd.DataFrame, covariates
             row["mean_comparison_weighted"] = float(np.average(sample.loc[kc, name], weights=fit.weight[kc]))
             row["smd_after"] = standardized_mean_difference(sample.loc[kt, name], sample.loc[kc, name], fit.weight[kc], sd_pooled=sd)
             row["n_trimmed"] = int((~fit.keep).sum())
+            # by group, for disclosure control only (not a column of the table)
+            row[disclosure.TRIMMED["treated"]] = int((~fit.keep & t).sum())
+            row[disclosure.TRIMMED["comparison"]] = int((~fit.keep & ~t).sum())
         rows.append(row)
     return rows
 
@@ -523,6 +526,7 @@ def _outcome_rows(task: _OutcomeTask) -> dict[str, Any]:
             if spec.type == "event_study":
                 pre_rows.extend(_pretrend_rows(study_id, programme, outcome, subgroup, est))
     disclosure.protect_estimates(est_rows, pre_rows, task.min_cell)
+    disclosure.protect_trimmed(est_rows, task.min_cell)
     chosen = next((r for r in est_rows[::-1] if r["estimator"] == config.cost_estimator and r["subgroup"] == "all"), None)
     return {
         "attrition": disclosure.protect_attrition([_attrition_row(study_id, programme, outcome, units, y, inference_all)],

@@ -436,6 +436,39 @@ def test_small_whole_programme_group_is_not_published_in_any_table(tmp_path):
     assert (tables.cost_effectiveness["status"] == "not_estimable").all()
 
 
+
+def test_trimmed_counts_of_fewer_than_k_units_are_not_published(tmp_path):
+    """Five comparison units outside the propensity trimming bounds are five people: their
+    count is withheld, and so are the figures that would give it back (the weighted row's
+    comparison size against the covariate-adjusted ANCOVA's, the balance table's count)."""
+    tables = evaluate(simulate_panel(6, selection=1.5), None, config(cov_type="hc1"))
+    est = whole_sample(tables)
+    ipw = est.loc["ipw_did"]
+    options = json.loads(ipw["estimator_options"])
+    assert options["trimmed_comparison"] is None and options["trimmed_treated"] == 0  # 0 singles out nobody
+    assert "fewer than 10 comparison units outside the propensity trimming bounds" in ipw["reason"]
+    assert ipw["status"] == "ok" and pd.notna(ipw["estimate"]) and pd.notna(ipw["std_error"])
+    for column in ("n_comparison", "baseline_mean_comparison", "endline_mean_comparison", "n_clusters"):
+        assert pd.isna(ipw[column]), column
+    assert ipw["n_treated"] == est.loc["ancova_covariates", "n_treated"] and pd.notna(ipw["endline_mean_treated"])
+    bal = tables.balance
+    assert bal["n_trimmed"].isna().all() and bal["reason"].str.contains("outside the propensity trimming bounds").all()
+    assert bal["smd_after"].notna().all() and bal["mean_treated_weighted"].notna().all()
+    # ten treated units trimmed, with k = 11: the treated side's, and the treated mean after
+    # weighting (an unweighted mean of the treated units kept) against the one before
+    tables = evaluate(simulate_panel(5, selection=1.5), None, config(cov_type="hc1"), min_cell=11)
+    ipw = whole_sample(tables).loc["ipw_did"]
+    options = json.loads(ipw["estimator_options"])
+    assert options["trimmed_treated"] is None and options["trimmed_comparison"] == 0
+    assert pd.isna(ipw["n_treated"]) and pd.isna(ipw["baseline_mean_treated"]) and pd.notna(ipw["n_comparison"])
+    bal = tables.balance
+    assert bal[["n_trimmed", "mean_treated_weighted", "smd_after"]].isna().all().all()
+    assert bal["mean_comparison_weighted"].notna().all() and bal["mean_treated"].notna().all()
+    # with k = 10 the ten trimmed units are published
+    ipw = whole_sample(evaluate(simulate_panel(5, selection=1.5), None, config(cov_type="hc1"))).loc["ipw_did"]
+    assert json.loads(ipw["estimator_options"])["trimmed_treated"] == 10 and pd.notna(ipw["n_treated"])
+
+
 # --------------------------------------------------------------------------------------
 # cost-effectiveness
 
