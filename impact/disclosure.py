@@ -30,6 +30,9 @@ estimators'), and the balance table's treated mean after weighting (an unweighte
 the treated units kept). The weighted estimate stays (its comparison half is weighted by
 unpublished propensity scores).
 
+The notes published with the tables (and in the report) count units the same way: 1 to
+``k - 1`` of them are "fewer than k units" (:func:`count_text`).
+
 Nothing here imports more than pandas.
 """
 
@@ -96,6 +99,11 @@ def is_small(n: Any, k: int) -> bool:
     """A group of 1 to k - 1 units (0 singles out nobody; None is not published anyway)."""
     n = finite(n)
     return n is not None and 1 <= n < k
+
+
+def count_text(n: int, k: int, what: str = "units") -> str:
+    """A count of people for a published note: "fewer than k units" when it is 1 to k - 1."""
+    return f"fewer than {k} {what}" if is_small(n, k) else f"{int(n)} {what}"
 
 
 def small_reason(group: str, k: int) -> str:

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from impact.config import SUBGROUP_DIMENSIONS, UNIT_COVARIATES, StudySettings
+from impact.disclosure import DEFAULT_K, count_text
 
 PANEL_TABLE = "detail.mart_evaluation_panel"
 COSTS_TABLE = "marts.mart_programme_costs"
@@ -100,8 +101,12 @@ class StudyData:
         return matrix.reindex(index).astype(float)
 
 
-def build_study(panel: pd.DataFrame, study_id: str, settings: StudySettings, cluster: str) -> StudyData:
-    """Shape one study's panel rows into units, values, outcomes and covariates."""
+def build_study(panel: pd.DataFrame, study_id: str, settings: StudySettings, cluster: str,
+                min_cell: int = DEFAULT_K) -> StudyData:
+    """Shape one study's panel rows into units, values, outcomes and covariates.
+
+    ``min_cell``: the small-cell threshold k; the notes say "fewer than k units" rather
+    than a count of 1 to k - 1 (:mod:`impact.disclosure`)."""
     rows = panel[panel["study_id"] == study_id]
     notes: list[str] = []
     units = rows.groupby("unit_id", sort=True)[list(UNIT_LEVEL)].first()  # first non-null value per column
@@ -109,7 +114,7 @@ def build_study(panel: pd.DataFrame, study_id: str, settings: StudySettings, clu
     units["cluster"] = units.index.to_series() if cluster == "unit_id" else units[cluster]
     no_cluster = units["cluster"].isna()
     if no_cluster.any():
-        notes.append(f"{int(no_cluster.sum())} units without {cluster}: each is its own cluster")
+        notes.append(f"{count_text(int(no_cluster.sum()), min_cell)} without {cluster}: each is its own cluster")
         units.loc[no_cluster, "cluster"] = "unit:" + units.index[no_cluster].astype(str)
     units["cluster"] = units["cluster"].astype(str)
     for col in ("age", "vulnerability_score"):

@@ -653,7 +653,7 @@ def _evaluate(panel: pd.DataFrame, costs: pd.DataFrame | None, config: Evaluatio
     seen_programmes: set[str] = set()
     for study_id in studies:
         settings = config.for_study(study_id)
-        study = build_study(panel, study_id, settings, settings.cluster)
+        study = build_study(panel, study_id, settings, settings.cluster, min_cell)
         notes.extend(study.notes)
         codes = sorted(study.units["programme_code"].dropna().unique())
         treated = study.units["treated"] == 1

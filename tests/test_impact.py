@@ -469,6 +469,22 @@ def test_trimmed_counts_of_fewer_than_k_units_are_not_published(tmp_path):
     assert json.loads(ipw["estimator_options"])["trimmed_treated"] == 10 and pd.notna(ipw["n_treated"])
 
 
+
+def test_notes_do_not_count_fewer_than_k_units(tmp_path):
+    """The notes are published with the tables (and in the report): a count of 1 to k - 1
+    units in a note is a small cell too."""
+    panel = simulate_panel(26, rounds=(0, 1))
+    ids = panel["unit_id"].unique()
+    panel.loc[panel["unit_id"].isin(ids[:3]), "cluster_id"] = None
+    notes = evaluate(panel, None, config(estimators=["did"])).notes
+    assert "fewer than 10 units without cluster_id: each is its own cluster" in notes, notes
+    assert not any("3 units" in note for note in notes), notes
+    assert "3 units without cluster_id: each is its own cluster" in evaluate(panel, None, config(estimators=["did"]),
+                                                                            min_cell=3).notes
+    panel.loc[panel["unit_id"].isin(ids[:12]), "cluster_id"] = None
+    assert "12 units without cluster_id: each is its own cluster" in evaluate(panel, None, config(estimators=["did"])).notes
+
+
 # --------------------------------------------------------------------------------------
 # cost-effectiveness
 
