@@ -30,6 +30,25 @@ estimators'), and the balance table's treated mean after weighting (an unweighte
 the treated units kept). The weighted estimate stays (its comparison half is weighted by
 unpublished propensity scores).
 
+Samples that differ by a few units (:func:`protect_differences`). A group's figures are
+published on several samples of its units: each estimator's (units measured at baseline
+and endline, with every covariate, inside the propensity bounds, ...) and each round's
+group means (units measured in that round). Two published sizes that differ by 1 to
+``k - 1`` give those units' count back, and two means of a round their mean: with three
+treated units lost at endline, the treated baseline mean of ``impact_group_means`` (every
+unit measured at baseline) and that of the estimates (units measured at baseline and
+endline) give the three units' baseline mean. So, per subgroup and group, the samples are
+kept in order (the estimators' rows, the size most of them share first, then the group
+means by round) and one whose size differs by 1 to ``k - 1`` from a sample kept before it
+is withheld: a group-mean row's size, mean and standard error; an estimate row's group
+size and means and its cluster count, and its estimate too when it is a difference of the
+group means (``diff_in_means``, ``did`` without covariates; the others' estimates are
+regression coefficients and stay). The reason names the sample kept. A subgroup level so
+withheld alone in its line (dimension x estimator x group) has the smallest other level
+withheld with it. Samples of equal size that hold different units are not compared (their
+difference mixes two sets of units). Withholding the descriptive row rather than the
+estimate keeps the evaluation's results where it can: the group means are a picture.
+
 The notes published with the tables (and in the report) count units the same way: 1 to
 ``k - 1`` of them are "fewer than k units" (:func:`count_text`).
 
@@ -210,7 +229,8 @@ def _without_sample_options(options: str | None) -> str | None:
 
 
 def _trimmed_reason(group: str, k: int, what: str) -> str:
-    return f"fewer than {k} {group} units outside the propensity trimming bounds: {what} not published (disclosure control)"
+    return (f"fewer than {k} {group} units outside the propensity trimming bounds: {what} not published "
+            "(disclosure control)")
 
 
 def _add_reason(row: dict, reason: str) -> None:
@@ -277,6 +297,124 @@ def _protect_row(row: dict, groups: dict[str, tuple[str, ...]], results: tuple[s
         f"fewer than {k} units in the {group} group: its size and figures are not published (disclosure control)"
         for group in small)
     return row
+
+
+def _from_means(row: dict) -> bool:
+    """Whether a row's estimate is the difference of its group means: the endline difference
+    in means, and the DiD without covariates (of the mean changes)."""
+    options = json.loads(row.get("estimator_options") or "{}")
+    kind = options.get("type")
+    return kind == "diff_in_means" or (kind == "did" and not options.get("covariates_used"))
+
+
+def _difference_reason(group: str, other: str, k: int) -> str:
+    return (f"the {group} group's size and means are not published (disclosure control): its units and those "
+            f"of {other} differ by fewer than {k}, whose count and means the difference would give back")
+
+
+def _withhold_group(row: dict, group: str, reason: str) -> None:
+    """Withhold a group's size and means in an estimate row, in place, and the cluster
+    count and the counting options with them; the estimate too when it is a difference of
+    the group means (:func:`_from_means`). A reason other than disclosure control's is
+    kept only beside a published estimate (a warning), as it could quote the group's size."""
+    for column in ESTIMATE_GROUPS[group]:
+        row[column] = None
+    row["n_clusters"] = None
+    row["estimator_options"] = _without_sample_options(row.get("estimator_options"))
+    published = row.get("status") == "ok" and not _from_means(row)
+    reasons = [part for part in (row.get("reason") or "").split("; ")
+               if part and (published or "(disclosure control)" in part)]
+    if _from_means(row) and row.get("estimate") is not None:
+        reason += ", and the estimate, a difference of the group means"
+    if _from_means(row):
+        for column in ESTIMATE_RESULTS:
+            row[column] = None
+        row["status"] = "not_estimable"
+    row["reason"] = "; ".join(reasons + [reason])
+
+
+def protect_differences(est_rows: list[dict], mean_rows: list[dict], k: int) -> list[dict]:
+    """Samples of one group that differ by a few units, in the rows of one study x programme
+    x outcome: the estimate rows are changed in place, the group-mean rows returned.
+
+    A group's figures are published on several samples of its units: each estimator's
+    (units measured at baseline and endline, with every covariate, inside the propensity
+    bounds, ...) and, for the whole programme, each round's group means (units measured in
+    that round). Two published sizes that differ by 1 to ``k - 1`` units give those units'
+    count back, and two means of the same round their mean (three units lost at endline:
+    the baseline mean of every unit minus that of the units measured at endline). So the
+    samples of a subgroup x group are taken in order (the estimators' rows, those whose
+    size most rows share first, else in the configured order; then the group means by
+    round) and one whose size differs by 1 to ``k - 1`` from a sample kept before it is
+    withheld (:func:`_withhold_group`; a group-mean row: size, mean and standard error).
+    A subgroup level withheld so, alone in its line (dimension x estimator x group) beside
+    a published whole-sample row, has the smallest other level of the line withheld with
+    it."""
+    before = _withheld_levels(est_rows)
+    subgroups = list(dict.fromkeys(row["subgroup"] for row in est_rows)) or ["all"]
+    for subgroup in subgroups:
+        for group, (size, *_) in ESTIMATE_GROUPS.items():
+            kept: list[tuple[float, str]] = []  # (size, which sample) of the samples kept
+            rows = [(row, finite(row.get(size))) for row in est_rows if row["subgroup"] == subgroup]
+            rows = [(row, n) for row, n in rows if n is not None]
+            shared = {n: sum(1 for _, m in rows if m == n) for _, n in rows}
+            for row, n in sorted(rows, key=lambda item: -shared[item[1]]):  # stable: then the configured order
+                other = _clash(n, kept, k)
+                if other is None:
+                    kept.append((n, f"the {row['estimator']} estimate"))
+                else:
+                    _withhold_group(row, group, _difference_reason(group, other, k))
+            if subgroup != "all":
+                continue
+            out = []
+            for row in mean_rows:
+                n = finite(row.get("n_units")) if row.get("treatment_group") == group else None
+                other = None if n is None else _clash(n, kept, k)
+                if n is not None and other is None:
+                    kept.append((n, f"the group means of round {row['round_index']}"))
+                elif other is not None:
+                    row = {**row, "n_units": None, "mean": None, "std_error": None,
+                           "reason": _difference_reason(group, other, k)}
+                out.append(row)
+            mean_rows = out
+    after = _withheld_levels(est_rows)
+    wholes = {(row["estimator"], g) for row in est_rows if row["subgroup"] == "all"
+              for g, (size, *_) in ESTIMATE_GROUPS.items() if finite(row.get(size)) is not None}
+    for line, levels in after.items():
+        dim, estimator, group = line
+        if len(levels) != 1 or before.get(line) or (estimator, group) not in wholes:
+            continue
+        size = ESTIMATE_GROUPS[group][0]
+        others = [row for row in est_rows if row.get("subgroup_dimension") == dim and row["estimator"] == estimator
+                  and finite(row.get(size)) is not None]
+        if others:
+            pick = min(others, key=lambda row: float(row[size]))  # ties: the first level
+            _withhold_group(pick, group, _line_reason(group, levels[0], k))
+    return mean_rows
+
+
+def _clash(n: float, kept: list[tuple[float, str]], k: int) -> str | None:
+    """The first kept sample whose size differs from ``n`` by 1 to k - 1 units, if any."""
+    return next((label for m, label in kept if 1 <= abs(n - m) < k), None)
+
+
+def _line_reason(group: str, level: str, k: int) -> str:
+    return (f"the {group} group's size and means are not published (disclosure control): withheld with subgroup "
+            f"{level}, whose {group} figures differ by fewer than {k} units from another sample, so that they "
+            "cannot be recomputed from the whole-sample row")
+
+
+def _withheld_levels(est_rows: list[dict]) -> dict[tuple[str, str, str], list[str]]:
+    """Per dimension x estimator x group: its levels whose size is not published."""
+    out: dict[tuple[str, str, str], list[str]] = {}
+    for row in est_rows:
+        if row.get("subgroup_dimension") is None:
+            continue
+        for group, (size, *_) in ESTIMATE_GROUPS.items():
+            line = out.setdefault((row["subgroup_dimension"], row["estimator"], group), [])
+            if finite(row.get(size)) is None:
+                line.append(row["subgroup"])
+    return out
 
 
 def protect_balance(rows: list[dict], k: int) -> list[dict]:

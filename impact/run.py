@@ -13,8 +13,9 @@ outcome x subgroup, and replaces the tables of schema ``impact`` in the same dat
 ``impact_cost_effectiveness``  cost per beneficiary and per unit of impact with its interval
 
 A treated or comparison group of fewer than k units (k of ``config/disclosure.yml``) has
-its size and means withheld in every table, and its row ``not_estimable`` with the reason
-(:mod:`impact.disclosure`).
+its size and means withheld in every table, and its row ``not_estimable`` with the reason;
+so do counts of 1 to k - 1 trimmed units, and a sample of a group that differs from
+another published one by 1 to k - 1 units (:mod:`impact.disclosure`).
 
 Every row carries ``run_id`` and ``code_version``. Nothing here imports dagster.
 """
@@ -527,12 +528,14 @@ def _outcome_rows(task: _OutcomeTask) -> dict[str, Any]:
                 pre_rows.extend(_pretrend_rows(study_id, programme, outcome, subgroup, est))
     disclosure.protect_estimates(est_rows, pre_rows, task.min_cell)
     disclosure.protect_trimmed(est_rows, task.min_cell)
+    group_means = disclosure.protect_differences(
+        est_rows, disclosure.protect_group_means(_group_mean_rows(study_id, programme, outcome, units, y,
+                                                                  task.round_labels), task.min_cell), task.min_cell)
     chosen = next((r for r in est_rows[::-1] if r["estimator"] == config.cost_estimator and r["subgroup"] == "all"), None)
     return {
         "attrition": disclosure.protect_attrition([_attrition_row(study_id, programme, outcome, units, y, inference_all)],
                                                   task.min_cell),
-        "group_means": disclosure.protect_group_means(
-            _group_mean_rows(study_id, programme, outcome, units, y, task.round_labels), task.min_cell),
+        "group_means": group_means,
         "estimates": est_rows,
         "pretrends": pre_rows,
         "cost_effectiveness": disclosure.protect_costs(

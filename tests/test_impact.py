@@ -485,6 +485,106 @@ def test_notes_do_not_count_fewer_than_k_units(tmp_path):
     assert "12 units without cluster_id: each is its own cluster" in evaluate(panel, None, config(estimators=["did"])).notes
 
 
+
+def differencing_pairs(tables, k: int = 10) -> list:
+    """Two published samples of one group (an estimator's row of one subgroup, a round of
+    the group means) whose sizes differ by 1 to k - 1 units: their difference gives those
+    units' count and mean back. And lines of subgroup levels of one estimator with a lone
+    withheld level beside a published whole-sample row (the whole minus the others)."""
+    found = []
+    est, means = tables.estimates, tables.group_means
+    for (study, programme, outcome, subgroup), rows in est.groupby(["study_id", "programme_code", "outcome", "subgroup"]):
+        for group in ("treated", "comparison"):
+            sizes = [(name, n) for name, n in zip(rows["estimator"], rows[f"n_{group}"]) if pd.notna(n)]
+            if subgroup == "all":
+                own = means[(means["study_id"] == study) & (means["programme_code"] == programme)
+                            & (means["outcome"] == outcome) & (means["treatment_group"] == group)]
+                sizes += [(f"round {r}", n) for r, n in zip(own["round_index"], own["n_units"]) if pd.notna(n)]
+            found += [(outcome, subgroup, group, a, b) for i, (a, m) in enumerate(sizes) for b, n in sizes[i + 1:]
+                      if 1 <= abs(m - n) < k]
+    levels = est[est["subgroup_dimension"].notna()]
+    for (outcome, estimator, dim), line in levels.groupby(["outcome", "estimator", "subgroup_dimension"]):
+        whole = est[(est["outcome"] == outcome) & (est["estimator"] == estimator) & (est["subgroup"] == "all")]
+        for group in ("treated", "comparison"):
+            if whole[f"n_{group}"].notna().all() and line[f"n_{group}"].isna().sum() == 1:
+                found.append((outcome, dim, group, estimator, "lone withheld level"))
+    return found
+
+
+def lose_at_endline(panel: pd.DataFrame, treated: int, comparison: int, region: str | None = None) -> pd.DataFrame:
+    """The panel with the endline value of the first ``treated`` and ``comparison`` units
+    (of a region) missing."""
+    units = panel.drop_duplicates("unit_id")
+    if region is not None:
+        units = units[units["region_code"] == region]
+    lost = (units.loc[units["treatment_group"] == "treated", "unit_id"].tolist()[:treated]
+            + units.loc[units["treatment_group"] == "comparison", "unit_id"].tolist()[:comparison])
+    panel = panel.copy()
+    panel.loc[panel["unit_id"].isin(lost) & (panel["round_index"] == panel["round_index"].max()), "value"] = np.nan
+    return panel
+
+
+def test_a_few_units_lost_at_endline_are_not_given_back_by_difference(tmp_path):
+    """Three treated units missing at endline: the group means' treated baseline (every unit
+    measured at baseline) minus the estimates' (units measured at baseline and endline)
+    would give the three units' baseline mean back. The group-mean row is withheld; the
+    estimates are published."""
+    panel = lose_at_endline(simulate_panel(12, rounds=(0, 1)), treated=3, comparison=40)
+    tables = evaluate(panel, None, config(cov_type="hc1"))
+    assert differencing_pairs(tables) == []
+    means = tables.group_means.set_index(["treatment_group", "round_index"])
+    withheld = means.loc[("treated", 0)]
+    assert pd.isna(withheld["n_units"]) and pd.isna(withheld["mean"]) and pd.isna(withheld["std_error"])
+    assert "differ by fewer than 10" in withheld["reason"]
+    assert pd.notna(means.loc[("treated", 1), "mean"]) and means.loc["comparison", "mean"].notna().all()
+    est = whole_sample(tables)
+    two_round = est[est.index != "event_study"]  # two rounds: no event study
+    assert (two_round["status"] == "ok").all() and two_round["n_treated"].notna().all()
+    # with more rounds the event study's sample (units measured at baseline and in another
+    # round) keeps them: its treated size and means are withheld, its estimate is not
+    # (the endline coefficient is computed on the units measured at baseline and endline)
+    panel = lose_at_endline(simulate_panel(12), treated=3, comparison=40)
+    tables = evaluate(panel, None, config(cov_type="hc1"))
+    assert differencing_pairs(tables) == []
+    es = whole_sample(tables).loc["event_study"]
+    assert pd.isna(es["n_treated"]) and pd.isna(es["baseline_mean_treated"]) and pd.notna(es["n_comparison"])
+    assert es["status"] == "ok" and pd.notna(es["estimate"]) and "differ by fewer than 10" in es["reason"]
+    # units measured at endline but not at baseline: the difference in means (endline) is
+    # the one sample of its size, the other estimators share theirs; a difference of the
+    # group means (endline difference in means, DiD without covariates) is withheld with them
+    panel = simulate_panel(12, rounds=(0, 1))
+    units = panel.drop_duplicates("unit_id")
+    late = units.loc[units["treatment_group"] == "treated", "unit_id"].tolist()[:4]
+    panel.loc[panel["unit_id"].isin(late) & (panel["round_index"] == 0) & (panel["variable"] == "income"), "value"] = np.nan
+    tables = evaluate(panel, None, config(cov_type="hc1"))
+    assert differencing_pairs(tables) == []
+    est = whole_sample(tables)
+    dim = est.loc["diff_in_means"]
+    assert dim["status"] == "not_estimable" and pd.isna(dim["estimate"]) and pd.isna(dim["n_treated"])
+    assert "differ by fewer than 10" in dim["reason"] and pd.notna(dim["endline_mean_comparison"])
+    panel_rows = est[~est.index.isin(["diff_in_means", "event_study"])]
+    assert (panel_rows["status"] == "ok").all() and panel_rows["n_treated"].notna().all()
+
+
+def test_a_few_units_lost_in_one_subgroup_level_are_not_given_back_by_difference(tmp_path):
+    """Within a region, the event study's sample (units measured at baseline and in another
+    round) and the DiD's (baseline and endline) differ by three lost treated units: the
+    event study's treated figures are withheld there, and in one more region, so that the
+    whole-sample row (ten more units lost elsewhere: published) minus the other regions
+    does not give them back."""
+    panel = lose_at_endline(simulate_panel(8), treated=3, comparison=0, region="01")
+    panel = lose_at_endline(panel, treated=10, comparison=0, region="02")
+    cfg = config(cov_type="hc1", subgroups={"dimensions": ["region_code"], "min_size": 2})
+    tables = evaluate(panel, None, cfg)
+    assert differencing_pairs(tables) == []
+    event = tables.estimates[(tables.estimates["estimator"] == "event_study")
+                             & (tables.estimates["subgroup_dimension"] == "region_code")]
+    assert event["n_treated"].isna().sum() == 2 and (event["status"] == "ok").all()
+    assert event["n_comparison"].notna().all()
+    assert event.set_index("subgroup").loc["region_code=01", "reason"].count("differ by fewer than 10") == 1
+    assert whole_sample(tables).loc["event_study", "n_treated"] > 0
+
+
 # --------------------------------------------------------------------------------------
 # cost-effectiveness
 
