@@ -45,9 +45,12 @@ size and means and its cluster count, and its estimate too when it is a differen
 group means (``diff_in_means``, ``did`` without covariates; the others' estimates are
 regression coefficients and stay). The reason names the sample kept. A subgroup level so
 withheld alone in its line (dimension x estimator x group) has the smallest other level
-withheld with it. Samples of equal size that hold different units are not compared (their
-difference mixes two sets of units). Withholding the descriptive row rather than the
-estimate keeps the evaluation's results where it can: the group means are a picture.
+withheld with it. The attrition table's counts of a group (units at baseline, units
+observed at endline) are withheld, with its test, when they differ by 1 to ``k - 1`` from
+a published sample (:func:`protect_attrition_differences`). Samples of equal size that
+hold different units are not compared (their difference mixes two sets of units).
+Withholding the descriptive rows before the estimates keeps the evaluation's results where
+it can: the group means are a picture, the attrition counts a diagnostic.
 
 The notes published with the tables (and in the report) count units the same way: 1 to
 ``k - 1`` of them are "fewer than k units" (:func:`count_text`).
@@ -391,6 +394,47 @@ def protect_differences(est_rows: list[dict], mean_rows: list[dict], k: int) -> 
             pick = min(others, key=lambda row: float(row[size]))  # ties: the first level
             _withhold_group(pick, group, _line_reason(group, levels[0], k))
     return mean_rows
+
+
+def protect_attrition_differences(rows: list[dict], est_rows: list[dict], mean_rows: list[dict],
+                                  k: int) -> list[dict]:
+    """Attrition rows with a group's counts withheld when its units at baseline, or those
+    observed at endline, differ by 1 to ``k - 1`` from a published sample of the group
+    (whole-programme estimate rows and group means, after :func:`protect_differences`):
+    the difference would count those units."""
+    published: dict[str, list[tuple[float, str]]] = {group: [] for group in ESTIMATE_GROUPS}
+    for row in est_rows:
+        for group, (size, *_) in ESTIMATE_GROUPS.items():
+            if row["subgroup"] == "all" and finite(row.get(size)) is not None:
+                published[group].append((float(row[size]), f"the {row['estimator']} estimate"))
+    for row in mean_rows:
+        if finite(row.get("n_units")) is not None and row.get("treatment_group") in published:
+            published[row["treatment_group"]].append((float(row["n_units"]),
+                                                      f"the group means of round {row['round_index']}"))
+    out = []
+    for row in rows:
+        clashes = {}
+        for group, (baseline, missing, _share) in ATTRITION_GROUPS.items():
+            n, m = finite(row.get(baseline)), finite(row.get(missing))
+            sizes = [size for size in (n, n - m if n is not None and m is not None else None) if size is not None]
+            other = next((label for size in sizes if (label := _clash(size, published[group], k))), None)
+            if other is not None:
+                clashes[group] = other
+        if clashes:
+            row = dict(row)
+            for group in clashes:
+                for column in ATTRITION_GROUPS[group]:
+                    row[column] = None
+            for column in ATTRITION_RESULTS:
+                row[column] = None
+            row["status"] = "not_estimable"
+            reasons = [part for part in (row.get("reason") or "").split("; ") if "(disclosure control)" in part]
+            row["reason"] = "; ".join(reasons + [
+                f"the {group} group's counts at baseline and endline are not published (disclosure control): they "
+                f"differ by fewer than {k} units from those of {other}, whose count the difference would give"
+                for group, other in clashes.items()])
+        out.append(row)
+    return out
 
 
 def _clash(n: float, kept: list[tuple[float, str]], k: int) -> str | None:

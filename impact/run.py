@@ -532,9 +532,10 @@ def _outcome_rows(task: _OutcomeTask) -> dict[str, Any]:
         est_rows, disclosure.protect_group_means(_group_mean_rows(study_id, programme, outcome, units, y,
                                                                   task.round_labels), task.min_cell), task.min_cell)
     chosen = next((r for r in est_rows[::-1] if r["estimator"] == config.cost_estimator and r["subgroup"] == "all"), None)
+    attrition = disclosure.protect_attrition([_attrition_row(study_id, programme, outcome, units, y, inference_all)],
+                                             task.min_cell)
     return {
-        "attrition": disclosure.protect_attrition([_attrition_row(study_id, programme, outcome, units, y, inference_all)],
-                                                  task.min_cell),
+        "attrition": disclosure.protect_attrition_differences(attrition, est_rows, group_means, task.min_cell),
         "group_means": group_means,
         "estimates": est_rows,
         "pretrends": pre_rows,

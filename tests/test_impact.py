@@ -488,9 +488,10 @@ def test_notes_do_not_count_fewer_than_k_units(tmp_path):
 
 def differencing_pairs(tables, k: int = 10) -> list:
     """Two published samples of one group (an estimator's row of one subgroup, a round of
-    the group means) whose sizes differ by 1 to k - 1 units: their difference gives those
-    units' count and mean back. And lines of subgroup levels of one estimator with a lone
-    withheld level beside a published whole-sample row (the whole minus the others)."""
+    the group means, the attrition table's units at baseline and at endline) whose sizes
+    differ by 1 to k - 1 units: their difference gives those units' count (and mean) back.
+    And lines of subgroup levels of one estimator with a lone withheld level beside a
+    published whole-sample row (the whole minus the others)."""
     found = []
     est, means = tables.estimates, tables.group_means
     for (study, programme, outcome, subgroup), rows in est.groupby(["study_id", "programme_code", "outcome", "subgroup"]):
@@ -500,6 +501,13 @@ def differencing_pairs(tables, k: int = 10) -> list:
                 own = means[(means["study_id"] == study) & (means["programme_code"] == programme)
                             & (means["outcome"] == outcome) & (means["treatment_group"] == group)]
                 sizes += [(f"round {r}", n) for r, n in zip(own["round_index"], own["n_units"]) if pd.notna(n)]
+            if subgroup == "all":
+                att = tables.attrition[(tables.attrition["study_id"] == study)
+                                       & (tables.attrition["programme_code"] == programme)
+                                       & (tables.attrition["outcome"] == outcome)]
+                for n, m in zip(att[f"n_baseline_{group}"], att[f"n_missing_{group}"]):
+                    sizes += [("attrition: at baseline", n)] if pd.notna(n) else []
+                    sizes += [("attrition: observed", n - m)] if pd.notna(n) and pd.notna(m) else []
             found += [(outcome, subgroup, group, a, b) for i, (a, m) in enumerate(sizes) for b, n in sizes[i + 1:]
                       if 1 <= abs(m - n) < k]
     levels = est[est["subgroup_dimension"].notna()]
@@ -564,6 +572,27 @@ def test_a_few_units_lost_at_endline_are_not_given_back_by_difference(tmp_path):
     assert "differ by fewer than 10" in dim["reason"] and pd.notna(dim["endline_mean_comparison"])
     panel_rows = est[~est.index.isin(["diff_in_means", "event_study"])]
     assert (panel_rows["status"] == "ok").all() and panel_rows["n_treated"].notna().all()
+
+
+def test_attrition_counts_are_not_given_back_by_difference(tmp_path):
+    """Three treated units measured at baseline only (and twenty more lost at endline): the
+    attrition table's count of treated units at baseline minus the event study's (units
+    measured at baseline and in another round) would give the three back."""
+    panel = lose_at_endline(simulate_panel(12), treated=23, comparison=40)
+    units = panel.drop_duplicates("unit_id")
+    only_baseline = units.loc[units["treatment_group"] == "treated", "unit_id"].tolist()[:3]
+    panel.loc[panel["unit_id"].isin(only_baseline) & (panel["round_index"] == -1), "value"] = np.nan
+    tables = evaluate(panel, None, config(cov_type="hc1"))
+    assert differencing_pairs(tables) == []
+    es = whole_sample(tables).loc["event_study"]
+    att = tables.attrition.iloc[0]
+    assert pd.notna(es["n_treated"])
+    assert pd.isna(att["n_baseline_treated"]) and pd.isna(att["n_missing_treated"]) and pd.isna(att["difference"])
+    assert "differ by fewer than 10" in att["reason"] and att["n_missing_comparison"] == 40
+    # the treated units at baseline and at endline otherwise: published
+    tables = evaluate(lose_at_endline(simulate_panel(12), treated=23, comparison=40), None, config(cov_type="hc1"))
+    att = tables.attrition.iloc[0]
+    assert att["n_missing_treated"] == 23 and att["status"] == "ok"
 
 
 def test_a_few_units_lost_in_one_subgroup_level_are_not_given_back_by_difference(tmp_path):
