@@ -793,9 +793,7 @@ class Ingestor:
             if previous and previous[1] == "rejected":
                 return self._repeat_rejected(p, previous)
             if previous:
-                return FileResult(p.contract.source, p.partner, p.path.name, "duplicate", previous[0], p.batch,
-                                  reason=f"same content as delivery {previous[0]}, in effect for batch {p.batch}: "
-                                         "nothing to do")
+                return self._repeat_in_effect(con, main, p, previous)
             if p.reject is not None:
                 return self._reject(con, p)
             with store.transaction(con):
@@ -901,7 +899,9 @@ class Ingestor:
                           quarantined, warnings=warnings, rules_failed=rules)
 
     def _supersede(self, con, contract: Contract, batch: str, delivery_id: str) -> None:
-        """Apply the contract's supersede rule after a delivery's rows were appended."""
+        """Apply the contract's supersede rule after a delivery's rows were appended; the
+        files of the batch rejected since the delivery it replaces are answered by it
+        (``superseded_by``: the delivery that took effect for their batch after them)."""
         table = f"raw.{contract.source}"
         older = [r[0] for r in con.execute(
             "select delivery_id from meta.deliveries where source = ? and batch = ? and status = 'loaded'",
@@ -922,6 +922,8 @@ class Ingestor:
                 affected = (f"({affected} or ({keys}) in (select {keys} from {table} where _delivery_id in "
                             f"({', '.join(_lit(o) for o in older)})))")
             _rank_latest(con, contract, affected, delivery_id)
+        con.execute("update meta.deliveries set superseded_by = ? where source = ? and batch = ? "
+                    "and status = 'rejected' and superseded_by is null", [delivery_id, contract.source, batch])
 
     # -- rows held back by other rows ----------------------------------------------------
     def _release(self, con, wanted: set[str] | None) -> list[FileResult]:
@@ -1056,18 +1058,24 @@ class Ingestor:
         counts = dict(released)
         return [(d, counts.get(d, 0)) for d in sorted({d for d, in cleared + changed + added} | set(counts))]
 
-    def _rewrite_feedback(self, con, contract: Contract, delivery_id: str, released: int) -> FileResult:
-        """A delivery some of whose held rows were released: its result now, its feedback rewritten."""
+    def _rewrite_feedback(self, con, contract: Contract, delivery_id: str, released: int = 0, *,
+                          file_name: str | None = None, note: Iterable[str] = (),
+                          replace_reports: bool = False) -> FileResult:
+        """A delivery some of whose held rows were released, or whose file was delivered again
+        (see _repeat_in_effect): its result now, its feedback rewritten (on ``file_name``, by
+        default the delivery's own, with ``note`` after its counts)."""
+        again = file_name
         partner, file_name, batch, delivered, loaded, quarantined, warnings = con.execute(
             "select partner, file_name, batch, rows_delivered, rows_loaded, rows_quarantined, warnings "
             "from meta.deliveries where delivery_id = ?", [delivery_id]).fetchone()
         rules = dict(con.execute(
             "select rule, count(*) from quarantine.rows where delivery_id = ? and resolved_by_delivery is null "
             "group by rule order by rule", [delivery_id]).fetchall())
-        result = FileResult(contract.source, partner, file_name, "loaded", delivery_id, batch, delivered, loaded,
-                            quarantined, warnings=warnings.split("\n") if warnings else [], rules_failed=rules,
-                            rows_released=released)
-        result.report_path = str(self._write_feedback(con, result, contract, replace_reports=False))
+        result = FileResult(contract.source, partner, again or file_name, "loaded", delivery_id, batch, delivered,
+                            loaded, quarantined, warnings=warnings.split("\n") if warnings else [],
+                            rules_failed=rules, rows_released=released)
+        result.report_path = str(self._write_feedback(con, result, contract, replace_reports=replace_reports,
+                                                      note=note))
         return result
 
     # -- rejection and feedback ----------------------------------------------------------
@@ -1125,13 +1133,48 @@ class Ingestor:
         result.report_path = str(report)
         return result
 
+    def _repeat_in_effect(self, con, main, p: _Prepared, previous: tuple) -> FileResult:
+        """A file with the content of the delivery in effect for its batch: nothing to do,
+        silently, unless a file of the batch was rejected since the delivery in effect and
+        before this file arrived (A, then B rejected, then A again). Then the partner is
+        told, once: the feedback on the file name is the summary of the delivery in effect,
+        saying the file is identical to it, in place of the rejection report; and the
+        delivery log records each such rejected delivery as answered by the one in effect
+        (``superseded_by``, as a later file loaded for the batch does: see _supersede)."""
+        delivery_id, _, _, file_name, loaded_at, _ = previous
+        result = FileResult(p.contract.source, p.partner, p.path.name, "duplicate", delivery_id, p.batch,
+                            reason=f"same content as delivery {delivery_id}, in effect for batch {p.batch}: "
+                                   "nothing to do")
+        since = con.execute(
+            "select delivery_id, file_name, loaded_at from meta.deliveries where source = ? and batch = ? "
+            "and status = 'rejected' and superseded_by is null and loaded_at > ? "
+            "and coalesce(received_at, loaded_at) < ? order by loaded_at, delivery_id",
+            [p.contract.source, p.batch, loaded_at, p.received_at]).fetchall()
+        if not since:
+            return result
+        with store.transaction(con):
+            con.execute(f"update meta.deliveries set superseded_by = ? where delivery_id in "
+                        f"({', '.join('?' * len(since))})", [delivery_id, *(r[0] for r in since)])
+        rejected = "; ".join(f"{name}, delivery {d}, rejected on {at:%Y-%m-%d %H:%M} UTC" for d, name, at in since)
+        result.reason += f" (the file{'s' if len(since) > 1 else ''} rejected since did not replace it: {rejected})"
+        note = [f"The file {p.path.name} delivered again on {p.now:%Y-%m-%d %H:%M} UTC is identical to this delivery, "
+                f"still in effect for {p.batch}: nothing was loaded again, and nothing needs to be done."
+                + ("" if file_name == p.path.name else f" (This delivery was the file {file_name}.)"),
+                f"The file{'s' if len(since) > 1 else ''} rejected since ({rejected}) did not replace it.", ""]
+        written = self._rewrite_feedback(main, p.contract, delivery_id, file_name=p.path.name, note=note,
+                                         replace_reports=True)
+        result.report_path = written.report_path
+        return result
+
     def _write_feedback(self, con, result: FileResult, contract: Contract, replace_reports: bool = True,
-                        headers: dict[str, str] | None = None) -> Path:
-        """The partner's feedback on a loaded delivery, for its data steward: a summary, and
-        the rejected rows with reasons if any row is still set aside. A new delivery's
-        replaces whatever feedback the file name had (an earlier delivery's rows, a rejection
-        report); a rewrite after rows were released (``replace_reports`` false) keeps the
-        reports on later deliveries of the name that were rejected."""
+                        headers: dict[str, str] | None = None, note: Iterable[str] = ()) -> Path:
+        """The partner's feedback on a loaded delivery, for its data steward: a summary (with
+        ``note``, lines on what became of the file, after its counts), and the rejected rows
+        with reasons if any row is still set aside. A new delivery's replaces whatever
+        feedback the file name had (an earlier delivery's rows, a rejection report), and so
+        does the delivery in effect when its file is delivered again after a rejection; a
+        rewrite after rows were released (``replace_reports`` false) keeps the reports on
+        later deliveries of the name that were rejected."""
         out_dir = self.feedback_dir / result.partner
         out_dir.mkdir(parents=True, exist_ok=True)
         csv_path = out_dir / f"{result.file_name}.rejected_rows.csv"
@@ -1145,6 +1188,7 @@ class Ingestor:
             f"Delivery {result.file_name} ({contract.title}), delivery id {result.delivery_id}",
             f"Rows delivered: {result.rows_delivered}; loaded: {result.rows_loaded}; quarantined: {result.rows_quarantined}.",
             "",
+            *note,
         ]
         released = con.execute(
             "select count(distinct source_row) from quarantine.rows where delivery_id = ? and resolved_by_delivery = "

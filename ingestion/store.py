@@ -33,7 +33,7 @@ create table if not exists meta.deliveries (
     warnings varchar,
     contract_version varchar,
     code_version varchar,
-    superseded_by varchar,
+    superseded_by varchar,              -- the delivery that replaced it; for a rejected one, the one that took effect after it
     modified_at timestamp
 )"""
 

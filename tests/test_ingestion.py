@@ -1028,8 +1028,13 @@ def test_a_corrected_file_for_a_month_rejected_earlier_leaves_no_rejection_repor
         assert result_for(ingest(settings, contracts), "paiements_2025-01.csv").status == "rejected"
     assert len(list(feedback.glob("paiements_2025-01*.report.txt"))) == 2
     write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv", [payment(i) for i in range(4)])
-    assert result_for(ingest(settings, contracts), "paiements_2025-01.csv").status == "loaded"
+    loaded = result_for(ingest(settings, contracts), "paiements_2025-01.csv")
+    assert loaded.status == "loaded"
     assert sorted(p.name for p in feedback.glob("paiements_2025-01*")) == ["paiements_2025-01.csv.summary.txt"]
+    with store(settings) as con:  # the delivery log says which delivery answered the rejected ones
+        assert con.execute("select status, superseded_by from meta.deliveries where source = 'payments' "
+                           "order by loaded_at").fetchall() == [
+            ("rejected", loaded.delivery_id), ("rejected", loaded.delivery_id), ("loaded", None)]
     assert "All rows were loaded" in (feedback / "paiements_2025-01.csv.summary.txt").read_text()
 
 
@@ -1141,6 +1146,43 @@ def test_a_month_delivered_again_as_an_earlier_file_goes_back_to_it(settings, co
     assert result_for(ingest(settings, contracts), "paiements_2025-01.csv").status == "duplicate"
     assert path.exists()
 
+
+def test_a_month_delivered_again_as_the_file_in_effect_after_a_rejection_says_so(settings, contracts):
+    """A month delivered as A, then as B, which is rejected, then as A again: A is still in
+    effect, so nothing is loaded, but not silently. The partner's feedback on the file says
+    it is identical to the delivery in effect, in place of B's rejection report (kept with
+    the rejected file); the delivery log records that B was answered by the delivery in
+    effect. Left in the landing area, A is then a plain no-op, as any delivery in effect."""
+    base_delivery(settings, contracts, n=4)
+    month_a = [payment(i) for i in range(4)]
+    path = write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv", month_a)
+    content_a = path.read_bytes()
+    first = result_for(ingest(settings, contracts), "paiements_2025-01.csv")
+    write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv", [])  # no data rows
+    second = result_for(ingest(settings, contracts), "paiements_2025-01.csv")
+    assert (first.status, second.status) == ("loaded", "rejected")
+    feedback = settings.feedback_dir / "msisf"
+    assert (feedback / "paiements_2025-01.csv.report.txt").exists()
+    path.write_bytes(content_a)
+    third = result_for(ingest(settings, contracts), "paiements_2025-01.csv")
+    assert (third.status, third.delivery_id, third.repeats_rejected) == ("duplicate", first.delivery_id, False)
+    assert third.reason.startswith(f"same content as delivery {first.delivery_id}, in effect for batch 2025-01")
+    assert second.delivery_id in third.reason, third.reason
+    assert third.report_path == str(feedback / "paiements_2025-01.csv.summary.txt")
+    assert sorted(p.name for p in feedback.glob("paiements_2025-01*")) == ["paiements_2025-01.csv.summary.txt"]
+    summary = (feedback / "paiements_2025-01.csv.summary.txt").read_text()
+    assert first.delivery_id in summary and "Rows delivered: 4; loaded: 4; quarantined: 0." in summary
+    assert "identical to this delivery, still in effect for 2025-01" in summary, summary
+    assert second.delivery_id in summary
+    assert (settings.rejected_dir / "msisf" / "paiements_2025-01.csv.report.txt").exists()  # B's report is kept
+    con = store(settings)
+    assert con.execute("select delivery_id, status, superseded_by from meta.deliveries where source = 'payments' "
+                       "order by loaded_at").fetchall() == [
+        (first.delivery_id, "loaded", None), (second.delivery_id, "rejected", first.delivery_id)]
+    con.close()
+    fourth = result_for(ingest(settings, contracts), "paiements_2025-01.csv")  # left in place: nothing new to say
+    assert fourth.status == "duplicate" and second.delivery_id not in fourth.reason
+    assert fourth.report_path is None
 
 def test_an_unchanged_file_under_another_months_name_is_a_delivery_of_that_month(settings, contracts):
     """A monthly catalogue unchanged since the month before, delivered under the new month's
