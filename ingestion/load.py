@@ -89,6 +89,7 @@ class FileResult:
 class IngestSummary:
     run_id: str
     files: list[FileResult]
+    skipped: list[str] = field(default_factory=list)  # files gone from the landing area before they were read
     files_hashed: int = 0  # files read to compute their content hash
     hashes_reused: int = 0  # files whose recorded hash was reused (attributes unchanged)
     released: list[FileResult] = field(default_factory=list)  # earlier deliveries whose held rows this pass loaded
@@ -109,7 +110,19 @@ class IngestSummary:
             "rows_loaded": sum(f.rows_loaded for f in self.files),
             "rows_quarantined": sum(f.rows_quarantined for f in self.files),
             "rows_released": sum(f.rows_released for f in self.released),
+            "files_skipped": len(self.skipped),
         }
+
+
+class LandingFileGone(Exception):
+    """A landing file found by discovery left the landing area (deleted, or renamed away)
+    before it was read whole, or before its rejection could move it: nothing was loaded from
+    it, nor recorded; the pass goes on with the other files."""
+
+    def __init__(self, path: Path):
+        super().__init__(
+            f"{path.parent.name}/{path.name} left the landing area (deleted or renamed) before it was read: "
+            "nothing was loaded from it; it is read if it comes back")
 
 
 def hash_file(path: Path) -> tuple[str, tuple | None]:
@@ -475,6 +488,8 @@ class _Prepared:
     received_at: datetime | None = None  # when ingestion first saw the file (see Ingestor._content_hash)
     modified_at: datetime | None = None  # the file's modification time, as delivered
     slot: int | None = None  # the connection its temporary tables are on, while it has some
+    size: int = 0  # the file's size when it was hashed
+    gone: bool = False  # the file left the landing area before it was read (see LandingFileGone)
     reject: str | None = None  # why the file is rejected (decided at commit, in order)
     staged: Staged | None = None
     validations: list = field(default_factory=list)  # one callable per validator -> failing rows
@@ -587,7 +602,7 @@ class Ingestor:
                 pseudonymise.install(other, self.key, memos=False)
                 cons.append(other)
             self._connections, self._held, self._free = cons, {}, list(range(len(cons) - 1, 1, -1))
-            results = []
+            results, skipped = [], []
             try:
                 for path, partner, contract, batch in self.discover(landing_dir):
                     if wanted is not None and (contract is None or contract.source not in wanted):
@@ -596,7 +611,11 @@ class Ingestor:
                 for future in prepared_files:
                     prepared = future.result()  # its error, if any, once every file before it is committed
                     committed += 1
-                    results.append(self._commit(con, prepared))
+                    try:
+                        results.append(self._commit(con, prepared))
+                    except LandingFileGone as gone:
+                        skipped.append(str(gone))
+                        warnings.warn(str(gone), RuntimeWarning, stacklevel=2)
             except BaseException:
                 self._stopping.set()  # the commit failed or the run is interrupted: stop the preparation
                 with self._slots:
@@ -611,7 +630,7 @@ class Ingestor:
             released = [r for r in self._release(con, wanted) if r.rows_released]
             self._remember_hashes(con, Path(landing_dir))
             remembered = True
-            return IngestSummary(run_id=self.run_id, files=results, files_hashed=self._files_hashed,
+            return IngestSummary(run_id=self.run_id, files=results, skipped=skipped, files_hashed=self._files_hashed,
                                  hashes_reused=self._hashes_reused, released=released)
         finally:
             try:
@@ -734,13 +753,19 @@ class Ingestor:
         """(Preparing thread) Read and type a file into temporary tables, on a connection of
         its own (:meth:`_take_slot`), and start its validators; nothing is written to the
         store. ``con`` is the thread's connection for look-ups. What can already be decided
-        (no contract, same content as a delivery already loaded, an unreadable file) is
-        decided at commit, in load order."""
+        (no contract, same content as a delivery already loaded, an unreadable file, a file
+        gone from the landing area since discovery: see LandingFileGone) is decided at
+        commit, in load order."""
         now = datetime.now(timezone.utc).replace(tzinfo=None)
-        content_hash, signature, first_seen = self._content_hash(path)
+        try:
+            content_hash, signature, first_seen = self._content_hash(path)
+            st = path.stat()
+        except FileNotFoundError:  # gone since discovery: skipped (see LandingFileGone)
+            return _Prepared(path, partner, contract, batch, "", now, gone=True)
         prepared = _Prepared(path, partner, contract, batch, content_hash, now,
                              received_at=_utc(first_seen) if first_seen is not None else now,
-                             modified_at=_utc(signature[1] if signature else path.stat().st_mtime_ns))
+                             modified_at=_utc(signature[1] if signature else st.st_mtime_ns),
+                             size=signature[0] if signature else st.st_size)
         if contract is None:
             known = ", ".join(sorted(_example_name(c.file_pattern) for c in self.contracts.values()
                                      if c.partner == partner))
@@ -756,8 +781,18 @@ class Ingestor:
         prepared.slot = self._take_slot(signature[0] if signature else 0)
         con = self._connections[prepared.slot]
         try:
-            prepared.staged = stage_file(con, path, contract, table=prepared.staged_name)
-            if signature is None or file_signature(path.stat()) != signature:
+            try:
+                prepared.staged = stage_file(con, path, contract, table=prepared.staged_name)
+                now_signature = file_signature(path.stat())
+            except Exception:
+                if path.exists():
+                    raise
+                # gone while it was read (the reader's error, if any, is that): skipped, as
+                # a file gone before; a file changed while it was read stops the pass below
+                self._free_slot(prepared)
+                prepared.gone, prepared.staged = True, None
+                return prepared
+            if signature is None or now_signature != signature:
                 raise RuntimeError(
                     f"{path.parent.name}/{path.name} changed while it was being read (is the partner still "
                     "writing it? write a hidden name first, .name.csv, then rename it): nothing of this file "
@@ -784,6 +819,8 @@ class Ingestor:
         """(Main thread) Write a prepared file to the store, on the connection that holds its
         temporary tables if it has some, then its partner's feedback."""
         p = prepared
+        if p.gone:
+            raise LandingFileGone(p.path)
         main, con = con, self._connections[p.slot] if p.slot is not None else con
         try:
             # checked again: the file before, committed since this one was prepared, may have
@@ -891,7 +928,7 @@ class Ingestor:
         self._supersede(con, contract, batch, delivery_id)
         con.execute(
             "insert into meta.deliveries values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'loaded', ?, ?, ?, null, ?, ?, ?, null, ?)",
-            [delivery_id, contract.source, partner, path.name, batch, content_hash, path.stat().st_size,
+            [delivery_id, contract.source, partner, path.name, batch, content_hash, p.size,
              p.received_at, now, self.run_id, staged.rows, loaded, quarantined, "\n".join(warnings) or None,
              contract.version, self.code_version, p.modified_at],
         )
@@ -1092,7 +1129,12 @@ class Ingestor:
         while target.exists():  # the same name and content rejected again: every file is kept
             n += 1
             target = target_dir / f"{path.stem}.{content_hash[:8]}-{n}{path.suffix}"
-        shutil.move(str(path), target)
+        try:
+            shutil.move(str(path), target)
+        except FileNotFoundError:
+            if path.exists():
+                raise
+            raise LandingFileGone(path) from None
         report = target.with_name(target.name + ".report.txt")
         report.write_text(_rejection_report(
             f"Jisr rejected the file {path.name} (partner {partner}) on {now:%Y-%m-%d %H:%M} UTC.", reason,
@@ -1235,5 +1277,5 @@ class Ingestor:
 
 def to_json(summary: IngestSummary) -> str:
     return json.dumps({"run_id": summary.run_id, "totals": summary.totals,
-                       "files": [f.as_dict() for f in summary.files],
+                       "files": [f.as_dict() for f in summary.files], "skipped": summary.skipped,
                        "released": [f.as_dict() for f in summary.released]}, indent=2, default=str)

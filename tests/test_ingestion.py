@@ -1824,3 +1824,68 @@ def test_hashes_are_dated_by_the_landing_file_systems_clock(settings, contracts,
     summary = ingest(settings, contracts)
     assert (summary.files_hashed, summary.hashes_reused) == (3, 0)
     assert {f.status for f in summary.files} == {"duplicate"}
+
+
+@pytest.mark.parametrize("when", ["before its hash", "before its reading", "while it is read", "before its commit"])
+@pytest.mark.parametrize("how", ["deleted", "renamed to a hidden name"])
+def test_a_file_that_leaves_the_landing_area_before_it_is_read_is_skipped(settings, contracts, monkeypatch, when,
+                                                                          how):
+    """A file found in the landing area and gone (deleted, or renamed away) before its content
+    was read whole, or before a rejection could move it: skipped with a warning naming it
+    (nothing was loaded from it, it is read if it comes back); the other files load."""
+    import ingestion.load as load
+
+    base_delivery(settings, contracts, n=3)
+    # a file rejected at commit (no data rows): it cannot be moved once gone
+    payments = write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv",
+                              [] if when == "before its commit" else [payment(i) for i in range(3)])
+    content = payments.read_bytes()
+
+    def leave():
+        if payments.exists():
+            if how == "deleted":
+                payments.unlink()
+            else:
+                payments.rename(payments.with_name(".paiements_2025-01.csv"))
+
+    real_hash, real_stage, real_commit = load.Ingestor._content_hash, load.stage_file, load.Ingestor._commit
+
+    def content_hash(self, path):
+        if path == payments and when == "before its hash":
+            leave()
+        found = real_hash(self, path)
+        if path == payments and when == "before its reading":
+            leave()
+        return found
+
+    def stage(con, path, *args, **kwargs):
+        staged = real_stage(con, path, *args, **kwargs)
+        if path == payments and when == "while it is read":
+            leave()
+        return staged
+
+    def commit(self, con, prepared):
+        if prepared.path == payments and when == "before its commit":
+            leave()
+        return real_commit(self, con, prepared)
+
+    monkeypatch.setattr(load.Ingestor, "_content_hash", content_hash)
+    monkeypatch.setattr(load, "stage_file", stage)
+    monkeypatch.setattr(load.Ingestor, "_commit", commit)
+    with pytest.warns(RuntimeWarning, match="msisf/paiements_2025-01.csv left the landing area") as caught:
+        summary = ingest(settings, contracts)
+    message = next(str(w.message) for w in caught if "paiements_2025-01.csv" in str(w.message))
+    assert "nothing was loaded from it" in message and "if it comes back" in message
+    assert summary.skipped == [message]
+    assert sorted((f.file_name, f.status) for f in summary.files) == [
+        ("inscriptions_2025-01.csv", "loaded"), ("programmes_2025-01.csv", "loaded"),
+        ("registre_2025-01.csv", "loaded")]
+    with store(settings) as con:
+        assert con.execute("select count(*) from meta.deliveries where source = 'payments'").fetchone()[0] == 0
+        assert con.execute("select count(*) from raw.payments").fetchone()[0] == 0
+        assert con.execute("select count(*) from meta.file_hashes where path like '%paiements%'").fetchone()[0] == 0
+    assert not list(settings.feedback_dir.glob("*/paiements*")) and not list(settings.rejected_dir.glob("*/paiements*"))
+    monkeypatch.undo()
+    payments.write_bytes(content)  # it comes back
+    again = result_for(ingest(settings, contracts), "paiements_2025-01.csv")
+    assert again.status == ("rejected" if when == "before its commit" else "loaded")
