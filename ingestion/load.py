@@ -536,11 +536,13 @@ class Ingestor:
         self.validators = list(validators)
         self._stopping = threading.Event()  # set when a pass fails or is interrupted (see ingest)
         # The connections of a pass (see ingest): the main one, the preparing thread's, then one
-        # per file staged and not committed yet; which are free, and the bytes each holds.
+        # per file staged and not committed yet; which are free, the bytes each holds, and the
+        # one of the file being committed (None when that file holds none).
         self._slots = threading.Condition()
         self._connections: list = []
         self._free: list[int] = []
         self._held: dict[int, int] = {}
+        self._committing: int | None = None
         # Content hashes (see RACY_NS), written by the one preparing thread, read after it is done.
         self._known_hashes: dict[str, tuple] = {}  # path -> (signature, content hash, hashed_at_ns, first_seen_ns)
         self._new_hashes: list[tuple] = []  # rows for meta.file_hashes, written at the end of a pass
@@ -602,6 +604,7 @@ class Ingestor:
                 pseudonymise.install(other, self.key, memos=False)
                 cons.append(other)
             self._connections, self._held, self._free = cons, {}, list(range(len(cons) - 1, 1, -1))
+            self._committing = None
             results, skipped = [], []
             try:
                 for path, partner, contract, batch in self.discover(landing_dir):
@@ -611,6 +614,7 @@ class Ingestor:
                 for future in prepared_files:
                     prepared = future.result()  # its error, if any, once every file before it is committed
                     committed += 1
+                    self._commit_starts(prepared)
                     try:
                         results.append(self._commit(con, prepared))
                     except LandingFileGone as gone:
@@ -659,16 +663,26 @@ class Ingestor:
 
     def _take_slot(self, size: int) -> int:
         """(Preparing thread) A connection to stage a file of ``size`` bytes on, once the
-        files staged and not committed beyond the oldest leave room for it."""
+        files staged beyond the one being committed leave room for it (none staged beyond it:
+        this is the next file, staged whatever its size). The file being committed is the one
+        :meth:`_commit_starts` named, whether or not it holds a connection: until then, the
+        files staged all count (a file prepared waits a moment for the commit to start)."""
         with self._slots:
             while True:
                 self._stop_if_asked()
-                ahead = sum(list(self._held.values())[1:])
-                if self._free and (len(self._held) <= 1 or ahead + size <= PREPARE_AHEAD_BYTES):
+                ahead = [held for slot, held in self._held.items() if slot != self._committing]
+                if self._free and (not ahead or sum(ahead) + size <= PREPARE_AHEAD_BYTES):
                     slot = self._free.pop()
                     self._held[slot] = size
                     return slot
                 self._slots.wait(0.5)
+
+    def _commit_starts(self, prepared: _Prepared) -> None:
+        """(Main thread) ``prepared`` is the file being committed now: the bytes it holds, if
+        any, no longer count as staged ahead (see _take_slot)."""
+        with self._slots:
+            self._committing = prepared.slot
+            self._slots.notify_all()
 
     def _free_slot(self, prepared: _Prepared) -> None:
         """Drop a prepared file's temporary tables and give its connection back."""
@@ -680,6 +694,8 @@ class Ingestor:
             with self._slots:
                 self._held.pop(prepared.slot, None)
                 self._free.append(prepared.slot)
+                if self._committing == prepared.slot:  # the connection may stage a later file
+                    self._committing = None
                 prepared.slot = None
                 self._slots.notify_all()
 

@@ -1614,6 +1614,103 @@ def test_files_are_prepared_ahead_of_a_slow_commit_within_the_memory_bound(setti
         assert con.execute("select count(*) from raw.enrolments").fetchone()[0] == 5 + 3
 
 
+def test_the_staging_bound_holds_while_a_file_with_nothing_staged_commits(settings, contracts, monkeypatch):
+    """The file being committed may hold no staged rows (unchanged since its last delivery,
+    rejected before it was read): the files staged beyond it still count against
+    ``PREPARE_AHEAD_BYTES``. With no room, only the next file is staged meanwhile."""
+    import threading
+    import time
+
+    import ingestion.load as load
+
+    write_delivery(settings.landing_dir, contracts["beneficiaries"], "registre_2025-01.csv",
+                   [person(i) for i in range(5)])
+    ingest(settings, contracts)  # the registry, first in load order: unchanged at the next pass
+    write_delivery(settings.landing_dir, contracts["programmes"], "programmes_2025-01.csv", [PROGRAMME])
+    for month in (1, 2, 3):
+        write_delivery(settings.landing_dir, contracts["enrolments"], f"inscriptions_2025-0{month}.csv",
+                       [enrolment(month)])
+    monkeypatch.setattr(load, "PREPARE_AHEAD_BYTES", 0)
+    release_first = threading.Event()
+    staged_during_first_commit = []
+    real_type, real_commit = load.Ingestor._type, load.Ingestor._commit
+
+    def type_(self, con, prepared):
+        if not release_first.is_set():
+            staged_during_first_commit.append(prepared.path.name)
+        return real_type(self, con, prepared)
+
+    def commit(self, con, prepared):
+        if prepared.path.name == "registre_2025-01.csv":  # unchanged, no slot: held while the others stage
+            assert prepared.slot is None
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and not staged_during_first_commit:
+                time.sleep(0.05)
+            time.sleep(0.5)  # time for more than the bound allows to show up
+            release_first.set()
+        return real_commit(self, con, prepared)
+
+    monkeypatch.setattr(load.Ingestor, "_type", type_)
+    monkeypatch.setattr(load.Ingestor, "_commit", commit)
+    summary = ingest(settings, contracts)
+    assert [(f.file_name, f.status) for f in summary.files] == [
+        ("registre_2025-01.csv", "duplicate"), ("programmes_2025-01.csv", "loaded"),
+        ("inscriptions_2025-01.csv", "loaded"), ("inscriptions_2025-02.csv", "loaded"),
+        ("inscriptions_2025-03.csv", "loaded")]
+    assert staged_during_first_commit == ["programmes_2025-01.csv"]  # the next file only
+
+def test_the_files_staged_beyond_the_one_committed_keep_within_the_bound(settings, contracts, monkeypatch):
+    """Slot accounting: the bytes staged beyond the file being committed stay within
+    ``PREPARE_AHEAD_BYTES`` whether or not that file holds a slot; the next file is always
+    staged; a slot given back by a commit counts again for the file staged on it."""
+    import threading
+    from datetime import datetime
+
+    import ingestion.load as load
+
+    monkeypatch.setattr(load, "PREPARE_AHEAD_BYTES", 100)
+    ingestor = make_ingestor(settings, contracts)
+    ingestor._connections, ingestor._free = [None] * 6, [5, 4, 3, 2]
+    ingestor._discard = lambda con, prepared: None
+
+    def file(slot=None):
+        return load._Prepared(settings.landing_dir / "msisf" / "f.csv", "msisf", None, None, "", datetime(2025, 1, 1),
+                              slot=slot)
+
+    def taking(size):
+        taken = []
+
+        def take():
+            try:
+                taken.append(ingestor._take_slot(size))
+            except RuntimeError:  # stopped
+                taken.append(None)
+
+        thread = threading.Thread(target=take)
+        thread.start()
+        thread.join(0.3)
+        return thread, taken
+
+    ingestor._commit_starts(file())  # unchanged since its last delivery: no slot
+    first = file(ingestor._take_slot(10**12))  # the next file, whatever its size
+    thread, taken = taking(1)
+    assert thread.is_alive() and not taken  # nothing else fits beyond it
+    ingestor._commit_starts(first)  # the next file is being committed now: room again
+    thread.join(5)
+    second = file(taken[0])
+    third = file(ingestor._take_slot(99))  # 1 + 99 beyond the file being committed
+    thread, taken = taking(1)
+    assert thread.is_alive()
+    ingestor._free_slot(first)  # committed; its slot is free, and the next commit has not started
+    assert ingestor._committing is None
+    thread.join(0.3)
+    assert thread.is_alive()  # the second and the third still count
+    ingestor._commit_starts(second)
+    thread.join(5)
+    assert taken and taken[0] not in (second.slot, third.slot)
+    assert sum(size for slot, size in ingestor._held.items() if slot != second.slot) <= 100
+    ingestor._stopping.set()
+
 def test_a_failing_commit_interrupts_the_preparation_of_the_next_file(settings, contracts, monkeypatch):
     """When a file's commit fails (or the run is interrupted), the next file's preparation,
     running in its thread, is interrupted rather than waited for, and the commit's error
