@@ -437,6 +437,14 @@ def _insert_violations(con, found: Iterable[tuple[int, str, str | None, str]], t
     con.execute(f"insert into {table} select _source_row, rule, column_name, message from validator_rows")
 
 
+# The columns of the delivery log a new row gives, by name: a store whose columns were added
+# later (store.DELIVERIES_ADDED) may not have them in this order.
+_DELIVERY_COLUMNS = (
+    "delivery_id, source, partner, file_name, batch, content_hash, size_bytes, received_at, loaded_at, run_id, "
+    "status, rows_delivered, rows_loaded, rows_quarantined, reason, warnings, contract_version, code_version, "
+    "superseded_by, modified_at, file_headers")
+
+
 def _new_delivery_id(con, source: str, batch: str | None, content_hash: str) -> str:
     """The id of a new row of the delivery log: ``<source>-<batch>-<first 12 hex digits of the
     content hash>``, followed by ``-2``, ``-3``... when an earlier delivery holds it. The log
@@ -943,10 +951,11 @@ class Ingestor:
                             f"{batch}, deliver the right file under the same name")
         self._supersede(con, contract, batch, delivery_id)
         con.execute(
-            "insert into meta.deliveries values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'loaded', ?, ?, ?, null, ?, ?, ?, null, ?)",
+            f"insert into meta.deliveries ({_DELIVERY_COLUMNS}) "
+            "values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'loaded', ?, ?, ?, null, ?, ?, ?, null, ?, ?)",
             [delivery_id, contract.source, partner, path.name, batch, content_hash, p.size,
              p.received_at, now, self.run_id, staged.rows, loaded, quarantined, "\n".join(warnings) or None,
-             contract.version, self.code_version, p.modified_at],
+             contract.version, self.code_version, p.modified_at, json.dumps(staged.header_map, ensure_ascii=False)],
         )
         return FileResult(contract.source, partner, path.name, "loaded", delivery_id, batch, staged.rows, loaded,
                           quarantined, warnings=warnings, rules_failed=rules)
@@ -1118,8 +1127,8 @@ class Ingestor:
         (see _repeat_in_effect): its result now, its feedback rewritten (on ``file_name``, by
         default the delivery's own, with ``note`` after its counts)."""
         again = file_name
-        partner, file_name, batch, delivered, loaded, quarantined, warnings = con.execute(
-            "select partner, file_name, batch, rows_delivered, rows_loaded, rows_quarantined, warnings "
+        partner, file_name, batch, delivered, loaded, quarantined, warnings, headers = con.execute(
+            "select partner, file_name, batch, rows_delivered, rows_loaded, rows_quarantined, warnings, file_headers "
             "from meta.deliveries where delivery_id = ?", [delivery_id]).fetchone()
         rules = dict(con.execute(
             "select rule, count(*) from quarantine.rows where delivery_id = ? and resolved_by_delivery is null "
@@ -1127,8 +1136,9 @@ class Ingestor:
         result = FileResult(contract.source, partner, again or file_name, "loaded", delivery_id, batch, delivered,
                             loaded, quarantined, warnings=warnings.split("\n") if warnings else [],
                             rules_failed=rules, rows_released=released)
-        result.report_path = str(self._write_feedback(con, result, contract, replace_reports=replace_reports,
-                                                      note=note))
+        result.report_path = str(self._write_feedback(  # the headers the file used, as its first feedback
+            con, result, contract, replace_reports=replace_reports, note=note,
+            headers=json.loads(headers) if headers else None))
         return result
 
     # -- rejection and feedback ----------------------------------------------------------
@@ -1157,7 +1167,8 @@ class Ingestor:
             content_hash, contract), encoding="utf-8")
         delivery_id = _new_delivery_id(con, source or "unknown", batch, content_hash)
         con.execute(
-            "insert into meta.deliveries values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'rejected', null, 0, 0, ?, null, ?, ?, null, ?)",
+            f"insert into meta.deliveries ({_DELIVERY_COLUMNS}) "
+            "values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'rejected', null, 0, 0, ?, null, ?, ?, null, ?, null)",
             [delivery_id, source or "unknown", partner, path.name, batch, content_hash, target.stat().st_size,
              p.received_at, now, self.run_id, reason, contract.version if contract else None, self.code_version,
              p.modified_at],

@@ -34,7 +34,8 @@ create table if not exists meta.deliveries (
     contract_version varchar,
     code_version varchar,
     superseded_by varchar,              -- the delivery that replaced it; for a rejected one, the one that took effect after it
-    modified_at timestamp
+    modified_at timestamp,
+    file_headers varchar                -- JSON: contract column -> header the file used (see DELIVERIES_ADDED)
 )"""
 
 # Columns added since the first stores were written: ``ensure_schema`` adds them to an
@@ -43,8 +44,11 @@ create table if not exists meta.deliveries (
 # copies that keep times carry: sftp -p, rsync -a, unzip). ``received_at`` is not that
 # time: it is when ingestion first saw the file (the landing file system's clock when the
 # pass that first hashed it began; rows written before ``modified_at`` existed hold the
-# modification time there).
-DELIVERIES_ADDED = (("modified_at", "timestamp"),)
+# modification time there). ``file_headers``: for a loaded delivery, the header each column
+# had in the file (JSON object, contract column -> header), so that its partner's feedback
+# rewritten later names the columns as the file did; null for a rejected file and in rows
+# written before it existed (the feedback then names the header the contract asks for).
+DELIVERIES_ADDED = (("modified_at", "timestamp"), ("file_headers", "varchar"))
 
 QUARANTINE_DDL = """
 create table if not exists quarantine.rows (

@@ -2,6 +2,7 @@
 every delivered row is accounted for, re-deliveries are idempotent or supersede."""
 
 import dataclasses
+import json
 from pathlib import Path
 
 import duckdb
@@ -522,6 +523,33 @@ def test_held_rows_are_released_by_a_refresh_of_their_source_with_no_new_file(se
     assert [(r.file_name, r.rows_released) for r in whole.released] == [("paiements_2025-01.csv", 2)]
     assert store(settings).execute("select count(*) from raw.payments").fetchone() == (3,)
 
+
+def test_feedback_rewritten_after_a_release_names_the_headers_the_file_used(settings, contracts):
+    """The summary rewritten when held rows are released names each column with the header
+    the delivered file used, as the first summary did (recorded in the delivery log), not
+    the header the contract asks for."""
+    names = [c.name for c in contracts["payments"].columns]  # contract names instead of partner headers
+    write_delivery(settings.landing_dir, contracts["programmes"], "programmes_2025-01.csv", [PROGRAMME])
+    write_delivery(settings.landing_dir, contracts["beneficiaries"], "registre_2025-01.csv", [person(i) for i in range(5)])
+    write_delivery(settings.landing_dir, contracts["enrolments"], "inscriptions_2025-01.csv", [enrolment(0)])
+    write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv",
+                   [payment(0), payment(1), payment(2), payment(3, amount_mad="abc")], headers=names)
+    first = result_for(ingest(settings, contracts), "paiements_2025-01.csv")
+    assert first.rules_failed == {"references:enrolment_id": 3, "type:amount_mad": 1}
+    summary = settings.feedback_dir / "msisf" / "paiements_2025-01.csv.summary.txt"
+    type_line = "type:amount_mad: 1 (a value of column amount_mad is not a valid decimal)"
+    assert type_line in summary.read_text() and "montant_mad" not in summary.read_text()
+    write_delivery(settings.landing_dir, contracts["enrolments"], "inscriptions_2025-02.csv", [enrolment(1)])
+    released = ingest(settings, contracts).released
+    assert [(r.file_name, r.rows_released) for r in released] == [("paiements_2025-01.csv", 1)]
+    text = summary.read_text()
+    assert "were loaded later" in text and "references:enrolment_id: 2 (column enrolment_id refers to" in text
+    assert type_line in text, text
+    assert "montant_mad" not in text and "id_inscription" not in text
+    with store(settings) as con:
+        recorded = con.execute("select file_headers from meta.deliveries where file_name = 'paiements_2025-01.csv'"
+                               ).fetchone()[0]
+    assert json.loads(recorded) == {n: n for n in names}
 
 def test_a_held_row_whose_reason_changed_says_the_new_one(settings, contracts):
     """January's payment K waits for its enrolment; March's file loads K meanwhile. Once the
@@ -1281,15 +1309,18 @@ def test_a_file_left_in_the_landing_area_was_received_when_first_seen(settings, 
 
 
 def test_a_store_written_before_modified_at_gets_the_new_columns(settings, contracts, monkeypatch):
-    """A store from before ``modified_at`` (and the first-seen time of file hashes) keeps
-    working: the columns are added, its older rows keep null there."""
+    """A store from before ``modified_at`` and ``file_headers`` (and the first-seen time of
+    file hashes) keeps working: the columns are added, its older rows keep null there; new
+    rows are written by column name, whatever order the columns were added in."""
     import ingestion.load
 
     monkeypatch.setattr(ingestion.load, "RACY_NS", 0)
     write_delivery(settings.landing_dir, contracts["programmes"], "programmes_2025-01.csv", [PROGRAMME])
     ingest(settings, contracts)
     con = duckdb.connect(str(settings.store_path))
-    con.execute("alter table meta.deliveries drop column modified_at")
+    for column in ("file_headers", "modified_at"):
+        con.execute(f"alter table meta.deliveries drop column {column}")
+    con.execute("alter table meta.deliveries add column file_headers varchar")  # before modified_at, this time
     con.execute("alter table meta.file_hashes drop column first_seen_ns")
     con.close()
     write_delivery(settings.landing_dir, contracts["beneficiaries"], "registre_2025-01.csv", [person(1)])
@@ -1297,8 +1328,9 @@ def test_a_store_written_before_modified_at_gets_the_new_columns(settings, contr
     assert {(f.file_name, f.status) for f in summary.files} == {("programmes_2025-01.csv", "duplicate"),
                                                               ("registre_2025-01.csv", "loaded")}
     con = store(settings)
-    assert con.execute("select file_name, modified_at is not null from meta.deliveries order by file_name").fetchall() == [
-        ("programmes_2025-01.csv", False), ("registre_2025-01.csv", True)]
+    assert con.execute("select file_name, modified_at is not null, file_headers is not null from meta.deliveries "
+                       "order by file_name").fetchall() == [
+        ("programmes_2025-01.csv", False, False), ("registre_2025-01.csv", True, True)]
     # the older record, reused, keeps null (its hashed_at_ns stands for it); the new file's has its time
     assert con.execute("select path, first_seen_ns = hashed_at_ns from meta.file_hashes order by path").fetchall() == [
         ("msisf/programmes_2025-01.csv", None), ("msisf/registre_2025-01.csv", True)]
