@@ -89,10 +89,10 @@ class FileResult:
 class IngestSummary:
     run_id: str
     files: list[FileResult]
-    skipped: list[str] = field(default_factory=list)  # files gone from the landing area before they were read
     files_hashed: int = 0  # files read to compute their content hash
     hashes_reused: int = 0  # files whose recorded hash was reused (attributes unchanged)
     released: list[FileResult] = field(default_factory=list)  # earlier deliveries whose held rows this pass loaded
+    skipped: list[str] = field(default_factory=list)  # files gone from the landing area before they were read
 
     def by_source(self) -> dict[str, list[FileResult]]:
         out: dict[str, list[FileResult]] = {}
@@ -783,13 +783,12 @@ class Ingestor:
         now = datetime.now(timezone.utc).replace(tzinfo=None)
         try:
             content_hash, signature, first_seen = self._content_hash(path)
-            st = path.stat()
+            attributes = signature or file_signature(path.stat())
         except FileNotFoundError:  # gone since discovery: skipped (see LandingFileGone)
             return _Prepared(path, partner, contract, batch, "", now, gone=True)
         prepared = _Prepared(path, partner, contract, batch, content_hash, now,
                              received_at=_utc(first_seen) if first_seen is not None else now,
-                             modified_at=_utc(signature[1] if signature else st.st_mtime_ns),
-                             size=signature[0] if signature else st.st_size)
+                             modified_at=_utc(attributes[1]), size=attributes[0])
         if contract is None:
             known = ", ".join(sorted(_example_name(c.file_pattern) for c in self.contracts.values()
                                      if c.partner == partner))
@@ -1121,19 +1120,18 @@ class Ingestor:
         return [(d, counts.get(d, 0)) for d in sorted({d for d, in cleared + changed + added} | set(counts))]
 
     def _rewrite_feedback(self, con, contract: Contract, delivery_id: str, released: int = 0, *,
-                          file_name: str | None = None, note: Iterable[str] = (),
+                          feedback_name: str | None = None, note: Iterable[str] = (),
                           replace_reports: bool = False) -> FileResult:
         """A delivery some of whose held rows were released, or whose file was delivered again
-        (see _repeat_in_effect): its result now, its feedback rewritten (on ``file_name``, by
-        default the delivery's own, with ``note`` after its counts)."""
-        again = file_name
+        (see _repeat_in_effect): its result now, its feedback rewritten (on ``feedback_name``,
+        by default the delivery's file name, with ``note`` after its counts)."""
         partner, file_name, batch, delivered, loaded, quarantined, warnings, headers = con.execute(
             "select partner, file_name, batch, rows_delivered, rows_loaded, rows_quarantined, warnings, file_headers "
             "from meta.deliveries where delivery_id = ?", [delivery_id]).fetchone()
         rules = dict(con.execute(
             "select rule, count(*) from quarantine.rows where delivery_id = ? and resolved_by_delivery is null "
             "group by rule order by rule", [delivery_id]).fetchall())
-        result = FileResult(contract.source, partner, again or file_name, "loaded", delivery_id, batch, delivered,
+        result = FileResult(contract.source, partner, feedback_name or file_name, "loaded", delivery_id, batch, delivered,
                             loaded, quarantined, warnings=warnings.split("\n") if warnings else [],
                             rules_failed=rules, rows_released=released)
         result.report_path = str(self._write_feedback(  # the headers the file used, as its first feedback
@@ -1230,7 +1228,7 @@ class Ingestor:
                 f"still in effect for {p.batch}: nothing was loaded again, and nothing needs to be done."
                 + ("" if file_name == p.path.name else f" (This delivery was the file {file_name}.)"),
                 f"The file{'s' if len(since) > 1 else ''} rejected since ({rejected}) did not replace it.", ""]
-        written = self._rewrite_feedback(main, p.contract, delivery_id, file_name=p.path.name, note=note,
+        written = self._rewrite_feedback(main, p.contract, delivery_id, feedback_name=p.path.name, note=note,
                                          replace_reports=True)
         result.report_path = written.report_path
         return result
