@@ -13,8 +13,6 @@ A file that cannot be read at all raises :class:`FileRejected` with a readable r
 from __future__ import annotations
 
 import codecs
-import csv
-import io
 import json
 import re
 import tempfile
@@ -193,6 +191,64 @@ def _first_line(path: Path, encoding: str) -> str:
         raise FileRejected(f"wrong encoding: the header line is not valid {encoding}") from None
 
 
+def _reject_other_delimiter(contract: Contract, header_line: str, delimiter: str) -> None:
+    """Reject a file whose header line, one cell under the contract's delimiter, is split by
+    another delimiter (shown only if it names a column of the contract)."""
+    for other in OTHER_DELIMITERS:
+        if other != delimiter and len(header_line.split(other)) > 1:
+            cells = header_line.split(other)
+            shown = (f"{header_line[:120]!r}" if _is_header_line(contract, cells)
+                     else f"{len(cells)} fields, none of them a column name of the contract (values not shown)")
+            raise FileRejected(
+                f"wrong delimiter: the contract says {delimiter!r}-separated but the header looks "
+                f"{other!r}-separated: {shown}"
+            )
+
+
+HEADER_QUOTE_RULE = ("a value in quotes ends with a quote followed by the delimiter or the end of the line, "
+                     "a quote inside it is doubled, and a header name is on the header line")
+
+
+def _header_cells(con, header_line: str, delimiter: str, contract: Contract, path: Path, tmp_dir: Path) -> list[str]:
+    """The cells of a CSV file's header line as DuckDB's reader splits it, with the options
+    the rows are read with (a space before a quoted cell is skipped, a quote inside an
+    unquoted cell is a character of it, ...): the line alone is read in a copy.
+
+    The line is followed there by a line holding a quote and one ending with one: a quote
+    left open on the header line (a stray quote before a name) is closed by the first, so
+    the cell it opened ends with a line break; otherwise the two lines are one value of the
+    next row. A quote left open, or a quoted cell followed by other characters, rejects the
+    file (reading the whole file, it would take the lines after it into the header). The
+    line is quoted only when it names a column of the contract: it may be a record."""
+    copy = tmp_dir / "header.csv"
+    copy.write_text(header_line + '\n"\nx"\n', encoding="utf-8", newline="")
+    width = min(header_line.count(delimiter) + 1, MAX_FIELDS)
+    try:
+        cells = con.execute(
+            f"select * from read_csv(?, delim=?, header=false, auto_detect=false, quote='\"', escape='\"', "
+            f"columns={_varchar_columns(f'c{i}' for i in range(width))}, strict_mode=true, null_padding=true, "
+            "parallel=false, nullstr=?, encoding='utf-8') limit 1", [str(copy), delimiter, NO_NULL]).fetchone()
+        problem = None
+    except Exception as exc:  # duckdb.Error
+        text = str(exc)
+        if "Expected Number of Columns" in text:
+            raise FileRejected(f"the header line has more than {MAX_FIELDS} fields") from None
+        if "Value with unterminated quote" not in text:
+            raise FileRejected(_describe_read_error(exc, shown_name(path), copy)) from None
+        cells, problem = None, "a quoted cell is followed by other characters before the next delimiter"
+    headers = [c for c in cells if c is not None] if cells is not None else []
+    if problem is None and (cells is None or any("\n" in c for c in headers)):
+        problem = "a quote opened on it is not closed there"
+    if problem is None:
+        return headers
+    if delimiter not in header_line:  # quoted cells under another delimiter: the delimiter is the problem
+        _reject_other_delimiter(contract, header_line, delimiter)
+    shown = (f": {header_line[:120]!r}" if _is_header_line(contract, header_line.split(delimiter))
+             else " (the line names no column of the contract; it is not shown: it may be personal data)")
+    raise FileRejected(f"the header line of {shown_name(path)} could not be read: {problem} "
+                       f"({HEADER_QUOTE_RULE}){shown}")
+
+
 def stage_csv(con, path: Path, contract: Contract, table: str, tmp_dir: Path) -> Staged:
     read_path = path
     if contract.encoding == "windows-1252":
@@ -201,17 +257,9 @@ def stage_csv(con, path: Path, contract: Contract, table: str, tmp_dir: Path) ->
     if not header_line.strip():
         raise FileRejected("the first line is empty: no header row")
     delim = contract.delimiter
-    headers = next(csv.reader(io.StringIO(header_line), delimiter=delim))
+    headers = _header_cells(con, header_line, delim, contract, path, tmp_dir)
     if len(headers) == 1 and len(contract.columns) > 1:
-        for other in OTHER_DELIMITERS:
-            if other != delim and len(header_line.split(other)) > 1:
-                cells = header_line.split(other)
-                shown = (f"{header_line[:120]!r}" if _is_header_line(contract, cells)
-                         else f"{len(cells)} fields, none of them a column name of the contract (values not shown)")
-                raise FileRejected(
-                    f"wrong delimiter: the contract says {delim!r}-separated but the header looks "
-                    f"{other!r}-separated: {shown}"
-                )
+        _reject_other_delimiter(contract, header_line, delim)
         shown = (f" {header_line[:120]!r}" if _is_header_line(contract, headers)
                  else " (not a column name of the contract; not shown: it may be personal data)")
         raise FileRejected(f"the header has a single column{shown}; expected {delim!r}-separated columns")

@@ -919,6 +919,91 @@ def test_a_header_cell_is_any_text_or_none(contracts, tmp_path, edit, rows, malf
     assert [r[0] for r in found] == malformed
 
 
+QUOTE_RULE = ("(a value in quotes ends with a quote followed by the delimiter or the end of the line, a quote inside "
+              "it is doubled, and a header name is on the header line)")
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (lambda ls: [b'"' + ls[0]] + ls[1:], "a quote opened on it is not closed there"),
+    (lambda ls: [ls[0].replace(b";CIN", b';"CIN')] + ls[1:], "a quote opened on it is not closed there"),
+    # an open quote in the last cell: reading the whole file, it took every row into the header
+    (lambda ls: [ls[0].replace(b";canal", b';"canal')] + ls[1:], "a quote opened on it is not closed there"),
+    (lambda ls: [ls[0].replace(b";CIN", b';"CIN"x')] + ls[1:],
+     "a quoted cell is followed by other characters before the next delimiter"),
+], ids=["before the first cell", "before a cell", "before the last cell", "a quoted cell with more after it"])
+def test_a_stray_quote_in_the_header_line_is_named_as_the_problem(contracts, tmp_path, edit, problem):
+    """A header line with a quote left open is not taken for a missing header, nor does it
+    take the rows after it: the rejection names the file, the quote and the quoting rule, and
+    shows the line, which names columns of the contract."""
+    from ingestion.readers import FileRejected, stage_file
+
+    path = _payments_with_lines(tmp_path / "msisf", contracts, edit)
+    with pytest.raises(FileRejected) as rejected:
+        stage_file(duckdb.connect(), path, contracts["payments"])
+    line = path.read_bytes().split(b"\n")[0].decode()
+    assert rejected.value.reason == (f"the header line of msisf/paiements_2025-01.csv could not be read: {problem} "
+                                     f"{QUOTE_RULE}: {line!r}"), rejected.value.reason
+
+
+def test_a_stray_quote_in_a_comma_separated_header_is_named_as_the_problem(contracts, tmp_path):
+    from ingestion.readers import FileRejected, stage_file
+
+    contract = contracts["survey_units"]
+    path = tmp_path / contract.partner / "units.csv"
+    path.parent.mkdir(parents=True)
+    header = ",".join(c.header for c in contract.columns)
+    path.write_text('"' + header + "\n" + ",".join("1" for _ in contract.columns) + "\n")
+    with pytest.raises(FileRejected) as rejected:
+        stage_file(duckdb.connect(), path, contract)
+    assert rejected.value.reason.startswith(f"the header line of {contract.partner}/units.csv could not be read: a quote "
+                                            f"opened on it is not closed there {QUOTE_RULE}: "), rejected.value.reason
+    assert "header line missing" not in rejected.value.reason
+
+
+def test_a_record_with_a_stray_quote_in_place_of_the_header_is_not_shown(settings, contracts):
+    """A file delivered without its header line whose first record starts with a quote: the
+    rejection says the quote stops the reading, without the record's values."""
+    write_delivery(settings.landing_dir, contracts["programmes"], "programmes_2025-01.csv", [PROGRAMME])
+    path = _without_header_line(write_delivery(settings.landing_dir, contracts["beneficiaries"], "registre_2025-01.csv",
+                                               [person(1), person(2)]))
+    path.write_bytes(b'"' + path.read_bytes())
+    bad = result_for(ingest(settings, contracts), "registre_2025-01.csv")
+    assert bad.status == "rejected" and bad.reason == (
+        "the header line of msisf/registre_2025-01.csv could not be read: a quote opened on it is not closed there "
+        f"{QUOTE_RULE} (the line names no column of the contract; it is not shown: it may be personal data)"), bad.reason
+    report = Path(bad.report_path).read_text()
+    for clear in ("AB100001", "Hélène1", "Aït Benhaddou", "0612000001"):
+        assert clear not in bad.reason and clear not in report
+
+
+@pytest.mark.parametrize("edit", [
+    lambda ls: [ls[0].replace(b";id_inscription", b'; "id_inscription"')] + ls[1:],
+    lambda ls: [ls[0].replace(b";canal", b'; "canal"')] + ls[1:],
+    lambda ls: [ls[0].replace(b";CIN", b';"CIN" ')] + ls[1:],
+    lambda ls: [b'"id_paiement";' + ls[0].split(b";", 1)[1]] + ls[1:],
+], ids=["a space before a quoted cell", "before the last cell", "a space after a quoted cell", "a quoted cell"])
+def test_the_header_line_is_split_as_duckdb_splits_the_rows(contracts, tmp_path, edit):
+    """The header line is read as DuckDB's reader reads the rows: a space before or after a
+    quoted cell is not part of its name."""
+    from ingestion.readers import stage_file
+
+    con = duckdb.connect()
+    staged = stage_file(con, _payments_with_lines(tmp_path / "landing", contracts, edit), contracts["payments"])
+    assert staged.rows == 8 and not staged.malformed and not staged.warnings, staged.warnings
+    assert set(staged.header_map) == {c.name for c in contracts["payments"].columns}
+    assert con.execute(f"select payment_id, enrolment_id, cin, channel from {staged.table} where _source_row = 2"
+                       ).fetchone() == ("P2025-01-1", "E1", "AB100001", "bank")
+
+
+def test_a_quote_inside_an_unquoted_header_cell_is_part_of_its_name(contracts, tmp_path):
+    from ingestion.readers import stage_file
+
+    con = duckdb.connect()
+    edit = lambda ls: [ls[0] + b';no"te'] + [ln + b";x" for ln in ls[1:]]  # noqa: E731
+    staged = stage_file(con, _payments_with_lines(tmp_path / "landing", contracts, edit), contracts["payments"])
+    assert staged.rows == 8 and staged.warnings == ["column 'no\"te' is not in the contract and was ignored"]
+
+
 def test_mixed_line_endings_give_a_reason_a_partner_can_read(contracts, tmp_path):
     from ingestion.readers import FileRejected, stage_file
 
