@@ -280,7 +280,7 @@ def stage_csv(con, path: Path, contract: Contract, table: str, tmp_dir: Path) ->
 
     def set_aside() -> str | None:
         nonlocal malformed
-        malformed = _malformed_rows(con, table, read_path, delim, len(headers))
+        malformed = _malformed_rows(con, table, read_path, delim, len(headers), tmp_dir)
         return malformed
 
     try:
@@ -324,10 +324,43 @@ def _ends_a_line(path: Path) -> bool:
 
 
 NO_NULL = "\x01jisr: no field is null\x01"  # a nullstr no field holds: an empty field stays ''
-MAX_FIELDS = 1 << 14  # a row with more fields than this makes the file unreadable
+MAX_FIELDS = 1 << 14  # a row read into more columns than this (long runs of empty fields marked) makes the file unreadable
 
 
-def _odd_rows(con, read_path: Path, delimiter: str, fields: int, width: int) -> tuple[int, list[tuple[int, int]]]:
+EMPTY_RUN = "\x01jisr: {} empty fields\x01"  # in a copy, a field standing for a run of empty fields
+EMPTY_RUN_PATTERN = "^\x01jisr: ([0-9]+) empty fields\x01$"
+
+
+def _empty_runs_marked(read_path: Path, tmp_dir: Path, delimiter: str, fields: int) -> Path:
+    """A copy of the file DuckDB read in which each run of more than ``fields`` delimiters
+    in a line is one field naming the number of empty fields the run makes
+    (:data:`EMPTY_RUN`), between delimiters kept on either side that are not its line's ends.
+
+    Outside a quoted value, the run is that many empty fields; inside one, it is text of
+    the value, which the field then also is (delimiters are no quotes). So the copy splits
+    into the same rows with the same numbers of fields, counted with the marks, and no row
+    has many more columns than the header for empty fields (a spreadsheet exports up to
+    16,384 columns, each of which DuckDB would read into a column of its own)."""
+    copy = tmp_dir / (read_path.name + ".fields")
+    mark = delimiter.encode("utf-8")
+    run = re.compile(re.escape(mark) + b"{%d,}" % (fields + 1))
+
+    def marked(body: bytes) -> bytes:
+        def one(found: re.Match) -> bytes:
+            first, last = found.start() == 0, found.end() == len(body)
+            empty = len(found.group()) // len(mark) - 1 + first + last
+            return (b"" if first else mark) + EMPTY_RUN.format(empty).encode("utf-8") + (b"" if last else mark)
+        return run.sub(one, body)
+
+    with open(read_path, "rb") as src, open(copy, "wb") as dst:
+        for line in src:
+            ending = b"\r\n" if line.endswith(b"\r\n") else b"\n" if line.endswith(b"\n") else b""
+            dst.write(marked(line[: len(line) - len(ending)]) + ending)
+    return copy
+
+
+def _odd_rows(con, read_path: Path, delimiter: str, fields: int, width: int,
+              tmp_dir: Path) -> tuple[int, list[tuple[int, int]]]:
     """(rows of the file, [(data row number, fields) of each row DuckDB's strict reader sets
     aside]), as DuckDB's reader splits the file: read once more into ``width`` columns (more
     as needed), short rows padded with nulls and empty fields kept empty, so a row's fields
@@ -335,23 +368,34 @@ def _odd_rows(con, read_path: Path, delimiter: str, fields: int, width: int) -> 
     number (DuckDB's record numbers, in its rejects table, count empty lines). A row is set
     aside when it has fewer fields than the header, or more that are not all empty (the
     strict reader drops empty fields at the end of a row). One thread: DuckDB pads rows so
-    only when a quoted value may hold a line break."""
+    only when a quoted value may hold a line break.
+
+    Once a row is wider than ``width``, the file is read from a copy whose long runs of
+    empty fields are marked (:func:`_empty_runs_marked`): a row of any number of them is
+    counted without a column for each; a mark counts as the fields it stands for."""
+    read = read_path
     while True:
         columns = _varchar_columns(f"c{i}" for i in range(width))
         values = f"[{', '.join(f'c{i}' for i in range(width))}]"
         try:
             counted = con.execute(
-                f"select len(list_filter(v, lambda x: x is not null)) as n, "
-                f"len(list_filter(v[{fields + 1}:], lambda x: x is not null and x <> '')) = 0 as extra_empty "
-                f"from (select {values} as v from read_csv(?, delim=?, header=true, auto_detect=false, "
+                "select list_sum(list_transform(v, lambda x: case when x is null then 0 "
+                "when regexp_full_match(x, $pattern) then regexp_extract(x, $pattern, 1)::bigint else 1 end)) as n, "
+                f"len(list_filter(v[{fields + 1}:], lambda x: x is not null and x <> '' "
+                "and not regexp_full_match(x, $pattern))) = 0 as extra_empty "
+                f"from (select {values} as v from read_csv($path, delim=$delimiter, header=true, auto_detect=false, "
                 f"quote='\"', escape='\"', columns={columns}, strict_mode=true, null_padding=true, "
-                "parallel=false, nullstr=?, encoding='utf-8'))",
-                [str(read_path), delimiter, NO_NULL]).fetchall()
+                "parallel=false, nullstr=$nullstr, encoding='utf-8'))",
+                {"pattern": EMPTY_RUN_PATTERN, "path": str(read), "delimiter": delimiter, "nullstr": NO_NULL}
+            ).fetchall()
             break
         except Exception as exc:  # duckdb.Error
             longer = re.search(r"Expected Number of Columns: \d+ Found: (\d+)", str(exc))
             if longer is None:
                 raise
+            if read == read_path:
+                read = _empty_runs_marked(read_path, tmp_dir, delimiter, fields)
+                continue
             if width >= MAX_FIELDS:
                 raise FileRejected(f"unreadable: a row has more than {MAX_FIELDS} fields") from None
             width = min(MAX_FIELDS, max(2 * width, int(longer.group(1)) + 1))  # a row wider than width
@@ -373,7 +417,8 @@ def _list_malformed(con, table: str, rows: list[tuple[int, str]]) -> str:
     return f"{table}_malformed"
 
 
-def _malformed_rows(con, table: str, read_path: Path, delimiter: str, fields: int) -> str | None:
+def _malformed_rows(con, table: str, read_path: Path, delimiter: str, fields: int,
+                    tmp_dir: Path) -> str | None:
     """The rows DuckDB's reader left out of its copy of the file because they do not have the
     header's ``fields`` fields, listed by :func:`_list_malformed`: the table's name, or None if
     there are none. ``read_path`` is the file DuckDB read (UTF-8), ``delimiter`` its delimiter.
@@ -397,7 +442,7 @@ def _malformed_rows(con, table: str, read_path: Path, delimiter: str, fields: in
         f"from {errors} group by line order by line").fetchall()
     if not rows:
         return None
-    total, odd = _odd_rows(con, read_path, delimiter, fields, max(fields, *(most for _, most in rows)) + 1)
+    total, odd = _odd_rows(con, read_path, delimiter, fields, max(fields, *(most for _, most in rows)) + 1, tmp_dir)
     lines = _file_lines(read_path, [offset for offset, _ in rows])
     if len(odd) != len(rows):  # the two readings did not split the file alike
         raise FileRejected(f"malformed at line {lines[0]}: a row without the header's {fields} fields, "

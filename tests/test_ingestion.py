@@ -1047,6 +1047,51 @@ def test_rows_are_numbered_as_duckdb_splits_them(contracts, tmp_path, edit, malf
     assert sorted(numbers + [row for row, _ in malformed]) == list(range(1, staged.rows + 1))
 
 
+WIDE = 20_000  # more empty fields than a spreadsheet has columns (16,384)
+
+
+@pytest.mark.parametrize("edit, malformed", [
+    (lambda ls: ls[:4] + [ls[4] + b";" * WIDE] + ls[5:], []),
+    (lambda ls: ls[:3] + [ls[3] + b";" * WIDE] + ls[4:6] + [ls[6].rsplit(b";", 1)[0]] + ls[7:],
+     [(6, "line 7 has 7 fields where the header has 8: the row could not be read")]),
+    (lambda ls: ls[:3] + [ls[3] + b";" * WIDE + b"x"] + ls[4:],
+     [(3, f"line 4 has {WIDE + 8} fields where the header has 8: the row could not be read")]),
+    (lambda ls: ls[:3] + [ls[3] + b";x" + b";" * WIDE] + ls[4:6] + [ls[6] + b";" * WIDE, ls[7] + b";y"] + ls[8:],
+     [(3, f"line 4 has {WIDE + 9} fields where the header has 8: the row could not be read"),
+      (7, "line 8 has 9 fields where the header has 8: the row could not be read")]),
+    (lambda ls: [ls[0]] + [_quoted_line_break(ls[1])] + ls[2:4] + [ls[4] + b";" * WIDE] + ls[5:6]
+     + [ls[6] + b';"' + b";" * WIDE + b'\n"'] + ls[7:],
+     [(6, "line 8 has 9 fields where the header has 8: the row could not be read")]),
+], ids=["alone", "and a short row", "then a value", "a value then empty fields, and a row of one more field",
+        "and delimiters ending a line inside a quoted value"])
+def test_a_row_with_more_empty_fields_than_a_spreadsheet_has_columns_is_read(contracts, tmp_path, edit, malformed):
+    """Empty fields ending a row are no values (DuckDB's strict reader reads the row): however
+    many they are, the row is staged, and a row beside it without the header's fields is set
+    apart with its row and line, not the whole file rejected."""
+    from ingestion.readers import stage_file
+
+    con = duckdb.connect()
+    staged = stage_file(con, _payments_with_lines(tmp_path / "landing", contracts, edit), contracts["payments"])
+    found = con.execute(f"select * from {staged.malformed} order by 1").fetchall() if staged.malformed else []
+    assert found == malformed
+    numbers = [r[0] for r in con.execute(f"select _source_row from {staged.table} order by 1").fetchall()]
+    assert sorted(numbers + [row for row, _ in malformed]) == list(range(1, 9)) == list(range(1, staged.rows + 1))
+    assert con.execute(f"select payment_id from {staged.table} where _source_row = 4").fetchone() == ("P2025-01-3",)
+
+
+def test_a_row_of_many_empty_fields_loads_beside_a_quarantined_row(settings, contracts):
+    base_delivery(settings, contracts, n=8)
+    edit = lambda ls: ls[:3] + [ls[3] + b";" * WIDE] + ls[4:6] + [ls[6].rsplit(b";", 1)[0]] + ls[7:]  # noqa: E731
+    _payments_with_lines(settings.landing_dir, contracts, edit)
+    result = result_for(ingest(settings, contracts), "paiements_2025-01.csv")
+    assert (result.status, result.rows_delivered, result.rows_loaded, result.rows_quarantined) == ("loaded", 8, 7, 1)
+    with store(settings) as con:
+        assert con.execute("select source_row, rule, message from quarantine.rows").fetchall() == [
+            (6, "malformed_row", "paiements_2025-01.csv, row 6: line 7 has 7 fields where the header has 8: "
+                                 "the row could not be read")]
+        assert con.execute("select _source_row from raw.payments where payment_id = 'P2025-01-2'").fetchone() == (3,)
+
+
 @pytest.mark.parametrize("before, line", [
     (lambda ls: ls[:2] + [b""] + ls[2:], 10),
     (lambda ls: ls[:2] + [_quoted_empty_line(ls[2])] + ls[3:], 11),
