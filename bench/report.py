@@ -370,8 +370,7 @@ def render(run: dict) -> str:
         out += ["", "## Published cells (disclosure control)", "",
                 "Share of each disclosure-controlled table's cells whose figures the serving warehouse "
                 "publishes after the incremental refresh (the rest are suppressed: fewer than k people, "
-                "or hidden so that those cannot be recomputed; a table with measure groups has a row per "
-                "group, named by its flag column):", ""]
+                "or hidden so that those cannot be recomputed):", ""]
         out += _table(["table", *names], shares)
     if ratios.get("wall_growth"):
         out += ["", f"Wall time grows {ratios['wall_growth']:.2f}x and peak memory {ratios['rss_growth']:.2f}x "

@@ -27,15 +27,7 @@ step renames it onto ``jisr.duckdb`` (never in the build warehouse):
    factorisation, has norm 1). For such
    a cell one more complementary cell is suppressed (the smallest in a line through it) and
    steps 2-3 repeat.
-4. *Measure groups*: a table whose count columns count different people (the loans
-   active in a cell, and those of them in arrears; a registry's population, and the people
-   a programme reached) may list ``groups`` of count columns with the values computed from
-   them, each with its own flag column: each group gets its own pattern (steps 1-3 and 5),
-   so a small count of arrears hides the arrears of its cell, not its active loans. A value
-   computed from the counts of two groups (a rate of one over the other) is listed in both,
-   and is hidden when either hides it. Counts tied by an identity (one the difference of two
-   others) belong to one group: the lines of one group know nothing of another's.
-5. ``link_across``: when a count is repeated across strata (e.g. the registered population
+4. ``link_across``: when a count is repeated across strata (e.g. the registered population
    of a region x sex x age cell, repeated for each programme), a cell suppressed in one
    stratum is suppressed in every linked stratum, so the published copy in another stratum
    cannot give the suppressed one away.
@@ -104,12 +96,6 @@ class TableRule:
     assume_external_totals: bool = True
     flag_column: str = DEFAULT_FLAG
     description: str = ""
-    grouped: bool = False  # one of several measure groups of its table
-
-    @property
-    def label(self) -> str:
-        """The table, and the measure group's flag column when the table has several."""
-        return f"{self.table} ({self.flag_column})" if self.grouped else self.table
 
     @property
     def schema(self) -> str:
@@ -143,25 +129,10 @@ class DisclosureConfig:
                                         "vulnerability_tercile")
 
     def rule(self, table: str) -> TableRule:
-        """The table's rule (its first measure group's, when it has several)."""
         for rule in self.tables:
             if rule.table == table:
                 return rule
         raise KeyError(table)
-
-    def classified(self, table: str) -> set[str]:
-        """Every column a rule of the table names: keys, counts, values, kept figures, flags."""
-        return {c for rule in self.tables if rule.table == table
-                for c in rule.key_columns + rule.suppressed_columns + rule.keep_columns + (rule.flag_column,)}
-
-    def table_checks(self) -> list[tuple[TableRule, set[str], bool]]:
-        """(rule, columns classified by the table's rules, whether it is the table's first rule)."""
-        seen: set[str] = set()
-        out = []
-        for rule in self.tables:
-            out.append((rule, self.classified(rule.table), rule.table not in seen))
-            seen.add(rule.table)
-        return out
 
 
 def _names(value, where: str) -> tuple[str, ...]:
@@ -176,70 +147,10 @@ def _names(value, where: str) -> tuple[str, ...]:
 
 TABLE_KEYS = {"table", "dimensions", "count_column", "count_columns", "value_columns", "by", "keep_columns",
               "link_across", "total_label", "k", "suppress_zeros", "assume_external_totals", "flag_column",
-              "description", "groups"}
-GROUP_KEYS = {"count_column", "count_columns", "value_columns", "link_across", "flag_column"}
+              "description"}
 
 
 OVERRIDABLE = ("k", "suppress_zeros", "assume_external_totals", "flag_column", "total_label")
-
-
-def _table_rules(raw: dict, where: str, defaults: dict, k: int) -> list[TableRule]:
-    """The rules of one table entry: one, or one per measure group (``groups``)."""
-    dims = _names(raw.get("dimensions"), where)
-    if not dims:
-        raise DisclosureConfigError(f"{where}: needs dimensions (the breakdown columns)")
-    merged = {**defaults, **{key: raw[key] for key in OVERRIDABLE if key in raw}}
-    table_k = merged.get("k", k)
-    if not isinstance(table_k, int) or isinstance(table_k, bool) or table_k < 1:
-        raise DisclosureConfigError(f"{where}: k must be a positive integer")
-    groups = raw.get("groups")
-    if groups is None:
-        groups = [{key: raw[key] for key in GROUP_KEYS if key in raw}]
-    else:
-        if not isinstance(groups, list) or not groups or not all(isinstance(g, dict) for g in groups):
-            raise DisclosureConfigError(f"{where}: groups must be a list of measure groups")
-        misplaced = sorted(GROUP_KEYS & set(raw))
-        if misplaced:
-            raise DisclosureConfigError(f"{where}: with groups, write {misplaced} in each group")
-    rules = []
-    for n, group in enumerate(groups):
-        here = where if len(groups) == 1 and "groups" not in raw else f"{where}, groups[{n}]"
-        unknown = set(group) - GROUP_KEYS
-        if unknown:
-            raise DisclosureConfigError(f"{here}: unknown keys {sorted(unknown)}")
-        counts = _names(group.get("count_columns", group.get("count_column")), here)
-        if not counts:
-            raise DisclosureConfigError(f"{here}: needs count_column(s), the column(s) counting people")
-        flag = group.get("flag_column", merged.get("flag_column", DEFAULT_FLAG) if n == 0 else None)
-        if flag is None:
-            raise DisclosureConfigError(f"{here}: every measure group after the first needs its own flag_column")
-        rule = TableRule(
-            table=raw["table"], dimensions=dims, count_columns=counts,
-            value_columns=_names(group.get("value_columns"), here), by=_names(raw.get("by"), where),
-            keep_columns=_names(raw.get("keep_columns"), where), link_across=_names(group.get("link_across"), here),
-            total_label=None if merged.get("total_label", "all") is None else str(merged.get("total_label", "all")),
-            k=table_k, suppress_zeros=bool(merged.get("suppress_zeros", False)),
-            assume_external_totals=bool(merged.get("assume_external_totals", True)),
-            flag_column=str(flag), description=str(raw.get("description", "")), grouped="groups" in raw,
-        )
-        columns = rule.key_columns + rule.suppressed_columns + rule.keep_columns + (rule.flag_column,)
-        if len(set(columns)) != len(columns):
-            raise DisclosureConfigError(f"{here}: a column is listed in two roles")
-        if not set(rule.link_across) <= set(rule.by):
-            raise DisclosureConfigError(f"{here}: link_across columns must be `by` columns")
-        rules.append(rule)
-    counted = [c for rule in rules for c in rule.count_columns]
-    if len(set(counted)) != len(counted):
-        raise DisclosureConfigError(f"{where}: a count column belongs to one measure group only")
-    flags = [rule.flag_column for rule in rules]
-    if len(set(flags)) != len(flags):
-        raise DisclosureConfigError(f"{where}: each measure group needs a flag_column of its own")
-    for rule in rules:
-        taken = set(counted) | set(flags)
-        clash = sorted(taken & set(rule.value_columns + rule.keep_columns + rule.key_columns) - set(rule.count_columns))
-        if clash:
-            raise DisclosureConfigError(f"{where}: {clash} are counts or flags of another measure group")
-    return rules
 
 
 def parse_config(data: dict) -> DisclosureConfig:
@@ -270,7 +181,31 @@ def parse_config(data: dict) -> DisclosureConfig:
         unknown = set(raw) - TABLE_KEYS
         if unknown:
             raise DisclosureConfigError(f"{where}: unknown keys {sorted(unknown)}")
-        rules.extend(_table_rules(raw, where, defaults, k))
+        counts = _names(raw.get("count_columns", raw.get("count_column")), where)
+        dims = _names(raw.get("dimensions"), where)
+        if not counts:
+            raise DisclosureConfigError(f"{where}: needs count_column(s), the column(s) counting people")
+        if not dims:
+            raise DisclosureConfigError(f"{where}: needs dimensions (the breakdown columns)")
+        merged = {**defaults, **{key: raw[key] for key in OVERRIDABLE if key in raw}}
+        table_k = merged.get("k", k)
+        if not isinstance(table_k, int) or isinstance(table_k, bool) or table_k < 1:
+            raise DisclosureConfigError(f"{where}: k must be a positive integer")
+        rule = TableRule(
+            table=raw["table"], dimensions=dims, count_columns=counts,
+            value_columns=_names(raw.get("value_columns"), where), by=_names(raw.get("by"), where),
+            keep_columns=_names(raw.get("keep_columns"), where), link_across=_names(raw.get("link_across"), where),
+            total_label=None if merged.get("total_label", "all") is None else str(merged.get("total_label", "all")),
+            k=table_k, suppress_zeros=bool(merged.get("suppress_zeros", False)),
+            assume_external_totals=bool(merged.get("assume_external_totals", True)),
+            flag_column=str(merged.get("flag_column", DEFAULT_FLAG)), description=str(raw.get("description", "")),
+        )
+        columns = rule.key_columns + rule.suppressed_columns + rule.keep_columns
+        if len(set(columns)) != len(columns):
+            raise DisclosureConfigError(f"{where}: a column is listed in two roles")
+        if not set(rule.link_across) <= set(rule.by):
+            raise DisclosureConfigError(f"{where}: link_across columns must be `by` columns")
+        rules.append(rule)
     return DisclosureConfig(tables=tuple(rules), k=k, exempt_tables=_names(data.get("exempt_tables"), "exempt_tables"),
                             dimension_hints=_names(data.get("dimension_hints"), "dimension_hints")
                             or DisclosureConfig.dimension_hints)
@@ -745,7 +680,7 @@ def protect(con, settings=None, config: Any = None) -> list[TableProtection]:
         except Exception:
             db.rollback()
             raise
-        report.append(TableProtection(rule.label, len(cells), len(primary), len(complementary)))
+        report.append(TableProtection(rule.table, len(cells), len(primary), len(complementary)))
     return report
 
 
@@ -778,15 +713,12 @@ def _cells(items: list[str]) -> dict:
     return {"examples": _examples(items), "cells": tuple(items)}
 
 
-def check_table(con, rule: TableRule, classified: set[str] | None = None, first: bool = True) -> list[Violation]:
-    """The findings on one rule of a table. ``classified``: every column the table's rules
-    name (a table with several measure groups); ``first``: also the findings about the
-    table as a whole (unclassified columns, duplicate cells), reported once per table."""
-    table = rule.label
+def check_table(con, rule: TableRule) -> list[Violation]:
+    table = rule.table
     db = con if isinstance(con, _Database) else _Database(con)
     columns = _columns(db, rule)
     if columns is None:
-        return [] if not first else [Violation(rule.table, "missing_table", "configured for disclosure control but not in the warehouse "
+        return [Violation(table, "missing_table", "configured for disclosure control but not in the warehouse "
                                                   "(renamed? update config/disclosure.yml)")]
     missing = [c for c in rule.key_columns + rule.suppressed_columns + rule.keep_columns if c not in columns]
     if missing:
@@ -795,9 +727,8 @@ def check_table(con, rule: TableRule, classified: set[str] | None = None, first:
         return [Violation(table, "not_protected", f"no {rule.flag_column} column: protect() did not run on it")]
     out = []
     known = set(rule.key_columns + rule.suppressed_columns + rule.keep_columns + (rule.flag_column,))
-    known |= classified or set()
     loose = [c for c, typ in columns.items() if c not in known and typ.upper().startswith(NUMERIC_TYPES)]
-    if loose and first:
+    if loose:
         out.append(Violation(table, "unclassified_column",
                              f"numeric columns {loose} are neither counts, values nor keep_columns: they could "
                              "carry a suppressed figure (classify them in config/disclosure.yml)"))
@@ -808,7 +739,7 @@ def check_table(con, rule: TableRule, classified: set[str] | None = None, first:
         if key in seen:
             duplicates.append(cells.describe(i))
         seen[key] = i
-    if duplicates and first:
+    if duplicates:
         out.append(Violation(table, "duplicate_cell", f"several rows share the key columns {list(rule.key_columns)}",
                              **_cells(duplicates)))
     small = [cells.describe(i) + f" ({', '.join(f'{c}={v}' for c, v in zip(rule.count_columns, cells.counts[i]) if rule.is_small(v))})"
@@ -851,8 +782,8 @@ def review(con, settings=None, config: Any = None) -> list[Violation]:
     config = load_config(config, settings)
     db = _Database(con)
     out = []
-    for rule, classified, first in config.table_checks():
-        out.extend(check_table(db, rule, classified, first))
+    for rule in config.tables:
+        out.extend(check_table(db, rule))
     out += exempt_with_counts(db, config)
     schemas = config_for(settings).publish_schemas if settings is not None else DEFAULT_PUBLISH_SCHEMAS
     out += [Violation(t, "unconfigured_table", "published with breakdown columns but neither configured in "
@@ -869,13 +800,12 @@ def check(con, settings=None, config: Any = None) -> list[Violation]:
     """
     config = load_config(config, settings)
     db = _Database(con)
-    return [v for rule, classified, first in config.table_checks()
-            for v in check_table(db, rule, classified, first) if v.blocking] + exempt_with_counts(db, config)
+    return [v for rule in config.tables for v in check_table(db, rule) if v.blocking] + exempt_with_counts(db, config)
 
 
 def published_cells(con, settings=None, config: Any = None) -> list[tuple[str, int, int]]:
-    """(table and measure group, cells, cells whose figures are published) of every
-    configured table of ``con`` that is protected: how much of each table evaluators read."""
+    """(table, cells, cells whose figures are published) of every configured table of
+    ``con`` that is protected: how much of each table evaluators read."""
     config = load_config(config, settings)
     db = _Database(con)
     out = []
@@ -885,7 +815,7 @@ def published_cells(con, settings=None, config: Any = None) -> list[tuple[str, i
             continue
         cells, hidden = db.rows(f"select count(*), count(*) filter (where coalesce({_q(rule.flag_column)}, false)) "
                                 f"from {_q(rule.schema)}.{_q(rule.name)}")[0]
-        out.append((rule.label, int(cells), int(cells) - int(hidden)))
+        out.append((rule.table, int(cells), int(cells) - int(hidden)))
     return out
 
 

@@ -225,10 +225,10 @@ def test_report_shows_the_share_of_published_cells_per_table_and_scale():
     large = _scale(1_000_000, wall=400.0, rss=2**31, floor_s=90.0, incremental=30.0, data_bytes=900_000_000)
     small["published_cells"] = [{"table": "marts.a", "cells": 200, "published": 50}]
     large["published_cells"] = [{"table": "marts.a", "cells": 2000, "published": 1480},
-                                {"table": "marts.b (f)", "cells": 0, "published": 0}]
+                                {"table": "marts.b", "cells": 0, "published": 0}]
     text = report.render(_run([small, large]))
     assert "| marts.a | 25% of 200 | 74% of 2,000 |" in text
-    assert "| marts.b (f) | n/a | no cells |" in text
+    assert "| marts.b | n/a | no cells |" in text
 
 
 # -- the whole benchmark at a tiny scale --------------------------------------------------
@@ -260,7 +260,7 @@ def test_bench_smoke_run_writes_every_row(tmp_path):
         assert label in text
     assert not (tmp_path / "work" / "scale-300" / "home").exists()  # scratch data removed
     shares = {t["table"]: t for t in scale["published_cells"]}
-    assert "marts.mart_coverage_targeting (population_suppressed)" in shares
+    assert "marts.mart_coverage_targeting" in shares
     assert all(0 <= t["published"] <= t["cells"] for t in shares.values())
     assert "## Published cells (disclosure control)" in text
 

@@ -99,6 +99,8 @@ def test_protect_suppresses_small_cells_and_complements_against_subtraction(tmp_
     cells = published(con)
     assert cells["01", "F"] is None
     assert subtraction_attack(cells) == {}
+    hidden = sum(1 for n in cells.values() if n is None)
+    assert disclosure.published_cells(con, config=CONFIG) == [("marts.mart_coverage", 12, 12 - hidden)]
     rows = con.execute("select region_code, sex, beneficiaries, transfers_mad, is_suppressed "
                        "from marts.mart_coverage").fetchall()
     for region, sex, n, amount, flag in rows:
@@ -426,78 +428,6 @@ def test_protect_shares_the_pattern_across_linked_strata(tmp_path):
     con.execute("update marts.coverage set is_suppressed = false, registered = 30, reached = 15 "
                 "where programme_code = 'B' and region_code = '01' and sex = 'F'")
     assert "linked_pattern" in {v.kind for v in check(con, config=config)}
-
-
-GROUPED = {"tables": [{
-    "table": "marts.coverage", "by": ["programme_code"], "dimensions": ["region_code", "sex"],
-    "groups": [
-        {"count_columns": ["reached"], "value_columns": ["reach_rate"]},
-        {"count_columns": ["registered"], "value_columns": ["reach_rate"], "link_across": ["programme_code"],
-         "flag_column": "population_suppressed"},
-    ],
-}]}
-
-
-def grouped_warehouse(path):
-    """Programmes A and B over a registry of four cells; A reached 3 people in one of them."""
-    con = duckdb.connect(str(path))
-    con.execute("create schema marts")
-    con.execute("create table marts.coverage (programme_code varchar, region_code varchar, sex varchar, "
-                "registered bigint, reached bigint, reach_rate double)")
-    registered = {("01", "F"): 30, ("01", "M"): 40, ("02", "F"): 50, ("02", "M"): 60}
-    reached = {"A": {("01", "F"): 3, ("01", "M"): 20, ("02", "F"): 25, ("02", "M"): 30},
-               "B": {("01", "F"): 15, ("01", "M"): 20, ("02", "F"): 25, ("02", "M"): 30}}
-    con.executemany("insert into marts.coverage values (?, ?, ?, ?, ?, ?)",
-                    [(p, r, s, registered[r, s], reached[p][r, s], reached[p][r, s] / registered[r, s])
-                     for p in reached for (r, s) in registered])
-    return con
-
-
-def test_measure_groups_hide_a_small_count_without_hiding_the_other_groups_counts(tmp_path):
-    """A programme reaching 3 people of a registry cell of 30 hides what it reached there
-    (and enough of its other cells), not the registry's 30 people, nor programme B's cells
-    that one pattern across programmes would hide."""
-    con = grouped_warehouse(tmp_path / "serving.duckdb")
-    report = protect(con, config=GROUPED)
-    assert [str(r).split(":")[0] for r in report] == ["marts.coverage (is_suppressed)",
-                                                      "marts.coverage (population_suppressed)"]
-    rows = {(p, r, s): rest for p, r, s, *rest in con.execute(
-        "select programme_code, region_code, sex, registered, reached, reach_rate, is_suppressed, "
-        "population_suppressed from marts.coverage").fetchall()}
-    assert rows["A", "01", "F"] == [30, None, None, True, False]
-    assert all(registered is not None and not population for registered, *_, population in rows.values())
-    hidden_a = {(r, s) for (p, r, s), row in rows.items() if p == "A" and row[3]}
-    assert hidden_a == {("01", "F"), ("01", "M"), ("02", "F"), ("02", "M")}  # a 2x2 table: all four
-    assert not any(row[3] for (p, *_), row in rows.items() if p == "B")  # B's reach published
-    assert check(con, config=GROUPED) == []
-    assert disclosure.published_cells(con, config=GROUPED) == [
-        ("marts.coverage (is_suppressed)", 8, 4), ("marts.coverage (population_suppressed)", 8, 8)]
-    # each group's figures are checked against its own flag; a rate over both groups' counts
-    # is hidden by either
-    con.execute("update marts.coverage set population_suppressed = true, registered = null "
-                "where programme_code = 'B' and region_code = '02' and sex = 'M'")
-    kinds = {(v.table, v.kind) for v in check(con, config=GROUPED)}
-    assert ("marts.coverage (population_suppressed)", "suppressed_value_published") in kinds
-    assert ("marts.coverage (population_suppressed)", "linked_pattern") in kinds
-
-
-def test_measure_groups_are_validated(tmp_path):
-    table = {"table": "marts.t", "dimensions": ["sex"]}
-    with pytest.raises(DisclosureConfigError, match="its own flag_column"):
-        load_config({"tables": [{**table, "groups": [{"count_column": "a"}, {"count_column": "b"}]}]})
-    with pytest.raises(DisclosureConfigError, match="one measure group only"):
-        load_config({"tables": [{**table, "groups": [{"count_column": "a"},
-                                                     {"count_column": "a", "flag_column": "f"}]}]})
-    with pytest.raises(DisclosureConfigError, match="counts or flags of another measure group"):
-        load_config({"tables": [{**table, "groups": [{"count_column": "a", "value_columns": ["b"]},
-                                                     {"count_column": "b", "flag_column": "f"}]}]})
-    with pytest.raises(DisclosureConfigError, match="in each group"):
-        load_config({"tables": [{**table, "count_column": "a", "groups": [{"count_column": "b"}]}]})
-    with pytest.raises(DisclosureConfigError, match="unknown keys"):
-        load_config({"tables": [{**table, "groups": [{"count_column": "a", "by": ["x"]}]}]})
-    config = load_config(GROUPED)
-    assert [r.flag_column for r in config.tables] == ["is_suppressed", "population_suppressed"]
-    assert config.classified("marts.coverage") >= {"registered", "reached", "reach_rate", "population_suppressed"}
 
 
 def test_check_reports_missing_tables_columns_and_unclassified_numbers(tmp_path):

@@ -2,12 +2,9 @@
 --   jisr sql -f dbt_project/analyses/coverage_by_region_and_sex.sql
 --
 -- marts.mart_coverage_targeting has one row per programme x region x sex x age band x
--- vulnerability tercile. Cells of fewer than 10 people are suppressed: the programme's
--- counts (reached) and rates are NULL when is_suppressed, the registry's counts (registered,
--- eligible) when population_suppressed. Sums over published cells are lower bounds when
--- suppressed_cells > 0 (population_suppressed_cells > 0 for the registry's counts), and the
--- rates below are those of the cells where both are published (rate_cells of them).
-
+-- vulnerability tercile. Cells of fewer than 10 people are suppressed (is_suppressed: counts
+-- and rates NULL), so sums over published cells are lower bounds when suppressed_cells > 0,
+-- and the rates below are those of the published cells.
 with
 
 coverage as (
@@ -36,15 +33,8 @@ by_region_and_sex as (
         sum(eligible_population) as eligible_population,
         sum(beneficiaries_reached) as beneficiaries_reached,
         sum(eligible_reached) as eligible_reached,
-        -- the rates' numerators and denominators over the same cells
-        sum(case when not is_suppressed then registered_population end) as rate_registered_population,
-        sum(case when not is_suppressed then eligible_population end) as rate_eligible_population,
-        sum(case when not population_suppressed then beneficiaries_reached end) as rate_beneficiaries_reached,
-        sum(case when not population_suppressed then eligible_reached end) as rate_eligible_reached,
         count(*) as cells,
-        sum(case when is_suppressed then 1 else 0 end) as suppressed_cells,
-        sum(case when population_suppressed then 1 else 0 end) as population_suppressed_cells,
-        sum(case when not is_suppressed and not population_suppressed then 1 else 0 end) as rate_cells
+        sum(case when is_suppressed then 1 else 0 end) as suppressed_cells
 
     from coverage
     group by programme_code, region_code, sex
@@ -62,14 +52,10 @@ final as (
         by_region_and_sex.eligible_population,
         by_region_and_sex.beneficiaries_reached,
         by_region_and_sex.eligible_reached,
-        1.0 * by_region_and_sex.rate_eligible_reached
-            / nullif(by_region_and_sex.rate_eligible_population, 0) as coverage_rate,
-        1.0 * by_region_and_sex.rate_beneficiaries_reached
-            / nullif(by_region_and_sex.rate_registered_population, 0) as reach_rate,
+        1.0 * by_region_and_sex.eligible_reached / nullif(by_region_and_sex.eligible_population, 0) as coverage_rate,
+        1.0 * by_region_and_sex.beneficiaries_reached / nullif(by_region_and_sex.registered_population, 0) as reach_rate,
         by_region_and_sex.cells,
-        by_region_and_sex.suppressed_cells,
-        by_region_and_sex.population_suppressed_cells,
-        by_region_and_sex.rate_cells
+        by_region_and_sex.suppressed_cells
 
     from by_region_and_sex
     left join regions

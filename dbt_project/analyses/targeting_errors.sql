@@ -4,9 +4,7 @@
 -- Inclusion error: people reached whose score is above the programme's threshold, over the
 -- people reached. Exclusion error: eligible people (score at or below the threshold) not
 -- reached, over the eligible people. Counts of suppressed cells (fewer than 10 people) are
--- NULL and left out: the programme's counts when is_suppressed, the registry's (eligible
--- population) when population_suppressed. suppressed_cells > 0 means the rates describe
--- the published cells; the exclusion error is over the cells where both are published.
+-- NULL and left out: suppressed_cells > 0 means the rates describe the published cells.
 with
 
 coverage as (
@@ -27,10 +25,8 @@ final as (
         1.0 * sum(reached_above_threshold) / nullif(sum(beneficiaries_reached), 0) as inclusion_error_rate,
         sum(eligible_population) as eligible_population,
         sum(eligible_not_reached) as eligible_not_reached,
-        1.0 * sum(case when not population_suppressed then eligible_not_reached end)
-            / nullif(sum(case when not is_suppressed then eligible_population end), 0) as exclusion_error_rate,
-        sum(case when is_suppressed then 1 else 0 end) as suppressed_cells,
-        sum(case when population_suppressed then 1 else 0 end) as population_suppressed_cells
+        1.0 * sum(eligible_not_reached) / nullif(sum(eligible_population), 0) as exclusion_error_rate,
+        sum(case when is_suppressed then 1 else 0 end) as suppressed_cells
 
     from coverage
     group by programme_code, vulnerability_tercile
