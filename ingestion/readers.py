@@ -180,9 +180,16 @@ def _transcode_cp1252(path: Path, tmp_dir: Path) -> Path:
     return out
 
 
+MAX_HEADER_LINE = 4 * 2**20  # a CSV header line longer than this (bytes) rejects its file, named as such
+
+
 def _first_line(path: Path, encoding: str) -> str:
+    """A CSV file's first line, whole (its quotes are judged on the whole line: a line cut
+    inside a quoted cell would look like a quote left open), without its line break."""
     with open(path, "rb") as fh:
-        raw = fh.readline(1 << 16)
+        raw = fh.readline(MAX_HEADER_LINE + 1)
+    if len(raw) > MAX_HEADER_LINE:
+        raise FileRejected(f"the header line is longer than {MAX_HEADER_LINE // 2**20} MiB: no header row")
     if encoding.startswith("utf-8"):
         raw = raw.removeprefix(codecs.BOM_UTF8)
     try:

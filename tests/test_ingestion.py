@@ -1004,6 +1004,25 @@ def test_a_quote_inside_an_unquoted_header_cell_is_part_of_its_name(contracts, t
     assert staged.rows == 8 and staged.warnings == ["column 'no\"te' is not in the contract and was ignored"]
 
 
+def test_a_header_line_longer_than_64k_is_read_whole_before_its_quotes_are_judged(contracts, tmp_path):
+    """A long quoted extra column name that crosses 64 KiB is not a quote left open: the file
+    loads, the column ignored with a warning; a header line beyond MAX_HEADER_LINE rejects its
+    file, named as such."""
+    from ingestion.readers import MAX_HEADER_LINE, FileRejected, stage_file
+
+    est = contracts["establishments"]
+    header = ";".join(c.header for c in est.columns)
+    path = tmp_path / "eps" / "etablissements_2025-01.csv"
+    path.parent.mkdir(parents=True)
+    path.write_text(header + ';"' + "y" * 70000 + '"\nEPS-0001;Dar;children;06;0601;0601001;40;;;;x\n', encoding="utf-8")
+    staged = stage_file(duckdb.connect(), path, est)
+    assert staged.rows == 1 and staged.warnings == [f"column {'y' * 70000!r} is not in the contract and was ignored"]
+    path.write_text(header + ';"' + "y" * MAX_HEADER_LINE + '"\nEPS-0001;Dar;children;06;0601;0601001;40;;;;x\n',
+                    encoding="utf-8")
+    with pytest.raises(FileRejected, match="the header line is longer than 4 MiB"):
+        stage_file(duckdb.connect(), path, est)
+
+
 def test_mixed_line_endings_give_a_reason_a_partner_can_read(contracts, tmp_path):
     from ingestion.readers import FileRejected, stage_file
 
