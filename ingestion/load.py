@@ -117,11 +117,17 @@ class IngestSummary:
 class LandingFileGone(Exception):
     """A landing file found by discovery left the landing area (deleted, or renamed away)
     before it was read whole, or before its rejection could move it: nothing was loaded from
-    it, nor recorded; the pass goes on with the other files."""
+    it, nor recorded; the pass goes on with the other files. So does a file replaced at its
+    path (another file renamed onto it, or its content rewritten) after it was read and
+    before its rejection could move it (``replaced``): the file read is gone, and the one now
+    there, never read, is left for the next pass."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, replaced: bool = False):
+        name = f"{path.parent.name}/{path.name}"
         super().__init__(
-            f"{path.parent.name}/{path.name} left the landing area (deleted or renamed) before it was read: "
+            f"{name} was replaced by another file after it was read, before its rejection could move it: "
+            "nothing of the file read was recorded; the file now there is read by the next refresh" if replaced else
+            f"{name} left the landing area (deleted or renamed) before it was read: "
             "nothing was loaded from it; it is read if it comes back")
 
 
@@ -497,6 +503,7 @@ class _Prepared:
     modified_at: datetime | None = None  # the file's modification time, as delivered
     slot: int | None = None  # the connection its temporary tables are on, while it has some
     size: int = 0  # the file's size when it was hashed
+    signature: tuple | None = None  # its file_signature when it was hashed (see _reject)
     gone: bool = False  # the file left the landing area before it was read (see LandingFileGone)
     reject: str | None = None  # why the file is rejected (decided at commit, in order)
     staged: Staged | None = None
@@ -788,7 +795,7 @@ class Ingestor:
             return _Prepared(path, partner, contract, batch, "", now, gone=True)
         prepared = _Prepared(path, partner, contract, batch, content_hash, now,
                              received_at=_utc(first_seen) if first_seen is not None else now,
-                             modified_at=_utc(attributes[1]), size=attributes[0])
+                             modified_at=_utc(attributes[1]), size=attributes[0], signature=attributes)
         if contract is None:
             known = ", ".join(sorted(_example_name(c.file_pattern) for c in self.contracts.values()
                                      if c.partner == partner))
@@ -1153,12 +1160,7 @@ class Ingestor:
         while target.exists():  # the same name and content rejected again: every file is kept
             n += 1
             target = target_dir / f"{path.stem}.{content_hash[:8]}-{n}{path.suffix}"
-        try:
-            shutil.move(str(path), target)
-        except FileNotFoundError:
-            if path.exists():
-                raise
-            raise LandingFileGone(path) from None
+        self._move_rejected(p, target)
         report = target.with_name(target.name + ".report.txt")
         report.write_text(_rejection_report(
             f"Jisr rejected the file {path.name} (partner {partner}) on {now:%Y-%m-%d %H:%M} UTC.", reason,
@@ -1167,7 +1169,7 @@ class Ingestor:
         con.execute(
             f"insert into meta.deliveries ({_DELIVERY_COLUMNS}) "
             "values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'rejected', null, 0, 0, ?, null, ?, ?, null, ?, null)",
-            [delivery_id, source or "unknown", partner, path.name, batch, content_hash, target.stat().st_size,
+            [delivery_id, source or "unknown", partner, path.name, batch, content_hash, p.size,
              p.received_at, now, self.run_id, reason, contract.version if contract else None, self.code_version,
              p.modified_at],
         )
@@ -1176,6 +1178,34 @@ class Ingestor:
         shutil.copyfile(report, feedback / report.name)
         return FileResult(source, partner, path.name, "rejected", delivery_id, batch, reason=reason,
                           report_path=str(report))
+
+    @staticmethod
+    def _move_rejected(p: _Prepared, target: Path) -> None:
+        """Move a rejected file out of the landing area, if it still is the file read: one
+        gone since is skipped, and so is one replaced at its path (the partner put the
+        corrected file in its place before this commit; its size, times, inode or device are
+        not those hashed): the file there is left for the next pass, which reads it afresh,
+        as a file that comes back (see LandingFileGone). A file replaced while it is moved
+        is put back."""
+        path = p.path
+        try:
+            now = file_signature(path.stat())
+        except FileNotFoundError:
+            raise LandingFileGone(path) from None
+        if p.signature is not None and now != p.signature:
+            raise LandingFileGone(path, replaced=True)
+        try:
+            shutil.move(str(path), target)
+        except FileNotFoundError:
+            if path.exists():
+                raise
+            raise LandingFileGone(path) from None
+        moved = file_signature(target.stat())
+        if p.signature is not None and moved[4] == p.signature[4] and (  # renamed, not copied: same file system
+                moved[:2], moved[3]) != (p.signature[:2], p.signature[3]):  # (a rename moves the change time)
+            if not path.exists():
+                os.rename(target, path)
+            raise LandingFileGone(path, replaced=True)
 
     def _repeat_rejected(self, p: _Prepared, previous: tuple) -> FileResult:
         """A file with the content of a delivery rejected under this version of the contract:

@@ -2086,6 +2086,44 @@ def test_a_file_that_changes_between_its_hash_and_its_reading_is_not_loaded(sett
     assert con.execute("select count(*) from meta.deliveries where content_hash = ?", [hashed]).fetchone()[0] == 0
 
 
+def test_a_file_replaced_between_its_rejection_and_its_commit_is_left_for_the_next_pass(settings, contracts,
+                                                                                       monkeypatch):
+    """X is read and rejected (no data rows); before its commit, the partner puts the corrected
+    file Y in its place (hidden name, then rename, as the README asks). X is gone as a file
+    deleted before its rejection could move it is: skipped with a warning naming it, nothing
+    recorded; Y stays in the landing area, unread, and the next pass loads it."""
+    import ingestion.load as load
+
+    base_delivery(settings, contracts, n=4)
+    path = write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv", [])
+    real_commit = load.Ingestor._commit
+
+    def commit(self, con, prepared):
+        if prepared.path == path:
+            hidden = path.with_name(".paiements_2025-01.csv")
+            write_delivery(settings.landing_dir, contracts["payments"], ".paiements_2025-01.csv",
+                           [payment(i) for i in range(4)])
+            hidden.rename(path)
+        return real_commit(self, con, prepared)
+
+    monkeypatch.setattr(load.Ingestor, "_commit", commit)
+    with pytest.warns(RuntimeWarning, match="msisf/paiements_2025-01.csv was replaced by another file") as caught:
+        summary = ingest(settings, contracts)
+    message = next(str(w.message) for w in caught if "paiements_2025-01.csv" in str(w.message))
+    assert summary.skipped == [message] and "read by the next refresh" in message
+    assert "paiements_2025-01.csv" not in [f.file_name for f in summary.files]
+    corrected = path.read_bytes()
+    assert corrected.count(b"\n") == 5 and not list(settings.rejected_dir.glob("*/paiements*"))
+    with store(settings) as con:
+        assert con.execute("select count(*) from meta.deliveries where source = 'payments'").fetchone()[0] == 0
+    monkeypatch.undo()
+    again = result_for(ingest(settings, contracts), "paiements_2025-01.csv")
+    assert (again.status, again.rows_loaded) == ("loaded", 4)
+    with store(settings) as con:
+        assert con.execute("select content_hash, size_bytes from meta.deliveries where source = 'payments'"
+                           ).fetchall() == [(_sha256(path), len(corrected))]
+
+
 def test_hashes_are_dated_by_the_landing_file_systems_clock(settings, contracts, monkeypatch):
     """The record's time comes from a file touched in the landing area when the pass starts (a
     network file system's clock may differ from this machine's); without it, no reuse."""
