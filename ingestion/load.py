@@ -425,6 +425,17 @@ def _rejection_report(headline: str, reason: str, content_hash: str, contract: C
             f"SHA-256 of the file: {content_hash}\n")
 
 
+def _reports_on(out_dir: Path, file_name: str) -> list[Path]:
+    """The rejection reports in a partner's feedback folder on a file name: the report on the
+    name itself (a rejection, or a repeat of a rejected content: see Ingestor._repeat_rejected)
+    and those on rejected deliveries of the name kept under a hashed name (see Ingestor._reject)."""
+    name = Path(file_name)
+    rejected = [f"{glob_escape(name.stem)}.{'[0-9a-f]' * 8}{again}{glob_escape(name.suffix)}.report.txt"
+                for again in ("", "-*")]
+    return [r for r in (out_dir / f"{name}.report.txt", *out_dir.glob(rejected[0]), *out_dir.glob(rejected[1]))
+            if r.exists()]
+
+
 def _insert_violations(con, found: Iterable[tuple[int, str, str | None, str]], table: str) -> None:
     """Add a validator's failing (source_row, rule, column_name, message) rows to
     the delivery's violations table in one insert (row by row costs seconds at national scale)."""
@@ -990,8 +1001,13 @@ class Ingestor:
                 affected = (f"({affected} or ({keys}) in (select {keys} from {table} where _delivery_id in "
                             f"({', '.join(_lit(o) for o in older)})))")
             _rank_latest(con, contract, affected, delivery_id)
+        # (rejected after the last delivery loaded for the batch: an older one was answered by
+        # that delivery, though a log written before superseded_by was set for them may not say so)
         con.execute("update meta.deliveries set superseded_by = ? where source = ? and batch = ? "
-                    "and status = 'rejected' and superseded_by is null", [delivery_id, contract.source, batch])
+                    "and status = 'rejected' and superseded_by is null and loaded_at > coalesce(("
+                    "select max(loaded_at) from meta.deliveries where source = ? and batch = ? "
+                    "and status <> 'rejected' and delivery_id <> ?), '-infinity'::timestamp)",
+                    [delivery_id, contract.source, batch, contract.source, batch, delivery_id])
 
     # -- rows held back by other rows ----------------------------------------------------
     def _release(self, con, wanted: set[str] | None) -> list[FileResult]:
@@ -1232,12 +1248,16 @@ class Ingestor:
 
     def _repeat_in_effect(self, con, main, p: _Prepared, previous: tuple) -> FileResult:
         """A file with the content of the delivery in effect for its batch: nothing to do,
-        silently, unless a file of the batch was rejected since the delivery in effect and
-        before this file arrived (A, then B rejected, then A again). Then the partner is
-        told, once: the feedback on the file name is the summary of the delivery in effect,
-        saying the file is identical to it, in place of the rejection report; and the
-        delivery log records each such rejected delivery as answered by the one in effect
-        (``superseded_by``, as a later file loaded for the batch does: see _supersede)."""
+        silently, unless the partner was told since that a file was not loaded. That is, a
+        file of the batch was rejected since the delivery in effect and before this file
+        arrived (A, then B rejected, then A again), or the partner's feedback on this file's
+        name is a rejection report (B, rejected whenever, delivered again under the name,
+        then A: a repeat of a rejected content is reported, not recorded in the log, see
+        _repeat_rejected). Then the partner is told, once: the feedback on the file name is
+        the summary of the delivery in effect, saying the file is identical to it, in place
+        of the rejection reports; and the delivery log records each rejected delivery not
+        answered yet as answered by the one in effect (``superseded_by``, as a later file
+        loaded for the batch does: see _supersede)."""
         delivery_id, _, _, file_name, loaded_at, _ = previous
         result = FileResult(p.contract.source, p.partner, p.path.name, "duplicate", delivery_id, p.batch,
                             reason=f"same content as delivery {delivery_id}, in effect for batch {p.batch}: "
@@ -1247,17 +1267,26 @@ class Ingestor:
             "and status = 'rejected' and superseded_by is null and loaded_at > ? "
             "and coalesce(received_at, loaded_at) < ? order by loaded_at, delivery_id",
             [p.contract.source, p.batch, loaded_at, p.received_at]).fetchall()
-        if not since:
+        reported = _reports_on(self.feedback_dir / p.partner, p.path.name)
+        if not since and not reported:
             return result
-        with store.transaction(con):
-            con.execute(f"update meta.deliveries set superseded_by = ? where delivery_id in "
-                        f"({', '.join('?' * len(since))})", [delivery_id, *(r[0] for r in since)])
+        if since:
+            with store.transaction(con):
+                con.execute(f"update meta.deliveries set superseded_by = ? where delivery_id in "
+                            f"({', '.join('?' * len(since))})", [delivery_id, *(r[0] for r in since)])
+        else:  # repeats of rejected deliveries: those of the batch the delivery in effect answered
+            since = con.execute(
+                "select delivery_id, file_name, loaded_at from meta.deliveries where source = ? and batch = ? "
+                "and status = 'rejected' and superseded_by = ? order by loaded_at, delivery_id",
+                [p.contract.source, p.batch, delivery_id]).fetchall()
         rejected = "; ".join(f"{name}, delivery {d}, rejected on {at:%Y-%m-%d %H:%M} UTC" for d, name, at in since)
-        result.reason += f" (the file{'s' if len(since) > 1 else ''} rejected since did not replace it: {rejected})"
-        note = [f"The file {p.path.name} delivered again on {p.now:%Y-%m-%d %H:%M} UTC is identical to this delivery, "
-                f"still in effect for {p.batch}: nothing was loaded again, and nothing needs to be done."
-                + ("" if file_name == p.path.name else f" (This delivery was the file {file_name}.)"),
-                f"The file{'s' if len(since) > 1 else ''} rejected since ({rejected}) did not replace it.", ""]
+        what = (f"The file{'s' if len(since) > 1 else ''} rejected since ({rejected}) did not replace it."
+                if since else "The file not loaded since under this name did not replace it.")
+        result.reason += (f" (the file{'s' if len(since) > 1 else ''} rejected since did not replace it: {rejected})"
+                          if since else " (the file not loaded since under this name did not replace it)")
+        note = [f"The file {p.path.name} delivered again on {p.received_at:%Y-%m-%d %H:%M} UTC is identical to this "
+                f"delivery, still in effect for {p.batch}: nothing was loaded again, and nothing needs to be done."
+                + ("" if file_name == p.path.name else f" (This delivery was the file {file_name}.)"), what, ""]
         written = self._rewrite_feedback(main, p.contract, delivery_id, feedback_name=p.path.name, note=note,
                                          replace_reports=True)
         result.report_path = written.report_path
@@ -1275,11 +1304,7 @@ class Ingestor:
         out_dir = self.feedback_dir / result.partner
         out_dir.mkdir(parents=True, exist_ok=True)
         csv_path = out_dir / f"{result.file_name}.rejected_rows.csv"
-        name = Path(result.file_name)
-        rejected = [f"{glob_escape(name.stem)}.{'[0-9a-f]' * 8}{again}{glob_escape(name.suffix)}.report.txt"
-                    for again in ("", "-*")]
-        for stale in [out_dir / f"{name}.report.txt", *out_dir.glob(rejected[0]), *out_dir.glob(rejected[1])] \
-                if replace_reports else []:
+        for stale in _reports_on(out_dir, result.file_name) if replace_reports else []:
             stale.unlink(missing_ok=True)  # reports on rejected deliveries of this name (see _reject)
         lines = [
             f"Delivery {result.file_name} ({contract.title}), delivery id {result.delivery_id}",

@@ -1361,6 +1361,85 @@ def test_a_month_delivered_again_as_the_file_in_effect_after_a_rejection_says_so
     assert fourth.status == "duplicate" and second.delivery_id not in fourth.reason
     assert fourth.report_path is None
 
+
+def _a_then_b_rejected(settings, contracts, rows_a=None):
+    """A month delivered as A (loaded), then B (no data rows: rejected): (path, A's bytes, B's bytes, A, B)."""
+    path = write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv",
+                          rows_a or [payment(i) for i in range(4)])
+    content_a = path.read_bytes()
+    first = result_for(ingest(settings, contracts), "paiements_2025-01.csv")
+    write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv", [])
+    content_b = path.read_bytes()
+    second = result_for(ingest(settings, contracts), "paiements_2025-01.csv")
+    assert (first.status, second.status) == ("loaded", "rejected")
+    return path, content_a, content_b, first, second
+
+
+@pytest.mark.parametrize("order", ["B rejected after A", "B rejected before A"])
+def test_the_file_in_effect_delivered_after_a_repeat_of_a_rejected_file_says_so(settings, contracts, order):
+    """A repeat of a rejected file is reported on its name but not recorded in the log: A
+    delivered again after it replaces that "not loaded" report by A's summary, as after the
+    rejection itself (A, B rejected, A, B again, A again; or B rejected, A, B again, A again)."""
+    base_delivery(settings, contracts, n=4)
+    feedback = settings.feedback_dir / "msisf"
+    if order == "B rejected after A":
+        path, content_a, content_b, first, second = _a_then_b_rejected(settings, contracts)
+        path.write_bytes(content_a)
+        assert result_for(ingest(settings, contracts), "paiements_2025-01.csv").report_path  # told
+    else:
+        path = write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv", [])
+        content_b = path.read_bytes()
+        second = result_for(ingest(settings, contracts), "paiements_2025-01.csv")
+        write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv",
+                       [payment(i) for i in range(4)])
+        content_a = path.read_bytes()
+        first = result_for(ingest(settings, contracts), "paiements_2025-01.csv")
+        assert (second.status, first.status) == ("rejected", "loaded")
+    path.write_bytes(content_b)
+    assert result_for(ingest(settings, contracts), "paiements_2025-01.csv").repeats_rejected
+    assert (feedback / "paiements_2025-01.csv.report.txt").exists()
+    path.unlink()
+    ingest(settings, contracts)
+    path.write_bytes(content_a)
+    last = result_for(ingest(settings, contracts), "paiements_2025-01.csv")
+    assert (last.status, last.delivery_id) == ("duplicate", first.delivery_id)
+    assert last.report_path == str(feedback / "paiements_2025-01.csv.summary.txt")
+    assert second.delivery_id in last.reason, last.reason
+    assert sorted(p.name for p in feedback.glob("paiements_2025-01*")) == ["paiements_2025-01.csv.summary.txt"]
+    summary = (feedback / "paiements_2025-01.csv.summary.txt").read_text()
+    assert "identical to this delivery, still in effect for 2025-01" in summary and second.delivery_id in summary
+    with store(settings) as con:
+        assert con.execute("select superseded_by from meta.deliveries where delivery_id = ?",
+                           [second.delivery_id]).fetchone() == (first.delivery_id,)
+    again = result_for(ingest(settings, contracts), "paiements_2025-01.csv")  # left in place: nothing new to say
+    assert again.report_path is None and second.delivery_id not in again.reason
+
+
+def test_a_rejection_a_log_of_earlier_code_left_unanswered_is_not_given_to_a_later_load(settings, contracts):
+    """A log written before superseded_by was set for rejections: B rejected, then A loaded,
+    B's superseded_by empty. C loaded for the month later does not mark B as answered by C (A
+    answered it); a rejection after the last load of the month is answered by the next one."""
+    base_delivery(settings, contracts, n=4)
+    path = write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv", [])
+    b = result_for(ingest(settings, contracts), "paiements_2025-01.csv")
+    write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv", [payment(i) for i in range(4)])
+    a = result_for(ingest(settings, contracts), "paiements_2025-01.csv")
+    con = duckdb.connect(str(settings.store_path))
+    assert con.execute("select superseded_by from meta.deliveries where delivery_id = ?",
+                       [b.delivery_id]).fetchone() == (a.delivery_id,)
+    con.execute("update meta.deliveries set superseded_by = null where status = 'rejected'")  # as earlier code left it
+    con.close()
+    write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv", [payment(i) for i in range(3)])
+    c = result_for(ingest(settings, contracts), "paiements_2025-01.csv")
+    path.write_text("")  # D: an empty file, rejected after C
+    d = result_for(ingest(settings, contracts), "paiements_2025-01.csv")
+    write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv", [payment(i) for i in range(2)])
+    e = result_for(ingest(settings, contracts), "paiements_2025-01.csv")
+    assert [x.status for x in (c, d, e)] == ["loaded", "rejected", "loaded"]
+    with store(settings) as con:
+        assert dict(con.execute("select delivery_id, superseded_by from meta.deliveries where status = 'rejected'"
+                                ).fetchall()) == {b.delivery_id: None, d.delivery_id: e.delivery_id}
+
 def test_an_unchanged_file_under_another_months_name_is_a_delivery_of_that_month(settings, contracts):
     """A monthly catalogue unchanged since the month before, delivered under the new month's
     name (here in the same pass, prepared before the first file commits): a delivery of its
