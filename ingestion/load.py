@@ -574,6 +574,10 @@ class Ingestor:
         self._new_hashes: list[tuple] = []  # rows for meta.file_hashes, written at the end of a pass
         self._hashes_reused = self._files_hashed = 0
         self._clock: int | None = None  # the landing file system's time when the pass started
+        # The notes a pass wrote in the summary of a delivery in effect delivered again (see
+        # _repeat_in_effect): delivery id -> {feedback file name: note}; a release in the same
+        # pass rewrites that summary with them (see _release).
+        self._notes: dict[str, dict[str, list[str]]] = {}
 
     # -- discovery -----------------------------------------------------------------------
     def discover(self, landing_dir: Path) -> list[tuple[Path, str, Contract | None, str | None]]:
@@ -609,6 +613,7 @@ class Ingestor:
         wanted = set(sources) if sources else None
         self._stopping.clear()
         self._new_hashes, remembered = [], False
+        self._notes = {}
         con = store.connect(self.store_path)
         cons = [con]
         prepared_files: list[Future] = []  # in load order
@@ -1023,7 +1028,8 @@ class Ingestor:
         this pass's ``_loaded_at`` and ``_run_id``. A reason that no longer holds is resolved by
         the row's own delivery (cleared); one that holds is opened again, updated or added (a
         key another held row, released now, took); the delivery's counts and its partner's
-        feedback follow."""
+        feedback follow (with the note this pass wrote in it, if its file was delivered again:
+        see _repeat_in_effect)."""
         results = []
         for contract in self.contracts.values():
             if wanted is not None and contract.source not in wanted:
@@ -1038,7 +1044,15 @@ class Ingestor:
                 for t in ("release_held", "release_text", "release_typed", "release_reasons", "release_free",
                           "release_now"):
                     con.execute(f"drop table if exists {t}")
-            results += [self._rewrite_feedback(con, contract, delivery_id, n) for delivery_id, n in released]
+            for delivery_id, n in released:
+                notes = self._notes.get(delivery_id, {})
+                result = self._rewrite_feedback(con, contract, delivery_id, n)
+                if result.file_name in notes:  # its summary, written this pass with a note: kept
+                    result = self._rewrite_feedback(con, contract, delivery_id, n, note=notes[result.file_name])
+                for name, note in notes.items():  # the note on another name of the same content
+                    if name != result.file_name:
+                        self._rewrite_feedback(con, contract, delivery_id, n, feedback_name=name, note=note)
+                results.append(result)
         return results
 
     def _release_source(self, con, contract: Contract) -> list[tuple[str, int]]:
@@ -1289,6 +1303,7 @@ class Ingestor:
                 + ("" if file_name == p.path.name else f" (This delivery was the file {file_name}.)"), what, ""]
         written = self._rewrite_feedback(main, p.contract, delivery_id, feedback_name=p.path.name, note=note,
                                          replace_reports=True)
+        self._notes.setdefault(delivery_id, {})[p.path.name] = note
         result.report_path = written.report_path
         return result
 

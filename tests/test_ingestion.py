@@ -1415,6 +1415,24 @@ def test_the_file_in_effect_delivered_after_a_repeat_of_a_rejected_file_says_so(
     assert again.report_path is None and second.delivery_id not in again.reason
 
 
+def test_the_note_on_the_file_in_effect_is_kept_when_its_rows_are_released_in_the_same_pass(settings, contracts):
+    """A (rows held for enrolments), B rejected, then A again in the pass that delivers the
+    enrolments A's held rows wait for: the summary rewritten after the release keeps the note."""
+    base_delivery(settings, contracts, n=2)  # enrolments E0, E1 only: E2, E3's payments held
+    path, content_a, _, first, second = _a_then_b_rejected(settings, contracts)
+    assert first.rows_quarantined == 2, first.rules_failed
+    path.write_bytes(content_a)
+    write_delivery(settings.landing_dir, contracts["beneficiaries"], "registre_2025-02.csv", [person(i) for i in range(4)])
+    write_delivery(settings.landing_dir, contracts["enrolments"], "inscriptions_2025-02.csv", [enrolment(2), enrolment(3)])
+    summary = ingest(settings, contracts)
+    third = result_for(summary, "paiements_2025-01.csv")
+    assert "rejected since" in third.reason and second.delivery_id in third.reason
+    assert [(r.file_name, r.rows_released) for r in summary.released] == [("paiements_2025-01.csv", 2)]
+    text = (settings.feedback_dir / "msisf" / "paiements_2025-01.csv.summary.txt").read_text()
+    assert "identical to this delivery" in text and second.delivery_id in text, text
+    assert "Rows delivered: 4; loaded: 4; quarantined: 0." in text, text
+
+
 def test_a_rejection_a_log_of_earlier_code_left_unanswered_is_not_given_to_a_later_load(settings, contracts):
     """A log written before superseded_by was set for rejections: B rejected, then A loaded,
     B's superseded_by empty. C loaded for the month later does not mark B as answered by C (A
