@@ -20,11 +20,13 @@ class RefreshResult:
     tool_log: Path | None = None  # where dbt's own output went, when not to the terminal
     # (partner/file, reason) of the landing files not loaded, as they repeat a rejected delivery
     not_loaded: list[tuple[str, str]] = field(default_factory=list)
+    # the messages naming the landing files skipped as they left the landing area before being read
+    skipped: list[str] = field(default_factory=list)
 
     def report(self) -> str:
         from jisr.status import run_report
 
-        lines = [run_report(self.settings, self.run_id, not_loaded=self.not_loaded)]
+        lines = [run_report(self.settings, self.run_id, not_loaded=self.not_loaded, skipped=self.skipped)]
         if self.warnings:
             lines.append("\nWarnings (failed checks of severity warn, config/quality.yml; they do not stop "
                          "publication):")
@@ -108,6 +110,19 @@ def run_outcome(events) -> tuple[list[str], list[tuple[str, str]], list[str]]:
     return failures, sorted(not_loaded), warnings
 
 
+def run_skipped(events) -> list[str]:
+    """The messages naming the landing files the ingestion skipped, as they left the landing
+    area (deleted, renamed, or replaced) before they were read: nothing of them was loaded or
+    recorded. Every materialization of the ingestion step carries the pass's list (a file
+    skipped may have no contract); each message is kept once."""
+    skipped = set()
+    for event in events:
+        if event.event_type_value == "ASSET_MATERIALIZATION":
+            files = event.event_specific_data.materialization.metadata.get("files_skipped")
+            skipped.update(files.data if files is not None else [])
+    return sorted(skipped)
+
+
 def run_refresh(settings: Settings, full_refresh: bool = False, tool_log: Path | None = None) -> RefreshResult:
     """Run refresh_job in process. ``tool_log``: write what the tools print on standard output
     (dbt's line per model and test) to that file instead of the terminal; Dagster's own
@@ -126,5 +141,7 @@ def run_refresh(settings: Settings, full_refresh: bool = False, tool_log: Path |
             raise_on_error=False, tags={"jisr/trigger": "cli"},
         )
         failures, not_loaded, warnings = run_outcome(result.all_events)
+        skipped = run_skipped(result.all_events)
     return RefreshResult(success=result.success and not failures, run_id=result.run_id, settings=settings,
-                         failures=failures, warnings=warnings, tool_log=tool_log, not_loaded=not_loaded)
+                         failures=failures, warnings=warnings, tool_log=tool_log, not_loaded=not_loaded,
+                         skipped=skipped)

@@ -18,10 +18,12 @@ def _open_store(settings: Settings):
 
 
 
-def run_report(settings: Settings, run_id: str, not_loaded: list[tuple[str, str]] = ()) -> str:
+def run_report(settings: Settings, run_id: str, not_loaded: list[tuple[str, str]] = (),
+               skipped: list[str] = ()) -> str:
     """What one refresh run loaded, quarantined and rejected, and where the warehouse is;
     ``not_loaded``: (partner/file, reason) of the landing files the run did not load as
-    they repeat a rejected delivery."""
+    they repeat a rejected delivery; ``skipped``: the messages naming the landing files it
+    skipped as they left the landing area before they were read."""
     con = _open_store(settings)
     if con is None:
         return "Nothing was ingested (no raw store yet)."
@@ -57,6 +59,10 @@ def run_report(settings: Settings, run_id: str, not_loaded: list[tuple[str, str]
     if not_loaded:
         out.append(f"\nFiles not loaded, as they repeat a rejected delivery (left in {settings.landing_dir}):")
         out += [f"  {f}: {r}" for f, r in not_loaded]
+    if skipped:
+        out.append("\nFiles skipped, as they left the landing area before they were read (nothing of them was "
+                   "loaded or recorded):")
+        out += [f"  {m}" for m in skipped]
     out.append(f"\nQuarantined rows and partner reports: {settings.feedback_dir}")
     out.append(_warehouse_line(settings))
     return "\n".join(out)

@@ -135,6 +135,40 @@ def test_the_refresh_report_lists_a_landing_file_that_repeats_a_rejected_deliver
     assert "line 10: Unterminated string" in report
 
 
+def test_the_refresh_report_lists_a_landing_file_skipped_as_it_left_before_it_was_read(settings, contracts,
+                                                                                        monkeypatch):
+    """A file gone from the landing area before it was read is skipped with a warning; the
+    ingestion step tells the refresh's report too, through its materialization."""
+    import dagster as dg
+
+    import ingestion.load as load
+    from jisr.refresh import RefreshResult, run_outcome, run_skipped
+    from orchestration.assets.ingest import ingest_landing, raw_key
+    from orchestration.runlock import RefreshLock
+    from tests.test_ingestion import cut_off_jsonl_delivery
+
+    job = dg.Definitions(assets=[ingest_landing], resources={"refresh_lock": RefreshLock()}, jobs=[dg.define_asset_job(
+        "ingest", selection=[raw_key("service_requests")], executor_def=dg.in_process_executor)]).resolve_job_def("ingest")
+    cut_off_jsonl_delivery(settings.landing_dir, contracts)
+    real_hash = load.Ingestor._content_hash
+
+    def content_hash(self, path):
+        path.unlink()  # deleted after the refresh found it, before it was read
+        return real_hash(self, path)
+
+    monkeypatch.setattr(load.Ingestor, "_content_hash", content_hash)
+    with dg.DagsterInstance.ephemeral() as instance:
+        run = job.execute_in_process(instance=instance)
+    assert run.success
+    failures, not_loaded, _ = run_outcome(run.all_events)
+    skipped = run_skipped(run.all_events)
+    assert failures == [] and not_loaded == [] and len(skipped) == 1
+    assert skipped[0].startswith("digital/requests_2026-03.jsonl left the landing area")
+    report = RefreshResult(True, run.run_id, settings, skipped=skipped).report()
+    assert "Files skipped, as they left the landing area before they were read" in report
+    assert f"  {skipped[0]}" in report
+
+
 def test_the_refresh_report_lists_failed_warn_checks_apart_from_failures(settings):
     """config/quality.yml: a failed warn check is reported in the `jisr refresh` output, and
     does not fail the refresh; a failed blocking check does."""

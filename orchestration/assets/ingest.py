@@ -127,6 +127,10 @@ def ingest_landing(context: dg.AssetExecutionContext, refresh_lock: RefreshLock)
                 # read by `jisr refresh` for its report (jisr.refresh.run_outcome)
                 "files_not_loaded": dg.MetadataValue.json(
                     [{"file": f"{f.partner}/{f.file_name}", "reason": f.reason} for f in repeated]),
+                # the files of the pass gone from the landing area before they were read, whatever
+                # their source (one may have no contract): every source's materialization has them
+                # (jisr.refresh.run_skipped)
+                "files_skipped": dg.MetadataValue.json(list(summary.skipped)),
                 "rows_delivered": sum(f.rows_delivered for f in loaded),
                 "rows_loaded": sum(f.rows_loaded for f in loaded),
                 "rows_quarantined": sum(f.rows_quarantined for f in loaded),
