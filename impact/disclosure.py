@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -315,6 +316,16 @@ def _difference_reason(group: str, other: str, k: int) -> str:
             f"of {other} differ by fewer than {k}, whose count and means the difference would give back")
 
 
+def _count_reason(group: str, other: str, k: int) -> str:
+    return (f"the {group} group's size is not published (disclosure control): its units and those of {other} "
+            f"differ by fewer than {k}, whose count the difference would give back")
+
+
+def _attrition_reason(group: str, other: str, k: int) -> str:
+    return (f"the {group} group's counts at baseline and endline are not published (disclosure control): they "
+            f"differ by fewer than {k} units from those of {other}, whose count the difference would give")
+
+
 def _withhold_group(row: dict, group: str, reason: str) -> None:
     """Withhold a group's size and means in an estimate row, in place, and the cluster
     count and the counting options with them; the estimate too when it is a difference of
@@ -322,119 +333,166 @@ def _withhold_group(row: dict, group: str, reason: str) -> None:
     kept only beside a published estimate (a warning), as it could quote the group's size."""
     for column in ESTIMATE_GROUPS[group]:
         row[column] = None
+    _withhold_count(row, group, reason, from_means=_from_means(row))
+
+
+def _withhold_count(row: dict, group: str, reason: str, from_means: bool = False) -> None:
+    """Withhold a group's size in an estimate row, in place, with the cluster count and the
+    counting options (its means stay); with ``from_means`` the estimate too."""
+    row[ESTIMATE_GROUPS[group][0]] = None
     row["n_clusters"] = None
     row["estimator_options"] = _without_sample_options(row.get("estimator_options"))
-    published = row.get("status") == "ok" and not _from_means(row)
+    published = row.get("status") == "ok" and not from_means
     reasons = [part for part in (row.get("reason") or "").split("; ")
                if part and (published or "(disclosure control)" in part)]
-    if _from_means(row) and row.get("estimate") is not None:
+    if from_means and row.get("estimate") is not None:
         reason += ", and the estimate, a difference of the group means"
-    if _from_means(row):
+    if from_means:
         for column in ESTIMATE_RESULTS:
             row[column] = None
         row["status"] = "not_estimable"
     row["reason"] = "; ".join(reasons + [reason])
 
 
-def protect_differences(est_rows: list[dict], mean_rows: list[dict], k: int) -> list[dict]:
-    """Samples of one group that differ by a few units, in the rows of one study x programme
-    x outcome: the estimate rows are changed in place, the group-mean rows returned.
+@dataclass
+class _Sample:
+    """A published sample of a group: its size(s), the outcome whose means it publishes
+    (None: no outcome's), what the reasons call it, its rows and its kind."""
+
+    kind: str  # "estimate", "means", "balance", "attrition"
+    sizes: tuple[float, ...]
+    outcome: str | None
+    label: str
+    rows: list[dict]
+    order: tuple = ()
+
+
+def _samples(subgroup: str, group: str, est_rows: list[dict], mean_rows: list[dict], attrition_rows: list[dict],
+             balance_rows: list[dict]) -> list[_Sample]:
+    """The published samples of a subgroup x group, in the order they are kept."""
+    size = ESTIMATE_GROUPS[group][0]
+    out = [_Sample("estimate", (finite(row.get(size)),), row["outcome"], f"the {row['estimator']} estimate", [row])
+           for row in est_rows if row["subgroup"] == subgroup and finite(row.get(size)) is not None]
+    if subgroup == "all":
+        out += [_Sample("means", (finite(row["n_units"]),), row["outcome"],
+                        f"the group means of round {row['round_index']}", [row])
+                for row in mean_rows if row.get("treatment_group") == group and finite(row.get("n_units")) is not None]
+        for n in dict.fromkeys(finite(row.get(size)) for row in balance_rows):
+            if n is not None:
+                out.append(_Sample("balance", (n,), None, "the balance table",
+                                   [row for row in balance_rows if finite(row.get(size)) == n]))
+        baseline, missing, _share = ATTRITION_GROUPS[group]
+        for row in attrition_rows:
+            n, m = finite(row.get(baseline)), finite(row.get(missing))
+            sizes = tuple(v for v in (n, n - m if n is not None and m is not None else None) if v is not None)
+            if sizes:
+                out.append(_Sample("attrition", sizes, None, "the attrition table", [row]))
+    kinds = ("estimate", "means", "balance", "attrition")
+    shared: dict[float, int] = {}
+    for sample in out:
+        for n in set(sample.sizes):
+            shared[n] = shared.get(n, 0) + 1
+    for position, sample in enumerate(out):
+        sample.order = (kinds.index(sample.kind), -max(shared[n] for n in sample.sizes), position)
+    return sorted(out, key=lambda sample: sample.order)
+
+
+def protect_differences(est_rows: list[dict], mean_rows: list[dict], attrition_rows: list[dict],
+                        balance_rows: list[dict], k: int) -> tuple[list[dict], list[dict], list[dict]]:
+    """Samples of one group that differ by a few units, in the rows of one study x programme:
+    the estimate rows are changed in place; the group-mean, attrition and balance rows are
+    returned (in that order).
 
     A group's figures are published on several samples of its units: each estimator's
     (units measured at baseline and endline, with every covariate, inside the propensity
-    bounds, ...) and, for the whole programme, each round's group means (units measured in
-    that round). Two published sizes that differ by 1 to ``k - 1`` units give those units'
-    count back, and two means of the same round their mean (three units lost at endline:
-    the baseline mean of every unit minus that of the units measured at endline). So the
-    samples of a subgroup x group are taken in order (the estimators' rows, those whose
-    size most rows share first, else in the configured order; then the group means by
-    round) and one whose size differs by 1 to ``k - 1`` from a sample kept before it is
-    withheld (:func:`_withhold_group`; a group-mean row: size, mean and standard error).
-    A subgroup level withheld so, alone in its line (dimension x estimator x group) beside
-    a published whole-sample row, has the smallest other level of the line withheld with
-    it."""
+    bounds, ...), for the whole programme each round's group means (units measured in that
+    round), the attrition table's units at baseline and at endline, and the balance table's
+    units with every covariate. Two published sizes that differ by 1 to ``k - 1`` units
+    give those units' count back, and two means of the same outcome and round their mean
+    (three units lost at endline: the baseline mean of every unit minus that of the units
+    measured at endline). So the samples of a subgroup x group are taken in order
+    (:func:`_samples`) and one that differs by 1 to ``k - 1`` from a sample kept before it
+    is withheld: with its means when that sample publishes means of the same outcome
+    (:func:`_withhold_group`; a group-mean row: size, mean and standard error), else its
+    size (the balance table's means are of covariates, the attrition table's counts are
+    withheld with its test). A subgroup level withheld so, alone in its line (dimension x
+    estimator x group) beside a published whole-sample row, has the smallest other level
+    of the line withheld with it."""
+    mean_rows = [dict(row) for row in mean_rows]
+    attrition_rows = [dict(row) for row in attrition_rows]
+    balance_rows = [dict(row) for row in balance_rows]
     before = _withheld_levels(est_rows)
     subgroups = list(dict.fromkeys(row["subgroup"] for row in est_rows)) or ["all"]
+    if "all" not in subgroups:
+        subgroups.insert(0, "all")
     for subgroup in subgroups:
-        for group, (size, *_) in ESTIMATE_GROUPS.items():
-            kept: list[tuple[float, str]] = []  # (size, which sample) of the samples kept
-            rows = [(row, finite(row.get(size))) for row in est_rows if row["subgroup"] == subgroup]
-            rows = [(row, n) for row, n in rows if n is not None]
-            shared = {n: sum(1 for _, m in rows if m == n) for _, n in rows}
-            for row, n in sorted(rows, key=lambda item: -shared[item[1]]):  # stable: then the configured order
-                other = _clash(n, kept, k)
-                if other is None:
-                    kept.append((n, f"the {row['estimator']} estimate"))
+        for group in ESTIMATE_GROUPS:
+            counted: list[tuple[float, str]] = []  # (size, which sample) of the sizes published
+            measured: list[tuple[float, str, str]] = []  # (size, outcome, which sample) of the means published
+            for sample in _samples(subgroup, group, est_rows, mean_rows, attrition_rows, balance_rows):
+                other = next((label for n in sample.sizes for m, outcome, label in measured
+                              if outcome == sample.outcome and 1 <= abs(n - m) < k), None)
+                if other is not None:
+                    _withhold_sample(sample, group, _difference_reason(group, other, k), k)
+                    continue
+                other = next((label for n in sample.sizes if (label := _clash(n, counted, k))), None)
+                if other is not None:
+                    reason = (_attrition_reason if sample.kind == "attrition" else _count_reason)(group, other, k)
+                    _withhold_sample(sample, group, reason, k, means=False)
                 else:
-                    _withhold_group(row, group, _difference_reason(group, other, k))
-            if subgroup != "all":
-                continue
-            out = []
-            for row in mean_rows:
-                n = finite(row.get("n_units")) if row.get("treatment_group") == group else None
-                other = None if n is None else _clash(n, kept, k)
-                if n is not None and other is None:
-                    kept.append((n, f"the group means of round {row['round_index']}"))
-                elif other is not None:
-                    row = {**row, "n_units": None, "mean": None, "std_error": None,
-                           "reason": _difference_reason(group, other, k)}
-                out.append(row)
-            mean_rows = out
+                    counted += [(n, sample.label) for n in sample.sizes]
+                if sample.outcome is not None:
+                    measured += [(n, sample.outcome, sample.label) for n in sample.sizes]
+    _protect_lines(est_rows, before, k)
+    return mean_rows, attrition_rows, balance_rows
+
+
+def _withhold_sample(sample: _Sample, group: str, reason: str, k: int, means: bool = True) -> None:
+    """Withhold a sample's size (and its means with ``means``), in place."""
+    for row in sample.rows:
+        if sample.kind == "estimate":
+            if means:
+                _withhold_group(row, group, reason)
+            else:
+                _withhold_count(row, group, reason)
+        elif sample.kind == "means":
+            row.update({"n_units": None, "reason": reason})
+            if means:
+                row.update({"mean": None, "std_error": None})
+        elif sample.kind == "balance":
+            row[BALANCE_GROUPS[group][0]] = None
+            _add_reason(row, reason)
+        else:
+            _withhold_attrition(row, group, reason)
+
+
+def _withhold_attrition(row: dict, group: str, reason: str) -> None:
+    """Withhold a group's counts and shares in an attrition row, with its test, in place."""
+    for column in ATTRITION_GROUPS[group]:
+        row[column] = None
+    for column in ATTRITION_RESULTS:
+        row[column] = None
+    row["status"] = "not_estimable"
+    reasons = [part for part in (row.get("reason") or "").split("; ") if "(disclosure control)" in part]
+    row["reason"] = "; ".join(reasons + [reason])
+
+
+def _protect_lines(est_rows: list[dict], before: dict, k: int) -> None:
+    """The smallest other level of a line (outcome x dimension x estimator x group) withheld
+    with a level withheld alone in it by :func:`protect_differences`, in place."""
     after = _withheld_levels(est_rows)
-    wholes = {(row["estimator"], g) for row in est_rows if row["subgroup"] == "all"
+    wholes = {(row["outcome"], row["estimator"], g) for row in est_rows if row["subgroup"] == "all"
               for g, (size, *_) in ESTIMATE_GROUPS.items() if finite(row.get(size)) is not None}
     for line, levels in after.items():
-        dim, estimator, group = line
-        if len(levels) != 1 or before.get(line) or (estimator, group) not in wholes:
+        outcome, dim, estimator, group = line
+        if len(levels) != 1 or before.get(line) or (outcome, estimator, group) not in wholes:
             continue
         size = ESTIMATE_GROUPS[group][0]
         others = [row for row in est_rows if row.get("subgroup_dimension") == dim and row["estimator"] == estimator
-                  and finite(row.get(size)) is not None]
+                  and row["outcome"] == outcome and finite(row.get(size)) is not None]
         if others:
             pick = min(others, key=lambda row: float(row[size]))  # ties: the first level
             _withhold_group(pick, group, _line_reason(group, levels[0], k))
-    return mean_rows
-
-
-def protect_attrition_differences(rows: list[dict], est_rows: list[dict], mean_rows: list[dict],
-                                  k: int) -> list[dict]:
-    """Attrition rows with a group's counts withheld when its units at baseline, or those
-    observed at endline, differ by 1 to ``k - 1`` from a published sample of the group
-    (whole-programme estimate rows and group means, after :func:`protect_differences`):
-    the difference would count those units."""
-    published: dict[str, list[tuple[float, str]]] = {group: [] for group in ESTIMATE_GROUPS}
-    for row in est_rows:
-        for group, (size, *_) in ESTIMATE_GROUPS.items():
-            if row["subgroup"] == "all" and finite(row.get(size)) is not None:
-                published[group].append((float(row[size]), f"the {row['estimator']} estimate"))
-    for row in mean_rows:
-        if finite(row.get("n_units")) is not None and row.get("treatment_group") in published:
-            published[row["treatment_group"]].append((float(row["n_units"]),
-                                                      f"the group means of round {row['round_index']}"))
-    out = []
-    for row in rows:
-        clashes = {}
-        for group, (baseline, missing, _share) in ATTRITION_GROUPS.items():
-            n, m = finite(row.get(baseline)), finite(row.get(missing))
-            sizes = [size for size in (n, n - m if n is not None and m is not None else None) if size is not None]
-            other = next((label for size in sizes if (label := _clash(size, published[group], k))), None)
-            if other is not None:
-                clashes[group] = other
-        if clashes:
-            row = dict(row)
-            for group in clashes:
-                for column in ATTRITION_GROUPS[group]:
-                    row[column] = None
-            for column in ATTRITION_RESULTS:
-                row[column] = None
-            row["status"] = "not_estimable"
-            reasons = [part for part in (row.get("reason") or "").split("; ") if "(disclosure control)" in part]
-            row["reason"] = "; ".join(reasons + [
-                f"the {group} group's counts at baseline and endline are not published (disclosure control): they "
-                f"differ by fewer than {k} units from those of {other}, whose count the difference would give"
-                for group, other in clashes.items()])
-        out.append(row)
-    return out
 
 
 def _clash(n: float, kept: list[tuple[float, str]], k: int) -> str | None:
@@ -448,14 +506,14 @@ def _line_reason(group: str, level: str, k: int) -> str:
             "cannot be recomputed from the whole-sample row")
 
 
-def _withheld_levels(est_rows: list[dict]) -> dict[tuple[str, str, str], list[str]]:
-    """Per dimension x estimator x group: its levels whose size is not published."""
-    out: dict[tuple[str, str, str], list[str]] = {}
+def _withheld_levels(est_rows: list[dict]) -> dict[tuple[str, str, str, str], list[str]]:
+    """Per outcome x dimension x estimator x group: its levels whose size is not published."""
+    out: dict[tuple[str, str, str, str], list[str]] = {}
     for row in est_rows:
         if row.get("subgroup_dimension") is None:
             continue
         for group, (size, *_) in ESTIMATE_GROUPS.items():
-            line = out.setdefault((row["subgroup_dimension"], row["estimator"], group), [])
+            line = out.setdefault((row["outcome"], row["subgroup_dimension"], row["estimator"], group), [])
             if finite(row.get(size)) is None:
                 line.append(row["subgroup"])
     return out

@@ -528,20 +528,35 @@ def _outcome_rows(task: _OutcomeTask) -> dict[str, Any]:
                 pre_rows.extend(_pretrend_rows(study_id, programme, outcome, subgroup, est))
     disclosure.protect_estimates(est_rows, pre_rows, task.min_cell)
     disclosure.protect_trimmed(est_rows, task.min_cell)
-    group_means = disclosure.protect_differences(
-        est_rows, disclosure.protect_group_means(_group_mean_rows(study_id, programme, outcome, units, y,
-                                                                  task.round_labels), task.min_cell), task.min_cell)
-    chosen = next((r for r in est_rows[::-1] if r["estimator"] == config.cost_estimator and r["subgroup"] == "all"), None)
-    attrition = disclosure.protect_attrition([_attrition_row(study_id, programme, outcome, units, y, inference_all)],
-                                             task.min_cell)
     return {
-        "attrition": disclosure.protect_attrition_differences(attrition, est_rows, group_means, task.min_cell),
-        "group_means": group_means,
+        "attrition": disclosure.protect_attrition(
+            [_attrition_row(study_id, programme, outcome, units, y, inference_all)], task.min_cell),
+        "group_means": disclosure.protect_group_means(
+            _group_mean_rows(study_id, programme, outcome, units, y, task.round_labels), task.min_cell),
         "estimates": est_rows,
         "pretrends": pre_rows,
-        "cost_effectiveness": disclosure.protect_costs(
-            [_cost_row(study_id, programme, outcome, task.direction, chosen, task.costs, config)], task.min_cell),
     }
+
+
+def _protect_programme(tasks: list[_OutcomeTask], parts: list[dict[str, Any]], balance: list[dict],
+                       min_cell: int) -> dict[str, list[dict]]:
+    """The rows of one study x programme (its outcomes' ``parts``, in the order of their
+    ``tasks``, and its balance rows) with the samples of a group that differ by a few units
+    withheld across them (:func:`impact.disclosure.protect_differences`), and the
+    cost-effectiveness row of each outcome, from its estimate as published."""
+    rows = {name: [row for part in parts for row in part[name]]
+            for name in ("estimates", "pretrends", "attrition", "group_means")}
+    rows["group_means"], rows["attrition"], rows["balance"] = disclosure.protect_differences(
+        rows["estimates"], rows["group_means"], rows["attrition"], balance, min_cell)
+    rows["cost_effectiveness"] = []
+    for task in tasks:
+        config = task.config
+        chosen = next((r for r in rows["estimates"][::-1] if r["estimator"] == config.cost_estimator
+                       and r["subgroup"] == "all" and r["outcome"] == task.outcome), None)
+        rows["cost_effectiveness"].extend(disclosure.protect_costs(
+            [_cost_row(task.study_id, task.programme, task.outcome, task.direction, chosen, task.costs, config)],
+            min_cell))
+    return rows
 
 
 def _warm_up() -> None:
@@ -647,7 +662,7 @@ def evaluate(panel: pd.DataFrame, costs: pd.DataFrame | None, config: Evaluation
 def _evaluate(panel: pd.DataFrame, costs: pd.DataFrame | None, config: EvaluationConfig, workers: _Workers,
               min_cell: int = disclosure.DEFAULT_K) -> ImpactTables:
     notes: list[str] = []
-    bal_rows: list[dict] = []
+    bal_rows: dict[tuple[str, str], list[dict]] = {}  # per study x programme
     tasks: list[_OutcomeTask] = []
     available = sorted(panel["study_id"].dropna().unique())
     studies = available if config.studies is None else list(config.studies)
@@ -674,8 +689,8 @@ def _evaluate(panel: pd.DataFrame, costs: pd.DataFrame | None, config: Evaluatio
             notes.append(f"study {study_id}: no outcome measured at its endline (round {study.endline})")
         for programme in programmes:
             units = _programme_units(study, programme, settings.comparison)
-            bal_rows.extend(disclosure.protect_balance(
-                _balance_rows(study_id, programme, units, study.covariates, config.propensity), min_cell))
+            bal_rows[(study_id, programme)] = disclosure.protect_balance(
+                _balance_rows(study_id, programme, units, study.covariates, config.propensity), min_cell)
             for outcome in study.outcomes:
                 tasks.append(_OutcomeTask(study_id, programme, outcome, units, study.outcome_matrix(outcome, units.index),
                                           study.covariates, study.round_labels, settings, settings.direction(outcome),
@@ -692,12 +707,17 @@ def _evaluate(panel: pd.DataFrame, costs: pd.DataFrame | None, config: Evaluatio
     _warm_up_imports()
     with single_threaded_blas():
         parts = _map_in_processes(_outcome_rows, tasks, workers)
-    rows = {name: [row for part in parts for row in part[name]] for name in
-            ("estimates", "pretrends", "attrition", "group_means", "cost_effectiveness")}
+    names = ("estimates", "pretrends", "balance", "attrition", "group_means", "cost_effectiveness")
+    rows: dict[str, list[dict]] = {name: [] for name in names}
+    for programme, balance in bal_rows.items():  # a programme's tasks follow each other
+        mine = [i for i, task in enumerate(tasks) if (task.study_id, task.programme) == programme]
+        protected = _protect_programme([tasks[i] for i in mine], [parts[i] for i in mine], balance, min_cell)
+        for name in names:
+            rows[name].extend(protected[name])
     return ImpactTables(
         estimates=_frame("impact_estimates", rows["estimates"]),
         pretrends=_frame("impact_pretrends", rows["pretrends"]),
-        balance=_frame("impact_balance", bal_rows),
+        balance=_frame("impact_balance", rows["balance"]),
         attrition=_frame("impact_attrition", rows["attrition"]),
         group_means=_frame("impact_group_means", rows["group_means"]),
         cost_effectiveness=_frame("impact_cost_effectiveness", rows["cost_effectiveness"]),

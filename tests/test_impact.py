@@ -487,28 +487,31 @@ def test_notes_do_not_count_fewer_than_k_units(tmp_path):
 
 
 def differencing_pairs(tables, k: int = 10) -> list:
-    """Two published samples of one group (an estimator's row of one subgroup, a round of
-    the group means, the attrition table's units at baseline and at endline) whose sizes
-    differ by 1 to k - 1 units: their difference gives those units' count (and mean) back.
-    And lines of subgroup levels of one estimator with a lone withheld level beside a
-    published whole-sample row (the whole minus the others)."""
+    """Two published samples of one group (an estimator's row of one subgroup and outcome, a
+    round of an outcome's group means, the attrition table's units at baseline and at
+    endline, the balance table's units with every covariate) whose sizes differ by 1 to
+    k - 1 units: their difference gives those units' count (and mean) back. The outcomes of
+    a programme are measured on the same units: their samples are compared too. And lines
+    of subgroup levels of one estimator with a lone withheld level beside a published
+    whole-sample row (the whole minus the others)."""
     found = []
-    est, means = tables.estimates, tables.group_means
-    for (study, programme, outcome, subgroup), rows in est.groupby(["study_id", "programme_code", "outcome", "subgroup"]):
+    est, means, att, bal = tables.estimates, tables.group_means, tables.attrition, tables.balance
+    for (study, programme, subgroup), rows in est.groupby(["study_id", "programme_code", "subgroup"]):
         for group in ("treated", "comparison"):
-            sizes = [(name, n) for name, n in zip(rows["estimator"], rows[f"n_{group}"]) if pd.notna(n)]
+            sizes = [(f"{outcome}: {name}", n) for outcome, name, n
+                     in zip(rows["outcome"], rows["estimator"], rows[f"n_{group}"]) if pd.notna(n)]
             if subgroup == "all":
                 own = means[(means["study_id"] == study) & (means["programme_code"] == programme)
-                            & (means["outcome"] == outcome) & (means["treatment_group"] == group)]
-                sizes += [(f"round {r}", n) for r, n in zip(own["round_index"], own["n_units"]) if pd.notna(n)]
-            if subgroup == "all":
-                att = tables.attrition[(tables.attrition["study_id"] == study)
-                                       & (tables.attrition["programme_code"] == programme)
-                                       & (tables.attrition["outcome"] == outcome)]
-                for n, m in zip(att[f"n_baseline_{group}"], att[f"n_missing_{group}"]):
-                    sizes += [("attrition: at baseline", n)] if pd.notna(n) else []
-                    sizes += [("attrition: observed", n - m)] if pd.notna(n) and pd.notna(m) else []
-            found += [(outcome, subgroup, group, a, b) for i, (a, m) in enumerate(sizes) for b, n in sizes[i + 1:]
+                            & (means["treatment_group"] == group)]
+                sizes += [(f"{o}: round {r}", n) for o, r, n in zip(own["outcome"], own["round_index"], own["n_units"])
+                          if pd.notna(n)]
+                own = att[(att["study_id"] == study) & (att["programme_code"] == programme)]
+                for o, n, m in zip(own["outcome"], own[f"n_baseline_{group}"], own[f"n_missing_{group}"]):
+                    sizes += [(f"{o}: attrition: at baseline", n)] if pd.notna(n) else []
+                    sizes += [(f"{o}: attrition: observed", n - m)] if pd.notna(n) and pd.notna(m) else []
+                own = bal[(bal["study_id"] == study) & (bal["programme_code"] == programme)]
+                sizes += [("balance", n) for n in own[f"n_{group}"].dropna().unique()]
+            found += [(subgroup, group, a, b) for i, (a, m) in enumerate(sizes) for b, n in sizes[i + 1:]
                       if 1 <= abs(m - n) < k]
     levels = est[est["subgroup_dimension"].notna()]
     for (outcome, estimator, dim), line in levels.groupby(["outcome", "estimator", "subgroup_dimension"]):
@@ -572,6 +575,46 @@ def test_a_few_units_lost_at_endline_are_not_given_back_by_difference(tmp_path):
     assert "differ by fewer than 10" in dim["reason"] and pd.notna(dim["endline_mean_comparison"])
     panel_rows = est[~est.index.isin(["diff_in_means", "event_study"])]
     assert (panel_rows["status"] == "ok").all() and panel_rows["n_treated"].notna().all()
+
+
+def test_the_balance_table_sizes_are_not_given_back_by_difference(tmp_path):
+    """Three treated units lost at endline: the balance table counts every unit with the
+    covariates (420 treated), the estimates the units measured at baseline and endline
+    (417): the difference would count the three. The balance table's sizes are withheld
+    (its means are of covariates, which no other sample publishes: they stay); the
+    estimates are published."""
+    panel = lose_at_endline(simulate_panel(12, rounds=(0, 1)), treated=3, comparison=40)
+    tables = evaluate(panel, None, config(cov_type="hc1"))
+    assert differencing_pairs(tables) == []
+    bal = tables.balance
+    assert bal["n_treated"].isna().all() and bal["n_comparison"].notna().all()
+    assert bal["mean_treated"].notna().all() and bal["smd_before"].notna().all() and (bal["status"] == "ok").all()
+    assert bal["reason"].str.contains("differ by fewer than 10").all()
+    est = whole_sample(tables)
+    assert (est.loc[est.index != "event_study", "n_treated"] == 417).all()
+
+
+def test_the_samples_of_other_outcomes_are_not_given_back_by_difference(tmp_path):
+    """Two outcomes measured on the same units, three treated units without consumption at
+    endline: income's samples count 420 treated units, consumption's 417; the difference
+    would count the three. Consumption's sizes are withheld, its means and estimates (of
+    another variable than income's) are published."""
+    income = simulate_panel(12, rounds=(0, 1))
+    consumption = income[income["variable"] == "income"].assign(variable="consumption")
+    consumption = consumption.assign(value=consumption["value"] * 0.8)
+    units = consumption.drop_duplicates("unit_id")
+    lost = units.loc[units["treatment_group"] == "treated", "unit_id"][:3]
+    consumption.loc[consumption["unit_id"].isin(lost) & (consumption["round_index"] == 1), "value"] = np.nan
+    tables = evaluate(pd.concat([income, consumption], ignore_index=True), None, config(cov_type="hc1"))
+    assert differencing_pairs(tables) == []
+    est = tables.estimates[(tables.estimates["subgroup"] == "all") & (tables.estimates["estimator"] != "event_study")]
+    by_outcome = est.set_index(["outcome", "estimator"])
+    assert (by_outcome.loc["income", "n_treated"] == 420).all()
+    withheld = by_outcome.loc["consumption"]
+    assert withheld["n_treated"].isna().all() and withheld["endline_mean_treated"].notna().all()
+    assert (withheld["status"] == "ok").all() and withheld["estimate"].notna().all()
+    assert withheld["reason"].str.contains("differ by fewer than 10").all()
+    assert (withheld["n_comparison"] == 480).all()
 
 
 def test_attrition_counts_are_not_given_back_by_difference(tmp_path):
