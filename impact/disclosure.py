@@ -357,7 +357,8 @@ def _withhold_count(row: dict, group: str, reason: str, from_means: bool = False
 @dataclass
 class _Sample:
     """A published sample of a group: its size(s), the outcome whose means it publishes
-    (None: no outcome's), what the reasons call it, its rows and its kind."""
+    (None: no outcome's), what the reasons call it, its rows, its kind and its rank, outcome
+    and name for :func:`_keep_order`."""
 
     kind: str  # "estimate", "means", "balance", "attrition"
     sizes: tuple[float, ...]
@@ -369,32 +370,46 @@ class _Sample:
 
 def _samples(subgroup: str, group: str, est_rows: list[dict], mean_rows: list[dict], attrition_rows: list[dict],
              balance_rows: list[dict]) -> list[_Sample]:
-    """The published samples of a subgroup x group, in the order they are kept."""
+    """The published samples of a subgroup x group, in the order they are kept
+    (:func:`_keep_order`)."""
     size = ESTIMATE_GROUPS[group][0]
-    out = [_Sample("estimate", (finite(row.get(size)),), row["outcome"], f"the {row['estimator']} estimate", [row])
+    out = [_Sample("estimate", (finite(row.get(size)),), row["outcome"], f"the {row['estimator']} estimate", [row],
+                   (0 if _estimate_at_stake(row) else 1, row["outcome"], row["estimator"]))
            for row in est_rows if row["subgroup"] == subgroup and finite(row.get(size)) is not None]
     if subgroup == "all":
         out += [_Sample("means", (finite(row["n_units"]),), row["outcome"],
-                        f"the group means of round {row['round_index']}", [row])
+                        f"the group means of round {row['round_index']}", [row], (2, row["outcome"], row["round_index"]))
                 for row in mean_rows if row.get("treatment_group") == group and finite(row.get("n_units")) is not None]
         for n in dict.fromkeys(finite(row.get(size)) for row in balance_rows):
             if n is not None:
                 out.append(_Sample("balance", (n,), None, "the balance table",
-                                   [row for row in balance_rows if finite(row.get(size)) == n]))
+                                   [row for row in balance_rows if finite(row.get(size)) == n], (3, "", "")))
         baseline, missing, _share = ATTRITION_GROUPS[group]
         for row in attrition_rows:
             n, m = finite(row.get(baseline)), finite(row.get(missing))
             sizes = tuple(v for v in (n, n - m if n is not None and m is not None else None) if v is not None)
             if sizes:
-                out.append(_Sample("attrition", sizes, None, "the attrition table", [row]))
-    kinds = ("estimate", "means", "balance", "attrition")
+                out.append(_Sample("attrition", sizes, None, "the attrition table", [row], (4, row["outcome"], "")))
+    return _keep_order(out)
+
+
+def _estimate_at_stake(row: dict) -> bool:
+    """Whether withholding a group's means in an estimate row would withhold its published
+    estimate too (a difference of the group means, :func:`_from_means`)."""
+    return row.get("status") == "ok" and finite(row.get("estimate")) is not None and _from_means(row)
+
+
+def _keep_order(samples: list[_Sample]) -> list[_Sample]:
+    """Samples in the order they are kept, whatever the order of the estimators in the
+    configuration: the estimate rows whose estimate would be withheld with their means (a
+    difference of the group means) first, the other estimate rows, the group means (by
+    round), the balance table, the attrition table; among those, the samples whose size
+    most samples share first, then by outcome and estimator name."""
     shared: dict[float, int] = {}
-    for sample in out:
+    for sample in samples:
         for n in set(sample.sizes):
             shared[n] = shared.get(n, 0) + 1
-    for position, sample in enumerate(out):
-        sample.order = (kinds.index(sample.kind), -max(shared[n] for n in sample.sizes), position)
-    return sorted(out, key=lambda sample: sample.order)
+    return sorted(samples, key=lambda s: (s.order[0], -max(shared[n] for n in s.sizes), *s.order[1:]))
 
 
 def protect_differences(est_rows: list[dict], mean_rows: list[dict], attrition_rows: list[dict],

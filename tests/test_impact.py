@@ -617,6 +617,33 @@ def test_the_samples_of_other_outcomes_are_not_given_back_by_difference(tmp_path
     assert (withheld["n_comparison"] == 480).all()
 
 
+def test_the_sample_withheld_is_the_one_whose_estimate_survives_whatever_the_configured_order(tmp_path):
+    """Three treated units without a covariate: the estimators with covariates count 417
+    treated units, the DiD (a difference of the group means) 420. Withholding the DiD's
+    means would withhold its estimate, the cost-effectiveness estimator's; the covariate
+    estimators' sizes and means are withheld instead (their estimates stay), and the
+    published tables are the same whatever the order of the estimators in the config."""
+    panel = simulate_panel(12, rounds=(0, 1))
+    ids = panel.loc[panel["treatment_group"] == "treated", "unit_id"].unique()[:3]
+    panel.loc[panel["unit_id"].isin(ids) & (panel["variable"] == "household_size"), "value"] = np.nan
+    covariates = [{"name": "ancova_covariates", "type": "ancova", "covariates": True},
+                  {"name": "ancova_covariates_classical", "type": "ancova", "covariates": True, "cov_type": "nonrobust"},
+                  "ipw_did"]
+    published = []
+    for estimators in ([*covariates, "did"], ["did", *covariates[::-1]]):
+        cfg = config(cov_type="hc1", estimators=estimators, cost_effectiveness={"estimator": "did"})
+        tables = evaluate(panel, costs_frame(1000.0), cfg)
+        assert differencing_pairs(tables) == []
+        est = whole_sample(tables)
+        assert est.loc["did", "status"] == "ok" and pd.notna(est.loc["did", "estimate"])
+        assert est.loc["did", "n_treated"] == 420
+        adjusted = est.loc[[e for e in est.index if e != "did"]]
+        assert adjusted["n_treated"].isna().all() and adjusted["estimate"].notna().all()
+        assert tables.cost_effectiveness.loc[0, "status"] == "ok"
+        published.append(tables.estimates.sort_values(["estimator", "subgroup"]).reset_index(drop=True))
+    pd.testing.assert_frame_equal(*published)
+
+
 def test_attrition_counts_are_not_given_back_by_difference(tmp_path):
     """Three treated units measured at baseline only (and twenty more lost at endline): the
     attrition table's count of treated units at baseline minus the event study's (units
