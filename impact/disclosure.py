@@ -269,21 +269,46 @@ def protect_trimmed(est_rows: list[dict], k: int) -> None:
 
 
 def _protect_trimmed_balance(row: dict, k: int) -> dict:
-    """A balance row without the trimmed count when 1 to k - 1 units were trimmed, and
-    without the treated mean after weighting (an unweighted mean of the treated units kept:
+    """A balance row without the trimmed count (of both groups) when 1 to k - 1 units, or
+    1 to k - 1 of a group, were trimmed (the total minus the other group's count, published
+    by the propensity-weighted estimate, would give the group's back), and without the treated mean after weighting (an unweighted mean of the treated units kept:
     against the mean before, it gives the trimmed ones' back) when 1 to k - 1 treated
     units were trimmed. The comparison mean after weighting is weighted by unpublished
     propensity scores and stays."""
     row = {**row}
-    if is_small(row.get("n_trimmed"), k):
-        row["n_trimmed"] = None
-        _add_reason(row, f"fewer than {k} units outside the propensity trimming bounds: their count is not "
-                         "published (disclosure control)")
+    if is_small(row.get("n_trimmed"), k) or any(is_small(row.get(key), k) for key in TRIMMED.values()):
+        _withhold_trimmed_total(row, k)
     if is_small(row.get(TRIMMED["treated"]), k) and finite(row.get("mean_treated_weighted")) is not None:
         row["mean_treated_weighted"] = row["smd_after"] = None
         _add_reason(row, _trimmed_reason("treated", k, "the treated mean and the standardised difference after "
                                                         "weighting are"))
     return row
+
+
+def _withhold_trimmed_total(row: dict, k: int) -> None:
+    if row.get("n_trimmed") is None:
+        return
+    row["n_trimmed"] = None
+    _add_reason(row, f"fewer than {k} units, or of a group, outside the propensity trimming bounds: their count "
+                     "is not published (disclosure control)")
+
+
+def protect_trimmed_total(balance_rows: list[dict], est_rows: list[dict], k: int) -> list[dict]:
+    """Balance rows of one study x programme without the count of units trimmed (both
+    groups) when a whole-programme propensity-weighted row withholds one group's count and
+    publishes the other's: the total minus the published count would give the withheld one
+    back (:func:`protect_trimmed`)."""
+    for row in est_rows:
+        if row["subgroup"] != "all" or not row.get("estimator_options"):
+            continue
+        options = json.loads(row["estimator_options"])
+        withheld = [key for key in TRIMMED.values() if key in options and options[key] is None]
+        if withheld and len(withheld) < len(TRIMMED):
+            balance_rows = [dict(r) for r in balance_rows]
+            for r in balance_rows:
+                _withhold_trimmed_total(r, k)
+            break
+    return balance_rows
 
 
 def _protect_row(row: dict, groups: dict[str, tuple[str, ...]], results: tuple[str, ...], k: int) -> dict:

@@ -548,6 +548,7 @@ def _protect_programme(tasks: list[_OutcomeTask], parts: list[dict[str, Any]], b
             for name in ("estimates", "pretrends", "attrition", "group_means")}
     rows["group_means"], rows["attrition"], rows["balance"] = disclosure.protect_differences(
         rows["estimates"], rows["group_means"], rows["attrition"], balance, min_cell)
+    rows["balance"] = disclosure.protect_trimmed_total(rows["balance"], rows["estimates"], min_cell)
     rows["cost_effectiveness"] = []
     for task in tasks:
         config = task.config

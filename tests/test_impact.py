@@ -470,6 +470,21 @@ def test_trimmed_counts_of_fewer_than_k_units_are_not_published(tmp_path):
 
 
 
+def test_a_withheld_trimmed_count_is_not_the_total_minus_the_other_group(tmp_path):
+    """Four treated and 79 comparison units trimmed: the weighted row withholds the four,
+    and the balance table's total (83) minus the 79 would give them back: the total is
+    withheld too."""
+    tables = evaluate(simulate_panel(22, selection=1.5), None, config())
+    options = json.loads(whole_sample(tables).loc["ipw_did", "estimator_options"])
+    assert options["trimmed_treated"] is None and options["trimmed_comparison"] == 79
+    bal = tables.balance
+    assert bal["n_trimmed"].isna().all() and bal["mean_comparison_weighted"].notna().all()
+    assert bal["reason"].str.contains("outside the propensity trimming bounds").all()
+    # with k = 4 the four are published, and the total with them
+    tables = evaluate(simulate_panel(22, selection=1.5), None, config(), min_cell=4)
+    assert (tables.balance["n_trimmed"] == 83).all()
+
+
 def test_notes_do_not_count_fewer_than_k_units(tmp_path):
     """The notes are published with the tables (and in the report): a count of 1 to k - 1
     units in a note is a small cell too."""
