@@ -311,6 +311,52 @@ def protect_trimmed_total(balance_rows: list[dict], est_rows: list[dict], k: int
     return balance_rows
 
 
+def protect_reasons(est_rows: list[dict], pre_rows: list[dict], balance_rows: list[dict]) -> None:
+    """Reasons that count the units of a group whose size is withheld in their row, without
+    the count, in place (estimates, their pre-trend rows, balance): "121 treated, 158
+    comparison (minimum 125 per group)" beside a withheld treated size becomes "fewer than
+    125 treated, 158 comparison (minimum 125 per group)", "(treated: 12, comparison: 0)"
+    becomes "(treated: not published, comparison: 0)". Disclosure control's reasons count
+    nobody and stay."""
+    sizes = {}
+    for row in est_rows:
+        withheld = [g for g, (size, *_) in ESTIMATE_GROUPS.items() if finite(row.get(size)) is None]
+        sizes[(row["outcome"], row["subgroup"], row["estimator"])] = withheld
+        row["reason"] = _uncounted(row.get("reason"), withheld)
+    for row in pre_rows:
+        withheld = sizes.get((row.get("outcome"), row["subgroup"], row["estimator"]), list(ESTIMATE_GROUPS))
+        for column in ("reason", "joint_reason"):
+            row[column] = _uncounted(row.get(column), withheld)
+    for row in balance_rows:
+        withheld = [g for g, (size, *_) in BALANCE_GROUPS.items() if finite(row.get(size)) is None]
+        row["reason"] = _uncounted(row.get("reason"), withheld)
+
+
+def _uncounted(reason: str | None, groups: list[str]) -> str | None:
+    """A reason without the counts of ``groups`` in its parts other than disclosure
+    control's (:func:`protect_reasons`)."""
+    if not reason or not groups:
+        return reason
+    import re
+
+    parts = reason.split("; ")
+    for i, part in enumerate(parts):
+        if "(disclosure control)" in part:
+            continue
+        minimum = re.search(r"\(minimum (\d+) per group\)", part)
+        for group in groups:
+            def bound(match: re.Match, group: str = group) -> str:
+                if minimum is None:
+                    return f"an unpublished number of {group}"
+                m = int(minimum.group(1))
+                return f"fewer than {m} {group}" if int(match.group(1)) < m else f"at least {m} {group}"
+
+            part = re.sub(rf"(?<![\w.])(\d+) {group}\b", bound, part)
+            part = re.sub(rf"\b{group}: \d+", f"{group}: not published", part)
+        parts[i] = part
+    return "; ".join(parts)
+
+
 def _protect_row(row: dict, groups: dict[str, tuple[str, ...]], results: tuple[str, ...], k: int) -> dict:
     small = [g for g, (size, *_) in groups.items() if is_small(row.get(size), k)]
     if not small:

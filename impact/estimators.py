@@ -460,9 +460,11 @@ def fit_propensity(sample: pd.DataFrame, covariates: list[str], rule: Propensity
     n_t = int(np.count_nonzero(keep & (treated == 1)))
     n_c = int(np.count_nonzero(keep & (treated == 0)))
     if n_t == 0 or n_c == 0:
+        # the group left empty, not the units left in the other (published beside the sizes
+        # before trimming, they would count the trimmed units)
+        empty = " or ".join(g for g, n in (("treated", n_t), ("comparison", n_c)) if n == 0)
         raise NotEstimable(
-            f"no overlap: after trimming propensity scores to [{bounds[0]:.3f}, {bounds[1]:.3f}] "
-            f"{n_t} treated and {n_c} comparison units remain"
+            f"no overlap: after trimming propensity scores to [{bounds[0]:.3f}, {bounds[1]:.3f}] no {empty} unit remains"
         )
     odds = score / (1.0 - score)
     weight = np.where(treated == 1, 1.0, odds)

@@ -549,6 +549,7 @@ def _protect_programme(tasks: list[_OutcomeTask], parts: list[dict[str, Any]], b
     rows["group_means"], rows["attrition"], rows["balance"] = disclosure.protect_differences(
         rows["estimates"], rows["group_means"], rows["attrition"], balance, min_cell)
     rows["balance"] = disclosure.protect_trimmed_total(rows["balance"], rows["estimates"], min_cell)
+    disclosure.protect_reasons(rows["estimates"], rows["pretrends"], rows["balance"])
     rows["cost_effectiveness"] = []
     for task in tasks:
         config = task.config

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from impact.config import EvaluationConfigError, load_config, parse_config
-from impact.estimators import crump_alpha
+from impact.estimators import NotEstimable, crump_alpha, fit_propensity
 from impact.panel import PanelError
 from impact.run import TABLES, evaluate, run_impact
 
@@ -483,6 +483,57 @@ def test_a_withheld_trimmed_count_is_not_the_total_minus_the_other_group(tmp_pat
     # with k = 4 the four are published, and the total with them
     tables = evaluate(simulate_panel(22, selection=1.5), None, config(), min_cell=4)
     assert (tables.balance["n_trimmed"] == 83).all()
+
+
+def counts_beside_withheld_sizes(tables) -> list:
+    """Reasons (other than disclosure control's) that quote a count of a group whose size
+    is withheld in their row (estimates, their pre-trend rows, balance)."""
+    import re
+
+    found = []
+    est = tables.estimates
+    sizes = {(r.outcome, r.subgroup, r.estimator): r for r in est.itertuples()}
+    rows = [(r, r) for r in est.itertuples()]
+    rows += [(r, sizes.get((r.outcome, r.subgroup, r.estimator))) for r in tables.pretrends.itertuples()]
+    rows += [(r, r) for r in tables.balance.itertuples()]
+    for row, sized in rows:
+        for group in ("treated", "comparison"):
+            if sized is None or pd.notna(getattr(sized, f"n_{group}")):
+                continue
+            pattern = re.compile(rf"(?<!fewer than )(?<!at least )\b\d+ {group}\b|\b{group}: \d+")
+            for text in (getattr(row, "reason", None), getattr(row, "joint_reason", None)):
+                parts = [] if pd.isna(text) else [p for p in text.split("; ") if "(disclosure control)" not in p]
+                found += [(group, part) for part in parts if pattern.search(part)]
+    return found
+
+
+def test_reasons_beside_a_withheld_size_do_not_count_its_units(tmp_path):
+    """In region 01, 121 treated units of 125 remain inside the propensity bounds: too few
+    for the weighted estimate (minimum 125 per group), whose reason said "121 treated";
+    with the four trimmed units withheld, the 125 of the covariate-adjusted ANCOVA and the
+    121 would give them back. The reason says "fewer than 125 treated" instead."""
+    cfg = config(subgroups={"dimensions": ["region_code"], "min_size": 125},
+                 estimators=[{"name": "ancova_covariates", "type": "ancova", "covariates": True}, "ipw_did"],
+                 cost_effectiveness={"estimator": "ipw_did"})
+    tables = evaluate(simulate_panel(22, selection=1.5), None, cfg)
+    assert counts_beside_withheld_sizes(tables) == []
+    est = tables.estimates.set_index(["subgroup", "estimator"])
+    ipw = est.loc[("region_code=01", "ipw_did")]
+    assert pd.isna(ipw["n_treated"]) and ipw["n_comparison"] == 158 and "121" not in ipw["reason"]
+    assert "fewer than 125 treated, 158 comparison (minimum 125 per group)" in ipw["reason"]
+
+
+def test_no_overlap_names_the_group_left_empty_not_the_units_left():
+    """Trimming that leaves a group empty: the reason (published in the estimates and the
+    balance table beside the sizes before trimming) names the empty group, not how many
+    units of the other remain (the sizes minus those would count the trimmed units)."""
+    from impact.config import Propensity
+
+    x = np.r_[np.full(60, -1.0), np.full(40, 0.0), np.full(50, 1.0), np.full(5, 1.0)]
+    sample = pd.DataFrame({"treated": np.r_[np.zeros(100), np.ones(50), np.zeros(5)].astype(int), "x": x})
+    with pytest.raises(NotEstimable) as error:
+        fit_propensity(sample, ["x"], Propensity("fixed", 0.0, 0.5))
+    assert str(error.value) == "no overlap: after trimming propensity scores to [0.000, 0.500] no treated unit remains"
 
 
 def test_notes_do_not_count_fewer_than_k_units(tmp_path):
