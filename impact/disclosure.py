@@ -565,7 +565,8 @@ def _withhold_attrition(row: dict, group: str, reason: str) -> None:
 
 def _protect_lines(est_rows: list[dict], before: dict, k: int) -> None:
     """The smallest other level of a line (outcome x dimension x estimator x group) withheld
-    with a level withheld alone in it by :func:`protect_differences`, in place."""
+    with a level withheld alone in it by :func:`protect_differences`, in place: its size and
+    means, or its size only when the lone level's means are published."""
     after = _withheld_levels(est_rows)
     wholes = {(row["outcome"], row["estimator"], g) for row in est_rows if row["subgroup"] == "all"
               for g, (size, *_) in ESTIMATE_GROUPS.items() if finite(row.get(size)) is not None}
@@ -576,8 +577,14 @@ def _protect_lines(est_rows: list[dict], before: dict, k: int) -> None:
         size = ESTIMATE_GROUPS[group][0]
         others = [row for row in est_rows if row.get("subgroup_dimension") == dim and row["estimator"] == estimator
                   and row["outcome"] == outcome and finite(row.get(size)) is not None]
-        if others:
-            pick = min(others, key=lambda row: float(row[size]))  # ties: the first level
+        if not others:
+            continue
+        pick = min(others, key=lambda row: float(row[size]))  # ties: the first level
+        lone = next(row for row in est_rows if row["subgroup"] == levels[0] and row["estimator"] == estimator
+                    and row["outcome"] == outcome)
+        if any(finite(lone.get(column)) is not None for column in ESTIMATE_GROUPS[group][1:]):
+            _withhold_count(pick, group, _line_reason(group, levels[0], k))  # its size only: so is the lone one
+        else:
             _withhold_group(pick, group, _line_reason(group, levels[0], k))
 
 

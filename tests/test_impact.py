@@ -683,6 +683,26 @@ def test_the_samples_of_other_outcomes_are_not_given_back_by_difference(tmp_path
     assert (withheld["n_comparison"] == 480).all()
 
 
+def test_a_level_whose_size_alone_is_withheld_has_only_the_size_of_another_withheld_with_it(tmp_path):
+    """Region 01's treated units number 162 for income and 159 for consumption (three
+    without consumption at endline): one of the two sizes is withheld, its means and
+    estimates (of another variable) stay. So that the whole-sample row minus the other
+    regions does not give it back, the smallest other region's size is withheld with it,
+    and its estimate, a difference of means, stays too."""
+    income = lose_at_endline(simulate_panel(8), treated=20, comparison=0, region="02")
+    consumption = simulate_panel(8)
+    consumption = consumption[consumption["variable"] == "income"].assign(variable="consumption")
+    consumption = lose_at_endline(consumption, treated=3, comparison=0, region="01")
+    cfg = config(cov_type="hc1", estimators=["did"], subgroups={"dimensions": ["region_code"], "min_size": 2})
+    tables = evaluate(pd.concat([income, consumption], ignore_index=True), None, cfg)
+    assert differencing_pairs(tables) == []
+    levels = tables.estimates[tables.estimates["subgroup"] != "all"]
+    withheld = levels[levels["n_treated"].isna()]
+    assert len(withheld) == 2 and withheld["outcome"].nunique() == 1
+    assert (withheld["status"] == "ok").all() and withheld["estimate"].notna().all()
+    assert withheld["endline_mean_treated"].notna().all()
+
+
 def test_the_sample_withheld_is_the_one_whose_estimate_survives_whatever_the_configured_order(tmp_path):
     """Three treated units without a covariate: the estimators with covariates count 417
     treated units, the DiD (a difference of the group means) 420. Withholding the DiD's
