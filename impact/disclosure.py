@@ -26,34 +26,57 @@ the propensity bounds (``trimmed_treated`` / ``trimmed_comparison`` in the estim
 options, ``n_trimmed``): a count of 1 to ``k - 1`` is NULL and the reason says so (0
 stays). So are the figures that give it back by difference: the group's size, means and
 the cluster count of the weighted row (its size before trimming is the covariate-adjusted
-estimators'), and the balance table's treated mean after weighting (an unweighted mean of
-the treated units kept). The weighted estimate stays (its comparison half is weighted by
-unpublished propensity scores).
+estimators'), the balance table's treated mean after weighting (an unweighted mean of the
+treated units kept), and the balance table's total ``n_trimmed`` whenever one group's
+count is withheld, in the balance sample or in a whole-programme weighted row (the total
+minus the other group's published count). The weighted estimate stays (its comparison
+half is weighted by unpublished propensity scores).
 
-Samples that differ by a few units (:func:`protect_differences`). A group's figures are
-published on several samples of its units: each estimator's (units measured at baseline
-and endline, with every covariate, inside the propensity bounds, ...) and each round's
-group means (units measured in that round). Two published sizes that differ by 1 to
-``k - 1`` give those units' count back, and two means of a round their mean: with three
-treated units lost at endline, the treated baseline mean of ``impact_group_means`` (every
-unit measured at baseline) and that of the estimates (units measured at baseline and
-endline) give the three units' baseline mean. So, per subgroup and group, the samples are
-kept in order (the estimators' rows, the size most of them share first, then the group
-means by round) and one whose size differs by 1 to ``k - 1`` from a sample kept before it
-is withheld: a group-mean row's size, mean and standard error; an estimate row's group
-size and means and its cluster count, and its estimate too when it is a difference of the
-group means (``diff_in_means``, ``did`` without covariates; the others' estimates are
-regression coefficients and stay). The reason names the sample kept. A subgroup level so
-withheld alone in its line (dimension x estimator x group) has the smallest other level
-withheld with it. The attrition table's counts of a group (units at baseline, units
-observed at endline) are withheld, with its test, when they differ by 1 to ``k - 1`` from
-a published sample (:func:`protect_attrition_differences`). Samples of equal size that
-hold different units are not compared (their difference mixes two sets of units).
-Withholding the descriptive rows before the estimates keeps the evaluation's results where
-it can: the group means are a picture, the attrition counts a diagnostic.
+Samples that differ by a few units (:func:`protect_differences`, over every outcome of a
+study x programme at once). A group's figures are published on several samples of its
+units: each estimator's row of each outcome (units measured at baseline and endline, with
+every covariate, inside the propensity bounds, ...), each outcome's group means by round
+(units measured in that round), the attrition table's units at baseline and at endline,
+and the balance table's units with every covariate (one sample per programme: it does not
+depend on the outcome). The outcomes are measured on the same people. Two published sizes
+that differ by 1 to ``k - 1`` give those units' count back, and two means of the same
+outcome and round their mean: with three treated units lost at endline, the treated
+baseline mean of ``impact_group_means`` (every unit measured at baseline) and that of the
+estimates (units measured at baseline and endline) give the three units' baseline mean.
+So, per subgroup and group, the samples are kept in a fixed order, and one whose size
+differs by 1 to ``k - 1`` from a sample kept before it is withheld. When the two publish
+means of the same outcome, its size and means go (a group-mean row's size, mean and
+standard error; an estimate row's group size and means and its cluster count, and its
+estimate too when it is a difference of the group means: ``diff_in_means``, ``did``
+without covariates; the others' estimates are regression coefficients and stay);
+otherwise only its size goes (another outcome's row or group means keep their means and
+estimates; the balance table its covariate means; the attrition table's counts of the
+group go with its test). The reason names the sample kept. The order does not depend on
+the configured order of the estimators: first the estimate rows whose estimate would go
+with their means (a difference of the group means), then the other estimate rows, the
+group means by round, the balance table, the attrition table; within each, the samples
+whose size most samples share first, then by outcome and estimator name (rounds by
+index). A subgroup level so withheld alone in its line (outcome x dimension x estimator
+x group) has the smallest other level withheld with it (only its size when the lone
+level's means are published). Withholding the descriptive rows before the estimates keeps
+the evaluation's results where it can: the group means are a picture, the balance table
+and the attrition counts diagnostics.
+
+A reason published beside a withheld size does not count that group's units
+(:func:`protect_reasons`): "121 treated, 158 comparison (minimum 125 per group)" becomes
+"fewer than 125 treated, 158 comparison (minimum 125 per group)"; no overlap after
+trimming names the group left empty, not how many units of the other remain.
 
 The notes published with the tables (and in the report) count units the same way: 1 to
 ``k - 1`` of them are "fewer than k units" (:func:`count_text`).
+
+Limits. Samples whose sizes differ by 1 to ``k - 1`` are withheld even when neither holds
+the other (units missing in one round and other units in another): their difference then
+mixes two sets of units and counts nobody, so this over-withholds; samples of equal size
+that hold different units are not compared. A group's cluster count is withheld with its
+size, but is not compared with a cluster count known from the design (clusters sampled,
+villages of the programme): a study whose evaluators know it could learn from
+``n_clusters`` how many clusters a few units left.
 
 Nothing here imports more than pandas.
 """

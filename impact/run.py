@@ -13,9 +13,14 @@ outcome x subgroup, and replaces the tables of schema ``impact`` in the same dat
 ``impact_cost_effectiveness``  cost per beneficiary and per unit of impact with its interval
 
 A treated or comparison group of fewer than k units (k of ``config/disclosure.yml``) has
-its size and means withheld in every table, and its row ``not_estimable`` with the reason;
-so do counts of 1 to k - 1 trimmed units, and a sample of a group that differs from
-another published one by 1 to k - 1 units (:mod:`impact.disclosure`).
+its size and means withheld in every table, and its row ``not_estimable`` with the reason.
+Counts of 1 to k - 1 trimmed units are withheld with the figures that give them back, and
+so is the size (with the means, when they are of the same outcome) of a sample of a group
+that differs from another published one of the study x programme by 1 to k - 1 units
+(every outcome, the group means, the balance and attrition tables): such a row stays
+``ok`` with NULL sizes, unless its estimate is a difference of the group means
+(``diff_in_means``, ``did`` without covariates), which is withheld with them
+(:mod:`impact.disclosure`).
 
 Every row carries ``run_id`` and ``code_version``. Nothing here imports dagster.
 """
