@@ -312,8 +312,8 @@ def _withhold_trimmed_total(row: dict, k: int) -> None:
     if row.get("n_trimmed") is None:
         return
     row["n_trimmed"] = None
-    _add_reason(row, f"fewer than {k} units, or of a group, outside the propensity trimming bounds: their count "
-                     "is not published (disclosure control)")
+    _add_reason(row, f"fewer than {k} units of a group, or in all, outside the propensity trimming bounds: the "
+                     "count of units trimmed is not published (disclosure control)")
 
 
 def protect_trimmed_total(balance_rows: list[dict], est_rows: list[dict], k: int) -> list[dict]:
