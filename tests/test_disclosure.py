@@ -547,3 +547,33 @@ def test_programme_costs_of_a_programme_reaching_fewer_than_k_people_are_suppres
     assert rows["B"][0] is None and rows["B"][1] is None and rows["B"][3] is True
     assert rows["A"][0] == 100 and rows["A"][3] is False and rows["B"][2] == 1000  # budgets are kept
     assert check(con, config=config) == []
+
+
+def test_a_cohort_cell_is_not_given_back_by_the_programme_total_across_cohorts(tmp_path):
+    """The people an incubation programme reached in a promoter cell (published by the
+    coverage mart) are the cell's ventures summed over the cohorts: a cohort's small cell
+    must not be the only one hidden along that line (the project's own configuration)."""
+    project = yaml.safe_load((Path(__file__).parents[1] / "config" / "disclosure.yml").read_text(encoding="utf-8"))
+    table = next(t for t in project["tables"] if t["table"] == "marts.mart_incubation_cohorts")
+    con = duckdb.connect(str(tmp_path / "serving.duckdb"))
+    con.execute("create schema marts")
+    counts = ", ".join(f"{c} bigint" for c in table["count_columns"])
+    values = ", ".join(f"{c} double" for c in table["value_columns"])
+    con.execute(f"create table marts.mart_incubation_cohorts (programme_code varchar, cohort varchar, "
+                f"region_code varchar, sex varchar, age_band varchar, vulnerability_tercile integer, {counts}, {values})")
+    ventures = {("A", "01", "F"): 3, ("A", "01", "M"): 20, ("A", "02", "F"): 20, ("A", "02", "M"): 20,
+                ("B", "01", "F"): 20, ("B", "01", "M"): 20, ("B", "02", "F"): 20, ("B", "02", "M"): 20}
+    n_counts, n_values = len(table["count_columns"]), len(table["value_columns"])
+    con.executemany(f"insert into marts.mart_incubation_cohorts values "
+                    f"(?, ?, ?, ?, ?, ?, {', '.join('?' * (n_counts + n_values))})",
+                    [("INC-01", cohort, region, sex, "25-34", 1, *([n] * n_counts), *([1.0] * n_values))
+                     for (cohort, region, sex), n in ventures.items()])
+    config = {"k": project["k"], "tables": [table]}
+    protect(con, config=config)
+    published = {(c, r, s): n for c, r, s, n in con.execute(
+        "select cohort, region_code, sex, ventures from marts.mart_incubation_cohorts").fetchall()}
+    assert published["A", "01", "F"] is None
+    for region, sex in {(r, s) for _, r, s in ventures}:
+        line = [published[c, region, sex] for c in ("A", "B")]  # its total: the coverage mart's reach
+        assert line.count(None) != 1, (region, sex, line)
+    assert check(con, config=config) == []
