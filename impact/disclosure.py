@@ -87,7 +87,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import pandas as pd
 
@@ -225,13 +225,7 @@ def protect_estimates(est_rows: list[dict], pre_rows: list[dict], k: int) -> Non
         if not groups:
             continue
         reasons = list(dict.fromkeys(withheld.get((row["subgroup"], g)) or small_reason(g, k) for g in groups))
-        for group in groups:
-            for column in ESTIMATE_GROUPS[group]:
-                row[column] = None
-        for column in ESTIMATE_RESULTS:
-            row[column] = None
-        row["status"] = "not_estimable"
-        row["reason"] = "; ".join(reasons)
+        _not_estimable(row, [*(c for g in groups for c in ESTIMATE_GROUPS[g]), *ESTIMATE_RESULTS], reasons)
         row["estimator_options"] = _without_sample_options(row.get("estimator_options"))
         hidden_estimates[(row["subgroup"], row["estimator"])] = row["reason"]
     kept, collapsed = [], set()
@@ -380,20 +374,23 @@ def _uncounted(reason: str | None, groups: list[str]) -> str | None:
     return "; ".join(parts)
 
 
+def _not_estimable(row: dict, columns: Iterable[str], reasons: Iterable[str]) -> None:
+    """In place: ``columns`` NULL (a group's figures and the row's results), the row
+    ``not_estimable`` with ``reasons``."""
+    for column in columns:
+        row[column] = None
+    row["status"] = "not_estimable"
+    row["reason"] = "; ".join(reasons)
+
+
 def _protect_row(row: dict, groups: dict[str, tuple[str, ...]], results: tuple[str, ...], k: int) -> dict:
     small = [g for g, (size, *_) in groups.items() if is_small(row.get(size), k)]
     if not small:
         return row
     row = dict(row)
-    for group in small:
-        for column in groups[group]:
-            row[column] = None
-    for column in results:
-        row[column] = None
-    row["status"] = "not_estimable"
-    row["reason"] = "; ".join(
-        f"fewer than {k} units in the {group} group: its size and figures are not published (disclosure control)"
-        for group in small)
+    _not_estimable(row, [*(c for g in small for c in groups[g]), *results],
+                   (f"fewer than {k} units in the {group} group: its size and figures are not published "
+                    "(disclosure control)" for group in small))
     return row
 
 
@@ -577,13 +574,8 @@ def _withhold_sample(sample: _Sample, group: str, reason: str, k: int, means: bo
 
 def _withhold_attrition(row: dict, group: str, reason: str) -> None:
     """Withhold a group's counts and shares in an attrition row, with its test, in place."""
-    for column in ATTRITION_GROUPS[group]:
-        row[column] = None
-    for column in ATTRITION_RESULTS:
-        row[column] = None
-    row["status"] = "not_estimable"
     reasons = [part for part in (row.get("reason") or "").split("; ") if "(disclosure control)" in part]
-    row["reason"] = "; ".join(reasons + [reason])
+    _not_estimable(row, [*ATTRITION_GROUPS[group], *ATTRITION_RESULTS], reasons + [reason])
 
 
 def _protect_lines(est_rows: list[dict], before: dict, k: int) -> None:
@@ -656,15 +648,9 @@ def protect_attrition(rows: list[dict], k: int) -> list[dict]:
             out.append(row)
             continue
         row = dict(row)
-        for group in small:
-            for column in ATTRITION_GROUPS[group]:
-                row[column] = None
-        for column in ATTRITION_RESULTS:
-            row[column] = None
-        row["status"] = "not_estimable"
-        row["reason"] = "; ".join(
-            f"fewer than {k} units in the {group} group, or among its units missing or observed at endline: "
-            "its counts and shares are not published (disclosure control)" for group in small)
+        _not_estimable(row, [*(c for g in small for c in ATTRITION_GROUPS[g]), *ATTRITION_RESULTS],
+                       (f"fewer than {k} units in the {group} group, or among its units missing or observed at "
+                        "endline: its counts and shares are not published (disclosure control)" for group in small))
         out.append(row)
     return out
 
