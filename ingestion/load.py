@@ -1045,13 +1045,11 @@ class Ingestor:
                           "release_now"):
                     con.execute(f"drop table if exists {t}")
             for delivery_id, n in released:
-                notes = self._notes.get(delivery_id, {})
-                result = self._rewrite_feedback(con, contract, delivery_id, n)
-                if result.file_name in notes:  # its summary, written this pass with a note: kept
-                    result = self._rewrite_feedback(con, contract, delivery_id, n, note=notes[result.file_name])
-                for name, note in notes.items():  # the note on another name of the same content
+                notes = self._notes.get(delivery_id, {})  # written this pass: kept
+                result = self._rewrite_feedback(con, contract, delivery_id, n, notes=notes)
+                for name in notes:  # the note on another name of the same content
                     if name != result.file_name:
-                        self._rewrite_feedback(con, contract, delivery_id, n, feedback_name=name, note=note)
+                        self._rewrite_feedback(con, contract, delivery_id, n, feedback_name=name, notes=notes)
                 results.append(result)
         return results
 
@@ -1157,11 +1155,12 @@ class Ingestor:
         return [(d, counts.get(d, 0)) for d in sorted({d for d, in cleared + changed + added} | set(counts))]
 
     def _rewrite_feedback(self, con, contract: Contract, delivery_id: str, released: int = 0, *,
-                          feedback_name: str | None = None, note: Iterable[str] = (),
+                          feedback_name: str | None = None, notes: dict[str, list[str]] | None = None,
                           replace_reports: bool = False) -> FileResult:
         """A delivery some of whose held rows were released, or whose file was delivered again
         (see _repeat_in_effect): its result now, its feedback rewritten (on ``feedback_name``,
-        by default the delivery's file name, with ``note`` after its counts)."""
+        by default the delivery's file name, with the note ``notes`` holds for that name, if
+        any, after its counts)."""
         partner, file_name, batch, delivered, loaded, quarantined, warnings, headers = con.execute(
             "select partner, file_name, batch, rows_delivered, rows_loaded, rows_quarantined, warnings, file_headers "
             "from meta.deliveries where delivery_id = ?", [delivery_id]).fetchone()
@@ -1172,7 +1171,7 @@ class Ingestor:
                             loaded, quarantined, warnings=warnings.split("\n") if warnings else [],
                             rules_failed=rules, rows_released=released)
         result.report_path = str(self._write_feedback(  # the headers the file used, as its first feedback
-            con, result, contract, replace_reports=replace_reports, note=note,
+            con, result, contract, replace_reports=replace_reports, note=(notes or {}).get(result.file_name, ()),
             headers=json.loads(headers) if headers else None))
         return result
 
@@ -1301,9 +1300,10 @@ class Ingestor:
         note = [f"The file {p.path.name} delivered again on {p.received_at:%Y-%m-%d %H:%M} UTC is identical to this "
                 f"delivery, still in effect for {p.batch}: nothing was loaded again, and nothing needs to be done."
                 + ("" if file_name == p.path.name else f" (This delivery was the file {file_name}.)"), what, ""]
-        written = self._rewrite_feedback(main, p.contract, delivery_id, feedback_name=p.path.name, note=note,
+        notes = self._notes.setdefault(delivery_id, {})
+        notes[p.path.name] = note
+        written = self._rewrite_feedback(main, p.contract, delivery_id, feedback_name=p.path.name, notes=notes,
                                          replace_reports=True)
-        self._notes.setdefault(delivery_id, {})[p.path.name] = note
         result.report_path = written.report_path
         return result
 
