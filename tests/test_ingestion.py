@@ -1843,15 +1843,46 @@ def test_the_next_file_is_prepared_while_the_one_before_commits(settings, contra
         assert con.execute("select count(*) from raw.enrolments").fetchone()[0] == 4
 
 
+def hold_first_commit(monkeypatch, first: str, enough, check=None) -> list[str]:
+    """Hold the commit of the file ``first`` until ``enough(staged)`` (or 20 s), then half a
+    second more for any file beyond the bound to show up; the names of the files staged
+    meanwhile are returned (filled as the pass goes). ``check(prepared)`` runs on ``first``."""
+    import threading
+    import time
+
+    import ingestion.load as load
+
+    released = threading.Event()
+    staged: list[str] = []
+    real_type, real_commit = load.Ingestor._type, load.Ingestor._commit
+
+    def type_(self, con, prepared):
+        if not released.is_set():
+            staged.append(prepared.path.name)
+        return real_type(self, con, prepared)
+
+    def commit(self, con, prepared):
+        if prepared.path.name == first:
+            if check is not None:
+                check(prepared)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and not enough(staged):
+                time.sleep(0.05)
+            time.sleep(0.5)  # time for more than the bound allows to show up
+            released.set()
+        return real_commit(self, con, prepared)
+
+    monkeypatch.setattr(load.Ingestor, "_type", type_)
+    monkeypatch.setattr(load.Ingestor, "_commit", commit)
+    return staged
+
+
 @pytest.mark.parametrize("ahead_bytes", [48 * 2**20, 0])
 def test_files_are_prepared_ahead_of_a_slow_commit_within_the_memory_bound(settings, contracts, monkeypatch,
                                                                           ahead_bytes):
     """While the first file's commit waits (for the suites' worker, say), the files after it
     are staged and typed, as many as ``PREPARE_AHEAD_BYTES`` allows beyond the next one; the
     outcome is that of files taken one after the other."""
-    import threading
-    import time
-
     import ingestion.load as load
 
     base_delivery(settings, contracts, n=5)
@@ -1859,26 +1890,9 @@ def test_files_are_prepared_ahead_of_a_slow_commit_within_the_memory_bound(setti
         write_delivery(settings.landing_dir, contracts["enrolments"], f"inscriptions_2025-0{month}.csv",
                        [enrolment(month)])
     monkeypatch.setattr(load, "PREPARE_AHEAD_BYTES", ahead_bytes)
-    release_first = threading.Event()
-    staged_during_first_commit = []
-    real_type, real_commit = load.Ingestor._type, load.Ingestor._commit
-
-    def type_(self, con, prepared):
-        if not release_first.is_set():
-            staged_during_first_commit.append(prepared.path.name)
-        return real_type(self, con, prepared)
-
-    def commit(self, con, prepared):
-        if prepared.path.name == "registre_2025-01.csv":  # the first file: held until the others are staged
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and len(staged_during_first_commit) < (6 if ahead_bytes else 2):
-                time.sleep(0.05)
-            time.sleep(0.5)  # time for more than the bound allows to show up
-            release_first.set()
-        return real_commit(self, con, prepared)
-
-    monkeypatch.setattr(load.Ingestor, "_type", type_)
-    monkeypatch.setattr(load.Ingestor, "_commit", commit)
+    # the first file: held until the others are staged
+    staged_during_first_commit = hold_first_commit(monkeypatch, "registre_2025-01.csv",
+                                                   lambda staged: len(staged) >= (6 if ahead_bytes else 2))
     summary = ingest(settings, contracts)
     expected = ["registre_2025-01.csv", "programmes_2025-01.csv", "inscriptions_2025-01.csv",
                 "inscriptions_2025-02.csv", "inscriptions_2025-03.csv", "inscriptions_2025-04.csv"]
@@ -1896,9 +1910,6 @@ def test_the_staging_bound_holds_while_a_file_with_nothing_staged_commits(settin
     """The file being committed may hold no staged rows (unchanged since its last delivery,
     rejected before it was read): the files staged beyond it still count against
     ``PREPARE_AHEAD_BYTES``. With no room, only the next file is staged meanwhile."""
-    import threading
-    import time
-
     import ingestion.load as load
 
     write_delivery(settings.landing_dir, contracts["beneficiaries"], "registre_2025-01.csv",
@@ -1909,27 +1920,11 @@ def test_the_staging_bound_holds_while_a_file_with_nothing_staged_commits(settin
         write_delivery(settings.landing_dir, contracts["enrolments"], f"inscriptions_2025-0{month}.csv",
                        [enrolment(month)])
     monkeypatch.setattr(load, "PREPARE_AHEAD_BYTES", 0)
-    release_first = threading.Event()
-    staged_during_first_commit = []
-    real_type, real_commit = load.Ingestor._type, load.Ingestor._commit
 
-    def type_(self, con, prepared):
-        if not release_first.is_set():
-            staged_during_first_commit.append(prepared.path.name)
-        return real_type(self, con, prepared)
+    def no_slot(prepared):  # unchanged, no slot: held while the others stage
+        assert prepared.slot is None
 
-    def commit(self, con, prepared):
-        if prepared.path.name == "registre_2025-01.csv":  # unchanged, no slot: held while the others stage
-            assert prepared.slot is None
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and not staged_during_first_commit:
-                time.sleep(0.05)
-            time.sleep(0.5)  # time for more than the bound allows to show up
-            release_first.set()
-        return real_commit(self, con, prepared)
-
-    monkeypatch.setattr(load.Ingestor, "_type", type_)
-    monkeypatch.setattr(load.Ingestor, "_commit", commit)
+    staged_during_first_commit = hold_first_commit(monkeypatch, "registre_2025-01.csv", bool, check=no_slot)
     summary = ingest(settings, contracts)
     assert [(f.file_name, f.status) for f in summary.files] == [
         ("registre_2025-01.csv", "duplicate"), ("programmes_2025-01.csv", "loaded"),
