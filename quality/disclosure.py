@@ -56,10 +56,7 @@ at all: they build into the internal schema ``detail`` (the blocking check
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import hashlib
-import json
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -364,11 +361,8 @@ def _components_touching(cells: Cells, suppressed: set[int], touching: set[int],
 # candidate (``check_table``) examines the very systems ``protect`` solved moments before in
 # the same run, and the factorisations are most of the cost of both (seconds at national
 # scale). A pure function of the coefficients, so a hit returns what solving would.
-# ``_USED``: the digests looked up since the last ``_load_solved``, which the next
-# publication is likely to need again (``_save_solved``).
 _SOLVED: dict[bytes, frozenset[int]] = {}
 _SOLVED_MAX = 20_000
-_USED: set[bytes] = set()
 
 
 def _determined(members: list[int], equations: list[dict[int, float]]) -> set[int]:
@@ -394,7 +388,6 @@ def _determined(members: list[int], equations: list[dict[int, float]]) -> set[in
         if len(_SOLVED) >= _SOLVED_MAX:
             _SOLVED.clear()
         _SOLVED[digest] = positions
-    _USED.add(digest)
     return {members[n] for n in positions}
 
 
@@ -426,77 +419,6 @@ def _solve(unknowns: int, count: int, rows, columns, values) -> frozenset[int]:
     # a determined cell, so the tolerance grows with the values rather than stay fixed
     tolerance = 1e-7 * max(1.0, float(basis.max(initial=0.0)))
     return frozenset(int(pivots[n]) for n in np.flatnonzero(basis.max(axis=1, initial=0.0) <= tolerance))
-
-
-# --- solved systems kept between publications ------------------------------------------------
-# A monthly refresh protects tables whose past strata (months) have not changed since the last
-# publication: the same systems, solved again at every publication, their number growing with
-# the months published. ``protect`` keeps the systems the publication needed in a file beside
-# the warehouse (``solved_systems_path``), and the next ``protect`` (and ``check``, ``review``)
-# of that home starts from them. An entry is only a system's digest and the positions of its
-# determined unknowns, so a hit returns what solving would; the file is used only when written
-# by the same code (this module, numpy and scipy versions) and its checksum matches,
-# otherwise every system is solved again.
-SOLVED_FILE = "disclosure-solved-systems.json"
-SOLVED_FORMAT = 1
-
-
-def solved_systems_path(settings) -> Path:
-    return Path(settings.build_path).parent / SOLVED_FILE
-
-
-@functools.cache
-def _solver_fingerprint() -> str:
-    """This module's code (any change to it, not only to the solver's) and the numerical
-    libraries' versions: what a kept solution is valid for."""
-    import numpy
-    import scipy
-
-    parts = [str(SOLVED_FORMAT).encode(), numpy.__version__.encode(), scipy.__version__.encode(),
-             Path(__file__).read_bytes()]
-    return hashlib.sha256(b"\0".join(parts)).hexdigest()
-
-
-def _entries_checksum(entries: dict[str, list[int]]) -> str:
-    return hashlib.sha256(json.dumps(entries, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def _load_solved(path: Path) -> int:
-    """Add the systems kept in ``path`` to this process's solved systems; the number added (0
-    when the file is missing, unreadable, of another solver or fails its checksum).
-    Starts a new record of the systems used (``_USED``)."""
-    _USED.clear()
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-        entries = data["entries"]
-        if (data.get("solver") != _solver_fingerprint() or not isinstance(entries, dict)
-                or data.get("checksum") != _entries_checksum(entries)):
-            return 0
-        loaded = {bytes.fromhex(digest): frozenset(int(n) for n in positions)
-                  for digest, positions in entries.items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return 0
-    if len(_SOLVED) + len(loaded) > _SOLVED_MAX:
-        _SOLVED.clear()
-    _SOLVED.update(loaded)
-    return len(loaded)
-
-
-def _save_solved(path: Path) -> None:
-    """Keep the systems used since ``_load_solved`` in ``path`` (written whole, then renamed).
-    A file that cannot be written costs the next publication time, never this one: ignored."""
-    entries = {digest.hex(): sorted(_SOLVED[digest]) for digest in sorted(_USED) if digest in _SOLVED}
-    data = {"format": SOLVED_FORMAT, "solver": _solver_fingerprint(), "checksum": _entries_checksum(entries),
-            "entries": entries}
-    path = Path(path)
-    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary.write_text(json.dumps(data, separators=(",", ":")), encoding="utf-8")
-        os.replace(temporary, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            temporary.unlink(missing_ok=True)
 
 
 # Systems with this many unknowns or more are factorised on threads, one per core, each with
@@ -732,8 +654,6 @@ def protect(con, settings=None, config: Any = None) -> list[TableProtection]:
     missing are skipped here and reported by ``check`` (a blocking failure).
     """
     config = load_config(config, settings)
-    if settings is not None:
-        _load_solved(solved_systems_path(settings))
     db = _Database(con)
     report = []
     for rule in config.tables:
@@ -761,8 +681,6 @@ def protect(con, settings=None, config: Any = None) -> list[TableProtection]:
             db.rollback()
             raise
         report.append(TableProtection(rule.table, len(cells), len(primary), len(complementary)))
-    if settings is not None:
-        _save_solved(solved_systems_path(settings))
     return report
 
 
@@ -862,8 +780,6 @@ def check_table(con, rule: TableRule) -> list[Violation]:
 def review(con, settings=None, config: Any = None) -> list[Violation]:
     """Every finding: blocking violations, then warnings (``blocking=False``)."""
     config = load_config(config, settings)
-    if settings is not None:
-        _load_solved(solved_systems_path(settings))
     db = _Database(con)
     out = []
     for rule in config.tables:
@@ -883,8 +799,6 @@ def check(con, settings=None, config: Any = None) -> list[Violation]:
     need a query of their own (tables nobody configured).
     """
     config = load_config(config, settings)
-    if settings is not None:
-        _load_solved(solved_systems_path(settings))
     db = _Database(con)
     return [v for rule in config.tables for v in check_table(db, rule) if v.blocking] + exempt_with_counts(db, config)
 

@@ -173,96 +173,6 @@ def test_solved_systems_are_reused_whatever_the_cell_numbers(monkeypatch):
     assert len(solved) == 2
 
 
-def _counting_solves(monkeypatch) -> list:
-    """A fresh process's solved systems (none), and the list every factorisation lands in."""
-    solved = []
-    solve = disclosure._solve
-    monkeypatch.setattr(disclosure, "_solve", lambda *a: solved.append(a) or solve(*a))
-    monkeypatch.setattr(disclosure, "_SOLVED", {})
-    monkeypatch.setattr(disclosure, "_USED", set())
-    return solved
-
-
-def _home(tmp_path):
-    from types import SimpleNamespace
-
-    return SimpleNamespace(build_path=tmp_path / "home" / "warehouse" / "build.duckdb")
-
-
-def test_a_publication_starts_from_the_systems_the_last_one_solved(tmp_path, monkeypatch):
-    """The next publication of the same home (another process) solves none of the systems the
-    last one kept, and publishes the same pattern; check() agrees without solving either."""
-    settings = _home(tmp_path)
-    solved = _counting_solves(monkeypatch)
-    first = make_warehouse(tmp_path / "first.duckdb", coverage_rows(COUNTS))
-    protect(first, settings, config=CONFIG)
-    assert solved and disclosure.solved_systems_path(settings).exists()
-
-    solved = _counting_solves(monkeypatch)  # a new process
-    second = make_warehouse(tmp_path / "second.duckdb", coverage_rows(COUNTS))
-    protect(second, settings, config=CONFIG)
-    assert check(second, settings, config=CONFIG) == []
-    assert solved == []
-    assert published(second) == published(first)
-    assert published(second)["01", "F"] is None
-
-
-@pytest.mark.parametrize("damage", ["entries", "solver", "truncated"])
-def test_kept_systems_altered_or_of_another_solver_are_solved_again(tmp_path, monkeypatch, damage):
-    """A kept entry that claims fewer determined cells than there are would publish a
-    recoverable cell: a file whose checksum fails, written by another solver, or unreadable is
-    not used."""
-    settings = _home(tmp_path)
-    _counting_solves(monkeypatch)
-    cold = make_warehouse(tmp_path / "cold.duckdb", coverage_rows(COUNTS))
-    protect(cold, settings, config=CONFIG)
-    path = disclosure.solved_systems_path(settings)
-    data = json.loads(path.read_text())
-    altered = {digest: [] if positions else [0] for digest, positions in data["entries"].items()}
-    if damage == "entries":
-        data["entries"] = altered
-    elif damage == "solver":
-        data["solver"] = "0" * 64
-        data["entries"] = altered
-        data["checksum"] = disclosure._entries_checksum(altered)
-    path.write_text(json.dumps(data)[: -10 if damage == "truncated" else None])
-
-    solved = _counting_solves(monkeypatch)
-    again = make_warehouse(tmp_path / "again.duckdb", coverage_rows(COUNTS))
-    protect(again, settings, config=CONFIG)
-    assert solved
-    assert published(again) == published(cold)
-    assert check(again, settings, config=CONFIG) == []
-
-
-def test_kept_systems_that_cannot_be_written_do_not_stop_the_publication(tmp_path, monkeypatch):
-    from types import SimpleNamespace
-
-    (tmp_path / "home").write_text("a file where the warehouse folder should be")
-    settings = SimpleNamespace(build_path=tmp_path / "home" / "build.duckdb")
-    _counting_solves(monkeypatch)
-    con = make_warehouse(tmp_path / "serving.duckdb", coverage_rows(COUNTS))
-    protect(con, settings, config=CONFIG)
-    assert published(con)["01", "F"] is None
-    assert check(con, settings, config=CONFIG) == []
-
-
-def test_kept_systems_are_those_the_last_publication_used(tmp_path, monkeypatch):
-    settings = _home(tmp_path)
-    _counting_solves(monkeypatch)
-    protect(make_warehouse(tmp_path / "a.duckdb", coverage_rows(COUNTS)), settings, config=CONFIG)
-    path = disclosure.solved_systems_path(settings)
-    kept_a = set(json.loads(path.read_text())["entries"])
-    other = dict(COUNTS) | {("02", "M"): 4, ("03", "F"): 6}  # another pattern, other systems
-    protect(make_warehouse(tmp_path / "b.duckdb", coverage_rows(other)), settings, config=CONFIG)
-    kept_b = set(json.loads(path.read_text())["entries"])
-    assert kept_b and kept_a - kept_b  # the first table's systems are gone from the file
-
-    solved = _counting_solves(monkeypatch)
-    protect(make_warehouse(tmp_path / "c.duckdb", coverage_rows(other)), settings, config=CONFIG)
-    assert solved == []
-
-
 def test_large_systems_solved_on_threads_give_what_solving_them_one_by_one_gives(monkeypatch):
     import random
     import threading
@@ -588,8 +498,8 @@ def test_review_looks_for_unconfigured_tables_in_the_configured_published_schema
     config_dir = tmp_path / "config"
     config_dir.mkdir()
     (config_dir / "quality.yml").write_text(yaml.safe_dump({"publish": {"schemas": ["marts", "extra"]}}))
-    settings = SimpleNamespace(config_dir=config_dir, build_path=tmp_path / "build.duckdb")
-    found = {v.table for v in disclosure.review(con, settings, config=CONFIG) if v.kind == "unconfigured_table"}
+    found = {v.table for v in disclosure.review(con, SimpleNamespace(config_dir=config_dir), config=CONFIG)
+             if v.kind == "unconfigured_table"}
     assert found == {"marts.mart_other", "extra.mart_more"}
     assert {v.table for v in disclosure.review(con, config=CONFIG) if v.kind == "unconfigured_table"} == {
         "marts.mart_other"}

@@ -276,7 +276,7 @@ def test_small_cells_checks_a_real_serving_file(tmp_path, cfg):
     serving = make_warehouse(tmp_path / "serving.duckdb", coverage_rows(COUNTS))
     disclosure.protect(serving, config=CONFIG)
     (tmp_path / disclosure.CONFIG_FILE).write_text(yaml.safe_dump({**CONFIG, "exempt_tables": ["marts.mart_other"]}))
-    settings = types.SimpleNamespace(config_dir=tmp_path, build_path=tmp_path / "build.duckdb")  # what review() reads
+    settings = types.SimpleNamespace(config_dir=tmp_path)  # what review() reads of the settings
     r = check_small_cells(serving, settings, cfg)[0]
     assert r.passed and r.metadata == {"violations": []}
     serving.execute("update marts.mart_coverage set beneficiaries = 3, is_suppressed = false "
