@@ -316,3 +316,28 @@ def test_usable_cores_follow_the_cgroup_quota(tmp_path):
     (v1 / "cpu.cfs_quota_us").write_text("150000\n")
     assert usable_cores(v1.parent) == min(affinity, 1.5)
     assert usable_cores(tmp_path / "absent") == affinity
+
+
+def test_hierarchical_measure_publishes_the_marginals_and_protects_a_small_cell_with_them():
+    """bench.hierarchical adds every marginal as a total row and protects them with the cells:
+    a small cell (3 people) and the cells that hide it are suppressed, the totals published."""
+    import duckdb
+
+    from bench.hierarchical import measure
+    from quality.disclosure import parse_config
+
+    con = duckdb.connect()
+    con.execute("create schema marts")
+    con.execute("create table marts.m (month varchar, region_code varchar, sex varchar, people bigint)")
+    counts = {("01", "F"): 3, ("01", "M"): 52, ("02", "F"): 41, ("02", "M"): 47, ("03", "F"): 60, ("03", "M"): 75}
+    con.executemany("insert into marts.m values ('2025-01', ?, ?, ?)", [(r, s, n) for (r, s), n in counts.items()])
+    rule = parse_config({"tables": [{"table": "marts.m", "by": ["month"], "dimensions": ["region_code", "sex"],
+                                     "count_columns": ["people"]}]}).tables[0]
+    m = measure(con, rule)
+    levels = {level: (n, published) for level, n, published in m["levels"]}
+    assert m["cells"] == 6 + 3 + 2 + 1
+    # every total published; 01-F hidden in a rectangle of four cells (two regions x two sexes),
+    # which no line or combination of lines gives back
+    assert levels[()] == (1, 1) and levels[("sex",)] == (2, 2) and levels[("region_code",)] == (3, 3)
+    assert levels[("region_code", "sex")] == (6, 2)
+    assert m["published"] == 12 - 4
