@@ -379,7 +379,10 @@ def render(run: dict) -> str:
             "`make bench` (or `jisr bench`; `--scales 100000,1000000` by default, `--months 12`, "
             "`--workdir`, `--keep`). Raw figures of the run: `bench/results.json`. It takes about 5 "
             "minutes on 2 cores and about 6 GB of free disk at 1,000,000 beneficiaries. "
-            "`python -m bench.profile [--incremental]` profiles one refresh with pyinstrument.", "", END]
+            "`python -m bench.profile [--incremental]` profiles one refresh with pyinstrument; "
+            "`python -m bench.hierarchical` measures what each protected table would publish with "
+            "its marginals protected in the same system (on a kept scale: `JISR_HOME=<workdir>/scale-<n>/home`).",
+            "", END]
     return "\n".join(out) + "\n"
 
 
