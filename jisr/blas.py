@@ -36,17 +36,39 @@ def _openblas_threads() -> list[tuple]:
     return found
 
 
+# The thread counts each ``single_threaded_blas`` block replaced, outermost first (a nested
+# block replaces the outer block's one thread).
+_REPLACED: list[list[tuple]] = []
+
+
 @contextmanager
 def single_threaded_blas():
     """Run the block's BLAS and LAPACK calls on one thread, then restore the thread counts."""
     found = _openblas_threads()
     for set_, _ in found:
         set_(1)
+    _REPLACED.append(found)
     try:
         yield
     finally:
+        _REPLACED.pop()
         for set_, threads in found:
             set_(threads)
+
+
+@contextmanager
+def blas_threads_as_before():
+    """Inside ``single_threaded_blas``: the thread counts the outermost such block replaced,
+    for one large piece of work that nothing else runs beside (one thread again after the
+    block). Elsewhere: as is."""
+    found = _REPLACED[0] if _REPLACED else []
+    for set_, threads in found:
+        set_(threads)
+    try:
+        yield
+    finally:
+        for set_, _ in found:
+            set_(1)
 
 
 def use_one_blas_thread() -> None:

@@ -67,7 +67,7 @@ from typing import Any, Iterable
 
 import yaml
 
-from jisr.blas import single_threaded_blas
+from jisr.blas import blas_threads_as_before, single_threaded_blas
 from quality.config import DEFAULT_PUBLISH_SCHEMAS, config_for
 
 CONFIG_FILE = "disclosure.yml"
@@ -426,14 +426,27 @@ def _solve(unknowns: int, count: int, rows, columns, values) -> frozenset[int]:
 # BLAS's own threads on these sizes (the 32 largest systems of a refresh at 1,000,000
 # beneficiaries, about 800 unknowns each: 1.7 s one after the other).
 THREADED_UNKNOWNS = 200
+# A system at least this large that costs more than the other large systems of its round
+# together is solved last, with BLAS's own threads, the others before it one by one: on the
+# threads it would finish long after them (on 2 cores the incubation cohorts' largest system
+# at 1,000,000 beneficiaries, 2,284 unknowns, takes 1.1 s with BLAS's threads and 2.0 s
+# without; a system of 800 unknowns 47 ms and 63 ms; at 400 unknowns the threads gain nothing).
+DOMINANT_SYSTEM_UNKNOWNS = 800
+
+
+def _cost(system: tuple[list[int], list[dict[int, float]]]) -> int:
+    """A factorisation's cost, up to a constant: unknowns squared times equations."""
+    members, equations = system
+    return len(members) ** 2 * len(equations)
 
 
 def _determined_in(systems: list[tuple[list[int], list[dict[int, float]]]]) -> set[int]:
     """The unknowns that the equations of each system fix (:func:`_determined`), together.
 
     Called with one BLAS thread (``_one_blas_thread``): the large systems are solved on
-    threads, the small ones here (their Python costs more than their factorisation). The
-    result is a union, the same whichever thread solved which system."""
+    threads, the small ones here (their Python costs more than their factorisation); a large
+    system that dominates the others gets BLAS's threads instead (``DOMINANT_SYSTEM_UNKNOWNS``).
+    The result is a union, the same whichever thread solved which system."""
     found: set[int] = set()
     large = []
     for members, equations in systems:
@@ -441,8 +454,13 @@ def _determined_in(systems: list[tuple[list[int], list[dict[int, float]]]]) -> s
             large.append((members, equations))
         else:
             found |= _determined(members, equations)
+    large.sort(key=_cost, reverse=True)
     workers = min(len(large), os.cpu_count() or 1)
-    if workers > 1:
+    if large and len(large[0][0]) >= DOMINANT_SYSTEM_UNKNOWNS and _cost(large[0]) > sum(map(_cost, large[1:])):
+        parts = [_determined(members, equations) for members, equations in large[1:]]
+        with blas_threads_as_before():
+            parts.append(_determined(*large[0]))
+    elif workers > 1:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="jisr-disclosure") as pool:
             parts = list(pool.map(lambda system: _determined(*system), large))
     else:

@@ -231,6 +231,47 @@ print(json.dumps(seen))
     assert json.loads(done.stdout.splitlines()[-1]) == [[1]]
 
 
+def test_a_system_that_dominates_its_round_gets_the_blas_threads_back(tmp_path):
+    """The largest system of a round, when it costs more than the others together, is solved
+    last with BLAS's own threads (one thread again after it); the others on one thread. The
+    same inside nested one-thread blocks (the check of a candidate); the same cells found."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = """
+import json
+from quality import disclosure
+from jisr.blas import _openblas_threads
+seen = []
+solve = disclosure._solve
+def recording(unknowns, *a):
+    seen.append((unknowns, sorted({count for _, count in _openblas_threads()})))
+    return solve(unknowns, *a)
+disclosure._solve = recording
+disclosure.THREADED_UNKNOWNS = 3
+disclosure.DOMINANT_SYSTEM_UNKNOWNS = 6
+big = list(range(8))
+small = [10, 11, 12]
+systems = [(small, [{10: 1.0, 11: 1.0}, {12: 1.0}]),
+           (big, [{0: 1.0, 1: 1.0}, {1: 1.0, 2: 1.0}, {2: 1.0}, {3: 1.0, 4: 1.0}, {4: 1.0, 5: 1.0, 6: 1.0}, {7: 1.0}])]
+with disclosure._one_blas_thread():
+    found = disclosure.recoverable(None, set(big + small), components=systems)
+    after = sorted({count for _, count in _openblas_threads()})
+print(json.dumps({"seen": seen, "found": sorted(found), "after": after,
+                  "outside": sorted({count for _, count in _openblas_threads()})}))
+"""
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "2"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.splitlines()[-1])
+    assert out["seen"] == [[3, [1]], [8, [2]]]  # the small one first, on one thread
+    assert out["found"] == [0, 1, 2, 7, 12]
+    assert out["after"] == [1] and out["outside"] == [2]
+
+
 def _exact_rank(rows: list[list[int]]) -> int:
     """Rank over the rationals, by exact elimination."""
     from fractions import Fraction
