@@ -1,0 +1,73 @@
+"""What two publications give back together (a measurement of a documented limit).
+
+    python -m bench.republication [--previous FILE] [--serving FILE] [--build FILE]
+
+Disclosure control protects each publication on its own (docs/bi-access.md, "Limits"): a
+cell published by an earlier serving file and suppressed by the current one is known to
+whoever kept the earlier file, when its counts did not change. This reads the current
+serving file, the previous one (default: the newest file of ``warehouse/history/``) and
+the build warehouse the current one was published from (its counts before suppression), and
+prints per protected table: the cells suppressed now but published before with the same
+counts, and the suppressed cells that become exactly recoverable when those are known
+(beyond those the current file's lines alone determine: the same attacker as the
+protection's, who knows every line total), with how many of them count fewer than k people.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def measure(build, previous, serving, rule) -> dict:
+    from quality.disclosure import build_cells, primary_suppressions, recoverable
+
+    keys, counts = ", ".join(rule.key_columns), ", ".join(rule.count_columns)
+    n = len(rule.key_columns)
+    flag = rule.flag_column
+    truth = build.execute(f"select {keys}, {counts} from {rule.table} order by {keys}").fetchall()
+    hidden_now = {tuple(r[:n]) for r in serving.execute(f"select {keys} from {rule.table} where {flag}").fetchall()}
+    published_before = {tuple(r[:n]): tuple(r[n:]) for r in previous.execute(
+        f"select {keys}, {counts} from {rule.table} where not {flag}").fetchall()}
+    cells = build_cells(rule, truth)
+    suppressed = {i for i, key in enumerate(cells.keys) if tuple(key) in hidden_now}
+    known = {i for i in suppressed if published_before.get(tuple(cells.keys[i])) == tuple(cells.counts[i])}
+    alone = recoverable(cells, suppressed)
+    together = recoverable(cells, suppressed - known) - alone
+    small = primary_suppressions(cells)
+    return {"suppressed": len(suppressed), "known_before": len(known), "recoverable": len(together),
+            "recoverable_small": len(together & small)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.republication", description=__doc__.splitlines()[0])
+    p.add_argument("--previous", help="the earlier serving file (default: the newest in warehouse/history/)")
+    p.add_argument("--serving", help="the current serving file (default: $JISR_HOME's)")
+    p.add_argument("--build", help="the build warehouse it was published from (default: $JISR_HOME's)")
+    args = p.parse_args(argv)
+
+    import duckdb
+
+    from jisr.settings import get_settings
+    from quality.disclosure import load_config
+
+    settings = get_settings()
+    history = sorted(Path(settings.history_dir).glob("*.duckdb"))
+    previous = args.previous or (history[-1] if history else None)
+    if previous is None:
+        print(f"no earlier publication in {settings.history_dir}: pass --previous", file=sys.stderr)
+        return 1
+    config = load_config(settings=settings)
+    files = [args.build or settings.build_path, previous, args.serving or settings.serving_path]
+    build, before, now = (duckdb.connect(str(f), read_only=True) for f in files)
+    for rule in config.tables:
+        m = measure(build, before, now, rule)
+        print(f"{rule.table}: {m['known_before']:,} of {m['suppressed']:,} suppressed cells published before with "
+              f"the same counts; with them, {m['recoverable']:,} more recoverable ({m['recoverable_small']:,} "
+              f"of fewer than {rule.k} people)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
