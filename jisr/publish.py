@@ -268,10 +268,19 @@ def load_candidate(settings, run_id: str) -> Candidate | None:
 
 
 def _protect(con, settings) -> str:
-    """Disclosure control on the candidate; what it did, per table, for the publish log."""
+    """Disclosure control on the candidate, against the file served now (a cell it publishes
+    with the same counts is hidden as a complement only where no other cell can be); what it
+    did, per table, for the publish log."""
     from quality import disclosure
 
-    return json.dumps([str(t) for t in disclosure.protect(con, settings)])
+    serving = Path(settings.serving_path)
+    if not serving.exists():
+        return json.dumps([str(t) for t in disclosure.protect(con, settings)])
+    con.execute(f"attach '{_sql_str(serving)}' as previous_serving (read_only)")
+    try:
+        return json.dumps([str(t) for t in disclosure.protect(con, settings, previous="previous_serving")])
+    finally:
+        con.execute("detach previous_serving")
 
 
 # --- audit and publish -----------------------------------------------------------------------------

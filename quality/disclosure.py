@@ -63,7 +63,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Collection, Iterable
 
 import yaml
 
@@ -505,17 +505,24 @@ def determined_by_totals(cells: Cells, touching: set[int] | None = None) -> set[
     return recoverable(cells, set(range(len(cells))), touching=touching)
 
 
-def _pick(cells: Cells, candidates: Iterable[int], totals: set[int], closes=None) -> int | None:
-    """The next cell to hide: a detail cell before a total row; among them one that also
+def _pick(cells: Cells, candidates: Iterable[int], totals: set[int], closes=None,
+          published_before: Collection[int] = frozenset()) -> int | None:
+    """The next cell to hide: one the previous publication did not publish with the same
+    counts (``published_before``: whoever kept that file knows it, so hiding it protects
+    nothing from them); then a detail cell before a total row; among them one that also
     closes the most other open lines (lines with a lone hidden cell), then the smallest."""
     candidates = list(candidates)
     if not candidates:
         return None
-    return min(candidates, key=lambda i: (i in totals, -(closes(i) if closes else 0), cells.size(i), i))
+    return min(candidates, key=lambda i: (i in published_before, i in totals, -(closes(i) if closes else 0),
+                                          cells.size(i), i))
 
 
-def suppression_pattern(cells: Cells) -> tuple[set[int], set[int]]:
-    """(primary, complementary) suppressed cells of a table."""
+def suppression_pattern(cells: Cells, published_before: Collection[int] = frozenset()) -> tuple[set[int], set[int]]:
+    """(primary, complementary) suppressed cells of a table.
+
+    ``published_before``: cells the previous publication published with the same counts;
+    they are chosen as complements only where no other cell can be (see ``_pick``)."""
     primary = primary_suppressions(cells)
     suppressed = set(primary)
     totals = {total for _, total in cells.lines if total is not None}
@@ -559,7 +566,8 @@ def suppression_pattern(cells: Cells) -> tuple[set[int], set[int]]:
         while queue:  # a line with a lone suppressed cell gets its smallest other cell hidden
             n = queue.pop()
             if hidden_count[n] == 1:
-                pick = _pick(cells, (i for i in line_cells[n] if i not in suppressed), totals, closes)
+                pick = _pick(cells, (i for i in line_cells[n] if i not in suppressed), totals, closes,
+                             published_before)
                 if pick is not None:
                     hide(pick, queue)
         # the groups holding a cell hidden since the last check: only they can expose a cell
@@ -583,10 +591,11 @@ def suppression_pattern(cells: Cells) -> tuple[set[int], set[int]]:
             if not group_exposed:
                 continue
             cell = group_exposed[0]
-            pick = _pick(cells, {i for n in lines_of.get(cell, []) for i in line_cells[n] if i not in suppressed}, totals)
+            pick = _pick(cells, {i for n in lines_of.get(cell, []) for i in line_cells[n] if i not in suppressed}, totals,
+                         published_before=published_before)
             if pick is None:  # every neighbour is hidden: widen to the lines of the whole group
                 pick = _pick(cells, {i for s in members for n in lines_of.get(s, []) for i in line_cells[n]
-                                     if i not in suppressed}, totals)
+                                     if i not in suppressed}, totals, published_before=published_before)
             if pick is not None:
                 hide(pick, queue)
                 progress = True
@@ -664,12 +673,30 @@ class TableProtection:
                 f"{self.complementary} complementary")
 
 
-def protect(con, settings=None, config: Any = None) -> list[TableProtection]:
+def _published_in(db: _Database, rule: TableRule, database: str) -> set[tuple]:
+    """(key values, counts) of the cells that the table of the same name in the attached
+    DuckDB database ``database`` publishes (none when it has no such table or columns)."""
+    wanted = [*rule.key_columns, *rule.count_columns, rule.flag_column]
+    found = {r[0] for r in db.rows(
+        "select column_name from duckdb_columns() where database_name = ? and schema_name = ? and table_name = ?",
+        (database, rule.schema, rule.name))}
+    if any(c not in found for c in wanted):
+        return set()
+    n = len(rule.key_columns)
+    rows = db.rows(f"select {', '.join(_q(c) for c in wanted[:-1])} from {_q(database)}.{_q(rule.schema)}.{_q(rule.name)} "
+                   f"where not coalesce({_q(rule.flag_column)}, false)")
+    return {(tuple(r[:n]), tuple(r[n:])) for r in rows}
+
+
+def protect(con, settings=None, config: Any = None, previous: str | None = None) -> list[TableProtection]:
     """Suppress small cells (and their complements) in the configured tables of ``con``.
 
     ``con`` is a read-write connection to the NEW serving file, before it is published.
     Tables that are not configured are not touched; configured tables or columns that are
     missing are skipped here and reported by ``check`` (a blocking failure).
+    ``previous``: the name under which the previous serving file is attached to ``con``
+    (DuckDB): a cell it published with the same counts is hidden as a complement only where
+    no other cell can be, since whoever kept that file knows it.
     """
     config = load_config(config, settings)
     db = _Database(con)
@@ -681,7 +708,9 @@ def protect(con, settings=None, config: Any = None) -> list[TableProtection]:
         if any(c not in columns for c in rule.key_columns + rule.suppressed_columns):
             continue  # check() reports the missing columns (a blocking failure)
         cells = _read_cells(db, rule, columns)
-        primary, complementary = suppression_pattern(cells)
+        before = _published_in(db, rule, previous) if previous else set()
+        published_before = {i for i in range(len(cells)) if (tuple(cells.keys[i]), tuple(cells.counts[i])) in before}
+        primary, complementary = suppression_pattern(cells, published_before)
         table = f"{_q(rule.schema)}.{_q(rule.name)}"
         db.begin()
         try:

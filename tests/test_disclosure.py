@@ -618,3 +618,45 @@ def test_a_cohort_cell_is_not_given_back_by_the_programme_total_across_cohorts(t
         line = [published[c, region, sex] for c in ("A", "B")]  # its total: the coverage mart's reach
         assert line.count(None) != 1, (region, sex, line)
     assert check(con, config=config) == []
+
+
+def test_a_cell_the_previous_publication_published_is_not_chosen_as_a_complement(tmp_path):
+    """Whoever kept the previous serving file knows the cells it published: hiding one of them
+    (same counts) as a complement would give the small cell back to them. Another cell of the
+    line is hidden instead, and the new file is as safe on its own."""
+    first = make_warehouse(tmp_path / "first.duckdb", coverage_rows(COUNTS))
+    protect(first, config=CONFIG)
+    chosen = {key for key, n in published(first).items() if n is None} - {("01", "F")}
+    assert ("01", "M") in chosen  # the smallest other cell of the small cell's row
+    first.close()
+
+    # an earlier file hid 01-F with the totals of regions 01 and 02 and 02-F, and published
+    # 01-M (52 people, unchanged since)
+    hidden_before = {("01", "F"), ("01", "all"), ("02", "F"), ("02", "all")}
+    before = make_warehouse(tmp_path / "before.duckdb", coverage_rows(COUNTS))
+    before.execute("alter table marts.mart_coverage add column is_suppressed boolean default false")
+    before.execute("alter table marts.mart_coverage alter column beneficiaries drop not null")
+    for region, sex in hidden_before:
+        before.execute("update marts.mart_coverage set is_suppressed = true, beneficiaries = null "
+                       "where region_code = ? and sex = ?", [region, sex])
+    known_before = {key: n for key, n in published(before).items() if n is not None}
+    before.close()
+    con = make_warehouse(tmp_path / "now.duckdb", coverage_rows(COUNTS))
+    con.execute(f"attach '{tmp_path / 'before.duckdb'}' as previous_serving (read_only)")
+    protect(con, config=CONFIG, previous="previous_serving")
+    cells = published(con)
+    assert cells["01", "F"] is None and cells["01", "M"] == 52  # another complement was chosen
+    assert check(con, config=CONFIG) == []
+    # both files together: what either publishes is known, and nothing small comes back
+    together = {key: n if n is not None else known_before.get(key) for key, n in cells.items()}
+    assert ("01", "F") not in subtraction_attack(together) and together["01", "F"] is None
+
+
+def test_a_cell_published_before_with_other_counts_is_a_complement_like_any_other(tmp_path):
+    before = make_warehouse(tmp_path / "before.duckdb", coverage_rows({**COUNTS, ("01", "M"): 51}))
+    before.execute("alter table marts.mart_coverage add column is_suppressed boolean default false")
+    before.close()
+    con = make_warehouse(tmp_path / "now.duckdb", coverage_rows(COUNTS))
+    con.execute(f"attach '{tmp_path / 'before.duckdb'}' as previous_serving (read_only)")
+    protect(con, config=CONFIG, previous="previous_serving")
+    assert published(con)["01", "M"] is None

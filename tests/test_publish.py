@@ -71,8 +71,11 @@ def stub_disclosure(monkeypatch, violations=()):
     protect does nothing, review finds ``violations`` (blocking, one per text)."""
     calls = []
 
-    def protect(con, settings):
+    def protect(con, settings, previous=None):
         calls.append("protect")
+        if previous is not None:  # the file served now, readable under that name
+            tables = con.execute("select count(*) from duckdb_tables() where database_name = ?", [previous]).fetchone()
+            calls.append(f"previous: {previous} ({'with' if tables[0] else 'without'} tables)")
         return []
 
     def review(con, settings):
@@ -101,7 +104,7 @@ import sys, time
 from pathlib import Path
 import jisr.publish as P, quality.disclosure as D
 from jisr.settings import Settings
-D.protect = D.review = lambda con, settings: []
+D.protect = D.review = lambda con, settings, previous=None: []
 """
 
 
@@ -160,7 +163,10 @@ def test_publish_serving_file_is_read_only_for_consumers(published):
 
 def test_publish_keeps_earlier_log_rows_and_previous_files(published, monkeypatch):
     make_build(published, estimate=2.5)
+    calls = stub_disclosure(monkeypatch)
     result = publish(published, "run-2", "v2")
+    # disclosure control saw the file served until then (it avoids hiding what that published)
+    assert calls[:2] == ["protect", "previous: previous_serving (with tables)"]
     assert serving_value(published) == 2.5
     assert [r["run_id"] for r in publish_log(published)] == ["run-2", "run-1"]
     assert result.archived_path is not None and result.archived_path.parent == published.history_dir
