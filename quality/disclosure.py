@@ -31,6 +31,11 @@ step renames it onto ``jisr.duckdb`` (never in the build warehouse):
    of a region x sex x age cell, repeated for each programme), a cell suppressed in one
    stratum is suppressed in every linked stratum, so the published copy in another stratum
    cannot give the suppressed one away.
+5. The previous publication (``protect(..., previous=...)``, the file served until now): a
+   cell it published with the same counts is chosen as a complement only where no other cell
+   can be, since whoever kept that file knows it. This covers one direction of combining two
+   files, not the other (a cell hidden before and published now), nor changed cells whose
+   change a line's two totals give (docs/bi-access.md, "Limits").
 
 ``review(con, settings)`` returns every finding (the publication gate and ``jisr disclosure``
 call it); ``check(con, settings)`` only the violations that must block publishing: a configured
