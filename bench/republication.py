@@ -21,18 +21,17 @@ from pathlib import Path
 
 
 def measure(build, previous, serving, rule) -> dict:
-    from quality.disclosure import build_cells, primary_suppressions, recoverable
+    from quality.disclosure import _Database, _published_in, build_cells, primary_suppressions, recoverable
 
     keys, counts = ", ".join(rule.key_columns), ", ".join(rule.count_columns)
-    n = len(rule.key_columns)
-    flag = rule.flag_column
     truth = build.execute(f"select {keys}, {counts} from {rule.table} order by {keys}").fetchall()
-    hidden_now = {tuple(r[:n]) for r in serving.execute(f"select {keys} from {rule.table} where {flag}").fetchall()}
-    published_before = {tuple(r[:n]): tuple(r[n:]) for r in previous.execute(
-        f"select {keys}, {counts} from {rule.table} where not {flag}").fetchall()}
+    hidden_now = set(serving.execute(f"select {keys} from {rule.table} where {rule.flag_column}").fetchall())
+    # what protect() reads of the file served before (the connection's own database)
+    database = previous.execute("select current_database()").fetchone()[0]
+    published_before = _published_in(_Database(previous), rule, database)
     cells = build_cells(rule, truth)
     suppressed = {i for i, key in enumerate(cells.keys) if tuple(key) in hidden_now}
-    known = {i for i in suppressed if published_before.get(tuple(cells.keys[i])) == tuple(cells.counts[i])}
+    known = {i for i in suppressed if (tuple(cells.keys[i]), tuple(cells.counts[i])) in published_before}
     alone = recoverable(cells, suppressed)
     together = recoverable(cells, suppressed - known) - alone
     small = primary_suppressions(cells)

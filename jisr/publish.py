@@ -31,6 +31,7 @@ import os
 import shutil
 import stat
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -267,20 +268,29 @@ def load_candidate(settings, run_id: str) -> Candidate | None:
                      deliveries=data.get("deliveries"))
 
 
+@contextmanager
+def _served_attached(con, settings):
+    """The file served now, attached read-only to ``con`` for the block: its name there, or
+    None when nothing is served yet."""
+    serving = Path(settings.serving_path)
+    if not serving.exists():
+        yield None
+        return
+    con.execute(f"attach '{_sql_str(serving)}' as previous_serving (read_only)")
+    try:
+        yield "previous_serving"
+    finally:
+        con.execute("detach previous_serving")
+
+
 def _protect(con, settings) -> str:
     """Disclosure control on the candidate, against the file served now (a cell it publishes
     with the same counts is hidden as a complement only where no other cell can be); what it
     did, per table, for the publish log."""
     from quality import disclosure
 
-    serving = Path(settings.serving_path)
-    if not serving.exists():
-        return json.dumps([str(t) for t in disclosure.protect(con, settings)])
-    con.execute(f"attach '{_sql_str(serving)}' as previous_serving (read_only)")
-    try:
-        return json.dumps([str(t) for t in disclosure.protect(con, settings, previous="previous_serving")])
-    finally:
-        con.execute("detach previous_serving")
+    with _served_attached(con, settings) as previous:
+        return json.dumps([str(t) for t in disclosure.protect(con, settings, previous=previous)])
 
 
 # --- audit and publish -----------------------------------------------------------------------------
@@ -297,16 +307,12 @@ def _check_results_json(audit: list[CheckResult], given: Any) -> str:
 def _write_log(con, settings, row: dict) -> None:
     con.execute("create schema if not exists meta")
     con.execute(f"create or replace table meta.publish_log ({LOG_COLUMNS})")
-    serving = Path(settings.serving_path)
-    if serving.exists():
-        con.execute(f"attach '{_sql_str(serving)}' as previous_serving (read_only)")
-        try:
-            has_log = con.execute("select count(*) from duckdb_tables() where database_name = 'previous_serving' "
-                                  "and schema_name = 'meta' and table_name = 'publish_log'").fetchone()[0]
+    with _served_attached(con, settings) as previous:
+        if previous is not None:
+            has_log = con.execute("select count(*) from duckdb_tables() where database_name = ? "
+                                  "and schema_name = 'meta' and table_name = 'publish_log'", [previous]).fetchone()[0]
             if has_log:
-                con.execute("insert into meta.publish_log by name select * from previous_serving.meta.publish_log")
-        finally:
-            con.execute("detach previous_serving")
+                con.execute(f"insert into meta.publish_log by name select * from {previous}.meta.publish_log")
     cols = list(row)
     con.execute(f"insert into meta.publish_log ({', '.join(cols)}) values ({', '.join('?' * len(cols))})",
                 [row[c] for c in cols])
