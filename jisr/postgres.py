@@ -15,8 +15,10 @@ Most BI tools speak PostgreSQL natively. ``publish_postgres(settings, dsn)``:
 3. runs the same dbt project with ``--target postgres`` (``dbt build``: seeds, models, tests);
 4. copies the impact tables of the published DuckDB warehouse (computed in Python by the
    impact stage) into schema ``impact``;
-5. applies disclosure control (quality/disclosure.py) to the marts and refuses to open them
-   if its check fails;
+5. applies disclosure control (quality/disclosure.py) to the marts: the served DuckDB
+   warehouse's pattern, the same cells hidden (two copies of one publication with two
+   patterns would give back, together, what each hides), refusing when a mart's cells or
+   published counts differ from the served ones; then refuses to open them if its check fails;
 6. records the publication in ``meta.publish_log`` (with the run id and the deliveries of
    the served DuckDB warehouse) and (re)creates the read-only role
    ``evaluator``: USAGE and SELECT on the published schemas (``publish.schemas`` of
@@ -302,11 +304,23 @@ def apply_grants(pg, evaluator: str = EVALUATOR, evaluator_password: str | None 
 
 
 def protect_marts(settings: Settings, pg) -> tuple[list[str], list[str]]:
-    """Disclosure control on the PostgreSQL marts: (tables protected, warnings that do not
-    block); raises if a blocking finding remains, as the publication of the serving file does."""
-    from quality.disclosure import protect, review
+    """Disclosure control on the PostgreSQL marts, hiding the cells the served DuckDB
+    warehouse hides: (tables protected, warnings that do not block); raises if the marts'
+    cells differ from the served ones or a blocking finding remains, as the publication of
+    the serving file does."""
+    import duckdb
 
-    report = protect(pg, settings)
+    from quality.disclosure import PatternMismatch, protect, published_pattern, review
+
+    with duckdb.connect(str(settings.serving_path), read_only=True) as served:
+        pattern = published_pattern(served, settings)
+    try:
+        report = protect(pg, settings, follow=pattern)
+    except PatternMismatch as exc:
+        raise PostgresPublishError(
+            f"the PostgreSQL marts are not the served DuckDB warehouse's ({exc}); they stay closed to "
+            f"evaluators. Was {settings.serving_path} built by another version of the code? Publish to "
+            "DuckDB first (`jisr refresh`), then run this again.") from exc
     findings = review(pg, settings)
     blocking = [v for v in findings if v.blocking]
     if blocking:

@@ -36,6 +36,11 @@ step renames it onto ``jisr.duckdb`` (never in the build warehouse):
    can be, since whoever kept that file knows it. This covers one direction of combining two
    files, not the other (a cell hidden before and published now), nor changed cells whose
    change a line's two totals give (docs/bi-access.md, "Limits").
+6. Another copy of a publication (``protect(..., follow=published_pattern(served))``: the
+   PostgreSQL target, built from the deliveries the serving file serves) hides exactly the
+   cells that publication hides, and refuses (``PatternMismatch``) when its cells are not
+   the same: two copies of one publication with two patterns would give back, together, what
+   each hides.
 
 ``review(con, settings)`` returns every finding (the publication gate and ``jisr disclosure``
 call it); ``check(con, settings)`` only the violations that must block publishing: a configured
@@ -84,6 +89,10 @@ NUMERIC_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYIN
 
 class DisclosureConfigError(ValueError):
     """config/disclosure.yml is invalid."""
+
+
+class PatternMismatch(ValueError):
+    """A table's cells are not those of the publication whose pattern it is to follow."""
 
 
 @dataclass(frozen=True)
@@ -693,7 +702,52 @@ def _published_in(db: _Database, rule: TableRule, database: str) -> set[tuple]:
     return {(tuple(r[:n]), tuple(r[n:])) for r in rows}
 
 
-def protect(con, settings=None, config: Any = None, previous: str | None = None) -> list[TableProtection]:
+def published_pattern(con, settings=None, config: Any = None) -> dict[str, dict[tuple, tuple | None]]:
+    """The pattern a protected database publishes: for each configured table it holds with
+    its flag column, every cell's key values -> its counts, or None when it is suppressed
+    (what ``protect(..., follow=...)`` applies to another copy of the same tables)."""
+    config = load_config(config, settings)
+    db = _Database(con)
+    pattern = {}
+    for rule in config.tables:
+        columns = _columns(db, rule)
+        if columns is None or any(c not in columns for c in (*rule.key_columns, *rule.count_columns, rule.flag_column)):
+            continue
+        n, selected = len(rule.key_columns), ", ".join(_q(c) for c in rule.key_columns + rule.count_columns)
+        rows = db.rows(f"select {selected}, coalesce({_q(rule.flag_column)}, false) from {_q(rule.schema)}.{_q(rule.name)}")
+        pattern[rule.table] = {tuple(r[:n]): None if r[-1] else tuple(r[n:-1]) for r in rows}
+    return pattern
+
+
+def _followed(cells: Cells, pattern: dict[tuple, tuple | None] | None) -> tuple[set[int], set[int]]:
+    """(primary, complementary) suppressed cells of a table that follows another copy's
+    ``pattern`` (see ``published_pattern``): the cells it hides; raises ``PatternMismatch``
+    unless both copies hold the same cells with the same published counts."""
+    table = cells.rule.table
+    if pattern is None:
+        raise PatternMismatch(f"{table}: the publication to follow does not hold this table protected "
+                              f"(no such table or no {cells.rule.flag_column} column)")
+    keys = [tuple(k) for k in cells.keys]
+    only_here = [i for i, key in enumerate(keys) if key not in pattern]
+    only_there = len(set(pattern) - set(keys))
+    if only_here or only_there:
+        first = f" (first here: {cells.describe(only_here[0])})" if only_here else ""
+        raise PatternMismatch(f"{table}: {len(only_here)} cell(s) the publication to follow does not hold{first}, "
+                              f"{only_there} cell(s) it holds that this copy does not")
+    hidden = set()
+    for i, key in enumerate(keys):
+        counts = pattern[key]
+        if counts is None:
+            hidden.add(i)
+        elif tuple(cells.counts[i]) != counts:
+            raise PatternMismatch(f"{table}: cell {cells.describe(i)} counts {list(cells.counts[i])} here, "
+                                  f"{list(counts)} in the publication to follow")
+    primary = primary_suppressions(cells)
+    return primary, hidden - primary
+
+
+def protect(con, settings=None, config: Any = None, previous: str | None = None,
+            follow: dict[str, dict[tuple, tuple | None]] | None = None) -> list[TableProtection]:
     """Suppress small cells (and their complements) in the configured tables of ``con``.
 
     ``con`` is a read-write connection to the NEW serving file, before it is published.
@@ -702,6 +756,9 @@ def protect(con, settings=None, config: Any = None, previous: str | None = None)
     ``previous``: the name under which the previous serving file is attached to ``con``
     (DuckDB): a cell it published with the same counts is hidden as a complement only where
     no other cell can be, since whoever kept that file knows it.
+    ``follow``: the pattern of another copy of this publication (``published_pattern``):
+    hide exactly the cells it hides; ``PatternMismatch`` (nothing changed in that table)
+    when the cells or published counts differ.
     """
     config = load_config(config, settings)
     db = _Database(con)
@@ -713,9 +770,12 @@ def protect(con, settings=None, config: Any = None, previous: str | None = None)
         if any(c not in columns for c in rule.key_columns + rule.suppressed_columns):
             continue  # check() reports the missing columns (a blocking failure)
         cells = _read_cells(db, rule, columns)
-        before = _published_in(db, rule, previous) if previous else set()
-        published_before = {i for i in range(len(cells)) if (tuple(cells.keys[i]), tuple(cells.counts[i])) in before}
-        primary, complementary = suppression_pattern(cells, published_before)
+        if follow is not None:
+            primary, complementary = _followed(cells, follow.get(rule.table))
+        else:
+            before = _published_in(db, rule, previous) if previous else set()
+            published_before = {i for i in range(len(cells)) if (tuple(cells.keys[i]), tuple(cells.counts[i])) in before}
+            primary, complementary = suppression_pattern(cells, published_before)
         table = f"{_q(rule.schema)}.{_q(rule.name)}"
         db.begin()
         try:

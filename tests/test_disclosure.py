@@ -660,3 +660,65 @@ def test_a_cell_published_before_with_other_counts_is_a_complement_like_any_othe
     con.execute(f"attach '{tmp_path / 'before.duckdb'}' as previous_serving (read_only)")
     protect(con, config=CONFIG, previous="previous_serving")
     assert published(con)["01", "M"] is None
+
+
+def hand_protected(path, hidden: set[tuple[str, str]], counts=COUNTS):
+    """A copy of the coverage table protected with a pattern chosen by hand (a valid one)."""
+    con = make_warehouse(path, coverage_rows(counts))
+    con.execute("alter table marts.mart_coverage add column is_suppressed boolean default false")
+    con.execute("alter table marts.mart_coverage alter column beneficiaries drop not null")
+    con.execute("alter table marts.mart_coverage alter column transfers_mad drop not null")
+    for region, sex in hidden:
+        con.execute("update marts.mart_coverage set is_suppressed = true, beneficiaries = null, transfers_mad = null "
+                    "where region_code = ? and sex = ?", [region, sex])
+    return con
+
+
+def test_a_second_copy_of_a_publication_hides_the_cells_the_first_hides(tmp_path):
+    """Two copies of one publication (the serving file and the PostgreSQL target) with two
+    patterns would give back together what each hides: the second follows the first's."""
+    served = hand_protected(tmp_path / "served.duckdb", {("01", "F"), ("01", "all"), ("02", "F"), ("02", "all")})
+    assert check(served, config=CONFIG) == []
+    pattern = disclosure.published_pattern(served, config=CONFIG)
+    assert pattern["marts.mart_coverage"]["01", "F"] is None and pattern["marts.mart_coverage"]["01", "M"] == (52,)
+
+    own = make_warehouse(tmp_path / "own.duckdb", coverage_rows(COUNTS))
+    protect(own, config=CONFIG)
+    assert published(own) != published(served)  # left to itself, a copy chooses another pattern
+
+    copy = make_warehouse(tmp_path / "copy.duckdb", coverage_rows(COUNTS))
+    report = protect(copy, config=CONFIG, follow=pattern)
+    assert published(copy) == published(served)
+    assert [(r.primary, r.complementary) for r in report] == [(1, 3)]
+    assert check(copy, config=CONFIG) == []
+    # together they publish what each publishes: the small cell stays hidden
+    assert subtraction_attack(published(copy)) == {}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({("02", "M"): 48}, r"cell region_code='02', sex='M' counts \[48\] here, \[47\] in the publication to follow"),
+    ({("03", "F"): 61}, r"region_code='03', sex='F' counts \[61\]"),
+])
+def test_a_copy_whose_cells_differ_refuses_to_follow_and_changes_nothing(tmp_path, change, message):
+    served = hand_protected(tmp_path / "served.duckdb", {("01", "F"), ("01", "all"), ("02", "F"), ("02", "all")})
+    pattern = disclosure.published_pattern(served, config=CONFIG)
+    copy = make_warehouse(tmp_path / "copy.duckdb", coverage_rows({**COUNTS, **change}))
+    with pytest.raises(disclosure.PatternMismatch, match=message):
+        protect(copy, config=CONFIG, follow=pattern)
+    assert None not in published(copy).values()
+    assert [v.kind for v in check(copy, config=CONFIG)] == ["not_protected"]
+
+
+def test_a_copy_with_other_cells_or_a_table_the_publication_lacks_refuses_to_follow(tmp_path):
+    served = hand_protected(tmp_path / "served.duckdb", {("01", "F"), ("01", "all"), ("02", "F"), ("02", "all")})
+    pattern = disclosure.published_pattern(served, config=CONFIG)
+    copy = make_warehouse(tmp_path / "copy.duckdb", coverage_rows(COUNTS) + [("04", "F", 30, 10.0)])
+    with pytest.raises(disclosure.PatternMismatch, match=r"1 cell\(s\) the publication to follow does not hold "
+                                                         r"\(first here: region_code='04', sex='F'\), 0 cell\(s\)"):
+        protect(copy, config=CONFIG, follow=pattern)
+    copy = make_warehouse(tmp_path / "copy2.duckdb", coverage_rows(COUNTS)[1:])
+    with pytest.raises(disclosure.PatternMismatch, match=r"0 cell\(s\) the publication .*, 1 cell\(s\) it holds"):
+        protect(copy, config=CONFIG, follow=pattern)
+    copy = make_warehouse(tmp_path / "copy3.duckdb", coverage_rows(COUNTS))
+    with pytest.raises(disclosure.PatternMismatch, match="does not hold this table protected"):
+        protect(copy, config=CONFIG, follow={})

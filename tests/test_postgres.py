@@ -16,6 +16,7 @@ import duckdb
 import pytest
 
 from jisr import postgres
+from jisr.settings import PROJECT_DIR
 
 pytestmark = pytest.mark.postgres
 
@@ -267,20 +268,57 @@ def test_postgres_disclosure_control_applies_to_postgres_marts(database):
     pg.close()
 
 
-def serve_the_raw_store(settings) -> list[dict]:
-    """A served DuckDB file whose publish log says it was built from the raw store's current
-    deliveries (the publication PostgreSQL follows); returns those deliveries."""
-    from jisr.publish import LOG_COLUMNS, current_deliveries
+def test_postgres_marts_hide_the_cells_the_served_warehouse_hides(database, tmp_path):
+    """The serving file and the PostgreSQL target are two copies of one publication: with two
+    patterns, someone reading both would recover what each hides. The marts take the served
+    file's pattern (left to itself, disclosure control chooses another here); marts whose
+    cells differ from the served ones stay closed."""
+    import shutil
+    from types import SimpleNamespace
 
-    deliveries = current_deliveries(settings)
-    settings.serving_path.parent.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(str(settings.serving_path))
-    con.execute(f"create schema meta; create table meta.publish_log ({LOG_COLUMNS})")
-    con.execute("insert into meta.publish_log (event, run_id, code_version, published_at, deliveries, delivery_count) "
-                "values ('publish', 'run-1', 'v1', ?, ?, ?)",
-                [datetime(2025, 1, 1), json.dumps(deliveries, default=str), len(deliveries)])
-    con.close()
-    return deliveries
+    import yaml
+
+    from quality.disclosure import protect
+    from tests.test_disclosure import CONFIG, COUNTS, coverage_rows, hand_protected, published
+
+    config_dir = tmp_path / "config"
+    config_dir.mkdir()
+    (config_dir / "disclosure.yml").write_text(yaml.safe_dump(CONFIG), encoding="utf-8")
+    shutil.copyfile(PROJECT_DIR / "config" / "quality.yml", config_dir / "quality.yml")
+    settings = SimpleNamespace(config_dir=config_dir, serving_path=tmp_path / "jisr.duckdb")
+    served = hand_protected(settings.serving_path, {("01", "F"), ("01", "all"), ("02", "F"), ("02", "all")})
+    expected = published(served)
+    served.close()
+
+    def make_marts(counts) -> None:
+        with pg.cursor() as cur:
+            cur.execute("drop schema if exists marts cascade")
+            cur.execute("create schema marts")
+            cur.execute("create table marts.mart_coverage (region_code text, sex text, beneficiaries bigint not null, "
+                        "transfers_mad numeric(14, 2))")
+            cur.executemany("insert into marts.mart_coverage values (%s, %s, %s, %s)", coverage_rows(counts))
+        pg.commit()
+
+    pg = psycopg2.connect(database)
+    make_marts(COUNTS)
+    own = protect(pg, config=CONFIG)  # what PostgreSQL would choose on its own
+    with pg.cursor() as cur:
+        cur.execute("select region_code, sex, beneficiaries from marts.mart_coverage")
+        assert {(r, s): n for r, s, n in cur.fetchall()} != expected and own
+
+    make_marts(COUNTS)
+    protected, _ = postgres.protect_marts(settings, pg)
+    assert protected == ["marts.mart_coverage: 12 cells, 1 suppressed under k, 3 complementary"]
+    with pg.cursor() as cur:
+        cur.execute("select region_code, sex, beneficiaries from marts.mart_coverage")
+        assert {(r, s): n for r, s, n in cur.fetchall()} == expected
+
+    make_marts({**COUNTS, ("03", "M"): 76})  # not the served figures
+    with pytest.raises(postgres.PostgresPublishError,
+                       match=r"not the served DuckDB warehouse's \(marts.mart_coverage: cell region_code='03', "
+                             r"sex='M' counts \[76\] here, \[75\]"):
+        postgres.protect_marts(settings, pg)
+    pg.close()
 
 
 def test_postgres_publish_log_of_an_earlier_version_gains_run_id_and_deliveries(database, settings):
@@ -300,24 +338,32 @@ def test_postgres_publish_log_of_an_earlier_version_gains_run_id_and_deliveries(
 
 
 @pytest.mark.slow
-def test_postgres_publish_builds_the_dbt_project_for_evaluators(database, settings, evaluator_password, tmp_path):
-    """End to end: sample deliveries ingested, the dbt project built on PostgreSQL, marts
-    protected and readable by the evaluator role, the raw layer not."""
-    from ingestion.contracts import load_contracts
+def test_postgres_publish_builds_the_dbt_project_for_evaluators(database, settings, evaluator_password, tmp_path,
+                                                                 monkeypatch):
+    """End to end: sample deliveries refreshed into the serving file, the dbt project built on
+    PostgreSQL from the same raw layer, marts protected with the serving file's pattern and
+    readable by the evaluator role, the raw layer not."""
     from ingestion.generate import generate
-    from ingestion.load import Ingestor
+    from jisr.refresh import run_refresh
+    from quality.disclosure import published_pattern
 
-    contracts = load_contracts(settings.contracts_dir)
     generate(settings.landing_dir, beneficiaries=400, seed=7, months=3, truth_path=tmp_path / "truth.json",
              contracts_dir=settings.contracts_dir, seeds_dir=settings.seeds_dir, progress=False)
-    Ingestor(settings.store_path, contracts, settings.pseudonym_key(), seeds_dir=settings.seeds_dir,
-             rejected_dir=settings.rejected_dir, feedback_dir=settings.feedback_dir).ingest(settings.landing_dir)
     with pytest.raises(postgres.PostgresPublishError, match="no warehouse is published"):
         postgres.publish_postgres(settings, database, evaluator_password=evaluator_password)
-    deliveries = serve_the_raw_store(settings)
+    monkeypatch.setenv("DAGSTER_HOME", str(settings.dagster_home))  # restored after the test
+    refresh = run_refresh(settings)
+    assert refresh.success, refresh.failures
     result = postgres.publish_postgres(settings, database, evaluator_password=evaluator_password)
     assert result.raw_rows["raw.beneficiaries"] > 0
-    assert result.run_id == "run-1" and len(result.deliveries) == len(deliveries) > 0
+    deliveries = json.loads(postgres.served_publication(settings)["deliveries"])
+    assert result.run_id == refresh.run_id and len(result.deliveries) == len(deliveries) > 0
+    # the same cells hidden, the same counts published, as in the serving file
+    with duckdb.connect(str(settings.serving_path), read_only=True) as served:
+        expected = published_pattern(served, settings)
+    pg = psycopg2.connect(database)
+    assert published_pattern(pg, settings) == expected and len(expected) == 6
+    pg.close()
     con = evaluator_connection(database, evaluator_password)
     with con.cursor() as cur:
         cur.execute("select table_name from information_schema.tables where table_schema = 'marts'")
@@ -329,7 +375,7 @@ def test_postgres_publish_builds_the_dbt_project_for_evaluators(database, settin
                     "and beneficiaries_reached between 1 and 9")
         assert cur.fetchone()[0] == 0
         cur.execute("select target, note, run_id, delivery_count, jsonb_array_length(deliveries) from meta.publish_log")
-        assert cur.fetchall() == [("postgres", "; ".join(result.disclosure_warnings) or None, "run-1",
+        assert cur.fetchall() == [("postgres", "; ".join(result.disclosure_warnings) or None, refresh.run_id,
                                    len(deliveries), len(deliveries))]
     con.rollback()
     expect_denied(con, "select * from raw.beneficiaries")
