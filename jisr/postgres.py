@@ -303,24 +303,34 @@ def apply_grants(pg, evaluator: str = EVALUATOR, evaluator_password: str | None 
     pg.commit()
 
 
-def protect_marts(settings: Settings, pg) -> tuple[list[str], list[str]]:
+def protect_marts(settings: Settings, pg, run_id: str | None = None) -> tuple[list[str], list[str]]:
     """Disclosure control on the PostgreSQL marts, hiding the cells the served DuckDB
     warehouse hides: (tables protected, warnings that do not block); raises if the marts'
-    cells differ from the served ones or a blocking finding remains, as the publication of
-    the serving file does."""
+    cells differ from the served ones, the served warehouse is no longer that of ``run_id``
+    (the run whose deliveries the marts were built from), or a blocking finding remains, as
+    the publication of the serving file does."""
     import duckdb
 
     from quality.disclosure import PatternMismatch, protect, published_pattern, review
 
-    with duckdb.connect(str(settings.serving_path), read_only=True) as served:
+    with duckdb.connect(str(settings.serving_path), read_only=True) as served:  # one snapshot of the file
+        newest = None if run_id is None else served.execute(
+            "select run_id from meta.publish_log order by published_at desc limit 1").fetchone()
         pattern = published_pattern(served, settings)
+    if run_id is not None and (newest is None or newest[0] != run_id):
+        raise PostgresPublishError(
+            f"the served DuckDB warehouse changed while this ran (run {run_id} when it started, now "
+            f"{newest[0] if newest else 'none'}); the PostgreSQL marts stay closed to evaluators. Run this again.")
     try:
         report = protect(pg, settings, follow=pattern)
     except PatternMismatch as exc:
         raise PostgresPublishError(
-            f"the PostgreSQL marts are not the served DuckDB warehouse's ({exc}); they stay closed to "
-            f"evaluators. Was {settings.serving_path} built by another version of the code? Publish to "
-            "DuckDB first (`jisr refresh`), then run this again.") from exc
+            f"the PostgreSQL marts are not the served DuckDB warehouse's, so they cannot take its pattern of "
+            f"suppressed cells (here: PostgreSQL; there: {settings.serving_path}): {exc}. They stay closed to "
+            "evaluators. Either the served warehouse was built by another version of the code or of "
+            "config/disclosure.yml (publish to DuckDB again with `jisr refresh`, then run this again), or a "
+            "model computes differently on PostgreSQL than on DuckDB (a bug to report with this message)."
+        ) from exc
     findings = review(pg, settings)
     blocking = [v for v in findings if v.blocking]
     if blocking:
@@ -401,7 +411,7 @@ def publish_postgres(settings: Settings, dsn: str, *,
         result.raw_rows = copy_raw_layer(settings, pg)
         run_dbt(settings, dsn)
         result.impact_tables = copy_impact_tables(settings, pg)
-        result.protected, result.disclosure_warnings = protect_marts(settings, pg)
+        result.protected, result.disclosure_warnings = protect_marts(settings, pg, run_id=served["run_id"])
         record_publication(settings, pg, result)
         apply_grants(pg, evaluator_password=evaluator_password, schemas=schemas)
     finally:

@@ -722,28 +722,41 @@ def published_pattern(con, settings=None, config: Any = None) -> dict[str, dict[
 def _followed(cells: Cells, pattern: dict[tuple, tuple | None] | None) -> tuple[set[int], set[int]]:
     """(primary, complementary) suppressed cells of a table that follows another copy's
     ``pattern`` (see ``published_pattern``): the cells it hides; raises ``PatternMismatch``
-    unless both copies hold the same cells with the same published counts."""
-    table = cells.rule.table
+    unless both copies hold the same cells with the same published counts, and every cell
+    under k here is hidden there (it is not when k or the table's rule changed since)."""
+    rule = cells.rule
     if pattern is None:
-        raise PatternMismatch(f"{table}: the publication to follow does not hold this table protected "
-                              f"(no such table or no {cells.rule.flag_column} column)")
+        raise PatternMismatch(f"{rule.table}: the publication to follow does not hold this table protected "
+                              f"(no such table or no {rule.flag_column} column)")
     keys = [tuple(k) for k in cells.keys]
     only_here = [i for i, key in enumerate(keys) if key not in pattern]
-    only_there = len(set(pattern) - set(keys))
+    only_there = sorted(set(pattern) - set(keys), key=repr)
     if only_here or only_there:
-        first = f" (first here: {cells.describe(only_here[0])})" if only_here else ""
-        raise PatternMismatch(f"{table}: {len(only_here)} cell(s) the publication to follow does not hold{first}, "
-                              f"{only_there} cell(s) it holds that this copy does not")
+        firsts = ([f"first here: {cells.describe(only_here[0])}"] if only_here else []) + (
+            [f"first there: {_describe_key(rule, only_there[0])}"] if only_there else [])
+        raise PatternMismatch(f"{rule.table}: {len(only_here)} cell(s) the publication to follow does not hold, "
+                              f"{len(only_there)} cell(s) it holds that this copy does not ({'; '.join(firsts)})")
     hidden = set()
     for i, key in enumerate(keys):
         counts = pattern[key]
         if counts is None:
             hidden.add(i)
         elif tuple(cells.counts[i]) != counts:
-            raise PatternMismatch(f"{table}: cell {cells.describe(i)} counts {list(cells.counts[i])} here, "
-                                  f"{list(counts)} in the publication to follow")
+            differ = ", ".join(f"{c} {here} here, {there} there" for c, here, there
+                               in zip(rule.count_columns, cells.counts[i], counts) if here != there)
+            raise PatternMismatch(f"{rule.table}: cell {cells.describe(i)}: {differ} "
+                                  "(here: this copy; there: the publication to follow)")
     primary = primary_suppressions(cells)
+    if primary - hidden:
+        i = min(primary - hidden)
+        raise PatternMismatch(f"{rule.table}: cell {cells.describe(i)} is under k={rule.k} here and published by the "
+                              f"publication to follow ({len(primary - hidden)} such cell(s)): was "
+                              "config/disclosure.yml changed since that publication?")
     return primary, hidden - primary
+
+
+def _describe_key(rule: TableRule, key: tuple) -> str:
+    return Cells(rule, [0], [key], [()], [False]).describe(0)
 
 
 def protect(con, settings=None, config: Any = None, previous: str | None = None,
@@ -757,12 +770,12 @@ def protect(con, settings=None, config: Any = None, previous: str | None = None,
     (DuckDB): a cell it published with the same counts is hidden as a complement only where
     no other cell can be, since whoever kept that file knows it.
     ``follow``: the pattern of another copy of this publication (``published_pattern``):
-    hide exactly the cells it hides; ``PatternMismatch`` (nothing changed in that table)
-    when the cells or published counts differ.
+    hide exactly the cells it hides. When the cells or published counts of any table differ,
+    ``PatternMismatch`` names every such table and nothing is changed.
     """
     config = load_config(config, settings)
     db = _Database(con)
-    report = []
+    patterns, mismatches = [], []
     for rule in config.tables:
         columns = _columns(db, rule)
         if columns is None:
@@ -771,11 +784,20 @@ def protect(con, settings=None, config: Any = None, previous: str | None = None,
             continue  # check() reports the missing columns (a blocking failure)
         cells = _read_cells(db, rule, columns)
         if follow is not None:
-            primary, complementary = _followed(cells, follow.get(rule.table))
+            try:
+                primary, complementary = _followed(cells, follow.get(rule.table))
+            except PatternMismatch as exc:
+                mismatches.append(str(exc))
+                continue
         else:
             before = _published_in(db, rule, previous) if previous else set()
             published_before = {i for i in range(len(cells)) if (tuple(cells.keys[i]), tuple(cells.counts[i])) in before}
             primary, complementary = suppression_pattern(cells, published_before)
+        patterns.append((rule, columns, cells, primary, complementary))
+    if mismatches:
+        raise PatternMismatch("; ".join(mismatches))
+    report = []
+    for rule, columns, cells, primary, complementary in patterns:
         table = f"{_q(rule.schema)}.{_q(rule.name)}"
         db.begin()
         try:

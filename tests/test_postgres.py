@@ -315,10 +315,71 @@ def test_postgres_marts_hide_the_cells_the_served_warehouse_hides(database, tmp_
 
     make_marts({**COUNTS, ("03", "M"): 76})  # not the served figures
     with pytest.raises(postgres.PostgresPublishError,
-                       match=r"not the served DuckDB warehouse's \(marts.mart_coverage: cell region_code='03', "
-                             r"sex='M' counts \[76\] here, \[75\]"):
+                       match=r"not the served DuckDB warehouse's, .*: marts.mart_coverage: cell region_code='03', "
+                             r"sex='M': beneficiaries 76 here, 75 there"):
         postgres.protect_marts(settings, pg)
     pg.close()
+
+
+def test_postgres_marts_stay_closed_when_they_differ_from_the_served_warehouse(database, evaluator_password,
+                                                                                tmp_path, monkeypatch):
+    """A publication refused for marts that are not the served ones leaves them unreadable to
+    evaluators, who could read the previous publication's marts until then; a served
+    warehouse replaced while PostgreSQL built its marts is refused too."""
+    import shutil
+    from types import SimpleNamespace
+
+    import yaml
+
+    from jisr.publish import LOG_COLUMNS
+    from tests.test_disclosure import CONFIG, COUNTS, coverage_rows, hand_protected
+
+    config_dir = tmp_path / "config"
+    config_dir.mkdir()
+    (config_dir / "disclosure.yml").write_text(yaml.safe_dump(CONFIG), encoding="utf-8")
+    shutil.copyfile(PROJECT_DIR / "config" / "quality.yml", config_dir / "quality.yml")
+    settings = SimpleNamespace(config_dir=config_dir, serving_path=tmp_path / "jisr.duckdb", code_version="v1")
+    served = hand_protected(settings.serving_path, {("01", "F"), ("01", "all"), ("02", "F"), ("02", "all")})
+    served.execute(f"create schema meta; create table meta.publish_log ({LOG_COLUMNS})")
+    served.execute("insert into meta.publish_log (event, run_id, published_at, deliveries) "
+                   "values ('publish', 'run-1', now(), '[]')")
+    served.close()
+    make_schemas(database)  # the marts of an earlier publication, open to evaluators
+    pg = psycopg2.connect(database)
+    postgres.apply_grants(pg, evaluator_password=evaluator_password)
+    pg.close()
+    evaluator = evaluator_connection(database, evaluator_password)
+    with evaluator.cursor() as cur:
+        cur.execute("select count(*) from marts.mart_coverage")
+    evaluator.rollback()
+
+    def build_marts(counts):
+        def run_dbt(settings, dsn):
+            con = psycopg2.connect(dsn)
+            with con.cursor() as cur:
+                cur.execute("drop table marts.mart_coverage")
+                cur.execute("create table marts.mart_coverage (region_code text, sex text, beneficiaries bigint, "
+                            "transfers_mad numeric(14, 2))")
+                cur.executemany("insert into marts.mart_coverage values (%s, %s, %s, %s)", coverage_rows(counts))
+            con.commit()
+            con.close()
+        return run_dbt
+
+    monkeypatch.setattr(postgres, "served_publication", lambda settings: {"run_id": "run-1", "deliveries": "[]"})
+    monkeypatch.setattr(postgres, "copy_raw_layer", lambda settings, pg: {})
+    monkeypatch.setattr(postgres, "copy_impact_tables", lambda settings, pg: [])
+    monkeypatch.setattr(postgres, "run_dbt", build_marts({**COUNTS, ("03", "M"): 76}))
+    with pytest.raises(postgres.PostgresPublishError, match="not the served DuckDB warehouse's"):
+        postgres.publish_postgres(settings, database)
+    expect_denied(evaluator, "select count(*) from marts.mart_coverage")
+
+    monkeypatch.setattr(postgres, "run_dbt", build_marts(COUNTS))
+    monkeypatch.setattr(postgres, "served_publication", lambda settings: {"run_id": "run-0", "deliveries": "[]"})
+    with pytest.raises(postgres.PostgresPublishError, match=r"changed while this ran \(run run-0 when it started, "
+                                                            r"now run-1\)"):
+        postgres.publish_postgres(settings, database)
+    expect_denied(evaluator, "select count(*) from marts.mart_coverage")
+    evaluator.close()
 
 
 def test_postgres_publish_log_of_an_earlier_version_gains_run_id_and_deliveries(database, settings):
