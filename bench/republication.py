@@ -21,14 +21,14 @@ from pathlib import Path
 
 
 def measure(build, previous, serving, rule) -> dict:
-    from quality.disclosure import _Database, _published_in, build_cells, primary_suppressions, recoverable
+    from quality.disclosure import DisclosureConfig, build_cells, primary_suppressions, published_pattern, recoverable
 
     keys, counts = ", ".join(rule.key_columns), ", ".join(rule.count_columns)
     truth = build.execute(f"select {keys}, {counts} from {rule.table} order by {keys}").fetchall()
     hidden_now = set(serving.execute(f"select {keys} from {rule.table} where {rule.flag_column}").fetchall())
-    # what protect() reads of the file served before (the connection's own database)
-    database = previous.execute("select current_database()").fetchone()[0]
-    published_before = _published_in(_Database(previous), rule, database)
+    # the cells the file served before publishes, with their counts
+    pattern = published_pattern(previous, config=DisclosureConfig(tables=(rule,))).get(rule.table, {})
+    published_before = {(key, figures) for key, figures in pattern.items() if figures is not None}
     cells = build_cells(rule, truth)
     suppressed = {i for i, key in enumerate(cells.keys) if tuple(key) in hidden_now}
     known = {i for i in suppressed if (tuple(cells.keys[i]), tuple(cells.counts[i])) in published_before}

@@ -31,11 +31,16 @@ step renames it onto ``jisr.duckdb`` (never in the build warehouse):
    of a region x sex x age cell, repeated for each programme), a cell suppressed in one
    stratum is suppressed in every linked stratum, so the published copy in another stratum
    cannot give the suppressed one away.
-5. The previous publication (``protect(..., previous=...)``, the file served until now): a
-   cell it published with the same counts is chosen as a complement only where no other cell
-   can be, since whoever kept that file knows it. This covers one direction of combining two
-   files, not the other (a cell hidden before and published now), nor changed cells whose
-   change a line's two totals give (docs/bi-access.md, "Limits").
+5. The previous publication (``protect(..., previous=...)``, the file served until now):
+   whoever kept it knows the cells it published with the same counts. Such a cell is chosen
+   as a complement only where no other cell can be; then, once the new file is safe on its
+   own, a small cell that becomes exactly recoverable when those cells are known gets another
+   complement that file did not publish, where its lines or its group's have one (at most
+   ``KNOWN_BEFORE_TRIES`` per cell); the small cells left so are counted in the report (a
+   line whose other cells that file all published gives its small cell back whatever this
+   file hides). This covers one direction of combining two files, not the other (a cell
+   hidden before and published now), nor changed cells whose change a line's two totals give
+   (docs/bi-access.md, "Limits").
 6. Another copy of a publication (``protect(..., follow=published_pattern(served))``: the
    PostgreSQL target, built from the deliveries the serving file serves) hides exactly the
    cells that publication hides, and refuses (``PatternMismatch``) when its cells are not
@@ -532,11 +537,18 @@ def _pick(cells: Cells, candidates: Iterable[int], totals: set[int], closes=None
                                           cells.size(i), i))
 
 
-def suppression_pattern(cells: Cells, published_before: Collection[int] = frozenset()) -> tuple[set[int], set[int]]:
+def suppression_pattern(cells: Cells, published_before: Collection[int] = frozenset(),
+                        exposed_with_previous: set[int] | None = None) -> tuple[set[int], set[int]]:
     """(primary, complementary) suppressed cells of a table.
 
-    ``published_before``: cells the previous publication published with the same counts;
-    they are chosen as complements only where no other cell can be (see ``_pick``)."""
+    ``published_before``: cells the previous publication published with the same counts.
+    They are chosen as complements only where no other cell can be (see ``_pick``), and
+    whoever kept that file knows them: once this file is safe on its own, a small cell that
+    becomes exactly recoverable when they are known gets a complement that file did not
+    publish, where its lines have one (``_known_before_round``). ``exposed_with_previous``,
+    when given, receives the small cells left recoverable that way (no such complement)."""
+    if exposed_with_previous is None:
+        exposed_with_previous = set()
     primary = primary_suppressions(cells)
     suppressed = set(primary)
     totals = {total for _, total in cells.lines if total is not None}
@@ -572,50 +584,127 @@ def suppression_pattern(cells: Cells, published_before: Collection[int] = frozen
     strata: list | None = None  # groups of lines with every cell unknown, computed once
     stratum_of: dict[int, int] = {}
     solved: set[int] = set()
+
+    def determined_by_totals_alone(exposed: set[int]) -> set[int]:
+        nonlocal strata, stratum_of
+        if not exposed or not any(total is None for _, total in cells.lines):
+            return set()
+        if strata is None:
+            strata = _components(cells, set(range(len(cells))))
+            stratum_of = {cell: n for n, (members, _) in enumerate(strata) for cell in members}
+        new_strata = sorted({stratum_of[cell] for cell in exposed} - solved)
+        with _one_blas_thread():
+            unfixable.update(_determined_in([strata[n] for n in new_strata]))
+        solved.update(new_strata)
+        return exposed & unfixable
+
+    def settle(queue: list[int]) -> None:
+        """Hide complements until no suppressed cell of this file follows from its lines."""
+        nonlocal changed_cells
+        while True:
+            while queue:  # a line with a lone suppressed cell gets its smallest other cell hidden
+                n = queue.pop()
+                if hidden_count[n] == 1:
+                    pick = _pick(cells, (i for i in line_cells[n] if i not in suppressed), totals, closes,
+                                 published_before)
+                    if pick is not None:
+                        hide(pick, queue)
+            # the groups holding a cell hidden since the last check: only they can expose a cell
+            components = _components_touching(cells, suppressed, changed_cells, lines_of)
+            exposed = recoverable(cells, suppressed, components=components) - unfixable
+            exposed -= determined_by_totals_alone(exposed)
+            changed_cells = set()
+            if not exposed:
+                return
+            progress = False
+            for members, _ in components:  # as they were before this round hides anything
+                group_exposed = sorted(exposed.intersection(members))
+                if not group_exposed:
+                    continue
+                cell = group_exposed[0]
+                pick = _pick(cells, {i for n in lines_of.get(cell, []) for i in line_cells[n] if i not in suppressed},
+                             totals, published_before=published_before)
+                if pick is None:  # every neighbour is hidden: widen to the lines of the whole group
+                    pick = _pick(cells, {i for s in members for n in lines_of.get(s, []) for i in line_cells[n]
+                                         if i not in suppressed}, totals, published_before=published_before)
+                if pick is not None:
+                    hide(pick, queue)
+                    progress = True
+            if not progress:
+                return  # nothing left to hide; check() reports what stays exposed
+
     queue = list(range(len(line_cells)))[::-1]
     for i in sorted(suppressed):  # linked strata share the primary pattern
         for j in links_of.get(i, ()):
             hide(j, queue)
-    while True:
-        while queue:  # a line with a lone suppressed cell gets its smallest other cell hidden
-            n = queue.pop()
-            if hidden_count[n] == 1:
-                pick = _pick(cells, (i for i in line_cells[n] if i not in suppressed), totals, closes,
-                             published_before)
-                if pick is not None:
-                    hide(pick, queue)
-        # the groups holding a cell hidden since the last check: only they can expose a cell
-        components = _components_touching(cells, suppressed, changed_cells, lines_of)
-        exposed = recoverable(cells, suppressed, components=components) - unfixable
-        if exposed and any(total is None for _, total in cells.lines):
-            if strata is None:
-                strata = _components(cells, set(range(len(cells))))
-                stratum_of = {cell: n for n, (members, _) in enumerate(strata) for cell in members}
-            new_strata = sorted({stratum_of[cell] for cell in exposed} - solved)
-            with _one_blas_thread():
-                unfixable |= _determined_in([strata[n] for n in new_strata])
-            solved.update(new_strata)
-            exposed -= unfixable
-        changed_cells = set()
-        if not exposed:
+    settle(queue)
+    known = set(published_before)
+    attempts: dict[int, int] = {}
+    left: set[int] = set()  # small cells no complement protected from the two files
+    while known & suppressed:
+        picks, out_of_reach = _known_before_round(cells, suppressed, known, primary, line_cells, lines_of, totals,
+                                                  attempts, unfixable | left)
+        left |= out_of_reach
+        if not picks:
             break
-        progress = False
-        for members, _ in components:  # as they were before this round hides anything
-            group_exposed = sorted(exposed.intersection(members))
-            if not group_exposed:
-                continue
-            cell = group_exposed[0]
-            pick = _pick(cells, {i for n in lines_of.get(cell, []) for i in line_cells[n] if i not in suppressed}, totals,
-                         published_before=published_before)
-            if pick is None:  # every neighbour is hidden: widen to the lines of the whole group
-                pick = _pick(cells, {i for s in members for n in lines_of.get(s, []) for i in line_cells[n]
-                                     if i not in suppressed}, totals, published_before=published_before)
-            if pick is not None:
-                hide(pick, queue)
-                progress = True
-        if not progress:
-            break  # nothing left to hide; check() reports what stays exposed
+        queue = []
+        for pick in picks:
+            hide(pick, queue)
+        settle(queue)
+    if left:  # as the final pattern leaves them (a later complement may have protected one)
+        exposed_with_previous |= _exposed_together(cells, suppressed, known, primary, line_cells, lines_of)[1] - unfixable
     return primary, suppressed - primary
+
+
+# Complements hidden at most for one small cell against whoever holds the previous
+# publication too (one per round, each followed by the complements this file then needs on its
+# own); a cell still determined after them is left, reported (its group may hold a line whose
+# every other cell that file published: nothing hidden here would help).
+KNOWN_BEFORE_TRIES = 4
+
+
+def _exposed_together(cells: Cells, suppressed: set[int], known: set[int], primary: set[int],
+                      line_cells: list[list[int]], lines_of: dict[int, list[int]]) -> tuple[list, set[int]]:
+    """(groups of the unknowns left when the ``known`` cells are known whose lines pass
+    through a known suppressed cell, the small cells of those groups that their lines then
+    determine): the known cells are constants of their lines, only those groups change."""
+    unknown = suppressed - known
+    touching = {i for k in known & suppressed for n in lines_of.get(k, ()) for i in line_cells[n] if i in unknown}
+    if not touching:
+        return [], set()
+    components = _components_touching(cells, unknown, touching, lines_of)
+    return components, recoverable(cells, unknown, components=components) & primary
+
+
+def _known_before_round(cells: Cells, suppressed: set[int], known: set[int], primary: set[int],
+                        line_cells: list[list[int]], lines_of: dict[int, list[int]], totals: set[int],
+                        attempts: dict[int, int], skip: set[int]) -> tuple[list[int], set[int]]:
+    """One round against whoever holds this file and the previous one: the suppressed cells
+    that file published with the same counts (``known``) are known to them. Among the groups
+    of the remaining unknowns whose lines pass through a known cell, the small cells those
+    lines determine: (complements to hide, one per group: a cell neither hidden nor known on
+    the lines of the group's first such small cell, else on the group's lines, a detail cell
+    before a total, the smallest first; the small cells left determined: the group has no
+    such cell, or ``KNOWN_BEFORE_TRIES`` complements were hidden for them already).
+    ``attempts`` counts the complements hidden for each small cell, across rounds."""
+    components, exposed = _exposed_together(cells, suppressed, known, primary, line_cells, lines_of)
+    exposed -= skip
+
+    def free_on(members) -> set[int]:
+        return {i for s in members for n in lines_of.get(s, ()) for i in line_cells[n]
+                if i not in suppressed and i not in known}
+
+    picks, out_of_reach = [], set()
+    for members, _ in components:
+        for cell in sorted(exposed.intersection(members)):
+            candidates = free_on([cell]) or free_on(members)
+            if not candidates or attempts.get(cell, 0) >= KNOWN_BEFORE_TRIES:
+                out_of_reach.add(cell)
+                continue
+            attempts[cell] = attempts.get(cell, 0) + 1
+            picks.append(_pick(cells, candidates, totals))
+            break
+    return picks, out_of_reach
 
 
 # --- reading and writing the warehouse -------------------------------------------------
@@ -681,10 +770,14 @@ class TableProtection:
     cells: int
     primary: int
     complementary: int
+    exposed_with_previous: int = 0  # small cells the previous publication's cells give back
 
     def __str__(self) -> str:
-        return (f"{self.table}: {self.cells} cells, {self.primary} suppressed under k, "
+        text = (f"{self.table}: {self.cells} cells, {self.primary} suppressed under k, "
                 f"{self.complementary} complementary")
+        if self.exposed_with_previous:
+            text += f"; {self.exposed_with_previous} under k still recoverable together with the previous publication"
+        return text
 
 
 def _published_in(db: _Database, rule: TableRule, database: str) -> set[tuple]:
@@ -783,6 +876,7 @@ def protect(con, settings=None, config: Any = None, previous: str | None = None,
         if any(c not in columns for c in rule.key_columns + rule.suppressed_columns):
             continue  # check() reports the missing columns (a blocking failure)
         cells = _read_cells(db, rule, columns)
+        exposed: set[int] = set()
         if follow is not None:
             try:
                 primary, complementary = _followed(cells, follow.get(rule.table))
@@ -792,12 +886,12 @@ def protect(con, settings=None, config: Any = None, previous: str | None = None,
         else:
             before = _published_in(db, rule, previous) if previous else set()
             published_before = {i for i in range(len(cells)) if (tuple(cells.keys[i]), tuple(cells.counts[i])) in before}
-            primary, complementary = suppression_pattern(cells, published_before)
-        patterns.append((rule, columns, cells, primary, complementary))
+            primary, complementary = suppression_pattern(cells, published_before, exposed)
+        patterns.append((rule, columns, cells, primary, complementary, exposed))
     if mismatches:
         raise PatternMismatch("; ".join(mismatches))
     report = []
-    for rule, columns, cells, primary, complementary in patterns:
+    for rule, columns, cells, primary, complementary, exposed in patterns:
         table = f"{_q(rule.schema)}.{_q(rule.name)}"
         db.begin()
         try:
@@ -814,7 +908,7 @@ def protect(con, settings=None, config: Any = None, previous: str | None = None,
         except Exception:
             db.rollback()
             raise
-        report.append(TableProtection(rule.table, len(cells), len(primary), len(complementary)))
+        report.append(TableProtection(rule.table, len(cells), len(primary), len(complementary), len(exposed)))
     return report
 
 

@@ -662,6 +662,59 @@ def test_a_cell_published_before_with_other_counts_is_a_complement_like_any_othe
     assert published(con)["01", "M"] is None
 
 
+GRID = {"k": 10, "tables": [{"table": "marts.grid", "dimensions": ["a", "b"], "count_columns": ["n"]}]}
+
+
+def grid(path, counts: dict[tuple[str, str], int]):
+    con = duckdb.connect(str(path))
+    con.execute("create schema marts; create table marts.grid (a varchar, b varchar, n bigint)")
+    con.executemany("insert into marts.grid values (?, ?, ?)", [(a, b, n) for (a, b), n in counts.items()])
+    return con
+
+
+def test_a_small_cell_the_previous_publication_gives_back_gets_another_complement(tmp_path):
+    """Row 2 changed since the previous publication, which published row 1 and most of row 3.
+    Protected on its own, this file hides the small cell 3-y with complements that file
+    published (3-x) or that the totals and its cells determine: together, the two files give
+    3-y back. Another complement that file did not publish is hidden, and nothing small comes
+    back from the two files together; the file stays safe on its own."""
+    now = {("1", "x"): 20, ("1", "y"): 30, ("1", "z"): 30, ("2", "x"): 15, ("2", "y"): 25, ("2", "z"): 12,
+           ("3", "x"): 30, ("3", "y"): 2, ("3", "z"): 25}
+    before = grid(tmp_path / "before.duckdb", {**now, ("2", "x"): 2, ("2", "y"): 4, ("2", "z"): 11})
+    protect(before, config=GRID)
+    known = {(a, b) for a, b, n in before.execute("select a, b, n from marts.grid where not is_suppressed").fetchall()
+             if n == now[a, b]}
+    before.close()
+    con = grid(tmp_path / "now.duckdb", now)
+    con.execute(f"attach '{tmp_path / 'before.duckdb'}' as previous_serving (read_only)")
+    [report] = protect(con, config=GRID, previous="previous_serving")
+    assert check(con, config=GRID) == []
+    rows = con.execute("select a, b, is_suppressed from marts.grid order by a, b").fetchall()
+    cells = disclosure.build_cells(disclosure.load_config(GRID).tables[0], [(a, b, now[a, b]) for a, b, _ in rows])
+    hidden = {i for i, (_, _, flag) in enumerate(rows) if flag}
+    hidden_known = {i for i in hidden if cells.keys[i] in known}
+    assert hidden_known  # a cell that file published is hidden here (its line had no other)
+    together = disclosure.recoverable(cells, hidden - hidden_known)
+    assert not {cells.keys[i] for i in together if now[cells.keys[i]] < 10}
+    assert report.exposed_with_previous == 0 and "still recoverable" not in str(report)
+
+
+def test_a_small_cell_no_complement_protects_from_the_previous_publication_is_reported(tmp_path):
+    """Row 1's other cells were all published before with the same counts, and the row's
+    total is known: its small cell follows from the two files whatever this one hides. The
+    publication says so (counts only: the log is read by evaluators)."""
+    before = grid(tmp_path / "before.duckdb", {("1", "x"): 20, ("1", "y"): 30, ("2", "x"): 25, ("2", "y"): 35})
+    before.execute("alter table marts.grid add column is_suppressed boolean default false")
+    before.close()
+    con = grid(tmp_path / "now.duckdb", {("1", "x"): 20, ("1", "y"): 30, ("1", "z"): 3,
+                                         ("2", "x"): 25, ("2", "y"): 35, ("2", "z"): 40})
+    con.execute(f"attach '{tmp_path / 'before.duckdb'}' as previous_serving (read_only)")
+    [report] = protect(con, config=GRID, previous="previous_serving")
+    assert check(con, config=GRID) == []
+    assert report.exposed_with_previous == 1
+    assert str(report).endswith("; 1 under k still recoverable together with the previous publication")
+
+
 def hand_protected(path, hidden: set[tuple[str, str]], counts=COUNTS):
     """A copy of the coverage table protected with a pattern chosen by hand (a valid one)."""
     con = make_warehouse(path, coverage_rows(counts))
