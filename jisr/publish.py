@@ -131,6 +131,25 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def counts_path(settings, run_id: str) -> Path:
+    """The counts before suppression of ``run_id``'s publication (internal, never served)."""
+    return Path(settings.publication_counts_dir) / f"{run_id}.duckdb"
+
+
+def _prune_counts(settings) -> None:
+    """Keep the counts of the publications that are served or kept for rollback only."""
+    folder = Path(settings.publication_counts_dir)
+    if not folder.exists():
+        return
+    history = Path(settings.history_dir)
+    kept = {serving_run_id(Path(settings.serving_path))}
+    kept |= {p.name[:-len(".duckdb")].split("-", 2)[2] for p in [*history.glob("jisr-*.duckdb"),
+                                                                  *(history / "rolled_back").glob("jisr-*.duckdb")]}
+    for path in folder.glob("*.duckdb"):
+        if path.stem not in kept:
+            _remove_db(path)
+
+
 def candidate_path(settings, run_id: str) -> Path:
     return Path(settings.serving_path).with_name(f"{CANDIDATE_PREFIX}{run_id}.duckdb")
 
@@ -241,6 +260,7 @@ def stage_candidate(settings, run_id: str, cfg: QualityConfig | None = None) -> 
                     con.execute(f"create table {_ident(schema)}.{_ident(table)} as "
                                 f"select * from build_warehouse.{_ident(schema)}.{_ident(table)}")
             deliveries = _built_from(con, "build_warehouse")
+            _keep_counts(con, settings, run_id)
             con.execute("detach build_warehouse")
             _fault_point("copied")
             disclosure = _protect(con, settings)
@@ -249,6 +269,7 @@ def stage_candidate(settings, run_id: str, cfg: QualityConfig | None = None) -> 
         except BaseException:
             con.close()
             _remove_db(path)
+            _remove_db(counts_path(settings, run_id))
             raise
         con.close()
         Path(str(path) + ".json").write_text(json.dumps({"run_id": run_id, "table_row_counts": counts,
@@ -283,14 +304,43 @@ def _served_attached(con, settings):
         con.execute("detach previous_serving")
 
 
+def _keep_counts(con, settings, run_id: str) -> None:
+    """The build's counts before suppression of the protected tables (``build_warehouse`` is
+    attached to ``con``), kept for the next publication (``counts_path``)."""
+    from quality import disclosure
+
+    path = counts_path(settings, run_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_db(path)
+    con.execute(f"attach '{_sql_str(path)}' as publication_counts")
+    try:
+        disclosure.keep_counts(con, "build_warehouse", "publication_counts", settings)
+    finally:
+        con.execute("detach publication_counts")
+
+
 def _protect(con, settings) -> str:
-    """Disclosure control on the candidate, against the file served now (a cell it publishes
-    with the same counts is hidden as a complement only where no other cell can be); what it
-    did, per table, for the publish log."""
+    """Disclosure control on the candidate, against the file served now and its counts before
+    suppression when they were kept (the two files together must not give back a small cell
+    of either); what it did, per table, for the publish log."""
     from quality import disclosure
 
     with _served_attached(con, settings) as previous:
-        return json.dumps([str(t) for t in disclosure.protect(con, settings, previous=previous)])
+        counts = None
+        if previous is not None:
+            has_log = con.execute("select count(*) from duckdb_tables() where database_name = ? and schema_name = 'meta' "
+                                  "and table_name = 'publish_log'", [previous]).fetchone()[0]
+            run = con.execute(f"select run_id from {previous}.meta.publish_log order by published_at desc "
+                              "limit 1").fetchone() if has_log else None
+            if run and run[0] and counts_path(settings, run[0]).exists():
+                counts = "previous_counts"
+                con.execute(f"attach '{_sql_str(counts_path(settings, run[0]))}' as {counts} (read_only)")
+        try:
+            return json.dumps([str(t) for t in disclosure.protect(con, settings, previous=previous,
+                                                                  previous_counts=counts)])
+        finally:
+            if counts is not None:
+                con.execute(f"detach {counts}")
 
 
 # --- audit and publish -----------------------------------------------------------------------------
@@ -457,6 +507,7 @@ def commit(settings, candidate: Candidate, code_version: str, deliveries: list[d
         _fault_point("replaced")
         Path(str(candidate.path) + ".json").unlink(missing_ok=True)
         _prune(Path(settings.history_dir), cfg.history_keep)
+        _prune_counts(settings)
     return PublishResult(run_id=candidate.run_id, serving_path=serving, archived_path=archived,
                          table_row_counts=candidate.table_row_counts, checks=results,
                          deliveries=len(deliveries), seconds=time.monotonic() - started)

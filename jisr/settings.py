@@ -77,6 +77,12 @@ class Settings:
         return self.home / "store" / "ingest.duckdb"
 
     @property
+    def publication_counts_dir(self) -> Path:
+        """Internal: per published run, the protected tables' counts before suppression (the
+        next publication checks it does not give back that one's small cells)."""
+        return self.home / "store" / "publications"
+
+    @property
     def lake_dir(self) -> Path:
         """Open raw layer: Parquet files of the raw tables."""
         return self.home / "lake"

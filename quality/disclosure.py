@@ -538,7 +538,8 @@ def _pick(cells: Cells, candidates: Iterable[int], totals: set[int], closes=None
 
 
 def suppression_pattern(cells: Cells, published_before: Collection[int] = frozenset(),
-                        exposed_with_previous: set[int] | None = None) -> tuple[set[int], set[int]]:
+                        exposed_with_previous: set[int] | None = None, previous: PreviousCells | None = None,
+                        exposed_of_previous: set[int] | None = None) -> tuple[set[int], set[int]]:
     """(primary, complementary) suppressed cells of a table.
 
     ``published_before``: cells the previous publication published with the same counts.
@@ -546,9 +547,17 @@ def suppression_pattern(cells: Cells, published_before: Collection[int] = frozen
     whoever kept that file knows them: once this file is safe on its own, a small cell that
     becomes exactly recoverable when they are known gets a complement that file did not
     publish, where its lines have one (``_known_before_round``). ``exposed_with_previous``,
-    when given, receives the small cells left recoverable that way (no such complement)."""
+    when given, receives the small cells left recoverable that way (no such complement).
+
+    ``previous``: that publication with the counts it hid (``previous_cells``). A cell it hid
+    and this file would publish with the same counts is known to whoever holds both: where
+    that gives back one of its small cells, this file hides such a cell too
+    (``_revealed_round``); ``exposed_of_previous``, when given, receives the previous file's
+    small cells (its indices) left recoverable."""
     if exposed_with_previous is None:
         exposed_with_previous = set()
+    if exposed_of_previous is None:
+        exposed_of_previous = set()
     primary = primary_suppressions(cells)
     suppressed = set(primary)
     totals = {total for _, total in cells.lines if total is not None}
@@ -639,21 +648,114 @@ def suppression_pattern(cells: Cells, published_before: Collection[int] = frozen
             hide(j, queue)
     settle(queue)
     known = set(published_before)
-    attempts: dict[int, int] = {}
+    attempts: dict[int, int] = {}  # complements hidden for a small cell (of the previous file: -1 - index)
     left: set[int] = set()  # small cells no complement protected from the two files
-    while known & suppressed:
-        picks, out_of_reach = _known_before_round(cells, suppressed, known, primary, line_cells, lines_of, totals,
-                                                  attempts, unfixable | left)
-        left |= out_of_reach
+    left_before: set[int] = set()  # the same, of the previous file
+    while True:
+        picks = []
+        if known & suppressed:
+            found, out_of_reach = _known_before_round(cells, suppressed, known, primary, line_cells, lines_of, totals,
+                                                      attempts, unfixable | left)
+            left |= out_of_reach
+            picks += found
+        if previous is not None:
+            found, out_of_reach = _revealed_round(cells, suppressed, totals, previous, attempts, left_before)
+            left_before |= out_of_reach
+            picks += found
         if not picks:
             break
         queue = []
         for pick in picks:
             hide(pick, queue)
         settle(queue)
-    if left:  # as the final pattern leaves them (a later complement may have protected one)
+    # as the final pattern leaves them (a later complement may have protected one)
+    if left:
         exposed_with_previous |= _exposed_together(cells, suppressed, known, primary, line_cells, lines_of)[1] - unfixable
+    if left_before:
+        exposed_of_previous |= _revealed_exposed(suppressed, previous)[2]
     return primary, suppressed - primary
+
+
+@dataclass
+class PreviousCells:
+    """The previous publication of a table with the counts it hid (kept internally by the
+    publish step): its cells, the ones it hid, and for each cell that has the same key and
+    counts now, its index among the cells now (``now_index``)."""
+    cells: Cells
+    hidden: set[int]
+    now_index: dict[int, int]
+
+    def __post_init__(self):
+        self.line_cells = [members + ([total] if total is not None else []) for members, total in self.cells.lines]
+        self.lines_of: dict[int, list[int]] = {}
+        for n, line in enumerate(self.line_cells):
+            for i in line:
+                self.lines_of.setdefault(i, []).append(n)
+        self.small = primary_suppressions(self.cells) & self.hidden
+        self._alone: dict[int, bool] = {}
+
+    def given_by_itself(self, cells: set[int]) -> set[int]:
+        """Those of ``cells`` that the previous file's own lines determine (e.g. by totals)."""
+        todo = {i for i in cells if i not in self._alone}
+        if todo:
+            found = recoverable(self.cells, self.hidden, touching=todo)
+            self._alone.update({i: i in found for i in todo})
+        return {i for i in cells if self._alone[i]}
+
+
+def previous_cells(cells: Cells, rows: list[tuple], hidden_keys: set[tuple]) -> PreviousCells:
+    """``PreviousCells`` of a table whose cells are ``cells`` now, from the previous
+    publication's rows (key then count columns, before suppression) and the keys it hid."""
+    before = build_cells(cells.rule, rows)
+    now = {tuple(key): i for i, key in enumerate(cells.keys)}
+    hidden = {j for j, key in enumerate(before.keys) if tuple(key) in hidden_keys}
+    now_index = {j: now[tuple(key)] for j, key in enumerate(before.keys)
+                 if tuple(key) in now and tuple(cells.counts[now[tuple(key)]]) == tuple(before.counts[j])}
+    return PreviousCells(before, hidden, now_index)
+
+
+def _revealed_exposed(suppressed: set[int], previous: PreviousCells) -> tuple[list, set[int], set[int]]:
+    """(groups of the previous file's hidden cells whose lines pass through a cell it hid and
+    this file publishes with the same counts, those cells, the previous file's small cells
+    that those groups' lines then determine and its own did not)."""
+    revealed = {j for j in previous.hidden if j in previous.now_index and previous.now_index[j] not in suppressed}
+    unknown = previous.hidden - revealed
+    touching = {i for j in revealed for n in previous.lines_of.get(j, ()) for i in previous.line_cells[n]
+                if i in unknown}
+    if not touching:
+        return [], revealed, set()
+    components = _components_touching(previous.cells, unknown, touching, previous.lines_of)
+    exposed = recoverable(previous.cells, unknown, components=components) & previous.small
+    return components, revealed, exposed - previous.given_by_itself(exposed)
+
+
+def _revealed_round(cells: Cells, suppressed: set[int], totals: set[int], previous: PreviousCells,
+                    attempts: dict[int, int], skip: set[int]) -> tuple[list[int], set[int]]:
+    """One round for the previous publication's small cells: a cell it hid that this file
+    publishes with the same counts is known, with this file, to whoever kept that one. Among
+    the groups of the previous file's hidden cells whose lines pass through such a cell, its
+    small cells they then determine (beyond those its own lines did): (cells of this file to
+    hide, one per group: a cell so revealed on the lines of the group's first such small
+    cell, else on the group's lines, a detail cell first, the smallest; the previous file's
+    small cells (its indices) nothing hidden here protects, or after ``KNOWN_BEFORE_TRIES``)."""
+    components, revealed, exposed = _revealed_exposed(suppressed, previous)
+    exposed -= skip
+
+    def revealed_on(members) -> set[int]:
+        return {previous.now_index[i] for s in members for n in previous.lines_of.get(s, ())
+                for i in previous.line_cells[n] if i in revealed}
+
+    picks, out_of_reach = [], set()
+    for members, _ in components:
+        for cell in sorted(exposed.intersection(members)):
+            candidates = revealed_on([cell]) or revealed_on(members)
+            if not candidates or attempts.get(-1 - cell, 0) >= KNOWN_BEFORE_TRIES:
+                out_of_reach.add(cell)
+                continue
+            attempts[-1 - cell] = attempts.get(-1 - cell, 0) + 1
+            picks.append(_pick(cells, candidates, totals))
+            break
+    return picks, out_of_reach
 
 
 # Complements hidden at most for one small cell against whoever holds the previous
@@ -771,12 +873,15 @@ class TableProtection:
     primary: int
     complementary: int
     exposed_with_previous: int = 0  # small cells the previous publication's cells give back
+    exposed_of_previous: int = 0  # small cells of the previous publication this one gives back
 
     def __str__(self) -> str:
         text = (f"{self.table}: {self.cells} cells, {self.primary} suppressed under k, "
                 f"{self.complementary} complementary")
         if self.exposed_with_previous:
             text += f"; {self.exposed_with_previous} under k still recoverable together with the previous publication"
+        if self.exposed_of_previous:
+            text += f"; {self.exposed_of_previous} under k of the previous publication recoverable together with this one"
         return text
 
 
@@ -784,9 +889,7 @@ def _published_in(db: _Database, rule: TableRule, database: str) -> set[tuple]:
     """(key values, counts) of the cells that the table of the same name in the attached
     DuckDB database ``database`` publishes (none when it has no such table or columns)."""
     wanted = [*rule.key_columns, *rule.count_columns, rule.flag_column]
-    found = {r[0] for r in db.rows(
-        "select column_name from duckdb_columns() where database_name = ? and schema_name = ? and table_name = ?",
-        (database, rule.schema, rule.name))}
+    found = _columns_in(db, rule, database)
     if any(c not in found for c in wanted):
         return set()
     n = len(rule.key_columns)
@@ -852,8 +955,49 @@ def _describe_key(rule: TableRule, key: tuple) -> str:
     return Cells(rule, [0], [key], [()], [False]).describe(0)
 
 
+def _columns_in(db: _Database, rule: TableRule, database: str) -> set[str]:
+    return {r[0] for r in db.rows("select column_name from duckdb_columns() where database_name = ? "
+                                  "and schema_name = ? and table_name = ?", (database, rule.schema, rule.name))}
+
+
+def _previous_in(db: _Database, rule: TableRule, cells: Cells, serving: str, counts: str) -> PreviousCells | None:
+    """The previous publication of the table (``PreviousCells``): its cells and the ones it hid
+    from the attached serving file ``serving``, their counts from the attached database
+    ``counts`` (``keep_counts``); None when either lacks the table or its columns."""
+    wanted = (*rule.key_columns, *rule.count_columns)
+    if (any(c not in _columns_in(db, rule, counts) for c in wanted)
+            or any(c not in _columns_in(db, rule, serving) for c in (*rule.key_columns, rule.flag_column))):
+        return None
+    keys = ", ".join(_q(c) for c in rule.key_columns)
+    rows = db.rows(f"select {', '.join(_q(c) for c in wanted)} from {_q(counts)}.{_q(rule.schema)}.{_q(rule.name)} "
+                   f"order by {keys}")
+    hidden = {tuple(r) for r in db.rows(f"select {keys} from {_q(serving)}.{_q(rule.schema)}.{_q(rule.name)} "
+                                        f"where coalesce({_q(rule.flag_column)}, false)")}
+    return previous_cells(cells, rows, hidden)
+
+
+def keep_counts(con, source: str, target: str, settings=None, config: Any = None) -> list[str]:
+    """Copy the key and count columns of every configured table of the attached DuckDB
+    database ``source`` (a build warehouse: counts before suppression) into ``target``, under
+    the same names: what the next publication needs to see which of this one's small cells
+    it would give back (``protect(..., previous_counts=...)``). Internal data: small counts."""
+    config = load_config(config, settings)
+    db = _Database(con)
+    kept = []
+    for rule in config.tables:
+        if any(c not in _columns_in(db, rule, source) for c in (*rule.key_columns, *rule.count_columns)):
+            continue
+        db.run(f"create schema if not exists {_q(target)}.{_q(rule.schema)}")
+        db.run(f"create or replace table {_q(target)}.{_q(rule.schema)}.{_q(rule.name)} as select "
+               f"{', '.join(_q(c) for c in (*rule.key_columns, *rule.count_columns))} "
+               f"from {_q(source)}.{_q(rule.schema)}.{_q(rule.name)}")
+        kept.append(rule.table)
+    return kept
+
+
 def protect(con, settings=None, config: Any = None, previous: str | None = None,
-            follow: dict[str, dict[tuple, tuple | None]] | None = None) -> list[TableProtection]:
+            follow: dict[str, dict[tuple, tuple | None]] | None = None,
+            previous_counts: str | None = None) -> list[TableProtection]:
     """Suppress small cells (and their complements) in the configured tables of ``con``.
 
     ``con`` is a read-write connection to the NEW serving file, before it is published.
@@ -862,6 +1006,10 @@ def protect(con, settings=None, config: Any = None, previous: str | None = None,
     ``previous``: the name under which the previous serving file is attached to ``con``
     (DuckDB): a cell it published with the same counts is hidden as a complement only where
     no other cell can be, since whoever kept that file knows it.
+    ``previous_counts``: the name under which the previous publication's counts before
+    suppression are attached (``keep_counts``): a cell it hid and this file would publish
+    with the same counts is hidden here too where publishing it would give back one of that
+    file's small cells.
     ``follow``: the pattern of another copy of this publication (``published_pattern``):
     hide exactly the cells it hides. When the cells or published counts of any table differ,
     ``PatternMismatch`` names every such table and nothing is changed.
@@ -877,6 +1025,7 @@ def protect(con, settings=None, config: Any = None, previous: str | None = None,
             continue  # check() reports the missing columns (a blocking failure)
         cells = _read_cells(db, rule, columns)
         exposed: set[int] = set()
+        exposed_before: set[int] = set()
         if follow is not None:
             try:
                 primary, complementary = _followed(cells, follow.get(rule.table))
@@ -886,12 +1035,13 @@ def protect(con, settings=None, config: Any = None, previous: str | None = None,
         else:
             before = _published_in(db, rule, previous) if previous else set()
             published_before = {i for i in range(len(cells)) if (tuple(cells.keys[i]), tuple(cells.counts[i])) in before}
-            primary, complementary = suppression_pattern(cells, published_before, exposed)
-        patterns.append((rule, columns, cells, primary, complementary, exposed))
+            before_cells = _previous_in(db, rule, cells, previous, previous_counts) if previous and previous_counts else None
+            primary, complementary = suppression_pattern(cells, published_before, exposed, before_cells, exposed_before)
+        patterns.append((rule, columns, cells, primary, complementary, exposed, exposed_before))
     if mismatches:
         raise PatternMismatch("; ".join(mismatches))
     report = []
-    for rule, columns, cells, primary, complementary, exposed in patterns:
+    for rule, columns, cells, primary, complementary, exposed, exposed_before in patterns:
         table = f"{_q(rule.schema)}.{_q(rule.name)}"
         db.begin()
         try:
@@ -908,7 +1058,8 @@ def protect(con, settings=None, config: Any = None, previous: str | None = None,
         except Exception:
             db.rollback()
             raise
-        report.append(TableProtection(rule.table, len(cells), len(primary), len(complementary), len(exposed)))
+        report.append(TableProtection(rule.table, len(cells), len(primary), len(complementary), len(exposed),
+                                      len(exposed_before)))
     return report
 
 

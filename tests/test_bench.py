@@ -372,3 +372,11 @@ def test_republication_counts_the_small_cells_an_earlier_file_gives_back():
     before = warehouse(hidden={("01", "F"), ("01", "M"), ("03", "F"), ("03", "M")})
     assert measure(warehouse(), before, now, rule) == {
         "suppressed": 4, "known_before": 2, "recoverable": 2, "recoverable_small": 1}
+    # the other direction, with the earlier file's counts before suppression: the current file
+    # publishes 03-F and 03-M, which it hid; with them its sex lines give back its 01-F
+    from bench.republication import measure_previous
+
+    assert measure_previous(warehouse(), before, now, warehouse(), rule) == {
+        "hidden_before": 4, "revealed": 2, "recoverable_small": 1}
+    assert measure_previous(warehouse(), now, now, warehouse(), rule) == {
+        "hidden_before": 4, "revealed": 0, "recoverable_small": 0}

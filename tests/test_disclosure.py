@@ -715,6 +715,56 @@ def test_a_small_cell_no_complement_protects_from_the_previous_publication_is_re
     assert str(report).endswith("; 1 under k still recoverable together with the previous publication")
 
 
+def previous_small_cells_given_back(con, hidden_keys: set, previous_counts: dict, config=GRID) -> set:
+    """The small cells of a previous file (hiding ``hidden_keys``) that it and ``con`` give
+    back together: the cells it hid and ``con`` publishes with the same counts are known too."""
+    rule = disclosure.load_config(config).tables[0]
+    rows = con.execute("select a, b, n, is_suppressed from marts.grid order by a, b").fetchall()
+    now = disclosure.build_cells(rule, [r[:3] for r in rows])
+    previous = disclosure.previous_cells(now, [(a, b, n) for (a, b), n in sorted(previous_counts.items())], hidden_keys)
+    published_now = {i for i, r in enumerate(rows) if not r[3]}
+    revealed = {j for j, i in previous.now_index.items() if j in previous.hidden and i in published_now}
+    given = disclosure.recoverable(previous.cells, previous.hidden - revealed) & previous.small
+    return {previous.cells.keys[j] for j in given - disclosure.recoverable(previous.cells, previous.hidden)}
+
+
+def test_a_cell_hidden_before_is_not_published_where_it_gives_back_a_small_cell_of_that_file(tmp_path):
+    """The previous file hid 2-z (2 people) with complements; two of its cells changed since,
+    and protected on its own this file publishes 2-y and 3-z with the counts that file hid:
+    whoever kept it then recovers 2-z. With that file's counts before suppression (kept by
+    the publish step), this file hides one of them too, and reports nothing left."""
+    before_counts = {("1", "x"): 12, ("1", "y"): 20, ("1", "z"): 25, ("2", "x"): 5, ("2", "y"): 12, ("2", "z"): 2,
+                     ("3", "x"): 3, ("3", "y"): 5, ("3", "z"): 12}
+    now = {**before_counts, ("2", "x"): 2, ("2", "z"): 14, ("3", "x"): 14}
+    before = grid(tmp_path / "before.duckdb", before_counts)
+    protect(before, config=GRID)
+    hidden_before = set(before.execute("select a, b from marts.grid where is_suppressed").fetchall())
+    before.close()
+    kept = grid(tmp_path / "counts.duckdb", before_counts)  # what keep_counts writes: counts before suppression
+    kept.close()
+
+    alone = grid(tmp_path / "alone.duckdb", now)
+    protect(alone, config=GRID)
+    assert previous_small_cells_given_back(alone, hidden_before, before_counts) == {("2", "z")}
+
+    con = grid(tmp_path / "now.duckdb", now)
+    con.execute(f"attach '{tmp_path / 'before.duckdb'}' as previous_serving (read_only)")
+    con.execute(f"attach '{tmp_path / 'counts.duckdb'}' as previous_counts (read_only)")
+    [report] = protect(con, config=GRID, previous="previous_serving", previous_counts="previous_counts")
+    assert check(con, config=GRID) == []
+    assert previous_small_cells_given_back(con, hidden_before, before_counts) == set()
+    assert report.exposed_of_previous == 0 and "of the previous publication" not in str(report)
+
+
+def test_keep_counts_copies_the_keys_and_counts_of_the_configured_tables(tmp_path):
+    con = make_warehouse(tmp_path / "build.duckdb", coverage_rows(COUNTS))
+    con.execute(f"attach '{tmp_path / 'kept.duckdb'}' as kept")
+    assert disclosure.keep_counts(con, "build", "kept", config=CONFIG) == ["marts.mart_coverage"]
+    assert con.execute("select * from kept.marts.mart_coverage order by all").fetchall() == sorted(
+        (r, s, n) for r, s, n, _ in coverage_rows(COUNTS))  # no value columns, no other table
+    assert con.execute("select count(*) from duckdb_tables() where database_name = 'kept'").fetchone() == (1,)
+
+
 def hand_protected(path, hidden: set[tuple[str, str]], counts=COUNTS):
     """A copy of the coverage table protected with a pattern chosen by hand (a valid one)."""
     con = make_warehouse(path, coverage_rows(counts))

@@ -71,11 +71,12 @@ def stub_disclosure(monkeypatch, violations=()):
     protect does nothing, review finds ``violations`` (blocking, one per text)."""
     calls = []
 
-    def protect(con, settings, previous=None):
+    def protect(con, settings, previous=None, previous_counts=None):
         calls.append("protect")
-        if previous is not None:  # the file served now, readable under that name
-            tables = con.execute("select count(*) from duckdb_tables() where database_name = ?", [previous]).fetchone()
-            calls.append(f"previous: {previous} ({'with' if tables[0] else 'without'} tables)")
+        for kind, name in (("previous", previous), ("counts", previous_counts)):
+            if name is not None:  # the file served now and its counts, readable under those names
+                tables = con.execute("select count(*) from duckdb_tables() where database_name = ?", [name]).fetchone()
+                calls.append(f"{kind}: {name} ({'with' if tables[0] else 'without'} tables)")
         return []
 
     def review(con, settings):
@@ -104,7 +105,7 @@ import sys, time
 from pathlib import Path
 import jisr.publish as P, quality.disclosure as D
 from jisr.settings import Settings
-D.protect = D.review = lambda con, settings, previous=None: []
+D.protect = D.review = lambda con, settings, previous=None, previous_counts=None: []
 """
 
 
@@ -184,6 +185,38 @@ def test_publish_prunes_history_to_the_configured_number(published):
         publish(published, f"run-{i}", "v", cfg=cfg)
     files = publish_mod.history_files(published)
     assert [f.name.rsplit("-", 2)[-2:] for f in files] == [["run", "3.duckdb"], ["run", "4.duckdb"]]
+
+
+COSTS_MART = ("create table marts.mart_programme_costs as select programme_code, 40 as beneficiaries_reached, "
+              "{paid} as people_paid, 100.0 as transfers_paid_mad, 2.5 as cost_per_beneficiary_mad, 1000.0 as budget_mad "
+              "from ingest.raw.programmes where _is_current")
+
+
+def test_publish_keeps_each_publications_counts_before_suppression_for_the_next_one(published, monkeypatch):
+    """Small counts a publication hides stay internal (the raw store's folder), one file per
+    publication kept for rollback; the next publication sees the served one's (it must not
+    give back its small cells), and they go when their publication leaves the history."""
+    data = config_for(published).raw
+    data["publish"]["history_keep"] = 2
+    cfg = parse_config(data)
+    calls = stub_disclosure(monkeypatch)
+    for i, paid in enumerate([3, 4, 5, 6], start=2):
+        make_build(published, estimate=float(i), extra_sql=[COSTS_MART.format(paid=paid)])
+        calls.clear()
+        publish(published, f"run-{i}", "v", cfg=cfg)
+        kept = duckdb.connect(str(publish_mod.counts_path(published, f"run-{i}")), read_only=True)
+        assert kept.execute("select distinct people_paid from marts.mart_programme_costs").fetchall() == [(paid,)]
+        assert kept.execute("select count(*) from duckdb_tables()").fetchone() == (1,)  # protected tables only
+        kept.close()
+        assert calls[:3] == ["protect", "previous: previous_serving (with tables)",
+                             "counts: previous_counts (with tables)" if i > 2 else "counts: previous_counts (without tables)"]
+    assert str(publish_mod.counts_path(published, "run-5")).startswith(str(published.store_path.parent))
+    assert sorted(p.stem for p in published.publication_counts_dir.glob("*.duckdb")) == ["run-3", "run-4", "run-5"]
+    rollback(published)  # run-4 served again, with its counts
+    calls.clear()
+    make_build(published, estimate=9.0, extra_sql=[COSTS_MART.format(paid=7)])
+    publish(published, "run-6", "v", cfg=cfg)
+    assert calls[2] == "counts: previous_counts (with tables)"
 
 
 def test_publish_refuses_on_a_blocking_check_and_leaves_serving_byte_identical(published):
