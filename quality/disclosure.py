@@ -38,9 +38,12 @@ step renames it onto ``jisr.duckdb`` (never in the build warehouse):
    complement that file did not publish, where its lines or its group's have one (at most
    ``KNOWN_BEFORE_TRIES`` per cell); the small cells left so are counted in the report (a
    line whose other cells that file all published gives its small cell back whatever this
-   file hides). This covers one direction of combining two files, not the other (a cell
-   hidden before and published now), nor changed cells whose change a line's two totals give
-   (docs/bi-access.md, "Limits").
+   file hides). The other direction needs that file's counts before suppression, which the
+   publish step keeps (``keep_counts``; ``protect(..., previous_counts=...)``): a cell it hid
+   and this file would publish with the same counts is known to whoever holds both; where
+   that gives back one of its small cells, this file hides such a cell too, and the small
+   cells of that file left so are counted. Not covered: changed cells whose change a line's
+   two totals give, and publications before the previous one (docs/bi-access.md, "Limits").
 6. Another copy of a publication (``protect(..., follow=published_pattern(served))``: the
    PostgreSQL target, built from the deliveries the serving file serves) hides exactly the
    cells that publication hides, and refuses (``PatternMismatch``) when its cells are not
