@@ -36,9 +36,11 @@ step renames it onto ``jisr.duckdb`` (never in the build warehouse):
    as a complement only where no other cell can be; then, once the new file is safe on its
    own, a small cell that becomes exactly recoverable when those cells are known gets another
    complement that file did not publish, where its lines or its group's have one (at most
-   ``KNOWN_BEFORE_TRIES`` per cell); the small cells left so are counted in the report (a
-   line whose other cells that file all published gives its small cell back whatever this
-   file hides). The other direction needs that file's counts before suppression, which the
+   ``KNOWN_BEFORE_TRIES`` per cell, each followed by the complements this file then needs on
+   its own; at most ``TWO_FILE_ROUNDS`` rounds; a round that would leave this file unsafe on
+   its own is undone); the small cells left so are counted in the report. A small cell that
+   stays recoverable with every cell but the known ones hidden (a line whose other cells that
+   file all published) gets no complement: nothing hidden here protects it. The other direction needs that file's counts before suppression, which the
    publish step keeps (``keep_counts``; ``protect(..., previous_counts=...)``): a cell it hid
    and this file would publish with the same counts is known to whoever holds both; where
    that gives back one of its small cells, this file hides such a cell too, and the small
@@ -610,8 +612,9 @@ def suppression_pattern(cells: Cells, published_before: Collection[int] = frozen
         solved.update(new_strata)
         return exposed & unfixable
 
-    def settle(queue: list[int]) -> None:
-        """Hide complements until no suppressed cell of this file follows from its lines."""
+    def settle(queue: list[int]) -> set[int]:
+        """Hide complements until no suppressed cell of this file follows from its lines; the
+        cells that still do (nothing left to hide near them: ``check`` reports them)."""
         nonlocal changed_cells
         while True:
             while queue:  # a line with a lone suppressed cell gets its smallest other cell hidden
@@ -627,7 +630,7 @@ def suppression_pattern(cells: Cells, published_before: Collection[int] = frozen
             exposed -= determined_by_totals_alone(exposed)
             changed_cells = set()
             if not exposed:
-                return
+                return set()
             progress = False
             for members, _ in components:  # as they were before this round hides anything
                 group_exposed = sorted(exposed.intersection(members))
@@ -643,22 +646,23 @@ def suppression_pattern(cells: Cells, published_before: Collection[int] = frozen
                     hide(pick, queue)
                     progress = True
             if not progress:
-                return  # nothing left to hide; check() reports what stays exposed
+                return exposed  # nothing left to hide; check() reports what stays exposed
 
     queue = list(range(len(line_cells)))[::-1]
     for i in sorted(suppressed):  # linked strata share the primary pattern
         for j in links_of.get(i, ()):
             hide(j, queue)
-    settle(queue)
+    exposed_alone = settle(queue)
     known = set(published_before)
     attempts: dict[int, int] = {}  # complements hidden for a small cell (of the previous file: -1 - index)
     left: set[int] = set()  # small cells no complement protected from the two files
     left_before: set[int] = set()  # the same, of the previous file
-    while True:
+    examined: set[int] = set()  # small cells checked for a line the previous file gives away whole
+    for _ in range(TWO_FILE_ROUNDS):
         picks = []
         if known & suppressed:
             found, out_of_reach = _known_before_round(cells, suppressed, known, primary, line_cells, lines_of, totals,
-                                                      attempts, unfixable | left)
+                                                      attempts, unfixable | left, examined)
             left |= out_of_reach
             picks += found
         if previous is not None:
@@ -667,10 +671,15 @@ def suppression_pattern(cells: Cells, published_before: Collection[int] = frozen
             picks += found
         if not picks:
             break
+        before = set(suppressed), list(hidden_count)
         queue = []
         for pick in picks:
             hide(pick, queue)
-        settle(queue)
+        if settle(queue) - exposed_alone:  # the round left this file unsafe on its own: undo it, stop
+            suppressed.clear()
+            suppressed.update(before[0])
+            hidden_count[:] = before[1]
+            break
     # as the final pattern leaves them (a later complement may have protected one)
     if left:
         exposed_with_previous |= _exposed_together(cells, suppressed, known, primary, line_cells, lines_of)[1] - unfixable
@@ -748,23 +757,32 @@ def _revealed_round(cells: Cells, suppressed: set[int], totals: set[int], previo
         return {previous.now_index[i] for s in members for n in previous.lines_of.get(s, ())
                 for i in previous.line_cells[n] if i in revealed}
 
-    picks, out_of_reach = [], set()
+    picks, out_of_reach, crossed = [], set(), set()
     for members, _ in components:
         for cell in sorted(exposed.intersection(members)):
+            if not crossed.isdisjoint(previous.lines_of.get(cell, ())):
+                continue  # a cell picked this round is on its lines: seen again next round
             candidates = revealed_on([cell]) or revealed_on(members)
             if not candidates or attempts.get(-1 - cell, 0) >= KNOWN_BEFORE_TRIES:
                 out_of_reach.add(cell)
                 continue
             attempts[-1 - cell] = attempts.get(-1 - cell, 0) + 1
-            picks.append(_pick(cells, candidates, totals))
-            break
+            pick = _pick(cells, candidates, totals)
+            picks.append(pick)
+            crossed.update(previous.lines_of.get(cell, ()))
     return picks, out_of_reach
 
 
+# Rounds of the check against the previous publication (each: complements for every small
+# cell the two files give back, then this file made safe on its own again); what is left
+# after them is counted in the report.
+TWO_FILE_ROUNDS = 20
+
 # Complements hidden at most for one small cell against whoever holds the previous
 # publication too (one per round, each followed by the complements this file then needs on its
-# own); a cell still determined after them is left, reported (its group may hold a line whose
-# every other cell that file published: nothing hidden here would help).
+# own: more cells than this); a cell still determined after them is left, and reported. A
+# cell that would stay determined with every cell but the known ones hidden (a line whose
+# other cells that file all published) is reported without any.
 KNOWN_BEFORE_TRIES = 4
 
 
@@ -783,32 +801,44 @@ def _exposed_together(cells: Cells, suppressed: set[int], known: set[int], prima
 
 def _known_before_round(cells: Cells, suppressed: set[int], known: set[int], primary: set[int],
                         line_cells: list[list[int]], lines_of: dict[int, list[int]], totals: set[int],
-                        attempts: dict[int, int], skip: set[int]) -> tuple[list[int], set[int]]:
+                        attempts: dict[int, int], skip: set[int], examined: set[int]) -> tuple[list[int], set[int]]:
     """One round against whoever holds this file and the previous one: the suppressed cells
     that file published with the same counts (``known``) are known to them. Among the groups
     of the remaining unknowns whose lines pass through a known cell, the small cells those
-    lines determine: (complements to hide, one per group: a cell neither hidden nor known on
-    the lines of the group's first such small cell, else on the group's lines, a detail cell
-    before a total, the smallest first; the small cells left determined: the group has no
-    such cell, or ``KNOWN_BEFORE_TRIES`` complements were hidden for them already).
-    ``attempts`` counts the complements hidden for each small cell, across rounds."""
+    lines determine: (complements to hide: for each such cell whose lines no other pick of
+    this round crosses, a cell neither hidden nor known on its lines, else on its group's, a
+    detail cell before a total, the smallest first; the small cells left determined: those
+    that stay so with every cell but the known ones hidden, which nothing here protects,
+    those whose group has no such cell, and those that had ``KNOWN_BEFORE_TRIES`` complements
+    already). ``attempts`` counts the complements hidden for each small cell, across rounds;
+    ``examined``, the small cells already checked for the first case."""
     components, exposed = _exposed_together(cells, suppressed, known, primary, line_cells, lines_of)
     exposed -= skip
+    out_of_reach = set()
+    new = exposed - examined
+    if new:  # determined even with every cell but the known ones hidden: nothing here protects them
+        examined |= new
+        out_of_reach = recoverable(cells, set(range(len(cells))) - known, touching=new) & new
+        exposed -= out_of_reach
 
     def free_on(members) -> set[int]:
         return {i for s in members for n in lines_of.get(s, ()) for i in line_cells[n]
                 if i not in suppressed and i not in known}
 
-    picks, out_of_reach = [], set()
+    picks, crossed = [], set()
     for members, _ in components:
         for cell in sorted(exposed.intersection(members)):
+            if not crossed.isdisjoint(lines_of.get(cell, ())):
+                continue  # a complement picked this round crosses its lines: seen again next round
             candidates = free_on([cell]) or free_on(members)
             if not candidates or attempts.get(cell, 0) >= KNOWN_BEFORE_TRIES:
                 out_of_reach.add(cell)
                 continue
             attempts[cell] = attempts.get(cell, 0) + 1
-            picks.append(_pick(cells, candidates, totals))
-            break
+            pick = _pick(cells, candidates, totals)
+            picks.append(pick)
+            crossed.update(lines_of.get(pick, ()))
+            crossed.update(lines_of.get(cell, ()))
     return picks, out_of_reach
 
 

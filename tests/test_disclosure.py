@@ -715,6 +715,43 @@ def test_a_small_cell_no_complement_protects_from_the_previous_publication_is_re
     assert str(report).endswith("; 1 under k still recoverable together with the previous publication")
 
 
+def test_a_small_cell_no_complement_can_protect_gets_no_complement(tmp_path):
+    """1-z's line is 1-x, 1-y (published before with the same counts) and its known total:
+    whatever this file hides, the two files give 1-z back. Hiding more would protect
+    nothing: the pattern is the one this file needs on its own (1-x, its only other choice
+    in row 1, hidden; the others avoided where it can), and the cell is reported."""
+    counts = {(a, b): 30 + 5 * n for n, (a, b) in enumerate((a, b) for a in "1234" for b in "xyz")}
+    counts["1", "z"] = 3
+    before = grid(tmp_path / "before.duckdb", {("1", "x"): counts["1", "x"], ("1", "y"): counts["1", "y"]})
+    before.execute("alter table marts.grid add column is_suppressed boolean default false")
+    before.close()
+    con = grid(tmp_path / "now.duckdb", counts)
+    con.execute(f"attach '{tmp_path / 'before.duckdb'}' as previous_serving (read_only)")
+    [report] = protect(con, config=GRID, previous="previous_serving")
+    assert set(con.execute("select a, b from marts.grid where is_suppressed").fetchall()) == {
+        ("1", "x"), ("1", "z"), ("2", "x"), ("2", "y"), ("2", "z"), ("3", "x"), ("3", "y")}
+    assert check(con, config=GRID) == []
+    assert report.exposed_with_previous == 1
+
+
+def test_a_round_that_would_leave_the_file_unsafe_on_its_own_is_undone():
+    """Against the previous publication, complements are added only while this file stays
+    safe on its own: a round after which a suppressed cell follows from this file's lines
+    with nothing left to hide is undone (found on a random table whose total rows are not
+    the sums of their cells)."""
+    case = json.loads((Path(__file__).parent / "data" / "disclosure_round_undone.json").read_text(encoding="utf-8"))
+    rule = disclosure.parse_config({"tables": [{"table": "marts.t", **case["rule"]}]}).tables[0]
+    rows = [(*line.split()[:-1], int(line.split()[-1])) for line in case["rows"]]
+    cells = disclosure.build_cells(rule, rows)
+    known = {tuple(line.split()) for line in case["published_before"]}
+    published_before = {i for i, key in enumerate(cells.keys) if tuple(key) in known}
+    alone = disclosure.suppression_pattern(disclosure.build_cells(rule, rows))
+    assert not disclosure.recoverable(cells, alone[0] | alone[1])
+    primary, complementary = disclosure.suppression_pattern(cells, published_before)
+    exposed = disclosure.recoverable(cells, primary | complementary)
+    assert not exposed - disclosure.determined_by_totals(cells, touching=exposed)
+
+
 def previous_small_cells_given_back(con, hidden_keys: set, previous_counts: dict, config=GRID) -> set:
     """The small cells of a previous file (hiding ``hidden_keys``) that it and ``con`` give
     back together: the cells it hid and ``con`` publishes with the same counts are known too."""
