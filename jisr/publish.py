@@ -71,6 +71,8 @@ class Candidate:
     table_row_counts: dict[str, int]
     disclosure: str
     deliveries: list[dict] | None = None  # those the build was made from (None: the build did not record them)
+    # for data engineers, never published: what the check against the previous publication left
+    disclosure_notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -263,7 +265,7 @@ def stage_candidate(settings, run_id: str, cfg: QualityConfig | None = None) -> 
             _keep_counts(con, settings, run_id)
             con.execute("detach build_warehouse")
             _fault_point("copied")
-            disclosure = _protect(con, settings)
+            disclosure, notes = _protect(con, settings)
             counts = table_row_counts(con, cfg.publish_schemas)
             con.execute("checkpoint")
         except BaseException:
@@ -273,9 +275,11 @@ def stage_candidate(settings, run_id: str, cfg: QualityConfig | None = None) -> 
             raise
         con.close()
         Path(str(path) + ".json").write_text(json.dumps({"run_id": run_id, "table_row_counts": counts,
-                                                         "disclosure": disclosure, "deliveries": deliveries},
+                                                         "disclosure": disclosure, "deliveries": deliveries,
+                                                         "disclosure_notes": notes},
                                                         default=str), encoding="utf-8")
-    return Candidate(path=path, run_id=run_id, table_row_counts=counts, disclosure=disclosure, deliveries=deliveries)
+    return Candidate(path=path, run_id=run_id, table_row_counts=counts, disclosure=disclosure, deliveries=deliveries,
+                     disclosure_notes=notes)
 
 
 def load_candidate(settings, run_id: str) -> Candidate | None:
@@ -286,7 +290,7 @@ def load_candidate(settings, run_id: str) -> Candidate | None:
         return None
     data = json.loads(info.read_text(encoding="utf-8"))
     return Candidate(path=path, run_id=run_id, table_row_counts=data["table_row_counts"], disclosure=data["disclosure"],
-                     deliveries=data.get("deliveries"))
+                     deliveries=data.get("deliveries"), disclosure_notes=data.get("disclosure_notes", []))
 
 
 @contextmanager
@@ -319,10 +323,11 @@ def _keep_counts(con, settings, run_id: str) -> None:
         con.execute("detach publication_counts")
 
 
-def _protect(con, settings) -> str:
+def _protect(con, settings) -> tuple[str, list[str]]:
     """Disclosure control on the candidate, against the file served now and its counts before
     suppression when they were kept (the two files together must not give back a small cell
-    of either); what it did, per table, for the publish log."""
+    of either): (what it did, per table, for the publish log; what that check left or could
+    not use, for data engineers only)."""
     from quality import disclosure
 
     with _served_attached(con, settings) as previous:
@@ -336,8 +341,8 @@ def _protect(con, settings) -> str:
                 counts = "previous_counts"
                 con.execute(f"attach '{_sql_str(counts_path(settings, run[0]))}' as {counts} (read_only)")
         try:
-            return json.dumps([str(t) for t in disclosure.protect(con, settings, previous=previous,
-                                                                  previous_counts=counts)])
+            report = disclosure.protect(con, settings, previous=previous, previous_counts=counts)
+            return json.dumps([str(t) for t in report]), [n for n in (t.note() for t in report) if n]
         finally:
             if counts is not None:
                 con.execute(f"detach {counts}")

@@ -31,21 +31,24 @@ step renames it onto ``jisr.duckdb`` (never in the build warehouse):
    of a region x sex x age cell, repeated for each programme), a cell suppressed in one
    stratum is suppressed in every linked stratum, so the published copy in another stratum
    cannot give the suppressed one away.
-5. The previous publication (``protect(..., previous=...)``, the file served until now):
-   whoever kept it knows the cells it published with the same counts. Such a cell is chosen
-   as a complement only where no other cell can be; then, once the new file is safe on its
-   own, a small cell that becomes exactly recoverable when those cells are known gets another
-   complement that file did not publish, where its lines or its group's have one (at most
+5. The previous publication (``protect(..., previous=...)``, the file served until now, and
+   ``previous_counts=...``, its counts before suppression, which the publish step keeps:
+   ``keep_counts``): a cell it published with the same counts is chosen as a complement only
+   where no other cell can be. Then, once this file is safe on its own, the two files are
+   taken as one system of lines, as whoever holds both sees it (``_TwoFiles``): a cell with
+   the same key and counts in both is one unknown, known when either file publishes it; the
+   previous file's other cells are unknowns of its own lines. A small cell of either file
+   that this system determines (beyond what each file gives alone) gets a complement here,
+   on its lines or its group's, where hiding one can help (``_two_file_round``: at most
    ``KNOWN_BEFORE_TRIES`` per cell, each followed by the complements this file then needs on
    its own; at most ``TWO_FILE_ROUNDS`` rounds; a round that would leave this file unsafe on
-   its own is undone); the small cells left so are counted in the report. A small cell that
-   stays recoverable with every cell but the known ones hidden (a line whose other cells that
-   file all published) gets no complement: nothing hidden here protects it. The other direction needs that file's counts before suppression, which the
-   publish step keeps (``keep_counts``; ``protect(..., previous_counts=...)``): a cell it hid
-   and this file would publish with the same counts is known to whoever holds both; where
-   that gives back one of its small cells, this file hides such a cell too, and the small
-   cells of that file left so are counted. Not covered: changed cells whose change a line's
-   two totals give, and publications before the previous one (docs/bi-access.md, "Limits").
+   its own is undone). The small cells left (e.g. a line whose other cells that file all
+   published: nothing hidden here helps) are counted for data engineers
+   (``TableProtection.note``), not in the published log. Without the kept counts only the
+   cells that file published are used. Not covered: a cell whose counts changed but one
+   (that column's lines would join the files), publications before the previous one, and
+   rollbacks (the restored file is the previous one, not the one rolled back)
+   (docs/bi-access.md, "Limits").
 6. Another copy of a publication (``protect(..., follow=published_pattern(served))``: the
    PostgreSQL target, built from the deliveries the serving file serves) hides exactly the
    cells that publication hides, and refuses (``PatternMismatch``) when its cells are not
@@ -543,26 +546,19 @@ def _pick(cells: Cells, candidates: Iterable[int], totals: set[int], closes=None
 
 
 def suppression_pattern(cells: Cells, published_before: Collection[int] = frozenset(),
-                        exposed_with_previous: set[int] | None = None, previous: PreviousCells | None = None,
-                        exposed_of_previous: set[int] | None = None) -> tuple[set[int], set[int]]:
+                        previous: PreviousCells | None = None,
+                        exposed_together: set[int] | None = None) -> tuple[set[int], set[int]]:
     """(primary, complementary) suppressed cells of a table.
 
-    ``published_before``: cells the previous publication published with the same counts.
-    They are chosen as complements only where no other cell can be (see ``_pick``), and
-    whoever kept that file knows them: once this file is safe on its own, a small cell that
-    becomes exactly recoverable when they are known gets a complement that file did not
-    publish, where its lines have one (``_known_before_round``). ``exposed_with_previous``,
-    when given, receives the small cells left recoverable that way (no such complement).
-
-    ``previous``: that publication with the counts it hid (``previous_cells``). A cell it hid
-    and this file would publish with the same counts is known to whoever holds both: where
-    that gives back one of its small cells, this file hides such a cell too
-    (``_revealed_round``); ``exposed_of_previous``, when given, receives the previous file's
-    small cells (its indices) left recoverable."""
-    if exposed_with_previous is None:
-        exposed_with_previous = set()
-    if exposed_of_previous is None:
-        exposed_of_previous = set()
+    ``published_before``: cells the previous publication published with the same counts;
+    they are chosen as complements only where no other cell can be (see ``_pick``).
+    ``previous``: that publication (``PreviousCells``): once this file is safe on its own, a
+    small cell of either file that the two together give back (``_TwoFiles``) gets a
+    complement here where one helps (``_two_file_round``); ``exposed_together``, when given,
+    receives those left (this file's indices, or ``len(cells)`` and up for cells of the
+    previous file alone)."""
+    if exposed_together is None:
+        exposed_together = set()
     primary = primary_suppressions(cells)
     suppressed = set(primary)
     totals = {total for _, total in cells.lines if total is not None}
@@ -653,193 +649,185 @@ def suppression_pattern(cells: Cells, published_before: Collection[int] = frozen
         for j in links_of.get(i, ()):
             hide(j, queue)
     exposed_alone = settle(queue)
-    known = set(published_before)
-    attempts: dict[int, int] = {}  # complements hidden for a small cell (of the previous file: -1 - index)
-    left: set[int] = set()  # small cells no complement protected from the two files
-    left_before: set[int] = set()  # the same, of the previous file
-    examined: set[int] = set()  # small cells checked for a line the previous file gives away whole
-    for _ in range(TWO_FILE_ROUNDS):
-        picks = []
-        if known & suppressed:
-            found, out_of_reach = _known_before_round(cells, suppressed, known, primary, line_cells, lines_of, totals,
-                                                      attempts, unfixable | left, examined)
+    if previous is not None:
+        both = _TwoFiles(cells, previous, primary)
+        attempts: dict[int, int] = {}
+        left: set[int] = set()  # small cells no complement protected from the two files
+        examined: set[int] = set()  # small cells checked for a line the previous file gives away whole
+        for _ in range(TWO_FILE_ROUNDS):
+            picks, out_of_reach = _two_file_round(cells, suppressed, totals, both, attempts, unfixable | left, examined)
             left |= out_of_reach
-            picks += found
-        if previous is not None:
-            found, out_of_reach = _revealed_round(cells, suppressed, totals, previous, attempts, left_before)
-            left_before |= out_of_reach
-            picks += found
-        if not picks:
-            break
-        before = set(suppressed), list(hidden_count)
-        queue = []
-        for pick in picks:
-            hide(pick, queue)
-        if settle(queue) - exposed_alone:  # the round left this file unsafe on its own: undo it, stop
-            suppressed.clear()
-            suppressed.update(before[0])
-            hidden_count[:] = before[1]
-            break
-    # as the final pattern leaves them (a later complement may have protected one)
-    if left:
-        exposed_with_previous |= _exposed_together(cells, suppressed, known, primary, line_cells, lines_of)[1] - unfixable
-    if left_before:
-        exposed_of_previous |= _revealed_exposed(suppressed, previous)[2]
+            if not picks:
+                break
+            before = set(suppressed), list(hidden_count)
+            queue = []
+            for pick in picks:
+                hide(pick, queue)
+            if settle(queue) - exposed_alone:  # the round left this file unsafe on its own: undo it, stop
+                suppressed.clear()
+                suppressed.update(before[0])
+                hidden_count[:] = before[1]
+                break
+        # as the final pattern leaves them, however the rounds ended
+        exposed_together |= both.exposed(suppressed, unfixable)[1]
     return primary, suppressed - primary
+
+
+def _same_key(key: tuple) -> tuple:
+    """A key compared across publications: values as text (a month typed as a date in one
+    version of the code and as text in another is the same month)."""
+    return tuple(None if v is None else (v.isoformat() if isinstance(v, (date, datetime)) else str(v)) for v in key)
 
 
 @dataclass
 class PreviousCells:
-    """The previous publication of a table with the counts it hid (kept internally by the
-    publish step): its cells, the ones it hid, and for each cell that has the same key and
-    counts now, its index among the cells now (``now_index``)."""
+    """The previous publication of a table as its reader knows it: its cells (with their
+    counts before suppression when the publish step kept them, else the published counts
+    and None), the ones it hid, and for each of its cells with the same key and the same
+    counts now, its index among the cells now (``now_index``: the reader may take that cell
+    as unchanged). ``counted``: whether the counts it hid are known (``keep_counts``)."""
     cells: Cells
     hidden: set[int]
     now_index: dict[int, int]
+    counted: bool
 
-    def __post_init__(self):
-        self.line_cells = [members + ([total] if total is not None else []) for members, total in self.cells.lines]
-        self.lines_of: dict[int, list[int]] = {}
-        for n, line in enumerate(self.line_cells):
-            for i in line:
-                self.lines_of.setdefault(i, []).append(n)
-        self.small = primary_suppressions(self.cells) & self.hidden
-        self._alone: dict[int, bool] = {}
-
-    def given_by_itself(self, cells: set[int]) -> set[int]:
-        """Those of ``cells`` that the previous file's own lines determine (e.g. by totals)."""
-        todo = {i for i in cells if i not in self._alone}
-        if todo:
-            found = recoverable(self.cells, self.hidden, touching=todo)
-            self._alone.update({i: i in found for i in todo})
-        return {i for i in cells if self._alone[i]}
+    @property
+    def small(self) -> set[int]:
+        return primary_suppressions(self.cells) & self.hidden if self.counted else set()
 
 
-def previous_cells(cells: Cells, rows: list[tuple], hidden_keys: set[tuple]) -> PreviousCells:
+def previous_cells(cells: Cells, rows: list[tuple], hidden_keys: set[tuple], counted: bool = True) -> PreviousCells:
     """``PreviousCells`` of a table whose cells are ``cells`` now, from the previous
-    publication's rows (key then count columns, before suppression) and the keys it hid."""
+    publication's rows (key then count columns: its counts before suppression, or its
+    published counts with None for what it hid when ``counted`` is false) and the keys it hid."""
     before = build_cells(cells.rule, rows)
-    now = {tuple(key): i for i, key in enumerate(cells.keys)}
-    hidden = {j for j, key in enumerate(before.keys) if tuple(key) in hidden_keys}
-    now_index = {j: now[tuple(key)] for j, key in enumerate(before.keys)
-                 if tuple(key) in now and tuple(cells.counts[now[tuple(key)]]) == tuple(before.counts[j])}
-    return PreviousCells(before, hidden, now_index)
+    now = {_same_key(key): i for i, key in enumerate(cells.keys)}
+    hidden_keys = {_same_key(key) for key in hidden_keys}
+    hidden = {j for j, key in enumerate(before.keys) if _same_key(key) in hidden_keys}
+    now_index = {}
+    for j, key in enumerate(before.keys):
+        i = now.get(_same_key(key))
+        # the same counts: the reader may take it as the same cell (a cell whose counts all
+        # changed but one is not joined by that one's lines: docs/bi-access.md, Limits)
+        if i is not None and None not in before.counts[j] and tuple(before.counts[j]) == tuple(cells.counts[i]):
+            now_index[j] = i
+    return PreviousCells(before, hidden, now_index, counted)
 
 
-def _revealed_exposed(suppressed: set[int], previous: PreviousCells) -> tuple[list, set[int], set[int]]:
-    """(groups of the previous file's hidden cells whose lines pass through a cell it hid and
-    this file publishes with the same counts, those cells, the previous file's small cells
-    that those groups' lines then determine and its own did not)."""
-    revealed = {j for j in previous.hidden if j in previous.now_index and previous.now_index[j] not in suppressed}
-    unknown = previous.hidden - revealed
-    touching = {i for j in revealed for n in previous.lines_of.get(j, ()) for i in previous.line_cells[n]
-                if i in unknown}
-    if not touching:
-        return [], revealed, set()
-    components = _components_touching(previous.cells, unknown, touching, previous.lines_of)
-    exposed = recoverable(previous.cells, unknown, components=components) & previous.small
-    return components, revealed, exposed - previous.given_by_itself(exposed)
+class _TwoFiles:
+    """This table and its previous publication as one system of lines, as whoever holds both
+    files sees it: a variable per cell now, and one per cell of the previous file that has
+    no counterpart now (``PreviousCells.now_index`` merges the others into theirs); a
+    variable is unknown when every file holding it hides it. Its small cells: this file's,
+    and the previous file's when its counts are known."""
+
+    def __init__(self, cells: Cells, previous: PreviousCells, primary: set[int]):
+        n = len(cells)
+        self.n = n
+        self.var = {j: previous.now_index.get(j) for j in range(len(previous.cells))}
+        extra = [j for j in range(len(previous.cells)) if self.var[j] is None]
+        for m, j in enumerate(extra):
+            self.var[j] = n + m
+        lines = list(cells.lines) + [([self.var[i] for i in members], None if total is None else self.var[total])
+                                     for members, total in previous.cells.lines]
+        self.joint = Cells(cells.rule, list(range(n + len(extra))), list(cells.keys) + [previous.cells.keys[j] for j in extra],
+                           list(cells.counts) + [previous.cells.counts[j] for j in extra], [False] * (n + len(extra)), lines)
+        self.line_cells = [members + ([total] if total is not None else []) for members, total in lines]
+        self.lines_of: dict[int, list[int]] = {}
+        for k, line in enumerate(self.line_cells):
+            for v in line:
+                self.lines_of.setdefault(v, []).append(k)
+        # a variable of this file is known when the previous file published it; the previous
+        # file's own variables are fixed: hidden or published, whatever this file does
+        self.published_before = {self.var[j] for j in range(len(previous.cells)) if j not in previous.hidden}
+        self.hidden_before_only = {self.var[j] for j in previous.hidden if self.var[j] >= n}
+        self.small = set(primary) | {self.var[j] for j in previous.small}
+        self.previous = previous
+        self.of_previous = {}  # variable -> the previous file's cell, for its small cells
+        for j in previous.small:
+            self.of_previous.setdefault(self.var[j], j)
+        self._alone_before: dict[int, bool] = {}
+
+    def alone_before(self, found: set[int]) -> set[int]:
+        """Those of ``found`` that the previous file gave on its own (its lines alone)."""
+        todo = {v for v in found if v in self.of_previous and v not in self._alone_before}
+        if todo:
+            given = recoverable(self.previous.cells, self.previous.hidden, touching={self.of_previous[v] for v in todo})
+            self._alone_before.update({v: self.of_previous[v] in given for v in todo})
+        return {v for v in found if self._alone_before.get(v)}
+
+    def unknown(self, suppressed: set[int]) -> set[int]:
+        return {i for i in suppressed if i not in self.published_before} | self.hidden_before_only
+
+    def exposed(self, suppressed: set[int], skip: set[int]) -> tuple[list, set[int]]:
+        """(the groups of unknowns holding a small cell, the small cells their lines determine
+        beyond what each file gives on its own)."""
+        unknown = self.unknown(suppressed)
+        touching = self.small & unknown
+        if not touching:
+            return [], set()
+        components = _components_touching(self.joint, unknown, touching, self.lines_of)
+        found = (recoverable(self.joint, unknown, components=components) & self.small) - skip
+        return components, found - self.alone_before(found)
+
+    def could_hide(self, members, suppressed: set[int]) -> set[int]:
+        """Cells of this file on the lines of ``members`` whose hiding adds an unknown."""
+        return {v for s in members for k in self.lines_of.get(s, ()) for v in self.line_cells[k]
+                if v < self.n and v not in suppressed and v not in self.published_before}
 
 
-def _revealed_round(cells: Cells, suppressed: set[int], totals: set[int], previous: PreviousCells,
-                    attempts: dict[int, int], skip: set[int]) -> tuple[list[int], set[int]]:
-    """One round for the previous publication's small cells: a cell it hid that this file
-    publishes with the same counts is known, with this file, to whoever kept that one. Among
-    the groups of the previous file's hidden cells whose lines pass through such a cell, its
-    small cells they then determine (beyond those its own lines did): (cells of this file to
-    hide, one per group: a cell so revealed on the lines of the group's first such small
-    cell, else on the group's lines, a detail cell first, the smallest; the previous file's
-    small cells (its indices) nothing hidden here protects, or after ``KNOWN_BEFORE_TRIES``)."""
-    components, revealed, exposed = _revealed_exposed(suppressed, previous)
-    exposed -= skip
-
-    def revealed_on(members) -> set[int]:
-        return {previous.now_index[i] for s in members for n in previous.lines_of.get(s, ())
-                for i in previous.line_cells[n] if i in revealed}
-
-    picks, out_of_reach, crossed = [], set(), set()
-    for members, _ in components:
-        for cell in sorted(exposed.intersection(members)):
-            if not crossed.isdisjoint(previous.lines_of.get(cell, ())):
-                continue  # a cell picked this round is on its lines: seen again next round
-            candidates = revealed_on([cell]) or revealed_on(members)
-            if not candidates or attempts.get(-1 - cell, 0) >= KNOWN_BEFORE_TRIES:
-                out_of_reach.add(cell)
-                continue
-            attempts[-1 - cell] = attempts.get(-1 - cell, 0) + 1
-            pick = _pick(cells, candidates, totals)
-            picks.append(pick)
-            crossed.update(previous.lines_of.get(cell, ()))
-    return picks, out_of_reach
-
-
-# Rounds of the check against the previous publication (each: complements for every small
-# cell the two files give back, then this file made safe on its own again); what is left
-# after them is counted in the report.
-TWO_FILE_ROUNDS = 20
-
-# Complements hidden at most for one small cell against whoever holds the previous
-# publication too (one per round, each followed by the complements this file then needs on its
-# own: more cells than this); a cell still determined after them is left, and reported. A
-# cell that would stay determined with every cell but the known ones hidden (a line whose
-# other cells that file all published) is reported without any.
-KNOWN_BEFORE_TRIES = 4
-
-
-def _exposed_together(cells: Cells, suppressed: set[int], known: set[int], primary: set[int],
-                      line_cells: list[list[int]], lines_of: dict[int, list[int]]) -> tuple[list, set[int]]:
-    """(groups of the unknowns left when the ``known`` cells are known whose lines pass
-    through a known suppressed cell, the small cells of those groups that their lines then
-    determine): the known cells are constants of their lines, only those groups change."""
-    unknown = suppressed - known
-    touching = {i for k in known & suppressed for n in lines_of.get(k, ()) for i in line_cells[n] if i in unknown}
-    if not touching:
-        return [], set()
-    components = _components_touching(cells, unknown, touching, lines_of)
-    return components, recoverable(cells, unknown, components=components) & primary
-
-
-def _known_before_round(cells: Cells, suppressed: set[int], known: set[int], primary: set[int],
-                        line_cells: list[list[int]], lines_of: dict[int, list[int]], totals: set[int],
-                        attempts: dict[int, int], skip: set[int], examined: set[int]) -> tuple[list[int], set[int]]:
-    """One round against whoever holds this file and the previous one: the suppressed cells
-    that file published with the same counts (``known``) are known to them. Among the groups
-    of the remaining unknowns whose lines pass through a known cell, the small cells those
-    lines determine: (complements to hide: for each such cell whose lines no other pick of
-    this round crosses, a cell neither hidden nor known on its lines, else on its group's, a
-    detail cell before a total, the smallest first; the small cells left determined: those
-    that stay so with every cell but the known ones hidden, which nothing here protects,
-    those whose group has no such cell, and those that had ``KNOWN_BEFORE_TRIES`` complements
-    already). ``attempts`` counts the complements hidden for each small cell, across rounds;
-    ``examined``, the small cells already checked for the first case."""
-    components, exposed = _exposed_together(cells, suppressed, known, primary, line_cells, lines_of)
-    exposed -= skip
+def _two_file_round(cells: Cells, suppressed: set[int], totals: set[int], both: _TwoFiles, attempts: dict[int, int],
+                    skip: set[int], examined: set[int]) -> tuple[list[int], set[int]]:
+    """One round against whoever holds this file and the previous one (``_TwoFiles``): for
+    each small cell, of either file, that the two together determine and whose lines no other
+    pick of this round crosses, a cell of this file to hide on its lines, else on its
+    group's (a detail cell before a total, the smallest first): (those cells; the small cells
+    left determined: those that stay so with every cell of this file hidden that the previous
+    file did not publish, which nothing here protects, those whose group has no such cell,
+    and those that had ``KNOWN_BEFORE_TRIES`` complements already). ``attempts`` counts the
+    complements hidden for each small cell across rounds; ``examined``, the small cells
+    already checked for the first case."""
+    components, exposed = both.exposed(suppressed, skip)
     out_of_reach = set()
+    for members, _ in components:  # a group with nothing this file could hide: nothing to try
+        if exposed.intersection(members) and not both.could_hide(members, suppressed):
+            out_of_reach |= exposed.intersection(members)
+    exposed -= out_of_reach
     new = exposed - examined
-    if new:  # determined even with every cell but the known ones hidden: nothing here protects them
+    if new:
         examined |= new
-        out_of_reach = recoverable(cells, set(range(len(cells))) - known, touching=new) & new
-        exposed -= out_of_reach
-
-    def free_on(members) -> set[int]:
-        return {i for s in members for n in lines_of.get(s, ()) for i in line_cells[n]
-                if i not in suppressed and i not in known}
-
+        every = both.unknown(set(range(both.n)))
+        hopeless = recoverable(both.joint, every, touching=new) & new
+        out_of_reach |= hopeless
+        exposed -= hopeless
     picks, crossed = [], set()
     for members, _ in components:
         for cell in sorted(exposed.intersection(members)):
-            if not crossed.isdisjoint(lines_of.get(cell, ())):
+            if not crossed.isdisjoint(both.lines_of.get(cell, ())):
                 continue  # a complement picked this round crosses its lines: seen again next round
-            candidates = free_on([cell]) or free_on(members)
+            candidates = both.could_hide([cell], suppressed) or both.could_hide(members, suppressed)
             if not candidates or attempts.get(cell, 0) >= KNOWN_BEFORE_TRIES:
                 out_of_reach.add(cell)
                 continue
             attempts[cell] = attempts.get(cell, 0) + 1
             pick = _pick(cells, candidates, totals)
             picks.append(pick)
-            crossed.update(lines_of.get(pick, ()))
-            crossed.update(lines_of.get(cell, ()))
+            crossed.update(both.lines_of.get(pick, ()))
+            crossed.update(both.lines_of.get(cell, ()))
     return picks, out_of_reach
+
+
+# Rounds of the check against the previous publication (each: complements for every small
+# cell the two files give back, then this file made safe on its own again); what is left
+# after them is counted.
+TWO_FILE_ROUNDS = 20
+
+# Complements hidden at most for one small cell against whoever holds the previous
+# publication too (one per round, each followed by the complements this file then needs on its
+# own: more cells than this); a cell still determined after them is left, and counted. A
+# cell that would stay determined with every cell hidden that the previous file did not
+# publish (a line whose other cells that file all published) gets none.
+KNOWN_BEFORE_TRIES = 4
 
 
 # --- reading and writing the warehouse -------------------------------------------------
@@ -905,30 +893,22 @@ class TableProtection:
     cells: int
     primary: int
     complementary: int
-    exposed_with_previous: int = 0  # small cells the previous publication's cells give back
-    exposed_of_previous: int = 0  # small cells of the previous publication this one gives back
+    together: int = 0  # small cells, of this file or the previous one, the two files give back
+    previous: str = ""  # what the check against the previous publication could not use, if anything
 
     def __str__(self) -> str:
-        text = (f"{self.table}: {self.cells} cells, {self.primary} suppressed under k, "
+        """What the publish log says (evaluators read it): not the cells the two-file check left."""
+        return (f"{self.table}: {self.cells} cells, {self.primary} suppressed under k, "
                 f"{self.complementary} complementary")
-        if self.exposed_with_previous:
-            text += f"; {self.exposed_with_previous} under k still recoverable together with the previous publication"
-        if self.exposed_of_previous:
-            text += f"; {self.exposed_of_previous} under k of the previous publication recoverable together with this one"
-        return text
 
-
-def _published_in(db: _Database, rule: TableRule, database: str) -> set[tuple]:
-    """(key values, counts) of the cells that the table of the same name in the attached
-    DuckDB database ``database`` publishes (none when it has no such table or columns)."""
-    wanted = [*rule.key_columns, *rule.count_columns, rule.flag_column]
-    found = _columns_in(db, rule, database)
-    if any(c not in found for c in wanted):
-        return set()
-    n = len(rule.key_columns)
-    rows = db.rows(f"select {', '.join(_q(c) for c in wanted[:-1])} from {_q(database)}.{_q(rule.schema)}.{_q(rule.name)} "
-                   f"where not coalesce({_q(rule.flag_column)}, false)")
-    return {(tuple(r[:n]), tuple(r[n:])) for r in rows}
+    def note(self) -> str | None:
+        """For data engineers (the refresh's log, never the published file): what the check
+        against the previous publication left or why it did not run."""
+        notes = [f"against the previous publication: {self.previous}"] if self.previous else []
+        if self.together:
+            notes.append(f"{self.together} cell(s) under k recoverable from this publication and the previous one "
+                         "together (nothing left to hide here protects them; docs/bi-access.md, Limits)")
+        return f"{self.table}: " + "; ".join(notes) if notes else None
 
 
 def published_pattern(con, settings=None, config: Any = None) -> dict[str, dict[tuple, tuple | None]]:
@@ -993,20 +973,33 @@ def _columns_in(db: _Database, rule: TableRule, database: str) -> set[str]:
                                   "and schema_name = ? and table_name = ?", (database, rule.schema, rule.name))}
 
 
-def _previous_in(db: _Database, rule: TableRule, cells: Cells, serving: str, counts: str) -> PreviousCells | None:
-    """The previous publication of the table (``PreviousCells``): its cells and the ones it hid
-    from the attached serving file ``serving``, their counts from the attached database
-    ``counts`` (``keep_counts``); None when either lacks the table or its columns."""
-    wanted = (*rule.key_columns, *rule.count_columns)
-    if (any(c not in _columns_in(db, rule, counts) for c in wanted)
-            or any(c not in _columns_in(db, rule, serving) for c in (*rule.key_columns, rule.flag_column))):
-        return None
+def _previous_in(db: _Database, rule: TableRule, cells: Cells, serving: str,
+                 counts: str | None) -> tuple[PreviousCells | None, str]:
+    """The previous publication of the table (``PreviousCells``) from the attached serving
+    file ``serving``, with its counts before suppression from the attached database
+    ``counts`` (``keep_counts``) when given and holding the table: (it, why not or what is
+    missing, "" when complete)."""
     keys = ", ".join(_q(c) for c in rule.key_columns)
-    rows = db.rows(f"select {', '.join(_q(c) for c in wanted)} from {_q(counts)}.{_q(rule.schema)}.{_q(rule.name)} "
-                   f"order by {keys}")
-    hidden = {tuple(r) for r in db.rows(f"select {keys} from {_q(serving)}.{_q(rule.schema)}.{_q(rule.name)} "
-                                        f"where coalesce({_q(rule.flag_column)}, false)")}
-    return previous_cells(cells, rows, hidden)
+    wanted = (*rule.key_columns, *rule.count_columns)
+    if any(c not in _columns_in(db, rule, serving) for c in (*wanted, rule.flag_column)):
+        return None, "not checked: it does not hold this table with these columns"
+    flag = _q(rule.flag_column)
+    rows = db.rows(f"select {', '.join(_q(c) for c in wanted)}, coalesce({flag}, false) "
+                   f"from {_q(serving)}.{_q(rule.schema)}.{_q(rule.name)} order by {keys}")
+    hidden = {tuple(r[:len(rule.key_columns)]) for r in rows if r[-1]}
+    note = ""
+    counted = counts is not None and not any(c not in _columns_in(db, rule, counts) for c in wanted)
+    if counted:
+        rows = db.rows(f"select {', '.join(_q(c) for c in wanted)} from {_q(counts)}.{_q(rule.schema)}.{_q(rule.name)} "
+                       f"order by {keys}")
+    else:
+        note = "its counts before suppression were not kept: checked against the cells it published only"
+        rows = [r[:-1] if not r[-1] else (*r[:len(rule.key_columns)], *[None] * len(rule.count_columns)) for r in rows]
+    previous = previous_cells(cells, [tuple(r) for r in rows], hidden, counted=counted)
+    if previous.cells.keys and cells.keys and not previous.now_index and not any(
+            _same_key(k) in {_same_key(c) for c in cells.keys} for k in previous.cells.keys):
+        return None, "not checked: none of its cells has a key of this table (the keys changed?)"
+    return previous, note
 
 
 def keep_counts(con, source: str, target: str, settings=None, config: Any = None) -> list[str]:
@@ -1057,8 +1050,8 @@ def protect(con, settings=None, config: Any = None, previous: str | None = None,
         if any(c not in columns for c in rule.key_columns + rule.suppressed_columns):
             continue  # check() reports the missing columns (a blocking failure)
         cells = _read_cells(db, rule, columns)
-        exposed: set[int] = set()
-        exposed_before: set[int] = set()
+        together: set[int] = set()
+        note = ""
         if follow is not None:
             try:
                 primary, complementary = _followed(cells, follow.get(rule.table))
@@ -1066,15 +1059,14 @@ def protect(con, settings=None, config: Any = None, previous: str | None = None,
                 mismatches.append(str(exc))
                 continue
         else:
-            before = _published_in(db, rule, previous) if previous else set()
-            published_before = {i for i in range(len(cells)) if (tuple(cells.keys[i]), tuple(cells.counts[i])) in before}
-            before_cells = _previous_in(db, rule, cells, previous, previous_counts) if previous and previous_counts else None
-            primary, complementary = suppression_pattern(cells, published_before, exposed, before_cells, exposed_before)
-        patterns.append((rule, columns, cells, primary, complementary, exposed, exposed_before))
+            before, note = _previous_in(db, rule, cells, previous, previous_counts) if previous else (None, "")
+            published_before = {i for j, i in before.now_index.items() if j not in before.hidden} if before else set()
+            primary, complementary = suppression_pattern(cells, published_before, before, together)
+        patterns.append((rule, columns, cells, primary, complementary, together, note))
     if mismatches:
         raise PatternMismatch("; ".join(mismatches))
     report = []
-    for rule, columns, cells, primary, complementary, exposed, exposed_before in patterns:
+    for rule, columns, cells, primary, complementary, together, note in patterns:
         table = f"{_q(rule.schema)}.{_q(rule.name)}"
         db.begin()
         try:
@@ -1091,8 +1083,8 @@ def protect(con, settings=None, config: Any = None, previous: str | None = None,
         except Exception:
             db.rollback()
             raise
-        report.append(TableProtection(rule.table, len(cells), len(primary), len(complementary), len(exposed),
-                                      len(exposed_before)))
+        report.append(TableProtection(rule.table, len(cells), len(primary), len(complementary), len(together),
+                                      note))
     return report
 
 

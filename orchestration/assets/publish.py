@@ -140,11 +140,14 @@ def build_publish_assets(upstream: Iterable[dg.AssetKey]) -> list[dg.AssetsDefin
         from jisr.publish import stage_candidate
 
         candidate = stage_candidate(get_settings(), context.run.run_id)
+        for note in candidate.disclosure_notes:  # internal: the run's log, not the published file
+            context.log.warning(f"disclosure control: {note}")
         return dg.MaterializeResult(metadata={
             "path": dg.MetadataValue.path(str(candidate.path)),
             "tables": len(candidate.table_row_counts),
             "rows": sum(candidate.table_row_counts.values()),
             "disclosure": candidate.disclosure[:2000],
+            "disclosure_notes": dg.MetadataValue.md("\n".join(f"- {n}" for n in candidate.disclosure_notes) or "none"),
             "row_counts": dg.MetadataValue.md(markdown_table(["table", "rows"],
                                                              sorted(candidate.table_row_counts.items()), 500)),
         })
