@@ -655,7 +655,8 @@ def suppression_pattern(cells: Cells, published_before: Collection[int] = frozen
         left: set[int] = set()  # small cells no complement protected from the two files
         examined: set[int] = set()  # small cells checked for a line the previous file gives away whole
         for _ in range(TWO_FILE_ROUNDS):
-            picks, out_of_reach = _two_file_round(cells, suppressed, totals, both, attempts, unfixable | left, examined)
+            picks, out_of_reach = _two_file_round(cells, suppressed, totals, both, attempts,
+                                                  unfixable | exposed_alone | left, examined)
             left |= out_of_reach
             if not picks:
                 break
@@ -669,7 +670,7 @@ def suppression_pattern(cells: Cells, published_before: Collection[int] = frozen
                 hidden_count[:] = before[1]
                 break
         # as the final pattern leaves them, however the rounds ended
-        exposed_together |= both.exposed(suppressed, unfixable)[1]
+        exposed_together |= both.exposed(suppressed, unfixable | exposed_alone)[1]
     return primary, suppressed - primary
 
 
@@ -747,6 +748,7 @@ class _TwoFiles:
         for j in previous.small:
             self.of_previous.setdefault(self.var[j], j)
         self._alone_before: dict[int, bool] = {}
+        self._last = None  # (pattern, groups, small cells determined) of the last pattern examined
 
     def alone_before(self, found: set[int]) -> set[int]:
         """Those of ``found`` that the previous file gave on its own (its lines alone)."""
@@ -762,12 +764,15 @@ class _TwoFiles:
     def exposed(self, suppressed: set[int], skip: set[int]) -> tuple[list, set[int]]:
         """(the groups of unknowns holding a small cell, the small cells their lines determine
         beyond what each file gives on its own)."""
-        unknown = self.unknown(suppressed)
-        touching = self.small & unknown
-        if not touching:
-            return [], set()
-        components = _components_touching(self.joint, unknown, touching, self.lines_of)
-        found = (recoverable(self.joint, unknown, components=components) & self.small) - skip
+        key = frozenset(suppressed)
+        if self._last is None or self._last[0] != key:  # the same pattern is examined once
+            unknown = self.unknown(suppressed)
+            touching = self.small & unknown
+            components = _components_touching(self.joint, unknown, touching, self.lines_of) if touching else []
+            found = recoverable(self.joint, unknown, components=components) & self.small if touching else set()
+            self._last = key, components, found
+        _, components, found = self._last
+        found = found - skip
         return components, found - self.alone_before(found)
 
     def could_hide(self, members, suppressed: set[int]) -> set[int]:
