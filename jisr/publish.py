@@ -145,8 +145,7 @@ def _prune_counts(settings) -> None:
         return
     history = Path(settings.history_dir)
     kept = {serving_run_id(Path(settings.serving_path))}
-    kept |= {p.name[:-len(".duckdb")].split("-", 2)[2] for p in [*history.glob("jisr-*.duckdb"),
-                                                                  *(history / "rolled_back").glob("jisr-*.duckdb")]}
+    kept |= {_archived_run(p) for p in [*history.glob("jisr-*.duckdb"), *(history / "rolled_back").glob("jisr-*.duckdb")]}
     for path in folder.glob("*.duckdb"):
         if path.stem not in kept:
             _remove_db(path)
@@ -332,14 +331,10 @@ def _protect(con, settings) -> tuple[str, list[str]]:
 
     with _served_attached(con, settings) as previous:
         counts = None
-        if previous is not None:
-            has_log = con.execute("select count(*) from duckdb_tables() where database_name = ? and schema_name = 'meta' "
-                                  "and table_name = 'publish_log'", [previous]).fetchone()[0]
-            run = con.execute(f"select run_id from {previous}.meta.publish_log order by published_at desc "
-                              "limit 1").fetchone() if has_log else None
-            if run and run[0] and counts_path(settings, run[0]).exists():
-                counts = "previous_counts"
-                con.execute(f"attach '{_sql_str(counts_path(settings, run[0]))}' as {counts} (read_only)")
+        run = _newest_run(con, previous) if previous is not None else None
+        if run and counts_path(settings, run).exists():
+            counts = "previous_counts"
+            con.execute(f"attach '{_sql_str(counts_path(settings, run))}' as {counts} (read_only)")
         try:
             report = disclosure.protect(con, settings, previous=previous, previous_counts=counts)
             return json.dumps([str(t) for t in report]), [n for n in (t.note() for t in report) if n]
@@ -363,11 +358,8 @@ def _write_log(con, settings, row: dict) -> None:
     con.execute("create schema if not exists meta")
     con.execute(f"create or replace table meta.publish_log ({LOG_COLUMNS})")
     with _served_attached(con, settings) as previous:
-        if previous is not None:
-            has_log = con.execute("select count(*) from duckdb_tables() where database_name = ? "
-                                  "and schema_name = 'meta' and table_name = 'publish_log'", [previous]).fetchone()[0]
-            if has_log:
-                con.execute(f"insert into meta.publish_log by name select * from {previous}.meta.publish_log")
+        if previous is not None and _has_log(con, previous):
+            con.execute(f"insert into meta.publish_log by name select * from {previous}.meta.publish_log")
     cols = list(row)
     con.execute(f"insert into meta.publish_log ({', '.join(cols)}) values ({', '.join('?' * len(cols))})",
                 [row[c] for c in cols])
@@ -377,6 +369,25 @@ def _archive_name(run_id: str | None) -> str:
     return f"jisr-{_now():%Y%m%dT%H%M%S%f}-{run_id or 'unknown'}.duckdb"
 
 
+def _archived_run(path: Path) -> str:
+    """The run id in a name made by ``_archive_name`` (run ids hold dashes, the time does not)."""
+    return Path(path).name[:-len(".duckdb")].split("-", 2)[2]
+
+
+def _has_log(con, database: str) -> bool:
+    return bool(con.execute("select count(*) from duckdb_tables() where database_name = ? and schema_name = 'meta' "
+                            "and table_name = 'publish_log'", [database]).fetchone()[0])
+
+
+def _newest_run(con, database: str) -> str | None:
+    """Run id of the newest row of the publish log of the attached file ``database``."""
+    if not _has_log(con, database):
+        return None
+    row = con.execute(f"select run_id from {_ident(database)}.meta.publish_log order by published_at desc "
+                      "limit 1").fetchone()
+    return row[0] if row else None
+
+
 def serving_run_id(path: Path) -> str | None:
     """Run id of the warehouse in a published file (last row of its publish log)."""
     path = Path(path)
@@ -384,12 +395,7 @@ def serving_run_id(path: Path) -> str | None:
         return None
     con = duckdb.connect(str(path), read_only=True)
     try:
-        has_log = con.execute("select count(*) from duckdb_tables() where schema_name = 'meta' "
-                              "and table_name = 'publish_log'").fetchone()[0]
-        if not has_log:
-            return None
-        row = con.execute("select run_id from meta.publish_log order by published_at desc limit 1").fetchone()
-        return row[0] if row else None
+        return _newest_run(con, con.execute("select current_database()").fetchone()[0])
     finally:
         con.close()
 

@@ -742,10 +742,11 @@ class _TwoFiles:
         # file's own variables are fixed: hidden or published, whatever this file does
         self.published_before = {self.var[j] for j in range(len(previous.cells)) if j not in previous.hidden}
         self.hidden_before_only = {self.var[j] for j in previous.hidden if self.var[j] >= n}
-        self.small = set(primary) | {self.var[j] for j in previous.small}
+        small_before = previous.small
+        self.small = set(primary) | {self.var[j] for j in small_before}
         self.previous = previous
         self.of_previous = {}  # variable -> the previous file's cell, for its small cells
-        for j in previous.small:
+        for j in small_before:
             self.of_previous.setdefault(self.var[j], j)
         self._alone_before: dict[int, bool] = {}
         self._last = None  # (pattern, groups, small cells determined) of the last pattern examined
