@@ -165,12 +165,63 @@ def test_solved_systems_are_reused_whatever_the_cell_numbers(monkeypatch):
     solve = disclosure._solve
     monkeypatch.setattr(disclosure, "_solve", lambda *a: solved.append(a) or solve(*a))
     monkeypatch.setattr(disclosure, "_SOLVED", {})
-    # a alone in a line (determined), b + c in another (neither is)
-    assert disclosure._determined([10, 11, 12], [{10: 1.0}, {11: 1.0, 12: 1.0}]) == {10}
-    assert disclosure._determined([20, 21, 22], [{20: 1.0}, {21: 1.0, 22: 1.0}]) == {20}
+
+    def system(a, b, c, d):  # a + b + c, a + b + d, a + b + c + d: c and d fixed, a and b not
+        return [{a: 1.0, b: 1.0, c: 1.0}, {a: 1.0, b: 1.0, d: 1.0}, {a: 1.0, b: 1.0, c: 1.0, d: 1.0}]
+
+    assert disclosure._determined([10, 11, 12, 13], system(10, 11, 12, 13)) == {12, 13}
+    assert disclosure._determined([20, 21, 22, 23], system(20, 21, 22, 23)) == {22, 23}
     assert len(solved) == 1  # the same system under other cell numbers
-    assert disclosure._determined([10, 11, 12], [{11: 1.0}, {10: 1.0, 12: 1.0}]) == {11}
+    assert disclosure._determined([10, 11, 12, 13], system(12, 13, 10, 11)) == {10, 11}
     assert len(solved) == 2
+
+
+def test_an_equation_given_twice_is_factorised_once_with_the_same_unknowns_found(monkeypatch):
+    solved = []
+    solve = disclosure._solve
+    monkeypatch.setattr(disclosure, "_solve", lambda *a: solved.append(a) or solve(*a))
+    monkeypatch.setattr(disclosure, "_SOLVED", {})
+    # a + b + c, a + b + d, a + b + c + d (c and d fixed), e + f + g: the two files' shared lines come twice
+    equations = [{1: 1.0, 2: 1.0, 3: 1.0}, {1: 1.0, 2: 1.0, 4: 1.0}, {1: 1.0, 2: 1.0, 3: 1.0, 4: 1.0},
+                 {5: 1.0, 6: 1.0, 7: 1.0}]
+    twice = equations + [dict(reversed(list(e.items()))) for e in equations]
+    assert disclosure._determined(list(range(1, 8)), twice) == {3, 4}
+    assert solved[0][1] == 4  # equations in the factorised system
+
+
+def _solved_directly(members, equations):
+    """What the factorisation alone finds, without ``_reduce``."""
+    import numpy as np
+
+    index = {cell: n for n, cell in enumerate(members)}
+    triplets = [(index[cell], e, c) for e, equation in enumerate(equations) for cell, c in equation.items()]
+    rows, columns, values = (np.array(part) for part in zip(*triplets))
+    return {members[n] for n in disclosure._solve(len(members), len(equations), rows, columns, values.astype(float))}
+
+
+def test_equations_of_two_unknowns_solved_out_find_what_the_factorisation_alone_finds(monkeypatch):
+    """Lines of tables (members +1, their total -1) with two, three or more hidden cells,
+    chained and crossed so that ties meet again with either sign."""
+    import random
+
+    monkeypatch.setattr(disclosure, "_SOLVED", {})
+    rng = random.Random(5)
+    reduced_away = 0
+    for _ in range(300):
+        unknowns = rng.randint(2, 40)
+        members = list(range(100, 100 + unknowns))
+        equations = []
+        for _ in range(rng.randint(1, 50)):
+            cells = rng.sample(members, rng.choice([1, 2, 2, 2, 3, 3, 4, 5]) if unknowns >= 5 else rng.randint(1, unknowns))
+            equation = {cell: 1.0 for cell in cells}
+            if len(cells) > 1 and rng.random() < 0.4:
+                equation[cells[0]] = -1.0  # the line's total
+            equations.append(equation)
+        expected = _solved_directly(members, equations)
+        assert disclosure._determined(members, equations) == expected, (members, equations)
+        tied, zero, left = disclosure._reduce(equations)
+        reduced_away += len(tied) + len(zero)
+    assert reduced_away > 1000  # the reduction did the work, not only the factorisation
 
 
 def test_large_systems_solved_on_threads_give_what_solving_them_one_by_one_gives(monkeypatch):
@@ -183,7 +234,8 @@ def test_large_systems_solved_on_threads_give_what_solving_them_one_by_one_gives
         unknowns, count = rng.randint(4, 30), rng.randint(3, 40)
         members = list(range(first, first + unknowns))
         first += unknowns
-        equations = [{cell: rng.choice([1.0, -1.0]) for cell in rng.sample(members, rng.randint(1, min(4, unknowns)))}
+        # three or four unknowns an equation: left to the factorisation (``_reduce`` solves out two)
+        equations = [{cell: rng.choice([1.0, -1.0]) for cell in rng.sample(members, rng.randint(3, 4))}
                      for _ in range(count)]
         systems.append((members, equations))
     monkeypatch.setattr(disclosure, "_SOLVED", {})
@@ -221,7 +273,7 @@ def recording(*a):
 disclosure._solve = recording
 assert "scipy.linalg" not in sys.modules
 cells = list(range(4))
-disclosure.recoverable(None, set(cells), components=[(cells, [{0: 1.0, 1: 1.0}, {2: 1.0, 3: 1.0}, {0: 1.0}])])
+disclosure.recoverable(None, set(cells), components=[(cells, [{0: 1.0, 1: 1.0, 2: 1.0}, {1: 1.0, 2: 1.0, 3: 1.0}])])
 print(json.dumps(seen))
 """
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "2"}
@@ -254,8 +306,10 @@ disclosure.THREADED_UNKNOWNS = 3
 disclosure.DOMINANT_SYSTEM_UNKNOWNS = 6
 big = list(range(8))
 small = [10, 11, 12]
-systems = [(small, [{10: 1.0, 11: 1.0}, {12: 1.0}]),
-           (big, [{0: 1.0, 1: 1.0}, {1: 1.0, 2: 1.0}, {2: 1.0}, {3: 1.0, 4: 1.0}, {4: 1.0, 5: 1.0, 6: 1.0}, {7: 1.0}])]
+# equations of three or more unknowns: left whole to the factorisation (``_reduce``)
+systems = [(small, [{10: 1.0, 11: 1.0, 12: 1.0}]),
+           (big, [{0: 1.0, 1: 1.0, 2: 1.0}, {0: 1.0, 1: 1.0, 2: 1.0, 3: 1.0}, {4: 1.0, 5: 1.0, 6: 1.0},
+                  {4: 1.0, 5: 1.0, 7: 1.0}, {5: 1.0, 6: 1.0, 7: 1.0}, {4: 1.0, 6: 1.0, 7: 1.0}])]
 with disclosure._one_blas_thread():
     found = disclosure.recoverable(None, set(big + small), components=systems)
     after = sorted({count for _, count in _openblas_threads()})
@@ -268,7 +322,7 @@ print(json.dumps({"seen": seen, "found": sorted(found), "after": after,
     assert done.returncode == 0, done.stderr[-2000:]
     out = json.loads(done.stdout.splitlines()[-1])
     assert out["seen"] == [[3, [1]], [8, [2]]]  # the small one first, on one thread
-    assert out["found"] == [0, 1, 2, 7, 12]
+    assert out["found"] == [3, 4, 5, 6, 7]
     assert out["after"] == [1] and out["outside"] == [2]
 
 
