@@ -245,6 +245,7 @@ def stage_candidate(settings, run_id: str, cfg: QualityConfig | None = None) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     with publish_lock(settings, run_id=run_id):
         _remove_stale_candidates(settings)
+        _prune_counts(settings)  # a publication refused before its commit (e.g. a gate of its run)
         con = duckdb.connect(str(path))
         try:
             con.execute("set TimeZone = 'UTC'")
@@ -509,6 +510,7 @@ def commit(settings, candidate: Candidate, code_version: str, deliveries: list[d
         except BaseException:
             con.close()
             _remove_db(candidate.path)
+            _remove_db(counts_path(settings, candidate.run_id))
             raise
         con.close()
         _fault_point("before_archive")

@@ -219,6 +219,17 @@ def test_publish_keeps_each_publications_counts_before_suppression_for_the_next_
     assert calls[2] == "counts: previous_counts (with tables)"
 
 
+def test_a_candidate_never_committed_leaves_no_counts_behind(published):
+    """A run whose gate refused its publication staged a candidate (and kept its counts) but
+    never committed it: the next staging removes both, whether or not it is committed."""
+    make_build(published, estimate=2.0)
+    publish_mod.stage_candidate(published, "run-refused")
+    assert publish_mod.counts_path(published, "run-refused").exists()
+    publish_mod.stage_candidate(published, "run-next")
+    assert not publish_mod.counts_path(published, "run-refused").exists()
+    assert publish_mod.counts_path(published, "run-next").exists()
+
+
 def test_publish_refuses_on_a_blocking_check_and_leaves_serving_byte_identical(published):
     before = sha256(published.serving_path)
     make_build(published, payments_scale=2.0)  # marts no longer reconcile with the raw layer
@@ -228,6 +239,7 @@ def test_publish_refuses_on_a_blocking_check_and_leaves_serving_byte_identical(p
     assert sha256(published.serving_path) == before
     assert publish_mod.history_files(published) == []
     assert not list(published.serving_path.parent.glob(".candidate-*"))
+    assert not publish_mod.counts_path(published, "run-bad").exists()  # its counts go with it
     assert [r["run_id"] for r in publish_log(published)] == ["run-1"]
 
 
