@@ -42,6 +42,7 @@ RESULT_ROWS = (
     "Incremental refresh: wall (s)",
     "Incremental refresh: peak RSS (MiB)",
     "Incremental refresh: CPU time, all cores (s)",
+    "Refresh with no new delivery (right after): wall (s)",
     "Bare `dbt build` on the same raw layer: wall (s)",
     "Bare `dbt build`: peak RSS (MiB)",
     "Bare `dbt build`: CPU time, all cores (s)",
@@ -50,11 +51,15 @@ RESULT_ROWS = (
     "Full refresh CPU time / floor (a) CPU time",
     "Incremental / full refresh",
     "Incremental refresh's dbt step alone / full refresh",
+    "Refresh with no new delivery / full refresh",
     "Full refresh CPU time / the most the 5x target allows (5 x floor (a) wall x cores)",
     "Load average (1 min) at the start of the full refresh",
     "Load average (1 min) at the start of the incremental refresh",
 )
 STAGE_ROWS = (*STAGES, "start-up and bookkeeping")
+# The refreshes of each scale, in the order they run: the full refresh, one more month, then
+# nothing new (what a refresh costs whatever it is given: the incremental ratio's floor).
+KINDS = ("full", "incremental", "unchanged")
 # Parts of a stage, shown under the stages: what dominates inside them.
 GE_PART = "quality: Great Expectations suites (inside the ingestion step)"
 BUILD_PART = "dbt: `dbt build` (inside the step)"
@@ -146,19 +151,22 @@ def cpu_by_stage(child: dict, measured) -> dict:
 
 def compute_ratios(scales: list[dict], definitions: dict, cores: float | None = None) -> dict:
     """The issue's ratios, each from figures of this run (largest and smallest scale), and
-    two bounds beside them: the incremental refresh's dbt step alone as a share of the full
-    refresh (the incremental ratio cannot go below it while the build does not shrink), and
-    the full refresh's CPU time over the most the 5x target leaves on ``cores`` cores (above
-    1, no scheduling meets the target: the work has to shrink)."""
+    bounds beside them: the incremental refresh's dbt step alone as a share of the full
+    refresh (the incremental ratio cannot go below it while the build does not shrink), a
+    refresh with no new delivery as a share of the full refresh (what every refresh costs
+    whatever it is given), and the full refresh's CPU time over the most the 5x target leaves
+    on ``cores`` cores (above 1, no scheduling meets the target: the work has to shrink)."""
     ok = [s for s in scales if s.get("full", {}).get("success")]
     ratios: dict = {"definitions_load": definitions.get("median")}
     for s in scales:
         full, inc, floor = s.get("full", {}), s.get("incremental", {}), s.get("floor_load", {})
+        unchanged = s.get("unchanged", {})
         target_wall = 5.0 * floor["seconds"] if floor.get("seconds") is not None else None
         s["ratios"] = {
             "full_over_floor": _div(full.get("wall"), floor.get("seconds")),
             "incremental_over_full": _div(inc.get("wall"), full.get("wall")),
             "incremental_dbt_over_full": _div(inc.get("stages", {}).get("dbt"), full.get("wall")),
+            "unchanged_over_full": _div(unchanged.get("wall"), full.get("wall")),
             "full_cpu_over_target_cpu": (_div(full.get("cpu_seconds"), target_wall * cores)
                                          if target_wall is not None and cores else None),
             "dbt_step_over_bare": _div(full.get("stages", {}).get("dbt"), s.get("bare_dbt", {}).get("wall")),
@@ -172,7 +180,7 @@ def compute_ratios(scales: list[dict], definitions: dict, cores: float | None = 
         scale=large["beneficiaries"],
         full_over_floor=large["ratios"]["full_over_floor"],
         incremental_over_full=large["ratios"]["incremental_over_full"],
-        peak_rss=max(large["full"].get("peak_rss", 0), large.get("incremental", {}).get("peak_rss", 0)),
+        peak_rss=max(large.get(kind, {}).get("peak_rss", 0) for kind in KINDS),
     )
     if large is not small:
         ratios.update(
@@ -230,6 +238,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def result_cells(s: dict) -> dict[str, str]:
     data, full, inc, bare = s.get("data", {}), s.get("full", {}), s.get("incremental", {}), s.get("bare_dbt", {})
+    unchanged = s.get("unchanged")
     r = s.get("ratios", {})
     increment = s.get("increment", {})
     rows_per_s = _div(data.get("rows"), full.get("wall"))
@@ -250,6 +259,8 @@ def result_cells(s: dict) -> dict[str, str]:
         "Incremental refresh: wall (s)": _s(inc.get("wall")) + ("" if inc.get("success", True) else " (FAILED)"),
         "Incremental refresh: peak RSS (MiB)": _mib(inc.get("peak_rss")),
         "Incremental refresh: CPU time, all cores (s)": _s(inc.get("cpu_seconds")),
+        "Refresh with no new delivery (right after): wall (s)": "n/a" if unchanged is None else
+            _s(unchanged.get("wall")) + ("" if unchanged.get("success", True) else " (FAILED)"),
         "Bare `dbt build` on the same raw layer: wall (s)": _s(bare.get("wall")) + ("" if bare.get("returncode", 0) == 0 else " (FAILED)"),
         "Bare `dbt build`: peak RSS (MiB)": _mib(bare.get("peak_rss")),
         "Bare `dbt build`: CPU time, all cores (s)": _s(bare.get("cpu_seconds")),
@@ -258,6 +269,7 @@ def result_cells(s: dict) -> dict[str, str]:
         "Full refresh CPU time / floor (a) CPU time": _fmt(r.get("full_cpu_over_floor_cpu"), "x"),
         "Incremental / full refresh": _fmt(r.get("incremental_over_full"), "share"),
         "Incremental refresh's dbt step alone / full refresh": _fmt(r.get("incremental_dbt_over_full"), "share"),
+        "Refresh with no new delivery / full refresh": _fmt(r.get("unchanged_over_full"), "share"),
         "Full refresh CPU time / the most the 5x target allows (5 x floor (a) wall x cores)":
             _fmt(r.get("full_cpu_over_target_cpu"), "x"),
         "Load average (1 min) at the start of the full refresh": _s((full.get("load_average") or [None])[0], 2),
@@ -325,31 +337,32 @@ def render(run: dict) -> str:
             "process's main thread spent on them, validating or waiting for the worker; a delivery the worker "
             "validated while the ingestion typed the next one counts only the wait; the ingestion's second "
             "thread prepares the next file meanwhile, and that overlapped time counts as quality).", ""]
-    run_columns = [f"{n} {kind}" for n in names for kind in ("full", "incremental")]
+    kinds = [kind for kind in KINDS if any(kind in s for s in scales)]  # runs before "unchanged" lack it
+    run_columns = [f"{n} {'no new delivery' if kind == 'unchanged' else kind}" for n in names for kind in kinds]
     header = ["stage"] + run_columns
     stage_rows = []
-    extra = sorted({k for s in scales for kind in ("full", "incremental")
+    extra = sorted({k for s in scales for kind in kinds
                     for k in s.get(kind, {}).get("stages", {}) if k not in STAGE_ROWS + PART_ROWS})
     for stage in (*STAGE_ROWS, *extra, *PART_ROWS):
         stage_rows.append([stage] + [_s(s.get(kind, {}).get("stages", {}).get(stage))
-                                     for s in scales for kind in ("full", "incremental")])
+                                     for s in scales for kind in kinds])
     out += _table(header, stage_rows)
     out += ["", "Peak RSS of the process tree while each stage ran (MiB; the dbt stage includes dbt's own process):", ""]
     out += _table(header,
                   [[stage] + [_mib(s.get(kind, {}).get("peak_rss_by_stage", {}).get(stage))
-                              for s in scales for kind in ("full", "incremental")] for stage in STAGE_ROWS])
+                              for s in scales for kind in kinds] for stage in STAGE_ROWS])
     out += ["", "CPU time per stage (seconds, all cores, from the process tree sampled every 0.1 s; "
                 "a process's last tenth of a second before it exits is not seen) and cores busy on average "
                 "(CPU time / wall seconds of the stage's steps; the run has "
                 f"{machine['cores']} usable cores). Quality here is the asset-check steps only: the "
                 "suites run inside the ingestion step, on its threads and worker processes.", ""]
     cpu_rows = []
-    cpu_extra = sorted({k for s in scales for kind in ("full", "incremental")
+    cpu_extra = sorted({k for s in scales for kind in kinds
                         for k in s.get(kind, {}).get("cpu_by_stage", {}) if k not in STAGE_ROWS})
     for stage in (*STAGE_ROWS, *cpu_extra):
         row = [stage]
         for s in scales:
-            for kind in ("full", "incremental"):
+            for kind in kinds:
                 part = s.get(kind, {}).get("cpu_by_stage", {}).get(stage)
                 row.append("n/a" if part is None else f"{part['cpu']:,.1f} ({_s(_div(part['cpu'], part['wall']), 2)})")
         cpu_rows.append(row)
@@ -377,7 +390,7 @@ def render(run: dict) -> str:
                     f"for {ratios['data_growth']:.0f}x the beneficiaries."]
     out += ["", "## How to run", "",
             "`make bench` (or `jisr bench`; `--scales 100000,1000000` by default, `--months 12`, "
-            "`--workdir`, `--keep`). Raw figures of the run: `bench/results.json`. It takes about 5 "
+            "`--workdir`, `--keep`). Raw figures of the run: `bench/results.json`. It takes about 7 "
             "minutes on 2 cores and about 6 GB of free disk at 1,000,000 beneficiaries. "
             "`python -m bench.profile [--incremental]` profiles one refresh with pyinstrument; "
             "`python -m bench.hierarchical` measures what each protected table would publish with "

@@ -167,7 +167,8 @@ def _scale(n: int, wall: float, rss: int, floor_s: float, incremental: float, da
             "bare_dbt": {"wall": wall / 4, "peak_rss": rss // 2, "returncode": 0, "cpu_seconds": wall / 3,
                          "slowest": [{"unique_id": "model.jisr.fct_payments", "seconds": 2.0}]},
             "increment": {"files": 5, "rows": n // 2, "bytes": data_bytes // 12},
-            "incremental": {"wall": incremental, "peak_rss": rss, "success": True, "stages": {}}}
+            "incremental": {"wall": incremental, "peak_rss": rss, "success": True, "stages": {}},
+            "unchanged": {"wall": incremental / 2, "peak_rss": rss, "success": True, "stages": {}}}
 
 
 def _run(scales: list[dict], definitions: float = 2.0) -> dict:
@@ -217,7 +218,17 @@ def test_report_has_every_row_and_keeps_text_outside_its_markers(tmp_path):
     assert "401.0" in text and "400.0" not in text.split("## Targets")[1]
     assert "| 100,000 | 1,000,000 |" in text
     assert "| Full refresh CPU time / floor (a) CPU time | 12.80x | 4.75x |" in text  # 60*1.6 / (5*1.5); 401*1.6 / 135
-    assert "| dbt | 42.0 (1.40) | n/a | 280.7 (1.40) | n/a |" in text  # CPU s (cores busy)
+    assert "| dbt | 42.0 (1.40) | n/a | n/a | 280.7 (1.40) | n/a | n/a |" in text  # CPU s (cores busy)
+    assert "| stage | 100,000 full | 100,000 incremental | 100,000 no new delivery | 1,000,000 full |" in text
+
+
+def test_results_of_a_run_without_the_refresh_with_no_new_delivery_still_render():
+    """bench/results.json of an earlier commit: no such refresh, no such columns."""
+    scales = [_scale(100_000, wall=60.0, rss=2**30, floor_s=5.0, incremental=6.0, data_bytes=90_000_000)]
+    del scales[0]["unchanged"]
+    text = report.render(_run(scales))
+    assert "| Refresh with no new delivery / full refresh | n/a |" in text
+    assert "| stage | 100,000 full | 100,000 incremental |" in text and "no new delivery |" not in text.split("## Where")[1]
 
 
 def test_report_shows_the_share_of_published_cells_per_table_and_scale():
@@ -244,6 +255,7 @@ def test_bench_smoke_run_writes_every_row(tmp_path):
     figures = json.loads(results.read_text())
     scale = figures["scales"][0]
     assert scale["full"]["success"] and scale["incremental"]["success"] and scale["bare_dbt"]["returncode"] == 0
+    assert scale["unchanged"]["success"] and all(scale["unchanged"]["stages"][s] > 0 for s in ("dbt", "publish"))
     assert scale["floor_load"]["rows"] <= scale["floor_count"]["rows"] == scale["data"]["rows"]
     assert scale["increment"]["files"] > 0
     assert all(scale["full"]["stages"][s] > 0 for s in report.STAGES)
@@ -277,17 +289,21 @@ def test_peak_by_stage_takes_the_samples_inside_each_stage(tmp_path):
 
 
 def test_the_report_shows_how_far_each_ratio_target_is_from_what_the_work_allows():
-    """Two bounds beside the targets: the incremental refresh's dbt step alone, and the full
-    refresh's CPU time against the most 5x the floor leaves on every core."""
+    """Bounds beside the targets: the incremental refresh's dbt step alone, a refresh with no
+    new delivery, and the full refresh's CPU time against the most 5x the floor leaves on
+    every core."""
     scale = _scale(1_000_000, wall=80.0, rss=2**31, floor_s=10.0, incremental=30.0, data_bytes=900_000_000)
     scale["full"]["cpu_seconds"] = 132.0
     scale["incremental"]["stages"] = {"dbt": 16.0}
+    scale["unchanged"]["wall"] = 20.0
     defs = {"first": 2.0, "runs": [2.0], "median": 2.0, "interpreter": 0.02}
     report.compute_ratios([scale], defs, cores=2)
     assert scale["ratios"]["incremental_dbt_over_full"] == pytest.approx(16.0 / 80.0)
+    assert scale["ratios"]["unchanged_over_full"] == pytest.approx(20.0 / 80.0)
     assert scale["ratios"]["full_cpu_over_target_cpu"] == pytest.approx(132.0 / (5 * 10.0 * 2))
     cells = report.result_cells(scale)
     assert cells["Incremental refresh's dbt step alone / full refresh"] == "20.0%"
+    assert cells["Refresh with no new delivery / full refresh"] == "25.0%"
     assert cells["Full refresh CPU time / the most the 5x target allows (5 x floor (a) wall x cores)"] == "1.32x"
     report.compute_ratios([scale], defs)  # cores unknown: not guessed
     assert scale["ratios"]["full_cpu_over_target_cpu"] is None
