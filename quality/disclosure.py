@@ -961,11 +961,14 @@ class _Database:
         self.run(f"update {table} set {assignments} where rowid in (select unnest(?::bigint[]))", [list(row_ids)])
 
 
-def _columns(db: _Database, rule: TableRule) -> dict[str, str] | None:
+def _columns(db: _Database, rule: TableRule, database: str | None = None) -> dict[str, str] | None:
+    """The table's columns and their types, None when it does not exist: in the connection's
+    database, or in the attached DuckDB database ``database``."""
+    catalog = "current_database()" if database is None else "?"
     rows = db.rows(
         "select column_name, data_type from information_schema.columns "
-        "where table_catalog = current_database() and table_schema = ? and table_name = ? "
-        "order by ordinal_position", [rule.schema, rule.name])
+        f"where table_catalog = {catalog} and table_schema = ? and table_name = ? "
+        "order by ordinal_position", [*([] if database is None else [database]), rule.schema, rule.name])
     return {name: typ for name, typ in rows} or None
 
 
@@ -1062,11 +1065,6 @@ def _describe_key(rule: TableRule, key: tuple) -> str:
     return Cells(rule, [0], [key], [()], [False]).describe(0)
 
 
-def _columns_in(db: _Database, rule: TableRule, database: str) -> set[str]:
-    return {r[0] for r in db.rows("select column_name from duckdb_columns() where database_name = ? "
-                                  "and schema_name = ? and table_name = ?", (database, rule.schema, rule.name))}
-
-
 def _previous_in(db: _Database, rule: TableRule, cells: Cells, serving: str,
                  counts: str | None) -> tuple[PreviousCells | None, str]:
     """The previous publication of the table (``PreviousCells``) from the attached serving
@@ -1075,14 +1073,14 @@ def _previous_in(db: _Database, rule: TableRule, cells: Cells, serving: str,
     missing, "" when complete)."""
     keys = ", ".join(_q(c) for c in rule.key_columns)
     wanted = (*rule.key_columns, *rule.count_columns)
-    if any(c not in _columns_in(db, rule, serving) for c in (*wanted, rule.flag_column)):
+    if not {*wanted, rule.flag_column} <= set(_columns(db, rule, serving) or ()):
         return None, "not checked: it does not hold this table with these columns"
     flag = _q(rule.flag_column)
     rows = db.rows(f"select {', '.join(_q(c) for c in wanted)}, coalesce({flag}, false) "
                    f"from {_q(serving)}.{_q(rule.schema)}.{_q(rule.name)} order by {keys}")
     hidden = {tuple(r[:len(rule.key_columns)]) for r in rows if r[-1]}
     note = ""
-    counted = counts is not None and not any(c not in _columns_in(db, rule, counts) for c in wanted)
+    counted = counts is not None and set(wanted) <= set(_columns(db, rule, counts) or ())
     if counted:
         rows = db.rows(f"select {', '.join(_q(c) for c in wanted)} from {_q(counts)}.{_q(rule.schema)}.{_q(rule.name)} "
                        f"order by {keys}")
@@ -1105,7 +1103,7 @@ def keep_counts(con, source: str, target: str, settings=None, config: Any = None
     db = _Database(con)
     kept = []
     for rule in config.tables:
-        if any(c not in _columns_in(db, rule, source) for c in (*rule.key_columns, *rule.count_columns)):
+        if not {*rule.key_columns, *rule.count_columns} <= set(_columns(db, rule, source) or ()):
             continue
         db.run(f"create schema if not exists {_q(target)}.{_q(rule.schema)}")
         db.run(f"create or replace table {_q(target)}.{_q(rule.schema)}.{_q(rule.name)} as select "
