@@ -572,9 +572,8 @@ def rollback(settings, cfg: QualityConfig | None = None) -> RollbackResult:
             con.execute("set TimeZone = 'UTC'")
             log = {"event": "rollback", "run_id": restored or "unknown", "published_at": _now(),
                    "note": f"rolled back from run {replaced} to run {restored}"}
-            has_log = con.execute("select count(*) from duckdb_tables() where schema_name = 'meta' "
-                                  "and table_name = 'publish_log'").fetchone()[0]
-            if has_log:  # the restored file's own newest row describes it (a publish, or a rollback to it)
+            if _has_log(con, con.execute("select current_database()").fetchone()[0]):
+                # the restored file's own newest row describes it (a publish, or a rollback to it)
                 row = con.execute("select code_version, deliveries, delivery_count, check_results, checks_passed, "
                                   "table_row_counts, disclosure from meta.publish_log "
                                   "order by published_at desc limit 1").fetchone()
