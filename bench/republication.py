@@ -1,6 +1,7 @@
 """What two publications give back together (a measurement of a documented limit).
 
     python -m bench.republication [--previous FILE] [--serving FILE] [--build FILE] [--previous-counts FILE]
+    python -m bench.republication --kept
 
 Disclosure control checks each publication against the one served before it
 (docs/bi-access.md, "Limits"). This reads the current serving file, the previous one
@@ -12,6 +13,13 @@ what each gives on its own, under the protection's own model of the reader (ever
 total known; a cell with the same key and counts taken as unchanged): of the
 current file, and of the previous file alone. Without the previous counts, only the cells
 the previous file published are used (its hidden cells are not compared).
+
+``--kept``: every publication whose counts before suppression are kept (the files of
+``warehouse/history/`` and the serving file, in that order; one that publishes exactly what
+the one before it did counts once), as a reader who kept them all sees them: per table, the
+small cells of any of them given back by one file alone (lines whose totals alone give them:
+``check`` warns of those), by two consecutive publications beyond that (what the publish step
+checks), by two publications further apart only, and only by three or more together.
 """
 
 from __future__ import annotations
@@ -49,6 +57,85 @@ def measure(build, previous, serving, rule, previous_counts=None) -> dict:
             "given_back_before_only": len({v for v in given if v >= len(cells)})}
 
 
+def publication(serving, counts, rule):
+    """(cells with their counts before suppression, the cells the file hid) of a table."""
+    from quality.disclosure import build_cells
+
+    keys, wanted = ", ".join(rule.key_columns), ", ".join(rule.key_columns + rule.count_columns)
+    hidden = {tuple(r[:-1]) for r in serving.execute(f"select {keys}, {rule.flag_column} from {rule.table}").fetchall()
+              if r[-1]}
+    cells = build_cells(rule, counts.execute(f"select {wanted} from {rule.table} order by {keys}").fetchall())
+    return cells, {i for i, key in enumerate(cells.keys) if tuple(key) in hidden}
+
+
+def given_back(publications) -> set:
+    """The small cells, named by key and counts, that these publications (``publication``)
+    give back together: one unknown per key and counts across them, known when any of them
+    publishes it; the lines of each; every line total known."""
+    from quality.disclosure import Cells, _same_key, primary_suppressions, recoverable
+
+    var: dict[tuple, int] = {}
+    lines, known, small = [], set(), set()
+    for cells, hidden in publications:
+        ids = [var.setdefault((_same_key(key), tuple(counts)), len(var)) for key, counts in zip(cells.keys, cells.counts)]
+        lines += [([ids[m] for m in members], None if total is None else ids[total]) for members, total in cells.lines]
+        known |= {ids[i] for i in range(len(cells)) if i not in hidden}
+        small |= {ids[i] for i in primary_suppressions(cells) & hidden}
+    names = sorted(var, key=var.get)
+    rule = publications[0][0].rule
+    joint = Cells(rule, list(range(len(names))), [k for k, _ in names], [c for _, c in names], [False] * len(names), lines)
+    unknown = set(range(len(names))) - known
+    return {names[v] for v in recoverable(joint, unknown, touching=small & unknown) & small}
+
+
+def across(publications) -> dict:
+    """What a reader of every one of ``publications`` (oldest first) gets back, by the fewest
+    files needed (see the module's ``--kept``)."""
+    from itertools import combinations
+
+    alone = set().union(*(given_back([p]) for p in publications))
+    consecutive, apart = set(), set()
+    for a, b in combinations(range(len(publications)), 2):
+        (consecutive if b == a + 1 else apart).update(given_back([publications[a], publications[b]]) - alone)
+    apart -= consecutive
+    together = given_back(publications) - alone - consecutive - apart if len(publications) > 2 else set()
+    return {"publications": len(publications), "alone": len(alone), "consecutive": len(consecutive),
+            "apart": len(apart), "three_or_more": len(together)}
+
+
+def every_kept(settings, config) -> int:
+    import duckdb
+
+    from jisr.publish import counts_path, serving_run_id
+
+    files = [*sorted(Path(settings.history_dir).glob("jisr-*.duckdb")), Path(settings.serving_path)]
+    found = [(f, counts_path(settings, serving_run_id(f) or "unknown")) for f in files if f.exists()]
+    found = [(f, c) for f, c in found if c.exists()]
+    print(f"{len(found)} publications with their counts kept")
+    for rule in config.tables:
+        publications = []
+        for serving_file, counts_file in found:
+            serving, counts = (duckdb.connect(str(x), read_only=True) for x in (serving_file, counts_file))
+            try:
+                cells, hidden = publication(serving, counts, rule)
+            except duckdb.Error:
+                continue  # a publication without this table
+            finally:
+                serving.close()
+                counts.close()
+            if publications and (cells.keys, cells.counts, hidden) == (publications[-1][0].keys, publications[-1][0].counts,
+                                                                        publications[-1][1]):
+                continue  # the same publication again (a refresh given nothing new)
+            publications.append((cells, hidden))
+        if not publications:
+            continue
+        m = across(publications)
+        print(f"{rule.table}: {m['publications']} publications; small cells given back by one alone {m['alone']:,} "
+              f"(line totals), by two consecutive beyond that {m['consecutive']:,}, by two further apart only "
+              f"{m['apart']:,}, only by three or more {m['three_or_more']:,}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.republication", description=__doc__.splitlines()[0])
     p.add_argument("--previous", help="the earlier serving file (default: the newest in warehouse/history/)")
@@ -56,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--build", help="the build warehouse it was published from (default: $JISR_HOME's)")
     p.add_argument("--previous-counts", help="the earlier publication's counts before suppression "
                                              "(default: store/publications/<its run id>.duckdb, when kept)")
+    p.add_argument("--kept", action="store_true", help="every publication whose counts are kept, together")
     args = p.parse_args(argv)
 
     import duckdb
@@ -65,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     from quality.disclosure import load_config
 
     settings = get_settings()
+    if args.kept:
+        return every_kept(settings, load_config(settings=settings))
     history = sorted(Path(settings.history_dir).glob("*.duckdb"))
     previous = args.previous or (history[-1] if history else None)
     if previous is None:

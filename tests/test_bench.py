@@ -400,3 +400,30 @@ def test_republication_counts_the_small_cells_an_earlier_file_gives_back():
     gone = earlier({("01", "F"), ("01", "M"), ("02", "F"), ("02", "M")})
     assert measure(warehouse(), gone, warehouse(hidden=rectangle | {("03", "F"), ("03", "M")}), rule,
                    previous_counts=earlier(set()))["given_back_before_only"] == 1
+
+
+def test_kept_publications_name_what_only_files_further_apart_give_back():
+    """Three monthly files, each safe alone and with the one before it: the first and the
+    third together give back a small cell (each published the other's complements)."""
+    import duckdb
+
+    from bench.republication import across, publication
+    from quality.disclosure import parse_config
+
+    counts = {("01", "F"): 3, ("01", "M"): 52, ("02", "F"): 41, ("02", "M"): 47, ("03", "F"): 60, ("03", "M"): 75}
+
+    def served(hidden):
+        con = duckdb.connect()
+        con.execute("create schema marts")
+        con.execute("create table marts.m (region_code varchar, sex varchar, people bigint, is_suppressed boolean)")
+        con.executemany("insert into marts.m values (?, ?, ?, ?)", [(r, s, n, (r, s) in hidden) for (r, s), n in counts.items()])
+        return con
+
+    rule = parse_config({"tables": [{"table": "marts.m", "dimensions": ["region_code", "sex"],
+                                     "count_columns": ["people"]}]}).tables[0]
+    first = publication(served({("01", "F"), ("01", "M"), ("02", "F"), ("02", "M")}), served(set()), rule)
+    everything = publication(served(set(counts)), served(set()), rule)  # hides every cell
+    third = publication(served({("01", "F"), ("01", "M"), ("03", "F"), ("03", "M")}), served(set()), rule)
+    assert across([first, everything, third]) == {"publications": 3, "alone": 0, "consecutive": 0, "apart": 1,
+                                                  "three_or_more": 0}
+    assert across([first, third]) == {"publications": 2, "alone": 0, "consecutive": 1, "apart": 0, "three_or_more": 0}
