@@ -45,7 +45,10 @@ step renames it onto ``jisr.duckdb`` (never in the build warehouse):
    its own is undone). The small cells left (e.g. a line whose other cells that file all
    published: nothing hidden here helps) are counted for data engineers
    (``TableProtection.note``), not in the published log. Without the kept counts only the
-   cells that file published are used. Not covered: a cell whose counts changed but one
+   cells that file published are used. A table whose cells and counts are all those of the
+   previous publication (a refresh given nothing new) is published with its pattern again,
+   when that pattern still hides every small cell and gives none back on its own
+   (``_published_again``). Not covered: a cell whose counts changed but one
    (that column's lines would join the files), publications before the previous one, and
    rollbacks (the restored file is the previous one, not the one rolled back)
    (docs/bi-access.md, "Limits").
@@ -1094,6 +1097,25 @@ def _previous_in(db: _Database, rule: TableRule, cells: Cells, serving: str,
     return previous, note
 
 
+def _published_again(cells: Cells, previous: PreviousCells | None) -> tuple[set[int], set[int]] | None:
+    """(primary, complementary) of the previous publication when this table is that
+    publication's again: every cell with the same key and counts, none more or fewer, its
+    counts before suppression known. Whoever holds both files learns nothing from the second,
+    and a refresh given nothing new publishes the table unchanged. None (choose the pattern
+    here) when that pattern would not do now: a cell under k it published (k changed), or a
+    hidden cell its lines give back on their own (other lines: the rules changed)."""
+    if previous is None or not previous.counted or not len(cells) == len(previous.cells) == len(previous.now_index):
+        return None
+    hidden = {previous.now_index[j] for j in previous.hidden}
+    primary = primary_suppressions(cells)
+    if not primary <= hidden:
+        return None
+    given = recoverable(cells, hidden)
+    if given and given - determined_by_totals(cells, touching=given):
+        return None
+    return primary, hidden - primary
+
+
 def keep_counts(con, source: str, target: str, settings=None, config: Any = None) -> list[str]:
     """Copy the key and count columns of every configured table of the attached DuckDB
     database ``source`` (a build warehouse: counts before suppression) into ``target``, under
@@ -1152,8 +1174,12 @@ def protect(con, settings=None, config: Any = None, previous: str | None = None,
                 continue
         else:
             before, note = _previous_in(db, rule, cells, previous, previous_counts) if previous else (None, "")
-            published_before = {i for j, i in before.now_index.items() if j not in before.hidden} if before else set()
-            primary, complementary = suppression_pattern(cells, published_before, before, together)
+            again = _published_again(cells, before)
+            if again is not None:
+                primary, complementary = again
+            else:
+                published_before = {i for j, i in before.now_index.items() if j not in before.hidden} if before else set()
+                primary, complementary = suppression_pattern(cells, published_before, before, together)
         patterns.append((rule, columns, cells, primary, complementary, together, note))
     if mismatches:
         raise PatternMismatch("; ".join(mismatches))

@@ -999,3 +999,39 @@ def test_a_copy_that_differs_in_one_table_changes_none(tmp_path):
         protect(copy, config=two, follow=pattern)
     assert None not in published(copy).values()  # the table that matched was not written either
     assert [v.kind for v in check(copy, config=two)] == ["not_protected", "not_protected"]
+
+
+def test_a_table_published_again_unchanged_keeps_the_previous_pattern(tmp_path):
+    """A refresh given nothing new: every cell has the key and counts it had, so the table is
+    published as it was (its own choice would differ), and nothing is given back together."""
+    counts = {("1", "x"): 3, ("1", "y"): 30, ("1", "z"): 25, ("2", "x"): 12, ("2", "y"): 14, ("2", "z"): 40,
+              ("3", "x"): 30, ("3", "y"): 22, ("3", "z"): 18}
+    alone = grid(tmp_path / "alone.duckdb", counts)
+    protect(alone, config=GRID)
+    chosen = set(alone.execute("select a, b from marts.grid where is_suppressed").fetchall())
+    alone.close()
+    # safe too, with more than this file needs (e.g. complements a check against an earlier
+    # file added): chosen here, against it, the pattern would be smaller
+    before_hidden = {("1", "x"), ("1", "z"), ("3", "x"), ("3", "z"), ("2", "y"), ("2", "z"), ("3", "y")}
+    assert chosen != before_hidden
+    con, report = two_publications(tmp_path, counts, before_hidden, counts)
+    assert set(con.execute("select a, b from marts.grid where is_suppressed").fetchall()) == before_hidden
+    assert check(con, config=GRID) == [] and report.together == 0 and report.note() is None
+    assert (report.primary, report.complementary) == (1, 6)
+
+
+def test_a_previous_pattern_that_would_not_do_now_is_chosen_again(tmp_path):
+    """The same cells and counts, but the previous file published a cell now under k (k was
+    raised), or hid a small cell alone in its lines: the pattern is chosen here."""
+    counts = {("1", "x"): 3, ("1", "y"): 30, ("1", "z"): 25, ("2", "x"): 12, ("2", "y"): 14, ("2", "z"): 40,
+              ("3", "x"): 30, ("3", "y"): 22, ("3", "z"): 18}
+    raised = {**GRID, "k": 13}  # 2-x (12) is small now, published before
+    (tmp_path / "raised").mkdir()
+    (tmp_path / "alone").mkdir()
+    con, _ = two_publications(tmp_path / "raised", counts, {("1", "x"), ("1", "z"), ("3", "x"), ("3", "z")},
+                              counts, config=raised)
+    assert ("2", "x") in set(con.execute("select a, b from marts.grid where is_suppressed").fetchall())
+    assert check(con, config=raised) == []
+    con, _ = two_publications(tmp_path / "alone", counts, {("1", "x")}, counts)  # its lines give it back
+    assert len(con.execute("select a, b from marts.grid where is_suppressed").fetchall()) > 1
+    assert check(con, config=GRID) == []
