@@ -375,17 +375,19 @@ def _archived_run(path: Path) -> str:
     return Path(path).name[:-len(".duckdb")].split("-", 2)[2]
 
 
-def _has_log(con, database: str) -> bool:
-    return bool(con.execute("select count(*) from duckdb_tables() where database_name = ? and schema_name = 'meta' "
-                            "and table_name = 'publish_log'", [database]).fetchone()[0])
+def _has_log(con, database: str | None = None) -> bool:
+    """Whether the attached file ``database`` (default: the connection's own) has a publish log."""
+    return bool(con.execute("select count(*) from duckdb_tables() where database_name = coalesce(?, current_database()) "
+                            "and schema_name = 'meta' and table_name = 'publish_log'", [database]).fetchone()[0])
 
 
-def _newest_run(con, database: str) -> str | None:
-    """Run id of the newest row of the publish log of the attached file ``database``."""
+def _newest_run(con, database: str | None = None) -> str | None:
+    """Run id of the newest row of the publish log of the attached file ``database`` (default:
+    the connection's own)."""
     if not _has_log(con, database):
         return None
-    row = con.execute(f"select run_id from {_ident(database)}.meta.publish_log order by published_at desc "
-                      "limit 1").fetchone()
+    log = "meta.publish_log" if database is None else f"{_ident(database)}.meta.publish_log"
+    row = con.execute(f"select run_id from {log} order by published_at desc limit 1").fetchone()
     return row[0] if row else None
 
 
@@ -396,7 +398,7 @@ def serving_run_id(path: Path) -> str | None:
         return None
     con = duckdb.connect(str(path), read_only=True)
     try:
-        return _newest_run(con, con.execute("select current_database()").fetchone()[0])
+        return _newest_run(con)
     finally:
         con.close()
 
@@ -572,7 +574,7 @@ def rollback(settings, cfg: QualityConfig | None = None) -> RollbackResult:
             con.execute("set TimeZone = 'UTC'")
             log = {"event": "rollback", "run_id": restored or "unknown", "published_at": _now(),
                    "note": f"rolled back from run {replaced} to run {restored}"}
-            if _has_log(con, con.execute("select current_database()").fetchone()[0]):
+            if _has_log(con):
                 # the restored file's own newest row describes it (a publish, or a rollback to it)
                 row = con.execute("select code_version, deliveries, delivery_count, check_results, checks_passed, "
                                   "table_row_counts, disclosure from meta.publish_log "

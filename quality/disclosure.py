@@ -1091,8 +1091,8 @@ def _previous_in(db: _Database, rule: TableRule, cells: Cells, serving: str,
         note = "its counts before suppression were not kept: checked against the cells it published only"
         rows = [r[:-1] if not r[-1] else (*r[:len(rule.key_columns)], *[None] * len(rule.count_columns)) for r in rows]
     previous = previous_cells(cells, [tuple(r) for r in rows], hidden, counted=counted)
-    if previous.cells.keys and cells.keys and not previous.now_index and not any(
-            _same_key(k) in {_same_key(c) for c in cells.keys} for k in previous.cells.keys):
+    if previous.cells.keys and cells.keys and not previous.now_index and {_same_key(k) for k in cells.keys}.isdisjoint(
+            _same_key(k) for k in previous.cells.keys):
         return None, "not checked: none of its cells has a key of this table (the keys changed?)"
     return previous, note
 
