@@ -19,7 +19,10 @@ the previous file published are used (its hidden cells are not compared).
 the one before it did counts once), as a reader who kept them all sees them: per table, the
 small cells of any of them given back by one file alone (lines whose totals alone give them:
 ``check`` warns of those), by two consecutive publications beyond that (what the publish step
-checks), by two publications further apart only, and only by three or more together.
+checks), by two publications further apart only, and only by three or more together; and what
+the newest gives back to a reader of them all beyond what the others give among themselves
+and it gives alone (what a check of the newest against every kept publication could still
+protect: the rest was given back before it).
 """
 
 from __future__ import annotations
@@ -98,9 +101,14 @@ def across(publications) -> dict:
     for a, b in combinations(range(len(publications)), 2):
         (consecutive if b == a + 1 else apart).update(given_back([publications[a], publications[b]]) - alone)
     apart -= consecutive
-    together = given_back(publications) - alone - consecutive - apart if len(publications) > 2 else set()
+    every = given_back(publications)
+    together = every - alone - consecutive - apart if len(publications) > 2 else set()
+    # what the newest adds for a reader of them all: beyond what it gives alone and what the
+    # earlier ones give among themselves (the most a check of the newest against every kept
+    # publication could still protect)
+    newest = every - given_back(publications[:-1]) - given_back(publications[-1:]) if len(publications) > 1 else set()
     return {"publications": len(publications), "alone": len(alone), "consecutive": len(consecutive),
-            "apart": len(apart), "three_or_more": len(together)}
+            "apart": len(apart), "three_or_more": len(together), "newest": len(newest)}
 
 
 def every_kept(settings, config) -> int:
@@ -132,7 +140,8 @@ def every_kept(settings, config) -> int:
         m = across(publications)
         print(f"{rule.table}: {m['publications']} publications; small cells given back by one alone {m['alone']:,} "
               f"(line totals), by two consecutive beyond that {m['consecutive']:,}, by two further apart only "
-              f"{m['apart']:,}, only by three or more {m['three_or_more']:,}")
+              f"{m['apart']:,}, only by three or more {m['three_or_more']:,}; given back by the newest with all the "
+              f"others beyond what they give without it and it gives alone {m['newest']:,}")
     return 0
 
 

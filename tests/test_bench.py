@@ -425,5 +425,8 @@ def test_kept_publications_name_what_only_files_further_apart_give_back():
     everything = publication(served(set(counts)), served(set()), rule)  # hides every cell
     third = publication(served({("01", "F"), ("01", "M"), ("03", "F"), ("03", "M")}), served(set()), rule)
     assert across([first, everything, third]) == {"publications": 3, "alone": 0, "consecutive": 0, "apart": 1,
-                                                  "three_or_more": 0}
-    assert across([first, third]) == {"publications": 2, "alone": 0, "consecutive": 1, "apart": 0, "three_or_more": 0}
+                                                  "three_or_more": 0, "newest": 1}
+    assert across([first, third]) == {"publications": 2, "alone": 0, "consecutive": 1, "apart": 0, "three_or_more": 0,
+                                      "newest": 1}
+    # the third published again after them: it adds nothing the others do not give
+    assert across([first, everything, third, third])["newest"] == 0
