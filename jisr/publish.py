@@ -323,25 +323,50 @@ def _keep_counts(con, settings, run_id: str) -> None:
         con.execute("detach publication_counts")
 
 
+def _rolled_back_since(con, settings, served: str) -> list[Path]:
+    """The files rolled back (``history_dir/rolled_back``) since the file attached as
+    ``served`` was published, newest first: served after it, their readers may hold them
+    too. None when that file has no publish log."""
+    folder = Path(settings.history_dir) / "rolled_back"
+    if not folder.exists() or not _has_log(con, served):
+        return []
+    published = con.execute(f"select max(published_at) from {served}.meta.publish_log "
+                            "where event = 'publish'").fetchone()[0]
+    return [path for path in sorted(folder.glob("jisr-*.duckdb"), reverse=True)
+            if published is None or _archived_at(path) > published]
+
+
 def _protect(con, settings) -> tuple[str, list[str]]:
-    """Disclosure control on the candidate, against the file served now and its counts before
-    suppression when they were kept (the two files together must not give back a small cell
-    of either): (what it did, per table, for the publish log; what that check left or could
-    not use, for data engineers only)."""
+    """Disclosure control on the candidate, against the file served now and the files rolled
+    back since it was published, with their counts before suppression when they were kept
+    (this file and any one of them together must not give back a small cell of either):
+    (what it did, per table, for the publish log; what that check left or could not use,
+    for data engineers only)."""
     from quality import disclosure
 
+    attached: list[str] = []
+
+    def attach(path: Path, name: str) -> str:
+        con.execute(f"attach '{_sql_str(path)}' as {name} (read_only)")
+        attached.append(name)
+        return name
+
     with _served_attached(con, settings) as previous:
-        counts = None
-        run = _newest_run(con, previous) if previous is not None else None
-        if run and counts_path(settings, run).exists():
-            counts = "previous_counts"
-            con.execute(f"attach '{_sql_str(counts_path(settings, run))}' as {counts} (read_only)")
         try:
-            report = disclosure.protect(con, settings, previous=previous, previous_counts=counts)
+            counts, rolled_back = None, []
+            run = _newest_run(con, previous) if previous is not None else None
+            if run and counts_path(settings, run).exists():
+                counts = attach(counts_path(settings, run), "previous_counts")
+            for n, path in enumerate(_rolled_back_since(con, settings, previous) if previous else []):
+                kept = counts_path(settings, _archived_run(path))
+                rolled_back.append((attach(path, f"rolled_back_{n}"),
+                                    attach(kept, f"rolled_back_{n}_counts") if kept.exists() else None))
+            report = disclosure.protect(con, settings, previous=previous, previous_counts=counts,
+                                        rolled_back=rolled_back)
             return json.dumps([str(t) for t in report]), [n for n in (t.note() for t in report) if n]
         finally:
-            if counts is not None:
-                con.execute(f"detach {counts}")
+            for name in reversed(attached):
+                con.execute(f"detach {name}")
 
 
 # --- audit and publish -----------------------------------------------------------------------------
@@ -368,6 +393,11 @@ def _write_log(con, settings, row: dict) -> None:
 
 def _archive_name(run_id: str | None) -> str:
     return f"jisr-{_now():%Y%m%dT%H%M%S%f}-{run_id or 'unknown'}.duckdb"
+
+
+def _archived_at(path: Path) -> datetime:
+    """The time (UTC) in a name made by ``_archive_name``: when the file was archived."""
+    return datetime.strptime(Path(path).name.split("-", 2)[1], "%Y%m%dT%H%M%S%f")
 
 
 def _archived_run(path: Path) -> str:

@@ -48,10 +48,12 @@ step renames it onto ``jisr.duckdb`` (never in the build warehouse):
    cells that file published are used. A table whose cells and counts are all those of the
    previous publication (a refresh given nothing new) is published with its pattern again,
    when that pattern still hides every small cell and gives none back on its own
-   (``_published_again``). Not covered: a cell whose counts changed but one
-   (that column's lines would join the files), publications before the previous one, and
-   rollbacks (the restored file is the previous one, not the one rolled back)
-   (docs/bi-access.md, "Limits").
+   (``_published_again``). After ``jisr rollback``, the files rolled back since the
+   previous one was published were served after it, and their readers may hold them too:
+   this file is checked with each of them as with the previous one (``rolled_back=...``,
+   one ``_TwoFiles`` each, in the same rounds). Not covered: a cell whose counts changed
+   but one (that column's lines would join the files), and publications before the
+   previous one (docs/bi-access.md, "Limits").
 6. Another copy of a publication (``protect(..., follow=published_pattern(served))``: the
    PostgreSQL target, built from the deliveries the serving file serves) hides exactly the
    cells that publication hides, and refuses (``PatternMismatch``) when its cells are not
@@ -89,7 +91,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, Collection, Iterable
+from typing import Any, Collection, Iterable, Sequence
 
 import yaml
 
@@ -638,7 +640,8 @@ def _pick(cells: Cells, candidates: Iterable[int], totals: set[int], closes=None
 
 def suppression_pattern(cells: Cells, published_before: Collection[int] = frozenset(),
                         previous: PreviousCells | None = None,
-                        exposed_together: set[int] | None = None) -> tuple[set[int], set[int]]:
+                        exposed_together: set | None = None,
+                        rolled_back: Sequence[PreviousCells] = ()) -> tuple[set[int], set[int]]:
     """(primary, complementary) suppressed cells of a table.
 
     ``published_before``: cells the previous publication published with the same counts;
@@ -646,8 +649,10 @@ def suppression_pattern(cells: Cells, published_before: Collection[int] = frozen
     ``previous``: that publication (``PreviousCells``): once this file is safe on its own, a
     small cell of either file that the two together give back (``_TwoFiles``) gets a
     complement here where one helps (``_two_file_round``); ``exposed_together``, when given,
-    receives those left (this file's indices, or ``len(cells)`` and up for cells of the
-    previous file alone)."""
+    receives those left (this file's indices, or (n, index) for cells of the n-th other
+    file alone: 0 the previous one). ``rolled_back``: publications served after the previous
+    one and rolled back since: this file is checked with each of them in the same way, in
+    the same rounds (whoever holds this file and one of them)."""
     if exposed_together is None:
         exposed_together = set()
     primary = primary_suppressions(cells)
@@ -740,15 +745,18 @@ def suppression_pattern(cells: Cells, published_before: Collection[int] = frozen
         for j in links_of.get(i, ()):
             hide(j, queue)
     exposed_alone = settle(queue)
-    if previous is not None:
-        both = _TwoFiles(cells, previous, primary)
-        attempts: dict[int, int] = {}
-        left: set[int] = set()  # small cells no complement protected from the two files
-        examined: set[int] = set()  # small cells checked for a line the previous file gives away whole
+    pairs = [_TwoFiles(cells, p, primary) for p in (previous, *rolled_back) if p is not None]
+    if pairs:
+        attempts: list[dict[int, int]] = [{} for _ in pairs]
+        left: list[set[int]] = [set() for _ in pairs]  # small cells no complement protected from two files
+        examined: list[set[int]] = [set() for _ in pairs]  # checked for a line the other file gives away whole
         for _ in range(TWO_FILE_ROUNDS):
-            picks, out_of_reach = _two_file_round(cells, suppressed, totals, both, attempts,
-                                                  unfixable | exposed_alone | left, examined)
-            left |= out_of_reach
+            picks: list[int] = []
+            for n, both in enumerate(pairs):
+                chosen, out_of_reach = _two_file_round(cells, suppressed, totals, both, attempts[n],
+                                                       unfixable | exposed_alone | left[n], examined[n])
+                left[n] |= out_of_reach
+                picks += [pick for pick in chosen if pick not in picks]
             if not picks:
                 break
             before = set(suppressed), list(hidden_count)
@@ -761,7 +769,9 @@ def suppression_pattern(cells: Cells, published_before: Collection[int] = frozen
                 hidden_count[:] = before[1]
                 break
         # as the final pattern leaves them, however the rounds ended
-        exposed_together |= both.exposed(suppressed, unfixable | exposed_alone)[1]
+        for n, both in enumerate(pairs):
+            exposed_together |= {v if v < len(cells) else (n, v)
+                                 for v in both.exposed(suppressed, unfixable | exposed_alone)[1]}
     return primary, suppressed - primary
 
 
@@ -993,8 +1003,9 @@ class TableProtection:
     cells: int
     primary: int
     complementary: int
-    together: int = 0  # small cells, of this file or the previous one, the two files give back
-    previous: str = ""  # what the check against the previous publication could not use, if anything
+    together: int = 0  # small cells, of this file or another, that this file and one other give back together
+    previous: str = ""  # what the check against the previous publication (and those rolled back) could not use
+    rolled_back: int = 0  # publications rolled back since the previous one, checked with this one too
 
     def __str__(self) -> str:
         """What the publish log says (evaluators read it): not the cells the two-file check left."""
@@ -1003,10 +1014,11 @@ class TableProtection:
 
     def note(self) -> str | None:
         """For data engineers (the refresh's log, never the published file): what the check
-        against the previous publication left or why it did not run."""
-        notes = [f"against the previous publication: {self.previous}"] if self.previous else []
+        against the previous publication (and those rolled back since) left or why it did not run."""
+        notes = [self.previous] if self.previous else []
         if self.together:
-            notes.append(f"{self.together} cell(s) under k recoverable from this publication and the previous one "
+            other = "the previous one" + (", or one rolled back since," if self.rolled_back else "")
+            notes.append(f"{self.together} cell(s) under k recoverable from this publication and {other} "
                          "together (nothing left to hide here protects them; docs/bi-access.md, Limits)")
         return f"{self.table}: " + "; ".join(notes) if notes else None
 
@@ -1137,7 +1149,8 @@ def keep_counts(con, source: str, target: str, settings=None, config: Any = None
 
 def protect(con, settings=None, config: Any = None, previous: str | None = None,
             follow: dict[str, dict[tuple, tuple | None]] | None = None,
-            previous_counts: str | None = None) -> list[TableProtection]:
+            previous_counts: str | None = None,
+            rolled_back: Sequence[tuple[str, str | None]] = ()) -> list[TableProtection]:
     """Suppress small cells (and their complements) in the configured tables of ``con``.
 
     ``con`` is a read-write connection to the NEW serving file, before it is published.
@@ -1150,6 +1163,10 @@ def protect(con, settings=None, config: Any = None, previous: str | None = None,
     suppression are attached (``keep_counts``): a cell it hid and this file would publish
     with the same counts is hidden here too where publishing it would give back one of that
     file's small cells.
+    ``rolled_back``: the files rolled back (``jisr rollback``) since the previous one was
+    published, which their readers may hold too, each as the names under which it and its
+    counts before suppression (None: not kept) are attached: this file is checked with each
+    of them as with the previous one.
     ``follow``: the pattern of another copy of this publication (``published_pattern``):
     hide exactly the cells it hides. When the cells or published counts of any table differ,
     ``PatternMismatch`` names every such table and nothing is changed.
@@ -1164,8 +1181,8 @@ def protect(con, settings=None, config: Any = None, previous: str | None = None,
         if any(c not in columns for c in rule.key_columns + rule.suppressed_columns):
             continue  # check() reports the missing columns (a blocking failure)
         cells = _read_cells(db, rule, columns)
-        together: set[int] = set()
-        note = ""
+        together: set = set()
+        note, others = "", []
         if follow is not None:
             try:
                 primary, complementary = _followed(cells, follow.get(rule.table))
@@ -1174,17 +1191,23 @@ def protect(con, settings=None, config: Any = None, previous: str | None = None,
                 continue
         else:
             before, note = _previous_in(db, rule, cells, previous, previous_counts) if previous else (None, "")
+            note = f"against the previous publication: {note}" if note else ""
             again = _published_again(cells, before)
             if again is not None:
                 primary, complementary = again
             else:
-                published_before = {i for j, i in before.now_index.items() if j not in before.hidden} if before else set()
-                primary, complementary = suppression_pattern(cells, published_before, before, together)
-        patterns.append((rule, columns, cells, primary, complementary, together, note))
+                for serving, counts in rolled_back:
+                    other, why = _previous_in(db, rule, cells, serving, counts)
+                    others += [other] if other else []
+                    note += f"{'; ' if note else ''}against a publication rolled back: {why}" if why else ""
+                published_before = {i for f in ([before] if before else []) + others
+                                    for j, i in f.now_index.items() if j not in f.hidden}
+                primary, complementary = suppression_pattern(cells, published_before, before, together, others)
+        patterns.append((rule, columns, cells, primary, complementary, together, note, len(others)))
     if mismatches:
         raise PatternMismatch("; ".join(mismatches))
     report = []
-    for rule, columns, cells, primary, complementary, together, note in patterns:
+    for rule, columns, cells, primary, complementary, together, note, others in patterns:
         table = f"{_q(rule.schema)}.{_q(rule.name)}"
         db.begin()
         try:
@@ -1202,7 +1225,7 @@ def protect(con, settings=None, config: Any = None, previous: str | None = None,
             db.rollback()
             raise
         report.append(TableProtection(rule.table, len(cells), len(primary), len(complementary), len(together),
-                                      note))
+                                      note, others))
     return report
 
 

@@ -893,6 +893,69 @@ def test_cells_both_files_hide_with_the_same_counts_are_one_unknown(tmp_path):
     assert report.together == 1 and "1 cell(s) under k recoverable" in report.note()
 
 
+def given_back_by(files: list[tuple[dict, set]], k: int = 10) -> set:
+    """The small cells (key, count) that a reader holding every one of ``files`` (counts
+    before suppression, keys hidden) recovers exactly: one unknown per key and count that
+    every file holding it hides, each file's row and column sums known (an attacker written
+    apart from the protection: numpy ranks)."""
+    import numpy as np
+
+    known = {(key, n) for counts, hidden in files for key, n in counts.items() if key not in hidden}
+    unknown = sorted({(key, n) for counts, _ in files for key, n in counts.items()} - known)
+    index = {v: i for i, v in enumerate(unknown)}
+    equations = []
+    for counts, _ in files:
+        for axis in (0, 1):
+            for value in {key[axis] for key in counts}:
+                row = np.zeros(len(unknown))
+                for key, n in counts.items():
+                    if key[axis] == value and (key, n) in index:
+                        row[index[key, n]] = 1
+                equations.append(row)
+    system = np.array(equations)
+    rank = np.linalg.matrix_rank(system)
+    return {v for v in unknown if v[1] < k
+            and np.linalg.matrix_rank(np.vstack([system, np.eye(len(unknown))[index[v]]])) == rank}
+
+
+def test_a_publication_after_a_rollback_is_checked_against_the_file_rolled_back_too(tmp_path):
+    """a was served, then r (checked against a), then r was rolled back and a served again.
+    The next file c is checked against a, the file served; c's counts are r's but for three
+    cells, and whoever kept r gets back three small cells from r and c together, unless c is
+    checked against r too (``rolled_back``): then neither r nor a gives back anything with c,
+    and c is safe on its own."""
+    a = {("0", "x"): 57, ("0", "y"): 28, ("0", "z"): 14, ("1", "x"): 2, ("1", "y"): 1, ("1", "z"): 7,
+         ("2", "x"): 1, ("2", "y"): 42, ("2", "z"): 4, ("3", "x"): 44, ("3", "y"): 1, ("3", "z"): 18}
+    r = {**a, ("0", "x"): 13, ("1", "z"): 8, ("2", "y"): 15}
+    c = {**r, ("0", "y"): 51, ("0", "z"): 18, ("1", "x"): 59}
+
+    def publish(name, counts, previous=None, rolled_back=()):
+        for suffix in ("", "_counts"):
+            grid(tmp_path / f"{name}{suffix}.duckdb", counts).close()
+        con = duckdb.connect(str(tmp_path / f"{name}.duckdb"))
+        for other in ([previous] if previous else []) + list(rolled_back):
+            for suffix in ("", "_counts"):
+                con.execute(f"attach '{tmp_path / f'{other}{suffix}.duckdb'}' as {other}{suffix} (read_only)")
+        [report] = protect(con, config=GRID, previous=previous, previous_counts=previous and f"{previous}_counts",
+                           rolled_back=[(other, f"{other}_counts") for other in rolled_back])
+        assert check(con, config=GRID) == []
+        hidden = set(con.execute("select a, b from marts.grid where is_suppressed").fetchall())
+        con.close()
+        return (counts, hidden), report
+
+    def pair(x, y):
+        return given_back_by([x, y]) - given_back_by([x]) - given_back_by([y])
+
+    first, _ = publish("a", a)
+    rolled, _ = publish("r", r, previous="a")
+    assert pair(first, rolled) == set()
+    served_only, _ = publish("c", c, previous="a")
+    assert pair(rolled, served_only) == {(("1", "x"), 2), (("2", "x"), 1), (("2", "z"), 4)}
+    both, report = publish("c2", c, previous="a", rolled_back=["r"])
+    assert pair(rolled, both) == set() and pair(first, both) == set() and given_back_by([both]) == set()
+    assert report.together == 0 and report.note() is None
+
+
 def test_a_previous_file_with_keys_of_another_type_is_still_compared(tmp_path):
     """A key typed as text in one version and as a number in the next is the same cell."""
     rule = disclosure.load_config(GRID).tables[0]

@@ -71,9 +71,11 @@ def stub_disclosure(monkeypatch, violations=()):
     protect does nothing, review finds ``violations`` (blocking, one per text)."""
     calls = []
 
-    def protect(con, settings, previous=None, previous_counts=None):
+    def protect(con, settings, previous=None, previous_counts=None, rolled_back=()):
         calls.append("protect")
-        for kind, name in (("previous", previous), ("counts", previous_counts)):
+        rolled_back = [(kind, name) for file, kept in rolled_back
+                       for kind, name in (("rolled back", file), ("its counts", kept))]
+        for kind, name in (("previous", previous), ("counts", previous_counts), *rolled_back):
             if name is not None:  # the file served now and its counts, readable under those names
                 tables = con.execute("select count(*) from duckdb_tables() where database_name = ?", [name]).fetchone()
                 calls.append(f"{kind}: {name} ({'with' if tables[0] else 'without'} tables)")
@@ -105,7 +107,7 @@ import sys, time
 from pathlib import Path
 import jisr.publish as P, quality.disclosure as D
 from jisr.settings import Settings
-D.protect = D.review = lambda con, settings, previous=None, previous_counts=None: []
+D.protect = D.review = lambda con, settings, previous=None, previous_counts=None, rolled_back=(): []
 """
 
 
@@ -217,6 +219,42 @@ def test_publish_keeps_each_publications_counts_before_suppression_for_the_next_
     make_build(published, estimate=9.0, extra_sql=[COSTS_MART.format(paid=7)])
     publish(published, "run-6", "v", cfg=cfg)
     assert calls[2] == "counts: previous_counts (with tables)"
+    # run-5, served after run-4 and rolled back since: its readers may hold it too
+    assert calls[3:] == ["rolled back: rolled_back_0 (with tables)", "its counts: rolled_back_0_counts (with tables)",
+                         "check"]
+    calls.clear()
+    make_build(published, estimate=10.0, extra_sql=[COSTS_MART.format(paid=8)])
+    publish(published, "run-7", "v", cfg=cfg)
+    assert calls[1:] == ["previous: previous_serving (with tables)", "counts: previous_counts (with tables)", "check"]
+
+
+def test_two_rollbacks_in_a_row_check_the_next_publication_against_both_files_rolled_back(published, monkeypatch):
+    """run-3 and run-4 were served after run-1 and rolled back one after the other: the next
+    publication is checked against run-1 (served again) and each of them, the last rolled back
+    first."""
+    calls = stub_disclosure(monkeypatch)
+    for i in (3, 4):
+        make_build(published, estimate=float(i), extra_sql=[COSTS_MART.format(paid=i)])
+        publish(published, f"run-{i}", "v")
+    rollback(published)
+    rollback(published)
+    assert publish_mod.serving_run_id(published.serving_path) == "run-1"
+    calls.clear()
+    make_build(published, estimate=5.0, extra_sql=[COSTS_MART.format(paid=5)])
+    publish(published, "run-5", "v")
+    con = duckdb.connect()
+    try:
+        files = {}
+        for path in (published.history_dir / "rolled_back").glob("*.duckdb"):
+            con.execute(f"attach '{path}' as f (read_only)")
+            files[publish_mod._newest_run(con, "f")] = path
+            con.execute("detach f")
+    finally:
+        con.close()
+    assert sorted(files) == ["run-3", "run-4"]
+    assert [c for c in calls if c.startswith("rolled back")] == ["rolled back: rolled_back_0 (with tables)",
+                                                                 "rolled back: rolled_back_1 (with tables)"]
+    assert publish_mod._archived_at(files["run-3"]) > publish_mod._archived_at(files["run-4"])  # rolled back last
 
 
 def test_a_candidate_never_committed_leaves_no_counts_behind(published):
