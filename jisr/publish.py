@@ -336,12 +336,27 @@ def _rolled_back_since(con, settings, served: str) -> list[Path]:
             if published is None or _archived_at(path) > published]
 
 
+def _kept_publications(settings, served_run: str | None) -> list[Path]:
+    """Every file kept for rollback, then every file rolled back, newest first; the served
+    publication's own copies (a run restored by a rollback) left out."""
+    history = Path(settings.history_dir)
+    files = [*sorted(history.glob("jisr-*.duckdb"), reverse=True),
+             *sorted((history / "rolled_back").glob("jisr-*.duckdb"), reverse=True)]
+    seen, out = {served_run}, []
+    for path in files:
+        if _archived_run(path) not in seen:
+            seen.add(_archived_run(path))
+            out.append(path)
+    return out
+
+
 def _protect(con, settings) -> tuple[str, list[str]]:
-    """Disclosure control on the candidate, against the file served now and the files rolled
-    back since it was published, with their counts before suppression when they were kept
-    (this file and any one of them together must not give back a small cell of either):
-    (what it did, per table, for the publish log; what that check left or could not use,
-    for data engineers only)."""
+    """Disclosure control on the candidate, against the file served now and the other
+    publications its readers may hold (``check_against`` in config/disclosure.yml: the files
+    rolled back since the served one was published, or every file kept), with their counts
+    before suppression when they were kept (this file and any one of them together must not
+    give back a small cell of either): (what it did, per table, for the publish log; what
+    that check left or could not use, for data engineers only)."""
     from quality import disclosure
 
     attached: list[str] = []
@@ -351,18 +366,21 @@ def _protect(con, settings) -> tuple[str, list[str]]:
         attached.append(name)
         return name
 
+    config = disclosure.load_config(settings=settings)
     with _served_attached(con, settings) as previous:
         try:
-            counts, rolled_back = None, []
+            counts, others = None, []
             run = _newest_run(con, previous) if previous is not None else None
             if run and counts_path(settings, run).exists():
                 counts = attach(counts_path(settings, run), "previous_counts")
-            for n, path in enumerate(_rolled_back_since(con, settings, previous) if previous else []):
+            files = [] if previous is None else (
+                _kept_publications(settings, run) if config.check_against == "kept"
+                else _rolled_back_since(con, settings, previous))
+            for n, path in enumerate(files):
                 kept = counts_path(settings, _archived_run(path))
-                rolled_back.append((attach(path, f"rolled_back_{n}"),
-                                    attach(kept, f"rolled_back_{n}_counts") if kept.exists() else None))
-            report = disclosure.protect(con, settings, previous=previous, previous_counts=counts,
-                                        rolled_back=rolled_back)
+                others.append((attach(path, f"other_{n}"), attach(kept, f"other_{n}_counts") if kept.exists() else None))
+            report = disclosure.protect(con, settings, config=config, previous=previous, previous_counts=counts,
+                                        others=others)
             return json.dumps([str(t) for t in report]), [n for n in (t.note() for t in report) if n]
         finally:
             for name in reversed(attached):

@@ -48,12 +48,14 @@ step renames it onto ``jisr.duckdb`` (never in the build warehouse):
    cells that file published are used. A table whose cells and counts are all those of the
    previous publication (a refresh given nothing new) is published with its pattern again,
    when that pattern still hides every small cell and gives none back on its own
-   (``_published_again``). After ``jisr rollback``, the files rolled back since the
-   previous one was published were served after it, and their readers may hold them too:
-   this file is checked with each of them as with the previous one (``rolled_back=...``,
-   one ``_TwoFiles`` each, in the same rounds). Not covered: a cell whose counts changed
-   but one (that column's lines would join the files), and publications before the
-   previous one (docs/bi-access.md, "Limits").
+   (``_published_again``). Other publications a reader may hold (``others=...``): this
+   file is checked with each of them as with the previous one (one ``_TwoFiles`` each, in
+   the same rounds). The publish step passes the files rolled back (``jisr rollback``)
+   since the previous one was published (served after it), and with ``check_against:
+   kept`` every file kept for rollback and every file rolled back. Not covered: a cell whose
+   counts changed but one (that column's lines would join the files), publications not
+   checked against (by default those before the previous one, other than those rolled
+   back), and what three files or more give back together (docs/bi-access.md, "Limits").
 6. Another copy of a publication (``protect(..., follow=published_pattern(served))``: the
    PostgreSQL target, built from the deliveries the serving file serves) hides exactly the
    cells that publication hides, and refuses (``PatternMismatch``) when its cells are not
@@ -159,6 +161,10 @@ class DisclosureConfig:
     exempt_tables: tuple[str, ...] = ()
     dimension_hints: tuple[str, ...] = ("region_code", "province_code", "commune_code", "sex", "age_band",
                                         "vulnerability_tercile")
+    # the publications a new one is checked against, besides the one served (the publish
+    # step's choice): "previous" (the files rolled back since it was published) or "kept"
+    # (every file kept for rollback, and every file rolled back)
+    check_against: str = "previous"
 
     def rule(self, table: str) -> TableRule:
         for rule in self.tables:
@@ -183,6 +189,7 @@ TABLE_KEYS = {"table", "dimensions", "count_column", "count_columns", "value_col
 
 
 OVERRIDABLE = ("k", "suppress_zeros", "assume_external_totals", "flag_column", "total_label")
+CHECK_AGAINST = ("previous", "kept")
 
 
 def parse_config(data: dict) -> DisclosureConfig:
@@ -190,12 +197,16 @@ def parse_config(data: dict) -> DisclosureConfig:
     if not isinstance(data, dict):
         raise DisclosureConfigError("disclosure config: expected a mapping")
     unknown = set(data) - {"k", "suppress_zeros", "assume_external_totals", "flag_column", "total_label", "tables",
-                           "exempt_tables", "dimension_hints"}
+                           "exempt_tables", "dimension_hints", "check_against"}
     if unknown:
         raise DisclosureConfigError(f"disclosure config: unknown keys {sorted(unknown)}")
     k = data.get("k", DEFAULT_K)
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise DisclosureConfigError("disclosure config: k must be a positive integer")
+    check_against = data.get("check_against", DisclosureConfig.check_against)
+    if check_against not in CHECK_AGAINST:
+        raise DisclosureConfigError(f"disclosure config: check_against must be one of {', '.join(CHECK_AGAINST)}, "
+                                    f"not {check_against!r}")
     defaults = {key: data[key] for key in ("suppress_zeros", "assume_external_totals", "flag_column", "total_label")
                 if key in data}
     rules = []
@@ -240,7 +251,7 @@ def parse_config(data: dict) -> DisclosureConfig:
         rules.append(rule)
     return DisclosureConfig(tables=tuple(rules), k=k, exempt_tables=_names(data.get("exempt_tables"), "exempt_tables"),
                             dimension_hints=_names(data.get("dimension_hints"), "dimension_hints")
-                            or DisclosureConfig.dimension_hints)
+                            or DisclosureConfig.dimension_hints, check_against=check_against)
 
 
 def load_config(source: Any = None, settings=None) -> DisclosureConfig:
@@ -641,7 +652,7 @@ def _pick(cells: Cells, candidates: Iterable[int], totals: set[int], closes=None
 def suppression_pattern(cells: Cells, published_before: Collection[int] = frozenset(),
                         previous: PreviousCells | None = None,
                         exposed_together: set | None = None,
-                        rolled_back: Sequence[PreviousCells] = ()) -> tuple[set[int], set[int]]:
+                        others: Sequence[PreviousCells] = ()) -> tuple[set[int], set[int]]:
     """(primary, complementary) suppressed cells of a table.
 
     ``published_before``: cells the previous publication published with the same counts;
@@ -650,9 +661,9 @@ def suppression_pattern(cells: Cells, published_before: Collection[int] = frozen
     small cell of either file that the two together give back (``_TwoFiles``) gets a
     complement here where one helps (``_two_file_round``); ``exposed_together``, when given,
     receives those left (this file's indices, or (n, index) for cells of the n-th other
-    file alone: 0 the previous one). ``rolled_back``: publications served after the previous
-    one and rolled back since: this file is checked with each of them in the same way, in
-    the same rounds (whoever holds this file and one of them)."""
+    file alone: 0 the previous one). ``others``: other publications a reader may hold: this
+    file is checked with each of them in the same way, in the same rounds (whoever holds
+    this file and one of them)."""
     if exposed_together is None:
         exposed_together = set()
     primary = primary_suppressions(cells)
@@ -745,7 +756,7 @@ def suppression_pattern(cells: Cells, published_before: Collection[int] = frozen
         for j in links_of.get(i, ()):
             hide(j, queue)
     exposed_alone = settle(queue)
-    pairs = [_TwoFiles(cells, p, primary) for p in (previous, *rolled_back) if p is not None]
+    pairs = [_TwoFiles(cells, p, primary) for p in (previous, *others) if p is not None]
     if pairs:
         attempts: list[dict[int, int]] = [{} for _ in pairs]
         left: list[set[int]] = [set() for _ in pairs]  # small cells no complement protected from two files
@@ -1004,8 +1015,8 @@ class TableProtection:
     primary: int
     complementary: int
     together: int = 0  # small cells, of this file or another, that this file and one other give back together
-    previous: str = ""  # what the check against the previous publication (and those rolled back) could not use
-    rolled_back: int = 0  # publications rolled back since the previous one, checked with this one too
+    previous: str = ""  # what the check against the previous publication (and the others) could not use
+    others: int = 0  # other publications it was checked against, as against the previous one
 
     def __str__(self) -> str:
         """What the publish log says (evaluators read it): not the cells the two-file check left."""
@@ -1014,10 +1025,11 @@ class TableProtection:
 
     def note(self) -> str | None:
         """For data engineers (the refresh's log, never the published file): what the check
-        against the previous publication (and those rolled back since) left or why it did not run."""
+        against the previous publication (and the others) left or why it did not run."""
         notes = [self.previous] if self.previous else []
         if self.together:
-            other = "the previous one" + (", or one rolled back since," if self.rolled_back else "")
+            other = "the previous one" + (f" or one of the {self.others} other(s) it was checked against"
+                                          if self.others else "")
             notes.append(f"{self.together} cell(s) under k recoverable from this publication and {other} "
                          "together (nothing left to hide here protects them; docs/bi-access.md, Limits)")
         return f"{self.table}: " + "; ".join(notes) if notes else None
@@ -1150,7 +1162,7 @@ def keep_counts(con, source: str, target: str, settings=None, config: Any = None
 def protect(con, settings=None, config: Any = None, previous: str | None = None,
             follow: dict[str, dict[tuple, tuple | None]] | None = None,
             previous_counts: str | None = None,
-            rolled_back: Sequence[tuple[str, str | None]] = ()) -> list[TableProtection]:
+            others: Sequence[tuple[str, str | None]] = ()) -> list[TableProtection]:
     """Suppress small cells (and their complements) in the configured tables of ``con``.
 
     ``con`` is a read-write connection to the NEW serving file, before it is published.
@@ -1163,10 +1175,10 @@ def protect(con, settings=None, config: Any = None, previous: str | None = None,
     suppression are attached (``keep_counts``): a cell it hid and this file would publish
     with the same counts is hidden here too where publishing it would give back one of that
     file's small cells.
-    ``rolled_back``: the files rolled back (``jisr rollback``) since the previous one was
-    published, which their readers may hold too, each as the names under which it and its
-    counts before suppression (None: not kept) are attached: this file is checked with each
-    of them as with the previous one.
+    ``others``: other publications whose readers may hold this one too (e.g. the files
+    rolled back since the previous one was published), each as the names under which it
+    and its counts before suppression (None: not kept) are attached: this file is checked
+    with each of them as with the previous one.
     ``follow``: the pattern of another copy of this publication (``published_pattern``):
     hide exactly the cells it hides. When the cells or published counts of any table differ,
     ``PatternMismatch`` names every such table and nothing is changed.
@@ -1182,7 +1194,7 @@ def protect(con, settings=None, config: Any = None, previous: str | None = None,
             continue  # check() reports the missing columns (a blocking failure)
         cells = _read_cells(db, rule, columns)
         together: set = set()
-        note, others = "", []
+        note, checked = "", []
         if follow is not None:
             try:
                 primary, complementary = _followed(cells, follow.get(rule.table))
@@ -1196,18 +1208,18 @@ def protect(con, settings=None, config: Any = None, previous: str | None = None,
             if again is not None:
                 primary, complementary = again
             else:
-                for serving, counts in rolled_back:
+                for serving, counts in others:
                     other, why = _previous_in(db, rule, cells, serving, counts)
-                    others += [other] if other else []
-                    note += f"{'; ' if note else ''}against a publication rolled back: {why}" if why else ""
-                published_before = {i for f in ([before] if before else []) + others
+                    checked += [other] if other else []
+                    note += f"{'; ' if note else ''}against another publication: {why}" if why else ""
+                published_before = {i for f in ([before] if before else []) + checked
                                     for j, i in f.now_index.items() if j not in f.hidden}
-                primary, complementary = suppression_pattern(cells, published_before, before, together, others)
-        patterns.append((rule, columns, cells, primary, complementary, together, note, len(others)))
+                primary, complementary = suppression_pattern(cells, published_before, before, together, checked)
+        patterns.append((rule, columns, cells, primary, complementary, together, note, len(checked)))
     if mismatches:
         raise PatternMismatch("; ".join(mismatches))
     report = []
-    for rule, columns, cells, primary, complementary, together, note, others in patterns:
+    for rule, columns, cells, primary, complementary, together, note, checked in patterns:
         table = f"{_q(rule.schema)}.{_q(rule.name)}"
         db.begin()
         try:
@@ -1225,7 +1237,7 @@ def protect(con, settings=None, config: Any = None, previous: str | None = None,
             db.rollback()
             raise
         report.append(TableProtection(rule.table, len(cells), len(primary), len(complementary), len(together),
-                                      note, others))
+                                      note, checked))
     return report
 
 

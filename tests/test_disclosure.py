@@ -552,6 +552,9 @@ def test_load_config_rejects_invalid_entries(tmp_path):
     path.write_text(yaml.safe_dump({"k": 7, "tables": [{"table": "marts.t", "dimensions": ["sex"], "count_column": "n"}]}))
     config = load_config(path)
     assert config.k == 7 and config.rule("marts.t").k == 7
+    assert config.check_against == "previous" and load_config({"check_against": "kept"}).check_against == "kept"
+    with pytest.raises(DisclosureConfigError, match="check_against must be one of previous, kept, not 'all'"):
+        load_config({"check_against": "all"})
 
 
 def test_project_disclosure_config_is_valid(settings):
@@ -922,22 +925,22 @@ def test_a_publication_after_a_rollback_is_checked_against_the_file_rolled_back_
     """a was served, then r (checked against a), then r was rolled back and a served again.
     The next file c is checked against a, the file served; c's counts are r's but for three
     cells, and whoever kept r gets back three small cells from r and c together, unless c is
-    checked against r too (``rolled_back``): then neither r nor a gives back anything with c,
+    checked against r too (``others``): then neither r nor a gives back anything with c,
     and c is safe on its own."""
     a = {("0", "x"): 57, ("0", "y"): 28, ("0", "z"): 14, ("1", "x"): 2, ("1", "y"): 1, ("1", "z"): 7,
          ("2", "x"): 1, ("2", "y"): 42, ("2", "z"): 4, ("3", "x"): 44, ("3", "y"): 1, ("3", "z"): 18}
     r = {**a, ("0", "x"): 13, ("1", "z"): 8, ("2", "y"): 15}
     c = {**r, ("0", "y"): 51, ("0", "z"): 18, ("1", "x"): 59}
 
-    def publish(name, counts, previous=None, rolled_back=()):
+    def publish(name, counts, previous=None, others=()):
         for suffix in ("", "_counts"):
             grid(tmp_path / f"{name}{suffix}.duckdb", counts).close()
         con = duckdb.connect(str(tmp_path / f"{name}.duckdb"))
-        for other in ([previous] if previous else []) + list(rolled_back):
+        for other in ([previous] if previous else []) + list(others):
             for suffix in ("", "_counts"):
                 con.execute(f"attach '{tmp_path / f'{other}{suffix}.duckdb'}' as {other}{suffix} (read_only)")
         [report] = protect(con, config=GRID, previous=previous, previous_counts=previous and f"{previous}_counts",
-                           rolled_back=[(other, f"{other}_counts") for other in rolled_back])
+                           others=[(other, f"{other}_counts") for other in others])
         assert check(con, config=GRID) == []
         hidden = set(con.execute("select a, b from marts.grid where is_suppressed").fetchall())
         con.close()
@@ -951,7 +954,7 @@ def test_a_publication_after_a_rollback_is_checked_against_the_file_rolled_back_
     assert pair(first, rolled) == set()
     served_only, _ = publish("c", c, previous="a")
     assert pair(rolled, served_only) == {(("1", "x"), 2), (("2", "x"), 1), (("2", "z"), 4)}
-    both, report = publish("c2", c, previous="a", rolled_back=["r"])
+    both, report = publish("c2", c, previous="a", others=["r"])
     assert pair(rolled, both) == set() and pair(first, both) == set() and given_back_by([both]) == set()
     assert report.together == 0 and report.note() is None
 

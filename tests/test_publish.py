@@ -3,6 +3,7 @@ readers keep a consistent snapshot; a killed publish changes nothing; rollback; 
 
 import hashlib
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import quality.checks as checks_mod
 from ingestion.load import Ingestor
 from jisr.lock import LockBusy, refresh_lock
 from jisr.publish import PublishError, publish, publish_log, rollback
-from jisr.settings import PROJECT_DIR
+from jisr.settings import PROJECT_DIR, Settings
 from quality import disclosure
 from quality.checks import ChecksFailed
 from quality.config import config_for, parse_config
@@ -71,11 +72,10 @@ def stub_disclosure(monkeypatch, violations=()):
     protect does nothing, review finds ``violations`` (blocking, one per text)."""
     calls = []
 
-    def protect(con, settings, previous=None, previous_counts=None, rolled_back=()):
+    def protect(con, settings, config=None, previous=None, previous_counts=None, others=()):
         calls.append("protect")
-        rolled_back = [(kind, name) for file, kept in rolled_back
-                       for kind, name in (("rolled back", file), ("its counts", kept))]
-        for kind, name in (("previous", previous), ("counts", previous_counts), *rolled_back):
+        others = [(kind, name) for file, kept in others for kind, name in (("other", file), ("its counts", kept))]
+        for kind, name in (("previous", previous), ("counts", previous_counts), *others):
             if name is not None:  # the file served now and its counts, readable under those names
                 tables = con.execute("select count(*) from duckdb_tables() where database_name = ?", [name]).fetchone()
                 calls.append(f"{kind}: {name} ({'with' if tables[0] else 'without'} tables)")
@@ -107,7 +107,7 @@ import sys, time
 from pathlib import Path
 import jisr.publish as P, quality.disclosure as D
 from jisr.settings import Settings
-D.protect = D.review = lambda con, settings, previous=None, previous_counts=None, rolled_back=(): []
+D.protect = D.review = lambda con, settings, config=None, previous=None, previous_counts=None, others=(): []
 """
 
 
@@ -220,8 +220,7 @@ def test_publish_keeps_each_publications_counts_before_suppression_for_the_next_
     publish(published, "run-6", "v", cfg=cfg)
     assert calls[2] == "counts: previous_counts (with tables)"
     # run-5, served after run-4 and rolled back since: its readers may hold it too
-    assert calls[3:] == ["rolled back: rolled_back_0 (with tables)", "its counts: rolled_back_0_counts (with tables)",
-                         "check"]
+    assert calls[3:] == ["other: other_0 (with tables)", "its counts: other_0_counts (with tables)", "check"]
     calls.clear()
     make_build(published, estimate=10.0, extra_sql=[COSTS_MART.format(paid=8)])
     publish(published, "run-7", "v", cfg=cfg)
@@ -252,9 +251,31 @@ def test_two_rollbacks_in_a_row_check_the_next_publication_against_both_files_ro
     finally:
         con.close()
     assert sorted(files) == ["run-3", "run-4"]
-    assert [c for c in calls if c.startswith("rolled back")] == ["rolled back: rolled_back_0 (with tables)",
-                                                                 "rolled back: rolled_back_1 (with tables)"]
+    assert [c for c in calls if c.startswith("other")] == ["other: other_0 (with tables)", "other: other_1 (with tables)"]
     assert publish_mod._archived_at(files["run-3"]) > publish_mod._archived_at(files["run-4"])  # rolled back last
+
+
+def test_check_against_kept_checks_a_publication_against_every_file_kept(published, monkeypatch, tmp_path):
+    """``check_against: kept`` (config/disclosure.yml): besides the file served, every file
+    kept for rollback and every file rolled back, newest first, each with its counts."""
+    config = tmp_path / "config"
+    shutil.copytree(published.config_dir, config)
+    (config / "disclosure.yml").write_text((config / "disclosure.yml").read_text(encoding="utf-8")
+                                           + "\ncheck_against: kept\n", encoding="utf-8")
+    monkeypatch.setattr(Settings, "config_dir", property(lambda self: config))
+    calls = stub_disclosure(monkeypatch)
+    for i in (2, 3, 4):
+        make_build(published, estimate=float(i), extra_sql=[COSTS_MART.format(paid=i)])
+        publish(published, f"run-{i}", "v")
+    rollback(published)  # run-3 served again, run-4 rolled back; kept: run-1, run-2
+    calls.clear()
+    make_build(published, estimate=5.0, extra_sql=[COSTS_MART.format(paid=5)])
+    publish(published, "run-5", "v")
+    assert calls[1:3] == ["previous: previous_serving (with tables)", "counts: previous_counts (with tables)"]
+    others = [c for c in calls if c.startswith("other")]
+    assert others == [f"other: other_{n} (with tables)" for n in range(3)]
+    kept = [publish_mod.serving_run_id(path) for path in publish_mod._kept_publications(published, "run-5")]
+    assert kept == ["run-3", "run-2", "run-1", "run-4"]  # kept for rollback (run-3 now too), then rolled back
 
 
 def test_a_candidate_never_committed_leaves_no_counts_behind(published):
