@@ -326,7 +326,7 @@ def _keep_counts(con, settings, run_id: str) -> None:
 def _rolled_back_since(con, settings, served: str) -> list[Path]:
     """The files rolled back (``history_dir/rolled_back``) since the file attached as
     ``served`` was published, newest first: served after it, their readers may hold them
-    too. None when that file has no publish log."""
+    too. None when that file has no publish log to tell."""
     folder = Path(settings.history_dir) / "rolled_back"
     if not folder.exists() or not _has_log(con, served):
         return []
@@ -344,8 +344,9 @@ def _kept_publications(settings, served_run: str | None) -> list[Path]:
              *sorted((history / "rolled_back").glob("jisr-*.duckdb"), reverse=True)]
     seen, out = {served_run}, []
     for path in files:
-        if _archived_run(path) not in seen:
-            seen.add(_archived_run(path))
+        run = _archived_run(path)
+        if run == "unknown" or run not in seen:  # "unknown": a file whose run was not recorded
+            seen.add(run)
             out.append(path)
     return out
 

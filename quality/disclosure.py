@@ -1208,10 +1208,14 @@ def protect(con, settings=None, config: Any = None, previous: str | None = None,
             if again is not None:
                 primary, complementary = again
             else:
+                unused: dict[str, int] = {}  # what the check against the others could not use, and how often
                 for serving, counts in others:
                     other, why = _previous_in(db, rule, cells, serving, counts)
                     checked += [other] if other else []
-                    note += f"{'; ' if note else ''}against another publication: {why}" if why else ""
+                    if why:
+                        unused[why] = unused.get(why, 0) + 1
+                note = "; ".join([note] * bool(note) + [f"against {n} other publication(s): {why}"
+                                                        for why, n in unused.items()])
                 published_before = {i for f in ([before] if before else []) + checked
                                     for j, i in f.now_index.items() if j not in f.hidden}
                 primary, complementary = suppression_pattern(cells, published_before, before, together, checked)

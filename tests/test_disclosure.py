@@ -932,7 +932,7 @@ def test_a_publication_after_a_rollback_is_checked_against_the_file_rolled_back_
     r = {**a, ("0", "x"): 13, ("1", "z"): 8, ("2", "y"): 15}
     c = {**r, ("0", "y"): 51, ("0", "z"): 18, ("1", "x"): 59}
 
-    def publish(name, counts, previous=None, others=()):
+    def publish(name, counts, previous=None, others=(), kept=True):
         for suffix in ("", "_counts"):
             grid(tmp_path / f"{name}{suffix}.duckdb", counts).close()
         con = duckdb.connect(str(tmp_path / f"{name}.duckdb"))
@@ -940,7 +940,7 @@ def test_a_publication_after_a_rollback_is_checked_against_the_file_rolled_back_
             for suffix in ("", "_counts"):
                 con.execute(f"attach '{tmp_path / f'{other}{suffix}.duckdb'}' as {other}{suffix} (read_only)")
         [report] = protect(con, config=GRID, previous=previous, previous_counts=previous and f"{previous}_counts",
-                           others=[(other, f"{other}_counts") for other in others])
+                           others=[(other, f"{other}_counts" if kept else None) for other in others])
         assert check(con, config=GRID) == []
         hidden = set(con.execute("select a, b from marts.grid where is_suppressed").fetchall())
         con.close()
@@ -957,6 +957,9 @@ def test_a_publication_after_a_rollback_is_checked_against_the_file_rolled_back_
     both, report = publish("c2", c, previous="a", others=["r"])
     assert pair(rolled, both) == set() and pair(first, both) == set() and given_back_by([both]) == set()
     assert report.together == 0 and report.note() is None
+    _, report = publish("c3", c, previous="a", others=["r"], kept=False)  # r's counts not kept
+    assert report.note().startswith("marts.grid: against 1 other publication(s): its counts before suppression "
+                                    "were not kept: checked against the cells it published only")
 
 
 def test_a_previous_file_with_keys_of_another_type_is_still_compared(tmp_path):
