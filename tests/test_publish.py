@@ -241,15 +241,7 @@ def test_two_rollbacks_in_a_row_check_the_next_publication_against_both_files_ro
     calls.clear()
     make_build(published, estimate=5.0, extra_sql=[COSTS_MART.format(paid=5)])
     publish(published, "run-5", "v")
-    con = duckdb.connect()
-    try:
-        files = {}
-        for path in (published.history_dir / "rolled_back").glob("*.duckdb"):
-            con.execute(f"attach '{path}' as f (read_only)")
-            files[publish_mod._newest_run(con, "f")] = path
-            con.execute("detach f")
-    finally:
-        con.close()
+    files = {publish_mod.serving_run_id(path): path for path in (published.history_dir / "rolled_back").glob("*.duckdb")}
     assert sorted(files) == ["run-3", "run-4"]
     assert [c for c in calls if c.startswith("other")] == ["other: other_0 (with tables)", "other: other_1 (with tables)"]
     assert publish_mod._archived_at(files["run-3"]) > publish_mod._archived_at(files["run-4"])  # rolled back last
@@ -260,8 +252,10 @@ def test_check_against_kept_checks_a_publication_against_every_file_kept(publish
     kept for rollback and every file rolled back, newest first, each with its counts."""
     config = tmp_path / "config"
     shutil.copytree(published.config_dir, config)
-    (config / "disclosure.yml").write_text((config / "disclosure.yml").read_text(encoding="utf-8")
-                                           + "\ncheck_against: kept\n", encoding="utf-8")
+    text = (config / "disclosure.yml").read_text(encoding="utf-8")
+    assert "\ncheck_against: previous\n" in text
+    (config / "disclosure.yml").write_text(text.replace("\ncheck_against: previous\n", "\ncheck_against: kept\n"),
+                                           encoding="utf-8")
     monkeypatch.setattr(Settings, "config_dir", property(lambda self: config))
     calls = stub_disclosure(monkeypatch)
     for i in (2, 3, 4):
