@@ -114,9 +114,9 @@ def across(publications) -> dict:
 def every_kept(settings, config) -> int:
     import duckdb
 
-    from jisr.publish import counts_path, serving_run_id
+    from jisr.publish import counts_path, history_files, serving_run_id
 
-    files = [*sorted(Path(settings.history_dir).glob("jisr-*.duckdb")), Path(settings.serving_path)]
+    files = [*history_files(settings), Path(settings.serving_path)]
     found = [(f, counts_path(settings, serving_run_id(f) or "unknown")) for f in files if f.exists()]
     found = [(f, c) for f, c in found if c.exists()]
     print(f"{len(found)} publications with their counts kept")
@@ -157,14 +157,14 @@ def main(argv: list[str] | None = None) -> int:
 
     import duckdb
 
-    from jisr.publish import counts_path, serving_run_id
+    from jisr.publish import counts_path, history_files, serving_run_id
     from jisr.settings import get_settings
     from quality.disclosure import load_config
 
     settings = get_settings()
     if args.kept:
         return every_kept(settings, load_config(settings=settings))
-    history = sorted(Path(settings.history_dir).glob("*.duckdb"))
+    history = history_files(settings)
     previous = args.previous or (history[-1] if history else None)
     if previous is None:
         print(f"no earlier publication in {settings.history_dir}: pass --previous", file=sys.stderr)

@@ -145,7 +145,7 @@ def _prune_counts(settings) -> None:
         return
     history = Path(settings.history_dir)
     kept = {serving_run_id(Path(settings.serving_path))}
-    kept |= {_archived_run(p) for p in [*history.glob("jisr-*.duckdb"), *(history / "rolled_back").glob("jisr-*.duckdb")]}
+    kept |= {_archived_run(p) for p in [*_archives(history), *_archives(history / "rolled_back")]}
     for path in folder.glob("*.duckdb"):
         if path.stem not in kept:
             _remove_db(path)
@@ -327,12 +327,11 @@ def _rolled_back_since(con, settings, served: str) -> list[Path]:
     """The files rolled back (``history_dir/rolled_back``) since the file attached as
     ``served`` was published, newest first: served after it, their readers may hold them
     too. None when that file has no publish log to tell."""
-    folder = Path(settings.history_dir) / "rolled_back"
-    if not folder.exists() or not _has_log(con, served):
+    if not _has_log(con, served):
         return []
-    published = con.execute(f"select max(published_at) from {served}.meta.publish_log "
+    published = con.execute(f"select max(published_at) from {_ident(served)}.meta.publish_log "
                             "where event = 'publish'").fetchone()[0]
-    return [path for path in sorted(folder.glob("jisr-*.duckdb"), reverse=True)
+    return [path for path in reversed(_archives(Path(settings.history_dir) / "rolled_back"))
             if published is None or _archived_at(path) > published]
 
 
@@ -340,8 +339,7 @@ def _kept_publications(settings, served_run: str | None) -> list[Path]:
     """Every file kept for rollback, then every file rolled back, newest first; the served
     publication's own copies (a run restored by a rollback) left out."""
     history = Path(settings.history_dir)
-    files = [*sorted(history.glob("jisr-*.duckdb"), reverse=True),
-             *sorted((history / "rolled_back").glob("jisr-*.duckdb"), reverse=True)]
+    files = [*reversed(_archives(history)), *reversed(_archives(history / "rolled_back"))]
     seen, out = {served_run}, []
     for path in files:
         run = _archived_run(path)
@@ -469,14 +467,19 @@ def _archive_serving(settings, folder: Path) -> Path | None:
     return target
 
 
-def history_files(settings) -> list[Path]:
-    """Earlier published files kept for rollback, oldest first."""
-    folder = Path(settings.history_dir)
+def _archives(folder: Path) -> list[Path]:
+    """The files ``_archive_serving`` kept in ``folder``, oldest first (their names start with
+    the time they were archived)."""
     return sorted(folder.glob("jisr-*.duckdb")) if folder.exists() else []
 
 
+def history_files(settings) -> list[Path]:
+    """Earlier published files kept for rollback, oldest first."""
+    return _archives(Path(settings.history_dir))
+
+
 def _prune(folder: Path, keep: int) -> None:
-    files = sorted(folder.glob("jisr-*.duckdb"))
+    files = _archives(folder)
     for old in files[:-keep] if keep else files:
         _remove_db(old)
 
