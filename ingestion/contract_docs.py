@@ -12,8 +12,10 @@ HEADER = """# Data contracts
 
 Every partner file is checked against the contract of its source. A file that cannot be
 read under its contract is moved to `rejected/<partner>/` with a report; a row that breaks a
-rule goes to the quarantine with the rule's name (`required:<column>`, `type:<column>`,
-`pattern:<column>`, `allowed:<column>`, `min:<column>`, `max:<column>`,
+rule goes to the quarantine with the rule's name (`required:<column>`, `type:<column>` (a
+value that does not parse as its column's type; a `decimal` is an amount in dirhams with at
+most two decimals: `12.345` is set aside, never rounded, while a workbook's float noise such
+as `1234.5600000000002` loads as 1234.56), `pattern:<column>`, `allowed:<column>`, `min:<column>`, `max:<column>`,
 `references:<column>`, `duplicate_key`, `key_in_other_batch` (the key is already loaded from
 another batch of a `replace_batch` source), `rule:<name>`, and `malformed_row` (a CSV row without
 the header's number of fields, a JSON line that is not one object: quarantined without

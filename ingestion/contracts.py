@@ -45,10 +45,12 @@ from typing import Any
 
 import yaml
 
+# A ``decimal`` is an amount of money in dirhams: at most two decimals (centimes).
+DECIMAL_PLACES = 2
 TYPES = {
     "varchar": "VARCHAR",
     "integer": "BIGINT",
-    "decimal": "DECIMAL(18,2)",
+    "decimal": f"DECIMAL(18,{DECIMAL_PLACES})",
     "double": "DOUBLE",
     "date": "DATE",
     "timestamp": "TIMESTAMP",

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ingestion import pseudonymise, store
-from ingestion.contracts import Contract, batch_problem, contract_for, not_a_delivery, seed_values
+from ingestion.contracts import DECIMAL_PLACES, Contract, batch_problem, contract_for, not_a_delivery, seed_values
 from ingestion.readers import FileRejected, Staged, drop_staged, stage_file
 
 # A validator receives (con, contract, typed_table, batch) and returns SQL producing
@@ -200,6 +200,15 @@ _WHOLE_NUMBER = r"[+-]?\d+(\.0*)?"
 _NUMBER = r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?"
 
 
+def _within_places(value: str) -> str:
+    """SQL true when a number has at most ``DECIMAL_PLACES`` decimals. A third decimal
+    (12.345) fails typing rather than being rounded into the DECIMAL column; the noise of a
+    binary float (1234.5600000000002, written by a workbook's arithmetic) is not a decimal
+    the partner meant: a difference within 1e-12 of the value's size is tolerated."""
+    return (f"abs({value} - round({value}, {DECIMAL_PLACES})) "
+            f"<= 1e-12 * greatest(abs({value}), 1)")
+
+
 def _numeric_text(expr: str, decimal: str) -> str:
     """SQL giving the numeric text of a column in the form DuckDB casts (blanks removed,
     decimal comma as a dot); NULL, so the row fails typing, when it breaks the contract's
@@ -221,7 +230,10 @@ def typed_expr(contract: Contract, col) -> str:
     if col.type in ("integer", "decimal", "double"):
         text = _numeric_text(x, contract.decimal)
         shape = _WHOLE_NUMBER if col.type == "integer" else _NUMBER
-        return f"try_cast(case when regexp_full_match({text}, {_lit(shape)}) then {text} end as {col.sql_type})"
+        valid = f"regexp_full_match({text}, {_lit(shape)})"
+        if col.type == "decimal":
+            valid += f" and {_within_places(f'try_cast({text} as double)')}"
+        return f"try_cast(case when {valid} then {text} end as {col.sql_type})"
     if col.type == "date":
         return f"coalesce(try_strptime({x}, {_lit(contract.date_format)})::date, try_cast({x} as date))"
     if col.type == "timestamp":
@@ -264,7 +276,10 @@ def _violations_sql(contract: Contract, typed: str, seeds_dir: Path) -> str:
             convention = ""  # the form the column takes, for the partner
             if col.type == "integer":
                 convention = " (a whole number" + (", dots only between thousands: 1.234" if contract.decimal == "," else "") + ")"
-            elif col.type in ("decimal", "double") and contract.decimal == ",":
+            elif col.type == "decimal":
+                convention = (" (decimal comma, dots only between thousands: 1.234,50; " if contract.decimal == ","
+                              else " (") + f"at most {DECIMAL_PLACES} decimals)"
+            elif col.type == "double" and contract.decimal == ",":
                 convention = " (decimal comma, dots only between thousands: 1.234,50)"
             add(f"type:{n}", n, f"{n} is not null and {t} is null",
                 f"'column {n} value ' || {shown} || ' is not a valid {col.type}{convention}'")

@@ -381,7 +381,28 @@ def test_a_decimal_comma_contract_reads_dots_only_as_thousands_separators(settin
     assert rows == [(n, "type:amount_mad") for n in range(6, 13)]
     message = con.execute("select message from quarantine.rows where source_row = 6").fetchone()[0]
     assert message == ("paiements_2025-01.csv, row 6: column amount_mad value '200.00' is not a valid decimal "
-                       "(decimal comma, dots only between thousands: 1.234,50)")
+                       "(decimal comma, dots only between thousands: 1.234,50; at most 2 decimals)")
+
+
+def test_an_amount_with_a_third_decimal_is_quarantined_not_rounded(settings, contracts):
+    """An amount in dirhams has at most two decimals. 12,345 was loaded as 12.35 (DECIMAL(18,2)
+    rounds on cast), losing what the partner wrote without a word; it is now quarantined by
+    the type rule (the suites' type expectation reads the same typed value). The noise of a workbook's
+    binary floats (1234,5600000000002) is not a third decimal and loads as 1234.56."""
+    base_delivery(settings, contracts, n=8)
+    amounts = ["12,345", "1234,5600000000002", "0,30000000000000004", "12,34001", "-0,005", "12,3400", "7"]
+    write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv",
+                   [payment(i, payment_id=f"P-{i}", enrolment_id=f"E{i % 8}", cin=f"AB{100000 + i % 8}", amount_mad=a)
+                    for i, a in enumerate(amounts)])
+    f = result_for(ingest(settings, contracts), "paiements_2025-01.csv")
+    assert (f.rows_delivered, f.rows_loaded, f.rows_quarantined) == (7, 4, 3)
+    con = store(settings)
+    loaded = con.execute("select payment_id, amount_mad::varchar from raw.payments order by _source_row").fetchall()
+    assert loaded == [("P-1", "1234.56"), ("P-2", "0.30"), ("P-5", "12.34"), ("P-6", "7.00")]
+    rows = con.execute("select source_row, rule, message from quarantine.rows order by source_row, rule").fetchall()
+    assert [(r[0], r[1]) for r in rows] == [(1, "type:amount_mad"), (4, "type:amount_mad"), (5, "type:amount_mad")]
+    assert ("paiements_2025-01.csv, row 1: column amount_mad value '12,345' is not a valid decimal "
+            "(decimal comma, dots only between thousands: 1.234,50; at most 2 decimals)") in [r[2] for r in rows]
 
 
 def test_a_file_rejected_for_its_month_loads_once_renamed(settings, contracts):
