@@ -73,6 +73,9 @@ class Candidate:
     deliveries: list[dict] | None = None  # those the build was made from (None: the build did not record them)
     # for data engineers, never published: what the check against the previous publication left
     disclosure_notes: list[str] = field(default_factory=list)
+    # the file served when disclosure control ran (``_served_identity``; "" nothing served,
+    # None a candidate staged before this was recorded): commit refuses if another is served
+    served: str | None = None
 
 
 @dataclass
@@ -265,6 +268,7 @@ def stage_candidate(settings, run_id: str, cfg: QualityConfig | None = None) -> 
             _keep_counts(con, settings, run_id)
             con.execute("detach build_warehouse")
             _fault_point("copied")
+            served = _served_identity(settings)
             disclosure, notes = _protect(con, settings)
             counts = table_row_counts(con, cfg.publish_schemas)
             con.execute("checkpoint")
@@ -276,10 +280,10 @@ def stage_candidate(settings, run_id: str, cfg: QualityConfig | None = None) -> 
         con.close()
         Path(str(path) + ".json").write_text(json.dumps({"run_id": run_id, "table_row_counts": counts,
                                                          "disclosure": disclosure, "deliveries": deliveries,
-                                                         "disclosure_notes": notes},
+                                                         "disclosure_notes": notes, "served": served},
                                                         default=str), encoding="utf-8")
     return Candidate(path=path, run_id=run_id, table_row_counts=counts, disclosure=disclosure, deliveries=deliveries,
-                     disclosure_notes=notes)
+                     disclosure_notes=notes, served=served)
 
 
 def load_candidate(settings, run_id: str) -> Candidate | None:
@@ -290,7 +294,8 @@ def load_candidate(settings, run_id: str) -> Candidate | None:
         return None
     data = json.loads(info.read_text(encoding="utf-8"))
     return Candidate(path=path, run_id=run_id, table_row_counts=data["table_row_counts"], disclosure=data["disclosure"],
-                     deliveries=data.get("deliveries"), disclosure_notes=data.get("disclosure_notes", []))
+                     deliveries=data.get("deliveries"), disclosure_notes=data.get("disclosure_notes", []),
+                     served=data.get("served"))
 
 
 @contextmanager
@@ -323,14 +328,24 @@ def _keep_counts(con, settings, run_id: str) -> None:
         con.execute("detach publication_counts")
 
 
+def _published_at(con, database: str | None = None) -> datetime | None:
+    """When the run of the file attached as ``database`` (default: the connection's own) was
+    published: its own ``publish`` row. Not the newest ``publish`` row of its log: a file
+    restored by ``jisr rollback`` carries the log of the files published after it too. None
+    when the log does not tell (no log; a run whose publication was not recorded)."""
+    run = _newest_run(con, database)
+    if run is None:
+        return None
+    log = "meta.publish_log" if database is None else f"{_ident(database)}.meta.publish_log"
+    return con.execute(f"select min(published_at) from {log} where event = 'publish' and run_id = ?",
+                       [run]).fetchone()[0]
+
+
 def _rolled_back_since(con, settings, served: str) -> list[Path]:
     """The files rolled back (``history_dir/rolled_back``) since the file attached as
     ``served`` was published, newest first: served after it, their readers may hold them
-    too. None when that file has no publish log to tell."""
-    if not _has_log(con, served):
-        return []
-    published = con.execute(f"select max(published_at) from {_ident(served)}.meta.publish_log "
-                            "where event = 'publish'").fetchone()[0]
+    too. Every file rolled back when that file's publication time is not known."""
+    published = _published_at(con, served)
     return [path for path in reversed(_archives(Path(settings.history_dir) / "rolled_back"))
             if published is None or _archived_at(path) > published]
 
@@ -438,6 +453,23 @@ def _newest_run(con, database: str | None = None) -> str | None:
     return row[0] if row else None
 
 
+def _served_identity(settings) -> str:
+    """Which file is served now, as its publish log's newest row tells (a publication or a
+    rollback: each adds a row); "" when nothing is served."""
+    serving = Path(settings.serving_path)
+    if not serving.exists():
+        return ""
+    con = duckdb.connect(str(serving), read_only=True)
+    try:
+        if not _has_log(con):
+            return "a file without a publish log"
+        row = con.execute("select event, run_id, published_at from meta.publish_log "
+                          "order by published_at desc limit 1").fetchone()
+        return "a file without a publish log" if row is None else f"run {row[1]} ({row[0]} at {row[2]:%Y-%m-%d %H:%M:%S.%f} UTC)"
+    finally:
+        con.close()
+
+
 def serving_run_id(path: Path) -> str | None:
     """Run id of the warehouse in a published file (last row of its publish log)."""
     path = Path(path)
@@ -478,10 +510,14 @@ def history_files(settings) -> list[Path]:
     return _archives(Path(settings.history_dir))
 
 
-def _prune(folder: Path, keep: int) -> None:
+def _prune(folder: Path, keep: int, since: datetime | None = None) -> None:
+    """Keep the newest ``keep`` archived files of ``folder``, and every file archived after
+    ``since`` (files rolled back since the served one was published: the next publication
+    is checked against each, ``_rolled_back_since``)."""
     files = _archives(folder)
     for old in files[:-keep] if keep else files:
-        _remove_db(old)
+        if since is None or _archived_at(old) <= since:
+            _remove_db(old)
 
 
 def _swap_in(path: Path, serving: Path) -> None:
@@ -536,6 +572,15 @@ def commit(settings, candidate: Candidate, code_version: str, deliveries: list[d
         con = duckdb.connect(str(candidate.path))
         try:
             con.execute("set TimeZone = 'UTC'")
+            served = _served_identity(settings)
+            if candidate.served is not None and served != candidate.served:
+                # a `jisr rollback` since staging: the candidate's cells were protected against
+                # a file no longer served, and never against the one served now
+                raise PublishError(
+                    f"the serving warehouse changed since the candidate of run {candidate.run_id} was staged "
+                    f"({candidate.served or 'nothing served'} then, {served or 'nothing served'} now: `jisr rollback`?); "
+                    "its disclosure control was checked against the file served then, so it is not published: "
+                    "run the refresh again")
             if audit:
                 results = _audit(con, settings, cfg, candidate.run_id, list(evaluated or ()))
                 failures = blocking_failures(results)
@@ -636,6 +681,7 @@ def rollback(settings, cfg: QualityConfig | None = None) -> RollbackResult:
                                          "checks_passed", "table_row_counts", "disclosure"], row)))
             _write_log(con, settings, log)
             con.execute("checkpoint")
+            published = _published_at(con)
         except BaseException:
             con.close()
             _remove_db(work)
@@ -644,7 +690,7 @@ def rollback(settings, cfg: QualityConfig | None = None) -> RollbackResult:
         _archive_serving(settings, Path(settings.history_dir) / "rolled_back")
         _swap_in(work, serving)
         _remove_db(source)
-        _prune(Path(settings.history_dir) / "rolled_back", cfg.history_keep)
+        _prune(Path(settings.history_dir) / "rolled_back", cfg.history_keep, since=published)
     return RollbackResult(restored_run_id=restored, replaced_run_id=replaced, restored_from=source,
                           serving_path=serving)
 

@@ -247,6 +247,112 @@ def test_two_rollbacks_in_a_row_check_the_next_publication_against_both_files_ro
     assert publish_mod._archived_at(files["run-3"]) > publish_mod._archived_at(files["run-4"])  # rolled back last
 
 
+def test_files_rolled_back_in_earlier_rollbacks_are_still_checked(published, monkeypatch):
+    """run-2 is rolled back, run-3 published then rolled back: run-1 is served again, and both
+    were served after it. A restored file carries the log of the files published after it, so
+    its newest 'publish' row is run-3's: the check reads run-1's own row, and run-4 is
+    checked against run-3 and run-2 (before: run-3 only, and a reader of run-2 and run-4
+    could recover a cell both hid)."""
+    calls = stub_disclosure(monkeypatch)
+    for i in (2, 3):
+        make_build(published, estimate=float(i), extra_sql=[COSTS_MART.format(paid=i)])
+        publish(published, f"run-{i}", "v")
+        rollback(published)
+    assert publish_mod.serving_run_id(published.serving_path) == "run-1"
+    calls.clear()
+    make_build(published, estimate=4.0, extra_sql=[COSTS_MART.format(paid=4)])
+    publish(published, "run-4", "v")
+    assert [c for c in calls if c.startswith("other:")] == ["other: other_0 (with tables)", "other: other_1 (with tables)"]
+
+
+ONE_TABLE_DISCLOSURE = """
+k: 10
+suppress_zeros: false
+assume_external_totals: true
+flag_column: is_suppressed
+total_label: all
+check_against: previous
+tables:
+  - table: marts.mart_cells
+    dimensions: [region_code]
+    count_columns: [n]
+exempt_tables: []
+"""
+
+
+def _cells(a, b, c, d):
+    return (f"create table marts.mart_cells as select * from (values ('a', {a}), ('b', {b}), ('c', {c}), ('d', {d}), "
+            f"('all', {a + b + c + d})) t(region_code, n)")
+
+
+def test_a_reader_of_two_files_rolled_back_apart_recovers_no_small_cell(settings, contracts, monkeypatch, tmp_path):
+    """Real disclosure control. run-2 (a=3, b=15, c=20, d=50) hides a and b; it is rolled
+    back, run-3 published and rolled back. run-4 (a=3, b=15, c=12, d=60) on its own would
+    hide a and c and publish b=15: with run-2's total, c and d, a reader gets a = 3. run-4 is
+    checked against run-2 too, so b stays hidden."""
+    config = tmp_path / "config"
+    shutil.copytree(settings.config_dir, config)
+    (config / "disclosure.yml").write_text(ONE_TABLE_DISCLOSURE, encoding="utf-8")
+    monkeypatch.setattr(Settings, "config_dir", property(lambda self: config))
+    monkeypatch.setattr(disclosure, "review", lambda con, settings: [])
+    ingest_sample(settings, contracts)
+    for run, cells in (("run-1", (100, 110, 120, 130)), ("run-2", (3, 15, 20, 50)), ("run-3", (100, 110, 120, 130))):
+        make_build(settings, extra_sql=[_cells(*cells)])
+        publish(settings, run, "v")
+        if run != "run-1":
+            rollback(settings)
+    make_build(settings, extra_sql=[_cells(3, 15, 12, 60)])
+    publish(settings, "run-4", "v")
+    sql = "select n from marts.mart_cells where region_code = 'b'"
+    assert serving_value(settings, sql) is None
+
+
+def test_rollback_keeps_every_file_rolled_back_since_the_served_one_was_published(published):
+    """With one file kept, publishing and rolling back twice leaves two files rolled back since
+    run-1 was published: both are kept (the next publication is checked against each), and
+    pruning resumes once a publication makes them older than the served file."""
+    data = config_for(published).raw
+    data["publish"]["history_keep"] = 1
+    cfg = parse_config(data)
+    for i in (2, 3):
+        make_build(published, estimate=float(i), extra_sql=[COSTS_MART.format(paid=i)])
+        publish(published, f"run-{i}", "v", cfg=cfg)
+        rollback(published, cfg)
+    rolled_back = published.history_dir / "rolled_back"
+    assert sorted(publish_mod._archived_run(p) for p in publish_mod._archives(rolled_back)) == ["run-2", "run-3"]
+    assert sorted(p.stem for p in published.publication_counts_dir.glob("*.duckdb")) == ["run-1", "run-2", "run-3"]
+    make_build(published, estimate=4.0, extra_sql=[COSTS_MART.format(paid=4)])
+    publish(published, "run-4", "v", cfg=cfg)
+    make_build(published, estimate=5.0, extra_sql=[COSTS_MART.format(paid=5)])
+    publish(published, "run-5", "v", cfg=cfg)
+    rollback(published, cfg)  # run-4 served again: run-2 and run-3 were rolled back before it was published
+    assert [publish_mod._archived_run(p) for p in publish_mod._archives(rolled_back)] == ["run-5"]
+
+
+def test_a_candidate_staged_before_a_rollback_is_not_published(published, monkeypatch):
+    """In a Dagster run the candidate is staged (and protected against the file served then)
+    by one asset and committed by the next; a `jisr rollback` in between serves another file,
+    against which the candidate was never checked: the commit refuses, names both, removes
+    the candidate, and the serving file stays the restored one."""
+    stub_disclosure(monkeypatch)
+    make_build(published, estimate=2.0)
+    publish(published, "run-2", "v")
+    make_build(published, estimate=3.0)
+    candidate = publish_mod.stage_candidate(published, "run-3")
+    assert candidate.served.startswith("run run-2 (publish at ")
+    assert publish_mod.load_candidate(published, "run-3").served == candidate.served
+    rollback(published)
+    before = sha256(published.serving_path)
+    with pytest.raises(PublishError, match=r"changed since the candidate of run run-3 was staged \(run run-2 "
+                                           r"\(publish at .*\) then, run run-1 \(rollback at .*\) now"):
+        publish_mod.commit(published, candidate, "v")
+    assert sha256(published.serving_path) == before and not candidate.path.exists()
+    assert publish_mod.serving_run_id(published.serving_path) == "run-1"
+    make_build(published, estimate=4.0)
+    publish(published, "run-4", "v")  # the next refresh stages against the file served now
+    assert publish_mod.serving_run_id(published.serving_path) == "run-4"
+
+
 def test_check_against_kept_checks_a_publication_against_every_file_kept(published, monkeypatch, tmp_path):
     """``check_against: kept`` (config/disclosure.yml): besides the file served, every file
     kept for rollback and every file rolled back, newest first, each with its counts."""
