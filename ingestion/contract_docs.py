@@ -15,7 +15,9 @@ read under its contract is moved to `rejected/<partner>/` with a report; a row t
 rule goes to the quarantine with the rule's name (`required:<column>`, `type:<column>` (a
 value that does not parse as its column's type; a `decimal` is an amount in dirhams with at
 most two decimals: `12.345` is set aside, never rounded, while a workbook's float noise such
-as `1234.5600000000002` loads as 1234.56), `pattern:<column>`, `allowed:<column>`, `min:<column>`, `max:<column>`,
+as `1234.5600000000002`, 16 significant digits or more, loads as 1234.56; a `date` is written
+in the contract's format with a four-digit year, or as yyyy-mm-dd: `01/02/24` and `epoch` are
+set aside), `pattern:<column>`, `allowed:<column>`, `min:<column>`, `max:<column>`,
 `references:<column>`, `duplicate_key`, `key_in_other_batch` (the key is already loaded from
 another batch of a `replace_batch` source), `rule:<name>`, and `malformed_row` (a CSV row without
 the header's number of fields, a JSON line that is not one object: quarantined without

@@ -198,15 +198,23 @@ _GROUPED_BY_DOTS = r"[+-]?[1-9]\d{0,2}(\.\d{3})+(,\d*)?"
 # to 13) fails typing. A whole number may carry zero decimals (12.0: JSON numbers, workbooks).
 _WHOLE_NUMBER = r"[+-]?\d+(\.0*)?"
 _NUMBER = r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?"
+# A number with at most two decimals that count (12, 12.5, 12.50, 12.500), no exponent
+_TWO_PLACES = r"[+-]?(\d+(\.\d{0,2}0*)?|\.\d{1,2}0*)"
 
 
-def _within_places(value: str) -> str:
-    """SQL true when a number has at most ``DECIMAL_PLACES`` decimals. A third decimal
-    (12.345) fails typing rather than being rounded into the DECIMAL column; the noise of a
-    binary float (1234.5600000000002, written by a workbook's arithmetic) is not a decimal
-    the partner meant: a difference within 1e-12 of the value's size is tolerated."""
-    return (f"abs({value} - round({value}, {DECIMAL_PLACES})) "
-            f"<= 1e-12 * greatest(abs({value}), 1)")
+def _within_places(text: str) -> str:
+    """SQL true when a number's text has at most ``DECIMAL_PLACES`` decimals that count. A
+    third decimal (12.345, 50000000000.125) fails typing rather than being rounded into the
+    DECIMAL column. A binary float's noise (1234.5600000000002, written by a workbook's
+    arithmetic) is not a decimal the partner meant: a text of 16 significant digits or more
+    (a float's repr; what a person types has fewer) within 1e-12 of its size of a
+    two-decimal value is read as that value."""
+    exact = f"try_cast({text} as DECIMAL(38,18))"
+    value = f"try_cast({text} as double)"
+    digits = f"length(ltrim(regexp_replace(regexp_replace({text}, '[eE].*', ''), '[^0-9]', '', 'g'), '0'))"
+    return (f"case when {exact} = round({exact}, {DECIMAL_PLACES}) then true "
+            f"when {digits} >= 16 then abs({value} - round({value}, {DECIMAL_PLACES})) "
+            f"<= 1e-12 * greatest(abs({value}), 1) else false end")
 
 
 def _numeric_text(expr: str, decimal: str) -> str:
@@ -222,6 +230,41 @@ def _numeric_text(expr: str, decimal: str) -> str:
     return cleaned
 
 
+# A year of four digits, 0001 to 9999: DuckDB's %Y reads 1 to 4 digits (01/02/24 would load
+# as the year 24) and a cast reads 'epoch', 'infinity' and five-digit years as dates.
+_YEAR = r"(?:[1-9]\d{3}|0[1-9]\d{2}|00[1-9]\d|000[1-9])"
+_DIRECTIVES = {"%d": r"\d{1,2}", "%m": r"\d{1,2}", "%Y": _YEAR, "%H": r"\d{1,2}", "%M": r"\d{1,2}", "%S": r"\d{1,2}"}
+_SPACED = r"\s*(?:{})\s*"  # blanks around a date are read as DuckDB reads them: ignored
+# ISO 8601 dates and times, as JSON, workbooks and databases write them
+_ISO = _YEAR + r"-\d{1,2}-\d{1,2}(?:[ T]\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}(?::?\d{2})?)?)?"
+
+
+def _format_shape(date_format: str) -> str | None:
+    """The regular expression a value written in ``date_format`` matches (None: a directive
+    this does not know, the format is then read without a shape)."""
+    parts = re.split(r"(%.)", date_format)
+    out = []
+    for part in parts:
+        if part.startswith("%") and len(part) == 2:
+            if part not in _DIRECTIVES:
+                return None
+            out.append(_DIRECTIVES[part])
+        else:
+            out.append(re.escape(part))
+    return "".join(out)
+
+
+def _date_expr(x: str, date_format: str) -> str:
+    """SQL reading a date written in the contract's format, or in ISO form; NULL for anything
+    else (two-digit years, 'epoch', 'infinity', five-digit years)."""
+    shape = _format_shape(date_format)
+    by_format = f"try_strptime({x}, {_lit(date_format)})::date"
+    if shape is not None:
+        by_format = f"case when regexp_full_match({x}, {_lit(_SPACED.format(shape))}) then {by_format} end"
+    return (f"coalesce({by_format}, case when regexp_full_match({x}, {_lit(_SPACED.format(_ISO))}) "
+            f"then try_cast({x} as date) end)")
+
+
 def typed_expr(contract: Contract, col) -> str:
     """SQL turning the staged text of a column into its contract type (NULL if unparseable)."""
     x = col.name
@@ -230,14 +273,16 @@ def typed_expr(contract: Contract, col) -> str:
     if col.type in ("integer", "decimal", "double"):
         text = _numeric_text(x, contract.decimal)
         shape = _WHOLE_NUMBER if col.type == "integer" else _NUMBER
-        valid = f"regexp_full_match({text}, {_lit(shape)})"
-        if col.type == "decimal":
-            valid += f" and {_within_places(f'try_cast({text} as double)')}"
-        return f"try_cast(case when {valid} then {text} end as {col.sql_type})"
+        if col.type == "decimal":  # most amounts have two decimals or fewer: one match, as for other numbers
+            return (f"try_cast(case when regexp_full_match({text}, {_lit(_TWO_PLACES)}) then {text} "
+                    f"when regexp_full_match({text}, {_lit(shape)}) and {_within_places(text)} then {text} end "
+                    f"as {col.sql_type})")
+        return f"try_cast(case when regexp_full_match({text}, {_lit(shape)}) then {text} end as {col.sql_type})"
     if col.type == "date":
-        return f"coalesce(try_strptime({x}, {_lit(contract.date_format)})::date, try_cast({x} as date))"
+        return _date_expr(x, contract.date_format)
     if col.type == "timestamp":
-        return f"timezone('UTC', try_cast({x} as timestamptz))"
+        return (f"case when regexp_full_match({x}, {_lit(_SPACED.format(_ISO))}) "
+                f"then timezone('UTC', try_cast({x} as timestamptz)) end")
     if col.type == "boolean":
         return (
             f"case when lower({x}) in ('1', 'true', 'oui', 'o', 'yes', 'y', 'vrai') then true "
@@ -281,6 +326,10 @@ def _violations_sql(contract: Contract, typed: str, seeds_dir: Path) -> str:
                               else " (") + f"at most {DECIMAL_PLACES} decimals)"
             elif col.type == "double" and contract.decimal == ",":
                 convention = " (decimal comma, dots only between thousands: 1.234,50)"
+            elif col.type == "date":
+                convention = f" (written {contract.date_format} with a four-digit year, or yyyy-mm-dd)"
+            elif col.type == "timestamp":
+                convention = " (ISO 8601: yyyy-mm-dd hh:mm:ss, with a time zone or in UTC)"
             add(f"type:{n}", n, f"{n} is not null and {t} is null",
                 f"'column {n} value ' || {shown} || ' is not a valid {col.type}{convention}'")
         if col.pattern:

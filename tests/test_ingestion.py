@@ -323,6 +323,12 @@ def test_the_rejection_report_of_a_json_lines_file_names_the_line_and_no_machine
     "row, rule, message",
     [
         (person(90, birth_date="31/02/1990"), "type:birth_date", "column birth_date value '31/02/1990' is not a valid date"),
+        # a two-digit year was read as the year 85 (then refused as below the minimum: the
+        # reason was wrong), 'epoch' as 1970-01-01, a five-digit ISO year as such
+        (person(96, birth_date="01/02/85"), "type:birth_date",
+         "column birth_date value '01/02/85' is not a valid date (written %d/%m/%Y with a four-digit year, or yyyy-mm-dd)"),
+        (person(97, birth_date="epoch"), "type:birth_date", "column birth_date value 'epoch' is not a valid date"),
+        (person(98, birth_date="11985-02-01"), "type:birth_date", "value '11985-02-01' is not a valid date"),
         (person(91, region_code="13", province_code="1301", commune_code="1301001"), "allowed:region_code", "value '13' is not one of"),
         (person(92, cin="A12"), "pattern:cin", "column cin value (identifier withheld) does not match the pattern"),
         (person(93, sex=""), "required:sex", "column sex is required but empty"),
@@ -388,19 +394,21 @@ def test_an_amount_with_a_third_decimal_is_quarantined_not_rounded(settings, con
     """An amount in dirhams has at most two decimals. 12,345 was loaded as 12.35 (DECIMAL(18,2)
     rounds on cast), losing what the partner wrote without a word; it is now quarantined by
     the type rule (the suites' type expectation reads the same typed value). The noise of a workbook's
-    binary floats (1234,5600000000002) is not a third decimal and loads as 1234.56."""
+    binary floats (1234,5600000000002: 16 significant digits or more) is not a third decimal and
+    loads as 1234.56; a large amount's third decimal (50000000000,125) is one."""
     base_delivery(settings, contracts, n=8)
-    amounts = ["12,345", "1234,5600000000002", "0,30000000000000004", "12,34001", "-0,005", "12,3400", "7"]
+    amounts = ["12,345", "1234,5600000000002", "0,30000000000000004", "12,34001", "-0,005", "12,3400", "7",
+               "50000000000,125", "12.000.000.000,004", "100000000,01000001"]
     write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv",
                    [payment(i, payment_id=f"P-{i}", enrolment_id=f"E{i % 8}", cin=f"AB{100000 + i % 8}", amount_mad=a)
                     for i, a in enumerate(amounts)])
     f = result_for(ingest(settings, contracts), "paiements_2025-01.csv")
-    assert (f.rows_delivered, f.rows_loaded, f.rows_quarantined) == (7, 4, 3)
+    assert (f.rows_delivered, f.rows_loaded, f.rows_quarantined) == (10, 5, 5)
     con = store(settings)
     loaded = con.execute("select payment_id, amount_mad::varchar from raw.payments order by _source_row").fetchall()
-    assert loaded == [("P-1", "1234.56"), ("P-2", "0.30"), ("P-5", "12.34"), ("P-6", "7.00")]
+    assert loaded == [("P-1", "1234.56"), ("P-2", "0.30"), ("P-5", "12.34"), ("P-6", "7.00"), ("P-9", "100000000.01")]
     rows = con.execute("select source_row, rule, message from quarantine.rows order by source_row, rule").fetchall()
-    assert [(r[0], r[1]) for r in rows] == [(1, "type:amount_mad"), (4, "type:amount_mad"), (5, "type:amount_mad")]
+    assert [(r[0], r[1]) for r in rows] == [(n, "type:amount_mad") for n in (1, 4, 5, 8, 9)]
     assert ("paiements_2025-01.csv, row 1: column amount_mad value '12,345' is not a valid decimal "
             "(decimal comma, dots only between thousands: 1.234,50; at most 2 decimals)") in [r[2] for r in rows]
 
