@@ -633,10 +633,33 @@ def _describe_jsonl_error(exc: Exception, path: Path) -> str:
     return f"not valid JSON lines: {shown_name(path)}: {text.strip()} (DuckDB's reader; the line was not located)"
 
 
+def _add_every_key(con, path: Path, keys: dict[str, None]) -> bool:
+    """Add to ``keys`` the keys of every record of a JSON-lines file that ``keys`` does not
+    hold yet (sorted by name); whether the file could be scanned.
+
+    DuckDB's reader, given the fields to read (``columns``), ignores any other key without a
+    word, so every key of every record must be among them: a producer that omits null
+    fields may write a field for the first time on any line (a write-off date on the
+    2,000th loan). One pass of DuckDB's JSON parser lists the distinct keys (about half the
+    time the staging read takes: 0.5 s for 300 MB, where Python's parser takes 5 s); lines
+    that are not one JSON object are passed over here and dealt with when the file is
+    staged."""
+    import duckdb
+
+    try:
+        found = con.execute("select distinct unnest(json_keys(json)) from read_ndjson_objects(?, ignore_errors=true)",
+                            [str(path)]).fetchall()
+    except duckdb.Error:
+        return False
+    keys.update(dict.fromkeys(sorted(key for (key,) in found if key not in keys)))
+    return True
+
+
 def stage_jsonl(con, path: Path, contract: Contract, table: str, sample_lines: int = 1000) -> Staged:
-    """Stage JSON lines. Field names are the union of the keys of the first records
-    (a record may omit an optional field). A line that is not one JSON object is staged
-    apart (``Staged.malformed``), unless the file cannot be read as records at all."""
+    """Stage JSON lines. Field names are the union of the keys of every record (a record may
+    omit an optional field), in the order the first records give them, then by name. A line
+    that is not one JSON object is staged apart (``Staged.malformed``), unless the file cannot
+    be read as records at all."""
     keys: dict[str, None] = {}
     first_problem = None
     with open(path, "rb") as fh:
@@ -651,6 +674,7 @@ def stage_jsonl(con, path: Path, contract: Contract, table: str, sample_lines: i
         if first_problem:
             raise _jsonl_rejection(path, *first_problem)
         raise FileRejected("the file has no JSON record")
+    scanned = _add_every_key(con, path, keys)
     mapping, warnings = _map_headers(contract, list(keys), "field")
     source_sql = f"select * from read_json(?, format='newline_delimited', columns={_varchar_columns(keys)})"
     try:
@@ -666,6 +690,9 @@ def stage_jsonl(con, path: Path, contract: Contract, table: str, sample_lines: i
         bad = _without_bad_jsonl_lines(path, copy)
         if not bad:
             raise FileRejected(_describe_jsonl_error(refused, path)) from None
+        if not scanned and _add_every_key(con, copy, keys):  # the file's records, now that they can be read
+            mapping, warnings = _map_headers(contract, list(keys), "field")
+            source_sql = f"select * from read_json(?, format='newline_delimited', columns={_varchar_columns(keys)})"
         malformed = _list_malformed(con, table, bad)
         try:
             _stage_from(con, contract, mapping, source_sql, table, [str(copy)], lambda: malformed)

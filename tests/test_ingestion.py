@@ -293,6 +293,28 @@ def test_a_bad_json_line_after_the_sampled_lines_is_named_by_its_line_number(con
     assert row == 30 and message.startswith("line 30: Unterminated string")
 
 
+def test_a_json_field_first_seen_after_the_sampled_lines_is_read(settings, contracts):
+    """A producer that omits null fields writes a write-off on the 1002nd loan only: its
+    fields are read (not loaded as NULL, failing write_off_consistent), and a field the
+    contract does not know, first seen there too, is reported."""
+    base_delivery(settings, contracts, n=2)
+    loan = {"borrower_cin": "AB100001", "programme_code": "DSD-01", "product": "agricultural", "principal_mad": 1000,
+            "term_months": 12, "disbursement_date": "2025-01-02", "status": "active"}
+    path = settings.landing_dir / "cdg_finance" / "loans_2025-01.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    records = [dict(loan, loan_id=f"L{i}") for i in range(1001)]
+    records.append(dict(loan, loan_id="L_wo", status="written_off", written_off_date="2025-01-20",
+                        written_off_mad=800, branch="Rabat"))
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    summary = ingest(settings, contracts)
+    result = result_for(summary, "loans_2025-01.jsonl")
+    assert (result.rows_loaded, result.rows_quarantined) == (1002, 0), result.rules_failed
+    assert result.warnings == ["field 'branch' is not in the contract and was ignored"]
+    con = store(settings)
+    assert con.execute("select written_off_date::varchar, written_off_mad::double from raw.loans "
+                       "where loan_id = 'L_wo'").fetchone() == ("2025-01-20", 800.0)
+
+
 def test_a_bad_json_line_is_quarantined_and_reported_without_a_machine_path(settings, contracts):
     jsonl_delivery(settings.landing_dir, contracts, lambda ls: _set(ls, 6, ls[5][:40]))
     summary = ingest(settings, contracts)
