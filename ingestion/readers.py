@@ -13,6 +13,7 @@ A file that cannot be read at all raises :class:`FileRejected` with a readable r
 from __future__ import annotations
 
 import codecs
+import functools
 import json
 import re
 import tempfile
@@ -716,6 +717,79 @@ def _cell_text(value) -> str | None:
     return str(value)
 
 
+XLSX_CELL_TYPES = {"n": "a number", "b": "true or false", "d": "an ISO 8601 date", "e": "an error value"}
+
+
+class _CellUnreadable(Exception):
+    """A cell of a worksheet whose content does not match its type; the message names the
+    cell, never its content (it may be personal data)."""
+
+
+@functools.cache
+def _sheet_parser():
+    """openpyxl's parser of a worksheet's XML, whose errors on a cell name the cell (openpyxl's
+    own message quotes the content: ``invalid literal for int() with base 10: 'AB100001'``)."""
+    from openpyxl.utils.exceptions import CellCoordinatesException
+    from openpyxl.worksheet._reader import WorkSheetParser
+
+    class SheetParser(WorkSheetParser):
+        def parse_cell(self, element):
+            try:
+                return super().parse_cell(element)
+            except (ValueError, TypeError, IndexError, KeyError, OverflowError, CellCoordinatesException):
+                cell, kind = str(element.get("r", "?"))[:20], element.get("t", "n")
+                if kind == "s":
+                    raise _CellUnreadable(f"cell {cell} refers to a text the workbook does not hold") from None
+                if kind in XLSX_CELL_TYPES:
+                    raise _CellUnreadable(f"cell {cell} is marked as holding {XLSX_CELL_TYPES[kind]} but does "
+                                          "not hold one") from None
+                raise _CellUnreadable(f"cell {cell} could not be read") from None
+
+    return SheetParser
+
+
+def _sheet_rows(wb, ws):
+    """The rows of a worksheet of a workbook opened read-only, as ``ws.iter_rows(values_only=True)``
+    gives them (from row 1, a missing row empty, up to the sheet's recorded dimension if it
+    has one), read by :func:`_sheet_parser`.
+
+    openpyxl reads a sheet's XML only while its rows are iterated, so a damaged sheet (text
+    in a cell marked as a number, a part cut short, a corrupt archive member) fails then,
+    after the workbook opened: such failures, and only those of the parser, reject the file,
+    naming the problem."""
+    from zipfile import BadZipFile
+    from zlib import error as ZlibError
+
+    max_row, max_col = ws.max_row, ws.max_column
+    expected = 1
+    try:
+        with ws._get_source() as src:
+            parser = _sheet_parser()(src, ws._shared_strings, data_only=True, epoch=wb.epoch,
+                                     date_formats=wb._date_formats, timedelta_formats=wb._timedelta_formats)
+            for number, cells in parser.parse():
+                if max_row is not None and number > max_row:
+                    break
+                if number < expected:  # a row number repeated or going back: openpyxl passes over it
+                    continue
+                for _ in range(expected, number):
+                    yield ()
+                expected = number + 1
+                width = max_col or (cells[-1]["column"] if cells else 0)
+                row = [None] * width
+                for cell in cells:
+                    if cell["column"] <= width:
+                        row[cell["column"] - 1] = cell["value"]
+                yield row
+    except _CellUnreadable as exc:
+        raise FileRejected(f"not a valid Excel workbook (.xlsx): the sheet {ws.title!r} could not be read: {exc}") from None
+    except SyntaxError as exc:  # xml.etree's ParseError: the sheet's XML is not well-formed
+        raise FileRejected(f"not a valid Excel workbook (.xlsx): the sheet {ws.title!r} could not be read: its XML "
+                           f"is not well-formed ({exc}): was the file cut short or damaged?") from None
+    except (BadZipFile, ZlibError, EOFError, OSError, ValueError, TypeError, KeyError, IndexError) as exc:
+        raise FileRejected(f"not a valid Excel workbook (.xlsx): the sheet {ws.title!r} could not be read: "
+                           f"{type(exc).__name__}: {exc}") from None
+
+
 def stage_xlsx(con, path: Path, contract: Contract, table: str, batch_rows: int = 50_000) -> Staged:
     import pyarrow as pa
     from openpyxl import load_workbook
@@ -726,12 +800,17 @@ def stage_xlsx(con, path: Path, contract: Contract, table: str, batch_rows: int 
         wb = load_workbook(path, read_only=True, data_only=True)
     except (BadZipFile, InvalidFileException, KeyError, OSError) as exc:
         raise FileRejected(f"not a valid Excel workbook (.xlsx): {type(exc).__name__}: {exc}") from None
+    except SyntaxError as exc:  # xml.etree's ParseError
+        raise FileRejected(f"not a valid Excel workbook (.xlsx): a part of it is not well-formed XML ({exc}): was "
+                           "the file cut short or damaged?") from None
     try:
         sheet_name = contract.xlsx.get("sheet")
         if sheet_name and sheet_name not in wb.sheetnames:
             raise FileRejected(f"the workbook has no sheet {sheet_name!r} (sheets: {', '.join(wb.sheetnames)})")
+        if not wb.worksheets:
+            raise FileRejected("the workbook has no sheet")
         ws = wb[sheet_name] if sheet_name else wb.worksheets[0]
-        rows = ws.iter_rows(values_only=True)
+        rows = _sheet_rows(wb, ws)
         header = next(rows, None)
         if not header or all(h is None for h in header):
             raise FileRejected("the sheet has no header row")

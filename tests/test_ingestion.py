@@ -1708,6 +1708,60 @@ def test_ingest_reads_jsonl_and_xlsx(settings, contracts):
     assert con.execute("select incubation_start_date::varchar, jobs_created from raw.ventures").fetchone() == ("2025-01-15", 3)
 
 
+VENTURE = {"venture_id": "V1", "promoter_cin": "AB100000", "programme_code": "DSD-01", "venture_name": "Coop Argane",
+           "legal_form": "cooperative", "sector": "agriculture", "cohort": "2025-A", "region_code": "09",
+           "incubation_start_date": "2025-01-15", "status": "active", "jobs_created": 3, "revenue_mad": 120000}
+
+
+def _workbook_part_changed(path: Path, part: str, change) -> Path:
+    """Rewrite ``path`` as a workbook of its contract's rows saved by openpyxl's default mode
+    (its sheets record their dimension: openpyxl then reads them only while iterating their
+    rows), one part (member) of its archive rewritten by ``change`` (bytes -> bytes)."""
+    import io
+    import zipfile
+
+    from openpyxl import Workbook, load_workbook
+
+    rows = list(load_workbook(path, read_only=True).worksheets[0].values)
+    wb = Workbook()
+    wb.active.title = "ventures"
+    for row in rows:
+        wb.active.append(row)
+    wb.save(path)
+    with zipfile.ZipFile(path) as src:
+        members = [(info, src.read(info.filename)) for info in src.infolist()]
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as dst:
+        for info, body in members:
+            dst.writestr(info, change(body) if info.filename == part else body)
+    path.write_bytes(out.getvalue())
+    return path
+
+
+@pytest.mark.parametrize("part, change, reason", [
+    ("xl/worksheets/sheet1.xml", lambda b: b.replace(b'<c r="M2" t="n"><v>3</v>', b'<c r="M2" t="n"><v>AB100001</v>'),
+     "not a valid Excel workbook (.xlsx): the sheet 'ventures' could not be read: cell M2 is marked as holding a "
+     "number but does not hold one"),
+    ("xl/worksheets/sheet1.xml", lambda b: b[: b.rindex(b"</row>")],
+     "not a valid Excel workbook (.xlsx): the sheet 'ventures' could not be read: its XML is not well-formed"),
+    ("xl/workbook.xml", lambda b: b[: len(b) // 2],
+     "not a valid Excel workbook (.xlsx): a part of it is not well-formed XML"),
+], ids=["text in a number cell", "sheet cut short", "workbook part cut short"])
+def test_a_workbook_with_a_damaged_part_is_rejected_and_the_other_files_load(settings, contracts, part, change, reason):
+    """openpyxl reads a sheet only while its rows are iterated: a damaged sheet rejects its
+    file with the problem named (never the cell's content), not the whole pass."""
+    base_delivery(settings, contracts, n=2)
+    damaged = write_delivery(settings.landing_dir, contracts["ventures"], "ventures_2025-01.xlsx", [VENTURE])
+    _workbook_part_changed(damaged, part, change)
+    write_delivery(settings.landing_dir, contracts["ventures"], "ventures_2025-02.xlsx", [VENTURE])
+    summary = ingest(settings, contracts)
+    bad = result_for(summary, "ventures_2025-01.xlsx")
+    assert bad.status == "rejected" and bad.reason.startswith(reason), bad.reason
+    assert "AB100001" not in bad.reason and str(settings.home) not in bad.reason
+    assert (settings.rejected_dir / "cdg_incubation" / "ventures_2025-01.xlsx").exists()
+    assert result_for(summary, "ventures_2025-02.xlsx").rows_loaded == 1
+
+
 def test_ingest_quarantines_every_row_a_validator_returns(settings, contracts):
     base_delivery(settings, contracts, n=6)
 
