@@ -20,8 +20,9 @@ in the contract's format with a four-digit year, or as yyyy-mm-dd: `01/02/24` an
 set aside), `pattern:<column>`, `allowed:<column>`, `min:<column>`, `max:<column>`,
 `references:<column>`, `duplicate_key`, `key_in_other_batch` (the key is already loaded from
 another batch of a `replace_batch` source), `rule:<name>`, and `malformed_row` (a CSV row without
-the header's number of fields, a JSON line that is not one object: quarantined without
-values, its line named)). A row quarantined only for `references:<column>` or
+the header's number of fields, a JSON line that is not one object, a workbook row with a
+formula saved without its computed value: quarantined without values, its line or cells
+named)). A row quarantined only for `references:<column>` or
 `key_in_other_batch` is loaded by a later refresh once the row it refers to is loaded or the
 key has left the other batch. Direct identifiers (marked
 **pseudonymised**) never reach the raw layer: they are replaced by a keyed HMAC-SHA256

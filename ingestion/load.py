@@ -12,7 +12,7 @@ For each delivered file (in contract dependency order, then batch order):
    (row, rule) goes to ``quarantine.rows`` with the row's values (direct identifiers
    pseudonymised) and a message naming file, row and rule; so does a row the reader could
    not read (``malformed_row``, no values: a CSV row without the header's number of fields,
-   a JSON line that is not one object);
+   a JSON line that is not one object, a workbook row with a formula saved without its result);
 4. replace direct identifiers by keyed pseudonyms and append the valid rows to
    ``raw.<source>`` with lineage columns; apply the contract's supersede rule;
 5. record the delivery in ``meta.deliveries`` where rows delivered = loaded + quarantined,
@@ -423,7 +423,8 @@ _RULE_TEXT = {
     "duplicate_key": "the key ({col}) appears more than once in the file",
     "key_in_other_batch": "the key ({col}) is already loaded from another month; the row loads on its own "
                           "once a delivery of that month no longer holds it",
-    "malformed_row": "the row could not be read (not the header's number of fields, or not one JSON object)",
+    "malformed_row": "the row could not be read (not the header's number of fields, not one JSON object, or a "
+                     "workbook formula saved without its computed value)",
 }
 # The Great Expectations suites' rules (gx:<expectation>:<column>); a typed column is empty
 # both when the value is missing and when it is not of the column's type.

@@ -5,8 +5,9 @@ resolved) plus ``_source_row`` (1-based data row number; the header is not count
 copy of the file (:func:`drop_staged` removes both). Typing happens later
 in SQL, so a value that does not parse becomes a quarantined row rather than a lost file.
 A row that cannot be read (a CSV row without the header's number of fields, a JSON line that
-is not one object) is not staged: it is listed in the table ``Staged.malformed`` names, to be
-quarantined with its row and line numbers.
+is not one object, a workbook row with a formula saved without its result) is not staged: it
+is listed in the table ``Staged.malformed`` names, to be quarantined with its row and line
+numbers.
 A file that cannot be read at all raises :class:`FileRejected` with a readable reason.
 """
 
@@ -728,14 +729,31 @@ class _CellUnreadable(Exception):
 @functools.cache
 def _sheet_parser():
     """openpyxl's parser of a worksheet's XML, whose errors on a cell name the cell (openpyxl's
-    own message quotes the content: ``invalid literal for int() with base 10: 'AB100001'``)."""
+    own message quotes the content: ``invalid literal for int() with base 10: 'AB100001'``),
+    and which lists in ``unfilled`` the columns of the row just parsed whose cell holds a
+    formula without its result.
+
+    A workbook stores a formula's result beside it (``<f>`` and ``<v>``) when a spreadsheet
+    program saved it; one written by a script (openpyxl) holds the formula only. Read for
+    values (``data_only``), openpyxl gives such a cell as empty, like a blank one: the formula
+    is looked for only in a cell without a value, so a workbook of values costs nothing more.
+    A formula whose result is text (``t="str"``) may have computed an empty text: such a cell
+    is empty."""
     from openpyxl.utils.exceptions import CellCoordinatesException
-    from openpyxl.worksheet._reader import WorkSheetParser
+    from openpyxl.worksheet._reader import FORMULA_TAG, WorkSheetParser
 
     class SheetParser(WorkSheetParser):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.unfilled: list[int] = []
+
+        def parse_row(self, row):
+            self.unfilled = []
+            return super().parse_row(row)
+
         def parse_cell(self, element):
             try:
-                return super().parse_cell(element)
+                cell = super().parse_cell(element)
             except (ValueError, TypeError, IndexError, KeyError, OverflowError, CellCoordinatesException):
                 cell, kind = str(element.get("r", "?"))[:20], element.get("t", "n")
                 if kind == "s":
@@ -744,6 +762,9 @@ def _sheet_parser():
                     raise _CellUnreadable(f"cell {cell} is marked as holding {XLSX_CELL_TYPES[kind]} but does "
                                           "not hold one") from None
                 raise _CellUnreadable(f"cell {cell} could not be read") from None
+            if cell["value"] is None and cell["data_type"] != "str" and element.find(FORMULA_TAG) is not None:
+                self.unfilled.append(cell["column"])
+            return cell
 
     return SheetParser
 
@@ -751,7 +772,8 @@ def _sheet_parser():
 def _sheet_rows(wb, ws):
     """The rows of a worksheet of a workbook opened read-only, as ``ws.iter_rows(values_only=True)``
     gives them (from row 1, a missing row empty, up to the sheet's recorded dimension if it
-    has one), read by :func:`_sheet_parser`.
+    has one), read by :func:`_sheet_parser`: (row number, values, the 0-based positions of
+    the cells that hold a formula without its result).
 
     openpyxl reads a sheet's XML only while its rows are iterated, so a damaged sheet (text
     in a cell marked as a number, a part cut short, a corrupt archive member) fails then,
@@ -771,15 +793,15 @@ def _sheet_rows(wb, ws):
                     break
                 if number < expected:  # a row number repeated or going back: openpyxl passes over it
                     continue
-                for _ in range(expected, number):
-                    yield ()
+                for missing in range(expected, number):
+                    yield missing, (), ()
                 expected = number + 1
                 width = max_col or (cells[-1]["column"] if cells else 0)
                 row = [None] * width
                 for cell in cells:
                     if cell["column"] <= width:
                         row[cell["column"] - 1] = cell["value"]
-                yield row
+                yield number, row, tuple(column - 1 for column in parser.unfilled if column <= width)
     except _CellUnreadable as exc:
         raise FileRejected(f"not a valid Excel workbook (.xlsx): the sheet {ws.title!r} could not be read: {exc}") from None
     except SyntaxError as exc:  # xml.etree's ParseError: the sheet's XML is not well-formed
@@ -811,11 +833,13 @@ def stage_xlsx(con, path: Path, contract: Contract, table: str, batch_rows: int 
             raise FileRejected("the workbook has no sheet")
         ws = wb[sheet_name] if sheet_name else wb.worksheets[0]
         rows = _sheet_rows(wb, ws)
-        header = next(rows, None)
+        _, header, _ = next(rows, (None, None, None))
         if not header or all(h is None for h in header):
             raise FileRejected("the sheet has no header row")
         headers = [str(h).strip() if h is not None else f"column_{i + 1}" for i, h in enumerate(header)]
         mapping, warnings = _map_headers(contract, headers, "column")
+        read = {headers.index(h) for h in mapping.values()}  # the positions of the columns loaded
+        left_out: list[tuple[int, str]] = []  # rows holding a formula without its result
         schema = pa.schema([(h, pa.string()) for h in headers])
         con.execute(f"create or replace temp table {table}_xlsx ({', '.join(chr(34) + h.replace(chr(34), chr(34) * 2) + chr(34) + ' varchar' for h in headers)})")
         buffer: list[list] = [[] for _ in headers]
@@ -827,8 +851,14 @@ def stage_xlsx(con, path: Path, contract: Contract, table: str, batch_rows: int 
                 for c in buffer:
                     c.clear()
 
-        for row in rows:
-            if row is None or all(v is None for v in row):
+        number = 0  # data rows, as _source_row numbers them (empty rows are not rows)
+        for sheet_row, row, unfilled in rows:
+            unfilled = [i for i in unfilled if i in read]
+            if not unfilled and all(v is None for v in row):
+                continue
+            number += 1
+            if unfilled:
+                left_out.append((number, _unfilled_formulas(sheet_row, [headers[i] for i in unfilled], unfilled)))
                 continue
             for i in range(len(headers)):
                 buffer[i].append(_cell_text(row[i]) if i < len(row) else None)
@@ -837,8 +867,22 @@ def stage_xlsx(con, path: Path, contract: Contract, table: str, batch_rows: int 
         flush()
     finally:
         wb.close()
-    _stage_from(con, contract, mapping, f"select * from {table}_xlsx", table)
-    return _finish(con, table, mapping, warnings)
+    malformed = _list_malformed(con, table, left_out) if left_out else None
+    _stage_from(con, contract, mapping, f"select * from {table}_xlsx", table, set_aside=lambda: malformed)
+    return _finish(con, table, mapping, warnings, malformed=malformed)
+
+
+def _unfilled_formulas(sheet_row: int, headers: list[str], positions: list[int]) -> str:
+    """The message of a workbook row whose cells (``positions``, under ``headers``) hold a
+    formula without its result: the row cannot be read (its value is unknown, not empty)."""
+    from openpyxl.utils import get_column_letter
+
+    cells = ", ".join(f"{get_column_letter(i + 1)}{sheet_row}" for i in positions)
+    columns = ", ".join(repr(h) for h in headers)
+    held = (f"column {columns} (cell {cells}) holds a formula" if len(headers) == 1
+            else f"columns {columns} (cells {cells}) hold formulas")
+    return (f"sheet row {sheet_row}: {held} with no computed value (the workbook was saved by a program that does "
+            "not compute formulas): open and save the workbook in Excel, or deliver values")
 
 
 def _finish(con, table: str, mapping: dict[str, str], warnings: list[str], malformed: str | None = None) -> Staged:

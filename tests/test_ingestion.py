@@ -1710,7 +1710,7 @@ def test_ingest_reads_jsonl_and_xlsx(settings, contracts):
 
 VENTURE = {"venture_id": "V1", "promoter_cin": "AB100000", "programme_code": "DSD-01", "venture_name": "Coop Argane",
            "legal_form": "cooperative", "sector": "agriculture", "cohort": "2025-A", "region_code": "09",
-           "incubation_start_date": "2025-01-15", "status": "active", "jobs_created": 3, "revenue_mad": 120000}
+           "incubation_start_date": "2025-01-15", "status_12m": "active", "jobs_created": 3, "revenue_mad": 120000}
 
 
 def _workbook_part_changed(path: Path, part: str, change) -> Path:
@@ -1760,6 +1760,40 @@ def test_a_workbook_with_a_damaged_part_is_rejected_and_the_other_files_load(set
     assert "AB100001" not in bad.reason and str(settings.home) not in bad.reason
     assert (settings.rejected_dir / "cdg_incubation" / "ventures_2025-01.xlsx").exists()
     assert result_for(summary, "ventures_2025-02.xlsx").rows_loaded == 1
+
+
+def test_a_workbook_formula_without_its_computed_value_quarantines_its_row(settings, contracts):
+    """A workbook saved by a script holds formulas without their results: openpyxl reads such a
+    cell as empty. The row is quarantined naming the cells, not loaded with NULL; a formula
+    with its result stored loads that result, and one in a column the contract does not
+    know changes nothing."""
+    from openpyxl import Workbook
+
+    base_delivery(settings, contracts, n=2)
+    columns = [c.name for c in contracts["ventures"].columns]
+    wb = Workbook()
+    ws = wb.active
+    ws.title = "ventures"
+    ws.append([contracts["ventures"].column(c).header for c in columns] + ["Note"])
+    for i, jobs, revenue, note in [(1, 3, 120000, None), (2, "=1+2", "=1000*12", None), (3, "=2*3", 5000, None),
+                                   (4, 4, 7000, "=A5")]:
+        ws.append([dict(VENTURE, venture_id=f"V{i}", jobs_created=jobs, revenue_mad=revenue).get(c)
+                   for c in columns] + [note])
+    path = settings.landing_dir / "cdg_incubation" / "ventures_2025-01.xlsx"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wb.save(path)
+    _workbook_part_changed(path, "xl/worksheets/sheet1.xml", lambda b: b.replace(b"<f>2*3</f><v />", b"<f>2*3</f><v>6</v>"))
+    summary = ingest(settings, contracts)
+    result = result_for(summary, "ventures_2025-01.xlsx")
+    assert (result.rows_delivered, result.rows_loaded, result.rows_quarantined) == (4, 3, 1), result.rules_failed
+    con = store(settings)
+    assert con.execute("select venture_id, jobs_created from raw.ventures order by 1").fetchall() == [
+        ("V1", 3), ("V3", 6), ("V4", 4)]
+    [(row, rule, message)] = con.execute("select source_row, rule, message from quarantine.rows").fetchall()
+    assert (row, rule) == (2, "malformed_row")
+    assert message == ("ventures_2025-01.xlsx, row 2: sheet row 3: columns 'Jobs created', 'Annual revenue MAD' "
+                       "(cells M3, N3) hold formulas with no computed value (the workbook was saved by a program "
+                       "that does not compute formulas): open and save the workbook in Excel, or deliver values")
 
 
 def test_ingest_quarantines_every_row_a_validator_returns(settings, contracts):
