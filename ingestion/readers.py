@@ -185,11 +185,47 @@ def _transcode_cp1252(path: Path, tmp_dir: Path) -> Path:
 MAX_HEADER_LINE = 4 * 2**20  # a CSV header line longer than this (bytes) rejects its file, named as such
 
 
+def _lone_cr(line: int) -> str:
+    return (f"unreadable at line {line}: the line holds a lone carriage return (CR, with no line feed after it: "
+            "the line end of old Mac files), which is not a line end here: save the file with LF or CR LF line ends")
+
+
+def _line_end_problem(path: Path) -> str | None:
+    """The reason DuckDB's reader could not split a CSV file into rows when its line ends are
+    to blame, else None: a lone carriage return (CR), or lines ending with CR LF and others
+    with LF alone. Its reason for both is "The CSV Parser state machine reached an invalid
+    state", which tells a partner nothing; the file is read again only then."""
+    first: dict[bytes, int] = {}  # the first line ending with each kind of line end
+    line = 1
+    with open(path, "rb") as fh:
+        while piece := fh.readline(CHUNK):
+            while piece.endswith(b"\r") and (more := fh.read(1)):  # a CR at the end of a piece: is LF next?
+                piece += more
+            complete = piece.endswith(b"\n")
+            body = piece[:-1] if complete else piece
+            end = b"\r\n" if complete and body.endswith(b"\r") else b"\n"
+            if b"\r" in (body[:-1] if end == b"\r\n" else body):
+                return _lone_cr(line)
+            if complete:
+                first.setdefault(end, line)
+                if len(first) == 2:
+                    kinds = {b"\n": "LF alone", b"\r\n": "CR LF"}
+                    other = next(k for k in first if k != end)
+                    return (f"unreadable at line {line}: the line ends with {kinds[end]} where line {first[other]} "
+                            f"ends with {kinds[other]}: save the file with one kind of line end (LF or CR LF)")
+                line += 1
+    return None
+
+
 def _first_line(path: Path, encoding: str) -> str:
     """A CSV file's first line, whole (its quotes are judged on the whole line: a line cut
-    inside a quoted cell would look like a quote left open), without its line break."""
+    inside a quoted cell would look like a quote left open), without its line break. A lone
+    carriage return (CR) in it rejects the file, named as such: the file's lines end so (old
+    Mac line ends), and its first line is then the whole file."""
     with open(path, "rb") as fh:
         raw = fh.readline(MAX_HEADER_LINE + 1)
+    if b"\r" in (raw[:MAX_HEADER_LINE] if len(raw) > MAX_HEADER_LINE else raw.removesuffix(b"\n").removesuffix(b"\r")):
+        raise FileRejected(_lone_cr(1))
     if len(raw) > MAX_HEADER_LINE:
         raise FileRejected(f"the header line is longer than {MAX_HEADER_LINE // 2**20} MiB: no header row")
     if encoding.startswith("utf-8"):
@@ -297,6 +333,8 @@ def stage_csv(con, path: Path, contract: Contract, table: str, tmp_dir: Path) ->
     except FileRejected:
         raise
     except Exception as exc:  # duckdb.Error subclasses
+        if "state machine reached an invalid state" in str(exc) and (problem := _line_end_problem(read_path)):
+            raise FileRejected(problem) from None
         raise FileRejected(_describe_read_error(exc, shown_name(path), read_path, path)) from None
     return _finish(con, table, mapping, warnings, malformed=malformed)
 
