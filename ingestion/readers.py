@@ -809,9 +809,10 @@ def _sheet_parser():
 
 def _sheet_rows(wb, ws):
     """The rows of a worksheet of a workbook opened read-only, as ``ws.iter_rows(values_only=True)``
-    gives them (from row 1, a missing row empty, up to the sheet's recorded dimension if it
-    has one), read by :func:`_sheet_parser`: (row number, values, the 0-based positions of
-    the cells that hold a formula without its result).
+    gives them (from row 1, a missing row empty), read by :func:`_sheet_parser`: (row number,
+    values, the 0-based positions of the cells that hold a formula without its result).
+    Every row and cell the sheet holds, also beyond the dimension the sheet records (a
+    script may record a wrong one; openpyxl would stop there without a word).
 
     openpyxl reads a sheet's XML only while its rows are iterated, so a damaged sheet (text
     in a cell marked as a number, a part cut short, a corrupt archive member) fails then,
@@ -820,21 +821,19 @@ def _sheet_rows(wb, ws):
     from zipfile import BadZipFile
     from zlib import error as ZlibError
 
-    max_row, max_col = ws.max_row, ws.max_column
+    max_col = ws.max_column
     expected = 1
     try:
         with ws._get_source() as src:
             parser = _sheet_parser()(src, ws._shared_strings, data_only=True, epoch=wb.epoch,
                                      date_formats=wb._date_formats, timedelta_formats=wb._timedelta_formats)
             for number, cells in parser.parse():
-                if max_row is not None and number > max_row:
-                    break
                 if number < expected:  # a row number repeated or going back: openpyxl passes over it
                     continue
                 for missing in range(expected, number):
                     yield missing, (), ()
                 expected = number + 1
-                width = max_col or (cells[-1]["column"] if cells else 0)
+                width = max(max_col or 0, cells[-1]["column"] if cells else 0)
                 row = [None] * width
                 for cell in cells:
                     if cell["column"] <= width:
@@ -890,11 +889,17 @@ def stage_xlsx(con, path: Path, contract: Contract, table: str, batch_rows: int 
                     c.clear()
 
         number = 0  # data rows, as _source_row numbers them (empty rows are not rows)
+        beyond = None  # the first cell holding a value in a column without a header
         for sheet_row, row, unfilled in rows:
             unfilled = [i for i in unfilled if i in read]
             if not unfilled and all(v is None for v in row):
                 continue
             number += 1
+            if beyond is None and any(v is not None for v in row[len(headers):]):
+                from openpyxl.utils import get_column_letter
+
+                column = next(i for i in range(len(headers), len(row)) if row[i] is not None)
+                beyond = f"{get_column_letter(column + 1)}{sheet_row}"
             if unfilled:
                 left_out.append((number, _unfilled_formulas(sheet_row, [headers[i] for i in unfilled], unfilled)))
                 continue
@@ -905,6 +910,8 @@ def stage_xlsx(con, path: Path, contract: Contract, table: str, batch_rows: int 
         flush()
     finally:
         wb.close()
+    if beyond is not None:  # as a column whose header is not in the contract
+        warnings.append(f"values in columns beyond the header row (first: cell {beyond}) have no header and were ignored")
     malformed = _list_malformed(con, table, left_out) if left_out else None
     _stage_from(con, contract, mapping, f"select * from {table}_xlsx", table, set_aside=lambda: malformed)
     return _finish(con, table, mapping, warnings, malformed=malformed)

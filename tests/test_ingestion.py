@@ -3,6 +3,7 @@ every delivered row is accounted for, re-deliveries are idempotent or supersede.
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import duckdb
@@ -1813,6 +1814,34 @@ def test_a_workbook_formula_without_its_computed_value_quarantines_its_row(setti
     assert message == ("ventures_2025-01.xlsx, row 2: sheet row 3: columns 'Jobs created', 'Annual revenue MAD' "
                        "(cells M3, N3) hold formulas with no computed value (the workbook was saved by a program "
                        "that does not compute formulas): open and save the workbook in Excel, or deliver values")
+
+
+@pytest.mark.parametrize("dimension", [b'<dimension ref="A1:N2"/>', b""])
+def test_a_workbook_is_read_whole_whatever_dimension_it_records(settings, contracts, dimension):
+    """A sheet records its size (``<dimension>``); a script may record a wrong one, or none.
+    openpyxl stopped at the recorded last row, so the rows after it were lost without a word:
+    every row the sheet holds is read. A value in a column beyond the header row (no header,
+    so no column of the contract) is ignored with a warning, with or without a dimension."""
+    from openpyxl import Workbook
+
+    base_delivery(settings, contracts, n=2)
+    columns = [c.name for c in contracts["ventures"].columns]
+    wb = Workbook()
+    ws = wb.active
+    ws.title = "ventures"
+    ws.append([contracts["ventures"].column(c).header for c in columns])
+    for i in range(1, 5):
+        ws.append([dict(VENTURE, venture_id=f"V{i}").get(c) for c in columns] + (["extra"] if i == 3 else []))
+    path = settings.landing_dir / "cdg_incubation" / "ventures_2025-01.xlsx"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wb.save(path)
+    _workbook_part_changed(path, "xl/worksheets/sheet1.xml",
+                           lambda b: re.sub(rb"<dimension[^>]*/>", lambda m: dimension, b))
+    result = result_for(ingest(settings, contracts), "ventures_2025-01.xlsx")
+    assert (result.rows_delivered, result.rows_loaded, result.rows_quarantined) == (4, 4, 0)
+    assert store(settings).execute("select venture_id from raw.ventures order by 1").fetchall() == [
+        ("V1",), ("V2",), ("V3",), ("V4",)]
+    assert "values in columns beyond the header row (first: cell O4) have no header and were ignored" in result.warnings
 
 
 def test_ingest_quarantines_every_row_a_validator_returns(settings, contracts):
