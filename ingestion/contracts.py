@@ -145,7 +145,8 @@ class Contract:
 
     @cached_property
     def regex(self) -> re.Pattern:
-        return re.compile(self.file_pattern)
+        # ASCII: \d is 0-9 only (a month in Arabic-Indic digits is no month a build can read)
+        return re.compile(self.file_pattern, re.ASCII)
 
     def matches(self, file_name: str) -> re.Match | None:
         return self.regex.fullmatch(file_name)
@@ -318,7 +319,7 @@ def batch_problem(batch: str | None) -> str | None:
     """Why a file name's batch cannot be loaded, or None. A batch shaped as a month
     (``YYYY-MM``) must be a calendar month: 2026-13 would load, then stop every later build
     at its first date computed from the month."""
-    match = re.fullmatch(r"(\d{4})-(\d{2})", batch or "")
+    match = re.fullmatch(r"(\d{4})-(\d{2})", batch or "", re.ASCII)
     if match and not (1 <= int(match.group(2)) <= 12 and int(match.group(1)) >= 1):
         return f"the month {batch} in the file name is not a calendar month (YYYY-MM, month 01 to 12)"
     return None

@@ -114,6 +114,12 @@ def test_ingest_never_writes_clear_identifiers(settings, contracts):
         ("file name matches no contract",
          lambda L, c: (L / "msisf").mkdir(parents=True, exist_ok=True) or (L / "msisf" / "beneficiaires.csv").write_text("x"),
          "no contract matches file name 'beneficiaires.csv'"),
+        # a month in Arabic-Indic digits matched \d: it stopped the pass at the first date
+        # computed from the month, or sorted after every month as the latest
+        ("month in other digits than 0-9",
+         lambda L, c: write_delivery(L, c["beneficiaries"], "registre_\u0662\u0660\u0662\u0665-\u0660\u0662.csv",
+                                     [person(1)]),
+         "no contract matches file name 'registre_\u0662\u0660\u0662\u0665-\u0660\u0662.csv'"),
     ],
 )
 def test_ingest_rejects_unreadable_file_with_report_and_loads_the_rest(settings, contracts, kind, writer, reason):
