@@ -47,13 +47,41 @@ class Staged:
     malformed: str | None = None
 
 
+def _is_known(contract: Contract, cell: str) -> bool:
+    """Whether a header cell is a header name of the contract (one of its columns' accepted headers)."""
+    return cell.strip().strip('"').strip().lower() in {a.strip().lower() for col in contract.columns
+                                                        for a in col.accepted_headers}
+
+
 def _is_header_line(contract: Contract, cells: Iterable[str]) -> bool:
-    """Whether a file's first line names at least one column of its contract. Only then is
-    it quoted in a rejection: a file delivered without its header line has a record there,
-    whose values (identity numbers, names) must not reach the ledger, the warehouse or the
-    partner's report."""
-    known = {a.strip().lower() for col in contract.columns for a in col.accepted_headers}
-    return any(c.strip().strip('"').strip().lower() in known for c in cells)
+    """Whether a file's first line names at least one column of its contract (else it is
+    likely a record: a file delivered without its header line)."""
+    return any(_is_known(contract, c) for c in cells)
+
+
+NOT_SHOWN = "(not shown)"
+WHY_NOT_SHOWN = ("a cell that is no header name of the contract is not shown: it may be a value, such as an "
+                 "identity number or a name in a header line run into the first record")
+
+
+def _shown_cells(contract: Contract, cells: Iterable[str], limit: int = 20) -> str:
+    """Header cells as a rejection or a warning may show them: a header name of the contract
+    quoted, any other cell as "(not shown)". Messages go to the ledger, the published
+    ``fct_deliveries``, logs and the partner's report; a first line that is not only header
+    names may hold a record's values (identity numbers, names), whatever else it names."""
+    cells = list(cells)
+    shown = [repr(c) if _is_known(contract, c) else NOT_SHOWN for c in cells[:limit]]
+    return ", ".join(shown) + (f" and {len(cells) - limit} more" if len(cells) > limit else "")
+
+
+def _shown_line(contract: Contract, line: str, delimiter: str) -> str:
+    """A header line as a rejection may show it: whole (its quotes and delimiters are what is
+    wrong) when every cell is a header name of the contract, else its cells as
+    :func:`_shown_cells` shows them."""
+    cells = line.split(delimiter)
+    if all(_is_known(contract, c) for c in cells):
+        return repr(line[:120])
+    return f"{_shown_cells(contract, cells)} ({WHY_NOT_SHOWN})"
 
 
 def _unnamed_line(count: int, what: str) -> str:
@@ -69,6 +97,10 @@ def _map_headers(contract: Contract, headers: list[str], what: str) -> tuple[dic
         if key in normalised:
             if what == "column" and not _is_header_line(contract, headers):
                 raise FileRejected(_unnamed_line(len(headers), what))
+            if not _is_known(contract, h):
+                first = next(i for i, other in enumerate(headers, start=1) if other.strip().lower() == key)
+                raise FileRejected(f"{what}s {first} and {headers.index(h, first) + 1} have the same header "
+                                   f"({WHY_NOT_SHOWN})")
             raise FileRejected(f"{what} {h!r} appears twice")
         normalised[key] = h
     mapping, missing = {}, []
@@ -79,13 +111,26 @@ def _map_headers(contract: Contract, headers: list[str], what: str) -> tuple[dic
         elif col.required:
             missing.append(f"{col.name} (expected header {col.header!r})")
     if missing:
-        # a header line that names no column may be a record (a file without its header line);
-        # JSON field names are names, never values
-        found = (f"found {what}s: {', '.join(repr(h) for h in headers)}"
-                 if what == "field" or _is_header_line(contract, headers) else _unnamed_line(len(headers), what))
+        # a header line that names no column may be a record (a file without its header line)
+        if _is_header_line(contract, headers):
+            found = (f"found {what}s: {_shown_cells(contract, headers)}"
+                     + (f" ({WHY_NOT_SHOWN})" if not all(_is_known(contract, h) for h in headers) else ""))
+        elif what == "field":
+            found = (f"the records have {len(headers)} field(s), none of them a field name of the contract (not "
+                     "shown: a name that is not the contract's may be a value, such as an identity number)")
+        else:
+            found = _unnamed_line(len(headers), what)
         raise FileRejected(f"missing required column(s): {', '.join(missing)}; {found}")
     used = {v.strip().lower() for v in mapping.values()}
-    warnings = [f"{what} {h!r} is not in the contract and was ignored" for h in headers if h.strip().lower() not in used]
+    ignored = [(n, h) for n, h in enumerate(headers, start=1) if h.strip().lower() not in used]
+    warnings = [f"{what} {h!r} is not in the contract and was ignored" for _, h in ignored if _is_known(contract, h)]
+    unknown = [n for n, h in ignored if not _is_known(contract, h)]
+    if unknown:
+        warnings.append(f"{what}{'s' if len(unknown) > 1 else ''} {', '.join(map(str, unknown[:20]))}"
+                        f"{' and more' if len(unknown) > 20 else ''} of the file "
+                        f"{'have headers' if len(unknown) > 1 else 'has a header'} the contract does not know and "
+                        f"{'were' if len(unknown) > 1 else 'was'} ignored (the header is not shown: it may be a value, "
+                        "such as an identity number or a name)")
     return mapping, warnings
 
 
@@ -242,7 +287,7 @@ def _reject_other_delimiter(contract: Contract, header_line: str, delimiter: str
     for other in OTHER_DELIMITERS:
         if other != delimiter and len(header_line.split(other)) > 1:
             cells = header_line.split(other)
-            shown = (f"{header_line[:120]!r}" if _is_header_line(contract, cells)
+            shown = (_shown_line(contract, header_line, other) if _is_header_line(contract, cells)
                      else f"{len(cells)} fields, none of them a column name of the contract (values not shown)")
             raise FileRejected(
                 f"wrong delimiter: the contract says {delimiter!r}-separated but the header looks "
@@ -288,7 +333,8 @@ def _header_cells(con, header_line: str, delimiter: str, contract: Contract, pat
         return headers
     if delimiter not in header_line:  # quoted cells under another delimiter: the delimiter is the problem
         _reject_other_delimiter(contract, header_line, delimiter)
-    shown = (f": {header_line[:120]!r}" if _is_header_line(contract, header_line.split(delimiter))
+    shown = (f": {_shown_line(contract, header_line, delimiter)}"
+             if _is_header_line(contract, header_line.split(delimiter))
              else " (the line names no column of the contract; it is not shown: it may be personal data)")
     raise FileRejected(f"the header line of {shown_name(path)} could not be read: {problem} "
                        f"({HEADER_QUOTE_RULE}){shown}")
