@@ -87,6 +87,13 @@ def _busy(settings: Settings, exc: Exception) -> str:
     return f"The raw store is busy ({exc}); try again when the refresh has finished."
 
 
+def _serving_busy(settings: Settings, exc: Exception) -> str:
+    holder = str(exc).split("held in ", 1)[1].split(". ", 1)[0] if "held in " in str(exc) else str(exc)
+    return (f"The serving warehouse cannot be read: another process holds it open for writing ({holder}). Only "
+            "publication writes it; a tool that opened it read-write (not read_only) keeps readers out: close it, "
+            f"or open the file read-only ({settings.serving_path}).")
+
+
 def status_report(settings: Settings) -> str:
     con = None
     try:
@@ -103,7 +110,10 @@ def status_report(settings: Settings) -> str:
                       count(*) filter (where resolved_by_delivery is null),
                       count(distinct (delivery_id, source_row)), count(*)
                from quarantine.rows""").fetchone()
-        published = _publication(settings)
+        try:
+            published = _publication(settings)
+        except Exception as exc:  # noqa: BLE001  the serving file, not the store, is what is held
+            return _serving_busy(settings, exc)
         current = con.execute("select delivery_id, rows_loaded, loaded_at, run_id from meta.deliveries "
                               "where status = 'loaded'").fetchall() if published else []
     except Exception as exc:  # a refresh holds the write lock

@@ -616,6 +616,24 @@ def test_status_says_what_is_served_and_what_a_failed_refresh_left_unpublished(p
     assert "served: rolled back to the warehouse of run run-1" in report and "NOT PUBLISHED: 1 current" in report
 
 
+def test_status_names_the_serving_file_when_another_process_holds_it_for_writing(published):
+    """A tool that opens the serving file read-write keeps readers out; status said the raw
+    store was busy with a refresh, naming the tool's process."""
+    from jisr.status import status_report
+
+    published.serving_path.chmod(0o644)
+    code = "import duckdb, sys; con = duckdb.connect(sys.argv[1]); print('open', flush=True); sys.stdin.read()"
+    holder = subprocess.Popen([sys.executable, "-c", code, str(published.serving_path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        report = status_report(published)
+    finally:
+        holder.communicate("", timeout=60)
+    assert report.startswith("The serving warehouse cannot be read: another process holds it open for writing")
+    assert f"(PID {holder.pid})" in report and str(published.serving_path) in report and "raw store" not in report
+
+
 def test_status_says_when_rows_were_released_into_served_deliveries_since(published):
     """Ingestion loads held rows into their delivery once their reference arrives: the
     delivery is the same, its rows are not all in the served warehouse."""
