@@ -211,7 +211,7 @@ def protect_estimates(est_rows: list[dict], pre_rows: list[dict], k: int) -> Non
         elif not alone and others and unvalued.get((dim, group)):
             pick = min(others, key=lambda level: levels[level])
             withheld[(pick, group)] = (f"not published (disclosure control): withheld so that the {group} units "
-                                       f"without a {dim} value, fewer than {k}, cannot be recomputed from the "
+                                       f"with no {dim} value, fewer than {k}, cannot be recomputed from the "
                                        "whole-sample row")
     if not withheld and not own:
         return

@@ -155,6 +155,14 @@ def check_sql(sql: str) -> list[str]:
                 kinds = {_statement_type(s) for s in inner_statements}
                 if kinds != {"SELECT"}:
                     raise RefusedStatement(f"refused: EXPLAIN of a {'/'.join(sorted(kinds))} statement")
+            elif kind == "MULTI" and re.search(r"\bpivot\b", text, re.I):
+                raise RefusedStatement(
+                    f"refused: a PIVOT without the list of its columns ({_abbrev(text)}): DuckDB runs it as "
+                    "several statements, the first of which creates a type listing the values (a write). Name "
+                    "them: PIVOT ... ON <column> IN ('a', 'b', ...) USING ...")
+            elif kind == "LOAD":
+                raise RefusedStatement(f"refused: installing or loading a DuckDB extension ({_abbrev(text)}): "
+                                       "`jisr sql` queries the published tables with DuckDB's built-in functions")
             elif kind not in ALLOWED_STATEMENTS:
                 raise RefusedStatement(
                     f"refused: {kind} statement ({_abbrev(text)}). The serving warehouse is read-only: "

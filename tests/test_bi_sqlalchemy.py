@@ -119,3 +119,33 @@ def test_bi_sqlalchemy_reader_coexists_with_jisr_sql(settings):
             assert proc.returncode == 0, proc.stderr
             assert proc.stdout.splitlines() == ["n", "200"]
     engine.dispose()
+
+
+def test_bi_sqlalchemy_engine_of_the_recipe_reads_each_new_publication(settings):
+    """A publication replaces the serving file (rename). The recipe's engine (NullPool)
+    reads the new one at its next query; an engine with SQLAlchemy's default pool keeps its
+    connection, and DuckDB its database, open: it kept reading the previous publication,
+    as docs/bi-access.md says."""
+    from sqlalchemy.pool import NullPool
+
+    path = make_serving(settings.serving_path)
+    connect_args = recipe_urls(path)[1][1]
+    recipe = sa.create_engine(f"duckdb:///{path}", poolclass=NullPool, connect_args=connect_args)
+    pooled = sa.create_engine(f"duckdb:///{path}", connect_args=connect_args)
+    run = "select run_id from meta.publish_log"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for engine in (pooled, recipe):
+            with engine.connect() as con:
+                assert con.exec_driver_sql(run).scalar() == "run-1"
+        pooled.dispose()
+        with pooled.connect() as con:  # opened again: the pool holds it from here
+            assert con.exec_driver_sql(run).scalar() == "run-1"
+        new = make_serving(path.with_name("candidate.duckdb"))
+        duckdb.connect(str(new)).execute("update meta.publish_log set run_id = 'run-2'").close()
+        new.replace(path)  # what publication does
+        with pooled.connect() as con:
+            assert con.exec_driver_sql(run).scalar() == "run-1"
+        pooled.dispose()
+        with recipe.connect() as con:
+            assert con.exec_driver_sql(run).scalar() == "run-2"

@@ -405,7 +405,7 @@ def test_units_without_a_subgroup_value_are_not_given_back_by_the_whole_sample_r
     did = est[est["estimator"] == "did"].set_index("subgroup")
     levels = did[did["subgroup_dimension"] == "sex"]
     assert levels["n_treated"].isna().sum() == 1  # one level withheld: two unknowns in the line
-    assert levels["reason"].dropna().str.contains("without a sex value").all()
+    assert levels["reason"].dropna().str.contains("with no sex value").all()
     assert did.loc["all", "status"] == "ok"
 
 

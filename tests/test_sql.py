@@ -158,6 +158,20 @@ def test_sql_refuses_writes_and_escapes(serving, capsys, tmp_path, statement):
     con.close()
 
 
+def test_sql_pivot_runs_with_its_columns_named_and_says_why_otherwise(serving, capsys):
+    """A PIVOT without an IN list is several statements in DuckDB (it creates a type first):
+    refused with what to write instead, not as a write to the warehouse; with the list it runs."""
+    code, out, err = run_cli(capsys, "pivot marts.mart_coverage on sex using sum(beneficiaries)")
+    assert code == 2 and out == ""
+    assert "a PIVOT without the list of its columns" in err and "ON <column> IN ('a', 'b', ...)" in err
+    assert "read-only" not in err
+    code, out, err = run_cli(capsys, "pivot marts.mart_coverage on sex in ('F', 'M') using sum(beneficiaries) "
+                                     "group by region_code order by region_code", "--format", "csv")
+    assert code == 0 and out.splitlines()[0] == "region_code,F,M", (out, err)
+    code, _, err = run_cli(capsys, "install httpfs")
+    assert code == 2 and "installing or loading a DuckDB extension" in err
+
+
 def test_sql_reading_raw_fails_clearly(serving, capsys):
     code, out, err = run_cli(capsys, "select * from raw.beneficiaries")
     assert code == 2 and out == ""

@@ -1,6 +1,6 @@
 -- Impact estimates of a programme: every outcome and estimator, whole sample and subgroups.
 --   jisr sql -f dbt_project/analyses/programme_impact_estimates.sql
--- To look at one programme, add `and estimates.programme_code = 'XXX-01'` to the where clause.
+-- To look at one programme, add `where programme_code = 'XXX-01'` before the final `order by`.
 --
 -- Written by the impact stage (config/evaluation.yml): estimate with its standard error and
 -- confidence interval, the number of treated and comparison units, and the cost per unit of
