@@ -264,6 +264,7 @@ def stage_candidate(settings, run_id: str, cfg: QualityConfig | None = None) -> 
                 if schema in wanted:
                     con.execute(f"create table {_ident(schema)}.{_ident(table)} as "
                                 f"select * from build_warehouse.{_ident(schema)}.{_ident(table)}")
+            _copy_comments(con, "build_warehouse", wanted)
             deliveries = _built_from(con, "build_warehouse")
             _keep_counts(con, settings, run_id)
             con.execute("detach build_warehouse")
@@ -284,6 +285,22 @@ def stage_candidate(settings, run_id: str, cfg: QualityConfig | None = None) -> 
                                                         default=str), encoding="utf-8")
     return Candidate(path=path, run_id=run_id, table_row_counts=counts, disclosure=disclosure, deliveries=deliveries,
                      disclosure_notes=notes, served=served)
+
+
+def _copy_comments(con, source: str, schemas: set[str]) -> None:
+    """The comments of the published tables and their columns in the attached database
+    ``source`` (dbt's ``persist_docs``: each model's and column's description), onto the
+    copies in ``con``'s own database, which ``create table ... as`` does not carry: BI tools
+    show them as the tables' and columns' descriptions."""
+    tables = con.execute("select schema_name, table_name, comment from duckdb_tables() where database_name = ? "
+                         "and comment is not null and comment <> ''", [source]).fetchall()
+    columns = con.execute("select schema_name, table_name, column_name, comment from duckdb_columns() "
+                          "where database_name = ? and comment is not null and comment <> ''", [source]).fetchall()
+    statements = [f"comment on table {_ident(s)}.{_ident(t)} is '{_sql_str(c)}'" for s, t, c in tables if s in schemas]
+    statements += [f"comment on column {_ident(s)}.{_ident(t)}.{_ident(n)} is '{_sql_str(c)}'"
+                   for s, t, n, c in columns if s in schemas]
+    if statements:
+        con.execute(";\n".join(statements))
 
 
 def load_candidate(settings, run_id: str) -> Candidate | None:

@@ -1229,6 +1229,10 @@ def protect(con, settings=None, config: Any = None, previous: str | None = None,
         try:
             if rule.flag_column not in columns:
                 db.run(f"alter table {table} add column {_q(rule.flag_column)} boolean default false")
+            counts = ", ".join(rule.suppressed_columns)
+            db.run(f"comment on column {table}.{_q(rule.flag_column)} is 'True when disclosure control hid this "
+                   f"row''s counts ({counts}: null here): fewer than {rule.k} people, or hidden so that such a "
+                   "count cannot be recomputed from the others (docs/bi-access.md)'")
             for column in rule.suppressed_columns:
                 db.run(f"alter table {table} alter column {_q(column)} drop not null")
             db.run(f"update {table} set {_q(rule.flag_column)} = false where {_q(rule.flag_column)} is null")

@@ -83,6 +83,22 @@ def test_the_publish_log_lists_the_deliveries_the_build_recorded(e2e):
     assert {d["delivery_id"] for d in logged} == {d["delivery_id"] for d in current_deliveries(settings)}
 
 
+def test_every_published_mart_and_column_carries_its_description(e2e):
+    """BI tools show table and column comments as descriptions: dbt writes the models' YAML
+    descriptions (persist_docs) and the publication keeps them."""
+    con = duckdb.connect(str(e2e.settings.serving_path), read_only=True)
+    try:
+        tables = con.execute("select table_name from duckdb_tables() where schema_name = 'marts' "
+                             "and coalesce(comment, '') = ''").fetchall()
+        columns = con.execute("select table_name, column_name from duckdb_columns() where schema_name = 'marts' "
+                              "and coalesce(comment, '') = ''").fetchall()
+        described = con.execute("select count(*) from duckdb_columns() where schema_name = 'marts' "
+                                "and comment <> ''").fetchone()[0]
+    finally:
+        con.close()
+    assert tables == [] and columns == [] and described > 100
+
+
 def test_no_clear_identifier_in_any_table_written(e2e):
     files = _warehouse_files(e2e.settings)
     assert {p.name for p in files} >= {"ingest.duckdb", "build.duckdb"}

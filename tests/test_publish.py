@@ -378,6 +378,25 @@ def test_check_against_kept_checks_a_publication_against_every_file_kept(publish
     assert kept == ["run-3", "run-2", "run-1", "run-4"]  # kept for rollback (run-3 now too), then rolled back
 
 
+def test_publication_carries_the_descriptions_of_tables_and_columns(published):
+    """dbt writes each model's and column's description as comments (``persist_docs``); the
+    published copy keeps them, which BI tools show as descriptions."""
+    make_build(published, estimate=2.0, extra_sql=[
+        "comment on table marts.mart_payments is 'Payments by programme and month'",
+        "comment on column marts.mart_payments.amount_mad is 'Sum of the amounts paid, in MAD (the payer''s figures)'",
+        "comment on table staging.stg_anything is 'not published'"])
+    publish(published, "run-2", "v")
+    con = duckdb.connect(str(published.serving_path), read_only=True)
+    try:
+        assert con.execute("select comment from duckdb_tables() where table_name = 'mart_payments'").fetchall() == [
+            ("Payments by programme and month",)]
+        assert con.execute("select column_name, comment from duckdb_columns() where table_name = 'mart_payments' "
+                           "and comment is not null").fetchall() == [
+            ("amount_mad", "Sum of the amounts paid, in MAD (the payer's figures)")]
+    finally:
+        con.close()
+
+
 def test_a_candidate_never_committed_leaves_no_counts_behind(published):
     """A run whose gate refused its publication staged a candidate (and kept its counts) but
     never committed it: the next staging removes both, whether or not it is committed."""
