@@ -144,6 +144,11 @@ class Contract:
     version: str = ""
 
     @cached_property
+    def header_names(self) -> frozenset[str]:
+        """Every header a file may give a column of this contract, lower case."""
+        return frozenset(a.strip().lower() for col in self.columns for a in col.accepted_headers)
+
+    @cached_property
     def regex(self) -> re.Pattern:
         # ASCII: \d is 0-9 only (a month in Arabic-Indic digits is no month a build can read)
         return re.compile(self.file_pattern, re.ASCII)

@@ -49,8 +49,7 @@ class Staged:
 
 def _is_known(contract: Contract, cell: str) -> bool:
     """Whether a header cell is a header name of the contract (one of its columns' accepted headers)."""
-    return cell.strip().strip('"').strip().lower() in {a.strip().lower() for col in contract.columns
-                                                        for a in col.accepted_headers}
+    return cell.strip().strip('"').strip().lower() in contract.header_names
 
 
 def _is_header_line(contract: Contract, cells: Iterable[str]) -> bool:

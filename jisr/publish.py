@@ -482,7 +482,10 @@ def _served_identity(settings) -> str:
             return "a file without a publish log"
         row = con.execute("select event, run_id, published_at from meta.publish_log "
                           "order by published_at desc limit 1").fetchone()
-        return "a file without a publish log" if row is None else f"run {row[1]} ({row[0]} at {row[2]:%Y-%m-%d %H:%M:%S.%f} UTC)"
+        if row is None:
+            return "a file without a publish log"
+        at = f"{row[2]:%Y-%m-%d %H:%M:%S.%f} UTC" if row[2] is not None else "an unrecorded time"
+        return f"run {row[1]} ({row[0]} at {at})"
     finally:
         con.close()
 
