@@ -334,10 +334,13 @@ def check_freshness(con, cfg: QualityConfig, contracts: dict, today: date | None
 # --- direct identifiers ---------------------------------------------------------------------
 def _within_text(pattern: str) -> str:
     """A value pattern (anchored to the whole value, as configured) as a pattern found inside
-    a longer text too, between characters that are not letters or digits: a free-text
-    column (a rejection reason, a note) can quote an identifier."""
+    a longer text too: a free-text column (a rejection reason, a note) can quote an
+    identifier. After a character that is not a capital letter or a digit (a lower-case
+    letter too: a header line run into a record glues "date_inscription_rsu" to the CIN
+    after it), before one that is not a letter or a digit (a code such as REF-AB123456X is
+    no CIN)."""
     inner = pattern.removeprefix("^").removesuffix("$")
-    return f"(^|[^A-Za-z0-9])(?:{inner})($|[^A-Za-z0-9])"
+    return f"(^|[^A-Z0-9])(?:{inner})($|[^A-Za-z0-9])"
 
 
 def check_identifiers(con, cfg: QualityConfig, schemas: Iterable[str]) -> list[CheckResult]:

@@ -193,7 +193,9 @@ def test_identifiers_flag_named_columns_and_identifier_shaped_values(con, cfg):
     con.execute("create table marts.fct_events as select 'AB123456' as note, '0612345678' as contact_note, "
                 "'DSD-01' as programme_code, 'Aide sociale' as programme_name, "
                 "'missing column(s); found columns: ''AB123456'', ''Amina''' as reason, "
-                "'registre_2025-01.csv: 0612345678 rows' as other_note, 'REF-AB123456X' as code_in_code")
+                "'registre_2025-01.csv: 0612345678 rows' as other_note, 'REF-AB123456X' as code_in_code, "
+                "'found columns: ''telephone'', ''date_inscription_rsuAB123456'', ''Samira''' as glued, "
+                "'XAB123456' as longer_code")
     con.execute("create table impact.impact_estimates as select 'E123' as label")
     results = {r.target: r for r in check_identifiers(con, cfg, ["marts", "impact"])}
     people = results["marts.dim_people"]
@@ -205,7 +207,9 @@ def test_identifiers_flag_named_columns_and_identifier_shaped_values(con, cfg):
     assert events.metadata["findings"] == ["1 value(s) of column note are or contain text shaped like a cin",
                                            "1 value(s) of column contact_note are or contain text shaped like a phone",
                                            "1 value(s) of column reason are or contain text shaped like a cin",
-                                           "1 value(s) of column other_note are or contain text shaped like a phone"]
+                                           "1 value(s) of column other_note are or contain text shaped like a phone",
+                                           # a header line run into a record glues a header to the CIN after it
+                                           "1 value(s) of column glued are or contain text shaped like a cin"]
     assert results["impact.impact_estimates"].passed
 
 
