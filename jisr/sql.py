@@ -284,7 +284,7 @@ def format_table(result: Result) -> str:
                       null=_text(None))]
     count = len(result.rows) + result.truncated
     out.append(f"({count} row{'s' if count != 1 else ''}"
-               + (f", first {len(result.rows)} shown; use --format csv for all" if result.truncated else "") + ")")
+               + (f", first {len(result.rows)} shown; --max-rows 0 or --format csv for all" if result.truncated else "") + ")")
     return "\n".join(out)
 
 
@@ -296,7 +296,7 @@ def format_markdown(result: Result) -> str:
            "|" + "|".join("---:" if _NUMERIC.match(t) else "---" for t in result.types) + "|"]
     out += ["| " + " | ".join(esc(v) for v in row) + " |" for row in result.rows]
     if result.truncated:
-        out.append(f"\n({result.truncated} more rows not shown; use --format csv for all)")
+        out.append(f"\n({result.truncated} more rows not shown; --max-rows 0 or --format csv for all)")
     return "\n".join(out)
 
 

@@ -116,7 +116,7 @@ def test_sql_table_output_is_bounded_by_max_rows(serving, capsys):
     assert code == 0
     lines = [line.strip() for line in out.splitlines()]
     assert lines[2:7] == ["0", "1", "2", "3", "4"]
-    assert lines[7].startswith("(50 rows, first 5 shown")
+    assert lines[7] == "(50 rows, first 5 shown; --max-rows 0 or --format csv for all)"
 
 
 @pytest.mark.parametrize("statement", [
