@@ -70,7 +70,8 @@ def _shown_cells(contract: Contract, cells: Iterable[str], limit: int = 20) -> s
     names may hold a record's values (identity numbers, names), whatever else it names."""
     cells = list(cells)
     shown = [repr(c) if _is_known(contract, c) else NOT_SHOWN for c in cells[:limit]]
-    return ", ".join(shown) + (f" and {len(cells) - limit} more" if len(cells) > limit else "")
+    text = ", ".join(shown) + (f" and {len(cells) - limit} more" if len(cells) > limit else "")
+    return text if all(_is_known(contract, c) for c in cells) else f"{text} ({WHY_NOT_SHOWN})"
 
 
 def _shown_line(contract: Contract, line: str, delimiter: str) -> str:
@@ -78,9 +79,7 @@ def _shown_line(contract: Contract, line: str, delimiter: str) -> str:
     wrong) when every cell is a header name of the contract, else its cells as
     :func:`_shown_cells` shows them."""
     cells = line.split(delimiter)
-    if all(_is_known(contract, c) for c in cells):
-        return repr(line[:120])
-    return f"{_shown_cells(contract, cells)} ({WHY_NOT_SHOWN})"
+    return repr(line[:120]) if all(_is_known(contract, c) for c in cells) else _shown_cells(contract, cells)
 
 
 def _unnamed_line(count: int, what: str) -> str:
@@ -112,8 +111,7 @@ def _map_headers(contract: Contract, headers: list[str], what: str) -> tuple[dic
     if missing:
         # a header line that names no column may be a record (a file without its header line)
         if _is_header_line(contract, headers):
-            found = (f"found {what}s: {_shown_cells(contract, headers)}"
-                     + (f" ({WHY_NOT_SHOWN})" if not all(_is_known(contract, h) for h in headers) else ""))
+            found = f"found {what}s: {_shown_cells(contract, headers)}"
         elif what == "field":
             found = (f"the records have {len(headers)} field(s), none of them a field name of the contract (not "
                      "shown: a name that is not the contract's may be a value, such as an identity number)")
@@ -760,8 +758,11 @@ def stage_jsonl(con, path: Path, contract: Contract, table: str, sample_lines: i
             raise _jsonl_rejection(path, *first_problem)
         raise FileRejected("the file has no JSON record")
     scanned = _add_every_key(con, path, keys)
-    mapping, warnings = _map_headers(contract, list(keys), "field")
-    source_sql = f"select * from read_json(?, format='newline_delimited', columns={_varchar_columns(keys)})"
+    def fields():  # the mapping of the fields found, and the query reading them
+        mapping, warnings = _map_headers(contract, list(keys), "field")
+        return mapping, warnings, f"select * from read_json(?, format='newline_delimited', columns={_varchar_columns(keys)})"
+
+    mapping, warnings, source_sql = fields()
     try:
         _stage_from(con, contract, mapping, source_sql, table, [str(path)])
         refused = None
@@ -776,8 +777,7 @@ def stage_jsonl(con, path: Path, contract: Contract, table: str, sample_lines: i
         if not bad:
             raise FileRejected(_describe_jsonl_error(refused, path)) from None
         if not scanned and _add_every_key(con, copy, keys):  # the file's records, now that they can be read
-            mapping, warnings = _map_headers(contract, list(keys), "field")
-            source_sql = f"select * from read_json(?, format='newline_delimited', columns={_varchar_columns(keys)})"
+            mapping, warnings, source_sql = fields()
         malformed = _list_malformed(con, table, bad)
         try:
             _stage_from(con, contract, mapping, source_sql, table, [str(copy)], lambda: malformed)
@@ -866,6 +866,7 @@ def _sheet_rows(wb, ws):
     from zipfile import BadZipFile
     from zlib import error as ZlibError
 
+    unreadable = f"not a valid Excel workbook (.xlsx): the sheet {ws.title!r} could not be read"
     max_col = ws.max_column
     expected = 1
     try:
@@ -885,13 +886,12 @@ def _sheet_rows(wb, ws):
                         row[cell["column"] - 1] = cell["value"]
                 yield number, row, tuple(column - 1 for column in parser.unfilled if column <= width)
     except _CellUnreadable as exc:
-        raise FileRejected(f"not a valid Excel workbook (.xlsx): the sheet {ws.title!r} could not be read: {exc}") from None
+        raise FileRejected(f"{unreadable}: {exc}") from None
     except SyntaxError as exc:  # xml.etree's ParseError: the sheet's XML is not well-formed
-        raise FileRejected(f"not a valid Excel workbook (.xlsx): the sheet {ws.title!r} could not be read: its XML "
-                           f"is not well-formed ({exc}): was the file cut short or damaged?") from None
+        raise FileRejected(f"{unreadable}: its XML is not well-formed ({exc}): was the file cut short or damaged?"
+                           ) from None
     except (BadZipFile, ZlibError, EOFError, OSError, ValueError, TypeError, KeyError, IndexError) as exc:
-        raise FileRejected(f"not a valid Excel workbook (.xlsx): the sheet {ws.title!r} could not be read: "
-                           f"{type(exc).__name__}: {exc}") from None
+        raise FileRejected(f"{unreadable}: {type(exc).__name__}: {exc}") from None
 
 
 def stage_xlsx(con, path: Path, contract: Contract, table: str, batch_rows: int = 50_000) -> Staged:

@@ -460,14 +460,21 @@ def _has_log(con, database: str | None = None) -> bool:
                             "and schema_name = 'meta' and table_name = 'publish_log'", [database]).fetchone()[0])
 
 
-def _newest_run(con, database: str | None = None) -> str | None:
-    """Run id of the newest row of the publish log of the attached file ``database`` (default:
-    the connection's own)."""
+def _newest_row(con, columns: list[str], database: str | None = None) -> dict | None:
+    """``columns`` of the newest row of the publish log of the attached file ``database``
+    (default: the connection's own); None without a log or a row."""
     if not _has_log(con, database):
         return None
     log = "meta.publish_log" if database is None else f"{_ident(database)}.meta.publish_log"
-    row = con.execute(f"select run_id from {log} order by published_at desc limit 1").fetchone()
-    return row[0] if row else None
+    row = con.execute(f"select {', '.join(columns)} from {log} order by published_at desc limit 1").fetchone()
+    return dict(zip(columns, row)) if row else None
+
+
+def _newest_run(con, database: str | None = None) -> str | None:
+    """Run id of the newest row of the publish log of the attached file ``database`` (default:
+    the connection's own)."""
+    row = _newest_row(con, ["run_id"], database)
+    return row["run_id"] if row else None
 
 
 def _served_identity(settings) -> str:
@@ -478,16 +485,13 @@ def _served_identity(settings) -> str:
         return ""
     con = duckdb.connect(str(serving), read_only=True)
     try:
-        if not _has_log(con):
-            return "a file without a publish log"
-        row = con.execute("select event, run_id, published_at from meta.publish_log "
-                          "order by published_at desc limit 1").fetchone()
-        if row is None:
-            return "a file without a publish log"
-        at = f"{row[2]:%Y-%m-%d %H:%M:%S.%f} UTC" if row[2] is not None else "an unrecorded time"
-        return f"run {row[1]} ({row[0]} at {at})"
+        row = _newest_row(con, ["event", "run_id", "published_at"])
     finally:
         con.close()
+    if row is None:
+        return "a file without a publish log"
+    at = f"{row['published_at']:%Y-%m-%d %H:%M:%S.%f} UTC" if row["published_at"] is not None else "an unrecorded time"
+    return f"run {row['run_id']} ({row['event']} at {at})"
 
 
 def serving_run_id(path: Path) -> str | None:
@@ -691,14 +695,9 @@ def rollback(settings, cfg: QualityConfig | None = None) -> RollbackResult:
             con.execute("set TimeZone = 'UTC'")
             log = {"event": "rollback", "run_id": restored or "unknown", "published_at": _now(),
                    "note": f"rolled back from run {replaced} to run {restored}"}
-            if _has_log(con):
-                # the restored file's own newest row describes it (a publish, or a rollback to it)
-                row = con.execute("select code_version, deliveries, delivery_count, check_results, checks_passed, "
-                                  "table_row_counts, disclosure from meta.publish_log "
-                                  "order by published_at desc limit 1").fetchone()
-                if row:
-                    log.update(dict(zip(["code_version", "deliveries", "delivery_count", "check_results",
-                                         "checks_passed", "table_row_counts", "disclosure"], row)))
+            # the restored file's own newest row describes it (a publish, or a rollback to it)
+            log.update(_newest_row(con, ["code_version", "deliveries", "delivery_count", "check_results",
+                                         "checks_passed", "table_row_counts", "disclosure"]) or {})
             _write_log(con, settings, log)
             con.execute("checkpoint")
             published = _published_at(con)
