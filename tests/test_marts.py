@@ -341,10 +341,23 @@ class HandMade:
         "2025-03": {"EPS-0001": 48, "EPS-0002": 40, "EPS-0003": 9},
     }
     CORRECTED_RESIDENTS = {("2025-01", "EPS-0002"): 32}
+    # A month's establishments file carries the establishments that changed: EPS-0001 has
+    # 60 places from February, after its works (ended 20 January).
+    CAPACITY_CHANGES = {"2025-02": {"EPS-0001": 60}}
 
-    def establishments(self) -> list[dict]:
+    def capacity(self, month: str, eid: str) -> int:
+        """Places of an establishment in a month, as its files state them."""
+        places = self.ESTABLISHMENTS[eid][2]
+        for changed in sorted(m for m in self.CAPACITY_CHANGES if m <= month):
+            places = self.CAPACITY_CHANGES[changed].get(eid, places)
+        return places
+
+    def establishments(self, month: str = "2025-01") -> list[dict]:
         rows = []
-        for eid, (kind, region, capacity, ws, we) in self.ESTABLISHMENTS.items():
+        for eid, (kind, region, _, ws, we) in self.ESTABLISHMENTS.items():
+            if month != "2025-01" and eid not in self.CAPACITY_CHANGES.get(month, {}):
+                continue
+            capacity = self.capacity(month, eid)
             province, commune = self.geo[region]["urban"]
             rows.append({"establishment_id": eid, "establishment_name": f"Centre {eid}", "establishment_type": kind,
                          "region_code": region, "province_code": province, "commune_code": commune,
@@ -465,6 +478,8 @@ def load_months(raw: RawLayer, data: HandMade, months: list[str], start_hour: in
                 raw.deliver("repayments", earlier, data.repayments(earlier), tick())
             raw.deliver("survey_units", "sp01_eval", data.survey_units(), tick())
             raw.deliver("survey_measurements", "sp01_eval", data.survey_measurements(), tick())
+        if month in data.CAPACITY_CHANGES:
+            raw.deliver("establishments", month, data.establishments(month), tick())
         raw.deliver("loans", month, data.loans(month), tick())
         raw.deliver("payments", month, data.payments(month), tick())
         raw.deliver("repayments", month, data.repayments(month), tick())
@@ -749,13 +764,19 @@ def test_loan_opening_position_is_derived_from_its_first_delivered_instalment(bu
 
 def test_occupancy_rate_and_works_phases(built):
     home, _, data = built
-    capacity = {eid: spec[2] for eid, spec in data.ESTABLISHMENTS.items()}
     for month in ("2024-11", "2024-12", "2025-01", "2025-02"):
-        residents = sum(data.residents(month, eid) for eid in capacity)
+        # each month's residents over the places of that month, not the current ones
+        residents = sum(data.residents(month, eid) for eid in data.ESTABLISHMENTS)
+        places = sum(data.capacity(month, eid) for eid in data.ESTABLISHMENTS)
         got = query(home, "select sum(residents), sum(capacity), sum(residents) * 1.0 / sum(capacity) "
                           "from marts.mart_establishment_occupancy_monthly where report_month = ?", [month])[0]
-        assert got[:2] == (residents, sum(capacity.values()))
-        assert float(got[2]) == pytest.approx(residents / sum(capacity.values()))
+        assert got[:2] == (residents, places)
+        assert float(got[2]) == pytest.approx(residents / places)
+    assert places == 120 and query(home, "select sum(capacity) from marts.dim_establishments") == [(120,)]
+    children = query(home, "select report_month, capacity, occupancy_rate from marts.mart_establishment_occupancy_monthly "
+                           "where establishment_type = 'children' order by 1")
+    assert children == [("2024-11", 50, pytest.approx(30 / 50)), ("2024-12", 50, pytest.approx(20 / 50)),
+                        ("2025-01", 50, pytest.approx(25 / 50)), ("2025-02", 60, pytest.approx(45 / 60))]
     phases = query(home, "select report_month, works_phase, occupancy_rate from marts.mart_establishment_occupancy_monthly "
                          "where establishment_type = 'children' order by 1")
     assert [(m, p) for m, p, _ in phases] == [("2024-11", "before_works"), ("2024-12", "during_works"),
@@ -763,7 +784,8 @@ def test_occupancy_rate_and_works_phases(built):
     works = {r[0]: r[1:] for r in query(home, "select establishment_id, occupancy_rate_before, occupancy_rate_after, "
                                               "months_before, months_after from detail.mart_establishment_works")}
     assert set(works) == {"EPS-0001", "EPS-0003"}
-    assert works["EPS-0001"] == (pytest.approx(30 / 50), pytest.approx(45 / 50), 1, 1)
+    # before the works over 50 places, after them over 60: the extension is no change of occupancy
+    assert works["EPS-0001"] == (pytest.approx(30 / 50), pytest.approx(45 / 60), 1, 1)
     before = [data.residents(m, "EPS-0003") / 20 for m in ("2024-11", "2024-12", "2025-01")]
     assert works["EPS-0003"] == (pytest.approx(np.mean(before)), None, 3, 0)
 

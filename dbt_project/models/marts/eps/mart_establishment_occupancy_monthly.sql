@@ -1,7 +1,8 @@
 {#- Occupancy of social protection establishments by month, region, establishment type
     and phase of modernisation works (before, during, after works, or no works).
-    Occupancy rate = residents at month end / capacity (the establishment's current
-    capacity), over the establishments that reported that month. -#}
+    Occupancy rate = residents at month end / capacity, over the establishments that
+    reported that month, each with the places it had that month
+    (int_establishment_capacities_tracked). -#}
 with
 
 occupancy as (
@@ -16,19 +17,29 @@ establishments as (
 
 ),
 
+capacities as (
+
+    select * from {{ ref('int_establishment_capacities_tracked') }}
+
+),
+
 phased as (
 
     select
         occupancy.*,
         establishments.region_code,
         establishments.establishment_type,
-        establishments.capacity,
+        capacities.capacity,
         {{ works_phase('occupancy.month_start_date', 'establishments.works_start_date', 'establishments.works_end_date') }}
             as works_phase
 
     from occupancy
     inner join establishments
         on occupancy.establishment_id = establishments.establishment_id
+    inner join capacities
+        on occupancy.establishment_id = capacities.establishment_id
+        and occupancy.month_start_date >= capacities.valid_from
+        and (capacities.valid_to is null or occupancy.month_start_date < capacities.valid_to)
 
 ),
 

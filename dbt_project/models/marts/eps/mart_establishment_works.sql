@@ -1,6 +1,7 @@
 {#- Before/after comparison for each establishment with modernisation works: occupancy
-    rate (mean of monthly residents / capacity) and mean inspection score over the months
-    reported before the works started and after they ended. -#}
+    rate (mean of monthly residents / the places of that month, which works often change)
+    and mean inspection score over the months reported before the works started and after
+    they ended. capacity is the current one. -#}
 with
 
 occupancy as (
@@ -16,19 +17,29 @@ establishments as (
 
 ),
 
+capacities as (
+
+    select * from {{ ref('int_establishment_capacities_tracked') }}
+
+),
+
 phased as (
 
     select
         occupancy.establishment_id,
         occupancy.residents,
         occupancy.inspection_score,
-        establishments.capacity,
+        capacities.capacity,
         {{ works_phase('occupancy.month_start_date', 'establishments.works_start_date', 'establishments.works_end_date') }}
             as works_phase
 
     from occupancy
     inner join establishments
         on occupancy.establishment_id = establishments.establishment_id
+    inner join capacities
+        on occupancy.establishment_id = capacities.establishment_id
+        and occupancy.month_start_date >= capacities.valid_from
+        and (capacities.valid_to is null or occupancy.month_start_date < capacities.valid_to)
 
 ),
 
