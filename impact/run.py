@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from impact import disclosure
+from impact.descriptions import describe
 from impact.config import EvaluationConfig, Propensity, load_config
 from impact.estimators import (
     STATUS_NOT_ESTIMABLE,
@@ -795,6 +796,10 @@ def write_tables(con, tables: ImpactTables, run_id: str, code_version: str, inpu
                 frame["estimated_at"] = pd.Series([stamp] * len(frame), dtype="datetime64[us]")
             ddl = ", ".join(f'"{c}" {t}' for c, t in columns.items())
             con.execute(f"create or replace table {SCHEMA}.{table} ({ddl})")
+            about, about_columns = describe(table, list(columns))
+            con.execute(f"comment on table {SCHEMA}.{table} is {_sql_text(about)}")
+            for column, text in about_columns.items():
+                con.execute(f'comment on column {SCHEMA}.{table}."{column}" is {_sql_text(text)}')
             if len(frame):
                 con.register("_impact_frame", frame)
                 select = ", ".join(f'cast("{c}" as {t})' for c, t in columns.items())
@@ -803,7 +808,9 @@ def write_tables(con, tables: ImpactTables, run_id: str, code_version: str, inpu
             counts[table] = len(frame)
         if inputs is not None:
             stored = json.dumps({**inputs, "notes": tables.notes}, sort_keys=True)
-            con.execute(f"comment on table {SCHEMA}.{FINGERPRINT_TABLE} is {_sql_text(stored)}")
+            con.execute(f"create schema if not exists {STATE_SCHEMA}")
+            con.execute(f"create or replace table {STATE_TABLE} (stored json, stored_at timestamp)")
+            con.execute(f"insert into {STATE_TABLE} values (?, ?)", [stored, stamp])
         con.execute("commit")
     except Exception:
         con.execute("rollback")
@@ -814,7 +821,11 @@ def write_tables(con, tables: ImpactTables, run_id: str, code_version: str, inpu
 # --------------------------------------------------------------------------------------
 # skipping unchanged work
 
-FINGERPRINT_TABLE = "impact_estimates"  # its table comment holds the fingerprints of its inputs
+# The fingerprints of the inputs the impact tables were computed from, with the run's notes
+# and report folder: written in the transaction that writes the tables, in a schema of its
+# own that is never published (the tables' comments describe them to their readers).
+STATE_SCHEMA = "impact_state"
+STATE_TABLE = f"{STATE_SCHEMA}.fingerprints"
 FINGERPRINT_VERSION = 3  # bump when what the fingerprints cover changes
 
 
@@ -886,11 +897,9 @@ def input_fingerprints(con, config_path, code_version: str, min_cell: int | None
 
 def stored_fingerprints(con) -> dict[str, Any] | None:
     """The fingerprints stored with the impact tables, when every table is there."""
-    if not all(_table_exists(con, f"{SCHEMA}.{t}") for t in TABLES):
+    if not all(_table_exists(con, f"{SCHEMA}.{t}") for t in TABLES) or not _table_exists(con, STATE_TABLE):
         return None
-    found = con.execute(
-        "select comment from duckdb_tables() where database_name = current_database() and schema_name = ? "
-        "and table_name = ?", [SCHEMA, FINGERPRINT_TABLE]).fetchone()
+    found = con.execute(f"select stored from {STATE_TABLE}").fetchone()
     if not found or not found[0]:
         return None
     try:

@@ -125,24 +125,25 @@ def connect(dsn: str):
         raise PostgresPublishError(f"cannot connect to PostgreSQL: {str(exc).strip()}") from exc
 
 
-def copy_duckdb_table(duck, pg, source: str, target_schema: str, target_table: str) -> int:
-    """Replace ``target_schema.target_table`` in PostgreSQL with the DuckDB table ``source``.
+def copy_duckdb_table(duck, pg, schema: str, table_name: str) -> int:
+    """Replace ``schema.table_name`` in PostgreSQL with the DuckDB table of the same name,
+    with its table and column comments (what BI tools show as descriptions).
 
     Streams Arrow record batches written as CSV into ``COPY ... FROM STDIN`` (one
     transaction: readers see the old table or the new one, never half of it).
     """
     import pyarrow.csv as pacsv
 
+    source = table = f"{_q(schema)}.{_q(table_name)}"
     columns = duck.execute(f"describe {source}").fetchall()
     names = [c[0] for c in columns]
     ddl = ", ".join(f"{_q(name)} {pg_type(typ)}" for name, typ, *_ in columns)
-    table = f"{_q(target_schema)}.{_q(target_table)}"
     select = ", ".join(
         f"cast({_q(name)} as varchar) as {_q(name)}" if pg_type(typ) in ("text", "jsonb", "bytea") and typ.upper() != "VARCHAR"
         else _q(name) for name, typ, *_ in columns)
     rows = 0
     with pg.cursor() as cur:
-        cur.execute(f"create schema if not exists {_q(target_schema)}")
+        cur.execute(f"create schema if not exists {_q(schema)}")
         cur.execute(f"drop table if exists {table} cascade")
         cur.execute(f"create table {table} ({ddl})")
         reader = duck.sql(f"select {select} from {source}").to_arrow_reader(BATCH_ROWS)
@@ -156,6 +157,15 @@ def copy_duckdb_table(duck, pg, source: str, target_schema: str, target_table: s
             buffer.seek(0)
             cur.copy_expert(f"copy {table} ({column_list}) from stdin with (format csv)", buffer)
             rows += batch.num_rows
+        comments = duck.execute(
+            "select null, comment from duckdb_tables() where database_name = current_database() and schema_name = ? "
+            "and table_name = ? and coalesce(comment, '') <> '' union all "
+            "select column_name, comment from duckdb_columns() where database_name = current_database() "
+            "and schema_name = ? and table_name = ? and coalesce(comment, '') <> ''",
+            [schema, table_name, schema, table_name]).fetchall()
+        for column, text in comments:
+            what = f"table {table}" if column is None else f"column {table}.{_q(column)}"
+            cur.execute(f"comment on {what} is %s", (text,))
     pg.commit()
     return rows
 
@@ -182,7 +192,7 @@ def copy_raw_layer(settings: Settings, pg) -> dict[str, int]:
             if schema in ("raw", "quarantine") or (schema, table) in WHOLE_TABLES]
         counts = {}
         for schema, table in tables:
-            counts[f"{schema}.{table}"] = copy_duckdb_table(duck, pg, f"{_q(schema)}.{_q(table)}", schema, table)
+            counts[f"{schema}.{table}"] = copy_duckdb_table(duck, pg, schema, table)
         return counts
     finally:
         duck.close()
@@ -200,7 +210,7 @@ def copy_impact_tables(settings: Settings, pg) -> list[str]:
         tables = [r[0] for r in duck.execute(
             "select table_name from duckdb_tables() where schema_name = 'impact' order by 1").fetchall()]
         for table in tables:
-            copy_duckdb_table(duck, pg, f"impact.{_q(table)}", "impact", table)
+            copy_duckdb_table(duck, pg, "impact", table)
         return tables
     finally:
         duck.close()

@@ -83,20 +83,23 @@ def test_the_publish_log_lists_the_deliveries_the_build_recorded(e2e):
     assert {d["delivery_id"] for d in logged} == {d["delivery_id"] for d in current_deliveries(settings)}
 
 
-def test_every_published_mart_and_column_carries_its_description(e2e):
+def test_every_published_table_and_column_carries_its_description(e2e):
     """BI tools show table and column comments as descriptions: dbt writes the models' YAML
-    descriptions (persist_docs) and the publication keeps them."""
+    descriptions (persist_docs), the impact stage those of impact/descriptions.py, and the
+    publication keeps them."""
     con = duckdb.connect(str(e2e.settings.serving_path), read_only=True)
     try:
-        tables = con.execute("select table_name from duckdb_tables() where schema_name = 'marts' "
+        tables = con.execute("select schema_name, table_name from duckdb_tables() where schema_name in ('marts', 'impact') "
                              "and coalesce(comment, '') = ''").fetchall()
-        columns = con.execute("select table_name, column_name from duckdb_columns() where schema_name = 'marts' "
-                              "and coalesce(comment, '') = ''").fetchall()
-        described = con.execute("select count(*) from duckdb_columns() where schema_name = 'marts' "
-                                "and comment <> ''").fetchone()[0]
+        columns = con.execute("select table_name, column_name from duckdb_columns() "
+                              "where schema_name in ('marts', 'impact') and coalesce(comment, '') = ''").fetchall()
+        described = dict(con.execute("select schema_name, count(*) from duckdb_columns() "
+                                     "where schema_name in ('marts', 'impact') and comment <> '' group by 1").fetchall())
+        schemas = {r[0] for r in con.execute("select schema_name from duckdb_tables()").fetchall()}
     finally:
         con.close()
-    assert tables == [] and columns == [] and described > 100
+    assert tables == [] and columns == [] and described["marts"] > 100 and described["impact"] > 100
+    assert "impact_state" not in schemas, "the impact stage's input fingerprints stay in the build warehouse"
 
 
 def test_no_clear_identifier_in_any_table_written(e2e):

@@ -1119,6 +1119,37 @@ def test_run_impact_keeps_the_tables_when_panel_costs_config_and_code_are_unchan
         assert Path(image).read_bytes() == (tmp_path / "report-a" / f"{name}.png").read_bytes()
 
 
+def test_impact_tables_describe_themselves_and_keep_their_inputs_out_of_sight(tmp_path, estimated):
+    """Every impact table and column carries its description (BI tools and `jisr sql` show
+    them); the fingerprints of the inputs, with the report's folder on this machine, are kept
+    in a schema that is never published, not in a comment of a published table."""
+    from impact.descriptions import COLUMN_DESCRIPTIONS, PER_TABLE, TABLE_DESCRIPTIONS, describe
+
+    db, cfg = estimated
+    assert set(TABLE_DESCRIPTIONS) == set(TABLES)
+    used = {c for columns in TABLES.values() for c in columns}
+    assert set(COLUMN_DESCRIPTIONS) <= used and {c for _, c in PER_TABLE} <= used, "no description of a column that is gone"
+    assert {t for t, _ in PER_TABLE} <= set(TABLES)
+    for kept in (False, True):  # as estimated, then kept by a run with the same inputs
+        con = duckdb.connect(str(db), read_only=True)
+        try:
+            tables = dict(con.execute("select table_name, comment from duckdb_tables() where schema_name = 'impact'").fetchall())
+            columns = con.execute("select table_name, column_name, comment from duckdb_columns() "
+                                  "where schema_name = 'impact'").fetchall()
+            state = con.execute("select schema_name, table_name from duckdb_tables() "
+                                "where schema_name not in ('impact', 'detail', 'marts')").fetchall()
+        finally:
+            con.close()
+        assert tables == {t: describe(t, [])[0] for t in TABLES}
+        assert len(columns) == sum(map(len, TABLES.values()))
+        assert all(text == describe(table, [column])[1][column] for table, column, text in columns)
+        assert state == [("impact_state", "fingerprints")]
+        assert not any(str(tmp_path) in (text or "") for _, _, text in columns) and not any(
+            str(tmp_path) in text for text in tables.values())
+        if not kept:
+            assert "nothing re-estimated" in run_impact(db, cfg, "run-b", "v1", tmp_path / "report-b")["reused"]
+
+
 def test_run_impact_recomputes_only_cost_effectiveness_when_costs_change(tmp_path, estimated):
     db, cfg = estimated
     before = impact_content(db)

@@ -232,6 +232,35 @@ def test_postgres_copy_raw_layer_keeps_values_and_types(database, settings):
     pg.close()
 
 
+def test_postgres_impact_tables_keep_their_descriptions(database, settings):
+    """The impact tables are copied from the serving file with their table and column
+    comments, which BI tools connected to PostgreSQL show as descriptions."""
+    from impact.descriptions import describe
+
+    settings.serving_path.parent.mkdir(parents=True)
+    duck = duckdb.connect(str(settings.serving_path))
+    duck.execute("create schema impact")
+    duck.execute("create table impact.impact_group_means (study_id varchar, mean double, reason varchar)")
+    duck.execute("insert into impact.impact_group_means values ('S1', 1.5, null)")
+    about, columns = describe("impact_group_means", ["study_id", "mean", "reason"])
+    quoted = lambda text: "'" + text.replace("'", "''") + "'"  # noqa: E731
+    duck.execute(f"comment on table impact.impact_group_means is {quoted(about)}")
+    for column, text in columns.items():
+        duck.execute(f"comment on column impact.impact_group_means.{column} is {quoted(text)}")
+    duck.close()
+    pg = psycopg2.connect(database)
+    try:
+        assert postgres.copy_impact_tables(settings, pg) == ["impact_group_means"]
+        with pg.cursor() as cur:
+            cur.execute("select obj_description('impact.impact_group_means'::regclass, 'pg_class')")
+            assert cur.fetchone()[0] == about
+            cur.execute("select a.attname, col_description(a.attrelid, a.attnum) from pg_attribute a "
+                        "where a.attrelid = 'impact.impact_group_means'::regclass and a.attnum > 0 order by a.attnum")
+            assert dict(cur.fetchall()) == columns
+    finally:
+        pg.close()
+
+
 def test_postgres_disclosure_control_applies_to_postgres_marts(database):
     pg = psycopg2.connect(database)
     with pg.cursor() as cur:
