@@ -185,19 +185,23 @@ def protect_estimates(est_rows: list[dict], pre_rows: list[dict], k: int) -> Non
             levels = sizes.setdefault((row["subgroup_dimension"], group), {})
             levels[row["subgroup"]] = min(levels.get(row["subgroup"], math.inf), float(n))
     # units without a value of the dimension are in the whole-sample row and in no level: an
-    # unpublished level of their own, small when 1 to k - 1 of them
+    # unpublished level of their own, small when 1 to k - 1 of them. A propensity-weighted
+    # row counts its sample before trimming (every level fits and trims its own propensity
+    # score: the units trimmed differ between the levels and the whole sample, and their
+    # difference is no unit without a value)
     unvalued: dict[tuple[str, str], bool] = {}
-    wholes = {(row["estimator"], g): row.get(size) for row in est_rows if row.get("subgroup_dimension") is None
-              for g, (size, *_) in ESTIMATE_GROUPS.items()}
+    wholes = {(row["estimator"], g): _untrimmed_size(row, g) for row in est_rows if row.get("subgroup_dimension") is None
+              for g in ESTIMATE_GROUPS}
     level_sums: dict[tuple[str, str, str], float] = {}
     for row in est_rows:
         dim = row.get("subgroup_dimension")
         if dim is None:
             continue
-        for group, (size, *_) in ESTIMATE_GROUPS.items():
-            if finite(row.get(size)) is not None:
+        for group in ESTIMATE_GROUPS:
+            n = _untrimmed_size(row, group)
+            if n is not None:
                 key = (dim, group, row["estimator"])
-                level_sums[key] = level_sums.get(key, 0.0) + float(row[size])
+                level_sums[key] = level_sums.get(key, 0.0) + n
     for (dim, group, estimator), total in level_sums.items():
         whole = wholes.get((estimator, group))
         if finite(whole) is not None:
@@ -240,6 +244,17 @@ def protect_estimates(est_rows: list[dict], pre_rows: list[dict], k: int) -> Non
             kept.append({**base, "status": "not_estimable", "reason": reason,
                          "joint_status": "not_estimable", "joint_reason": reason})
     pre_rows[:] = kept
+
+
+def _untrimmed_size(row: dict, group: str) -> float | None:
+    """A row's size of ``group`` before propensity trimming: its size plus the units of the
+    group it trimmed (``trimmed_treated`` / ``trimmed_comparison``; none in the rows of
+    estimators that do not trim); None when the size is not known."""
+    n = finite(row.get(ESTIMATE_GROUPS[group][0]))
+    if n is None:
+        return None
+    options = json.loads(row.get("estimator_options") or "{}")
+    return n + (finite(options.get(TRIMMED[group])) or 0.0)
 
 
 def _without_sample_options(options: str | None) -> str | None:

@@ -409,6 +409,25 @@ def test_units_without_a_subgroup_value_are_not_given_back_by_the_whole_sample_r
     assert did.loc["all", "status"] == "ok"
 
 
+def test_propensity_trimming_of_the_levels_is_not_taken_for_units_without_a_subgroup_value(tmp_path):
+    """Every unit has a sex; each level of sex fits and trims its own propensity score, so
+    the weighted rows of the levels do not add up to the whole-sample weighted row. Their
+    sizes before trimming do: no level is withheld for units with no sex value."""
+    panel = simulate_panel(5, n_clusters=100, selection=2.0)
+    assert panel["sex"].notna().all()
+    est = evaluate(panel, None, config(cov_type="hc1", subgroups={"dimensions": ["sex"], "min_size": 2},
+                                       propensity={"low": 0.1, "high": 0.9})).estimates
+    ipw = est[est["estimator"] == "ipw_did"].set_index("subgroup")
+    trimmed = ipw["estimator_options"].map(lambda o: json.loads(o).get("trimmed_treated"))
+    kept = ipw["n_treated"].astype(float)
+    # the levels trim other units than the whole sample does
+    assert kept.loc[["sex=F", "sex=M"]].sum() != kept.loc["all"]
+    assert (kept + trimmed).loc[["sex=F", "sex=M"]].sum() == (kept + trimmed).loc["all"]
+    levels = est[est["subgroup_dimension"] == "sex"]
+    assert not levels["reason"].fillna("").str.contains("with no sex value").any()
+    assert (levels["status"] == "ok").all() and levels["n_treated"].notna().all()
+
+
 def test_small_whole_programme_group_is_not_published_in_any_table(tmp_path):
     panel = simulate_panel(14, attrition=0.2)
     treated = panel.loc[panel["treatment_group"] == "treated", "unit_id"].unique()
