@@ -134,7 +134,9 @@ def build_study(panel: pd.DataFrame, study_id: str, settings: StudySettings, clu
     if settings.covariates is None:
         covariates = sorted(at_baseline - at_endline)
         for name, column in (("age", "age"), ("female", "sex"), ("vulnerability_score", "vulnerability_score")):
-            if units[column].notna().any():
+            # once: a study may also deliver a baseline variable of the same name (female),
+            # which the unit column replaces below
+            if units[column].notna().any() and name not in covariates:
                 covariates.append(name)
     else:
         covariates = []

@@ -428,6 +428,19 @@ def test_propensity_trimming_of_the_levels_is_not_taken_for_units_without_a_subg
     assert (levels["status"] == "ok").all() and levels["n_treated"].notna().all()
 
 
+def test_a_baseline_variable_named_like_a_unit_covariate_is_one_covariate(tmp_path):
+    """A study that delivers `female` at baseline (as microcredit_2025 does) has it once
+    among the automatic covariates, beside the unit columns: one balance row, not two."""
+    panel = simulate_panel(3)
+    base = panel[(panel["round_index"] == 0) & (panel["variable"] == "income")]
+    panel = pd.concat([panel, base.assign(variable="female", value=(base["sex"] == "F").astype(float))],
+                      ignore_index=True)
+    tables = evaluate(panel, None, config(cov_type="hc1"))
+    covariates = tables.balance["covariate"].tolist()
+    assert sorted(covariates) == sorted(set(covariates))
+    assert "female" in covariates
+
+
 def test_small_whole_programme_group_is_not_published_in_any_table(tmp_path):
     panel = simulate_panel(14, attrition=0.2)
     treated = panel.loc[panel["treatment_group"] == "treated", "unit_id"].unique()
