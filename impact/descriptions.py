@@ -138,7 +138,9 @@ PER_TABLE: dict[tuple[str, str], str] = {
     ("impact_attrition", "std_error"): "Standard error of the difference.",
     ("impact_attrition", "p_value"): "p-value of the difference against no differential attrition.",
     ("impact_attrition", "status"): "ok (shares computed, and tested where there is anything to test: see reason) or not_estimable.",
-    ("impact_group_means", "std_error"): "Standard error of the mean.",
+    ("impact_group_means", "std_error"): (
+        "Standard error of the mean, of the study's type (clustered on the unit of assignment, like its estimates)."
+    ),
     ("impact_group_means", "reason"): "Why the group's figures are withheld; null otherwise.",
     ("impact_cost_effectiveness", "estimator"): "Estimator whose estimate the cost is divided by (cost_effectiveness.estimator).",
     ("impact_cost_effectiveness", "estimate"): "That estimator's estimate on all units of the study (subgroup all).",

@@ -367,7 +367,24 @@ def _attrition_row(study_id: str, programme: str, outcome: str, units: pd.DataFr
     return row
 
 
-def _group_mean_rows(study_id: str, programme: str, outcome: str, units: pd.DataFrame, y: pd.DataFrame, labels: dict[int, str]) -> list[dict]:
+def _mean_std_error(values: pd.Series, clusters: pd.Series, inference: Inference) -> float | None:
+    """Standard error of the mean of ``values``, of the study's type (clustered on the unit of
+    assignment like its estimates: units of a cluster are alike, so sd / sqrt(n) would be too
+    small): statsmodels' OLS of the values on a constant. None when it cannot be computed
+    (one unit, or one cluster when clustered)."""
+    import statsmodels.api as sm
+
+    from impact.estimators import _fit_model
+
+    if len(values) < 2 or (inference.cov_type == "cluster" and clusters.nunique() < 2):
+        return None
+    fit = _fit_model(sm.OLS(values.to_numpy(dtype=float), np.ones((len(values), 1))), clusters, inference)
+    se = float(fit.bse[0])
+    return se if math.isfinite(se) else None
+
+
+def _group_mean_rows(study_id: str, programme: str, outcome: str, units: pd.DataFrame, y: pd.DataFrame,
+                     labels: dict[int, str], inference: Inference) -> list[dict]:
     rows = []
     for group, flag in (("treated", 1), ("comparison", 0)):
         ids = units.index[units["treated"] == flag]
@@ -384,7 +401,7 @@ def _group_mean_rows(study_id: str, programme: str, outcome: str, units: pd.Data
                     "round_label": labels.get(int(r)),
                     "n_units": len(v),
                     "mean": v.mean() if len(v) else None,
-                    "std_error": v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else None,
+                    "std_error": _mean_std_error(v, units.loc[v.index, "cluster"], inference),
                 }
             )
     return rows
@@ -538,7 +555,7 @@ def _outcome_rows(task: _OutcomeTask) -> dict[str, Any]:
         "attrition": disclosure.protect_attrition(
             [_attrition_row(study_id, programme, outcome, units, y, inference_all)], task.min_cell),
         "group_means": disclosure.protect_group_means(
-            _group_mean_rows(study_id, programme, outcome, units, y, task.round_labels), task.min_cell),
+            _group_mean_rows(study_id, programme, outcome, units, y, task.round_labels, inference_all), task.min_cell),
         "estimates": est_rows,
         "pretrends": pre_rows,
     }

@@ -165,6 +165,31 @@ def test_event_study_two_rounds_not_estimable(tmp_path):
     assert est.loc["did", "status"] == "ok"
 
 
+def test_group_means_standard_errors_are_clustered_like_the_estimates():
+    """Units of a cluster are alike (the simulated outcome has a cluster effect): the
+    parallel-trends picture's bands use the cluster-robust standard error of each mean, the
+    same as statsmodels gives for the study's estimates, not sd / sqrt(n)."""
+    import statsmodels.api as sm
+
+    panel = simulate_panel(7)
+    for cov_type in ("cluster", "nonrobust"):
+        means = evaluate(panel, None, config(cov_type=cov_type)).group_means.set_index(["treatment_group", "round_index"])
+        for (group, round_index), row in means.iterrows():
+            part = panel[(panel["variable"] == "income") & (panel["round_index"] == round_index)
+                         & (panel["treatment_group"] == group) & panel["value"].notna()]
+            ones = np.ones((len(part), 1))
+            fit = (sm.OLS(part["value"].to_numpy(), ones).fit(cov_type="cluster", use_t=True,
+                                                              cov_kwds={"groups": pd.factorize(part["cluster_id"])[0]})
+                   if cov_type == "cluster" else sm.OLS(part["value"].to_numpy(), ones).fit())
+            assert row["n_units"] == len(part) and row["mean"] == pytest.approx(part["value"].mean())
+            assert row["std_error"] == pytest.approx(float(fit.bse[0]), rel=1e-9)
+            naive = part["value"].std(ddof=1) / np.sqrt(len(part))
+            if cov_type == "cluster":
+                assert row["std_error"] > 1.5 * naive, "15 alike units per cluster: the naive error is far too small"
+            else:
+                assert row["std_error"] == pytest.approx(naive, rel=1e-9)
+
+
 # --------------------------------------------------------------------------------------
 # degenerate inputs
 
