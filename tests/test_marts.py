@@ -744,6 +744,28 @@ def test_incubation_cohorts_count_survival_among_the_ventures_followed(built):
     ]
 
 
+def test_jobs_per_venture_counts_only_the_ventures_whose_jobs_are_reported(built):
+    """Jobs are reported at the 12- and 24-month follow-ups: a venture not followed up
+    yet has no jobs figure, not zero jobs. Dividing by every venture made a cohort not
+    followed yet show 0 jobs per venture, and a cohort half followed half its jobs."""
+    home, _, data = built
+    got = {(c, s): j for c, s, j in query(home, """
+        select cohort, sex, jobs_per_venture from marts.mart_incubation_cohorts where programme_code = 'INC-01'""")}
+    people = data.current_people("2025-02")
+    reported = defaultdict(list)
+    ventures = defaultdict(int)
+    for venture in data.ventures():
+        cell = (venture["cohort"], people[venture["person_key"]]["sex"])
+        ventures[cell] += 1
+        if venture["jobs_created"] is not None:
+            reported[cell].append(venture["jobs_created"])
+    assert set(got) == set(ventures) and all(n == 1 for n in ventures.values())
+    # V5 (2024-B) is not followed up yet: no figure, not 0 jobs per venture
+    assert got[("2024-B", "F")] is None
+    assert {cell: j for cell, j in got.items() if j is not None} == {
+        cell: pytest.approx(sum(jobs) / len(jobs)) for cell, jobs in reported.items()}
+
+
 def test_portfolio_counts_partial_payments_as_arrears_and_write_offs_in_their_month(built):
     home, _, data = built
     # L5 paid 200 of its 440 MAD instalment due 1 January: 30 days past due at the end of

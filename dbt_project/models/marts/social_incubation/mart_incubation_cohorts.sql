@@ -2,7 +2,9 @@
     and the promoter's sex, age band and vulnerability tercile (current registry).
     Survival at 12 (24) months = ventures reported active then / ventures whose status
     then is known (active or closed); ventures not yet followed up, or reported
-    `unknown`, are left out of that rate. -#}
+    `unknown`, are left out of that rate. Jobs are reported at those follow-ups: jobs per
+    venture = jobs created / ventures whose jobs are reported (a venture not followed up
+    yet has no jobs figure, which is not zero jobs; null when none is reported). -#}
 with
 
 ventures as (
@@ -51,7 +53,7 @@ final as (
         {{ jisr.safe_divide(jisr.count_if('survived_24m'), jisr.count_if('survived_24m is not null')) }}
             as survival_rate_24m,
         coalesce({{ jisr.sum_counts('jobs_created') }}, 0) as jobs_created,
-        {{ jisr.safe_divide('coalesce(sum(jobs_created), 0)', 'count(*)') }} as jobs_per_venture,
+        {{ jisr.safe_divide('sum(jobs_created)', 'count(jobs_created)') }} as jobs_per_venture,
         sum(revenue_mad) as revenue_mad
 
     from attributed
