@@ -16,11 +16,13 @@ BENEFICIARIES ?= 5000
 .PHONY: setup run test test-slow dev docs clean help
 
 help:
+	@echo "make setup  install the pinned environment (.venv, from uv.lock)"
 	@echo "make run    set up, generate sample deliveries, run a full refresh through Dagster"
 	@echo "make test   set up and run the test suite"
 	@echo "make test-slow  slow tests: kills during refresh and publish, CI coverage over many seeds, benchmark smoke run"
 	@echo "make dev    open the Dagster UI on this project (http://127.0.0.1:3000)"
 	@echo "make docs   regenerate docs/data-contracts.md"
+	@echo "make clean  remove everything under $(JISR_HOME) (landing area, stores, warehouses, reports)"
 	@echo "make test-postgres  PostgreSQL serving target and Dagster storage (installs a throwaway server)"
 	@echo "make test-spark     the warehouse on Spark, equal to DuckDB (needs Java 17)"
 	@echo "make test-gates     kills during refresh and publish, concurrent readers and refreshes"
