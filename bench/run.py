@@ -327,7 +327,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scales", default=",".join(str(s) for s in DEFAULT_SCALES),
                         help="comma-separated numbers of beneficiaries (default 100000,1000000)")
     parser.add_argument("--months", type=int, default=12, help="monthly deliveries of the full refresh (default 12)")
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--seed", type=int, default=42, help="seed of the generated deliveries (default 42)")
     parser.add_argument("--workdir", help="scratch folder (default $JISR_HOME/bench)")
     parser.add_argument("--out", help="report to write (default BENCHMARKS.md)")
     parser.add_argument("--results", help="raw figures as JSON (default bench/results.json)")

@@ -152,9 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="write sample partner deliveries into the landing area")
     g.add_argument("--beneficiaries", type=_at_least(100), default=5000, help="registered people (default 5000, at least 100)")
-    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--seed", type=int, default=42, help="random seed: the same seed gives the same files (default 42)")
     g.add_argument("--months", type=_at_least(1), default=12, help="monthly deliveries to write (default 12)")
-    g.add_argument("--dirty-rate", type=float, default=0.002, help="share of rows that break a rule")
+    g.add_argument("--dirty-rate", type=float, default=0.002, help="share of rows that break a rule (default 0.002)")
     g.add_argument("--out", help="landing directory (default $JISR_HOME/landing)")
     g.add_argument("--truth", help="where to write the ground-truth JSON")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -170,8 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_status)
 
     c = sub.add_parser("contracts", help="list the data contracts or generate their documentation")
-    c.add_argument("action", choices=["list", "docs"])
-    c.add_argument("--out")
+    c.add_argument("action", choices=["list", "docs"],
+                   help="list: one line per contract; docs: write the contracts' documentation")
+    c.add_argument("--out", help="where `docs` writes (default docs/data-contracts.md)")
     c.set_defaults(func=_contracts)
 
     q = sub.add_parser("sql", help="read-only SQL on the published warehouse (query, -f FILE, or interactive)")

@@ -81,6 +81,17 @@ def test_unknown_command_is_an_error():
         main(["frobnicate"])
 
 
+def test_every_option_of_every_command_says_what_it_does_in_its_help():
+    from jisr.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    undocumented = [f"{name} {action.option_strings or action.dest}"
+                    for name, sub in commands.items() for action in sub._actions
+                    if action.dest != "help" and not action.help]
+    assert undocumented == []
+
+
 def test_disclosure_lists_findings_of_a_warehouse_file(settings, tmp_path, capsys):
     assert main(["disclosure"]) == 2  # nothing published yet
     assert "no warehouse at" in capsys.readouterr().err
