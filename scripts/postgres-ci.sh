@@ -2,7 +2,10 @@
 # Run a command against a throwaway PostgreSQL cluster on loopback, then stop and remove it.
 #
 #   scripts/postgres-ci.sh                      # runs: .venv/bin/pytest -m postgres
-#   scripts/postgres-ci.sh .venv/bin/jisr publish-postgres --dsn "\$JISR_PG_DSN"
+#   scripts/postgres-ci.sh sh -c '.venv/bin/jisr publish-postgres --dsn "$JISR_PG_DSN"'
+#
+# The command runs as given, without a shell: a variable the script exports (below) is
+# expanded only by a shell the command starts, as `sh -c '...'` above.
 #
 # Installs Debian's postgresql package when no server binaries are found (needs root and
 # the package registry). The server refuses to run as root, so as root the cluster runs as
