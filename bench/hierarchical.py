@@ -54,7 +54,7 @@ def measure(con, rule) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.hierarchical", description=__doc__.splitlines()[0])
-    p.add_argument("tables", nargs="*", help="configured tables (default: every one)")
+    p.add_argument("tables", nargs="*", help="configured tables, schema-qualified as in config/disclosure.yml (default: every one)")
     p.add_argument("--warehouse", help="built warehouse to read (default: $JISR_HOME's build warehouse)")
     args = p.parse_args(argv)
 
@@ -65,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = get_settings()
     config = load_config(settings=settings)
+    configured = [rule.table for rule in config.tables]
+    unknown = [t for t in args.tables if t not in configured]
+    if unknown:
+        p.error(f"not a table of config/disclosure.yml: {', '.join(unknown)} (configured: {', '.join(configured)})")
     con = duckdb.connect(str(args.warehouse or settings.build_path), read_only=True)
     for rule in [config.rule(t) for t in args.tables] if args.tables else config.tables:
         if len(rule.dimensions) < 2:

@@ -334,6 +334,19 @@ def test_usable_cores_follow_the_cgroup_quota(tmp_path):
     assert usable_cores(tmp_path / "absent") == affinity
 
 
+def test_hierarchical_names_the_configured_tables_when_given_another(capsys):
+    """A table name that config/disclosure.yml does not configure (say, without its schema)
+    is a usage error naming the configured tables, not a KeyError traceback."""
+    from bench.hierarchical import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["mart_transfers_monthly"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "not a table of config/disclosure.yml: mart_transfers_monthly" in err
+    assert "marts.mart_transfers_monthly" in err
+
+
 def test_hierarchical_measure_publishes_the_marginals_and_protects_a_small_cell_with_them():
     """bench.hierarchical adds every marginal as a total row and protects them with the cells:
     a small cell (3 people) and the cells that hide it are suppressed, the totals published."""
