@@ -17,7 +17,7 @@ BENEFICIARIES ?= 5000
 
 help:
 	@echo "make setup  install the pinned environment (.venv, from uv.lock)"
-	@echo "make run    set up, generate sample deliveries (landing area empty), run the refresh job through Dagster"
+	@echo "make run    set up, generate sample deliveries into an empty landing area, run the refresh job through Dagster"
 	@echo "make test   set up and run the test suite"
 	@echo "make test-slow  slow tests: kills during refresh and publish, CI coverage over many seeds, benchmark smoke run"
 	@echo "make dev    open the Dagster UI on this project (http://127.0.0.1:3000)"
