@@ -26,7 +26,8 @@ class RefreshResult:
     def report(self) -> str:
         from jisr.status import run_report
 
-        lines = [run_report(self.settings, self.run_id, not_loaded=self.not_loaded, skipped=self.skipped)]
+        lines = [run_report(self.settings, self.run_id, not_loaded=self.not_loaded, skipped=self.skipped,
+                            failed=not self.success)]
         if self.warnings:
             lines.append("\nWarnings (failed checks of severity warn, config/quality.yml; they do not stop "
                          "publication):")

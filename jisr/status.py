@@ -19,11 +19,12 @@ def _open_store(settings: Settings):
 
 
 def run_report(settings: Settings, run_id: str, not_loaded: list[tuple[str, str]] = (),
-               skipped: list[str] = ()) -> str:
+               skipped: list[str] = (), failed: bool = False) -> str:
     """What one refresh run loaded, quarantined and rejected, and where the warehouse is;
     ``not_loaded``: (partner/file, reason) of the landing files the run did not load as
     they repeat a rejected delivery; ``skipped``: the messages naming the landing files it
-    skipped as they left the landing area before they were read."""
+    skipped as they left the landing area before they were read; ``failed``: the run
+    failed (a run that loaded nothing then says so, not that nothing was new)."""
     con = _open_store(settings)
     if con is None:
         return "Nothing was ingested (no raw store yet)."
@@ -48,6 +49,8 @@ def run_report(settings: Settings, run_id: str, not_loaded: list[tuple[str, str]
         totals = [sum(r[i] for r in rows) for i in range(1, 6)]
         out.append(f"Total: {totals[0]} file(s) loaded, {totals[1]} rejected; {totals[2]} rows delivered = "
                    f"{totals[3]} loaded + {totals[4]} quarantined.")
+    elif failed:
+        out.append("No delivery was loaded by this run (it failed: see below).")
     else:
         out.append("No new delivery in the landing area (files already loaded are not loaded twice).")
     if rejected:

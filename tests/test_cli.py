@@ -264,3 +264,19 @@ def test_disclosure_all_lists_every_cell_of_a_finding_one_per_line(settings, tmp
     assert capsys.readouterr().out.splitlines() == [
         "BLOCKING  marts.mart_coverage: small_cell: 5 published cells count fewer than 10 people: 5 cell(s):",
         *[f"          {cell}" for cell in cells]]
+
+
+def test_a_refresh_that_failed_before_loading_does_not_say_nothing_was_new(settings, contracts):
+    """A run whose ingestion failed (say, the pseudonymisation key does not match the raw
+    store's) loaded nothing: its report says the run failed, not that the landing area held
+    nothing new (it may hold every file of the month)."""
+    from ingestion import store
+    from jisr.refresh import RefreshResult
+
+    con = store.connect(settings.store_path)
+    store.ensure_schema(con, contracts)
+    con.close()
+    failed = RefreshResult(False, "run-1", settings, failures=["step ingest_landing: KeyMismatchError: ..."]).report()
+    assert "No delivery was loaded by this run (it failed: see below)." in failed
+    assert "No new delivery" not in failed and "\nThe refresh FAILED:" in failed
+    assert "No new delivery in the landing area" in RefreshResult(True, "run-2", settings).report()
