@@ -39,8 +39,8 @@ import numpy as np
 import pandas as pd
 
 from impact import disclosure
-from impact.descriptions import describe
 from impact.config import EvaluationConfig, Propensity, load_config
+from impact.descriptions import describe
 from impact.estimators import (
     STATUS_NOT_ESTIMABLE,
     STATUS_OK,
