@@ -364,6 +364,12 @@ def _violations_sql(contract: Contract, typed: str, seeds_dir: Path) -> str:
     return " union all ".join(parts)
 
 
+# The reasons a row is held for another row (a reference not loaded yet, a key current in
+# another batch): checked again by every pass of its source (Ingestor._release), also on a row
+# quarantined for other reasons too, whose ledger keeps only the reasons that still hold.
+_WAITING_RULE = "(q.rule like 'references:%' or q.rule = 'key_in_other_batch')"
+
+
 def _reference_sql(contract: Contract, contracts: dict[str, Contract], typed: str) -> str:
     parts = []
     for col in contract.columns:
@@ -1092,7 +1098,10 @@ class Ingestor:
         suites); a row released joins its delivery (still in effect), with
         this pass's ``_loaded_at`` and ``_run_id``. A reason that no longer holds is resolved by
         the row's own delivery (cleared); one that holds is opened again, updated or added (a
-        key another held row, released now, took); the delivery's counts and its partner's
+        key another held row, released now, took). A row quarantined for another reason too (a
+        duplicate key, a value of the wrong type) is never released, but its reasons of those
+        two kinds are checked again all the same, so that its ledger does not depend on the
+        order the deliveries arrived in; the delivery's counts and its partner's
         feedback follow (with the note this pass wrote in it, if its file was delivered again:
         see _repeat_in_effect)."""
         results = []
@@ -1124,10 +1133,11 @@ class Ingestor:
         con.execute(
             "create or replace temp table release_held as "
             "select q.delivery_id, q.source_row, any_value(q.values_json) as values_json, any_value(d.batch) as batch, "
-            "any_value(d.contract_version is distinct from ? or d.code_version is distinct from ?) as recheck "
+            "any_value(d.contract_version is distinct from ? or d.code_version is distinct from ?) as recheck, "
+            f"bool_and({_WAITING_RULE}) as releasable "
             "from quarantine.rows q join meta.deliveries d on d.delivery_id = q.delivery_id and d.status = 'loaded' "
             "where q.source = ? and q.resolved_by_delivery is null group by q.delivery_id, q.source_row "
-            "having bool_and(q.rule like 'references:%' or q.rule = 'key_in_other_batch')",
+            f"having bool_or({_WAITING_RULE})",
             [contract.version, self.code_version, contract.source])
         if not con.execute("select count(*) from release_held").fetchone()[0]:
             return []
@@ -1138,7 +1148,7 @@ class Ingestor:
                 else f"json_extract_string(values_json, {_lit('$.' + c.name)}) as {c.name}" for c in contract.columns]
         con.execute(
             "create temp table release_text as select row_number() over (order by delivery_id, source_row) "
-            f"as _source_row, delivery_id as _held_delivery, source_row as _held_row, batch as _batch, recheck, "
+            f"as _source_row, delivery_id as _held_delivery, source_row as _held_row, batch as _batch, recheck, releasable, "
             f"{', '.join(text)} from release_held")
         typed = [f"{'null::' + c.sql_type if c.pii else typed_expr(contract, c)} as {c.name}__typed"
                  for c in contract.columns]
@@ -1160,7 +1170,7 @@ class Ingestor:
                                                _key_in_other_batch_sql(contract, "release_typed")) if x)
         con.execute(f"create temp table release_reasons as {still}")
         con.execute("create temp table release_free as select _source_row from release_typed "
-                    "where _source_row not in (select _source_row from release_reasons)")
+                    "where releasable and _source_row not in (select _source_row from release_reasons)")
         key = [_stored(c) for c in map(contract.column, contract.primary_key)]
         if contract.supersede == "replace_batch" and key:
             # two free rows of one key from two batches: the first batch's goes, as at loading; the
@@ -1200,12 +1210,13 @@ class Ingestor:
             "create temp table release_now as select t._held_delivery as delivery_id, t._held_row as source_row, "
             "r.rule, r.column_name, d.file_name || ', row ' || t._held_row || ': ' || r.message as message "
             "from release_reasons r join release_typed t using (_source_row) "
-            "join meta.deliveries d on d.delivery_id = t._held_delivery")
+            "join meta.deliveries d on d.delivery_id = t._held_delivery "
+            f"where t.releasable or {_WAITING_RULE.replace('q.rule', 'r.rule')}")
         held = "(q.delivery_id, q.source_row) in (select delivery_id, source_row from release_held)"
         same = "n.delivery_id = q.delivery_id and n.source_row = q.source_row and n.rule = q.rule"
         cleared = con.execute(
             "update quarantine.rows q set resolved_by_delivery = q.delivery_id where q.resolved_by_delivery is null "
-            f"and {held} and not exists (select 1 from release_now n where {same}) returning q.delivery_id").fetchall()
+            f"and {held} and {_WAITING_RULE} and not exists (select 1 from release_now n where {same}) returning q.delivery_id").fetchall()
         changed = con.execute(
             "update quarantine.rows q set resolved_by_delivery = null, message = n.message from release_now n "
             f"where {same} and (q.resolved_by_delivery = q.delivery_id or q.message <> n.message) "
