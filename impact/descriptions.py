@@ -119,7 +119,7 @@ COLUMN_DESCRIPTIONS: dict[str, str] = {
     "cost_per_unit_impact_ci_high": "Cost per unit of impact at the lower end of the estimate's confidence interval (null when that end is no benefit: ci_unbounded).",
     # lineage
     "run_id": "Dagster run (refresh) that computed the row.",
-    "code_version": "Version of the Jisr code that computed the row (git describe: commit, -dirty with local changes).",
+    "code_version": "Version of the Jisr code that computed the row (git describe: commit, -dirty.<hash of the local changes> with local changes).",
     "estimated_at": "When the estimates were computed (UTC).",
 }
 

@@ -15,6 +15,7 @@ JISR_CODE_VERSION         code version to record (default: ``git describe`` of t
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import subprocess
@@ -158,18 +159,14 @@ class Settings:
     # --- provenance ---------------------------------------------------------------------
     @cached_property
     def code_version(self) -> str:
+        """The version of the code that runs: ``git describe`` of the project's own checkout,
+        followed by ``-dirty.<hash>`` when its files differ from the commit (edited, deleted
+        or untracked files, by path and content: two different working copies never share a
+        version); without a checkout of its own (a tarball, an installed package, a copy
+        inside another repository), ``jisr-<version>+src.<hash>`` of its source files."""
         if self.code_version_override:
             return self.code_version_override
-        try:
-            out = subprocess.run(
-                ["git", "describe", "--always", "--dirty", "--abbrev=12"],
-                cwd=PROJECT_DIR, capture_output=True, text=True, timeout=10, check=True,
-            )
-            return out.stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            from importlib.metadata import version
-
-            return f"jisr-{version('jisr')}"
+        return code_version_of(PROJECT_DIR)
 
     def dbt_env(self) -> dict[str, str]:
         """Environment for dbt subprocesses: the same JISR_HOME, no telemetry."""
@@ -177,6 +174,56 @@ class Settings:
         env["JISR_HOME"] = str(self.home)
         env["DBT_SEND_ANONYMOUS_USAGE_STATS"] = "False"
         return env
+
+
+# What the code version of a copy without git covers: the packages and what they read.
+SOURCE_DIRS = ("jisr", "ingestion", "quality", "orchestration", "impact", "contracts", "config", "dbt_project")
+_NOT_SOURCE = {"__pycache__", "target", "logs", "dbt_packages"}
+
+
+def _git(project_dir: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=project_dir, capture_output=True, text=True, timeout=30,
+                          check=True).stdout
+
+
+def _hash_files(digest, root: Path, paths) -> None:
+    for rel in sorted(set(paths)):
+        path = root / rel
+        digest.update(rel.encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest() if path.is_file() else b"<absent>")
+
+
+def _source_files(project_dir: Path) -> list[str]:
+    files = []
+    for name in SOURCE_DIRS:
+        for path in (project_dir / name).rglob("*"):
+            rel = path.relative_to(project_dir)
+            if path.is_file() and not _NOT_SOURCE & set(rel.parts) and path.suffix != ".pyc":
+                files.append(rel.as_posix())
+    return files
+
+
+def code_version_of(project_dir: Path) -> str:
+    """See :attr:`Settings.code_version`."""
+    project_dir = Path(project_dir).resolve()
+    try:
+        top = Path(_git(project_dir, "rev-parse", "--show-toplevel").strip()).resolve()
+        if top != project_dir:  # the checkout of another project holding this copy describes that one
+            raise LookupError(top)
+        described = _git(project_dir, "describe", "--always", "--abbrev=12").strip()
+        changed = _git(project_dir, "status", "--porcelain=v1", "-z", "--untracked-files=all", "--no-renames")
+        paths = [entry[3:] for entry in changed.split("\0") if len(entry) > 3]
+        if not paths:
+            return described
+        digest = hashlib.sha256()
+        _hash_files(digest, project_dir, paths)
+        return f"{described}-dirty.{digest.hexdigest()[:12]}"
+    except (OSError, subprocess.SubprocessError, LookupError):
+        from importlib.metadata import version
+
+        digest = hashlib.sha256()
+        _hash_files(digest, project_dir, _source_files(project_dir))
+        return f"jisr-{version('jisr')}+src.{digest.hexdigest()[:12]}"
 
 
 def export_environment(settings: Settings) -> None:
