@@ -34,7 +34,7 @@ delivered as (
         {{ jisr.sum_counts('delivered_rows_count') }} as delivered_rows_count,
         {{ jisr.sum_counts('loaded_rows_count') }} as loaded_rows_count,
         {{ jisr.sum_counts('quarantined_rows_count') }} as quarantined_rows_count,
-        avg({{ jisr.to_double('delivery_lag_days') }}) as mean_delivery_lag_days,
+        {{ jisr.exact_avg('delivery_lag_days') }} as mean_delivery_lag_days,
         max(delivery_lag_days) as max_delivery_lag_days
 
     from deliveries
@@ -113,7 +113,7 @@ three_months as (
     select
         scored.partner,
         scored.delivery_month,
-        avg(earlier.share_quarantined) as share_quarantined_3_month_mean
+        {{ jisr.exact_avg('earlier.share_quarantined') }} as share_quarantined_3_month_mean
 
     from scored
     inner join scored as earlier
