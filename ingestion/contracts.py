@@ -39,6 +39,7 @@ import csv
 import hashlib
 import re
 from dataclasses import dataclass, field
+from datetime import date
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -320,13 +321,23 @@ def not_a_delivery(file_name: str) -> bool:
     return _NOT_A_DELIVERY.fullmatch(file_name) is not None
 
 
-def batch_problem(batch: str | None) -> str | None:
+FUTURE_MONTH = "is after the current month"  # in the reason of a file rejected for a month to come
+
+
+def batch_problem(batch: str | None, today: date | None = None) -> str | None:
     """Why a file name's batch cannot be loaded, or None. A batch shaped as a month
     (``YYYY-MM``) must be a calendar month: 2026-13 would load, then stop every later build
-    at its first date computed from the month."""
+    at its first date computed from the month. With ``today`` (the day of the pass), it must
+    not be a month after the current one: a file describes a month under way or past, and a
+    month to come (2062-05 for 2026-05) would become the newest delivered month, the
+    reference date of every "as of" figure (ages, statuses, days past due) and of the
+    freshness check, which would then find every other partner late."""
     match = re.fullmatch(r"(\d{4})-(\d{2})", batch or "", re.ASCII)
     if match and not (1 <= int(match.group(2)) <= 12 and int(match.group(1)) >= 1):
         return f"the month {batch} in the file name is not a calendar month (YYYY-MM, month 01 to 12)"
+    if match and today is not None and batch > f"{today:%Y-%m}":
+        return (f"the month {batch} in the file name {FUTURE_MONTH} ({today:%Y-%m}): a file describes a month "
+                "under way or past; deliver it again once the month has begun")
     return None
 
 

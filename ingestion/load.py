@@ -39,13 +39,14 @@ import uuid
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from glob import escape as glob_escape
 from pathlib import Path
 from typing import Callable, Iterable
 
 from ingestion import pseudonymise, store
-from ingestion.contracts import DECIMAL_PLACES, Contract, batch_problem, contract_for, not_a_delivery, seed_values
+from ingestion.contracts import (DECIMAL_PLACES, FUTURE_MONTH, Contract, batch_problem, contract_for, not_a_delivery,
+                                 seed_values)
 from ingestion.readers import FileRejected, Staged, drop_staged, stage_file
 
 # A validator receives (con, contract, typed_table, batch) and returns SQL producing
@@ -865,7 +866,16 @@ class Ingestor:
             [contract.source, content_hash, contract.version]).fetchone()
         if rejected is None or (batch_problem(rejected[6]) and rejected[3] != file_name):
             return None
+        if FUTURE_MONTH in (rejected[5] or "") and batch_problem(rejected[6], self._today()) is None:
+            return None  # rejected for a month to come, which has begun since: read again
         return rejected[:6]
+
+    def _today(self) -> date:
+        """The day of this pass (UTC): by the landing file system's clock when it started, else
+        this machine's."""
+        if self._clock is not None:
+            return _utc(self._clock).date()
+        return datetime.now(timezone.utc).date()
 
     def _prepare(self, con, path: Path, partner: str, contract: Contract | None, batch: str | None) -> _Prepared:
         """(Preparing thread) Read and type a file into temporary tables, on a connection of
@@ -889,7 +899,7 @@ class Ingestor:
             prepared.reject = (f"no contract matches file name {path.name!r} in partner folder {partner!r}"
                                + (f" (expected one of: {known})" if known else " (unknown partner folder)"))
             return prepared
-        problem = batch_problem(batch)
+        problem = batch_problem(batch, self._today())
         if problem is not None:
             prepared.reject = problem
             return prepared

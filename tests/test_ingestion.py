@@ -2557,3 +2557,38 @@ def test_a_file_that_leaves_the_landing_area_before_it_is_read_is_skipped(settin
     payments.write_bytes(content)  # it comes back
     again = result_for(ingest(settings, contracts), "paiements_2025-01.csv")
     assert again.status == ("rejected" if when == "before its commit" else "loaded")
+
+
+def test_a_file_for_a_month_to_come_is_rejected_and_loads_once_the_month_has_begun(settings, contracts, monkeypatch):
+    """A file named for a month after the current one is rejected with a report naming the
+    file and its month: loaded, it became the newest delivered month, moving the reference
+    date of every "as of" figure and making every other partner look late. The same file
+    delivered again once the month has begun is read, not taken for a repeat of the
+    rejected delivery."""
+    from datetime import date
+
+    from ingestion.load import Ingestor
+
+    write_delivery(settings.landing_dir, contracts["programmes"], "programmes_2025-01.csv", [PROGRAMME])
+    monkeypatch.setattr(Ingestor, "_today", lambda self: date(2025, 3, 14), raising=False)
+    future = write_delivery(settings.landing_dir, contracts["beneficiaries"], "registre_2025-04.csv",
+                            [person(i) for i in range(3)])
+    content = future.read_bytes()
+    write_delivery(settings.landing_dir, contracts["beneficiaries"], "registre_2025-03.csv",
+                             [person(i) for i in range(3)])
+    summary = ingest(settings, contracts)
+    assert result_for(summary, "registre_2025-03.csv").status == "loaded"  # the month under way loads
+    rejected = result_for(summary, "registre_2025-04.csv")
+    assert rejected.status == "rejected"
+    assert "the month 2025-04 in the file name is after the current month (2025-03)" in rejected.reason
+    report = (settings.feedback_dir / "msisf" / "registre_2025-04.csv.report.txt").read_text(encoding="utf-8")
+    assert "registre_2025-04.csv" in report and "after the current month" in report
+    con = store(settings)
+    assert con.execute("select count(*) from raw.beneficiaries where _batch = '2025-04'").fetchone()[0] == 0
+    con.close()
+    future.write_bytes(content)  # delivered again the same month: still a month to come
+    assert result_for(ingest(settings, contracts), "registre_2025-04.csv").status == "duplicate"
+    monkeypatch.setattr(Ingestor, "_today", lambda self: date(2025, 4, 2), raising=False)
+    future.write_bytes(content)  # the month has begun
+    again = result_for(ingest(settings, contracts), "registre_2025-04.csv")
+    assert (again.status, again.rows_loaded) == ("loaded", 3)
