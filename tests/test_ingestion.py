@@ -2592,3 +2592,30 @@ def test_a_file_for_a_month_to_come_is_rejected_and_loads_once_the_month_has_beg
     future.write_bytes(content)  # the month has begun
     again = result_for(ingest(settings, contracts), "registre_2025-04.csv")
     assert (again.status, again.rows_loaded) == ("loaded", 3)
+
+
+def test_an_instalment_paid_more_than_falls_due_on_it_is_quarantined(settings, contracts):
+    """A repayment of 96517.00 on an instalment of 965.17 (a decimal mark lost) was loaded:
+    it reached the portfolio's amounts collected and repayment rate (9 times what was due).
+    It is set aside with the rule; a payment of what is due, or less, loads."""
+    base_delivery(settings, contracts, n=2)
+    loan = {"loan_id": "L1", "borrower_cin": "AB100001", "programme_code": "DSD-01", "product": "income_generating",
+            "principal_mad": 15000, "term_months": 24, "annual_rate_pct": 7.5, "disbursement_date": "2025-01-10",
+            "status": "active"}
+    write_delivery(settings.landing_dir, contracts["loans"], "loans_2025-01.jsonl", [loan])
+
+    def instalment(n: int, paid) -> dict:
+        return {"instalment_id": f"L1-{n}", "loan_id": "L1", "instalment_number": n, "due_date": f"2025-01-{10 + n}",
+                "principal_due_mad": 889.34, "interest_due_mad": 75.83, "paid_date": "2025-01-20",
+                "amount_paid_mad": paid}
+
+    write_delivery(settings.landing_dir, contracts["repayments"], "repayments_2025-01.jsonl",
+                   [instalment(1, 965.17), instalment(2, 500.00), instalment(3, 96517.00)])
+    result = result_for(ingest(settings, contracts), "repayments_2025-01.jsonl")
+    assert (result.rows_loaded, result.rows_quarantined) == (2, 1)
+    assert result.rules_failed == {"rule:paid_within_due": 1}
+    with store(settings) as con:
+        assert con.execute("select source_row, message from quarantine.rows").fetchone() == (
+            3, "repayments_2025-01.jsonl, row 3: rule paid_within_due failed: An instalment is paid at most what falls "
+               "due on it (principal and interest): a larger amount is a typing error (a payment of 96517.00 for "
+               "965.17 due).")
