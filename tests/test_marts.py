@@ -1235,3 +1235,35 @@ def test_a_loan_never_repays_more_principal_than_it_lent(tmp_path):
     run_dbt(home, "build")  # assert_loan_principal_repaid_within_principal passes
     assert query(home, "select principal_mad, principal_repaid_mad, outstanding_principal_mad from detail.fct_loans "
                        "where loan_id = 'L6'") == [(Decimal("6000.00"), Decimal("6000.00"), 0)]
+
+
+def test_a_payment_that_disagrees_with_its_enrolment_fails_the_build(tmp_path):
+    """Each file passes its own rules, but a payment can disagree with its enrolment: paid
+    for a month after the person left the programme, or to another person than the one
+    enrolled. Such payments reached the transfers and the programme costs (more people paid
+    than reached); the dbt test assert_payment_matches_its_enrolment (severity error) now
+    stops the build, naming each payment."""
+    home = tmp_path / "home"
+    raw, _ = make_home(home, ["2025-01", "2025-02"])
+    run_dbt(home, "build", "--select", "+assert_payment_matches_its_enrolment",
+            "--indirect-selection", "cautious")  # consistent: passes
+    with duckdb.connect(str(raw.path)) as con:
+        # E010 exited on 2025-01-31; E000 is person 1000's enrolment
+        con.execute("insert into raw.payments select * replace ('P2025-02-X10' as payment_id, 'E010' as enrolment_id, "
+                    "1010 as person_key, 9001 as _source_row) from raw.payments where payment_id = 'P2025-02-000'")
+        con.execute("insert into raw.payments select * replace ('P2025-02-X01' as payment_id, 1001 as person_key, "
+                    "9002 as _source_row) from raw.payments where payment_id = 'P2025-02-000'")
+    env = dict(os.environ, JISR_HOME=str(home), DBT_SEND_ANONYMOUS_USAGE_STATS="False")
+    env.pop("JISR_DBT_TARGET", None)
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("dbt")), "--no-version-check", "build", "--full-refresh", "--select",
+         "+assert_payment_matches_its_enrolment", "--indirect-selection", "cautious",
+         "--project-dir", str(DBT_PROJECT), "--profiles-dir",
+         str(DBT_PROJECT), "--target-path", str(home / "dbt_target"), "--log-path", str(home / "dbt_logs")],
+        env=env, capture_output=True, text=True)
+    assert done.returncode != 0, done.stdout[-3000:]
+    assert re.search(r"FAIL 2 assert_payment_matches_its_enrolment", done.stdout), done.stdout[-3000:]
+    failing = sorted(query(home, "select payment_id, problem from ({})".format(
+        (home / "dbt_target" / "compiled" / "jisr" / "tests" / "assert_payment_matches_its_enrolment.sql").read_text())))
+    assert failing == [("P2025-02-X01", "paid to another person than the one enrolled"),
+                       ("P2025-02-X10", "paid for a month after the exit")]
