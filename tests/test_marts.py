@@ -1267,3 +1267,18 @@ def test_a_payment_that_disagrees_with_its_enrolment_fails_the_build(tmp_path):
         (home / "dbt_target" / "compiled" / "jisr" / "tests" / "assert_payment_matches_its_enrolment.sql").read_text())))
     assert failing == [("P2025-02-X01", "paid to another person than the one enrolled"),
                        ("P2025-02-X10", "paid for a month after the exit")]
+
+
+def test_an_occupancy_report_far_above_the_places_fails_the_build(tmp_path):
+    """8900 residents reported in an establishment of 40 places passed the occupancy
+    contract (residents >= 0) and reached the occupancy mart as a rate of 222; the dbt test
+    assert_occupancy_within_capacity (severity error) now stops the build."""
+    home = tmp_path / "home"
+    raw, _ = make_home(home, ["2025-01", "2025-02"])
+    select = ["--select", "+assert_occupancy_within_capacity", "--indirect-selection", "cautious"]
+    run_dbt(home, "build", *select)  # every report within its places: passes
+    with duckdb.connect(str(raw.path)) as con:
+        con.execute("update raw.occupancy set residents = 8900 where _is_current and establishment_id = 'EPS-0002' "
+                    "and month = '2025-02'")
+    with pytest.raises(AssertionError, match=r"FAIL 1 assert_occupancy_within_capacity"):
+        run_dbt(home, "build", "--full-refresh", *select)
