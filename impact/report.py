@@ -396,6 +396,18 @@ img{max-width:100%;border:1px solid #eee}.meta{color:#666;font-size:.85rem}
 """
 
 
+def _shown_source(source: str) -> str:
+    """The settings file as evaluators read its name: relative to the project
+    (config/evaluation.yml), else its name; never a path on the server."""
+    from jisr.settings import PROJECT_DIR
+
+    path = Path(source)
+    try:
+        return path.resolve().relative_to(PROJECT_DIR.resolve()).as_posix()
+    except ValueError:
+        return path.name
+
+
 def write_report(tables, report_dir: Path, *, run_id: str, code_version: str, config=None,
                  plots_from: Path | None = None) -> dict[str, Any]:
     """The HTML report of a run. ``plots_from``: the report of the run that estimated these
@@ -433,7 +445,8 @@ def write_report(tables, report_dir: Path, *, run_id: str, code_version: str, co
         f"<style>{STYLE}</style></head><body>",
         "<h1>Impact evaluation report</h1>",
         f"<p class='meta'>run {html.escape(run_id)} · code {html.escape(code_version)}"
-        + (f" · settings {html.escape(config.source)}" if config is not None and config.source else "") + "</p>",
+        + (f" · settings {html.escape(_shown_source(config.source))}" if config is not None and config.source else "")
+        + "</p>",
         "<h2>Summary by programme</h2>",
     ]
     if not summaries:

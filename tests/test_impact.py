@@ -1207,6 +1207,19 @@ def test_impact_tables_describe_themselves_and_keep_their_inputs_out_of_sight(tm
             assert "nothing re-estimated" in run_impact(db, cfg, "run-b", "v1", tmp_path / "report-b")["reused"]
 
 
+def test_the_report_names_its_settings_file_without_a_path_of_the_server(tmp_path, estimated):
+    """Evaluators read the report: it names the settings file relative to the project, or by
+    its name, never by where it lies on the server."""
+    from jisr.settings import PROJECT_DIR
+
+    db, cfg = estimated
+    page = Path(run_impact(db, cfg, "run-b", "v1", tmp_path / "report-b")["report"]["html_path"]).read_text(encoding="utf-8")
+    assert "settings evaluation.yml</p>" in page and str(tmp_path) not in page
+    page = Path(run_impact(db, PROJECT_DIR / "config" / "evaluation.yml", "run-c", "v1", tmp_path / "report-c")
+                ["report"]["html_path"]).read_text(encoding="utf-8")
+    assert "settings config/evaluation.yml</p>" in page and str(PROJECT_DIR) not in page
+
+
 def test_run_impact_recomputes_only_cost_effectiveness_when_costs_change(tmp_path, estimated):
     db, cfg = estimated
     before = impact_content(db)
