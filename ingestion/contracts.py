@@ -341,6 +341,46 @@ def batch_problem(batch: str | None, today: date | None = None) -> str | None:
     return None
 
 
+# In the reason of a file rejected by VolumeRule: such a file is read again when delivered again
+# (the delivery in effect, or the rule, may have changed since).
+VOLUME_DROP = "deliveries.max_drop_share"
+
+
+@dataclass(frozen=True)
+class VolumeRule:
+    """How much smaller than the delivery in effect for its batch a file may be.
+
+    A file of a batch already loaded (a month, a study) replaces that delivery as a whole
+    (both supersede rules), so a truncated or partial export would silently withdraw the rows
+    it lacks from every table built on them. A file with more than ``max_drop_share`` fewer
+    rows than the delivery it would replace is rejected, and that delivery stays in effect;
+    deliveries in effect under ``min_rows`` rows are not compared; a file whose SHA-256 is in
+    ``accept_smaller`` (the data engineer's decision that the smaller file is right) is
+    loaded. Set in ``config/quality.yml`` (``deliveries``)."""
+
+    max_drop_share: float = 0.2
+    min_rows: int = 20
+    accept_smaller: frozenset[str] = frozenset()
+
+    def problem(self, rows: int, content_hash: str, batch: str | None, in_effect: tuple | None) -> str | None:
+        """Why a file of ``rows`` rows may not replace ``in_effect``, the delivery in effect for
+        its batch as (delivery id, file name, rows delivered, loaded at), or None."""
+        if in_effect is None or content_hash in self.accept_smaller:
+            return None
+        delivery_id, file_name, before, loaded_at = in_effect
+        if before is None or before < self.min_rows or (before - rows) / before <= self.max_drop_share + 1e-12:
+            return None
+        return (f"the file has {rows:,} rows where the delivery in effect for {batch} that it would replace "
+                f"({file_name}, delivery {delivery_id}, loaded on {loaded_at:%Y-%m-%d %H:%M} UTC) has {before:,}: "
+                f"{(before - rows) / before:.0%} fewer, more than the {self.max_drop_share:.0%} a delivery may drop "
+                f"from the one it replaces ({VOLUME_DROP} in config/quality.yml). A truncated or partial export "
+                f"would withdraw the missing rows from every figure of {batch}, so the delivery in effect stays. "
+                f"Deliver the whole of {batch} again; if this smaller file is right (rows withdrawn on purpose), "
+                "the data engineer accepts it by adding its SHA-256 (the last line of the file's report) to "
+                "deliveries.accept_smaller in "
+                "config/quality.yml, then puts it back in the landing area")
+
+
 def seed_values(seeds_dir: Path, ref: str) -> tuple[str, ...]:
     """Values of ``<seed>.<column>`` from a reference seed CSV (for ``allowed_from``)."""
     seed, column = ref.split(".")

@@ -6,8 +6,10 @@ For each delivered file (in contract dependency order, then batch order):
    (a file with the content of the delivery in effect for its batch is a no-op, and so is
    a content rejected under this contract version, reported as not loaded; a file whose size, times, inode and device did not change since
    an earlier pass hashed it keeps that hash, unread);
-2. stage it as text (``ingestion.readers``); a file that cannot be read is moved to
-   ``rejected/<partner>/`` with a report, and the other files still load;
+2. stage it as text (``ingestion.readers``); a file that cannot be read, or that has far
+   fewer rows than the delivery in effect for its batch it would replace
+   (``contracts.VolumeRule``), is moved to ``rejected/<partner>/`` with a report, and the
+   other files still load;
 3. type every column in SQL and evaluate the row rules of the contract; each failing
    (row, rule) goes to ``quarantine.rows`` with the row's values (direct identifiers
    pseudonymised) and a message naming file, row and rule; so does a row the reader could
@@ -45,7 +47,8 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ingestion import pseudonymise, store
-from ingestion.contracts import (DECIMAL_PLACES, FUTURE_MONTH, Contract, batch_problem, contract_for, not_a_delivery,
+from ingestion.contracts import (DECIMAL_PLACES, FUTURE_MONTH, VOLUME_DROP, Contract, VolumeRule, batch_problem,
+                                 contract_for, not_a_delivery,
                                  seed_values)
 from ingestion.readers import FileRejected, Staged, drop_staged, stage_file
 
@@ -622,7 +625,7 @@ class Ingestor:
 
     def __init__(self, store_path: Path, contracts: dict[str, Contract], key: bytes, *, seeds_dir: Path,
                  rejected_dir: Path, feedback_dir: Path, run_id: str | None = None, code_version: str = "",
-                 validators: Iterable[Validator] = ()):
+                 validators: Iterable[Validator] = (), volume: VolumeRule | None = None):
         self.store_path = Path(store_path)
         self.contracts = contracts
         self.key = key
@@ -632,6 +635,7 @@ class Ingestor:
         self.run_id = run_id or uuid.uuid4().hex
         self.code_version = code_version
         self.validators = list(validators)
+        self.volume = volume or VolumeRule()
         self._stopping = threading.Event()  # set when a pass fails or is interrupted (see ingest)
         # The connections of a pass (see ingest): the main one, the preparing thread's, then one
         # per file staged and not committed yet; which are free, the bytes each holds, and the
@@ -868,6 +872,8 @@ class Ingestor:
             return None
         if FUTURE_MONTH in (rejected[5] or "") and batch_problem(rejected[6], self._today()) is None:
             return None  # rejected for a month to come, which has begun since: read again
+        if VOLUME_DROP in (rejected[5] or ""):
+            return None  # rejected as much smaller than the delivery then in effect: compared again
         return rejected[:6]
 
     def _today(self) -> date:
@@ -924,6 +930,12 @@ class Ingestor:
                     f"{path.parent.name}/{path.name} changed while it was being read (is the partner still "
                     "writing it? write a hidden name first, .name.csv, then rename it): nothing of this file "
                     "was loaded, the files before it are; the next refresh reads it again")
+            in_effect = con.execute(
+                "select delivery_id, file_name, rows_delivered, loaded_at from meta.deliveries "
+                "where source = ? and batch = ? and status = 'loaded'", [contract.source, batch]).fetchone()
+            problem = self.volume.problem(prepared.staged.rows, content_hash, batch, in_effect)
+            if problem is not None:
+                raise FileRejected(problem)
             self._stop_if_asked()
             self._type(con, prepared)
             self._stop_if_asked()

@@ -8,6 +8,8 @@ from typing import Any
 
 import yaml
 
+from ingestion.contracts import VolumeRule
+
 SEVERITIES = ("block", "warn")
 
 # Check names: constants that state the predicate a passing check guarantees.
@@ -44,6 +46,7 @@ class QualityConfig:
     publish_schemas: tuple[str, ...] = DEFAULT_PUBLISH_SCHEMAS
     history_keep: int = 5
     lock_timeout_seconds: float = 0.0
+    deliveries: VolumeRule = VolumeRule()  # how much smaller than the delivery it replaces a file may be
     path: Path | None = None
     raw: dict = field(default_factory=dict, repr=False)
 
@@ -90,6 +93,7 @@ def parse_config(data: dict, path: Path | None = None) -> QualityConfig:
         raise QualityConfigError(f"{path}: publish.history_keep must be at least 1 (rollback needs one file)")
     return QualityConfig(
         checks=checks,
+        deliveries=_volume_rule(data.get("deliveries") or {}, path),
         chunk_rows=int(gx.get("chunk_rows", 250_000)),
         gx_workers=workers,
         publish_schemas=tuple(publish.get("schemas", DEFAULT_PUBLISH_SCHEMAS)),
@@ -98,6 +102,25 @@ def parse_config(data: dict, path: Path | None = None) -> QualityConfig:
         path=path,
         raw=data,
     )
+
+
+def _volume_rule(data: dict, path: Path | None) -> VolumeRule:
+    """The ``deliveries`` section: see ingestion.contracts.VolumeRule."""
+    unknown = set(data) - {"max_drop_share", "min_rows", "accept_smaller"}
+    if unknown:
+        raise QualityConfigError(f"{path}: deliveries: unknown keys {sorted(unknown)}; known: max_drop_share, "
+                                 "min_rows, accept_smaller")
+    default = VolumeRule()
+    share = float(data.get("max_drop_share", default.max_drop_share))
+    if not 0 <= share <= 1:
+        raise QualityConfigError(f"{path}: deliveries.max_drop_share must be between 0 and 1")
+    accepted = [str(h).strip().lower() for h in data.get("accept_smaller") or []]
+    wrong = [h for h in accepted if len(h) != 64 or any(c not in "0123456789abcdef" for c in h)]
+    if wrong:
+        raise QualityConfigError(f"{path}: deliveries.accept_smaller: {wrong[0]!r} is not a SHA-256 (64 hexadecimal "
+                                 "digits, as the rejection report gives it)")
+    return VolumeRule(max_drop_share=share, min_rows=int(data.get("min_rows", default.min_rows)),
+                      accept_smaller=frozenset(accepted))
 
 
 def load_config(path: Path) -> QualityConfig:

@@ -14,9 +14,9 @@ from ingestion.store import KeyMismatchError
 from tests.conftest import PROGRAMME, TEST_KEY, enrolment, payment, person, write_delivery
 
 
-def make_ingestor(settings, contracts, key=TEST_KEY):
+def make_ingestor(settings, contracts, key=TEST_KEY, **kw):
     return Ingestor(settings.store_path, contracts, key, seeds_dir=settings.seeds_dir,
-                    rejected_dir=settings.rejected_dir, feedback_dir=settings.feedback_dir, code_version="test")
+                    rejected_dir=settings.rejected_dir, feedback_dir=settings.feedback_dir, code_version="test", **kw)
 
 
 def ingest(settings, contracts, **kw):
@@ -2619,3 +2619,52 @@ def test_an_instalment_paid_more_than_falls_due_on_it_is_quarantined(settings, c
             3, "repayments_2025-01.jsonl, row 3: rule paid_within_due failed: An instalment is paid at most what falls "
                "due on it (principal and interest): a larger amount is a typing error (a payment of 96517.00 for "
                "965.17 due).")
+
+
+def test_a_month_delivered_again_with_far_fewer_rows_is_rejected_and_the_month_in_effect_stays(settings, contracts):
+    """A month's payments delivered again with 5 rows for 30 (a truncated export) replaced the
+    whole month: 25 payments vanished from the programme costs and the transfers mart, and
+    every gate passed (the published tables kept their rows). It is rejected with a report
+    naming the file, both counts and the delivery it would replace, which stays in effect.
+    A smaller re-delivery within the tolerance loads; one the data engineer accepts by its
+    SHA-256 (config/quality.yml, deliveries.accept_smaller) loads when it is put back."""
+    import hashlib
+
+    from ingestion.load import VolumeRule
+
+    base_delivery(settings, contracts, n=30)
+    path = write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv",
+                          [payment(i) for i in range(30)])
+    assert result_for(ingest(settings, contracts), "paiements_2025-01.csv").rows_loaded == 30
+    write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv", [payment(i) for i in range(5)])
+    content = path.read_bytes()
+    rejected = result_for(ingest(settings, contracts), "paiements_2025-01.csv")
+    assert rejected.status == "rejected"
+    assert "the file has 5 rows where the delivery in effect for 2025-01 that it would replace" in rejected.reason
+    assert "paiements_2025-01.csv" in rejected.reason and "has 30" in rejected.reason
+    assert "deliveries.max_drop_share" in rejected.reason and "accept_smaller" in rejected.reason
+    report = (settings.feedback_dir / "msisf" / "paiements_2025-01.csv.report.txt").read_text(encoding="utf-8")
+    assert "has 30" in report and hashlib.sha256(content).hexdigest() in report
+    assert (settings.rejected_dir / "msisf" / "paiements_2025-01.csv").read_bytes() == content
+    with store(settings) as con:
+        assert con.execute("select count(*) from raw.payments where _is_current").fetchone()[0] == 30
+    # the same smaller file delivered again is rejected again (read again: the month in effect may have changed)
+    path.write_bytes(content)
+    assert result_for(ingest(settings, contracts), "paiements_2025-01.csv").status == "rejected"
+    # accepted by its hash, then put back: it loads and replaces the month
+    accept = VolumeRule(accept_smaller=frozenset({hashlib.sha256(content).hexdigest()}))
+    path.write_bytes(content)
+    summary = make_ingestor(settings, contracts, volume=accept).ingest(settings.landing_dir)
+    assert (result_for(summary, "paiements_2025-01.csv").status,
+            result_for(summary, "paiements_2025-01.csv").rows_loaded) == ("loaded", 5)
+    # a delivery in effect under min_rows is not compared; within the tolerance, a smaller file loads
+    write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv", [payment(i) for i in range(2)])
+    assert result_for(ingest(settings, contracts), "paiements_2025-01.csv").status == "loaded"
+    write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-02.csv",
+                   [payment(i, month="2025-02") for i in range(30)])
+    ingest(settings, contracts)
+    write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-02.csv",
+                   [payment(i, month="2025-02") for i in range(24)])  # 20% fewer: the tolerance
+    assert result_for(ingest(settings, contracts), "paiements_2025-02.csv").rows_loaded == 24
+    with store(settings) as con:
+        assert con.execute("select count(*) from raw.payments where _is_current").fetchone()[0] == 2 + 24

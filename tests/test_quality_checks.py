@@ -303,6 +303,30 @@ def test_config_severities_default_to_block_and_are_validated(cfg):
         parse_config({"publish": {"history_keep": 0}})
 
 
+def test_config_deliveries_set_how_much_smaller_a_file_may_be_than_the_one_it_replaces(settings, monkeypatch):
+    """The ``deliveries`` section reaches the ingestion of a refresh; a hash that is not a
+    SHA-256 is refused (a prefix would accept any file that shares it)."""
+    import quality.config
+    from ingestion.contracts import VolumeRule
+    from orchestration.assets.ingest import run_ingestion
+
+    assert config_for(settings).deliveries == VolumeRule(max_drop_share=0.2, min_rows=20)
+    sha = "ab" * 32
+    rule = parse_config({"deliveries": {"max_drop_share": 0.5, "min_rows": 3, "accept_smaller": [sha.upper()]}}).deliveries
+    assert rule == VolumeRule(max_drop_share=0.5, min_rows=3, accept_smaller=frozenset({sha}))
+    with pytest.raises(QualityConfigError, match="is not a SHA-256"):
+        parse_config({"deliveries": {"accept_smaller": [sha[:12]]}})
+    with pytest.raises(QualityConfigError, match="unknown keys"):
+        parse_config({"deliveries": {"max_drop": 0.5}})
+    with pytest.raises(QualityConfigError, match="max_drop_share must be between 0 and 1"):
+        parse_config({"deliveries": {"max_drop_share": 20}})
+    seen = []
+    monkeypatch.setattr(quality.config, "config_for", lambda s: parse_config({"deliveries": {"min_rows": 3}}))
+    monkeypatch.setattr("ingestion.load.Ingestor.ingest", lambda self, landing, sources=None: seen.append(self.volume))
+    run_ingestion(settings, "run")
+    assert seen == [VolumeRule(min_rows=3)]
+
+
 def test_blocking_failures_are_failed_block_checks_only():
     results = [CheckResult("a", False, "block", "x"), CheckResult("b", False, "warn", "y"),
                CheckResult("c", True, "block", "z")]

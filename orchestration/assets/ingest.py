@@ -67,11 +67,12 @@ def check_configuration(settings) -> None:
 def run_ingestion(settings, run_id: str, sources=None, validators=()):
     """Ingest the landing area; returns the ingestion summary."""
     from ingestion.load import Ingestor
+    from quality.config import config_for
 
     ingestor = Ingestor(
         settings.store_path, CONTRACTS, settings.pseudonym_key(), seeds_dir=settings.seeds_dir,
         rejected_dir=settings.rejected_dir, feedback_dir=settings.feedback_dir, run_id=run_id,
-        code_version=settings.code_version, validators=validators,
+        code_version=settings.code_version, validators=validators, volume=config_for(settings).deliveries,
     )
     return ingestor.ingest(settings.landing_dir, sources=sources)
 
