@@ -38,8 +38,7 @@ phased as (
         on occupancy.establishment_id = establishments.establishment_id
     inner join capacities
         on occupancy.establishment_id = capacities.establishment_id
-        and occupancy.month_start_date >= capacities.valid_from
-        and (capacities.valid_to is null or occupancy.month_start_date < capacities.valid_to)
+        and {{ valid_at('capacities', 'occupancy.month_start_date') }}
 
 ),
 

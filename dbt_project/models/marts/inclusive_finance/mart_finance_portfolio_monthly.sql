@@ -216,8 +216,7 @@ attributed as (
     from loan_month_states
     left join beneficiaries
         on loan_month_states.person_key = beneficiaries.person_key
-        and loan_month_states.month_end_date >= beneficiaries.valid_from
-        and (beneficiaries.valid_to is null or loan_month_states.month_end_date < beneficiaries.valid_to)
+        and {{ valid_at('beneficiaries', 'loan_month_states.month_end_date') }}
 
 ),
 

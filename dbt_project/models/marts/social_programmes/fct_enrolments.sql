@@ -29,8 +29,7 @@ at_entry as (
     from enrolments
     inner join beneficiaries
         on enrolments.person_key = beneficiaries.person_key
-        and enrolments.entry_date >= beneficiaries.valid_from
-        and (beneficiaries.valid_to is null or enrolments.entry_date < beneficiaries.valid_to)
+        and {{ valid_at('beneficiaries', 'enrolments.entry_date') }}
 
 ),
 

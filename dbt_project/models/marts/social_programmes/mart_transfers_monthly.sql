@@ -31,8 +31,7 @@ attributed as (
     from payments
     left join beneficiaries
         on payments.person_key = beneficiaries.person_key
-        and payments.paid_date >= beneficiaries.valid_from
-        and (beneficiaries.valid_to is null or payments.paid_date < beneficiaries.valid_to)
+        and {{ valid_at('beneficiaries', 'payments.paid_date') }}
 
 ),
 
