@@ -883,12 +883,12 @@ def input_fingerprints(con, config_path, code_version: str, min_cell: int | None
     config_hash = hashlib.sha256(Path(config_path).read_bytes()).hexdigest()
     # The code of this package too: a working copy with uncommitted changes keeps one
     # code version ("...-dirty") across edits.
-    import jisr.blas  # how many BLAS threads the estimates run on
+    from jisr.settings import hash_files  # (with jisr/blas.py: how many BLAS threads the estimates run on)
 
+    root = Path(__file__).parent.parent
     source = hashlib.sha256()
-    files = [(path.relative_to(Path(__file__).parent).as_posix(), path) for path in sorted(Path(__file__).parent.rglob("*.py"))]
-    for name, path in files + [("jisr/blas.py", Path(jisr.blas.__file__))]:
-        source.update(name.encode() + b"\0" + path.read_bytes())
+    hash_files(source, root, [p.relative_to(root).as_posix() for p in Path(__file__).parent.rglob("*.py")]
+               + ["jisr/blas.py"])
     # statsmodels (and scipy under it) computes every estimate, standard error and p-value
     # (importing the top-level packages is cheap: their submodules load when used)
     import scipy

@@ -186,7 +186,10 @@ def _git(project_dir: Path, *args: str) -> str:
                           check=True).stdout
 
 
-def _hash_files(digest, root: Path, paths) -> None:
+def hash_files(digest, root: Path, paths) -> None:
+    """Feed ``digest`` the content of files (paths relative to ``root``, in sorted order),
+    each named: a file renamed, added or removed changes the digest; an absent one counts as
+    absent."""
     for rel in sorted(set(paths)):
         path = root / rel
         digest.update(rel.encode() + b"\0")
@@ -216,13 +219,13 @@ def code_version_of(project_dir: Path) -> str:
         if not paths:
             return described
         digest = hashlib.sha256()
-        _hash_files(digest, project_dir, paths)
+        hash_files(digest, project_dir, paths)
         return f"{described}-dirty.{digest.hexdigest()[:12]}"
     except (OSError, subprocess.SubprocessError, LookupError):
         from importlib.metadata import version
 
         digest = hashlib.sha256()
-        _hash_files(digest, project_dir, _source_files(project_dir))
+        hash_files(digest, project_dir, _source_files(project_dir))
         return f"jisr-{version('jisr')}+src.{digest.hexdigest()[:12]}"
 
 

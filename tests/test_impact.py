@@ -1288,6 +1288,29 @@ def test_run_impact_estimates_again_when_its_code_changes_under_the_same_code_ve
     assert impact_runs(db) == {t: {"run-b"} for t in TABLES}
 
 
+def test_estimation_fingerprint_changes_with_the_impact_code_and_the_blas_threads_module(tmp_path, monkeypatch):
+    """The estimates follow from the impact package and from jisr/blas.py (how many BLAS
+    threads they run on): an edit of either estimates again, a copy of both does not."""
+    import impact.run
+    import jisr.blas
+    from impact.run import input_fingerprints
+
+    shutil.copytree(Path(impact.run.__file__).parent, tmp_path / "impact", ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "jisr").mkdir()
+    shutil.copyfile(jisr.blas.__file__, tmp_path / "jisr" / "blas.py")
+    con = duckdb.connect()
+    cfg = PROJECT / "config" / "evaluation.yml"
+    here = input_fingerprints(con, cfg, "v1")
+    monkeypatch.setattr(impact.run, "__file__", str(tmp_path / "impact" / "run.py"))
+    assert input_fingerprints(con, cfg, "v1") == here
+    seen = {here["estimation"]}
+    for edited in (tmp_path / "jisr" / "blas.py", tmp_path / "impact" / "report.py"):
+        edited.write_text(edited.read_text() + "\n# an edit\n")
+        seen.add(input_fingerprints(con, cfg, "v1")["estimation"])
+    assert len(seen) == 3
+    con.close()
+
+
 # --------------------------------------------------------------------------------------
 # estimating in worker processes
 
