@@ -74,6 +74,8 @@ def _failure_message(err) -> str:
     if err.cls_name == "KeyError" and node.startswith(DBT_NODE_KINDS):
         return (f"the dbt project changed after the Dagster definitions were loaded ({node} is not in their "
                 "dbt manifest): reload the code location (UI: Deployment > Reload) or run the command again")
+    if err.cls_name == "Failure":  # raised by the project's own steps: its description says it all
+        return message.removeprefix("dagster._core.definitions.events.Failure: ")
     return message
 
 

@@ -520,15 +520,46 @@ def run_audit(con, settings, cfg: QualityConfig, *, run_id: str | None = None, c
     return [r for r in results if r.target not in skip.get(r.check, ())]
 
 
-def dbt_build_results(run_results: Path) -> list[CheckResult]:
+FAILING_ROWS_SHOWN = 5  # rows of a failed dbt test shown in the quality report and the step's error
+
+
+def failing_rows(con, compiled_sql: str, limit: int = FAILING_ROWS_SHOWN) -> list[dict[str, Any]]:
+    """The first rows a dbt test's compiled query returns: the rows it failed on. A row that
+    names its delivery (``_delivery_id``) also names the delivered file (``_file_name``), from
+    the delivery log of the raw store attached as ``ingest``, when it is."""
+    cur = con.execute(f"select * from (\n{compiled_sql}\n) as failing limit {int(limit)}")
+    columns = [d[0] for d in cur.description]
+    rows = [dict(zip(columns, values)) for values in cur.fetchall()]
+    ids = sorted({str(r["_delivery_id"]) for r in rows if r.get("_delivery_id") is not None})
+    if ids and attach_store(con, None):
+        files = dict(con.execute(
+            f"select delivery_id, file_name from ingest.meta.deliveries where delivery_id in ({', '.join('?' * len(ids))})",
+            ids).fetchall())
+        rows = [{**r, "_file_name": files.get(str(r.get("_delivery_id")))} if r.get("_delivery_id") else r
+                for r in rows]
+    return rows
+
+
+def describe_rows(rows: list[dict[str, Any]]) -> str:
+    """Rows as ``column=value, ...`` separated by semicolons."""
+    return "; ".join(", ".join(f"{k}={v}" for k, v in row.items()) for row in rows)
+
+
+def dbt_build_results(run_results: Path, warehouse: Path | None = None, store: Path | None = None) -> list[CheckResult]:
     """What a dbt build's ``run_results.json`` says about the gates, for the quality report:
     every test that did not pass and every node that errored (a failing test of severity
     error, or an erroring node, blocks; a warning warns), the tests a failure skipped, or one
-    passing result when every test passed. Empty when dbt wrote no results."""
+    passing result when every test passed. Empty when dbt wrote no results.
+
+    With the build ``warehouse`` (a DuckDB file), a test that did not pass also gives the
+    first rows it failed on (``failing_rows``: the test's own query run again, read-only;
+    ``store``: the raw store, for tests that read it and for the files of the rows), in its
+    description and as ``metadata["rows"]``."""
     if not run_results.is_file():
         return []
     results = json.loads(run_results.read_text(encoding="utf-8")).get("results", [])
     out, tests, skipped = [], 0, 0
+    con = None
     for r in results:
         kind, name = r["unique_id"].split(".")[0], r["unique_id"].split(".")[2]
         status, message = r.get("status"), (r.get("message") or "").strip()
@@ -537,10 +568,26 @@ def dbt_build_results(run_results: Path) -> list[CheckResult]:
         if status == "skipped":
             skipped += 1
         elif is_test and status in ("fail", "error", "warn"):
+            description = f"dbt test {status}: {message}" if message else f"dbt test {status}"
+            metadata = {}
+            if status != "error" and kind == "test" and r.get("compiled_code") and warehouse is not None:
+                try:
+                    if con is None:
+                        con = connect_for_audit(warehouse, store)
+                    metadata["rows"] = failing_rows(con, r["compiled_code"])
+                    shown, found = len(metadata["rows"]), r.get("failures") or 0
+                    what = (f"the first {shown} of the {found} rows it failed on" if shown < found else
+                            "the row it failed on" if shown == 1 else f"the {shown} rows it failed on")
+                    if shown:
+                        description += f"; {what}: {describe_rows(metadata['rows'])}"
+                except Exception as exc:  # noqa: BLE001 - the outcome is reported with or without its rows
+                    description += f" (its rows could not be read again: {' '.join(str(exc).split())[:200]})"
             out.append(CheckResult(f"dbt test {name}", False, "warn" if status == "warn" else "block",
-                                   f"dbt test {status}: {message}" if message else f"dbt test {status}"))
+                                   description, metadata=metadata))
         elif status == "error":
             out.append(CheckResult(f"dbt {kind} {name}", False, "block", f"dbt {kind} failed: {message}"))
+    if con is not None:
+        con.close()
     if skipped:
         out.append(CheckResult("dbt build skipped nodes", False, "warn",
                                f"{skipped} dbt nodes did not run: a model or test they depend on failed"))

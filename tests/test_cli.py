@@ -241,6 +241,26 @@ def test_a_dbt_node_missing_from_the_manifest_fails_with_a_reload_message():
         "Reload) or run the command again"]
 
 
+def test_a_step_that_fails_with_its_own_message_is_reported_by_that_message():
+    """A step of the project that raises dagster's Failure (a dbt build stopped by a test,
+    a configuration error, a refused publication) is reported by its description, without
+    Dagster's class path before it."""
+    import dagster as dg
+
+    from jisr.refresh import run_outcome
+
+    @dg.asset
+    def warehouse_dbt():
+        raise dg.Failure("dbt build failed, nothing was published:\n    * dbt test t: the row it failed on: x=1")
+
+    job = dg.Definitions(assets=[warehouse_dbt], jobs=[dg.define_asset_job(
+        "j", executor_def=dg.in_process_executor)]).resolve_job_def("j")
+    with dg.DagsterInstance.ephemeral() as instance:
+        run = job.execute_in_process(instance=instance, raise_on_error=False)
+    assert run_outcome(run.all_events)[0] == [
+        "step warehouse_dbt: dbt build failed, nothing was published:\n    * dbt test t: the row it failed on: x=1"]
+
+
 def test_generate_refuses_too_few_beneficiaries_with_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["generate", "--beneficiaries", "5"])

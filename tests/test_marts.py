@@ -1288,3 +1288,17 @@ def test_an_occupancy_report_far_above_the_places_fails_the_build(tmp_path):
                     "and month = '2025-02'")
     with pytest.raises(AssertionError, match=r"FAIL 1 assert_occupancy_within_capacity"):
         run_dbt(home, "build", "--full-refresh", *select)
+    # the refresh's error and quality report name the row it failed on, and its file
+    from quality.checks import dbt_build_results
+
+    results = dbt_build_results(home / "dbt_target" / "run_results.json", warehouse=home / "warehouse" / "build.duckdb",
+                                store=raw.path)
+    [failed] = [r for r in results if r.check == "dbt test assert_occupancy_within_capacity"]
+    assert failed.blocks and [(r["establishment_id"], r["report_month"], r["residents"]) for r in failed.metadata["rows"]] \
+        == [("EPS-0002", "2025-02", 8900)]
+    with duckdb.connect(str(raw.path), read_only=True) as con:
+        file_name = con.execute("select file_name from meta.deliveries where delivery_id = ?",
+                                [failed.metadata["rows"][0]["_delivery_id"]]).fetchone()[0]
+    assert failed.metadata["rows"][0]["_file_name"] == file_name
+    assert "the row it failed on: establishment_id=EPS-0002, report_month=2025-02" in failed.description
+    assert "residents=8900, capacity=" in failed.description and f"_file_name={file_name}" in failed.description

@@ -364,6 +364,30 @@ def test_the_quality_report_records_what_stopped_a_dbt_build(settings, tmp_path)
     assert "Audit: BLOCKED: publication refused (5 results, 4 failing, 2 blocking)" in page
     assert "Got 1892 results, configured to fail if != 0" in page
 
+    # with the build warehouse, a failing test gives the first rows it failed on
+    import duckdb
+
+    build = tmp_path / "build.duckdb"
+    with duckdb.connect(str(build)) as con:
+        con.execute("create schema detail; create table detail.fct_x as select range as x, 'd1' as _delivery_id "
+                    "from range(1, 8)")
+    settings.store_path.parent.mkdir(parents=True, exist_ok=True)
+    with duckdb.connect(str(settings.store_path)) as con:
+        con.execute("create schema meta; create table meta.deliveries (delivery_id varchar, file_name varchar); "
+                    "insert into meta.deliveries values ('d1', 'x_2025-01.csv')")
+    rows = [dict(result("test.jisr.assert_x.1", "fail", "Got 7 results"), failures=7,
+                 compiled_code='-- x is never positive\nselect x, _delivery_id from "build"."detail"."fct_x"\n-- end'),
+            dict(result("test.jisr.assert_y.1", "warn", "Got 1 result"), compiled_code="select * from nowhere")]
+    path.write_text(json.dumps({"results": rows}))
+    found = {r.check: r for r in dbt_build_results(path, warehouse=build, store=settings.store_path)}
+    assert found["dbt test assert_x"].description == (
+        "dbt test fail: Got 7 results; the first 5 of the 7 rows it failed on: "
+        + "; ".join(f"x={i}, _delivery_id=d1, _file_name=x_2025-01.csv" for i in range(1, 6)))
+    assert len(found["dbt test assert_x"].metadata["rows"]) == 5
+    assert found["dbt test assert_y"].description.startswith(
+        "dbt test warn: Got 1 result (its rows could not be read again: Catalog Error")
+    assert not found["dbt test assert_y"].blocks
+
     path.write_text(json.dumps({"results": [result("test.jisr.not_null_fct_payments.2", "pass"),
                                             result("model.jisr.fct_payments", "success")]}))
     assert [(r.check, r.passed) for r in dbt_build_results(path)] == [("dbt tests", True)]

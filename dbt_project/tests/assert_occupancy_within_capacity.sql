@@ -24,6 +24,7 @@ select
     occupancy.establishment_id,
     occupancy.report_month,
     occupancy._batch as occupancy_file_month,
+    occupancy._delivery_id,
     occupancy.residents,
     capacities.capacity
 

@@ -24,6 +24,7 @@ enrolments as (
 select
     payments.payment_id,
     payments._batch as payment_file_month,
+    payments._delivery_id,
     payments.enrolment_id,
     case
         when payments.person_key <> enrolments.person_key then 'paid to another person than the one enrolled'

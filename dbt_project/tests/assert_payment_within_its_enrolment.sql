@@ -21,6 +21,7 @@ enrolments as (
 select
     payments.payment_id,
     payments._batch as payment_file_month,
+    payments._delivery_id,
     payments.enrolment_id,
     payments.payment_month,
     enrolments.entry_month,

@@ -20,7 +20,8 @@ select
     instalments.loan_id,
     loans.disbursement_date,
     instalments.due_date,
-    instalments.paid_date
+    instalments.paid_date,
+    instalments._delivery_id
 
 from instalments
 inner join loans

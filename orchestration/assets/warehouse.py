@@ -108,24 +108,44 @@ def warehouse_dbt(context: dg.AssetExecutionContext, dbt: DbtCliResource, config
         build = dbt.cli(args, context=context, target_path=target_path)
         try:
             yield from build.stream()
-        finally:  # failed or not, the run's quality report says what the build's gates found
-            _report_build(context, settings, build.target_path)
+        except Exception:
+            # the run's quality report says what the build's gates found, failed or not; the
+            # step's error names the failing tests with the rows they failed on
+            blocking = [r for r in _report_build(context, settings, build.target_path) if r.blocks]
+            if not blocking:
+                raise
+            raise dg.Failure(
+                "dbt build failed, nothing was published:\n" + "\n".join(f"    * {r.check}: {r.description}"
+                                                                         for r in blocking)
+                + f"\n  dbt's log of this build: {Path(build.target_path) / 'dbt.log'}") from None
+        _report_build(context, settings, build.target_path)
     record_build_deliveries(settings, built_from)  # the build succeeded: its publish log lists these
     save_partial_parse(settings, build.target_path)
     _refresh_docs(context, dbt, settings, build.target_path)
     lake.check()  # a failed export fails the step, once the build's state and docs are kept
 
 
-def _report_build(context: dg.AssetExecutionContext, settings, target_path) -> None:
+def _report_build(context: dg.AssetExecutionContext, settings, target_path) -> list:
     """Add the dbt build's failing tests and nodes to the run's quality report (written by
-    the delivery checks before the build, and by the publish step after it)."""
+    the delivery checks before the build, and by the publish step after it), with the first
+    rows each failing test found (on DuckDB: its query run again on the build warehouse);
+    log the tests that warn. Returns the results (quality.checks.CheckResult)."""
     from quality.checks import dbt_build_results
     from quality.report import write_report
 
+    results = []
     try:
-        write_report(settings, context.run.run_id, dbt_build_results(Path(target_path) / "run_results.json"))
+        on_duckdb = dbt_target() == "duckdb"
+        results = dbt_build_results(Path(target_path) / "run_results.json",
+                                    warehouse=settings.build_path if on_duckdb else None,
+                                    store=settings.store_path if on_duckdb else None)
+        for r in results:
+            if not r.passed and not r.blocks:
+                context.log.warning(f"{r.check}: {r.description}")
+        write_report(settings, context.run.run_id, results)
     except Exception as exc:  # noqa: BLE001 - the report must not hide the build's own outcome
         context.log.warning(f"the quality report could not record the dbt build's results: {exc}")
+    return results
 
 
 def dbt_target() -> str:
