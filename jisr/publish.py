@@ -680,10 +680,13 @@ def rollback(settings, cfg: QualityConfig | None = None) -> RollbackResult:
     """
     cfg = cfg or config_for(settings)
     serving = Path(settings.serving_path)
+    nothing = f"no earlier published warehouse in {settings.history_dir}: nothing to roll back to"
+    if not history_files(settings):  # before the lock: a home never published stays as it is (not created)
+        raise PublishError(nothing)
     with publish_lock(settings):
         history = history_files(settings)
         if not history:
-            raise PublishError(f"no earlier published warehouse in {settings.history_dir}: nothing to roll back to")
+            raise PublishError(nothing)
         source = history[-1]
         replaced = serving_run_id(serving)
         restored = serving_run_id(source)

@@ -616,6 +616,18 @@ def test_rollback_cli_restores_and_reports(published, capsys):
     assert "nothing to roll back to" in capsys.readouterr().err
 
 
+def test_rollback_on_a_home_never_published_leaves_it_as_it_was(tmp_path, monkeypatch, capsys):
+    """`jisr rollback` with a JISR_HOME that does not exist (a typo in the variable) created
+    it, with a lock file in it: it says there is nothing to roll back to and writes nothing."""
+    from jisr.cli import main
+
+    home = tmp_path / "no-such-home"
+    monkeypatch.setenv("JISR_HOME", str(home))
+    assert main(["rollback"]) == 1
+    assert "nothing to roll back to" in capsys.readouterr().err
+    assert not home.exists()
+
+
 def test_status_says_what_is_served_and_what_a_failed_refresh_left_unpublished(published, contracts):
     from jisr.status import status_report
 
