@@ -164,6 +164,8 @@ def check_sql(sql: str) -> list[str]:
                 raise RefusedStatement(f"refused: installing or loading a DuckDB extension ({_abbrev(text)}): "
                                        "`jisr sql` queries the published tables with DuckDB's built-in functions")
             elif kind not in ALLOWED_STATEMENTS:
+                if kind == "PRAGMA" and re.match(r"import\b", text, re.I):
+                    kind = "IMPORT DATABASE"  # which DuckDB parses as a PRAGMA
                 raise RefusedStatement(
                     f"refused: {kind} statement ({_abbrev(text)}). The serving warehouse is read-only: "
                     "only queries (SELECT, WITH, FROM, VALUES, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN) can run.")

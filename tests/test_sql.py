@@ -119,6 +119,11 @@ def test_sql_table_output_is_bounded_by_max_rows(serving, capsys):
     assert lines[7] == "(50 rows, first 5 shown; --max-rows 0 or --format csv for all)"
 
 
+def test_sql_names_a_refused_import_database_as_such(serving, capsys, tmp_path):
+    code, _, err = run_cli(capsys, f"import database '{tmp_path}/dump'")
+    assert code == 2 and "refused: IMPORT DATABASE statement (import database" in err
+
+
 @pytest.mark.parametrize("statement", [
     "insert into marts.mart_coverage values ('03', 'F', 1, 0.1)",
     "update marts.mart_coverage set beneficiaries = 0",
