@@ -30,7 +30,9 @@ such as ``2019`` would come back as an integer.
 
 Currency (``_is_current``) is exported *inside* the files, so that a plain read of the lake
 gives exactly the rows of the raw store, flags included, without a join. A delivery's rows
-never change after loading, but their ``_is_current`` flags do when a later delivery
+rarely change after loading (held rows released into it, loaded rows set aside under a new
+version of the contract: its row count and load time change, and its file is rewritten),
+but their ``_is_current`` flags do when a later delivery
 supersedes them (``replace_batch``: the whole earlier delivery; ``latest_per_key``: the
 rows whose keys come again, and rows can even become current again when a corrected
 re-delivery drops a key). So each export compares, per delivery, a signature of its

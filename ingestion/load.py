@@ -20,6 +20,10 @@ For each delivered file (in contract dependency order, then batch order):
 5. record the delivery in ``meta.deliveries`` where rows delivered = loaded + quarantined,
    and write the partner's feedback on the file name (``feedback/<partner>/``).
 
+After the files, each pass checks the loaded rows of deliveries loaded under an earlier
+version of their contract against it (``Ingestor._recheck``), then the rows held for
+another row (``Ingestor._release``).
+
 Each file is one transaction: a crash leaves the store as it was before that file.
 Steps 2 and 3's typing run before the transaction, in temporary tables, and so do the
 validators that only read the typed file (the Great Expectations suites start then, in
@@ -84,6 +88,7 @@ class FileResult:
     report_path: str | None = None  # the partner's feedback on the file (its rejection report for a rejected one)
     repeats_rejected: bool = False  # a duplicate of a rejected delivery: not loaded (the refresh's report lists it)
     rows_released: int = 0  # rows of an earlier delivery loaded by this pass (see Ingestor._release)
+    rows_set_aside: int = 0  # loaded rows of an earlier delivery this pass quarantined (see Ingestor._recheck)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -96,6 +101,8 @@ class IngestSummary:
     files_hashed: int = 0  # files read to compute their content hash
     hashes_reused: int = 0  # files whose recorded hash was reused (attributes unchanged)
     released: list[FileResult] = field(default_factory=list)  # earlier deliveries whose held rows this pass loaded
+    # earlier deliveries some of whose loaded rows fail their contract as it is now: quarantined by this pass
+    rechecked: list[FileResult] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # files gone from the landing area before they were read
 
     def by_source(self) -> dict[str, list[FileResult]]:
@@ -114,6 +121,7 @@ class IngestSummary:
             "rows_loaded": sum(f.rows_loaded for f in self.files),
             "rows_quarantined": sum(f.rows_quarantined for f in self.files),
             "rows_released": sum(f.rows_released for f in self.released),
+            "rows_set_aside": sum(f.rows_set_aside for f in self.rechecked),
             "files_skipped": len(self.skipped),
         }
 
@@ -738,11 +746,12 @@ class Ingestor:
                 for i in busy:
                     cons[i].interrupt()
                 raise
+            rechecked = self._recheck(con, wanted)  # first: a row it sets aside may have held another back
             released = [r for r in self._release(con, wanted) if r.rows_released]
             self._remember_hashes(con, Path(landing_dir))
             remembered = True
             return IngestSummary(run_id=self.run_id, files=results, skipped=skipped, files_hashed=self._files_hashed,
-                                 hashes_reused=self._hashes_reused, released=released)
+                                 hashes_reused=self._hashes_reused, released=released, rechecked=rechecked)
         finally:
             try:
                 preparer.shutdown(wait=True)
@@ -1251,6 +1260,105 @@ class Ingestor:
             f"{same}) returning delivery_id", [contract.source, self.run_id, now]).fetchall()
         counts = dict(released)
         return [(d, counts.get(d, 0)) for d in sorted({d for d, in cleared + changed + added} | set(counts))]
+
+    # -- rows loaded under an earlier version of their contract ---------------------------
+    def _recheck(self, con, wanted: set[str] | None) -> list[FileResult]:
+        """Check the loaded rows of the deliveries in effect that were loaded under another
+        version of their contract against its rules as they are now, once per delivery and
+        contract version (``meta.rechecks``): a rule added after bad rows were loaded (an
+        amount ten times what falls due) would otherwise stop only the next files, and the
+        rows already loaded would stay in every table built on them. A row that fails is moved
+        to quarantine, as if it had failed at loading (the ledger names the rule, and that it
+        was checked again), its delivery's counts and its partner's feedback follow; a
+        ``latest_per_key`` row that was current gives way to the key's latest row left. The
+        rules checked are those the stored values allow, as for held rows (see _release): the
+        contract's row rules, required values, code lists, ranges, patterns of text columns;
+        not the value types (the rows are stored typed), duplicate keys, the rules on a direct
+        identifier (its clear value is not kept), nor the Great Expectations suites. Runs at
+        the end of every pass, before the release of held rows, for the sources it selects, one
+        transaction per source."""
+        results = []
+        for contract in self.contracts.values():
+            if wanted is not None and contract.source not in wanted:
+                continue
+            deliveries = [r[0] for r in con.execute(
+                "select delivery_id from meta.deliveries d where source = ? and status = 'loaded' "
+                "and contract_version is distinct from ? and not exists (select 1 from meta.rechecks r "
+                "where r.delivery_id = d.delivery_id and r.contract_version = ?) order by delivery_id",
+                [contract.source, contract.version, contract.version]).fetchall()]
+            if not deliveries:
+                continue
+            try:
+                with store.transaction(con):
+                    moved = self._recheck_source(con, contract, deliveries)
+            finally:
+                for t in ("recheck_typed", "recheck_failed"):
+                    con.execute(f"drop table if exists {t}")
+            for delivery_id, n in moved:
+                result = self._rewrite_feedback(con, contract, delivery_id)
+                result.rows_set_aside = n
+                results.append(result)
+        return results
+
+    def _recheck_source(self, con, contract: Contract, deliveries: list[str]) -> list[tuple[str, int]]:
+        """See _recheck: [(delivery id, rows moved to quarantine)] for the deliveries that lost rows."""
+        table = f"raw.{contract.source}"
+        ids = ", ".join(_lit(d) for d in deliveries)
+        # the typed table as _type builds it, from the stored values: a direct identifier only
+        # as its pseudonym, a text column's value as its text
+        columns = [f"{c.raw_name} as {c.name}__key, null::varchar as {c.name}, null::{c.sql_type} as {c.name}__typed"
+                   if c.pii else f"{c.raw_name}::varchar as {c.name}, {c.raw_name} as {c.name}__typed"
+                   for c in contract.columns]
+        con.execute(
+            "create or replace temp table recheck_typed as select row_number() over (order by _delivery_id, "
+            "_source_row) as _source_row, _delivery_id as _held_delivery, _source_row as _held_row, _batch, "
+            f"{', '.join(columns)} from {table} where _delivery_id in ({ids})")
+        skipped = ["duplicate_key", *(f"rule:{r.name}" for r in contract.rules if any(
+            re.search(rf"\b{re.escape(c.name)}\b", r.sql, re.IGNORECASE) for c in contract.pii_columns)),
+            *(f"{kind}:{c.name}" for c in contract.columns for kind in ("type", "pattern")
+              if kind == "type" or c.type != "varchar")]
+        identifiers = [c.name for c in contract.pii_columns] or [""]
+        rules = (f"select * from ({_violations_sql(contract, 'recheck_typed', self.seeds_dir)}) "
+                 f"where rule not in ({', '.join(map(_lit, skipped))}) and (column_name is null "
+                 f"or column_name not in ({', '.join(map(_lit, identifiers))}))")
+        values = ", ".join(f"{_lit(c.raw_name)}, t.{c.name}__key" if c.pii else f"{_lit(c.name)}, t.{c.name}"
+                           for c in contract.columns)
+        con.execute(
+            "create temp table recheck_failed as select t._held_delivery, t._held_row, v.rule, v.column_name, "
+            f"v.message, to_json(json_object({values}))::varchar as values_json from ({rules}) v "
+            "join recheck_typed t using (_source_row)")
+        now = datetime.now(timezone.utc).replace(tzinfo=None)
+        moved = con.execute("select _held_delivery, count(distinct _held_row) from recheck_failed group by 1 "
+                            "order by 1").fetchall()
+        if moved:
+            note = (f" (checked again under version {contract.version} of the contract: the row had been loaded "
+                    "under an earlier version)")
+            con.execute(
+                "insert into quarantine.rows select f._held_delivery, ?, d.file_name, d.content_hash, f._held_row, "
+                "f.rule, f.column_name, d.file_name || ', row ' || f._held_row || ': ' || f.message || ?, "
+                "f.values_json, ?, ?, null from recheck_failed f join meta.deliveries d on d.delivery_id = f._held_delivery "
+                "order by f._held_delivery, f._held_row, f.rule", [contract.source, note, self.run_id, now])
+            keys = ", ".join(contract.raw_primary_key)
+            if contract.supersede == "latest_per_key" and keys:
+                con.execute(f"create or replace temp table recheck_keys as select distinct {keys} from {table} "
+                            "where (_delivery_id, _source_row) in (select _held_delivery, _held_row from recheck_failed)")
+            con.execute(f"delete from {table} where (_delivery_id, _source_row) in "
+                        "(select _held_delivery, _held_row from recheck_failed)")
+            if contract.supersede == "latest_per_key" and keys:
+                _rank_latest(con, contract, f"({keys}) in (select {keys} from recheck_keys)")
+                con.execute("drop table recheck_keys")
+            else:
+                # the incremental facts rebuild a period whose rows come from a load they do
+                # not hold (dbt macro changed_periods): the delivery's rows left are loaded anew
+                con.execute(f"update {table} set _loaded_at = ?, _run_id = ? where _delivery_id in "
+                            "(select distinct _held_delivery from recheck_failed)", [now, self.run_id])
+            for delivery_id, n in moved:
+                con.execute("update meta.deliveries set rows_loaded = rows_loaded - ?, "
+                            "rows_quarantined = rows_quarantined + ? where delivery_id = ?", [n, n, delivery_id])
+        counts = dict(moved)
+        con.executemany("insert into meta.rechecks values (?, ?, ?, ?, ?)",
+                        [[d, contract.version, self.run_id, now, counts.get(d, 0)] for d in deliveries])
+        return moved
 
     def _rewrite_feedback(self, con, contract: Contract, delivery_id: str, released: int = 0, *,
                           feedback_name: str | None = None, notes: dict[str, list[str]] | None = None,

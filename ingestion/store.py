@@ -86,6 +86,19 @@ create table if not exists meta.file_hashes (
 FILE_HASHES_ADDED = (("first_seen_ns", "bigint"),)  # null in older stores: hashed_at_ns stands for it
 
 
+# The deliveries whose loaded rows were checked again under a later version of their
+# contract (see ingestion.load.Ingestor._recheck): once per delivery and contract version.
+RECHECKS_DDL = """
+create table if not exists meta.rechecks (
+    delivery_id varchar not null,
+    contract_version varchar not null,  -- the version whose rules the rows were checked against
+    run_id varchar,
+    checked_at timestamp not null,
+    rows_quarantined bigint not null,   -- loaded rows that failed them, moved to quarantine
+    primary key (delivery_id, contract_version)
+)"""
+
+
 class KeyMismatchError(RuntimeError):
     """The store was written with another pseudonymisation key."""
 
@@ -108,6 +121,7 @@ def ensure_schema(con, contracts: dict[str, Contract]) -> None:
     con.execute(QUARANTINE_DDL)
     con.execute(SETTINGS_DDL)
     con.execute(FILE_HASHES_DDL)
+    con.execute(RECHECKS_DDL)
     for table, added in (("meta.deliveries", DELIVERIES_ADDED), ("meta.file_hashes", FILE_HASHES_ADDED)):
         for column, kind in added:
             con.execute(f"alter table {table} add column if not exists {column} {kind}")

@@ -2668,3 +2668,53 @@ def test_a_month_delivered_again_with_far_fewer_rows_is_rejected_and_the_month_i
     assert result_for(ingest(settings, contracts), "paiements_2025-02.csv").rows_loaded == 24
     with store(settings) as con:
         assert con.execute("select count(*) from raw.payments where _is_current").fetchone()[0] == 2 + 24
+
+
+def test_a_rule_added_to_a_contract_sets_aside_the_rows_already_loaded_that_fail_it(settings, contracts):
+    """A rule added to a contract (after a payment of 96517.00 was found in the warehouse)
+    stopped only the next files: the rows already loaded that fail it stayed in every table
+    built on them. The next pass checks the loaded rows of each delivery in effect against
+    the contract as it is, once per version: a failing row moves to quarantine with the rule
+    (its delivery's counts and feedback follow); a registry record set aside gives way to the
+    person's previous record."""
+    from ingestion.contracts import Rule
+
+    base_delivery(settings, contracts, n=3)
+    write_delivery(settings.landing_dir, contracts["beneficiaries"], "registre_2025-02.csv",
+                   [person(0, socio_economic_score="97,0"), person(1, socio_economic_score="12,0")])
+    _month_of_payments(settings, contracts, "2025-01", [payment(0), payment(1, amount_mad="96517,00"), payment(2)])
+    summary = ingest(settings, contracts)
+    assert result_for(summary, "paiements_2025-01.csv").rows_loaded == 3 and summary.rechecked == []
+    with store(settings) as con:
+        loaded_at = con.execute("select max(_loaded_at) from raw.payments").fetchone()[0]
+
+    changed = dict(contracts)
+    changed["payments"] = dataclasses.replace(contracts["payments"], version="v2", rules=contracts["payments"].rules + (
+        Rule("amount_within_the_scale", "amount_mad <= 5000", "A monthly transfer is at most 5000 MAD."),))
+    changed["beneficiaries"] = dataclasses.replace(contracts["beneficiaries"], version="v2", columns=tuple(
+        dataclasses.replace(c, max=90) if c.name == "socio_economic_score" else c
+        for c in contracts["beneficiaries"].columns))
+    summary = ingest(settings, changed)
+    assert sorted((r.file_name, r.rows_set_aside) for r in summary.rechecked) == [
+        ("paiements_2025-01.csv", 1), ("registre_2025-02.csv", 1)]
+    assert summary.totals["rows_set_aside"] == 2
+    with store(settings) as con:
+        assert con.execute("select payment_id from raw.payments order by 1").fetchall() == [
+            ("P2025-01-0",), ("P2025-01-2",)]
+        # the month's facts are rebuilt: its rows left are a load the warehouse does not hold
+        assert con.execute("select count(*) from raw.payments where _loaded_at > ?", [loaded_at]).fetchone()[0] == 2
+        assert con.execute("select rows_delivered, rows_loaded, rows_quarantined from meta.deliveries "
+                           "where file_name = 'paiements_2025-01.csv'").fetchone() == (3, 2, 1)
+        message, values = con.execute("select message, values_json from quarantine.rows where rule = "
+                                      "'rule:amount_within_the_scale'").fetchone()
+        assert message == ("paiements_2025-01.csv, row 2: rule amount_within_the_scale failed: A monthly transfer is at "
+                           "most 5000 MAD. (checked again under version v2 of the contract: the row had been loaded "
+                           "under an earlier version)")
+        assert json.loads(values)["amount_mad"] == "96517.00" and "AB100001" not in values
+        # person 0's February record (score 97) is set aside: the January one is current again
+        assert con.execute("select _batch, socio_economic_score from raw.beneficiaries where _is_current "
+                           "and person_key = (select person_key from raw.beneficiaries where _batch = '2025-01' "
+                           "and _source_row = 1)").fetchall() == [("2025-01", 8.5)]
+    rejected = (settings.feedback_dir / "msisf" / "paiements_2025-01.csv.rejected_rows.csv").read_text(encoding="utf-8")
+    assert "amount_within_the_scale" in rejected
+    assert ingest(settings, changed).rechecked == []  # once per delivery and contract version

@@ -1302,3 +1302,42 @@ def test_an_occupancy_report_far_above_the_places_fails_the_build(tmp_path):
     assert failed.metadata["rows"][0]["_file_name"] == file_name
     assert "the row it failed on: establishment_id=EPS-0002, report_month=2025-02" in failed.description
     assert "residents=8900, capacity=" in failed.description and f"_file_name={file_name}" in failed.description
+
+
+def test_loaded_rows_a_new_contract_rule_sets_aside_leave_the_incremental_facts(tmp_path):
+    """A payment loaded before its contract gained the rule it fails is moved to quarantine
+    by the next ingestion pass (ingestion.load.Ingestor._recheck); the next build drops it
+    from fct_payments (incremental by month: the month's rows left are loaded anew) and the
+    totals still reconcile with the raw layer."""
+    import dataclasses
+
+    from ingestion.contracts import Rule
+    from ingestion.generate import generate
+    from ingestion.load import Ingestor
+
+    home = tmp_path / "home"
+    (home / "warehouse").mkdir(parents=True)
+    generate(home / "landing", beneficiaries=300, seed=7, months=2, dirty_rate=0.0)
+
+    def ingest(contracts):
+        return Ingestor(home / "store" / "ingest.duckdb", contracts, b"test-key-for-the-warehouse-tests",
+                        seeds_dir=DBT_PROJECT / "seeds", rejected_dir=home / "rejected",
+                        feedback_dir=home / "feedback").ingest(home / "landing")
+
+    ingest(CONTRACTS)
+    run_dbt(home, "build", "--select", "+fct_payments", "--indirect-selection", "cautious")
+    with duckdb.connect(str(home / "store" / "ingest.duckdb"), read_only=True) as con:
+        month, payment_id, amount = con.execute(
+            "select payment_month, payment_id, amount_mad from raw.payments where _is_current "
+            "order by amount_mad desc, payment_id limit 1").fetchone()
+    changed = dict(CONTRACTS)
+    changed["payments"] = dataclasses.replace(CONTRACTS["payments"], version="v2", rules=CONTRACTS["payments"].rules + (
+        Rule("below_the_largest", f"amount_mad < {amount}"),))
+    assert ingest(changed).totals["rows_set_aside"] >= 1
+    run_dbt(home, "build", "--select", "+fct_payments", "--indirect-selection", "cautious")
+    assert query(home, "select count(*) from detail.fct_payments where payment_id = ?", [payment_id]) == [(0,)]
+    with duckdb.connect(str(home / "store" / "ingest.duckdb"), read_only=True) as con:
+        raw = con.execute("select payment_month, count(*), sum(amount_mad) from raw.payments where _is_current "
+                          "group by 1 order by 1").fetchall()
+    assert query(home, "select payment_month, count(*), sum(amount_mad) from detail.fct_payments group by 1 "
+                       "order by 1") == raw and month in {m for m, _, _ in raw}

@@ -108,6 +108,12 @@ def ingest_landing(context: dg.AssetExecutionContext, refresh_lock: RefreshLock)
         released[f.source] += f.rows_released
         context.log.info(f"{f.partner}/{f.file_name}: {f.rows_released} row(s) held for a row not loaded then "
                          "(a reference, a key in another batch) are now loaded")
+    set_aside = Counter()  # loaded rows that fail their contract as it is now (a rule added since)
+    for f in summary.rechecked:
+        set_aside[f.source] += f.rows_set_aside
+        context.log.warning(f"{f.partner}/{f.file_name}: {f.rows_set_aside} loaded row(s) fail a rule of the contract "
+                            "as it is now (changed since the file was loaded) and were moved to quarantine; the "
+                            f"partner's feedback lists them: {f.report_path}")
     for source in CONTRACTS:
         if source not in selected:
             continue
@@ -136,6 +142,7 @@ def ingest_landing(context: dg.AssetExecutionContext, refresh_lock: RefreshLock)
                 "rows_loaded": sum(f.rows_loaded for f in loaded),
                 "rows_quarantined": sum(f.rows_quarantined for f in loaded),
                 "rows_released": released[source],
+                "rows_set_aside": set_aside[source],
                 "files": dg.MetadataValue.md(markdown_table(
                     ["file", "status", "delivered", "loaded", "quarantined", "reason"],
                     [[f.file_name, f.status, f.rows_delivered, f.rows_loaded, f.rows_quarantined,
