@@ -40,6 +40,12 @@ def run_report(settings: Settings, run_id: str, not_loaded: list[tuple[str, str]
         warned = con.execute(
             "select partner, file_name, warnings from meta.deliveries where run_id = ? and status != 'rejected' "
             "and warnings is not null order by 1, 2", [run_id]).fetchall()
+        set_aside = con.execute(  # a store written before meta.rechecks existed has none
+            "select d.partner, d.file_name, r.rows_quarantined, r.contract_version from meta.rechecks r "
+            "join meta.deliveries d using (delivery_id) where r.run_id = ? and r.rows_quarantined > 0 order by 1, 2",
+            [run_id]).fetchall() if con.execute(
+            "select count(*) from duckdb_tables() where schema_name = 'meta' and table_name = 'rechecks'").fetchone()[0] \
+            else []
     finally:
         con.close()
     out = []
@@ -59,6 +65,10 @@ def run_report(settings: Settings, run_id: str, not_loaded: list[tuple[str, str]
     if warned:
         out.append("\nLoaded with warnings (also in the partner's summary):")
         out += [f"  {p}/{f}: {w}" for p, f, text in warned for w in text.splitlines()]
+    if set_aside:
+        out.append("\nLoaded rows set aside, as they fail their contract as it is now (changed since their file was "
+                   "loaded; the partner's feedback lists them):")
+        out += [f"  {p}/{f}: {n} row{'s' if n != 1 else ''} (contract version {v})" for p, f, n, v in set_aside]
     if not_loaded:
         out.append(f"\nFiles not loaded, as they repeat a rejected delivery (left in {settings.landing_dir}):")
         out += [f"  {f}: {r}" for f, r in not_loaded]

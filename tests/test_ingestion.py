@@ -2698,6 +2698,11 @@ def test_a_rule_added_to_a_contract_sets_aside_the_rows_already_loaded_that_fail
     assert sorted((r.file_name, r.rows_set_aside) for r in summary.rechecked) == [
         ("paiements_2025-01.csv", 1), ("registre_2025-02.csv", 1)]
     assert summary.totals["rows_set_aside"] == 2
+    from jisr.status import run_report
+
+    report = run_report(settings, summary.run_id)
+    assert "\nLoaded rows set aside, as they fail their contract as it is now" in report
+    assert "  msisf/paiements_2025-01.csv: 1 row (contract version v2)" in report
     with store(settings) as con:
         assert con.execute("select payment_id from raw.payments order by 1").fetchall() == [
             ("P2025-01-0",), ("P2025-01-2",)]
