@@ -353,7 +353,9 @@ class VolumeRule:
     A file of a batch already loaded (a month, a study) replaces that delivery as a whole
     (both supersede rules), so a truncated or partial export would silently withdraw the rows
     it lacks from every table built on them. A file with more than ``max_drop_share`` fewer
-    rows than the delivery it would replace is rejected, and that delivery stays in effect;
+    rows than the delivery it would replace has loaded is rejected, and that delivery stays in
+    effect (its rows set aside are in no table: a file that replaces an export of every row
+    twice, all of them quarantined as duplicates, withdraws nothing);
     deliveries in effect under ``min_rows`` rows are not compared; a file whose SHA-256 is in
     ``accept_smaller`` (the data engineer's decision that the smaller file is right) is
     loaded. Set in ``config/quality.yml`` (``deliveries``)."""
@@ -364,14 +366,14 @@ class VolumeRule:
 
     def problem(self, rows: int, content_hash: str, batch: str | None, in_effect: tuple | None) -> str | None:
         """Why a file of ``rows`` rows may not replace ``in_effect``, the delivery in effect for
-        its batch as (delivery id, file name, rows delivered, loaded at), or None."""
+        its batch as (delivery id, file name, rows loaded, loaded at), or None."""
         if in_effect is None or content_hash in self.accept_smaller:
             return None
         delivery_id, file_name, before, loaded_at = in_effect
         if before is None or before < self.min_rows or (before - rows) / before <= self.max_drop_share + 1e-12:
             return None
         return (f"the file has {rows:,} rows where the delivery in effect for {batch} that it would replace "
-                f"({file_name}, delivery {delivery_id}, loaded on {loaded_at:%Y-%m-%d %H:%M} UTC) has {before:,}: "
+                f"({file_name}, delivery {delivery_id}, loaded on {loaded_at:%Y-%m-%d %H:%M} UTC) has {before:,} rows loaded: "
                 f"{(before - rows) / before:.0%} fewer, more than the {self.max_drop_share:.0%} a delivery may drop "
                 f"from the one it replaces ({VOLUME_DROP} in config/quality.yml). A truncated or partial export "
                 f"would withdraw the missing rows from every figure of {batch}, so the delivery in effect stays. "

@@ -940,7 +940,7 @@ class Ingestor:
                     "writing it? write a hidden name first, .name.csv, then rename it): nothing of this file "
                     "was loaded, the files before it are; the next refresh reads it again")
             in_effect = con.execute(
-                "select delivery_id, file_name, rows_delivered, loaded_at from meta.deliveries "
+                "select delivery_id, file_name, rows_loaded, loaded_at from meta.deliveries "
                 "where source = ? and batch = ? and status = 'loaded'", [contract.source, batch]).fetchone()
             problem = self.volume.problem(prepared.staged.rows, content_hash, batch, in_effect)
             if problem is not None:

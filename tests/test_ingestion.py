@@ -2723,3 +2723,26 @@ def test_a_rule_added_to_a_contract_sets_aside_the_rows_already_loaded_that_fail
     rejected = (settings.feedback_dir / "msisf" / "paiements_2025-01.csv.rejected_rows.csv").read_text(encoding="utf-8")
     assert "amount_within_the_scale" in rejected
     assert ingest(settings, changed).rechecked == []  # once per delivery and contract version
+
+
+def test_a_month_whose_rows_were_set_aside_is_replaced_by_its_corrected_file(settings, contracts):
+    """An export that wrote every payment twice (60 rows, all quarantined as duplicate keys:
+    none of the month in any table) is answered by the corrected file (30 rows). It withdraws
+    nothing, so the volume gate lets it replace the month: it compares a file with the rows
+    the delivery in effect has loaded, not with the rows it delivered."""
+    base_delivery(settings, contracts, n=30)
+    write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv",
+                   [payment(i) for i in range(30)] * 2)
+    doubled = result_for(ingest(settings, contracts), "paiements_2025-01.csv")
+    assert (doubled.status, doubled.rows_delivered, doubled.rows_loaded) == ("loaded", 60, 0)
+    write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv",
+                   [payment(i) for i in range(30)])
+    corrected = result_for(ingest(settings, contracts), "paiements_2025-01.csv")
+    assert (corrected.status, corrected.rows_loaded) == ("loaded", 30), corrected.reason
+    # a truncated file is still compared with the rows loaded, and rejected
+    write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv",
+                   [payment(i) for i in range(10)])
+    truncated = result_for(ingest(settings, contracts), "paiements_2025-01.csv")
+    assert truncated.status == "rejected"
+    assert "the file has 10 rows where the delivery in effect for 2025-01" in truncated.reason
+    assert "has 30 rows loaded" in truncated.reason
