@@ -370,7 +370,9 @@ class VolumeRule:
         if in_effect is None or content_hash in self.accept_smaller:
             return None
         delivery_id, file_name, before, loaded_at = in_effect
-        if before is None or before < self.min_rows or (before - rows) / before <= self.max_drop_share + 1e-12:
+        if before is None or before <= 0 or before < self.min_rows:  # nothing loaded: nothing withdrawn
+            return None
+        if (before - rows) / before <= self.max_drop_share + 1e-12:
             return None
         return (f"the file has {rows:,} rows where the delivery in effect for {batch} that it would replace "
                 f"({file_name}, delivery {delivery_id}, loaded on {loaded_at:%Y-%m-%d %H:%M} UTC) has {before:,} rows loaded: "

@@ -114,12 +114,15 @@ def _volume_rule(data: dict, path: Path | None) -> VolumeRule:
     share = float(data.get("max_drop_share", default.max_drop_share))
     if not 0 <= share <= 1:
         raise QualityConfigError(f"{path}: deliveries.max_drop_share must be between 0 and 1")
+    min_rows = data.get("min_rows", default.min_rows)
+    if isinstance(min_rows, bool) or not isinstance(min_rows, int) or min_rows < 0:
+        raise QualityConfigError(f"{path}: deliveries.min_rows must be a whole number, 0 or more")
     accepted = [str(h).strip().lower() for h in data.get("accept_smaller") or []]
     wrong = [h for h in accepted if len(h) != 64 or any(c not in "0123456789abcdef" for c in h)]
     if wrong:
         raise QualityConfigError(f"{path}: deliveries.accept_smaller: {wrong[0]!r} is not a SHA-256 (64 hexadecimal "
                                  "digits, as the rejection report gives it)")
-    return VolumeRule(max_drop_share=share, min_rows=int(data.get("min_rows", default.min_rows)),
+    return VolumeRule(max_drop_share=share, min_rows=min_rows,
                       accept_smaller=frozenset(accepted))
 
 

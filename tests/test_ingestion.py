@@ -2746,3 +2746,18 @@ def test_a_month_whose_rows_were_set_aside_is_replaced_by_its_corrected_file(set
     assert truncated.status == "rejected"
     assert "the file has 10 rows where the delivery in effect for 2025-01" in truncated.reason
     assert "has 30 rows loaded" in truncated.reason
+
+
+def test_with_min_rows_0_a_month_in_effect_with_no_row_loaded_is_replaced(settings, contracts):
+    """deliveries.min_rows: 0 compares every delivery in effect: one with no row loaded (all
+    set aside) withdraws nothing when replaced, and its corrected file loads (it divided by
+    zero, and the pass failed)."""
+    from ingestion.load import VolumeRule
+
+    base_delivery(settings, contracts, n=3)
+    write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv",
+                   [payment(i) for i in range(3)] * 2)
+    assert result_for(ingest(settings, contracts), "paiements_2025-01.csv").rows_loaded == 0
+    write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv", [payment(i) for i in range(3)])
+    summary = make_ingestor(settings, contracts, volume=VolumeRule(min_rows=0)).ingest(settings.landing_dir)
+    assert result_for(summary, "paiements_2025-01.csv").rows_loaded == 3

@@ -392,3 +392,11 @@ def test_the_quality_report_records_what_stopped_a_dbt_build(settings, tmp_path)
                                             result("model.jisr.fct_payments", "success")]}))
     assert [(r.check, r.passed) for r in dbt_build_results(path)] == [("dbt tests", True)]
     assert dbt_build_results(tmp_path / "missing.json") == []
+
+
+def test_config_deliveries_min_rows_is_a_count():
+    with pytest.raises(QualityConfigError, match="min_rows must be a whole number, 0 or more"):
+        parse_config({"deliveries": {"min_rows": -1}})
+    with pytest.raises(QualityConfigError, match="min_rows must be a whole number, 0 or more"):
+        parse_config({"deliveries": {"min_rows": 2.5}})
+    assert parse_config({"deliveries": {"min_rows": 0}}).deliveries.min_rows == 0
