@@ -32,8 +32,11 @@ Supersede rules: `latest_per_key` means a later delivery's row replaces the earl
 the same key; `replace_batch` means a later delivery of the same batch (month or study)
 replaces the earlier delivery of that batch as a whole. With either rule, a new file for a
 batch already delivered (a corrected re-delivery) replaces the earlier file of that batch,
-and so does an earlier file of the batch delivered again (the partner goes back to it).
-Delivering the file in effect for a batch again changes nothing. A file with the content of
+and so does an earlier file of the batch delivered again (the partner goes back to it),
+unless it has far fewer rows than the delivery in effect has loaded (more than 20% fewer by
+default, `deliveries` in config/quality.yml): a truncated or partial export would withdraw
+the missing rows, so the file is rejected with a report and the delivery in effect stays,
+until the data engineer accepts the smaller file by its SHA-256. Delivering the file in effect for a batch again changes nothing. A file with the content of
 another batch's file, under its own batch's name (a catalogue unchanged since last month),
 is a delivery of its own batch, loaded as any file of that batch (under `latest_per_key`,
 the same keys again, now from the new batch; under `replace_batch`, keys the other batch

@@ -68,3 +68,12 @@ def test_load_contracts_detects_unknown_reference(tmp_path):
     (tmp_path / "enrolments.yml").write_text(yaml.safe_dump(data))
     with pytest.raises(ContractError, match="references unknown source"):
         load_contracts(Path(tmp_path))
+
+
+def test_contract_docs_say_a_far_smaller_re_delivery_is_rejected(contracts):
+    """The supersede rules as documented: an earlier file of the batch delivered again
+    replaces the one in effect, unless the volume gate (config/quality.yml, deliveries)
+    rejects it."""
+    text = " ".join(render(contracts).split())
+    assert "the partner goes back to it), unless it has far fewer rows than the delivery in effect has loaded" in text
+    assert "`deliveries` in config/quality.yml" in text
