@@ -574,9 +574,13 @@ def dbt_build_results(run_results: Path, warehouse: Path | None = None, store: P
                 try:
                     if con is None:
                         con = connect_for_audit(warehouse, store)
-                    metadata["rows"] = failing_rows(con, r["compiled_code"])
+                    # one row more than shown: whether there are more (dbt's count of failures is
+                    # not always a count of rows: not_null_columns counts the null cells)
+                    rows = failing_rows(con, r["compiled_code"], limit=FAILING_ROWS_SHOWN + 1)
+                    metadata["rows"] = rows[:FAILING_ROWS_SHOWN]
                     shown, found = len(metadata["rows"]), r.get("failures") or 0
-                    what = (f"the first {shown} of the {found} rows it failed on" if shown < found else
+                    what = ((f"the first {shown} of the {found} rows it failed on" if found > shown else
+                             f"the first {shown} rows it failed on") if len(rows) > shown else
                             "the row it failed on" if shown == 1 else f"the {shown} rows it failed on")
                     if shown:
                         description += f"; {what}: {describe_rows(metadata['rows'])}"

@@ -400,3 +400,28 @@ def test_config_deliveries_min_rows_is_a_count():
     with pytest.raises(QualityConfigError, match="min_rows must be a whole number, 0 or more"):
         parse_config({"deliveries": {"min_rows": 2.5}})
     assert parse_config({"deliveries": {"min_rows": 0}}).deliveries.min_rows == 0
+
+
+def test_a_failing_test_whose_count_is_not_its_rows_shows_all_its_rows_as_all(tmp_path):
+    """not_null_columns fails with one row per column holding nulls, and dbt counts the null
+    cells (its fail_calc): 7 nulls in one column are one row, all of it shown, not 'the first
+    1 of the 7 rows'."""
+    import json
+
+    from quality.checks import dbt_build_results
+
+    build = tmp_path / "build.duckdb"
+    with duckdb.connect(str(build)) as con:
+        con.execute("create schema staging; create table staging.stg_x as "
+                    "select case when range < 7 then null else range end as loan_id, 'k' as person_key from range(20)")
+    code = ("with counted as (select sum(case when loan_id is null then 1 else 0 end) as loan_id, "
+            "sum(case when person_key is null then 1 else 0 end) as person_key from \"build\".\"staging\".\"stg_x\")\n"
+            "select 'loan_id' as column_name, loan_id as null_rows from counted where loan_id > 0\nunion all\n"
+            "select 'person_key' as column_name, person_key as null_rows from counted where person_key > 0")
+    path = tmp_path / "run_results.json"
+    path.write_text(json.dumps({"results": [{"unique_id": "test.jisr.not_null_columns_stg_x.1", "status": "fail",
+                                             "message": "Got 7 results, configured to fail if != 0", "failures": 7,
+                                             "compiled_code": code}]}))
+    [failed] = dbt_build_results(path, warehouse=build)
+    assert failed.description == ("dbt test fail: Got 7 results, configured to fail if != 0; the row it failed on: "
+                                  "column_name=loan_id, null_rows=7")
