@@ -376,13 +376,20 @@ class VolumeRule:
             return None
         return (f"the file has {rows:,} rows where the delivery in effect for {batch} that it would replace "
                 f"({file_name}, delivery {delivery_id}, loaded on {loaded_at:%Y-%m-%d %H:%M} UTC) has {before:,} rows loaded: "
-                f"{(before - rows) / before:.0%} fewer, more than the {self.max_drop_share:.0%} a delivery may drop "
+                f"{_share(before - rows, before, self.max_drop_share)} fewer, more than the {self.max_drop_share:.0%} "
+                "a delivery may drop "
                 f"from the one it replaces ({VOLUME_DROP} in config/quality.yml). A truncated or partial export "
                 f"would withdraw the missing rows from every figure of {batch}, so the delivery in effect stays. "
                 f"Deliver the whole of {batch} again; if this smaller file is right (rows withdrawn on purpose), "
                 "the data engineer accepts it by adding its SHA-256 (the last line of the file's report) to "
                 "deliveries.accept_smaller in "
                 "config/quality.yml, then puts it back in the landing area")
+
+
+def _share(part: int, whole: int, limit: float) -> str:
+    """``part / whole`` as a percentage, with a decimal when it would round to ``limit``'s."""
+    share = part / whole
+    return f"{share:.0%}" if f"{share:.0%}" != f"{limit:.0%}" else f"{share:.1%}"
 
 
 def seed_values(seeds_dir: Path, ref: str) -> tuple[str, ...]:

@@ -2761,3 +2761,15 @@ def test_with_min_rows_0_a_month_in_effect_with_no_row_loaded_is_replaced(settin
     write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv", [payment(i) for i in range(3)])
     summary = make_ingestor(settings, contracts, volume=VolumeRule(min_rows=0)).ingest(settings.landing_dir)
     assert result_for(summary, "paiements_2025-01.csv").rows_loaded == 3
+
+
+def test_a_rejected_file_names_a_drop_that_reads_more_than_the_tolerance():
+    """797 rows for 1,000 is 20.3% fewer: the report said '20% fewer, more than the 20%'."""
+    from datetime import datetime
+
+    from ingestion.load import VolumeRule
+
+    reason = VolumeRule().problem(797, "x", "2025-01", ("d", "f.csv", 1000, datetime(2026, 1, 1)))
+    assert "20.3% fewer, more than the 20% a delivery may drop" in reason
+    reason = VolumeRule().problem(500, "x", "2025-01", ("d", "f.csv", 1000, datetime(2026, 1, 1)))
+    assert "50% fewer, more than the 20%" in reason
