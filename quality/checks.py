@@ -524,10 +524,11 @@ FAILING_ROWS_SHOWN = 5  # rows of a failed dbt test shown in the quality report 
 
 
 def failing_rows(con, compiled_sql: str, limit: int = FAILING_ROWS_SHOWN) -> list[dict[str, Any]]:
-    """The first rows a dbt test's compiled query returns: the rows it failed on. A row that
+    """The first rows (in the order of their values, so each run shows the same) a dbt test's
+    compiled query returns: the rows it failed on. A row that
     names its delivery (``_delivery_id``) also names the delivered file (``_file_name``), from
     the delivery log of the raw store attached as ``ingest``, when it is."""
-    cur = con.execute(f"select * from (\n{compiled_sql}\n) as failing limit {int(limit)}")
+    cur = con.execute(f"select * from (\n{compiled_sql}\n) as failing order by all limit {int(limit)}")
     columns = [d[0] for d in cur.description]
     rows = [dict(zip(columns, values)) for values in cur.fetchall()]
     ids = sorted({str(r["_delivery_id"]) for r in rows if r.get("_delivery_id") is not None})

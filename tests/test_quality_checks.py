@@ -370,7 +370,7 @@ def test_the_quality_report_records_what_stopped_a_dbt_build(settings, tmp_path)
     build = tmp_path / "build.duckdb"
     with duckdb.connect(str(build)) as con:
         con.execute("create schema detail; create table detail.fct_x as select range as x, 'd1' as _delivery_id "
-                    "from range(1, 8)")
+                    "from range(1, 8) order by range desc")
     settings.store_path.parent.mkdir(parents=True, exist_ok=True)
     with duckdb.connect(str(settings.store_path)) as con:
         con.execute("create schema meta; create table meta.deliveries (delivery_id varchar, file_name varchar); "

@@ -108,11 +108,11 @@ def warehouse_dbt(context: dg.AssetExecutionContext, dbt: DbtCliResource, config
         build = dbt.cli(args, context=context, target_path=target_path)
         try:
             yield from build.stream()
-        except Exception:
-            # the run's quality report says what the build's gates found, failed or not; the
-            # step's error names the failing tests with the rows they failed on
+        except BaseException as exc:
+            # the run's quality report says what the build's gates found, failed, interrupted
+            # or not; the step's error names the failing tests with the rows they failed on
             blocking = [r for r in _report_build(context, settings, build.target_path) if r.blocks]
-            if not blocking:
+            if not blocking or not isinstance(exc, Exception):
                 raise
             raise dg.Failure(
                 "dbt build failed, nothing was published:\n" + "\n".join(f"    * {r.check}: {r.description}"
