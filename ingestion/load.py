@@ -1278,6 +1278,7 @@ class Ingestor:
         the end of every pass, before the release of held rows, for the sources it selects, one
         transaction per source."""
         results = []
+        lost: set[str] = set()  # sources that lost loaded rows in this pass (contracts come in dependency order)
         for contract in self.contracts.values():
             if wanted is not None and contract.source not in wanted:
                 continue
@@ -1286,14 +1287,20 @@ class Ingestor:
                 "and contract_version is distinct from ? and not exists (select 1 from meta.rechecks r "
                 "where r.delivery_id = d.delivery_id and r.contract_version = ?) order by delivery_id",
                 [contract.source, contract.version, contract.version]).fetchall()]
-            if not deliveries:
+            # a row set aside may have been the only one of its key that rows of this source refer to
+            dangling = [c for c in contract.columns if c.references and c.references.split(".")[0] in lost]
+            if not deliveries and not dangling:
                 continue
             try:
                 with store.transaction(con):
-                    moved = self._recheck_source(con, contract, deliveries)
+                    moved = self._recheck_source(con, contract, deliveries) if deliveries else []
+                    if dangling:
+                        moved = self._hold_dangling(con, contract, dangling, moved)
             finally:
                 for t in ("recheck_typed", "recheck_failed"):
                     con.execute(f"drop table if exists {t}")
+            if moved:
+                lost.add(contract.source)
             for delivery_id, n in moved:
                 result = self._rewrite_feedback(con, contract, delivery_id)
                 result.rows_set_aside = n
@@ -1359,6 +1366,72 @@ class Ingestor:
         con.executemany("insert into meta.rechecks values (?, ?, ?, ?, ?)",
                         [[d, contract.version, self.run_id, now, counts.get(d, 0)] for d in deliveries])
         return moved
+
+    def _hold_dangling(self, con, contract: Contract, columns: list, moved: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        """See _recheck: the loaded rows of ``contract`` whose reference (``columns``) no longer
+        has a current row, the row it referred to having been set aside by this pass, are held
+        for it as at loading (``references:<column>``, released by a later pass once such a row
+        is loaded: see _release), and their deliveries follow as for the rows set aside. Their
+        values are kept as _release reads them back (a number in the file's decimal
+        convention). Returns ``moved`` with these rows added."""
+        table = f"raw.{contract.source}"
+        parts = []
+        for col in columns:
+            target_source, target_col = col.references.split(".")
+            target = self.contracts[target_source].column(target_col)
+            parts.append(
+                f"select r._delivery_id as _held_delivery, r._source_row as _held_row, 'references:{col.name}' as rule, "
+                f"{_lit(col.name)} as column_name, 'column {col.name}: no {target_source} row loaded has this "
+                f"{target_col}; the row is loaded once one is' as message from {table} r "
+                "where r._delivery_id in (select delivery_id from meta.deliveries where status = 'loaded') "
+                f"and r.{col.raw_name} is not null and not exists (select 1 from raw.{target_source} t "
+                f"where t._is_current and t.{target.raw_name} = r.{col.raw_name})")
+
+        def text(c) -> str:  # the stored value as _release types it again (typed_expr)
+            if c.type in ("integer", "decimal", "double") and contract.decimal == ",":
+                return f"replace(r.{c.raw_name}::varchar, '.', ',')"
+            return f"r.{c.raw_name}::varchar"
+
+        values = ", ".join(f"{_lit(c.raw_name)}, r.{c.raw_name}" if c.pii else f"{_lit(c.name)}, {text(c)}"
+                           for c in contract.columns)
+        con.execute(
+            "create or replace temp table recheck_failed as select f.*, "
+            f"to_json(json_object({values}))::varchar as values_json from ({' union all '.join(parts)}) f "
+            f"join {table} r on r._delivery_id = f._held_delivery and r._source_row = f._held_row")
+        held = con.execute("select _held_delivery, count(distinct _held_row) from recheck_failed group by 1 "
+                           "order by 1").fetchall()
+        if not held:
+            return moved
+        now = datetime.now(timezone.utc).replace(tzinfo=None)
+        # the message as at loading: the release, which checks the reason again in this pass, keeps it
+        con.execute(
+            "insert into quarantine.rows select f._held_delivery, ?, d.file_name, d.content_hash, f._held_row, "
+            "f.rule, f.column_name, d.file_name || ', row ' || f._held_row || ': ' || f.message, "
+            "f.values_json, ?, ?, null from recheck_failed f join meta.deliveries d on d.delivery_id = f._held_delivery "
+            "order by f._held_delivery, f._held_row, f.rule", [contract.source, self.run_id, now])
+        keys = ", ".join(contract.raw_primary_key)
+        if contract.supersede == "latest_per_key" and keys:
+            con.execute(f"create or replace temp table recheck_keys as select distinct {keys} from {table} "
+                        "where (_delivery_id, _source_row) in (select _held_delivery, _held_row from recheck_failed)")
+        con.execute(f"delete from {table} where (_delivery_id, _source_row) in "
+                    "(select _held_delivery, _held_row from recheck_failed)")
+        if contract.supersede == "latest_per_key" and keys:
+            _rank_latest(con, contract, f"({keys}) in (select {keys} from recheck_keys)")
+            con.execute("drop table recheck_keys")
+        else:  # the incremental facts rebuild the periods of these deliveries (see _recheck_source)
+            con.execute(f"update {table} set _loaded_at = ?, _run_id = ? where _delivery_id in "
+                        "(select distinct _held_delivery from recheck_failed)", [now, self.run_id])
+        for delivery_id, n in held:
+            con.execute("update meta.deliveries set rows_loaded = rows_loaded - ?, "
+                        "rows_quarantined = rows_quarantined + ? where delivery_id = ?", [n, n, delivery_id])
+            con.execute(  # the refresh's report lists them with the rows set aside
+                "insert into meta.rechecks values (?, ?, ?, ?, ?) on conflict do update set "
+                "rows_quarantined = rows_quarantined + excluded.rows_quarantined, run_id = excluded.run_id, "
+                "checked_at = excluded.checked_at", [delivery_id, contract.version, self.run_id, now, n])
+        counts = dict(moved)
+        for delivery_id, n in held:
+            counts[delivery_id] = counts.get(delivery_id, 0) + n
+        return sorted(counts.items())
 
     def _rewrite_feedback(self, con, contract: Contract, delivery_id: str, released: int = 0, *,
                           feedback_name: str | None = None, notes: dict[str, list[str]] | None = None,

@@ -2773,3 +2773,47 @@ def test_a_rejected_file_names_a_drop_that_reads_more_than_the_tolerance():
     assert "20.3% fewer, more than the 20% a delivery may drop" in reason
     reason = VolumeRule().problem(500, "x", "2025-01", ("d", "f.csv", 1000, datetime(2026, 1, 1)))
     assert "50% fewer, more than the 20%" in reason
+
+
+def test_rows_referring_to_a_row_a_changed_contract_set_aside_wait_for_it_as_at_loading(settings, contracts):
+    """A rule added to the enrolments contract set aside enrolment E1, the only record of its
+    key, while a payment of the month referred to it: the payment stayed loaded, referring to
+    an enrolment no table holds, and the warehouse's relationships test stopped every build
+    from then on. The payment is held for its enrolment, as it would have been at loading,
+    and is loaded again, with its values as delivered, once a corrected enrolment arrives."""
+    from ingestion.contracts import Rule
+
+    write_delivery(settings.landing_dir, contracts["programmes"], "programmes_2025-01.csv", [PROGRAMME])
+    write_delivery(settings.landing_dir, contracts["beneficiaries"], "registre_2025-01.csv", [person(i) for i in range(3)])
+    write_delivery(settings.landing_dir, contracts["enrolments"], "inscriptions_2025-01.csv",
+                   [enrolment(0), enrolment(1, entry_date="15/01/2025"), enrolment(2)])
+    _month_of_payments(settings, contracts, "2025-01",
+                       [payment(0), payment(1, amount_mad="1.234,56"), payment(2)])
+    assert ingest(settings, contracts).totals["rows_quarantined"] == 0
+
+    changed = dict(contracts)
+    changed["enrolments"] = dataclasses.replace(contracts["enrolments"], version="v2", rules=contracts["enrolments"].rules + (
+        Rule("entered_before_2025", "entry_date < date '2025-01-01'", "Entries of 2025 are in the new register."),))
+    summary = ingest(settings, changed)
+    assert sorted((r.file_name, r.rows_set_aside) for r in summary.rechecked) == [
+        ("inscriptions_2025-01.csv", 1), ("paiements_2025-01.csv", 1)]
+    with store(settings) as con:
+        assert con.execute("select count(*) from raw.payments p where not exists (select 1 from raw.enrolments e "
+                           "where e._is_current and e.enrolment_id = p.enrolment_id)").fetchone()[0] == 0
+        assert con.execute("select payment_id from raw.payments order by 1").fetchall() == [
+            ("P2025-01-0",), ("P2025-01-2",)]
+        assert con.execute("select rule, message from quarantine.rows where source = 'payments'").fetchall() == [
+            ("references:enrolment_id", "paiements_2025-01.csv, row 2: column enrolment_id: no enrolments row loaded "
+             "has this enrolment_id; the row is loaded once one is")]
+        assert con.execute("select rows_loaded, rows_quarantined from meta.deliveries "
+                           "where file_name = 'paiements_2025-01.csv'").fetchone() == (2, 1)
+
+    # the enrolment corrected: the payment is loaded again, with its amount as delivered
+    write_delivery(settings.landing_dir, contracts["enrolments"], "inscriptions_2025-02.csv", [enrolment(1)])
+    summary = ingest(settings, changed)
+    assert [(r.file_name, r.rows_released) for r in summary.released] == [("paiements_2025-01.csv", 1)]
+    with store(settings) as con:
+        assert con.execute("select amount_mad::varchar, paid_date::varchar from raw.payments "
+                           "where payment_id = 'P2025-01-1'").fetchall() == [("1234.56", "2025-01-05")]
+        assert con.execute("select rows_loaded, rows_quarantined from meta.deliveries "
+                           "where file_name = 'paiements_2025-01.csv'").fetchone() == (3, 0)
