@@ -1302,7 +1302,11 @@ class Ingestor:
             if moved:
                 lost.add(contract.source)
             for delivery_id, n in moved:
-                result = self._rewrite_feedback(con, contract, delivery_id)
+                notes = self._notes.get(delivery_id, {})  # written this pass (a file delivered again): kept
+                result = self._rewrite_feedback(con, contract, delivery_id, notes=notes)
+                for name in notes:  # the note on another name of the same content
+                    if name != result.file_name:
+                        self._rewrite_feedback(con, contract, delivery_id, feedback_name=name, notes=notes)
                 result.rows_set_aside = n
                 results.append(result)
         return results

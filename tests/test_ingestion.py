@@ -2817,3 +2817,28 @@ def test_rows_referring_to_a_row_a_changed_contract_set_aside_wait_for_it_as_at_
                            "where payment_id = 'P2025-01-1'").fetchall() == [("1234.56", "2025-01-05")]
         assert con.execute("select rows_loaded, rows_quarantined from meta.deliveries "
                            "where file_name = 'paiements_2025-01.csv'").fetchone() == (3, 0)
+
+
+def test_rows_set_aside_keep_the_note_on_a_month_delivered_again_in_the_same_pass(settings, contracts):
+    """A month delivered as A, then as B (rejected), then as A again in the pass that first
+    checks the loaded rows under a new rule: the partner's summary said A is identical to the
+    delivery in effect (in place of B's report), but the recheck rewrote the summary without
+    that note, so the partner was left with no word on the file they had just sent."""
+    from ingestion.contracts import Rule
+
+    base_delivery(settings, contracts, n=4)
+    month_a = [payment(0), payment(1, amount_mad="96517,00"), payment(2), payment(3)]
+    path = write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv", month_a)
+    content_a = path.read_bytes()
+    first = result_for(ingest(settings, contracts), "paiements_2025-01.csv")
+    write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv", [])  # no data rows
+    assert result_for(ingest(settings, contracts), "paiements_2025-01.csv").status == "rejected"
+    path.write_bytes(content_a)
+    changed = dict(contracts)
+    changed["payments"] = dataclasses.replace(contracts["payments"], version="v2", rules=contracts["payments"].rules + (
+        Rule("amount_within_the_scale", "amount_mad <= 5000", "A monthly transfer is at most 5000 MAD."),))
+    summary = ingest(settings, changed)
+    assert [(r.file_name, r.rows_set_aside) for r in summary.rechecked] == [("paiements_2025-01.csv", 1)]
+    text = (settings.feedback_dir / "msisf" / "paiements_2025-01.csv.summary.txt").read_text()
+    assert first.delivery_id in text and "Rows delivered: 4; loaded: 3; quarantined: 1." in text, text
+    assert "identical to this delivery, still in effect for 2025-01" in text, text
