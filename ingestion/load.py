@@ -1339,36 +1339,47 @@ class Ingestor:
             f"v.message, to_json(json_object({values}))::varchar as values_json from ({rules}) v "
             "join recheck_typed t using (_source_row)")
         now = datetime.now(timezone.utc).replace(tzinfo=None)
-        moved = con.execute("select _held_delivery, count(distinct _held_row) from recheck_failed group by 1 "
-                            "order by 1").fetchall()
-        if moved:
-            note = (f" (checked again under version {contract.version} of the contract: the row had been loaded "
-                    "under an earlier version)")
-            con.execute(
-                "insert into quarantine.rows select f._held_delivery, ?, d.file_name, d.content_hash, f._held_row, "
-                "f.rule, f.column_name, d.file_name || ', row ' || f._held_row || ': ' || f.message || ?, "
-                "f.values_json, ?, ?, null from recheck_failed f join meta.deliveries d on d.delivery_id = f._held_delivery "
-                "order by f._held_delivery, f._held_row, f.rule", [contract.source, note, self.run_id, now])
-            keys = ", ".join(contract.raw_primary_key)
-            if contract.supersede == "latest_per_key" and keys:
-                con.execute(f"create or replace temp table recheck_keys as select distinct {keys} from {table} "
-                            "where (_delivery_id, _source_row) in (select _held_delivery, _held_row from recheck_failed)")
-            con.execute(f"delete from {table} where (_delivery_id, _source_row) in "
-                        "(select _held_delivery, _held_row from recheck_failed)")
-            if contract.supersede == "latest_per_key" and keys:
-                _rank_latest(con, contract, f"({keys}) in (select {keys} from recheck_keys)")
-                con.execute("drop table recheck_keys")
-            else:
-                # the incremental facts rebuild a period whose rows come from a load they do
-                # not hold (dbt macro changed_periods): the delivery's rows left are loaded anew
-                con.execute(f"update {table} set _loaded_at = ?, _run_id = ? where _delivery_id in "
-                            "(select distinct _held_delivery from recheck_failed)", [now, self.run_id])
-            for delivery_id, n in moved:
-                con.execute("update meta.deliveries set rows_loaded = rows_loaded - ?, "
-                            "rows_quarantined = rows_quarantined + ? where delivery_id = ?", [n, n, delivery_id])
+        moved = self._quarantine_loaded(con, contract, now, note=(
+            f" (checked again under version {contract.version} of the contract: the row had been loaded "
+            "under an earlier version)"))
         counts = dict(moved)
         con.executemany("insert into meta.rechecks values (?, ?, ?, ?, ?)",
                         [[d, contract.version, self.run_id, now, counts.get(d, 0)] for d in deliveries])
+        return moved
+
+    def _quarantine_loaded(self, con, contract: Contract, now: datetime, note: str = "") -> list[tuple[str, int]]:
+        """Move the loaded rows listed in the temporary table ``recheck_failed`` (_held_delivery,
+        _held_row, rule, column_name, message, values_json) to quarantine, their message
+        followed by ``note``: deleted from the raw table, the latest row left of a
+        ``latest_per_key`` key made current, the rows left of a ``replace_batch`` delivery
+        loaded anew (the incremental facts rebuild a period whose rows come from a load they
+        do not hold: dbt macro changed_periods), and the deliveries' counts. Returns [(delivery
+        id, rows moved)]."""
+        table = f"raw.{contract.source}"
+        moved = con.execute("select _held_delivery, count(distinct _held_row) from recheck_failed group by 1 "
+                            "order by 1").fetchall()
+        if not moved:
+            return []
+        con.execute(
+            "insert into quarantine.rows select f._held_delivery, ?, d.file_name, d.content_hash, f._held_row, "
+            "f.rule, f.column_name, d.file_name || ', row ' || f._held_row || ': ' || f.message || ?, "
+            "f.values_json, ?, ?, null from recheck_failed f join meta.deliveries d on d.delivery_id = f._held_delivery "
+            "order by f._held_delivery, f._held_row, f.rule", [contract.source, note, self.run_id, now])
+        keys = ", ".join(contract.raw_primary_key)
+        if contract.supersede == "latest_per_key" and keys:
+            con.execute(f"create or replace temp table recheck_keys as select distinct {keys} from {table} "
+                        "where (_delivery_id, _source_row) in (select _held_delivery, _held_row from recheck_failed)")
+        con.execute(f"delete from {table} where (_delivery_id, _source_row) in "
+                    "(select _held_delivery, _held_row from recheck_failed)")
+        if contract.supersede == "latest_per_key" and keys:
+            _rank_latest(con, contract, f"({keys}) in (select {keys} from recheck_keys)")
+            con.execute("drop table recheck_keys")
+        else:
+            con.execute(f"update {table} set _loaded_at = ?, _run_id = ? where _delivery_id in "
+                        "(select distinct _held_delivery from recheck_failed)", [now, self.run_id])
+        for delivery_id, n in moved:
+            con.execute("update meta.deliveries set rows_loaded = rows_loaded - ?, "
+                        "rows_quarantined = rows_quarantined + ? where delivery_id = ?", [n, n, delivery_id])
         return moved
 
     def _hold_dangling(self, con, contract: Contract, columns: list, moved: list[tuple[str, int]]) -> list[tuple[str, int]]:
@@ -1402,32 +1413,10 @@ class Ingestor:
             "create or replace temp table recheck_failed as select f.*, "
             f"to_json(json_object({values}))::varchar as values_json from ({' union all '.join(parts)}) f "
             f"join {table} r on r._delivery_id = f._held_delivery and r._source_row = f._held_row")
-        held = con.execute("select _held_delivery, count(distinct _held_row) from recheck_failed group by 1 "
-                           "order by 1").fetchall()
-        if not held:
-            return moved
         now = datetime.now(timezone.utc).replace(tzinfo=None)
         # the message as at loading: the release, which checks the reason again in this pass, keeps it
-        con.execute(
-            "insert into quarantine.rows select f._held_delivery, ?, d.file_name, d.content_hash, f._held_row, "
-            "f.rule, f.column_name, d.file_name || ', row ' || f._held_row || ': ' || f.message, "
-            "f.values_json, ?, ?, null from recheck_failed f join meta.deliveries d on d.delivery_id = f._held_delivery "
-            "order by f._held_delivery, f._held_row, f.rule", [contract.source, self.run_id, now])
-        keys = ", ".join(contract.raw_primary_key)
-        if contract.supersede == "latest_per_key" and keys:
-            con.execute(f"create or replace temp table recheck_keys as select distinct {keys} from {table} "
-                        "where (_delivery_id, _source_row) in (select _held_delivery, _held_row from recheck_failed)")
-        con.execute(f"delete from {table} where (_delivery_id, _source_row) in "
-                    "(select _held_delivery, _held_row from recheck_failed)")
-        if contract.supersede == "latest_per_key" and keys:
-            _rank_latest(con, contract, f"({keys}) in (select {keys} from recheck_keys)")
-            con.execute("drop table recheck_keys")
-        else:  # the incremental facts rebuild the periods of these deliveries (see _recheck_source)
-            con.execute(f"update {table} set _loaded_at = ?, _run_id = ? where _delivery_id in "
-                        "(select distinct _held_delivery from recheck_failed)", [now, self.run_id])
+        held = self._quarantine_loaded(con, contract, now)
         for delivery_id, n in held:
-            con.execute("update meta.deliveries set rows_loaded = rows_loaded - ?, "
-                        "rows_quarantined = rows_quarantined + ? where delivery_id = ?", [n, n, delivery_id])
             con.execute(  # the refresh's report lists them with the rows set aside
                 "insert into meta.rechecks values (?, ?, ?, ?, ?) on conflict do update set "
                 "rows_quarantined = rows_quarantined + excluded.rows_quarantined, run_id = excluded.run_id, "
