@@ -1274,33 +1274,51 @@ class Ingestor:
         rules checked are those the stored values allow, as for held rows (see _release): the
         contract's row rules, required values, code lists, ranges, patterns of text columns;
         not the value types (the rows are stored typed), duplicate keys, the rules on a direct
-        identifier (its clear value is not kept), nor the Great Expectations suites. Runs at
-        the end of every pass, before the release of held rows, for the sources it selects, one
-        transaction per source."""
-        results = []
-        lost: set[str] = set()  # sources that lost loaded rows in this pass (contracts come in dependency order)
-        for contract in self.contracts.values():
-            if wanted is not None and contract.source not in wanted:
-                continue
-            deliveries = [r[0] for r in con.execute(
-                "select delivery_id from meta.deliveries d where source = ? and status = 'loaded' "
-                "and contract_version is distinct from ? and not exists (select 1 from meta.rechecks r "
-                "where r.delivery_id = d.delivery_id and r.contract_version = ?) order by delivery_id",
-                [contract.source, contract.version, contract.version]).fetchall()]
-            # a row set aside may have been the only one of its key that rows of this source refer to
-            dangling = [c for c in contract.columns if c.references and c.references.split(".")[0] in lost]
-            if not deliveries and not dangling:
-                continue
-            try:
-                with store.transaction(con):
+        identifier (its clear value is not kept), nor the Great Expectations suites. A row of
+        another source that referred to a row set aside, and to no other current row, is held
+        for it as at loading (see _hold_dangling). Runs at the end of every pass, before the
+        release of held rows, in one transaction (a crash never leaves rows referring to rows
+        set aside), for the sources it selects whose referring sources it selects too (a run of
+        some sources leaves the others' to a run that selects them)."""
+        referrers = {source: {c.source for c in self.contracts.values() for col in c.columns
+                              if col.references and col.references.split(".")[0] == source} for source in self.contracts}
+        changed = True
+        while changed:  # the sources referring to a source, directly or through others
+            changed = False
+            for source, them in referrers.items():
+                more = set().union(*(referrers[s] for s in them)) - them if them else set()
+                if more:
+                    them |= more
+                    changed = True
+        done, lost = [], set()  # sources that lost loaded rows in this pass (contracts come in dependency order)
+        try:
+            with store.transaction(con):
+                for contract in self.contracts.values():
+                    if wanted is not None and contract.source not in wanted:
+                        continue
+                    deliveries = [] if wanted is not None and not referrers[contract.source] <= wanted else [
+                        r[0] for r in con.execute(
+                            "select delivery_id from meta.deliveries d where source = ? and status = 'loaded' "
+                            "and contract_version is distinct from ? and not exists (select 1 from meta.rechecks r "
+                            "where r.delivery_id = d.delivery_id and r.contract_version = ?) order by delivery_id",
+                            [contract.source, contract.version, contract.version]).fetchall()]
+                    # a row set aside may have been the only one of its key that rows of this source refer to
+                    dangling = [c for c in contract.columns if c.references and c.references.split(".")[0] in lost]
+                    if not deliveries and not dangling:
+                        continue
                     moved = self._recheck_source(con, contract, deliveries) if deliveries else []
                     if dangling:
                         moved = self._hold_dangling(con, contract, dangling, moved)
-            finally:
-                for t in ("recheck_typed", "recheck_failed"):
-                    con.execute(f"drop table if exists {t}")
-            if moved:
-                lost.add(contract.source)
+                    for t in ("recheck_typed", "recheck_failed"):
+                        con.execute(f"drop table if exists {t}")
+                    if moved:
+                        lost.add(contract.source)
+                        done.append((contract, moved))
+        finally:
+            for t in ("recheck_typed", "recheck_failed", "recheck_keys"):
+                con.execute(f"drop table if exists {t}")
+        results = []
+        for contract, moved in done:
             for delivery_id, n in moved:
                 notes = self._notes.get(delivery_id, {})  # written this pass (a file delivered again): kept
                 result = self._rewrite_feedback(con, contract, delivery_id, notes=notes)

@@ -2794,6 +2794,11 @@ def test_rows_referring_to_a_row_a_changed_contract_set_aside_wait_for_it_as_at_
     changed = dict(contracts)
     changed["enrolments"] = dataclasses.replace(contracts["enrolments"], version="v2", rules=contracts["enrolments"].rules + (
         Rule("entered_before_2025", "entry_date < date '2025-01-01'", "Entries of 2025 are in the new register."),))
+    # a run of the enrolments alone leaves their check to a run that selects the payments too
+    partial = make_ingestor(settings, changed).ingest(settings.landing_dir, sources=["enrolments"])
+    assert partial.rechecked == []
+    with store(settings) as con:
+        assert con.execute("select count(*) from meta.rechecks").fetchone()[0] == 0
     summary = ingest(settings, changed)
     assert sorted((r.file_name, r.rows_set_aside) for r in summary.rechecked) == [
         ("inscriptions_2025-01.csv", 1), ("paiements_2025-01.csv", 1)]
@@ -2842,3 +2847,31 @@ def test_rows_set_aside_keep_the_note_on_a_month_delivered_again_in_the_same_pas
     text = (settings.feedback_dir / "msisf" / "paiements_2025-01.csv.summary.txt").read_text()
     assert first.delivery_id in text and "Rows delivered: 4; loaded: 3; quarantined: 1." in text, text
     assert "identical to this delivery, still in effect for 2025-01" in text, text
+
+
+def test_a_recheck_that_fails_midway_leaves_every_source_as_it_was(settings, contracts, monkeypatch):
+    """The enrolment a changed contract sets aside and the payment held for it change together:
+    a failure between the two (here while holding the payment) left the enrolment set aside,
+    recorded as checked, and the payment loaded, referring to nothing, for good."""
+    from ingestion.contracts import Rule
+    from ingestion.load import Ingestor
+
+    base_delivery(settings, contracts, n=2)
+    _month_of_payments(settings, contracts, "2025-01", [payment(0), payment(1)])
+    ingest(settings, contracts)
+    changed = dict(contracts)
+    changed["enrolments"] = dataclasses.replace(contracts["enrolments"], version="v2", rules=contracts["enrolments"].rules + (
+        Rule("not_e1", "enrolment_id <> 'E1'"),))
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Ingestor, "_hold_dangling", fail)
+        with pytest.raises(RuntimeError, match="disk full"):
+            ingest(settings, changed)
+    with store(settings) as con:
+        assert con.execute("select count(*) from raw.enrolments").fetchone()[0] == 2
+        assert con.execute("select count(*) from meta.rechecks").fetchone()[0] == 0
+    assert sorted((r.file_name, r.rows_set_aside) for r in ingest(settings, changed).rechecked) == [
+        ("inscriptions_2025-01.csv", 1), ("paiements_2025-01.csv", 1)]
