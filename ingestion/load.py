@@ -1437,7 +1437,8 @@ class Ingestor:
         for delivery_id, n in held:
             con.execute(  # the refresh's report lists them with the rows set aside
                 "insert into meta.rechecks values (?, ?, ?, ?, ?) on conflict do update set "
-                "rows_quarantined = rows_quarantined + excluded.rows_quarantined, run_id = excluded.run_id, "
+                "rows_quarantined = excluded.rows_quarantined + case when run_id = excluded.run_id "
+                "then rows_quarantined else 0 end, run_id = excluded.run_id, "
                 "checked_at = excluded.checked_at", [delivery_id, contract.version, self.run_id, now, n])
         counts = dict(moved)
         for delivery_id, n in held:

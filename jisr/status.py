@@ -66,8 +66,8 @@ def run_report(settings: Settings, run_id: str, not_loaded: list[tuple[str, str]
         out.append("\nLoaded with warnings (also in the partner's summary):")
         out += [f"  {p}/{f}: {w}" for p, f, text in warned for w in text.splitlines()]
     if set_aside:
-        out.append("\nLoaded rows set aside, as they fail their contract as it is now (changed since their file was "
-                   "loaded; the partner's feedback lists them):")
+        out.append("\nLoaded rows set aside after a contract changed (they fail its rules as they are now, or refer to "
+                   "a row that does; the partner's feedback lists them):")
         out += [f"  {p}/{f}: {n} row{'s' if n != 1 else ''} (contract version {v})" for p, f, n, v in set_aside]
     if not_loaded:
         out.append(f"\nFiles not loaded, as they repeat a rejected delivery (left in {settings.landing_dir}):")

@@ -2701,7 +2701,7 @@ def test_a_rule_added_to_a_contract_sets_aside_the_rows_already_loaded_that_fail
     from jisr.status import run_report
 
     report = run_report(settings, summary.run_id)
-    assert "\nLoaded rows set aside, as they fail their contract as it is now" in report
+    assert "\nLoaded rows set aside after a contract changed (they fail its rules as they are now" in report
     assert "  msisf/paiements_2025-01.csv: 1 row (contract version v2)" in report
     with store(settings) as con:
         assert con.execute("select payment_id from raw.payments order by 1").fetchall() == [
@@ -2822,6 +2822,16 @@ def test_rows_referring_to_a_row_a_changed_contract_set_aside_wait_for_it_as_at_
                            "where payment_id = 'P2025-01-1'").fetchall() == [("1234.56", "2025-01-05")]
         assert con.execute("select rows_loaded, rows_quarantined from meta.deliveries "
                            "where file_name = 'paiements_2025-01.csv'").fetchone() == (3, 0)
+
+    # another change of the enrolments contract: the refresh's report counts this run's rows only
+    from jisr.status import run_report
+
+    changed["enrolments"] = dataclasses.replace(changed["enrolments"], version="v3", rules=changed["enrolments"].rules + (
+        Rule("not_e2", "enrolment_id <> 'E2'"),))
+    summary = ingest(settings, changed)
+    assert sorted((r.file_name, r.rows_set_aside) for r in summary.rechecked) == [
+        ("inscriptions_2025-01.csv", 1), ("paiements_2025-01.csv", 1)]
+    assert "  msisf/paiements_2025-01.csv: 1 row (contract version " in run_report(settings, summary.run_id)
 
 
 def test_rows_set_aside_keep_the_note_on_a_month_delivered_again_in_the_same_pass(settings, contracts):

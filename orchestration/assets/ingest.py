@@ -111,9 +111,9 @@ def ingest_landing(context: dg.AssetExecutionContext, refresh_lock: RefreshLock)
     set_aside = Counter()  # loaded rows that fail their contract as it is now (a rule added since)
     for f in summary.rechecked:
         set_aside[f.source] += f.rows_set_aside
-        context.log.warning(f"{f.partner}/{f.file_name}: {f.rows_set_aside} loaded row(s) fail a rule of the contract "
-                            "as it is now (changed since the file was loaded) and were moved to quarantine; the "
-                            f"partner's feedback lists them: {f.report_path}")
+        context.log.warning(f"{f.partner}/{f.file_name}: {f.rows_set_aside} loaded row(s) moved to quarantine after a "
+                            "contract changed (they fail its rules as they are now, or refer to a row that does); "
+                            f"the partner's feedback lists them: {f.report_path}")
     for source in CONTRACTS:
         if source not in selected:
             continue
