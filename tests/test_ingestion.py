@@ -2885,3 +2885,18 @@ def test_a_recheck_that_fails_midway_leaves_every_source_as_it_was(settings, con
         assert con.execute("select count(*) from meta.rechecks").fetchone()[0] == 0
     assert sorted((r.file_name, r.rows_set_aside) for r in ingest(settings, changed).rechecked) == [
         ("inscriptions_2025-01.csv", 1), ("paiements_2025-01.csv", 1)]
+
+
+def test_a_column_added_to_a_contract_does_not_fail_a_pass_that_loads_nothing_of_it(settings, contracts):
+    """The check of loaded rows against a changed contract read a column added to it, which the
+    raw table does not have: every refresh failed, with or without a file of that source."""
+    from ingestion.contracts import Column
+
+    base_delivery(settings, contracts, n=2)
+    ingest(settings, contracts)
+    changed = dict(contracts)
+    changed["enrolments"] = dataclasses.replace(contracts["enrolments"], version="v2", columns=(
+        *contracts["enrolments"].columns, Column("referral_channel", "varchar", source_names=("canal",))))
+    write_delivery(settings.landing_dir, contracts["programmes"], "programmes_2025-02.csv", [PROGRAMME])
+    summary = ingest(settings, changed)
+    assert result_for(summary, "programmes_2025-02.csv").status == "loaded" and summary.rechecked == []
