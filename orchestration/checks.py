@@ -23,8 +23,8 @@ import dagster as dg
 from jisr.settings import get_settings
 from orchestration.metadata import markdown_table
 from orchestration.runlock import RefreshLock
-from quality.config import (FRESHNESS, NO_IDENTIFIERS, NO_PERSON_LEVEL, NO_SMALL_CELLS, REFERENCES_RESOLVE,
-                            ROW_COUNTS, SUITE_VALIDATED, TOTALS_RECONCILE, config_for)
+from quality.config import (FRESHNESS, MONTHLY_VOLUME, NO_IDENTIFIERS, NO_PERSON_LEVEL, NO_SMALL_CELLS,
+                            REFERENCES_RESOLVE, ROW_COUNTS, SUITE_VALIDATED, TOTALS_RECONCILE, config_for)
 
 PROJECT = get_settings()  # project-relative paths only (config, contracts); JISR_HOME is read per run
 CFG = config_for(PROJECT)
@@ -76,31 +76,40 @@ def build_delivery_checks(contracts: dict) -> dg.AssetChecksDefinition:
     specs = [dg.AssetCheckSpec(FRESHNESS, asset=dg.AssetKey(["raw", s]), blocking=CFG.blocking(FRESHNESS),
                                description=f"The last monthly delivery of {s} is recent enough (config/quality.yml).")
              for s in fresh_sources]
+    volume_sources = [s for s in contracts if s not in set(CFG.params(MONTHLY_VOLUME).get("exclude") or ())]
+    specs += [dg.AssetCheckSpec(MONTHLY_VOLUME, asset=dg.AssetKey(["raw", s]), blocking=CFG.blocking(MONTHLY_VOLUME),
+                                description=f"No month of {s} has far fewer rows than the months before it "
+                                            "(config/quality.yml).")
+              for s in volume_sources]
     specs += [dg.AssetCheckSpec(SUITE_VALIDATED, asset=dg.AssetKey(["raw", s]), blocking=CFG.blocking(SUITE_VALIDATED),
                                 description=f"Every delivery of {s} in the run was validated by its Great "
                                             "Expectations suite without errors.")
               for s in contracts]
 
     @dg.multi_asset_check(specs=specs, can_subset=True, name="delivery_checks",
-                          description="Freshness of partner deliveries and Great Expectations validation; "
+                          description="Freshness and monthly volume of partner deliveries and Great Expectations "
+                                      "validation; "
                                       "writes the run's quality report.")
     def delivery_checks(context: dg.AssetCheckExecutionContext, refresh_lock: RefreshLock):
-        from quality.checks import check_freshness, check_suite_validated, connect_for_audit
+        from quality.checks import check_freshness, check_monthly_volume, check_suite_validated, connect_for_audit
         from quality.report import write_report
 
         settings = get_settings()
         con = connect_for_audit(":memory:", settings.store_path, read_only=False)  # the raw store only
         try:
             fresh = check_freshness(con, CFG, {s: contracts[s] for s in fresh_sources})
+            volume = check_monthly_volume(con, CFG, {s: contracts[s] for s in volume_sources})
             suite = check_suite_validated(con, CFG, context.run.run_id, sources=list(contracts))
         finally:
             con.close()
-        report = write_report(settings, context.run.run_id, fresh + suite)
+        report = write_report(settings, context.run.run_id, fresh + volume + suite)
         context.log.info(f"quality report: {report}")
         for source in contracts:
             key = dg.AssetKey(["raw", source])
             if source in fresh_sources and _selected(context, key, FRESHNESS):
                 yield check_result(key, FRESHNESS, [r for r in fresh if r.target == source], report)
+            if source in volume_sources and _selected(context, key, MONTHLY_VOLUME):
+                yield check_result(key, MONTHLY_VOLUME, [r for r in volume if r.target == source], report)
             if _selected(context, key, SUITE_VALIDATED):
                 yield check_result(key, SUITE_VALIDATED, [r for r in suite if r.target == source], report)
 

@@ -26,8 +26,8 @@ from typing import Any, Iterable
 
 import duckdb
 
-from quality.config import (FRESHNESS, NO_IDENTIFIERS, NO_PERSON_LEVEL, NO_SMALL_CELLS, REFERENCES_RESOLVE,
-                            ROW_COUNTS, SUITE_VALIDATED, TOTALS_RECONCILE, QualityConfig)
+from quality.config import (FRESHNESS, MONTHLY_VOLUME, NO_IDENTIFIERS, NO_PERSON_LEVEL, NO_SMALL_CELLS,
+                            REFERENCES_RESOLVE, ROW_COUNTS, SUITE_VALIDATED, TOTALS_RECONCILE, QualityConfig)
 
 MONTH = re.compile(r"^\d{4}-\d{2}$")
 
@@ -331,6 +331,61 @@ def check_freshness(con, cfg: QualityConfig, contracts: dict, today: date | None
     return results
 
 
+# --- monthly volume -------------------------------------------------------------------------
+def check_monthly_volume(con, cfg: QualityConfig, contracts: dict) -> list[CheckResult]:
+    """Each month in effect of a source has at least ``min_share`` of the median rows loaded
+    over the ``months`` months before it (one result per source). A truncated export, or
+    the first part of a month delivered in pieces, loads as a month of its own: the volume
+    gate of ingestion (``deliveries`` in config/quality.yml) only compares a month delivered
+    again with itself. Months with fewer than 3 earlier months, or whose earlier months'
+    median is under ``min_rows`` rows, are not compared (small sources vary too much)."""
+    params = cfg.params(MONTHLY_VOLUME)
+    severity = params["severity"]
+    min_share = float(params.get("min_share", 0.5))
+    history = int(params.get("months", 6))
+    min_rows = int(params.get("min_rows", 100))
+    exclude = set(params.get("exclude") or ())
+    sources = [c for c in contracts.values() if c.source not in exclude]
+    if not _has_store(con) or not _store_table_exists(con, "meta", "deliveries"):
+        return [CheckResult(MONTHLY_VOLUME, True, severity, f"{c.source}: no delivery recorded", c.source)
+                for c in sources]
+    rows = con.execute(
+        "select source, batch, sum(rows_loaded) from ingest.meta.deliveries where status = 'loaded' "
+        "and regexp_full_match(batch, '\\d{4}-(0[1-9]|1[0-2])') group by source, batch order by source, batch").fetchall()
+    months: dict[str, list[tuple[str, int]]] = {}
+    for source, batch, loaded in rows:
+        months.setdefault(source, []).append((batch, int(loaded or 0)))
+    results = []
+    for contract in sources:
+        found, compared = [], 0
+        series = months.get(contract.source, [])
+        for i, (batch, loaded) in enumerate(series):
+            before = sorted(n for _, n in series[max(0, i - history):i])
+            if len(before) < 3:
+                continue
+            median = (before[(len(before) - 1) // 2] + before[len(before) // 2]) / 2
+            if median < min_rows:
+                continue
+            compared += 1
+            if loaded < min_share * median:
+                found.append({"month": batch, "rows_loaded": loaded, "median_before": median,
+                              "months_before": len(before)})
+        meta = {"partner": contract.partner, "months_compared": compared, "min_share": min_share, "months": found}
+        if found:
+            desc = (f"{contract.source} ({contract.partner}): "
+                    + "; ".join(f"{m['month']} has {m['rows_loaded']:,} rows loaded, under {min_share:.0%} of the "
+                                f"median of the {m['months_before']} months before it ({m['median_before']:,.0f})"
+                                for m in found)
+                    + " (a truncated or partial delivery, or most of its rows set aside? the partner's feedback on the "
+                    "file has its counts)")
+        else:
+            desc = (f"{contract.source} ({contract.partner}): {compared} month(s) compared with the months before "
+                    f"them, none under {min_share:.0%} of their median" if compared else
+                    f"{contract.source} ({contract.partner}): no month with enough history to compare")
+        results.append(CheckResult(MONTHLY_VOLUME, not found, severity, desc, contract.source, meta))
+    return results
+
+
 # --- direct identifiers ---------------------------------------------------------------------
 def _within_text(pattern: str) -> str:
     """A value pattern (anchored to the whole value, as configured) as a pattern found inside
@@ -509,6 +564,12 @@ def run_audit(con, settings, cfg: QualityConfig, *, run_id: str | None = None, c
 
             contracts = load_contracts(settings.contracts_dir)
         results += check_freshness(con, cfg, contracts, today=today)
+    if want(MONTHLY_VOLUME):
+        if contracts is None:
+            from ingestion.contracts import load_contracts
+
+            contracts = load_contracts(settings.contracts_dir)
+        results += check_monthly_volume(con, cfg, contracts)
     if want(NO_IDENTIFIERS):
         results += check_identifiers(con, cfg, schemas)
     if want(NO_PERSON_LEVEL):

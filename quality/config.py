@@ -21,8 +21,9 @@ NO_IDENTIFIERS = "no_direct_identifiers_published"
 NO_SMALL_CELLS = "no_small_cells_published"
 SUITE_VALIDATED = "deliveries_validated_by_suite"
 NO_PERSON_LEVEL = "no_person_level_data_published"
-CHECK_NAMES = (REFERENCES_RESOLVE, TOTALS_RECONCILE, ROW_COUNTS, FRESHNESS, NO_IDENTIFIERS, NO_PERSON_LEVEL,
-               NO_SMALL_CELLS, SUITE_VALIDATED)
+MONTHLY_VOLUME = "monthly_volume_within_history"
+CHECK_NAMES = (REFERENCES_RESOLVE, TOTALS_RECONCILE, ROW_COUNTS, FRESHNESS, MONTHLY_VOLUME, NO_IDENTIFIERS,
+               NO_PERSON_LEVEL, NO_SMALL_CELLS, SUITE_VALIDATED)
 # Checks of the build warehouse (every schema dbt builds, the internal `detail` included);
 # the others check the file about to be published or the raw store.
 WAREHOUSE_CHECKS = (REFERENCES_RESOLVE, TOTALS_RECONCILE)
@@ -81,6 +82,8 @@ def parse_config(data: dict, path: Path | None = None) -> QualityConfig:
     share = checks[ROW_COUNTS].get("max_drop_share", 0.2)
     if not 0 <= float(share) <= 1:
         raise QualityConfigError(f"{path}: {ROW_COUNTS}.max_drop_share must be between 0 and 1")
+    if not 0 <= float(checks[MONTHLY_VOLUME].get("min_share", 0.5)) <= 1:
+        raise QualityConfigError(f"{path}: {MONTHLY_VOLUME}.min_share must be between 0 and 1")
     if checks[FRESHNESS].get("reference", "latest_batch") not in ("latest_batch", "now"):
         raise QualityConfigError(f"{path}: {FRESHNESS}.reference must be latest_batch or now")
     gx = data.get("great_expectations") or {}

@@ -184,6 +184,35 @@ def test_freshness_against_today_and_excluded_sources(con, settings, contracts, 
     assert [(r.target, r.passed, r.metadata["age_days"]) for r in results] == [("payments", True, 10)]
 
 
+def test_a_month_far_smaller_than_the_months_before_it_is_reported(con, settings, contracts, cfg):
+    """A payments file of 300 rows for a month of about 1,800 (an export cut short, the first
+    part of a month delivered in pieces) loaded as a month of its own: no gate compared it
+    with anything, and the month's transfers were published a sixth of their size."""
+    from quality.checks import check_monthly_volume
+
+    months = [f"2025-{m:02d}" for m in range(1, 10)]
+    attach_store(con, settings, contracts, [("payments", "msisf", m, "loaded") for m in months]
+                 + [("loans", "cdg_finance", m, "loaded") for m in months]
+                 + [("service_requests", "digital", m, "loaded") for m in months])
+    con.execute("detach ingest")
+    with duckdb.connect(str(settings.store_path)) as s:
+        s.execute("update meta.deliveries set rows_loaded = case when source = 'loans' then 20 "
+                  "when batch = '2025-08' and source = 'payments' then 300 else 1800 end")
+    con.execute(f"attach '{settings.store_path}' as ingest (read_only)")
+    results = {r.target: r for r in check_monthly_volume(con, cfg, {s: contracts[s] for s in (
+        "payments", "loans", "service_requests", "ventures")})}
+    assert set(results) == {"payments", "loans", "service_requests"}  # ventures: excluded in config/quality.yml
+    failed = results["payments"]
+    assert not failed.passed and failed.severity == "warn"
+    assert failed.description.startswith("payments (msisf): 2025-08 has 300 rows loaded, under 50% of the median "
+                                         "of the 6 months before it (1,800)")
+    assert [m["month"] for m in failed.metadata["months"]] == ["2025-08"]  # 2025-09 compared with 2025-08 in its history
+    assert results["service_requests"].passed and results["service_requests"].metadata["months_compared"] == 6
+    assert results["loans"].passed and results["loans"].metadata["months_compared"] == 0  # 20 rows: under min_rows
+    with pytest.raises(QualityConfigError, match="min_share must be between 0 and 1"):
+        parse_config({"checks": {"monthly_volume_within_history": {"min_share": 2}}})
+
+
 # --- direct identifiers --------------------------------------------------------------------------------
 
 
