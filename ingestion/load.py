@@ -52,8 +52,7 @@ from typing import Callable, Iterable
 
 from ingestion import pseudonymise, store
 from ingestion.contracts import (DECIMAL_PLACES, FUTURE_MONTH, VOLUME_DROP, Contract, VolumeRule, batch_problem,
-                                 contract_for, not_a_delivery,
-                                 seed_values)
+                                 contract_for, not_a_delivery, seed_values)
 from ingestion.readers import FileRejected, Staged, drop_staged, stage_file
 
 # A validator receives (con, contract, typed_table, batch) and returns SQL producing
@@ -382,6 +381,28 @@ def _violations_sql(contract: Contract, typed: str, seeds_dir: Path) -> str:
 _WAITING_RULE = "(q.rule like 'references:%' or q.rule = 'key_in_other_batch')"
 
 
+def _stored_rules_sql(contract: Contract, typed: str, seeds_dir: Path, typed_values: bool = False) -> str:
+    """The contract's row rules (``_violations_sql``) that rows checked again from their stored
+    values can be held to: not the rules that read a direct identifier (its clear value is not
+    kept), nor duplicate_key (rows of several deliveries are checked together); with
+    ``typed_values`` (the values are the typed ones of the raw table, not the delivered text),
+    not the value types nor the patterns of columns other than text either."""
+    skipped = ["duplicate_key", *(f"rule:{r.name}" for r in contract.rules if any(
+        re.search(rf"\b{re.escape(c.name)}\b", r.sql, re.IGNORECASE) for c in contract.pii_columns))]
+    if typed_values:
+        skipped += [f"{kind}:{c.name}" for c in contract.columns for kind in ("type", "pattern")
+                    if kind == "type" or c.type != "varchar"]
+    identifiers = [c.name for c in contract.pii_columns] or [""]
+    return (f"select * from ({_violations_sql(contract, typed, seeds_dir)}) "
+            f"where rule not in ({', '.join(map(_lit, skipped))}) and (column_name is null "
+            f"or column_name not in ({', '.join(map(_lit, identifiers))}))")
+
+
+def _reference_message(col, target_source: str, target_col: str) -> str:
+    """The message (SQL literal) of a row held for a reference not loaded (``references:<column>``)."""
+    return _lit(f"column {col.name}: no {target_source} row loaded has this {target_col}; the row is loaded once one is")
+
+
 def _reference_sql(contract: Contract, contracts: dict[str, Contract], typed: str) -> str:
     parts = []
     for col in contract.columns:
@@ -395,8 +416,7 @@ def _reference_sql(contract: Contract, contracts: dict[str, Contract], typed: st
             raise ValueError(f"{contract.source}.{col.name}: a direct identifier can only reference another identifier")
         parts.append(
             f"select _source_row, 'references:{col.name}' as rule, {_lit(col.name)} as column_name, "
-            f"'column {col.name}: no {target_source} row loaded has this {target_col}; the row is loaded once "
-            f"one is' as message "
+            f"{_reference_message(col, target_source, target_col)} as message "
             f"from {typed} t where {mine} is not null and not exists "
             f"(select 1 from raw.{target_source} r where r._is_current and r.{theirs} = t.{mine})"
         )
@@ -1190,12 +1210,7 @@ class Ingestor:
         # a direct identifier (its clear value is not kept) nor duplicate_key (rows of several
         # deliveries are checked together here).
         con.execute("create temp view release_recheck as select * from release_typed where recheck")
-        skipped = ["duplicate_key", *(f"rule:{r.name}" for r in contract.rules if any(
-            re.search(rf"\b{re.escape(c.name)}\b", r.sql, re.IGNORECASE) for c in contract.pii_columns))]
-        identifiers = [c.name for c in contract.pii_columns]
-        rules = (f"select * from ({_violations_sql(contract, 'release_recheck', self.seeds_dir)}) "
-                 f"where rule not in ({', '.join(map(_lit, skipped))}) and (column_name is null "
-                 f"or column_name not in ({', '.join(map(_lit, identifiers or ['']))}))"
+        rules = (_stored_rules_sql(contract, "release_recheck", self.seeds_dir)
                  if con.execute("select count(*) from release_recheck").fetchone()[0] else "")
         still = " union all ".join(x for x in (rules, _reference_sql(contract, self.contracts, "release_typed"),
                                                _key_in_other_batch_sql(contract, "release_typed")) if x)
@@ -1347,14 +1362,7 @@ class Ingestor:
             "create or replace temp table recheck_typed as select row_number() over (order by _delivery_id, "
             "_source_row) as _source_row, _delivery_id as _held_delivery, _source_row as _held_row, _batch, "
             f"{', '.join(columns)} from {table} where _delivery_id in ({ids})")
-        skipped = ["duplicate_key", *(f"rule:{r.name}" for r in contract.rules if any(
-            re.search(rf"\b{re.escape(c.name)}\b", r.sql, re.IGNORECASE) for c in contract.pii_columns)),
-            *(f"{kind}:{c.name}" for c in contract.columns for kind in ("type", "pattern")
-              if kind == "type" or c.type != "varchar")]
-        identifiers = [c.name for c in contract.pii_columns] or [""]
-        rules = (f"select * from ({_violations_sql(contract, 'recheck_typed', self.seeds_dir)}) "
-                 f"where rule not in ({', '.join(map(_lit, skipped))}) and (column_name is null "
-                 f"or column_name not in ({', '.join(map(_lit, identifiers))}))")
+        rules = _stored_rules_sql(contract, "recheck_typed", self.seeds_dir, typed_values=True)
         values = ", ".join(f"{_lit(c.raw_name)}, t.{c.name}__key" if c.pii else f"{_lit(c.name)}, t.{c.name}"
                            for c in contract.columns)
         con.execute(
@@ -1419,8 +1427,8 @@ class Ingestor:
             target = self.contracts[target_source].column(target_col)
             parts.append(
                 f"select r._delivery_id as _held_delivery, r._source_row as _held_row, 'references:{col.name}' as rule, "
-                f"{_lit(col.name)} as column_name, 'column {col.name}: no {target_source} row loaded has this "
-                f"{target_col}; the row is loaded once one is' as message from {table} r "
+                f"{_lit(col.name)} as column_name, {_reference_message(col, target_source, target_col)} as message "
+                f"from {table} r "
                 "where r._delivery_id in (select delivery_id from meta.deliveries where status = 'loaded') "
                 f"and r.{col.raw_name} is not null and not exists (select 1 from raw.{target_source} t "
                 f"where t._is_current and t.{target.raw_name} = r.{col.raw_name})")

@@ -94,7 +94,7 @@ create table if not exists meta.rechecks (
     contract_version varchar not null,  -- the version whose rules the rows were checked against
     run_id varchar,
     checked_at timestamp not null,
-    rows_quarantined bigint not null,   -- loaded rows that failed them, moved to quarantine
+    rows_quarantined bigint not null,   -- loaded rows moved to quarantine: failing them, or held for a row that did
     primary key (delivery_id, contract_version)
 )"""
 

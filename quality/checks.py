@@ -19,6 +19,7 @@ from __future__ import annotations
 import calendar
 import json
 import re
+import statistics
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -360,10 +361,10 @@ def check_monthly_volume(con, cfg: QualityConfig, contracts: dict) -> list[Check
         found, compared = [], 0
         series = months.get(contract.source, [])
         for i, (batch, loaded) in enumerate(series):
-            before = sorted(n for _, n in series[max(0, i - history):i])
+            before = [n for _, n in series[max(0, i - history):i]]
             if len(before) < 3:
                 continue
-            median = (before[(len(before) - 1) // 2] + before[len(before) // 2]) / 2
+            median = statistics.median(before)
             if median < min_rows:
                 continue
             compared += 1
@@ -558,17 +559,13 @@ def run_audit(con, settings, cfg: QualityConfig, *, run_id: str | None = None, c
     if want(ROW_COUNTS):
         prev_run, prev_counts = previous if previous is not None else previous_row_counts(settings.serving_path)
         results += check_row_counts(table_row_counts(con, schemas), prev_counts, cfg, prev_run)
-    if want(FRESHNESS):
-        if contracts is None:
-            from ingestion.contracts import load_contracts
+    if contracts is None and (want(FRESHNESS) or want(MONTHLY_VOLUME)):
+        from ingestion.contracts import load_contracts
 
-            contracts = load_contracts(settings.contracts_dir)
+        contracts = load_contracts(settings.contracts_dir)
+    if want(FRESHNESS):
         results += check_freshness(con, cfg, contracts, today=today)
     if want(MONTHLY_VOLUME):
-        if contracts is None:
-            from ingestion.contracts import load_contracts
-
-            contracts = load_contracts(settings.contracts_dir)
         results += check_monthly_volume(con, cfg, contracts)
     if want(NO_IDENTIFIERS):
         results += check_identifiers(con, cfg, schemas)

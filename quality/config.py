@@ -79,11 +79,8 @@ def parse_config(data: dict, path: Path | None = None) -> QualityConfig:
             raise QualityConfigError(f"{path}: check {name}: severity must be one of {SEVERITIES}, "
                                      f"not {params['severity']!r}")
         checks[name] = params
-    share = checks[ROW_COUNTS].get("max_drop_share", 0.2)
-    if not 0 <= float(share) <= 1:
-        raise QualityConfigError(f"{path}: {ROW_COUNTS}.max_drop_share must be between 0 and 1")
-    if not 0 <= float(checks[MONTHLY_VOLUME].get("min_share", 0.5)) <= 1:
-        raise QualityConfigError(f"{path}: {MONTHLY_VOLUME}.min_share must be between 0 and 1")
+    _share(checks[ROW_COUNTS].get("max_drop_share", 0.2), f"{ROW_COUNTS}.max_drop_share", path)
+    _share(checks[MONTHLY_VOLUME].get("min_share", 0.5), f"{MONTHLY_VOLUME}.min_share", path)
     if checks[FRESHNESS].get("reference", "latest_batch") not in ("latest_batch", "now"):
         raise QualityConfigError(f"{path}: {FRESHNESS}.reference must be latest_batch or now")
     gx = data.get("great_expectations") or {}
@@ -107,6 +104,13 @@ def parse_config(data: dict, path: Path | None = None) -> QualityConfig:
     )
 
 
+def _share(value, name: str, path: Path | None) -> float:
+    """A setting that is a share (0 to 1)."""
+    if not 0 <= float(value) <= 1:
+        raise QualityConfigError(f"{path}: {name} must be between 0 and 1")
+    return float(value)
+
+
 def _volume_rule(data: dict, path: Path | None) -> VolumeRule:
     """The ``deliveries`` section: see ingestion.contracts.VolumeRule."""
     unknown = set(data) - {"max_drop_share", "min_rows", "accept_smaller"}
@@ -114,9 +118,7 @@ def _volume_rule(data: dict, path: Path | None) -> VolumeRule:
         raise QualityConfigError(f"{path}: deliveries: unknown keys {sorted(unknown)}; known: max_drop_share, "
                                  "min_rows, accept_smaller")
     default = VolumeRule()
-    share = float(data.get("max_drop_share", default.max_drop_share))
-    if not 0 <= share <= 1:
-        raise QualityConfigError(f"{path}: deliveries.max_drop_share must be between 0 and 1")
+    share = _share(data.get("max_drop_share", default.max_drop_share), "deliveries.max_drop_share", path)
     min_rows = data.get("min_rows", default.min_rows)
     if isinstance(min_rows, bool) or not isinstance(min_rows, int) or min_rows < 0:
         raise QualityConfigError(f"{path}: deliveries.min_rows must be a whole number, 0 or more")
