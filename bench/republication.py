@@ -111,6 +111,10 @@ def across(publications) -> dict:
             "apart": len(apart), "three_or_more": len(together), "newest": len(newest)}
 
 
+def _publications(n: int) -> str:
+    return f"{n} publication" if n == 1 else f"{n} publications"
+
+
 def every_kept(settings, config) -> int:
     import duckdb
 
@@ -119,7 +123,7 @@ def every_kept(settings, config) -> int:
     files = [*history_files(settings), Path(settings.serving_path)]
     found = [(f, counts_path(settings, serving_run_id(f) or "unknown")) for f in files if f.exists()]
     found = [(f, c) for f, c in found if c.exists()]
-    print(f"{len(found)} publications with their counts kept")
+    print(f"{_publications(len(found))} with their counts kept")
     for rule in config.tables:
         publications = []
         for serving_file, counts_file in found:
@@ -138,7 +142,7 @@ def every_kept(settings, config) -> int:
         if not publications:
             continue
         m = across(publications)
-        print(f"{rule.table}: {m['publications']} publications; small cells given back by one alone {m['alone']:,} "
+        print(f"{rule.table}: {_publications(m['publications'])}; small cells given back by one alone {m['alone']:,} "
               f"(line totals), by two consecutive beyond that {m['consecutive']:,}, by two further apart only "
               f"{m['apart']:,}, only by three or more {m['three_or_more']:,}; given back by the newest with all the "
               f"others beyond what they give without it and it gives alone {m['newest']:,}")

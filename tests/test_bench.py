@@ -443,3 +443,9 @@ def test_kept_publications_name_what_only_files_further_apart_give_back():
                                       "newest": 1}
     # the third published again after them: it adds nothing the others do not give
     assert across([first, everything, third, third])["newest"] == 0
+
+
+def test_republication_names_one_publication_in_the_singular():
+    from bench.republication import _publications
+
+    assert (_publications(1), _publications(2)) == ("1 publication", "2 publications")
