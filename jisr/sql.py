@@ -5,9 +5,10 @@ the raw store. Three independent guards keep a query from writing or escaping:
 
 1. the file is opened ``read_only=True`` (DuckDB refuses every write to it);
 2. the connection is opened with ``enable_external_access=false`` (no file, extension or
-   ATTACH access: ``read_csv``, ``COPY ... TO``, ``ATTACH`` of another file all fail) and
-   extension auto-install/auto-load switched off, then ``lock_configuration=true`` so no
-   statement can switch them back on;
+   ATTACH access: ``read_csv``, ``COPY ... TO``, ``ATTACH`` of another file all fail),
+   extension auto-install/auto-load switched off and no temporary directory (a query
+   larger than memory writes no spill files beside the serving file), then
+   ``lock_configuration=true`` so no statement can switch them back on;
 3. every statement is parsed by DuckDB itself before anything runs: only queries
    (``SELECT``, ``WITH``, ``FROM``, ``VALUES``, ``DESCRIBE``, ``SHOW``, ``SUMMARIZE``, and
    ``EXPLAIN`` of those) are accepted, and their parse tree must not call a file or
@@ -240,6 +241,10 @@ def connect_serving(path: Path) -> duckdb.DuckDBPyConnection:
             "autoinstall_known_extensions": False,
             "autoload_known_extensions": False,
             "allow_community_extensions": False,
+            # no spill files: DuckDB's default temporary directory is `<serving file>.tmp`,
+            # beside the published warehouse, bounded only by 90 % of the free disk (a query
+            # larger than memory fails with DuckDB's out-of-memory message instead)
+            "temp_directory": "",
         })
     except duckdb.Error as exc:
         raise NoWarehouse(f"cannot open the serving warehouse {path}: {exc}") from exc

@@ -362,3 +362,18 @@ def test_text_table_aligns_numbers_right_and_text_left():
         "payments          12",
         "beneficiaries      3  2025-12",
     ]
+
+
+def test_sql_session_spills_nothing_to_disk(serving):
+    """A query larger than memory must not write spill files (by default DuckDB's temporary
+    directory is ``<serving file>.tmp``, beside the published warehouse, bounded only by 90 %
+    of the free disk): spilling is off and cannot be switched back on."""
+    con = sql.connect_serving(serving.serving_path)
+    try:
+        assert con.execute("select current_setting('temp_directory')").fetchone()[0] == ""
+        with pytest.raises(duckdb.Error):
+            con.execute(f"set temp_directory = '{serving.serving_path}.tmp'")
+        con.execute("select count(*) from (select i from range(100000) t(i) order by i desc)").fetchall()
+        assert not Path(f"{serving.serving_path}.tmp").exists()
+    finally:
+        con.close()
