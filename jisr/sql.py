@@ -485,6 +485,19 @@ def add_arguments(parser) -> None:
                         help="rows shown in table/markdown output (default 1000; 0 for all)")
 
 
+def _check_output(output: Path, settings) -> None:
+    """Refuse an ``--output`` inside Jisr's own warehouses, stores or secrets: opening it for
+    writing would truncate the published warehouse (or a store) for everyone."""
+    target = output.expanduser().resolve()
+    home = Path(settings.home)
+    for folder in (home / "warehouse", home / "store", home / "secrets",
+                   Path(settings.serving_path).parent, Path(settings.store_path).parent):
+        folder = folder.expanduser().resolve()
+        if target == folder or folder in target.parents:
+            raise RefusedStatement(f"refused: --output {output} is inside Jisr's data ({folder}); "
+                                   "write the result elsewhere")
+
+
 def main(args, settings) -> int:
     """Entry point of ``jisr sql`` (argparse namespace from ``add_arguments``)."""
     max_rows = None if args.max_rows in (None, 0) else args.max_rows
@@ -492,6 +505,8 @@ def main(args, settings) -> int:
     try:
         if args.query and args.file:
             raise SqlError("give a query or --file, not both")
+        if output is not None:
+            _check_output(output, settings)
         if args.file:
             try:
                 sql = render_analysis(Path(args.file).read_text(encoding="utf-8"))

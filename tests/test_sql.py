@@ -377,3 +377,17 @@ def test_sql_session_spills_nothing_to_disk(serving):
         assert not Path(f"{serving.serving_path}.tmp").exists()
     finally:
         con.close()
+
+
+@pytest.mark.parametrize("fmt", ["csv", "table", "parquet"])
+def test_sql_output_never_overwrites_the_warehouses(serving, capsys, fmt):
+    """--output is the evaluator's export: it must not replace the published warehouse (nor
+    the stores beside it), which a user allowed to write there would destroy."""
+    before = serving.serving_path.read_bytes()
+    for target in (serving.serving_path, serving.store_path,
+                   serving.serving_path.parent / "history" / ".." / "jisr.duckdb"):
+        code, _, err = run_cli(capsys, "select 1 as x", "--format", fmt, "--output", str(target))
+        assert code == 2 and "refused" in err, (target, err)
+    assert serving.serving_path.read_bytes() == before
+    code, out, _ = run_cli(capsys, "select count(*) as n from marts.mart_coverage", "--format", "csv")
+    assert code == 0 and out.splitlines() == ["n", "3"]
