@@ -200,27 +200,65 @@ def _check_utf8(path: Path) -> bool:
     return non_ascii
 
 
+def _line_encodings(chunk: bytes, first_line: int, first: dict[str, int]) -> None:
+    """Record in ``first`` the first line (number as an editor counts lines; ``chunk`` holds
+    whole lines from line ``first_line``) of each encoding its non-ASCII lines are written in:
+    ``utf-8`` for a line that is valid UTF-8, else ``windows-1252``."""
+    try:
+        chunk.decode("utf-8")
+        whole = "utf-8"
+    except UnicodeDecodeError:
+        whole = None
+    for number, line in enumerate(chunk.split(b"\n"), start=first_line):
+        if line.isascii():
+            continue
+        if whole is not None:
+            first.setdefault(whole, number)
+            return
+        try:
+            line.decode("utf-8")
+            first.setdefault("utf-8", number)
+        except UnicodeDecodeError:
+            first.setdefault("windows-1252", number)
+        if len(first) == 2:
+            return
+
+
 def _transcode_cp1252(path: Path, tmp_dir: Path) -> Path:
-    """Stream a Windows-1252 file into a UTF-8 copy that DuckDB can read."""
+    """Stream a Windows-1252 file into a UTF-8 copy that DuckDB can read.
+
+    A file whose lines are written partly in UTF-8 and partly in Windows-1252 (a file pieced
+    together from two exports) is rejected: read as Windows-1252, its UTF-8 lines would load
+    garbled (``mÃ©nages`` for ``ménages``), and a garbled name would take another pseudonym."""
     if _check_utf8(path):
         raise FileRejected(
             "wrong encoding: the file is UTF-8 but its contract says windows-1252 "
             "(re-export it in windows-1252, or ask for the contract to change)"
         )
     out = tmp_dir / (path.name + ".utf8")
-    decoder = codecs.getincrementaldecoder("cp1252")()
-    offset = 0
+    offset, line = 0, 1
+    first: dict[str, int] = {}  # encoding -> the first line written in it
     with open(path, "rb") as src, open(out, "w", encoding="utf-8", newline="") as dst:
         while chunk := src.read(CHUNK):
+            if not chunk.endswith(b"\n"):
+                chunk += src.readline()  # whole lines only: a line is judged, and numbered, whole
+            if not chunk.isascii():
+                _line_encodings(chunk, line, first)
+                if len(first) == 2:
+                    raise FileRejected(
+                        f"wrong encoding: the file mixes encodings: line {first['utf-8']} is written in UTF-8 where "
+                        f"line {first['windows-1252']} is in windows-1252, the encoding of its contract (pieced "
+                        "together from several exports?): re-export the whole file in windows-1252")
             try:
-                dst.write(decoder.decode(chunk))
+                dst.write(chunk.decode("cp1252"))
             except UnicodeDecodeError as exc:
-                line = chunk[: exc.start].count(b"\n") + 1
+                at = line + chunk[: exc.start].count(b"\n")
                 raise FileRejected(
-                    f"wrong encoding: byte 0x{chunk[exc.start]:02x} at offset {offset + exc.start} "
-                    f"is not valid windows-1252 (around line {line} of that block)"
+                    f"wrong encoding: byte 0x{chunk[exc.start]:02x} at line {at} (offset {offset + exc.start}) "
+                    "is not valid windows-1252"
                 ) from None
             offset += len(chunk)
+            line += chunk.count(b"\n")
     return out
 
 

@@ -142,6 +142,39 @@ def test_ingest_rejects_unreadable_file_with_report_and_loads_the_rest(settings,
     del path
 
 
+def test_a_windows_1252_file_with_lines_in_utf8_is_rejected_naming_them(settings, contracts):
+    """A file pieced together from two exports, one of its lines written in UTF-8: read as
+    Windows-1252 that line would load garbled ('mÃ©nages'), its names under other pseudonyms."""
+    write_delivery(settings.landing_dir, contracts["programmes"], "programmes_2025-01.csv", [PROGRAMME])
+    path = write_delivery(settings.landing_dir, contracts["beneficiaries"], "registre_2025-01.csv",
+                          [person(1), person(2), person(3)])
+    lines = path.read_bytes().split(b"\n")
+    lines[2] = lines[2].decode("cp1252").encode("utf-8")  # the second record, in UTF-8
+    path.write_bytes(b"\n".join(lines))
+    bad = result_for(ingest(settings, contracts), "registre_2025-01.csv")
+    assert bad.status == "rejected", bad
+    assert ("the file mixes encodings: line 3 is written in UTF-8 where line 2 is in windows-1252"
+            in bad.reason), bad.reason
+    with store(settings) as con:
+        assert con.execute("select count(*) from raw.beneficiaries").fetchone()[0] == 0
+
+
+def test_a_byte_windows_1252_lacks_is_located_by_its_line_in_a_large_file(settings, contracts, monkeypatch):
+    """The line of an invalid byte is the file's, not one counted from the start of the block
+    it was read in."""
+    from ingestion import readers
+
+    monkeypatch.setattr(readers, "CHUNK", 64)  # several blocks in a small file
+    write_delivery(settings.landing_dir, contracts["programmes"], "programmes_2025-01.csv", [PROGRAMME])
+    path = write_delivery(settings.landing_dir, contracts["beneficiaries"], "registre_2025-01.csv",
+                          [person(i) for i in range(8)])
+    lines = path.read_bytes().split(b"\n")
+    lines[6] = lines[6].replace(b"urban", b"urb\x81n")  # 0x81: no character in windows-1252
+    path.write_bytes(b"\n".join(lines))
+    bad = result_for(ingest(settings, contracts), "registre_2025-01.csv")
+    assert bad.status == "rejected" and "byte 0x81 at line 7 " in bad.reason, bad.reason
+
+
 def test_a_date_after_the_month_its_file_describes_is_quarantined(settings, contracts):
     """A registry extract of January cannot register someone in March (a typing error in
     the year or month): the row is set aside with the rule, the others load."""
