@@ -175,6 +175,21 @@ def test_a_byte_windows_1252_lacks_is_located_by_its_line_in_a_large_file(settin
     assert bad.status == "rejected" and "byte 0x81 at line 7 " in bad.reason, bad.reason
 
 
+def test_a_date_in_a_year_before_1900_is_quarantined(settings, contracts):
+    """A year typed 0205 for 2025 (or 0001, a null date of some systems) read as a date:
+    the warehouse's calendar starts at the earliest date delivered and holds 100,000 days, so
+    a year-205 payment left the months of the reference period out of the calendar, and the
+    monthly marts built on it empty. The row is set aside with the bound, the others load."""
+    base_delivery(settings, contracts, n=3)
+    write_delivery(settings.landing_dir, contracts["payments"], "paiements_2025-01.csv",
+                   [payment(0), payment(1, paid_date="05/01/0205"), payment(2, paid_date="01/01/0001")])
+    result = result_for(ingest(settings, contracts), "paiements_2025-01.csv")
+    assert (result.rows_loaded, result.rows_quarantined) == (1, 2), result
+    assert result.rules_failed.get("min:paid_date") == 2, result.rules_failed
+    with store(settings) as con:
+        assert con.execute("select min(paid_date) from raw.payments").fetchone()[0].year == 2025
+
+
 def test_a_date_after_the_month_its_file_describes_is_quarantined(settings, contracts):
     """A registry extract of January cannot register someone in March (a typing error in
     the year or month): the row is set aside with the rule, the others load."""
