@@ -1341,3 +1341,18 @@ def test_loaded_rows_a_new_contract_rule_sets_aside_leave_the_incremental_facts(
                           "group by 1 order by 1").fetchall()
     assert query(home, "select payment_month, count(*), sum(amount_mad) from detail.fct_payments group by 1 "
                        "order by 1") == raw and month in {m for m, _, _ in raw}
+
+
+def test_a_date_centuries_early_fails_the_build_rather_than_empty_the_monthly_marts(tmp_path):
+    """The calendar starts at the earliest date delivered and holds at most 100,000 days: a
+    payment dated in year 205 (a contract without a lower bound let it through) left 2025
+    out of it, and the monthly marts built empty with every test passing. The dbt test
+    assert_calendar_covers_the_reference_year (severity error) stops the build."""
+    home = tmp_path / "home"
+    raw, _ = make_home(home, ["2025-01"])
+    select = ["--select", "+assert_calendar_covers_the_reference_year", "--indirect-selection", "cautious"]
+    run_dbt(home, "build", *select)  # dates of 2025: passes
+    with duckdb.connect(str(raw.path)) as con:
+        con.execute("update raw.payments set paid_date = date '0205-01-05' where payment_id = 'P2025-01-000'")
+    with pytest.raises(AssertionError, match=r"FAIL 1 assert_calendar_covers_the_reference_year"):
+        run_dbt(home, "build", "--full-refresh", *select)
