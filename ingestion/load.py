@@ -52,7 +52,7 @@ from typing import Callable, Iterable
 
 from ingestion import pseudonymise, store
 from ingestion.contracts import (DECIMAL_PLACES, FUTURE_MONTH, VOLUME_DROP, Contract, VolumeRule, batch_problem,
-                                 contract_for, not_a_delivery, seed_values)
+                                 contract_for, misplaced_files, not_a_delivery, seed_values)
 from ingestion.readers import FileRejected, Staged, drop_staged, stage_file
 
 # A validator receives (con, contract, typed_table, batch) and returns SQL producing
@@ -102,7 +102,9 @@ class IngestSummary:
     released: list[FileResult] = field(default_factory=list)  # earlier deliveries whose held rows this pass loaded
     # earlier deliveries some of whose loaded rows fail their contract as it is now: quarantined by this pass
     rechecked: list[FileResult] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)  # files gone from the landing area before they were read
+    # files gone from the landing area before they were read, and files where nothing reads them
+    # (outside the partner folders: contracts.misplaced_files), left where they are
+    skipped: list[str] = field(default_factory=list)
 
     def by_source(self) -> dict[str, list[FileResult]]:
         out: dict[str, list[FileResult]] = {}
@@ -768,6 +770,7 @@ class Ingestor:
                 raise
             rechecked = self._recheck(con, wanted)  # first: a row it sets aside may have held another back
             released = [r for r in self._release(con, wanted) if r.rows_released]
+            skipped += misplaced_files(Path(landing_dir))
             self._remember_hashes(con, Path(landing_dir))
             remembered = True
             return IngestSummary(run_id=self.run_id, files=results, skipped=skipped, files_hashed=self._files_hashed,

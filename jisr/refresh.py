@@ -20,7 +20,7 @@ class RefreshResult:
     tool_log: Path | None = None  # where dbt's own output went, when not to the terminal
     # (partner/file, reason) of the landing files not loaded, as they repeat a rejected delivery
     not_loaded: list[tuple[str, str]] = field(default_factory=list)
-    # the messages naming the landing files skipped as they left the landing area before being read
+    # the messages naming the landing files skipped (gone before being read, or outside the partner folders)
     skipped: list[str] = field(default_factory=list)
 
     def report(self) -> str:
@@ -115,8 +115,8 @@ def run_outcome(events) -> tuple[list[str], list[tuple[str, str]], list[str]]:
 
 def run_skipped(events) -> list[str]:
     """The messages naming the landing files the ingestion skipped, as they left the landing
-    area (deleted, renamed, or replaced) before they were read: nothing of them was loaded or
-    recorded. Every materialization of the ingestion step carries the pass's list (a file
+    area (deleted, renamed, or replaced) before they were read, or are outside the partner
+    folders, where nothing reads them: nothing of them was loaded or recorded. Every materialization of the ingestion step carries the pass's list (a file
     skipped may have no contract); each message is kept once."""
     skipped = set()
     for event in events:

@@ -23,7 +23,8 @@ def run_report(settings: Settings, run_id: str, not_loaded: list[tuple[str, str]
     """What one refresh run loaded, quarantined and rejected, and where the warehouse is;
     ``not_loaded``: (partner/file, reason) of the landing files the run did not load as
     they repeat a rejected delivery; ``skipped``: the messages naming the landing files it
-    skipped as they left the landing area before they were read; ``failed``: the run
+    skipped, as they left the landing area before they were read or are where nothing reads
+    them (outside the partner folders); ``failed``: the run
     failed (a run that loaded nothing then says so, not that nothing was new)."""
     con = _open_store(settings)
     if con is None:
@@ -73,8 +74,7 @@ def run_report(settings: Settings, run_id: str, not_loaded: list[tuple[str, str]
         out.append(f"\nFiles not loaded, as they repeat a rejected delivery (left in {settings.landing_dir}):")
         out += [f"  {f}: {r}" for f, r in not_loaded]
     if skipped:
-        out.append("\nFiles skipped, as they left the landing area before they were read (nothing of them was "
-                   "loaded or recorded):")
+        out.append("\nFiles skipped (nothing of them was loaded or recorded):")
         out += [f"  {m}" for m in skipped]
     out.append(f"\nQuarantined rows and partner reports: {settings.feedback_dir}")
     out.append(_warehouse_line(settings))
@@ -108,6 +108,8 @@ def _serving_busy(settings: Settings, exc: Exception) -> str:
 
 
 def status_report(settings: Settings) -> str:
+    from ingestion.contracts import misplaced_files
+
     con = None
     try:
         con = _open_store(settings)  # fails while another process writes the store
@@ -161,6 +163,10 @@ def status_report(settings: Settings) -> str:
         served.append(f"  NOT PUBLISHED: rows held for a reference or a key were loaded since into {grown} "
                       "delivery(ies) the served warehouse was built from; the next refresh that passes its "
                       "checks publishes them")
+    misplaced = misplaced_files(settings.landing_dir)
+    if misplaced:
+        out.append("\nFiles in the landing area that nothing reads (left where they are):")
+        out += [f"  {m}" for m in misplaced]
     out.append(_warehouse_line(settings, served))
     return "\n".join(out)
 

@@ -176,7 +176,7 @@ def test_the_refresh_report_lists_a_landing_file_skipped_as_it_left_before_it_wa
     assert failures == [] and not_loaded == [] and len(skipped) == 1
     assert skipped[0].startswith("digital/requests_2026-03.jsonl left the landing area")
     report = RefreshResult(True, run.run_id, settings, skipped=skipped).report()
-    assert "Files skipped, as they left the landing area before they were read" in report
+    assert "Files skipped (nothing of them was loaded or recorded):" in report
     assert f"  {skipped[0]}" in report
 
 

@@ -2948,3 +2948,33 @@ def test_a_column_added_to_a_contract_does_not_fail_a_pass_that_loads_nothing_of
     write_delivery(settings.landing_dir, contracts["programmes"], "programmes_2025-02.csv", [PROGRAMME])
     summary = ingest(settings, changed)
     assert result_for(summary, "programmes_2025-02.csv").status == "loaded" and summary.rechecked == []
+
+
+def test_a_file_outside_the_partner_folders_is_named_and_left_in_place(settings, contracts):
+    """A file put directly in the landing area, or in a folder inside a partner folder (a
+    month's folder), was ignored without a word: no report, nothing in the refresh's output
+    nor in `jisr status`. Each pass now names it and where to move it; it stays where it is,
+    and hidden names are still not deliveries."""
+    from jisr.status import run_report, status_report
+
+    base_delivery(settings, contracts)
+    inside = settings.landing_dir / "msisf" / "2025-02" / "inscriptions_2025-02.csv"
+    inside.parent.mkdir()
+    inside.write_text("a;b\n1;2\n", encoding="cp1252")
+    root = settings.landing_dir / "programmes_2025-02.csv"
+    root.write_text("a;b\n1;2\n", encoding="cp1252")
+    (settings.landing_dir / "msisf" / ".partial").mkdir()
+    (settings.landing_dir / "msisf" / ".partial" / "registre_2025-02.csv").write_text("x\n")
+    summary = ingest(settings, contracts)
+    assert summary.totals["rows_loaded"] == 1 + 6 + 6 and len(summary.files) == 3
+    assert summary.skipped == [
+        "msisf/2025-02/inscriptions_2025-02.csv is in a folder inside the partner folder msisf, where nothing reads "
+        "it: move it to msisf/inscriptions_2025-02.csv",
+        "programmes_2025-02.csv is directly in the landing area, outside the partner folders, where nothing reads "
+        "it: move it into its partner's folder (<partner>/programmes_2025-02.csv)"]
+    assert inside.exists() and root.exists()
+    assert "  programmes_2025-02.csv is directly in the landing area" in run_report(
+        settings, summary.run_id, skipped=summary.skipped)
+    status = status_report(settings)
+    assert "Files in the landing area that nothing reads (left where they are):" in status
+    assert "  msisf/2025-02/inscriptions_2025-02.csv is in a folder inside the partner folder msisf" in status

@@ -100,7 +100,7 @@ def ingest_landing(context: dg.AssetExecutionContext, refresh_lock: RefreshLock)
                             validators=[suite_validator(settings, context.run.run_id)])
     context.log.info(f"{summary.files_hashed} landing file(s) read to compute their content hash; "
                      f"{summary.hashes_reused} with size, times, inode and device unchanged kept their recorded hash")
-    for message in summary.skipped:  # gone from the landing area before it was read: nothing of it loaded
+    for message in summary.skipped:  # gone before it was read, or outside the partner folders: nothing loaded
         context.log.warning(message)
     by_source = summary.by_source()
     released = Counter()  # rows of earlier deliveries loaded once the rows they depend on were
