@@ -666,6 +666,34 @@ def _jsonl_line(raw: bytes, first: bool = False) -> tuple[dict | None, str | Non
     return dict(pairs), None, False
 
 
+def _one_spelling(contract: Contract, path: Path, keys: Iterable[str]) -> None:
+    """Reject a JSON-lines file whose records spell one field two ways (``status`` in some
+    records, ``Status`` in others: the same header to the contract), naming the first line of
+    each spelling. Field names the contract does not know are not shown (see WHY_NOT_SHOWN)."""
+    spellings: dict[str, list[str]] = {}
+    for key in keys:
+        spellings.setdefault(key.strip().lower(), []).append(key)
+    both = next((s for s in spellings.values() if len(s) > 1), None)
+    if both is None:
+        return
+    first: dict[str, int] = {}
+    with open(path, "rb") as fh:
+        for number, line in enumerate(fh, start=1):
+            record, _, _ = _jsonl_line(line, first=number == 1)
+            for key in record or ():
+                if key in both:
+                    first.setdefault(key, number)
+            if len(first) == len(both):
+                break
+    where = [f"line {first[k]}" if k in first else "a line" for k in both[:2]]
+    if _is_known(contract, both[0]):
+        raise FileRejected(f"not valid JSON lines: {shown_name(path)}: the field {both[0]!r} is spelled {both[1]!r} "
+                           f"in other records (first on {where[0]} and on {where[1]}): spell it one way in every record")
+    raise FileRejected(f"not valid JSON lines: {shown_name(path)}: a field is spelled two ways in different records "
+                       f"(first on {where[0]} and on {where[1]}; field names that are not in the contract are not "
+                       "shown: they may be personal data): spell it one way in every record")
+
+
 def _jsonl_rejection(path: Path, number: int, problem: str) -> FileRejected:
     return FileRejected(f"not valid JSON lines: {shown_name(path)}, line {number}: {problem}")
 
@@ -797,6 +825,7 @@ def stage_jsonl(con, path: Path, contract: Contract, table: str, sample_lines: i
         raise FileRejected("the file has no JSON record")
     scanned = _add_every_key(con, path, keys)
     def fields():  # the mapping of the fields found, and the query reading them
+        _one_spelling(contract, path, keys)
         mapping, warnings = _map_headers(contract, list(keys), "field")
         return mapping, warnings, f"select * from read_json(?, format='newline_delimited', columns={_varchar_columns(keys)})"
 

@@ -2978,3 +2978,22 @@ def test_a_file_outside_the_partner_folders_is_named_and_left_in_place(settings,
     status = status_report(settings)
     assert "Files in the landing area that nothing reads (left where they are):" in status
     assert "  msisf/2025-02/inscriptions_2025-02.csv is in a folder inside the partner folder msisf" in status
+
+
+def test_a_json_field_spelled_two_ways_names_the_lines_of_each_spelling(settings, contracts):
+    """One record spelling `status` as `Status` (the same header to the contract) rejected
+    the file as "field 'Status' appears twice", though no record has it twice, with no line.
+    The rejection now names both spellings and the first line of each; a field the contract
+    does not know is not shown (it may be a value)."""
+    path = jsonl_delivery(settings.landing_dir, contracts,
+                          lambda ls: _set(ls, 7, ls[6].replace(b'"status"', b'"Status"')))
+    bad = result_for(ingest(settings, contracts), path.name)
+    assert bad.status == "rejected", bad
+    assert ("the field 'status' is spelled 'Status' in other records (first on line 1 and on line 7): spell it "
+            "one way in every record") in bad.reason, bad.reason
+    unknown = jsonl_delivery(settings.landing_dir, contracts, lambda ls: [
+        line[:-1] + (b', "Nom": "x"}' if i == 2 else b', "nom": "x"}') for i, line in enumerate(ls)],
+        name="requests_2026-02.jsonl")
+    bad = result_for(ingest(settings, contracts), unknown.name)
+    assert "a field is spelled two ways in different records (first on line 1 and on line 3;" in bad.reason, bad.reason
+    assert "Nom" not in bad.reason and "nom" not in bad.reason
