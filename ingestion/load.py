@@ -1658,7 +1658,8 @@ class Ingestor:
                 "Rows were set aside for these reasons (rule: rows, then what it means):",
                 *[f"  {rule}: {n} ({_rule_text(rule, contract, headers)})" for rule, n in result.rules_failed.items()],
                 "",
-                f"The rows, with their row number in the file (header not counted), are listed in {csv_path.name}.",
+                f"The rows, with their row number in the file (as a spreadsheet shows it, less the header row), "
+                f"are listed in {csv_path.name}.",
             ]
             if held:
                 lines += [f"Of these rows, {held} only wait for other rows (a reference not loaded yet, a key another "

@@ -2,7 +2,9 @@
 
 Each reader stages a file as a view of text columns named after the contract (aliases
 resolved) plus ``_source_row`` (1-based data row number; the header is not counted), over one
-copy of the file (:func:`drop_staged` removes both). Typing happens later
+copy of the file (:func:`drop_staged` removes both). Row numbers are those a spreadsheet
+shows less the header: a blank line of a CSV file and an empty row of a workbook, which
+hold no row, still count (:func:`_numbered_around`); a JSON-lines file's are its records. Typing happens later
 in SQL, so a value that does not parse becomes a quarantined row rather than a lost file.
 A row that cannot be read (a CSV row without the header's number of fields, a JSON line that
 is not one object, a workbook row with a formula saved without its result) is not staged: it
@@ -407,7 +409,19 @@ def stage_csv(con, path: Path, contract: Contract, table: str, tmp_dir: Path) ->
     def set_aside() -> str | None:
         nonlocal malformed
         malformed = _malformed_rows(con, table, read_path, delim, len(headers), tmp_dir)
-        return malformed
+        blank = _blank_rows(read_path, delim)
+        if blank is None:
+            return malformed
+        blanks, rows = blank
+        read = con.execute(f"select count(*) from {table}_src").fetchone()[0]
+        if malformed is not None:
+            read += con.execute(f"select count(*) from {malformed}").fetchone()[0]
+        if read + len(blanks) != rows:  # the two readings did not split the file alike: numbered as read
+            return malformed
+        if malformed is not None:  # renumbered counting the blank lines
+            _list_malformed(con, table, [(_counting(blanks, number), message) for number, message in con.execute(
+                f"select _source_row, message from {malformed} order by _source_row").fetchall()])
+        return _numbered_around(con, table, malformed, blanks)
 
     try:
         _stage_from(con, contract, mapping, source_sql, table, [str(read_path), delim], set_aside)
@@ -585,6 +599,68 @@ def _malformed_rows(con, table: str, read_path: Path, delimiter: str, fields: in
     return _list_malformed(con, table, [
         (number, f"line {line} has {n} fields where the header has {fields}: the row could not be read")
         for line, (number, n) in zip(lines, odd)])
+
+
+_LINE_BREAKS_IN_A_ROW = re.compile(rb"\n\r?\n")
+
+
+def _blank_rows(read_path: Path, delimiter: str) -> tuple[list[int], int] | None:
+    """(the row numbers, the header not counted, as a spreadsheet shows the file, of the blank
+    lines between the rows of a CSV file (UTF-8, as DuckDB reads it), which DuckDB's reader
+    passes over without a word; the file's rows, those lines included); None when there are
+    none. A scan of the bytes finds most files have no blank line (no line break right after
+    another); the others are read once with Python's csv module (a line break inside a
+    quoted value is no blank line)."""
+    import csv
+    import mmap
+
+    if read_path.stat().st_size == 0:
+        return None
+    with open(read_path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        if _LINE_BREAKS_IN_A_ROW.search(data) is None:
+            return None
+    blanks, number = [], 0
+    limit = csv.field_size_limit()
+    try:
+        csv.field_size_limit(1 << 30)
+        with open(read_path, encoding="utf-8", newline="") as fh:
+            reader = csv.reader(fh, delimiter=delimiter, quotechar='"', doublequote=True, strict=False)
+            next(reader, None)  # the header
+            for number, row in enumerate(reader, start=1):
+                if not row:
+                    blanks.append(number)
+    except (csv.Error, UnicodeDecodeError):
+        return None  # DuckDB's reader says what is wrong with the file
+    finally:
+        csv.field_size_limit(limit)
+    while blanks and blanks[-1] == number:  # blank lines at the end: no row follows them
+        blanks.pop()
+        number -= 1
+    return (blanks, number) if blanks else None
+
+
+def _counting(blanks: Iterable[int], number: int) -> int:
+    """The row number of the ``number``-th row read, counting the blank ``blanks`` (ascending)."""
+    for blank in blanks:
+        if blank > number:
+            break
+        number += 1
+    return number
+
+
+def _numbered_around(con, table: str, malformed: str | None, empty: list[int]) -> str | None:
+    """The table of the row numbers a reader's copy of a file does not hold (for
+    :func:`_stage_from`): the rows it could not read (``malformed``) and the rows that hold
+    nothing (``empty``: blank lines, empty rows of a sheet), which keep their number as a
+    spreadsheet shows them; ``malformed`` itself when there is no empty row."""
+    if not empty:
+        return malformed
+    import pyarrow as pa
+
+    listed = pa.table({"_source_row": pa.array(empty, pa.int64())})  # noqa: F841 (read by the SQL below)
+    rows = f"select _source_row from {malformed} union all " if malformed is not None else ""
+    con.execute(f"create or replace temp table {table}_gaps as {rows}select _source_row from listed")
+    return f"{table}_gaps"
 
 
 def shown_name(path: Path) -> str:
@@ -1000,13 +1076,18 @@ def stage_xlsx(con, path: Path, contract: Contract, table: str, batch_rows: int 
                 for c in buffer:
                     c.clear()
 
-        number = 0  # data rows, as _source_row numbers them (empty rows are not rows)
+        # a data row's number is its sheet row less the header's; an empty row holds no row,
+        # and keeps its number (the rows after it are numbered as the sheet shows them)
+        empty: list[int] = []  # the empty rows before the last row that is not
+        previous = 0  # the number of the last row that is not empty
         beyond = None  # the first cell holding a value in a column without a header
         for sheet_row, row, unfilled in rows:
+            number = sheet_row - 1
             unfilled = [i for i in unfilled if i in read]
             if not unfilled and all(v is None for v in row):
                 continue
-            number += 1
+            empty += range(previous + 1, number)
+            previous = number
             if beyond is None and any(v is not None for v in row[len(headers):]):
                 from openpyxl.utils import get_column_letter
 
@@ -1025,7 +1106,8 @@ def stage_xlsx(con, path: Path, contract: Contract, table: str, batch_rows: int 
     if beyond is not None:  # as a column whose header is not in the contract
         warnings.append(f"values in columns beyond the header row (first: cell {beyond}) have no header and were ignored")
     malformed = _list_malformed(con, table, left_out) if left_out else None
-    _stage_from(con, contract, mapping, f"select * from {table}_xlsx", table, set_aside=lambda: malformed)
+    _stage_from(con, contract, mapping, f"select * from {table}_xlsx", table,
+                set_aside=lambda: _numbered_around(con, table, malformed, empty))
     return _finish(con, table, mapping, warnings, malformed=malformed)
 
 

@@ -990,22 +990,22 @@ def test_a_csv_row_without_the_header_fields_is_quarantined_and_the_others_load(
     assert '3,malformed_row,,"paiements_2025-01.csv, row 3: line 4 has 9 fields' in feedback
 
 
-def test_empty_lines_are_not_rows_before_a_row_without_the_header_fields(settings, contracts):
-    """DuckDB's reader counts empty lines in its record numbers but reads no row from them:
-    a row after one keeps its data row number, and so does a cut-off last line (rejected)."""
+def test_empty_lines_count_as_rows_before_a_row_without_the_header_fields(settings, contracts):
+    """DuckDB's reader counts empty lines in its record numbers but reads no row from them: a
+    row after them is numbered as a spreadsheet shows the file, empty lines counted."""
     base_delivery(settings, contracts, n=8)
 
     def edit(lines):
         lines = lines[:2] + [b"", b""] + lines[2:]  # two empty lines after row 1
-        lines[6] += b";extra"  # data row 4 (payment 3), line 7
+        lines[6] += b";extra"  # row 6 (payment 3), line 7
         return lines
 
     _payments_with_lines(settings.landing_dir, contracts, edit)
     ingest(settings, contracts)
     con = store(settings)
     assert con.execute("select source_row, message from quarantine.rows").fetchall() == [
-        (4, "paiements_2025-01.csv, row 4: line 7 has 9 fields where the header has 8: the row could not be read")]
-    assert con.execute("select _source_row from raw.payments where payment_id = 'P2025-01-4'").fetchone() == (5,)
+        (6, "paiements_2025-01.csv, row 6: line 7 has 9 fields where the header has 8: the row could not be read")]
+    assert con.execute("select _source_row from raw.payments where payment_id = 'P2025-01-4'").fetchone() == (7,)
 
 
 def _quoted_empty_line(line: bytes) -> bytes:
@@ -1014,14 +1014,15 @@ def _quoted_empty_line(line: bytes) -> bytes:
     return head + b';"' + last[:2] + b"\n\n" + last[2:] + b'"'
 
 
-@pytest.mark.parametrize("edit, row, line", [
-    (lambda ls: ls[:2] + [_quoted_empty_line(ls[2])] + ls[3:4] + [ls[4] + b";x"] + ls[5:], 4, 7),
-    (lambda ls: ls[:2] + [b"", _quoted_empty_line(ls[2]), b""] + ls[3:4] + [ls[4] + b";x"] + ls[5:], 4, 9),
-    (lambda ls: [ls[0], ls[1] + b";x"] + ls[2:], 1, 2),
+@pytest.mark.parametrize("edit, row, line, blanks", [
+    (lambda ls: ls[:2] + [_quoted_empty_line(ls[2])] + ls[3:4] + [ls[4] + b";x"] + ls[5:], 4, 7, []),
+    (lambda ls: ls[:2] + [b"", _quoted_empty_line(ls[2]), b""] + ls[3:4] + [ls[4] + b";x"] + ls[5:], 6, 9, [2, 4]),
+    (lambda ls: [ls[0], ls[1] + b";x"] + ls[2:], 1, 2, []),
 ], ids=["an empty line inside a quoted value", "and empty lines around it", "the first row"])
-def test_an_unreadable_csv_row_is_numbered_as_a_row_of_the_file(contracts, tmp_path, edit, row, line):
-    """Rows are counted as DuckDB reads them: a quoted value over several lines is one row, even
-    with an empty line inside; an empty line outside quotes is no row."""
+def test_an_unreadable_csv_row_is_numbered_as_a_row_of_the_file(contracts, tmp_path, edit, row, line, blanks):
+    """Rows are numbered as a spreadsheet shows the file: a quoted value over several lines is
+    one row, even with an empty line inside; an empty line outside quotes holds no row and
+    keeps its number."""
     from ingestion.readers import stage_file
 
     con = duckdb.connect()
@@ -1029,9 +1030,9 @@ def test_an_unreadable_csv_row_is_numbered_as_a_row_of_the_file(contracts, tmp_p
     assert con.execute(f"select _source_row, split_part(message, ' has', 1) from {staged.malformed}").fetchall() == [
         (row, f"line {line}")]
     numbers = [r[0] for r in con.execute(f"select _source_row from {staged.table} order by 1").fetchall()]
-    assert sorted(numbers + [row]) == list(range(1, 9)) == list(range(1, staged.rows + 1))
+    assert staged.rows == 8 and sorted(numbers + [row] + blanks) == list(range(1, 9 + len(blanks)))
     assert con.execute(f"select payment_id from {staged.table} where _source_row = {row + 1}").fetchone() == (
-        f"P2025-01-{row}",)
+        f"P2025-01-{row - len(blanks)}",)
 
 
 def test_the_line_of_a_byte_offset_is_counted_across_the_blocks_a_file_is_read_in(tmp_path, monkeypatch):
@@ -1228,26 +1229,26 @@ def _last_field(line: bytes, new: bytes) -> bytes:
     return line.rsplit(b";", 1)[0] + b";" + new
 
 
-@pytest.mark.parametrize("edit, malformed", [
+@pytest.mark.parametrize("edit, malformed, blanks", [
     # DuckDB skips one space before an opening quote, not two: `  "ba` is an unquoted value, and
-    # the quote after `nk` too; line 4 is empty, line 5 a row of one field
+    # the quote after `nk` too; line 4 is empty (row 3, holding none), line 5 a row of one field
     (lambda ls: ls[:2] + [_last_field(ls[2], b'  "ba\n\nnk"')] + ls[3:5] + [ls[5] + b";x"] + ls[6:],
-     [(3, "line 5"), (6, "line 8")]),
+     [(4, "line 5"), (7, "line 8")], [3]),
     # `  "P2025...` is an unquoted value for DuckDB: no quote is opened
-    (lambda ls: ls[:2] + [b'  "' + ls[2]] + ls[3:5] + [ls[5] + b";x"] + ls[6:], [(5, "line 6")]),
+    (lambda ls: ls[:2] + [b'  "' + ls[2]] + ls[3:5] + [ls[5] + b";x"] + ls[6:], [(5, "line 6")], []),
     # DuckDB's strict reader drops empty fields at the end of a row: `...;bank;` has 8 fields
-    (lambda ls: ls[:2] + [ls[2] + b";", ls[3].rsplit(b";", 1)[0]] + ls[4:], [(3, "line 4")]),
-    (lambda ls: ls[:2] + [ls[2] + b';""', ls[3] + b";x"] + ls[4:], [(3, "line 4")]),
+    (lambda ls: ls[:2] + [ls[2] + b";", ls[3].rsplit(b";", 1)[0]] + ls[4:], [(3, "line 4")], []),
+    (lambda ls: ls[:2] + [ls[2] + b';""', ls[3] + b";x"] + ls[4:], [(3, "line 4")], []),
     (lambda ls: [ls[0]] + [ln + b";;" for ln in ls[1:3]] + [ls[3] + b";;x"] + [ln + b";" for ln in ls[4:]],
-     [(3, "line 4")]),
+     [(3, "line 4")], []),
     # a row wider than the rejects say (they count up to its first non-empty extra field), or
     # than a thousand fields
-    (lambda ls: ls[:3] + [ls[3] + b";;;;;;;;;;;x"] + ls[4:], [(3, "line 4")]),
-    (lambda ls: ls[:3] + [ls[3] + b";x" * 1500] + ls[4:], [(3, "line 4")]),
+    (lambda ls: ls[:3] + [ls[3] + b";;;;;;;;;;;x"] + ls[4:], [(3, "line 4")], []),
+    (lambda ls: ls[:3] + [ls[3] + b";x" * 1500] + ls[4:], [(3, "line 4")], []),
 ], ids=["two spaces before a quoted value over lines", "two spaces before a quote never closed",
         "an empty field at the end of a row", "a quoted empty field at the end of a row",
         "rows ending with empty fields", "a row wider than the rejects say", "a row of 1508 fields"])
-def test_rows_are_numbered_as_duckdb_splits_them(contracts, tmp_path, edit, malformed):
+def test_rows_are_numbered_as_duckdb_splits_them(contracts, tmp_path, edit, malformed, blanks):
     from ingestion.readers import stage_file
 
     con = duckdb.connect()
@@ -1255,7 +1256,7 @@ def test_rows_are_numbered_as_duckdb_splits_them(contracts, tmp_path, edit, malf
     assert con.execute(f"select _source_row, split_part(message, ' has', 1) from {staged.malformed} order by 1"
                        ).fetchall() == malformed
     numbers = [r[0] for r in con.execute(f"select _source_row from {staged.table} order by 1").fetchall()]
-    assert sorted(numbers + [row for row, _ in malformed]) == list(range(1, staged.rows + 1))
+    assert sorted(numbers + [row for row, _ in malformed] + blanks) == list(range(1, staged.rows + len(blanks) + 1))
 
 
 WIDE = 20_000  # more empty fields than a spreadsheet has columns (16,384)
@@ -2997,3 +2998,51 @@ def test_a_json_field_spelled_two_ways_names_the_lines_of_each_spelling(settings
     bad = result_for(ingest(settings, contracts), unknown.name)
     assert "a field is spelled two ways in different records (first on line 1 and on line 3;" in bad.reason, bad.reason
     assert "Nom" not in bad.reason and "nom" not in bad.reason
+
+
+def test_rows_after_blank_lines_and_empty_sheet_rows_keep_the_number_a_spreadsheet_shows(settings, contracts):
+    """DuckDB's CSV reader and the workbook reader pass over blank lines and empty sheet rows,
+    so a bad value below one was reported one row too high ("row 4" for the partner's row
+    7): the partner looked at the wrong row. Rows are now numbered as a spreadsheet shows
+    the file, blank rows counted (the header not); a blank line inside a quoted value is
+    no blank row, and blank lines at the end change nothing."""
+    from openpyxl import Workbook
+
+    base_delivery(settings, contracts, n=8)
+    path = write_delivery(settings.landing_dir, contracts["enrolments"], "inscriptions_2025-02.csv",
+                          [enrolment(i, entry_date="01/02/2025") for i in range(4)]
+                          + [enrolment(4, entry_date="99/99/2025"), enrolment(5, entry_date="01/02/2025")])
+    lines = path.read_bytes().split(b"\r\n" if b"\r\n" in path.read_bytes() else b"\n")
+    newline = b"\r\n" if b"\r\n" in path.read_bytes() else b"\n"
+    # header, row 1, a blank line (row 2), rows 3 and 4, a short row (5), two blank lines (6, 7),
+    # rows 8, 9 (the bad date) and 10, blank lines at the end
+    lines = lines[:2] + [b""] + lines[2:4] + [b"E9;AB100009"] + [b"", b""] + lines[4:]
+    path.write_bytes(newline.join(lines) + newline + newline)
+    columns = [c.name for c in contracts["ventures"].columns]
+    wb = Workbook()
+    ws = wb.active
+    ws.title = "ventures"
+    ws.append([contracts["ventures"].column(c).header for c in columns])
+    ws.append([dict(VENTURE, venture_id="V1").get(c) for c in columns])
+    ws.append([None] * len(columns))  # sheet row 3: empty
+    ws.append([])  # sheet row 4: absent
+    ws.append([dict(VENTURE, venture_id="V2", jobs_created="many").get(c) for c in columns])
+    ws.append([dict(VENTURE, venture_id="V3").get(c) for c in columns])
+    book = settings.landing_dir / "cdg_incubation" / "ventures_2025-01.xlsx"
+    book.parent.mkdir(parents=True, exist_ok=True)
+    wb.save(book)
+    summary = ingest(settings, contracts)
+    csv_result, xlsx_result = result_for(summary, path.name), result_for(summary, book.name)
+    assert (csv_result.rows_delivered, csv_result.rows_loaded, csv_result.rows_quarantined) == (7, 5, 2)
+    assert (xlsx_result.rows_delivered, xlsx_result.rows_loaded, xlsx_result.rows_quarantined) == (3, 2, 1), xlsx_result.reason
+    con = store(settings)
+    assert con.execute("select enrolment_id, _source_row from raw.enrolments where _batch = '2025-02' "
+                       "order by _source_row").fetchall() == [("E0", 1), ("E1", 3), ("E2", 4), ("E3", 8), ("E5", 10)]
+    quarantined = con.execute("select file_name, source_row, rule from quarantine.rows order by 1, 2, 3").fetchall()
+    assert quarantined == [("inscriptions_2025-02.csv", 5, "malformed_row"),
+                           ("inscriptions_2025-02.csv", 9, "type:entry_date"),
+                           ("ventures_2025-01.xlsx", 4, "type:jobs_created")], quarantined
+    assert con.execute("select venture_id, _source_row from raw.ventures order by 1").fetchall() == [
+        ("V1", 1), ("V3", 5)]
+    message = con.execute("select message from quarantine.rows where rule = 'type:entry_date'").fetchone()[0]
+    assert message.startswith("inscriptions_2025-02.csv, row 9: "), message
