@@ -224,6 +224,20 @@ def record_build_deliveries(settings, deliveries: list[dict] | None) -> None:
         con.close()
 
 
+def recorded_build_deliveries(settings) -> list[dict] | None:
+    """The deliveries the build warehouse records it was built from, or None (no build
+    warehouse, or no record: a build that failed, or one made before builds recorded them)."""
+    build = Path(settings.build_path)
+    if not build.exists():
+        return None
+    con = duckdb.connect()
+    try:
+        con.execute(f"attach '{_sql_str(build)}' as build_warehouse (read_only)")
+        return _built_from(con, "build_warehouse")
+    finally:
+        con.close()
+
+
 def _built_from(con, database: str) -> list[dict] | None:
     """The deliveries recorded in the build warehouse attached as ``database``, or None."""
     schema, table = BUILD_DELIVERIES

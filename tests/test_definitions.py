@@ -381,3 +381,25 @@ def test_every_step_of_the_code_location_holds_the_refresh_lock(defs):
     missing = sorted(n.node_def.name for n in nodes if "refresh_lock" not in n.required_resource_keys)
     assert missing == []
     assert defs.resolve_job_def("__ASSET_JOB").executor_def.name == "in_process"
+
+
+def test_a_run_of_some_dbt_assets_keeps_the_deliveries_of_the_whole_build_before(settings, contracts):
+    """A run materialising one dbt asset (or running one dbt test) rebuilds nothing else: the
+    build warehouse is still the whole build before it, and a delivery ingested since is in
+    none of its other tables. The deliveries recorded as built from (the publish log lists
+    them; `jisr status` says NOT PUBLISHED for the others) stay those of that whole build."""
+    from jisr.publish import current_deliveries, record_build_deliveries, recorded_build_deliveries
+    from orchestration.definitions import defs
+
+    _ingested(settings, contracts)
+    current = current_deliveries(settings)
+    before = [d for d in current if d["source"] == "programmes"]  # the whole build before: programmes only
+    assert before and len(before) < len(current)
+    settings.build_path.parent.mkdir(parents=True, exist_ok=True)
+    record_build_deliveries(settings, before)
+    job = defs.resolve_implicit_global_asset_job_def()
+    result = job.execute_in_process(instance=dg.DagsterInstance.ephemeral(),
+                                    asset_selection=[dg.AssetKey(["seeds", "geo_communes"])], raise_on_error=False)
+    assert result.success
+    recorded = recorded_build_deliveries(settings)
+    assert [d["delivery_id"] for d in recorded] == [d["delivery_id"] for d in before]

@@ -33,7 +33,7 @@ from jisr.dbt import (
     run_target_path,
     save_partial_parse,
 )
-from jisr.publish import current_deliveries, record_build_deliveries
+from jisr.publish import current_deliveries, record_build_deliveries, recorded_build_deliveries
 from jisr.settings import export_environment, get_settings
 from orchestration.runlock import RefreshLock
 
@@ -103,6 +103,13 @@ def warehouse_dbt(context: dg.AssetExecutionContext, dbt: DbtCliResource, config
     prune_run_targets(settings, keep=RUN_TARGETS_KEPT - 1)  # with this run's: the last RUN_TARGETS_KEPT
     restore_partial_parse(settings, target_path)
     built_from = current_deliveries(settings)  # what dbt reads (one refresh at a time: nothing is ingested meanwhile)
+    # A run of some of the dbt assets only (a model or a check materialised from the UI)
+    # rebuilds nothing else: the rest of the build warehouse is the build before it, so a
+    # delivery ingested since is in none of those tables. Such a run keeps the record of
+    # that build (a delivery stays NOT PUBLISHED until a whole build includes it).
+    whole = set(context.selected_asset_keys) >= set(warehouse_dbt.keys)  # the whole project, not the subset run
+    if not whole:
+        built_from = recorded_build_deliveries(settings)
     record_build_deliveries(settings, None)  # until this build succeeds, the build warehouse is no earlier build
     with _raw_lake_export(context, settings) as lake:
         build = dbt.cli(args, context=context, target_path=target_path)
