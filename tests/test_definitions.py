@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -403,3 +404,37 @@ def test_a_run_of_some_dbt_assets_keeps_the_deliveries_of_the_whole_build_before
     assert result.success
     recorded = recorded_build_deliveries(settings)
     assert [d["delivery_id"] for d in recorded] == [d["delivery_id"] for d in before]
+
+
+def _alive(pid: int) -> bool:
+    """The process runs (a zombie, ended but not reaped, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_a_dbt_started_by_a_run_ends_when_the_run_process_is_killed(tmp_path):
+    """A run killed outright (SIGKILL, the out-of-memory killer) releases the refresh lock
+    with its process; the dbt it started must not keep building (and holding DuckDB's locks
+    on the raw store and the build warehouse, which made the next refresh fail)."""
+    code = ("import orchestration.assets.warehouse, sys, time\n"
+            "from dagster_dbt.core import dbt_cli_invocation as inv\n"
+            "child = inv.subprocess.Popen(['sleep', '300'], stdout=inv.subprocess.PIPE)  # as dagster-dbt starts dbt\n"
+            "print(child.pid, flush=True)\n"
+            "time.sleep(300)\n")
+    run = subprocess.Popen([sys.executable, "-c", code], cwd=PROJECT_DIR, stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(run.stdout.readline())
+        assert _alive(child)
+        run.kill()
+        run.wait(timeout=30)
+        deadline = time.time() + 10
+        while _alive(child) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not _alive(child), "the dbt process outlived the run that started it"
+    finally:
+        run.kill()
+        if "child" in locals() and _alive(child):
+            os.kill(child, signal.SIGKILL)

@@ -7,6 +7,8 @@ folders (``meta.dagster.group`` in dbt_project.yml).
 
 import contextlib
 import os
+import signal
+import subprocess
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
@@ -18,6 +20,7 @@ from typing import Any
 import dagster as dg
 from packaging.version import Version
 from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource, DbtProject, dbt_assets
+from dagster_dbt.core import dbt_cli_invocation as _dbt_cli_invocation
 
 from jisr.dbt import (
     dbt_executable,
@@ -73,6 +76,46 @@ class JisrDbtCliResource(DbtCliResource):
         """The version of this environment's dbt-core (``dbt_executable()`` is its CLI), read
         from the installed package instead of running ``dbt --version`` in every run (1-2 s)."""
         return Version(package_version("dbt-core"))
+
+
+def _parent_death_signal():
+    """Linux's prctl(PR_SET_PDEATHSIG), or None where it does not exist."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+class _SubprocessBoundToItsParent:
+    """The ``subprocess`` module as dagster-dbt's dbt invocations see it: a dbt started by a
+    step is killed when the process that started it dies. A run killed outright (SIGKILL,
+    the out-of-memory killer) releases the refresh lock with its process, but the dbt it
+    started kept building for minutes, holding DuckDB's locks on the raw store and the build
+    warehouse: the next refresh took the lock and failed on DuckDB's. The step's thread waits
+    for its dbt to end, so the signal (sent when that thread's process goes) only comes from
+    a death of the run."""
+
+    _prctl = _parent_death_signal()
+
+    def __getattr__(self, name):
+        return getattr(subprocess, name)
+
+    def Popen(self, *args, **kwargs):  # noqa: N802 - subprocess.Popen's name
+        prctl, parent = self._prctl, os.getpid()
+        if prctl is None or "preexec_fn" in kwargs:
+            return subprocess.Popen(*args, **kwargs)
+
+        def bind_to_parent():  # in the child, before exec: only async-signal-safe calls
+            prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+            if os.getppid() != parent:  # the parent died before the call above
+                os._exit(1)
+
+        return subprocess.Popen(*args, preexec_fn=bind_to_parent, **kwargs)
+
+
+_dbt_cli_invocation.subprocess = _SubprocessBoundToItsParent()
 
 
 def dbt_resource() -> DbtCliResource:
