@@ -8,9 +8,9 @@ code location in ``orchestration/definitions.py``). A run from the UI, the sched
 sensor or ``jisr refresh`` started while another refresh runs therefore refuses at once
 (or waits ``publish.lock_timeout_seconds`` of ``config/quality.yml``) with a message naming
 the running one, instead of racing it for DuckDB's file locks or deleting its candidate
-warehouse. The run queue (``orchestration/dagster.yaml``) still queues ``refresh_job`` runs
-one behind the other; the lock also covers runs the queue does not see (``jisr refresh``,
-a selection materialised from the UI).
+warehouse. The run queue (``orchestration/dagster.yaml``) still queues the runs of the code
+location one behind the other (``refresh_job`` and a selection materialised from the UI
+alike); the lock also covers runs the queue does not see (``jisr refresh``).
 
 A run holding the lock records its process in the run's tags (``jisr/process``: run id, pid
 and the process's start time, so that a run re-executed with its parent's tags, or a pid

@@ -101,7 +101,8 @@ def test_dagster_postgres_instance_uses_postgres_storage_and_the_warehouse_queue
         limits = instance.get_concurrency_config().run_queue_config.tag_concurrency_limits
         # the limit applies to the tag the refresh job really carries, once per warehouse
         assert [(l["key"], l["value"], l["limit"]) for l in limits] == [
-            (WAREHOUSE_TAG, {"applyLimitPerUniqueValue": True}, 1)]
+            (WAREHOUSE_TAG, {"applyLimitPerUniqueValue": True}, 1),
+            ("dagster/code_location", {"applyLimitPerUniqueValue": True}, 1)]
         assert WAREHOUSE_TAG in defs.resolve_job_def("refresh_job").tags
 
 

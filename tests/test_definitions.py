@@ -438,3 +438,23 @@ def test_a_dbt_started_by_a_run_ends_when_the_run_process_is_killed(tmp_path):
         run.kill()
         if "child" in locals() and _alive(child):
             os.kill(child, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("instance_file", ["orchestration/dagster.yaml", "deploy/dagster.yaml"])
+def test_a_selection_materialised_from_the_ui_waits_for_the_refresh_in_the_queue(defs, instance_file):
+    """Every step holds the refresh lock: a run of any job of the code location (a mart or a
+    check materialised from the UI: Dagster's __ASSET_JOB, which carries no tag of the
+    project) started while a refresh runs would fail at once on the lock. The run queue keeps
+    it waiting instead, as it does a second refresh_job, and the refresh behind a selection."""
+    import yaml
+    from dagster._utils.tags import TagConcurrencyLimitsCounter
+
+    config = yaml.safe_load((PROJECT_DIR / instance_file).read_text())
+    limits = config["run_coordinator"]["config"]["tag_concurrency_limits"]
+    location = yaml.safe_load((PROJECT_DIR / "workspace.yaml").read_text())["load_from"][0]["python_module"]["location_name"]
+    launched = {"dagster/code_location": location}  # what the webserver, sensors and schedules add
+    refresh = dg.DagsterRun(job_name="refresh_job", run_id="r1", tags={**launched, **defs.resolve_job_def("refresh_job").tags})
+    selection = dg.DagsterRun(job_name="__ASSET_JOB", run_id="r2", tags=launched)
+    assert TagConcurrencyLimitsCounter(limits, [refresh]).is_blocked(selection)
+    assert TagConcurrencyLimitsCounter(limits, [selection]).is_blocked(refresh)
+    assert TagConcurrencyLimitsCounter(limits, [refresh]).is_blocked(refresh)
