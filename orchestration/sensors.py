@@ -87,8 +87,9 @@ def _retry(context: dg.SensorEvaluationContext, saved: dict, state: dict) -> dg.
 def build_landing_sensor(job) -> dg.SensorDefinition:
     @dg.sensor(job=job, name="landing_sensor", minimum_interval_seconds=60,
                default_status=dg.DefaultSensorStatus.STOPPED,
-               description="Starts a refresh when partner files appear or change in the landing area, "
-                           "and again (with a growing delay) after a run it started failed.")
+               description="Starts a refresh when partner files appear or change in the landing area, once "
+                           "they have stopped changing (the same at two ticks, a minute apart), and again "
+                           "(with a growing delay) after a run it started failed.")
     def landing_sensor(context: dg.SensorEvaluationContext):
         settings = get_settings()
         # a refresh killed outright stays "started" and holds the run queue: marked failed here
@@ -96,7 +97,13 @@ def build_landing_sensor(job) -> dg.SensorDefinition:
             context.log.warning(f"run {run_id}: its process is gone; marked failed")
         state = landing_state(settings.landing_dir)
         saved = _read_cursor(context.cursor)
-        new = sorted(p for p, v in state.items() if not _unchanged(saved["files"].get(p), v))
+        changed = {p: v for p, v in state.items() if not _unchanged(saved["files"].get(p), v)}
+        # A file new or changed since the last tick may still be being written (an upload
+        # tool writing it in place, a copy under way): it is read once it is the same at the
+        # next tick. Files waiting so are kept in the cursor with the state they had.
+        waiting = {p: v for p, v in saved.get("waiting", {}).items() if p in state and p not in changed}
+        new = sorted(p for p, v in waiting.items() if state[p] == v)
+        saved["waiting"] = dict(sorted(changed.items()))
         saved["files"] = state  # paths no longer in the landing area are forgotten
         if new:
             files = {p: state[p] for p in new}
@@ -110,6 +117,11 @@ def build_landing_sensor(job) -> dg.SensorDefinition:
             context.update_cursor(json.dumps(saved))
         if isinstance(request, dg.RunRequest):
             return request
+        if changed:
+            shown = ", ".join(list(changed)[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+            return dg.SkipReason(f"{len(changed)} new or changed file(s) in the landing area, read once they have "
+                                 f"not changed for a tick (still being written?): {shown}"
+                                 + (f"; {request}" if request else ""))
         return dg.SkipReason("no new file in the landing area" + (f"; {request}" if request else ""))
 
     return landing_sensor

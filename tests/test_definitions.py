@@ -117,14 +117,42 @@ def test_dbt_sources_and_raw_assets_are_the_same_nodes(defs):
 def test_landing_sensor_requests_a_run_for_new_files_only(defs, settings, contracts):
     sensor = defs.resolve_sensor_def("landing_sensor")
     with dg.instance_for_test() as instance:
-        ctx = dg.build_sensor_context(instance=instance)
-        assert isinstance(sensor(ctx), dg.SkipReason)
+        def tick(cursor):
+            ctx = dg.build_sensor_context(instance=instance, cursor=cursor)
+            return sensor(ctx), ctx.cursor
+
+        result, cursor = tick(None)
+        assert isinstance(result, dg.SkipReason)
         write_delivery(settings.landing_dir, contracts["programmes"], "programmes_2025-01.csv", [PROGRAMME])
-        ctx = dg.build_sensor_context(instance=instance)
-        request = sensor(ctx)
+        waiting, cursor = tick(cursor)  # new: read once it is the same at the next tick
+        assert isinstance(waiting, dg.SkipReason) and "msisf/programmes_2025-01.csv" in waiting.skip_message
+        request, cursor = tick(cursor)
         assert isinstance(request, dg.RunRequest)
-        ctx2 = dg.build_sensor_context(instance=instance, cursor=ctx.cursor)
-        assert isinstance(sensor(ctx2), dg.SkipReason)
+        assert isinstance(tick(cursor)[0], dg.SkipReason)
+
+
+def test_landing_sensor_waits_for_a_file_still_being_written(defs, settings, contracts):
+    """A partner's upload tool writing a file in place: the sensor started a refresh on the
+    first part of the file (half a month of payments loaded and published). A new or changed
+    file now starts a run only once it is the same at two ticks in a row."""
+    sensor = defs.resolve_sensor_def("landing_sensor")
+    with dg.instance_for_test() as instance:
+        def tick(cursor):
+            ctx = dg.build_sensor_context(instance=instance, cursor=cursor)
+            return sensor(ctx), ctx.cursor
+
+        path = write_delivery(settings.landing_dir, contracts["programmes"], "programmes_2025-01.csv", [PROGRAMME])
+        whole = path.read_bytes()
+        path.write_bytes(whole[: len(whole) // 2])  # the first part written
+        result, cursor = tick(None)
+        assert isinstance(result, dg.SkipReason) and "still being written?" in result.skip_message
+        with open(path, "ab") as fh:
+            fh.write(whole[len(whole) // 2:])  # the rest, before the next tick
+        result, cursor = tick(cursor)
+        assert isinstance(result, dg.SkipReason) and "still being written?" in result.skip_message
+        request, cursor = tick(cursor)  # the same as at the tick before: read
+        assert isinstance(request, dg.RunRequest) and request.tags["jisr/files"] == "1"
+        assert isinstance(tick(cursor)[0], dg.SkipReason)
 
 
 def test_landing_sensor_marks_failed_a_refresh_whose_process_is_gone(defs, settings):
@@ -180,6 +208,8 @@ def test_landing_sensor_sees_a_file_moved_back_into_the_landing_area(defs, setti
         result, cursor = tick(None)
         assert isinstance(result, dg.SkipReason)
         path = write_delivery(settings.landing_dir, contracts["programmes"], "programmes_2025-01.csv", [PROGRAMME])
+        result, cursor = tick(cursor)  # read once it is the same at the next tick
+        assert isinstance(result, dg.SkipReason)
         first, cursor = tick(cursor)
         assert isinstance(first, dg.RunRequest)
         away = settings.rejected_dir / "msisf" / path.name
@@ -188,6 +218,8 @@ def test_landing_sensor_sees_a_file_moved_back_into_the_landing_area(defs, setti
         result, cursor = tick(cursor)
         assert isinstance(result, dg.SkipReason)
         away.rename(path)  # moved back, same size and modification time
+        result, cursor = tick(cursor)
+        assert isinstance(result, dg.SkipReason)
         again, cursor = tick(cursor)
         assert isinstance(again, dg.RunRequest) and again.run_key != first.run_key
         assert isinstance(tick(cursor)[0], dg.SkipReason)
@@ -211,7 +243,7 @@ def test_landing_sensor_starts_a_failed_run_again_with_a_growing_delay(defs, set
                                                  "dagster/run_key": request.run_key}))
 
         write_delivery(settings.landing_dir, contracts["programmes"], "programmes_2025-01.csv", [PROGRAMME])
-        first, cursor = tick(None)
+        first, cursor = tick(tick(None)[1])  # read at the second tick: it did not change
         launched(first, dg.DagsterRunStatus.STARTED)
         assert isinstance(tick(cursor)[0], dg.SkipReason)  # running: nothing to do
         launched(first, dg.DagsterRunStatus.FAILURE)
@@ -230,7 +262,7 @@ def test_landing_sensor_starts_a_failed_run_again_with_a_growing_delay(defs, set
         result, cursor = tick(cursor)  # the retries are used up: it waits for a change
         assert isinstance(result, dg.SkipReason) and result.skip_message == "no new file in the landing area"
         write_delivery(settings.landing_dir, contracts["programmes"], "programmes_2025-02.csv", [PROGRAMME])
-        new, cursor = tick(cursor)
+        new, cursor = tick(tick(cursor)[1])
         assert isinstance(new, dg.RunRequest) and new.tags["jisr/files"] == "1" and "jisr/retry" not in new.tags
         launched(new, dg.DagsterRunStatus.SUCCESS)
         assert isinstance(tick(cursor)[0], dg.SkipReason)  # a run that succeeded is not started again
