@@ -490,3 +490,31 @@ def test_a_selection_materialised_from_the_ui_waits_for_the_refresh_in_the_queue
     assert TagConcurrencyLimitsCounter(limits, [refresh]).is_blocked(selection)
     assert TagConcurrencyLimitsCounter(limits, [selection]).is_blocked(refresh)
     assert TagConcurrencyLimitsCounter(limits, [refresh]).is_blocked(refresh)
+
+
+def test_the_delivery_log_and_the_quarantine_ledger_are_assets_of_the_ingestion(defs, settings, contracts):
+    """They were placeholders of the dbt sources, in the `default` group, with no description
+    nor producer: the ingestion step writes them, and its runs now materialise them with
+    their row counts (a run of one source too)."""
+    from orchestration.assets.ingest import DELIVERY_LOG, QUARANTINE, ingest_landing, raw_key
+    from orchestration.runlock import RefreshLock
+
+    graph = defs.resolve_asset_graph()
+    for key, model in ((DELIVERY_LOG, "stg_ingest__deliveries"), (QUARANTINE, "stg_ingest__quarantined_rows")):
+        node = graph.get(key)
+        assert node.is_materializable and node.group_name == "raw" and node.description
+        assert dg.AssetKey(["staging", model]) in node.child_keys
+        assert key in ingest_landing.keys
+    job = dg.Definitions(assets=[ingest_landing], resources={"refresh_lock": RefreshLock()}, jobs=[dg.define_asset_job(
+        "ingest", selection=[raw_key("programmes"), DELIVERY_LOG, QUARANTINE],
+        executor_def=dg.in_process_executor)]).resolve_job_def("ingest")
+    write_delivery(settings.landing_dir, contracts["programmes"], "programmes_2025-01.csv",
+                   [PROGRAMME, dict(PROGRAMME, programme_code=None)])
+    with dg.DagsterInstance.ephemeral() as instance:
+        run = job.execute_in_process(instance=instance)
+    assert run.success
+    found = {m.asset_key: m.metadata for m in run.asset_materializations_for_node("ingest_landing")}
+    assert found[DELIVERY_LOG]["dagster/row_count"].value == 1
+    assert found[DELIVERY_LOG]["files_this_run"].value == 1
+    assert found[QUARANTINE]["rows_quarantined_this_run"].value == 1
+    assert found[QUARANTINE]["dagster/row_count"].value >= 1

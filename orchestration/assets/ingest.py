@@ -1,8 +1,10 @@
-"""Raw-layer assets: one asset per contract source, keyed ``raw/<source>``.
+"""Raw-layer assets: one asset per contract source, keyed ``raw/<source>``, and the raw
+store's delivery log and quarantine ledger (``meta/deliveries``, ``quarantine/rows``).
 
-The dbt sources are named ``raw.<source>`` too, so each Python asset and the dbt source
-that reads it are the same node in the asset graph. All raw assets are produced by one
-multi-asset step (one pass over the landing area, in contract dependency order).
+The dbt sources are named ``raw.<source>``, ``meta.deliveries`` and ``quarantine.rows`` too,
+so each Python asset and the dbt source that reads it are the same node in the asset graph.
+All of them are produced by one multi-asset step (one pass over the landing area, in
+contract dependency order).
 """
 
 from collections import Counter
@@ -21,6 +23,23 @@ RAW_GROUP = "raw"
 
 def raw_key(source: str) -> dg.AssetKey:
     return dg.AssetKey(["raw", source])
+
+
+DELIVERY_LOG = dg.AssetKey(["meta", "deliveries"])
+QUARANTINE = dg.AssetKey(["quarantine", "rows"])
+LEDGERS = [
+    dg.AssetSpec(key=DELIVERY_LOG, group_name=RAW_GROUP, kinds={"duckdb", "python"},
+                 description="The raw store's delivery log: one row per delivered file, whatever became of it "
+                             "(loaded, superseded, rejected), with its content hash, rows delivered = loaded + "
+                             "quarantined, the reason of a rejection and the contract and code versions. Written "
+                             "by the ingestion, read by the quality marts (marts.fct_deliveries)."),
+    dg.AssetSpec(key=QUARANTINE, group_name=RAW_GROUP, kinds={"duckdb", "python"},
+                 description="The raw store's quarantine ledger, kept across runs: one row per delivered row set "
+                             "aside and rule it breaks (contract rules and Great Expectations suites), with the "
+                             "message naming the file, the row and the rule, the row's values (identifiers "
+                             "pseudonymised) and the delivery that resolved it. Internal: the quality marts "
+                             "count it; partners get their rows in var/feedback."),
+]
 
 
 def _spec(contract) -> dg.AssetSpec:
@@ -79,7 +98,7 @@ def run_ingestion(settings, run_id: str, sources=None, validators=()):
 
 @dg.multi_asset(
     name="ingest_landing",
-    specs=[_spec(c) for c in CONTRACTS.values()],
+    specs=[_spec(c) for c in CONTRACTS.values()] + LEDGERS,
     can_subset=True,
     description="Reads new partner files from the landing area, checks them against their contracts, "
                 "pseudonymises direct identifiers and appends them to the raw layer. (The Parquet copy of "
@@ -88,7 +107,7 @@ def run_ingestion(settings, run_id: str, sources=None, validators=()):
 def ingest_landing(context: dg.AssetExecutionContext, refresh_lock: RefreshLock):
     settings = get_settings()
     check_configuration(settings)
-    selected = {key.path[-1] for key in context.selected_asset_keys}
+    selected = {key.path[-1] for key in context.selected_asset_keys if key not in (DELIVERY_LOG, QUARANTINE)}
     from quality.expectations import suite_validator
 
     # Contract rules in SQL and the Great Expectations suites both route failing rows to quarantine.
@@ -154,6 +173,33 @@ def ingest_landing(context: dg.AssetExecutionContext, refresh_lock: RefreshLock)
     unmatched = by_source.get("(no contract)", [])
     for f in unmatched:
         context.log.warning(f"{f.partner}/{f.file_name} rejected: {f.reason}")
+    if {DELIVERY_LOG, QUARANTINE} & context.selected_asset_keys:
+        yield from _ledgers(context, settings, summary)
+
+
+def _ledgers(context, settings, summary):
+    """The materializations of the delivery log and the quarantine ledger the run selected."""
+    from ingestion import store
+
+    con = store.connect(settings.store_path, read_only=True)
+    try:
+        files, loaded, rejected = con.execute(
+            "select count(*), count(*) filter (where status = 'loaded'), count(*) filter (where status = 'rejected') "
+            "from meta.deliveries").fetchone()
+        rows, unresolved = con.execute(
+            "select count(*), count(distinct (delivery_id, source_row)) filter (where resolved_by_delivery is null) "
+            "from quarantine.rows").fetchone()
+    finally:
+        con.close()
+    totals = summary.totals
+    if DELIVERY_LOG in context.selected_asset_keys:
+        yield dg.MaterializeResult(asset_key=DELIVERY_LOG, metadata={
+            "dagster/row_count": files, "deliveries_in_effect": loaded, "files_rejected_in_all": rejected,
+            "files_this_run": totals["files_loaded"] + totals["files_rejected"]})
+    if QUARANTINE in context.selected_asset_keys:
+        yield dg.MaterializeResult(asset_key=QUARANTINE, metadata={
+            "dagster/row_count": rows, "rows_set_aside_unresolved": unresolved,
+            "rows_quarantined_this_run": totals["rows_quarantined"] + totals["rows_set_aside"]})
 
 
 def _preview(settings, source: str, limit: int = 5) -> str:
