@@ -495,7 +495,8 @@ def test_a_selection_materialised_from_the_ui_waits_for_the_refresh_in_the_queue
 def test_the_delivery_log_and_the_quarantine_ledger_are_assets_of_the_ingestion(defs, settings, contracts):
     """They were placeholders of the dbt sources, in the `default` group, with no description
     nor producer: the ingestion step writes them, and its runs now materialise them with
-    their row counts (a run of one source too)."""
+    their row counts (a run of one source too); the raw tables give Dagster's row count too
+    (their rows in effect)."""
     from orchestration.assets.ingest import DELIVERY_LOG, QUARANTINE, ingest_landing, raw_key
     from orchestration.runlock import RefreshLock
 
@@ -514,6 +515,7 @@ def test_the_delivery_log_and_the_quarantine_ledger_are_assets_of_the_ingestion(
         run = job.execute_in_process(instance=instance)
     assert run.success
     found = {m.asset_key: m.metadata for m in run.asset_materializations_for_node("ingest_landing")}
+    assert found[raw_key("programmes")]["dagster/row_count"].value == 1  # the rows in effect
     assert found[DELIVERY_LOG]["dagster/row_count"].value == 1
     assert found[DELIVERY_LOG]["files_this_run"].value == 1
     assert found[QUARANTINE]["rows_quarantined_this_run"].value == 1

@@ -144,9 +144,11 @@ def ingest_landing(context: dg.AssetExecutionContext, refresh_lock: RefreshLock)
         repeated = [f for f in files if f.repeats_rejected]  # left in the landing area, not loaded
         for f in repeated:
             context.log.warning(f"{f.partner}/{f.file_name} not loaded: {f.reason}")
+        preview, current = _preview(settings, source)
         yield dg.MaterializeResult(
             asset_key=raw_key(source),
             metadata={
+                "dagster/row_count": current,  # rows in effect (every version is kept: _is_current)
                 "files_loaded": len(loaded),
                 "files_rejected": len(rejected),
                 "files_unchanged": sum(f.status == "duplicate" for f in files),
@@ -167,7 +169,7 @@ def ingest_landing(context: dg.AssetExecutionContext, refresh_lock: RefreshLock)
                     [[f.file_name, f.status, f.rows_delivered, f.rows_loaded, f.rows_quarantined,
                       f.reason or ", ".join(f"{k}: {v}" for k, v in f.rules_failed.items())] for f in files],
                 )) if files else dg.MetadataValue.md("No new file."),
-                "preview": dg.MetadataValue.md(_preview(settings, source)),
+                "preview": dg.MetadataValue.md(preview),
             },
         )
     unmatched = by_source.get("(no contract)", [])
@@ -202,13 +204,15 @@ def _ledgers(context, settings, summary):
             "rows_quarantined_this_run": totals["rows_quarantined"] + totals["rows_set_aside"]})
 
 
-def _preview(settings, source: str, limit: int = 5) -> str:
+def _preview(settings, source: str, limit: int = 5) -> tuple[str, int]:
+    """The latest rows in effect of a raw table (a markdown table), and how many rows are in effect."""
     from ingestion import store
 
     con = store.connect(settings.store_path, read_only=True)
     try:
         cur = con.execute(f"select * exclude (_content_hash, _run_id) from raw.{source} where _is_current "
                           f"order by _loaded_at desc, _source_row limit {limit}")
-        return markdown_table([d[0] for d in cur.description], cur.fetchall())
+        preview = markdown_table([d[0] for d in cur.description], cur.fetchall())
+        return preview, con.execute(f"select count(*) from raw.{source} where _is_current").fetchone()[0]
     finally:
         con.close()
