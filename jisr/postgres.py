@@ -216,15 +216,43 @@ def copy_impact_tables(settings: Settings, pg) -> list[str]:
         duck.close()
 
 
+# libpq parameters of the DSN that dbt's profile does not read, passed as libpq's variables
+LIBPQ_ENVIRONMENT = (("sslmode", "PGSSLMODE"), ("sslrootcert", "PGSSLROOTCERT"), ("sslcert", "PGSSLCERT"),
+                     ("sslkey", "PGSSLKEY"), ("connect_timeout", "PGCONNECT_TIMEOUT"))
+
+
+def resolved_dsn(dsn: str) -> str:
+    """``dsn`` completed with what libpq resolves when connecting with it: the password from
+    ``PGPASSWORD`` or ``~/.pgpass``, and host, port, user and database from ``PG*`` variables
+    or defaults. dbt connects with what its profile gives it (a password left out there is
+    the profile's default, not the owner's), so it gets them all."""
+    from psycopg2.extensions import make_dsn
+
+    pg = connect(dsn)
+    try:
+        info = pg.info
+        resolved = {"host": info.host, "port": info.port, "user": info.user, "dbname": info.dbname,
+                    "password": info.password}
+    finally:
+        pg.close()
+    return make_dsn(dsn, **{key: value for key, value in resolved.items() if value not in (None, "")})
+
+
 def dbt_environment(settings: Settings, dsn: str) -> dict[str, str]:
-    """Environment for ``dbt --target postgres``: the profile reads JISR_PG_* variables."""
+    """Environment for ``dbt --target postgres``: the profile reads JISR_PG_* variables, set
+    from ``dsn`` as libpq resolves it (never left to the caller's JISR_PG_* variables, which
+    could name another server, or to the profile's defaults)."""
     from psycopg2.extensions import parse_dsn
 
-    parts = parse_dsn(dsn)
+    parts = parse_dsn(resolved_dsn(dsn))
     env = settings.dbt_env()
     env["JISR_DBT_TARGET"] = "postgres"
     for key, var in (("host", "JISR_PG_HOST"), ("port", "JISR_PG_PORT"), ("user", "JISR_PG_USER"),
                      ("password", "JISR_PG_PASSWORD"), ("dbname", "JISR_PG_DBNAME")):
+        env.pop(var, None)
+        if parts.get(key):
+            env[var] = str(parts[key])
+    for key, var in LIBPQ_ENVIRONMENT:
         if parts.get(key):
             env[var] = str(parts[key])
     return env

@@ -472,3 +472,25 @@ def test_postgres_publish_builds_the_dbt_project_for_evaluators(database, settin
     expect_denied(con, "select * from staging.stg_msisf__beneficiaries")
     expect_denied(con, "select * from detail.dim_beneficiaries")  # person-level: internal
     con.close()
+
+
+def test_postgres_dbt_connects_with_the_password_libpq_finds(database, settings, monkeypatch):
+    """The documented DSN carries no password (it comes from PGPASSWORD or ~/.pgpass): dbt,
+    whose profile gives a default password when JISR_PG_PASSWORD is not set, must connect with
+    the one libpq found, as the copy of the raw layer did."""
+    import subprocess
+
+    from jisr.dbt import dbt_executable
+
+    params = parse_dsn(database)
+    monkeypatch.setenv("PGPASSWORD", params.pop("password"))
+    for var in ("JISR_PG_HOST", "JISR_PG_PORT", "JISR_PG_USER", "JISR_PG_PASSWORD", "JISR_PG_DBNAME"):
+        monkeypatch.delenv(var, raising=False)
+    dsn = make_dsn(**params)
+    postgres.connect(dsn).close()  # libpq finds it
+    proc = subprocess.run([str(dbt_executable()), "debug", "--connection", "--target", "postgres",
+                           "--no-version-check", "--project-dir", str(settings.dbt_project_dir),
+                           "--profiles-dir", str(settings.dbt_project_dir)],
+                          env=postgres.dbt_environment(settings, dsn), capture_output=True, text=True,
+                          cwd=settings.dbt_project_dir)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
