@@ -297,6 +297,36 @@ def _role_exists(cur, role: str) -> bool:
     return cur.fetchone() is not None
 
 
+def foreign_create(cur, evaluator: str = EVALUATOR) -> list[tuple[str, str]]:
+    """(schema, owner) of each schema of the database in which the evaluator role (or, before
+    it exists, PUBLIC) may create objects and whose owner is not the current user, who cannot
+    take that right back: the ``public`` schema of a database of PostgreSQL 14 or earlier
+    (owned by the bootstrap superuser, CREATE for PUBLIC), kept by pg_upgrade."""
+    who = evaluator if _role_exists(cur, evaluator) else "public"
+    cur.execute("select nspname, pg_get_userbyid(nspowner) from pg_namespace where nspname not like 'pg\\_%%' "
+                "and nspname <> 'information_schema' and has_schema_privilege(%s, oid, 'CREATE') "
+                "and not pg_has_role(current_user, nspowner, 'USAGE') order by 1", [who])
+    return cur.fetchall()
+
+
+def refuse_foreign_create(cur, evaluator: str = EVALUATOR) -> None:
+    """Raise when readers can create objects in a schema the owner cannot close: a function
+    or operator planted in ``public`` (on the search path of every session, dbt's included)
+    would run as the owner when the publication calls one of that name."""
+    found = foreign_create(cur, evaluator)
+    if found:
+        cur.execute("select current_database(), current_user")
+        database, owner = cur.fetchone()
+        raise PostgresPublishError(
+            "readers may create objects in " + ", ".join(f"schema {s} (owner {o})" for s, o in found)
+            + f" of database {database}, and {owner} cannot take that right back (not the owner; PostgreSQL 14 "
+            "and earlier create `public` so): a function or operator planted there would run with the rights of "
+            f"{owner} when the publication calls one of that name. The published schemas stay closed to "
+            f"{evaluator}. As the schema's owner or a superuser, in database {database}: "
+            + "; ".join(f"revoke create on schema {_q(s)} from public" for s, _ in found)
+            + f" (or: alter schema ... owner to {_q(owner)}); then run this again.")
+
+
 def apply_grants(pg, evaluator: str = EVALUATOR, evaluator_password: str | None = None,
                  schemas: tuple[str, ...] = DEFAULT_PUBLISH_SCHEMAS) -> None:
     """Create (or reset) the read-only evaluator role: SELECT on the published schemas
@@ -326,6 +356,7 @@ def apply_grants(pg, evaluator: str = EVALUATOR, evaluator_password: str | None 
                         f"revoke select on tables from {_q(evaluator)}")
             if schema in INTERNAL_SCHEMAS:
                 cur.execute(f"revoke all on schema {_q(schema)} from public")
+        refuse_foreign_create(cur, evaluator)  # before any schema is opened to the role
         for schema in schemas + ("meta",):
             cur.execute(f"create schema if not exists {_q(schema)}")
             cur.execute(f"revoke create on schema {_q(schema)} from public")
@@ -446,6 +477,8 @@ def publish_postgres(settings: Settings, dsn: str, *,
                                    deliveries=json.loads(served.get("deliveries") or "[]"))
     try:
         close_published(pg)
+        with pg.cursor() as cur:
+            refuse_foreign_create(cur)  # before the owner runs anything a reader could have planted
         result.raw_rows = copy_raw_layer(settings, pg)
         run_dbt(settings, dsn)
         result.impact_tables = copy_impact_tables(settings, pg)

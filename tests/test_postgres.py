@@ -494,3 +494,34 @@ def test_postgres_dbt_connects_with_the_password_libpq_finds(database, settings,
                           env=postgres.dbt_environment(settings, dsn), capture_output=True, text=True,
                           cwd=settings.dbt_project_dir)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_postgres_refuses_a_public_schema_readers_can_create_in(database, evaluator_password):
+    """A database of PostgreSQL 14 or earlier (or pg_upgraded from one): `public` belongs to the
+    bootstrap superuser and PUBLIC may create in it; the owner's `revoke` only warns. A reader
+    could plant there a function the publication (dbt, run by the owner) calls: refused, with
+    the published schemas left closed to the evaluator role."""
+    _, admin = _server_dsns()
+    admin_user = parse_dsn(admin)["user"]
+    admin_con = psycopg2.connect(make_dsn(admin, dbname=parse_dsn(database)["dbname"]))
+    admin_con.autocommit = True
+    with admin_con.cursor() as cur:
+        cur.execute(f'alter schema public owner to "{admin_user}"')
+        cur.execute("grant usage, create on schema public to public")  # PostgreSQL 14's default
+    make_schemas(database)
+    owner = psycopg2.connect(database)
+    with pytest.raises(postgres.PostgresPublishError, match="revoke create on schema \"public\" from public"):
+        postgres.apply_grants(owner, evaluator_password=evaluator_password)
+    owner.close()
+    with admin_con.cursor() as cur:
+        cur.execute("select has_schema_privilege(%s, 'marts', 'USAGE') from pg_roles where rolname = %s",
+                    [postgres.EVALUATOR, postgres.EVALUATOR])
+        assert cur.fetchall() in ([], [(False,)])  # nothing opened
+        cur.execute("revoke create on schema public from public")  # what the message asks for
+    owner = psycopg2.connect(database)
+    postgres.apply_grants(owner, evaluator_password=evaluator_password)
+    owner.close()
+    con = evaluator_connection(database, evaluator_password)
+    expect_denied(con, "begin read write; create table public.planted (a int)")
+    con.close()
+    admin_con.close()
