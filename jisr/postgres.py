@@ -492,13 +492,27 @@ def publish_postgres(settings: Settings, dsn: str, *,
 
 def main(args, settings: Settings) -> int:
     """``jisr publish-postgres --dsn ...``."""
+    import psycopg2
+    import psycopg2.errors
+
     password = None
     if args.evaluator_password_file:
-        password = Path(args.evaluator_password_file).read_text(encoding="utf-8").strip()
+        try:
+            password = Path(args.evaluator_password_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            print(f"jisr publish-postgres: cannot read the evaluator password file {args.evaluator_password_file}: "
+                  f"{exc.strerror or exc}; nothing was changed", file=sys.stderr)
+            return 1
     try:
         result = publish_postgres(settings, args.dsn, evaluator_password=password)
     except PostgresPublishError as exc:
         print(f"jisr publish-postgres: {exc}", file=sys.stderr)
+        return 1
+    except psycopg2.Error as exc:  # the server went away, a statement failed: no traceback
+        hint = (" (the DSN's user must own the database and have CREATEROLE, or the role "
+                f"{EVALUATOR} must exist)") if isinstance(exc, psycopg2.errors.InsufficientPrivilege) else ""
+        print(f"jisr publish-postgres: PostgreSQL error while publishing: {str(exc).strip()}{hint}. The published "
+              f"schemas stay closed to {EVALUATOR} until a publication succeeds.", file=sys.stderr)
         return 1
     print(result.report())
     return 0

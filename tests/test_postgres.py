@@ -525,3 +525,24 @@ def test_postgres_refuses_a_public_schema_readers_can_create_in(database, evalua
     expect_denied(con, "begin read write; create table public.planted (a int)")
     con.close()
     admin_con.close()
+
+
+def test_postgres_publish_command_reports_a_lost_server_without_a_traceback(database, settings, monkeypatch,
+                                                                             capsys, tmp_path):
+    """The server going away while publishing (here: while the raw layer is copied), or an
+    unreadable password file: one line saying what happened, exit status 1."""
+    import argparse
+
+    monkeypatch.setattr(postgres, "served_publication", lambda settings: {"run_id": "run-1", "deliveries": "[]"})
+
+    def server_gone(settings, pg):
+        raise psycopg2.OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(postgres, "copy_raw_layer", server_gone)
+    assert postgres.main(argparse.Namespace(dsn=database, evaluator_password_file=None), settings) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("jisr publish-postgres: ") and "server closed the connection unexpectedly" in err
+    assert "stay closed" in err and "Traceback" not in err
+    missing = tmp_path / "no-such-file"
+    assert postgres.main(argparse.Namespace(dsn=database, evaluator_password_file=str(missing)), settings) == 1
+    assert f"cannot read the evaluator password file {missing}" in capsys.readouterr().err
