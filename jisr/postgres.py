@@ -73,6 +73,15 @@ class PostgresPublishError(RuntimeError):
     """The PostgreSQL target could not be built or failed its checks."""
 
 
+class NotServed(PostgresPublishError):
+    """The raw store does not hold what the served DuckDB warehouse was built from
+    (``served``: its publish-log row)."""
+
+    def __init__(self, served: dict, message: str):
+        super().__init__(message)
+        self.served = served
+
+
 @dataclass
 class PostgresPublishResult:
     run_id: str | None = None  # run of the served DuckDB warehouse, whose deliveries this publishes
@@ -443,12 +452,34 @@ def served_publication(settings: Settings) -> dict:
                 + (", ..." if len(differences[k]) > 5 else "") + ")" for k in what if differences.get(k)]
     if problems:
         event = "published by" if served["event"] == "publish" else "rolled back to the warehouse of"
-        raise PostgresPublishError(
+        raise NotServed(served,
             f"the raw store does not hold what the served DuckDB warehouse was built from ({event} run "
             f"{served['run_id']}): " + "; ".join(problems) + ". PostgreSQL builds its marts from the raw "
             "store, so it would publish figures the serving file does not; nothing was changed. Publish them "
             "to DuckDB first (`jisr refresh`; `jisr status` says what is not published), then run this again.")
     return served
+
+
+def close_rolled_back(dsn: str, served_run: str) -> str | None:
+    """After ``jisr rollback``: when the PostgreSQL target serves another publication than the
+    one the DuckDB warehouse was rolled back to (``served_run``), the one rolled back from,
+    close its published schemas to the evaluator role and return its run id; else None.
+    PostgreSQL builds from the raw store, which still holds the deliveries rolled back, so
+    it cannot serve the earlier publication again: it serves nothing until the next one."""
+    pg = connect(dsn)
+    try:
+        with pg.cursor() as cur:
+            cur.execute("select to_regclass('meta.publish_log') is not null")
+            if not cur.fetchone()[0]:
+                return None
+            cur.execute("select run_id from meta.publish_log order by published_at desc limit 1")
+            row = cur.fetchone()
+        if row is None or row[0] in (None, served_run):
+            return None
+        close_published(pg)
+        return row[0]
+    finally:
+        pg.close()
 
 
 def record_publication(settings: Settings, pg, result: PostgresPublishResult) -> None:
@@ -471,7 +502,15 @@ def publish_postgres(settings: Settings, dsn: str, *,
                      evaluator_password: str | None = None) -> PostgresPublishResult:
     """Build and publish the warehouse on PostgreSQL (see the module docstring)."""
     schemas = config_for(settings).publish_schemas
-    served = served_publication(settings)  # before anything is changed
+    try:
+        served = served_publication(settings)  # before anything is changed
+    except NotServed as exc:
+        if exc.served["event"] == "rollback" and (held := close_rolled_back(dsn, exc.served["run_id"])):
+            raise PostgresPublishError(
+                f"{exc} PostgreSQL served the publication of run {held}, which the DuckDB serving warehouse was "
+                f"rolled back from: its published schemas are now closed to {EVALUATOR}, until a publication "
+                "succeeds.") from None
+        raise
     pg = connect(dsn)
     result = PostgresPublishResult(published_schemas=schemas, run_id=served["run_id"],
                                    deliveries=json.loads(served.get("deliveries") or "[]"))

@@ -546,3 +546,37 @@ def test_postgres_publish_command_reports_a_lost_server_without_a_traceback(data
     missing = tmp_path / "no-such-file"
     assert postgres.main(argparse.Namespace(dsn=database, evaluator_password_file=str(missing)), settings) == 1
     assert f"cannot read the evaluator password file {missing}" in capsys.readouterr().err
+
+
+def test_postgres_closes_a_publication_the_duckdb_warehouse_was_rolled_back_from(database, evaluator_con, settings,
+                                                                                 monkeypatch):
+    """After `jisr rollback`, PostgreSQL went on serving the publication rolled back from (and
+    publish-postgres refused, "nothing was changed"): it cannot serve the earlier one (it
+    builds from the raw store, which still holds the deliveries rolled back), so it now
+    closes its published schemas until the next publication succeeds."""
+    pg = psycopg2.connect(database)
+    postgres.record_publication(settings, pg, postgres.PostgresPublishResult(run_id="run-bad"))
+    pg.close()
+    with evaluator_con.cursor() as cur:  # served
+        cur.execute("select sum(beneficiaries) from marts.mart_coverage")
+    evaluator_con.rollback()
+
+    def not_served(event, run):
+        def refuse(_settings):
+            raise postgres.NotServed({"event": event, "run_id": run}, "the raw store does not hold what ...")
+        return refuse
+
+    monkeypatch.setattr(postgres, "served_publication", not_served("publish", "run-bad"))
+    with pytest.raises(postgres.PostgresPublishError, match=r"^the raw store does not hold what \.\.\.$"):
+        postgres.publish_postgres(settings, database)  # an ingestion without a build: nothing to close
+    monkeypatch.setattr(postgres, "served_publication", not_served("rollback", "run-bad"))
+    with pytest.raises(postgres.PostgresPublishError, match=r"^the raw store does not hold what \.\.\.$"):
+        postgres.publish_postgres(settings, database)  # rolled back to what PostgreSQL serves: left open
+    with evaluator_con.cursor() as cur:
+        cur.execute("select sum(beneficiaries) from marts.mart_coverage")
+    evaluator_con.rollback()
+    monkeypatch.setattr(postgres, "served_publication", not_served("rollback", "run-good"))
+    with pytest.raises(postgres.PostgresPublishError, match="served the publication of run run-bad, which the "
+                                                            "DuckDB serving warehouse was rolled back from"):
+        postgres.publish_postgres(settings, database)
+    expect_denied(evaluator_con, "select sum(beneficiaries) from marts.mart_coverage")
