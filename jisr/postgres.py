@@ -48,6 +48,13 @@ from jisr.settings import Settings
 from quality.config import DEFAULT_PUBLISH_SCHEMAS, config_for
 
 EVALUATOR = "evaluator"
+# A reader's session left idle inside a transaction (psycopg2's default after a query) holds
+# its tables until it ends, and dbt's rebuild of a mart waits for it: such sessions of the
+# evaluator role end after READER_IDLE_TIMEOUT, and the publication waits at most
+# PUBLISH_LOCK_TIMEOUT for a table (a query running longer than that fails the publication,
+# which says so) instead of waiting for good with the published schemas closed.
+READER_IDLE_TIMEOUT = "10min"
+PUBLISH_LOCK_TIMEOUT = "15min"
 INTERNAL_SCHEMAS = ("raw", "quarantine", "staging", "intermediate", "detail", "seeds", "public")
 BATCH_ROWS = 100_000
 
@@ -264,6 +271,7 @@ def dbt_environment(settings: Settings, dsn: str) -> dict[str, str]:
     for key, var in LIBPQ_ENVIRONMENT:
         if parts.get(key):
             env[var] = str(parts[key])
+    env["PGOPTIONS"] = f"{env.get('PGOPTIONS', '')} -c lock_timeout={PUBLISH_LOCK_TIMEOUT}".strip()
     return env
 
 
@@ -281,7 +289,10 @@ def run_dbt(settings: Settings, dsn: str) -> None:
     output = proc.stdout + proc.stderr
     if proc.returncode != 0:
         tail = "\n".join(output.strip().splitlines()[-40:])
-        raise PostgresPublishError(f"dbt build --target postgres failed (exit {proc.returncode}):\n{tail}")
+        waited = (f"\nA table stayed locked for {PUBLISH_LOCK_TIMEOUT} (`lock timeout` above): a reader's query ran "
+                  "that long, or a session of a login that does not end idle transactions held it (see "
+                  "pg_stat_activity); run this again once it has ended." if "lock timeout" in output else "")
+        raise PostgresPublishError(f"dbt build --target postgres failed (exit {proc.returncode}):\n{tail}{waited}")
 
 
 def close_published(pg, evaluator: str = EVALUATOR) -> None:
@@ -349,6 +360,7 @@ def apply_grants(pg, evaluator: str = EVALUATOR, evaluator_password: str | None 
         if evaluator_password is not None:
             cur.execute(f"alter role {_q(evaluator)} login password %s", [evaluator_password])
         cur.execute(f"alter role {_q(evaluator)} set default_transaction_read_only = on")
+        cur.execute(f"alter role {_q(evaluator)} set idle_in_transaction_session_timeout = %s", [READER_IDLE_TIMEOUT])
         # Nothing by default: no CREATE or TEMPORARY on the database for anyone but the owner.
         cur.execute(f"revoke create, temporary on database {_q(database)} from public")
         cur.execute(f"revoke all on database {_q(database)} from {_q(evaluator)}")

@@ -580,3 +580,31 @@ def test_postgres_closes_a_publication_the_duckdb_warehouse_was_rolled_back_from
                                                             "DuckDB serving warehouse was rolled back from"):
         postgres.publish_postgres(settings, database)
     expect_denied(evaluator_con, "select sum(beneficiaries) from marts.mart_coverage")
+
+
+def test_postgres_a_reader_idle_in_a_transaction_does_not_hold_the_publication(database, evaluator_password,
+                                                                             settings, monkeypatch):
+    """A reader's session left idle inside a transaction (psycopg2's default after a query)
+    held its tables, and the next publication waited on it for good, the published schemas
+    closed to every reader meanwhile. Such sessions of the evaluator role now end after
+    READER_IDLE_TIMEOUT, and dbt waits for a lock at most PUBLISH_LOCK_TIMEOUT."""
+    import time
+
+    monkeypatch.setattr(postgres, "READER_IDLE_TIMEOUT", "1s")
+    make_schemas(database)
+    owner = psycopg2.connect(database)
+    postgres.apply_grants(owner, evaluator_password=evaluator_password)
+    reader = evaluator_connection(database, evaluator_password)
+    with reader.cursor() as cur:
+        cur.execute("select sum(beneficiaries) from marts.mart_coverage")  # a transaction left open
+    time.sleep(2.5)
+    with owner.cursor() as cur:  # the reader's lock is gone: the owner rebuilds the table at once
+        cur.execute("set lock_timeout = '2s'")
+        cur.execute("drop table marts.mart_coverage")
+    owner.commit()
+    owner.close()
+    with pytest.raises(psycopg2.OperationalError):
+        with reader.cursor() as cur:
+            cur.execute("select 1")
+    reader.close()
+    assert "-c lock_timeout=15min" in postgres.dbt_environment(settings, database)["PGOPTIONS"]
