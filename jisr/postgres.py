@@ -272,6 +272,7 @@ def dbt_environment(settings: Settings, dsn: str) -> dict[str, str]:
         if parts.get(key):
             env[var] = str(parts[key])
     env["PGOPTIONS"] = f"{env.get('PGOPTIONS', '')} -c lock_timeout={PUBLISH_LOCK_TIMEOUT}".strip()
+    env["DBT_USE_COLORS"] = "False"  # its output ends up in an error message, not on a terminal
     return env
 
 

@@ -607,4 +607,5 @@ def test_postgres_a_reader_idle_in_a_transaction_does_not_hold_the_publication(d
         with reader.cursor() as cur:
             cur.execute("select 1")
     reader.close()
-    assert "-c lock_timeout=15min" in postgres.dbt_environment(settings, database)["PGOPTIONS"]
+    env = postgres.dbt_environment(settings, database)
+    assert "-c lock_timeout=15min" in env["PGOPTIONS"] and env["DBT_USE_COLORS"] == "False"  # no colour codes
