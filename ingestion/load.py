@@ -315,6 +315,12 @@ def _raw_select(contract: Contract, alias: str = "") -> str:
     return ", ".join(f"{_stored(c, alias)} as {c.raw_name}" for c in contract.columns)
 
 
+def _raw_target(contract: Contract) -> str:
+    """The column list of an insert into a raw table: contract columns, then lineage (a
+    column added to the contract later sits after the lineage columns in the table)."""
+    return ", ".join(contract.raw_columns)
+
+
 def _violations_sql(contract: Contract, typed: str, seeds_dir: Path) -> str:
     """SQL listing (source_row, rule, column_name, message) for every failing rule."""
     parts = []
@@ -1075,7 +1081,7 @@ class Ingestor:
             [delivery_id, contract.source, path.name, content_hash, path.name, self.run_id, now],
         )
         con.execute(
-            f"insert into raw.{contract.source} select {_raw_select(contract)}, ?, _batch, ?, ?, _source_row, ?, ?, true "
+            f"insert into raw.{contract.source} ({_raw_target(contract)}) select {_raw_select(contract)}, ?, _batch, ?, ?, _source_row, ?, ?, true "
             f"from {typed} where _source_row not in (select _source_row from {violations_table}) "
             "order by _source_row",
             [delivery_id, path.name, content_hash, now, self.run_id],
@@ -1234,7 +1240,7 @@ class Ingestor:
         now = datetime.now(timezone.utc).replace(tzinfo=None)
         if released:
             con.execute(
-                f"insert into raw.{contract.source} select {_raw_select(contract, 't.')}, t._held_delivery, t._batch, d.file_name, "
+                f"insert into raw.{contract.source} ({_raw_target(contract)}) select {_raw_select(contract, 't.')}, t._held_delivery, t._batch, d.file_name, "
                 "d.content_hash, t._held_row, ?, ?, true from release_typed t "
                 "join meta.deliveries d on d.delivery_id = t._held_delivery "
                 "where t._source_row in (select _source_row from release_free) order by t._held_delivery, t._held_row",

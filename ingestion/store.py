@@ -128,6 +128,14 @@ def ensure_schema(con, contracts: dict[str, Contract]) -> None:
     for contract in contracts.values():
         cols = ", ".join(f"{name} {typ}" for name, typ in contract.raw_columns.items())
         con.execute(f"create table if not exists raw.{contract.source} ({cols})")
+    # a column added to a contract since its table was created: empty in the rows loaded
+    # before (the inserts name their columns, so its place in the table does not matter)
+    stored = set(con.execute("select table_name, column_name from duckdb_columns() where "
+                             "database_name = current_database() and schema_name = 'raw'").fetchall())
+    for contract in contracts.values():
+        for name, typ in contract.raw_columns.items():
+            if (contract.source, name) not in stored:
+                con.execute(f"alter table raw.{contract.source} add column {name} {typ}")
 
 
 def check_key(con, fingerprint: str) -> None:

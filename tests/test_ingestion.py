@@ -3046,3 +3046,32 @@ def test_rows_after_blank_lines_and_empty_sheet_rows_keep_the_number_a_spreadshe
         ("V1", 1), ("V3", 5)]
     message = con.execute("select message from quarantine.rows where rule = 'type:entry_date'").fetchone()[0]
     assert message.startswith("inscriptions_2025-02.csv, row 9: "), message
+
+
+def test_a_column_added_to_a_contract_loads_from_the_next_delivery(settings, contracts):
+    """A column added to a contract (a partner starts sending a new field) stopped every
+    ingestion with a binder error (`table "payments" has 16 columns but 17 values were
+    supplied`): the raw table was only created when missing, never given the contract's new
+    columns. The raw table gains the column; the rows loaded before have it empty, and the
+    next delivery loads its values."""
+    from ingestion.contracts import Column
+
+    base_delivery(settings, contracts, n=3)
+    _month_of_payments(settings, contracts, "2025-01", [payment(i) for i in range(3)])
+    ingest(settings, contracts)
+
+    changed = dict(contracts)
+    changed["payments"] = dataclasses.replace(contracts["payments"], version="v2", columns=contracts["payments"].columns + (
+        Column("payment_reference", "varchar", source_names=("reference_virement",)),))
+    write_delivery(settings.landing_dir, changed["payments"], "paiements_2025-02.csv",
+                   [payment(i, month="2025-02", payment_reference=f"VIR-{i}") for i in range(3)])
+    summary = ingest(settings, changed)
+    assert (result_for(summary, "paiements_2025-02.csv").status,
+            result_for(summary, "paiements_2025-02.csv").rows_loaded) == ("loaded", 3)
+    assert summary.rechecked == []  # an optional column empty in earlier deliveries breaks no rule
+    with store(settings) as con:
+        assert con.execute("select _batch, payment_reference from raw.payments order by _batch, payment_id").fetchall() == [
+            ("2025-01", None), ("2025-01", None), ("2025-01", None),
+            ("2025-02", "VIR-0"), ("2025-02", "VIR-1"), ("2025-02", "VIR-2")]
+        assert con.execute("select count(*) from meta.deliveries where status = 'loaded' "
+                           "and source = 'payments'").fetchone()[0] == 2
