@@ -11,6 +11,7 @@ JISR_PSEUDONYM_KEY_FILE   file holding the secret pseudonymisation key (keep it 
 JISR_PSEUDONYM_KEY        the key itself (for secret managers that inject variables); blank: no key
 JISR_DEMO                 ``1``: a demo run; a local demo key is created when no key is set
 JISR_CODE_VERSION         code version to record (default: ``git describe`` of the project)
+DAGSTER_HOME              the Dagster instance (run history; default ``$JISR_HOME/dagster``)
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class Settings:
     key_file: Path | None = None
     key_value: str | None = None
     code_version_override: str | None = None
+    dagster_home_override: Path | None = None
 
     # --- layout -------------------------------------------------------------------------
     @property
@@ -112,7 +114,7 @@ class Settings:
 
     @property
     def dagster_home(self) -> Path:
-        return self.home / "dagster"
+        return self.dagster_home_override or self.home / "dagster"
 
     # --- secrets ------------------------------------------------------------------------
     def pseudonym_key(self) -> bytes:
@@ -246,4 +248,5 @@ def get_settings(env: dict[str, str] | None = None) -> Settings:
         key_file=Path(key_file).expanduser() if key_file else None,
         key_value=env.get("JISR_PSEUDONYM_KEY") or None,
         code_version_override=env.get("JISR_CODE_VERSION") or None,
+        dagster_home_override=Path(env["DAGSTER_HOME"]).resolve() if env.get("DAGSTER_HOME") else None,
     )

@@ -300,3 +300,26 @@ def test_a_refresh_that_failed_before_loading_does_not_say_nothing_was_new(setti
     assert "No delivery was loaded by this run (it failed: see below)." in failed
     assert "No new delivery" not in failed and "\nThe refresh FAILED:" in failed
     assert "No new delivery in the landing area" in RefreshResult(True, "run-2", settings).report()
+
+
+def test_a_refresh_uses_the_dagster_home_the_environment_names(tmp_path, monkeypatch):
+    """DAGSTER_HOME set to a folder not made yet (the Configuration table: default
+    `$JISR_HOME/dagster`) stopped `jisr refresh` with Dagster's traceback ("$DAGSTER_HOME ... is
+    not a directory"), while it prepared `$JISR_HOME/dagster`, which nothing then used. The
+    refresh prepares the instance the variable names, with the project's settings."""
+    import dagster as dg
+
+    from jisr.refresh import prepare_dagster_home
+    from jisr.settings import get_settings
+
+    elsewhere = tmp_path / "elsewhere" / "dagster"
+    monkeypatch.setenv("JISR_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DAGSTER_HOME", str(elsewhere))
+    settings = get_settings()
+    assert settings.dagster_home == elsewhere
+    prepare_dagster_home(settings)
+    assert (elsewhere / "dagster.yaml").is_file() and not (tmp_path / "home" / "dagster").exists()
+    with dg.DagsterInstance.get() as instance:
+        assert instance.root_directory == str(elsewhere)
+    monkeypatch.delenv("DAGSTER_HOME")
+    assert get_settings().dagster_home == tmp_path / "home" / "dagster"
