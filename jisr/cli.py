@@ -156,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--months", type=_at_least(1), default=12, help="monthly deliveries to write (default 12)")
     g.add_argument("--dirty-rate", type=float, default=0.002, help="share of rows that break a rule (default 0.002)")
     g.add_argument("--out", help="landing directory (default $JISR_HOME/landing)")
-    g.add_argument("--truth", help="where to write the ground-truth JSON")
+    g.add_argument("--truth", help="where to write the ground-truth JSON (default "
+                   "$JISR_HOME/generated/ground_truth.json, with --out too: it replaces that file)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.set_defaults(func=_generate)
 
