@@ -3075,3 +3075,36 @@ def test_a_column_added_to_a_contract_loads_from_the_next_delivery(settings, con
             ("2025-02", "VIR-0"), ("2025-02", "VIR-1"), ("2025-02", "VIR-2")]
         assert con.execute("select count(*) from meta.deliveries where status = 'loaded' "
                            "and source = 'payments'").fetchone()[0] == 2
+
+
+def test_a_required_column_added_to_a_contract_does_not_set_aside_the_files_delivered_without_it(settings, contracts):
+    """A column added to a contract as required set aside, at the next pass, every row loaded
+    before (`required:<column>`): the files delivered before it existed do not have it, and
+    the whole history of the source left the warehouse. The recheck holds a delivery to a
+    required column only when its file had the column (its empty values then fail, as a
+    column made required after it was delivered optional); files delivered from then on must
+    have it."""
+    from ingestion.contracts import Column
+
+    base_delivery(settings, contracts, n=3)
+    _month_of_payments(settings, contracts, "2025-01", [payment(i) for i in range(3)])
+    with_reference = dataclasses.replace(contracts["payments"], version="v2", columns=contracts["payments"].columns + (
+        Column("payment_reference", "varchar", source_names=("reference_virement",)),))
+    changed = dict(contracts, payments=with_reference)
+    ingest(settings, contracts)
+    write_delivery(settings.landing_dir, with_reference, "paiements_2025-02.csv",
+                   [payment(i, month="2025-02", payment_reference=None if i == 1 else f"VIR-{i}") for i in range(3)])
+    ingest(settings, changed)
+
+    required = dict(contracts, payments=dataclasses.replace(with_reference, version="v3", columns=tuple(
+        dataclasses.replace(c, required=True) if c.name == "payment_reference" else c for c in with_reference.columns)))
+    summary = ingest(settings, required)
+    # January's file had no such column: its rows stay; February's row 2 left it empty
+    assert [(r.file_name, r.rows_set_aside) for r in summary.rechecked] == [("paiements_2025-02.csv", 1)]
+    with store(settings) as con:
+        assert con.execute("select _batch, count(*) from raw.payments group by 1 order by 1").fetchall() == [
+            ("2025-01", 3), ("2025-02", 2)]
+    # a file without the column is now rejected (a required column missing)
+    _month_of_payments(settings, contracts, "2025-03", [payment(i, month="2025-03") for i in range(3)])
+    result = result_for(ingest(settings, required), "paiements_2025-03.csv")
+    assert result.status == "rejected" and "reference_virement" in result.reason
