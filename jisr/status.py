@@ -84,7 +84,7 @@ def run_report(settings: Settings, run_id: str, not_loaded: list[tuple[str, str]
 def _warehouse_line(settings: Settings, details: list[str] = ()) -> str:
     if settings.serving_path.exists():
         return "\n".join([f"Serving warehouse (read-only for evaluators and BI): {settings.serving_path}", *details,
-                          "  try: jisr sql \"select * from marts.mart_coverage_targeting limit 5\""])
+                          "  try: jisr sql \"select * from marts.mart_transfers_monthly where not is_suppressed limit 5\""])
     return f"Raw store (internal): {settings.store_path}; no warehouse has been published yet."
 
 
