@@ -7,6 +7,15 @@
 -- impact where it is defined. Rows that could not be estimated keep their status and reason.
 -- The impact tables are written by the Python impact stage, not by dbt: their schema is the
 -- dbt var `impact_schema` (default `impact`).
+--
+-- Which row to read: the estimators answer under different assumptions, and they disagree
+-- when the comparison group differs from the treated one. The rows of each outcome come in
+-- the order the evaluation report (var/reports/<run id>/impact/) picks its headline from:
+-- inverse-probability-weighted difference-in-differences (ipw_did: the groups made alike on
+-- baseline covariates, then their trends compared), ANCOVA with covariates, plain DiD
+-- (parallel trends assumed), ANCOVA, the endline difference in means (valid when assignment
+-- was random), the event study; the report's summary says when a pre-trend test makes it
+-- prefer an estimator adjusted for covariates.
 with
 
 estimates as (
@@ -51,4 +60,19 @@ final as (
 )
 
 select * from final
-order by programme_code, study_id, outcome, estimator, subgroup
+order by
+    programme_code,
+    study_id,
+    outcome,
+    subgroup <> 'all',
+    subgroup,
+    case estimator
+        when 'ipw_did' then 1
+        when 'ancova_covariates' then 2
+        when 'did' then 3
+        when 'ancova' then 4
+        when 'diff_in_means' then 5
+        when 'event_study' then 6
+        else 7
+    end,
+    estimator
