@@ -37,7 +37,7 @@ class RefreshResult:
             lines += [f"  - {f}" for f in self.failures]
             lines.append("The serving warehouse was not changed.")
         lines.append("")
-        if self.tool_log is not None:
+        if self.tool_log is not None and self.tool_log.exists() and self.tool_log.stat().st_size:
             lines.append(f"dbt's output (every model and test): {self.tool_log}")
         lines.append(f"Dagster run {self.run_id}: `make dev` opens the UI with this run in its history.")
         return "\n".join(lines)

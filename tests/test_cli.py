@@ -323,3 +323,16 @@ def test_a_refresh_uses_the_dagster_home_the_environment_names(tmp_path, monkeyp
         assert instance.root_directory == str(elsewhere)
     monkeypatch.delenv("DAGSTER_HOME")
     assert get_settings().dagster_home == tmp_path / "home" / "dagster"
+
+
+def test_the_refresh_report_names_dbt_s_output_only_when_dbt_wrote_some(settings, tmp_path):
+    """A refresh that stopped before dbt ran (an ingestion error) pointed to dbt's output in a
+    file left empty."""
+    from jisr.refresh import RefreshResult
+
+    log = tmp_path / "refresh.log"
+    log.write_text("")
+    result = RefreshResult(False, "run-1", settings, failures=["step ingest_landing: failed"], tool_log=log)
+    assert "dbt's output" not in result.report()
+    log.write_text("1 of 400 START sql table model ...\n")
+    assert f"dbt's output (every model and test): {log}" in result.report()
