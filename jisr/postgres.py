@@ -518,7 +518,14 @@ def publish_postgres(settings: Settings, dsn: str, *,
     try:
         served = served_publication(settings)  # before anything is changed
     except NotServed as exc:
-        if exc.served["event"] == "rollback" and (held := close_rolled_back(dsn, exc.served["run_id"])):
+        if exc.served["event"] != "rollback":
+            raise
+        try:
+            held = close_rolled_back(dsn, exc.served["run_id"])
+        except PostgresPublishError as unreachable:  # the refusal, and why nothing could be closed
+            raise PostgresPublishError(f"{exc} ({unreachable}: if PostgreSQL serves the publication rolled back "
+                                       "from, it serves it still)") from None
+        if held:
             raise PostgresPublishError(
                 f"{exc} PostgreSQL served the publication of run {held}, which the DuckDB serving warehouse was "
                 f"rolled back from: its published schemas are now closed to {EVALUATOR}, until a publication "

@@ -594,6 +594,8 @@ def test_publish_postgres_refuses_unless_the_raw_store_holds_what_is_served(publ
     message = str(info.value)
     assert "rolled back to the warehouse of run run-1" in message and "nothing was changed" in message
     assert "1 current delivery(ies) it was not built from (paiements_2025-02.csv)" in message
+    # it tried to close on PostgreSQL a publication rolled back from, and says it could not
+    assert "(cannot connect to PostgreSQL" in message and "it serves it still)" in message
 
 
 def test_publish_postgres_refuses_without_a_published_warehouse(settings, contracts):
