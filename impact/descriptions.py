@@ -39,8 +39,9 @@ TABLE_DESCRIPTIONS: dict[str, str] = {
     "impact_cost_effectiveness": (
         "One row per study x programme x outcome: the programme's cost per beneficiary and the cost "
         "per unit of impact (cost per beneficiary / the estimate of the estimator chosen in "
-        "config/evaluation.yml, cost_effectiveness.estimator), with the interval the estimate's "
-        "confidence interval gives."
+        "config/evaluation.yml, cost_effectiveness.estimator, or of a covariate-adjusted one, as "
+        "the report's headline, when the pre-trend test rejects; column estimator says which), "
+        "with the interval the estimate's confidence interval gives."
     ),
 }
 

@@ -198,6 +198,33 @@ CE_NO_BENEFIT = "no_beneficial_effect"  # point estimate not beneficial: ratio n
 CE_NOT_ESTIMABLE = "not_estimable"  # no usable estimate or no cost data
 
 
+def _cost_estimate(estimates: list[dict], joint_p: float | None, config: EvaluationConfig) -> dict | None:
+    """The whole-sample estimate of one outcome that cost-effectiveness divides by: the
+    configured estimator's, unless the event study's joint pre-trend test rejects at
+    ``alpha`` and it is not covariate-adjusted; then the first ``ok`` covariate-adjusted
+    estimate (:data:`impact.report.ADJUSTED`), as the report's headline (an unadjusted
+    DiD is biased when the groups trend apart)."""
+    from impact.report import ADJUSTED
+
+    whole = [r for r in estimates if r["subgroup"] == "all"]
+    chosen = next((r for r in whole[::-1] if r["estimator"] == config.cost_estimator), None)
+    diverging = joint_p is not None and not pd.isna(joint_p) and joint_p < config.alpha
+    if diverging and config.cost_estimator not in ADJUSTED:
+        for name in ADJUSTED:
+            adjusted = next((r for r in whole[::-1] if r["estimator"] == name and r["status"] == STATUS_OK), None)
+            if adjusted is not None:
+                return adjusted
+    return chosen
+
+
+def _joint_p(pretrends: list[dict], outcome: str) -> float | None:
+    """The joint pre-trend test's p-value of the whole sample for ``outcome`` (None: no test)."""
+    for r in pretrends:
+        if r["outcome"] == outcome and r["subgroup"] == "all" and _num(r.get("joint_p_value")) is not None:
+            return _num(r["joint_p_value"])
+    return None
+
+
 @dataclass
 class ImpactTables:
     estimates: pd.DataFrame
@@ -457,7 +484,7 @@ def _cost_row(study_id: str, programme: str, outcome: str, direction: str, est: 
         "programme_code": programme,
         "outcome": outcome,
         "outcome_direction": direction,
-        "estimator": config.cost_estimator,
+        "estimator": est["estimator"] if est is not None else config.cost_estimator,
         "cost_basis": config.cost_basis,
     }
     if costs is None:
@@ -480,7 +507,7 @@ def _cost_row(study_id: str, programme: str, outcome: str, direction: str, est: 
         return {**row, "status": CE_NOT_ESTIMABLE, "reason": f"estimator {config.cost_estimator!r} did not run for this study"}
     row.update({"estimate": est["estimate"], "ci_low": est["ci_low"], "ci_high": est["ci_high"]})
     if est["status"] != STATUS_OK:
-        return {**row, "status": CE_NOT_ESTIMABLE, "reason": f"the {config.cost_estimator} estimate is {est['status']}: {est['reason']}"}
+        return {**row, "status": CE_NOT_ESTIMABLE, "reason": f"the {est['estimator']} estimate is {est['status']}: {est['reason']}"}
     if not len(match):
         return {**row, "status": CE_NOT_ESTIMABLE, "reason": f"no cost data for programme {programme} in {COSTS_TABLE}"}
     if cost is None or cost <= 0:
@@ -576,8 +603,8 @@ def _protect_programme(tasks: list[_OutcomeTask], parts: list[dict[str, Any]], b
     rows["cost_effectiveness"] = []
     for task in tasks:
         config = task.config
-        chosen = next((r for r in rows["estimates"][::-1] if r["estimator"] == config.cost_estimator
-                       and r["subgroup"] == "all" and r["outcome"] == task.outcome), None)
+        chosen = _cost_estimate([r for r in rows["estimates"] if r["outcome"] == task.outcome],
+                                _joint_p(rows["pretrends"], task.outcome), config)
         rows["cost_effectiveness"].extend(disclosure.protect_costs(
             [_cost_row(task.study_id, task.programme, task.outcome, task.direction, chosen, task.costs, config)],
             min_cell))
@@ -954,14 +981,19 @@ def cost_effectiveness(tables: ImpactTables, costs: pd.DataFrame | None, config:
     """Cost-effectiveness again from kept estimates and new costs: the same rows, in the same
     order, as :func:`evaluate` gives for these estimates (the rows of the kept table say
     which study x programme x outcome they are)."""
-    chosen: dict[tuple, dict] = {}
+    keys = ["study_id", "programme_code", "outcome"]
+    estimates: dict[tuple, list[dict]] = {}
     est = tables.estimates
-    for row in est[(est["estimator"] == config.cost_estimator) & (est["subgroup"] == "all")].to_dict("records"):
-        chosen[(row["study_id"], row["programme_code"], row["outcome"])] = {k: _value(v) for k, v in row.items()}
+    for row in est[est["subgroup"] == "all"].to_dict("records"):
+        estimates.setdefault(tuple(row[k] for k in keys), []).append({k: _value(v) for k, v in row.items()})
+    pretrends: dict[tuple, list[dict]] = {}
+    for row in tables.pretrends.to_dict("records"):
+        pretrends.setdefault(tuple(row[k] for k in keys), []).append({k: _value(v) for k, v in row.items()})
     rows = []
     for row in tables.cost_effectiveness.to_dict("records"):
         key = (row["study_id"], row["programme_code"], row["outcome"])
-        rows.append(_cost_row(*key, row["outcome_direction"], chosen.get(key), costs, config))
+        chosen = _cost_estimate(estimates.get(key, []), _joint_p(pretrends.get(key, []), row["outcome"]), config)
+        rows.append(_cost_row(*key, row["outcome_direction"], chosen, costs, config))
     return _frame("impact_cost_effectiveness", disclosure.protect_costs(rows, min_cell))
 
 

@@ -18,7 +18,7 @@ import yaml
 from impact.config import EvaluationConfigError, load_config, parse_config
 from impact.estimators import NotEstimable, crump_alpha, fit_propensity
 from impact.panel import PanelError
-from impact.run import TABLES, evaluate, run_impact
+from impact.run import TABLES, cost_effectiveness, evaluate, run_impact
 
 PROJECT = Path(__file__).resolve().parent.parent
 EFFECT = 2.0
@@ -865,6 +865,27 @@ def test_cost_effectiveness_interval_from_effect_ci(tmp_path):
     row = few.cost_effectiveness.iloc[0]
     assert row["status"] == "not_estimable" and "reached fewer than 10 people" in row["reason"]
     assert all(pd.isna(row[c]) for c in ("beneficiaries_reached", "cost_per_beneficiary_mad", "cost_per_unit_impact_mad"))
+
+
+def test_cost_effectiveness_uses_the_adjusted_headline_when_pre_trends_diverge(tmp_path):
+    # selection on a covariate that also drives the trend: the configured did is biased and
+    # the pre-trend test says so; the report's headline is then a covariate-adjusted
+    # estimate, and the cost per unit of impact divides by that one, not by the biased did
+    panel = simulate_panel(5, n_clusters=100, selection=1.5, trend_from_x=1.0)
+    tables = evaluate(panel, costs_frame(800.0), config())
+    assert tables.pretrends["joint_p_value"].dropna().iloc[0] < 0.05
+    est = whole_sample(tables)
+    ce = tables.cost_effectiveness.iloc[0]
+    assert ce["estimator"] == "ipw_did"
+    assert ce["estimate"] == pytest.approx(est.loc["ipw_did", "estimate"])
+    assert ce["cost_per_unit_impact_mad"] == pytest.approx(800.0 / est.loc["ipw_did", "estimate"])
+    # recomputed from kept estimates and new costs: the same choice
+    again = cost_effectiveness(tables, costs_frame(400.0), config())
+    assert again.iloc[0]["estimator"] == "ipw_did"
+    assert again.iloc[0]["cost_per_unit_impact_mad"] == pytest.approx(400.0 / est.loc["ipw_did", "estimate"])
+    # parallel trends (randomised): the configured estimator is kept
+    randomised = evaluate(simulate_panel(13), costs_frame(800.0), config())
+    assert randomised.cost_effectiveness.iloc[0]["estimator"] == "did"
 
 
 def test_cost_effectiveness_ci_crossing_zero_is_unbounded(tmp_path):
