@@ -321,24 +321,30 @@ def not_a_delivery(file_name: str) -> bool:
     return _NOT_A_DELIVERY.fullmatch(file_name) is not None
 
 
-def misplaced_files(landing_dir: Path) -> list[str]:
+def misplaced_files(landing_dir: Path, limit: int = 20) -> list[str]:
     """Messages naming the files of the landing area that nothing reads, as they are not in
     a partner folder (``<landing>/<partner>/<file>``): directly in the landing area, or in a
     folder inside a partner folder. They are left where they are; hidden names and the
-    other names of ``_NOT_A_DELIVERY``, in the path or as the file, are not deliveries."""
-    landing, out = Path(landing_dir), []
+    other names of ``_NOT_A_DELIVERY``, in the path or as the file, are not deliveries.
+    The first ``limit`` are named, then one message counts the others (an archive folder
+    kept in the landing area would list every file of it at each refresh)."""
+    landing, out, more = Path(landing_dir), [], 0
     if not landing.is_dir():
         return out
     for path in sorted(landing.rglob("*")):
         parts = path.relative_to(landing).parts
         if len(parts) == 2 or any(not_a_delivery(part) for part in parts) or not path.is_file():
             continue
-        if len(parts) == 1:
+        if len(out) >= limit:
+            more += 1
+        elif len(parts) == 1:
             out.append(f"{path.name} is directly in the landing area, outside the partner folders, where nothing "
                        f"reads it: move it into its partner's folder (<partner>/{path.name})")
         else:
             out.append(f"{'/'.join(parts)} is in a folder inside the partner folder {parts[0]}, where nothing reads "
                        f"it: move it to {parts[0]}/{path.name}")
+    if more:
+        out.append(f"and {more} more file(s) outside the partner folders, where nothing reads them")
     return out
 
 

@@ -3108,3 +3108,17 @@ def test_a_required_column_added_to_a_contract_does_not_set_aside_the_files_deli
     _month_of_payments(settings, contracts, "2025-03", [payment(i, month="2025-03") for i in range(3)])
     result = result_for(ingest(settings, required), "paiements_2025-03.csv")
     assert result.status == "rejected" and "reference_virement" in result.reason
+
+
+def test_files_outside_the_partner_folders_are_named_up_to_a_limit(settings):
+    """An archive folder kept in a partner folder would list every one of its files at each
+    refresh: the first are named, then one line counts the others."""
+    from ingestion.contracts import misplaced_files
+
+    archive = settings.landing_dir / "msisf" / "archive"
+    archive.mkdir(parents=True)
+    for i in range(25):
+        (archive / f"paiements_2024-{i:02d}.csv").write_text("x\n")
+    found = misplaced_files(settings.landing_dir, limit=20)
+    assert len(found) == 21 and found[0].startswith("msisf/archive/paiements_2024-00.csv is in a folder inside")
+    assert found[-1] == "and 5 more file(s) outside the partner folders, where nothing reads them"
