@@ -298,6 +298,18 @@ def load_contracts(directory: Path) -> dict[str, Contract]:
     return ordered
 
 
+def referring_sources(contracts: dict[str, Contract]) -> dict[str, set[str]]:
+    """For each source, the sources whose columns refer to it, directly or through others.
+    ``contracts`` in dependency order (``load_contracts``): a source's referrers come after
+    it, so going backwards each one's own referrers are known when it is reached."""
+    out: dict[str, set[str]] = {source: set() for source in contracts}
+    for contract in reversed(list(contracts.values())):
+        for col in contract.columns:
+            if col.references:
+                out[col.references.split(".")[0]] |= {contract.source} | out[contract.source]
+    return out
+
+
 def contract_for(contracts: dict[str, Contract], partner: str, file_name: str) -> tuple[Contract, str] | None:
     """The contract a delivered file falls under, and its batch; None when none matches."""
     for contract in contracts.values():

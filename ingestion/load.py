@@ -52,7 +52,7 @@ from typing import Callable, Iterable
 
 from ingestion import pseudonymise, store
 from ingestion.contracts import (DECIMAL_PLACES, FUTURE_MONTH, VOLUME_DROP, Contract, VolumeRule, batch_problem,
-                                 contract_for, misplaced_files, not_a_delivery, seed_values)
+                                 contract_for, misplaced_files, not_a_delivery, referring_sources, seed_values)
 from ingestion.readers import FileRejected, Staged, drop_staged, stage_file
 
 # A validator receives (con, contract, typed_table, batch) and returns SQL producing
@@ -1304,16 +1304,7 @@ class Ingestor:
         release of held rows, in one transaction (a crash never leaves rows referring to rows
         set aside), for the sources it selects whose referring sources it selects too (a run of
         some sources leaves the others' to a run that selects them)."""
-        referrers = {source: {c.source for c in self.contracts.values() for col in c.columns
-                              if col.references and col.references.split(".")[0] == source} for source in self.contracts}
-        changed = True
-        while changed:  # the sources referring to a source, directly or through others
-            changed = False
-            for source, them in referrers.items():
-                more = set().union(*(referrers[s] for s in them)) - them if them else set()
-                if more:
-                    them |= more
-                    changed = True
+        referrers = referring_sources(self.contracts)
         done, lost = [], set()  # sources that lost loaded rows in this pass (contracts come in dependency order)
         try:
             with store.transaction(con):

@@ -133,66 +133,67 @@ def ingest_landing(context: dg.AssetExecutionContext, refresh_lock: RefreshLock)
         context.log.warning(f"{f.partner}/{f.file_name}: {f.rows_set_aside} loaded row(s) moved to quarantine after a "
                             "contract changed (they fail its rules as they are now, or refer to a row that does); "
                             f"the partner's feedback lists them: {f.report_path}")
-    for source in CONTRACTS:
-        if source not in selected:
-            continue
-        files = by_source.get(source, [])
-        loaded = [f for f in files if f.status == "loaded"]
-        rejected = [f for f in files if f.status == "rejected"]
-        for f in rejected:
-            context.log.warning(f"{f.file_name} rejected: {f.reason}")
-        repeated = [f for f in files if f.repeats_rejected]  # left in the landing area, not loaded
-        for f in repeated:
-            context.log.warning(f"{f.partner}/{f.file_name} not loaded: {f.reason}")
-        preview, current = _preview(settings, source)
-        yield dg.MaterializeResult(
-            asset_key=raw_key(source),
-            metadata={
-                "dagster/row_count": current,  # rows in effect (every version is kept: _is_current)
-                "files_loaded": len(loaded),
-                "files_rejected": len(rejected),
-                "files_unchanged": sum(f.status == "duplicate" for f in files),
-                # read by `jisr refresh` for its report (jisr.refresh.run_outcome)
-                "files_not_loaded": dg.MetadataValue.json(
-                    [{"file": f"{f.partner}/{f.file_name}", "reason": f.reason} for f in repeated]),
-                # the files of the pass gone from the landing area before they were read, whatever
-                # their source (one may have no contract): every source's materialization has them
-                # (jisr.refresh.run_skipped)
-                "files_skipped": dg.MetadataValue.json(list(summary.skipped)),
-                "rows_delivered": sum(f.rows_delivered for f in loaded),
-                "rows_loaded": sum(f.rows_loaded for f in loaded),
-                "rows_quarantined": sum(f.rows_quarantined for f in loaded),
-                "rows_released": released[source],
-                "rows_set_aside": set_aside[source],
-                "files": dg.MetadataValue.md(markdown_table(
-                    ["file", "status", "delivered", "loaded", "quarantined", "reason"],
-                    [[f.file_name, f.status, f.rows_delivered, f.rows_loaded, f.rows_quarantined,
-                      f.reason or ", ".join(f"{k}: {v}" for k, v in f.rules_failed.items())] for f in files],
-                )) if files else dg.MetadataValue.md("No new file."),
-                "preview": dg.MetadataValue.md(preview),
-            },
-        )
+    from ingestion import store
+
+    con = store.connect(settings.store_path, read_only=True)  # the previews and counts: one connection
+    try:
+        for source in CONTRACTS:
+            if source not in selected:
+                continue
+            files = by_source.get(source, [])
+            loaded = [f for f in files if f.status == "loaded"]
+            rejected = [f for f in files if f.status == "rejected"]
+            for f in rejected:
+                context.log.warning(f"{f.file_name} rejected: {f.reason}")
+            repeated = [f for f in files if f.repeats_rejected]  # left in the landing area, not loaded
+            for f in repeated:
+                context.log.warning(f"{f.partner}/{f.file_name} not loaded: {f.reason}")
+            preview, current = _preview(con, source)
+            yield dg.MaterializeResult(
+                asset_key=raw_key(source),
+                metadata={
+                    "dagster/row_count": current,  # rows in effect (every version is kept: _is_current)
+                    "files_loaded": len(loaded),
+                    "files_rejected": len(rejected),
+                    "files_unchanged": sum(f.status == "duplicate" for f in files),
+                    # read by `jisr refresh` for its report (jisr.refresh.run_outcome)
+                    "files_not_loaded": dg.MetadataValue.json(
+                        [{"file": f"{f.partner}/{f.file_name}", "reason": f.reason} for f in repeated]),
+                    # the files of the pass gone from the landing area before they were read, whatever
+                    # their source (one may have no contract): every source's materialization has them
+                    # (jisr.refresh.run_skipped)
+                    "files_skipped": dg.MetadataValue.json(list(summary.skipped)),
+                    "rows_delivered": sum(f.rows_delivered for f in loaded),
+                    "rows_loaded": sum(f.rows_loaded for f in loaded),
+                    "rows_quarantined": sum(f.rows_quarantined for f in loaded),
+                    "rows_released": released[source],
+                    "rows_set_aside": set_aside[source],
+                    "files": dg.MetadataValue.md(markdown_table(
+                        ["file", "status", "delivered", "loaded", "quarantined", "reason"],
+                        [[f.file_name, f.status, f.rows_delivered, f.rows_loaded, f.rows_quarantined,
+                          f.reason or ", ".join(f"{k}: {v}" for k, v in f.rules_failed.items())] for f in files],
+                    )) if files else dg.MetadataValue.md("No new file."),
+                    "preview": dg.MetadataValue.md(preview),
+                },
+            )
+        if {DELIVERY_LOG, QUARANTINE} & context.selected_asset_keys:
+            yield from _ledgers(context, con, summary)
+    finally:
+        con.close()
     unmatched = by_source.get("(no contract)", [])
     for f in unmatched:
         context.log.warning(f"{f.partner}/{f.file_name} rejected: {f.reason}")
-    if {DELIVERY_LOG, QUARANTINE} & context.selected_asset_keys:
-        yield from _ledgers(context, settings, summary)
 
 
-def _ledgers(context, settings, summary):
-    """The materializations of the delivery log and the quarantine ledger the run selected."""
-    from ingestion import store
-
-    con = store.connect(settings.store_path, read_only=True)
-    try:
-        files, loaded, rejected = con.execute(
-            "select count(*), count(*) filter (where status = 'loaded'), count(*) filter (where status = 'rejected') "
-            "from meta.deliveries").fetchone()
-        rows, unresolved = con.execute(
-            "select count(*), count(distinct (delivery_id, source_row)) filter (where resolved_by_delivery is null) "
-            "from quarantine.rows").fetchone()
-    finally:
-        con.close()
+def _ledgers(context, con, summary):
+    """The materializations of the delivery log and the quarantine ledger the run selected
+    (``con``: the raw store, read-only)."""
+    files, loaded, rejected = con.execute(
+        "select count(*), count(*) filter (where status = 'loaded'), count(*) filter (where status = 'rejected') "
+        "from meta.deliveries").fetchone()
+    rows, unresolved = con.execute(
+        "select count(*), count(distinct (delivery_id, source_row)) filter (where resolved_by_delivery is null) "
+        "from quarantine.rows").fetchone()
     totals = summary.totals
     if DELIVERY_LOG in context.selected_asset_keys:
         yield dg.MaterializeResult(asset_key=DELIVERY_LOG, metadata={
@@ -204,15 +205,10 @@ def _ledgers(context, settings, summary):
             "rows_quarantined_this_run": totals["rows_quarantined"] + totals["rows_set_aside"]})
 
 
-def _preview(settings, source: str, limit: int = 5) -> tuple[str, int]:
-    """The latest rows in effect of a raw table (a markdown table), and how many rows are in effect."""
-    from ingestion import store
-
-    con = store.connect(settings.store_path, read_only=True)
-    try:
-        cur = con.execute(f"select * exclude (_content_hash, _run_id) from raw.{source} where _is_current "
-                          f"order by _loaded_at desc, _source_row limit {limit}")
-        preview = markdown_table([d[0] for d in cur.description], cur.fetchall())
-        return preview, con.execute(f"select count(*) from raw.{source} where _is_current").fetchone()[0]
-    finally:
-        con.close()
+def _preview(con, source: str, limit: int = 5) -> tuple[str, int]:
+    """The latest rows in effect of a raw table (a markdown table), and how many rows are in
+    effect (``con``: the raw store, read-only)."""
+    cur = con.execute(f"select * exclude (_content_hash, _run_id) from raw.{source} where _is_current "
+                      f"order by _loaded_at desc, _source_row limit {limit}")
+    preview = markdown_table([d[0] for d in cur.description], cur.fetchall())
+    return preview, con.execute(f"select count(*) from raw.{source} where _is_current").fetchone()[0]
