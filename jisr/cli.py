@@ -127,6 +127,19 @@ def _disclosure(args) -> int:
     return 1 if any(v.blocking for v in found) else 0
 
 
+def _reproduce(args) -> int:
+    from jisr.reproduce import EXIT_DIFFERENT, EXIT_SAME, ReproduceError, reproduce
+
+    settings = get_settings()
+    try:
+        result = reproduce(settings, args.run_id, [Path(f) for f in args.files], keep=args.keep)
+    except (ReproduceError, MissingKeyError) as exc:
+        print(f"jisr reproduce: {exc}", file=sys.stderr)
+        return 2
+    print(result.describe())
+    return EXIT_SAME if result.same else EXIT_DIFFERENT
+
+
 def _bench(args) -> int:
     from bench.run import main as bench_main
 
@@ -199,6 +212,18 @@ def build_parser() -> argparse.ArgumentParser:
                                         "the next refresh publishes the raw store's current deliveries again: have "
                                         "the batch that caused it re-delivered, corrected, first)")
     b.set_defaults(func=_rollback)
+
+    rp = sub.add_parser("reproduce", help="rebuild a publication from its delivered files with the same code version "
+                                          "and compare its figures, table by table (exit 0 same, 1 different, 2 "
+                                          "not possible)")
+    rp.add_argument("run_id", nargs="?", help="the run whose publication to rebuild (default: the one served now; "
+                                              "`jisr status` and meta.publish_log list them)")
+    rp.add_argument("--files", action="append", default=[], metavar="DIR",
+                    help="another folder holding delivered files, searched by content after the landing area "
+                         "(repeatable)")
+    rp.add_argument("--keep", action="store_true", help="keep the rebuild's home ($JISR_HOME/reproduce/<run id>) "
+                                                        "even when every figure is the same")
+    rp.set_defaults(func=_reproduce)
 
     try:  # the benchmark lives in the project checkout (bench/), not in an installed wheel
         from bench.run import add_arguments as _bench_arguments

@@ -16,7 +16,9 @@ dbt and the impact stage write the internal build warehouse (``build.duckdb``). 
    copied from the current serving file; its deliveries are those the build was made from,
    recorded in the build warehouse by the dbt step, not those of the raw store now), keep the current serving file in ``history_dir``
    (a hard link, so the serving path never disappears), then ``os.replace`` the candidate
-   onto ``serving_path``.
+   onto ``serving_path``, and record the publication for ``jisr reproduce``
+   (:func:`record_path`: code version, deliveries, and the fingerprints of the published
+   tables as built, which :func:`stage_candidate` computed before disclosure control).
 
 Readers that hold a read-only connection keep reading the file they opened (its inode lives
 on until they close it); new readers only ever see a complete file. A process killed at any
@@ -26,6 +28,7 @@ point leaves the serving file as it was (a stale candidate is removed by the nex
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -152,6 +155,70 @@ def _prune_counts(settings) -> None:
     for path in folder.glob("*.duckdb"):
         if path.stem not in kept:
             _remove_db(path)
+    for path in folder.glob("*.figures.json"):  # of a candidate refused before its commit
+        path.unlink(missing_ok=True)
+
+
+def record_path(settings, run_id: str) -> Path:
+    """The record of ``run_id``'s publication that ``jisr reproduce`` reads (internal, never
+    served, never pruned): its code version, the deliveries it was built from and the
+    fingerprints of its published tables before disclosure control."""
+    return Path(settings.publication_counts_dir) / f"{run_id}.json"
+
+
+def _figures_path(settings, run_id: str) -> Path:
+    """The fingerprints of a staged candidate's tables, until its commit records them."""
+    return Path(settings.publication_counts_dir) / f"{run_id}.figures.json"
+
+
+def figures(con, schemas, skip_columns=()) -> dict[str, dict]:
+    """The figures of every table of ``schemas`` in ``con``'s own database: its rows and a
+    SHA-256 of its column names and types and of every row, rows in the order of their values
+    (``order by all``), so two builds that write the same rows in another order agree and a
+    single changed value does not. ``skip_columns`` (the run that computed a figure) are
+    left out. Read in batches: the published tables are aggregates, but nothing assumes so."""
+    tables = con.execute(
+        "select schema_name, table_name from duckdb_tables() where database_name = current_database() "
+        f"and schema_name in ({', '.join('?' * len(schemas))}) order by 1, 2", list(schemas)).fetchall()
+    out: dict[str, dict] = {}
+    for schema, table in tables:
+        columns = [(n, t) for n, t in con.execute(
+            "select column_name, data_type from duckdb_columns() where database_name = current_database() "
+            "and schema_name = ? and table_name = ? order by column_index", [schema, table]).fetchall()
+            if n not in skip_columns]
+        digest = hashlib.sha256(json.dumps(columns).encode())
+        rows = 0
+        if columns:
+            cur = con.execute(f"select {', '.join(_ident(n) for n, _ in columns)} "
+                              f"from {_ident(schema)}.{_ident(table)} order by all")
+            while batch := cur.fetchmany(10_000):
+                digest.update("".join(f"{row!r}\n" for row in batch).encode())
+                rows += len(batch)
+        else:
+            rows = con.execute(f"select count(*) from {_ident(schema)}.{_ident(table)}").fetchone()[0]
+        out[f"{schema}.{table}"] = {"rows": rows, "sha256": digest.hexdigest()}
+    return out
+
+
+def publication_record(settings, run_id: str) -> dict | None:
+    """The record of ``run_id``'s publication (:func:`record_path`), or None."""
+    path = record_path(settings, run_id)
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _write_record(settings, run_id: str, code_version: str, published_at: datetime, deliveries: list[dict]) -> None:
+    """Record the publication of ``run_id`` once it is served, with the fingerprints its
+    stage computed (none for a candidate staged before they were computed)."""
+    staged = _figures_path(settings, run_id)
+    fingerprints = json.loads(staged.read_text(encoding="utf-8")) if staged.is_file() else None
+    path = record_path(settings, run_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({"run_id": run_id, "code_version": code_version,
+                               "published_at": published_at.isoformat(), "deliveries": deliveries,
+                               "figures": fingerprints}, default=str, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
+    staged.unlink(missing_ok=True)
 
 
 def candidate_path(settings, run_id: str) -> Path:
@@ -281,6 +348,11 @@ def stage_candidate(settings, run_id: str, cfg: QualityConfig | None = None) -> 
             _copy_comments(con, "build_warehouse", wanted)
             deliveries = _built_from(con, "build_warehouse")
             _keep_counts(con, settings, run_id)
+            # the figures as built (disclosure control below depends on earlier publications
+            # too): internal, as a fingerprint of a table with a few cells hidden would let
+            # anyone try the values those cells can take
+            _figures_path(settings, run_id).write_text(
+                json.dumps(figures(con, cfg.publish_schemas, cfg.run_columns)), encoding="utf-8")
             con.execute("detach build_warehouse")
             _fault_point("copied")
             served = _served_identity(settings)
@@ -291,6 +363,7 @@ def stage_candidate(settings, run_id: str, cfg: QualityConfig | None = None) -> 
             con.close()
             _remove_db(path)
             _remove_db(counts_path(settings, run_id))
+            _figures_path(settings, run_id).unlink(missing_ok=True)
             raise
         con.close()
         Path(str(path) + ".json").write_text(json.dumps({"run_id": run_id, "table_row_counts": counts,
@@ -630,11 +703,12 @@ def commit(settings, candidate: Candidate, code_version: str, deliveries: list[d
             elif deliveries is None:  # a build made before builds recorded their deliveries
                 deliveries = current_deliveries(settings)
                 notes.append("deliveries: those of the raw store at publication (the build did not record its own)")
+            published_at = _now()
             _write_log(con, settings, {
                 "event": "publish",
                 "run_id": candidate.run_id,
                 "code_version": code_version,
-                "published_at": _now(),
+                "published_at": published_at,
                 "deliveries": json.dumps(deliveries, default=str),
                 "delivery_count": len(deliveries),
                 "check_results": _check_results_json(results, check_results),
@@ -648,6 +722,7 @@ def commit(settings, candidate: Candidate, code_version: str, deliveries: list[d
             con.close()
             _remove_db(candidate.path)
             _remove_db(counts_path(settings, candidate.run_id))
+            _figures_path(settings, candidate.run_id).unlink(missing_ok=True)
             raise
         con.close()
         _fault_point("before_archive")
@@ -655,6 +730,7 @@ def commit(settings, candidate: Candidate, code_version: str, deliveries: list[d
         _fault_point("before_replace")
         _swap_in(candidate.path, serving)
         _fault_point("replaced")
+        _write_record(settings, candidate.run_id, code_version, published_at, deliveries)
         Path(str(candidate.path) + ".json").unlink(missing_ok=True)
         _prune(Path(settings.history_dir), cfg.history_keep)
         _prune_counts(settings)

@@ -82,7 +82,8 @@ class Settings:
     @property
     def publication_counts_dir(self) -> Path:
         """Internal: per published run, the protected tables' counts before suppression (the
-        next publication checks it does not give back that one's small cells)."""
+        next publication checks it does not give back that one's small cells), and the
+        publication's record for ``jisr reproduce`` (``<run id>.json``)."""
         return self.home / "store" / "publications"
 
     @property

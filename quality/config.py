@@ -33,6 +33,8 @@ DEFAULT_REFERENCE_SCHEMAS = ("detail", "marts")  # where references_resolve_to_d
 # Schemas of the build warehouse that are published (``publish.schemas``): copied into the
 # serving file, and the only ones the evaluator role reads on PostgreSQL.
 DEFAULT_PUBLISH_SCHEMAS = ("marts", "impact")
+DEFAULT_RUN_COLUMNS = ("run_id", "estimated_at")
+DEFAULT_NOT_REPRODUCED = ("marts.fct_deliveries", "marts.mart_quality_scorecard")
 
 
 class QualityConfigError(ValueError):
@@ -47,6 +49,10 @@ class QualityConfig:
     publish_schemas: tuple[str, ...] = DEFAULT_PUBLISH_SCHEMAS
     history_keep: int = 5
     lock_timeout_seconds: float = 0.0
+    # `jisr reproduce`: columns that name the run that made a figure, not the figure (left out
+    # of a table's fingerprint), and the published tables a rebuild does not reproduce
+    run_columns: tuple[str, ...] = DEFAULT_RUN_COLUMNS
+    not_reproduced: tuple[str, ...] = DEFAULT_NOT_REPRODUCED
     deliveries: VolumeRule = VolumeRule()  # how much smaller than the delivery it replaces a file may be
     path: Path | None = None
     raw: dict = field(default_factory=dict, repr=False)
@@ -86,6 +92,11 @@ def parse_config(data: dict, path: Path | None = None) -> QualityConfig:
     gx = data.get("great_expectations") or {}
     publish = data.get("publish") or {}
     keep = int(publish.get("history_keep", 5))
+    reproduce = publish.get("reproduce") or {}
+    unknown = set(reproduce) - {"run_columns", "not_compared"}
+    if unknown:
+        raise QualityConfigError(f"{path}: publish.reproduce: unknown settings {sorted(unknown)}; "
+                                 "known: run_columns, not_compared")
     workers = int(gx.get("workers", 1))
     if workers < 0:
         raise QualityConfigError(f"{path}: great_expectations.workers must be 0 or more")
@@ -99,6 +110,8 @@ def parse_config(data: dict, path: Path | None = None) -> QualityConfig:
         publish_schemas=tuple(publish.get("schemas", DEFAULT_PUBLISH_SCHEMAS)),
         history_keep=keep,
         lock_timeout_seconds=float(publish.get("lock_timeout_seconds", 0)),
+        run_columns=tuple(reproduce.get("run_columns", DEFAULT_RUN_COLUMNS)),
+        not_reproduced=tuple(reproduce.get("not_compared", DEFAULT_NOT_REPRODUCED)),
         path=path,
         raw=data,
     )

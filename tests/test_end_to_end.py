@@ -174,3 +174,26 @@ def test_refreshing_again_without_new_files_changes_no_row(e2e, capfd):
     assert len(logs) == 1 and f"dbt's output (every model and test): {logs[0]}" in out
     assert "PASS not_null_" not in out and "PASS not_null_" in logs[0].read_text()
     assert "No new delivery in the landing area" in out
+
+
+def test_the_served_publication_is_rebuilt_from_its_files_with_the_same_figures(e2e, capfd):
+    """`jisr reproduce`: the publication served now (the second refresh's, which loaded
+    nothing new) rebuilt in a new home from the delivered files, through the Dagster job,
+    gives every published table the same content as built."""
+    from jisr.cli import main
+    from jisr.publish import publication_record, serving_run_id
+    from quality.config import config_for
+
+    served = serving_run_id(e2e.settings.serving_path)
+    recorded = publication_record(e2e.settings, served)
+    assert len(recorded["deliveries"]) == 31 and len(recorded["figures"]) >= 19
+    assert main(["reproduce"]) == 0
+    out = capfd.readouterr().out
+    lines = {line.split()[0]: line.split()[-1] for line in out.splitlines() if line.startswith("  marts.")
+             or line.startswith("  impact.")}
+    not_compared = set(config_for(e2e.settings).not_reproduced)
+    assert set(lines) == set(recorded["figures"])
+    assert {t for t, outcome in lines.items() if outcome != "same"} == not_compared
+    assert f"Every figure of the {len(lines) - len(not_compared)} tables compared is the same" in out
+    assert not (e2e.settings.home / "reproduce" / served).exists()
+    assert serving_run_id(e2e.settings.serving_path) == served  # the warehouse served is left alone

@@ -157,7 +157,7 @@ def build_publish_assets(upstream: Iterable[dg.AssetKey]) -> list[dg.AssetsDefin
                           "audited candidate when every blocking check passed; the previous one is kept for "
                           "`jisr rollback`.")
     def serving_warehouse(context: dg.AssetExecutionContext, refresh_lock: RefreshLock) -> dg.MaterializeResult:
-        from jisr.publish import commit, load_candidate, publish_log, stage_candidate
+        from jisr.publish import commit, load_candidate, publish_log, record_path, stage_candidate
         from quality.checks import ChecksFailed
         from quality.report import write_report
 
@@ -191,6 +191,8 @@ def build_publish_assets(upstream: Iterable[dg.AssetKey]) -> list[dg.AssetsDefin
             "tables": len(result.table_row_counts),
             "rows": sum(result.table_row_counts.values()),
             "previous_kept_as": str(result.archived_path) if result.archived_path else "none (first publication)",
+            "record": dg.MetadataValue.md(f"`{record_path(settings, result.run_id)}`: rebuilt and compared by "
+                                          f"`jisr reproduce {result.run_id}`"),
             "seconds": round(result.seconds, 2),
             "warnings": dg.MetadataValue.md("\n".join(f"- {c.label}: {c.description}" for c in result.checks
                                                       if not c.passed) or "none"),

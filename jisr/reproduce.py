@@ -1,0 +1,262 @@
+"""``jisr reproduce``: rebuild a publication from its delivered files and compare its figures.
+
+Every publication is recorded, internally, in ``$JISR_HOME/store/publications/<run id>.json``
+(:func:`jisr.publish.record_path`): the code version that built it, the deliveries it was
+built from (partner file name and SHA-256 of each) and, per published table, its rows and a
+SHA-256 of its content as built, before disclosure control (:func:`jisr.publish.figures`;
+the run columns of ``publish.reproduce.run_columns`` in config/quality.yml left out).
+
+:func:`reproduce` checks that the code running is that code version, finds each delivered
+file by its SHA-256 (in the landing area, then in the folders given), links or copies them
+into the landing area of a new home (``$JISR_HOME/reproduce/<run id>``), runs the refresh
+job there (``jisr refresh``, with the same pseudonymisation key and configuration), and
+compares the fingerprints of the two publications table by table. Two tables are not
+compared (``publish.reproduce.not_compared``): they describe the delivery log (when each
+file arrived, which run loaded it, the files superseded or rejected), which a rebuild from
+the files in effect does not replay. Disclosure control is not compared either: which
+cells a publication hides also depends on the publications served before it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from jisr.publish import publication_record, publish_log, serving_run_id
+from jisr.settings import get_settings
+
+EXIT_SAME, EXIT_DIFFERENT = 0, 1
+
+
+class ReproduceError(RuntimeError):
+    """The publication cannot be rebuilt (no record, another code version, files missing,
+    the rebuild failed)."""
+
+
+@dataclass
+class TableResult:
+    table: str
+    rows: int | None            # recorded at publication
+    rows_rebuilt: int | None    # in the rebuild (None: the rebuild has no such table)
+    outcome: str                # same | different | missing | new | not compared
+
+    def line(self, width: int) -> str:
+        rows = "" if self.rows is None else f"{self.rows:,}"
+        rebuilt = "" if self.rows_rebuilt is None else f"{self.rows_rebuilt:,}"
+        return f"  {self.table:<{width}}  {rows:>10}  {rebuilt:>10}  {self.outcome}"
+
+
+@dataclass
+class ReproduceResult:
+    run_id: str
+    code_version: str
+    rebuilt_run_id: str
+    home: Path
+    kept: bool
+    seconds: float
+    files: int
+    tables: list[TableResult] = field(default_factory=list)
+
+    @property
+    def same(self) -> bool:
+        return all(t.outcome in ("same", "not compared") for t in self.tables)
+
+    def describe(self) -> str:
+        width = max([len(t.table) for t in self.tables] + [5])
+        compared = [t for t in self.tables if t.outcome != "not compared"]
+        lines = [f"Publication of run {self.run_id} (code version {self.code_version}) rebuilt from its "
+                 f"{self.files} delivered files as run {self.rebuilt_run_id} in {self.seconds:.0f} s.",
+                 "", f"  {'table':<{width}}  {'rows':>10}  {'rebuilt':>10}  figures (before disclosure control)"]
+        lines += [t.line(width) for t in self.tables]
+        lines.append("")
+        if self.same:
+            lines.append(f"Every figure of the {len(compared)} tables compared is the same "
+                         "(SHA-256 of each table's content as built).")
+        else:
+            different = [t.table for t in self.tables if t.outcome not in ("same", "not compared")]
+            lines.append(f"{len(different)} of the {len(compared)} tables compared differ: {', '.join(different)}.")
+        not_compared = [t.table for t in self.tables if t.outcome == "not compared"]
+        if not_compared:
+            lines.append(f"Not compared: {', '.join(not_compared)} (built from the delivery log: when each file "
+                         "arrived and was loaded; publish.reproduce.not_compared in config/quality.yml). "
+                         "Which cells disclosure control hides also depends on the publications before.")
+        lines.append(f"The rebuild's home: {self.home}" + ("" if self.kept else " (removed)"))
+        return "\n".join(lines)
+
+
+def _commit_of(code_version: str) -> str | None:
+    """The commit to check out for a ``git describe`` code version; None for a version made
+    from uncommitted changes or without git (it names no commit)."""
+    if "-dirty." in code_version or code_version.startswith("jisr-"):
+        return None
+    found = re.search(r"-g([0-9a-f]{7,40})$", code_version)
+    return found.group(1) if found else code_version
+
+
+def _check_code_version(settings, record: dict) -> None:
+    recorded, running = record.get("code_version") or "", settings.code_version
+    if recorded == running:
+        return
+    commit = _commit_of(recorded)
+    how = (f"check out that version (`git checkout {commit}`), run `make setup`, and run "
+           f"`jisr reproduce {record['run_id']}` again" if commit else
+           "it was built from changes that were not committed, so no checkout gives that code again")
+    raise ReproduceError(f"the publication of run {record['run_id']} was built by code version {recorded}, and the "
+                         f"code here is {running}: {how}")
+
+
+def _find_files(deliveries: list[dict], folders: list[Path]) -> dict[str, Path]:
+    """Each delivery's file (delivery id -> path), found by its SHA-256 among the files of
+    ``folders`` (searched in order, their sub-folders too): a file of the delivery's name
+    first, then any file of the same size as one of that name found with other content."""
+    from ingestion.load import hash_file
+
+    files: list[Path] = []
+    for folder in folders:
+        if folder.is_dir():
+            files += sorted(p for p in folder.rglob("*") if p.is_file())
+    by_name: dict[str, list[Path]] = {}
+    for path in files:
+        by_name.setdefault(path.name, []).append(path)
+    hashes: dict[Path, str] = {}
+
+    def digest(path: Path) -> str:
+        if path not in hashes:
+            hashes[path] = hash_file(path)[0]
+        return hashes[path]
+
+    found: dict[str, Path] = {}
+    missing = []
+    for d in deliveries:
+        named = by_name.get(d["file_name"], [])
+        match = next((p for p in named if digest(p) == d["content_hash"]), None)
+        if match is None:
+            sizes = {p.stat().st_size for p in named}
+            match = next((p for p in files if p.stat().st_size in sizes and p not in named
+                          and digest(p) == d["content_hash"]), None)
+        if match is None:
+            missing.append(d)
+        else:
+            found[d["delivery_id"]] = match
+    if missing:
+        shown = "\n".join(f"  - {d['source']}: {d['file_name']} (SHA-256 {d['content_hash']})" for d in missing[:20])
+        more = f"\n  ... and {len(missing) - 20} more" if len(missing) > 20 else ""
+        raise ReproduceError(
+            f"{len(missing)} of the {len(deliveries)} delivered files of this publication "
+            f"{'was' if len(missing) == 1 else 'were'} not found in "
+            f"{', '.join(str(f) for f in folders)} (searched by content: a file edited since has another "
+            f"SHA-256):\n{shown}{more}\nGive the folder holding them with --files.")
+    return found
+
+
+def _place(settings, deliveries: list[dict], found: dict[str, Path], landing: Path) -> None:
+    """Each file into ``landing/<partner>/<file name>`` as delivered: a hard link when the
+    file system allows it (same bytes, same modification time), else a copy."""
+    from ingestion.contracts import load_contracts
+
+    contracts = load_contracts(settings.contracts_dir)
+    taken: dict[Path, str] = {}
+    for d in deliveries:
+        contract = contracts.get(d["source"])
+        if contract is None:
+            raise ReproduceError(f"delivery {d['delivery_id']}: no contract for source {d['source']} in this code")
+        target = landing / contract.partner / d["file_name"]
+        if target in taken:
+            raise ReproduceError(f"deliveries {taken[target]} and {d['delivery_id']} are both named "
+                                 f"{contract.partner}/{d['file_name']}: one landing area cannot hold both, so this "
+                                 "publication cannot be rebuilt in one refresh")
+        taken[target] = d["delivery_id"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(found[d["delivery_id"]], target)
+        except OSError:
+            shutil.copy2(found[d["delivery_id"]], target)
+
+
+def _environment(settings, home: Path) -> dict[str, str]:
+    """The environment of the rebuild: the same configuration and pseudonymisation key, its
+    own home and Dagster instance."""
+    env = dict(os.environ)
+    env.update(JISR_HOME=str(home), DAGSTER_HOME=str(home / "dagster"))
+    if not settings.key_value and not settings.key_file:
+        settings.pseudonym_key()  # raises MissingKeyError unless a demo key is there to use
+        env["JISR_PSEUDONYM_KEY_FILE"] = str(settings.secrets_dir / "demo-pseudonym.key")
+    env.pop("JISR_DEMO", None)
+    return env
+
+
+def compare(recorded: dict, rebuilt: dict, not_compared) -> list[TableResult]:
+    """Table by table, the recorded fingerprints against the rebuild's."""
+    out = []
+    for table in sorted(set(recorded) | set(rebuilt)):
+        old, new = recorded.get(table), rebuilt.get(table)
+        rows, rows_rebuilt = (old or {}).get("rows"), (new or {}).get("rows")
+        if table in not_compared:
+            outcome = "not compared"
+        elif new is None:
+            outcome = "missing"
+        elif old is None:
+            outcome = "new"
+        else:
+            outcome = "same" if old["sha256"] == new["sha256"] and rows == rows_rebuilt else "different"
+        out.append(TableResult(table, rows, rows_rebuilt, outcome))
+    return out
+
+
+def reproduce(settings, run_id: str | None = None, folders: list[Path] | None = None, *,
+              keep: bool = False, log=print) -> ReproduceResult:
+    """Rebuild the publication of ``run_id`` (default: the one served now) in a new home and
+    compare its figures (see the module docstring). The new home is removed when every
+    figure compared is the same, unless ``keep``; kept otherwise, to look into."""
+    from quality.config import config_for
+
+    started = time.monotonic()
+    if run_id is None:
+        run_id = serving_run_id(Path(settings.serving_path))
+        if run_id is None:
+            raise ReproduceError(f"nothing is published at {settings.serving_path}: name a run")
+    record = publication_record(settings, run_id)
+    if record is None:
+        if any(row["run_id"] == run_id for row in publish_log(settings)):
+            raise ReproduceError(f"run {run_id} was published before publications were recorded for "
+                                 "`jisr reproduce` (its code version, deliveries and figures), so it cannot be "
+                                 "rebuilt and compared")
+        raise ReproduceError(f"no publication of run {run_id} in the publish log of {settings.serving_path} "
+                             "(`jisr sql \"select event, run_id, published_at from meta.publish_log\"` lists them)")
+    if not record.get("figures"):
+        raise ReproduceError(f"the record of run {run_id}'s publication has no fingerprints of its tables "
+                             "(its candidate was staged by an earlier code version)")
+    _check_code_version(settings, record)
+    deliveries = record["deliveries"]
+    found = _find_files(deliveries, [Path(settings.landing_dir), *(Path(f) for f in folders or ())])
+    home = Path(settings.home) / "reproduce" / run_id
+    if home.exists():
+        shutil.rmtree(home)
+    _place(settings, deliveries, found, home / "landing")
+    env = _environment(settings, home)
+    log(f"Rebuilding the publication of run {run_id} from {len(deliveries)} delivered files in {home} ...")
+    done = subprocess.run([sys.executable, "-m", "jisr.cli", "refresh"], env=env, cwd=settings.project_dir,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    (home / "refresh.log").write_text(done.stdout + done.stderr, encoding="utf-8")
+    if done.returncode != 0:
+        raise ReproduceError(f"the rebuild's refresh failed (exit {done.returncode}); its report is in "
+                             f"{home / 'refresh.log'}:\n{(done.stdout + done.stderr).strip()[-2000:]}")
+    rebuilt_run = serving_run_id(home / "warehouse" / "jisr.duckdb")
+    rebuilt = publication_record(get_settings(env), rebuilt_run) if rebuilt_run else None
+    if rebuilt is None or not rebuilt.get("figures"):
+        raise ReproduceError(f"the rebuild in {home} published no record of its figures")
+    cfg = config_for(settings)
+    tables = compare(record["figures"], rebuilt["figures"], set(cfg.not_reproduced))
+    result = ReproduceResult(run_id=run_id, code_version=record["code_version"], rebuilt_run_id=rebuilt_run,
+                             home=home, kept=True, seconds=time.monotonic() - started, files=len(deliveries),
+                             tables=tables)
+    if result.same and not keep:
+        shutil.rmtree(home)
+        result.kept = False
+    return result

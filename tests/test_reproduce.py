@@ -1,0 +1,138 @@
+"""``jisr reproduce``: each publication records its code version, its deliveries and the
+fingerprints of its tables as built; a rebuild is refused with the reason when it cannot be
+the same, and its figures are compared table by table. The rebuild itself, through the
+Dagster job, is in tests/test_end_to_end.py."""
+
+import dataclasses
+import json
+import math
+
+import duckdb
+import pytest
+
+import jisr.publish as publish_mod
+from jisr.cli import main
+from jisr.publish import figures, publication_record, publish
+from jisr.reproduce import ReproduceError, _find_files, compare, reproduce
+from quality.checks import ChecksFailed
+from tests.test_publish import make_build, published  # noqa: F401 (a fixture: a first publication, run-1)
+
+
+def _table(rows, *, columns="a integer, b double, run_id varchar"):
+    con = duckdb.connect()
+    con.execute("create schema marts")
+    con.execute(f"create table marts.t ({columns})")
+    con.executemany("insert into marts.t values (?, ?, ?)", rows)
+    return con
+
+
+def test_a_fingerprint_does_not_depend_on_row_order_or_run_but_on_every_value():
+    rows = [(1, 0.1, "run-1"), (2, None, "run-1"), (2, None, "run-1"), (3, float("nan"), "run-1")]
+    base = figures(_table(rows), ["marts"], ["run_id"])
+    assert base["marts.t"]["rows"] == 4
+    assert figures(_table(list(reversed(rows))), ["marts"], ["run_id"]) == base
+    assert figures(_table([(a, b, "run-2") for a, b, _ in rows]), ["marts"], ["run_id"]) == base
+    # the last bit of one double; one duplicate row fewer; the run column counted
+    assert figures(_table([(1, math.nextafter(0.1, 1), "run-1"), *rows[1:]]), ["marts"], ["run_id"]) != base
+    assert figures(_table(rows[:2] + rows[3:]), ["marts"], ["run_id"]) != base
+    assert figures(_table(rows), ["marts"], []) != base
+    # a column renamed or retyped, the same values
+    assert figures(_table(rows, columns="a integer, c double, run_id varchar"), ["marts"], ["run_id"]) != base
+    assert figures(_table(rows, columns="a bigint, b double, run_id varchar"), ["marts"], ["run_id"]) != base
+
+
+def test_a_publication_records_its_code_version_deliveries_and_figures_outside_the_served_file(published):
+    record = publication_record(published, "run-1")
+    assert record["run_id"] == "run-1" and record["code_version"] == "v1"
+    assert sorted(d["file_name"] for d in record["deliveries"]) == [
+        "inscriptions_2025-01.csv", "paiements_2025-01.csv", "programmes_2025-01.csv", "registre_2025-01.csv"]
+    assert set(record["figures"]) == {"impact.impact_estimates", "marts.dim_programmes", "marts.mart_payments"}
+    build = duckdb.connect(str(published.build_path), read_only=True)
+    assert record["figures"] == figures_of(build, ["marts", "impact"])
+    build.close()
+    # internal: beside the counts before suppression, not in the serving file nor its folder
+    assert publish_mod.record_path(published, "run-1").parent == published.publication_counts_dir
+    served = published.serving_path.read_bytes()
+    assert not [t for t, f in record["figures"].items() if f["sha256"].encode() in served]
+    assert not [p for p in published.serving_path.parent.rglob("*.json")]
+    assert not list(published.publication_counts_dir.glob("*.figures.json"))
+
+
+def figures_of(con, schemas):
+    """The fingerprints of tables of an attached-as-main build (views are not published)."""
+    return figures(con, schemas, ["run_id", "estimated_at"])
+
+
+def test_a_refused_publication_leaves_no_record(published):
+    make_build(published, payments_scale=2.0)  # marts no longer reconcile with the raw layer
+    with pytest.raises(ChecksFailed):
+        publish(published, "run-bad", "v2")
+    assert publication_record(published, "run-bad") is None
+    assert not list(published.publication_counts_dir.glob("*.figures.json"))
+    publish_mod.stage_candidate(published, "run-staged")  # a candidate refused at its gate, never committed
+    assert publish_mod._figures_path(published, "run-staged").exists()
+    make_build(published)
+    publish(published, "run-2", "v2")
+    assert not publish_mod._figures_path(published, "run-staged").exists()
+    assert publication_record(published, "run-2")["figures"]
+
+
+def test_reproduce_refuses_another_code_version_naming_the_commit_to_check_out(published, monkeypatch):
+    record = publication_record(published, "run-1")
+    for version, expected in [("v0.3-12-g1a2b3c4d5e6f", "`git checkout 1a2b3c4d5e6f`"),
+                              ("1a2b3c4d5e6f", "`git checkout 1a2b3c4d5e6f`"),
+                              ("1a2b3c4d5e6f-dirty.0123456789ab", "changes that were not committed")]:
+        record["code_version"] = version
+        publish_mod.record_path(published, "run-1").write_text(json.dumps(record))
+        with pytest.raises(ReproduceError) as info:
+            reproduce(published)  # the run served now
+        assert f"run run-1 was built by code version {version}" in str(info.value)
+        assert expected in str(info.value)
+    assert not (published.home / "reproduce").exists()
+
+
+def test_reproduce_names_each_delivered_file_it_cannot_find(published, monkeypatch, tmp_path):
+    published = dataclasses.replace(published, code_version_override="v1")
+    delivered = published.landing_dir / "msisf" / "paiements_2025-01.csv"
+    original = delivered.read_bytes()
+    delivered.write_bytes(original.replace(b"2025-01", b"2025-02", 1))  # edited since: another SHA-256
+    with pytest.raises(ReproduceError) as info:
+        reproduce(published, "run-1")
+    message = str(info.value)
+    assert message.startswith("1 of the 4 delivered files of this publication was not found in ")
+    assert "payments: paiements_2025-01.csv (SHA-256 " in message and "--files" in message
+    # the original, kept elsewhere under another name, is found by its content
+    archive = tmp_path / "archive" / "2025"
+    archive.mkdir(parents=True)
+    (archive / "payments-january.csv").write_bytes(original)
+    record = publication_record(published, "run-1")
+    found = _find_files(record["deliveries"], [published.landing_dir, tmp_path / "archive"])
+    assert found[next(d["delivery_id"] for d in record["deliveries"] if d["source"] == "payments")] == \
+        archive / "payments-january.csv"
+
+
+def test_reproduce_says_which_runs_it_cannot_rebuild(published, capsys):
+    assert main(["reproduce", "run-unknown"]) == 2
+    assert "no publication of run run-unknown" in capsys.readouterr().err
+    publish_mod.record_path(published, "run-1").unlink()  # a publication made before records
+    assert main(["reproduce", "run-1"]) == 2
+    assert "run run-1 was published before publications were recorded" in capsys.readouterr().err
+
+
+def test_compare_names_tables_that_differ_are_missing_or_new():
+    recorded = {"marts.a": {"rows": 2, "sha256": "x"}, "marts.b": {"rows": 2, "sha256": "y"},
+                "marts.c": {"rows": 1, "sha256": "z"}, "marts.log": {"rows": 5, "sha256": "l"}}
+    rebuilt = {"marts.a": {"rows": 2, "sha256": "x"}, "marts.b": {"rows": 2, "sha256": "Y"},
+               "marts.d": {"rows": 1, "sha256": "w"}, "marts.log": {"rows": 4, "sha256": "m"}}
+    outcomes = {t.table: t.outcome for t in compare(recorded, rebuilt, {"marts.log"})}
+    assert outcomes == {"marts.a": "same", "marts.b": "different", "marts.c": "missing", "marts.d": "new",
+                        "marts.log": "not compared"}
+
+
+def test_an_unknown_reproduce_setting_is_refused_naming_the_known_ones():
+    from quality.config import QualityConfigError, parse_config
+
+    assert parse_config({}).not_reproduced == ("marts.fct_deliveries", "marts.mart_quality_scorecard")
+    assert parse_config({"publish": {"reproduce": {"not_compared": []}}}).not_reproduced == ()
+    with pytest.raises(QualityConfigError, match="publish.reproduce: unknown settings \\['not_compare'\\]"):
+        parse_config({"publish": {"reproduce": {"not_compare": ["marts.x"]}}})
