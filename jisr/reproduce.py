@@ -19,6 +19,7 @@ cells a publication hides also depends on the publications served before it.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -209,19 +210,39 @@ def compare(recorded: dict, rebuilt: dict, not_compared) -> list[TableResult]:
     return out
 
 
+def _read_record(path: Path) -> dict:
+    """A publication's record copied out of its home (e.g. to rebuild it on another machine)."""
+    try:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ReproduceError(f"cannot read the publication record {path}: {exc}") from exc
+    missing = [k for k in ("run_id", "code_version", "deliveries", "figures") if not isinstance(record, dict)
+               or k not in record]
+    if missing:
+        raise ReproduceError(f"{path} is not a publication record (no {', '.join(missing)})")
+    return record
+
+
 def reproduce(settings, run_id: str | None = None, folders: list[Path] | None = None, *,
-              keep: bool = False, log=print) -> ReproduceResult:
-    """Rebuild the publication of ``run_id`` (default: the one served now) in a new home and
-    compare its figures (see the module docstring). The new home is removed when every
-    figure compared is the same, unless ``keep``; kept otherwise, to look into."""
+              keep: bool = False, record_file: Path | None = None, log=print) -> ReproduceResult:
+    """Rebuild the publication of ``run_id`` (default: the one served now; with
+    ``record_file``, the publication that record describes, wherever it was made) in a new
+    home and compare its figures (see the module docstring). The new home is removed when
+    every figure compared is the same, unless ``keep``; kept otherwise, to look into."""
     from quality.config import config_for
 
     started = time.monotonic()
-    if run_id is None:
+    if record_file is not None:
+        record = _read_record(record_file)
+        if run_id is not None and run_id != record["run_id"]:
+            raise ReproduceError(f"{record_file} records the publication of run {record['run_id']}, not {run_id}")
+        run_id = record["run_id"]
+    elif run_id is None:
         run_id = serving_run_id(Path(settings.serving_path))
         if run_id is None:
             raise ReproduceError(f"nothing is published at {settings.serving_path}: name a run")
-    record = publication_record(settings, run_id)
+    if record_file is None:
+        record = publication_record(settings, run_id)
     if record is None:
         if any(row["run_id"] == run_id for row in publish_log(settings)):
             raise ReproduceError(f"run {run_id} was published before publications were recorded for "

@@ -136,3 +136,18 @@ def test_an_unknown_reproduce_setting_is_refused_naming_the_known_ones():
     assert parse_config({"publish": {"reproduce": {"not_compared": []}}}).not_reproduced == ()
     with pytest.raises(QualityConfigError, match="publish.reproduce: unknown settings \\['not_compare'\\]"):
         parse_config({"publish": {"reproduce": {"not_compare": ["marts.x"]}}})
+
+
+def test_a_record_copied_elsewhere_is_rebuilt_from_here(published, tmp_path, capsys):
+    """`--record FILE`: the record of a publication made in another home (another machine):
+    the same checks as for one of this home, on that record."""
+    copied = tmp_path / "elsewhere.json"
+    record = publication_record(published, "run-1")
+    copied.write_text(json.dumps({**record, "run_id": "run-other"}))
+    assert main(["reproduce", "--record", str(copied)]) == 2
+    assert "the publication of run run-other was built by code version v1" in capsys.readouterr().err
+    assert main(["reproduce", "run-1", "--record", str(copied)]) == 2
+    assert f"{copied} records the publication of run run-other, not run-1" in capsys.readouterr().err
+    copied.write_text(json.dumps({"run_id": "run-other"}))
+    assert main(["reproduce", "--record", str(copied)]) == 2
+    assert "is not a publication record (no code_version, deliveries, figures)" in capsys.readouterr().err
