@@ -153,6 +153,12 @@ def status_report(settings: Settings) -> str:
         what = "published by" if published["event"] == "publish" else "rolled back to the warehouse of"
         served.append(f"  served: {what} run {published['run_id']} at {published['published_at']:%Y-%m-%d %H:%M} "
                       f"UTC (code {published['code_version']})")
+        from jisr.publish import record_path
+
+        record = record_path(settings, published["run_id"])
+        served.append(f"  `jisr reproduce` rebuilds it from its delivered files and compares its figures (record: "
+                      f"{record})" if record.is_file() else
+                      "  no record of its figures for `jisr reproduce` (published before publications were recorded)")
     if unpublished:
         last_run = unpublished[-1][1]
         served.append(f"  NOT PUBLISHED: {len(unpublished)} current delivery(ies) the served warehouse was not built "

@@ -151,3 +151,12 @@ def test_a_record_copied_elsewhere_is_rebuilt_from_here(published, tmp_path, cap
     copied.write_text(json.dumps({"run_id": "run-other"}))
     assert main(["reproduce", "--record", str(copied)]) == 2
     assert "is not a publication record (no code_version, deliveries, figures)" in capsys.readouterr().err
+
+
+def test_status_says_whether_the_served_publication_can_be_reproduced(published):
+    from jisr.status import status_report
+
+    assert (f"`jisr reproduce` rebuilds it from its delivered files and compares its figures (record: "
+            f"{publish_mod.record_path(published, 'run-1')})") in status_report(published)
+    publish_mod.record_path(published, "run-1").unlink()
+    assert "no record of its figures for `jisr reproduce`" in status_report(published)
