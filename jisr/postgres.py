@@ -6,27 +6,34 @@ Most BI tools speak PostgreSQL natively. ``publish_postgres(settings, dsn)``:
    the served DuckDB warehouse was built from (its ``meta.publish_log``): after a rollback,
    a refused publication or an ingestion without a build, the raw store holds deliveries
    the serving file does not serve, and the marts built from it would differ;
-1. closes every schema to the ``evaluator`` role while it works (no one reads a
-   half-built or not yet protected mart);
-2. copies the raw layer (the pseudonymised raw store tables, the quarantine and the
+1. copies the raw layer (the pseudonymised raw store tables, the quarantine and the
    delivery log) into the schemas ``raw``, ``quarantine`` and ``meta`` of the database,
    with psycopg2 ``COPY`` from CSV streams (the DuckDB postgres extension cannot be
    downloaded here);
-3. runs the same dbt project with ``--target postgres`` (``dbt build``: seeds, models, tests);
-4. copies the impact tables of the published DuckDB warehouse (computed in Python by the
-   impact stage) into schema ``impact``;
-5. applies disclosure control (quality/disclosure.py) to the marts: the served DuckDB
-   warehouse's pattern, the same cells hidden (two copies of one publication with two
-   patterns would give back, together, what each hides), refusing when a mart's cells or
-   published counts differ from the served ones; then refuses to open them if its check fails;
-6. records the publication in ``meta.publish_log`` (with the run id and the deliveries of
-   the served DuckDB warehouse) and (re)creates the read-only role
-   ``evaluator``: USAGE and SELECT on the published schemas (``publish.schemas`` of
-   config/quality.yml: ``marts`` and ``impact``) and ``meta.publish_log`` only,
-   default privileges so tables dbt creates later are readable too, no USAGE on ``raw``,
-   ``staging``, ``intermediate``, ``detail`` (person-level tables), ``quarantine`` or
-   ``seeds``, no CREATE anywhere (no
-   CREATE on the database or any schema, no TEMPORARY), and read-only transactions.
+2. runs the same dbt project with ``--target postgres`` (``dbt build``: seeds, models,
+   tests) into schemas beside those readers use (``marts__next``, ``detail__next``, ...:
+   ``JISR_SCHEMA_SUFFIX``, dbt_project/macros/generate_schema_name.sql), and copies the
+   impact tables of the published DuckDB warehouse (computed in Python by the impact
+   stage) into ``impact__next``: readers go on reading the publication served until now
+   while this one is built, and a publication that fails leaves it served;
+3. in ONE transaction (:func:`_swap_in`): renames the schemas served until now to
+   ``<schema>__retired`` and the new ones to their names, applies disclosure control
+   (quality/disclosure.py) to the marts: the served DuckDB warehouse's pattern, the same
+   cells hidden (two copies of one publication with two patterns would give back,
+   together, what each hides), refusing when a mart's cells or published counts differ from
+   the served ones, and when its check fails; records the publication in
+   ``meta.publish_log`` (with the run id and the deliveries of the served DuckDB warehouse)
+   and (re)creates the read-only role ``evaluator``: USAGE and SELECT on the published
+   schemas (``publish.schemas`` of config/quality.yml: ``marts`` and ``impact``) and
+   ``meta.publish_log`` only, default privileges so tables created there later are readable
+   too, no USAGE on ``raw``, ``staging``, ``intermediate``, ``detail`` (person-level
+   tables), ``quarantine``, ``seeds`` or the schemas built or retired, no CREATE anywhere
+   (no CREATE on the database or any schema, no TEMPORARY), and read-only transactions.
+   Until it commits, other sessions see the schemas as they were (PostgreSQL's catalog is
+   transactional); at its commit they see the new publication, protected and granted,
+   all at once. A query running then finishes on the tables it started on;
+4. drops the retired schemas (waiting for such queries; left to the next publication if
+   one outlasts the lock timeout).
 
 The owner in ``dsn`` owns the database and needs CREATEROLE (or the role exists already).
 ``evaluator`` is a group role; give people their own login roles that are members of it
@@ -56,6 +63,12 @@ EVALUATOR = "evaluator"
 READER_IDLE_TIMEOUT = "10min"
 PUBLISH_LOCK_TIMEOUT = "15min"
 INTERNAL_SCHEMAS = ("raw", "quarantine", "staging", "intermediate", "detail", "seeds", "public")
+# a publication builds every schema of dbt and `impact` under <schema>__next, and renames the
+# schemas it replaces to <schema>__retired (see the module docstring)
+NEXT, RETIRED = "__next", "__retired"
+# how long a publication, once made, waits for the queries still reading the schemas it
+# retired before leaving them to the next one
+RETIRE_WAIT = "30s"
 BATCH_ROWS = 100_000
 
 PUBLISH_LOG_DDL = """
@@ -98,6 +111,7 @@ class PostgresPublishResult:
     protected: list[str] = field(default_factory=list)
     disclosure_warnings: list[str] = field(default_factory=list)
     published_schemas: tuple[str, ...] = DEFAULT_PUBLISH_SCHEMAS
+    left_retired: list[str] = field(default_factory=list)  # schemas a reader's query kept from being dropped
 
     def report(self) -> str:
         lines = [f"The deliveries of the served DuckDB warehouse (run {self.run_id}): {len(self.deliveries)}.",
@@ -107,6 +121,9 @@ class PostgresPublishResult:
         lines += [f"Disclosure control: {p}" for p in self.protected]
         lines += [f"Disclosure warning (not blocking): {w}" for w in self.disclosure_warnings]
         lines.append(f"Role {EVALUATOR}: SELECT on {', '.join(self.published_schemas)} and meta.publish_log only.")
+        if self.left_retired:
+            lines.append(f"Left for the next publication to drop (a query still read them after {RETIRE_WAIT}): "
+                         f"{', '.join(self.left_retired)}.")
         return "\n".join(lines)
 
 
@@ -141,16 +158,18 @@ def connect(dsn: str):
         raise PostgresPublishError(f"cannot connect to PostgreSQL: {str(exc).strip()}") from exc
 
 
-def copy_duckdb_table(duck, pg, schema: str, table_name: str) -> int:
-    """Replace ``schema.table_name`` in PostgreSQL with the DuckDB table of the same name,
-    with its table and column comments (what BI tools show as descriptions).
+def copy_duckdb_table(duck, pg, schema: str, table_name: str, target_schema: str | None = None) -> int:
+    """Replace ``schema.table_name`` in PostgreSQL (``target_schema.table_name`` if given) with
+    the DuckDB table ``schema.table_name``, with its table and column comments (what BI tools
+    show as descriptions).
 
     Streams Arrow record batches written as CSV into ``COPY ... FROM STDIN`` (one
     transaction: readers see the old table or the new one, never half of it).
     """
     import pyarrow.csv as pacsv
 
-    source = table = f"{_q(schema)}.{_q(table_name)}"
+    source = f"{_q(schema)}.{_q(table_name)}"
+    table = f"{_q(target_schema or schema)}.{_q(table_name)}"
     columns = duck.execute(f"describe {source}").fetchall()
     names = [c[0] for c in columns]
     ddl = ", ".join(f"{_q(name)} {pg_type(typ)}" for name, typ, *_ in columns)
@@ -159,7 +178,7 @@ def copy_duckdb_table(duck, pg, schema: str, table_name: str) -> int:
         else _q(name) for name, typ, *_ in columns)
     rows = 0
     with pg.cursor() as cur:
-        cur.execute(f"create schema if not exists {_q(schema)}")
+        cur.execute(f"create schema if not exists {_q(target_schema or schema)}")
         cur.execute(f"drop table if exists {table} cascade")
         cur.execute(f"create table {table} ({ddl})")
         reader = duck.sql(f"select {select} from {source}").to_arrow_reader(BATCH_ROWS)
@@ -216,7 +235,7 @@ def copy_raw_layer(settings: Settings, pg) -> dict[str, int]:
 
 def copy_impact_tables(settings: Settings, pg) -> list[str]:
     """Copy schema impact of the published DuckDB warehouse (impact estimates are computed in
-    Python by the impact stage, not by dbt)."""
+    Python by the impact stage, not by dbt) into ``impact__next``, renamed in with the marts."""
     import duckdb
 
     if not settings.serving_path.exists():
@@ -226,7 +245,7 @@ def copy_impact_tables(settings: Settings, pg) -> list[str]:
         tables = [r[0] for r in duck.execute(
             "select table_name from duckdb_tables() where schema_name = 'impact' order by 1").fetchall()]
         for table in tables:
-            copy_duckdb_table(duck, pg, "impact", table)
+            copy_duckdb_table(duck, pg, "impact", table, target_schema="impact" + NEXT)
         return tables
     finally:
         duck.close()
@@ -272,6 +291,7 @@ def dbt_environment(settings: Settings, dsn: str) -> dict[str, str]:
         if parts.get(key):
             env[var] = str(parts[key])
     env["PGOPTIONS"] = f"{env.get('PGOPTIONS', '')} -c lock_timeout={PUBLISH_LOCK_TIMEOUT}".strip()
+    env["JISR_SCHEMA_SUFFIX"] = NEXT  # beside the schemas readers use, renamed in once protected
     env["DBT_USE_COLORS"] = "False"  # its output ends up in an error message, not on a terminal
     return env
 
@@ -297,8 +317,8 @@ def run_dbt(settings: Settings, dsn: str) -> None:
 
 
 def close_published(pg, evaluator: str = EVALUATOR) -> None:
-    """Take USAGE on every schema away from the evaluator role while publishing (also a
-    schema published before and no longer in ``publish.schemas``: it gets new tables too)."""
+    """Take USAGE on every schema away from the evaluator role (after a rollback: see
+    :func:`close_rolled_back`), until the next publication grants it again."""
     with pg.cursor() as cur:
         if not _role_exists(cur, evaluator):
             return
@@ -342,16 +362,17 @@ def refuse_foreign_create(cur, evaluator: str = EVALUATOR) -> None:
             "readers may create objects in " + ", ".join(f"schema {s} (owner {o})" for s, o in found)
             + f" of database {database}, and {owner} cannot take that right back (not the owner; PostgreSQL 14 "
             "and earlier create `public` so): a function or operator planted there would run with the rights of "
-            f"{owner} when the publication calls one of that name. The published schemas stay closed to "
-            f"{evaluator}. As the schema's owner or a superuser, in database {database}: "
+            f"{owner} when the publication calls one of that name. Nothing was changed: readers go on reading "
+            f"the publication served until now. As the schema's owner or a superuser, in database {database}: "
             + "; ".join(f"revoke create on schema {_q(s)} from public" for s, _ in found)
             + f" (or: alter schema ... owner to {_q(owner)}); then run this again.")
 
 
 def apply_grants(pg, evaluator: str = EVALUATOR, evaluator_password: str | None = None,
-                 schemas: tuple[str, ...] = DEFAULT_PUBLISH_SCHEMAS) -> None:
+                 schemas: tuple[str, ...] = DEFAULT_PUBLISH_SCHEMAS, *, commit: bool = True) -> None:
     """Create (or reset) the read-only evaluator role: SELECT on the published schemas
-    (``publish.schemas`` of config/quality.yml) and ``meta.publish_log`` only."""
+    (``publish.schemas`` of config/quality.yml) and ``meta.publish_log`` only (``commit``
+    False: in the caller's transaction)."""
     schemas = tuple(schemas)
     with pg.cursor() as cur:
         cur.execute("select current_database(), current_user")
@@ -391,15 +412,18 @@ def apply_grants(pg, evaluator: str = EVALUATOR, evaluator_password: str | None 
         cur.execute(PUBLISH_LOG_DDL)
         cur.execute(f"revoke all on all tables in schema meta from {_q(evaluator)}")
         cur.execute(f"grant select on meta.publish_log to {_q(evaluator)}")
-    pg.commit()
+    if commit:
+        pg.commit()
 
 
-def protect_marts(settings: Settings, pg, run_id: str | None = None) -> tuple[list[str], list[str]]:
+def protect_marts(settings: Settings, pg, run_id: str | None = None, *,
+                  in_transaction: bool = False) -> tuple[list[str], list[str]]:
     """Disclosure control on the PostgreSQL marts, hiding the cells the served DuckDB
     warehouse hides: (tables protected, warnings that do not block); raises if the marts'
     cells differ from the served ones, the served warehouse is no longer that of ``run_id``
     (the run whose deliveries the marts were built from), or a blocking finding remains, as
-    the publication of the serving file does."""
+    the publication of the serving file does (``in_transaction``: every change in the
+    caller's transaction)."""
     import duckdb
 
     from quality.disclosure import PatternMismatch, protect, published_pattern, review
@@ -411,21 +435,23 @@ def protect_marts(settings: Settings, pg, run_id: str | None = None) -> tuple[li
     if run_id is not None and (newest is None or newest[0] != run_id):
         raise PostgresPublishError(
             f"the served DuckDB warehouse changed while this ran (run {run_id} when it started, now "
-            f"{newest[0] if newest else 'none'}); the PostgreSQL marts stay closed to evaluators. Run this again.")
+            f"{newest[0] if newest else 'none'}); this publication is not made (readers go on reading the one "
+            "PostgreSQL served until now). Run this again.")
     try:
-        report = protect(pg, settings, follow=pattern)
+        report = protect(pg, settings, follow=pattern, in_transaction=in_transaction)
     except PatternMismatch as exc:
         raise PostgresPublishError(
             f"the PostgreSQL marts are not the served DuckDB warehouse's, so they cannot take its pattern of "
-            f"suppressed cells (here: PostgreSQL; there: {settings.serving_path}): {exc}. They stay closed to "
-            "evaluators. Either the served warehouse was built by another version of the code or of "
+            f"suppressed cells (here: PostgreSQL; there: {settings.serving_path}): {exc}. This publication is not made "
+            "(readers go on reading the one PostgreSQL served until now). Either the served warehouse was built by another version of the code or of "
             "config/disclosure.yml (publish to DuckDB again with `jisr refresh`, then run this again), or a "
             "model computes differently on PostgreSQL than on DuckDB (a bug to report with this message)."
         ) from exc
     findings = review(pg, settings)
     blocking = [v for v in findings if v.blocking]
     if blocking:
-        raise PostgresPublishError("disclosure check failed, the marts stay closed to evaluators:\n"
+        raise PostgresPublishError("disclosure check failed, this publication is not made (readers go on reading "
+                                   "the one PostgreSQL served until now):\n"
                                    + "\n".join(f"  - {v}" for v in blocking))
     # the warnings go into meta.publish_log, which the evaluator role reads: not their cells
     return [str(r) for r in report], [v.brief for v in findings if not v.blocking]
@@ -495,12 +521,18 @@ def close_rolled_back(dsn: str, served_run: str) -> str | None:
         pg.close()
 
 
-def record_publication(settings: Settings, pg, result: PostgresPublishResult) -> None:
+def record_publication(settings: Settings, pg, result: PostgresPublishResult, *, commit: bool = True) -> None:
+    """A row of ``meta.publish_log`` for this publication (``commit`` False: in the caller's
+    transaction)."""
     with pg.cursor() as cur:
         cur.execute("create schema if not exists meta")
         cur.execute(PUBLISH_LOG_DDL)
-        for column, kind in PUBLISH_LOG_ADDED:
-            cur.execute(f"alter table meta.publish_log add column if not exists {_q(column)} {kind}")
+        cur.execute("select column_name from information_schema.columns where table_schema = 'meta' "
+                    "and table_name = 'publish_log'")
+        present = {name for (name,) in cur.fetchall()}
+        for column, kind in PUBLISH_LOG_ADDED:  # altered only when needed: it locks out the log's readers
+            if column not in present:
+                cur.execute(f"alter table meta.publish_log add column {_q(column)} {kind}")
         cur.execute("insert into meta.publish_log (published_at, target, code_version, raw_tables, raw_rows, "
                     "dbt_invocation_id, tables_protected, note, run_id, deliveries, delivery_count) "
                     "values (%s, 'postgres', %s, %s, %s, %s, %s, %s, %s, %s, %s)",
@@ -508,7 +540,8 @@ def record_publication(settings: Settings, pg, result: PostgresPublishResult) ->
                      sum(result.raw_rows.values()), _dbt_invocation_id(settings),
                      "; ".join(result.protected), "; ".join(result.disclosure_warnings) or None,
                      result.run_id, json.dumps(result.deliveries, default=str), len(result.deliveries)])
-    pg.commit()
+    if commit:
+        pg.commit()
 
 
 def publish_postgres(settings: Settings, dsn: str, *,
@@ -535,18 +568,75 @@ def publish_postgres(settings: Settings, dsn: str, *,
     result = PostgresPublishResult(published_schemas=schemas, run_id=served["run_id"],
                                    deliveries=json.loads(served.get("deliveries") or "[]"))
     try:
-        close_published(pg)
         with pg.cursor() as cur:
             refuse_foreign_create(cur)  # before the owner runs anything a reader could have planted
+        pg.commit()
+        left = _drop_shadows(pg)  # what an earlier publication left
+        if left:
+            raise PostgresPublishError(
+                f"schemas {', '.join(left)} of an earlier publication are still read by a query after "
+                f"{PUBLISH_LOCK_TIMEOUT} (see pg_stat_activity); nothing was changed: run this again once it has "
+                "ended")
         result.raw_rows = copy_raw_layer(settings, pg)
         run_dbt(settings, dsn)
         result.impact_tables = copy_impact_tables(settings, pg)
-        result.protected, result.disclosure_warnings = protect_marts(settings, pg, run_id=served["run_id"])
-        record_publication(settings, pg, result)
-        apply_grants(pg, evaluator_password=evaluator_password, schemas=schemas)
+        try:  # one transaction: readers see the publication served until now, or this one
+            _swap_in(pg)
+            result.protected, result.disclosure_warnings = protect_marts(settings, pg, run_id=served["run_id"],
+                                                                         in_transaction=True)
+            record_publication(settings, pg, result, commit=False)
+            apply_grants(pg, evaluator_password=evaluator_password, schemas=schemas, commit=False)
+            pg.commit()
+        except BaseException:
+            pg.rollback()
+            raise
+        result.left_retired = _drop_shadows(pg, (RETIRED,), wait=RETIRE_WAIT)
     finally:
         pg.close()
     return result
+
+
+def _shadow_schemas(cur, suffix: str) -> list[str]:
+    cur.execute("select nspname from pg_namespace where right(nspname, %s) = %s order by 1", [len(suffix), suffix])
+    return [name for (name,) in cur.fetchall()]
+
+
+def _drop_shadows(pg, suffixes: tuple[str, ...] = (NEXT, RETIRED), wait: str = PUBLISH_LOCK_TIMEOUT) -> list[str]:
+    """Drop the schemas a publication built (``__next``: one that failed before renaming them
+    in) or retired (``__retired``), waiting at most ``wait`` for the queries still reading
+    them; those left (named) are dropped by the next publication, before it builds."""
+    import psycopg2
+
+    left = []
+    with pg.cursor() as cur:
+        names = [n for suffix in suffixes for n in _shadow_schemas(cur, suffix)]
+    pg.commit()
+    for name in names:
+        try:
+            with pg.cursor() as cur:
+                cur.execute(f"set local lock_timeout = '{wait}'")
+                cur.execute(f"drop schema {_q(name)} cascade")
+            pg.commit()
+        except psycopg2.errors.LockNotAvailable:
+            pg.rollback()
+            left.append(name)
+    return left
+
+
+def _swap_in(pg) -> list[str]:
+    """In the caller's transaction: each schema built under ``<schema>__next`` takes the name of
+    the one it replaces, which becomes ``<schema>__retired`` (the names of the schemas
+    swapped). Renaming a schema takes no lock on its tables: readers are not held."""
+    swapped = []
+    with pg.cursor() as cur:
+        for built in _shadow_schemas(cur, NEXT):
+            name = built[:-len(NEXT)]
+            cur.execute("select 1 from pg_namespace where nspname = %s", [name])
+            if cur.fetchone():
+                cur.execute(f"alter schema {_q(name)} rename to {_q(name + RETIRED)}")
+            cur.execute(f"alter schema {_q(built)} rename to {_q(name)}")
+            swapped.append(name)
+    return swapped
 
 
 def main(args, settings: Settings) -> int:
@@ -570,8 +660,8 @@ def main(args, settings: Settings) -> int:
     except psycopg2.Error as exc:  # the server went away, a statement failed: no traceback
         hint = (" (the DSN's user must own the database and have CREATEROLE, or the role "
                 f"{EVALUATOR} must exist)") if isinstance(exc, psycopg2.errors.InsufficientPrivilege) else ""
-        print(f"jisr publish-postgres: PostgreSQL error while publishing: {str(exc).strip()}{hint}. The published "
-              f"schemas stay closed to {EVALUATOR} until a publication succeeds.", file=sys.stderr)
+        print(f"jisr publish-postgres: PostgreSQL error while publishing: {str(exc).strip()}{hint}. Readers go on "
+              "reading the publication PostgreSQL served before (meta.publish_log says which).", file=sys.stderr)
         return 1
     print(result.report())
     return 0

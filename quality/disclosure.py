@@ -952,8 +952,9 @@ KNOWN_BEFORE_TRIES = 4
 class _Database:
     """The few statements protect/check need, on DuckDB or on PostgreSQL (psycopg2)."""
 
-    def __init__(self, con):
+    def __init__(self, con, own_transactions: bool = True):
         self.con = con
+        self.own_transactions = own_transactions  # False: begin, commit and rollback are the caller's
         self.postgres = type(con).__module__.startswith("psycopg2")
         self.row_id = "ctid::text" if self.postgres else "rowid"
 
@@ -968,14 +969,16 @@ class _Database:
         self.rows(sql, params)
 
     def begin(self) -> None:
-        if not self.postgres:
+        if self.own_transactions and not self.postgres:
             self.con.execute("begin transaction")
 
     def commit(self) -> None:
-        self.con.commit() if self.postgres else self.con.execute("commit")
+        if self.own_transactions:
+            self.con.commit() if self.postgres else self.con.execute("commit")
 
     def rollback(self) -> None:
-        self.con.rollback() if self.postgres else self.con.execute("rollback")
+        if self.own_transactions:
+            self.con.rollback() if self.postgres else self.con.execute("rollback")
 
     def update_rows(self, table: str, assignments: str, row_ids: list) -> None:
         if self.postgres:
@@ -1162,7 +1165,7 @@ def keep_counts(con, source: str, target: str, settings=None, config: Any = None
 def protect(con, settings=None, config: Any = None, previous: str | None = None,
             follow: dict[str, dict[tuple, tuple | None]] | None = None,
             previous_counts: str | None = None,
-            others: Sequence[tuple[str, str | None]] = ()) -> list[TableProtection]:
+            others: Sequence[tuple[str, str | None]] = (), in_transaction: bool = False) -> list[TableProtection]:
     """Suppress small cells (and their complements) in the configured tables of ``con``.
 
     ``con`` is a read-write connection to the NEW serving file, before it is published.
@@ -1182,9 +1185,12 @@ def protect(con, settings=None, config: Any = None, previous: str | None = None,
     ``follow``: the pattern of another copy of this publication (``published_pattern``):
     hide exactly the cells it hides. When the cells or published counts of any table differ,
     ``PatternMismatch`` names every such table and nothing is changed.
+    ``in_transaction``: the caller's transaction holds every change, committed or rolled
+    back by the caller (PostgreSQL: the schemas it renames in become readable together
+    with their protection); by default each table is protected in a transaction of its own.
     """
     config = load_config(config, settings)
-    db = _Database(con)
+    db = _Database(con, own_transactions=not in_transaction)
     patterns, mismatches = [], []
     for rule in config.tables:
         columns = _columns(db, rule)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from datetime import date, datetime
 from decimal import Decimal
@@ -129,7 +130,7 @@ def test_postgres_evaluator_reads_the_configured_published_schemas(database, eva
     postgres.apply_grants(owner, evaluator_password=evaluator_password)  # the defaults: marts, impact
     con = evaluator_connection(database, evaluator_password)
     try:
-        postgres.close_published(owner)  # publishing again: nothing readable meanwhile
+        postgres.close_published(owner)  # after a rollback: nothing readable until the next publication
         expect_denied(con, "select sum(beneficiaries) from marts.mart_coverage")
         expect_denied(con, "select programme_code from impact.impact_estimates")
         postgres.apply_grants(owner, evaluator_password=evaluator_password, schemas=("marts",))
@@ -251,11 +252,12 @@ def test_postgres_impact_tables_keep_their_descriptions(database, settings):
     pg = psycopg2.connect(database)
     try:
         assert postgres.copy_impact_tables(settings, pg) == ["impact_group_means"]
-        with pg.cursor() as cur:
-            cur.execute("select obj_description('impact.impact_group_means'::regclass, 'pg_class')")
+        with pg.cursor() as cur:  # beside the schema readers use, until the publication renames it in
+            cur.execute("select obj_description('impact__next.impact_group_means'::regclass, 'pg_class')")
             assert cur.fetchone()[0] == about
             cur.execute("select a.attname, col_description(a.attrelid, a.attnum) from pg_attribute a "
-                        "where a.attrelid = 'impact.impact_group_means'::regclass and a.attnum > 0 order by a.attnum")
+                        "where a.attrelid = 'impact__next.impact_group_means'::regclass and a.attnum > 0 "
+                        "order by a.attnum")
             assert dict(cur.fetchall()) == columns
     finally:
         pg.close()
@@ -350,65 +352,144 @@ def test_postgres_marts_hide_the_cells_the_served_warehouse_hides(database, tmp_
     pg.close()
 
 
-def test_postgres_marts_stay_closed_when_they_differ_from_the_served_warehouse(database, evaluator_password,
-                                                                                tmp_path, monkeypatch):
-    """A publication refused for marts that are not the served ones leaves them unreadable to
-    evaluators, who could read the previous publication's marts until then; a served
-    warehouse replaced while PostgreSQL built its marts is refused too."""
+def _served_settings(tmp_path, published_cells):
+    """A served DuckDB warehouse (run-1) whose coverage mart hides ``published_cells``, with
+    the disclosure rules of tests/test_disclosure.py."""
     import shutil
     from types import SimpleNamespace
 
     import yaml
 
     from jisr.publish import LOG_COLUMNS
-    from tests.test_disclosure import CONFIG, COUNTS, coverage_rows, hand_protected
+    from tests.test_disclosure import CONFIG, hand_protected
 
     config_dir = tmp_path / "config"
     config_dir.mkdir()
     (config_dir / "disclosure.yml").write_text(yaml.safe_dump(CONFIG), encoding="utf-8")
     shutil.copyfile(PROJECT_DIR / "config" / "quality.yml", config_dir / "quality.yml")
-    settings = SimpleNamespace(config_dir=config_dir, serving_path=tmp_path / "jisr.duckdb", code_version="v1")
-    served = hand_protected(settings.serving_path, {("01", "F"), ("01", "all"), ("02", "F"), ("02", "all")})
+    settings = SimpleNamespace(config_dir=config_dir, serving_path=tmp_path / "jisr.duckdb", code_version="v1",
+                               home=tmp_path)
+    served = hand_protected(settings.serving_path, published_cells)
     served.execute(f"create schema meta; create table meta.publish_log ({LOG_COLUMNS})")
     served.execute("insert into meta.publish_log (event, run_id, published_at, deliveries) "
                    "values ('publish', 'run-1', now(), '[]')")
     served.close()
+    return settings
+
+
+def _dbt_building_marts(counts, during=None):
+    """A stand-in for ``run_dbt``: builds the coverage mart with ``counts`` where dbt builds
+    (``marts__next``, the suffix dbt_environment gives dbt); ``during()`` runs meanwhile."""
+    from tests.test_disclosure import coverage_rows
+
+    def run_dbt(settings, dsn):
+        con = psycopg2.connect(dsn)
+        with con.cursor() as cur:
+            cur.execute("create schema marts__next")
+            cur.execute("create table marts__next.mart_coverage (region_code text, sex text, beneficiaries bigint, "
+                        "transfers_mad numeric(14, 2))")
+            cur.executemany("insert into marts__next.mart_coverage values (%s, %s, %s, %s)", coverage_rows(counts))
+        con.commit()
+        con.close()
+        if during is not None:
+            during()
+    return run_dbt
+
+
+def _coverage(con) -> int:
+    with con.cursor() as cur:
+        cur.execute("select sum(beneficiaries) from marts.mart_coverage")
+        total = cur.fetchone()[0]
+    con.rollback()
+    return total
+
+
+def test_postgres_a_refused_publication_leaves_the_served_one_readable(database, evaluator_password, tmp_path,
+                                                                        monkeypatch):
+    """A publication refused for marts that are not the served ones, or because the served
+    DuckDB warehouse was replaced while PostgreSQL built its marts: readers read the earlier
+    publication throughout, as it was, and never the marts refused."""
+    from tests.test_disclosure import COUNTS
+
+    settings = _served_settings(tmp_path, {("01", "F"), ("01", "all"), ("02", "F"), ("02", "all")})
     make_schemas(database)  # the marts of an earlier publication, open to evaluators
     pg = psycopg2.connect(database)
     postgres.apply_grants(pg, evaluator_password=evaluator_password)
     pg.close()
     evaluator = evaluator_connection(database, evaluator_password)
-    with evaluator.cursor() as cur:
-        cur.execute("select count(*) from marts.mart_coverage")
-    evaluator.rollback()
-
-    def build_marts(counts):
-        def run_dbt(settings, dsn):
-            con = psycopg2.connect(dsn)
-            with con.cursor() as cur:
-                cur.execute("drop table marts.mart_coverage")
-                cur.execute("create table marts.mart_coverage (region_code text, sex text, beneficiaries bigint, "
-                            "transfers_mad numeric(14, 2))")
-                cur.executemany("insert into marts.mart_coverage values (%s, %s, %s, %s)", coverage_rows(counts))
-            con.commit()
-            con.close()
-        return run_dbt
-
+    seen = []
     monkeypatch.setattr(postgres, "served_publication", lambda settings: {"run_id": "run-1", "deliveries": "[]"})
     monkeypatch.setattr(postgres, "copy_raw_layer", lambda settings, pg: {})
     monkeypatch.setattr(postgres, "copy_impact_tables", lambda settings, pg: [])
-    monkeypatch.setattr(postgres, "run_dbt", build_marts({**COUNTS, ("03", "M"): 76}))
-    with pytest.raises(postgres.PostgresPublishError, match="not the served DuckDB warehouse's"):
+    monkeypatch.setattr(postgres, "run_dbt", _dbt_building_marts({**COUNTS, ("03", "M"): 76},
+                                                                  during=lambda: seen.append(_coverage(evaluator))))
+    with pytest.raises(postgres.PostgresPublishError, match="not the served DuckDB warehouse's") as info:
         postgres.publish_postgres(settings, database)
-    expect_denied(evaluator, "select count(*) from marts.mart_coverage")
+    assert "readers go on reading the one PostgreSQL served until now" in str(info.value)
+    assert seen == [120] and _coverage(evaluator) == 120  # while it built, and after
+    expect_denied(evaluator, "select count(*) from marts__next.mart_coverage")
 
-    monkeypatch.setattr(postgres, "run_dbt", build_marts(COUNTS))
+    monkeypatch.setattr(postgres, "run_dbt", _dbt_building_marts(COUNTS))
     monkeypatch.setattr(postgres, "served_publication", lambda settings: {"run_id": "run-0", "deliveries": "[]"})
     with pytest.raises(postgres.PostgresPublishError, match=r"changed while this ran \(run run-0 when it started, "
                                                             r"now run-1\)"):
         postgres.publish_postgres(settings, database)
-    expect_denied(evaluator, "select count(*) from marts.mart_coverage")
+    assert _coverage(evaluator) == 120
+    with evaluator.cursor() as cur:
+        cur.execute("select nspname from pg_namespace where nspname like 'marts%' order by 1")
+        assert cur.fetchall() == [("marts",), ("marts__next",)]  # dropped by the next publication
+    evaluator.rollback()
     evaluator.close()
+
+
+def test_postgres_readers_switch_to_a_new_publication_at_once_and_keep_their_queries(database, evaluator_password,
+                                                                                    tmp_path, monkeypatch):
+    """Readers are never locked out: while a publication builds they read the one served; a
+    reader inside a transaction that read the served marts does not hold the publication,
+    and its next statement reads the new marts, protected. The schemas retired are dropped
+    once no transaction holds them (left to the next publication otherwise)."""
+    from tests.test_disclosure import COUNTS, coverage_rows
+
+    settings = _served_settings(tmp_path, {("01", "F"), ("01", "all"), ("02", "F"), ("02", "all")})
+    make_schemas(database)
+    pg = psycopg2.connect(database)
+    postgres.apply_grants(pg, evaluator_password=evaluator_password)
+    pg.close()
+    reader, holder = (evaluator_connection(database, evaluator_password) for _ in range(2))
+    assert _coverage(holder) == 120
+    with holder.cursor() as cur:  # a transaction left open on the served mart
+        cur.execute("select count(*) from marts.mart_coverage")
+    monkeypatch.setattr(postgres, "RETIRE_WAIT", "1s")
+    monkeypatch.setattr(postgres, "served_publication", lambda settings: {"run_id": "run-1", "deliveries": "[]"})
+    monkeypatch.setattr(postgres, "copy_raw_layer", lambda settings, pg: {})
+    monkeypatch.setattr(postgres, "copy_impact_tables", lambda settings, pg: [])
+    seen = []
+    monkeypatch.setattr(postgres, "run_dbt", _dbt_building_marts(COUNTS, during=lambda: seen.append(_coverage(reader))))
+    started = time.monotonic()
+    result = postgres.publish_postgres(settings, database, evaluator_password=evaluator_password)
+    assert time.monotonic() - started < 30 and seen == [120]
+    assert result.left_retired == ["marts__retired"] and "marts__retired" in result.report()
+    with reader.cursor() as cur:
+        cur.execute("select count(*), count(*) filter (where is_suppressed) from marts.mart_coverage")
+        assert cur.fetchone() == (len(coverage_rows(COUNTS)), 4)  # the served warehouse's pattern
+        cur.execute("select run_id from meta.publish_log")
+        assert cur.fetchall() == [("run-1",)]
+    reader.rollback()
+    published = _coverage(reader)
+    with holder.cursor() as cur:  # its transaction, still open: its next statement reads the new marts
+        cur.execute("select count(*) from marts.mart_coverage")
+        assert cur.fetchone()[0] == len(coverage_rows(COUNTS))
+    holder.rollback()
+    assert _coverage(holder) == published != 120
+    expect_denied(holder, "select count(*) from marts__retired.mart_coverage")
+    holder.close()
+    postgres.publish_postgres(settings, database, evaluator_password=evaluator_password)  # drops what was left
+    with reader.cursor() as cur:
+        cur.execute("select nspname from pg_namespace where nspname like 'marts%' or nspname like 'impact%' "
+                    "order by 1")
+        assert cur.fetchall() == [("impact",), ("marts",)]
+    reader.rollback()
+    reader.close()
 
 
 def test_postgres_publish_log_of_an_earlier_version_gains_run_id_and_deliveries(database, settings):
@@ -471,6 +552,22 @@ def test_postgres_publish_builds_the_dbt_project_for_evaluators(database, settin
     expect_denied(con, "select * from raw.beneficiaries")
     expect_denied(con, "select * from staging.stg_msisf__beneficiaries")
     expect_denied(con, "select * from detail.dim_beneficiaries")  # person-level: internal
+    # published again: built beside the schemas served, renamed in, the old ones dropped
+    with con.cursor() as cur:
+        cur.execute("select count(*), sum(beneficiaries_reached) from marts.mart_coverage_targeting")
+        before = cur.fetchone()
+    con.rollback()
+    postgres.publish_postgres(settings, database, evaluator_password=evaluator_password)
+    with con.cursor() as cur:
+        cur.execute("select count(*), sum(beneficiaries_reached) from marts.mart_coverage_targeting")
+        assert cur.fetchone() == before
+        cur.execute("select nspname from pg_namespace where right(nspname, 6) = '__next' "
+                    "or right(nspname, 9) = '__retired'")
+        assert cur.fetchall() == []
+        cur.execute("select count(*) from meta.publish_log")
+        assert cur.fetchone()[0] == 2
+    con.rollback()
+    expect_denied(con, "select * from detail.dim_beneficiaries")
     con.close()
 
 
@@ -542,7 +639,7 @@ def test_postgres_publish_command_reports_a_lost_server_without_a_traceback(data
     assert postgres.main(argparse.Namespace(dsn=database, evaluator_password_file=None), settings) == 1
     err = capsys.readouterr().err
     assert err.startswith("jisr publish-postgres: ") and "server closed the connection unexpectedly" in err
-    assert "stay closed" in err and "Traceback" not in err
+    assert "Readers go on reading the publication PostgreSQL served before" in err and "Traceback" not in err
     missing = tmp_path / "no-such-file"
     assert postgres.main(argparse.Namespace(dsn=database, evaluator_password_file=str(missing)), settings) == 1
     assert f"cannot read the evaluator password file {missing}" in capsys.readouterr().err
@@ -609,3 +706,4 @@ def test_postgres_a_reader_idle_in_a_transaction_does_not_hold_the_publication(d
     reader.close()
     env = postgres.dbt_environment(settings, database)
     assert "-c lock_timeout=15min" in env["PGOPTIONS"] and env["DBT_USE_COLORS"] == "False"  # no colour codes
+    assert env["JISR_SCHEMA_SUFFIX"] == postgres.NEXT  # dbt builds beside the schemas readers use
