@@ -138,6 +138,17 @@ PER_TABLE: dict[tuple[str, str], str] = {
     ("impact_balance", "status"): "ok (means and differences computed) or not_estimable (see reason).",
     ("impact_attrition", "std_error"): "Standard error of the difference.",
     ("impact_attrition", "p_value"): "p-value of the difference against no differential attrition.",
+    ("impact_attrition", "lee_bound_low"): (
+        "Lee (2009) lower bound of the endline difference in means (treated - comparison) of the units measured at "
+        "baseline, for the units observed whatever their group: the outcomes of the group observed more often trimmed "
+        "by lee_trimmed_share. Valid under random assignment and attrition moved one way only by it."
+    ),
+    ("impact_attrition", "lee_bound_high"): "Lee (2009) upper bound of that difference (see lee_bound_low).",
+    ("impact_attrition", "lee_trimmed_group"): "The group whose observed outcomes the Lee bounds trim (the one observed more often).",
+    ("impact_attrition", "lee_trimmed_share"): (
+        "Share of that group's observed outcomes trimmed: (its share observed - the other's) / its share observed; "
+        "0 when both are observed alike (both bounds are then the difference in means)."
+    ),
     ("impact_attrition", "status"): "ok (shares computed, and tested where there is anything to test: see reason) or not_estimable.",
     ("impact_group_means", "std_error"): (
         "Standard error of the mean, of the study's type (clustered on the unit of assignment, like its estimates)."

@@ -111,7 +111,8 @@ ATTRITION_GROUPS = {
 # size published, a cluster count of one unit per cluster would give the other's back)
 ESTIMATE_RESULTS = ("estimate", "std_error", "ci_low", "ci_high", "p_value", "n_clusters")
 BALANCE_RESULTS = ("smd_before", "smd_after", "n_trimmed")
-ATTRITION_RESULTS = ("difference", "std_error", "p_value")
+LEE = ("lee_bound_low", "lee_bound_high", "lee_trimmed_group", "lee_trimmed_share")
+ATTRITION_RESULTS = ("difference", "std_error", "p_value", *LEE)
 # estimator options that count units of a group
 SAMPLE_OPTIONS = ("trimmed_treated", "trimmed_comparison", "comparison_effective_n")
 # per group: the option (ipw_did) and the balance key counting its units outside the
@@ -660,7 +661,7 @@ def protect_attrition(rows: list[dict], k: int) -> list[dict]:
             if is_small(n, k) or is_small(m, k) or is_small(observed, k):
                 small.append(group)
         if not small:
-            out.append(row)
+            out.append(_protect_lee(row, k))
             continue
         row = dict(row)
         _not_estimable(row, [*(c for g in small for c in ATTRITION_GROUPS[g]), *ATTRITION_RESULTS],
@@ -668,6 +669,21 @@ def protect_attrition(rows: list[dict], k: int) -> list[dict]:
                         "endline: its counts and shares are not published (disclosure control)" for group in small))
         out.append(row)
     return out
+
+
+def _protect_lee(row: dict, k: int) -> dict:
+    """The Lee bounds withheld when the outcomes they trim are those of 1 to k - 1 units: with
+    the group's mean over the same units, a bound gives back the mean of those few."""
+    group, share = row.get("lee_trimmed_group"), finite(row.get("lee_trimmed_share"))
+    if group not in ATTRITION_GROUPS or share is None:
+        return row
+    baseline, missing, _share = ATTRITION_GROUPS[group]
+    n, m = finite(row.get(baseline)), finite(row.get(missing))
+    if n is None or m is None or not is_small(round(share * (n - m)), k):
+        return row
+    row = {**row, **{column: None for column in LEE}}
+    _add_reason(row, f"the Lee bounds trim the outcomes of fewer than {k} units: not published (disclosure control)")
+    return row
 
 
 

@@ -718,3 +718,41 @@ def standardized_mean_difference(x_t: pd.Series, x_c: pd.Series, w_c: pd.Series 
     if not sd_pooled or not math.isfinite(sd_pooled):
         return 0.0 if math.isclose(float(x_t.mean()), mean_c) else None
     return (float(x_t.mean()) - mean_c) / sd_pooled
+
+
+@dataclass
+class LeeBounds:
+    """Lee (2009) trimming bounds on the endline difference in means (treated - comparison)."""
+
+    low: float
+    high: float
+    trimmed_group: str   # "treated" or "comparison": the group whose outcomes are observed more often
+    trimmed_share: float  # p: the share of that group's observed outcomes trimmed
+    n_trimmed: int        # round(p x its observed units), from the top for one bound, the bottom for the other
+
+
+def lee_bounds(y_treated, y_comparison, observed_treated: float, observed_comparison: float) -> LeeBounds | None:
+    """Lee's bounds on the effect among the units that would be observed whatever their group,
+    assuming random assignment and that assignment moves attrition one way only: the group
+    observed more often (share ``observed_*`` of its units) has its observed outcomes trimmed
+    by ``p = (q_more - q_less) / q_more``, from the top for the lower bound of the effect and
+    from the bottom for the upper bound when the treated group is trimmed (the reverse when
+    the comparison group is). ``p x n`` is rounded to whole units. None when a group has no
+    observed outcome or every one would be trimmed."""
+    y_t = np.sort(np.asarray(y_treated, dtype=float))
+    y_c = np.sort(np.asarray(y_comparison, dtype=float))
+    if not len(y_t) or not len(y_c) or observed_treated <= 0 or observed_comparison <= 0:
+        return None
+    trim_treated = observed_treated >= observed_comparison
+    more, less = (observed_treated, observed_comparison) if trim_treated else (observed_comparison, observed_treated)
+    share = (more - less) / more
+    values = y_t if trim_treated else y_c
+    n_trim = int(round(share * len(values)))
+    if n_trim >= len(values):
+        return None
+    without_top, without_bottom = values[:len(values) - n_trim].mean(), values[n_trim:].mean()
+    if trim_treated:
+        low, high = without_top - y_c.mean(), without_bottom - y_c.mean()
+    else:
+        low, high = y_t.mean() - without_bottom, y_t.mean() - without_top
+    return LeeBounds(float(low), float(high), "treated" if trim_treated else "comparison", float(share), n_trim)

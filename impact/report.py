@@ -247,6 +247,20 @@ def _headline(block: pd.DataFrame, preferred: str | None) -> pd.Series | None:
     return ok.iloc[0] if len(ok) else None
 
 
+def _lee_text(a) -> str:
+    """What differential attrition leaves of the effect: Lee's bounds, when published."""
+    if pd.isna(a.get("lee_bound_low")) or pd.isna(a.get("lee_bound_high")):
+        return (" The estimates may be biased by it (the units lost differ between groups); Lee bounds are not "
+                "available here (see the attrition table's reason).")
+    low, high = float(a["lee_bound_low"]), float(a["lee_bound_high"])
+    text = (f" The estimates may be biased by it: Lee (2009) bounds on the endline difference in means, trimming "
+            f"{fmt(a['lee_trimmed_share'], 'pct')} of the {a['lee_trimmed_group']} group's observed outcomes, are "
+            f"{fmt(low)} to {fmt(high)} (random assignment and attrition moved one way only assumed)")
+    if low <= 0 <= high:
+        return text + ": they include zero, so the sign of the effect is not established."
+    return text + ": the sign of the effect holds within them."
+
+
 def programme_summary(tables, study: str, programme: str, preferred: str | None, directions: dict[str, str],
                       alpha: float | None = None) -> str:
     """The plain-language summary of one programme. ``alpha``: the significance level of the
@@ -309,11 +323,11 @@ def programme_summary(tables, study: str, programme: str, preferred: str | None,
                 f" Attrition at endline: {fmt(a['share_missing_treated'], 'pct')} of treated and "
                 f"{fmt(a['share_missing_comparison'], 'pct')} of comparison units"
             )
-            text += (
-                f" (difference significant at the {fmt_level(alpha)} level, {p_text(a['p_value'])})."
-                if pd.notna(a["p_value"]) and a["p_value"] < alpha
-                else "."
-            )
+            differential = pd.notna(a["p_value"]) and a["p_value"] < alpha
+            text += (f" (difference significant at the {fmt_level(alpha)} level, {p_text(a['p_value'])})."
+                     if differential else ".")
+            if differential:
+                text += _lee_text(a)
         subs = est[(est["outcome"] == outcome) & (est["subgroup"] != "all")]
         if len(subs):
             n_ne = int((subs["status"] == "not_estimable").sum())
@@ -362,7 +376,7 @@ def _tables(tables) -> dict[str, tuple[pd.DataFrame, dict[str, str]]]:
     ]
     att = tables.attrition[
         ["study_id", "programme_code", "outcome", "n_baseline_treated", "share_missing_treated", "n_baseline_comparison",
-         "share_missing_comparison", "difference", "p_value", "status", "reason"]
+         "share_missing_comparison", "difference", "p_value", "lee_bound_low", "lee_bound_high", "status", "reason"]
     ]
     bal = tables.balance[["study_id", "programme_code", "covariate", "mean_treated", "mean_comparison", "smd_before", "smd_after", "n_trimmed", "status"]]
     pre = tables.pretrends

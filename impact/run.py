@@ -146,6 +146,10 @@ TABLES: dict[str, dict[str, str]] = {
         "std_error": "DOUBLE",
         "p_value": "DOUBLE",
         "test": "VARCHAR",
+        "lee_bound_low": "DOUBLE",
+        "lee_bound_high": "DOUBLE",
+        "lee_trimmed_group": "VARCHAR",
+        "lee_trimmed_share": "DOUBLE",
         "status": "VARCHAR",
         "reason": "VARCHAR",
         "run_id": "VARCHAR",
@@ -347,7 +351,7 @@ def _balance_rows(study_id: str, programme: str, units: pd.DataFrame, covariates
 
 
 def _attrition_row(study_id: str, programme: str, outcome: str, units: pd.DataFrame, y: pd.DataFrame, inference: Inference) -> dict:
-    from impact.estimators import _fit  # statsmodels-backed OLS with the configured SEs
+    from impact.estimators import _fit, lee_bounds  # statsmodels-backed OLS with the configured SEs
 
     end = int(max(y.columns))
     row: dict[str, Any] = {"study_id": study_id, "programme_code": programme, "outcome": outcome, "endline_round": end}
@@ -367,6 +371,12 @@ def _attrition_row(study_id: str, programme: str, outcome: str, units: pd.DataFr
         group = "treated" if not t.any() else "comparison"
         return {**row, "status": STATUS_NOT_ESTIMABLE, "reason": f"no {group} units measured at baseline"}
     row["difference"] = row["share_missing_treated"] - row["share_missing_comparison"]
+    endline = y.loc[sample.index, end]
+    bounds = lee_bounds(endline[t].dropna(), endline[~t].dropna(), 1 - row["share_missing_treated"],
+                        1 - row["share_missing_comparison"])
+    if bounds is not None:
+        row.update({"lee_bound_low": bounds.low, "lee_bound_high": bounds.high,
+                    "lee_trimmed_group": bounds.trimmed_group, "lee_trimmed_share": bounds.trimmed_share})
     row["test"] = f"linear probability model of missing on treatment, {inference.cov_type} SEs"
     if sample["missing"].nunique() == 1:
         share = sample["missing"].iloc[0]

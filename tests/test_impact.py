@@ -1448,3 +1448,77 @@ def test_propensity_scores_are_statsmodels_logit_on_the_covariates_to_the_last_d
     expected = sm.Logit(sample["treated"].astype(float), exog).fit(disp=0, maxiter=200).predict(exog)
     fit = fit_propensity(sample, covariates, Propensity(trim="none"))
     assert fit.score.tolist() == np.clip(expected.to_numpy(), 1e-12, 1 - 1e-12).tolist()
+
+
+# --------------------------------------------------------------------------------------
+# differential attrition: Lee (2009) bounds
+
+
+def test_lee_bounds_trim_the_group_observed_more_often_by_the_excess_share():
+    from impact.estimators import lee_bounds
+
+    # treated all observed (10 of 10), comparison 4 of 5: p = (1 - 0.8) / 1 = 0.2, two of ten trimmed
+    bounds = lee_bounds(np.arange(1, 11), [2, 4, 6, 8], 1.0, 0.8)
+    assert (bounds.trimmed_group, bounds.trimmed_share, bounds.n_trimmed) == ("treated", pytest.approx(0.2), 2)
+    assert (bounds.low, bounds.high) == (pytest.approx(np.mean(np.arange(1, 9)) - 5), pytest.approx(np.mean(np.arange(3, 11)) - 5))
+    # the comparison group observed more often: its top trimmed for the upper bound of the effect
+    bounds = lee_bounds([2, 4, 6, 8], np.arange(1, 11), 0.8, 1.0)
+    assert (bounds.trimmed_group, bounds.low, bounds.high) == ("comparison", pytest.approx(5 - 6.5), pytest.approx(5 - 4.5))
+    # the same attrition in both groups: nothing trimmed, both bounds the difference in means
+    bounds = lee_bounds([1, 2, 3], [1, 1, 1], 0.9, 0.9)
+    assert (bounds.low, bounds.high, bounds.n_trimmed) == (pytest.approx(1.0), pytest.approx(1.0), 0)
+    assert lee_bounds([], [1.0], 0.0, 1.0) is None and lee_bounds([1.0], [2.0], 1.0, 0.1) is None
+
+
+def _selective_attrition(panel: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """The endline value missing for comparison units the more often the lower it is (about a
+    fifth of them); treated units all observed: differential and selective attrition."""
+    rng = np.random.default_rng(seed)
+    end = panel["round_index"].max()
+    at_end = (panel["round_index"] == end) & (panel["variable"] == "income") & (panel["treatment_group"] == "comparison")
+    values = panel.loc[at_end, "value"]
+    drop = rng.random(len(values)) < 1 / (1 + np.exp(values - values.quantile(0.1)))
+    panel = panel.copy()
+    panel.loc[values.index[drop], "value"] = np.nan
+    return panel
+
+
+def test_lee_bounds_cover_the_planted_effect_where_selective_attrition_biases_the_estimates(tmp_path):
+    """A randomised study whose comparison units with low outcomes are lost at endline: the
+    difference in means is biased (the comparison units left are the better-off), Lee's
+    bounds cover the planted effect, and the report says so beside the significant attrition."""
+    from impact.report import fmt, write_report
+
+    # units assigned one by one (a cluster each): the difference in means of the whole panel
+    # is within 0.06 of the planted effect, so what the test sees is the attrition's doing
+    panel = _selective_attrition(simulate_panel(31, n_clusters=6000, units_per_cluster=1, rounds=(0, 1)), seed=5)
+    cfg = config(cov_type="hc1")
+    tables = evaluate(panel, None, cfg)
+    att = tables.attrition.iloc[0]
+    assert att["status"] == "ok" and att["p_value"] < 0.001 and att["share_missing_comparison"] > 0.1
+    assert att["lee_trimmed_group"] == "treated"
+    assert att["lee_trimmed_share"] == pytest.approx(att["share_missing_comparison"])  # no treated unit lost
+    assert att["lee_bound_low"] < EFFECT < att["lee_bound_high"]
+    naive = whole_sample(tables).loc["diff_in_means"]
+    assert naive["ci_high"] < EFFECT  # the estimate the attrition biases misses the truth
+    text = write_report(tables, tmp_path / "report", run_id="r", code_version="v", config=cfg)["summaries"]["sim/PRG-01"]
+    assert "difference significant" in text and "Lee (2009) bounds on the endline difference in means" in text
+    assert f"are {fmt(att['lee_bound_low'])} to {fmt(att['lee_bound_high'])}" in text
+    assert "the sign of the effect holds within them" in text
+    tables.attrition["lee_bound_low"] = pd.array([-0.5], dtype="Float64")  # bounds across zero
+    text = write_report(tables, tmp_path / "report", run_id="r", code_version="v", config=cfg)["summaries"]["sim/PRG-01"]
+    assert "they include zero, so the sign of the effect is not established" in text
+
+
+def test_lee_bounds_trimming_fewer_than_k_units_are_not_published(tmp_path):
+    """Three treated units more lost than comparison ones out of some 450 each: the bounds
+    trim three comparison outcomes, whose mean a bound and the group's mean would give back."""
+    panel = lose_at_endline(simulate_panel(12, rounds=(0, 1)), treated=43, comparison=40)
+    att = evaluate(panel, None, config(cov_type="hc1")).attrition.iloc[0]
+    assert att["n_missing_treated"] == 43 and att["n_missing_comparison"] == 40
+    assert pd.isna(att["lee_bound_low"]) and pd.isna(att["lee_bound_high"]) and pd.isna(att["lee_trimmed_share"])
+    assert "the Lee bounds trim the outcomes of fewer than 10 units" in att["reason"]
+    assert att["status"] == "ok" and pd.notna(att["p_value"])  # the rest of the row is published
+    att = evaluate(lose_at_endline(simulate_panel(12, rounds=(0, 1)), treated=63, comparison=40), None,
+                   config(cov_type="hc1")).attrition.iloc[0]
+    assert pd.notna(att["lee_bound_low"]) and att["lee_trimmed_group"] == "comparison"
