@@ -116,6 +116,8 @@ def test_no_clear_identifier_in_any_table_written(e2e):
                 "where c.data_type in ('VARCHAR', 'JSON') and c.table_catalog = current_database() "
                 "and t.table_type = 'BASE TABLE'").fetchall()  # views hold no data of their own
             for _, schema, table, column in columns:
+                if column == "code_version":  # a commit's hash can hold ten digits shaped like a phone number
+                    continue
                 for (value,) in con.execute(f'select distinct "{column}" from "{schema}"."{table}" where "{column}" is not null').fetchall():
                     if CIN_SHAPE.search(value) or PHONE_SHAPE.search(value) or value.strip() in e2e.clear:
                         hits.append(f"{path.name}:{schema}.{table}.{column} = {value[:60]!r}")
@@ -123,10 +125,10 @@ def test_no_clear_identifier_in_any_table_written(e2e):
             con.close()
     parquet = list(e2e.settings.home.rglob("*.parquet"))
     for path in parquet:
-        text = duckdb.sql(f"select * from read_parquet('{path}')").fetchall()
-        for row in text:
-            for v in row:
-                if isinstance(v, str) and (CIN_SHAPE.search(v) or PHONE_SHAPE.search(v) or v in e2e.clear):
+        relation = duckdb.sql(f"select * from read_parquet('{path}')")
+        for row in relation.fetchall():
+            for name, v in zip(relation.columns, row):
+                if name != "code_version" and isinstance(v, str) and (CIN_SHAPE.search(v) or PHONE_SHAPE.search(v) or v in e2e.clear):
                     hits.append(f"{path.name}: {v[:60]!r}")
     assert hits == []
 
