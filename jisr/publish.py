@@ -334,18 +334,8 @@ def stage_candidate(settings, run_id: str, cfg: QualityConfig | None = None) -> 
         try:
             con.execute("set TimeZone = 'UTC'")
             con.execute(f"attach '{_sql_str(build)}' as build_warehouse (read_only)")
-            relations = con.execute(
-                "select schema_name, table_name from duckdb_tables() where database_name = 'build_warehouse' "
-                "union select schema_name, view_name from duckdb_views() where database_name = 'build_warehouse' "
-                "and not internal order by 1, 2").fetchall()
-            wanted = set(cfg.publish_schemas)
-            for schema in cfg.publish_schemas:
-                con.execute(f"create schema if not exists {_ident(schema)}")
-            for schema, table in relations:
-                if schema in wanted:
-                    con.execute(f"create table {_ident(schema)}.{_ident(table)} as "
-                                f"select * from build_warehouse.{_ident(schema)}.{_ident(table)}")
-            _copy_comments(con, "build_warehouse", wanted)
+            copy_published(con, "build_warehouse", cfg.publish_schemas)
+            _copy_comments(con, "build_warehouse", set(cfg.publish_schemas))
             deliveries = _built_from(con, "build_warehouse")
             _keep_counts(con, settings, run_id)
             # the figures as built (disclosure control below depends on earlier publications
@@ -372,6 +362,21 @@ def stage_candidate(settings, run_id: str, cfg: QualityConfig | None = None) -> 
                                                         default=str), encoding="utf-8")
     return Candidate(path=path, run_id=run_id, table_row_counts=counts, disclosure=disclosure, deliveries=deliveries,
                      disclosure_notes=notes, served=served)
+
+
+def copy_published(con, source: str, schemas) -> None:
+    """Copy the tables and views of ``schemas`` of the attached database ``source`` into
+    ``con``'s own database, as tables."""
+    relations = con.execute(
+        "select schema_name, table_name from duckdb_tables() where database_name = ? "
+        "union select schema_name, view_name from duckdb_views() where database_name = ? "
+        "and not internal order by 1, 2", [source, source]).fetchall()
+    for schema in schemas:
+        con.execute(f"create schema if not exists {_ident(schema)}")
+    for schema, table in relations:
+        if schema in set(schemas):
+            con.execute(f"create table {_ident(schema)}.{_ident(table)} as "
+                        f"select * from {_ident(source)}.{_ident(schema)}.{_ident(table)}")
 
 
 def _copy_comments(con, source: str, schemas: set[str]) -> None:
@@ -614,6 +619,17 @@ def _archives(folder: Path) -> list[Path]:
     """The files ``_archive_serving`` kept in ``folder``, oldest first (their names start with
     the time they were archived)."""
     return sorted(folder.glob("jisr-*.duckdb")) if folder.exists() else []
+
+
+def published_file(settings, run_id: str) -> Path | None:
+    """The file ``run_id``'s publication served, while it is kept: the serving file, or one kept
+    for rollback or rolled back (the newest copy); None once pruned."""
+    serving = Path(settings.serving_path)
+    if serving.exists() and serving_run_id(serving) == run_id:
+        return serving
+    history = Path(settings.history_dir)
+    kept = [p for p in [*_archives(history), *_archives(history / "rolled_back")] if _archived_run(p) == run_id]
+    return max(kept, key=_archived_at) if kept else None
 
 
 def history_files(settings) -> list[Path]:

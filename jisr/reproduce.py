@@ -13,8 +13,14 @@ job there (``jisr refresh``, with the same pseudonymisation key and configuratio
 compares the fingerprints of the two publications table by table. Two tables are not
 compared (``publish.reproduce.not_compared``): they describe the delivery log (when each
 file arrived, which run loaded it, the files superseded or rejected), which a rebuild from
-the files in effect does not replay. Disclosure control is not compared either: which
-cells a publication hides also depends on the publications served before it.
+the files in effect does not replay.
+
+Which cells disclosure control hides also depends on the publications served before (the
+rebuild has none), so the rebuild's own published file may hide others. While the file the
+publication served is kept (served now, or kept for rollback), :func:`as_published` also
+hides in a copy of the rebuilt tables exactly the cells that file hides (as the PostgreSQL
+target does) and compares every table with that file's: what readers of the publication
+read, suppression included.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jisr.publish import publication_record, publish_log, serving_run_id
+from jisr.publish import publication_record, publish_log, published_file, serving_run_id
 from jisr.settings import get_settings
 
 EXIT_SAME, EXIT_DIFFERENT = 0, 1
@@ -46,11 +52,12 @@ class TableResult:
     rows: int | None            # recorded at publication
     rows_rebuilt: int | None    # in the rebuild (None: the rebuild has no such table)
     outcome: str                # same | different | missing | new | not compared
+    published: str = ""         # as readers read it (see as_published): same | different | missing | new | ...
 
     def line(self, width: int) -> str:
         rows = "" if self.rows is None else f"{self.rows:,}"
         rebuilt = "" if self.rows_rebuilt is None else f"{self.rows_rebuilt:,}"
-        return f"  {self.table:<{width}}  {rows:>10}  {rebuilt:>10}  {self.outcome}"
+        return f"  {self.table:<{width}}  {rows:>10}  {rebuilt:>10}  {self.outcome:<13} {self.published}".rstrip()
 
 
 @dataclass
@@ -63,30 +70,38 @@ class ReproduceResult:
     seconds: float
     files: int
     tables: list[TableResult] = field(default_factory=list)
+    published_note: str = ""    # how the tables as published were compared, or why they were not
+    mismatch: bool = False      # the served file's pattern of hidden cells does not fit the rebuilt tables
 
     @property
     def same(self) -> bool:
-        return all(t.outcome in ("same", "not compared") for t in self.tables)
+        return not self.mismatch and all(t.outcome in ("same", "not compared")
+                                          and t.published in ("", "same", "not compared") for t in self.tables)
 
     def describe(self) -> str:
         width = max([len(t.table) for t in self.tables] + [5])
         compared = [t for t in self.tables if t.outcome != "not compared"]
         lines = [f"Publication of run {self.run_id} (code version {self.code_version}) rebuilt from its "
                  f"{self.files} delivered files as run {self.rebuilt_run_id} in {self.seconds:.0f} s.",
-                 "", f"  {'table':<{width}}  {'rows':>10}  {'rebuilt':>10}  figures (before disclosure control)"]
+                 "", f"  {'table':<{width}}  {'rows':>10}  {'rebuilt':>10}  {'as built':<13} as published"]
         lines += [t.line(width) for t in self.tables]
         lines.append("")
-        if self.same:
-            lines.append(f"Every figure of the {len(compared)} tables compared is the same "
-                         "(SHA-256 of each table's content as built).")
+        different = [t.table for t in self.tables if t.outcome not in ("same", "not compared")]
+        if different:
+            lines.append(f"{len(different)} of the {len(compared)} tables compared differ as built (before disclosure "
+                         f"control): {', '.join(different)}.")
         else:
-            different = [t.table for t in self.tables if t.outcome not in ("same", "not compared")]
-            lines.append(f"{len(different)} of the {len(compared)} tables compared differ: {', '.join(different)}.")
+            lines.append(f"Every figure of the {len(compared)} tables compared is the same as built, before disclosure "
+                         "control (SHA-256 of each table's content).")
+        published = [t.table for t in self.tables if t.published not in ("", "same", "not compared")]
+        if published:
+            lines.append(f"As published, {len(published)} differ: {', '.join(published)}.")
+        if self.published_note:
+            lines.append(self.published_note)
         not_compared = [t.table for t in self.tables if t.outcome == "not compared"]
         if not_compared:
             lines.append(f"Not compared: {', '.join(not_compared)} (built from the delivery log: when each file "
-                         "arrived and was loaded; publish.reproduce.not_compared in config/quality.yml). "
-                         "Which cells disclosure control hides also depends on the publications before.")
+                         "arrived and was loaded; publish.reproduce.not_compared in config/quality.yml).")
         lines.append(f"The rebuild's home: {self.home}" + ("" if self.kept else " (removed)"))
         return "\n".join(lines)
 
@@ -192,6 +207,33 @@ def _environment(settings, home: Path) -> dict[str, str]:
     return env
 
 
+def as_published(settings, build: Path, served: Path, work: Path, cfg) -> tuple[dict, dict]:
+    """(the fingerprints of the published tables of the rebuilt warehouse ``build`` with the
+    cells hidden that the publication's file ``served`` hides, the fingerprints of that file's
+    tables). Raises ``quality.disclosure.PatternMismatch`` when the rebuilt tables do not have
+    the cells and published counts of that file."""
+    import duckdb
+
+    from jisr.publish import copy_published, figures
+    from quality.disclosure import protect, published_pattern
+
+    with duckdb.connect(str(served), read_only=True) as con:
+        pattern = published_pattern(con, settings)
+        served_figures = figures(con, cfg.publish_schemas, cfg.run_columns)
+    path = work / "as_published.duckdb"
+    path.unlink(missing_ok=True)
+    con = duckdb.connect(str(path))
+    try:
+        con.execute("set TimeZone = 'UTC'")
+        con.execute(f"attach '{str(build).replace(chr(39), chr(39) * 2)}' as rebuilt (read_only)")
+        copy_published(con, "rebuilt", cfg.publish_schemas)
+        con.execute("detach rebuilt")
+        protect(con, settings, follow=pattern)
+        return figures(con, cfg.publish_schemas, cfg.run_columns), served_figures
+    finally:
+        con.close()
+
+
 def compare(recorded: dict, rebuilt: dict, not_compared) -> list[TableResult]:
     """Table by table, the recorded fingerprints against the rebuild's."""
     out = []
@@ -275,8 +317,29 @@ def reproduce(settings, run_id: str | None = None, folders: list[Path] | None = 
     cfg = config_for(settings)
     tables = compare(record["figures"], rebuilt["figures"], set(cfg.not_reproduced))
     result = ReproduceResult(run_id=run_id, code_version=record["code_version"], rebuilt_run_id=rebuilt_run,
-                             home=home, kept=True, seconds=time.monotonic() - started, files=len(deliveries),
-                             tables=tables)
+                             home=home, kept=True, seconds=0.0, files=len(deliveries), tables=tables)
+    served = None if record_file is not None else published_file(settings, run_id)
+    if served is None:
+        result.published_note = ("Not compared as published: the file this publication served is not kept here "
+                                 "(publish.history_keep in config/quality.yml)." if record_file is None else
+                                 "Not compared as published: the file this publication served is in its own home.")
+    else:
+        from quality.disclosure import PatternMismatch
+
+        try:
+            rebuilt_published, served_figures = as_published(settings, home / "warehouse" / "build.duckdb", served,
+                                                             home, cfg)
+        except PatternMismatch as exc:
+            result.mismatch = True
+            result.published_note = (f"As published: the rebuilt tables do not have the cells and counts of {served}, "
+                                     f"so its pattern of hidden cells cannot be applied to them: {exc}")
+        else:
+            outcomes = {t.table: t.outcome for t in compare(served_figures, rebuilt_published, set(cfg.not_reproduced))}
+            for t in tables:
+                t.published = outcomes.get(t.table, "missing")
+            result.published_note = (f"As published: each table compared with {served}, the cells it hides hidden "
+                                     "in the rebuild (what its readers read).")
+    result.seconds = time.monotonic() - started
     if result.same and not keep:
         shutil.rmtree(home)
         result.kept = False

@@ -160,3 +160,36 @@ def test_status_says_whether_the_served_publication_can_be_reproduced(published)
             f"{publish_mod.record_path(published, 'run-1')})") in status_report(published)
     publish_mod.record_path(published, "run-1").unlink()
     assert "no record of its figures for `jisr reproduce`" in status_report(published)
+
+
+def test_as_published_hides_the_served_files_cells_in_the_rebuild_and_finds_a_changed_figure(tmp_path):
+    """The rebuilt tables, with the cells the publication's file hides hidden, are compared with
+    that file: equal when they are its figures; a figure it published that the rebuild does
+    not give, or other cells, are found."""
+    from types import SimpleNamespace
+
+    import yaml
+
+    from jisr.reproduce import as_published
+    from quality.config import parse_config
+    from quality.disclosure import PatternMismatch
+    from tests.test_disclosure import CONFIG, COUNTS, coverage_rows, hand_protected, make_warehouse
+
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "disclosure.yml").write_text(yaml.safe_dump(CONFIG), encoding="utf-8")
+    settings = SimpleNamespace(config_dir=tmp_path / "config")
+    cfg = parse_config({"publish": {"schemas": ["marts"]}})
+    make_warehouse(tmp_path / "build.duckdb", coverage_rows(COUNTS)).close()  # the figures as built
+    hidden = {("01", "F"), ("01", "all"), ("02", "F"), ("02", "all")}
+    hand_protected(tmp_path / "served.duckdb", hidden).close()  # as published
+    rebuilt, served = as_published(settings, tmp_path / "build.duckdb", tmp_path / "served.duckdb", tmp_path, cfg)
+    assert rebuilt == served and set(served) == {"marts.mart_coverage", "marts.mart_other"}
+    con = duckdb.connect(str(tmp_path / "served.duckdb"))  # a published amount the rebuild does not give
+    con.execute("update marts.mart_coverage set transfers_mad = transfers_mad + 0.01 where region_code = '03' "
+                "and sex = 'M'")
+    con.close()
+    rebuilt, served = as_published(settings, tmp_path / "build.duckdb", tmp_path / "served.duckdb", tmp_path, cfg)
+    assert [t.table for t in compare(served, rebuilt, set()) if t.outcome != "same"] == ["marts.mart_coverage"]
+    make_warehouse(tmp_path / "other.duckdb", coverage_rows({**COUNTS, ("03", "M"): 76})).close()
+    with pytest.raises(PatternMismatch):  # a published count the rebuild does not give
+        as_published(settings, tmp_path / "other.duckdb", tmp_path / "served.duckdb", tmp_path, cfg)
