@@ -338,12 +338,19 @@ def programme_summary(tables, study: str, programme: str, preferred: str | None,
             c = ce.iloc[0]
             if pd.notna(c["cost_per_beneficiary_mad"]):
                 text += f" Cost per beneficiary: {fmt(c['cost_per_beneficiary_mad'])} MAD ({c['cost_basis']})"
+                points = c.get("outcome_scale") == "binary"  # per percentage point: a hundredth of per 1.0
+                unit = "percentage point of" if points else "unit of"
+
+                def cost(column: str) -> str:
+                    return fmt(c[column] / 100 if points and pd.notna(c[column]) else c[column])
+
                 if c["status"] == "ok":
-                    text += (f"; cost per unit of impact ({c['estimator']} estimate) {fmt(c['cost_per_unit_impact_mad'])} MAD "
-                             f"(CI {fmt(c['cost_per_unit_impact_ci_low'])} to {fmt(c['cost_per_unit_impact_ci_high'])}).")
+                    text += (f"; cost per {unit} impact ({c['estimator']} estimate) {cost('cost_per_unit_impact_mad')} MAD "
+                             f"(CI {cost('cost_per_unit_impact_ci_low')} to {cost('cost_per_unit_impact_ci_high')}).")
                 elif c["status"] == "ci_unbounded":
-                    text += (f"; cost per unit of impact ({c['estimator']} estimate) {fmt(c['cost_per_unit_impact_mad'])} MAD, at least "
-                             f"{fmt(c['cost_per_unit_impact_ci_low'])} with no finite upper bound (the effect's CI includes zero).")
+                    text += (f"; cost per {unit} impact ({c['estimator']} estimate) {cost('cost_per_unit_impact_mad')} MAD, "
+                             f"at least {cost('cost_per_unit_impact_ci_low')} with no finite upper bound (the effect's CI "
+                             "includes zero).")
                 else:
                     text += f"; cost per unit of impact not defined ({c['reason']})."
         lines.append(text)
@@ -384,7 +391,8 @@ def _tables(tables) -> dict[str, tuple[pd.DataFrame, dict[str, str]]]:
         ["study_id", "programme_code", "outcome", "joint_test", "joint_statistic", "joint_df", "joint_p_value", "joint_status", "joint_reason"]
     ]
     ce = tables.cost_effectiveness[
-        ["study_id", "programme_code", "outcome", "estimator", "estimate", "cost_per_beneficiary_mad", "cost_per_unit_impact_mad",
+        ["study_id", "programme_code", "outcome", "outcome_scale", "estimator", "estimate", "cost_per_beneficiary_mad",
+         "cost_per_unit_impact_mad",
          "cost_per_unit_impact_ci_low", "cost_per_unit_impact_ci_high", "status", "reason"]
     ]
     counts = {"n_treated": "int", "n_comparison": "int", "n_clusters": "int", "p_value": "p", "joint_p_value": "p",

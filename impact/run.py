@@ -176,6 +176,7 @@ TABLES: dict[str, dict[str, str]] = {
         "action_line": "VARCHAR",
         "outcome": "VARCHAR",
         "outcome_direction": "VARCHAR",
+        "outcome_scale": "VARCHAR",
         "estimator": "VARCHAR",
         "estimate": "DOUBLE",
         "ci_low": "DOUBLE",
@@ -488,12 +489,22 @@ def _pretrend_rows(study_id, programme, outcome, subgroup, est: Estimate) -> lis
     return [{**base, **coef, **joint, "status": STATUS_OK, "reason": None} for coef in est.event_coefficients]
 
 
-def _cost_row(study_id: str, programme: str, outcome: str, direction: str, est: dict | None, costs: pd.DataFrame | None, config: EvaluationConfig) -> dict:
+def outcome_scale(y: pd.DataFrame) -> str:
+    """``binary`` when every value of the outcome measured is 0 or 1 (a rate: an effect of 1.0
+    is 100 percentage points), else ``continuous``."""
+    values = pd.unique(y.to_numpy(dtype=float).ravel())
+    values = values[~np.isnan(values)]
+    return "binary" if len(values) and np.isin(values, (0.0, 1.0)).all() else "continuous"
+
+
+def _cost_row(study_id: str, programme: str, outcome: str, direction: str, est: dict | None, costs: pd.DataFrame | None,
+              config: EvaluationConfig, scale: str | None = None) -> dict:
     row: dict[str, Any] = {
         "study_id": study_id,
         "programme_code": programme,
         "outcome": outcome,
         "outcome_direction": direction,
+        "outcome_scale": scale,
         "estimator": est["estimator"] if est is not None else config.cost_estimator,
         "cost_basis": config.cost_basis,
     }
@@ -616,7 +627,8 @@ def _protect_programme(tasks: list[_OutcomeTask], parts: list[dict[str, Any]], b
         chosen = _cost_estimate([r for r in rows["estimates"] if r["outcome"] == task.outcome],
                                 _joint_p(rows["pretrends"], task.outcome), config)
         rows["cost_effectiveness"].extend(disclosure.protect_costs(
-            [_cost_row(task.study_id, task.programme, task.outcome, task.direction, chosen, task.costs, config)],
+            [_cost_row(task.study_id, task.programme, task.outcome, task.direction, chosen, task.costs, config,
+                       outcome_scale(task.y))],
             min_cell))
     return rows
 
@@ -1003,7 +1015,7 @@ def cost_effectiveness(tables: ImpactTables, costs: pd.DataFrame | None, config:
     for row in tables.cost_effectiveness.to_dict("records"):
         key = (row["study_id"], row["programme_code"], row["outcome"])
         chosen = _cost_estimate(estimates.get(key, []), _joint_p(pretrends.get(key, []), row["outcome"]), config)
-        rows.append(_cost_row(*key, row["outcome_direction"], chosen, costs, config))
+        rows.append(_cost_row(*key, row["outcome_direction"], chosen, costs, config, _value(row.get("outcome_scale"))))
     return _frame("impact_cost_effectiveness", disclosure.protect_costs(rows, min_cell))
 
 

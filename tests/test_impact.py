@@ -1522,3 +1522,30 @@ def test_lee_bounds_trimming_fewer_than_k_units_are_not_published(tmp_path):
     att = evaluate(lose_at_endline(simulate_panel(12, rounds=(0, 1)), treated=63, comparison=40), None,
                    config(cov_type="hc1")).attrition.iloc[0]
     assert pd.notna(att["lee_bound_low"]) and att["lee_trimmed_group"] == "comparison"
+
+
+def test_the_cost_of_a_rate_is_given_per_percentage_point(tmp_path):
+    """A binary outcome (enrolled or not): its estimate is a share, and the cost per unit of
+    impact is per 1.0 = 100 percentage points; the table says the outcome is binary and the
+    report gives the cost per percentage point."""
+    from impact.report import fmt, write_report
+
+    panel = simulate_panel(13)
+    income = panel["variable"] == "income"
+    panel.loc[income, "value"] = (panel.loc[income, "value"] > 11.5).astype(float)  # a rate
+    cfg = config()
+    tables = evaluate(panel, costs_frame(800.0), cfg)
+    ce = tables.cost_effectiveness.iloc[0]
+    assert ce["outcome_scale"] == "binary" and ce["status"] == "ok" and 0 < ce["estimate"] < 1
+    assert ce["cost_per_unit_impact_mad"] == pytest.approx(800.0 / ce["estimate"])
+    text = write_report(tables, tmp_path / "report", run_id="r", code_version="v", config=cfg)["summaries"]["sim/PRG-01"]
+    assert (f"cost per percentage point of impact (did estimate) {fmt(800.0 / ce['estimate'] / 100)} MAD "
+            f"(CI {fmt(ce['cost_per_unit_impact_ci_low'] / 100)} to {fmt(ce['cost_per_unit_impact_ci_high'] / 100)})"
+            ) in text
+    continuous = evaluate(simulate_panel(13), costs_frame(800.0), cfg).cost_effectiveness.iloc[0]
+    assert continuous["outcome_scale"] == "continuous"
+    again = cost_effectiveness(tables, costs_frame(400.0), cfg)  # kept estimates, new costs: the scale kept
+    assert again.iloc[0]["outcome_scale"] == "binary"
+    text = write_report(evaluate(simulate_panel(13), costs_frame(800.0), cfg), tmp_path / "r2", run_id="r",
+                        code_version="v", config=cfg)["summaries"]["sim/PRG-01"]
+    assert f"cost per unit of impact (did estimate) {fmt(continuous['cost_per_unit_impact_mad'])} MAD" in text
