@@ -47,10 +47,11 @@ def _refresh(args) -> int:
 
 
 def _status(args) -> int:
-    from jisr.status import status_report
+    from jisr.status import status
 
-    print(status_report(get_settings()))
-    return 0
+    text, code = status(get_settings())
+    print(text)
+    return code
 
 
 def _contracts(args) -> int:
@@ -181,7 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print dbt's output (a line per model and test) instead of writing it to $JISR_HOME/logs/")
     r.set_defaults(func=_refresh)
 
-    s = sub.add_parser("status", help="deliveries, quarantine and the published warehouse")
+    s = sub.add_parser("status", help="deliveries, quarantine and the published warehouse (exit 0: everything "
+                                      "delivered is published; 1: something needs attention, a NOT PUBLISHED line "
+                                      "or files nothing reads; 2: the state could not be read)")
     s.set_defaults(func=_status)
 
     c = sub.add_parser("contracts", help="list the data contracts or generate their documentation")

@@ -107,14 +107,27 @@ def _serving_busy(settings: Settings, exc: Exception) -> str:
             f"or open the file read-only ({settings.serving_path}).")
 
 
+# `jisr status` exit codes, for monitoring: everything delivered is published and every
+# landing file is read; something needs attention (a NOT PUBLISHED line, files nothing reads,
+# deliveries loaded but nothing published); the state could not be read (no raw store yet, or
+# a process holds it).
+STATUS_OK, STATUS_ATTENTION, STATUS_UNKNOWN = 0, 1, 2
+
+
 def status_report(settings: Settings) -> str:
+    """What ``jisr status`` prints."""
+    return status(settings)[0]
+
+
+def status(settings: Settings) -> tuple[str, int]:
+    """(the report, its exit code: ``STATUS_OK``, ``STATUS_ATTENTION`` or ``STATUS_UNKNOWN``)."""
     from ingestion.contracts import misplaced_files
 
     con = None
     try:
         con = _open_store(settings)  # fails while another process writes the store
         if con is None:
-            return f"No raw store at {settings.store_path}: run `jisr refresh` (or `make run`) first."
+            return f"No raw store at {settings.store_path}: run `jisr refresh` (or `make run`) first.", STATUS_UNKNOWN
         deliveries = con.execute(
             """select source, count(*) filter (where status = 'loaded'), count(*) filter (where status = 'superseded'),
                       count(*) filter (where status = 'rejected'), max(batch) filter (where status = 'loaded'),
@@ -128,11 +141,11 @@ def status_report(settings: Settings) -> str:
         try:
             published = _publication(settings)
         except Exception as exc:  # noqa: BLE001  the serving file, not the store, is what is held
-            return _serving_busy(settings, exc)
+            return _serving_busy(settings, exc), STATUS_UNKNOWN
         current = con.execute("select delivery_id, rows_loaded, loaded_at, run_id from meta.deliveries "
-                              "where status = 'loaded'").fetchall() if published else []
+                              "where status = 'loaded'").fetchall()
     except Exception as exc:  # a refresh holds the write lock
-        return _busy(settings, exc)
+        return _busy(settings, exc), STATUS_UNKNOWN
     finally:
         if con is not None:
             con.close()
@@ -174,7 +187,8 @@ def status_report(settings: Settings) -> str:
         out.append("\nFiles in the landing area that nothing reads (left where they are):")
         out += [f"  {m}" for m in misplaced]
     out.append(_warehouse_line(settings, served))
-    return "\n".join(out)
+    attention = bool(unpublished or grown or misplaced or (current and not published))
+    return "\n".join(out), STATUS_ATTENTION if attention else STATUS_OK
 
 
 def _publication(settings: Settings) -> dict | None:

@@ -52,7 +52,7 @@ def test_contracts_list_names_every_source(capsys, contracts):
 
 def test_status_before_any_refresh_says_what_to_do(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("JISR_HOME", str(tmp_path))
-    assert main(["status"]) == 0
+    assert main(["status"]) == 2  # nothing to tell yet
     assert "run `jisr refresh`" in capsys.readouterr().out
     assert get_settings().home == tmp_path.resolve()
 
@@ -68,7 +68,7 @@ def test_status_while_another_process_writes_the_raw_store_says_it_is_busy(setti
                               stdout=subprocess.PIPE, text=True)
     try:
         assert writer.stdout.readline().strip() == "open"
-        assert main(["status"]) == 0
+        assert main(["status"]) == 2  # the state cannot be read now
     finally:
         writer.communicate("", timeout=60)
     out = capsys.readouterr().out

@@ -649,6 +649,21 @@ def test_status_says_what_is_served_and_what_a_failed_refresh_left_unpublished(p
     assert "served: rolled back to the warehouse of run run-1" in report and "NOT PUBLISHED: 1 current" in report
 
 
+def test_status_exit_code_says_whether_something_needs_attention(published, contracts, capsys):
+    """For monitoring: 0 when everything delivered is published and every landing file is read,
+    1 otherwise (a delivery not published, a file nothing reads)."""
+    from jisr.cli import main
+
+    assert main(["status"]) == 0
+    ingest_sample(published, contracts, months=("2025-01", "2025-02"), run_id="run-2")  # then run-2 stops
+    assert main(["status"]) == 1 and "NOT PUBLISHED" in capsys.readouterr().out
+    make_build(published)
+    publish(published, "run-2", "v2")
+    assert main(["status"]) == 0
+    (published.landing_dir / "paiements_2025-03.csv").write_text("x\n")  # outside the partner folders
+    assert main(["status"]) == 1 and "Files in the landing area that nothing reads" in capsys.readouterr().out
+
+
 def test_status_names_the_serving_file_when_another_process_holds_it_for_writing(published):
     """A tool that opens the serving file read-write keeps readers out; status said the raw
     store was busy with a refresh, naming the tool's process."""
