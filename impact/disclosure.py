@@ -672,17 +672,26 @@ def protect_attrition(rows: list[dict], k: int) -> list[dict]:
 
 
 def _protect_lee(row: dict, k: int) -> dict:
-    """The Lee bounds withheld when the outcomes they trim are those of 1 to k - 1 units: with
-    the group's mean over the same units, a bound gives back the mean of those few."""
+    """The Lee bounds withheld when the outcomes they trim, or those they keep of the group
+    trimmed, are those of 1 to k - 1 units: with the group's mean over the same units, a bound
+    gives back the mean of the few trimmed; a bound is the mean of the few kept against the
+    other group's mean, and the two bounds' width the mean of the top few minus the bottom few's."""
     group, share = row.get("lee_trimmed_group"), finite(row.get("lee_trimmed_share"))
     if group not in ATTRITION_GROUPS or share is None:
         return row
     baseline, missing, _share = ATTRITION_GROUPS[group]
     n, m = finite(row.get(baseline)), finite(row.get(missing))
-    if n is None or m is None or not is_small(round(share * (n - m)), k):
+    if n is None or m is None:
+        return row
+    trimmed = round(share * (n - m))
+    if is_small(trimmed, k):
+        what = "trim"
+    elif is_small(n - m - trimmed, k):
+        what = "keep"
+    else:
         return row
     row = {**row, **{column: None for column in LEE}}
-    _add_reason(row, f"the Lee bounds trim the outcomes of fewer than {k} units: not published (disclosure control)")
+    _add_reason(row, f"the Lee bounds {what} the outcomes of fewer than {k} units: not published (disclosure control)")
     return row
 
 

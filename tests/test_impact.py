@@ -1549,3 +1549,22 @@ def test_the_cost_of_a_rate_is_given_per_percentage_point(tmp_path):
     text = write_report(evaluate(simulate_panel(13), costs_frame(800.0), cfg), tmp_path / "r2", run_id="r",
                         code_version="v", config=cfg)["summaries"]["sim/PRG-01"]
     assert f"cost per unit of impact (did estimate) {fmt(continuous['cost_per_unit_impact_mad'])} MAD" in text
+
+
+def test_lee_bounds_keeping_fewer_than_k_units_of_the_trimmed_group_are_not_published(tmp_path):
+    """Comparison units half as many as treated ones and twelve treated units observed at
+    endline: the bounds trim all but seven of the comparison group's 230 observed outcomes,
+    so each bound is the mean of those seven (the lowest or the highest) against the treated
+    mean the estimates publish, and the bounds' width their top seven's minus bottom seven's."""
+    panel = simulate_panel(12, rounds=(0, 1))
+    units = panel.drop_duplicates("unit_id")
+    comparison = units.loc[units["treatment_group"] == "comparison", "unit_id"].tolist()
+    panel = panel[~panel["unit_id"].isin(comparison[len(comparison) // 2:])]
+    n_treated = int((units["treatment_group"] == "treated").sum())
+    tables = evaluate(lose_at_endline(panel, treated=n_treated - 12, comparison=10), None, config(cov_type="hc1"))
+    att = tables.attrition.iloc[0]
+    assert att["n_baseline_comparison"] - att["n_missing_comparison"] == 230
+    assert att["n_baseline_treated"] - att["n_missing_treated"] == 12
+    assert pd.isna(att["lee_bound_low"]) and pd.isna(att["lee_bound_high"]) and pd.isna(att["lee_trimmed_share"])
+    assert "the Lee bounds keep the outcomes of fewer than 10 units" in att["reason"]
+    assert att["status"] == "ok" and pd.notna(att["p_value"])
