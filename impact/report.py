@@ -247,8 +247,9 @@ def _headline(block: pd.DataFrame, preferred: str | None) -> pd.Series | None:
     return ok.iloc[0] if len(ok) else None
 
 
-def _lee_text(a) -> str:
-    """What differential attrition leaves of the effect: Lee's bounds, when published."""
+def _lee_text(a, head: pd.Series) -> str:
+    """What differential attrition leaves of the effect: Lee's bounds, when published, read
+    against the sign of the ``head`` estimate."""
     if pd.isna(a.get("lee_bound_low")) or pd.isna(a.get("lee_bound_high")):
         return (" The estimates may be biased by it (the units lost differ between groups); Lee bounds are not "
                 "available here (see the attrition table's reason).")
@@ -258,6 +259,11 @@ def _lee_text(a) -> str:
             f"{fmt(low)} to {fmt(high)} (random assignment and attrition moved one way only assumed)")
     if low <= 0 <= high:
         return text + ": they include zero, so the sign of the effect is not established."
+    if (low > 0) != (head["estimate"] > 0) or head["estimate"] == 0:
+        side = "above" if low > 0 else "below"
+        change = "an increase" if head["estimate"] > 0 else "a decrease" if head["estimate"] < 0 else "no change"
+        return (text + f": they are {side} zero, while the {head['estimator']} estimate is {change}: the sign of "
+                "the effect is not established.")
     return text + ": the sign of the effect holds within them."
 
 
@@ -327,7 +333,7 @@ def programme_summary(tables, study: str, programme: str, preferred: str | None,
             text += (f" (difference significant at the {fmt_level(alpha)} level, {p_text(a['p_value'])})."
                      if differential else ".")
             if differential:
-                text += _lee_text(a)
+                text += _lee_text(a, head)
         subs = est[(est["outcome"] == outcome) & (est["subgroup"] != "all")]
         if len(subs):
             n_ne = int((subs["status"] == "not_estimable").sum())

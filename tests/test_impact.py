@@ -1568,3 +1568,19 @@ def test_lee_bounds_keeping_fewer_than_k_units_of_the_trimmed_group_are_not_publ
     assert pd.isna(att["lee_bound_low"]) and pd.isna(att["lee_bound_high"]) and pd.isna(att["lee_trimmed_share"])
     assert "the Lee bounds keep the outcomes of fewer than 10 units" in att["reason"]
     assert att["status"] == "ok" and pd.notna(att["p_value"])
+
+
+def test_lee_bounds_of_the_other_sign_than_the_headline_do_not_confirm_it(tmp_path):
+    """Bounds that exclude zero on the other side of the headline estimate contradict it:
+    the summary says so, and does not say the sign of the effect holds."""
+    from impact.report import write_report
+
+    panel = _selective_attrition(simulate_panel(31, n_clusters=6000, units_per_cluster=1, rounds=(0, 1)), seed=5)
+    cfg = config(cov_type="hc1")
+    tables = evaluate(panel, None, cfg)
+    assert whole_sample(tables).loc["did", "estimate"] > 0
+    tables.attrition["lee_bound_low"] = pd.array([-3.0], dtype="Float64")
+    tables.attrition["lee_bound_high"] = pd.array([-1.0], dtype="Float64")
+    text = write_report(tables, tmp_path / "report", run_id="r", code_version="v", config=cfg)["summaries"]["sim/PRG-01"]
+    assert "the sign of the effect holds" not in text
+    assert "they are below zero, while the did estimate is an increase: the sign of the effect is not established" in text
