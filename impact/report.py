@@ -247,9 +247,15 @@ def _headline(block: pd.DataFrame, preferred: str | None) -> pd.Series | None:
     return ok.iloc[0] if len(ok) else None
 
 
-def _lee_text(a, head: pd.Series) -> str:
+def _lee_text(a, head: pd.Series, diverging: bool = False) -> str:
     """What differential attrition leaves of the effect: Lee's bounds, when published, read
-    against the sign of the ``head`` estimate."""
+    against the sign of the ``head`` estimate; not read when the pre-treatment trends
+    ``diverging`` show the groups not comparable without adjustment (the bounds are of the
+    unadjusted endline difference in means and assume random assignment)."""
+    if diverging:
+        return (" The estimates may be biased by it (the units lost differ between groups); Lee (2009) bounds are "
+                "not given here: they assume random assignment and bound the unadjusted endline difference in means, "
+                "which the diverging pre-treatment trends show is not the effect.")
     if pd.isna(a.get("lee_bound_low")) or pd.isna(a.get("lee_bound_high")):
         return (" The estimates may be biased by it (the units lost differ between groups); Lee bounds are not "
                 "available here (see the attrition table's reason).")
@@ -333,7 +339,7 @@ def programme_summary(tables, study: str, programme: str, preferred: str | None,
             text += (f" (difference significant at the {fmt_level(alpha)} level, {p_text(a['p_value'])})."
                      if differential else ".")
             if differential:
-                text += _lee_text(a, head)
+                text += _lee_text(a, head, diverging)
         subs = est[(est["outcome"] == outcome) & (est["subgroup"] != "all")]
         if len(subs):
             n_ne = int((subs["status"] == "not_estimable").sum())

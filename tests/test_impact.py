@@ -1584,3 +1584,21 @@ def test_lee_bounds_of_the_other_sign_than_the_headline_do_not_confirm_it(tmp_pa
     text = write_report(tables, tmp_path / "report", run_id="r", code_version="v", config=cfg)["summaries"]["sim/PRG-01"]
     assert "the sign of the effect holds" not in text
     assert "they are below zero, while the did estimate is an increase: the sign of the effect is not established" in text
+
+
+def test_lee_bounds_are_not_read_as_bounds_of_the_effect_when_pre_trends_diverge(tmp_path):
+    """Treatment selected on a characteristic that moves the outcome's trend, and comparison
+    units lost more often: the bounds of the unadjusted endline difference in means assume
+    random assignment, which the diverging pre-treatment trends contradict (here they exclude
+    the planted effect). The summary does not give them as bounds of the effect."""
+    from impact.report import fmt, write_report
+
+    panel = lose_at_endline(simulate_panel(5, n_clusters=100, selection=1.5, trend_from_x=1.0), treated=20, comparison=150)
+    cfg = config()
+    tables = evaluate(panel, None, cfg)
+    att = tables.attrition.iloc[0]
+    assert att["p_value"] < 0.05 and not att["lee_bound_low"] < EFFECT < att["lee_bound_high"]
+    text = write_report(tables, tmp_path / "report", run_id="r", code_version="v", config=cfg)["summaries"]["sim/PRG-01"]
+    assert "Pre-treatment trends differ between groups" in text and "difference significant" in text
+    assert "the sign of the effect holds" not in text and f"are {fmt(att['lee_bound_low'])} to" not in text
+    assert "Lee (2009) bounds are not given here: they assume random assignment" in text
