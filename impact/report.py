@@ -249,7 +249,8 @@ def _headline(block: pd.DataFrame, preferred: str | None) -> pd.Series | None:
 
 def _lee_text(a, head: pd.Series, diverging: bool = False) -> str:
     """What differential attrition leaves of the effect: Lee's bounds, when published, read
-    against the sign of the ``head`` estimate; not read when the pre-treatment trends
+    against the sign and significance of the ``head`` estimate (the bounds have no confidence
+    interval of their own); not read when the pre-treatment trends
     ``diverging`` show the groups not comparable without adjustment (the bounds are of the
     unadjusted endline difference in means and assume random assignment)."""
     if diverging:
@@ -270,6 +271,10 @@ def _lee_text(a, head: pd.Series, diverging: bool = False) -> str:
         change = "an increase" if head["estimate"] > 0 else "a decrease" if head["estimate"] < 0 else "no change"
         return (text + f": they are {side} zero, while the {head['estimator']} estimate is {change}: the sign of "
                 "the effect is not established.")
+    if not head["p_value"] < 1 - float(head["ci_level"]):
+        return (text + ": they exclude zero, but they are estimated without a confidence interval and the "
+                f"{head['estimator']} estimate is not statistically distinguishable from zero: the sign of the effect "
+                "is not established.")
     return text + ": the sign of the effect holds within them."
 
 

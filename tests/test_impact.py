@@ -1602,3 +1602,23 @@ def test_lee_bounds_are_not_read_as_bounds_of_the_effect_when_pre_trends_diverge
     assert "Pre-treatment trends differ between groups" in text and "difference significant" in text
     assert "the sign of the effect holds" not in text and f"are {fmt(att['lee_bound_low'])} to" not in text
     assert "Lee (2009) bounds are not given here: they assume random assignment" in text
+
+
+def test_lee_bounds_beside_a_headline_not_distinguishable_from_zero_do_not_establish_its_sign(tmp_path):
+    """The bounds are estimated without a confidence interval: with no effect and a few
+    per cent more comparison units lost, bounds of 300 units a group exclude zero in about a
+    quarter of samples. Beside a headline estimate not distinguishable from zero, bounds on
+    its side of zero do not establish the sign of the effect."""
+    from impact.report import write_report
+
+    panel = _selective_attrition(simulate_panel(31, n_clusters=6000, units_per_cluster=1, rounds=(0, 1)), seed=5)
+    cfg = config(cov_type="hc1")
+    tables = evaluate(panel, None, cfg)
+    head = whole_sample(tables).loc["did"]
+    assert head["estimate"] > 0
+    tables.estimates.loc[tables.estimates["estimator"] == "did", "p_value"] = 0.4  # not significant
+    text = write_report(tables, tmp_path / "report", run_id="r", code_version="v", config=cfg)["summaries"]["sim/PRG-01"]
+    assert "not statistically distinguishable from zero" in text
+    assert "the sign of the effect holds" not in text
+    assert ("they exclude zero, but they are estimated without a confidence interval and the did estimate is not "
+            "statistically distinguishable from zero: the sign of the effect is not established") in text
