@@ -31,7 +31,10 @@ Most BI tools speak PostgreSQL natively. ``publish_postgres(settings, dsn)``:
    (no CREATE on the database or any schema, no TEMPORARY), and read-only transactions.
    Until it commits, other sessions see the schemas as they were (PostgreSQL's catalog is
    transactional); at its commit they see the new publication, protected and granted,
-   all at once. A query running then finishes on the tables it started on;
+   all at once (the tables of the published schemas are written again in it, so that a
+   REPEATABLE READ or SERIALIZABLE transaction begun before finds them empty, never as
+   dbt built them before disclosure control). A query running then finishes on the tables
+   it started on;
 4. drops the retired schemas (waiting for such queries; left to the next publication if
    one outlasts the lock timeout).
 
@@ -581,9 +584,10 @@ def publish_postgres(settings: Settings, dsn: str, *,
         run_dbt(settings, dsn)
         result.impact_tables = copy_impact_tables(settings, pg)
         try:  # one transaction: readers see the publication served until now, or this one
-            _swap_in(pg)
+            swapped = _swap_in(pg)
             result.protected, result.disclosure_warnings = protect_marts(settings, pg, run_id=served["run_id"],
                                                                          in_transaction=True)
+            _rewrite_tables(pg, [s for s in swapped if s in schemas])
             record_publication(settings, pg, result, commit=False)
             apply_grants(pg, evaluator_password=evaluator_password, schemas=schemas, commit=False)
             pg.commit()
@@ -637,6 +641,25 @@ def _swap_in(pg) -> list[str]:
             cur.execute(f"alter schema {_q(built)} rename to {_q(name)}")
             swapped.append(name)
     return swapped
+
+
+def _rewrite_tables(pg, schemas: list[str]) -> None:
+    """In the caller's transaction: write every row of the tables of ``schemas`` again, as this
+    transaction's. A reader's REPEATABLE READ or SERIALIZABLE transaction keeps the snapshot of
+    its first statement, but finds tables by name in the catalog as it is now: begun before
+    the swap commits, its next statement after it reads the new marts as that snapshot saw
+    them, i.e. as dbt built them, before disclosure control. TRUNCATE gives a table a new
+    file (not MVCC-safe, PostgreSQL's documentation says): to such a snapshot, the tables of
+    the new publication are empty instead."""
+    with pg.cursor() as cur:
+        cur.execute("select schemaname, tablename from pg_tables where schemaname = any(%s) order by 1, 2",
+                    [list(schemas)])
+        for schema, name in cur.fetchall():
+            table = f"{_q(schema)}.{_q(name)}"
+            cur.execute(f"create temporary table jisr_rows on commit drop as select * from {table}")
+            cur.execute(f"truncate {table}")
+            cur.execute(f"insert into {table} select * from jisr_rows")
+            cur.execute("drop table jisr_rows")
 
 
 def main(args, settings: Settings) -> int:

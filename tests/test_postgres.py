@@ -492,6 +492,51 @@ def test_postgres_readers_switch_to_a_new_publication_at_once_and_keep_their_que
     reader.close()
 
 
+def test_postgres_a_reader_snapshot_older_than_the_swap_never_reads_unprotected_marts(database, evaluator_password,
+                                                                                       tmp_path, monkeypatch):
+    """A REPEATABLE READ or SERIALIZABLE transaction keeps the snapshot of its first statement,
+    while its later statements find tables by name in the catalog as it is now: one begun
+    after dbt built the marts and before the swap committed finds the new marts after it, and
+    must not read them as its snapshot saw them, before disclosure control."""
+    from psycopg2.extensions import ISOLATION_LEVEL_REPEATABLE_READ, ISOLATION_LEVEL_SERIALIZABLE
+
+    from tests.test_disclosure import COUNTS
+
+    settings = _served_settings(tmp_path, {("01", "F"), ("01", "all"), ("02", "F"), ("02", "all")})
+    make_schemas(database)
+    pg = psycopg2.connect(database)
+    postgres.apply_grants(pg, evaluator_password=evaluator_password)
+    pg.close()
+    readers = []
+    for level in (ISOLATION_LEVEL_REPEATABLE_READ, ISOLATION_LEVEL_SERIALIZABLE):
+        con = evaluator_connection(database, evaluator_password)
+        con.set_isolation_level(level)
+        readers.append(con)
+
+    def snapshot_now():  # dbt has committed the marts it built; the swap has not
+        for con in readers:
+            with con.cursor() as cur:
+                cur.execute("select count(*) from marts.mart_coverage")
+
+    monkeypatch.setattr(postgres, "RETIRE_WAIT", "1s")
+    monkeypatch.setattr(postgres, "served_publication", lambda settings: {"run_id": "run-1", "deliveries": "[]"})
+    monkeypatch.setattr(postgres, "copy_raw_layer", lambda settings, pg: {})
+    monkeypatch.setattr(postgres, "copy_impact_tables", lambda settings, pg: [])
+    monkeypatch.setattr(postgres, "run_dbt", _dbt_building_marts(COUNTS, during=snapshot_now))
+    postgres.publish_postgres(settings, database, evaluator_password=evaluator_password)
+    for con in readers:
+        with con.cursor() as cur:  # the same transaction, after the commit: the new marts by name
+            cur.execute("select count(*) from marts.mart_coverage where beneficiaries between 1 and 9 "
+                        "and not coalesce(is_suppressed, false)")
+            assert cur.fetchone()[0] == 0
+            cur.execute("select count(*) from marts.mart_coverage where coalesce(is_suppressed, false) "
+                        "and beneficiaries is not null")
+            assert cur.fetchone()[0] == 0
+        con.rollback()
+        assert _coverage(con) not in (None, 120)  # a new transaction reads the new publication
+        con.close()
+
+
 def test_postgres_publish_log_of_an_earlier_version_gains_run_id_and_deliveries(database, settings):
     pg = psycopg2.connect(database)
     with pg.cursor() as cur:
