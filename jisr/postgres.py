@@ -72,6 +72,9 @@ NEXT, RETIRED = "__next", "__retired"
 # how long a publication, once made, waits for the queries still reading the schemas it
 # retired before leaving them to the next one
 RETIRE_WAIT = "30s"
+# key of the session-level advisory lock a publication holds on its database from start to end
+# (two at once would drop, build and rename each other's schemas)
+PUBLISH_ADVISORY_LOCK = 0x4A495352
 BATCH_ROWS = 100_000
 
 PUBLISH_LOG_DDL = """
@@ -572,6 +575,11 @@ def publish_postgres(settings: Settings, dsn: str, *,
                                    deliveries=json.loads(served.get("deliveries") or "[]"))
     try:
         with pg.cursor() as cur:
+            cur.execute("select pg_try_advisory_lock(%s)", [PUBLISH_ADVISORY_LOCK])  # until pg is closed
+            if not cur.fetchone()[0]:
+                raise PostgresPublishError(
+                    "another publication to this database is running (an advisory lock of "
+                    f"{PUBLISH_ADVISORY_LOCK}, see pg_locks); nothing was changed: run this again once it has ended")
             refuse_foreign_create(cur)  # before the owner runs anything a reader could have planted
         pg.commit()
         left = _drop_shadows(pg)  # what an earlier publication left

@@ -537,6 +537,43 @@ def test_postgres_a_reader_snapshot_older_than_the_swap_never_reads_unprotected_
         con.close()
 
 
+def test_postgres_a_second_publication_refuses_while_one_runs(database, evaluator_password, tmp_path, monkeypatch):
+    """Two publications at once (a scheduled one and a manual one) would drop, build and rename
+    each other's <schema>__next: the second refuses, changing nothing, and the first publishes
+    what it built."""
+    from tests.test_disclosure import COUNTS, coverage_rows
+
+    settings = _served_settings(tmp_path, {("01", "F"), ("01", "all"), ("02", "F"), ("02", "all")})
+    make_schemas(database)
+    pg = psycopg2.connect(database)
+    postgres.apply_grants(pg, evaluator_password=evaluator_password)
+    pg.close()
+    monkeypatch.setattr(postgres, "served_publication", lambda settings: {"run_id": "run-1", "deliveries": "[]"})
+    monkeypatch.setattr(postgres, "copy_raw_layer", lambda settings, pg: {})
+    monkeypatch.setattr(postgres, "copy_impact_tables", lambda settings, pg: [])
+    refused, started = [], []
+
+    def second_publication():
+        if started:  # the second one's own build, had it not refused
+            return
+        started.append(True)
+        with pytest.raises(postgres.PostgresPublishError, match="another publication to this database is running") \
+                as info:
+            postgres.publish_postgres(settings, database, evaluator_password=evaluator_password)
+        refused.append(str(info.value))
+
+    monkeypatch.setattr(postgres, "run_dbt", _dbt_building_marts(COUNTS, during=second_publication))
+    postgres.publish_postgres(settings, database, evaluator_password=evaluator_password)
+    assert len(refused) == 1
+    reader = evaluator_connection(database, evaluator_password)
+    with reader.cursor() as cur:
+        cur.execute("select count(*), count(*) filter (where is_suppressed) from marts.mart_coverage")
+        assert cur.fetchone() == (len(coverage_rows(COUNTS)), 4)
+        cur.execute("select count(*) from meta.publish_log")
+        assert cur.fetchone()[0] == 1
+    reader.close()
+
+
 def test_postgres_publish_log_of_an_earlier_version_gains_run_id_and_deliveries(database, settings):
     pg = psycopg2.connect(database)
     with pg.cursor() as cur:
