@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,36 @@ from jisr.settings import Settings
 
 WATCHED = ("models", "macros", "seeds", "tests", "analyses", "snapshots")
 WATCHED_FILES = ("dbt_project.yml", "profiles.yml")
+
+
+def _parent_death_signal():
+    """Linux's prctl(PR_SET_PDEATHSIG), or None where it does not exist."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _parent_death_signal()
+
+
+def dies_with_this_process():
+    """A ``preexec_fn`` for a child (dbt) that must not outlive the process starting it: the
+    child gets SIGTERM when that process dies, even killed outright (SIGKILL, the
+    out-of-memory killer), where its locks and half-written schemas would be left to the next
+    run. None where the parent-death signal does not exist (not Linux)."""
+    prctl, parent = _PRCTL, os.getpid()
+    if prctl is None:
+        return None
+
+    def bind_to_parent():  # in the child, before exec: only async-signal-safe calls
+        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the call above
+            os._exit(1)
+
+    return bind_to_parent
 
 
 def dbt_executable() -> Path:

@@ -304,15 +304,16 @@ def dbt_environment(settings: Settings, dsn: str) -> dict[str, str]:
 
 def run_dbt(settings: Settings, dsn: str) -> None:
     """``dbt build --target postgres`` of the project (raises on failure, with dbt's last lines)."""
-    from jisr.dbt import dbt_executable
+    from jisr.dbt import dbt_executable, dies_with_this_process
 
     work = _dbt_work_dir(settings)
     command = [str(dbt_executable()), "build", "--target", "postgres", "--no-version-check",
                "--project-dir", str(settings.dbt_project_dir),
                "--profiles-dir", str(settings.dbt_project_dir),
                "--target-path", str(work / "target"), "--log-path", str(work / "logs")]
+    # a publication killed outright must not leave its dbt building <schema>__next beside the next one
     proc = subprocess.run(command, env=dbt_environment(settings, dsn), capture_output=True, text=True,
-                          cwd=settings.dbt_project_dir)
+                          cwd=settings.dbt_project_dir, preexec_fn=dies_with_this_process())
     output = proc.stdout + proc.stderr
     if proc.returncode != 0:
         tail = "\n".join(output.strip().splitlines()[-40:])

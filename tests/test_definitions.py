@@ -472,6 +472,40 @@ def test_a_dbt_started_by_a_run_ends_when_the_run_process_is_killed(tmp_path):
             os.kill(child, signal.SIGKILL)
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_the_dbt_of_a_postgresql_publication_ends_when_the_publication_is_killed(tmp_path):
+    """`jisr publish-postgres` killed outright: its dbt went on building <schema>__next beside
+    the next publication's (the advisory lock that keeps two publications apart went with the
+    killed process's connection)."""
+    pidfile = tmp_path / "dbt.pid"
+    fake_dbt = tmp_path / "dbt"
+    fake_dbt.write_text(f"#!/bin/sh\necho $$ > {pidfile}\nexec sleep 300\n")
+    fake_dbt.chmod(0o755)
+    code = ("import os, jisr.dbt, jisr.postgres as pg\n"
+            "from pathlib import Path\n"
+            "from jisr.settings import Settings\n"
+            f"jisr.dbt.dbt_executable = lambda: Path({str(fake_dbt)!r})\n"
+            "pg.dbt_environment = lambda settings, dsn: dict(os.environ)\n"
+            f"pg.run_dbt(Settings(home=Path({str(tmp_path)!r})), 'postgresql://unused')\n")
+    run = subprocess.Popen([sys.executable, "-c", code], cwd=PROJECT_DIR)
+    try:
+        deadline = time.time() + 60
+        while not (pidfile.exists() and pidfile.read_text().strip()) and time.time() < deadline:
+            time.sleep(0.1)
+        child = int(pidfile.read_text())
+        assert _alive(child)
+        run.kill()
+        run.wait(timeout=30)
+        deadline = time.time() + 10
+        while _alive(child) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not _alive(child), "the publication's dbt outlived it"
+    finally:
+        run.kill()
+        if "child" in locals() and _alive(child):
+            os.kill(child, signal.SIGKILL)
+
+
 @pytest.mark.parametrize("instance_file", ["orchestration/dagster.yaml", "deploy/dagster.yaml"])
 def test_a_selection_materialised_from_the_ui_waits_for_the_refresh_in_the_queue(defs, instance_file):
     """Every step holds the refresh lock: a run of any job of the code location (a mart or a

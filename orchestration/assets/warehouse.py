@@ -7,7 +7,6 @@ folders (``meta.dagster.group`` in dbt_project.yml).
 
 import contextlib
 import os
-import signal
 import subprocess
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +23,7 @@ from dagster_dbt.core import dbt_cli_invocation as _dbt_cli_invocation
 
 from jisr.dbt import (
     dbt_executable,
+    dies_with_this_process,
     dbt_schemas,
     docs_are_current,
     docs_fingerprint,
@@ -125,16 +125,6 @@ class JisrDbtCliResource(DbtCliResource):
         return Version(package_version("dbt-core"))
 
 
-def _parent_death_signal():
-    """Linux's prctl(PR_SET_PDEATHSIG), or None where it does not exist."""
-    try:
-        import ctypes
-
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
 class _SubprocessBoundToItsParent:
     """The ``subprocess`` module as dagster-dbt's dbt invocations see it: a dbt started by a
     step is killed when the process that started it dies. A run killed outright (SIGKILL,
@@ -144,22 +134,14 @@ class _SubprocessBoundToItsParent:
     for its dbt to end, so the signal (sent when that thread's process goes) only comes from
     a death of the run."""
 
-    _prctl = _parent_death_signal()
-
     def __getattr__(self, name):
         return getattr(subprocess, name)
 
     def Popen(self, *args, **kwargs):  # noqa: N802 - subprocess.Popen's name
-        prctl, parent = self._prctl, os.getpid()
-        if prctl is None or "preexec_fn" in kwargs:
+        bind = dies_with_this_process()
+        if bind is None or "preexec_fn" in kwargs:
             return subprocess.Popen(*args, **kwargs)
-
-        def bind_to_parent():  # in the child, before exec: only async-signal-safe calls
-            prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-            if os.getppid() != parent:  # the parent died before the call above
-                os._exit(1)
-
-        return subprocess.Popen(*args, preexec_fn=bind_to_parent, **kwargs)
+        return subprocess.Popen(*args, preexec_fn=bind, **kwargs)
 
 
 _dbt_cli_invocation.subprocess = _SubprocessBoundToItsParent()
