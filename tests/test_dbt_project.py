@@ -27,9 +27,9 @@ CONTRACTS = load_contracts(PROJECT_DIR / "contracts")
 MAX_PARENTS = 7  # dbt-project-evaluator's default threshold for "too many joins"
 
 
-def dbt_parse(home: Path, target: str) -> dict:
+def dbt_parse(home: Path, target: str, **extra_env: str) -> dict:
     target_path = home / f"target_{target}"
-    env = dict(os.environ, JISR_HOME=str(home), DBT_SEND_ANONYMOUS_USAGE_STATS="False")
+    env = dict(os.environ, JISR_HOME=str(home), DBT_SEND_ANONYMOUS_USAGE_STATS="False", **extra_env)
     env.pop("JISR_DBT_TARGET", None)
     for name in ("JISR_PG_HOST", "JISR_PG_PORT", "JISR_PG_USER", "JISR_PG_PASSWORD", "JISR_PG_DBNAME"):
         env.pop(name, None)
@@ -322,3 +322,13 @@ def test_means_do_not_depend_on_the_order_rows_arrive_in():
                 if not re.match(r"avg\([\w.]*_mad\) as \{\{ jisr\.type_money\(\) \}\}\)", line[match.start():]):
                     bare.append(f"{path.relative_to(DBT_PROJECT)}:{line_no}: {line.strip()}")
     assert bare == []
+
+
+def test_the_schema_suffix_of_a_postgresql_publication_moves_no_duckdb_build(tmp_path):
+    """`jisr publish-postgres` builds beside the schemas readers use (JISR_SCHEMA_SUFFIX=__next);
+    the same variable left set in a shell must not move the DuckDB build's schemas."""
+    duckdb_nodes = models(dbt_parse(tmp_path / "d", "duckdb", JISR_SCHEMA_SUFFIX="__next"))
+    postgres_nodes = models(dbt_parse(tmp_path / "p", "postgres", JISR_SCHEMA_SUFFIX="__next"))
+    assert {n["schema"] for n in duckdb_nodes.values()} == {"staging", "intermediate", "marts", "detail"}
+    assert {n["schema"] for n in postgres_nodes.values()} == {"staging__next", "intermediate__next", "marts__next",
+                                                               "detail__next"}
