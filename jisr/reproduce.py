@@ -265,6 +265,14 @@ def _read_record(path: Path) -> dict:
     return record
 
 
+def _check_run_id(run_id) -> None:
+    """A run id names the rebuild's home (``reproduce/<run id>``, emptied first) and a record's
+    file: one that is not a plain file name (a record copied from elsewhere, a mistyped
+    argument) would name a folder outside it."""
+    if not isinstance(run_id, str) or run_id in ("", ".", "..") or Path(run_id).name != run_id:
+        raise ReproduceError(f"{run_id!r} is not a run id (a run id is a plain name: no '/', not '.' or '..')")
+
+
 def reproduce(settings, run_id: str | None = None, folders: list[Path] | None = None, *,
               keep: bool = False, record_file: Path | None = None, log=print) -> ReproduceResult:
     """Rebuild the publication of ``run_id`` (default: the one served now; with
@@ -274,8 +282,11 @@ def reproduce(settings, run_id: str | None = None, folders: list[Path] | None = 
     from quality.config import config_for
 
     started = time.monotonic()
+    if run_id is not None:
+        _check_run_id(run_id)
     if record_file is not None:
         record = _read_record(record_file)
+        _check_run_id(record["run_id"])
         if run_id is not None and run_id != record["run_id"]:
             raise ReproduceError(f"{record_file} records the publication of run {record['run_id']}, not {run_id}")
         run_id = record["run_id"]

@@ -193,3 +193,25 @@ def test_as_published_hides_the_served_files_cells_in_the_rebuild_and_finds_a_ch
     make_warehouse(tmp_path / "other.duckdb", coverage_rows({**COUNTS, ("03", "M"): 76})).close()
     with pytest.raises(PatternMismatch):  # a published count the rebuild does not give
         as_published(settings, tmp_path / "other.duckdb", tmp_path / "served.duckdb", tmp_path, cfg)
+
+
+def test_a_run_id_that_is_not_a_plain_name_is_refused_before_anything_is_removed(published, tmp_path, monkeypatch):
+    """The run id names the rebuild's home (``reproduce/<run id>``, emptied first): one from a
+    copied record or the command line that climbs out of that folder is refused."""
+    import jisr.reproduce as reproduce_mod
+
+    published = dataclasses.replace(published, code_version_override="v1")
+
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("rebuilt")
+
+    monkeypatch.setattr(reproduce_mod.subprocess, "run", no_rebuild)
+    record = publication_record(published, "run-1")
+    copied = tmp_path / "elsewhere.json"
+    for run_id in ("../warehouse", "../../store", "a/b", "..", ".", "", 7):
+        copied.write_text(json.dumps({**record, "run_id": run_id}))
+        with pytest.raises(ReproduceError, match="is not a run id"):
+            reproduce(published, record_file=copied)
+    with pytest.raises(ReproduceError, match="is not a run id"):
+        reproduce(published, "../warehouse")
+    assert published.serving_path.exists() and published.store_path.exists()
