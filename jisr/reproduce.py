@@ -130,7 +130,8 @@ def _check_code_version(settings, record: dict) -> None:
 def _find_files(deliveries: list[dict], folders: list[Path]) -> dict[str, Path]:
     """Each delivery's file (delivery id -> path), found by its SHA-256 among the files of
     ``folders`` (searched in order, their sub-folders too): a file of the delivery's name
-    first, then any file of the same size as one of that name found with other content."""
+    first, then any other file (those of the size of a file of that name found with other
+    content first: a file corrected since, the original kept under another name)."""
     from ingestion.load import hash_file
 
     files: list[Path] = []
@@ -152,10 +153,10 @@ def _find_files(deliveries: list[dict], folders: list[Path]) -> dict[str, Path]:
     for d in deliveries:
         named = by_name.get(d["file_name"], [])
         match = next((p for p in named if digest(p) == d["content_hash"]), None)
-        if match is None:
+        if match is None:  # renamed, or kept elsewhere: files of the size of one of its name first
             sizes = {p.stat().st_size for p in named}
-            match = next((p for p in files if p.stat().st_size in sizes and p not in named
-                          and digest(p) == d["content_hash"]), None)
+            others = sorted((p for p in files if p not in named), key=lambda p: p.stat().st_size not in sizes)
+            match = next((p for p in others if digest(p) == d["content_hash"]), None)
         if match is None:
             missing.append(d)
         else:

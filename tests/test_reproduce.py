@@ -215,3 +215,22 @@ def test_a_run_id_that_is_not_a_plain_name_is_refused_before_anything_is_removed
     with pytest.raises(ReproduceError, match="is not a run id"):
         reproduce(published, "../warehouse")
     assert published.serving_path.exists() and published.store_path.exists()
+
+
+def test_a_delivered_file_renamed_or_removed_since_is_found_by_its_content_under_any_name(published, tmp_path):
+    """By content: also when no file of the delivery's name is left (renamed in the landing
+    area, or kept in an archive under another name), or the file of its name now has another
+    size (a corrected re-delivery with a value longer or shorter)."""
+    record = publication_record(published, "run-1")
+    payments = next(d["delivery_id"] for d in record["deliveries"] if d["source"] == "payments")
+    delivered = published.landing_dir / "msisf" / "paiements_2025-01.csv"
+    original = delivered.read_bytes()
+    renamed = published.landing_dir / "msisf" / "paiements janvier.csv"
+    delivered.rename(renamed)
+    assert _find_files(record["deliveries"], [published.landing_dir])[payments] == renamed
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    renamed.rename(archive / "payments-january.csv")
+    delivered.write_bytes(original + b"\n")  # re-delivered corrected, one byte longer
+    assert _find_files(record["deliveries"], [published.landing_dir, archive])[payments] == \
+        archive / "payments-january.csv"
