@@ -201,6 +201,8 @@ def _environment(settings, home: Path) -> dict[str, str]:
     own home and Dagster instance."""
     env = dict(os.environ)
     env.update(JISR_HOME=str(home), DAGSTER_HOME=str(home / "dagster"))
+    if settings.key_file:  # the rebuild runs in the project folder: a relative path would name another file
+        env["JISR_PSEUDONYM_KEY_FILE"] = str(settings.key_file.resolve())
     if not settings.key_value and not settings.key_file:
         settings.pseudonym_key()  # raises MissingKeyError unless a demo key is there to use
         env["JISR_PSEUDONYM_KEY_FILE"] = str(settings.secrets_dir / "demo-pseudonym.key")

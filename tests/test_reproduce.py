@@ -234,3 +234,20 @@ def test_a_delivered_file_renamed_or_removed_since_is_found_by_its_content_under
     delivered.write_bytes(original + b"\n")  # re-delivered corrected, one byte longer
     assert _find_files(record["deliveries"], [published.landing_dir, archive])[payments] == \
         archive / "payments-january.csv"
+
+
+def test_the_rebuild_reads_the_same_key_file_when_its_path_is_relative(tmp_path, monkeypatch):
+    """The rebuild's refresh runs in the project folder: a key file named relative to the
+    folder `jisr reproduce` runs in is given to it by its full path."""
+    from jisr.reproduce import _environment
+    from jisr.settings import get_settings
+    from tests.conftest import TEST_KEY
+
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "jisr.key").write_bytes(TEST_KEY)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("JISR_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("JISR_PSEUDONYM_KEY", raising=False)
+    monkeypatch.setenv("JISR_PSEUDONYM_KEY_FILE", "keys/jisr.key")
+    env = _environment(get_settings(), tmp_path / "home" / "reproduce" / "run-1")
+    assert env["JISR_PSEUDONYM_KEY_FILE"] == str(tmp_path / "keys" / "jisr.key")
