@@ -265,6 +265,15 @@ def _read_record(path: Path) -> dict:
                or k not in record]
     if missing:
         raise ReproduceError(f"{path} is not a publication record (no {', '.join(missing)})")
+    keys = ("delivery_id", "source", "file_name", "content_hash")
+    if not isinstance(record["deliveries"], list) or not all(
+            isinstance(d, dict) and all(isinstance(d.get(k), str) for k in keys) for d in record["deliveries"]):
+        raise ReproduceError(f"{path} is not a publication record (its deliveries are not each a file with "
+                             f"{', '.join(keys)})")
+    if record["figures"] is not None and not (isinstance(record["figures"], dict) and all(
+            isinstance(f, dict) and "rows" in f and "sha256" in f for f in record["figures"].values())):
+        raise ReproduceError(f"{path} is not a publication record (its figures are not each a table's rows and "
+                             "sha256)")
     return record
 
 

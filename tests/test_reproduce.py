@@ -251,3 +251,18 @@ def test_the_rebuild_reads_the_same_key_file_when_its_path_is_relative(tmp_path,
     monkeypatch.setenv("JISR_PSEUDONYM_KEY_FILE", "keys/jisr.key")
     env = _environment(get_settings(), tmp_path / "home" / "reproduce" / "run-1")
     assert env["JISR_PSEUDONYM_KEY_FILE"] == str(tmp_path / "keys" / "jisr.key")
+
+
+def test_a_copied_record_with_deliveries_or_figures_of_another_shape_is_refused_with_exit_2(published, tmp_path,
+                                                                                           capsys, monkeypatch):
+    """Exit 1 says a table differs: a record damaged in its copy is not a publication record
+    (exit 2), not a crash."""
+    monkeypatch.setenv("JISR_CODE_VERSION", "v1")  # the code version of the record
+    copied = tmp_path / "elsewhere.json"
+    record = publication_record(published, "run-1")
+    nameless = [{k: v for k, v in d.items() if k != "file_name"} for d in record["deliveries"]]
+    for damaged in ({"deliveries": None}, {"deliveries": nameless}, {"deliveries": ["x"]}, {"figures": ["x"]},
+                    {"figures": {"marts.t": "x"}}):
+        copied.write_text(json.dumps({**record, **damaged}))
+        assert main(["reproduce", "--record", str(copied)]) == 2
+        assert f"{copied} is not a publication record" in capsys.readouterr().err
