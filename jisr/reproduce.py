@@ -120,8 +120,11 @@ def _check_code_version(settings, record: dict) -> None:
     if recorded == running:
         return
     commit = _commit_of(recorded)
+    copy = re.fullmatch(r"jisr-(.+)\+src\.([0-9a-f]+)", recorded)
     how = (f"check out that version (`git checkout {commit}`), run `make setup`, and run "
            f"`jisr reproduce {record['run_id']}` again" if commit else
+           f"it was built from a copy of the source without git (jisr {copy.group(1)}, source hash "
+           f"{copy.group(2)}): run `jisr reproduce` from that copy" if copy else
            "it was built from changes that were not committed, so no checkout gives that code again")
     raise ReproduceError(f"the publication of run {record['run_id']} was built by code version {recorded}, and the "
                          f"code here is {running}: {how}")

@@ -81,7 +81,9 @@ def test_reproduce_refuses_another_code_version_naming_the_commit_to_check_out(p
     record = publication_record(published, "run-1")
     for version, expected in [("v0.3-12-g1a2b3c4d5e6f", "`git checkout 1a2b3c4d5e6f`"),
                               ("1a2b3c4d5e6f", "`git checkout 1a2b3c4d5e6f`"),
-                              ("1a2b3c4d5e6f-dirty.0123456789ab", "changes that were not committed")]:
+                              ("1a2b3c4d5e6f-dirty.0123456789ab", "changes that were not committed"),
+                              ("jisr-0.1.0+src.0123456789ab", "a copy of the source without git (jisr 0.1.0, "
+                                                              "source hash 0123456789ab)")]:
         record["code_version"] = version
         publish_mod.record_path(published, "run-1").write_text(json.dumps(record))
         with pytest.raises(ReproduceError) as info:
