@@ -72,6 +72,7 @@ class ReproduceResult:
     tables: list[TableResult] = field(default_factory=list)
     published_note: str = ""    # how the tables as published were compared, or why they were not
     mismatch: bool = False      # the served file's pattern of hidden cells does not fit the rebuilt tables
+    loaded: list[tuple[str, int | None, int | None]] = field(default_factory=list)  # see loaded_differences
 
     @property
     def same(self) -> bool:
@@ -98,6 +99,12 @@ class ReproduceResult:
             lines.append(f"As published, {len(published)} differ: {', '.join(published)}.")
         if self.published_note:
             lines.append(self.published_note)
+        if self.loaded:
+            lines.append(f"Rows loaded differ for {len(self.loaded)} delivered files (at publication, rebuilt): "
+                         + "; ".join(f"{name} {old}, {new}" for name, old, new in self.loaded)
+                         + ". Rows held for another row (a reference not loaded yet, a key loaded from another "
+                         "batch) depend on the order the files arrived in, which a rebuild in one refresh does "
+                         "not replay.")
         not_compared = [t.table for t in self.tables if t.outcome == "not compared"]
         if not_compared:
             lines.append(f"Not compared: {', '.join(not_compared)} (built from the delivery log: when each file "
@@ -240,6 +247,15 @@ def as_published(settings, build: Path, served: Path, work: Path, cfg) -> tuple[
         con.close()
 
 
+def loaded_differences(recorded: list[dict], rebuilt: list[dict]) -> list[tuple[str, int | None, int | None]]:
+    """(file name, rows loaded at publication, in the rebuild) of each delivery whose rows
+    loaded differ: what makes tables differ when the rows a delivery loaded depended on the
+    deliveries before it."""
+    by_hash = {(d.get("source"), d.get("content_hash")): d.get("rows_loaded") for d in rebuilt}
+    return [(d["file_name"], d.get("rows_loaded"), by_hash.get((d["source"], d["content_hash"])))
+            for d in recorded if d.get("rows_loaded") != by_hash.get((d["source"], d["content_hash"]))]
+
+
 def compare(recorded: dict, rebuilt: dict, not_compared) -> list[TableResult]:
     """Table by table, the recorded fingerprints against the rebuild's."""
     out = []
@@ -343,7 +359,8 @@ def reproduce(settings, run_id: str | None = None, folders: list[Path] | None = 
     cfg = config_for(settings)
     tables = compare(record["figures"], rebuilt["figures"], set(cfg.not_reproduced))
     result = ReproduceResult(run_id=run_id, code_version=record["code_version"], rebuilt_run_id=rebuilt_run,
-                             home=home, kept=True, seconds=0.0, files=len(deliveries), tables=tables)
+                             home=home, kept=True, seconds=0.0, files=len(deliveries), tables=tables,
+                             loaded=loaded_differences(deliveries, rebuilt.get("deliveries") or []))
     served = None if record_file is not None else published_file(settings, run_id)
     if served is None:
         result.published_note = ("Not compared as published: the file this publication served is not kept here "

@@ -268,3 +268,25 @@ def test_a_copied_record_with_deliveries_or_figures_of_another_shape_is_refused_
         copied.write_text(json.dumps({**record, **damaged}))
         assert main(["reproduce", "--record", str(copied)]) == 2
         assert f"{copied} is not a publication record" in capsys.readouterr().err
+
+
+def test_the_deliveries_whose_rows_loaded_differ_in_the_rebuild_are_named():
+    """A row held for another row (a payment id loaded from another month's file first) is
+    loaded or held by the order the files arrived in: the rebuild, all files in one refresh,
+    may load another row, and the delivered files concerned are named beside the tables."""
+    from pathlib import Path
+
+    from jisr.reproduce import ReproduceResult, loaded_differences
+
+    recorded = [{"source": "payments", "file_name": "paiements_2025-01.csv", "content_hash": "a", "rows_loaded": 207},
+                {"source": "payments", "file_name": "paiements_2025-02.csv", "content_hash": "b", "rows_loaded": 217},
+                {"source": "enrolments", "file_name": "inscriptions_2025-01.csv", "content_hash": "c",
+                 "rows_loaded": 5}]
+    rebuilt = [{**recorded[0], "rows_loaded": 208}, {**recorded[1], "rows_loaded": 216}, recorded[2]]
+    assert loaded_differences(recorded, rebuilt) == [("paiements_2025-01.csv", 207, 208),
+                                                     ("paiements_2025-02.csv", 217, 216)]
+    assert loaded_differences(recorded, recorded) == []
+    result = ReproduceResult("run-1", "v1", "run-2", Path("home"), True, 1.0, 3,
+                             loaded=loaded_differences(recorded, rebuilt))
+    assert ("Rows loaded differ for 2 delivered files (at publication, rebuilt): paiements_2025-01.csv 207, 208; "
+            "paiements_2025-02.csv 217, 216.") in result.describe()
