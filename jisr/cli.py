@@ -129,13 +129,14 @@ def _disclosure(args) -> int:
 
 
 def _reproduce(args) -> int:
+    from jisr.lock import LockBusy
     from jisr.reproduce import EXIT_DIFFERENT, EXIT_SAME, ReproduceError, reproduce
 
     settings = get_settings()
     try:
         result = reproduce(settings, args.run_id, [Path(f) for f in args.files], keep=args.keep,
                            record_file=Path(args.record) if args.record else None)
-    except (ReproduceError, MissingKeyError) as exc:
+    except (ReproduceError, MissingKeyError, LockBusy) as exc:
         print(f"jisr reproduce: {exc}", file=sys.stderr)
         return 2
     print(result.describe())

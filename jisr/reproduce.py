@@ -35,6 +35,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from jisr.lock import file_lock
 from jisr.publish import publication_record, publish_log, published_file, serving_run_id
 from jisr.settings import get_settings
 
@@ -310,8 +311,6 @@ def reproduce(settings, run_id: str | None = None, folders: list[Path] | None = 
     ``record_file``, the publication that record describes, wherever it was made) in a new
     home and compare its figures (see the module docstring). The new home is removed when
     every figure compared is the same, unless ``keep``; kept otherwise, to look into."""
-    from quality.config import config_for
-
     started = time.monotonic()
     if run_id is not None:
         _check_run_id(run_id)
@@ -341,6 +340,19 @@ def reproduce(settings, run_id: str | None = None, folders: list[Path] | None = 
     deliveries = record["deliveries"]
     found = _find_files(deliveries, [Path(settings.landing_dir), *(Path(f) for f in folders or ())])
     home = Path(settings.home) / "reproduce" / run_id
+    home.parent.mkdir(parents=True, exist_ok=True)
+    # two reproductions of one run would empty each other's home
+    with file_lock(home.with_name(f"{run_id}.lock"), f"jisr reproduce of run {run_id}"):
+        return _rebuild(settings, run_id, record, found, home, record_file=record_file, keep=keep, started=started,
+                        log=log)
+
+
+def _rebuild(settings, run_id: str, record: dict, found: dict[str, Path], home: Path, *, record_file, keep: bool,
+             started: float, log) -> ReproduceResult:
+    """The rebuild of :func:`reproduce` in ``home`` and its comparison with ``record``."""
+    from quality.config import config_for
+
+    deliveries = record["deliveries"]
     if home.exists():
         shutil.rmtree(home)
     _place(settings, deliveries, found, home / "landing")

@@ -290,3 +290,27 @@ def test_the_deliveries_whose_rows_loaded_differ_in_the_rebuild_are_named():
                              loaded=loaded_differences(recorded, rebuilt))
     assert ("Rows loaded differ for 2 delivered files (at publication, rebuilt): paiements_2025-01.csv 207, 208; "
             "paiements_2025-02.csv 217, 216.") in result.describe()
+
+
+def test_a_second_reproduction_of_the_same_run_refuses_while_one_runs(published):
+    """Both would rebuild in reproduce/<run id>, each emptying it first."""
+    import subprocess
+    import sys
+
+    from jisr.lock import LockBusy
+    from jisr.settings import PROJECT_DIR
+
+    lock = published.home / "reproduce" / "run-1.lock"
+    lock.parent.mkdir(parents=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from pathlib import Path; from jisr.lock import file_lock\n"
+         f"with file_lock(Path({str(lock)!r}), 'jisr reproduce of run run-1'):\n"
+         "    print('held', flush=True); sys.stdin.read()"],
+        cwd=PROJECT_DIR, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(LockBusy, match="another jisr reproduce of run run-1 is running"):
+            reproduce(dataclasses.replace(published, code_version_override="v1"), "run-1")
+    finally:
+        holder.communicate("", timeout=60)
+    assert not (published.home / "reproduce" / "run-1").exists()
