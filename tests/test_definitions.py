@@ -457,18 +457,26 @@ def test_a_dbt_started_by_a_run_ends_when_the_run_process_is_killed(tmp_path):
             "print(child.pid, flush=True)\n"
             "time.sleep(300)\n")
     run = subprocess.Popen([sys.executable, "-c", code], cwd=PROJECT_DIR, stdout=subprocess.PIPE, text=True)
+    assert not _outlives_its_killed_parent(run, lambda: int(run.stdout.readline())), \
+        "the dbt process outlived the run that started it"
+
+
+def _outlives_its_killed_parent(run: subprocess.Popen, child_pid) -> bool:
+    """Kill ``run`` outright once its child (``child_pid()``, which waits for it) runs: whether
+    the child is still alive 10 s later (it is killed then)."""
+    child = None
     try:
-        child = int(run.stdout.readline())
+        child = child_pid()
         assert _alive(child)
         run.kill()
         run.wait(timeout=30)
         deadline = time.time() + 10
         while _alive(child) and time.time() < deadline:
             time.sleep(0.1)
-        assert not _alive(child), "the dbt process outlived the run that started it"
+        return _alive(child)
     finally:
         run.kill()
-        if "child" in locals() and _alive(child):
+        if child is not None and _alive(child):
             os.kill(child, signal.SIGKILL)
 
 
@@ -488,22 +496,14 @@ def test_the_dbt_of_a_postgresql_publication_ends_when_the_publication_is_killed
             "pg.dbt_environment = lambda settings, dsn: dict(os.environ)\n"
             f"pg.run_dbt(Settings(home=Path({str(tmp_path)!r})), 'postgresql://unused')\n")
     run = subprocess.Popen([sys.executable, "-c", code], cwd=PROJECT_DIR)
-    try:
+
+    def started() -> int:
         deadline = time.time() + 60
         while not (pidfile.exists() and pidfile.read_text().strip()) and time.time() < deadline:
             time.sleep(0.1)
-        child = int(pidfile.read_text())
-        assert _alive(child)
-        run.kill()
-        run.wait(timeout=30)
-        deadline = time.time() + 10
-        while _alive(child) and time.time() < deadline:
-            time.sleep(0.1)
-        assert not _alive(child), "the publication's dbt outlived it"
-    finally:
-        run.kill()
-        if "child" in locals() and _alive(child):
-            os.kill(child, signal.SIGKILL)
+        return int(pidfile.read_text())
+
+    assert not _outlives_its_killed_parent(run, started), "the publication's dbt outlived it"
 
 
 @pytest.mark.parametrize("instance_file", ["orchestration/dagster.yaml", "deploy/dagster.yaml"])
