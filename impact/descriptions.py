@@ -116,12 +116,12 @@ COLUMN_DESCRIPTIONS: dict[str, str] = {
     "beneficiaries_reached": "People the programme reached.",
     "cost_per_beneficiary_mad": "Cost per beneficiary (MAD), on cost_basis.",
     "cost_per_unit_impact_mad": (
-        "Cost per beneficiary / the benefit the estimate measures (MAD per unit of the outcome; for a binary "
-        "outcome, outcome_scale binary, per 1.0 = 100 percentage points: a hundredth of it per point)."
+        "Cost per beneficiary / the benefit the estimate measures (MAD per unit of the outcome; for an outcome "
+        "of outcome_scale binary or proportion, per 1.0 = 100 percentage points: a hundredth of it per point)."
     ),
     "outcome_scale": (
-        "binary when every measured value of the outcome is 0 or 1 (a rate: estimates are shares, 0.05 = 5 "
-        "percentage points), else continuous."
+        "binary when every measured value of the outcome is 0 or 1, proportion when every one is between 0 and 1 "
+        "(a rate or a share: estimates are shares, 0.05 = 5 percentage points), else continuous."
     ),
     "cost_per_unit_impact_ci_low": "Cost per unit of impact at the upper end of the estimate's confidence interval.",
     "cost_per_unit_impact_ci_high": "Cost per unit of impact at the lower end of the estimate's confidence interval (null when that end is no benefit: ci_unbounded).",

@@ -355,7 +355,7 @@ def programme_summary(tables, study: str, programme: str, preferred: str | None,
             c = ce.iloc[0]
             if pd.notna(c["cost_per_beneficiary_mad"]):
                 text += f" Cost per beneficiary: {fmt(c['cost_per_beneficiary_mad'])} MAD ({c['cost_basis']})"
-                points = c.get("outcome_scale") == "binary"  # per percentage point: a hundredth of per 1.0
+                points = c.get("outcome_scale") in ("binary", "proportion")  # per point: a hundredth of per 1.0
                 unit = "percentage point of" if points else "unit of"
 
                 def cost(column: str) -> str:

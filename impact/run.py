@@ -490,11 +490,16 @@ def _pretrend_rows(study_id, programme, outcome, subgroup, est: Estimate) -> lis
 
 
 def outcome_scale(y: pd.DataFrame) -> str:
-    """``binary`` when every value of the outcome measured is 0 or 1 (a rate: an effect of 1.0
-    is 100 percentage points), else ``continuous``."""
+    """``binary`` when every value of the outcome measured is 0 or 1, ``proportion`` when every
+    one is between 0 and 1 (a household's share of children enrolled); for both an effect of
+    1.0 is 100 percentage points. Else ``continuous``."""
     values = pd.unique(y.to_numpy(dtype=float).ravel())
     values = values[~np.isnan(values)]
-    return "binary" if len(values) and np.isin(values, (0.0, 1.0)).all() else "continuous"
+    if not len(values):
+        return "continuous"
+    if np.isin(values, (0.0, 1.0)).all():
+        return "binary"
+    return "proportion" if ((values >= 0) & (values <= 1)).all() else "continuous"
 
 
 def _cost_row(study_id: str, programme: str, outcome: str, direction: str, est: dict | None, costs: pd.DataFrame | None,

@@ -1525,9 +1525,9 @@ def test_lee_bounds_trimming_fewer_than_k_units_are_not_published(tmp_path):
 
 
 def test_the_cost_of_a_rate_is_given_per_percentage_point(tmp_path):
-    """A binary outcome (enrolled or not): its estimate is a share, and the cost per unit of
-    impact is per 1.0 = 100 percentage points; the table says the outcome is binary and the
-    report gives the cost per percentage point."""
+    """A binary outcome (enrolled or not) or a proportion (a share of children enrolled): its
+    estimate is a share, and the cost per unit of impact is per 1.0 = 100 percentage points;
+    the table says the outcome's scale and the report gives the cost per percentage point."""
     from impact.report import fmt, write_report
 
     panel = simulate_panel(13)
@@ -1544,6 +1544,12 @@ def test_the_cost_of_a_rate_is_given_per_percentage_point(tmp_path):
             ) in text
     continuous = evaluate(simulate_panel(13), costs_frame(800.0), cfg).cost_effectiveness.iloc[0]
     assert continuous["outcome_scale"] == "continuous"
+    shares = simulate_panel(13)  # a household's share of children enrolled: a proportion, per point too
+    shares.loc[shares["variable"] == "income", "value"] = (shares.loc[shares["variable"] == "income", "value"] / 20).clip(0, 1)
+    share = evaluate(shares, costs_frame(800.0), cfg)
+    assert share.cost_effectiveness.iloc[0]["outcome_scale"] == "proportion"
+    assert "cost per percentage point of impact" in write_report(
+        share, tmp_path / "r3", run_id="r", code_version="v", config=cfg)["summaries"]["sim/PRG-01"]
     again = cost_effectiveness(tables, costs_frame(400.0), cfg)  # kept estimates, new costs: the scale kept
     assert again.iloc[0]["outcome_scale"] == "binary"
     text = write_report(evaluate(simulate_panel(13), costs_frame(800.0), cfg), tmp_path / "r2", run_id="r",
