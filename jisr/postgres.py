@@ -93,6 +93,22 @@ create table if not exists meta.publish_log (
 )"""
 # columns added since the first version of the table (a database published to before gets them)
 PUBLISH_LOG_ADDED = (("run_id", "varchar"), ("deliveries", "jsonb"), ("delivery_count", "integer"))
+# what BI tools show for it (the only table of `meta` the evaluator role reads)
+PUBLISH_LOG_DESCRIPTIONS = {
+    None: "One row per publication of this database by jisr publish-postgres: the run of the served DuckDB "
+          "warehouse whose deliveries it publishes, the code version, and what disclosure control did.",
+    "published_at": "When this publication was made (UTC).",
+    "target": "postgres.",
+    "code_version": "Version of the code that built it (git describe; -dirty.<hash> for uncommitted changes).",
+    "raw_tables": "Raw layer tables copied from the raw store (pseudonymised).",
+    "raw_rows": "Rows of those tables.",
+    "dbt_invocation_id": "dbt's id of the build (its run_results.json).",
+    "tables_protected": "How disclosure control was applied, per protected mart (the served DuckDB warehouse's pattern).",
+    "note": "Findings of disclosure control that do not block (without the cells concerned).",
+    "run_id": "Dagster run of the served DuckDB warehouse whose deliveries this publication publishes.",
+    "deliveries": "Those deliveries: delivery id, source, batch, file name, SHA-256 of the file and rows loaded.",
+    "delivery_count": "Number of those deliveries.",
+}
 
 
 class PostgresPublishError(RuntimeError):
@@ -547,6 +563,9 @@ def record_publication(settings: Settings, pg, result: PostgresPublishResult, *,
                      sum(result.raw_rows.values()), _dbt_invocation_id(settings),
                      "; ".join(result.protected), "; ".join(result.disclosure_warnings) or None,
                      result.run_id, json.dumps(result.deliveries, default=str), len(result.deliveries)])
+        for column, text in PUBLISH_LOG_DESCRIPTIONS.items():
+            what = "table meta.publish_log" if column is None else f"column meta.publish_log.{_q(column)}"
+            cur.execute(f"comment on {what} is %s", (text,))
     if commit:
         pg.commit()
 

@@ -60,6 +60,25 @@ LOG_COLUMNS = """
     disclosure varchar,                -- how disclosure control was applied
     note varchar
 """
+# what BI tools show for the publish log (table and column comments), the only table of `meta`
+# readers see
+LOG_DESCRIPTIONS = {
+    None: "One row per publication of this warehouse (publish) and per jisr rollback (rollback), the "
+          "earlier ones copied from the file served before: which run, code version and deliveries the "
+          "figures come from, and the checks they passed.",
+    "event": "publish (a refresh replaced the warehouse) or rollback (jisr rollback served an earlier one again).",
+    "run_id": "Dagster run whose warehouse is served after this event.",
+    "code_version": "Version of the code that built it (git describe; -dirty.<hash> for uncommitted changes).",
+    "published_at": "When the event happened (UTC).",
+    "deliveries": "The partner deliveries the warehouse was built from: delivery id, source, batch, file name, "
+                  "SHA-256 of the file's content and rows loaded.",
+    "delivery_count": "Number of those deliveries.",
+    "check_results": "Results of the quality checks: the publish step's audit and the run's Dagster asset checks.",
+    "checks_passed": "Whether every blocking check passed (a publication happens only then).",
+    "table_row_counts": "Rows of each published table.",
+    "disclosure": "How disclosure control was applied, per protected table (cells hidden; no cell values).",
+    "note": "Anything else to know about this event, e.g. published without its audit.",
+}
 CANDIDATE_PREFIX = ".candidate-"
 
 
@@ -530,6 +549,9 @@ def _write_log(con, settings, row: dict) -> None:
     cols = list(row)
     con.execute(f"insert into meta.publish_log ({', '.join(cols)}) values ({', '.join('?' * len(cols))})",
                 [row[c] for c in cols])
+    for column, text in LOG_DESCRIPTIONS.items():
+        what = "table meta.publish_log" if column is None else f"column meta.publish_log.{_ident(column)}"
+        con.execute(f"comment on {what} is '{_sql_str(text)}'")
 
 
 def _archive_name(run_id: str | None) -> str:

@@ -630,6 +630,12 @@ def test_postgres_publish_builds_the_dbt_project_for_evaluators(database, settin
         cur.execute("select target, note, run_id, delivery_count, jsonb_array_length(deliveries) from meta.publish_log")
         assert cur.fetchall() == [("postgres", "; ".join(result.disclosure_warnings) or None, refresh.run_id,
                                    len(deliveries), len(deliveries))]
+        cur.execute("select count(*), count(col_description('meta.publish_log'::regclass, a.attnum)), "
+                    "obj_description('meta.publish_log'::regclass, 'pg_class') from pg_attribute a "
+                    "where a.attrelid = 'meta.publish_log'::regclass and a.attnum > 0 and not a.attisdropped "
+                    "group by 3")
+        columns, described, table = cur.fetchone()
+        assert columns == described == 11 and table.startswith("One row per publication")  # what BI tools show
     con.rollback()
     expect_denied(con, "select * from raw.beneficiaries")
     expect_denied(con, "select * from staging.stg_msisf__beneficiaries")

@@ -378,6 +378,29 @@ def test_check_against_kept_checks_a_publication_against_every_file_kept(publish
     assert kept == ["run-3", "run-2", "run-1", "run-4"]  # kept for rollback (run-3 now too), then rolled back
 
 
+def test_the_publish_log_describes_itself_to_bi_tools(published):
+    """meta.publish_log, the one table of meta that readers see, carries a description of the
+    table and of every column, after a rollback too."""
+    def undescribed(path):
+        con = duckdb.connect(str(path), read_only=True)
+        try:
+            table = con.execute("select comment from duckdb_tables() where schema_name = 'meta' "
+                                "and table_name = 'publish_log'").fetchone()[0]
+            columns = con.execute("select column_name from duckdb_columns() where schema_name = 'meta' and "
+                                  "table_name = 'publish_log' and coalesce(comment, '') = ''").fetchall()
+            return table, columns
+        finally:
+            con.close()
+
+    table, columns = undescribed(published.serving_path)
+    assert table.startswith("One row per publication") and columns == []
+    make_build(published, estimate=2.0)
+    publish(published, "run-2", "v2")
+    rollback(published)
+    table, columns = undescribed(published.serving_path)
+    assert table and columns == []
+
+
 def test_publication_carries_the_descriptions_of_tables_and_columns(published):
     """dbt writes each model's and column's description as comments (``persist_docs``); the
     published copy keeps them, which BI tools show as descriptions."""
