@@ -233,9 +233,12 @@ def _write_record(settings, run_id: str, code_version: str, published_at: dateti
     path = record_path(settings, run_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
+    from jisr.settings import engine_versions
+
     tmp.write_text(json.dumps({"run_id": run_id, "code_version": code_version,
-                               "published_at": published_at.isoformat(), "deliveries": deliveries,
-                               "figures": fingerprints}, default=str, indent=1), encoding="utf-8")
+                               "published_at": published_at.isoformat(), "engines": engine_versions(),
+                               "deliveries": deliveries, "figures": fingerprints}, default=str, indent=1),
+                   encoding="utf-8")
     os.replace(tmp, path)
     staged.unlink(missing_ok=True)
 

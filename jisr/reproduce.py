@@ -37,7 +37,7 @@ from pathlib import Path
 
 from jisr.lock import file_lock
 from jisr.publish import publication_record, publish_log, published_file, serving_run_id
-from jisr.settings import get_settings
+from jisr.settings import engine_versions, get_settings
 
 EXIT_SAME, EXIT_DIFFERENT = 0, 1
 
@@ -73,6 +73,7 @@ class ReproduceResult:
     tables: list[TableResult] = field(default_factory=list)
     published_note: str = ""    # how the tables as published were compared, or why they were not
     mismatch: bool = False      # the served file's pattern of hidden cells does not fit the rebuilt tables
+    warnings: list[str] = field(default_factory=list)  # what may explain a difference (engines, a code version set by hand)
     loaded: list[tuple[str, int | None, int | None]] = field(default_factory=list)  # see loaded_differences
 
     @property
@@ -110,6 +111,7 @@ class ReproduceResult:
         if not_compared:
             lines.append(f"Not compared: {', '.join(not_compared)} (built from the delivery log: when each file "
                          "arrived and was loaded; publish.reproduce.not_compared in config/quality.yml).")
+        lines += [f"Note: {w}" for w in self.warnings]
         lines.append(f"The rebuild's home: {self.home}" + ("" if self.kept else " (removed)"))
         return "\n".join(lines)
 
@@ -347,6 +349,22 @@ def reproduce(settings, run_id: str | None = None, folders: list[Path] | None = 
                         log=log)
 
 
+def provenance_warnings(settings, record: dict, engines: dict[str, str]) -> list[str]:
+    """What makes the rebuild other than the publication's build besides the deliveries: a
+    code version set by hand (JISR_CODE_VERSION: the check compared names), ``engines`` here
+    not of the versions the record names."""
+    out = []
+    if settings.code_version_override:
+        out.append(f"the code version here is JISR_CODE_VERSION's ({settings.code_version}), not computed from "
+                   "the code: the check compared names only")
+    moved = [f"{name} {engines.get(name, 'not installed')} here, {was} then"
+             for name, was in sorted((record.get("engines") or {}).items()) if engines.get(name, "not installed") != was]
+    if moved:
+        out.append("engines not of the publication's versions (`make setup` installs those of uv.lock): "
+                   + "; ".join(moved))
+    return out
+
+
 def _rebuild(settings, run_id: str, record: dict, found: dict[str, Path], home: Path, *, record_file, keep: bool,
              started: float, log) -> ReproduceResult:
     """The rebuild of :func:`reproduce` in ``home`` and its comparison with ``record``."""
@@ -373,6 +391,7 @@ def _rebuild(settings, run_id: str, record: dict, found: dict[str, Path], home: 
     result = ReproduceResult(run_id=run_id, code_version=record["code_version"], rebuilt_run_id=rebuilt_run,
                              home=home, kept=True, seconds=0.0, files=len(deliveries), tables=tables,
                              loaded=loaded_differences(deliveries, rebuilt.get("deliveries") or []))
+    result.warnings = provenance_warnings(settings, record, engine_versions())
     served = None if record_file is not None else published_file(settings, run_id)
     if served is None:
         result.published_note = ("Not compared as published: the file this publication served is not kept here "

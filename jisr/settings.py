@@ -20,6 +20,7 @@ import hashlib
 import os
 import secrets
 import subprocess
+import sys
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -230,6 +231,25 @@ def code_version_of(project_dir: Path) -> str:
         digest = hashlib.sha256()
         hash_files(digest, project_dir, _source_files(project_dir))
         return f"jisr-{version('jisr')}+src.{digest.hexdigest()[:12]}"
+
+
+# The engines whose versions a publication's figures could depend on (besides the code itself)
+ENGINES = ("duckdb", "dbt-core", "dbt-duckdb", "dagster", "dagster-dbt", "pandas", "numpy", "pyarrow",
+           "statsmodels", "scipy", "great-expectations")
+
+
+def engine_versions() -> dict[str, str]:
+    """The installed versions of :data:`ENGINES` and Python's (from the packages' metadata: no
+    import)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": sys.version.split()[0]}
+    for name in ENGINES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
 
 
 def export_environment(settings: Settings) -> None:

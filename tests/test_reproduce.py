@@ -314,3 +314,22 @@ def test_a_second_reproduction_of_the_same_run_refuses_while_one_runs(published)
     finally:
         holder.communicate("", timeout=60)
     assert not (published.home / "reproduce" / "run-1").exists()
+
+
+def test_a_rebuild_says_what_else_than_the_deliveries_differs_from_the_publications_build(published):
+    """The record names the engines' versions; a rebuild with others, or with a code version
+    set by hand (which the check compares by name only), says so beside its comparison."""
+    from jisr.reproduce import provenance_warnings
+    from jisr.settings import engine_versions
+
+    record = publication_record(published, "run-1")
+    here = engine_versions()
+    assert record["engines"] == here and {"python", "duckdb", "dbt-core", "statsmodels"} <= set(here)
+    assert provenance_warnings(published, record, here) == []
+    older = {**here, "duckdb": "1.4.0"}
+    assert provenance_warnings(published, record, older) == [
+        f"engines not of the publication's versions (`make setup` installs those of uv.lock): duckdb 1.4.0 here, "
+        f"{here['duckdb']} then"]
+    by_hand = dataclasses.replace(published, code_version_override="v1")
+    assert provenance_warnings(by_hand, record, here) == [
+        "the code version here is JISR_CODE_VERSION's (v1), not computed from the code: the check compared names only"]
