@@ -135,7 +135,8 @@ def _reproduce(args) -> int:
     settings = get_settings()
     try:
         result = reproduce(settings, args.run_id, [Path(f) for f in args.files], keep=args.keep,
-                           record_file=Path(args.record) if args.record else None)
+                           record_file=Path(args.record) if args.record else None,
+                           in_arrival_order=args.in_arrival_order)
     except (ReproduceError, MissingKeyError, LockBusy) as exc:
         print(f"jisr reproduce: {exc}", file=sys.stderr)
         return 2
@@ -229,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--record", metavar="FILE",
                     help="a publication's record copied from its home ($JISR_HOME/store/publications/<run id>.json), "
                          "to rebuild it here, e.g. on another machine (with the same pseudonymisation key)")
+    rp.add_argument("--in-arrival-order", action="store_true",
+                    help="one refresh per ingestion run of the publication's history, each with the files it loaded, "
+                         "in that order (rows held for another row depend on it); slower")
     rp.add_argument("--keep", action="store_true", help="keep the rebuild's home ($JISR_HOME/reproduce/<run id>) "
                                                         "even when every figure is the same")
     rp.set_defaults(func=_reproduce)

@@ -106,7 +106,8 @@ PUBLISH_LOG_DESCRIPTIONS = {
     "tables_protected": "How disclosure control was applied, per protected mart (the served DuckDB warehouse's pattern).",
     "note": "Findings of disclosure control that do not block (without the cells concerned).",
     "run_id": "Dagster run of the served DuckDB warehouse whose deliveries this publication publishes.",
-    "deliveries": "Those deliveries: delivery id, source, batch, file name, SHA-256 of the file and rows loaded.",
+    "deliveries": ("Those deliveries: delivery id, source, batch, file name, SHA-256 of the file, rows loaded, and "
+                   "the run that loaded it and when (UTC)."),
     "delivery_count": "Number of those deliveries.",
 }
 

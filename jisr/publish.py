@@ -52,7 +52,7 @@ LOG_COLUMNS = """
     run_id varchar not null,           -- Dagster run whose warehouse is served after this event
     code_version varchar,              -- code version that built it
     published_at timestamp not null,   -- UTC
-    deliveries json,                   -- [{delivery_id, source, batch, file_name, content_hash, rows_loaded}]
+    deliveries json,                   -- [{delivery_id, source, batch, file_name, content_hash, rows_loaded, run_id, loaded_at}]
     delivery_count integer,
     check_results json,                -- {"audit": {...}, "dagster": [...]}
     checks_passed boolean,
@@ -71,7 +71,7 @@ LOG_DESCRIPTIONS = {
     "code_version": "Version of the code that built it (git describe; -dirty.<hash> for uncommitted changes).",
     "published_at": "When the event happened (UTC).",
     "deliveries": "The partner deliveries the warehouse was built from: delivery id, source, batch, file name, "
-                  "SHA-256 of the file's content and rows loaded.",
+                  "SHA-256 of the file's content, rows loaded, and the run that loaded it and when (UTC).",
     "delivery_count": "Number of those deliveries.",
     "check_results": "Results of the quality checks: the publish step's audit and the run's Dagster asset checks.",
     "checks_passed": "Whether every blocking check passed (a publication happens only then).",
@@ -278,7 +278,7 @@ def current_deliveries(settings) -> list[dict]:
         return []
     con = duckdb.connect(str(store), read_only=True)
     try:
-        cur = con.execute("select delivery_id, source, batch, file_name, content_hash, rows_loaded "
+        cur = con.execute("select delivery_id, source, batch, file_name, content_hash, rows_loaded, run_id, loaded_at "
                           "from meta.deliveries where status = 'loaded' order by source, batch, delivery_id")
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row)) for row in cur.fetchall()]

@@ -106,7 +106,8 @@ class ReproduceResult:
                          + "; ".join(f"{name} {old}, {new}" for name, old, new in self.loaded)
                          + ". Rows held for another row (a reference not loaded yet, a key loaded from another "
                          "batch) depend on the order the files arrived in, which a rebuild in one refresh does "
-                         "not replay.")
+                         "not replay: `jisr reproduce --in-arrival-order` rebuilds with one refresh per run that "
+                         "loaded them.")
         not_compared = [t.table for t in self.tables if t.outcome == "not compared"]
         if not_compared:
             lines.append(f"Not compared: {', '.join(not_compared)} (built from the delivery log: when each file "
@@ -203,6 +204,8 @@ def _place(settings, deliveries: list[dict], found: dict[str, Path], landing: Pa
                                  "publication cannot be rebuilt in one refresh")
         taken[target] = d["delivery_id"]
         target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists() or target.is_symlink():  # an earlier wave's file of that name: replaced, as delivered
+            target.unlink()  # (never written to: it is a link to the delivered file)
         try:
             os.link(found[d["delivery_id"]], target)
         except OSError:
@@ -308,7 +311,8 @@ def _check_run_id(run_id) -> None:
 
 
 def reproduce(settings, run_id: str | None = None, folders: list[Path] | None = None, *,
-              keep: bool = False, record_file: Path | None = None, log=print) -> ReproduceResult:
+              keep: bool = False, record_file: Path | None = None, in_arrival_order: bool = False,
+              log=print) -> ReproduceResult:
     """Rebuild the publication of ``run_id`` (default: the one served now; with
     ``record_file``, the publication that record describes, wherever it was made) in a new
     home and compare its figures (see the module docstring). The new home is removed when
@@ -346,7 +350,7 @@ def reproduce(settings, run_id: str | None = None, folders: list[Path] | None = 
     # two reproductions of one run would empty each other's home
     with file_lock(home.with_name(f"{run_id}.lock"), f"jisr reproduce of run {run_id}"):
         return _rebuild(settings, run_id, record, found, home, record_file=record_file, keep=keep, started=started,
-                        log=log)
+                        log=log, in_arrival_order=in_arrival_order)
 
 
 def provenance_warnings(settings, record: dict, engines: dict[str, str]) -> list[str]:
@@ -365,23 +369,41 @@ def provenance_warnings(settings, record: dict, engines: dict[str, str]) -> list
     return out
 
 
+def arrival_waves(deliveries: list[dict]) -> list[list[dict]]:
+    """The deliveries grouped by the ingestion run that loaded them, in the order those runs
+    loaded them (the record's ``run_id`` and ``loaded_at`` of each delivery)."""
+    missing = [d["file_name"] for d in deliveries if not d.get("run_id") or not d.get("loaded_at")]
+    if missing:
+        raise ReproduceError(f"the record does not say which run loaded {', '.join(missing[:5])}"
+                             + (" ..." if len(missing) > 5 else "") + " (published before records said so): "
+                             "rebuild it without --in-arrival-order")
+    runs: dict[str, list[dict]] = {}
+    for d in sorted(deliveries, key=lambda d: (str(d["loaded_at"]), d["delivery_id"])):
+        runs.setdefault(d["run_id"], []).append(d)
+    return list(runs.values())
+
+
 def _rebuild(settings, run_id: str, record: dict, found: dict[str, Path], home: Path, *, record_file, keep: bool,
-             started: float, log) -> ReproduceResult:
+             started: float, log, in_arrival_order: bool = False) -> ReproduceResult:
     """The rebuild of :func:`reproduce` in ``home`` and its comparison with ``record``."""
     from quality.config import config_for
 
     deliveries = record["deliveries"]
     if home.exists():
         shutil.rmtree(home)
-    _place(settings, deliveries, found, home / "landing")
     env = _environment(settings, home)
-    log(f"Rebuilding the publication of run {run_id} from {len(deliveries)} delivered files in {home} ...")
-    done = subprocess.run([sys.executable, "-m", "jisr.cli", "refresh"], env=env, cwd=settings.project_dir,
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True)
-    (home / "refresh.log").write_text(done.stdout + done.stderr, encoding="utf-8")
-    if done.returncode != 0:
-        raise ReproduceError(f"the rebuild's refresh failed (exit {done.returncode}); its report is in "
-                             f"{home / 'refresh.log'}:\n{(done.stdout + done.stderr).strip()[-2000:]}")
+    waves = arrival_waves(deliveries) if in_arrival_order else [deliveries]
+    log(f"Rebuilding the publication of run {run_id} from {len(deliveries)} delivered files in {home}"
+        + (f", in {len(waves)} refreshes as they arrived" if in_arrival_order else "") + " ...")
+    for n, wave in enumerate(waves, 1):
+        _place(settings, wave, found, home / "landing")
+        done = subprocess.run([sys.executable, "-m", "jisr.cli", "refresh"], env=env, cwd=settings.project_dir,
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        report = home / (f"refresh-{n}.log" if in_arrival_order else "refresh.log")
+        report.write_text(done.stdout + done.stderr, encoding="utf-8")
+        if done.returncode != 0:
+            raise ReproduceError(f"the rebuild's refresh failed (exit {done.returncode}); its report is in "
+                                 f"{report}:\n{(done.stdout + done.stderr).strip()[-2000:]}")
     rebuilt_run = serving_run_id(home / "warehouse" / "jisr.duckdb")
     rebuilt = publication_record(get_settings(env), rebuilt_run) if rebuilt_run else None
     if rebuilt is None or not rebuilt.get("figures"):
