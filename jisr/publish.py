@@ -176,6 +176,9 @@ def _prune_counts(settings) -> None:
             _remove_db(path)
     for path in folder.glob("*.figures.json"):  # of a candidate refused before its commit
         path.unlink(missing_ok=True)
+    for path in folder.glob("*.pending.json"):  # of a commit killed before or after its swap
+        if publication_record(settings, path.name.removesuffix(".pending.json")) is None:
+            path.unlink(missing_ok=True)  # never published
 
 
 def record_path(settings, run_id: str) -> Path:
@@ -188,6 +191,13 @@ def record_path(settings, run_id: str) -> Path:
 def _figures_path(settings, run_id: str) -> Path:
     """The fingerprints of a staged candidate's tables, until its commit records them."""
     return Path(settings.publication_counts_dir) / f"{run_id}.figures.json"
+
+
+def _pending_record_path(settings, run_id: str) -> Path:
+    """The record of ``run_id``'s publication written before its file is swapped in, until
+    the swap is done: a commit killed between the swap and the record's rename leaves it,
+    and the run's file served; :func:`publication_record` then takes it as the record."""
+    return Path(settings.publication_counts_dir) / f"{run_id}.pending.json"
 
 
 def figures(con, schemas, skip_columns=()) -> dict[str, dict]:
@@ -220,17 +230,28 @@ def figures(con, schemas, skip_columns=()) -> dict[str, dict]:
 
 
 def publication_record(settings, run_id: str) -> dict | None:
-    """The record of ``run_id``'s publication (:func:`record_path`), or None."""
+    """The record of ``run_id``'s publication (:func:`record_path`), or None. A pending record
+    (:func:`_pending_record_path`) is the record once the run's file was published (served,
+    or kept for rollback): it is renamed so then."""
     path = record_path(settings, run_id)
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    if not path.is_file():
+        pending = _pending_record_path(settings, run_id)
+        if not pending.is_file() or published_file(settings, run_id) is None:
+            return None
+        try:
+            os.replace(pending, path)
+        except OSError:  # a reader who may not write the store reads it where it is
+            path = pending
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _write_record(settings, run_id: str, code_version: str, published_at: datetime, deliveries: list[dict]) -> None:
-    """Record the publication of ``run_id`` once it is served, with the fingerprints its
-    stage computed (none for a candidate staged before they were computed)."""
+def _write_record(settings, run_id: str, code_version: str, published_at: datetime, deliveries: list[dict]) -> Path:
+    """Write the record of ``run_id``'s publication as pending, before its file is swapped in,
+    with the fingerprints its stage computed (none for a candidate staged before they were
+    computed); :func:`_confirm_record` makes it the record once the file is served."""
     staged = _figures_path(settings, run_id)
     fingerprints = json.loads(staged.read_text(encoding="utf-8")) if staged.is_file() else None
-    path = record_path(settings, run_id)
+    path = _pending_record_path(settings, run_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     from jisr.settings import engine_versions
@@ -239,8 +260,16 @@ def _write_record(settings, run_id: str, code_version: str, published_at: dateti
                                "published_at": published_at.isoformat(), "engines": engine_versions(),
                                "deliveries": deliveries, "figures": fingerprints}, default=str, indent=1),
                    encoding="utf-8")
+    _fsync(tmp)
     os.replace(tmp, path)
-    staged.unlink(missing_ok=True)
+    _fsync(path.parent)
+    return path
+
+
+def _confirm_record(settings, run_id: str) -> None:
+    os.replace(_pending_record_path(settings, run_id), record_path(settings, run_id))
+    _fsync(Path(settings.publication_counts_dir))
+    _figures_path(settings, run_id).unlink(missing_ok=True)
 
 
 def candidate_path(settings, run_id: str) -> Path:
@@ -766,12 +795,19 @@ def commit(settings, candidate: Candidate, code_version: str, deliveries: list[d
             _figures_path(settings, candidate.run_id).unlink(missing_ok=True)
             raise
         con.close()
+        # the record is written before the swap, so a served file always has one
+        pending = _write_record(settings, candidate.run_id, code_version, published_at, deliveries)
         _fault_point("before_archive")
-        archived = _archive_serving(settings, Path(settings.history_dir))
-        _fault_point("before_replace")
-        _swap_in(candidate.path, serving)
+        try:
+            archived = _archive_serving(settings, Path(settings.history_dir))
+            _fault_point("before_replace")
+            _swap_in(candidate.path, serving)
+        except BaseException:
+            if serving_run_id(serving) != candidate.run_id:
+                pending.unlink(missing_ok=True)
+            raise
         _fault_point("replaced")
-        _write_record(settings, candidate.run_id, code_version, published_at, deliveries)
+        _confirm_record(settings, candidate.run_id)
         Path(str(candidate.path) + ".json").unlink(missing_ok=True)
         _prune(Path(settings.history_dir), cfg.history_keep)
         _prune_counts(settings)

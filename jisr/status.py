@@ -166,11 +166,11 @@ def status(settings: Settings) -> tuple[str, int]:
         what = "published by" if published["event"] == "publish" else "rolled back to the warehouse of"
         served.append(f"  served: {what} run {published['run_id']} at {published['published_at']:%Y-%m-%d %H:%M} "
                       f"UTC (code {published['code_version']})")
-        from jisr.publish import record_path
+        from jisr.publish import publication_record, record_path
 
         record = record_path(settings, published["run_id"])
         served.append(f"  `jisr reproduce` rebuilds it from its delivered files and compares its figures (record: "
-                      f"{record})" if record.is_file() else
+                      f"{record})" if publication_record(settings, published["run_id"]) is not None else
                       "  no record of its figures for `jisr reproduce` (published before publications were recorded)")
     if unpublished:
         last_run = unpublished[-1][1]

@@ -755,11 +755,10 @@ def test_publish_reader_with_open_connection_keeps_a_consistent_snapshot(publish
     assert serving_value(published) == 7.0  # a new reader sees the new warehouse
 
 
-@pytest.mark.parametrize("point", ["copied", "before_archive", "before_replace"])
-def test_publish_killed_mid_way_leaves_serving_intact_and_next_publish_completes(published, tmp_path, point):
-    before = sha256(published.serving_path)
-    make_build(published, estimate=4.0)
-    marker = tmp_path / "at-fault-point"
+def kill_publish_at(settings, tmp_path, point: str) -> None:
+    """Publish run ``killed-run`` (version ``v-killed``) in another process and kill it at
+    the fault point ``point`` of :mod:`jisr.publish`."""
+    marker = tmp_path / f"at-{point}"
     driver = DRIVER_STUB + """
 home, point, marker = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 def fault(name):
@@ -769,7 +768,7 @@ def fault(name):
 P._fault_point = fault
 P.publish(Settings(home=home), "killed-run", "v-killed")
 """
-    proc = subprocess.Popen([sys.executable, "-c", driver, str(published.home), point, str(marker)],
+    proc = subprocess.Popen([sys.executable, "-c", driver, str(settings.home), point, str(marker)],
                             cwd=PROJECT_DIR, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while not marker.exists():
@@ -777,6 +776,13 @@ P.publish(Settings(home=home), "killed-run", "v-killed")
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
+
+
+@pytest.mark.parametrize("point", ["copied", "before_archive", "before_replace"])
+def test_publish_killed_mid_way_leaves_serving_intact_and_next_publish_completes(published, tmp_path, point):
+    before = sha256(published.serving_path)
+    make_build(published, estimate=4.0)
+    kill_publish_at(published, tmp_path, point)
     assert sha256(published.serving_path) == before
     assert serving_value(published) == 1.5  # intact and readable
     assert [r["run_id"] for r in publish_log(published)] == ["run-1"]

@@ -14,8 +14,9 @@ import jisr.publish as publish_mod
 from jisr.cli import main
 from jisr.publish import figures, publication_record, publish
 from jisr.reproduce import ReproduceError, _find_files, compare, reproduce
+from jisr.status import status_report
 from quality.checks import ChecksFailed
-from tests.test_publish import make_build, published  # noqa: F401 (a fixture: a first publication, run-1)
+from tests.test_publish import kill_publish_at, make_build, published  # noqa: F401 (a fixture: a first publication, run-1)
 
 
 def _table(rows, *, columns="a integer, b double, run_id varchar"):
@@ -156,8 +157,6 @@ def test_a_record_copied_elsewhere_is_rebuilt_from_here(published, tmp_path, cap
 
 
 def test_status_says_whether_the_served_publication_can_be_reproduced(published):
-    from jisr.status import status_report
-
     assert (f"`jisr reproduce` rebuilds it from its delivered files and compares its figures (record: "
             f"{publish_mod.record_path(published, 'run-1')})") in status_report(published)
     publish_mod.record_path(published, "run-1").unlink()
@@ -384,3 +383,24 @@ def test_a_publication_whose_rows_depend_on_the_arrival_order_is_rebuilt_in_that
     assert "--in-arrival-order" in result.describe()
     result = reproduce(settings, in_arrival_order=True, log=lambda _: None)
     assert result.same, result.describe()
+
+
+def test_a_publication_killed_right_after_its_swap_has_its_record(published, tmp_path):
+    make_build(published, estimate=4.0)
+    kill_publish_at(published, tmp_path, "replaced")  # served, the process gone before anything else
+    assert publish_mod.serving_run_id(published.serving_path) == "killed-run"
+    record = publication_record(published, "killed-run")
+    assert record is not None and record["code_version"] == "v-killed" and record["figures"]
+    assert publish_mod.record_path(published, "killed-run").is_file()
+    assert "no record of its figures" not in status_report(published)
+
+
+def test_a_commit_killed_before_its_swap_leaves_no_record(published, tmp_path):
+    make_build(published, estimate=4.0)
+    kill_publish_at(published, tmp_path, "before_replace")
+    assert publish_mod.serving_run_id(published.serving_path) == "run-1"
+    assert publication_record(published, "killed-run") is None
+    make_build(published)
+    publish(published, "run-2", "v2")
+    assert publication_record(published, "run-2")["figures"]
+    assert not list(published.publication_counts_dir.glob("killed-run*"))
