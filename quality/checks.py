@@ -17,6 +17,7 @@ documented.
 from __future__ import annotations
 
 import calendar
+import fnmatch
 import json
 import re
 import statistics
@@ -388,6 +389,13 @@ def check_monthly_volume(con, cfg: QualityConfig, contracts: dict) -> list[Check
 
 
 # --- direct identifiers ---------------------------------------------------------------------
+def _allowed(params: dict, schema: str, table: str, column: str) -> bool:
+    """Whether ``allowed_columns`` (``"<schema>.<table>.<column>"``, with shell-style
+    wildcards: ``"*.*.code_version"``) exempts the column."""
+    name = f"{schema}.{table}.{column}"
+    return any(fnmatch.fnmatchcase(name, allowed) for allowed in params.get("allowed_columns") or ())
+
+
 def _within_text(pattern: str) -> str:
     """A value pattern (anchored to the whole value, as configured) as a pattern found inside
     a longer text too: a free-text column (a rejection reason, a note) can quote an
@@ -405,13 +413,12 @@ def check_identifiers(con, cfg: QualityConfig, schemas: Iterable[str]) -> list[C
     severity = params["severity"]
     name_re = re.compile(params.get("column_name_pattern") or r"$^", re.IGNORECASE)
     patterns = params.get("value_patterns") or {}
-    allowed = set(params.get("allowed_columns") or ())
     results = []
     for schema, table in published_tables(con, schemas):
         findings = []
         text_columns = []
         for column, dtype in _columns(con, schema, table):
-            if f"{schema}.{table}.{column}" in allowed:
+            if _allowed(params, schema, table, column):
                 continue
             if name_re.search(column) and not column.endswith("_key"):
                 findings.append(f"column {column} is named like a direct identifier")
@@ -443,11 +450,9 @@ def check_person_level(con, cfg: QualityConfig, schemas: Iterable[str]) -> list[
     params = cfg.params(NO_PERSON_LEVEL)
     severity = params["severity"]
     key_re = re.compile(params.get("key_column_pattern") or r"$^", re.IGNORECASE)
-    allowed = set(params.get("allowed_columns") or ())
     results = []
     for schema, table in published_tables(con, schemas):
-        keys = [c for c, _ in _columns(con, schema, table)
-                if key_re.search(c) and f"{schema}.{table}.{c}" not in allowed]
+        keys = [c for c, _ in _columns(con, schema, table) if key_re.search(c) and not _allowed(params, schema, table, c)]
         desc = (f"{schema}.{table}: no person-level key" if not keys else
                 f"{schema}.{table}: person-level table (pseudonymous key column(s) {', '.join(keys)}): build it "
                 "into the internal schema detail, publish aggregates of it")

@@ -246,6 +246,18 @@ def test_identifiers_allowed_columns_are_exempt(con, cfg):
     con.execute("create table marts.fct_codes as select 'AB123456' as legacy_code")
     cfg = with_params(cfg, "no_direct_identifiers_published", allowed_columns=["marts.fct_codes.legacy_code"])
     assert check_identifiers(con, cfg, ["marts"])[0].passed
+    cfg = with_params(cfg, "no_direct_identifiers_published", allowed_columns=["marts.*.legacy_*"])
+    assert check_identifiers(con, cfg, ["marts"])[0].passed
+    cfg = with_params(cfg, "no_direct_identifiers_published", allowed_columns=["impact.*.legacy_code"])
+    assert not check_identifiers(con, cfg, ["marts"])[0].passed
+
+
+def test_a_code_version_shaped_like_a_phone_number_does_not_block_publication(con, cfg):
+    # a commit hash whose last ten characters are digits starting 06, after a letter
+    con.execute("create table impact.impact_estimates as select 'e3b0ca0612345678' as code_version, "
+                "'e3b0ca0612345678' as label")
+    result = check_identifiers(con, cfg, ["impact"])[0]
+    assert result.metadata["findings"] == ["1 value(s) of column label are or contain text shaped like a phone"]
 
 
 # --- small cells ---------------------------------------------------------------------------------------
