@@ -154,7 +154,8 @@ PER_TABLE: dict[tuple[str, str], str] = {
     ("impact_attrition", "lee_trimmed_group"): "The group whose observed outcomes the Lee bounds trim (the one observed more often).",
     ("impact_attrition", "lee_trimmed_share"): (
         "Share of that group's observed outcomes trimmed: (its share observed - the other's) / its share observed; "
-        "0 when both are observed alike (both bounds are then the difference in means)."
+        "0 when both are observed alike (both bounds are then the difference in means). The share times its observed "
+        "units are trimmed, a fraction of a unit too (the unit at the quantile counts for the part of it kept)."
     ),
     ("impact_attrition", "status"): "ok (shares computed, and tested where there is anything to test: see reason) or not_estimable.",
     ("impact_group_means", "std_error"): (

@@ -673,9 +673,12 @@ def protect_attrition(rows: list[dict], k: int) -> list[dict]:
 
 def _protect_lee(row: dict, k: int) -> dict:
     """The Lee bounds withheld when the outcomes they trim, or those they keep of the group
-    trimmed, are those of 1 to k - 1 units: with the group's mean over the same units, a bound
-    gives back the mean of the few trimmed; a bound is the mean of the few kept against the
-    other group's mean, and the two bounds' width the mean of the top few minus the bottom few's."""
+    trimmed, are those of fewer than k units but more than none: with the group's mean over the
+    same units, a bound gives back the mean of the few trimmed; a bound is the mean of the few
+    kept against the other group's mean, and the two bounds' width the mean of the top few minus
+    the bottom few's. The bounds trim p x n units, a fraction of one too
+    (:func:`impact.estimators.lee_bounds`), and the rule is on that amount: with 0.3 of a unit
+    trimmed a bound gives that unit's outcome back, with 9.3 units mostly the nine's."""
     group, share = row.get("lee_trimmed_group"), finite(row.get("lee_trimmed_share"))
     if group not in ATTRITION_GROUPS or share is None:
         return row
@@ -683,10 +686,10 @@ def _protect_lee(row: dict, k: int) -> dict:
     n, m = finite(row.get(baseline)), finite(row.get(missing))
     if n is None or m is None:
         return row
-    trimmed = round(share * (n - m))
-    if is_small(trimmed, k):
+    trimmed = round(share * (n - m), 9)  # as the bounds count them
+    if 0 < trimmed < k:
         what = "trim"
-    elif is_small(n - m - trimmed, k):
+    elif 0 < round(n - m - trimmed, 9) < k:
         what = "keep"
     else:
         return row

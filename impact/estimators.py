@@ -728,7 +728,29 @@ class LeeBounds:
     high: float
     trimmed_group: str   # "treated" or "comparison": the group whose outcomes are observed more often
     trimmed_share: float  # p: the share of that group's observed outcomes trimmed
-    n_trimmed: int        # round(p x its observed units), from the top for one bound, the bottom for the other
+    n_trimmed: float      # p x its observed units (a fraction of a unit too), from the top for one bound, the bottom for the other
+    # the trimmed group's values where the trimming cuts: the largest kept without the top
+    # (its 1 - p quantile) and the smallest kept without the bottom (its p quantile)
+    cut_top: float = math.nan
+    cut_bottom: float = math.nan
+
+
+def _trimmed_means(values: np.ndarray, drop: float) -> tuple[float, float, float, float]:
+    """The mean of sorted ``values`` without their top ``drop`` units, and without their bottom
+    ``drop`` units, ``drop`` a fraction of a unit too (0 <= drop < len(values)), with the value
+    each is cut at: the unit cut through counts for the part of it kept. These are the means of
+    the sample's quantile function over [0, 1 - p] and [p, 1] (p = drop / n), the trimmed means
+    of Lee (2009, Proposition 1) for the sample's distribution."""
+    n = len(values)
+    keep = n - drop
+    whole = min(int(math.floor(keep + 1e-9)), n)  # units kept whole
+    part = keep - whole if keep - whole > 1e-9 else 0.0  # and the part kept of the next one
+    at_top, at_bottom = values[min(whole, n - 1)], values[max(n - whole - 1, 0)]
+    without_top = (values[:whole].sum() + part * at_top) / keep
+    without_bottom = (values[n - whole:].sum() + part * at_bottom) / keep
+    cut_top = values[whole] if part else values[whole - 1]
+    cut_bottom = values[n - whole - 1] if part else values[n - whole]
+    return float(without_top), float(without_bottom), float(cut_top), float(cut_bottom)
 
 
 def lee_bounds(y_treated, y_comparison, observed_treated: float, observed_comparison: float) -> LeeBounds | None:
@@ -737,8 +759,10 @@ def lee_bounds(y_treated, y_comparison, observed_treated: float, observed_compar
     observed more often (share ``observed_*`` of its units) has its observed outcomes trimmed
     by ``p = (q_more - q_less) / q_more``, from the top for the lower bound of the effect and
     from the bottom for the upper bound when the treated group is trimmed (the reverse when
-    the comparison group is). ``p x n`` is rounded to whole units. None when a group has no
-    observed outcome or every one would be trimmed."""
+    the comparison group is). ``p x n`` units are trimmed, a fraction of one too (the unit at
+    the p quantile counts for the part of it kept): rounded to whole units, a p x n below one
+    half trimmed nothing, and the bounds were one value however much attrition differed.
+    None when a group has no observed outcome or every one would be trimmed."""
     y_t = np.sort(np.asarray(y_treated, dtype=float))
     y_c = np.sort(np.asarray(y_comparison, dtype=float))
     if not len(y_t) or not len(y_c) or observed_treated <= 0 or observed_comparison <= 0:
@@ -747,12 +771,13 @@ def lee_bounds(y_treated, y_comparison, observed_treated: float, observed_compar
     more, less = (observed_treated, observed_comparison) if trim_treated else (observed_comparison, observed_treated)
     share = (more - less) / more
     values = y_t if trim_treated else y_c
-    n_trim = int(round(share * len(values)))
+    n_trim = round(share * len(values), 9)  # not 1.9999999999999996 units for 2
     if n_trim >= len(values):
         return None
-    without_top, without_bottom = values[:len(values) - n_trim].mean(), values[n_trim:].mean()
+    without_top, without_bottom, cut_top, cut_bottom = _trimmed_means(values, n_trim)
     if trim_treated:
         low, high = without_top - y_c.mean(), without_bottom - y_c.mean()
     else:
         low, high = y_t.mean() - without_bottom, y_t.mean() - without_top
-    return LeeBounds(float(low), float(high), "treated" if trim_treated else "comparison", float(share), n_trim)
+    return LeeBounds(float(low), float(high), "treated" if trim_treated else "comparison", float(share), float(n_trim),
+                     cut_top, cut_bottom)

@@ -1467,7 +1467,47 @@ def test_lee_bounds_trim_the_group_observed_more_often_by_the_excess_share():
     # the same attrition in both groups: nothing trimmed, both bounds the difference in means
     bounds = lee_bounds([1, 2, 3], [1, 1, 1], 0.9, 0.9)
     assert (bounds.low, bounds.high, bounds.n_trimmed) == (pytest.approx(1.0), pytest.approx(1.0), 0)
-    assert lee_bounds([], [1.0], 0.0, 1.0) is None and lee_bounds([1.0], [2.0], 1.0, 0.1) is None
+    assert lee_bounds([], [1.0], 0.0, 1.0) is None
+    # one outcome observed, 0.9 of it trimmed: what is left of it is what both bounds keep
+    bounds = lee_bounds([1.0], [2.0], 1.0, 0.1)
+    assert (bounds.low, bounds.high, bounds.n_trimmed) == (pytest.approx(-1.0), pytest.approx(-1.0), pytest.approx(0.9))
+
+
+def _quantile_mean(values, low: float, high: float) -> float:
+    """The mean over [low, high] of the sample quantile function of ``values`` (y_(i) on
+    ((i - 1) / n, i / n]), integrated exactly: Lee's trimmed mean of the sample's distribution."""
+    y = np.sort(np.asarray(values, dtype=float))
+    edges = np.arange(len(y) + 1) / len(y)
+    overlap = np.clip(np.minimum(edges[1:], high) - np.maximum(edges[:-1], low), 0.0, None)
+    return float((y * overlap).sum() / (high - low))
+
+
+def test_lee_bounds_trim_a_fraction_of_a_unit_as_the_quantile_does():
+    """Lee's bounds are trimmed means of the group observed more often: the means of its
+    quantile function over [0, 1 - p] and [p, 1]. When p x n is not a whole number the unit at
+    the quantile counts for the part of it kept; rounded to whole units, 0.37 of a unit trimmed
+    was none, and both bounds were the difference in means with a trimmed share above zero."""
+    from impact.estimators import lee_bounds
+
+    rng = np.random.default_rng(7)
+    y_t, y_c = rng.normal(1.0, 1.0, 37), rng.normal(0.0, 1.0, 30)
+    for observed in (0.99, 0.9, 0.8123, 0.5):
+        p = 1 - observed
+        bounds = lee_bounds(y_t, y_c, 1.0, observed)  # the treated group trimmed
+        assert bounds.n_trimmed == pytest.approx(p * 37)
+        assert bounds.low == pytest.approx(_quantile_mean(y_t, 0.0, 1 - p) - y_c.mean(), rel=1e-12)
+        assert bounds.high == pytest.approx(_quantile_mean(y_t, p, 1.0) - y_c.mean(), rel=1e-12)
+        bounds = lee_bounds(y_c, y_t, observed, 1.0)  # the comparison group trimmed
+        assert bounds.low == pytest.approx(y_c.mean() - _quantile_mean(y_t, p, 1.0), rel=1e-12)
+        assert bounds.high == pytest.approx(y_c.mean() - _quantile_mean(y_t, 0.0, 1 - p), rel=1e-12)
+    assert lee_bounds(y_t, y_c, 1.0, 0.99).low < lee_bounds(y_t, y_c, 1.0, 0.99).high
+    # every unit ten times: 37 whole units trimmed where 3.7 were, the same bounds
+    once, ten = lee_bounds(y_t, y_c, 1.0, 0.9), lee_bounds(np.repeat(y_t, 10), y_c, 1.0, 0.9)
+    assert (ten.n_trimmed, ten.low, ten.high) == (pytest.approx(37), pytest.approx(once.low), pytest.approx(once.high))
+    # a rate (ties everywhere): 20 of 37 enrolled, 7.4 trimmed from the top or the bottom
+    enrolled = np.array([1.0] * 20 + [0.0] * 17)
+    bounds = lee_bounds(enrolled, [0.0, 1.0], 1.0, 0.8)
+    assert (bounds.low, bounds.high) == (pytest.approx(12.6 / 29.6 - 0.5), pytest.approx(20 / 29.6 - 0.5))
 
 
 def _selective_attrition(panel: pd.DataFrame, seed: int) -> pd.DataFrame:
@@ -1522,6 +1562,18 @@ def test_lee_bounds_trimming_fewer_than_k_units_are_not_published(tmp_path):
     att = evaluate(lose_at_endline(simulate_panel(12, rounds=(0, 1)), treated=63, comparison=40), None,
                    config(cov_type="hc1")).attrition.iloc[0]
     assert pd.notna(att["lee_bound_low"]) and att["lee_trimmed_group"] == "comparison"
+
+
+def test_lee_bounds_trimming_a_fraction_of_one_unit_are_not_published(tmp_path):
+    """Fifteen of 420 treated units lost and seventeen of 480 comparison ones: the bounds
+    trim 0.14 of the top and of the bottom comparison outcome. Rounded to whole units they
+    trimmed none, both bounds the difference in means beside a trimmed share above zero;
+    trimmed in part, a bound and the group's mean give that unit's outcome back."""
+    panel = lose_at_endline(simulate_panel(12, rounds=(0, 1)), treated=15, comparison=17)
+    att = evaluate(panel, None, config(cov_type="hc1")).attrition.iloc[0]
+    assert (att["n_baseline_treated"], att["n_baseline_comparison"]) == (420, 480)
+    assert pd.isna(att["lee_bound_low"]) and pd.isna(att["lee_bound_high"]) and pd.isna(att["lee_trimmed_share"])
+    assert "the Lee bounds trim the outcomes of fewer than 10 units" in att["reason"]
 
 
 def test_the_cost_of_a_rate_is_given_per_percentage_point(tmp_path):
