@@ -157,6 +157,13 @@ PER_TABLE: dict[tuple[str, str], str] = {
         "0 when both are observed alike (both bounds are then the difference in means). The share times its observed "
         "units are trimmed, a fraction of a unit too (the unit at the quantile counts for the part of it kept)."
     ),
+    ("impact_attrition", "lee_ci_low"): (
+        "Lower end of the Imbens-Manski (2004) confidence interval of the effect bounded by the Lee bounds, at the "
+        "configured level (1 - alpha, the estimates' ci_level): it covers the effect, wherever it lies between the bounds, "
+        "with that probability. From the bounds' standard errors (Lee 2009), clustered like the estimates' when they "
+        "are. Null with the bounds, or when they have no standard error (see reason)."
+    ),
+    ("impact_attrition", "lee_ci_high"): "Upper end of that confidence interval (see lee_ci_low).",
     ("impact_attrition", "status"): "ok (shares computed, and tested where there is anything to test: see reason) or not_estimable.",
     ("impact_group_means", "std_error"): (
         "Standard error of the mean, of the study's type (clustered on the unit of assignment, like its estimates)."

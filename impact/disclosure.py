@@ -111,7 +111,9 @@ ATTRITION_GROUPS = {
 # size published, a cluster count of one unit per cluster would give the other's back)
 ESTIMATE_RESULTS = ("estimate", "std_error", "ci_low", "ci_high", "p_value", "n_clusters")
 BALANCE_RESULTS = ("smd_before", "smd_after", "n_trimmed")
-LEE = ("lee_bound_low", "lee_bound_high", "lee_trimmed_group", "lee_trimmed_share")
+# the Lee bounds and their confidence interval: withheld together (the interval's ends are
+# the bounds widened by a multiple of their standard errors)
+LEE = ("lee_bound_low", "lee_bound_high", "lee_trimmed_group", "lee_trimmed_share", "lee_ci_low", "lee_ci_high")
 ATTRITION_RESULTS = ("difference", "std_error", "p_value", *LEE)
 # estimator options that count units of a group
 SAMPLE_OPTIONS = ("trimmed_treated", "trimmed_comparison", "comparison_effective_n")

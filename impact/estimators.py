@@ -781,3 +781,75 @@ def lee_bounds(y_treated, y_comparison, observed_treated: float, observed_compar
         low, high = y_t.mean() - without_bottom, y_t.mean() - without_top
     return LeeBounds(float(low), float(high), "treated" if trim_treated else "comparison", float(share), float(n_trim),
                      cut_top, cut_bottom)
+
+
+def lee_standard_errors(bounds: LeeBounds, endline, treated, clusters=None) -> tuple[float, float]:
+    """Standard errors of Lee's bounds (low, high), from the bounds' influence on each unit.
+
+    ``endline``: the outcome at endline of every unit measured at baseline (NaN: lost),
+    ``treated``: its group (1 = treated). A bound is a trimmed mean of the group observed more
+    often against the other group's mean, and the trimmed share ``p`` is itself estimated from
+    the shares observed, so a unit counts for the trimmed mean (its outcome clipped at the
+    cut), for ``p`` (whether it was observed: a bound moves by (mean kept - cut) / (1 - p) per
+    unit of p) and for the other mean. Summed over units their squares are Lee's (2009,
+    Proposition 3) asymptotic variance (times n / (n - 1)); with ``clusters`` the influence is
+    summed by cluster first and the squares of the sums are added (times G / (G - 1), as the
+    clustered standard errors of the estimates): units of a cluster are alike.
+    Raises NotEstimable when the outcome observed does not vary, there are fewer than two
+    units or clusters, or a standard error is zero or not finite."""
+    y = np.asarray(endline, dtype=float)
+    seen = ~np.isnan(y)
+    more = (np.asarray(treated) == 1) == (bounds.trimmed_group == "treated")  # the group trimmed
+    less = ~more
+    n_more, n_less = int(np.count_nonzero(more)), int(np.count_nonzero(less))
+    seen_more, seen_less = more & seen, less & seen
+    k_more, k_less = int(np.count_nonzero(seen_more)), int(np.count_nonzero(seen_less))
+    p = bounds.trimmed_share
+    y_more, y_less = y[seen_more], y[seen_less]
+    if y_more.min() == y_more.max() == y_less.min() == y_less.max():
+        raise NotEstimable("the outcome observed at endline does not vary: no standard errors")
+    other = y_less - y_less.mean()
+    if clusters is None:
+        groups, n_groups = None, len(y)
+    else:
+        groups = pd.factorize(np.asarray(clusters), use_na_sentinel=False)[0]
+        n_groups = int(groups.max()) + 1 if len(groups) else 0
+    if n_groups < 2:
+        raise NotEstimable("fewer than two units or clusters: no standard errors")
+    out = {}
+    for kept, cut in (("bottom", bounds.cut_top), ("top", bounds.cut_bottom)):
+        clipped = np.minimum(y_more, cut) if kept == "bottom" else np.maximum(y_more, cut)
+        mean_clipped = clipped.mean()
+        slope = (mean_clipped - p * cut) / (1 - p) - cut  # the mean kept - the cut
+        influence = np.zeros(len(y))
+        influence[seen_more] = (clipped - mean_clipped) / ((1 - p) * k_more) + slope * (n_more - k_more) / (n_more * k_more)
+        influence[more & ~seen] = -slope / n_more
+        influence[seen_less] = -other / k_less - slope * (n_less - k_less) / (n_less * k_less)
+        influence[less & ~seen] = slope / n_less
+        sums = influence if groups is None else np.bincount(groups, weights=influence, minlength=n_groups)
+        out[kept] = math.sqrt(n_groups / (n_groups - 1) * float(np.dot(sums, sums)))
+    # the treated group trimmed: the lower bound keeps its bottom; the comparison group: its top
+    se_low, se_high = (out["bottom"], out["top"]) if bounds.trimmed_group == "treated" else (out["top"], out["bottom"])
+    if not all(math.isfinite(se) and se > 0 for se in (se_low, se_high)):
+        raise NotEstimable("their standard errors are zero or not finite")
+    return se_low, se_high
+
+
+def imbens_manski_interval(low: float, high: float, se_low: float, se_high: float, alpha: float) -> tuple[float, float]:
+    """Imbens and Manski's (2004, "Confidence Intervals for Partially Identified Parameters",
+    Econometrica 72(6)) confidence interval for an effect known to lie between two estimated
+    bounds: ``[low - c se_low, high + c se_high]``, which covers the effect (not every point
+    between the bounds) with probability ``1 - alpha`` wherever it lies between them. ``c``
+    solves Phi(c + (high - low) / max(se_low, se_high)) - Phi(-c) = 1 - alpha (their C_N,
+    with sqrt(N) (high - low) / max(sigma_l, sigma_u) written in standard errors): the
+    two-sided critical value when the bounds meet, the one-sided one when they are far apart,
+    as only one can then be on the wrong side of the effect: the interval Lee (2009) reports
+    for his bounds. It assumes the width is estimated precisely where the bounds meet
+    (superefficiently, Stoye 2009): with a trimmed share near 0 its coverage can fall short
+    of 1 - alpha."""
+    from scipy.optimize import brentq
+    from scipy.special import ndtr, ndtri
+
+    spread = max(high - low, 0.0) / max(se_low, se_high)
+    c = brentq(lambda c: ndtr(c + spread) - ndtr(-c) - (1 - alpha), ndtri(1 - alpha), ndtri(1 - alpha / 2), xtol=1e-12)
+    return low - c * se_low, high + c * se_high

@@ -150,6 +150,8 @@ TABLES: dict[str, dict[str, str]] = {
         "lee_bound_high": "DOUBLE",
         "lee_trimmed_group": "VARCHAR",
         "lee_trimmed_share": "DOUBLE",
+        "lee_ci_low": "DOUBLE",
+        "lee_ci_high": "DOUBLE",
         "status": "VARCHAR",
         "reason": "VARCHAR",
         "run_id": "VARCHAR",
@@ -351,9 +353,35 @@ def _balance_rows(study_id: str, programme: str, units: pd.DataFrame, covariates
     return rows
 
 
-def _attrition_row(study_id: str, programme: str, outcome: str, units: pd.DataFrame, y: pd.DataFrame, inference: Inference) -> dict:
-    from impact.estimators import _fit, lee_bounds  # statsmodels-backed OLS with the configured SEs
+def _lee_columns(sample: pd.DataFrame, endline: pd.Series, treated: pd.Series, inference: Inference) -> tuple[dict, str | None]:
+    """The Lee bounds of an attrition row and their confidence interval at ``1 - alpha``
+    (Imbens and Manski's, from the bounds' standard errors: clustered like the estimates' when
+    they are, by unit otherwise), and why there is no interval when there is none (None when
+    there is). The interval needs what the attrition test needs (the estimators' minimum units
+    and clusters per group)."""
+    from impact.estimators import imbens_manski_interval, lee_bounds, lee_standard_errors
 
+    observed = endline.notna()
+    bounds = lee_bounds(endline[treated & observed], endline[~treated & observed],
+                        float(observed[treated].mean()), float(observed[~treated].mean()))
+    if bounds is None:
+        return {}, None
+    columns = {"lee_bound_low": bounds.low, "lee_bound_high": bounds.high,
+               "lee_trimmed_group": bounds.trimmed_group, "lee_trimmed_share": bounds.trimmed_share}
+    try:
+        _check_sample(sample, "a baseline value", inference)
+        clusters = sample["cluster"].to_numpy() if inference.cov_type == "cluster" else None
+        se_low, se_high = lee_standard_errors(bounds, endline.to_numpy(dtype=float), treated.to_numpy(), clusters)
+    except NotEstimable as exc:
+        return columns, str(exc)
+    columns["lee_ci_low"], columns["lee_ci_high"] = imbens_manski_interval(bounds.low, bounds.high, se_low, se_high,
+                                                                           inference.alpha)
+    return columns, None
+
+
+def _attrition_row(study_id: str, programme: str, outcome: str, units: pd.DataFrame, y: pd.DataFrame, inference: Inference) -> dict:
+    """The attrition row of one outcome: the units measured at baseline missing at endline by
+    group, the test of their difference, and the Lee bounds with their confidence interval."""
     end = int(max(y.columns))
     row: dict[str, Any] = {"study_id": study_id, "programme_code": programme, "outcome": outcome, "endline_round": end}
     if 0 not in y.columns or end <= 0:
@@ -361,6 +389,22 @@ def _attrition_row(study_id: str, programme: str, outcome: str, units: pd.DataFr
     at_base = y[0].notna()
     sample = units.loc[at_base.reindex(units.index, fill_value=False)].copy()
     sample["missing"] = y.loc[sample.index, end].isna().astype(float)
+    t = sample["treated"] == 1
+    why = None
+    if t.any() and not t.all():
+        lee, why = _lee_columns(sample, y.loc[sample.index, end], t, inference)
+        row.update(lee)
+    row = _attrition_test(row, sample, inference)
+    if why is not None and why != row.get("reason"):  # the test's reason already says it
+        note = f"no confidence interval for the Lee bounds: {why}"
+        row["reason"] = f"{row['reason']}; {note}" if row.get("reason") else note
+    return row
+
+
+def _attrition_test(row: dict, sample: pd.DataFrame, inference: Inference) -> dict:
+    """``row`` with the units missing at endline by group and the test of their difference."""
+    from impact.estimators import _fit  # statsmodels-backed OLS with the configured SEs
+
     t = sample["treated"] == 1
     for group, mask in (("treated", t), ("comparison", ~t)):
         n = int(mask.sum())
@@ -372,12 +416,6 @@ def _attrition_row(study_id: str, programme: str, outcome: str, units: pd.DataFr
         group = "treated" if not t.any() else "comparison"
         return {**row, "status": STATUS_NOT_ESTIMABLE, "reason": f"no {group} units measured at baseline"}
     row["difference"] = row["share_missing_treated"] - row["share_missing_comparison"]
-    endline = y.loc[sample.index, end]
-    bounds = lee_bounds(endline[t].dropna(), endline[~t].dropna(), 1 - row["share_missing_treated"],
-                        1 - row["share_missing_comparison"])
-    if bounds is not None:
-        row.update({"lee_bound_low": bounds.low, "lee_bound_high": bounds.high,
-                    "lee_trimmed_group": bounds.trimmed_group, "lee_trimmed_share": bounds.trimmed_share})
     row["test"] = f"linear probability model of missing on treatment, {inference.cov_type} SEs"
     if sample["missing"].nunique() == 1:
         share = sample["missing"].iloc[0]

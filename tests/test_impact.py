@@ -316,9 +316,13 @@ def test_attrition_test_with_one_cluster_per_group_not_estimable(tmp_path):
     assert att["reason"].startswith("too few clusters for clustered standard errors: 1 treated, 1 comparison")
     assert pd.isna(att["std_error"]) and pd.isna(att["p_value"])
     assert att["share_missing_treated"] == pytest.approx(0.75) and att["share_missing_comparison"] == pytest.approx(0.25)
+    # the Lee bounds are published, not their confidence interval (for the test's reason, not said twice)
+    assert pd.notna(att["lee_bound_low"]) and pd.isna(att["lee_ci_low"]) and pd.isna(att["lee_ci_high"])
+    assert "Lee" not in att["reason"]
     # with one cluster per group but heteroskedasticity-robust SEs the test runs
     att = evaluate(panel, None, config(cov_type="hc1")).attrition.iloc[0]
     assert att["status"] == "ok" and att["std_error"] > 0 and 0 <= att["p_value"] < 0.05
+    assert att["lee_ci_low"] < att["lee_bound_low"] and pd.isna(att["reason"])
 
 
 def test_attrition_counts_of_fewer_than_k_units_are_not_published(tmp_path):
@@ -333,7 +337,7 @@ def test_attrition_counts_of_fewer_than_k_units_are_not_published(tmp_path):
     att = evaluate(panel, None, config(cov_type="hc1")).attrition.iloc[0]
     assert att["status"] == "not_estimable" and "fewer than 10 units in the treated group" in att["reason"]
     for column in ("n_baseline_treated", "n_missing_treated", "share_missing_treated", "difference", "std_error",
-                   "p_value"):
+                   "p_value", "lee_bound_low", "lee_bound_high", "lee_ci_low", "lee_ci_high"):
         assert pd.isna(att[column]), column
     assert att["n_missing_comparison"] == 40
 
@@ -1557,11 +1561,13 @@ def test_lee_bounds_trimming_fewer_than_k_units_are_not_published(tmp_path):
     att = evaluate(panel, None, config(cov_type="hc1")).attrition.iloc[0]
     assert att["n_missing_treated"] == 43 and att["n_missing_comparison"] == 40
     assert pd.isna(att["lee_bound_low"]) and pd.isna(att["lee_bound_high"]) and pd.isna(att["lee_trimmed_share"])
+    assert pd.isna(att["lee_ci_low"]) and pd.isna(att["lee_ci_high"])  # the bounds widened: withheld with them
     assert "the Lee bounds trim the outcomes of fewer than 10 units" in att["reason"]
     assert att["status"] == "ok" and pd.notna(att["p_value"])  # the rest of the row is published
     att = evaluate(lose_at_endline(simulate_panel(12, rounds=(0, 1)), treated=63, comparison=40), None,
                    config(cov_type="hc1")).attrition.iloc[0]
     assert pd.notna(att["lee_bound_low"]) and att["lee_trimmed_group"] == "comparison"
+    assert pd.notna(att["lee_ci_low"]) and pd.notna(att["lee_ci_high"])
 
 
 def test_lee_bounds_trimming_a_fraction_of_one_unit_are_not_published(tmp_path):
@@ -1624,8 +1630,121 @@ def test_lee_bounds_keeping_fewer_than_k_units_of_the_trimmed_group_are_not_publ
     assert att["n_baseline_comparison"] - att["n_missing_comparison"] == 230
     assert att["n_baseline_treated"] - att["n_missing_treated"] == 12
     assert pd.isna(att["lee_bound_low"]) and pd.isna(att["lee_bound_high"]) and pd.isna(att["lee_trimmed_share"])
+    assert pd.isna(att["lee_ci_low"]) and pd.isna(att["lee_ci_high"])
     assert "the Lee bounds keep the outcomes of fewer than 10 units" in att["reason"]
     assert att["status"] == "ok" and pd.notna(att["p_value"])
+
+
+def _lee_draw(seed: int, n: int = 2000, units_per_cluster: int = 1, icc: float = 0.0):
+    """A randomised study of ``n`` units (assigned by cluster) with an effect of 1 and selective
+    attrition: a unit's endline outcome is observed when its outcome without treatment is above
+    0 (comparison) or -0.5 (treated; monotone: treatment keeps more units). The units observed
+    whatever their group are those above 0, and trimming the treated outcomes from the bottom
+    keeps exactly them: the effect, 1, is the upper Lee bound, and the estimated bounds miss
+    it in about half the samples. Returns the endline outcomes (NaN: lost), the groups and
+    the clusters."""
+    rng = np.random.default_rng(seed)
+    n_clusters = n // units_per_cluster
+    treated = np.repeat(rng.random(n_clusters) < 0.5, units_per_cluster)
+    untreated = (np.repeat(rng.normal(size=n_clusters), units_per_cluster) * np.sqrt(icc)
+                 + rng.normal(size=n) * np.sqrt(1 - icc))
+    observed = untreated > np.where(treated, -0.5, 0.0)
+    endline = np.where(observed, untreated + treated, np.nan)
+    return endline, treated.astype(int), np.repeat(np.arange(n_clusters), units_per_cluster)
+
+
+def _lee_interval(endline, treated, clusters=None, alpha=0.05):
+    from impact.estimators import imbens_manski_interval, lee_bounds, lee_standard_errors
+
+    t, seen = treated == 1, ~np.isnan(endline)
+    bounds = lee_bounds(endline[t & seen], endline[~t & seen], seen[t].mean(), seen[~t].mean())
+    se = lee_standard_errors(bounds, endline, treated, clusters)
+    return bounds, se, imbens_manski_interval(bounds.low, bounds.high, *se, alpha)
+
+
+def test_the_lee_confidence_interval_covers_the_effect_at_its_level_where_the_bounds_miss_it():
+    """Selective attrition that puts the effect at the upper Lee bound: the estimated bounds
+    exclude it in about half of 1,000 samples; the Imbens-Manski 95% interval covers it in
+    about 95% (the one-sided rate: the bounds are far apart). Assigned by cluster with units
+    of a cluster alike, the interval clustered like the estimates covers it as often, one
+    whose standard errors ignore the clusters far less often."""
+    for units_per_cluster, icc in ((1, 0.0), (20, 0.3)):
+        missed = covered = covered_by_unit = 0
+        for seed in range(1000):
+            endline, treated, clusters = _lee_draw(seed, units_per_cluster=units_per_cluster, icc=icc)
+            bounds, _se, (low, high) = _lee_interval(endline, treated, clusters if units_per_cluster > 1 else None)
+            missed += not bounds.low <= 1.0 <= bounds.high
+            covered += low <= 1.0 <= high
+            if units_per_cluster > 1:
+                by_unit = _lee_interval(endline, treated)[2]
+                covered_by_unit += by_unit[0] <= 1.0 <= by_unit[1]
+        assert 0.4 < missed / 1000 < 0.6
+        assert 0.93 <= covered / 1000 <= 0.97, (units_per_cluster, covered)
+        if units_per_cluster > 1:
+            assert covered_by_unit / 1000 < 0.9
+
+
+def test_the_lee_standard_errors_are_lees_asymptotic_variance():
+    """By unit, the bounds' standard errors are Lee's (2009, Proposition 3) asymptotic variance
+    written out (times n / (n - 1)): the trimmed outcomes' variance, the cut's distance from
+    their mean, the variance of the trimmed share p and the other group's variance."""
+    rng = np.random.default_rng(11)
+    n_t = n_c = 100
+    treated = np.repeat([1, 0], [n_t, n_c])
+    endline = rng.normal(size=n_t + n_c) + treated
+    endline[rng.permutation(n_t)[:10]] = np.nan  # 90 treated observed
+    endline[n_t + rng.permutation(n_c)[:28]] = np.nan  # 72 comparison: p = 0.2, 18 treated outcomes trimmed
+    bounds, (se_low, se_high), _ = _lee_interval(endline, treated)
+    y_t, y_c = np.sort(endline[:n_t][~np.isnan(endline[:n_t])]), endline[n_t:][~np.isnan(endline[n_t:])]
+    p, q_t, q_c = 0.2, 0.9, 0.72
+    var_p = (1 - p) ** 2 * ((1 - q_t) / (n_t * q_t) + (1 - q_c) / (n_c * q_c))
+    for kept, cut, se in ((y_t[:72], y_t[71], se_low), (y_t[18:], y_t[18], se_high)):
+        variance = ((kept.var() + p * (cut - kept.mean()) ** 2) / ((1 - p) * len(y_t))
+                    + ((cut - kept.mean()) / (1 - p)) ** 2 * var_p + y_c.var() / len(y_c))
+        assert se == pytest.approx(np.sqrt(variance * 200 / 199), rel=1e-12)
+    assert (bounds.low, bounds.high) == (pytest.approx(y_t[:72].mean() - y_c.mean()), pytest.approx(y_t[18:].mean() - y_c.mean()))
+
+
+def test_the_imbens_manski_critical_value_goes_from_two_sided_to_one_sided():
+    from scipy.stats import norm
+
+    from impact.estimators import imbens_manski_interval
+
+    assert imbens_manski_interval(1.0, 1.0, 0.5, 0.5, 0.05) == pytest.approx((1 - 0.5 * norm.ppf(0.975), 1 + 0.5 * norm.ppf(0.975)))
+    assert imbens_manski_interval(0.0, 100.0, 1.0, 2.0, 0.05) == pytest.approx((-norm.ppf(0.95), 100 + 2 * norm.ppf(0.95)))
+    low, high = imbens_manski_interval(0.0, 1.0, 0.4, 0.5, 0.1)  # in between: Phi(c + 1 / 0.5) - Phi(-c) = 0.9
+    c = -low / 0.4
+    assert norm.ppf(0.9) < c < norm.ppf(0.95) and (high - 1.0) / 0.5 == pytest.approx(c)
+    assert norm.cdf(c + 2.0) - norm.cdf(-c) == pytest.approx(0.9, abs=1e-10)
+
+
+def test_the_lee_confidence_interval_is_published_around_the_bounds_and_the_same_in_every_run(tmp_path):
+    """impact_attrition gives the interval at the configured level: it holds the bounds, is
+    narrower at a lower level, and two runs give the same figures (standard errors computed, not
+    bootstrapped). Clustered standard errors: the interval is that of the bounds' influence
+    summed by cluster."""
+    panel = lose_at_endline(simulate_panel(12, rounds=(0, 1)), treated=63, comparison=40)
+    cfg = config()
+    att = evaluate(panel, None, cfg).attrition.iloc[0]
+    columns = ["lee_bound_low", "lee_bound_high", "lee_ci_low", "lee_ci_high"]
+    assert att["lee_ci_low"] < att["lee_bound_low"] < att["lee_bound_high"] < att["lee_ci_high"]
+    again = evaluate(panel, None, cfg).attrition.iloc[0]
+    assert again[columns].tolist() == att[columns].tolist()
+    narrower = evaluate(panel, None, config(alpha=0.2)).attrition.iloc[0]
+    assert att["lee_ci_low"] < narrower["lee_ci_low"] < att["lee_bound_low"]
+    assert att["lee_bound_high"] < narrower["lee_ci_high"] < att["lee_ci_high"]
+    by_unit = evaluate(panel, None, config(cov_type="hc1")).attrition.iloc[0]
+    assert by_unit["lee_bound_low"] == att["lee_bound_low"] and by_unit["lee_ci_low"] != att["lee_ci_low"]
+    units = panel.drop_duplicates("unit_id").set_index("unit_id")
+    end = panel[(panel["round_index"] == 1) & (panel["variable"] == "income")].set_index("unit_id")["value"]
+    treated = (units["treatment_group"] == "treated").astype(int).to_numpy()
+    _, _, expected = _lee_interval(end.reindex(units.index).to_numpy(), treated, units["cluster_id"].to_numpy())
+    assert (att["lee_ci_low"], att["lee_ci_high"]) == pytest.approx(expected, rel=1e-12)
+    # an outcome every unit observed has alike: bounds, no interval, and the reason says why
+    panel.loc[(panel["round_index"] == 1) & panel["value"].notna(), "value"] = 5.0
+    att = evaluate(panel, None, cfg).attrition.iloc[0]
+    assert att["lee_bound_low"] == att["lee_bound_high"] == 0 and pd.isna(att["lee_ci_low"]) and pd.isna(att["lee_ci_high"])
+    assert att["reason"] == "no confidence interval for the Lee bounds: the outcome observed at endline does not vary: no standard errors"
 
 
 def test_lee_bounds_of_the_other_sign_than_the_headline_do_not_confirm_it(tmp_path):
