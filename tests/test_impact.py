@@ -1548,7 +1548,8 @@ def test_lee_bounds_cover_the_planted_effect_where_selective_attrition_biases_th
     text = write_report(tables, tmp_path / "report", run_id="r", code_version="v", config=cfg)["summaries"]["sim/PRG-01"]
     assert "difference significant" in text and "Lee (2009) bounds on the endline difference in means" in text
     assert f"are {fmt(att['lee_bound_low'])} to {fmt(att['lee_bound_high'])}" in text
-    assert "the sign of the effect holds within them" in text
+    assert f"(95% CI {fmt(att['lee_ci_low'])} to {fmt(att['lee_ci_high'])}; random assignment" in text
+    assert att["lee_ci_low"] > 0 and "they and their confidence interval exclude zero, and the sign of the effect holds" in text
     tables.attrition["lee_bound_low"] = pd.array([-0.5], dtype="Float64")  # bounds across zero
     text = write_report(tables, tmp_path / "report", run_id="r", code_version="v", config=cfg)["summaries"]["sim/PRG-01"]
     assert "they include zero, so the sign of the effect is not established" in text
@@ -1758,9 +1759,12 @@ def test_lee_bounds_of_the_other_sign_than_the_headline_do_not_confirm_it(tmp_pa
     assert whole_sample(tables).loc["did", "estimate"] > 0
     tables.attrition["lee_bound_low"] = pd.array([-3.0], dtype="Float64")
     tables.attrition["lee_bound_high"] = pd.array([-1.0], dtype="Float64")
+    tables.attrition["lee_ci_low"] = pd.array([-3.5], dtype="Float64")
+    tables.attrition["lee_ci_high"] = pd.array([-0.5], dtype="Float64")
     text = write_report(tables, tmp_path / "report", run_id="r", code_version="v", config=cfg)["summaries"]["sim/PRG-01"]
     assert "the sign of the effect holds" not in text
-    assert "they are below zero, while the did estimate is an increase: the sign of the effect is not established" in text
+    assert ("they and their confidence interval are below zero, while the did estimate is an increase: the sign of "
+            "the effect is not established") in text
 
 
 def test_lee_bounds_are_not_read_as_bounds_of_the_effect_when_pre_trends_diverge(tmp_path):
@@ -1778,7 +1782,8 @@ def test_lee_bounds_are_not_read_as_bounds_of_the_effect_when_pre_trends_diverge
     text = write_report(tables, tmp_path / "report", run_id="r", code_version="v", config=cfg)["summaries"]["sim/PRG-01"]
     assert "Pre-treatment trends differ between groups" in text and "difference significant" in text
     assert "the sign of the effect holds" not in text and f"are {fmt(att['lee_bound_low'])} to" not in text
-    assert "Lee (2009) bounds are not given here: they assume random assignment" in text
+    assert "Lee (2009) bounds and their confidence interval are not given here: they assume random assignment" in text
+    assert f"{fmt(att['lee_ci_low'])} to {fmt(att['lee_ci_high'])}" not in text
 
 
 def test_lee_bounds_beside_a_headline_not_distinguishable_from_zero_do_not_establish_its_sign(tmp_path):
@@ -1797,5 +1802,34 @@ def test_lee_bounds_beside_a_headline_not_distinguishable_from_zero_do_not_estab
     text = write_report(tables, tmp_path / "report", run_id="r", code_version="v", config=cfg)["summaries"]["sim/PRG-01"]
     assert "not statistically distinguishable from zero" in text
     assert "the sign of the effect holds" not in text
-    assert ("they exclude zero, but they are estimated without a confidence interval and the did estimate is not "
-            "statistically distinguishable from zero: the sign of the effect is not established") in text
+    assert tables.attrition.iloc[0]["lee_ci_low"] > 0
+    assert ("they and their confidence interval exclude zero, but the did estimate is not statistically "
+            "distinguishable from zero: the sign of the effect is not established") in text
+
+
+def test_lee_bounds_whose_confidence_interval_includes_zero_do_not_establish_the_sign(tmp_path):
+    """Bounds that exclude zero beside a significant headline of their sign, with a confidence
+    interval that includes zero (few units, or bounds near zero): with no effect and attrition
+    not by it, the bounds alone exclude zero in 10-30% of samples. The summary gives the
+    interval and does not say the sign holds; with no interval (see the attrition table's
+    reason) it does not either."""
+    from impact.report import fmt, write_report
+
+    panel = _selective_attrition(simulate_panel(31, n_clusters=6000, units_per_cluster=1, rounds=(0, 1)), seed=5)
+    cfg = config(cov_type="hc1")
+    tables = evaluate(panel, None, cfg)
+    head = whole_sample(tables).loc["did"]
+    assert head["estimate"] > 0 and head["p_value"] < 0.05
+    tables.attrition["lee_bound_low"] = pd.array([0.2], dtype="Float64")
+    tables.attrition["lee_ci_low"] = pd.array([-0.1], dtype="Float64")
+    text = write_report(tables, tmp_path / "report", run_id="r", code_version="v", config=cfg)["summaries"]["sim/PRG-01"]
+    assert f"(95% CI -0.1 to {fmt(tables.attrition.iloc[0]['lee_ci_high'])}; random assignment" in text
+    assert "the sign of the effect holds" not in text
+    assert ("they exclude zero, but their 95% confidence interval does not: the sign of the effect is not "
+            "established") in text
+    tables.attrition["lee_ci_low"] = pd.array([None], dtype="Float64")
+    tables.attrition["lee_ci_high"] = pd.array([None], dtype="Float64")
+    text = write_report(tables, tmp_path / "report", run_id="r", code_version="v", config=cfg)["summaries"]["sim/PRG-01"]
+    assert "(no confidence interval: see the attrition table's reason; random assignment" in text
+    assert "the sign of the effect holds" not in text
+    assert "they exclude zero, but without a confidence interval the sign of the effect is not established" in text
