@@ -24,7 +24,7 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import duckdb
 
@@ -581,6 +581,45 @@ def run_audit(con, settings, cfg: QualityConfig, *, run_id: str | None = None, c
     if want(SUITE_VALIDATED):
         results += check_suite_validated(con, cfg, run_id)
     return [r for r in results if r.target not in skip.get(r.check, ())]
+
+
+def dbt_test_description(node: Mapping[str, Any]) -> str:
+    """What a dbt test checks, in words: a singular test's leading SQL comment, or a generic
+    test's rule with its arguments; then its name and whether it blocks publication."""
+    meta = node.get("test_metadata") or {}
+    kwargs, column = meta.get("kwargs") or {}, node.get("column_name")
+    name = meta.get("name")
+    if not meta:
+        code, lines = (node.get("raw_code") or "").lstrip(), []
+        if code.startswith("{#"):  # a Jinja comment first
+            lines = [code[2:code.find("#}")].strip("-").strip()] if "#}" in code else []
+        for line in code.splitlines() if not lines else ():
+            if not line.startswith("--"):
+                break
+            lines.append(line[2:].strip())
+        what = " ".join(" ".join(lines).split()) or "a singular test: the rows its query returns fail"
+    elif name in ("not_null", "not_null_columns"):
+        what = f"never empty: {', '.join(kwargs.get('column_names') or [column])}"
+    elif name == "unique":
+        what = f"{column} is unique"
+    elif name == "unique_combination_of_columns":
+        what = f"one row per {', '.join(kwargs.get('combination_of_columns') or [])}"
+    elif name == "accepted_values":
+        values = [str(v) for v in kwargs.get("values") or []]
+        what = f"{column} is one of {', '.join(values[:12])}" + (", ..." if len(values) > 12 else "")
+    elif name == "relationships":
+        target = str(kwargs.get("to", "")).removeprefix("ref('").removeprefix("source(").rstrip("')")
+        what = f"every {column} is a {kwargs.get('field')} of {target}"
+    elif name == "accepted_range":
+        bounds = [f"{op} {kwargs[key]}" for op, key in ((">=", "min_value"), ("<=", "max_value")) if key in kwargs]
+        what = f"{column} {' and '.join(bounds)}"
+    elif name == "expression_is_true":
+        what = f"every row: {kwargs.get('expression')}"
+    else:
+        what = f"dbt test {name}"
+    severity = str((node.get("config") or {}).get("severity") or "error").lower()
+    effect = "blocks publication when it fails" if severity == "error" else "warns when it fails"
+    return f"{what} (dbt test {node['name']}; {effect})"
 
 
 FAILING_ROWS_SHOWN = 5  # rows of a failed dbt test shown in the quality report and the step's error

@@ -39,6 +39,7 @@ from jisr.dbt import (
 from jisr.publish import current_deliveries, record_build_deliveries, recorded_build_deliveries
 from jisr.settings import export_environment, get_settings
 from orchestration.runlock import RefreshLock
+from quality.checks import dbt_test_description
 
 PROJECT = get_settings()  # only project-relative paths are read at import; JISR_HOME is read per run
 DBT_PROJECT = DbtProject(project_dir=PROJECT.dbt_project_dir, profiles_dir=PROJECT.dbt_project_dir)
@@ -59,45 +60,6 @@ class JisrDbtTranslator(DagsterDbtTranslator):
         if spec is None or spec.description:
             return spec
         return spec._replace(description=dbt_test_description(manifest["nodes"][unique_id]))
-
-
-def dbt_test_description(node: Mapping[str, Any]) -> str:
-    """What a dbt test checks, in words: a singular test's leading SQL comment, or a generic
-    test's rule with its arguments; then its name and whether it blocks publication."""
-    meta = node.get("test_metadata") or {}
-    kwargs, column = meta.get("kwargs") or {}, node.get("column_name")
-    name = meta.get("name")
-    if not meta:
-        code, lines = (node.get("raw_code") or "").lstrip(), []
-        if code.startswith("{#"):  # a Jinja comment first
-            lines = [code[2:code.find("#}")].strip("-").strip()] if "#}" in code else []
-        for line in code.splitlines() if not lines else ():
-            if not line.startswith("--"):
-                break
-            lines.append(line[2:].strip())
-        what = " ".join(" ".join(lines).split()) or "a singular test: the rows its query returns fail"
-    elif name in ("not_null", "not_null_columns"):
-        what = f"never empty: {', '.join(kwargs.get('column_names') or [column])}"
-    elif name == "unique":
-        what = f"{column} is unique"
-    elif name == "unique_combination_of_columns":
-        what = f"one row per {', '.join(kwargs.get('combination_of_columns') or [])}"
-    elif name == "accepted_values":
-        values = [str(v) for v in kwargs.get("values") or []]
-        what = f"{column} is one of {', '.join(values[:12])}" + (", ..." if len(values) > 12 else "")
-    elif name == "relationships":
-        target = str(kwargs.get("to", "")).removeprefix("ref('").removeprefix("source(").rstrip("')")
-        what = f"every {column} is a {kwargs.get('field')} of {target}"
-    elif name == "accepted_range":
-        bounds = [f"{op} {kwargs[key]}" for op, key in ((">=", "min_value"), ("<=", "max_value")) if key in kwargs]
-        what = f"{column} {' and '.join(bounds)}"
-    elif name == "expression_is_true":
-        what = f"every row: {kwargs.get('expression')}"
-    else:
-        what = f"dbt test {name}"
-    severity = str((node.get("config") or {}).get("severity") or "error").lower()
-    effect = "blocks publication when it fails" if severity == "error" else "warns when it fails"
-    return f"{what} (dbt test {node['name']}; {effect})"
 
 
 TRANSLATOR = JisrDbtTranslator(settings=DagsterDbtTranslatorSettings(enable_asset_checks=True))
