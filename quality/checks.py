@@ -629,15 +629,21 @@ def failing_rows(con, compiled_sql: str, limit: int = FAILING_ROWS_SHOWN) -> lis
     """The first rows (in the order of their values, so each run shows the same) a dbt test's
     compiled query returns: the rows it failed on. A row that
     names its delivery (``_delivery_id``) also names the delivered file (``_file_name``), from
-    the delivery log of the raw store attached as ``ingest``, when it is."""
-    cur = con.execute(f"select * from (\n{compiled_sql}\n) as failing order by all limit {int(limit)}")
+    the delivery log of the raw store attached as ``ingest``, when it is. ``con`` may be a
+    PostgreSQL connection (psycopg2) on the database dbt built, whose delivery log is its
+    ``meta.deliveries`` (the raw layer's copy)."""
+    on_postgres = type(con).__module__.startswith("psycopg2")
+    cur = con.cursor() if on_postgres else con
+    order = "failing" if on_postgres else "all"  # PostgreSQL has no ORDER BY ALL: the whole row
+    cur.execute(f"select * from (\n{compiled_sql}\n) as failing order by {order} limit {int(limit)}")
     columns = [d[0] for d in cur.description]
     rows = [dict(zip(columns, values)) for values in cur.fetchall()]
     ids = sorted({str(r["_delivery_id"]) for r in rows if r.get("_delivery_id") is not None})
-    if ids and attach_store(con, None):
-        files = dict(con.execute(
-            f"select delivery_id, file_name from ingest.meta.deliveries where delivery_id in ({', '.join('?' * len(ids))})",
-            ids).fetchall())
+    if ids and (on_postgres or attach_store(con, None)):
+        log, mark = ("meta.deliveries", "%s") if on_postgres else ("ingest.meta.deliveries", "?")
+        cur.execute(f"select delivery_id, file_name from {log} where delivery_id in ({', '.join([mark] * len(ids))})",
+                    ids)
+        files = dict(cur.fetchall())
         rows = [{**r, "_file_name": files.get(str(r.get("_delivery_id")))} if r.get("_delivery_id") else r
                 for r in rows]
     return rows
@@ -648,7 +654,8 @@ def describe_rows(rows: list[dict[str, Any]]) -> str:
     return "; ".join(", ".join(f"{k}={v}" for k, v in row.items()) for row in rows)
 
 
-def dbt_build_results(run_results: Path, warehouse: Path | None = None, store: Path | None = None) -> list[CheckResult]:
+def dbt_build_results(run_results: Path, warehouse: Path | None = None, store: Path | None = None, *,
+                      con=None, manifest: Mapping[str, Any] | None = None) -> list[CheckResult]:
     """What a dbt build's ``run_results.json`` says about the gates, for the quality report:
     every test that did not pass and every node that errored (a failing test of severity
     error, or an erroring node, blocks; a warning warns), the tests a failure skipped, or one
@@ -657,12 +664,17 @@ def dbt_build_results(run_results: Path, warehouse: Path | None = None, store: P
     With the build ``warehouse`` (a DuckDB file), a test that did not pass also gives the
     first rows it failed on (``failing_rows``: the test's own query run again, read-only;
     ``store``: the raw store, for tests that read it and for the files of the rows), in its
-    description and as ``metadata["rows"]``."""
+    description and as ``metadata["rows"]``; with ``con`` instead (an open connection on the
+    database dbt built, e.g. PostgreSQL's, read-only: the caller's, left open), on it. With
+    the build's ``manifest`` (its ``manifest.json``), a test that did not pass also says
+    what it checks (:func:`dbt_test_description`), as ``metadata["checks"]``."""
     if not run_results.is_file():
         return []
     results = json.loads(run_results.read_text(encoding="utf-8")).get("results", [])
+    nodes = (manifest or {}).get("nodes") or {}
     out, tests, skipped = [], 0, 0
-    con = None
+    rerun = con is not None or warehouse is not None  # the failing tests' queries can run again
+    own = None  # the connection opened on `warehouse`, closed here
     for r in results:
         kind, name = r["unique_id"].split(".")[0], r["unique_id"].split(".")[2]
         status, message = r.get("status"), (r.get("message") or "").strip()
@@ -673,10 +685,12 @@ def dbt_build_results(run_results: Path, warehouse: Path | None = None, store: P
         elif is_test and status in ("fail", "error", "warn"):
             description = f"dbt test {status}: {message}" if message else f"dbt test {status}"
             metadata = {}
-            if status != "error" and kind == "test" and r.get("compiled_code") and warehouse is not None:
+            if r["unique_id"] in nodes:
+                metadata["checks"] = dbt_test_description(nodes[r["unique_id"]])
+            if status != "error" and kind == "test" and r.get("compiled_code") and rerun:
                 try:
                     if con is None:
-                        con = connect_for_audit(warehouse, store)
+                        con = own = connect_for_audit(warehouse, store)
                     # one row more than shown: whether there are more (dbt's count of failures is
                     # not always a count of rows: not_null_columns counts the null cells)
                     rows = failing_rows(con, r["compiled_code"], limit=FAILING_ROWS_SHOWN + 1)
@@ -693,8 +707,8 @@ def dbt_build_results(run_results: Path, warehouse: Path | None = None, store: P
                                    description, metadata=metadata))
         elif status == "error":
             out.append(CheckResult(f"dbt {kind} {name}", False, "block", f"dbt {kind} failed: {message}"))
-    if con is not None:
-        con.close()
+    if own is not None:
+        own.close()
     if skipped:
         out.append(CheckResult("dbt build skipped nodes", False, "warn",
                                f"{skipped} dbt nodes did not run: a model or test they depend on failed"))

@@ -795,3 +795,37 @@ def test_postgres_a_reader_idle_in_a_transaction_does_not_hold_the_publication(d
     env = postgres.dbt_environment(settings, database)
     assert "-c lock_timeout=15min" in env["PGOPTIONS"] and env["DBT_USE_COLORS"] == "False"  # no colour codes
     assert env["JISR_SCHEMA_SUFFIX"] == postgres.NEXT  # dbt builds beside the schemas readers use
+
+
+def test_postgres_failing_rows_of_a_dbt_test_are_read_on_postgres(database, tmp_path):
+    """The rows a failing dbt test found, read again on PostgreSQL (a read-only session of the
+    owner), in the order of their values, with the delivered file of each from the raw
+    layer's copy of the delivery log (meta.deliveries); a query that cannot run again says
+    why, and the next test's rows are still read."""
+    from quality.checks import dbt_build_results
+
+    pg = psycopg2.connect(database)
+    with pg.cursor() as cur:
+        cur.execute("create schema detail__next; create schema meta")
+        cur.execute("create table detail__next.fct_x as select x, case when x % 2 = 0 then 'd2' else 'd1' end "
+                    "as _delivery_id from generate_series(7, 1, -1) as x")
+        cur.execute("create table meta.deliveries (delivery_id text, file_name text)")
+        cur.execute("insert into meta.deliveries values ('d1', 'x_2025-01.csv'), ('d2', 'x_2025-02.csv')")
+    pg.commit()
+    pg.set_session(readonly=True, autocommit=True)
+    code = 'select x, _delivery_id from "detail__next"."fct_x" where x % 1 = 0'  # a % outside parameters
+    run_results = {"results": [
+        {"unique_id": "test.jisr.assert_y.1", "status": "fail", "message": "Got 1 result", "failures": 1,
+         "compiled_code": "select * from nowhere"},
+        {"unique_id": "test.jisr.assert_x.1", "status": "fail", "message": "Got 7 results", "failures": 7,
+         "compiled_code": code}]}
+    path = tmp_path / "run_results.json"
+    path.write_text(json.dumps(run_results), encoding="utf-8")
+    found = {r.check: r for r in dbt_build_results(path, con=pg)}
+    assert found["dbt test assert_x"].description == (
+        "dbt test fail: Got 7 results; the first 5 of the 7 rows it failed on: "
+        + "; ".join(f"x={i}, _delivery_id=d{2 - i % 2}, _file_name=x_2025-0{2 - i % 2}.csv" for i in range(1, 6)))
+    assert found["dbt test assert_y"].description.startswith(
+        'dbt test fail: Got 1 result (its rows could not be read again: relation "nowhere" does not exist')
+    assert not pg.closed  # the caller's connection
+    pg.close()

@@ -429,6 +429,16 @@ def test_the_quality_report_records_what_stopped_a_dbt_build(settings, tmp_path)
         "dbt test warn: Got 1 result (its rows could not be read again: Catalog Error")
     assert not found["dbt test assert_y"].blocks
 
+    # with the build's manifest, a failing test also says what it checks
+    manifest = {"nodes": {"test.jisr.assert_x.1": {"name": "assert_x", "raw_code": "-- x is never positive\nselect x"},
+                          "test.jisr.assert_y.1": {"name": "assert_y", "test_metadata": {"name": "unique"},
+                                                   "column_name": "y", "config": {"severity": "warn"}}}}
+    found = {r.check: r for r in dbt_build_results(path, manifest=manifest)}
+    assert found["dbt test assert_x"].metadata == {
+        "checks": "x is never positive (dbt test assert_x; blocks publication when it fails)"}
+    assert found["dbt test assert_y"].metadata["checks"] == "y is unique (dbt test assert_y; warns when it fails)"
+    assert found["dbt test assert_x"].description == "dbt test fail: Got 7 results"  # no rows read: no warehouse
+
     path.write_text(json.dumps({"results": [result("test.jisr.not_null_fct_payments.2", "pass"),
                                             result("model.jisr.fct_payments", "success")]}))
     assert [(r.check, r.passed) for r in dbt_build_results(path)] == [("dbt tests", True)]
