@@ -15,7 +15,9 @@ Most BI tools speak PostgreSQL natively. ``publish_postgres(settings, dsn)``:
    ``JISR_SCHEMA_SUFFIX``, dbt_project/macros/generate_schema_name.sql), and copies the
    impact tables of the published DuckDB warehouse (computed in Python by the impact
    stage) into ``impact__next``: readers go on reading the publication served until now
-   while this one is built, and a publication that fails leaves it served;
+   while this one is built, and a publication that fails leaves it served. A dbt test that
+   fails stops it, the error naming the test, what it checks and the first rows it failed
+   on (:func:`dbt_failures`: its query run again, read-only, on the schemas just built);
 3. in ONE transaction (:func:`_swap_in`): renames the schemas served until now to
    ``<schema>__retired`` and the new ones to their names, applies disclosure control
    (quality/disclosure.py) to the marts: the served DuckDB warehouse's pattern, the same
@@ -320,10 +322,15 @@ def dbt_environment(settings: Settings, dsn: str) -> dict[str, str]:
 
 
 def run_dbt(settings: Settings, dsn: str) -> None:
-    """``dbt build --target postgres`` of the project (raises on failure, with dbt's last lines)."""
+    """``dbt build --target postgres`` of the project. Raises on failure: with the failing
+    tests, what each checks and the first rows it failed on (:func:`dbt_failures`), and the
+    nodes that errored; with dbt's last lines when its results say nothing of it."""
     from jisr.dbt import dbt_executable, dies_with_this_process
 
     work = _dbt_work_dir(settings)
+    earlier = work / "target" / "run_results.json"  # an earlier build's results, not this one's
+    if earlier.is_file():
+        earlier.unlink()
     command = [str(dbt_executable()), "build", "--target", "postgres", "--no-version-check",
                "--project-dir", str(settings.dbt_project_dir),
                "--profiles-dir", str(settings.dbt_project_dir),
@@ -333,11 +340,46 @@ def run_dbt(settings: Settings, dsn: str) -> None:
                           cwd=settings.dbt_project_dir, preexec_fn=dies_with_this_process())
     output = proc.stdout + proc.stderr
     if proc.returncode != 0:
-        tail = "\n".join(output.strip().splitlines()[-40:])
         waited = (f"\nA table stayed locked for {PUBLISH_LOCK_TIMEOUT} (`lock timeout` above): a reader's query ran "
                   "that long, or a session of a login that does not end idle transactions held it (see "
                   "pg_stat_activity); run this again once it has ended." if "lock timeout" in output else "")
+        failed = [r for r in dbt_failures(settings, dsn) if r.blocks]
+        if failed:
+            raise PostgresPublishError(
+                "dbt build --target postgres failed, this publication is not made (readers go on reading the one "
+                "PostgreSQL served until now):\n"
+                + "\n".join(f"    * {r.check}: {r.description}"
+                            + (f"\n      it checks: {r.metadata['checks']}" if r.metadata.get("checks") else "")
+                            for r in failed)
+                + f"\n  dbt's log of this build: {work / 'logs' / 'dbt.log'}{waited}")
+        tail = "\n".join(output.strip().splitlines()[-40:])
         raise PostgresPublishError(f"dbt build --target postgres failed (exit {proc.returncode}):\n{tail}{waited}")
+
+
+def dbt_failures(settings: Settings, dsn: str) -> list:
+    """What the last ``dbt build --target postgres`` says of its gates (quality.checks.CheckResult,
+    as a DuckDB build's quality report has them): each test that did not pass, with what it
+    checks and the first rows it failed on, its query run again on the schemas dbt built
+    (``<schema>__next``, which no reader can read; left for the next publication to drop) in
+    a read-only session of the owner, and each node that errored. The rows, of internal
+    models too (pseudonymous keys), are for the one publishing only: they go into the error,
+    never into the database (``meta.publish_log`` is the evaluator role's)."""
+    from quality.checks import dbt_build_results
+
+    target = _dbt_work_dir(settings) / "target"
+    try:
+        manifest = json.loads((target / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        manifest = None
+    try:
+        pg = connect(dsn)
+    except PostgresPublishError:  # the server went away: the tests that failed, without their rows
+        return dbt_build_results(target / "run_results.json", manifest=manifest)
+    try:
+        pg.set_session(readonly=True, autocommit=True)  # a query that fails leaves the next one its session
+        return dbt_build_results(target / "run_results.json", con=pg, manifest=manifest)
+    finally:
+        pg.close()
 
 
 def close_published(pg, evaluator: str = EVALUATOR) -> None:

@@ -829,3 +829,49 @@ def test_postgres_failing_rows_of_a_dbt_test_are_read_on_postgres(database, tmp_
         'dbt test fail: Got 1 result (its rows could not be read again: relation "nowhere" does not exist')
     assert not pg.closed  # the caller's connection
     pg.close()
+
+
+def test_postgres_a_failing_dbt_test_names_the_rows_it_failed_on(database, evaluator_password, settings,
+                                                                 monkeypatch, capsys):
+    """A dbt test that failed on PostgreSQL stopped the publication with dbt's last lines: the
+    test's name and a count. Its error now names the test, what it checks and the first rows it
+    failed on (its query run again on the schemas dbt built, as a DuckDB build's is on the
+    build warehouse), with the delivered file of each; the publication served until then stays
+    served, and readers see neither those schemas nor the rows."""
+    import argparse
+
+    from tests.test_marts import make_home
+
+    raw, _ = make_home(settings.home, ["2025-01", "2025-02"])
+    with duckdb.connect(str(raw.path)) as con:  # 8900 residents in an establishment of 40 places
+        [(file_name,)] = con.execute("update raw.occupancy set residents = 8900 where _is_current and establishment_id "
+                                     "= 'EPS-0002' and month = '2025-02' returning _file_name").fetchall()
+    make_schemas(database)  # the marts of an earlier publication, open to evaluators
+    pg = psycopg2.connect(database)
+    postgres.apply_grants(pg, evaluator_password=evaluator_password)
+    pg.close()
+    monkeypatch.setattr(postgres, "served_publication", lambda settings: {"run_id": "run-1", "deliveries": "[]"})
+    assert postgres.main(argparse.Namespace(dsn=database, evaluator_password_file=None), settings) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("jisr publish-postgres: dbt build --target postgres failed, this publication is not made "
+                          "(readers go on reading the one PostgreSQL served until now):\n")
+    assert ("\n    * dbt test assert_occupancy_within_capacity: dbt test fail: Got 1 result, configured to fail if "
+            "!= 0; the row it failed on: establishment_id=EPS-0002, report_month=2025-02, ") in err
+    assert "residents=8900, capacity=40" in err and f"_file_name={file_name}\n" in err
+    assert ("\n      it checks: No establishment reports more residents than its places that month allow, give or "
+            "take overcrowding") in err
+    assert err.rstrip().endswith(f"dbt's log of this build: {settings.home / 'dbt' / 'postgres' / 'logs' / 'dbt.log'}")
+    assert "Traceback" not in err
+    reader = evaluator_connection(database, evaluator_password)
+    assert _coverage(reader) == 120  # the publication served before
+    with reader.cursor() as cur:
+        cur.execute("select count(*) from meta.publish_log")
+        assert cur.fetchone()[0] == 0
+    reader.rollback()
+    expect_denied(reader, "select * from detail__next.fct_establishment_occupancy")
+    reader.close()
+    owner = psycopg2.connect(database)
+    with owner.cursor() as cur:  # dbt stored no failing rows anywhere (store_failures)
+        cur.execute("select nspname from pg_namespace where nspname like '%dbt_test%'")
+        assert cur.fetchall() == []
+    owner.close()
