@@ -32,35 +32,47 @@ count is withheld, in the balance sample or in a whole-programme weighted row (t
 minus the other group's published count). The weighted estimate stays (its comparison
 half is weighted by unpublished propensity scores).
 
+The event study's row counts the units behind its endline coefficient (measured at
+baseline and endline, as the DiD's); its options count the units and clusters of its
+stacked regression (measured at baseline and in any other round: ``stacked_treated``,
+``stacked_comparison``, ``stacked_clusters``). Those are published in the whole-programme
+row only (the levels' would add up to it, and need complementary withholding of their
+own); a group's count of 1 to ``k - 1`` is NULL with the stack's cluster count and the
+reason says so (0 stays).
+
 Samples that differ by a few units (:func:`protect_differences`, over every outcome of a
 study x programme at once). A group's figures are published on several samples of its
 units: each estimator's row of each outcome (units measured at baseline and endline, with
 every covariate, inside the propensity bounds, ...), each outcome's group means by round
 (units measured in that round), the attrition table's units at baseline and at endline,
-and the balance table's units with every covariate (one sample per programme: it does not
-depend on the outcome). The outcomes are measured on the same people. Two published sizes
-that differ by 1 to ``k - 1`` give those units' count back, and two means of the same
-outcome and round their mean: with three treated units lost at endline, the treated
-baseline mean of ``impact_group_means`` (every unit measured at baseline) and that of the
-estimates (units measured at baseline and endline) give the three units' baseline mean.
+the balance table's units with every covariate (one sample per programme: it does not
+depend on the outcome) and the event study's stacked sample (its options). The outcomes
+are measured on the same people. Two published sizes that differ by 1 to ``k - 1`` give
+those units' count back, and two means of the same outcome and round their mean: with
+three treated units lost at endline, the treated baseline mean of ``impact_group_means``
+(every unit measured at baseline) and that of the estimates (units measured at baseline
+and endline) give the three units' baseline mean.
 So, per subgroup and group, the samples are kept in a fixed order, and one whose size
 differs by 1 to ``k - 1`` from a sample kept before it is withheld. When the two publish
 means of the same outcome, its size and means go (a group-mean row's size, mean and
 standard error; an estimate row's group size and means and its cluster count, and its
 estimate too when it is a difference of the group means: ``diff_in_means``, ``did``
-without covariates; the others' estimates are regression coefficients and stay);
-otherwise only its size goes (another outcome's row or group means keep their means and
+without covariates, ``event_study``, whose endline coefficient in ``impact_pretrends``
+goes with it; the others' estimates are regression coefficients and stay); otherwise
+only its size goes (another outcome's row or group means keep their means and
 estimates; the balance table its covariate means; the attrition table's counts of the
-group go with its test). The reason names the sample kept. The order does not depend on
-the configured order of the estimators: first the estimate rows whose estimate would go
-with their means (a difference of the group means), then the other estimate rows, the
-group means by round, the balance table, the attrition table; within each, the samples
-whose size most samples share first, then by outcome and estimator name (rounds by
-index). A subgroup level so withheld alone in its line (outcome x dimension x estimator
-x group) has the smallest other level withheld with it (only its size when the lone
-level's means are published). Withholding the descriptive rows before the estimates keeps
-the evaluation's results where it can: the group means are a picture, the balance table
-and the attrition counts diagnostics.
+group go with its test; the event study's stacked count goes with the stack's cluster
+count). The reason names the sample kept. The order does not depend on the configured
+order of the estimators: first the estimate rows whose estimate would go with their
+means (a difference of the group means), then the other estimate rows, the group means
+by round, the balance table, the attrition table, the event study's stacked samples (a
+detail beside the units behind its estimate); within each, the samples whose size most
+samples share first, then by outcome and estimator name (rounds by index). A subgroup
+level so withheld alone in its line (outcome x dimension x estimator x group) has the
+smallest other level withheld with it (only its size when the lone level's means are
+published). Withholding the descriptive rows before the estimates keeps the evaluation's
+results where it can: the group means are a picture, the balance table and the
+attrition counts diagnostics.
 
 A reason published beside a withheld size does not count that group's units
 (:func:`protect_reasons`): "121 treated, 158 comparison (minimum 125 per group)" becomes
@@ -115,8 +127,15 @@ BALANCE_RESULTS = ("smd_before", "smd_after", "n_trimmed")
 # the bounds widened by a multiple of their standard errors)
 LEE = ("lee_bound_low", "lee_bound_high", "lee_trimmed_group", "lee_trimmed_share", "lee_ci_low", "lee_ci_high")
 ATTRITION_RESULTS = ("difference", "std_error", "p_value", *LEE)
+# per group: the event study's option counting its units in the stacked regression
+# (observed at baseline and in any other round; the row's sizes count those behind its
+# endline coefficient, observed at baseline and endline), and the option counting the
+# stack's clusters
+STACKED = {"treated": "stacked_treated", "comparison": "stacked_comparison"}
+STACKED_CLUSTERS = "stacked_clusters"
 # estimator options that count units of a group
-SAMPLE_OPTIONS = ("trimmed_treated", "trimmed_comparison", "comparison_effective_n")
+SAMPLE_OPTIONS = ("trimmed_treated", "trimmed_comparison", "comparison_effective_n", *STACKED.values(),
+                  STACKED_CLUSTERS)
 # per group: the option (ipw_did) and the balance key counting its units outside the
 # propensity trimming bounds
 TRIMMED = {"treated": "trimmed_treated", "comparison": "trimmed_comparison"}
@@ -168,6 +187,7 @@ def _complement_reason(group: str, level: str, k: int) -> str:
 def protect_estimates(est_rows: list[dict], pre_rows: list[dict], k: int) -> None:
     """Withhold small groups in the estimate rows of one study x programme x outcome (and
     the pre-trend rows of the withheld event-study estimates), in place."""
+    _protect_stacked(est_rows, k)
     withheld: dict[tuple[str, str], str] = {}  # (subgroup, group) -> reason
     own: set[tuple[str, str, str]] = set()  # (subgroup, estimator, group): small in that row itself
     for row in est_rows:
@@ -258,6 +278,46 @@ def _untrimmed_size(row: dict, group: str) -> float | None:
         return None
     options = json.loads(row.get("estimator_options") or "{}")
     return n + (finite(options.get(TRIMMED[group])) or 0.0)
+
+
+def _protect_stacked(est_rows: list[dict], k: int) -> None:
+    """The event study's stacked-sample sizes (options ``stacked_*``), in place: published in
+    the whole-sample row only (the levels' would add up to it: one withheld alone would need
+    another withheld with it, and units with no value of the dimension their count checked,
+    as the rows' sizes have), a group's withheld with the stack's cluster count when it is
+    1 to k - 1 units (0 stays)."""
+    keys = (*STACKED.values(), STACKED_CLUSTERS)
+    for row in est_rows:
+        options = json.loads(row.get("estimator_options") or "{}")
+        if not any(key in options for key in keys):
+            continue
+        if row.get("subgroup_dimension") is not None:
+            row["estimator_options"] = json.dumps({key: value for key, value in options.items() if key not in keys},
+                                                  sort_keys=True, default=str)
+            continue
+        for group, key in STACKED.items():
+            if is_small(options.get(key), k):
+                _withhold_stacked(row, group, f"fewer than {k} {group} units in the event study's stacked sample "
+                                              "(observed at baseline and in any other round): their count and the "
+                                              "stack's cluster count are not published (disclosure control)")
+
+
+def _stacked_size(row: dict, group: str) -> float | None:
+    """A row's published count of ``group`` in the event study's stacked sample (None: none)."""
+    options = row.get("estimator_options")
+    return finite(json.loads(options).get(STACKED[group])) if options else None
+
+
+def _withhold_stacked(row: dict, group: str, reason: str) -> None:
+    """Withhold a group's count in the event study's stacked sample (an option of its row),
+    with the stack's cluster count (with the other group's count and one unit per cluster,
+    it would give this one back), in place; the row's sizes, means and estimate stay."""
+    options = json.loads(row.get("estimator_options") or "{}")
+    if finite(options.get(STACKED[group])) is None:
+        return
+    options[STACKED[group]] = options[STACKED_CLUSTERS] = None
+    row["estimator_options"] = json.dumps(options, sort_keys=True, default=str)
+    _add_reason(row, reason)
 
 
 def _without_sample_options(options: str | None) -> str | None:
@@ -414,10 +474,12 @@ def _protect_row(row: dict, groups: dict[str, tuple[str, ...]], results: tuple[s
 
 def _from_means(row: dict) -> bool:
     """Whether a row's estimate is the difference of its group means: the endline difference
-    in means, and the DiD without covariates (of the mean changes)."""
+    in means, the DiD without covariates and the event study's endline coefficient (of the
+    mean changes from baseline to endline; the event study's row describes the units
+    observed at both)."""
     options = json.loads(row.get("estimator_options") or "{}")
     kind = options.get("type")
-    return kind == "diff_in_means" or (kind == "did" and not options.get("covariates_used"))
+    return kind in ("diff_in_means", "event_study") or (kind == "did" and not options.get("covariates_used"))
 
 
 def _difference_reason(group: str, other: str, k: int) -> str:
@@ -428,6 +490,12 @@ def _difference_reason(group: str, other: str, k: int) -> str:
 def _count_reason(group: str, other: str, k: int) -> str:
     return (f"the {group} group's size is not published (disclosure control): its units and those of {other} "
             f"differ by fewer than {k}, whose count the difference would give back")
+
+
+def _stacked_reason(group: str, other: str, k: int) -> str:
+    return (f"the {group} units of the event study's stacked sample ({STACKED[group]}) and the stack's clusters are "
+            f"not published (disclosure control): they and the units of {other} differ by fewer than {k}, whose "
+            "count the difference would give back")
 
 
 def _attrition_reason(group: str, other: str, k: int) -> str:
@@ -469,7 +537,7 @@ class _Sample:
     (None: no outcome's), what the reasons call it, its rows, its kind and its rank, outcome
     and name for :func:`_keep_order`."""
 
-    kind: str  # "estimate", "means", "balance", "attrition"
+    kind: str  # "estimate", "means", "balance", "attrition", "stacked"
     sizes: tuple[float, ...]
     outcome: str | None
     label: str
@@ -499,6 +567,9 @@ def _samples(subgroup: str, group: str, est_rows: list[dict], mean_rows: list[di
             sizes = tuple(v for v in (n, n - m if n is not None and m is not None else None) if v is not None)
             if sizes:
                 out.append(_Sample("attrition", sizes, None, "the attrition table", [row], (4, row["outcome"], "")))
+    out += [_Sample("stacked", (n,), None, f"the {row['estimator']} estimate's stacked sample", [row],
+                    (5, row["outcome"], row["estimator"]))
+            for row in est_rows if row["subgroup"] == subgroup and (n := _stacked_size(row, group)) is not None]
     return _keep_order(out)
 
 
@@ -512,8 +583,10 @@ def _keep_order(samples: list[_Sample]) -> list[_Sample]:
     """Samples in the order they are kept, whatever the order of the estimators in the
     configuration: the estimate rows whose estimate would be withheld with their means (a
     difference of the group means) first, the other estimate rows, the group means (by
-    round), the balance table, the attrition table; among those, the samples whose size
-    most samples share first, then by outcome and estimator name."""
+    round), the balance table, the attrition table, the event study's stacked samples
+    (units observed at baseline and in any other round: an option of its row, beside the
+    units behind its estimate); among those, the samples whose size most samples share
+    first, then by outcome and estimator name."""
     shared: dict[float, int] = {}
     for sample in samples:
         for n in set(sample.sizes):
@@ -521,17 +594,18 @@ def _keep_order(samples: list[_Sample]) -> list[_Sample]:
     return sorted(samples, key=lambda s: (s.order[0], -max(shared[n] for n in s.sizes), *s.order[1:]))
 
 
-def protect_differences(est_rows: list[dict], mean_rows: list[dict], attrition_rows: list[dict],
+def protect_differences(est_rows: list[dict], pre_rows: list[dict], mean_rows: list[dict], attrition_rows: list[dict],
                         balance_rows: list[dict], k: int) -> tuple[list[dict], list[dict], list[dict]]:
     """Samples of one group that differ by a few units, in the rows of one study x programme:
-    the estimate rows are changed in place; the group-mean, attrition and balance rows are
-    returned (in that order).
+    the estimate and pre-trend rows are changed in place; the group-mean, attrition and
+    balance rows are returned (in that order).
 
     A group's figures are published on several samples of its units: each estimator's
     (units measured at baseline and endline, with every covariate, inside the propensity
     bounds, ...), for the whole programme each round's group means (units measured in that
-    round), the attrition table's units at baseline and at endline, and the balance table's
-    units with every covariate. Two published sizes that differ by 1 to ``k - 1`` units
+    round), the attrition table's units at baseline and at endline, the balance table's
+    units with every covariate, and the event study's stacked sample (its whole-sample
+    row's options). Two published sizes that differ by 1 to ``k - 1`` units
     give those units' count back, and two means of the same outcome and round their mean
     (three units lost at endline: the baseline mean of every unit minus that of the units
     measured at endline). So the samples of a subgroup x group are taken in order
@@ -539,12 +613,15 @@ def protect_differences(est_rows: list[dict], mean_rows: list[dict], attrition_r
     is withheld: with its means when that sample publishes means of the same outcome
     (:func:`_withhold_group`; a group-mean row: size, mean and standard error), else its
     size (the balance table's means are of covariates, the attrition table's counts are
-    withheld with its test). A subgroup level withheld so, alone in its line (dimension x
+    withheld with its test; the stacked sample's count is an option of the event study's
+    row: it goes alone). A subgroup level withheld so, alone in its line (dimension x
     estimator x group) beside a published whole-sample row, has the smallest other level
-    of the line withheld with it."""
+    of the line withheld with it. An event study's estimate withheld with its means takes
+    its endline coefficient in the pre-trend rows with it (the same number)."""
     mean_rows = [dict(row) for row in mean_rows]
     attrition_rows = [dict(row) for row in attrition_rows]
     balance_rows = [dict(row) for row in balance_rows]
+    estimated = {_line(row) for row in est_rows if finite(row.get("estimate")) is not None}
     before = _withheld_levels(est_rows)
     subgroups = list(dict.fromkeys(row["subgroup"] for row in est_rows)) or ["all"]
     if "all" not in subgroups:
@@ -554,6 +631,8 @@ def protect_differences(est_rows: list[dict], mean_rows: list[dict], attrition_r
             counted: list[tuple[float, str]] = []  # (size, which sample) of the sizes published
             measured: list[tuple[float, str, str]] = []  # (size, outcome, which sample) of the means published
             for sample in _samples(subgroup, group, est_rows, mean_rows, attrition_rows, balance_rows):
+                if sample.kind == "stacked" and _stacked_size(sample.rows[0], group) is None:
+                    continue  # withheld with the row's size, earlier in this loop
                 other = next((label for n in sample.sizes for m, outcome, label in measured
                               if outcome == sample.outcome and 1 <= abs(n - m) < k), None)
                 if other is not None:
@@ -561,14 +640,39 @@ def protect_differences(est_rows: list[dict], mean_rows: list[dict], attrition_r
                     continue
                 other = next((label for n in sample.sizes if (label := _clash(n, counted, k))), None)
                 if other is not None:
-                    reason = (_attrition_reason if sample.kind == "attrition" else _count_reason)(group, other, k)
-                    _withhold_sample(sample, group, reason, k, means=False)
+                    why = {"attrition": _attrition_reason, "stacked": _stacked_reason}.get(sample.kind, _count_reason)
+                    _withhold_sample(sample, group, why(group, other, k), k, means=False)
                 else:
                     counted += [(n, sample.label) for n in sample.sizes]
                 if sample.outcome is not None:
                     measured += [(n, sample.outcome, sample.label) for n in sample.sizes]
     _protect_lines(est_rows, before, k)
+    _withhold_endline_coefficients(pre_rows, {line for row in est_rows if (line := _line(row)) in estimated
+                                              and finite(row.get("estimate")) is None})
     return mean_rows, attrition_rows, balance_rows
+
+
+def _line(row: dict) -> tuple[str, str, str]:
+    """The outcome, subgroup and estimator of an estimate or pre-trend row."""
+    return row["outcome"], row["subgroup"], row["estimator"]
+
+
+def _withhold_endline_coefficients(pre_rows: list[dict], withheld: set[tuple[str, str, str]]) -> None:
+    """The endline coefficient of the event-study lines (outcome, subgroup, estimator) whose
+    estimate, the same number, is ``withheld``, in place: its figures NULL, the round
+    ``not_estimable``; the other rounds and the pre-trend test stay (their samples are other
+    units, and no group means of theirs are published)."""
+    ends: dict[tuple[str, str, str], int] = {}
+    for row in pre_rows:
+        if (line := _line(row)) in withheld and finite(row.get("round_index")) is not None:
+            ends[line] = max(ends.get(line, row["round_index"]), row["round_index"])
+    for row in pre_rows:
+        if (line := _line(row)) in ends and row.get("round_index") == ends[line] and not row.get("is_reference"):
+            for column in ("estimate", "std_error", "ci_low", "ci_high", "p_value"):
+                row[column] = None
+            row["status"] = "not_estimable"
+            row["reason"] = ("not published (disclosure control): the endline coefficient is the event study's "
+                             "estimate, withheld in impact_estimates as a difference of the group means")
 
 
 def _withhold_sample(sample: _Sample, group: str, reason: str, k: int, means: bool = True) -> None:
@@ -586,6 +690,8 @@ def _withhold_sample(sample: _Sample, group: str, reason: str, k: int, means: bo
         elif sample.kind == "balance":
             row[BALANCE_GROUPS[group][0]] = None
             _add_reason(row, reason)
+        elif sample.kind == "stacked":
+            _withhold_stacked(row, group, reason)
         else:
             _withhold_attrition(row, group, reason)
 

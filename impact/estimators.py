@@ -562,6 +562,16 @@ def event_study(
     correlated). For units observed at baseline this is the two-way fixed-effects event
     study with the baseline as reference period. Its row in impact_estimates is the
     endline coefficient.
+
+    The round dummies are saturated and there are no covariates, so the endline coefficient
+    is the difference between the groups in the mean change from baseline to endline of the
+    units observed at both (the estimate of the DiD without covariates): the rows of the
+    other rounds add nothing to it, nor to its clustered variance, only to the small-sample
+    correction (G / (G - 1) x (N - 1) / (N - K)) and the G - 1 degrees of freedom of the
+    stacked fit.
+    The row's sizes and means are those units' (the sample behind the estimate); the units
+    and clusters of the stack (observed at baseline and in any other round) are in the
+    options ``stacked_treated``, ``stacked_comparison`` and ``stacked_clusters``.
     """
     labels = round_labels or {}
 
@@ -590,8 +600,15 @@ def event_study(
         if stacked.empty:
             raise NotEstimable("no unit is observed both at baseline and in another round")
         per_unit = stacked.groupby(level=0).agg(treated=("treated", "first"), cluster=("cluster", "first"))
-        _describe_sample(result, per_unit, y)
-        _check_sample(per_unit, "a baseline value and a value in another round", inference)
+        stacked_t, stacked_c = _group_counts(per_unit)
+        result.options.update({"stacked_treated": stacked_t, "stacked_comparison": stacked_c,
+                               "stacked_clusters": _nunique(per_unit["cluster"].to_numpy())})
+        end = max(rounds)
+        # the units behind the endline coefficient: observed at baseline and endline (a
+        # subset of the stack's units: when they pass the check, so does the stack)
+        sample = units.loc[stacked.index[stacked["round_index"] == end]]
+        _describe_sample(result, sample, y)
+        _check_sample(sample, "baseline and endline values", inference)
         kept_rounds, skipped = [], []
         for r in rounds:
             if r == 0:
@@ -602,12 +619,9 @@ def event_study(
                 skipped.append(r)
             else:
                 kept_rounds.append(r)
-        if skipped:
+        if skipped:  # never the endline: the sample check above saw both groups there
             result.options["rounds_without_both_groups"] = skipped
             stacked = stacked[stacked["round_index"].isin(kept_rounds)]
-        end = max(rounds)
-        if end not in kept_rounds:
-            raise NotEstimable("the endline round does not have both treated and comparison units observed at baseline")
         _check_variance(stacked["change"], "the change in the outcome from baseline")
         exog = pd.DataFrame(index=stacked.index)
         for r in kept_rounds:

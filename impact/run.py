@@ -17,10 +17,11 @@ its size and means withheld in every table, and its row ``not_estimable`` with t
 Counts of 1 to k - 1 trimmed units are withheld with the figures that give them back, and
 so is the size (with the means, when they are of the same outcome) of a sample of a group
 that differs from another published one of the study x programme by 1 to k - 1 units
-(every outcome, the group means, the balance and attrition tables): such a row stays
-``ok`` with NULL sizes, unless its estimate is a difference of the group means
-(``diff_in_means``, ``did`` without covariates), which is withheld with them
-(:mod:`impact.disclosure`).
+(every outcome, the group means, the balance and attrition tables, the event study's
+stacked sample): such a row stays ``ok`` with NULL sizes, unless its estimate is a
+difference of the group means (``diff_in_means``, ``did`` without covariates,
+``event_study``, with its endline coefficient in ``impact_pretrends``), which is withheld
+with them (:mod:`impact.disclosure`).
 
 Every row carries ``run_id`` and ``code_version``. Nothing here imports dagster.
 """
@@ -661,7 +662,7 @@ def _protect_programme(tasks: list[_OutcomeTask], parts: list[dict[str, Any]], b
     rows = {name: [row for part in parts for row in part[name]]
             for name in ("estimates", "pretrends", "attrition", "group_means")}
     rows["group_means"], rows["attrition"], rows["balance"] = disclosure.protect_differences(
-        rows["estimates"], rows["group_means"], rows["attrition"], balance, min_cell)
+        rows["estimates"], rows["pretrends"], rows["group_means"], rows["attrition"], balance, min_cell)
     rows["balance"] = disclosure.protect_trimmed_total(rows["balance"], rows["estimates"], min_cell)
     disclosure.protect_reasons(rows["estimates"], rows["pretrends"], rows["balance"])
     rows["cost_effectiveness"] = []

@@ -156,6 +156,42 @@ def test_event_study_coefficients_per_round(tmp_path):
     assert est.loc["event_study", "estimate"] == pytest.approx(rows.loc[2, "estimate"])
 
 
+def test_event_study_row_counts_the_units_behind_its_endline_coefficient(tmp_path):
+    """30 treated and 20 comparison units missing at endline are observed at baseline and
+    at the midline: they are in the stacked regression but add nothing to the endline
+    coefficient (its round dummies are apart from the midline's), which is the DiD's on the
+    units observed at baseline and endline. The row counts those units, with their means;
+    the stack's units and clusters are in the options."""
+    panel = lose_at_endline(simulate_panel(31, rounds=(-1, 0, 1, 2)), treated=30, comparison=20)
+    tables = evaluate(panel, None, config())
+    est = whole_sample(tables)
+    es, did = est.loc["event_study"], est.loc["did"]
+    assert es["status"] == "ok" and did["status"] == "ok"
+    values = panel[panel["variable"] == "income"].pivot_table(index="unit_id", columns="round_index", values="value")
+    units = panel.drop_duplicates("unit_id").set_index("unit_id")
+    both = values.index[values[0].notna() & values[2].notna()]
+    treated = units.loc[both, "treatment_group"] == "treated"
+    assert (es["n_treated"], es["n_comparison"]) == (treated.sum(), (~treated).sum())
+    assert es["n_clusters"] == units.loc[both, "cluster_id"].nunique()
+    for column in ("n_treated", "n_comparison", "n_clusters", "baseline_mean_treated", "baseline_mean_comparison",
+                   "endline_mean_treated", "endline_mean_comparison"):
+        assert es[column] == pytest.approx(did[column]), column
+    # the estimate is the DiD's; its standard error differs only by the stacked fit's
+    # small-sample correction (more rows and clusters)
+    assert es["estimate"] == pytest.approx(did["estimate"], rel=1e-9)
+    assert es["std_error"] == pytest.approx(did["std_error"], rel=1e-3)
+    stacked = values.index[values[0].notna() & values[[-1, 1, 2]].notna().any(axis=1)]
+    options = json.loads(es["estimator_options"])
+    assert options["stacked_treated"] == (units.loc[stacked, "treatment_group"] == "treated").sum()
+    assert options["stacked_comparison"] == (units.loc[stacked, "treatment_group"] == "comparison").sum()
+    assert options["stacked_clusters"] == units.loc[stacked, "cluster_id"].nunique()
+    assert options["stacked_treated"] == es["n_treated"] + 30
+    assert options["stacked_comparison"] == es["n_comparison"] + 20
+    # the endline coefficient of impact_pretrends is the row's estimate
+    pre = tables.pretrends[tables.pretrends["subgroup"] == "all"].set_index("round_index")
+    assert pre.loc[2, "estimate"] == pytest.approx(es["estimate"])
+
+
 def test_event_study_two_rounds_not_estimable(tmp_path):
     tables = evaluate(simulate_panel(4, rounds=(0, 1)), None, config())
     est = whole_sample(tables)
@@ -614,10 +650,11 @@ def test_notes_do_not_count_fewer_than_k_units(tmp_path):
 
 
 def differencing_pairs(tables, k: int = 10) -> list:
-    """Two published samples of one group (an estimator's row of one subgroup and outcome, a
-    round of an outcome's group means, the attrition table's units at baseline and at
-    endline, the balance table's units with every covariate) whose sizes differ by 1 to
-    k - 1 units: their difference gives those units' count (and mean) back. The outcomes of
+    """Two published samples of one group (an estimator's row of one subgroup and outcome, the
+    event study's stacked sample in its options, a round of an outcome's group means, the
+    attrition table's units at baseline and at endline, the balance table's units with every
+    covariate) whose sizes differ by 1 to k - 1 units: their difference gives those units'
+    count (and mean) back. The outcomes of
     a programme are measured on the same units: their samples are compared too. And lines
     of subgroup levels of one estimator with a lone withheld level beside a published
     whole-sample row (the whole minus the others)."""
@@ -627,6 +664,9 @@ def differencing_pairs(tables, k: int = 10) -> list:
         for group in ("treated", "comparison"):
             sizes = [(f"{outcome}: {name}", n) for outcome, name, n
                      in zip(rows["outcome"], rows["estimator"], rows[f"n_{group}"]) if pd.notna(n)]
+            sizes += [(f"{outcome}: {name}: stacked", n) for outcome, name, options
+                      in zip(rows["outcome"], rows["estimator"], rows["estimator_options"])
+                      if (n := json.loads(options).get(f"stacked_{group}")) is not None]
             if subgroup == "all":
                 own = means[(means["study_id"] == study) & (means["programme_code"] == programme)
                             & (means["treatment_group"] == group)]
@@ -678,15 +718,20 @@ def test_a_few_units_lost_at_endline_are_not_given_back_by_difference(tmp_path):
     est = whole_sample(tables)
     two_round = est[est.index != "event_study"]  # two rounds: no event study
     assert (two_round["status"] == "ok").all() and two_round["n_treated"].notna().all()
-    # with more rounds the event study's sample (units measured at baseline and in another
-    # round) keeps them: its treated size and means are withheld, its estimate is not
-    # (the endline coefficient is computed on the units measured at baseline and endline)
+    # with more rounds the event study's row counts the units behind its endline coefficient
+    # (measured at baseline and endline), as the DiD's: published; its stacked sample (units
+    # measured at baseline and in another round, an option of its row) keeps the three: its
+    # treated count is withheld, with the stack's cluster count
     panel = lose_at_endline(simulate_panel(12), treated=3, comparison=40)
     tables = evaluate(panel, None, config(cov_type="hc1"))
     assert differencing_pairs(tables) == []
     es = whole_sample(tables).loc["event_study"]
-    assert pd.isna(es["n_treated"]) and pd.isna(es["baseline_mean_treated"]) and pd.notna(es["n_comparison"])
-    assert es["status"] == "ok" and pd.notna(es["estimate"]) and "differ by fewer than 10" in es["reason"]
+    assert es["n_treated"] == 417 and pd.notna(es["baseline_mean_treated"]) and es["n_comparison"] == 440
+    options = json.loads(es["estimator_options"])
+    assert options["stacked_treated"] is None and options["stacked_clusters"] is None
+    assert options["stacked_comparison"] == 480
+    assert es["status"] == "ok" and pd.notna(es["estimate"]) and "stacked sample" in es["reason"]
+    assert "differ by fewer than 10" in es["reason"]
     # units measured at endline but not at baseline: the difference in means (endline) is
     # the one sample of its size, the other estimators share theirs; a difference of the
     # group means (endline difference in means, DiD without covariates) is withheld with them
@@ -793,8 +838,10 @@ def test_the_sample_withheld_is_the_one_whose_estimate_survives_whatever_the_con
 
 def test_attrition_counts_are_not_given_back_by_difference(tmp_path):
     """Three treated units measured at baseline only (and twenty more lost at endline): the
-    attrition table's count of treated units at baseline minus the event study's (units
-    measured at baseline and in another round) would give the three back."""
+    attrition table's count of treated units at baseline minus the event study's stacked
+    sample (units measured at baseline and in another round, an option of its row) would
+    give the three back. The stacked count is withheld (it is kept last); the attrition
+    table and the event study's row (the units measured at baseline and endline) stay."""
     panel = lose_at_endline(simulate_panel(12), treated=23, comparison=40)
     units = panel.drop_duplicates("unit_id")
     only_baseline = units.loc[units["treatment_group"] == "treated", "unit_id"].tolist()[:3]
@@ -803,32 +850,115 @@ def test_attrition_counts_are_not_given_back_by_difference(tmp_path):
     assert differencing_pairs(tables) == []
     es = whole_sample(tables).loc["event_study"]
     att = tables.attrition.iloc[0]
-    assert pd.notna(es["n_treated"])
-    assert pd.isna(att["n_baseline_treated"]) and pd.isna(att["n_missing_treated"]) and pd.isna(att["difference"])
-    assert "differ by fewer than 10" in att["reason"] and att["n_missing_comparison"] == 40
+    assert es["n_treated"] == 397 and json.loads(es["estimator_options"])["stacked_treated"] is None
+    assert att["n_baseline_treated"] == 420 and att["n_missing_treated"] == 23 and att["status"] == "ok"
+    # two outcomes, 20 and 23 treated units lost at endline: one outcome's treated units
+    # observed at endline (400 or 397, its attrition table's and its estimates') minus the
+    # other's would give the three back: one attrition row is withheld
+    income = lose_at_endline(simulate_panel(12, rounds=(0, 1)), treated=20, comparison=0)
+    consumption = simulate_panel(12, rounds=(0, 1))
+    consumption = lose_at_endline(consumption[consumption["variable"] == "income"].assign(variable="consumption"),
+                                  treated=23, comparison=0)
+    tables = evaluate(pd.concat([income, consumption], ignore_index=True), None, config(cov_type="hc1"))
+    assert differencing_pairs(tables) == []
+    att = tables.attrition.set_index("outcome")
+    withheld = att[att["n_baseline_treated"].isna()]
+    assert len(withheld) == 1
+    withheld = withheld.iloc[0]
+    assert pd.isna(withheld["n_missing_treated"]) and pd.isna(withheld["difference"])
+    assert "differ by fewer than 10" in withheld["reason"] and withheld["n_missing_comparison"] == 0
+    assert att["n_missing_treated"].dropna().isin([20, 23]).all() and att["status"].tolist().count("ok") == 1
     # the treated units at baseline and at endline otherwise: published
     tables = evaluate(lose_at_endline(simulate_panel(12), treated=23, comparison=40), None, config(cov_type="hc1"))
     att = tables.attrition.iloc[0]
     assert att["n_missing_treated"] == 23 and att["status"] == "ok"
 
 
+def test_the_event_study_sizes_go_through_the_differencing_checks(tmp_path):
+    """The event study's row counts the units measured at baseline and endline, and its
+    endline coefficient is the difference of their group mean changes: its samples are
+    compared with the other estimators' as the DiD's are."""
+    # three treated units without a covariate: the covariate-adjusted estimators count 417
+    # treated units, the DiD and the event study 420; the adjusted ones are withheld
+    panel = simulate_panel(12)
+    ids = panel.loc[panel["treatment_group"] == "treated", "unit_id"].unique()[:3]
+    panel.loc[panel["unit_id"].isin(ids) & (panel["variable"] == "household_size"), "value"] = np.nan
+    tables = evaluate(panel, None, config(cov_type="hc1"))
+    assert differencing_pairs(tables) == []
+    est = whole_sample(tables)
+    assert (est.loc[["did", "event_study"], "n_treated"] == 420).all()
+    assert (est.loc[["did", "event_study"], "status"] == "ok").all()
+    adjusted = est.loc[["ancova_covariates", "ipw_did"]]
+    assert adjusted["n_treated"].isna().all() and adjusted["estimate"].notna().all()
+    # four treated units measured at endline (and before baseline) but not at baseline: the
+    # endline difference in means counts 420 treated units, the event study 416. Its size
+    # and means are withheld, and its estimate with them (the treated mean change would be
+    # the estimate plus the comparison's), in impact_estimates and as the endline
+    # coefficient of impact_pretrends; its pre-baseline coefficient and the test stay
+    panel = simulate_panel(12)
+    late = panel.loc[panel["treatment_group"] == "treated", "unit_id"].unique()[:4]
+    at_baseline = (panel["round_index"] == 0) & (panel["variable"] == "income")
+    panel.loc[panel["unit_id"].isin(late) & at_baseline, "value"] = np.nan
+    tables = evaluate(panel, None, config(cov_type="hc1", estimators=["diff_in_means", "event_study"],
+                                          cost_effectiveness={"estimator": "diff_in_means"}))
+    assert differencing_pairs(tables) == []
+    est = whole_sample(tables)
+    assert est.loc["diff_in_means", "n_treated"] == 420 and est.loc["diff_in_means", "status"] == "ok"
+    es = est.loc["event_study"]
+    assert es["status"] == "not_estimable" and "a difference of the group means" in es["reason"]
+    for column in ("n_treated", "baseline_mean_treated", "endline_mean_treated", "estimate", "std_error", "n_clusters"):
+        assert pd.isna(es[column]), column
+    assert es["n_comparison"] == 480 and pd.notna(es["endline_mean_comparison"])
+    pre = tables.pretrends.set_index("round_index")
+    assert pd.isna(pre.loc[1, "estimate"]) and pre.loc[1, "status"] == "not_estimable"
+    assert "(disclosure control)" in pre.loc[1, "reason"]
+    assert pre.loc[-1, "status"] == "ok" and pd.notna(pre.loc[-1, "estimate"])
+    assert pd.notna(pre.loc[-1, "joint_p_value"])
+
+
+def test_a_small_stacked_sample_of_the_event_study_is_not_published(tmp_path):
+    """Six treated units, every one lost at endline: the event study's row counts no treated
+    unit (0 singles out nobody) and is not estimable; its stacked sample (units measured at
+    baseline and in another round) counts the six: withheld, with the stack's clusters."""
+    panel = simulate_panel(14)
+    treated = panel.loc[panel["treatment_group"] == "treated", "unit_id"].unique()
+    panel.loc[panel["unit_id"].isin(treated[6:]), "treatment_group"] = "comparison"
+    panel = lose_at_endline(panel, treated=6, comparison=0)
+    tables = evaluate(panel, None, config(cov_type="hc1"))
+    assert published_small_groups(tables) == []
+    es = whole_sample(tables).loc["event_study"]
+    assert es["status"] == "not_estimable" and es["n_treated"] == 0
+    options = json.loads(es["estimator_options"])
+    assert options["stacked_treated"] is None and options["stacked_clusters"] is None
+    assert options["stacked_comparison"] > 10
+    assert "fewer than 10 treated units in the event study's stacked sample" in es["reason"]
+    # with a threshold of 6 they are published
+    es = whole_sample(evaluate(panel, None, config(cov_type="hc1"), min_cell=6)).loc["event_study"]
+    assert json.loads(es["estimator_options"])["stacked_treated"] == 6
+
+
 def test_a_few_units_lost_in_one_subgroup_level_are_not_given_back_by_difference(tmp_path):
-    """Within a region, the event study's sample (units measured at baseline and in another
-    round) and the DiD's (baseline and endline) differ by three lost treated units: the
-    event study's treated figures are withheld there, and in one more region, so that the
-    whole-sample row (ten more units lost elsewhere: published) minus the other regions
-    does not give them back."""
+    """Within a region, the event study's stacked sample (units measured at baseline and in
+    another round) and the DiD's (baseline and endline) differ by three lost treated units.
+    The event study's rows count the units behind its endline coefficient, the DiD's: they
+    are published in every region. The stacked sample's counts are published in the
+    whole-sample row only (thirteen more than its row's there): a region's, withheld alone,
+    would be the whole sample's minus the other regions'."""
     panel = lose_at_endline(simulate_panel(8), treated=3, comparison=0, region="01")
     panel = lose_at_endline(panel, treated=10, comparison=0, region="02")
     cfg = config(cov_type="hc1", subgroups={"dimensions": ["region_code"], "min_size": 2})
     tables = evaluate(panel, None, cfg)
     assert differencing_pairs(tables) == []
-    event = tables.estimates[(tables.estimates["estimator"] == "event_study")
-                             & (tables.estimates["subgroup_dimension"] == "region_code")]
-    assert event["n_treated"].isna().sum() == 2 and (event["status"] == "ok").all()
-    assert event["n_comparison"].notna().all()
-    assert event.set_index("subgroup").loc["region_code=01", "reason"].count("differ by fewer than 10") == 1
-    assert whole_sample(tables).loc["event_study", "n_treated"] > 0
+    est = tables.estimates.set_index(["subgroup", "estimator"])
+    for subgroup in est.index.get_level_values("subgroup").unique():
+        es, did = est.loc[(subgroup, "event_study")], est.loc[(subgroup, "did")]
+        assert es["status"] == "ok" and pd.isna(es["reason"]), subgroup
+        assert (es["n_treated"], es["n_comparison"]) == (did["n_treated"], did["n_comparison"]), subgroup
+        options = json.loads(es["estimator_options"])
+        if subgroup == "all":
+            assert options["stacked_treated"] == es["n_treated"] + 13
+        else:
+            assert not any(key.startswith("stacked_") for key in options), subgroup
 
 
 # --------------------------------------------------------------------------------------
