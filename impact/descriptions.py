@@ -63,14 +63,24 @@ COLUMN_DESCRIPTIONS: dict[str, str] = {
     "ci_high": "Upper bound of the confidence interval of the estimate.",
     "ci_level": "Confidence level of the interval (0.95: 95%).",
     "p_value": "Two-sided p-value of the estimate against no effect.",
-    "n_treated": "Treated units in the estimation sample (null when withheld: fewer than k, or it would give back such a group).",
-    "n_comparison": "Comparison units in the estimation sample (null when withheld, as n_treated).",
-    "n_clusters": "Clusters the standard errors are clustered on (null when withheld).",
+    "n_treated": (
+        "Treated units in the estimation sample, the units the estimate rests on (the event study's: those observed "
+        "at baseline and endline, behind its endline coefficient, as the DiD's; its stacked regression's are in "
+        "estimator_options). Null when withheld: fewer than k, or it would give back such a group."
+    ),
+    "n_comparison": "Comparison units in the estimation sample (as n_treated; null when withheld).",
+    "n_clusters": "Clusters of the estimation sample, which the standard errors are clustered on (null when withheld).",
     "baseline_mean_treated": "Mean of the outcome at baseline, treated units of the sample.",
     "baseline_mean_comparison": "Mean of the outcome at baseline, comparison units of the sample.",
     "endline_mean_treated": "Mean of the outcome at endline, treated units of the sample.",
     "endline_mean_comparison": "Mean of the outcome at endline, comparison units of the sample.",
-    "estimator_options": "How the estimate was computed (JSON): estimator type, standard errors, covariates used and dropped, propensity model, ...",
+    "estimator_options": (
+        "How the estimate was computed (JSON): estimator type, standard errors, covariates used and dropped, propensity "
+        "model, ... The event study's whole-sample row also counts the units and clusters of its stacked regression "
+        "(observed at baseline and in any other round): stacked_treated, stacked_comparison, stacked_clusters (null "
+        "when withheld; not given for subgroups). Its endline coefficient rests on the row's units: the other rounds' "
+        "only enter its standard error's small-sample correction and degrees of freedom."
+    ),
     "status": "ok (figures computed), not_estimable (the data cannot support them, or a group is withheld: see reason) or failed (the computation raised: see reason).",
     "reason": "Why a row is not_estimable or failed, or a warning on an ok row; null otherwise.",
     # pre-trends
@@ -139,7 +149,10 @@ PER_TABLE: dict[tuple[str, str], str] = {
     ("impact_pretrends", "ci_low"): "Lower bound of the confidence interval of the round's coefficient.",
     ("impact_pretrends", "ci_high"): "Upper bound of the confidence interval of the round's coefficient.",
     ("impact_pretrends", "p_value"): "p-value of the round's coefficient against zero.",
-    ("impact_pretrends", "status"): "ok, not_estimable or failed, for the event study of the line.",
+    ("impact_pretrends", "status"): (
+        "ok, not_estimable or failed, for the event study of the line; not_estimable on the endline round alone when "
+        "its coefficient, the line's estimate in impact_estimates, is withheld there (see reason)."
+    ),
     ("impact_balance", "n_treated"): "Treated units with every covariate observed (null when withheld).",
     ("impact_balance", "n_comparison"): "Comparison units with every covariate observed (null when withheld).",
     ("impact_balance", "status"): "ok (means and differences computed) or not_estimable (see reason).",
