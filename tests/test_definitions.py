@@ -416,6 +416,48 @@ def test_every_step_of_the_code_location_holds_the_refresh_lock(defs):
     assert defs.resolve_job_def("__ASSET_JOB").executor_def.name == "in_process"
 
 
+def test_every_table_and_seed_a_dbt_build_makes_carries_its_row_count(settings, contracts):
+    """The Dagster UI shows an asset's rows (its page, the plot across materialisations) from
+    its materialisation's dagster/row_count, which the dbt models had none of: each table,
+    incremental table and seed now has the rows of its relation as built, an incremental
+    fact's counted after its own post-hook removed the rows of vanished periods; views
+    have none (counting one runs its query)."""
+    import duckdb
+
+    from orchestration.assets.warehouse import MANIFEST, TRANSLATOR, warehouse_dbt
+    from orchestration.definitions import defs
+
+    _ingested(settings, contracts)
+    job = defs.resolve_implicit_global_asset_job_def()
+
+    def build(selection):
+        result = job.execute_in_process(instance=dg.DagsterInstance.ephemeral(), asset_selection=selection)
+        assert result.success
+        return {m.asset_key: m.metadata for m in result.asset_materializations_for_node("warehouse_dbt")}
+
+    def rows(relation):
+        with duckdb.connect(str(settings.build_path), read_only=True) as con:
+            return con.execute(f"select count(*) from {relation}").fetchone()[0]
+
+    found = build(list(warehouse_dbt.keys))
+    nodes = [n for n in json.loads(MANIFEST.read_text())["nodes"].values() if n["resource_type"] in ("model", "seed")]
+    assert len(found) == len(nodes)
+    for node in nodes:
+        metadata = found[TRANSLATOR.get_asset_key(node)]
+        if node["config"]["materialized"] == "view":
+            assert "dagster/row_count" not in metadata, node["name"]
+        else:
+            assert metadata["dagster/row_count"].value == rows(node["relation_name"]), node["name"]
+    payments = dg.AssetKey(["detail", "fct_payments"])
+    assert found[payments]["dagster/row_count"].value == 6
+
+    with duckdb.connect(str(settings.build_path)) as con:  # a month no delivery holds any more
+        con.execute("insert into detail.fct_payments select * replace ('2099-12' as payment_month) "
+                    "from detail.fct_payments limit 1")
+    again = build([payments])  # incremental: its post-hook deletes that month
+    assert again[payments]["dagster/row_count"].value == rows('"build"."detail"."fct_payments"') == 6
+
+
 def test_a_run_of_some_dbt_assets_keeps_the_deliveries_of_the_whole_build_before(settings, contracts):
     """A run materialising one dbt asset (or running one dbt test) rebuilds nothing else: the
     build warehouse is still the whole build before it, and a delivery ingested since is in
