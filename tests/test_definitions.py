@@ -458,6 +458,46 @@ def test_every_table_and_seed_a_dbt_build_makes_carries_its_row_count(settings, 
     assert again[payments]["dagster/row_count"].value == rows('"build"."detail"."fct_payments"') == 6
 
 
+@pytest.mark.parametrize("target", ["duckdb", "postgres"])
+def test_dbt_s_logged_row_counts_go_to_the_materialisations_of_their_models(target, monkeypatch):
+    """The rows dbt logs for a table (its post-hook, on DuckDB) go to that table's
+    materialisation; other events pass as they are. A build on another target logs none:
+    its materialisations have no row count, and the step says why."""
+    from types import SimpleNamespace
+
+    from dagster_dbt.core.dbt_cli_event import DbtCoreCliEventMessage
+
+    from orchestration.assets import warehouse
+
+    monkeypatch.setenv("JISR_DBT_TARGET", target)
+    manifest = json.loads(warehouse.MANIFEST.read_text())
+    table, view = "model.jisr.dim_programmes", "model.jisr.stg_msisf__programmes"
+
+    def event(name, uid, msg="", status="success"):
+        node = {"unique_id": uid, "node_status": status, "node_started_at": "2026-01-01T00:00:00",
+                "node_finished_at": "2026-01-01T00:00:01"}
+        return DbtCoreCliEventMessage(raw_event={"info": {"name": name, "msg": msg, "invocation_id": "i"},
+                                                 "data": {"node_info": node, "status": status}},
+                                      event_history_metadata={})
+
+    rows = [event("JinjaLogInfo", table, 'Rows of "build"."marts"."dim_programmes": 13')]  # by the post-hook
+    logged = rows if target == "duckdb" else []
+    build = SimpleNamespace(manifest=manifest, dagster_dbt_translator=warehouse.TRANSLATOR, context=None,
+                            target_path=None, project=None,
+                            stream_raw_events=lambda: iter([event("LogModelResult", view), *logged,
+                                                            event("LogModelResult", table)]))
+    context = SimpleNamespace(log=_Log())
+    found = {e.asset_key.path[-1]: e.metadata for e in warehouse._with_row_counts(context, build)}
+    assert set(found) == {"dim_programmes", "stg_msisf__programmes"}
+    assert "dagster/row_count" not in found["stg_msisf__programmes"]
+    if target == "duckdb":
+        assert found["dim_programmes"]["dagster/row_count"].value == 13 and not context.log.lines
+    else:
+        assert "dagster/row_count" not in found["dim_programmes"]
+        assert context.log.lines == [("info", "dbt models' row counts (dagster/row_count) are logged by builds "
+                                              "on DuckDB only, not on postgres")]
+
+
 def test_a_run_of_some_dbt_assets_keeps_the_deliveries_of_the_whole_build_before(settings, contracts):
     """A run materialising one dbt asset (or running one dbt test) rebuilds nothing else: the
     build warehouse is still the whole build before it, and a delivery ingested since is in
